@@ -1,0 +1,134 @@
+"""Backends of the fused joint-block op, as a priority list.
+
+Each backend implements the same four primitives (the contract below) and says, for given inputs,
+why it cannot run them. ``select`` walks the list in order and takes the first that can; a user can
+force one per module (``JointBlock(backend=...)``) or globally (``FUSED_DSCONV_BACKEND``).
+
+Contract (the op layer in ``fused_dsconv/ops.py`` has validated every argument before a backend
+sees it):
+
+- ``x`` is [N, C, H, W] in float32 / float16 / bfloat16, NCHW-contiguous or channels_last;
+  ``dw_weight`` [C, 1, 3, 3] and ``pw_weight`` [K, C] have x's dtype and device, contiguous.
+  ``bias``, ``bn_weight``, ``bn_bias``, ``mean``, ``var`` are [K] in ``acc_dtype(x)`` (float32; float64
+  only for float64 inputs, which only the reference backend takes), or None where Optional.
+- Every activation-shaped result has x's dtype and x's memory format (``memory_format_of(x)``).
+- ``forward_eval(x, dw_weight, pw_weight, bias, stride, dilation) -> out``:
+  out = relu(pw(dw(x)) + bias)  (BN already folded into pw_weight / bias by the caller).
+- ``forward_train(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, save_y)
+  -> (out, y, mean, var)``: y = pw(dw(x)) + bias; mean / var are the biased batch statistics (acc_dtype) of
+  y per output channel; out = relu((y - mean) * rsqrt(var + eps) * bn_weight + bn_bias). ``y`` is an
+  empty tensor when ``save_y`` is False (the "recompute" mode: backward rebuilds it from x).
+- ``backward_eval(grad_out, out, x, dw_weight, pw_weight, stride, dilation)
+  -> (grad_x, grad_dw_weight, grad_pw_weight, grad_bias)``; ReLU's gradient is masked where out <= 0
+  (NaN passes, as in ``threshold_backward``).
+- ``backward_train(grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var,
+  stride, dilation, eps) -> (grad_x, grad_dw_weight, grad_pw_weight, grad_bias, grad_bn_weight,
+  grad_bn_bias)``; ``y`` is None in recompute mode; grad_bias / grad_bn_* are [K] in acc_dtype,
+  also when bn_weight is None (the autograd layer drops them then).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+ENV_VAR = "FUSED_DSCONV_BACKEND"
+AUTO = "auto"
+
+
+def acc_dtype(x: Tensor) -> torch.dtype:
+    """Accumulation / statistics dtype: float32 for the kernel dtypes, float64 for float64 inputs."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def memory_format_of(x: Tensor) -> torch.memory_format:
+    """The layout the op's outputs take: channels_last when x is stored that way, else NCHW."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+class Backend:
+    """One implementation of the four primitives. Subclasses set ``name`` and override."""
+
+    name: str = ""
+
+    def unavailable(self, x: Tensor) -> Optional[str]:
+        """Why this backend cannot run inputs like ``x`` (device, dtype, build), or None if it can."""
+        raise NotImplementedError
+
+    def forward_eval(self, x, dw_weight, pw_weight, bias, stride, dilation):
+        raise NotImplementedError
+
+    def forward_train(self, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, save_y):
+        raise NotImplementedError
+
+    def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, stride, dilation):
+        raise NotImplementedError
+
+    def backward_train(self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var,
+                       stride, dilation, eps):
+        raise NotImplementedError
+
+
+_REGISTRY: list[Backend] = []
+
+
+def register(backend: Backend) -> Backend:
+    """Append a backend to the priority list (earlier = preferred)."""
+    if any(b.name == backend.name for b in _REGISTRY):
+        raise ValueError(f"backend {backend.name!r} is already registered")
+    _REGISTRY.append(backend)
+    return backend
+
+
+def names() -> list[str]:
+    return [b.name for b in _REGISTRY]
+
+
+def get(name: str) -> Backend:
+    for b in _REGISTRY:
+        if b.name == name:
+            return b
+    raise ValueError(f"backend must be one of {[AUTO] + names()}, got {name!r}")
+
+
+def requested(name: Optional[str] = None) -> str:
+    """The backend asked for: the explicit name, else $FUSED_DSCONV_BACKEND, else 'auto'."""
+    choice = name if name not in (None, AUTO) else os.environ.get(ENV_VAR, AUTO) or AUTO
+    if choice != AUTO:
+        get(choice)  # validates the name, whichever way it came
+    return choice
+
+
+def explain(x: Tensor) -> dict[str, Optional[str]]:
+    """For each backend in priority order: None if it can run inputs like ``x``, else why not."""
+    return {b.name: b.unavailable(x) for b in _REGISTRY}
+
+
+def select(x: Tensor, name: Optional[str] = None) -> Backend:
+    """The backend that runs ``x``: the forced one (which must be able to), else the first that can."""
+    choice = requested(name)
+    if choice != AUTO:
+        backend = get(choice)
+        why = backend.unavailable(x)
+        if why is not None:
+            raise RuntimeError(f"fused_dsconv: backend {choice!r} was requested but cannot run this input: {why}")
+        return backend
+    reasons = []
+    for backend in _REGISTRY:
+        why = backend.unavailable(x)
+        if why is None:
+            return backend
+        reasons.append(f"{backend.name}: {why}")
+    raise RuntimeError("fused_dsconv: no backend can run this input: " + "; ".join(reasons))
+
+
+def _register_builtin() -> None:
+    # Import order is priority order: the native CUDA extension, then Triton, then the reference.
+    from . import native, triton, reference  # noqa: F401
+
+
+_register_builtin()

@@ -1,0 +1,165 @@
+"""The registered op family ``torch.ops.fused_dsconv.*``: schemas, input checks, fake kernels.
+
+The ops are functional (they return the batch statistics instead of updating running statistics):
+``torch.library`` will not attach autograd to an op that mutates its inputs, and a functional op is
+what torch.compile traces without a graph break. ``JointBlock`` updates the running statistics.
+
+Each op's implementation hands the work to a backend (``fused_dsconv.backends``); ``backend`` is a
+name from that list or "auto". Autograd formulas live in ``fused_dsconv/autograd.py``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import backends
+from .reference import output_size
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def check_inputs(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, stride: int, dilation: int, **per_channel) -> None:
+    """Raise a ValueError / TypeError naming the argument for anything the op cannot take."""
+    if x.dim() != 4:
+        raise ValueError(f"x must be a 4-D tensor [N, C, H, W], got {x.dim()}-D with shape {tuple(x.shape)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"x must be float32, float16, bfloat16 or float64, got {x.dtype}")
+    n, c, h, w = x.shape
+    if h == 0 or w == 0:
+        raise ValueError(f"x must have non-zero height and width, got shape {tuple(x.shape)}")
+    if stride not in (1, 2):
+        raise ValueError(f"stride must be 1 or 2, got {stride}")
+    if not isinstance(dilation, int) or dilation < 1:
+        raise ValueError(f"dilation must be an integer >= 1, got {dilation}")
+    if tuple(dw_weight.shape) != (c, 1, 3, 3):
+        raise ValueError(f"dw_weight must have shape (C, 1, 3, 3) = {(c, 1, 3, 3)} for x with C={c} channels, "
+                         f"got {tuple(dw_weight.shape)}")
+    if pw_weight.dim() != 2 or pw_weight.shape[1] != c:
+        raise ValueError(f"pw_weight must have shape (K, C) with C={c}, got {tuple(pw_weight.shape)}")
+    for name, t in (("dw_weight", dw_weight), ("pw_weight", pw_weight)):
+        if t.dtype != x.dtype:
+            raise TypeError(f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
+    k = pw_weight.shape[0]
+    for name, t in per_channel.items():
+        if t is None:
+            continue
+        if tuple(t.shape) != (k,):
+            raise ValueError(f"{name} must have shape ({k},) (one value per output channel), got {tuple(t.shape)}")
+        if t.dtype != backends.acc_dtype(x):
+            raise TypeError(f"{name} must be {backends.acc_dtype(x)} for x of dtype {x.dtype}, got {t.dtype}")
+    for name, t in (("dw_weight", dw_weight), ("pw_weight", pw_weight), *per_channel.items()):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}: all tensors must be on one device")
+
+
+def _out_like(x: Tensor, k: int, stride: int) -> Tensor:
+    n, _, h, w = x.shape
+    shape = (n, k, output_size(h, stride), output_size(w, stride))
+    return x.new_empty(shape).contiguous(memory_format=backends.memory_format_of(x))
+
+
+def _run(x: Tensor, backend: str):
+    # Autocast has already chosen the dtype; the kernels (and the reference's own convs) must not
+    # be autocast again underneath.
+    return backends.select(x, backend), torch.autocast(x.device.type, enabled=False)
+
+
+@torch.library.custom_op("fused_dsconv::forward_eval", mutates_args=())
+def forward_eval(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, bias: Tensor, stride: int, dilation: int,
+                 backend: str = "auto") -> Tensor:
+    """relu(pw(dw(x)) + bias): the eval-mode joint block with BN folded into pw_weight and bias."""
+    check_inputs(x, dw_weight, pw_weight, stride, dilation, bias=bias)
+    if x.numel() == 0:
+        return _out_like(x, pw_weight.shape[0], stride)
+    impl, no_autocast = _run(x, backend)
+    with no_autocast:
+        return impl.forward_eval(x, dw_weight.contiguous(), pw_weight.contiguous(), bias, stride, dilation)
+
+
+@forward_eval.register_fake
+def _(x, dw_weight, pw_weight, bias, stride, dilation, backend="auto"):
+    check_inputs(x, dw_weight, pw_weight, stride, dilation, bias=bias)
+    return _out_like(x, pw_weight.shape[0], stride)
+
+
+@torch.library.custom_op("fused_dsconv::forward_train", mutates_args=())
+def forward_train(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, bias: Optional[Tensor],
+                  bn_weight: Optional[Tensor], bn_bias: Optional[Tensor], stride: int, dilation: int,
+                  eps: float, save_y: bool = True, backend: str = "auto"
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Training-mode joint block: returns (out, y, mean, var).
+
+    y = pw(dw(x)) + bias (empty when ``save_y`` is False); mean / var are the biased batch
+    statistics (float32; float64 for float64 x) of y per channel; out = relu(bn_weight * (y - mean) / sqrt(var + eps) + bn_bias).
+    """
+    _check_train(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation)
+    impl, no_autocast = _run(x, backend)
+    with no_autocast:
+        return impl.forward_train(x, dw_weight.contiguous(), pw_weight.contiguous(), bias, bn_weight, bn_bias,
+                                  stride, dilation, eps, save_y)
+
+
+@forward_train.register_fake
+def _(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, save_y=True, backend="auto"):
+    _check_train(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation)
+    k = pw_weight.shape[0]
+    out = _out_like(x, k, stride)
+    y = _out_like(x, k, stride) if save_y else x.new_empty(0)
+    stat = x.new_empty(k, dtype=backends.acc_dtype(x))
+    return out, y, stat, stat.clone()
+
+
+def _check_train(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation):
+    check_inputs(x, dw_weight, pw_weight, stride, dilation, bias=bias, bn_weight=bn_weight, bn_bias=bn_bias)
+    if (bn_weight is None) != (bn_bias is None):
+        raise ValueError("bn_weight and bn_bias must be given together (affine batch norm) or both be None")
+    n, _, h, w = x.shape
+    per_channel = n * output_size(h, stride) * output_size(w, stride)
+    if per_channel <= 1:
+        # nn.BatchNorm2d's own message, so code that catches it keeps working.
+        raise ValueError("Expected more than 1 value per channel when training, got input size "
+                         f"{torch.Size((n, pw_weight.shape[0], output_size(h, stride), output_size(w, stride)))}")
+
+
+@torch.library.custom_op("fused_dsconv::backward_eval", mutates_args=())
+def backward_eval(grad_out: Tensor, out: Tensor, x: Tensor, dw_weight: Tensor, pw_weight: Tensor, stride: int,
+                  dilation: int, backend: str = "auto") -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of forward_eval w.r.t. (x, dw_weight, pw_weight, bias)."""
+    impl, no_autocast = _run(x, backend)
+    with no_autocast:
+        return impl.backward_eval(grad_out, out, x, dw_weight.contiguous(), pw_weight.contiguous(), stride, dilation)
+
+
+@backward_eval.register_fake
+def _(grad_out, out, x, dw_weight, pw_weight, stride, dilation, backend="auto"):
+    return (torch.empty_like(x), torch.empty_like(dw_weight), torch.empty_like(pw_weight),
+            x.new_empty(pw_weight.shape[0], dtype=backends.acc_dtype(x)))
+
+
+@torch.library.custom_op("fused_dsconv::backward_train", mutates_args=())
+def backward_train(grad_out: Tensor, x: Tensor, dw_weight: Tensor, pw_weight: Tensor, bias: Optional[Tensor],
+                   bn_weight: Optional[Tensor], bn_bias: Optional[Tensor], y: Optional[Tensor], mean: Tensor,
+                   var: Tensor, stride: int, dilation: int, eps: float, backend: str = "auto"
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of forward_train w.r.t. (x, dw_weight, pw_weight, bias, bn_weight, bn_bias).
+
+    ``y`` None means recompute mode. The last two are [K] tensors even when bn_weight is None
+    (the autograd layer drops them then).
+    """
+    impl, no_autocast = _run(x, backend)
+    with no_autocast:
+        return impl.backward_train(grad_out, x, dw_weight.contiguous(), pw_weight.contiguous(), bias, bn_weight,
+                                   bn_bias, y, mean, var, stride, dilation, eps)
+
+
+@backward_train.register_fake
+def _(grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride, dilation, eps,
+      backend="auto"):
+    k = pw_weight.shape[0]
+    stats = [x.new_empty(k, dtype=backends.acc_dtype(x)) for _ in range(3)]
+    return (torch.empty_like(x), torch.empty_like(dw_weight), torch.empty_like(pw_weight), *stats)
+
+
+from . import autograd as _autograd  # noqa: E402,F401  (registers the formulas on the ops above)
