@@ -1,0 +1,264 @@
+// Torch side of the op family, shared by the CUDA extension (csrc/native_cuda.cu) and the CPU
+// emulator extension (csrc/emu/emu_ext.cpp): argument checks, outputs, workspace, tensor -> Problem.
+// `Tr` supplies: Policy (launch policy), Half / BF16 (device storage types), Guard (device guard),
+// kDevice (c10::DeviceType) and kPrefix (error message prefix).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+
+#include "kernels/launch.cuh"
+
+namespace dsc_bind {
+
+using at::Tensor;
+using std::optional;
+
+#define DSC_SCHEMAS(m)                                                                                           \
+  m.def("forward_eval(Tensor x, Tensor dw_weight, Tensor pw_weight, Tensor bias, int stride, int dilation) "   \
+        "-> Tensor");                                                                                            \
+  m.def("forward_train(Tensor x, Tensor dw_weight, Tensor pw_weight, Tensor? bias, Tensor? bn_weight, "         \
+        "Tensor? bn_bias, int stride, int dilation, float eps, bool save_y) -> (Tensor, Tensor, Tensor, Tensor)"); \
+  m.def("backward_eval(Tensor grad_out, Tensor out, Tensor x, Tensor dw_weight, Tensor pw_weight, int stride, " \
+        "int dilation) -> (Tensor, Tensor, Tensor, Tensor)");                                                   \
+  m.def("backward_train(Tensor grad_out, Tensor x, Tensor dw_weight, Tensor pw_weight, Tensor? bias, "          \
+        "Tensor? bn_weight, Tensor? bn_bias, Tensor? y, Tensor mean, Tensor var, int stride, int dilation, "     \
+        "float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+
+template <class Tr>
+struct Ops {
+  static bool channels_last(const Tensor& x) {
+    return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  }
+  static at::MemoryFormat format(const Tensor& x) {
+    return channels_last(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  }
+  static dsc::Str4 strides(const Tensor& t) { return dsc::Str4{t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+
+  static void check_x(const Tensor& x, int64_t stride, int64_t dilation) {
+    TORCH_CHECK(x.dim() == 4, Tr::kPrefix, "x must be 4-D [N, C, H, W], got ", x.dim(), "-D");
+    TORCH_CHECK(x.device().type() == Tr::kDevice, Tr::kPrefix, "x must be on ", Tr::kDevice, ", got ", x.device());
+    TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
+                Tr::kPrefix, "x must be float32, float16 or bfloat16, got ", x.scalar_type());
+    TORCH_CHECK(x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast), Tr::kPrefix,
+                "x must be contiguous in NCHW or channels_last; got strides ", x.strides());
+    TORCH_CHECK(x.size(2) > 0 && x.size(3) > 0, Tr::kPrefix, "x must have non-zero height and width");
+    TORCH_CHECK(stride == 1 || stride == 2, Tr::kPrefix, "stride must be 1 or 2, got ", stride);
+    TORCH_CHECK(dilation >= 1 && dilation <= (1 << 20), Tr::kPrefix, "dilation must be >= 1, got ", dilation);
+  }
+  static void check_weights(const Tensor& x, const Tensor& dw, const Tensor& pw) {
+    const int64_t C = x.size(1);
+    TORCH_CHECK(dw.dim() == 4 && dw.size(0) == C && dw.size(1) == 1 && dw.size(2) == 3 && dw.size(3) == 3,
+                Tr::kPrefix, "dw_weight must have shape (", C, ", 1, 3, 3), got ", dw.sizes());
+    TORCH_CHECK(pw.dim() == 2 && pw.size(1) == C, Tr::kPrefix, "pw_weight must have shape (K, ", C, "), got ",
+                pw.sizes());
+    for (auto [name, t] : {std::pair<const char*, const Tensor*>{"dw_weight", &dw}, {"pw_weight", &pw}}) {
+      TORCH_CHECK(t->scalar_type() == x.scalar_type(), Tr::kPrefix, name, " must have x's dtype ", x.scalar_type(),
+                  ", got ", t->scalar_type());
+      TORCH_CHECK(t->device() == x.device(), Tr::kPrefix, name, " must be on x's device ", x.device(), ", got ",
+                  t->device());
+      TORCH_CHECK(t->is_contiguous(), Tr::kPrefix, name, " must be contiguous");
+    }
+  }
+  static void check_channel(const char* name, const optional<Tensor>& t, const Tensor& x, int64_t K) {
+    if (!t.has_value()) return;
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == K, Tr::kPrefix, name, " must have shape (", K, ",), got ", t->sizes());
+    TORCH_CHECK(t->scalar_type() == at::kFloat, Tr::kPrefix, name, " must be float32, got ", t->scalar_type());
+    TORCH_CHECK(t->device() == x.device(), Tr::kPrefix, name, " must be on x's device ", x.device(), ", got ",
+                t->device());
+    TORCH_CHECK(t->is_contiguous(), Tr::kPrefix, name, " must be contiguous");
+  }
+  static void check_act(const char* name, const Tensor& t, const Tensor& x, at::IntArrayRef shape) {
+    TORCH_CHECK(t.sizes() == shape, Tr::kPrefix, name, " must have shape ", shape, ", got ", t.sizes());
+    TORCH_CHECK(t.scalar_type() == x.scalar_type(), Tr::kPrefix, name, " must have x's dtype ", x.scalar_type(),
+                ", got ", t.scalar_type());
+    TORCH_CHECK(t.device() == x.device(), Tr::kPrefix, name, " must be on x's device ", x.device(), ", got ",
+                t.device());
+  }
+
+  static dsc::Problem problem(const Tensor& x, const Tensor& dw, const Tensor& pw, int64_t stride, int64_t dilation) {
+    dsc::Problem p{};
+    dsc::set_geometry(p, x.size(0), x.size(1), pw.size(0), x.size(2), x.size(3), static_cast<int>(stride),
+                      static_cast<int>(dilation));
+    p.cl = channels_last(x) ? 1 : 0;
+    p.x = x.data_ptr();
+    p.xs = strides(x);
+    p.wd = dw.data_ptr();
+    p.wp = pw.data_ptr();
+    return p;
+  }
+  static const float* ptr(const optional<Tensor>& t) { return t.has_value() ? t->data_ptr<float>() : nullptr; }
+
+  static Tensor act_like(const Tensor& x, int64_t K, const dsc::Problem& p) {
+    return at::empty({p.N, K, p.Ho, p.Wo}, x.options().memory_format(format(x)));
+  }
+  static Tensor workspace(const Tensor& x, int64_t floats) {
+    return at::empty({floats > 0 ? floats : 1}, x.options().dtype(at::kFloat));
+  }
+
+  template <class F>
+  static void by_dtype(const Tensor& x, F&& f) {
+    switch (x.scalar_type()) {
+      case at::kFloat: f(float{}); break;
+      case at::kHalf: f(typename Tr::Half{}); break;
+      case at::kBFloat16: f(typename Tr::BF16{}); break;
+      default: TORCH_CHECK(false, Tr::kPrefix, "unsupported dtype ", x.scalar_type());
+    }
+  }
+
+  static Tensor forward_eval(const Tensor& x, const Tensor& dw, const Tensor& pw, const Tensor& bias, int64_t stride,
+                             int64_t dilation) {
+    check_x(x, stride, dilation);
+    check_weights(x, dw, pw);
+    check_channel("bias", bias, x, pw.size(0));
+    typename Tr::Guard guard(x.device());
+    dsc::Problem p = problem(x, dw, pw, stride, dilation);
+    Tensor out = act_like(x, p.K, p);
+    if (out.numel() == 0) return out;
+    if (x.size(1) == 0) return out.copy_(bias.view({1, -1, 1, 1}).expand_as(out)).relu_();
+    p.mode = dsc::kEval;
+    p.bias = bias.data_ptr<float>();
+    p.out = out.data_ptr();
+    p.os = strides(out);
+    by_dtype(x, [&](auto t) { dsc::forward<typename Tr::Policy, decltype(t)>(p, nullptr); });
+    return out;
+  }
+
+  static std::tuple<Tensor, Tensor, Tensor, Tensor> forward_train(const Tensor& x, const Tensor& dw, const Tensor& pw,
+                                                                  const optional<Tensor>& bias,
+                                                                  const optional<Tensor>& bn_weight,
+                                                                  const optional<Tensor>& bn_bias, int64_t stride,
+                                                                  int64_t dilation, double eps, bool save_y) {
+    check_x(x, stride, dilation);
+    check_weights(x, dw, pw);
+    const int64_t K = pw.size(0);
+    check_channel("bias", bias, x, K);
+    check_channel("bn_weight", bn_weight, x, K);
+    check_channel("bn_bias", bn_bias, x, K);
+    TORCH_CHECK(bn_weight.has_value() == bn_bias.has_value(), Tr::kPrefix,
+                "bn_weight and bn_bias must be given together or both be None");
+    typename Tr::Guard guard(x.device());
+    dsc::Problem p = problem(x, dw, pw, stride, dilation);
+    TORCH_CHECK(p.M > 1, Tr::kPrefix, "training needs more than 1 value per channel, got N*Ho*Wo = ", p.M);
+    TORCH_CHECK(x.size(1) > 0 && K > 0, Tr::kPrefix, "x must have C > 0 and pw_weight K > 0 in training");
+    Tensor out = act_like(x, K, p), y = act_like(x, K, p);  // y is written even in recompute mode: pass C reads it
+    Tensor mean = at::empty({K}, x.options().dtype(at::kFloat)), var = at::empty_like(mean);
+    p.mode = dsc::kTrain;
+    p.bias = ptr(bias);
+    p.gamma = ptr(bn_weight);
+    p.beta = ptr(bn_bias);
+    p.eps = static_cast<float>(eps);
+    p.y = y.data_ptr();
+    p.ys = strides(y);
+    p.out = out.data_ptr();
+    p.os = strides(out);
+    p.mean = mean.data_ptr<float>();
+    p.var = var.data_ptr<float>();
+    Tensor ws = workspace(x, dsc::forward_ws_floats(p));
+    by_dtype(x, [&](auto t) { dsc::forward<typename Tr::Policy, decltype(t)>(p, ws.data_ptr<float>()); });
+    return {out, save_y ? y : x.new_empty({0}), mean, var};
+  }
+
+  // Shared tail of both backward ops: p.mode and p.act / p.as set by the caller.
+  static std::tuple<Tensor, Tensor, Tensor> run_backward(dsc::Problem& p, const Tensor& x, const Tensor& dw,
+                                                         const Tensor& pw, const Tensor& grad_out, Tensor& dbias,
+                                                         Tensor& dgamma, Tensor& dbeta) {
+    Tensor dx = at::empty_like(x, x.options().memory_format(format(x)));
+    Tensor ddw = at::empty_like(dw), dpw = at::empty_like(pw);
+    p.dout = grad_out.data_ptr();
+    p.dos = strides(grad_out);
+    p.dx = dx.data_ptr();
+    p.dwd = ddw.data_ptr();
+    p.dwp = dpw.data_ptr();
+    p.dbias = dbias.data_ptr<float>();
+    p.dgamma = dgamma.data_ptr<float>();
+    p.dbeta = dbeta.data_ptr<float>();
+    Tensor ws = workspace(x, dsc::backward_ws_floats(p));
+    by_dtype(x, [&](auto t) { dsc::backward<typename Tr::Policy, decltype(t)>(p, ws.data_ptr<float>()); });
+    return {dx, ddw, dpw};
+  }
+
+  static std::tuple<Tensor, Tensor, Tensor, Tensor> backward_eval(const Tensor& grad_out, const Tensor& out,
+                                                                  const Tensor& x, const Tensor& dw, const Tensor& pw,
+                                                                  int64_t stride, int64_t dilation) {
+    check_x(x, stride, dilation);
+    check_weights(x, dw, pw);
+    typename Tr::Guard guard(x.device());
+    dsc::Problem p = problem(x, dw, pw, stride, dilation);
+    const std::vector<int64_t> shape{p.N, p.K, p.Ho, p.Wo};
+    check_act("grad_out", grad_out, x, shape);
+    check_act("out", out, x, shape);
+    Tensor dbias = at::zeros({p.K}, x.options().dtype(at::kFloat));
+    if (x.numel() == 0 || p.K == 0)
+      return {at::zeros_like(x), at::zeros_like(dw), at::zeros_like(pw),
+              p.K == 0 || p.N == 0 ? dbias
+                                 : at::where(out <= 0, at::zeros({}, dbias.options()), grad_out.to(at::kFloat))
+                                       .sum({0, 2, 3})};
+    Tensor dgamma = at::empty_like(dbias), dbeta = at::empty_like(dbias);
+    p.mode = dsc::kEval;
+    p.act = out.data_ptr();
+    p.as = strides(out);
+    auto [dx, ddw, dpw] = run_backward(p, x, dw, pw, grad_out, dbias, dgamma, dbeta);
+    return {dx, ddw, dpw, dbias};
+  }
+
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_train(
+      const Tensor& grad_out, const Tensor& x, const Tensor& dw, const Tensor& pw, const optional<Tensor>& bias,
+      const optional<Tensor>& bn_weight, const optional<Tensor>& bn_bias, const optional<Tensor>& y,
+      const Tensor& mean, const Tensor& var, int64_t stride, int64_t dilation, double eps) {
+    check_x(x, stride, dilation);
+    check_weights(x, dw, pw);
+    const int64_t K = pw.size(0);
+    check_channel("bias", bias, x, K);
+    check_channel("bn_weight", bn_weight, x, K);
+    check_channel("bn_bias", bn_bias, x, K);
+    check_channel("mean", mean, x, K);
+    check_channel("var", var, x, K);
+    TORCH_CHECK(bn_weight.has_value() == bn_bias.has_value(), Tr::kPrefix,
+                "bn_weight and bn_bias must be given together or both be None");
+    typename Tr::Guard guard(x.device());
+    dsc::Problem p = problem(x, dw, pw, stride, dilation);
+    TORCH_CHECK(p.M > 1 && x.size(1) > 0 && K > 0, Tr::kPrefix,
+                "backward_train needs N*Ho*Wo > 1, C > 0 and K > 0");
+    const std::vector<int64_t> shape{p.N, K, p.Ho, p.Wo};
+    check_act("grad_out", grad_out, x, shape);
+    p.bias = ptr(bias);
+    p.gamma = ptr(bn_weight);
+    p.beta = ptr(bn_bias);
+    p.eps = static_cast<float>(eps);
+    p.mean = const_cast<float*>(mean.data_ptr<float>());
+    p.var = const_cast<float*>(var.data_ptr<float>());
+    Tensor y_use;
+    if (y.has_value() && y->numel() > 0) {
+      check_act("y", *y, x, shape);
+      y_use = *y;
+    } else {
+      // Recompute mode: rebuild y = pw(dw(x)) + bias with the forward kernel (depthwise output still
+      // never leaves the chip); only this temporary lives for the duration of the backward.
+      y_use = act_like(x, K, p);
+      dsc::Problem q = p;
+      q.mode = dsc::kYOnly;
+      q.y = y_use.data_ptr();
+      q.ys = strides(y_use);
+      by_dtype(x, [&](auto t) { dsc::forward<typename Tr::Policy, decltype(t)>(q, nullptr); });
+    }
+    Tensor dbias = at::empty({K}, x.options().dtype(at::kFloat));
+    Tensor dgamma = at::empty_like(dbias), dbeta = at::empty_like(dbias);
+    p.mode = dsc::kTrain;
+    p.act = y_use.data_ptr();
+    p.as = strides(y_use);
+    auto [dx, ddw, dpw] = run_backward(p, x, dw, pw, grad_out, dbias, dgamma, dbeta);
+    return {dx, ddw, dpw, dbias, dgamma, dbeta};
+  }
+};
+
+#define DSC_IMPLS(m, Tr)                                              \
+  m.impl("forward_eval", &::dsc_bind::Ops<Tr>::forward_eval);        \
+  m.impl("forward_train", &::dsc_bind::Ops<Tr>::forward_train);      \
+  m.impl("backward_eval", &::dsc_bind::Ops<Tr>::backward_eval);      \
+  m.impl("backward_train", &::dsc_bind::Ops<Tr>::backward_train)
+
+}  // namespace dsc_bind

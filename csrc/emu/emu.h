@@ -1,0 +1,144 @@
+// CUDA-on-CPU emulation harness (torch-free, C++20, g++).
+//
+// Runs the kernels of csrc/kernels/*.cuh on the host so they can be checked without a GPU:
+//   * every CUDA thread of a block is a std::thread; threadIdx/blockIdx/blockDim/gridDim are thread-locals;
+//   * __syncthreads() is a std::barrier; a thread that returns drops out of it (arrive_and_drop), as on
+//     a GPU where exited threads no longer take part in bar.sync;
+//   * blocks run one after another, so the block's shared memory is one arena, POISONED with 0xFF bytes
+//     (a NaN pattern for floats, -1 for ints) before each block: a read of shared memory nobody wrote
+//     in this block shows up as NaN in the result;
+//   * warp shuffles are a per-warp exchange between two warp barriers (full mask only), __syncwarp is the
+//     warp barrier, atomics go through std::atomic_ref.
+// What it cannot show (see docs/cuda.md): implicit warp lockstep, weak GPU memory ordering, inter-block
+// races, register/shared-memory limits. Under -fsanitize=thread a missing barrier is a reported data race.
+#pragma once
+
+#ifndef DSC_EMU
+#define DSC_EMU 1
+#endif
+
+#include <atomic>
+#include <barrier>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace emu {
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  dim3() = default;
+  dim3(unsigned x_, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+inline constexpr std::size_t kSharedArenaBytes = 64 * 1024;  // more than any kernel here asks for
+inline constexpr int kWarp = 32;
+
+struct Warp {
+  explicit Warp(std::ptrdiff_t n) : bar(n) {}
+  std::barrier<> bar;
+  alignas(64) unsigned char slot[kWarp][8];  // one 8-byte exchange slot per lane
+};
+
+struct Block {
+  explicit Block(unsigned nthreads) : bar(nthreads), arena(new unsigned char[kSharedArenaBytes]) {
+    std::memset(arena.get(), 0xFF, kSharedArenaBytes);  // poison
+    const unsigned nwarps = (nthreads + kWarp - 1) / kWarp;
+    for (unsigned w = 0; w < nwarps; ++w) {
+      const unsigned lanes = std::min<unsigned>(kWarp, nthreads - w * kWarp);
+      warps.emplace_back(new Warp(lanes));
+    }
+  }
+  std::barrier<> bar;
+  std::unique_ptr<unsigned char[]> arena;
+  std::vector<std::unique_ptr<Warp>> warps;
+};
+
+struct ThreadState {
+  dim3 threadIdx, blockIdx, blockDim, gridDim;
+  Block* block = nullptr;
+  unsigned linear = 0;
+};
+
+inline thread_local ThreadState tls;
+
+inline unsigned lane_id() { return tls.linear % kWarp; }
+inline Warp& my_warp() { return *tls.block->warps[tls.linear / kWarp]; }
+
+inline void syncthreads() { tls.block->bar.arrive_and_wait(); }
+inline void syncwarp() { my_warp().bar.arrive_and_wait(); }
+
+inline void* shared_arena(std::size_t bytes) {
+  if (bytes > kSharedArenaBytes) throw std::runtime_error("emu: shared memory request exceeds the arena");
+  return tls.block->arena.get();
+}
+
+template <class T>
+T shfl_xor(T v, int mask) {
+  static_assert(sizeof(T) <= 8, "emu shuffle: 8-byte values at most");
+  Warp& w = my_warp();
+  const unsigned lane = lane_id();
+  std::memcpy(w.slot[lane], &v, sizeof(T));
+  w.bar.arrive_and_wait();
+  T out;
+  std::memcpy(&out, w.slot[lane ^ static_cast<unsigned>(mask)], sizeof(T));
+  w.bar.arrive_and_wait();
+  return out;
+}
+
+template <class T>
+T atomic_add(T* addr, T v) {
+  return std::atomic_ref<T>(*addr).fetch_add(v);
+}
+
+// Runs grid x block threads; `body` is the kernel invocation (a lambda capturing the arguments).
+inline void launch(dim3 grid, dim3 block, const std::function<void()>& body) {
+  const unsigned nthreads = block.x * block.y * block.z;
+  if (nthreads == 0 || nthreads > 1024) throw std::runtime_error("emu: bad block size");
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        Block blk(nthreads);  // fresh barriers, freshly poisoned shared memory
+        std::vector<std::thread> threads;
+        threads.reserve(nthreads);
+        std::exception_ptr err;
+        std::atomic<bool> failed{false};
+        for (unsigned t = 0; t < nthreads; ++t) {
+          threads.emplace_back([&, t] {
+            tls.blockIdx = dim3(bx, by, bz);
+            tls.gridDim = grid;
+            tls.blockDim = block;
+            tls.threadIdx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+            tls.block = &blk;
+            tls.linear = t;
+            try {
+              body();
+            } catch (...) {
+              if (!failed.exchange(true)) err = std::current_exception();
+            }
+            // The thread has returned: drop out of the warp's and the block's barriers.
+            my_warp().bar.arrive_and_drop();
+            blk.bar.arrive_and_drop();
+          });
+        }
+        for (auto& th : threads) th.join();
+        if (err) std::rethrow_exception(err);
+      }
+}
+
+}  // namespace emu
+
+// The CUDA spellings the kernel headers use, mapped onto the harness.
+#define threadIdx (::emu::tls.threadIdx)
+#define blockIdx (::emu::tls.blockIdx)
+#define blockDim (::emu::tls.blockDim)
+#define gridDim (::emu::tls.gridDim)
+#define __syncthreads() ::emu::syncthreads()
+#define __syncwarp(...) ::emu::syncwarp()
+#define __shfl_xor_sync(mask, v, lanemask) ::emu::shfl_xor((v), (lanemask))
+#define atomicAdd(addr, v) ::emu::atomic_add((addr), (v))

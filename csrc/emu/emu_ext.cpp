@@ -1,0 +1,29 @@
+// CPU emulator extension: the same kernel headers, launcher and torch binding as the CUDA extension,
+// run through the CUDA-on-CPU harness (csrc/emu/emu.h). Registers CPU kernels for the op family under
+// the namespace fused_dsconv_emu, so the tests can compare them with the reference backend.
+// Built on demand by the tests (torch.utils.cpp_extension.load); not part of the wheel.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "emu/emu.h"  // after the torch headers: it defines threadIdx, blockIdx, ... as macros
+#include "kernels/common.cuh"
+#include "emu/numeric.h"
+#include "emu/policy.h"
+#include "binding/ops_impl.h"
+
+namespace {
+struct EmuTraits {
+  using Policy = EmuPolicy;
+  using Half = emu::half;
+  using BF16 = emu::bf16;
+  struct Guard {
+    explicit Guard(c10::Device) {}
+  };
+  static constexpr c10::DeviceType kDevice = c10::DeviceType::CPU;
+  static constexpr const char* kPrefix = "fused_dsconv_emu: ";
+};
+}  // namespace
+
+TORCH_LIBRARY(fused_dsconv_emu, m) { DSC_SCHEMAS(m); }
+
+TORCH_LIBRARY_IMPL(fused_dsconv_emu, CPU, m) { DSC_IMPLS(m, EmuTraits); }

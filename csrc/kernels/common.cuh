@@ -1,0 +1,84 @@
+// Portability layer of the torch-free kernel headers. Three builds include these headers:
+//   * nvcc (the CUDA extension, csrc/*.cu)            -> __CUDACC__ defined
+//   * NVRTC 12.x for the sm_61 compile check          -> __CUDACC_RTC__ defined
+//   * g++ C++20 emulator (csrc/emu/emu.h included first, DSC_EMU defined)
+// Nothing here includes torch or host-only code.
+#pragma once
+
+#if defined(__CUDACC_RTC__)
+typedef long long int64_t;
+typedef unsigned long long uint64_t;
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#define DSC_GPU 1
+#elif defined(__CUDACC__)
+#include <cstdint>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#define DSC_GPU 1
+#elif defined(DSC_EMU)
+#include <cstdint>
+#include <cmath>
+#include <cstring>
+#else
+#error "include csrc/emu/emu.h (which defines DSC_EMU) before the kernel headers on the host"
+#endif
+
+#if DSC_GPU
+#define DSC_DEVICE __device__ __forceinline__
+#define DSC_HD __host__ __device__ __forceinline__
+#define DSC_GLOBAL __global__
+#define DSC_LAUNCH_BOUNDS(n) __launch_bounds__(n)
+// Shared memory: one struct per kernel, so the emulator can hand out one poisoned arena for it.
+#define DSC_SHARED(Type, name) __shared__ Type name
+#define DSC_RSQRT(v) rsqrtf(v)
+#else
+#define DSC_DEVICE inline
+#define DSC_HD inline
+#define DSC_GLOBAL inline
+#define DSC_LAUNCH_BOUNDS(n)
+#define DSC_SHARED(Type, name) Type& name = *static_cast<Type*>(::emu::shared_arena(sizeof(Type)))
+#define DSC_RSQRT(v) (1.0f / std::sqrt(v))
+#endif
+
+namespace dsc {
+
+// Storage <-> fp32 conversion. Accumulation is always fp32.
+template <class T>
+struct Cvt;
+
+template <>
+struct Cvt<float> {
+  static DSC_DEVICE float load(float v) { return v; }
+  static DSC_DEVICE float store(float v) { return v; }
+};
+
+#if DSC_GPU
+template <>
+struct Cvt<__half> {
+  static DSC_DEVICE float load(__half v) { return __half2float(v); }
+  static DSC_DEVICE __half store(float v) { return __float2half_rn(v); }
+};
+// cuda_bf16.h converts in software below sm_80, so bf16 storage also works on sm_61/sm_75.
+template <>
+struct Cvt<__nv_bfloat16> {
+  static DSC_DEVICE float load(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static DSC_DEVICE __nv_bfloat16 store(float v) { return __float2bfloat16_rn(v); }
+};
+#endif
+
+// Element strides (in elements, int64) of a 4-D tensor in logical [n, c, h, w] order.
+struct Str4 {
+  int64_t n, c, h, w;
+};
+
+DSC_HD int64_t at4(const Str4& s, int64_t n, int64_t c, int64_t h, int64_t w) {
+  return n * s.n + c * s.c + h * s.h + w * s.w;
+}
+
+DSC_HD int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// ReLU that propagates NaN (fmaxf would drop it).
+DSC_DEVICE float relu_nan(float v) { return v < 0.f ? 0.f : v; }
+
+}  // namespace dsc
