@@ -1,14 +1,134 @@
-"""The native CUDA extension backend (fused_dsconv._C). Filled in by the CUDA kernels work."""
+"""The native CUDA extension backend (``fused_dsconv._C``, ops ``torch.ops.fused_dsconv_native.*``).
+
+The kernels live in torch-free headers under ``csrc/kernels/``; ``csrc/native_cuda.cu`` launches
+them on the current CUDA stream. The same Python class also drives the CPU emulator build of those
+kernels (``load_emulator()``: ops ``torch.ops.fused_dsconv_emu.*``), which is how the kernels and
+this glue are tested on machines without a GPU. Design notes: ``docs/cuda.md``.
+"""
 from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
 
 from . import Backend, register
 
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_BUILD_HINT = ("build it with `pip install --no-build-isolation .` on a machine with a CUDA toolkit "
+               "(nvcc on PATH, CUDA_HOME set; TORCH_CUDA_ARCH_LIST picks the GPU architectures)")
+
+
+def _load_native():
+    """Import fused_dsconv._C (registers torch.ops.fused_dsconv_native); (ops, None) or (None, why)."""
+    if os.environ.get("FUSED_DSCONV_NO_NATIVE") == "1":
+        return None, "disabled by FUSED_DSCONV_NO_NATIVE=1"
+    try:
+        from .. import _C  # noqa: F401
+    except ImportError as e:  # not built (pure-Python install) or built against another torch
+        return None, f"the native extension fused_dsconv._C is not built or failed to load ({e}); {_BUILD_HINT}"
+    return torch.ops.fused_dsconv_native, None
+
 
 class NativeBackend(Backend):
+    """Calls the native op family. ``ops_namespace=None`` means the CUDA extension (loaded lazily);
+    pass ``torch.ops.fused_dsconv_emu`` with ``device_type="cpu"`` to run the emulator build."""
+
     name = "native"
 
+    def __init__(self, ops_namespace=None, device_type: str = "cuda", name: Optional[str] = None):
+        self._ops = ops_namespace
+        self._why_not = None
+        self._loaded = ops_namespace is not None
+        self.device_type = device_type
+        if name is not None:
+            self.name = name
+        self._arch_ok: dict[int, Optional[str]] = {}
+
+    @property
+    def ops(self):
+        if not self._loaded:
+            self._ops, self._why_not = _load_native()
+            self._loaded = True
+        return self._ops
+
+    def _arch_reason(self, device: torch.device) -> Optional[str]:
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        if idx not in self._arch_ok:
+            version = int(self.ops.kernel_binary_version(idx))
+            if version < 0:
+                major, minor = torch.cuda.get_device_capability(idx)
+                self._arch_ok[idx] = (f"fused_dsconv._C has no kernel image for this GPU (sm_{major}{minor}); rebuild "
+                                      f"with TORCH_CUDA_ARCH_LIST including {major}.{minor}; {_BUILD_HINT}")
+            else:
+                self._arch_ok[idx] = None
+        return self._arch_ok[idx]
+
     def unavailable(self, x):
-        return "the native CUDA extension (fused_dsconv._C) is not part of this build yet"
+        if self.ops is None:
+            return self._why_not
+        if x.device.type != self.device_type:
+            return f"x is on {x.device.type}; this backend runs {self.device_type} tensors only"
+        if x.dtype not in _DTYPES:
+            return f"dtype {x.dtype} is not supported (float32, float16, bfloat16; float64 runs on the reference)"
+        if x.dim() != 4 or not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+            return "x must be a 4-D tensor contiguous in NCHW or channels_last"
+        if self.device_type == "cuda":
+            return self._arch_reason(x.device)
+        return None
+
+    def forward_eval(self, x, dw_weight, pw_weight, bias, stride, dilation):
+        return self.ops.forward_eval(x, dw_weight, pw_weight, bias, stride, dilation)
+
+    def forward_train(self, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, save_y):
+        return tuple(self.ops.forward_train(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation,
+                                            float(eps), bool(save_y)))
+
+    def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, stride, dilation):
+        return tuple(self.ops.backward_eval(grad_out, out, x, dw_weight, pw_weight, stride, dilation))
+
+    def backward_train(self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var,
+                       stride, dilation, eps):
+        return tuple(self.ops.backward_train(grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean,
+                                             var, stride, dilation, float(eps)))
+
+
+# ---- the CPU emulator build (tests, and anyone checking the kernels without a GPU) ----
+
+CSRC = Path(__file__).resolve().parents[2] / "csrc"
+
+
+def _emu_sources_hash() -> str:
+    h = hashlib.sha256()
+    for sub in ("kernels", "emu", "binding"):
+        for f in sorted((CSRC / sub).glob("*")):
+            if f.is_file():
+                h.update(f.name.encode())
+                h.update(f.read_bytes())
+    h.update(torch.__version__.encode())
+    return h.hexdigest()[:16]
+
+
+def load_emulator(build_dir: Optional[str] = None, verbose: bool = False) -> NativeBackend:
+    """JIT-build (cached) the CPU emulator extension from csrc/ and return a backend over its ops.
+
+    Needs a source checkout (csrc/ beside the package) and g++ with C++20. The build directory
+    defaults to ``$FUSED_DSCONV_EMU_BUILD`` or ``build/emu-<hash of the sources>`` in the checkout.
+    """
+    if not hasattr(torch.ops.fused_dsconv_emu, "forward_eval"):
+        from torch.utils.cpp_extension import load
+
+        if not (CSRC / "emu" / "emu_ext.cpp").is_file():
+            raise RuntimeError(f"the emulator needs the csrc/ sources of a checkout; not found at {CSRC}")
+        build = Path(build_dir or os.environ.get("FUSED_DSCONV_EMU_BUILD")
+                     or CSRC.parent / "build" / f"emu-{_emu_sources_hash()}")
+        build.mkdir(parents=True, exist_ok=True)
+        load(name="fused_dsconv_emu_ext", sources=[str(CSRC / "emu" / "emu_ext.cpp")],
+             extra_include_paths=[str(CSRC)], extra_cflags=["-std=c++20", "-O2"], build_directory=str(build),
+             is_python_module=False, verbose=verbose)
+    return NativeBackend(torch.ops.fused_dsconv_emu, device_type="cpu", name="native-emu")
 
 
 register(NativeBackend())

@@ -1,0 +1,195 @@
+"""The native kernels (csrc/kernels/*.cuh), run on the CPU through the CUDA emulator build, against the
+reference backend: every op, every compile-time specialisation (dilation 1..4) and the runtime-dilation
+path, strides 1/2, NCHW and channels_last, fp32/fp16/bf16, odd shapes. Also the NativeBackend glue.
+
+The emulator runs each CUDA thread as a std::thread with poisoned shared memory, so a missing barrier
+or an unwritten shared-memory read shows up as a wrong (NaN) result here; see tests/test_emu_tsan.py
+for the ThreadSanitizer run.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fused_dsconv.backends import native
+from fused_dsconv.backends.reference import ReferenceBackend
+from fused_dsconv.testing import assert_close, make_case
+
+REF = ReferenceBackend()
+EPS = 1e-5
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+
+
+@pytest.fixture(scope="session")
+def emu():
+    return native.load_emulator()
+
+
+def _d(t):
+    return None if t is None else t.double()
+
+
+def _cases():
+    out = []
+    for cl in (False, True):
+        for s in (1, 2):
+            for d in (1, 2, 3, 4, 5):  # 1..4 specialised, 5 the runtime-dilation path
+                out.append((F32, cl, s, d))
+    # fp16 / bf16: both layouts, both strides, a specialised and the runtime dilation, spread over 4 cases
+    out += [(F16, False, 1, 1), (F16, True, 2, 5), (BF16, True, 1, 1), (BF16, False, 2, 5)]
+    out.append((F32, False, 1, 9))  # runtime dilation with the gathered (non-dense) halo at stride 1
+    return out
+
+
+CASES = _cases()
+IDS = [f"{str(dt).split('.')[-1]}-{'cl' if cl else 'nchw'}-s{s}-d{d}" for dt, cl, s, d in CASES]
+SHAPE = (2, 5, 7, 9, 11)  # N, C, K, H, W: odd, several tiles, partial tiles
+
+
+def _case(dtype, cl, s, d, shape=SHAPE, **kw):
+    n, c, k, h, w = shape
+    return make_case(n, c, k, h, w, stride=s, dilation=d, channels_last=cl, **kw).cast(dtype)
+
+
+def _layout_ok(t, cl):
+    return t.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("dtype,cl,s,d", CASES, ids=IDS)
+def test_forward_eval(emu, dtype, cl, s, d):
+    c = _case(dtype, cl, s, d)
+    out = emu.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, d)
+    exp = REF.forward_eval(c.x.double(), c.dw_weight.double(), c.pw_weight.double(), c.bias.double(), s, d)
+    assert out.dtype == dtype and _layout_ok(out, cl)
+    assert_close(out, exp, dtype, "out")
+
+
+@pytest.mark.parametrize("dtype,cl,s,d", CASES, ids=IDS)
+def test_forward_train(emu, dtype, cl, s, d):
+    c = _case(dtype, cl, s, d)
+    out, y, mean, var = emu.forward_train(c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias,
+                                          s, d, EPS, True)
+    eo, ey, em, ev = REF.forward_train(c.x.double(), c.dw_weight.double(), c.pw_weight.double(), _d(c.bias),
+                                       _d(c.bn_weight), _d(c.bn_bias), s, d, EPS, True)
+    assert out.dtype == dtype and y.dtype == dtype and mean.dtype == F32 and var.dtype == F32
+    assert _layout_ok(out, cl) and _layout_ok(y, cl)
+    for name, a, e in (("y", y, ey), ("mean", mean, em), ("var", var, ev), ("out", out, eo)):
+        assert_close(a, e, dtype, name)
+    out2, y2, _, _ = emu.forward_train(c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias,
+                                       s, d, EPS, False)
+    assert y2.numel() == 0 and torch.equal(out2, out)
+
+
+@pytest.mark.parametrize("dtype,cl,s,d", CASES, ids=IDS)
+@pytest.mark.parametrize("recompute", [False, True], ids=["saved_y", "recompute"])
+def test_backward_train(emu, dtype, cl, s, d, recompute):
+    c = _case(dtype, cl, s, d)
+    out, y, mean, var = emu.forward_train(c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias,
+                                          s, d, EPS, True)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    got = emu.backward_train(g, c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias,
+                             None if recompute else y, mean, var, s, d, EPS)
+    # Expected: from the y the forward stored (rounded to the storage dtype). Recompute mode must rebuild
+    # exactly that y, else the ReLU mask near z = 0 disagrees with the forward's.
+    exp = REF.backward_train(g.double(), c.x.double(), c.dw_weight.double(), c.pw_weight.double(), _d(c.bias),
+                             _d(c.bn_weight), _d(c.bn_bias), y.double(), mean.double(), var.double(), s, d, EPS)
+    assert _layout_ok(got[0], cl)
+    for name, a, e in zip(("dx", "d_dw", "d_pw", "dbias", "dgamma", "dbeta"), got, exp):
+        assert_close(a, e, dtype, name)
+
+
+@pytest.mark.parametrize("dtype,cl,s,d", CASES, ids=IDS)
+def test_backward_eval(emu, dtype, cl, s, d):
+    c = _case(dtype, cl, s, d)
+    out = emu.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, d)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(dtype)
+    got = emu.backward_eval(g, out, c.x, c.dw_weight, c.pw_weight, s, d)
+    exp = REF.backward_eval(g.double(), out.double(), c.x.double(), c.dw_weight.double(), c.pw_weight.double(), s, d)
+    assert _layout_ok(got[0], cl)
+    for name, a, e in zip(("dx", "d_dw", "d_pw", "dbias"), got, exp):
+        assert_close(a, e, dtype, name)
+
+
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
+def test_multi_chunk_shapes(emu, cl):
+    """C > 64 and K > 64: several depthwise chunks, K tiles, dt channel blocks and dWp splits; no bias/affine."""
+    c = _case(F32, cl, 2, 3, shape=(1, 70, 66, 13, 10), bias=False, affine=False)
+    out = emu.forward_eval(c.x, c.dw_weight, c.pw_weight, torch.zeros(66), 2, 3)
+    assert_close(out, REF.forward_eval(c.x.double(), c.dw_weight.double(), c.pw_weight.double(),
+                                       torch.zeros(66, dtype=torch.float64), 2, 3), F32, "out")
+    o, y, m, v = emu.forward_train(c.x, c.dw_weight, c.pw_weight, None, None, None, 2, 3, EPS, True)
+    eo, ey, em, ev = REF.forward_train(c.x.double(), c.dw_weight.double(), c.pw_weight.double(), None, None, None,
+                                       2, 3, EPS, True)
+    for name, a, e in (("y", y, ey), ("mean", m, em), ("var", v, ev), ("out", o, eo)):
+        assert_close(a, e, F32, name)
+    g = torch.randn(o.shape, generator=torch.Generator().manual_seed(3))
+    got = emu.backward_train(g, c.x, c.dw_weight, c.pw_weight, None, None, None, y, m, v, 2, 3, EPS)
+    exp = REF.backward_train(g.double(), c.x.double(), c.dw_weight.double(), c.pw_weight.double(), None, None, None,
+                             y.double(), m.double(), v.double(), 2, 3, EPS)
+    for name, a, e in zip(("dx", "d_dw", "d_pw", "dbias", "dgamma", "dbeta"), got, exp):
+        assert_close(a, e, F32, name)
+
+
+def test_relu_propagates_nan_and_masks_like_threshold_backward(emu):
+    c = _case(F32, False, 1, 1)
+    x = c.x.clone()
+    x[0, 0, 4, 4] = float("nan")
+    out = emu.forward_eval(x, c.dw_weight, c.pw_weight, c.bias, 1, 1)
+    exp = REF.forward_eval(x.double(), c.dw_weight.double(), c.pw_weight.double(), c.bias.double(), 1, 1)
+    assert out.isnan().any() and torch.equal(out.isnan(), exp.isnan())
+    g = torch.ones_like(out)
+    dx, _, _, dbias = emu.backward_eval(g, out, c.x, c.dw_weight, c.pw_weight, 1, 1)
+    _, _, _, edbias = REF.backward_eval(g.double(), out.double(), c.x.double(), c.dw_weight.double(),
+                                        c.pw_weight.double(), 1, 1)
+    assert_close(dbias, edbias, F32, "dbias with NaN pre-activations passed through")
+
+
+def test_strided_grad_out(emu):
+    """grad_out from autograd may be non-contiguous (e.g. expanded): read through its strides, no copy."""
+    c = _case(F32, True, 2, 2)
+    out = emu.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 2, 2)
+    g = torch.tensor(0.7).expand(out.shape)
+    got = emu.backward_eval(g, out, c.x, c.dw_weight, c.pw_weight, 2, 2)
+    exp = REF.backward_eval(g.double(), out.double(), c.x.double(), c.dw_weight.double(), c.pw_weight.double(), 2, 2)
+    for name, a, e in zip(("dx", "d_dw", "d_pw", "dbias"), got, exp):
+        assert_close(a, e, F32, name)
+
+
+def test_deterministic(emu):
+    c = _case(F32, False, 1, 3)
+    r1 = emu.forward_train(c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 1, 3, EPS, True)
+    r2 = emu.forward_train(c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 1, 3, EPS, True)
+    assert all(torch.equal(a, b) for a, b in zip(r1, r2))
+
+
+def test_checks_name_the_argument(emu):
+    c = _case(F32, False, 1, 1)
+    ops = torch.ops.fused_dsconv_emu
+    with pytest.raises(RuntimeError, match="pw_weight"):
+        ops.forward_eval(c.x, c.dw_weight, c.pw_weight.half(), c.bias, 1, 1)
+    with pytest.raises(RuntimeError, match="dw_weight"):
+        ops.forward_eval(c.x, c.dw_weight[:, :, :2], c.pw_weight, c.bias, 1, 1)
+    with pytest.raises(RuntimeError, match="bias"):
+        ops.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias[:3], 1, 1)
+    with pytest.raises(RuntimeError, match="stride"):
+        ops.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 3, 1)
+    with pytest.raises(RuntimeError, match="x must"):
+        ops.forward_eval(c.x.double(), c.dw_weight.double(), c.pw_weight.double(), c.bias, 1, 1)
+    with pytest.raises(RuntimeError, match="x must be contiguous"):
+        ops.forward_eval(c.x[:, :, ::2], c.dw_weight, c.pw_weight, c.bias, 1, 1)
+    out = ops.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 1)
+    with pytest.raises(RuntimeError, match="grad_out"):
+        ops.backward_eval(out[:1], out, c.x, c.dw_weight, c.pw_weight, 1, 1)
+
+
+def test_unavailable_reasons(emu):
+    x = torch.zeros(1, 2, 3, 3)
+    assert emu.unavailable(x) is None
+    assert "float64" in emu.unavailable(x.double())
+    cuda_backend = native.NativeBackend()
+    why = cuda_backend.unavailable(x)
+    assert why is not None
+    if cuda_backend.ops is None:
+        assert "pip install --no-build-isolation" in why or "FUSED_DSCONV_NO_NATIVE" in why
+    else:
+        assert "cuda" in why
