@@ -19,6 +19,8 @@
 
 #include <atomic>
 #include <barrier>
+#include <condition_variable>
+#include <mutex>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -96,6 +98,55 @@ T atomic_add(T* addr, T v) {
   return std::atomic_ref<T>(*addr).fetch_add(v);
 }
 
+// A persistent pool of host threads, one per CUDA thread of a block (grown on demand), so a launch
+// does not pay thread creation per block. Blocks are handed out one at a time under a mutex, which
+// also orders one block's shared-memory use before the next block's (as the GPU's block retirement does).
+class Pool {
+ public:
+  static Pool& get() {
+    static Pool* pool = new Pool();  // leaked on purpose: workers stay parked until the process exits
+    return *pool;
+  }
+  // Runs job(t) for t in [0, n) on n pool threads and waits for all of them.
+  void run(unsigned n, const std::function<void(unsigned)>& job) {
+    std::unique_lock<std::mutex> lk(mu_);
+    while (workers_.size() < n) {
+      const unsigned id = static_cast<unsigned>(workers_.size());
+      workers_.emplace_back([this, id] { loop(id); });
+      workers_.back().detach();
+    }
+    job_ = &job;
+    active_ = n;
+    remaining_ = n;
+    ++gen_;
+    start_.notify_all();
+    done_.wait(lk, [&] { return remaining_ == 0; });
+    job_ = nullptr;
+  }
+
+ private:
+  void loop(unsigned id) {
+    uint64_t seen = 0;
+    std::unique_lock<std::mutex> lk(mu_);
+    for (;;) {
+      start_.wait(lk, [&] { return gen_ != seen; });
+      seen = gen_;
+      if (id >= active_) continue;
+      const std::function<void(unsigned)>* job = job_;
+      lk.unlock();
+      (*job)(id);
+      lk.lock();
+      if (--remaining_ == 0) done_.notify_one();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable start_, done_;
+  std::vector<std::thread> workers_;
+  const std::function<void(unsigned)>* job_ = nullptr;
+  unsigned active_ = 0, remaining_ = 0;
+  uint64_t gen_ = 0;
+};
+
 // Runs grid x block threads; `body` is the kernel invocation (a lambda capturing the arguments).
 inline void launch(dim3 grid, dim3 block, const std::function<void()>& body) {
   const unsigned nthreads = block.x * block.y * block.z;
@@ -104,29 +155,25 @@ inline void launch(dim3 grid, dim3 block, const std::function<void()>& body) {
     for (unsigned by = 0; by < grid.y; ++by)
       for (unsigned bx = 0; bx < grid.x; ++bx) {
         Block blk(nthreads);  // fresh barriers, freshly poisoned shared memory
-        std::vector<std::thread> threads;
-        threads.reserve(nthreads);
         std::exception_ptr err;
         std::atomic<bool> failed{false};
-        for (unsigned t = 0; t < nthreads; ++t) {
-          threads.emplace_back([&, t] {
-            tls.blockIdx = dim3(bx, by, bz);
-            tls.gridDim = grid;
-            tls.blockDim = block;
-            tls.threadIdx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
-            tls.block = &blk;
-            tls.linear = t;
-            try {
-              body();
-            } catch (...) {
-              if (!failed.exchange(true)) err = std::current_exception();
-            }
-            // The thread has returned: drop out of the warp's and the block's barriers.
-            my_warp().bar.arrive_and_drop();
-            blk.bar.arrive_and_drop();
-          });
-        }
-        for (auto& th : threads) th.join();
+        Pool::get().run(nthreads, [&](unsigned t) {
+          tls.blockIdx = dim3(bx, by, bz);
+          tls.gridDim = grid;
+          tls.blockDim = block;
+          tls.threadIdx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+          tls.block = &blk;
+          tls.linear = t;
+          try {
+            body();
+          } catch (...) {
+            if (!failed.exchange(true)) err = std::current_exception();
+          }
+          // The thread has returned: drop out of the warp's and the block's barriers.
+          my_warp().bar.arrive_and_drop();
+          blk.bar.arrive_and_drop();
+          tls.block = nullptr;
+        });
         if (err) std::rethrow_exception(err);
       }
 }
