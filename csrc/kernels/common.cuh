@@ -41,6 +41,17 @@ typedef unsigned long long uint64_t;
 #define DSC_RSQRT(v) (1.0f / std::sqrt(v))
 #endif
 
+// DSC_SYNC(id): a block barrier with an id, so the TSan test build can drop exactly one of them
+// (-DDSC_DROP_BARRIER=id) and show that ThreadSanitizer catches the race. Real builds: __syncthreads().
+#if defined(DSC_DROP_BARRIER)
+#define DSC_SYNC(id)                                \
+  do {                                              \
+    if ((id) != DSC_DROP_BARRIER) __syncthreads();  \
+  } while (0)
+#else
+#define DSC_SYNC(id) __syncthreads()
+#endif
+
 namespace dsc {
 
 // Storage <-> fp32 conversion. Accumulation is always fp32.

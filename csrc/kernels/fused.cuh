@@ -158,7 +158,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(kThreads) fwd_kernel(const Problem p, float* w
       const int64_t c = c0 + cc, k = k0 + kk;
       s.w[cc][kk] = (c < p.C && k < p.K) ? Cvt<T>::load(wp[k * p.C + c]) : 0.f;
     }
-    __syncthreads();
+    DSC_SYNC(1);  // chunk staged
 #pragma unroll 4
     for (int cc = 0; cc < kBC; ++cc) {
       float a[4], b[4];
@@ -171,7 +171,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(kThreads) fwd_kernel(const Problem p, float* w
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
     }
-    __syncthreads();
+    DSC_SYNC(2);  // chunk consumed before the next one overwrites it
   }
 
   // Epilogue.
@@ -250,6 +250,8 @@ struct StatsSmem {
 };
 
 // grid = K blocks: per channel, merge the tile partials in a fixed order -> biased mean / var.
+// (A template only so that every translation unit may define it, like the other kernels.)
+template <int kUnused = 0>
 DSC_GLOBAL void DSC_LAUNCH_BOUNDS(kThreads) stats_finalize_kernel(const Problem p, const float* ws) {
   DSC_SHARED(StatsSmem, s);
   const int tid = threadIdx.x;
@@ -363,6 +365,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(kThreads) bwd_reduce_kernel(const Problem p, f
 
 // Sums the tile partials per channel in a fixed order; writes dbeta, dgamma, dbias and the dy
 // coefficients [A | B | C | unused] into the workspace. One thread per channel.
+template <int kUnused = 0>
 DSC_GLOBAL void DSC_LAUNCH_BOUNDS(kThreads) bn_bwd_finalize_kernel(const Problem p, float* ws) {
   const int64_t k = (int64_t)blockIdx.x * kThreads + threadIdx.x;
   if (k >= p.K) return;

@@ -57,7 +57,7 @@ template <class P, class T>
 void forward(const Problem& p, float* ws) {
   DSC_DISPATCH_DILATION(p.dil, P::launch(fwd_kernel<T, D>, p.ntiles, cdiv(p.K, kBK), 1, kThreads, p, ws));
   if (p.mode != kTrain) return;
-  P::launch(stats_finalize_kernel, p.K, 1, 1, kThreads, p, static_cast<const float*>(ws));
+  P::launch(stats_finalize_kernel<>, p.K, 1, 1, kThreads, p, static_cast<const float*>(ws));
   P::launch(normalize_kernel<T>, elementwise_blocks(p.N * p.K * p.Ho * p.Wo), 1, 1, kThreads, p);
 }
 
@@ -67,7 +67,7 @@ template <class P, class T>
 void backward(const Problem& p, float* ws) {
   const BwdWs L = bwd_ws(p);
   P::launch(bwd_reduce_kernel<T>, p.ntiles, cdiv(p.K, kBK), 1, kThreads, p, ws);
-  P::launch(bn_bwd_finalize_kernel, cdiv(p.K, kThreads), 1, 1, kThreads, p, ws);
+  P::launch(bn_bwd_finalize_kernel<>, cdiv(p.K, kThreads), 1, 1, kThreads, p, ws);
   DSC_DISPATCH_DILATION(p.dil,
       P::launch(dwp_kernel<T, D>, cdiv(p.K, 64), cdiv(p.C, 64), p.splits, kThreads, p, ws);
       P::launch(dt_kernel<T, D>, p.ntiles, cdiv(p.C, kBCd), 1, kThreads, p, ws);

@@ -1,0 +1,13 @@
+// Schemas of the native op family, shared by fused_dsconv_native (CUDA) and fused_dsconv_emu (CPU emulator).
+#pragma once
+
+#define DSC_SCHEMAS(m)                                                                                           \
+  m.def("forward_eval(Tensor x, Tensor dw_weight, Tensor pw_weight, Tensor bias, int stride, int dilation) "   \
+        "-> Tensor");                                                                                            \
+  m.def("forward_train(Tensor x, Tensor dw_weight, Tensor pw_weight, Tensor? bias, Tensor? bn_weight, "         \
+        "Tensor? bn_bias, int stride, int dilation, float eps, bool save_y) -> (Tensor, Tensor, Tensor, Tensor)"); \
+  m.def("backward_eval(Tensor grad_out, Tensor out, Tensor x, Tensor dw_weight, Tensor pw_weight, int stride, " \
+        "int dilation) -> (Tensor, Tensor, Tensor, Tensor)");                                                   \
+  m.def("backward_train(Tensor grad_out, Tensor x, Tensor dw_weight, Tensor pw_weight, Tensor? bias, "          \
+        "Tensor? bn_weight, Tensor? bn_bias, Tensor? y, Tensor mean, Tensor var, int stride, int dilation, "     \
+        "float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")

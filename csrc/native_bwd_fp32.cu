@@ -1,0 +1,4 @@
+// Backward kernels of the CUDA build, fp32 storage.
+#include "binding/cuda_policy.cuh"
+
+DSC_DEFINE_LAUNCHER(backward, float)

@@ -1,0 +1,36 @@
+"""Compile report of the native kernels (tools/report_cuda.py): every kernel variant compiles for sm_61
+(NVRTC 12.x), sm_75 and sm_86 (nvcc) with 0 spill bytes and fits sm_61's 48 KB static shared memory."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _report():
+    spec = importlib.util.spec_from_file_location("report_cuda", ROOT / "tools" / "report_cuda.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("arch", ["sm_61", "sm_75", "sm_86"])
+def test_no_spills_and_fits(arch):
+    rep = _report()
+    try:
+        rows = rep.rows(archs=(arch,))
+    except rep.ToolMissing as e:
+        pytest.skip(str(e))
+    kernels = {r["kernel"] for r in rows}
+    assert {"fwd_kernel", "stats_finalize_kernel", "normalize_kernel", "bwd_reduce_kernel", "bn_bwd_finalize_kernel",
+            "dwp_kernel", "dt_kernel", "dx_kernel", "colsum_kernel"} <= kernels
+    assert len(rows) == 4 * 5 * 3 + 3 * 3 + 2  # 4 dilation-templated kernels x 5 x 3 dtypes, 3 per dtype, 2 plain
+    for r in rows:
+        assert r["spill_stores"] == 0 and r["spill_loads"] == 0, r
+        assert r["shared_bytes"] <= 48 * 1024, r
+        assert 0 < r["occupancy"] <= 1, r
+        assert set(r) == {"backend", "kernel", "variant", "arch", "registers", "shared_bytes", "spill_stores",
+                          "spill_loads", "occupancy"}

@@ -1,0 +1,196 @@
+"""Compile report of the native CUDA kernels: registers, shared memory, spills, theoretical occupancy.
+
+Compiles csrc/kernels/instantiate_all.cuh (every kernel variant the launcher can launch, no torch):
+  * sm_61 with NVRTC 12.x from PyPI (`pip install nvidia-cuda-nvrtc-cu12`), loaded with ctypes, ptxas -v;
+  * sm_75 and sm_86 with nvcc (CUDA_HOME or /usr/local/cuda) -cubin -Xptxas -v.
+Same flags as the extension's device code (-O3). Results are cached by source hash under build/.
+
+    python tools/report_cuda.py            # markdown table
+rows() -> list[dict] with keys backend, kernel, variant, arch, registers, shared_bytes, spill_stores,
+spill_loads, occupancy (theoretical active warps / max warps per SM).
+"""
+from __future__ import annotations
+
+import ctypes
+import glob
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CSRC = ROOT / "csrc"
+TU = '#include "kernels/instantiate_all.cuh"\n'
+THREADS = 256  # every kernel launches 256-thread blocks (csrc/kernels/fused.cuh: kThreads)
+
+# Per-SM limits (CUDA occupancy calculator): regs, max warps, max blocks, smem per SM, smem per block,
+# per-block reserved smem, smem allocation unit.
+LIMITS = {
+    "sm_61": dict(regs=65536, warps=64, blocks=32, smem=98304, smem_block=49152, reserved=0, unit=256),
+    "sm_75": dict(regs=65536, warps=32, blocks=16, smem=65536, smem_block=49152, reserved=0, unit=256),
+    "sm_86": dict(regs=65536, warps=48, blocks=16, smem=102400, smem_block=49152, reserved=1024, unit=128),
+}
+
+
+class ToolMissing(RuntimeError):
+    pass
+
+
+def occupancy(arch: str, registers: int, shared_bytes: int, threads: int = THREADS) -> float:
+    lim = LIMITS[arch]
+    warps = -(-threads // 32)
+    regs_per_warp = -(-max(registers, 1) * 32 // 256) * 256
+    by_regs = (lim["regs"] // regs_per_warp) // warps
+    smem = -(-shared_bytes // lim["unit"]) * lim["unit"] + lim["reserved"]
+    by_smem = lim["smem"] // smem if smem else lim["blocks"]
+    blocks = min(by_regs, by_smem, lim["blocks"], lim["warps"] // warps)
+    return round(blocks * warps / lim["warps"], 4)
+
+
+def _sources_hash() -> str:
+    h = hashlib.sha256()
+    for f in sorted((CSRC / "kernels").glob("*")):
+        h.update(f.name.encode() + f.read_bytes())
+    h.update(Path(__file__).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _nvrtc_lib():
+    import importlib.util
+
+    cands = []
+    spec = importlib.util.find_spec("nvidia")
+    for base in (spec.submodule_search_locations if spec else []):
+        cands += glob.glob(os.path.join(base, "cuda_nvrtc", "lib", "libnvrtc.so.12*"))
+    if not cands:
+        raise ToolMissing("NVRTC 12.x not found: pip install nvidia-cuda-nvrtc-cu12 (sm_61 needs CUDA <= 12)")
+    return ctypes.CDLL(sorted(cands)[0])
+
+
+def ptxas_log_sm61() -> str:
+    lib = _nvrtc_lib()
+    prog = ctypes.c_void_p()
+    src = TU.encode()
+    chk = lambda r, what: None if r == 0 else (_ for _ in ()).throw(RuntimeError(f"nvrtc {what} failed: {r}"))  # noqa
+    chk(lib.nvrtcCreateProgram(ctypes.byref(prog), src, b"instantiate_all.cu", 0, None, None), "create")
+    opts = [b"--gpu-architecture=sm_61", b"-std=c++17", b"--ptxas-options=-v", b"-default-device",
+            f"-I{CSRC}".encode()]
+    arr = (ctypes.c_char_p * len(opts))(*opts)
+    res = lib.nvrtcCompileProgram(prog, len(opts), arr)
+    size = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+    buf = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetProgramLog(prog, buf)
+    log = buf.value.decode(errors="replace")
+    lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    if res != 0:
+        raise RuntimeError(f"NVRTC sm_61 compile failed ({res}):\n{log}")
+    return log
+
+
+def _nvcc() -> str:
+    home = os.environ.get("CUDA_HOME") or "/usr/local/cuda"
+    nvcc = os.path.join(home, "bin", "nvcc")
+    if not os.path.exists(nvcc):
+        nvcc = shutil.which("nvcc") or ""
+    if not nvcc:
+        raise ToolMissing("nvcc not found (set CUDA_HOME)")
+    return nvcc
+
+
+def ptxas_log_nvcc(arch: str) -> str:
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "instantiate_all.cu"
+        src.write_text(TU)
+        cmd = [_nvcc(), "-cubin", f"-arch={arch}", "-O3", "-std=c++17", "-Xptxas", "-v", f"-I{CSRC}", str(src),
+               "-o", str(Path(d) / "k.cubin")]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"nvcc {arch} failed:\n{p.stderr}")
+        return p.stderr + p.stdout
+
+
+def _demangle(names: list[str]) -> dict[str, str]:
+    if not names:
+        return {}
+    p = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True)
+    return dict(zip(names, p.stdout.splitlines()))
+
+
+_DT = {"float": "fp32", "__half": "fp16", "__nv_bfloat16": "bf16"}
+
+
+def _kernel_variant(demangled: str) -> tuple[str, str]:
+    m = re.match(r"void dsc::(\w+)(?:<(.*?)>)?\(", demangled)
+    if not m:
+        return demangled, ""
+    kernel, targs = m.group(1), m.group(2)
+    if not targs:
+        return kernel, "-"
+    parts = [a.strip() for a in targs.split(",")]
+    if parts[0] not in _DT:  # the dtype-free kernels (template only for linkage)
+        return kernel, "-"
+    v = [_DT.get(parts[0], parts[0])]
+    if len(parts) > 1:
+        v.append("d=runtime" if parts[1] == "0" else f"d={parts[1]}")
+    return kernel, " ".join(v)
+
+
+def parse_ptxas(log: str, arch: str) -> list[dict]:
+    rows, cur = [], None
+    entries = []
+    for line in log.splitlines():
+        m = re.search(r"Compiling entry function '(\w+)' for '(sm_\d+)'", line)
+        if m:
+            cur = {"mangled": m.group(1), "arch": m.group(2)}
+            entries.append(cur)
+            continue
+        if cur is None:
+            continue
+        m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            cur["spill_stores"], cur["spill_loads"] = int(m.group(1)), int(m.group(2))
+        m = re.search(r"Used (\d+) registers", line)
+        if m:
+            cur["registers"] = int(m.group(1))
+            sm = re.search(r"(\d+) bytes smem", line)
+            cur["shared_bytes"] = int(sm.group(1)) if sm else 0
+    dem = _demangle([e["mangled"] for e in entries])
+    for e in entries:
+        kernel, variant = _kernel_variant(dem.get(e["mangled"], e["mangled"]))
+        regs, smem = e.get("registers", 0), e.get("shared_bytes", 0)
+        rows.append(dict(backend="cuda", kernel=kernel, variant=variant, arch=arch, registers=regs,
+                         shared_bytes=smem, spill_stores=e.get("spill_stores", 0),
+                         spill_loads=e.get("spill_loads", 0), occupancy=occupancy(arch, regs, smem)))
+    return sorted(rows, key=lambda r: (r["kernel"], r["variant"]))
+
+
+def rows(archs=("sm_61", "sm_75", "sm_86"), use_cache: bool = True) -> list[dict]:
+    """Report rows for every kernel variant and arch. Raises ToolMissing when a compiler is absent."""
+    cache = ROOT / "build" / f"report-cuda-{_sources_hash()}.json"
+    data = json.loads(cache.read_text()) if use_cache and cache.exists() else {}
+    for arch in archs:
+        if arch not in data:
+            log = ptxas_log_sm61() if arch == "sm_61" else ptxas_log_nvcc(arch)
+            data[arch] = parse_ptxas(log, arch)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(data))
+    return [r for arch in archs for r in data[arch]]
+
+
+def markdown(rs: list[dict]) -> str:
+    head = "| kernel | variant | arch | registers | shared bytes | spill stores | spill loads | occupancy |"
+    lines = [head, "|" + "---|" * 8]
+    for r in rs:
+        lines.append(f"| {r['kernel']} | {r['variant']} | {r['arch']} | {r['registers']} | {r['shared_bytes']} | "
+                     f"{r['spill_stores']} | {r['spill_loads']} | {r['occupancy']:.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown(rows(use_cache="--no-cache" not in sys.argv)))
