@@ -60,26 +60,38 @@ def _sources_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def _nvrtc_lib():
+def _nvidia_glob(pattern: str) -> list[str]:
     import importlib.util
 
-    cands = []
     spec = importlib.util.find_spec("nvidia")
-    for base in (spec.submodule_search_locations if spec else []):
-        cands += glob.glob(os.path.join(base, "cuda_nvrtc", "lib", "libnvrtc.so.12*"))
+    return sorted(p for base in (spec.submodule_search_locations if spec else []) for p in
+                  glob.glob(os.path.join(base, pattern)))
+
+
+def _nvrtc_lib():
+    cands = _nvidia_glob("cuda_nvrtc/lib/libnvrtc.so.12*")
     if not cands:
-        raise ToolMissing("NVRTC 12.x not found: pip install nvidia-cuda-nvrtc-cu12 (sm_61 needs CUDA <= 12)")
-    return ctypes.CDLL(sorted(cands)[0])
+        raise ToolMissing("NVRTC 12.x not found: pip install nvidia-cuda-nvrtc-cu12==12.9.86 "
+                          "(sm_61 needs CUDA <= 12)")
+    return ctypes.CDLL(cands[0])
+
+
+def _cuda12_include() -> str:
+    cands = _nvidia_glob("cuda_runtime/include/cuda_fp16.h")
+    if not cands:
+        raise ToolMissing("CUDA 12 headers (cuda_fp16.h) not found: pip install nvidia-cuda-runtime-cu12==12.9.79")
+    return os.path.dirname(cands[0])
 
 
 def ptxas_log_sm61() -> str:
     lib = _nvrtc_lib()
+    inc = _cuda12_include()
     prog = ctypes.c_void_p()
     src = TU.encode()
     chk = lambda r, what: None if r == 0 else (_ for _ in ()).throw(RuntimeError(f"nvrtc {what} failed: {r}"))  # noqa
     chk(lib.nvrtcCreateProgram(ctypes.byref(prog), src, b"instantiate_all.cu", 0, None, None), "create")
     opts = [b"--gpu-architecture=sm_61", b"-std=c++17", b"--ptxas-options=-v", b"-default-device",
-            f"-I{CSRC}".encode()]
+            f"-I{CSRC}".encode(), f"-I{inc}".encode()]
     arr = (ctypes.c_char_p * len(opts))(*opts)
     res = lib.nvrtcCompileProgram(prog, len(opts), arr)
     size = ctypes.c_size_t()

@@ -8,6 +8,7 @@
 #if defined(__CUDACC_RTC__)
 typedef long long int64_t;
 typedef unsigned long long uint64_t;
+typedef unsigned int uint32_t;
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #define DSC_GPU 1

@@ -29,6 +29,7 @@ struct Problem {
   int cl;  // 1: x and every activation-shaped output are channels_last, else NCHW (both contiguous)
   int mode;
   int splits;  // dWp kernel: blocks along the pixel-tile axis
+  int norm_lanes;  // normalize kernel, channels_last: channel lanes per pixel row (power of 2, <= 256)
   float eps;
 
   const void* x;
@@ -62,10 +63,13 @@ struct TileCoord {
   int64_t n, ho0, wo0;
 };
 
+// Tile numbers are < 2^31 (they are grid.x indices), so 32-bit division suffices: a 64-bit division
+// is a subroutine call on the GPU, and its call frame cost sm_61 spill bytes in the forward kernel.
 DSC_HD TileCoord tile_coord(const Problem& p, int64_t t) {
-  const int64_t per = p.tiles_h * p.tiles_w;
-  const int64_t r = t % per;
-  return TileCoord{t / per, (r / p.tiles_w) * kTileSide, (r % p.tiles_w) * kTileSide};
+  const uint32_t per = static_cast<uint32_t>(p.tiles_h * p.tiles_w), tw = static_cast<uint32_t>(p.tiles_w);
+  const uint32_t t32 = static_cast<uint32_t>(t), n = t32 / per, r = t32 - n * per, th = r / tw;
+  return TileCoord{static_cast<int64_t>(n), static_cast<int64_t>(th) * kTileSide,
+                   static_cast<int64_t>(r - th * tw) * kTileSide};
 }
 
 DSC_HD int64_t tile_pixels(const Problem& p, int64_t t) {
@@ -280,17 +284,32 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(kThreads) stats_finalize_kernel(const Problem 
 }
 
 // Training forward pass C: out = relu(gamma (y - mean) rsqrt(var + eps) + beta), reading the stored y.
-// y and out are both contiguous in the op's layout, so one storage index serves both.
+// y and out are both contiguous in the op's layout. Division-free indexing (64-bit division is a call):
+//   NCHW: grid (pixel chunks, channels, images), index (n K + k) HoWo + pixel;
+//   channels_last: a block is (256 / lanes) pixel rows x `lanes` channel lanes, index row K + k.
 template <class T>
 DSC_GLOBAL void DSC_LAUNCH_BOUNDS(kThreads) normalize_kernel(const Problem p) {
   const T* y = static_cast<const T*>(p.y);
   T* out = static_cast<T*>(p.out);
-  const int64_t total = p.N * p.K * p.Ho * p.Wo, hw = p.Ho * p.Wo;
-  for (int64_t i = (int64_t)blockIdx.x * kThreads + threadIdx.x; i < total; i += (int64_t)gridDim.x * kThreads) {
-    const int64_t k = p.cl ? i % p.K : (i / hw) % p.K;
+  const int64_t hw = p.Ho * p.Wo;
+  const int tid = threadIdx.x;
+  auto apply = [&](int64_t i, int64_t k) {
     float z = (Cvt<T>::load(y[i]) - p.mean[k]) * DSC_RSQRT(p.var[k] + p.eps);
     if (p.gamma != nullptr) z = z * p.gamma[k] + p.beta[k];
     out[i] = Cvt<T>::store(relu_nan(z));
+  };
+  if (!p.cl) {
+    for (int64_t n = blockIdx.z; n < p.N; n += gridDim.z)
+      for (int64_t k = blockIdx.y; k < p.K; k += gridDim.y)
+        for (int64_t q = (int64_t)blockIdx.x * kThreads + tid; q < hw; q += (int64_t)gridDim.x * kThreads)
+          apply((n * p.K + k) * hw + q, k);
+  } else {
+    const int lanes = p.norm_lanes, rows_per_block = kThreads / lanes, lane = tid % lanes;
+    const int64_t rows = p.N * hw;
+    const int64_t nblocks = (int64_t)gridDim.x * gridDim.y * gridDim.z;
+    const int64_t b = blockIdx.x + (int64_t)gridDim.x * (blockIdx.y + (int64_t)gridDim.y * blockIdx.z);
+    for (int64_t r = b * rows_per_block + tid / lanes; r < rows; r += nblocks * rows_per_block)
+      for (int64_t k = lane; k < p.K; k += lanes) apply(r * p.K + k, k);
   }
 }
 

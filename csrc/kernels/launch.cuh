@@ -31,6 +31,9 @@ inline void set_geometry(Problem& p, int64_t N, int64_t C, int64_t K, int64_t H,
   if (splits > 64) splits = 64;
   if (splits > p.ntiles) splits = p.ntiles;
   p.splits = static_cast<int>(splits < 1 ? 1 : splits);
+  int lanes = 1;
+  while (lanes < K && lanes < kThreads) lanes *= 2;
+  p.norm_lanes = lanes;
 }
 
 inline int64_t forward_ws_floats(const Problem& p) { return p.mode == kTrain ? 2 * p.ntiles * p.K : 0; }
@@ -58,7 +61,14 @@ void forward(const Problem& p, float* ws) {
   DSC_DISPATCH_DILATION(p.dil, P::launch(fwd_kernel<T, D>, p.ntiles, cdiv(p.K, kBK), 1, kThreads, p, ws));
   if (p.mode != kTrain) return;
   P::launch(stats_finalize_kernel<>, p.K, 1, 1, kThreads, p, static_cast<const float*>(ws));
-  P::launch(normalize_kernel<T>, elementwise_blocks(p.N * p.K * p.Ho * p.Wo), 1, 1, kThreads, p);
+  if (p.cl) {
+    const int64_t rows_per_block = kThreads / p.norm_lanes;
+    P::launch(normalize_kernel<T>, elementwise_blocks(cdiv(p.N * p.Ho * p.Wo, rows_per_block) * kThreads), 1, 1,
+              kThreads, p);
+  } else {
+    P::launch(normalize_kernel<T>, elementwise_blocks(p.Ho * p.Wo), p.K < 65535 ? p.K : 65535,
+              p.N < 65535 ? p.N : 65535, kThreads, p);
+  }
 }
 
 // Backward (mode kTrain or kEval; p.act is y or out). Writes dx, dwd, dwp (dtype T) and the fp32
