@@ -25,6 +25,9 @@ def _hash() -> str:
 @pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("ctest") is None, reason="needs cmake/ctest")
 def test_tsan_ctest():
     build = ROOT / "build" / f"cmake-tsan-{_hash()}"
+    for old in build.parent.glob("cmake-tsan-*"):  # builds of older sources
+        if old != build:
+            shutil.rmtree(old, ignore_errors=True)
     run = lambda *cmd: subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)  # noqa: E731
     cfg = run("cmake", "-S", str(ROOT), "-B", str(build), "-DCMAKE_BUILD_TYPE=RelWithDebInfo")
     assert cfg.returncode == 0, cfg.stdout + cfg.stderr

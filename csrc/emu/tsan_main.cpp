@@ -141,6 +141,8 @@ int main() {
   // C = 20: two depthwise chunks in the forward (exercises the end-of-chunk barrier).
   bad += run(Case{1, 20, 5, 9, 10, 1, 1, false});
   bad += run(Case{1, 20, 5, 9, 10, 2, 5, true});
+  // K = 70: two K tiles in the forward and two K chunks in the dt kernel; d = 9: the gathered halo.
+  bad += run(Case{1, 20, 70, 9, 10, 1, 9, false});
   std::printf(bad ? "FAILED\n" : "OK\n");
   return bad;
 }
