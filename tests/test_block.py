@@ -255,3 +255,23 @@ def test_torch_compile_fullgraph(training):
     assert_close(out, expected, D, "compiled out", verbose=False)
     assert_close(x.grad, x2.grad, D, "compiled grad", verbose=False)
     assert_close(block.bn.running_var, seq[2].running_var, D, "compiled running_var", verbose=False)
+
+
+def test_saved_activation_bytes_fused_vs_unfused():
+    """What a training step keeps for backward, per block (N=4, C=8, K=16, 12x12 -> 6x6, float32).
+
+    unfused Sequential(dw, pw, bn, ReLU) saves x, t = dw(x), y = pw(t), the BN output and the ReLU
+    output; the fused op saves x and y (recompute mode: x only), plus per-channel statistics.
+    """
+    from fused_dsconv.memory import module_saved_bytes
+    block = JointBlock(8, 16, 2, 3, backend=BACKEND).train()
+    x = torch.randn(4, 8, 12, 12)
+    x_bytes, t_bytes, y_bytes = x.numel() * 4, 4 * 8 * 6 * 6 * 4, 4 * 16 * 6 * 6 * 4
+    fused = module_saved_bytes(block, x)
+    unfused = module_saved_bytes(block.to_unfused().train(), x)
+    block.recompute = True
+    recompute = module_saved_bytes(block, x)
+    stats = 2 * 16 * 4
+    assert fused == x_bytes + y_bytes + stats
+    assert recompute == x_bytes + stats
+    assert unfused >= x_bytes + t_bytes + 2 * y_bytes
