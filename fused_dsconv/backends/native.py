@@ -22,13 +22,15 @@ _BUILD_HINT = ("build it with `pip install --no-build-isolation .` on a machine 
 
 
 def _load_native():
-    """Import fused_dsconv._C (registers torch.ops.fused_dsconv_native); (ops, None) or (None, why)."""
-    if os.environ.get("FUSED_DSCONV_NO_NATIVE") == "1":
-        return None, "disabled by FUSED_DSCONV_NO_NATIVE=1"
-    try:
-        from .. import _C  # noqa: F401
-    except ImportError as e:  # not built (pure-Python install) or built against another torch
-        return None, f"the native extension fused_dsconv._C is not built or failed to load ({e}); {_BUILD_HINT}"
+    """Load fused_dsconv._C (ahead-of-time build, else the just-in-time build of fused_dsconv/_extension.py),
+    which registers torch.ops.fused_dsconv_native. Returns (ops, None) or (None, why)."""
+    from .. import _extension
+
+    if _extension.load() is None:
+        why = _extension.status()
+        if "pip install" not in why and "FUSED_DSCONV_NO_NATIVE" not in why:
+            why = f"{why}; {_BUILD_HINT}"
+        return None, f"native extension unavailable: {why}"
     return torch.ops.fused_dsconv_native, None
 
 
@@ -46,6 +48,14 @@ class NativeBackend(Backend):
         if name is not None:
             self.name = name
         self._arch_ok: dict[int, Optional[str]] = {}
+
+    def build_description(self) -> str:
+        """One line for `fused-dsconv info`: how the extension was found, or why not."""
+        if self.device_type != "cuda":
+            return f"CPU emulator build ({self.name})"
+        from .. import _extension
+
+        return _extension.status()
 
     @property
     def ops(self):
