@@ -107,13 +107,18 @@ class NativeBackend(Backend):
 
 # ---- the CPU emulator build (tests, and anyone checking the kernels without a GPU) ----
 
-CSRC = Path(__file__).resolve().parents[2] / "csrc"
+def _csrc() -> Optional[Path]:
+    """The kernel sources: shipped inside the installed package (fused_dsconv/_csrc) or a checkout's csrc/."""
+    from .. import _extension
+
+    d = _extension.csrc_dir()
+    return d if d is not None and (d / "emu" / "emu_ext.cpp").is_file() else None
 
 
-def _emu_sources_hash() -> str:
+def _emu_sources_hash(csrc: Path) -> str:
     h = hashlib.sha256()
     for sub in ("kernels", "emu", "binding"):
-        for f in sorted((CSRC / sub).glob("*")):
+        for f in sorted((csrc / sub).glob("*")):
             if f.is_file():
                 h.update(f.name.encode())
                 h.update(f.read_bytes())
@@ -122,21 +127,28 @@ def _emu_sources_hash() -> str:
 
 
 def load_emulator(build_dir: Optional[str] = None, verbose: bool = False) -> NativeBackend:
-    """JIT-build (cached) the CPU emulator extension from csrc/ and return a backend over its ops.
+    """JIT-build (cached) the CPU emulator extension from the kernel sources and return a backend over its ops.
 
-    Needs a source checkout (csrc/ beside the package) and g++ with C++20. The build directory
-    defaults to ``$FUSED_DSCONV_EMU_BUILD`` or ``build/emu-<hash of the sources>`` in the checkout.
+    Needs g++ with C++20. The build directory defaults to ``$FUSED_DSCONV_EMU_BUILD``, else
+    ``build/emu-<hash of the sources>`` in a source checkout, else ``$FUSED_DSCONV_CACHE`` (default
+    ``~/.cache/fused_dsconv``) / ``emu-<hash>``.
     """
     if not hasattr(torch.ops.fused_dsconv_emu, "forward_eval"):
         from torch.utils.cpp_extension import load
 
-        if not (CSRC / "emu" / "emu_ext.cpp").is_file():
-            raise RuntimeError(f"the emulator needs the csrc/ sources of a checkout; not found at {CSRC}")
-        build = Path(build_dir or os.environ.get("FUSED_DSCONV_EMU_BUILD")
-                     or CSRC.parent / "build" / f"emu-{_emu_sources_hash()}")
+        csrc = _csrc()
+        if csrc is None:
+            raise RuntimeError("the emulator needs the csrc/ sources (a checkout, or an install that ships them)")
+        tag = f"emu-{_emu_sources_hash(csrc)}"
+        if build_dir or os.environ.get("FUSED_DSCONV_EMU_BUILD"):
+            build = Path(build_dir or os.environ["FUSED_DSCONV_EMU_BUILD"])
+        elif (csrc.parent / "setup.py").is_file():
+            build = csrc.parent / "build" / tag
+        else:
+            build = Path(os.environ.get("FUSED_DSCONV_CACHE", Path.home() / ".cache" / "fused_dsconv")) / tag
         build.mkdir(parents=True, exist_ok=True)
-        load(name="fused_dsconv_emu_ext", sources=[str(CSRC / "emu" / "emu_ext.cpp")],
-             extra_include_paths=[str(CSRC)], extra_cflags=["-std=c++20", "-O2"], build_directory=str(build),
+        load(name="fused_dsconv_emu_ext", sources=[str(csrc / "emu" / "emu_ext.cpp")],
+             extra_include_paths=[str(csrc)], extra_cflags=["-std=c++20", "-O2"], build_directory=str(build),
              is_python_module=False, verbose=verbose)
     return NativeBackend(torch.ops.fused_dsconv_emu, device_type="cpu", name="native-emu")
 
