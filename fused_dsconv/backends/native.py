@@ -77,14 +77,15 @@ class NativeBackend(Backend):
         return self._arch_ok[idx]
 
     def unavailable(self, x):
-        if self.ops is None:
-            return self._why_not
+        # Input checks first: a CPU tensor must never trigger loading (or JIT-building) the extension.
         if x.device.type != self.device_type:
             return f"x is on {x.device.type}; this backend runs {self.device_type} tensors only"
         if x.dtype not in _DTYPES:
             return f"dtype {x.dtype} is not supported (float32, float16, bfloat16; float64 runs on the reference)"
         if x.dim() != 4 or not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
             return "x must be a 4-D tensor contiguous in NCHW or channels_last"
+        if self.ops is None:
+            return self._why_not
         if self.device_type == "cuda":
             return self._arch_reason(x.device)
         return None
