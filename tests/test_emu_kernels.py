@@ -160,6 +160,12 @@ def test_deterministic(emu):
     r1 = emu.forward_train(c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 1, 3, EPS, True)
     r2 = emu.forward_train(c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 1, 3, EPS, True)
     assert all(torch.equal(a, b) for a, b in zip(r1, r2))
+    g = torch.randn(r1[0].shape, generator=torch.Generator().manual_seed(4))
+    b1 = emu.backward_train(g, c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, None, r1[2], r1[3],
+                            1, 3, EPS)
+    b2 = emu.backward_train(g, c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, None, r1[2], r1[3],
+                            1, 3, EPS)
+    assert all(torch.equal(a, b) for a, b in zip(b1, b2))  # fixed-order reductions, no atomics
 
 
 def test_checks_name_the_argument(emu):
