@@ -155,6 +155,26 @@ def test_strided_grad_out(emu):
         assert_close(a, e, F32, name)
 
 
+def test_strided_per_channel_vectors(emu):
+    """[K] parameters that are views (strided) are accepted, like the reference backend accepts them."""
+    c = _case(F32, False, 1, 2)
+    k = c.pw_weight.shape[0]
+    wide = lambda t: torch.stack([t, torch.full_like(t, 7.0)], 1)[:, 0]  # noqa: E731  (stride 2)
+    got = emu.forward_train(c.x, c.dw_weight, c.pw_weight, wide(c.bias), wide(c.bn_weight), wide(c.bn_bias),
+                            1, 2, EPS, True)
+    exp = emu.forward_train(c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 1, 2, EPS, True)
+    assert wide(c.bias).stride() == (2,) and k == c.bias.numel()
+    assert all(torch.equal(a, b) for a, b in zip(got, exp))
+    g = torch.ones_like(got[0])
+    b1 = emu.backward_train(g, c.x, c.dw_weight, c.pw_weight, wide(c.bias), wide(c.bn_weight), wide(c.bn_bias),
+                            None, wide(exp[2]), wide(exp[3]), 1, 2, EPS)
+    b2 = emu.backward_train(g, c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, None, exp[2], exp[3],
+                            1, 2, EPS)
+    assert all(torch.equal(a, b) for a, b in zip(b1, b2))
+    out = emu.forward_eval(c.x, c.dw_weight, c.pw_weight, wide(c.bias), 1, 2)
+    assert torch.equal(out, emu.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 2))
+
+
 def test_deterministic(emu):
     c = _case(F32, False, 1, 3)
     r1 = emu.forward_train(c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 1, 3, EPS, True)

@@ -59,7 +59,10 @@ struct Ops {
     TORCH_CHECK(t->scalar_type() == at::kFloat, Tr::kPrefix, name, " must be float32, got ", t->scalar_type());
     TORCH_CHECK(t->device() == x.device(), Tr::kPrefix, name, " must be on x's device ", x.device(), ", got ",
                 t->device());
-    TORCH_CHECK(t->is_contiguous(), Tr::kPrefix, name, " must be contiguous");
+  }
+  // [K] vectors may be views; a contiguous copy of K floats is cheap (activations are never copied).
+  static optional<Tensor> contig(const optional<Tensor>& t) {
+    return t.has_value() ? optional<Tensor>(t->contiguous()) : std::nullopt;
   }
   static void check_act(const char* name, const Tensor& t, const Tensor& x, at::IntArrayRef shape) {
     TORCH_CHECK(t.sizes() == shape, Tr::kPrefix, name, " must have shape ", shape, ", got ", t.sizes());
@@ -110,7 +113,8 @@ struct Ops {
     if (out.numel() == 0) return out;
     if (x.size(1) == 0) return out.copy_(bias.view({1, -1, 1, 1}).expand_as(out)).relu_();
     p.mode = dsc::kEval;
-    p.bias = bias.data_ptr<float>();
+    const Tensor bias_c = bias.contiguous();
+    p.bias = bias_c.data_ptr<float>();
     p.out = out.data_ptr();
     p.os = strides(out);
     by_dtype(x, [&](auto t) { dsc::forward<typename Tr::Policy, decltype(t)>(p, nullptr); });
@@ -137,9 +141,10 @@ struct Ops {
     Tensor out = act_like(x, K, p), y = act_like(x, K, p);  // y is written even in recompute mode: pass C reads it
     Tensor mean = at::empty({K}, x.options().dtype(at::kFloat)), var = at::empty_like(mean);
     p.mode = dsc::kTrain;
-    p.bias = ptr(bias);
-    p.gamma = ptr(bn_weight);
-    p.beta = ptr(bn_bias);
+    const auto bias_c = contig(bias), gamma_c = contig(bn_weight), beta_c = contig(bn_bias);
+    p.bias = ptr(bias_c);
+    p.gamma = ptr(gamma_c);
+    p.beta = ptr(beta_c);
     p.eps = static_cast<float>(eps);
     p.y = y.data_ptr();
     p.ys = strides(y);
@@ -215,12 +220,14 @@ struct Ops {
                 "backward_train needs N*Ho*Wo > 1, C > 0 and K > 0");
     const std::vector<int64_t> shape{p.N, K, p.Ho, p.Wo};
     check_act("grad_out", grad_out, x, shape);
-    p.bias = ptr(bias);
-    p.gamma = ptr(bn_weight);
-    p.beta = ptr(bn_bias);
+    const auto bias_c = contig(bias), gamma_c = contig(bn_weight), beta_c = contig(bn_bias);
+    const Tensor mean_c = mean.contiguous(), var_c = var.contiguous();
+    p.bias = ptr(bias_c);
+    p.gamma = ptr(gamma_c);
+    p.beta = ptr(beta_c);
     p.eps = static_cast<float>(eps);
-    p.mean = const_cast<float*>(mean.data_ptr<float>());
-    p.var = const_cast<float*>(var.data_ptr<float>());
+    p.mean = const_cast<float*>(mean_c.data_ptr<float>());
+    p.var = const_cast<float*>(var_c.data_ptr<float>());
     Tensor y_use;
     if (y.has_value() && y->numel() > 0) {
       check_act("y", *y, x, shape);
