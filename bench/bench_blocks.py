@@ -54,6 +54,7 @@ def _record_memory(case, x, block, memory_rows, settings):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_block(benchmark, settings, env_info, memory_rows, case, mode, impl):
     dev, n = settings.device, settings.batch
+    case = benchlib.at_scale(case, settings.scale)
     name, layout = benchlib.split_impl(impl)
     train = mode != "eval"
     x, g, gen = _inputs(case, n, layout, dev, train)
@@ -116,8 +117,6 @@ def test_block(benchmark, settings, env_info, memory_rows, case, mode, impl):
                 MODEL_flops=perf_model.unfused(layer, mode).flops)
     if mem is not None:
         info["MEASURED_saved_bytes"] = {k: mem[k] for k in ("unfused", "fused", "recompute")}
-    if train and name != "compile":  # what this implementation itself saves
-        info["saved_activation_bytes"] = module_saved_bytes(module, x)
     if mode == "train_fwd_bwd":
         info["peak_allocated_bytes"] = benchlib.cuda_peak_bytes(fn, dev)
     benchmark.extra_info.update(info)

@@ -31,9 +31,12 @@ def _per_sample(model, res: int, device) -> tuple[float, float]:
     return b[1] - b[0], 2 * b[0] - b[1]
 
 
-def _memory(cfg: str, model: JointNet, settings, memory_rows) -> dict:
+def _memory(cfg: str, timed: JointNet, rho: float, settings, memory_rows) -> dict:
+    """Saved bytes per sample, always at the paper's resolution for this rho (whatever the timing scale)."""
     if cfg in _MEMORY:
         return _MEMORY[cfg]
+    model = JointNet(timed.num_classes, timed.alpha, rho, list(timed.dilations))
+    model.load_state_dict(timed.state_dict())
     dev, res = settings.device, model.resolution
     rec = copy.deepcopy(model)
     for blk in rec.blocks:
@@ -65,7 +68,7 @@ def test_classifier(benchmark, settings, env_info, memory_rows, cfg, mode, impl)
         pytest.skip(f"CI size runs the classifier for {', '.join(benchlib.CI_MODEL_CONFIGS)} only; "
                     f"--paper-size / {benchlib.FULL_ENV}=1 runs all eight configurations")
     gen = torch.Generator().manual_seed(1234)
-    model = JointNet(NUM_CLASSES, alpha, rho, d)
+    model = JointNet(NUM_CLASSES, alpha, rho * settings.scale, d)  # rho only sets the input side
     res = model.resolution
     x = benchlib.to_layout((torch.randn(n, 3, res, res, generator=gen)).to(dev), layout)
     labels = torch.randint(0, NUM_CLASSES, (n,), generator=gen).to(dev)
@@ -80,7 +83,7 @@ def test_classifier(benchmark, settings, env_info, memory_rows, cfg, mode, impl)
 
     benchlib.randomise_bn(model, gen)
     train = mode == "train_step"
-    mem = _memory(cid, model, settings, memory_rows) if train else None
+    mem = _memory(cid, model, rho, settings, memory_rows) if train else None
     if name in ("eager", "compile"):
         net = benchlib.unfused_classifier(model)
     else:
@@ -123,7 +126,8 @@ def test_classifier(benchmark, settings, env_info, memory_rows, cfg, mode, impl)
                     derived_max_batch_11GiB=mem["max_batch"][key],
                     saved_ratio_fused_over_unfused=mem["per_sample"]["fused"] / mem["per_sample"]["unfused"],
                     saved_ratio_recompute_over_unfused=mem["per_sample"]["recompute"] / mem["per_sample"]["unfused"])
-        info["MEASURED_memory"] = {k: mem[k] for k in ("per_sample", "fixed", "largest_activation_per_sample", "params")}
+        info["MEASURED_memory"] = {k: mem[k] for k in ("per_sample", "fixed", "largest_activation_per_sample", "params",
+                                                          "resolution")}
         info["DERIVED_max_batch_11GiB"] = mem["max_batch"]
         info["peak_allocated_bytes"] = benchlib.cuda_peak_bytes(fn, dev)
     benchmark.extra_info.update(info)

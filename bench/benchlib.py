@@ -42,21 +42,31 @@ class Settings:
     rounds: int
     warmup: int
     model_rounds: int
+    scale: float  # input side = round(224 * rho * scale)
+    threads: int  # CPU intra-op threads during timing
 
     @property
     def label(self) -> str:
-        return "paper-size" if self.full else "ci-size"
+        return "paper-size" if self.full else f"ci-size (resolution x{self.scale:g})"
 
 
 def make_settings(full: bool, device: Optional[str] = None, batch: Optional[int] = None,
-                  rounds: Optional[int] = None) -> Settings:
+                  rounds: Optional[int] = None, scale: Optional[float] = None,
+                  threads: Optional[int] = None) -> Settings:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = dev.type == "cuda"
     if full:
         b, mb, r, w, mr = 32, 32, (30 if cuda else 10), 3, (20 if cuda else 5)
     else:
         b, mb, r, w, mr = 2, 2, (20 if cuda else 3), (3 if cuda else 1), (10 if cuda else 3)
-    return Settings(full, dev, batch or b, batch or mb, rounds or r, w, rounds or mr)
+    # CI size halves the input side on CPU (a quarter of the work; channel counts, strides and dilations are the
+    # paper's): the whole suite then runs in minutes on 2 shared cores. --paper-size uses the paper's resolutions.
+    sc = scale if scale is not None else (1.0 if full or cuda else 0.5)
+    # One CPU thread by default: on a shared 2-core machine two OpenMP threads stall at every barrier whenever
+    # another process holds a core (measured here: one block's forward+backward, median 7 ms and IQR 1 ms with one
+    # thread vs median 50-76 ms and IQR 60-130 ms with two, under load from other jobs).
+    th = threads or (1 if dev.type == "cpu" else torch.get_num_threads())
+    return Settings(full, dev, batch or b, batch or mb, rounds or r, w, rounds or mr, sc, th)
 
 
 def env_full() -> bool:
@@ -92,17 +102,25 @@ class BlockCase:
         return (self.h - 1) // self.stride + 1
 
 
-def block_cases() -> list[BlockCase]:
+def block_cases(scale: float = 1.0) -> list[BlockCase]:
+    """The 72 block shapes; ``scale`` < 1 shrinks the input side (same channels, strides, dilations)."""
     cases = []
     for alpha in ALPHAS:
         for rho in RHOS:
             for d in DILATIONS:
-                h = int(round(BASE_RESOLUTION * rho))
+                h = int(round(BASE_RESOLUTION * rho * scale))
                 for i, (c, k, s) in enumerate(TABLE1):
                     case = BlockCase(alpha, rho, d, i + 1, scaled(c, alpha), scaled(k, alpha), s, h)
                     cases.append(case)
                     h = case.ho
     return cases
+
+
+def at_scale(case: BlockCase, scale: float) -> BlockCase:
+    """The same block (id, channels, stride, dilation) at input side scaled by ``scale``."""
+    if scale == 1.0:
+        return case
+    return next(c for c in block_cases(scale) if c.id == case.id)
 
 
 def model_configs() -> list[tuple[float, float, int]]:

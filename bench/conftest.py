@@ -5,10 +5,14 @@ runs them and this directory holds no ``test_*.py`` for ``pytest bench/`` to con
 
 Options (also settable by environment):
   --paper-size          batch 32 at the paper's resolutions, more rounds, torch.compile for every case
-                        (same as FUSED_DSCONV_BENCH_FULL=1). Default: batch 2, at the paper's resolutions.
+                        (same as FUSED_DSCONV_BENCH_FULL=1). Default ("CI size"): batch 2, 3 timed rounds;
+                        on CPU the input side is halved (112 / 96 instead of 224 / 192), same channels,
+                        strides and dilations; torch.compile only for one block case.
   --bench-device DEV    cpu / cuda (default: cuda if available).
   --bench-batch N       override the batch size.
   --bench-rounds N      override the timed rounds.
+  --bench-scale F       override the input-side scale (1.0 = the paper's resolutions).
+  --bench-threads N     CPU intra-op threads (default 1: stable medians on a shared machine, see benchlib).
   --bench-summary PATH  also write the memory summary (markdown) to PATH.
 """
 from __future__ import annotations
@@ -38,6 +42,8 @@ def pytest_addoption(parser):
     g.addoption("--bench-device", default=None, help="cpu or cuda (default: cuda if available)")
     g.addoption("--bench-batch", type=int, default=None, help="override the batch size")
     g.addoption("--bench-rounds", type=int, default=None, help="override the number of timed rounds")
+    g.addoption("--bench-scale", type=float, default=None, help="input-side scale (1.0 = paper resolution)")
+    g.addoption("--bench-threads", type=int, default=None, help="CPU threads while timing (default 1)")
     g.addoption("--bench-summary", default=None, help="write the markdown memory summary here")
 
 
@@ -49,9 +55,14 @@ def pytest_collect_file(file_path, parent):
 
 @pytest.fixture(scope="session")
 def settings(request) -> benchlib.Settings:
+    import torch
     c = request.config
-    return benchlib.make_settings(c.getoption("--paper-size") or benchlib.env_full(), c.getoption("--bench-device"),
-                                  c.getoption("--bench-batch"), c.getoption("--bench-rounds"))
+    s = benchlib.make_settings(c.getoption("--paper-size") or benchlib.env_full(), c.getoption("--bench-device"),
+                               c.getoption("--bench-batch"), c.getoption("--bench-rounds"),
+                               c.getoption("--bench-scale"), c.getoption("--bench-threads"))
+    if s.device.type == "cpu":
+        torch.set_num_threads(s.threads)
+    return s
 
 
 @pytest.fixture(scope="session")

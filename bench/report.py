@@ -31,7 +31,10 @@ def load(path: str) -> dict:
 
 def _impl_order(impl: str) -> tuple:
     base = ["eager-nchw", "eager-channels_last", "compile-nchw"]
-    return (base.index(impl), "") if impl in base else (len(base), impl)
+    if impl in base:
+        return (base.index(impl), "", 0)
+    name, _, layout = impl.rpartition("-")
+    return (len(base), name, layout != "nchw")
 
 
 def rows_of(run: dict, config: Optional[str] = None) -> "OrderedDict[tuple, dict]":
@@ -106,7 +109,8 @@ def memory_markdown(run: dict, config: Optional[str] = None) -> str:
                 "recompute/unfused | max batch unfused / fused / recompute (derived) |", "|---|---|---|---|---|---|---|---|"]
         for (_, case, _), info in models:
             ps, mb = info["MEASURED_memory"]["per_sample"], info["DERIVED_max_batch_11GiB"]
-            out.append(f"| {case} | {info['resolution']} | {ps['unfused'] / 2**20:.2f} | {ps['fused'] / 2**20:.2f} | "
+            res = info["MEASURED_memory"].get("resolution", info.get("resolution"))
+            out.append(f"| {case} | {res} | {ps['unfused'] / 2**20:.2f} | {ps['fused'] / 2**20:.2f} | "
                        f"{ps['recompute'] / 2**20:.2f} | {ps['fused'] / ps['unfused']:.3f} | "
                        f"{ps['recompute'] / ps['unfused']:.3f} | {mb['unfused']} / {mb['fused']} / {mb['recompute']} |")
         out += ["", "Derived max batch = floor((11 GiB - 1 GiB margin for CUDA context/workspaces - 16 B x params "
