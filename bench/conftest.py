@@ -23,12 +23,14 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # the package is used from the checkout, installed or not
-    sys.path.insert(0, str(ROOT))
 # Inductor on CPU looks for the CUDA toolkit through CUDA_HOME (tests/conftest.py does the same).
 if os.path.isdir("/usr/local/cuda") and "CUDA_HOME" not in os.environ:
     os.environ["CUDA_HOME"] = "/usr/local/cuda"
+ROOT = Path(__file__).resolve().parent.parent
+try:  # the installed package (native extension included) when there is one, else this checkout
+    import fused_dsconv  # noqa: F401,E402
+except ImportError:
+    sys.path.insert(0, str(ROOT))
 
 import benchlib  # noqa: E402
 

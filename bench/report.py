@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
+try:  # the installed package (native extension included) when there is one, else this checkout
+    import fused_dsconv  # noqa: F401
+except ImportError:
     sys.path.insert(0, str(ROOT))
 
 MODE_ORDER = {"eval": 0, "train_fwd": 1, "train_fwd_bwd": 2, "inference": 3, "train_step": 4}
