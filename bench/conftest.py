@@ -5,9 +5,9 @@ runs them and this directory holds no ``test_*.py`` for ``pytest bench/`` to con
 
 Options (also settable by environment):
   --paper-size          batch 32 at the paper's resolutions, more rounds, torch.compile for every case
-                        (same as FUSED_DSCONV_BENCH_FULL=1). Default ("CI size"): batch 2, 3 timed rounds;
-                        on CPU the input side is halved (112 / 96 instead of 224 / 192), same channels,
-                        strides and dilations; torch.compile only for one block case.
+                        (same as FUSED_DSCONV_BENCH_FULL=1). Default ("CI size"): batch 2 at the paper's
+                        resolutions, 5 timed rounds on CPU; torch.compile on CPU only for one block case;
+                        the classifier for two configurations.
   --bench-device DEV    cpu / cuda (default: cuda if available).
   --bench-batch N       override the batch size.
   --bench-rounds N      override the timed rounds.
