@@ -79,7 +79,7 @@ def test_report_markdown_and_png(tmp_path):
     assert "MEASURED on CPU (x86_64, 2 threads)" in text
     # eval row comes before train_fwd; baseline / ours = 0.010 / 0.020
     assert text.index("| eval |") < text.index("| train_fwd |")
-    assert "| 0.50 |" in text
+    assert "| 0.50; 0.50 |" in text
     assert "| a100_r100_d3_b1 | 4 | 2 | 1 | 0.500 | 0.250 |" in text
     assert "100 / 200 / 300" in text
     assert "MODEL (analytic, not measured" in text
