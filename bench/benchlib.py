@@ -22,8 +22,8 @@ RHOS = (1.0, 0.857)
 DILATIONS = (1, 3)
 MODES = ("eval", "train_fwd", "train_fwd_bwd")
 LAYOUTS = ("nchw", "channels_last")
-# torch.compile on CPU costs ~5-15 s per case and mode on 2 cores (measured here: 16 s for one block's
-# training forward), ~35 min for all 216 block cases: by default only this representative case is compiled.
+# torch.compile on CPU costs ~5-30 s per case and mode on 2 cores (measured here: 4-32 s per mode for one block),
+# 35 min or more for all 216 block cases: by default only this representative case is compiled.
 CPU_COMPILE_CASE = "a100_r100_d3_b3"
 # The classifier at CI size: the paper's best configuration and the smallest one; --paper-size runs all eight.
 CI_MODEL_CONFIGS = ("a100_r100_d3", "a075_r086_d3")
@@ -155,7 +155,7 @@ def compile_unavailable(device: torch.device, full: bool, case_id: str) -> Optio
         return (f"inductor on CPU compiles the classifier for minutes on 2 cores: only with --paper-size / "
                 f"{FULL_ENV}=1")
     if not full and case_id != CPU_COMPILE_CASE:
-        return (f"inductor on CPU compiles each case for ~5-15 s on 2 cores (all cases: ~35 min): only "
+        return (f"inductor on CPU compiles each case for ~5-30 s on 2 cores (all cases: 35 min or more): only "
                 f"{CPU_COMPILE_CASE} is compiled by default; --paper-size / {FULL_ENV}=1 compiles every case")
     return None
 
@@ -208,7 +208,7 @@ def unfused_classifier(model: JointNet) -> nn.Module:
 # -- environment ------------------------------------------------------------------------------------
 def environment(device: torch.device) -> dict:
     info = {"device_type": device.type, "torch": torch.__version__, "cuda_build": torch.version.cuda,
-            "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+            "python": platform.python_version(), "cpu": _cpu_model(),
             "cpu_threads": torch.get_num_threads(), "os_cpu_count": os.cpu_count()}
     try:
         import triton
@@ -220,8 +220,20 @@ def environment(device: torch.device) -> dict:
         info.update(device=torch.cuda.get_device_name(device), capability=f"sm_{cap[0]}{cap[1]}",
                     cudnn=torch.backends.cudnn.version())
     else:
-        info.update(device=f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)", capability=None)
+        info.update(device=f"CPU ({_cpu_model()}, {os.cpu_count()} cores, timed on {torch.get_num_threads()} "
+                           f"thread{'s' if torch.get_num_threads() > 1 else ''})", capability=None)
     return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def synchronizer(device: torch.device) -> Callable[[], None]:

@@ -164,11 +164,14 @@ def plot(run: dict, config: str, path: str) -> None:
         labels = [(k[1].rsplit("_", 1)[1] if kind == "block" else k[2]) for k, _ in sel]
         for j, impl in enumerate(impls):
             med = [g["impls"][impl]["median"] * 1e3 if impl in g["impls"] else 0 for _, g in sel]
-            iqr = [g["impls"][impl]["iqr"] * 1e3 if impl in g["impls"] else 0 for _, g in sel]
-            ax.bar([i + j * width for i in range(len(sel))], med, width, yerr=iqr, label=impl, capsize=2)
+            lo = [(g["impls"][impl]["median"] - g["impls"][impl]["q1"]) * 1e3 if impl in g["impls"] else 0
+                  for _, g in sel]
+            hi = [(g["impls"][impl]["q3"] - g["impls"][impl]["median"]) * 1e3 if impl in g["impls"] else 0
+                  for _, g in sel]
+            ax.bar([i + j * width for i in range(len(sel))], med, width, yerr=[lo, hi], label=impl, capsize=2)
         ax.set_xticks([i + width * (len(impls) - 1) / 2 for i in range(len(sel))], labels)
         ax.set_yscale("log")
-        ax.set_ylabel("median ms (log), IQR bars")
+        ax.set_ylabel("median ms (log); bars: q1..q3")
         ax.set_title(f"{kind}: {mode}" if mode else "classifier")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{config} -- " + machine_line(run), fontsize=9)

@@ -55,7 +55,8 @@ def _fake_run():
         info = {"kind": kind, "case": case, "config": case.rsplit("_b", 1)[0], "mode": mode, "impl": impl,
                 "shape": "32->64 s2 d3 224x224", "device": "CPU (x86_64, 2 threads)", "torch": "2.14.1",
                 "batch": 2, "size": "ci-size", **extra}
-        return {"extra_info": info, "stats": {"median": median, "iqr": median / 10, "min": median, "rounds": 3}}
+        return {"extra_info": info, "stats": {"median": median, "iqr": median / 10, "min": median, "rounds": 3,
+                                              "q1": median * 0.95, "q3": median * 1.05}}
     mem = {"unfused": 4096, "fused": 2048, "recompute": 1024}
     cmem = {"per_sample": {"unfused": 2**21, "fused": 2**20, "recompute": 2**19}, "fixed": {}, "params": 1}
     return {"datetime": "2026-11-23T19:00:00", "benchmarks": [
