@@ -41,7 +41,7 @@ def _record_memory(case, x, block, memory_rows, settings):
            "recompute": module_saved_bytes(rec, x)}
     if dev.type == "cuda":
         g = torch.randn(x.shape[0], case.k, case.ho, case.ho, device=dev)
-        for key, m in (("peak_unfused", unf), ("peak_fused", fused)):
+        for key, m in (("peak_unfused", unf), ("peak_fused", fused), ("peak_recompute", rec)):
             xx = x.detach().requires_grad_(True)
             row[key] = benchlib.cuda_peak_bytes(lambda: torch.autograd.grad(m(xx), [xx, *m.parameters()], g), dev)
     memory_rows.append(row)

@@ -93,13 +93,14 @@ def memory_markdown(rows: list[dict]) -> str:
         out += ["MEASURED saved-activation bytes of one training forward (fused_dsconv.memory; the saved set is",
                 "the op's autograd contract, identical for every backend):", "",
                 "| case | shape | batch | unfused KiB | fused KiB | recompute KiB | fused/unfused | recompute/unfused |"
-                + (" peak unfused MiB | peak fused MiB |" if blocks[0].get("peak_unfused") is not None else ""),
-                "|---|---|---|---|---|---|---|---|" + ("---|---|" if blocks[0].get("peak_unfused") is not None else "")]
+                + (" CUDA peak MiB unfused / fused / recompute |" if blocks[0].get("peak_unfused") is not None else ""),
+                "|---|---|---|---|---|---|---|---|" + ("---|" if blocks[0].get("peak_unfused") is not None else "")]
         for r in blocks:
             line = (f"| {r['case']} | {r['shape']} | {r['batch']} | {r['unfused'] / 1024:.0f} | {r['fused'] / 1024:.0f} | "
                     f"{r['recompute'] / 1024:.0f} | {r['fused'] / r['unfused']:.3f} | {r['recompute'] / r['unfused']:.3f} |")
             if r.get("peak_unfused") is not None:
-                line += f" {r['peak_unfused'] / 2**20:.1f} | {r['peak_fused'] / 2**20:.1f} |"
+                line += (f" {r['peak_unfused'] / 2**20:.1f} / {r['peak_fused'] / 2**20:.1f} / "
+                         f"{r['peak_recompute'] / 2**20:.1f} |")
             out.append(line)
         tot = {k: sum(r[k] for r in blocks) for k in ("unfused", "fused", "recompute")}
         out += ["", f"All block cases together: fused/unfused {tot['fused'] / tot['unfused']:.3f}, "

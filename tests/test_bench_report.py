@@ -94,3 +94,18 @@ def _has_matplotlib() -> bool:
         return True
     except ImportError:
         return False
+
+
+def test_memory_summary_markdown():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_conftest_for_test", BENCH / "conftest.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    rows = [{"kind": "block", "case": "c1", "shape": "s", "batch": 2, "unfused": 4096, "fused": 2048, "recompute": 1024,
+             "peak_unfused": 2**21, "peak_fused": 2**20, "peak_recompute": 2**19},
+            {"kind": "classifier", "config": "a100_r100_d3", "resolution": 224, "params": 10,
+             "per_sample": {"unfused": 2**21, "fused": 2**20, "recompute": 2**19},
+             "max_batch": {"unfused": 1, "fused": 2, "recompute": 3}}]
+    text = conf.memory_markdown(rows)
+    assert "| c1 | s | 2 | 4 | 2 | 1 | 0.500 | 0.250 | 2.0 / 1.0 / 0.5 |" in text
+    assert "| a100_r100_d3 | 224 | 10 | 2.00 | 1.00 | 0.50 | 0.500 | 0.250 | 1 / 2 / 3 |" in text
