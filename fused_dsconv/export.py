@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -82,18 +83,39 @@ def _fold_unfused(seq: nn.Sequential) -> nn.Sequential:  # a block already conve
 
 
 def export_onnx(model: JointNet, path: str | Path, *, config: Optional[dict] = None, opset: int = 17,
-                batch: Optional[int] = None) -> Path:
-    """Write the BN-folded plain model to ``path`` (ONNX); batch dimension dynamic unless ``batch``."""
+                batch: Optional[int] = None, dynamo: bool = False) -> Path:
+    """Write the BN-folded plain model to ``path`` (ONNX); batch dimension dynamic unless ``batch``.
+
+    Uses torch's TorchScript-based exporter (``dynamo=False``: needs only ``onnx``); ``dynamo=True``
+    (or a torch without the old exporter) uses the torch.export-based one, which needs ``onnxscript``.
+    """
     onnx = _require("onnx")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     plain = PlainJointNet(model.cpu().float())
     r = plain.resolution
     example = torch.zeros(batch or 2, model.stem.in_channels, r, r)
-    kwargs = dict(input_names=["images"], output_names=["logits"], opset_version=opset, do_constant_folding=True)
-    if batch is None:
-        kwargs["dynamic_axes"] = {"images": {0: "batch"}, "logits": {0: "batch"}}
-    torch.onnx.export(plain, (example,), str(path), dynamo=False, **kwargs)
+    names = dict(input_names=["images"], output_names=["logits"])
+    legacy_error = None
+    if not dynamo:
+        kwargs = dict(names, opset_version=opset, do_constant_folding=True, dynamo=False)
+        if batch is None:
+            kwargs["dynamic_axes"] = {"images": {0: "batch"}, "logits": {0: "batch"}}
+        try:
+            with warnings.catch_warnings():  # torch >= 2.9 marks this exporter deprecated; it still works
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.onnx.export(plain, (example,), str(path), **kwargs)
+        except (TypeError, RuntimeError, AttributeError) as e:  # removed from this torch? try the new one
+            legacy_error = e
+    if dynamo or legacy_error is not None:
+        try:
+            import onnxscript  # noqa: F401
+        except ImportError as e:
+            why = f" (the TorchScript exporter failed: {legacy_error})" if legacy_error else ""
+            raise ImportError(f"the torch.export-based ONNX exporter needs onnxscript: pip install onnxscript{why}") from e
+        shapes = None if batch is not None else {"x": {0: torch.export.Dim("batch")}}
+        torch.onnx.export(plain, (example,), str(path), dynamo=True, dynamic_shapes=shapes,
+                          opset_version=max(opset, 18), external_data=False, **names)
     proto = onnx.load(str(path))
     meta = {"resolution": r, "input": "normalised RGB, (pixel/255 - mean) / std, NCHW float32"}
     if config:
@@ -119,6 +141,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--onnx", required=True, metavar="FILE", help="where to write the ONNX model")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--batch", type=int, default=None, help="fix the batch size (default: dynamic)")
+    p.add_argument("--dynamo", action="store_true",
+                   help="use torch's torch.export-based exporter (needs onnxscript) instead of the TorchScript one")
     p.add_argument("--check", action="store_true",
                    help="run the file in onnxruntime and compare with PyTorch on random inputs")
 
@@ -126,7 +150,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_export(args) -> int:
     try:
         model, config = ckpt.load_model(args.checkpoint, backend="reference")
-        path = export_onnx(model, args.onnx, config=config, opset=args.opset, batch=args.batch)
+        path = export_onnx(model, args.onnx, config=config, opset=args.opset, batch=args.batch, dynamo=args.dynamo)
         print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB): input 'images' [N, 3, {model.resolution}, "
               f"{model.resolution}] normalised with mean {config.get('mean')} std {config.get('std')}; "
               f"output 'logits' [N, {model.num_classes}]")
