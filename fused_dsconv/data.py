@@ -248,12 +248,20 @@ def load_cifar10(root: str | Path, download: bool = False) -> Dataset:
 
 
 # -- folders -----------------------------------------------------------------------------------
+def _require_pil() -> None:
+    try:
+        import PIL  # noqa: F401
+    except ImportError:
+        raise DataError("reading image folders needs Pillow: pip install pillow") from None
+
+
 def _images_in(folder: Path) -> list[str]:
     return sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
 def load_tinyimagenet(root: str | Path) -> Dataset:
     """Tiny ImageNet-200 in its published layout: 100,000 train / 10,000 val images, 64x64."""
+    _require_pil()
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"Tiny ImageNet folder {root} does not exist. Expected:\n{_LAYOUT['tinyimagenet']}")
@@ -301,6 +309,7 @@ def _tiny_names(root: Path, wnids: list[str]) -> list[str]:
 
 def load_image_folder(root: str | Path, resolution: int = 224) -> Dataset:
     """Class-subfolder trees (see the module docstring); images are resized to ``resolution``."""
+    _require_pil()
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist. Expected:\n{_LAYOUT['folder']}")

@@ -289,10 +289,10 @@ def compare_unfused(model: JointNet, split, args, device, mean, std, out=print) 
     steps = max(1, args.compare_steps)
     loader = Loader(split, args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(args.seed + 1),
                     workers=args.workers, pin_memory=device.type == "cuda")
-    batches = []
+    batches = []  # kept where the loader yields them; prepared (moved, normalised) inside the timed step
     while len(batches) < steps + 2:
         for x, y in loader:
-            batches.append(prepare(x, y, device, mean, std, args.channels_last))
+            batches.append((x, y))
             if len(batches) == steps + 2:
                 break
     results = {}
@@ -302,6 +302,7 @@ def compare_unfused(model: JointNet, split, args, device, mean, std, out=print) 
         net.train()
 
         def step(x, y):
+            x, y = prepare(x, y, device, mean, std, args.channels_last)
             with autocast_for(device, args.amp):
                 loss = F.cross_entropy(net(x).float(), y)
             opt.zero_grad(set_to_none=True)
@@ -321,7 +322,7 @@ def compare_unfused(model: JointNet, split, args, device, mean, std, out=print) 
         _sync(device)
         dt = time.perf_counter() - t0
         peak = torch.cuda.max_memory_allocated(device) - base if device.type == "cuda" else None
-        x0, y0 = batches[2]
+        x0, y0 = prepare(*batches[2], device, mean, std, args.channels_last)
         with autocast_for(device, args.amp):
             saved = saved_activation_bytes(lambda: F.cross_entropy(net(x0).float(), y0), net)
         backend = net.blocks[0].last_backend if label == "fused" else "PyTorch layers"
@@ -381,9 +382,12 @@ def run(args, out=print) -> dict:
         raise SystemExit("error: --amp bf16 needs a GPU with bfloat16 support (Ampere or newer); "
                          "use --amp fp16 on older cards (e.g. GTX 1080 Ti, RTX 20xx)")
 
-    model = JointNet(1, alpha=alpha, rho=rho, dilation=delta).to("meta")  # resolution only
-    ds = load_dataset(dataset_name, args.data, resolution=model.resolution, download=args.download,
+    ds = load_dataset(dataset_name, args.data, resolution=int(round(BASE_RESOLUTION * rho)), download=args.download,
                       limit_train=args.limit_train, limit_val=args.limit_val)
+    if device.type == "cuda":  # in-memory data sets (digits, CIFAR-10: 150 MB as uint8) live on the GPU
+        for split in (ds.train, ds.val):
+            if split.images is not None and split.images.nbytes < 2**30:
+                split.images, split.labels = split.images.to(device), split.labels.to(device)
     torch.manual_seed(args.seed)  # init does not depend on what loading the data drew
     model = JointNet(ds.num_classes, alpha=alpha, rho=rho, dilation=delta, backend=args.backend,
                      recompute=args.recompute).to(device)
