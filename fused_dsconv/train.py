@@ -400,7 +400,7 @@ def run(args, out=print) -> dict:
                          "or choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     config = ckpt.model_config(model, model=name, dataset=dataset_name, classes=ds.classes, mean=list(ds.mean),
-                               std=list(ds.std))
+                               std=list(ds.std), data=None if args.data is None else str(Path(args.data).resolve()))
     ckpt.save_json(config, run_dir / "config.json")
 
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
@@ -505,7 +505,8 @@ def run_eval(args) -> int:
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
         name = args.dataset or (config.get("dataset") if args.data is None else infer_dataset(args.data))
-        ds = load_dataset(name, args.data, resolution=config["resolution"], download=args.download,
+        data_root = args.data if args.data is not None or args.dataset else config.get("data")
+        ds = load_dataset(name, data_root, resolution=config["resolution"], download=args.download,
                           limit_val=args.limit_val, limit_train=args.limit_val if args.split == "train" else None)
         if ds.num_classes != config["num_classes"]:
             raise ckpt.CheckpointError(f"the checkpoint has {config['num_classes']} classes, the data set "
@@ -548,6 +549,12 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--deltas", type=_ints, default=[1, 2, 3, 4], help="comma-separated dilations (default 1,2,3,4)")
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
 def write_results(rows: list[dict], folder: Path) -> None:
     with open(folder / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, SWEEP_FIELDS, extrasaction="ignore")
@@ -559,7 +566,7 @@ def write_results(rows: list[dict], folder: Path) -> None:
         acc = "-" if r["best_val_acc"] is None else f"{100 * r['best_val_acc']:.2f}%"
         loss = "-" if r["best_val_loss"] is None else f"{r['best_val_loss']:.4f}"
         lines.append(f"| {r['model']} | {r['alpha']} | {r['delta']} | {r['resolution']} | {r['params']:,} | "
-                     f"{r['best_epoch']} | {loss} | {acc} | {r['seconds'] / 60:.1f} min |")
+                     f"{r['best_epoch']} | {loss} | {acc} | {_duration(r['seconds'])} |")
     (folder / "results.md").write_text("\n".join(lines) + "\n")
 
 

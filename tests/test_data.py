@@ -75,7 +75,7 @@ def test_cifar10_missing_explains_download(tmp_path):
 
 
 def _jpeg(path, size=64, value=128):
-    from PIL import Image
+    Image = pytest.importorskip("PIL.Image")
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (size, size), (value, 0, 255 - value)).save(path)
 
