@@ -137,3 +137,25 @@ def test_bf16_autocast_and_channels_last_run(tmp_path):
     assert cli(["train", *TINY, "--epochs", "1", "--limit-train", "32", "--limit-val", "16", "--amp", "bf16",
                 "--channels-last", "--out", str(out)]) == 0
     assert json.loads((out / "summary.json").read_text())["best_val_loss"] is not None
+
+
+def test_cifar10_and_folder_runs_resume_exactly(tmp_path):
+    from test_data import _fake_cifar, _jpeg  # tiny stand-ins for the real layouts
+    _fake_cifar(tmp_path / "cifar" / "cifar-10-batches-py")
+    out = tmp_path / "c10"
+    assert cli(["train", *TINY, "--data", str(tmp_path / "cifar"), "--resolution", "32", "--epochs", "1",
+                "--batch-size", "8", "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["dataset"] == "cifar10" and cfg["classes"][0] == "airplane" and cfg["resolution"] == 32
+
+    pytest.importorskip("PIL")
+    for c in ("a", "b"):
+        for i in range(6):
+            _jpeg(tmp_path / "imgs" / c / f"{i}.png", size=24, value=40 * i + (100 if c == "b" else 0))
+    common = [*TINY, "--data", str(tmp_path / "imgs"), "--resolution", "32", "--batch-size", "4", "--workers", "0"]
+    assert cli(["train", *common, "--epochs", "2", "--out", str(tmp_path / "f2")]) == 0
+    assert cli(["train", *common, "--epochs", "1", "--out", str(tmp_path / "f1")]) == 0
+    assert cli(["train", "--resume", str(tmp_path / "f1"), "--epochs", "2", "--workers", "0", "--threads", "1",
+                "--no-progress"]) == 0
+    a, b = _weights(tmp_path / "f2" / "last.safetensors"), _weights(tmp_path / "f1" / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
