@@ -417,7 +417,7 @@ def run(args, out=print) -> dict:
     out(f"device {device}, amp {args.amp}, batch {args.batch_size}, Adam lr {args.lr}, seed {args.seed}"
         f"{', deterministic' if args.deterministic else ''} -> {run_dir}")
 
-    start_epoch, best_loss, best = 1, math.inf, None
+    start_epoch, best_loss, best, before = 1, math.inf, None, 0.0
     if resume_state is not None:
         ckpt.check_state_dict(model, resume_state["model"], "the resumed state")
         model.load_state_dict(resume_state["model"])
@@ -425,6 +425,7 @@ def run(args, out=print) -> dict:
         scaler.load_state_dict(resume_state["scaler"])
         set_rng_state(resume_state["rng"], gen)
         start_epoch, best_loss, best = resume_state["epoch"] + 1, resume_state["best_val_loss"], resume_state["best"]
+        before = resume_state.get("elapsed", 0.0)
         out(f"resumed from epoch {resume_state['epoch']} (best val loss so far {best_loss:.4f})")
     elif args.compare_unfused:
         compare_unfused(model, ds.train, args, device, ds.mean, ds.std, out)
@@ -457,7 +458,8 @@ def run(args, out=print) -> dict:
         ckpt.save_weights(model, run_dir / "last.safetensors", config)
         state = {"format": "fused_dsconv.train_state/1", "epoch": epoch, "model": model.state_dict(),
                  "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(gen),
-                 "best_val_loss": best_loss, "best": best, "args": vars(args).copy(), "config": config}
+                 "best_val_loss": best_loss, "best": best, "args": vars(args).copy(), "config": config,
+                 "elapsed": before + time.perf_counter() - wall}
         ckpt._atomic(run_dir / "last_state.pt", lambda p: torch.save(state, p))
         with open(log_path, "a", newline="") as f:
             csv.writer(f).writerow([f"{row[k]:.6g}" if isinstance(row[k], float) else row[k] for k in LOG_FIELDS])
@@ -466,7 +468,7 @@ def run(args, out=print) -> dict:
         out(f"epoch {epoch:>3}/{args.epochs}  train loss {tr['train_loss']:.4f} acc {100 * tr['train_acc']:6.2f}%  "
             f"val loss {va['loss']:.4f} acc {100 * va['acc']:6.2f}%  {tr['images_per_s']:,.0f} img/s  "
             f"{seconds:.1f}s{'  * best' if is_best else ''}")
-    wall = time.perf_counter() - wall
+    wall = before + time.perf_counter() - wall  # training wall time, resumed parts included
     summary = {"run": str(run_dir), "model": name, "alpha": alpha, "delta": delta, "resolution": model.resolution,
                "dataset": dataset_name, "params": n_params, "epochs": args.epochs, "seconds": wall,
                "best_epoch": best and best["epoch"], "best_val_loss": best and best["val_loss"],
@@ -544,6 +546,8 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     for a in p._actions:  # one --out folder for the grid; --model/--alpha/--delta come from the grid
         if a.dest == "out":
             a.help = "sweep folder: one run folder per cell, results.md and results.csv (default runs/sweep_<dataset>)"
+        elif a.dest in ("model", "alpha", "delta", "resume"):
+            a.help = argparse.SUPPRESS
     g = p.add_argument_group("grid")
     g.add_argument("--alphas", type=_floats, default=[1.0, 0.75], help="comma-separated widths (default 1,0.75)")
     g.add_argument("--deltas", type=_ints, default=[1, 2, 3, 4], help="comma-separated dilations (default 1,2,3,4)")

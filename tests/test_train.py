@@ -17,10 +17,13 @@ TINY = ["--alpha", "0.25", "--threads", "1", "--no-progress"]
 
 @pytest.fixture(autouse=True)
 def _one_thread():  # on a small shared CPU, one thread is much faster than oversubscribed ones
-    n = torch.get_num_threads()
+    n, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    bench, cudnn_det = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
     torch.set_num_threads(1)
     yield
-    torch.set_num_threads(n)
+    torch.set_num_threads(n)  # train sets process-wide flags (--deterministic, cudnn.benchmark): put them back
+    torch.use_deterministic_algorithms(det)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = bench, cudnn_det
 
 
 def _weights(path):
