@@ -412,6 +412,10 @@ def run(args, out=print) -> dict:
                         pin_memory=device.type == "cuda")
 
     n_params = sum(p.numel() for p in model.parameters())
+    if device.type == "cpu" and args.threads is None and hasattr(os, "getloadavg"):
+        load, cores = os.getloadavg()[0], os.cpu_count() or 1
+        if load > cores and torch.get_num_threads() > 1:
+            out(f"note: the CPU is busy (load {load:.1f} on {cores} cores); --threads 1 may train several times faster")
     out(f"{name} (alpha {alpha}, delta {delta}, input {model.resolution}x{model.resolution}, {n_params:,} params) "
         f"on {dataset_name}: {len(ds.train):,} train / {len(ds.val):,} val images, {ds.num_classes} classes")
     out(f"device {device}, amp {args.amp}, batch {args.batch_size}, Adam lr {args.lr}, seed {args.seed}"
