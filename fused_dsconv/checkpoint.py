@@ -20,7 +20,6 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
-import torch
 from torch import nn
 
 from .models import JointNet
