@@ -90,7 +90,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms only (slower on GPU; bit-exact --resume on CPU without it too)")
     g.add_argument("--out", default=None, help="run folder (default runs/<dataset>_<model>, numbered if taken)")
-    g.add_argument("--resume", default=None, metavar="RUN", help="continue a run folder (or its last_state.pt)")
+    g.add_argument("--resume", default=None, metavar="RUN", help="continue a run folder (or its last_state.pt; a pickle: only your own runs)")
     g.add_argument("--compare-unfused", action="store_true",
                    help="first time --compare-steps steps of this model and of its unfused PyTorch twin "
                         "(same init, same batches): throughput and memory side by side")
