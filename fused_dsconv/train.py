@@ -133,6 +133,11 @@ def resolve_rho(args, dataset: str) -> float:
     return side / BASE_RESOLUTION
 
 
+def _native_bf16(device: torch.device) -> bool:
+    """bfloat16 in hardware (compute capability >= 8.0), not emulated (slow) as torch allows on older GPUs."""
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -378,7 +383,7 @@ def run(args, out=print) -> dict:
     rho = resolve_rho(args, dataset_name)
     args.rho, args.dataset = rho, dataset_name
     seed_everything(args.seed, args.deterministic)
-    if args.amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if args.amp == "bf16" and device.type == "cuda" and not _native_bf16(device):
         raise SystemExit("error: --amp bf16 needs a GPU with bfloat16 support (Ampere or newer); "
                          "use --amp fp16 on older cards (e.g. GTX 1080 Ti, RTX 20xx)")
 
@@ -421,6 +426,8 @@ def run(args, out=print) -> dict:
     out(f"device {device}, amp {args.amp}, batch {args.batch_size}, Adam lr {args.lr}, seed {args.seed}"
         f"{', deterministic' if args.deterministic else ''} -> {run_dir}")
 
+    if args.amp == "fp16" and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 7:
+        out("note: this GPU has no fast float16 math (before Volta, e.g. GTX 10xx); --amp none may be faster")
     start_epoch, best_loss, best, before = 1, math.inf, None, 0.0
     if resume_state is not None:
         ckpt.check_state_dict(model, resume_state["model"], "the resumed state")
