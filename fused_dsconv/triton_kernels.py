@@ -86,8 +86,12 @@ def _sum(x, axis: tl.constexpr):
 
 @triton.jit
 def _pixels(tile, M, HWo, Wo, BLOCK_P: tl.constexpr):
-    """Rows tile*BLOCK_P ... of the flattened (n, ho, wo) output space, in int64."""
-    m = tile.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+    """Rows tile*BLOCK_P ... of the flattened (n, ho, wo) output space.
+
+    int32 (64-bit division is a long subroutine on the GPU): the launchers check M + BLOCK_P < 2**31.
+    Everything multiplied by a stride is cast to int64 first (``_row_off``).
+    """
+    m = tile * BLOCK_P + tl.arange(0, BLOCK_P)
     n = m // HWo
     r = m - n * HWo
     ho = r // Wo
@@ -96,26 +100,39 @@ def _pixels(tile, M, HWo, Wo, BLOCK_P: tl.constexpr):
 
 
 @triton.jit
+def _row_off(n, h, w, sn, sh, sw):
+    """int64 element offset of pixel (n, h, w) (channel 0)."""
+    return n.to(tl.int64) * sn + h.to(tl.int64) * sh + w.to(tl.int64) * sw
+
+
+@triton.jit
 def _dw_tile(x_ptr, wd_ptr, n, ho, wo, p_mask, cc, c_mask, H, W, sxn, sxc, sxh, sxw, dil, x_span,
              STRIDE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, DEBUG: tl.constexpr,
              DROP_BOUNDS: tl.constexpr):
     """T[p, c] = sum_ij x[n, c, ho*s + (i-1)d, wo*s + (j-1)d] Wd[c, i, j] in fp32, zero padding by mask."""
     t = tl.full((BLOCK_P, BLOCK_C), 0.0, tl.float32)
-    base = (n * sxn)[:, None] + (cc * sxc)[None, :]
-    for i in tl.static_range(3):
-        hi = ho * STRIDE + (i - 1) * dil
-        h_ok = (hi >= 0) & (hi < H)
-        for j in tl.static_range(3):
-            wi = wo * STRIDE + (j - 1) * dil
-            ok = p_mask & h_ok & (wi >= 0) & (wi < W)
-            if DROP_BOUNDS:  # test hook only: a forgotten padding mask, which DEBUG must catch
-                ok = p_mask
-            mask = ok[:, None] & c_mask[None, :]
-            off = base + (hi * sxh + wi * sxw)[:, None]
-            _assert_in(off, mask, x_span, DEBUG)
-            xv = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
-            wv = tl.load(wd_ptr + cc * 9 + (i * 3 + j), mask=c_mask, other=0.0).to(tl.float32)
-            t += xv * wv[None, :]
+    hc = ho * STRIDE
+    wc = wo * STRIDE
+    # The centre tap's offsets; the other 8 differ from it by one scalar each (cheap addresses).
+    # (tl.cast, not .to: dil and the strides may arrive as constexpr 1, Triton's specialisation.)
+    centre = _row_off(n, hc, wc, sxn, sxh, sxw)[:, None] + (cc.to(tl.int64) * sxc)[None, :]
+    # A rolled loop over the 9 taps: unrolled, the compiler issues all 9 gathers at once and needs
+    # ~255 registers (tools/report_triton.py); rolled, one tap's addresses and values are live.
+    for tap in tl.range(0, 9, loop_unroll_factor=1):
+        i = tap // 3
+        dh = (i - 1) * dil
+        dw = (tap - 3 * i - 1) * dil
+        hi = hc + dh
+        wi = wc + dw
+        ok = p_mask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+        if DROP_BOUNDS:  # test hook only: a forgotten padding mask, which DEBUG must catch
+            ok = p_mask
+        mask = ok[:, None] & c_mask[None, :]
+        off = centre + (tl.cast(dh, tl.int64) * sxh + tl.cast(dw, tl.int64) * sxw)
+        _assert_in(off, mask, x_span, DEBUG)
+        xv = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        wv = tl.load(wd_ptr + cc * 9 + tap, mask=c_mask, other=0.0).to(tl.float32)
+        t += xv * wv[None, :]
     return t
 
 
@@ -146,8 +163,8 @@ def _dy_tile(g_ptr, y_ptr, coef_ptr, n, ho, wo, p_mask, kk, k_mask, K, sgn, sgc,
     NaN passes the mask (z <= 0 is false for NaN), as in threshold_backward.
     """
     mask = p_mask[:, None] & k_mask[None, :]
-    goff = (n * sgn + ho * sgh + wo * sgw)[:, None] + (kk * sgc)[None, :]
-    yoff = (n * syn + ho * syh + wo * syw)[:, None] + (kk * syc)[None, :]
+    goff = _row_off(n, ho, wo, sgn, sgh, sgw)[:, None] + (kk.to(tl.int64) * sgc)[None, :]
+    yoff = _row_off(n, ho, wo, syn, syh, syw)[:, None] + (kk.to(tl.int64) * syc)[None, :]
     _assert_in(goff, mask, g_span, DEBUG)
     _assert_in(yoff, mask, y_span, DEBUG)
     g = tl.load(g_ptr + goff, mask=mask, other=0.0).to(tl.float32)
@@ -190,11 +207,11 @@ def dsconv_fwd_kernel(x_ptr, wd_ptr, wp_ptr, bias_ptr, y_ptr, ws_ptr,
     pid_p = tl.program_id(0)
     pid_k = tl.program_id(1)
     n, ho, wo, p_mask = _pixels(pid_p, M, HWo, Wo, BLOCK_P)
-    kk = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K).to(tl.int64)
+    kk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     k_mask = kk < K
     acc = tl.full((BLOCK_P, BLOCK_K), 0.0, tl.float32)
     for c0 in range(0, C, BLOCK_C):
-        cc = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
+        cc = c0 + tl.arange(0, BLOCK_C)
         c_mask = cc < C
         t = _dw_tile(x_ptr, wd_ptr, n, ho, wo, p_mask, cc, c_mask, H, W, sxn, sxc, sxh, sxw, dil, x_span,
                      STRIDE, BLOCK_P, BLOCK_C, DEBUG, DROP_BOUNDS)
@@ -205,7 +222,7 @@ def dsconv_fwd_kernel(x_ptr, wd_ptr, wp_ptr, bias_ptr, y_ptr, ws_ptr,
     if RELU:
         acc = tl.where(acc < 0, 0.0, acc)
     omask = p_mask[:, None] & k_mask[None, :]
-    yoff = (n * syn + ho * syh + wo * syw)[:, None] + (kk * syc)[None, :]
+    yoff = _row_off(n, ho, wo, syn, syh, syw)[:, None] + (kk.to(tl.int64) * syc)[None, :]
     _assert_in(yoff, omask, y_span, DEBUG)
     tl.store(y_ptr + yoff, acc.to(y_ptr.dtype.element_ty), mask=omask)
     if STATS:
@@ -227,7 +244,7 @@ def bn_stats_kernel(ws_ptr, mean_ptr, var_ptr, T, K, M,
     the running (n, mean, M2). Fixed order => bitwise deterministic. var is the biased variance M2 / M.
     """
     pid = tl.program_id(0)
-    kk = pid.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K).to(tl.int64)
+    kk = pid * BLOCK_K + tl.arange(0, BLOCK_K)
     k_mask = kk < K
     n_a = tl.full((BLOCK_K,), 0.0, tl.float32)
     mean_a = tl.full((BLOCK_K,), 0.0, tl.float32)
@@ -260,11 +277,11 @@ def bn_relu_kernel(y_ptr, out_ptr, coef_ptr, K, Wo, HWo, M,
     pid_p = tl.program_id(0)
     pid_k = tl.program_id(1)
     n, ho, wo, p_mask = _pixels(pid_p, M, HWo, Wo, BLOCK_P)
-    kk = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K).to(tl.int64)
+    kk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     k_mask = kk < K
     mask = p_mask[:, None] & k_mask[None, :]
-    yoff = (n * syn + ho * syh + wo * syw)[:, None] + (kk * syc)[None, :]
-    ooff = (n * son + ho * soh + wo * sow)[:, None] + (kk * soc)[None, :]
+    yoff = _row_off(n, ho, wo, syn, syh, syw)[:, None] + (kk.to(tl.int64) * syc)[None, :]
+    ooff = _row_off(n, ho, wo, son, soh, sow)[:, None] + (kk.to(tl.int64) * soc)[None, :]
     _assert_in(yoff, mask, y_span, DEBUG)
     _assert_in(ooff, mask, o_span, DEBUG)
     y = tl.load(y_ptr + yoff, mask=mask, other=0.0).to(tl.float32)
@@ -293,11 +310,11 @@ def bn_bwd_reduce_kernel(g_ptr, y_ptr, coef_ptr, ws_ptr, K, Wo, HWo, M,
     pid_p = tl.program_id(0)
     pid_k = tl.program_id(1)
     n, ho, wo, p_mask = _pixels(pid_p, M, HWo, Wo, BLOCK_P)
-    kk = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K).to(tl.int64)
+    kk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     k_mask = kk < K
     mask = p_mask[:, None] & k_mask[None, :]
-    goff = (n * sgn + ho * sgh + wo * sgw)[:, None] + (kk * sgc)[None, :]
-    yoff = (n * syn + ho * syh + wo * syw)[:, None] + (kk * syc)[None, :]
+    goff = _row_off(n, ho, wo, sgn, sgh, sgw)[:, None] + (kk.to(tl.int64) * sgc)[None, :]
+    yoff = _row_off(n, ho, wo, syn, syh, syw)[:, None] + (kk.to(tl.int64) * syc)[None, :]
     _assert_in(goff, mask, g_span, DEBUG)
     _assert_in(yoff, mask, y_span, DEBUG)
     g = tl.load(g_ptr + goff, mask=mask, other=0.0).to(tl.float32)
@@ -351,39 +368,42 @@ def dsconv_bwd_dt_kernel(g_ptr, y_ptr, coef_ptr, wp_ptr, x_ptr, dt_ptr, ws_ptr,
     """
     pid_g = tl.program_id(0)
     pid_c = tl.program_id(1)
-    cc = pid_c.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
+    cc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = cc < C
     taps = tl.arange(0, 16)
     dwd = tl.full((BLOCK_C, 16), 0.0, tl.float32)
     for it in range(TILES_PER_PROG):
-        tile = pid_g.to(tl.int64) * TILES_PER_PROG + it
+        tile = pid_g * TILES_PER_PROG + it
         n, ho, wo, p_mask = _pixels(tile, M, HWo, Wo, BLOCK_P)
         acc = tl.full((BLOCK_P, BLOCK_C), 0.0, tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            kk = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
+            kk = k0 + tl.arange(0, BLOCK_K)
             k_mask = kk < K
             dy = _dy_tile(g_ptr, y_ptr, coef_ptr, n, ho, wo, p_mask, kk, k_mask, K, sgn, sgc, sgh, sgw,
                           syn, syc, syh, syw, g_span, y_span, TRAIN, DEBUG)
             wp = tl.load(wp_ptr + kk[:, None] * C + cc[None, :], mask=k_mask[:, None] & c_mask[None, :], other=0.0)
             acc = _mma(dy, wp, acc, wp_ptr, DOT_MODE)
         pc_mask = p_mask[:, None] & c_mask[None, :]
-        toff = (n * stn + ho * sth + wo * stw)[:, None] + (cc * stc)[None, :]
+        toff = _row_off(n, ho, wo, stn, sth, stw)[:, None] + (cc.to(tl.int64) * stc)[None, :]
         _assert_in(toff, pc_mask, t_span, DEBUG)
         tl.store(dt_ptr + toff, acc, mask=pc_mask)
-        base = (n * sxn)[:, None] + (cc * sxc)[None, :]
-        for i in tl.static_range(3):
-            hi = ho * STRIDE + (i - 1) * dil
-            h_ok = (hi >= 0) & (hi < H)
-            for j in tl.static_range(3):
-                wi = wo * STRIDE + (j - 1) * dil
-                ok = p_mask & h_ok & (wi >= 0) & (wi < W)
-                mask = ok[:, None] & c_mask[None, :]
-                off = base + (hi * sxh + wi * sxw)[:, None]
-                _assert_in(off, mask, x_span, DEBUG)
-                xv = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
-                part = _sum(acc * xv, axis=0)
-                dwd += tl.where(taps[None, :] == i * 3 + j, part[:, None], 0.0)
-    woff = pid_g.to(tl.int64) * C * 9 + cc[:, None] * 9 + taps[None, :]
+        hc = ho * STRIDE
+        wc = wo * STRIDE
+        centre = _row_off(n, hc, wc, sxn, sxh, sxw)[:, None] + (cc.to(tl.int64) * sxc)[None, :]
+        for tap in tl.range(0, 9, loop_unroll_factor=1):  # rolled, as in _dw_tile
+            i = tap // 3
+            dh = (i - 1) * dil
+            dw = (tap - 3 * i - 1) * dil
+            hi = hc + dh
+            wi = wc + dw
+            ok = p_mask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+            mask = ok[:, None] & c_mask[None, :]
+            off = centre + (tl.cast(dh, tl.int64) * sxh + tl.cast(dw, tl.int64) * sxw)
+            _assert_in(off, mask, x_span, DEBUG)
+            xv = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+            part = _sum(acc * xv, axis=0)
+            dwd += tl.where(taps[None, :] == tap, part[:, None], 0.0)
+    woff = pid_g.to(tl.int64) * C * 9 + (cc * 9)[:, None] + taps[None, :]
     tl.store(ws_ptr + woff, dwd, mask=c_mask[:, None] & (taps[None, :] < 9))
 
 
@@ -403,20 +423,20 @@ def dsconv_bwd_dwp_kernel(g_ptr, y_ptr, coef_ptr, x_ptr, wd_ptr, ws_ptr,
     pid_k = tl.program_id(0)
     pid_c = tl.program_id(1)
     pid_s = tl.program_id(2)
-    kk = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K).to(tl.int64)
+    kk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     k_mask = kk < K
-    cc = pid_c.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
+    cc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = cc < C
     acc = tl.full((BLOCK_K, BLOCK_C), 0.0, tl.float32)
     for it in range(TILES_PER_PROG):
-        tile = pid_s.to(tl.int64) * TILES_PER_PROG + it
+        tile = pid_s * TILES_PER_PROG + it
         n, ho, wo, p_mask = _pixels(tile, M, HWo, Wo, BLOCK_P)
         t = _dw_tile(x_ptr, wd_ptr, n, ho, wo, p_mask, cc, c_mask, H, W, sxn, sxc, sxh, sxw, dil, x_span,
                      STRIDE, BLOCK_P, BLOCK_C, DEBUG, False)
         dy = _dy_tile(g_ptr, y_ptr, coef_ptr, n, ho, wo, p_mask, kk, k_mask, K, sgn, sgc, sgh, sgw,
                       syn, syc, syh, syw, g_span, y_span, TRAIN, DEBUG)
         acc = _mma(tl.trans(dy), t, acc, wd_ptr, DOT_MODE)
-    woff = pid_s.to(tl.int64) * K * C + kk[:, None] * C + cc[None, :]
+    woff = pid_s.to(tl.int64) * K * C + (kk * C)[:, None] + cc[None, :]
     tl.store(ws_ptr + woff, acc, mask=k_mask[:, None] & c_mask[None, :])
 
 
@@ -428,16 +448,16 @@ def dsconv_bwd_dx_kernel(dt_ptr, wd_ptr, dx_ptr, C, H, W, Ho, Wo, HW, MI, dil,
     on the output grid (divisible by s, in range); grid (input-pixel tiles, C tiles)."""
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
-    m = pid_p.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+    m = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)  # int32: the launcher checks N*H*W + BLOCK_P < 2**31
     p_mask = m < MI
     n = m // HW
     r = m - n * HW
     h = r // W
     w = r - h * W
-    cc = pid_c.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
+    cc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = cc < C
     acc = tl.full((BLOCK_P, BLOCK_C), 0.0, tl.float32)
-    base = (n * stn)[:, None] + (cc * stc)[None, :]
+    base = (n.to(tl.int64) * stn)[:, None] + (cc.to(tl.int64) * stc)[None, :]
     for i in tl.static_range(3):
         hh = h + (1 - i) * dil
         hc = tl.maximum(hh, 0)  # no division of negatives (C and Python round them differently)
@@ -449,12 +469,12 @@ def dsconv_bwd_dx_kernel(dt_ptr, wd_ptr, dx_ptr, C, H, W, Ho, Wo, HW, MI, dil,
             wo = wc // STRIDE
             ok = p_mask & h_ok & (ww >= 0) & (wo * STRIDE == wc) & (wo < Wo)
             mask = ok[:, None] & c_mask[None, :]
-            off = base + (ho * sth + wo * stw)[:, None]
+            off = base + (ho.to(tl.int64) * sth + wo.to(tl.int64) * stw)[:, None]
             _assert_in(off, mask, t_span, DEBUG)
             v = tl.load(dt_ptr + off, mask=mask, other=0.0)
             wv = tl.load(wd_ptr + cc * 9 + (i * 3 + j), mask=c_mask, other=0.0).to(tl.float32)
             acc += v * wv[None, :]
-    xoff = (n * sxn + h * sxh + w * sxw)[:, None] + (cc * sxc)[None, :]
+    xoff = _row_off(n, h, w, sxn, sxh, sxw)[:, None] + (cc.to(tl.int64) * sxc)[None, :]
     pc_mask = p_mask[:, None] & c_mask[None, :]
     _assert_in(xoff, pc_mask, x_span, DEBUG)
     tl.store(dx_ptr + xoff, acc.to(dx_ptr.dtype.element_ty), mask=pc_mask)
@@ -479,18 +499,19 @@ INTERPRETER_CONFIG = TileConfig(BLOCK_P=32, BLOCK_C=16, BLOCK_K=16, num_warps=4,
 
 
 def config(dtype: torch.dtype, c: int, k: int) -> TileConfig:
-    """The tile config for these channel counts (a fixed table, no autotuning; docs/triton.md).
+    """The tile config on a GPU: a fixed table, no autotuning (docs/triton.md).
 
-    64 output pixels x up to 128 output channels per program, input channels in chunks of 32 (16 for
-    fp32, whose IEEE dot runs on FMA units and holds its operands in registers). Every entry is
-    compiled ahead of time for sm_75..sm_89 by tools/report_triton.py and must not spill.
+    64 output pixels x 64 output channels per program, input channels in chunks of 32 (16 for fp32,
+    whose IEEE dot runs on the FMA units with its operands in registers), 8 warps. Chosen from the
+    ahead-of-time compile report (tools/report_triton.py), not from timings (none were taken):
+    the 4-warp and BLOCK_K=128 variants need ~255 registers and some spill; this one spills nothing
+    on sm_75..sm_89. K > 64 runs several K tiles, each recomputing its depthwise chunk (9 FMA per
+    element against 64 in the GEMM). ``c`` and ``k`` are accepted for a future per-shape table.
     """
     if INTERPRETED:
         return INTERPRETER_CONFIG
-    bk = 128 if k > 64 else 64
-    if dtype == torch.float32:
-        return TileConfig(BLOCK_P=64, BLOCK_C=16, BLOCK_K=bk // 2 if bk == 128 else bk, num_warps=4, num_stages=2)
-    return TileConfig(BLOCK_P=64, BLOCK_C=32, BLOCK_K=bk, num_warps=8 if bk == 128 else 4, num_stages=2)
+    return TileConfig(BLOCK_P=64, BLOCK_C=16 if dtype == torch.float32 else 32, BLOCK_K=64, num_warps=8,
+                      num_stages=2)
 
 
 def dot_mode(dtype: torch.dtype) -> int:
@@ -528,6 +549,13 @@ def output_size(size: int, stride: int) -> int:
     return (size - 1) // stride + 1
 
 
+def _check_pixels(count: int, what: str) -> None:
+    # Pixel indices are int32 inside the kernels (offsets are int64); 2**31 pixels would be >= 8 GiB per
+    # channel of fp32 activations, far beyond any joint block, but say so rather than wrap around.
+    if count + 1024 >= 2 ** 31:
+        raise ValueError(f"fused_dsconv triton backend: {what} = {count} pixels exceeds the int32 pixel index")
+
+
 def launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, out, *, relu, stats, _drop_bounds=False):
     """Run dsconv_fwd_kernel into ``out`` (any strides). Returns the [2, tiles, K] statistics
     workspace when ``stats`` (else None) and the number of tiles."""
@@ -535,6 +563,7 @@ def launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, out, *, relu, s
     k = pw_weight.shape[0]
     ho, wo = output_size(h, stride), output_size(w, stride)
     m = n * ho * wo
+    _check_pixels(m, "N*Ho*Wo")
     cfg = config(x.dtype, c, k)
     tiles = triton.cdiv(m, cfg.BLOCK_P)
     ws = torch.empty((2, tiles, k), device=x.device, dtype=torch.float32) if stats else out
@@ -566,14 +595,25 @@ def _bn_coef(mean, var, bn_weight, bn_bias, eps):
     return torch.stack([mean, r, g, b]).contiguous()
 
 
-def _ew_cfg():
+def ew_config():
+    """(BLOCK_P, BLOCK_K) of the elementwise / reduction tiles (bn_relu, bn_bwd_reduce)."""
     return (32, 16) if INTERPRETED else (64, 64)
+
+
+def colsum_config():
+    """(BLOCK_R, BLOCK_N) of colsum_kernel."""
+    return (16, 32) if INTERPRETED else (32, 128)
+
+
+def dx_config():
+    """(BLOCK_P, BLOCK_C) of dsconv_bwd_dx_kernel (input pixels x channels)."""
+    return (32, 16) if INTERPRETED else (64, 32)
 
 
 def launch_bn_relu(y, out, coef):
     n, k, ho, wo = y.shape
     m = n * ho * wo
-    bp, bk = _ew_cfg()
+    bp, bk = ew_config()
     grid = (triton.cdiv(m, bp), triton.cdiv(k, bk))
     bn_relu_kernel[grid](y, out, coef, k, wo, ho * wo, m, *_strides(y), *_strides(out), _span(y), _span(out),
                          BLOCK_P=bp, BLOCK_K=bk, DEBUG=DEBUG)
@@ -583,7 +623,7 @@ def launch_colsum(ws2d):
     """Fixed-order column sums of a contiguous [R, NCOL] fp32 workspace."""
     r, ncol = ws2d.shape
     out = torch.empty(ncol, device=ws2d.device, dtype=torch.float32)
-    br, bn = (16, 32) if INTERPRETED else (32, 128)
+    br, bn = colsum_config()
     colsum_kernel[(triton.cdiv(ncol, bn),)](ws2d, out, r, ncol, BLOCK_R=br, BLOCK_N=bn)
     return out
 
@@ -592,7 +632,7 @@ def launch_bwd_reduce(grad_out, y, coef, train):
     """Column sums over pixels: train -> (sum dz, sum dz yhat, sum yhat); eval -> (sum dz,)."""
     n, k, ho, wo = y.shape
     m = n * ho * wo
-    bp, bk = _ew_cfg()
+    bp, bk = ew_config()
     tiles = triton.cdiv(m, bp)
     rows = 3 if train else 1
     ws = torch.empty((rows, tiles, k), device=y.device, dtype=torch.float32)
@@ -609,6 +649,7 @@ def launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dil
     k = pw_weight.shape[0]
     ho, wo = output_size(h, stride), output_size(w, stride)
     m = n * ho * wo
+    _check_pixels(n * h * w, "N*H*W")
     cfg = config(x.dtype, c, k)
     mode = dot_mode(x.dtype)
     tiles = triton.cdiv(m, cfg.BLOCK_P)
@@ -643,8 +684,7 @@ def launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dil
     # Depthwise data gradient from dt.
     dx = torch.empty_like(x, memory_format=mf)
     mi = n * h * w
-    bp = cfg.BLOCK_P if INTERPRETED else 64
-    bc = cfg.BLOCK_C if INTERPRETED else 32
+    bp, bc = dx_config()
     dsconv_bwd_dx_kernel[(triton.cdiv(mi, bp), triton.cdiv(c, bc))](
         dt, dw_weight, dx, c, h, w, ho, wo, h * w, mi, dilation, *_strides(dt), *_strides(dx),
         _span(dt), _span(dx), STRIDE=stride, BLOCK_P=bp, BLOCK_C=bc, DEBUG=DEBUG)
