@@ -458,22 +458,21 @@ def dsconv_bwd_dx_kernel(dt_ptr, wd_ptr, dx_ptr, C, H, W, Ho, Wo, HW, MI, dil,
     c_mask = cc < C
     acc = tl.full((BLOCK_P, BLOCK_C), 0.0, tl.float32)
     base = (n.to(tl.int64) * stn)[:, None] + (cc.to(tl.int64) * stc)[None, :]
-    for i in tl.static_range(3):
+    for tap in tl.range(0, 9, loop_unroll_factor=1):  # rolled: unrolled, the 9 gathers spill
+        i = tap // 3
         hh = h + (1 - i) * dil
+        ww = w + (1 - (tap - 3 * i)) * dil
         hc = tl.maximum(hh, 0)  # no division of negatives (C and Python round them differently)
+        wc = tl.maximum(ww, 0)
         ho = hc // STRIDE
-        h_ok = (hh >= 0) & (ho * STRIDE == hc) & (ho < Ho)
-        for j in tl.static_range(3):
-            ww = w + (1 - j) * dil
-            wc = tl.maximum(ww, 0)
-            wo = wc // STRIDE
-            ok = p_mask & h_ok & (ww >= 0) & (wo * STRIDE == wc) & (wo < Wo)
-            mask = ok[:, None] & c_mask[None, :]
-            off = base + (ho.to(tl.int64) * sth + wo.to(tl.int64) * stw)[:, None]
-            _assert_in(off, mask, t_span, DEBUG)
-            v = tl.load(dt_ptr + off, mask=mask, other=0.0)
-            wv = tl.load(wd_ptr + cc * 9 + (i * 3 + j), mask=c_mask, other=0.0).to(tl.float32)
-            acc += v * wv[None, :]
+        wo = wc // STRIDE
+        ok = p_mask & (hh >= 0) & (ho * STRIDE == hc) & (ho < Ho) & (ww >= 0) & (wo * STRIDE == wc) & (wo < Wo)
+        mask = ok[:, None] & c_mask[None, :]
+        off = base + (ho.to(tl.int64) * sth + wo.to(tl.int64) * stw)[:, None]
+        _assert_in(off, mask, t_span, DEBUG)
+        v = tl.load(dt_ptr + off, mask=mask, other=0.0)
+        wv = tl.load(wd_ptr + cc * 9 + tap, mask=c_mask, other=0.0).to(tl.float32)
+        acc += v * wv[None, :]
     xoff = _row_off(n, h, w, sxn, sxh, sxw)[:, None] + (cc.to(tl.int64) * sxc)[None, :]
     pc_mask = p_mask[:, None] & c_mask[None, :]
     _assert_in(xoff, pc_mask, x_span, DEBUG)
@@ -498,20 +497,29 @@ class TileConfig:
 INTERPRETER_CONFIG = TileConfig(BLOCK_P=32, BLOCK_C=16, BLOCK_K=16, num_warps=4, num_stages=1)
 
 
-def config(dtype: torch.dtype, c: int, k: int) -> TileConfig:
-    """The tile config on a GPU: a fixed table, no autotuning (docs/triton.md).
+def config(dtype: torch.dtype, c: int, k: int, kernel: str = "fwd") -> TileConfig:
+    """The tile config on a GPU for ``kernel`` in ("fwd", "dt", "dwp"): a fixed table, no autotuning.
 
-    64 output pixels x 64 output channels per program, input channels in chunks of 32 (16 for fp32,
-    whose IEEE dot runs on the FMA units with its operands in registers), 8 warps. Chosen from the
-    ahead-of-time compile report (tools/report_triton.py), not from timings (none were taken):
-    the 4-warp and BLOCK_K=128 variants need ~255 registers and some spill; this one spills nothing
-    on sm_75..sm_89. K > 64 runs several K tiles, each recomputing its depthwise chunk (9 FMA per
-    element against 64 in the GEMM). ``c`` and ``k`` are accepted for a future per-shape table.
+    Chosen from the ahead-of-time compile report (tools/report_triton.py, sm_75..sm_89), not from
+    timings (none were taken): the largest tiles that compile without register spills on every arch.
+    - fwd: 64 output pixels x 64 output channels, input channels in chunks of 32 (16 for fp32, whose
+      IEEE dot runs on the FMA units with its operands in registers), 8 warps. The 4-warp and
+      BLOCK_K=128 variants need ~255 registers and spill; K > 64 runs several K tiles, each
+      recomputing its depthwise chunk (9 FMA per element against 64 in the GEMM).
+    - dt: 64 x 16 channels x K chunks of 64; fp32 unpipelined (2 stages spill on sm_80).
+    - dwp: 64-pixel steps, 64 (fp32: 32) x 16 weight tile (fp16 C=32 spills on sm_75).
+    ``c`` and ``k`` are accepted for a future per-shape table.
     """
     if INTERPRETED:
         return INTERPRETER_CONFIG
-    return TileConfig(BLOCK_P=64, BLOCK_C=16 if dtype == torch.float32 else 32, BLOCK_K=64, num_warps=8,
-                      num_stages=2)
+    fp32 = dtype == torch.float32
+    if kernel == "fwd":
+        return TileConfig(BLOCK_P=64, BLOCK_C=16 if fp32 else 32, BLOCK_K=64, num_warps=8, num_stages=2)
+    if kernel == "dt":
+        return TileConfig(BLOCK_P=64, BLOCK_C=16, BLOCK_K=64, num_warps=8, num_stages=1 if fp32 else 2)
+    if kernel == "dwp":
+        return TileConfig(BLOCK_P=64, BLOCK_C=16, BLOCK_K=32 if fp32 else 64, num_warps=8, num_stages=2)
+    raise ValueError(f"unknown kernel {kernel!r}")
 
 
 def dot_mode(dtype: torch.dtype) -> int:
@@ -556,9 +564,14 @@ def _check_pixels(count: int, what: str) -> None:
         raise ValueError(f"fused_dsconv triton backend: {what} = {count} pixels exceeds the int32 pixel index")
 
 
-def launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, out, *, relu, stats, _drop_bounds=False):
+def launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, out, *, relu, stats, wrap=False,
+                _drop_bounds=False):
     """Run dsconv_fwd_kernel into ``out`` (any strides). Returns the [2, tiles, K] statistics
-    workspace when ``stats`` (else None) and the number of tiles."""
+    workspace when ``stats`` (else None), the number of tiles and BLOCK_P.
+
+    ``wrap``: launch through ``torch.library.wrap_triton`` (inside a ``triton_op``: fused_dsconv/triton_ops.py),
+    which lets torch.compile trace the launch; a no-op wrapper for interpreter kernels.
+    """
     n, c, h, w = x.shape
     k = pw_weight.shape[0]
     ho, wo = output_size(h, stride), output_size(w, stride)
@@ -568,7 +581,8 @@ def launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, out, *, relu, s
     tiles = triton.cdiv(m, cfg.BLOCK_P)
     ws = torch.empty((2, tiles, k), device=x.device, dtype=torch.float32) if stats else out
     grid = (tiles, triton.cdiv(k, cfg.BLOCK_K))
-    dsconv_fwd_kernel[grid](
+    kernel = torch.library.wrap_triton(dsconv_fwd_kernel) if wrap else dsconv_fwd_kernel
+    kernel[grid](
         x, dw_weight, pw_weight, bias if bias is not None else out, out, ws,
         c, k, h, w, wo, ho * wo, m, dilation,
         *_strides(x), *_strides(out), _span(x), _span(out),
@@ -595,6 +609,9 @@ def _bn_coef(mean, var, bn_weight, bn_bias, eps):
     return torch.stack([mean, r, g, b]).contiguous()
 
 
+_EW_OPTS = {} if INTERPRETED else {"num_warps": 8, "num_stages": 1}
+
+
 def ew_config():
     """(BLOCK_P, BLOCK_K) of the elementwise / reduction tiles (bn_relu, bn_bwd_reduce)."""
     return (32, 16) if INTERPRETED else (64, 64)
@@ -616,7 +633,7 @@ def launch_bn_relu(y, out, coef):
     bp, bk = ew_config()
     grid = (triton.cdiv(m, bp), triton.cdiv(k, bk))
     bn_relu_kernel[grid](y, out, coef, k, wo, ho * wo, m, *_strides(y), *_strides(out), _span(y), _span(out),
-                         BLOCK_P=bp, BLOCK_K=bk, DEBUG=DEBUG)
+                         BLOCK_P=bp, BLOCK_K=bk, DEBUG=DEBUG, **_EW_OPTS)
 
 
 def launch_colsum(ws2d):
@@ -638,7 +655,7 @@ def launch_bwd_reduce(grad_out, y, coef, train):
     ws = torch.empty((rows, tiles, k), device=y.device, dtype=torch.float32)
     bn_bwd_reduce_kernel[(tiles, triton.cdiv(k, bk))](
         grad_out, y, coef, ws, k, wo, ho * wo, m, *_strides(grad_out), *_strides(y), _span(grad_out), _span(y),
-        TRAIN=train, BLOCK_P=bp, BLOCK_K=bk, DEBUG=DEBUG)
+        TRAIN=train, BLOCK_P=bp, BLOCK_K=bk, DEBUG=DEBUG, **_EW_OPTS)
     sums = launch_colsum(ws.permute(1, 0, 2).reshape(tiles, rows * k)).reshape(rows, k)
     return [row.clone() for row in sums]  # separate storages: op outputs may not alias each other
 
@@ -650,18 +667,18 @@ def launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dil
     ho, wo = output_size(h, stride), output_size(w, stride)
     m = n * ho * wo
     _check_pixels(n * h * w, "N*H*W")
-    cfg = config(x.dtype, c, k)
     mode = dot_mode(x.dtype)
-    tiles = triton.cdiv(m, cfg.BLOCK_P)
-    c_tiles = triton.cdiv(c, cfg.BLOCK_C)
-    k_tiles = triton.cdiv(k, cfg.BLOCK_K)
     mf = torch.channels_last if (not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)) \
         else torch.contiguous_format
-    opts = _launch_opts(cfg)
-    common = dict(STRIDE=stride, TRAIN=train, DOT_MODE=mode, BLOCK_P=cfg.BLOCK_P, BLOCK_C=cfg.BLOCK_C,
-                  BLOCK_K=cfg.BLOCK_K, DEBUG=DEBUG)
+
+    def consts(cfg):
+        return dict(STRIDE=stride, TRAIN=train, DOT_MODE=mode, BLOCK_P=cfg.BLOCK_P, BLOCK_C=cfg.BLOCK_C,
+                    BLOCK_K=cfg.BLOCK_K, DEBUG=DEBUG, **_launch_opts(cfg))
 
     # dt (fp32, x's layout) and the depthwise weight-gradient partials.
+    cfg = config(x.dtype, c, k, "dt")
+    tiles = triton.cdiv(m, cfg.BLOCK_P)
+    c_tiles = triton.cdiv(c, cfg.BLOCK_C)
     dt = torch.empty((n, c, ho, wo), device=x.device, dtype=torch.float32, memory_format=mf)
     per = _groups(tiles, c_tiles, x.device)
     groups = triton.cdiv(tiles, per)
@@ -669,16 +686,20 @@ def launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dil
     dsconv_bwd_dt_kernel[(groups, c_tiles)](
         grad_out, y, coef, pw_weight, x, dt, ws_dw, c, k, h, w, wo, ho * wo, m, dilation, tiles, per,
         *_strides(grad_out), *_strides(y), *_strides(x), *_strides(dt),
-        _span(grad_out), _span(y), _span(x), _span(dt), **common, **opts)
+        _span(grad_out), _span(y), _span(x), _span(dt), **consts(cfg))
     d_dw = launch_colsum(ws_dw).reshape(c, 1, 3, 3).to(dw_weight.dtype)
 
     # Pointwise weight gradient, split over pixels.
+    cfg = config(x.dtype, c, k, "dwp")
+    tiles = triton.cdiv(m, cfg.BLOCK_P)
+    c_tiles = triton.cdiv(c, cfg.BLOCK_C)
+    k_tiles = triton.cdiv(k, cfg.BLOCK_K)
     per = _groups(tiles, c_tiles * k_tiles, x.device)
     splits = triton.cdiv(tiles, per)
     ws_pw = torch.empty((splits, k * c), device=x.device, dtype=torch.float32)
     dsconv_bwd_dwp_kernel[(k_tiles, c_tiles, splits)](
         grad_out, y, coef, x, dw_weight, ws_pw, c, k, h, w, wo, ho * wo, m, dilation, per,
-        *_strides(grad_out), *_strides(y), *_strides(x), _span(grad_out), _span(y), _span(x), **common, **opts)
+        *_strides(grad_out), *_strides(y), *_strides(x), _span(grad_out), _span(y), _span(x), **consts(cfg))
     d_pw = launch_colsum(ws_pw).reshape(k, c).to(pw_weight.dtype)
 
     # Depthwise data gradient from dt.
@@ -687,5 +708,5 @@ def launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dil
     bp, bc = dx_config()
     dsconv_bwd_dx_kernel[(triton.cdiv(mi, bp), triton.cdiv(c, bc))](
         dt, dw_weight, dx, c, h, w, ho, wo, h * w, mi, dilation, *_strides(dt), *_strides(dx),
-        _span(dt), _span(dx), STRIDE=stride, BLOCK_P=bp, BLOCK_C=bc, DEBUG=DEBUG)
+        _span(dt), _span(dx), STRIDE=stride, BLOCK_P=bp, BLOCK_C=bc, DEBUG=DEBUG, **_EW_OPTS)
     return dx, d_dw, d_pw

@@ -273,3 +273,12 @@ def test_unavailable_reasons(interpreter, monkeypatch):
     assert "float64" in TB.unavailable(x.double())
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert "TRITON_INTERPRET=1" in TB.unavailable(x)
+
+
+def test_triton_op_forward_eval():
+    """fused_dsconv_triton::forward_eval (triton_op + wrap_triton), eagerly in the interpreter."""
+    import fused_dsconv.triton_ops  # noqa: F401  (registers the op; imports triton)
+    c = _case(torch.float16, 2, 3, True)
+    out = torch.ops.fused_dsconv_triton.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 2, 3)
+    _check_layout(out, True)
+    testing.assert_close(out, RB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 2, 3), torch.float16, "out")

@@ -106,19 +106,22 @@ def variants():
             out.append(("dsconv_fwd_kernel", f"eval {base} s1 d1", act,
                         dict(STRIDE=1, HAS_BIAS=True, RELU=True, STATS=False, DOT_MODE=mode, DEBUG=False,
                              DROP_BOUNDS=False, dil=1, sxw=1, syw=1, **tiles), cfg.num_warps, cfg.num_stages))
-        bwd = dict(STRIDE=1, TRAIN=True, DOT_MODE=mode, DEBUG=False, **tiles)
-        out.append(("dsconv_bwd_dt_kernel", f"train {base} s1", act, bwd, cfg.num_warps, cfg.num_stages))
-        out.append(("dsconv_bwd_dwp_kernel", f"train {base} s1", act, bwd, cfg.num_warps, cfg.num_stages))
+        for kernel, which in (("dsconv_bwd_dt_kernel", "dt"), ("dsconv_bwd_dwp_kernel", "dwp")):
+            bc = tk.config(getattr(torch, dtype), c, k, which)
+            out.append((kernel, f"train {dtype} P{bc.BLOCK_P} C{bc.BLOCK_C} K{bc.BLOCK_K} w{bc.num_warps} "
+                                f"st{bc.num_stages} s1", act,
+                        dict(STRIDE=1, TRAIN=True, DOT_MODE=mode, DEBUG=False, BLOCK_P=bc.BLOCK_P,
+                             BLOCK_C=bc.BLOCK_C, BLOCK_K=bc.BLOCK_K), bc.num_warps, bc.num_stages))
         dx = tk.dx_config()
-        out.append(("dsconv_bwd_dx_kernel", f"{dtype} P{dx[0]} C{dx[1]} w4 s2",
+        out.append(("dsconv_bwd_dx_kernel", f"{dtype} P{dx[0]} C{dx[1]} w8 s2",
                     {"dt_ptr": "fp32", "wd_ptr": tdt, "dx_ptr": tdt},
-                    dict(STRIDE=2, BLOCK_P=dx[0], BLOCK_C=dx[1], DEBUG=False), 4, 1))
+                    dict(STRIDE=2, BLOCK_P=dx[0], BLOCK_C=dx[1], DEBUG=False), 8, 1))
         bp, bk = tk.ew_config()
-        out.append(("bn_relu_kernel", f"{dtype} P{bp} K{bk} w4", {"y_ptr": tdt, "out_ptr": tdt, "coef_ptr": "fp32"},
-                    dict(BLOCK_P=bp, BLOCK_K=bk, DEBUG=False), 4, 1))
-        out.append(("bn_bwd_reduce_kernel", f"train {dtype} P{bp} K{bk} w4",
+        out.append(("bn_relu_kernel", f"{dtype} P{bp} K{bk} w8", {"y_ptr": tdt, "out_ptr": tdt, "coef_ptr": "fp32"},
+                    dict(BLOCK_P=bp, BLOCK_K=bk, DEBUG=False), 8, 1))
+        out.append(("bn_bwd_reduce_kernel", f"train {dtype} P{bp} K{bk} w8",
                     {"g_ptr": tdt, "y_ptr": tdt, "coef_ptr": "fp32", "ws_ptr": "fp32"},
-                    dict(TRAIN=True, BLOCK_P=bp, BLOCK_K=bk, DEBUG=False), 4, 1))
+                    dict(TRAIN=True, BLOCK_P=bp, BLOCK_K=bk, DEBUG=False), 8, 1))
     br, bn = tk.colsum_config()
     out.append(("colsum_kernel", f"R{br} N{bn} w4", {"ws_ptr": "fp32", "out_ptr": "fp32"},
                 dict(BLOCK_R=br, BLOCK_N=bn), 4, 1))
