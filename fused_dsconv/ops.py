@@ -9,6 +9,7 @@ name from that list or "auto". Autograd formulas live in ``fused_dsconv/autograd
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -63,7 +64,9 @@ def _out_like(x: Tensor, k: int, stride: int) -> Tensor:
 def _run(x: Tensor, backend: str):
     # Autocast has already chosen the dtype; the kernels (and the reference's own convs) must not
     # be autocast again underneath.
-    return backends.select(x, backend), torch.autocast(x.device.type, enabled=False)
+    no_autocast = (torch.autocast(x.device.type, enabled=False) if torch.amp.is_autocast_available(x.device.type)
+                   else contextlib.nullcontext())
+    return backends.select(x, backend), no_autocast
 
 
 @torch.library.custom_op("fused_dsconv::forward_eval", mutates_args=())
@@ -95,6 +98,10 @@ def forward_train(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, bias: Optiona
     statistics (float32; float64 for float64 x) of y per channel; out = relu(bn_weight * (y - mean) / sqrt(var + eps) + bn_bias).
     """
     _check_train(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation)
+    if x.numel() == 0:  # an empty batch has no statistics: NaN, as torch.var_mean of nothing
+        out = _out_like(x, pw_weight.shape[0], stride)
+        stat = torch.full((pw_weight.shape[0],), float("nan"), dtype=backends.acc_dtype(x), device=x.device)
+        return out, out.clone() if save_y else x.new_empty(0), stat, stat.clone()
     impl, no_autocast = _run(x, backend)
     with no_autocast:
         return impl.forward_train(x, dw_weight.contiguous(), pw_weight.contiguous(), bias, bn_weight, bn_bias,
@@ -117,7 +124,7 @@ def _check_train(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dila
         raise ValueError("bn_weight and bn_bias must be given together (affine batch norm) or both be None")
     n, _, h, w = x.shape
     per_channel = n * output_size(h, stride) * output_size(w, stride)
-    if per_channel <= 1:
+    if per_channel == 1:
         # nn.BatchNorm2d's own message, so code that catches it keeps working.
         raise ValueError("Expected more than 1 value per channel when training, got input size "
                          f"{torch.Size((n, pw_weight.shape[0], output_size(h, stride), output_size(w, stride)))}")
@@ -127,6 +134,8 @@ def _check_train(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dila
 def backward_eval(grad_out: Tensor, out: Tensor, x: Tensor, dw_weight: Tensor, pw_weight: Tensor, stride: int,
                   dilation: int, backend: str = "auto") -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of forward_eval w.r.t. (x, dw_weight, pw_weight, bias)."""
+    if x.numel() == 0:
+        return _zero_grads(x, dw_weight, pw_weight, 1)
     impl, no_autocast = _run(x, backend)
     with no_autocast:
         return impl.backward_eval(grad_out, out, x, dw_weight.contiguous(), pw_weight.contiguous(), stride, dilation)
@@ -148,6 +157,8 @@ def backward_train(grad_out: Tensor, x: Tensor, dw_weight: Tensor, pw_weight: Te
     ``y`` None means recompute mode. The last two are [K] tensors even when bn_weight is None
     (the autograd layer drops them then).
     """
+    if x.numel() == 0:
+        return _zero_grads(x, dw_weight, pw_weight, 3)
     impl, no_autocast = _run(x, backend)
     with no_autocast:
         return impl.backward_train(grad_out, x, dw_weight.contiguous(), pw_weight.contiguous(), bias, bn_weight,
@@ -160,6 +171,12 @@ def _(grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var,
     k = pw_weight.shape[0]
     stats = [x.new_empty(k, dtype=backends.acc_dtype(x)) for _ in range(3)]
     return (torch.empty_like(x), torch.empty_like(dw_weight), torch.empty_like(pw_weight), *stats)
+
+
+def _zero_grads(x, dw_weight, pw_weight, n_per_channel):
+    k = pw_weight.shape[0]
+    return (torch.zeros_like(x), torch.zeros_like(dw_weight), torch.zeros_like(pw_weight),
+            *(x.new_zeros(k, dtype=backends.acc_dtype(x)) for _ in range(n_per_channel)))
 
 
 from . import autograd as _autograd  # noqa: E402,F401  (registers the formulas on the ops above)

@@ -71,17 +71,17 @@ def fold_bn(
     """Fold an eval-mode batch norm into the 1x1 conv: returns (pw_weight' [K, C], bias' [K]).
 
     relu(bn(W t + b)) == relu(W' t + b') with W' = W * g r, b' = beta + (b - mean) * g r,
-    r = 1 / sqrt(var + eps). Computed in float32; the caller casts W' to the activation dtype.
-    Differentiable, so gradients reach W, b, gamma and beta through it.
+    r = 1 / sqrt(var + eps). Computed in float32 (float64 for float64 weights); the caller casts W'
+    to the activation dtype. Differentiable, so gradients reach W, b, gamma and beta through it.
     """
-    k = pw_weight.shape[0]
-    scale = torch.rsqrt(var.float() + eps)
+    k, acc = pw_weight.shape[0], torch.promote_types(pw_weight.dtype, torch.float32)
+    scale = torch.rsqrt(var.to(acc) + eps)
     if bn_weight is not None:
-        scale = scale * bn_weight.float()
-    w = pw_weight.reshape(k, -1).float() * scale[:, None]
-    shift = -mean.float() * scale
+        scale = scale * bn_weight.to(acc)
+    w = pw_weight.reshape(k, -1).to(acc) * scale[:, None]
+    shift = -mean.to(acc) * scale
     if bias is not None:
-        shift = shift + bias.float() * scale
+        shift = shift + bias.to(acc) * scale
     if bn_bias is not None:
-        shift = shift + bn_bias.float()
+        shift = shift + bn_bias.to(acc)
     return w, shift

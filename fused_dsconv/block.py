@@ -1,0 +1,224 @@
+"""``JointBlock``: the drop-in module for depthwise 3x3 (dilated) -> 1x1 -> BatchNorm -> ReLU.
+
+It *is* an ``nn.Sequential(dw, pw, bn)`` of real ``nn.Conv2d`` / ``nn.BatchNorm2d`` modules, so its
+state_dict has exactly the unfused keys ("0.weight", "1.weight", "2.running_mean", ...): a
+checkpoint loads either way, and tools that walk modules (SyncBatchNorm conversion, pruning,
+quantisation prep) see ordinary layers. Only ``forward`` differs: it calls the fused op.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import backends, ops
+from .reference import fold_bn, output_size
+
+
+class JointBlock(nn.Sequential):
+    """relu(bn(pw(dw(x)))) with dw a 3x3 depthwise conv (dilation ``dilation``, padding ``dilation``).
+
+    Args:
+        in_channels, out_channels: C and K.
+        stride: 1 or 2 (depthwise conv).
+        dilation: integer >= 1 (the paper's delta).
+        bias: give both convs a bias (the paper's convs have none). Under training-mode BN a bias
+            only shifts the running mean; it is folded, not computed.
+        eps, momentum, affine, track_running_stats: as ``nn.BatchNorm2d``.
+        backend: "auto" (default: first capable of native CUDA -> Triton -> reference; the
+            ``FUSED_DSCONV_BACKEND`` environment variable overrides auto) or a backend name.
+        recompute: save only the input for backward and rebuild the pre-BN output there
+            (less memory, one more pointwise GEMM per step).
+
+    ``last_backend`` names the backend the latest eager forward ran on ("unfused" when a
+    non-standard BN, e.g. SyncBatchNorm, makes the block run its modules one by one).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1, *,
+                 bias: bool = False, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, backend: str = "auto", recompute: bool = False,
+                 device=None, dtype=None):
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {stride!r}")
+        if not isinstance(dilation, int) or isinstance(dilation, bool) or dilation < 1:
+            raise ValueError(f"dilation must be an integer >= 1, got {dilation!r}")
+        fk = {"device": device, "dtype": dtype}
+        super().__init__(
+            nn.Conv2d(in_channels, in_channels, 3, stride, padding=dilation, dilation=dilation,
+                      groups=in_channels, bias=bias, **fk),
+            nn.Conv2d(in_channels, out_channels, 1, bias=bias, **fk),
+            nn.BatchNorm2d(out_channels, eps, momentum, affine, track_running_stats, **fk),
+        )
+        self.backend = backends.requested(backend) if backend != "auto" else "auto"
+        self.recompute = recompute
+        self.last_backend: Optional[str] = None
+
+    # The three layers by role; indices stay "0", "1", "2" for state_dict compatibility.
+    dw = property(lambda self: self[0])
+    pw = property(lambda self: self[1])
+    bn = property(lambda self: self[2])
+
+    @property
+    def stride(self) -> int:
+        return self.dw.stride[0]
+
+    @property
+    def dilation(self) -> int:
+        return self.dw.dilation[0]
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, dilation={self.dilation}, backend={self.backend!r}, recompute={self.recompute}"
+
+    # -- conversion -------------------------------------------------------------------------
+    @classmethod
+    def from_unfused(cls, dw: nn.Module, pw: Optional[nn.Module] = None, bn: Optional[nn.Module] = None,
+                     **kwargs) -> "JointBlock":
+        """Build a JointBlock holding copies of the given layers' parameters and statistics.
+
+        Accepts the three modules, or one ``nn.Sequential(dw, pw, bn[, nn.ReLU()])``.
+        """
+        if pw is None and bn is None and isinstance(dw, nn.Sequential):
+            layers = list(dw)
+            if len(layers) == 4 and isinstance(layers[3], nn.ReLU):
+                layers = layers[:3]
+            if len(layers) != 3:
+                raise ValueError("from_unfused expects Sequential(dw, pw, bn) or Sequential(dw, pw, bn, ReLU), "
+                                 f"got {len(list(dw))} layers")
+            dw, pw, bn = layers
+        _check_unfused(dw, pw, bn)
+        block = cls(dw.in_channels, pw.out_channels, dw.stride[0], dw.dilation[0], bias=False, eps=bn.eps,
+                    momentum=bn.momentum, affine=bn.affine, track_running_stats=bn.track_running_stats,
+                    device=dw.weight.device, dtype=dw.weight.dtype, **kwargs)
+        for mine, theirs in ((block[0], dw), (block[1], pw)):
+            if theirs.bias is not None:  # keep exactly the source's keys: a bias only where it had one
+                mine.bias = nn.Parameter(torch.empty_like(theirs.bias))
+        block.load_state_dict({**_prefixed("0.", dw), **_prefixed("1.", pw), **_prefixed("2.", bn)}, strict=True)
+        block.train(bn.training)
+        return block
+
+    def to_unfused(self) -> nn.Sequential:
+        """An ``nn.Sequential(dw, pw, bn, ReLU)`` of independent copies, with identical state_dict keys."""
+        import copy
+        dw, pw, bn = (copy.deepcopy(m) for m in self)
+        return nn.Sequential(dw, pw, bn, nn.ReLU()).train(self.training)
+
+    # -- forward ----------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        dw, pw, bn = self[0], self[1], self[2]
+        if type(bn) is not nn.BatchNorm2d:
+            # SyncBatchNorm (or any other norm layer put here) has its own statistics semantics:
+            # run the layers as they are rather than silently skip synchronisation.
+            self._record("unfused")
+            return F.relu(bn(pw(dw(x))))
+
+        dtype = _autocast_dtype(x.device.type) or x.dtype
+        x = x.to(dtype)
+        dw_w, pw_w = dw.weight.to(dtype), pw.weight.to(dtype).flatten(1)
+        acc = backends.acc_dtype(x)
+        bias = _effective_bias(dw, pw, acc)
+        gamma = bn.weight.to(acc) if bn.affine else None
+        beta = bn.bias.to(acc) if bn.affine else None
+        name = backends.select(x, self.backend).name
+        self._record(name)
+
+        # nn.BatchNorm2d.forward's rules, verbatim in meaning.
+        factor = 0.0 if bn.momentum is None else bn.momentum
+        if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            if bn.momentum is None:  # cumulative average; a tensor, so torch.compile needs no .item()
+                factor = 1.0 / bn.num_batches_tracked.to(acc)
+        use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+
+        if not use_batch_stats:
+            w, b = fold_bn(pw_w, bias, gamma, beta, bn.running_mean, bn.running_var, bn.eps)
+            return ops.forward_eval(x, dw_w, w.to(dtype), b.to(acc), self.stride, self.dilation, name)
+
+        out, _, mean, var = ops.forward_train(x, dw_w, pw_w, bias, gamma, beta, self.stride, self.dilation,
+                                              bn.eps, not self.recompute, name)
+        if bn.training and bn.running_mean is not None and out.numel() > 0:  # empty batch: no update, as PyTorch
+            m = out.numel() // out.shape[1]
+            with torch.no_grad():
+                for running, batch in ((bn.running_mean, mean), (bn.running_var, var * (m / (m - 1)))):
+                    running.mul_(1 - factor).add_((batch * factor).to(running.dtype))
+        return out
+
+    def _check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"JointBlock expects a Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"JointBlock expects a 4-D input [N, C, H, W], got {x.dim()}-D input of shape "
+                             f"{tuple(x.shape)}")
+        if x.shape[1] != self.dw.in_channels:
+            raise ValueError(f"JointBlock expects {self.dw.in_channels} input channels (dim 1), got input of "
+                             f"shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"JointBlock expects a floating-point input (float32, float16, bfloat16, float64), "
+                            f"got {x.dtype}")
+        if x.device != self.dw.weight.device:
+            raise ValueError(f"input is on {x.device} but the block's parameters are on {self.dw.weight.device}; "
+                             f"move one of them (e.g. block.to({str(x.device)!r}))")
+
+    def _record(self, name: str) -> None:
+        if not torch.compiler.is_compiling():
+            self.last_backend = name
+
+
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype autocast would run a conv in here, or None outside autocast (or on meta/other devices)."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def _effective_bias(dw: nn.Conv2d, pw: nn.Conv2d, acc: torch.dtype) -> Optional[Tensor]:
+    """Both conv biases as one per-output-channel bias: pw(dw(x) + b_dw) + b_pw = pw(dw(x)) + W b_dw + b_pw."""
+    bias = None
+    if dw.bias is not None:
+        bias = pw.weight.flatten(1).to(acc) @ dw.bias.to(acc)
+    if pw.bias is not None:
+        bias = pw.bias.to(acc) if bias is None else bias + pw.bias.to(acc)
+    return bias
+
+
+def _prefixed(prefix: str, module: nn.Module) -> dict:
+    return {prefix + k: v for k, v in module.state_dict().items()}
+
+
+def _check_unfused(dw, pw, bn) -> None:
+    if not isinstance(dw, nn.Conv2d):
+        raise TypeError(f"dw must be an nn.Conv2d, got {type(dw).__name__}")
+    if dw.kernel_size != (3, 3):
+        raise ValueError(f"dw must have kernel_size (3, 3), got {dw.kernel_size}")
+    if dw.groups != dw.in_channels or dw.out_channels != dw.in_channels:
+        raise ValueError("dw must be depthwise with multiplier 1 (groups == in_channels == out_channels), got "
+                         f"in_channels={dw.in_channels}, out_channels={dw.out_channels}, groups={dw.groups}")
+    if dw.stride[0] != dw.stride[1] or dw.stride[0] not in (1, 2):
+        raise ValueError(f"dw.stride must be 1 or 2 in both dimensions, got {dw.stride}")
+    if dw.dilation[0] != dw.dilation[1]:
+        raise ValueError(f"dw.dilation must be equal in both dimensions, got {dw.dilation}")
+    if dw.padding != dw.dilation or dw.padding_mode != "zeros":
+        raise ValueError(f"dw must use zero padding equal to its dilation {dw.dilation}, got padding={dw.padding!r}, "
+                         f"padding_mode={dw.padding_mode!r}")
+    if not isinstance(pw, nn.Conv2d):
+        raise TypeError(f"pw must be an nn.Conv2d, got {type(pw).__name__}")
+    if (pw.kernel_size != (1, 1) or pw.stride != (1, 1) or pw.groups != 1 or pw.dilation != (1, 1)
+            or pw.padding not in ((0, 0), "valid")):
+        raise ValueError("pw must be a 1x1 conv with stride 1, no padding and groups=1, got "
+                         f"kernel_size={pw.kernel_size}, stride={pw.stride}, padding={pw.padding}, groups={pw.groups}")
+    if pw.in_channels != dw.out_channels:
+        raise ValueError(f"pw.in_channels ({pw.in_channels}) must equal dw.out_channels ({dw.out_channels})")
+    if not isinstance(bn, nn.BatchNorm2d):
+        raise TypeError(f"bn must be an nn.BatchNorm2d, got {type(bn).__name__}")
+    if bn.num_features != pw.out_channels:
+        raise ValueError(f"bn.num_features ({bn.num_features}) must equal pw.out_channels ({pw.out_channels})")
+    if pw.weight.dtype != dw.weight.dtype or pw.weight.device != dw.weight.device:
+        raise ValueError("dw and pw must share dtype and device")
+
+
+__all__ = ["JointBlock", "output_size"]
