@@ -7,13 +7,15 @@ decoration time whether a kernel runs compiled or in the interpreter (``TRITON_I
 Layers, one name each:
 
 - kernels (``*_kernel``): @triton.jit functions, plain pointer arithmetic over explicit strides (NCHW
-  and channels_last alike, no copies), int64 offsets, fp32 accumulation;
+  and channels_last alike, no copies; no block pointers), int32 pixel / channel indices and int64
+  offsets (every product with a stride is int64), fp32 accumulation;
 - launchers (``launch_*``): allocate outputs / workspaces, pick the tile config, size the grid;
 - the backend (``fused_dsconv/backends/triton.py``): the contract's four primitives built from launchers.
 
 Tiles. Output pixels are flattened over (n, ho, wo) into M = N*Ho*Wo rows; a program owns
 BLOCK_P rows. The depthwise chunk T[BLOCK_P, BLOCK_C] is computed in registers from 9 masked loads
-(zero padding = the mask), and the pointwise stage is ``tl.dot`` against Wp^T[BLOCK_C, BLOCK_K].
+(zero padding = the mask; a rolled loop over the taps), and the pointwise stage is ``tl.dot`` against
+Wp^T[BLOCK_C, BLOCK_K]. Tile sizes: ``config`` (GPU) and ``INTERPRETER_CONFIG``.
 
 Dot precision (DOT_MODE, constexpr):
   0  float32 inputs: ``tl.dot(..., input_precision="ieee")`` -- IEEE fp32, never TF32, so the float32
@@ -36,7 +38,6 @@ interpreter (the tests use it); on a GPU also set ``TRITON_DEBUG=1`` before the 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 
 import torch
