@@ -282,3 +282,40 @@ def test_triton_op_forward_eval():
     out = torch.ops.fused_dsconv_triton.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 2, 3)
     _check_layout(out, True)
     testing.assert_close(out, RB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 2, 3), torch.float16, "out")
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["saved-y", "recompute"])
+def test_joint_block_train_then_eval(recompute):
+    """JointBlock(backend="triton") against the same module run unfused: one training step (output,
+    gradients, running statistics), then eval (BN folded into the pointwise weights)."""
+    from fused_dsconv.block import JointBlock
+    torch.manual_seed(0)
+    ref = JointBlock(6, 10, stride=2, dilation=3, backend="reference")
+    blk = JointBlock(6, 10, stride=2, dilation=3, backend="triton", recompute=recompute)
+    blk.load_state_dict(ref.state_dict())
+    x = (torch.randn(2, 6, 9, 8) + 0.5).contiguous(memory_format=torch.channels_last)
+    outs = []
+    for m in (blk, ref):
+        out = m(x)
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        outs.append(out)
+    assert blk.last_backend == "triton"
+    testing.assert_close(outs[0], outs[1], torch.float32, "out")
+    for (name, p), q in zip(blk.named_parameters(), ref.parameters()):
+        testing.assert_close(p.grad, q.grad, torch.float32, f"grad {name}")
+    for (name, b), c in zip(blk.named_buffers(), ref.buffers()):
+        testing.assert_close(b, c, torch.float32, name)
+    blk.eval()
+    ref.eval()
+    with torch.no_grad():
+        testing.assert_close(blk(x), ref(x), torch.float32, "eval out")
+
+
+def test_backward_deterministic():
+    c = _case(torch.float16, 2, 2, True)
+    fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 2, 2, EPS)
+    _, y, mean, var = TB.forward_train(*fargs, True)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(6)).to(torch.float16)
+    a = TB.backward_train(g, *fargs[:6], y, mean, var, 2, 2, EPS)
+    b = TB.backward_train(g, *fargs[:6], y, mean, var, 2, 2, EPS)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
