@@ -319,3 +319,26 @@ def test_backward_deterministic():
     a = TB.backward_train(g, *fargs[:6], y, mean, var, 2, 2, EPS)
     b = TB.backward_train(g, *fargs[:6], y, mean, var, 2, 2, EPS)
     assert all(torch.equal(u, v) for u, v in zip(a, b))
+
+
+def test_backward_odd_shape_dilation_beyond_image():
+    """3 -> 5 channels (below every tile), 7x5 image with dilation 4 at stride 2 (most taps padding)."""
+    c = _case(torch.float32, 2, 4, False, (1, 3, 5, 7, 5))
+    fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 2, 4, EPS)
+    got, ref = TB.forward_train(*fargs, True), RB.forward_train(*fargs, True)
+    for name, a, e in zip(("out", "y", "mean", "var"), got, ref):
+        testing.assert_close(a, e, torch.float32, name)
+    g = torch.randn(ref[1].shape, generator=torch.Generator().manual_seed(7))
+    bargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, ref[1], ref[2], ref[3], 2, 4, EPS)
+    _grads_close(TB.backward_train(g, *bargs), RB.backward_train(g, *bargs), TRAIN_NAMES, torch.float32)
+    eargs = (g, ref[0], c.x, c.dw_weight, c.pw_weight, 2, 4)
+    _grads_close(TB.backward_eval(*eargs), RB.backward_eval(*eargs), ("dx", "ddw", "dpw", "dbias"), torch.float32)
+
+
+def test_strided_input_view():
+    """An x that is neither NCHW- nor channels_last-contiguous (a column slice) is read through its strides."""
+    c = _case(torch.float32, 1, 2, False, (2, 8, 12, 6, 14))
+    x = c.x[:, :, :, ::2]
+    assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    out = TB.forward_eval(x, c.dw_weight, c.pw_weight, c.bias, 1, 2)
+    testing.assert_close(out, RB.forward_eval(x, c.dw_weight, c.pw_weight, c.bias, 1, 2), torch.float32, "out")

@@ -122,6 +122,24 @@ def variants():
         out.append(("bn_bwd_reduce_kernel", f"train {dtype} P{bp} K{bk} w8",
                     {"g_ptr": tdt, "y_ptr": tdt, "coef_ptr": "fp32", "ws_ptr": "fp32"},
                     dict(TRAIN=True, BLOCK_P=bp, BLOCK_K=bk, DEBUG=False), 8, 1))
+        if dtype == "float16":
+            # The other specialisations the backend launches, so none first compiles on a user's GPU:
+            # recompute-mode y (no bias, no ReLU, no statistics), eval backward at stride 2, debug asserts.
+            out.append(("dsconv_fwd_kernel", f"y-only no-bias {base} s2", act,
+                        dict(STRIDE=2, HAS_BIAS=False, RELU=False, STATS=False, DOT_MODE=mode, DEBUG=False,
+                             DROP_BOUNDS=False, **tiles), cfg.num_warps, cfg.num_stages))
+            out.append(("dsconv_fwd_kernel", f"eval DEBUG {base} s1", act,
+                        dict(STRIDE=1, HAS_BIAS=True, RELU=True, STATS=False, DOT_MODE=mode, DEBUG=True,
+                             DROP_BOUNDS=False, **tiles), cfg.num_warps, cfg.num_stages))
+            for kernel, which in (("dsconv_bwd_dt_kernel", "dt"), ("dsconv_bwd_dwp_kernel", "dwp")):
+                bc = tk.config(getattr(torch, dtype), c, k, which)
+                out.append((kernel, f"eval {dtype} P{bc.BLOCK_P} C{bc.BLOCK_C} K{bc.BLOCK_K} w{bc.num_warps} "
+                                    f"st{bc.num_stages} s2", act,
+                            dict(STRIDE=2, TRAIN=False, DOT_MODE=mode, DEBUG=False, BLOCK_P=bc.BLOCK_P,
+                                 BLOCK_C=bc.BLOCK_C, BLOCK_K=bc.BLOCK_K), bc.num_warps, bc.num_stages))
+            out.append(("bn_bwd_reduce_kernel", f"eval {dtype} P{bp} K{bk} w8",
+                        {"g_ptr": tdt, "y_ptr": tdt, "coef_ptr": "fp32", "ws_ptr": "fp32"},
+                        dict(TRAIN=False, BLOCK_P=bp, BLOCK_K=bk, DEBUG=False), 8, 1))
     br, bn = tk.colsum_config()
     out.append(("colsum_kernel", f"R{br} N{bn} w4", {"ws_ptr": "fp32", "out_ptr": "fp32"},
                 dict(BLOCK_R=br, BLOCK_N=bn), 4, 1))
@@ -139,6 +157,8 @@ def compile_one(kernel: str, ptrs: dict, constexprs: dict, arch: int, num_warps:
     sig = {a: ("constexpr" if a in constexprs else "*" + ptrs[a] if a in ptrs else "i32") for a in fn.arg_names}
     compiled = triton.compile(ASTSource(fn, sig, constexprs), target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": num_warps, "num_stages": num_stages,
+                                       # DEBUG's device asserts exist only in a debug build (TRITON_DEBUG=1)
+                                       "debug": bool(constexprs.get("DEBUG", False)),
                                        **({"maxnreg": maxnreg} if maxnreg else {})})
     ptx = compiled.asm["ptx"]
     res = subprocess.run([_ptxas(), f"-arch=sm_{arch}", "-v", "-", "-o", os.devnull], input=ptx,
