@@ -68,10 +68,56 @@ def run_models(args) -> int:
     return 0
 
 
+def _train_args(p: argparse.ArgumentParser) -> None:
+    from .train import add_arguments
+    add_arguments(p)
+
+
+def _run_train(args) -> int:
+    from .train import run_train
+    return run_train(args)
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    from .train import add_eval_arguments
+    add_eval_arguments(p)
+
+
+def _run_eval(args) -> int:
+    from .train import run_eval
+    return run_eval(args)
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    from .export import add_arguments
+    add_arguments(p)
+
+
+def _run_export(args) -> int:
+    from .export import run_export
+    return run_export(args)
+
+
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    from .train import add_sweep_arguments
+    add_sweep_arguments(p)
+
+
+def _run_sweep(args) -> int:
+    from .train import run_sweep
+    return run_sweep(args)
+
+
 COMMANDS: list[tuple[str, str, Callable, Callable]] = [
     ("info", "versions, the native extension, and which backends can run here (and why not)", _info_args,
      run_info),
     ("models", "list the registered models (--table: parameters and multiply-adds)", _models_args, run_models),
+    ("train", "train the classifier (default: the embedded digits, offline, CPU-friendly); see docs/training.md",
+     _train_args, _run_train),
+    ("eval", "loss and accuracy of a checkpoint (run folder or .safetensors) on a data set", _eval_args, _run_eval),
+    ("export", "export a checkpoint as a BN-folded plain model to ONNX (no custom ops)", _export_args, _run_export),
+    ("sweep", "train a grid of widths x dilations (the paper's Tables 4 and 6) and tabulate the results",
+     _sweep_args, _run_sweep),
 ]
 
 

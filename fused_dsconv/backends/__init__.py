@@ -12,6 +12,8 @@ sees it):
   ``bias``, ``bn_weight``, ``bn_bias``, ``mean``, ``var`` are [K] in ``acc_dtype(x)`` (float32; float64
   only for float64 inputs, which only the reference backend takes), or None where Optional.
 - Every activation-shaped result has x's dtype and x's memory format (``memory_format_of(x)``).
+  Results never alias each other or an input (``torch.library.custom_op`` rejects that), e.g.
+  grad_bn_weight and grad_bn_bias are two storages, not two rows of one workspace.
 - ``forward_eval(x, dw_weight, pw_weight, bias, stride, dilation) -> out``:
   out = relu(pw(dw(x)) + bias)  (BN already folded into pw_weight / bias by the caller).
 - ``forward_train(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, save_y)

@@ -20,23 +20,28 @@ def _pre_bn(x, dw_weight, pw_weight, bias, stride, dilation):
     return t, y
 
 
-def _relu_mask(grad, z):
-    # threshold_backward semantics: zero where z <= 0, so a NaN pre-activation passes its gradient on.
-    return torch.where(z <= 0, torch.zeros((), dtype=grad.dtype, device=grad.device), grad)
+def _conv_grads(dy, x, dw_weight, pw_weight, stride, dilation, bias_grad):
+    """Gradients of y = pw(dw(x)) + b w.r.t. x, dw_weight, pw_weight (and b), given dy in acc_dtype.
 
-
-def _conv_grads(dy, x, dw_weight, pw_weight, stride, dilation):
-    """Gradients of y = pw(dw(x)) w.r.t. x, dw_weight, pw_weight, given dy in acc_dtype."""
+    The depthwise output t is recomputed here (the fused backends do the same on chip), not saved.
+    """
     c, k, acc = x.shape[1], pw_weight.shape[0], acc_dtype(x)
     t, _ = _pre_bn(x, dw_weight, pw_weight, None, stride, dilation)
     pw4 = pw_weight.to(acc).reshape(k, c, 1, 1)
-    dt, dpw, _ = torch.ops.aten.convolution_backward(
-        dy, t, pw4, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, True, False])
+    dt, dpw, dbias = torch.ops.aten.convolution_backward(
+        dy, t, pw4, [k] if bias_grad else None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, True, bias_grad])
     dx, ddw, _ = torch.ops.aten.convolution_backward(
         dt, x.to(acc), dw_weight.to(acc), None, [stride] * 2, [dilation] * 2, [dilation] * 2,
         False, [0, 0], c, [True, True, False])
+    if not bias_grad:  # the contract returns a [K] tensor; autograd drops it when there is no bias
+        dbias = dy.new_zeros(k)
     return (dx.to(x.dtype).contiguous(memory_format=memory_format_of(x)),
-            ddw.to(dw_weight.dtype), dpw.reshape(k, c).to(pw_weight.dtype))
+            ddw.to(dw_weight.dtype), dpw.reshape(k, c).to(pw_weight.dtype), dbias)
+
+
+def _normalise(yf, mean, var, bn_weight, bn_bias, eps):
+    # Eval-mode batch_norm with the batch statistics passed as the "running" ones: one native pass.
+    return F.batch_norm(yf, mean, var, bn_weight, bn_bias, False, 0.0, eps)
 
 
 class ReferenceBackend(Backend):
@@ -52,43 +57,39 @@ class ReferenceBackend(Backend):
     def forward_train(self, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, save_y):
         mf = memory_format_of(x)
         _, y32 = _pre_bn(x, dw_weight, pw_weight, bias, stride, dilation)
-        var, mean = torch.var_mean(y32, dim=(0, 2, 3), unbiased=False)
         y = y32.to(x.dtype)
-        # Normalise the stored (rounded) y, as a kernel that writes y and re-reads it does.
-        z = _normalise(y.to(mean.dtype), mean, var, bn_weight, bn_bias, eps)
+        yf = y.to(y32.dtype)
+        # One native pass for statistics and normalisation. Scratch "running" buffers with momentum 1
+        # receive exactly the batch mean and PyTorch's own unbiased variance (a separate var_mean
+        # over N, H, W is a slow strided reduction on CPU).
+        k = y.shape[1]
+        mean, unbiased = yf.new_zeros(k), yf.new_zeros(k)
+        z = torch.native_batch_norm(yf, bn_weight, bn_bias, mean, unbiased, True, 1.0, eps)[0]
+        m = yf.numel() // k
+        var = unbiased * ((m - 1) / m)
         out = F.relu(z).to(x.dtype).contiguous(memory_format=mf)
-        y_saved = y.contiguous(memory_format=mf) if save_y else x.new_empty(0)
-        return out, y_saved, mean, var
+        return out, y.contiguous(memory_format=mf) if save_y else x.new_empty(0), mean, var
 
     def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, stride, dilation):
-        dz = _relu_mask(grad_out.to(acc_dtype(x)), out)
-        dx, ddw, dpw = _conv_grads(dz, x, dw_weight, pw_weight, stride, dilation)
-        return dx, ddw, dpw, dz.sum((0, 2, 3))
+        # threshold_backward: zero where out <= 0, so a NaN passes its gradient on, as ReLU's does.
+        dz = torch.ops.aten.threshold_backward(grad_out.to(acc_dtype(x)), out, 0)
+        return _conv_grads(dz, x, dw_weight, pw_weight, stride, dilation, True)
 
     def backward_train(self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var,
                        stride, dilation, eps):
         if y is None:
             y = _pre_bn(x, dw_weight, pw_weight, bias, stride, dilation)[1].to(x.dtype)
-        yf = y.to(acc_dtype(x))
-        m = yf.numel() // yf.shape[1]
-        r = torch.rsqrt(var + eps)
-        yhat = (yf - mean[:, None, None]) * r[:, None, None]
+        yf = y.to(mean.dtype)
         z = _normalise(yf, mean, var, bn_weight, bn_bias, eps)
-        dz = _relu_mask(grad_out.to(yf.dtype), z)
-        dbeta = dz.sum((0, 2, 3))
-        dgamma = (dz * yhat).sum((0, 2, 3))
-        g = bn_weight if bn_weight is not None else torch.ones_like(mean)
-        # dy = g r / M * (M dz - dbeta - yhat dgamma): the BN backward with batch statistics.
-        dy = (g * r)[:, None, None] * (dz - (dbeta / m)[:, None, None] - yhat * (dgamma / m)[:, None, None])
-        dx, ddw, dpw = _conv_grads(dy, x, dw_weight, pw_weight, stride, dilation)
-        return dx, ddw, dpw, dy.sum((0, 2, 3)), dgamma, dbeta
-
-
-def _normalise(yf, mean, var, bn_weight, bn_bias, eps):
-    z = (yf - mean[:, None, None]) * torch.rsqrt(var + eps)[:, None, None]
-    if bn_weight is not None:
-        z = z * bn_weight[:, None, None] + bn_bias[:, None, None]
-    return z
+        dz = torch.ops.aten.threshold_backward(grad_out.to(yf.dtype), z, 0)
+        affine = bn_weight is not None
+        # BN backward with batch statistics: dy = g r / M (M dz - dbeta - yhat dgamma).
+        dy, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(
+            dz, yf, bn_weight, None, None, mean, torch.rsqrt(var + eps), True, eps, [True, affine, affine])
+        if not affine:
+            dgamma, dbeta = mean.new_zeros(mean.shape), mean.new_zeros(mean.shape)
+        dx, ddw, dpw, dbias = _conv_grads(dy, x, dw_weight, pw_weight, stride, dilation, bias is not None)
+        return dx, ddw, dpw, dbias, dgamma, dbeta
 
 
 register(ReferenceBackend())

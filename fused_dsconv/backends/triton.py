@@ -1,14 +1,132 @@
-"""The Triton backend. Filled in by the Triton kernels work."""
+"""The Triton backend: the contract's four primitives from the kernels in ``fused_dsconv/triton_kernels.py``.
+
+Layers: kernels (``*_kernel``) -> launchers (``triton_kernels.launch_*``) -> this backend. Triton is
+imported lazily, on the first launch: whether ``@triton.jit`` builds compiled kernels or interpreter
+ones is decided when the kernels module is imported, from ``TRITON_INTERPRET``.
+
+Runs on CUDA GPUs of compute capability >= 7.0 (bfloat16 needs >= 8.0), for float32 / float16 /
+bfloat16; and on CPU tensors when ``TRITON_INTERPRET=1`` (the Triton interpreter: how the tests run
+every kernel without a GPU). The public ops ``fused_dsconv::*`` are custom ops (opaque to
+torch.compile) that call this backend eagerly.
+
+Passes (M = N*Ho*Wo):
+- forward_eval: 1 kernel, out = relu(Wp' dw(x) + b').
+- forward_train: conv kernel writes y and per-tile Chan (mean, M2) partials; a merge kernel reduces
+  them in tile order (deterministic) to mean / biased var; an elementwise kernel normalises + ReLU.
+  With save_y=False y goes to a temporary freed on return.
+- backward_train: (recompute mode: the conv kernel first rebuilds y into a temporary); a reduction
+  of dz, dz yhat, yhat (fixed order); then dt = dy Wp with the depthwise weight gradient from the same
+  tile, dWp = dy^T T (T recomputed from x), dx from dt. dy is rebuilt from (dout, y, stats) wherever
+  it is read and never stored.
+- backward_eval: the same with dy = dout [out > 0].
+"""
 from __future__ import annotations
 
-from . import Backend, register
+import importlib.util
+import os
+import sys
+
+import torch
+
+from . import Backend, memory_format_of, register
+
+_KERNELS_MODULE = "fused_dsconv.triton_kernels"
+
+
+def _interpret_requested() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _kernels():
+    # import_module (not ``from .. import``) so a test can drop and re-import the module under
+    # another TRITON_INTERPRET setting.
+    return importlib.import_module(_KERNELS_MODULE)
 
 
 class TritonBackend(Backend):
     name = "triton"
 
     def unavailable(self, x):
-        return "the Triton kernels are not part of this build yet"
+        if importlib.util.find_spec("triton") is None:
+            return "triton is not importable (pip install triton)"
+        if x.dtype == torch.float64:
+            return "float64 is not supported by the Triton kernels (use the reference backend)"
+        if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            return f"dtype {x.dtype} is not supported"
+        loaded = sys.modules.get(_KERNELS_MODULE)
+        if x.device.type == "cpu":
+            if not _interpret_requested():
+                return ("x is on the CPU: the Triton kernels run on CUDA GPUs "
+                        "(TRITON_INTERPRET=1 runs them in the Triton interpreter, for testing)")
+            if loaded is not None and not loaded.INTERPRETED:
+                return ("TRITON_INTERPRET=1 was set after the Triton kernels were compiled for the GPU in this "
+                        "process; set it before the first launch to run CPU tensors in the interpreter")
+            return None
+        if x.device.type != "cuda":
+            return f"x is on {x.device.type}: the Triton kernels run on CUDA GPUs"
+        if loaded is not None and loaded.INTERPRETED:
+            return "the Triton kernels were loaded for the interpreter (TRITON_INTERPRET=1); CUDA tensors not taken"
+        major, minor = torch.cuda.get_device_capability(x.device)
+        if major < 7:
+            return (f"Triton supports compute capability >= 7.0; this GPU is sm_{major}{minor}: "
+                    "on sm_61 use the native CUDA extension")
+        if x.dtype == torch.bfloat16 and major < 8:
+            return f"bfloat16 needs compute capability >= 8.0 in the Triton kernels; this GPU is sm_{major}{minor}"
+        return None
+
+    def forward_eval(self, x, dw_weight, pw_weight, bias, stride, dilation):
+        tk = _kernels()
+        out = _empty_out(x, pw_weight.shape[0], stride, x.dtype)
+        tk.launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, out, relu=True, stats=False)
+        return out
+
+    def forward_train(self, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, save_y):
+        tk = _kernels()
+        k = pw_weight.shape[0]
+        y = _empty_out(x, k, stride, x.dtype)
+        ws, tiles, block_p = tk.launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, y, relu=False,
+                                            stats=True)
+        m = y.numel() // k
+        mean, var = tk.launch_stats(ws, tiles, block_p, m, k)
+        out = _empty_out(x, k, stride, x.dtype)
+        tk.launch_bn_relu(y, out, tk._bn_coef(mean, var, bn_weight, bn_bias, eps))
+        return out, (y if save_y else x.new_empty(0)), mean, var
+
+    def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, stride, dilation):
+        tk = _kernels()
+        (dbias,) = tk.launch_bwd_reduce(grad_out, out, out, train=False)  # coef unused in eval
+        dummy = torch.empty(1, device=x.device, dtype=torch.float32)
+        dx, ddw, dpw = tk.launch_conv_backward(grad_out, out, dummy, x, dw_weight, pw_weight, stride, dilation,
+                                               train=False)
+        return dx, ddw, dpw, dbias
+
+    def backward_train(self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var,
+                       stride, dilation, eps):
+        tk = _kernels()
+        k = pw_weight.shape[0]
+        if y is None or y.numel() == 0:
+            # Recompute mode: rebuild y (rounded to x's dtype, as the forward stored it) into a temporary.
+            y = _empty_out(x, k, stride, x.dtype)
+            tk.launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, y, relu=False, stats=False)
+        m = y.numel() // k
+        coef4 = tk._bn_coef(mean, var, bn_weight, bn_bias, eps)
+        dbeta, dgamma, sum_yhat = tk.launch_bwd_reduce(grad_out, y, coef4, train=True)
+        r, g = coef4[1], coef4[2]
+        gr = g * r
+        c1 = gr * dbeta / m
+        c2 = gr * dgamma / m
+        coef = torch.cat([coef4, torch.stack([gr, c1, c2])]).contiguous()
+        dx, ddw, dpw = tk.launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dilation,
+                                               train=True)
+        # sum_p dy = gr sum dz - M c1 - c2 sum yhat (= -c2 sum yhat up to rounding: sum yhat ~ 0).
+        dbias = gr * dbeta - m * c1 - c2 * sum_yhat
+        return dx, ddw, dpw, dbias, dgamma, dbeta
+
+
+def _empty_out(x, k, stride, dtype):
+    n, _, h, w = x.shape
+    shape = (n, k, (h - 1) // stride + 1, (w - 1) // stride + 1)
+    return torch.empty(shape, device=x.device, dtype=dtype, memory_format=memory_format_of(x))
 
 
 register(TritonBackend())

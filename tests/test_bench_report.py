@@ -1,0 +1,111 @@
+"""The benchmark suite's pieces that must hold without running it: case list, skip logic, report output."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+
+import benchlib  # noqa: E402
+import report  # noqa: E402
+
+
+def test_block_cases_cover_every_paper_shape():
+    cases = benchlib.block_cases()
+    assert len(cases) == 2 * 2 * 2 * 9 and len({c.id for c in cases}) == len(cases)
+    first = {c.id: c for c in cases}
+    assert first["a100_r100_d3_b1"].shape == "32->64 s2 d3 224x224"
+    assert first["a100_r086_d1_b9"].shape == "1024->1024 s1 d1 6x6"  # 192 -> 96 -> 48 -> 24 -> 12 -> 6
+    assert first["a075_r100_d3_b9"].shape == "768->768 s1 d3 7x7"
+
+
+def test_implementations_follow_the_backend_registry():
+    from fused_dsconv import backends
+    impls = benchlib.impl_names()
+    assert impls[:3] == ["eager-nchw", "eager-channels_last", "compile-nchw"]
+    for name in backends.names():
+        assert f"{name}-nchw" in impls and f"{name}-channels_last" in impls
+
+
+def test_skip_reasons():
+    cpu = torch.device("cpu")
+    assert benchlib.compile_unavailable(cpu, False, benchlib.CPU_COMPILE_CASE) is None
+    assert "paper-size" in benchlib.compile_unavailable(cpu, False, "a075_r100_d1_b2")
+    assert benchlib.compile_unavailable(cpu, True, "a075_r100_d1_b2") is None
+    assert benchlib.backend_unavailable("reference", torch.empty(1, 1, 1, 1)) is None
+
+
+def test_triton_interpreter_is_not_benchmarked(monkeypatch):
+    from fused_dsconv import backends
+    monkeypatch.setattr(backends.get("triton"), "unavailable", lambda x: None)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert "not a performance mode" in benchlib.backend_unavailable("triton", torch.empty(1, 1, 1, 1))
+
+
+def test_largest_batch_derivation():
+    # 11 GiB - 1 GiB margin - 16 B x 1M params - 0 fixed, over 10 MiB per sample
+    assert benchlib.largest_batch(10 * 2**20, 0, 2**20) == (10 * 2**30 - 16 * 2**20) // (10 * 2**20)
+
+
+def _fake_run():
+    def bench(kind, case, mode, impl, median, **extra):
+        info = {"kind": kind, "case": case, "config": case.rsplit("_b", 1)[0], "mode": mode, "impl": impl,
+                "shape": "32->64 s2 d3 224x224", "device": "CPU (x86_64, 2 threads)", "torch": "2.14.1",
+                "batch": 2, "size": "ci-size", **extra}
+        return {"extra_info": info, "stats": {"median": median, "iqr": median / 10, "min": median, "rounds": 3,
+                                              "q1": median * 0.95, "q3": median * 1.05}}
+    mem = {"unfused": 4096, "fused": 2048, "recompute": 1024}
+    cmem = {"per_sample": {"unfused": 2**21, "fused": 2**20, "recompute": 2**19}, "fixed": {}, "params": 1}
+    return {"datetime": "2026-11-23T19:00:00", "benchmarks": [
+        bench("block", "a100_r100_d3_b1", "train_fwd", "eager-nchw", 0.010, MEASURED_saved_bytes=mem),
+        bench("block", "a100_r100_d3_b1", "train_fwd", "reference-nchw", 0.020, MEASURED_saved_bytes=mem),
+        bench("block", "a100_r100_d3_b1", "eval", "eager-nchw", 0.004),
+        bench("classifier", "a100_r100_d3", "train_step", "eager-nchw", 0.1, MEASURED_memory=cmem,
+              DERIVED_max_batch_11GiB={"unfused": 100, "fused": 200, "recompute": 300}, resolution=224),
+    ]}
+
+
+def test_report_markdown_and_png(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(_fake_run()))
+    md, png = tmp_path / "out.md", tmp_path / "out.png"
+    args = [str(path), "--md", str(md), "--model-batch", "2"]
+    if _has_matplotlib():
+        args += ["--png", str(png), "--config", "a100_r100_d3"]
+    assert report.main(args) == 0
+    text = md.read_text()
+    assert "MEASURED on CPU (x86_64, 2 threads)" in text
+    # eval row comes before train_fwd; baseline / ours = 0.010 / 0.020
+    assert text.index("| eval |") < text.index("| train_fwd |")
+    assert "| 0.50; 0.50 |" in text
+    assert "| a100_r100_d3_b1 | 4 | 2 | 1 | 0.500 | 0.250 |" in text
+    assert "100 / 200 / 300" in text
+    assert "MODEL (analytic, not measured" in text
+    if _has_matplotlib():
+        assert png.stat().st_size > 1000
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def test_memory_summary_markdown():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_conftest_for_test", BENCH / "conftest.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    rows = [{"kind": "block", "case": "c1", "shape": "s", "batch": 2, "unfused": 4096, "fused": 2048, "recompute": 1024,
+             "peak_unfused": 2**21, "peak_fused": 2**20, "peak_recompute": 2**19},
+            {"kind": "classifier", "config": "a100_r100_d3", "resolution": 224, "params": 10,
+             "per_sample": {"unfused": 2**21, "fused": 2**20, "recompute": 2**19},
+             "max_batch": {"unfused": 1, "fused": 2, "recompute": 3}}]
+    text = conf.memory_markdown(rows)
+    assert "| c1 | s | 2 | 4 | 2 | 1 | 0.500 | 0.250 | 2.0 / 1.0 / 0.5 |" in text
+    assert "| a100_r100_d3 | 224 | 10 | 2.00 | 1.00 | 0.50 | 0.500 | 0.250 | 1 / 2 / 3 |" in text

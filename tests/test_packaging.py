@@ -1,0 +1,24 @@
+"""`pip install .` must work without torch or nvcc at build time (pip's isolated build)."""
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_isolated_wheel_builds_without_torch_and_ships_the_sources(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-w", str(tmp_path), "-v"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "torch is not importable at build time (isolated build)" in proc.stdout + proc.stderr
+    (wheel,) = tmp_path.glob("fused_dsconv-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "fused_dsconv/block.py" in names and "fused_dsconv/_build_config.py" in names
+    assert not any(n.endswith(".so") for n in names)  # nothing native without torch
+    shipped = {n for n in names if n.startswith("fused_dsconv/_csrc/")}
+    expected = {f"fused_dsconv/_csrc/{p.relative_to(ROOT / 'csrc').as_posix()}"
+                for p in (ROOT / "csrc").rglob("*") if p.is_file() and p.suffix in (".cu", ".cpp", ".h", ".cuh")}
+    assert expected <= shipped, sorted(expected - shipped)[:5]
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "fused-dsconv = fused_dsconv.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -1,0 +1,344 @@
+"""The Triton backend's kernels, run in the Triton interpreter on CPU tensors, against the reference.
+
+No GPU is needed: a module-scoped fixture sets TRITON_INTERPRET=1, (re)imports
+``fused_dsconv.triton_kernels`` so its ``@triton.jit`` kernels are interpreter kernels, and turns on
+the kernels' bound assertions (``triton_kernels.set_debug``: DEBUG constexpr + the interpreter
+builder's debug option, without which ``tl.device_assert`` is a no-op). Everything is restored
+afterwards, so other test modules in the same process still see the CPU as "not Triton's".
+
+Grids are small (a few dozen programs per launch): the interpreter runs programs one by one.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import pytest
+import torch
+
+from fused_dsconv import testing
+from fused_dsconv.backends import get
+
+KMOD = "fused_dsconv.triton_kernels"
+EPS = 1e-5
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+# Imported *before* TRITON_INTERPRET is set, as it would be in any process that touched triton first:
+# the kernels avoid triton.language.standard's @jit helpers (tl.zeros / tl.sum), so only the kernels'
+# own decoration has to happen under the interpreter.
+pytest.importorskip("triton")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def interpreter():
+    """TRITON_INTERPRET=1 + device asserts for this module only; fails loudly if it did not take."""
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    was_loaded = sys.modules.get(KMOD)
+    if was_loaded is not None and not was_loaded.INTERPRETED:
+        del sys.modules[KMOD]  # compiled for a GPU earlier in this process: load interpreter kernels
+    tk = importlib.import_module(KMOD)
+    if not tk.INTERPRETED:
+        pytest.fail("fused_dsconv.triton_kernels is not running in the Triton interpreter "
+                    "(TRITON_INTERPRET=1 must be set before the kernels are decorated)")
+    prev_debug = tk.set_debug(True)
+    yield tk
+    tk.set_debug(prev_debug)
+    if old is None:
+        del os.environ["TRITON_INTERPRET"]
+    else:
+        os.environ["TRITON_INTERPRET"] = old
+    if was_loaded is None or not was_loaded.INTERPRETED:
+        sys.modules.pop(KMOD, None)  # later GPU users re-import compiled kernels
+        if was_loaded is not None:
+            sys.modules[KMOD] = was_loaded
+
+
+TB = get("triton")
+RB = get("reference")
+
+
+def _case(dtype, stride, dilation, channels_last, shape=(2, 20, 24, 9, 11), **kw):
+    n, c, k, h, w = shape
+    return testing.make_case(n, c, k, h, w, stride=stride, dilation=dilation, channels_last=channels_last,
+                             **kw).cast(dtype)
+
+
+def _fmt(cl):
+    return torch.channels_last if cl else torch.contiguous_format
+
+
+def _check_layout(t, cl):
+    assert t.is_contiguous(memory_format=_fmt(cl)), f"result layout {t.stride()} is not {_fmt(cl)}"
+
+
+# Full grid for fp32; fp16/bf16 on dilations 1 and 3 (same code path, different dot mode).
+GRID = [(dt, s, d, cl) for dt in DTYPES for s in (1, 2) for d in (1, 2, 3, 4) for cl in (False, True)
+        if dt == torch.float32 or d in (1, 3)]
+
+
+def _id(p):
+    dt, s, d, cl = p
+    return f"{str(dt)[6:]}-s{s}-d{d}-{'nhwc' if cl else 'nchw'}"
+
+
+@pytest.mark.parametrize("p", GRID, ids=_id)
+def test_forward_eval(p):
+    dt, s, d, cl = p
+    c = _case(dt, s, d, cl)
+    out = torch.ops.fused_dsconv.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, d, backend="triton")
+    ref = RB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, d)
+    _check_layout(out, cl)
+    testing.assert_close(out, ref, dt, "out")
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7, 5), (2, 33, 40, 6, 13), (3, 16, 16, 1, 9)],
+                         ids=["tiny-channels", "multi-chunk", "one-row"])
+@pytest.mark.parametrize("s", [1, 2])
+def test_forward_eval_odd_shapes(shape, s):
+    c = _case(torch.float32, s, 2, False, shape)
+    out = TB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, 2)
+    testing.assert_close(out, RB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, 2), torch.float32, "out")
+
+
+TRAIN_GRID = [(dt, s, d, cl) for dt in DTYPES for s in (1, 2) for d in (1, 3) for cl in (False, True)
+              if dt == torch.float32 or (s, d, cl) in ((1, 3, True), (2, 1, False))]
+
+
+@pytest.mark.parametrize("p", TRAIN_GRID, ids=_id)
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+def test_forward_train(p, affine):
+    dt, s, d, cl = p
+    c = _case(dt, s, d, cl, bias=affine, affine=affine)
+    args = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, s, d, EPS)
+    got = torch.ops.fused_dsconv.forward_train(*args, True, backend="triton")
+    ref = RB.forward_train(*args, True)
+    for name, a, e in zip(("out", "y", "mean", "var"), got, ref):
+        testing.assert_close(a, e, dt, name)
+    _check_layout(got[0], cl)
+    _check_layout(got[1], cl)
+    assert got[2].dtype == got[3].dtype == torch.float32
+    out2, y2, *_ = TB.forward_train(*args, False)
+    assert y2.numel() == 0
+    assert torch.equal(out2, got[0])
+
+
+def test_forward_train_stats_large_mean():
+    # |mean| >> std: a sum-of-squares variance would cancel; the Chan merge must not.
+    c = _case(torch.float32, 1, 1, False, (2, 16, 20, 10, 10))
+    c.bias = c.bias + 1000.0
+    args = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 1, 1, EPS)
+    _, _, mean, var = TB.forward_train(*args, False)
+    y64 = RB.forward_train(*(t.double() if isinstance(t, torch.Tensor) else t for t in args), True)[1]
+    var64, mean64 = torch.var_mean(y64, dim=(0, 2, 3), unbiased=False)
+    testing.assert_close(mean, mean64, torch.float32, "mean")
+    testing.assert_close(var, var64, torch.float32, "var")  # var ~ 1 next to mean ~ 1000
+
+
+def test_forward_train_deterministic():
+    c = _case(torch.float32, 2, 2, True)
+    args = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 2, 2, EPS, True)
+    a, b = TB.forward_train(*args), TB.forward_train(*args)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+
+
+BWD_GRID = [(dt, s, d, cl) for dt in DTYPES for s in (1, 2) for d in (1, 2, 4) for cl in (False, True)
+            if (dt == torch.float32 and (d != 2 or s == 1)) or (s, d, cl) in ((2, 2, True), (1, 4, False))]
+
+
+def _grads_close(got, ref, names, dt):
+    for name, a, e in zip(names, got, ref):
+        testing.assert_close(a, e, dt, name)
+        assert a.dtype == e.dtype, f"{name}: dtype {a.dtype} != {e.dtype}"
+
+
+TRAIN_NAMES = ("dx", "ddw", "dpw", "dbias", "dgamma", "dbeta")
+
+
+@pytest.mark.parametrize("p", BWD_GRID, ids=_id)
+def test_backward_train(p):
+    dt, s, d, cl = p
+    c = _case(dt, s, d, cl)
+    fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, s, d, EPS)
+    _, y, mean, var = RB.forward_train(*fargs, True)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(dt)
+    bargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, y, mean, var, s, d, EPS)
+    got = torch.ops.fused_dsconv.backward_train(g, *bargs, backend="triton")
+    ref = RB.backward_train(g, *bargs)
+    _grads_close(got, ref, TRAIN_NAMES, dt)
+    _check_layout(got[0], cl)
+
+
+@pytest.mark.parametrize("dt", [torch.float32, torch.float16], ids=["float32", "float16"])
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
+def test_backward_train_recompute(dt, cl):
+    """y=None: against the reference's own recompute (fp32/fp16: the two recomputed y agree to the ulp,
+    no ReLU mask flips on this case)."""
+    c = _case(dt, 2, 3, cl)
+    fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 2, 3, EPS)
+    _, _, mean, var = RB.forward_train(*fargs, False)
+    g = torch.randn((2, 24, 5, 6), generator=torch.Generator().manual_seed(2)).to(dt)
+    bargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, None, mean, var, 2, 3, EPS)
+    _grads_close(TB.backward_train(g, *bargs), RB.backward_train(g, *bargs), TRAIN_NAMES, dt)
+
+
+@pytest.mark.parametrize("dt", DTYPES, ids=lambda d: str(d)[6:])
+def test_backward_train_recompute_matches_saved(dt):
+    """Recompute mode rebuilds exactly the y the Triton forward stored (same kernel, same rounding).
+
+    (Against the reference's recompute, bf16 can differ by a ReLU mask flip where the two y round to
+    different bf16 neighbours next to z = 0: the tensor-core dot rounds T to bf16, the reference does not.)
+    """
+    c = _case(dt, 1, 2, True)
+    fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 1, 2, EPS)
+    _, y, mean, var = TB.forward_train(*fargs, True)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(dt)
+    rest = (mean, var, 1, 2, EPS)
+    saved = TB.backward_train(g, *fargs[:6], y, *rest)
+    recomputed = TB.backward_train(g, *fargs[:6], None, *rest)
+    for name, a, b in zip(TRAIN_NAMES, recomputed, saved):
+        assert torch.equal(a, b), f"{name}: recompute differs from saved-y backward"
+    _grads_close(saved, RB.backward_train(g, *fargs[:6], y, *rest), TRAIN_NAMES, dt)
+
+
+@pytest.mark.parametrize("p", [(torch.float32, 1, 1, False), (torch.float32, 2, 3, True),
+                               (torch.float16, 2, 2, False), (torch.bfloat16, 1, 4, True)], ids=_id)
+def test_backward_eval(p):
+    dt, s, d, cl = p
+    c = _case(dt, s, d, cl)
+    out = RB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, d)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(4)).to(dt)
+    bargs = (g, out, c.x, c.dw_weight, c.pw_weight, s, d)
+    got = torch.ops.fused_dsconv.backward_eval(*bargs, backend="triton")
+    _grads_close(got, RB.backward_eval(*bargs), ("dx", "ddw", "dpw", "dbias"), dt)
+
+
+def test_backward_strided_grad():
+    """grad_out with stride-0 dims (from .sum().backward()) and a transposed layout: read via strides."""
+    c = _case(torch.float32, 2, 1, False)
+    fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 2, 1, EPS)
+    _, y, mean, var = RB.forward_train(*fargs, True)
+    for g in (torch.full((1, 1, 1, 1), 0.5).expand(y.shape),
+              torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).contiguous(
+                  memory_format=torch.channels_last)):
+        bargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, y, mean, var, 2, 1, EPS)
+        _grads_close(TB.backward_train(g, *bargs), RB.backward_train(g, *bargs), TRAIN_NAMES, torch.float32)
+
+
+def test_autograd_end_to_end():
+    """forward_train + backward through the registered ops and their autograd formulas."""
+    c = _case(torch.float32, 1, 2, True, (2, 8, 12, 6, 7))
+    leaves = [t.clone().requires_grad_() for t in (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias)]
+    grads = []
+    for backend in ("triton", "reference"):
+        for t in leaves:
+            t.grad = None
+        out = torch.ops.fused_dsconv.forward_train(*leaves, 1, 2, EPS, False, backend=backend)[0]
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        grads.append([t.grad.clone() for t in leaves])
+    for name, a, e in zip(("x", "dw", "pw", "bias", "gamma", "beta"), *grads):
+        testing.assert_close(a, e, torch.float32, name)
+
+
+def test_nan_propagates():
+    c = _case(torch.float32, 1, 1, False, (1, 4, 16, 4, 4))
+    x = c.x.clone()
+    x[0, :, 1, 1] = float("nan")
+    out = TB.forward_eval(x, c.dw_weight, c.pw_weight, c.bias, 1, 1)
+    ref = RB.forward_eval(x, c.dw_weight, c.pw_weight, c.bias, 1, 1)
+    assert torch.equal(out.isnan(), ref.isnan()) and out.isnan().any()
+    # Backward: a NaN pre-activation passes its gradient (z <= 0 is false for NaN).
+    g = torch.ones_like(out)
+    got = TB.backward_eval(g, out, x, c.dw_weight, c.pw_weight, 1, 1)
+    exp = RB.backward_eval(g, out, x, c.dw_weight, c.pw_weight, 1, 1)
+    for a, e in zip(got, exp):
+        assert torch.equal(a.isnan(), e.isnan())
+
+
+def test_out_of_range_access_is_caught(interpreter):
+    """A forgotten padding mask (DROP_BOUNDS test hook) must trip the DEBUG bound assertion."""
+    tk = interpreter
+    c = _case(torch.float32, 1, 2, False, (1, 4, 16, 5, 6))
+    out = torch.empty((1, 16, 5, 6))
+    tk.launch_conv(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 2, out, relu=True, stats=False)  # fine
+    with pytest.raises(Exception, match="offset out of range"):
+        tk.launch_conv(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 2, out, relu=True, stats=False,
+                       _drop_bounds=True)
+
+
+def test_unavailable_reasons(interpreter, monkeypatch):
+    x = torch.zeros(1, 2, 3, 3)
+    assert TB.unavailable(x) is None  # interpreter on
+    assert "float64" in TB.unavailable(x.double())
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert "TRITON_INTERPRET=1" in TB.unavailable(x)
+
+
+def test_triton_op_forward_eval():
+    """fused_dsconv_triton::forward_eval (triton_op + wrap_triton), eagerly in the interpreter."""
+    import fused_dsconv.triton_ops  # noqa: F401  (registers the op; imports triton)
+    c = _case(torch.float16, 2, 3, True)
+    out = torch.ops.fused_dsconv_triton.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 2, 3)
+    _check_layout(out, True)
+    testing.assert_close(out, RB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 2, 3), torch.float16, "out")
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["saved-y", "recompute"])
+def test_joint_block_train_then_eval(recompute):
+    """JointBlock(backend="triton") against the same module run unfused: one training step (output,
+    gradients, running statistics), then eval (BN folded into the pointwise weights)."""
+    from fused_dsconv.block import JointBlock
+    torch.manual_seed(0)
+    ref = JointBlock(6, 10, stride=2, dilation=3, backend="reference")
+    blk = JointBlock(6, 10, stride=2, dilation=3, backend="triton", recompute=recompute)
+    blk.load_state_dict(ref.state_dict())
+    x = (torch.randn(2, 6, 9, 8) + 0.5).contiguous(memory_format=torch.channels_last)
+    outs = []
+    for m in (blk, ref):
+        out = m(x)
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        outs.append(out)
+    assert blk.last_backend == "triton"
+    testing.assert_close(outs[0], outs[1], torch.float32, "out")
+    for (name, p), q in zip(blk.named_parameters(), ref.parameters()):
+        testing.assert_close(p.grad, q.grad, torch.float32, f"grad {name}")
+    for (name, b), c in zip(blk.named_buffers(), ref.buffers()):
+        testing.assert_close(b, c, torch.float32, name)
+    blk.eval()
+    ref.eval()
+    with torch.no_grad():
+        testing.assert_close(blk(x), ref(x), torch.float32, "eval out")
+
+
+def test_backward_deterministic():
+    c = _case(torch.float16, 2, 2, True)
+    fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 2, 2, EPS)
+    _, y, mean, var = TB.forward_train(*fargs, True)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(6)).to(torch.float16)
+    a = TB.backward_train(g, *fargs[:6], y, mean, var, 2, 2, EPS)
+    b = TB.backward_train(g, *fargs[:6], y, mean, var, 2, 2, EPS)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+
+
+def test_backward_odd_shape_dilation_beyond_image():
+    """3 -> 5 channels (below every tile), 7x5 image with dilation 4 at stride 2 (most taps padding)."""
+    c = _case(torch.float32, 2, 4, False, (1, 3, 5, 7, 5))
+    fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 2, 4, EPS)
+    got, ref = TB.forward_train(*fargs, True), RB.forward_train(*fargs, True)
+    for name, a, e in zip(("out", "y", "mean", "var"), got, ref):
+        testing.assert_close(a, e, torch.float32, name)
+    g = torch.randn(ref[1].shape, generator=torch.Generator().manual_seed(7))
+    bargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, ref[1], ref[2], ref[3], 2, 4, EPS)
+    _grads_close(TB.backward_train(g, *bargs), RB.backward_train(g, *bargs), TRAIN_NAMES, torch.float32)
+    eargs = (g, ref[0], c.x, c.dw_weight, c.pw_weight, 2, 4)
+    _grads_close(TB.backward_eval(*eargs), RB.backward_eval(*eargs), ("dx", "ddw", "dpw", "dbias"), torch.float32)
+
+
+def test_strided_input_view():
+    """An x that is neither NCHW- nor channels_last-contiguous (a column slice) is read through its strides."""
+    c = _case(torch.float32, 1, 2, False, (2, 8, 12, 6, 14))
+    x = c.x[:, :, :, ::2]
+    assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    out = TB.forward_eval(x, c.dw_weight, c.pw_weight, c.bias, 1, 2)
+    testing.assert_close(out, RB.forward_eval(x, c.dw_weight, c.pw_weight, c.bias, 1, 2), torch.float32, "out")
