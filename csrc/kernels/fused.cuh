@@ -406,9 +406,11 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(kThreads) bn_bwd_finalize_kernel(const Problem
   coef[k] = A;
   coef[p.K + k] = B;
   coef[2 * p.K + k] = Cc;
-  p.dbeta[k] = sm[0];
-  p.dgamma[k] = sm[1];
-  p.dbias[k] = -A * sm[2] * Cc;  // sum_p dy = A (dbeta - M B - C sum_p yhat)
+  // Gradients of absent parameters are zeros (as the reference returns; the autograd layer drops them).
+  const bool affine = p.gamma != nullptr;
+  p.dbeta[k] = affine ? sm[0] : 0.f;
+  p.dgamma[k] = affine ? sm[1] : 0.f;
+  p.dbias[k] = p.bias != nullptr ? -A * sm[2] * Cc : 0.f;  // sum_p dy = A (dbeta - M B - C sum_p yhat)
 }
 
 // dWp partials: block = (64 output channels, 64 input channels, one split of the pixel tiles).
