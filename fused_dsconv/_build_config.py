@@ -39,8 +39,8 @@ def default_arch_list(cuda: tuple[int, int]) -> str:
 def compile_args(debug: bool = False) -> dict[str, list[str]]:
     opt = ["-O0", "-g"] if debug else ["-O3"]
     return {
-        "cxx": opt + ["-std=c++17"],
+        "cxx": opt + ["-std=c++20"],
         # -Xptxas -v puts registers / spills of every kernel in the build log; --use_fast_math is
         # deliberately absent (rsqrt and the statistics must match the reference's IEEE results).
-        "nvcc": opt + ["-std=c++17", "-lineinfo", "-Xptxas=-v", "--expt-relaxed-constexpr"],
+        "nvcc": opt + ["-std=c++20", "-lineinfo", "-Xptxas=-v", "--expt-relaxed-constexpr"],
     }
