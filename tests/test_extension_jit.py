@@ -1,0 +1,43 @@
+"""The just-in-time path of an isolated `pip install .`: first use compiles the shipped CUDA sources.
+
+Runs in a subprocess: the ahead-of-time extension (when CI built it) already owns the
+fused_dsconv_native op namespace in this process. There, the AOT import is made to fail as in an
+isolated install, and a GPU is pretended (the compile needs nvcc, not a device).
+"""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent("""
+    import importlib, torch
+    original = importlib.import_module
+    def no_aot(name, *args):
+        if name == "fused_dsconv._C":
+            raise ModuleNotFoundError(name)
+        return original(name, *args)
+    importlib.import_module = no_aot
+    torch.cuda.is_available = lambda: True
+    from fused_dsconv import _extension
+    assert _extension.load() is not None, _extension.status()
+    print("STATUS:", _extension.status())
+    for op in ("forward_eval", "forward_train", "backward_eval", "backward_train"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fused_dsconv_native::{op}", "CUDA"), op
+""")
+
+
+def test_first_use_compiles_the_shipped_sources(tmp_path):
+    from torch.utils.cpp_extension import CUDA_HOME
+    if CUDA_HOME is None or shutil.which(os.path.join(CUDA_HOME, "bin", "nvcc")) is None:
+        pytest.fail("this test needs the CUDA toolkit (set CUDA_HOME); CI has it") if os.environ.get("CI") else \
+            pytest.skip("no CUDA toolkit here (set CUDA_HOME)")
+    env = {**os.environ, "FUSED_DSCONV_CACHE": str(tmp_path), "TORCH_CUDA_ARCH_LIST": "7.5", "MAX_JOBS": "2"}
+    env.pop("FUSED_DSCONV_NO_JIT", None)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "just-in-time build of the shipped sources" in proc.stdout
+    assert "compiling the native CUDA extension" in proc.stderr  # announced to the user
+    assert any(tmp_path.rglob("*.so")), "nothing cached"
