@@ -58,12 +58,7 @@ def test_block(benchmark, settings, env_info, memory_rows, case, mode, impl):
     name, layout = benchlib.split_impl(impl)
     train = mode != "eval"
     x, g, gen = _inputs(case, n, layout, dev, train)
-    if name == "compile":
-        why = benchlib.compile_unavailable(dev, settings.full, case.id)
-    elif name != "eager":
-        why = benchlib.backend_unavailable(name, x)
-    else:
-        why = None
+    why = benchlib.impl_unavailable(name, x, dev, settings.full, case.id)
     if why is not None:
         pytest.skip(why)
 

@@ -72,12 +72,7 @@ def test_classifier(benchmark, settings, env_info, memory_rows, cfg, mode, impl)
     res = model.resolution
     x = benchlib.to_layout((torch.randn(n, 3, res, res, generator=gen)).to(dev), layout)
     labels = torch.randint(0, NUM_CLASSES, (n,), generator=gen).to(dev)
-    if name == "compile":
-        why = benchlib.compile_unavailable(dev, settings.full, "classifier")
-    elif name != "eager":
-        why = benchlib.backend_unavailable(name, x)
-    else:
-        why = None
+    why = benchlib.impl_unavailable(name, x, dev, settings.full, "classifier")
     if why is not None:
         pytest.skip(why)
 

@@ -145,6 +145,15 @@ def split_impl(impl: str) -> tuple[str, str]:
     return name, layout
 
 
+def impl_unavailable(name, x, device, full, case_id):
+    """Why implementation ``name`` ("eager", "compile" or a backend) cannot run ``x`` here, or None."""
+    if name == "compile":
+        return compile_unavailable(device, full, case_id)
+    if name != "eager":
+        return backend_unavailable(name, x)
+    return None
+
+
 def compile_unavailable(device: torch.device, full: bool, case_id: str) -> Optional[str]:
     """Why torch.compile is not benchmarked here, or None (``case_id`` "classifier" for the whole model)."""
     if device.type == "cuda":
