@@ -60,6 +60,20 @@ struct Ops {
     TORCH_CHECK(t->device() == x.device(), Tr::kPrefix, name, " must be on x's device ", x.device(), ", got ",
                 t->device());
   }
+  // The inputs the training forward and backward share; returns K.
+  static int64_t check_train(const Tensor& x, const Tensor& dw, const Tensor& pw, const optional<Tensor>& bias,
+                             const optional<Tensor>& bn_weight, const optional<Tensor>& bn_bias, int64_t stride,
+                             int64_t dilation) {
+    check_x(x, stride, dilation);
+    check_weights(x, dw, pw);
+    const int64_t K = pw.size(0);
+    check_channel("bias", bias, x, K);
+    check_channel("bn_weight", bn_weight, x, K);
+    check_channel("bn_bias", bn_bias, x, K);
+    TORCH_CHECK(bn_weight.has_value() == bn_bias.has_value(), Tr::kPrefix,
+                "bn_weight and bn_bias must be given together or both be None");
+    return K;
+  }
   // [K] vectors may be views; a contiguous copy of K floats is cheap (activations are never copied).
   static optional<Tensor> contig(const optional<Tensor>& t) {
     return t.has_value() ? optional<Tensor>(t->contiguous()) : std::nullopt;
@@ -126,14 +140,7 @@ struct Ops {
                                                                   const optional<Tensor>& bn_weight,
                                                                   const optional<Tensor>& bn_bias, int64_t stride,
                                                                   int64_t dilation, double eps, bool save_y) {
-    check_x(x, stride, dilation);
-    check_weights(x, dw, pw);
-    const int64_t K = pw.size(0);
-    check_channel("bias", bias, x, K);
-    check_channel("bn_weight", bn_weight, x, K);
-    check_channel("bn_bias", bn_bias, x, K);
-    TORCH_CHECK(bn_weight.has_value() == bn_bias.has_value(), Tr::kPrefix,
-                "bn_weight and bn_bias must be given together or both be None");
+    const int64_t K = check_train(x, dw, pw, bias, bn_weight, bn_bias, stride, dilation);
     typename Tr::Guard guard(x.device());
     dsc::Problem p = problem(x, dw, pw, stride, dilation);
     TORCH_CHECK(p.M > 1, Tr::kPrefix, "training needs more than 1 value per channel, got N*Ho*Wo = ", p.M);
@@ -204,16 +211,9 @@ struct Ops {
       const Tensor& grad_out, const Tensor& x, const Tensor& dw, const Tensor& pw, const optional<Tensor>& bias,
       const optional<Tensor>& bn_weight, const optional<Tensor>& bn_bias, const optional<Tensor>& y,
       const Tensor& mean, const Tensor& var, int64_t stride, int64_t dilation, double eps) {
-    check_x(x, stride, dilation);
-    check_weights(x, dw, pw);
-    const int64_t K = pw.size(0);
-    check_channel("bias", bias, x, K);
-    check_channel("bn_weight", bn_weight, x, K);
-    check_channel("bn_bias", bn_bias, x, K);
+    const int64_t K = check_train(x, dw, pw, bias, bn_weight, bn_bias, stride, dilation);
     check_channel("mean", mean, x, K);
     check_channel("var", var, x, K);
-    TORCH_CHECK(bn_weight.has_value() == bn_bias.has_value(), Tr::kPrefix,
-                "bn_weight and bn_bias must be given together or both be None");
     typename Tr::Guard guard(x.device());
     dsc::Problem p = problem(x, dw, pw, stride, dilation);
     TORCH_CHECK(p.M > 1 && x.size(1) > 0 && K > 0, Tr::kPrefix,
