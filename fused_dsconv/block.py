@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import backends, ops
-from .reference import fold_bn, output_size
+from .reference import fold_bn
 
 
 class JointBlock(nn.Sequential):
@@ -221,4 +221,4 @@ def _check_unfused(dw, pw, bn) -> None:
         raise ValueError("dw and pw must share dtype and device")
 
 
-__all__ = ["JointBlock", "output_size"]
+__all__ = ["JointBlock"]
