@@ -63,10 +63,13 @@ def native_build():
     if not sources:
         say("no CUDA sources in csrc/: no native extension")
         return [], {}
-    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-        os.environ["TORCH_CUDA_ARCH_LIST"] = cfg.default_arch_list(cuda)
+    visible = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not visible:
         say("no GPU visible and TORCH_CUDA_ARCH_LIST unset: using the default list")
-    archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or "the visible GPUs"
+    archs, problem = cfg.build_archs(cuda, visible)
+    if problem:
+        raise SystemExit(f"fused_dsconv build: {problem}")  # nvcc would fail too, minutes later
+    os.environ["TORCH_CUDA_ARCH_LIST"] = archs
     flags = cfg.compile_args(debug=os.environ.get("FUSED_DSCONV_DEBUG") == "1")
     say(f"building {cfg.EXTENSION}: torch {torch.__version__} (CUDA {torch.version.cuda}), nvcc "
         f"{cuda[0]}.{cuda[1]} at {cpp_extension.CUDA_HOME}, archs {archs}, MAX_JOBS={os.environ.get('MAX_JOBS', 'auto')}, "

@@ -36,11 +36,36 @@ def default_arch_list(cuda: tuple[int, int]) -> str:
     return DEFAULT_ARCHS_CUDA13 if cuda >= (13, 0) else DEFAULT_ARCHS_CUDA12
 
 
-def compile_args(debug: bool = False) -> dict[str, list[str]]:
-    opt = ["-O0", "-g"] if debug else ["-O3"]
-    return {
-        "cxx": opt + ["-std=c++20"],
-        # -Xptxas -v puts registers / spills of every kernel in the build log; --use_fast_math is
-        # deliberately absent (rsqrt and the statistics must match the reference's IEEE results).
-        "nvcc": opt + ["-std=c++20", "-lineinfo", "-Xptxas=-v", "--expt-relaxed-constexpr"],
-    }
+# The oldest architecture each toolkit major can still compile for.
+MIN_ARCH = {13: (7, 5), 12: (5, 0)}
+PASCAL_FIX = ("install a CUDA 12.x toolkit (12.6 matches torch's cu126 wheels, the last with sm_61 kernels), "
+              "point CUDA_HOME at it and build again (README: Pascal)")
+
+
+def build_archs(cuda: tuple[int, int], visible: list[tuple[int, int]]) -> tuple[str, Optional[str]]:
+    """The TORCH_CUDA_ARCH_LIST to build for (the user's, else the visible GPUs', else the default list)
+    and why nvcc ``cuda`` cannot build it (None when it can). Shared by setup.py and the JIT build."""
+    env = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if env:
+        return env, arch_problem(env, cuda)
+    if visible:
+        archs = ";".join(sorted({f"{major}.{minor}" for major, minor in visible}))
+        return archs, arch_problem(archs, cuda, from_env=False)
+    return default_arch_list(cuda), None
+
+
+def arch_problem(arch_list: str, cuda: tuple[int, int], from_env: bool = True) -> Optional[str]:
+    """Why nvcc ``cuda`` cannot build ``arch_list`` (TORCH_CUDA_ARCH_LIST syntax: "6.1;8.6+PTX"), or None.
+    ``from_env``: the list came from TORCH_CUDA_ARCH_LIST (else from the visible GPU).
+
+    Said before compiling: nvcc's own answer ("Unsupported gpu architecture 'compute_61'") comes
+    minutes into a build, buried in a log, and does not say which toolkit would work."""
+    oldest = MIN_ARCH.get(cuda[0], MIN_ARCH[13] if cuda[0] > 13 else (0, 0))
+    too_old = [a for a in re.findall(r"(\d+)\.(\d+)", arch_list) if (int(a[0]), int(a[1])) < oldest]
+    if not too_old:
+        return None
+    names = ", ".join(f"sm_{a}{b}" for a, b in too_old)
+    where = f"TORCH_CUDA_ARCH_LIST={arch_list!r}" if from_env else "this GPU"
+    drop = f"drop {names} from TORCH_CUDA_ARCH_LIST, or " if from_env else ""
+    return (f"nvcc {cuda[0]}.{cuda[1]} cannot compile for {names} ({where}): CUDA {cuda[0]} supports "
+            f"sm_{oldest[0]}{oldest[1]} and newer; {drop}{PASCAL_FIX}")

@@ -84,17 +84,23 @@ def _jit(aot_reason: str):
     src = csrc_dir()
     if src is None:
         return None, f"{aot_reason}; and the CUDA sources are not shipped with this install", ""
-    if cpp_extension.CUDA_HOME is None or cfg.nvcc_version(cpp_extension.CUDA_HOME) is None:
+    if cfg.nvcc_version(cpp_extension.CUDA_HOME) is None:
         return None, (f"{aot_reason}; no CUDA toolkit found for a just-in-time build (set CUDA_HOME), "
                       f"or install with: {REBUILD}"), ""
+    cuda = cfg.nvcc_version(cpp_extension.CUDA_HOME)
+    visible = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
+    archs, problem = cfg.build_archs(cuda, visible)
+    if problem:
+        return None, f"{aot_reason}; no just-in-time build: {problem}", ""
     try:
-        return jit_build(src), "", "just-in-time build of the shipped sources"
+        return jit_build(src, archs=archs), "", "just-in-time build of the shipped sources"
     except Exception as e:  # a failed compile must not take the fallback backends down with it
         return None, f"{aot_reason}; the just-in-time build failed: {str(e).splitlines()[0][:300]}", ""
 
 
-def jit_build(src: Path, build_root: Optional[Path] = None, verbose: bool = False):
-    """Compile ``src`` against the running torch (cached) and import it; registers the native ops."""
+def jit_build(src: Path, build_root: Optional[Path] = None, verbose: bool = False, archs: Optional[str] = None):
+    """Compile ``src`` for ``archs`` (TORCH_CUDA_ARCH_LIST syntax; default: the environment's, else the
+    current GPU's) against the running torch (cached) and import it; registers the native ops."""
     import torch
     from torch.utils import cpp_extension
     files = cfg.sources(str(src))
@@ -105,9 +111,8 @@ def jit_build(src: Path, build_root: Optional[Path] = None, verbose: bool = Fals
     root = build_root or Path(os.environ.get("FUSED_DSCONV_CACHE", Path.home() / ".cache" / "fused_dsconv"))
     build_dir = root / tag
     build_dir.mkdir(parents=True, exist_ok=True)
-    if torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
-        cap = torch.cuda.get_device_capability()
-        os.environ["TORCH_CUDA_ARCH_LIST"] = f"{cap[0]}.{cap[1]}"
+    if archs:  # else torch's own choice: TORCH_CUDA_ARCH_LIST, or the visible GPUs
+        os.environ["TORCH_CUDA_ARCH_LIST"] = archs
     print(f"fused_dsconv: compiling the native CUDA extension for arch {os.environ.get('TORCH_CUDA_ARCH_LIST')} "
           f"into {build_dir} (first use only; a few minutes)...", file=sys.stderr)
     flags = cfg.compile_args()

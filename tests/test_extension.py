@@ -39,3 +39,51 @@ def test_missing_build_without_gpu_explains_itself(fresh):
 def test_disabled_by_environment(fresh):
     fresh.setenv("FUSED_DSCONV_NO_NATIVE", "1")
     assert _extension.load() is None and "FUSED_DSCONV_NO_NATIVE=1" in _extension.status()
+
+
+# ---- architectures a toolkit cannot build: said before compiling, with the toolkit that would work ----
+
+from fused_dsconv import _build_config as cfg  # noqa: E402
+
+
+@pytest.mark.parametrize("cuda", [(12, 6), (13, 0)])
+def test_default_arch_lists_build_with_their_toolkit(cuda, monkeypatch):
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    archs, problem = cfg.build_archs(cuda, visible=[])
+    assert archs == cfg.default_arch_list(cuda) and problem is None
+
+
+def test_cuda13_refuses_pascal_in_the_arch_list(monkeypatch):
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "6.1;8.6+PTX")
+    archs, problem = cfg.build_archs((13, 0), visible=[(8, 6)])
+    assert archs == "6.1;8.6+PTX"  # the user's list wins over the visible GPUs
+    assert "nvcc 13.0 cannot compile for sm_61 (TORCH_CUDA_ARCH_LIST='6.1;8.6+PTX')" in problem
+    assert "drop sm_61 from TORCH_CUDA_ARCH_LIST" in problem and "CUDA 12.x" in problem
+    assert cfg.build_archs((12, 6), visible=[])[1] is None
+
+
+def test_visible_gpus_set_the_arch_list(monkeypatch):
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    assert cfg.build_archs((13, 0), visible=[(8, 6), (7, 5), (8, 6)]) == ("7.5;8.6", None)
+    archs, problem = cfg.build_archs((13, 0), visible=[(6, 1)])
+    assert archs == "6.1" and "(this GPU)" in problem and "TORCH_CUDA_ARCH_LIST" not in problem
+
+
+def test_pascal_with_cuda13_skips_the_doomed_jit_build(fresh):
+    """A GTX 10xx user with torch cu126 but a CUDA 13 nvcc: no minutes-long failing compile, one clear line."""
+    import torch
+    failing_import(fresh, ModuleNotFoundError("fused_dsconv._C"))
+    fresh.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    fresh.delenv("FUSED_DSCONV_NO_JIT", raising=False)
+    fresh.setattr(torch.cuda, "is_available", lambda: True)
+    fresh.setattr(torch.cuda, "device_count", lambda: 1)
+    fresh.setattr(torch.cuda, "get_device_capability", lambda device=None: (6, 1))
+    fresh.setattr(cfg, "nvcc_version", lambda cuda_home: (13, 0))
+    fresh.setattr(_extension, "csrc_dir", lambda: _extension._PKG)  # sources present, as in an install
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the JIT build must not start")
+    fresh.setattr(_extension, "jit_build", no_build)
+    assert _extension.load() is None
+    reason = _extension.status()
+    assert "nvcc 13.0 cannot compile for sm_61 (this GPU)" in reason and "CUDA 12.x" in reason

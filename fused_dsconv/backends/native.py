@@ -34,6 +34,16 @@ def _load_native():
     return torch.ops.fused_dsconv_native, None
 
 
+def _toolkit_problem(major: int, minor: int) -> Optional[str]:
+    """Why no rebuild with the toolkit the extension was built with could cover sm_<major><minor>."""
+    from .. import _build_config, _extension
+
+    nvcc = _extension.build_info().get("nvcc", "")
+    if not nvcc.replace(".", "").isdigit():
+        return None
+    return _build_config.arch_problem(f"{major}.{minor}", tuple(map(int, nvcc.split(".")[:2])), from_env=False)
+
+
 class NativeBackend(Backend):
     """Calls the native op family. ``ops_namespace=None`` means the CUDA extension (loaded lazily);
     pass ``torch.ops.fused_dsconv_emu`` with ``device_type="cpu"`` to run the emulator build."""
@@ -70,8 +80,9 @@ class NativeBackend(Backend):
             version = int(self.ops.kernel_binary_version(idx))
             if version < 0:
                 major, minor = torch.cuda.get_device_capability(idx)
-                self._arch_ok[idx] = (f"fused_dsconv._C has no kernel image for this GPU (sm_{major}{minor}); rebuild "
-                                      f"with TORCH_CUDA_ARCH_LIST including {major}.{minor}; {_BUILD_HINT}")
+                self._arch_ok[idx] = (f"fused_dsconv._C has no kernel image for this GPU (sm_{major}{minor}); "
+                                      + (_toolkit_problem(major, minor) or f"rebuild with TORCH_CUDA_ARCH_LIST "
+                                                                           f"including {major}.{minor}; {_BUILD_HINT}"))
             else:
                 self._arch_ok[idx] = None
         return self._arch_ok[idx]
