@@ -38,6 +38,39 @@ def test_skip_reasons():
     assert benchlib.backend_unavailable("reference", torch.empty(1, 1, 1, 1)) is None
 
 
+def test_cuda_branches(monkeypatch):
+    """The suite's CUDA-only code paths, run with the device queries stubbed (no GPU here): the sm_61
+    torch.compile skip, synchronisation inside the timed callable, peak memory, and the device record."""
+    calls = []
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(("sync", device)))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1000)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: calls.append(("reset", device)))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 5096)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA GeForce GTX 1080 Ti")
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (6, 1))
+    assert "capability >= 7.0" in benchlib.compile_unavailable(cuda, True, "classifier")
+    info = benchlib.environment(cuda)
+    assert info["device"] == "NVIDIA GeForce GTX 1080 Ti" and info["capability"] == "sm_61"
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
+    assert benchlib.compile_unavailable(cuda, False, benchlib.CUDA_COMPILE_CONFIG + "_b4") is None
+    assert benchlib.compile_unavailable(cuda, False, "classifier") is None
+    assert "CI size compiles the blocks of" in benchlib.compile_unavailable(cuda, False, "a075_r100_d1_b2")
+    assert benchlib.compile_unavailable(cuda, True, "a075_r100_d1_b2") is None
+
+    settings = benchlib.make_settings(False, "cuda")
+    assert settings.device.type == "cuda" and settings.rounds == 20 and settings.warmup == 3
+
+    benchlib.synchronizer(cuda)()
+    assert calls == [("sync", cuda)]
+    calls.clear()
+    assert benchlib.cuda_peak_bytes(lambda: calls.append(("fn", None)), cuda) == 4096
+    assert calls == [("sync", cuda), ("reset", cuda), ("fn", None), ("sync", cuda)]  # synchronised around fn
+    assert benchlib.cuda_peak_bytes(lambda: None, torch.device("cpu")) is None
+
+
 def test_triton_interpreter_is_not_benchmarked(monkeypatch):
     from fused_dsconv import backends
     monkeypatch.setattr(backends.get("triton"), "unavailable", lambda x: None)
