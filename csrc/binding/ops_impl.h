@@ -145,7 +145,10 @@ struct Ops {
     dsc::Problem p = problem(x, dw, pw, stride, dilation);
     TORCH_CHECK(p.M > 1, Tr::kPrefix, "training needs more than 1 value per channel, got N*Ho*Wo = ", p.M);
     TORCH_CHECK(x.size(1) > 0 && K > 0, Tr::kPrefix, "x must have C > 0 and pw_weight K > 0 in training");
-    Tensor out = act_like(x, K, p), y = act_like(x, K, p);  // y is written even in recompute mode: pass C reads it
+    // Recompute mode keeps no y, so the conv pass writes y into out's storage and the normalize pass
+    // (each element read, then written, by one thread) turns it into out in place: one activation-sized
+    // allocation at the forward's peak instead of two.
+    Tensor out = act_like(x, K, p), y = save_y ? act_like(x, K, p) : out;
     Tensor mean = at::empty({K}, x.options().dtype(at::kFloat)), var = at::empty_like(mean);
     p.mode = dsc::kTrain;
     const auto bias_c = contig(bias), gamma_c = contig(bn_weight), beta_c = contig(bn_bias);

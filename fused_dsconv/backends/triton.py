@@ -13,7 +13,7 @@ Passes (M = N*Ho*Wo):
 - forward_eval: 1 kernel, out = relu(Wp' dw(x) + b').
 - forward_train: conv kernel writes y and per-tile Chan (mean, M2) partials; a merge kernel reduces
   them in tile order (deterministic) to mean / biased var; an elementwise kernel normalises + ReLU.
-  With save_y=False y goes to a temporary freed on return.
+  With save_y=False y is written into out and normalised in place (no second activation buffer).
 - backward_train: (recompute mode: the conv kernel first rebuilds y into a temporary); a reduction
   of dz, dz yhat, yhat (fixed order); then dt = dy Wp with the depthwise weight gradient from the same
   tile, dWp = dy^T T (T recomputed from x), dx from dt. dy is rebuilt from (dout, y, stats) wherever
@@ -83,12 +83,14 @@ class TritonBackend(Backend):
     def forward_train(self, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, save_y):
         tk = _kernels()
         k = pw_weight.shape[0]
-        y = _empty_out(x, k, stride, x.dtype)
+        out = _empty_out(x, k, stride, x.dtype)
+        # Recompute mode keeps no y: write it into out and normalise in place (bn_relu_kernel loads and
+        # stores each element in one program), so the forward's peak holds one activation, not two.
+        y = _empty_out(x, k, stride, x.dtype) if save_y else out
         ws, tiles, block_p = tk.launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, y, relu=False,
                                             stats=True)
         m = y.numel() // k
         mean, var = tk.launch_stats(ws, tiles, block_p, m, k)
-        out = _empty_out(x, k, stride, x.dtype)
         tk.launch_bn_relu(y, out, tk._bn_coef(mean, var, bn_weight, bn_bias, eps))
         return out, (y if save_y else x.new_empty(0)), mean, var
 
