@@ -120,21 +120,29 @@ def _dw_tile(x_ptr, wd_ptr, n, ho, wo, p_mask, cc, c_mask, H, W, sxn, sxc, sxh, 
     # A rolled loop over the 9 taps: unrolled, the compiler issues all 9 gathers at once and needs
     # ~255 registers (tools/report_triton.py); rolled, one tap's addresses and values are live.
     for tap in tl.range(0, 9, loop_unroll_factor=1):
-        i = tap // 3
-        dh = (i - 1) * dil
-        dw = (tap - 3 * i - 1) * dil
-        hi = hc + dh
-        wi = wc + dw
-        ok = p_mask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-        if DROP_BOUNDS:  # test hook only: a forgotten padding mask, which DEBUG must catch
-            ok = p_mask
-        mask = ok[:, None] & c_mask[None, :]
-        off = centre + (tl.cast(dh, tl.int64) * sxh + tl.cast(dw, tl.int64) * sxw)
-        _assert_in(off, mask, x_span, DEBUG)
-        xv = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        xv = _x_tap(x_ptr, centre, hc, wc, p_mask, c_mask, tap, dil, H, W, sxh, sxw, x_span, DEBUG, DROP_BOUNDS)
         wv = tl.load(wd_ptr + cc * 9 + tap, mask=c_mask, other=0.0).to(tl.float32)
         t += xv * wv[None, :]
     return t
+
+
+@triton.jit
+def _x_tap(x_ptr, centre, hc, wc, p_mask, c_mask, tap, dil, H, W, sxh, sxw, x_span,
+           DEBUG: tl.constexpr, DROP_BOUNDS: tl.constexpr):
+    """x under tap (i, j) = divmod(tap, 3) of every (pixel, channel) of a tile, fp32, zero padded.
+    ``centre``: offsets of the centre tap (hc, wc) = (ho, wo) * stride."""
+    i = tap // 3
+    dh = (i - 1) * dil
+    dw = (tap - 3 * i - 1) * dil
+    hi = hc + dh
+    wi = wc + dw
+    ok = p_mask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+    if DROP_BOUNDS:  # test hook only: a forgotten padding mask, which DEBUG must catch
+        ok = p_mask
+    mask = ok[:, None] & c_mask[None, :]
+    off = centre + (tl.cast(dh, tl.int64) * sxh + tl.cast(dw, tl.int64) * sxw)
+    _assert_in(off, mask, x_span, DEBUG)
+    return tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -154,6 +162,41 @@ def _mma(a, b, acc, dtype_ref, DOT_MODE: tl.constexpr):
 
 
 @triton.jit
+def _ew_tile(M, HWo, Wo, K, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The (pixels x channels) tile of an elementwise / reduction program on grid (P tiles, K tiles)."""
+    n, ho, wo, p_mask = _pixels(tl.program_id(0), M, HWo, Wo, BLOCK_P)
+    kk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    k_mask = kk < K
+    return n, ho, wo, kk, k_mask, p_mask[:, None] & k_mask[None, :]
+
+
+@triton.jit
+def _act_off(n, ho, wo, kk, mask, sn, sc, sh, sw, span, DEBUG: tl.constexpr):
+    """int64 offsets of an activation tile: pixels (n, ho, wo) x channels kk."""
+    off = _row_off(n, ho, wo, sn, sh, sw)[:, None] + (kk.to(tl.int64) * sc)[None, :]
+    _assert_in(off, mask, span, DEBUG)
+    return off
+
+
+@triton.jit
+def _act_tile(ptr, n, ho, wo, kk, mask, sn, sc, sh, sw, span, DEBUG: tl.constexpr):
+    """fp32 values of an activation tile, zero on masked lanes."""
+    off = _act_off(n, ho, wo, kk, mask, sn, sc, sh, sw, span, DEBUG)
+    return tl.load(ptr + off, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _bn_tile(y, coef_ptr, kk, k_mask, K):
+    """yhat = (y - mean) r and z = gamma yhat + beta, from coef rows 0..3 (mean, r, gamma, beta)."""
+    mean = tl.load(coef_ptr + kk, mask=k_mask, other=0.0)
+    r = tl.load(coef_ptr + K + kk, mask=k_mask, other=0.0)
+    gam = tl.load(coef_ptr + 2 * K + kk, mask=k_mask, other=0.0)
+    bet = tl.load(coef_ptr + 3 * K + kk, mask=k_mask, other=0.0)
+    yhat = (y - mean[None, :]) * r[None, :]
+    return yhat, yhat * gam[None, :] + bet[None, :]
+
+
+@triton.jit
 def _dy_tile(g_ptr, y_ptr, coef_ptr, n, ho, wo, p_mask, kk, k_mask, K, sgn, sgc, sgh, sgw, syn, syc, syh, syw,
              g_span, y_span, TRAIN: tl.constexpr, DEBUG: tl.constexpr):
     """dy[p, k] in fp32 from (dout, y, per-channel coefficients), never stored; zero on masked lanes.
@@ -164,22 +207,13 @@ def _dy_tile(g_ptr, y_ptr, coef_ptr, n, ho, wo, p_mask, kk, k_mask, K, sgn, sgc,
     NaN passes the mask (z <= 0 is false for NaN), as in threshold_backward.
     """
     mask = p_mask[:, None] & k_mask[None, :]
-    goff = _row_off(n, ho, wo, sgn, sgh, sgw)[:, None] + (kk.to(tl.int64) * sgc)[None, :]
-    yoff = _row_off(n, ho, wo, syn, syh, syw)[:, None] + (kk.to(tl.int64) * syc)[None, :]
-    _assert_in(goff, mask, g_span, DEBUG)
-    _assert_in(yoff, mask, y_span, DEBUG)
-    g = tl.load(g_ptr + goff, mask=mask, other=0.0).to(tl.float32)
-    yv = tl.load(y_ptr + yoff, mask=mask, other=0.0).to(tl.float32)
+    g = _act_tile(g_ptr, n, ho, wo, kk, mask, sgn, sgc, sgh, sgw, g_span, DEBUG)
+    yv = _act_tile(y_ptr, n, ho, wo, kk, mask, syn, syc, syh, syw, y_span, DEBUG)
     if TRAIN:
-        mean = tl.load(coef_ptr + kk, mask=k_mask, other=0.0)
-        r = tl.load(coef_ptr + K + kk, mask=k_mask, other=0.0)
-        gam = tl.load(coef_ptr + 2 * K + kk, mask=k_mask, other=0.0)
-        bet = tl.load(coef_ptr + 3 * K + kk, mask=k_mask, other=0.0)
         gr = tl.load(coef_ptr + 4 * K + kk, mask=k_mask, other=0.0)
         c1 = tl.load(coef_ptr + 5 * K + kk, mask=k_mask, other=0.0)
         c2 = tl.load(coef_ptr + 6 * K + kk, mask=k_mask, other=0.0)
-        yhat = (yv - mean[None, :]) * r[None, :]
-        z = yhat * gam[None, :] + bet[None, :]
+        yhat, z = _bn_tile(yv, coef_ptr, kk, k_mask, K)
         dz = tl.where(z <= 0, 0.0, g)
         dy = gr[None, :] * dz - c1[None, :] - yhat * c2[None, :]
         dy = tl.where(mask, dy, 0.0)
@@ -275,22 +309,10 @@ def bn_relu_kernel(y_ptr, out_ptr, coef_ptr, K, Wo, HWo, M,
                    syn, syc, syh, syw, son, soc, soh, sow, y_span, o_span,
                    BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, DEBUG: tl.constexpr):
     """out = relu((y - mean) r gamma + beta), coef rows = mean, r, gamma, beta; grid (P tiles, K tiles)."""
-    pid_p = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    n, ho, wo, p_mask = _pixels(pid_p, M, HWo, Wo, BLOCK_P)
-    kk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    k_mask = kk < K
-    mask = p_mask[:, None] & k_mask[None, :]
-    yoff = _row_off(n, ho, wo, syn, syh, syw)[:, None] + (kk.to(tl.int64) * syc)[None, :]
-    ooff = _row_off(n, ho, wo, son, soh, sow)[:, None] + (kk.to(tl.int64) * soc)[None, :]
-    _assert_in(yoff, mask, y_span, DEBUG)
-    _assert_in(ooff, mask, o_span, DEBUG)
-    y = tl.load(y_ptr + yoff, mask=mask, other=0.0).to(tl.float32)
-    mean = tl.load(coef_ptr + kk, mask=k_mask, other=0.0)
-    r = tl.load(coef_ptr + K + kk, mask=k_mask, other=0.0)
-    gam = tl.load(coef_ptr + 2 * K + kk, mask=k_mask, other=0.0)
-    bet = tl.load(coef_ptr + 3 * K + kk, mask=k_mask, other=0.0)
-    z = (y - mean[None, :]) * r[None, :] * gam[None, :] + bet[None, :]
+    n, ho, wo, kk, k_mask, mask = _ew_tile(M, HWo, Wo, K, BLOCK_P, BLOCK_K)
+    y = _act_tile(y_ptr, n, ho, wo, kk, mask, syn, syc, syh, syw, y_span, DEBUG)
+    ooff = _act_off(n, ho, wo, kk, mask, son, soc, soh, sow, o_span, DEBUG)
+    _, z = _bn_tile(y, coef_ptr, kk, k_mask, K)
     z = tl.where(z < 0, 0.0, z)
     tl.store(out_ptr + ooff, z.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -308,27 +330,14 @@ def bn_bwd_reduce_kernel(g_ptr, y_ptr, coef_ptr, ws_ptr, K, Wo, HWo, M,
     TRAIN (y = pre-BN output, coef rows mean, r, gamma, beta): j = 0: dz, 1: dz yhat, 2: yhat.
     eval (y = block output): j = 0: dz = dout [out > 0] (the bias gradient).
     """
-    pid_p = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    n, ho, wo, p_mask = _pixels(pid_p, M, HWo, Wo, BLOCK_P)
-    kk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    k_mask = kk < K
-    mask = p_mask[:, None] & k_mask[None, :]
-    goff = _row_off(n, ho, wo, sgn, sgh, sgw)[:, None] + (kk.to(tl.int64) * sgc)[None, :]
-    yoff = _row_off(n, ho, wo, syn, syh, syw)[:, None] + (kk.to(tl.int64) * syc)[None, :]
-    _assert_in(goff, mask, g_span, DEBUG)
-    _assert_in(yoff, mask, y_span, DEBUG)
-    g = tl.load(g_ptr + goff, mask=mask, other=0.0).to(tl.float32)
-    yv = tl.load(y_ptr + yoff, mask=mask, other=0.0).to(tl.float32)
+    n, ho, wo, kk, k_mask, mask = _ew_tile(M, HWo, Wo, K, BLOCK_P, BLOCK_K)
+    g = _act_tile(g_ptr, n, ho, wo, kk, mask, sgn, sgc, sgh, sgw, g_span, DEBUG)
+    yv = _act_tile(y_ptr, n, ho, wo, kk, mask, syn, syc, syh, syw, y_span, DEBUG)
     tiles = tl.num_programs(0).to(tl.int64)
-    row = pid_p.to(tl.int64) * K
+    row = tl.program_id(0).to(tl.int64) * K
     if TRAIN:
-        mean = tl.load(coef_ptr + kk, mask=k_mask, other=0.0)
-        r = tl.load(coef_ptr + K + kk, mask=k_mask, other=0.0)
-        gam = tl.load(coef_ptr + 2 * K + kk, mask=k_mask, other=0.0)
-        bet = tl.load(coef_ptr + 3 * K + kk, mask=k_mask, other=0.0)
-        yhat = tl.where(mask, (yv - mean[None, :]) * r[None, :], 0.0)
-        z = yhat * gam[None, :] + bet[None, :]
+        yhat, z = _bn_tile(yv, coef_ptr, kk, k_mask, K)
+        yhat = tl.where(mask, yhat, 0.0)  # masked lanes: g is 0 there, so dz is too
         dz = tl.where(z <= 0, 0.0, g)
         tl.store(ws_ptr + row + kk, _sum(dz, axis=0), mask=k_mask)
         tl.store(ws_ptr + tiles * K + row + kk, _sum(dz * yhat, axis=0), mask=k_mask)
@@ -392,16 +401,7 @@ def dsconv_bwd_dt_kernel(g_ptr, y_ptr, coef_ptr, wp_ptr, x_ptr, dt_ptr, ws_ptr,
         wc = wo * STRIDE
         centre = _row_off(n, hc, wc, sxn, sxh, sxw)[:, None] + (cc.to(tl.int64) * sxc)[None, :]
         for tap in tl.range(0, 9, loop_unroll_factor=1):  # rolled, as in _dw_tile
-            i = tap // 3
-            dh = (i - 1) * dil
-            dw = (tap - 3 * i - 1) * dil
-            hi = hc + dh
-            wi = wc + dw
-            ok = p_mask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-            mask = ok[:, None] & c_mask[None, :]
-            off = centre + (tl.cast(dh, tl.int64) * sxh + tl.cast(dw, tl.int64) * sxw)
-            _assert_in(off, mask, x_span, DEBUG)
-            xv = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+            xv = _x_tap(x_ptr, centre, hc, wc, p_mask, c_mask, tap, dil, H, W, sxh, sxw, x_span, DEBUG, False)
             part = _sum(acc * xv, axis=0)
             dwd += tl.where(taps[None, :] == tap, part[:, None], 0.0)
     woff = pid_g.to(tl.int64) * C * 9 + (cc * 9)[:, None] + taps[None, :]
