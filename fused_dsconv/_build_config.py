@@ -69,3 +69,13 @@ def arch_problem(arch_list: str, cuda: tuple[int, int], from_env: bool = True) -
     drop = f"drop {names} from TORCH_CUDA_ARCH_LIST, or " if from_env else ""
     return (f"nvcc {cuda[0]}.{cuda[1]} cannot compile for {names} ({where}): CUDA {cuda[0]} supports "
             f"sm_{oldest[0]}{oldest[1]} and newer; {drop}{PASCAL_FIX}")
+
+
+def compile_args(debug: bool = False) -> dict[str, list[str]]:
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    return {
+        "cxx": opt + ["-std=c++20"],
+        # -Xptxas -v puts registers / spills of every kernel in the build log; --use_fast_math is
+        # deliberately absent (rsqrt and the statistics must match the reference's IEEE results).
+        "nvcc": opt + ["-std=c++20", "-lineinfo", "-Xptxas=-v", "--expt-relaxed-constexpr"],
+    }
