@@ -84,10 +84,10 @@ def _jit(aot_reason: str):
     src = csrc_dir()
     if src is None:
         return None, f"{aot_reason}; and the CUDA sources are not shipped with this install", ""
-    if cfg.nvcc_version(cpp_extension.CUDA_HOME) is None:
+    cuda = cfg.nvcc_version(cpp_extension.CUDA_HOME)
+    if cuda is None:
         return None, (f"{aot_reason}; no CUDA toolkit found for a just-in-time build (set CUDA_HOME), "
                       f"or install with: {REBUILD}"), ""
-    cuda = cfg.nvcc_version(cpp_extension.CUDA_HOME)
     visible = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
     archs, problem = cfg.build_archs(cuda, visible)
     if problem:
