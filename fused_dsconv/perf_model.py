@@ -8,34 +8,42 @@ Per layer (one joint block: 3x3 depthwise, dilation d, stride s -> 1x1 -> BN -> 
 bytes each reads and writes in global memory and its FLOPs (2 per multiply-add), for
 
 - ``unfused``: the eager PyTorch sequence ``Sequential(dw, pw, bn, ReLU())`` (the module
-  ``JointBlock.to_unfused()`` returns), and
-- ``fused``: our kernels as laid out in DESIGN.md (eval: one kernel; training: pass A, the tiny
-  statistics pass B, the elementwise pass C; backward: the dbeta/dgamma reduction, the tiled pass 2,
-  the partial-sum reductions and the depthwise data-gradient pass 3), optionally in recompute mode.
+  ``JointBlock.to_unfused()`` returns);
+- ``native``: the CUDA kernels we ship (``csrc/kernels/fused.cuh``, launched by
+  ``csrc/kernels/launch.cuh`` with the set-up of ``csrc/binding/ops_impl.h``), with their tile
+  geometry and workspace sizes mirrored here (``native_geometry``), optionally in recompute mode;
+- ``design`` (the function ``fused``, also ``design``): the plan of DESIGN.md (eval: one kernel;
+  training: pass A, the tiny statistics pass B, the elementwise pass C; backward: the dbeta/dgamma
+  reduction, the tiled pass 2 with one [K, C] weight-gradient partial per tile, the partial-sum
+  reductions and the depthwise data-gradient pass 3), optionally in recompute mode. A plan, not code:
+  nothing ships in this shape. (The Triton backend is not modelled.)
 
 Notation: x [N, C, H, W], t = dw(x) [N, C, Ho, Wo], y = pw(t) [N, K, Ho, Wo], M = N*Ho*Wo.
 
-Assumptions (the same for both sides, so the comparison is fair):
+Assumptions (the same for every implementation, so the comparison is fair):
 
 1. Compulsory traffic only: each kernel reads each input tensor from DRAM once and writes each
-   output once. Halo overlap of the 3x3 window, re-reads of x when the fused kernel recomputes the
-   depthwise chunk per output-channel tile, and the native depthwise weight-gradient kernel's
-   re-read per tap are assumed to hit L2/shared memory. Real kernels move at least this much.
-   Dilation therefore does not change the byte counts (only the halo size).
+   output once. Halo overlap of the 3x3 window, re-reads of x when a fused kernel recomputes the
+   depthwise chunk per output-channel tile, a kernel's re-reads of its inputs along a grid axis that
+   does not partition them, and the native depthwise weight-gradient kernel's re-read per tap are
+   assumed to hit L2/shared memory. Real kernels move at least this much. Dilation therefore does not
+   change the byte counts (only the halo size). For ``native`` the activation-sized re-reads that this
+   assumption hides are listed per kernel (``Kernel.reread``, not part of ``Kernel.bytes``; see 7).
 2. Activations are stored in ``act_bytes`` per element (4 = float32); weights too (the backend
    contract gives weights x's dtype); per-channel vectors (BN parameters, statistics, partial sums)
-   are float32.
+   and every fused workspace (partials, native's dt buffer) are float32.
 3. Unfused PyTorch: BatchNorm training forward is two passes over y (statistics, then normalise:
    ``batch_norm_collect_statistics`` + ``batch_norm_elemt``); BN backward is two passes (reduce
    dz and dz*yhat; then the elementwise dy); ReLU is *not* in place (``nn.ReLU()``, as
    ``to_unfused`` builds it), so ReLU reads z and writes out, and its backward reads dout and out.
    Running-statistics updates and ``.grad`` accumulation are per-channel/parameter sized and left
-   out on both sides.
-4. Fused: per-tile partial sums (float32) go to a workspace and are reduced by a separate small
+   out on every side.
+4. Design: per-tile partial sums (float32) go to a workspace and are reduced by a separate small
    kernel, as DESIGN.md prescribes; a tile covers ``tile_pixels`` = 64 output pixels (8x8). DESIGN.md
    writes one [K, C] weight-gradient partial per tile; ``wgrad_partials`` caps the number of partial
    rows (a grid that loops over several pixel tiles per block), None = one per tile, as written.
    Recompute mode rebuilds y in backward by rerunning pass A (reads x, writes y) before pass 1.
+   The per-call eval fold of BN into Wp (which DESIGN.md also needs) is not counted here.
 5. FLOPs: 2 per multiply-add for the convolutions; elementwise work counted per element as
    BN-eval 2, ReLU 1, statistics 3, normalise 2 (+1 for fused ReLU), BN-backward reduce 4 and
    elementwise 5. The fused kernels' recomputation (the depthwise chunk per output-channel tile of
@@ -43,6 +51,20 @@ Assumptions (the same for both sides, so the comparison is fair):
 6. Roofline: each kernel takes max(bytes / bandwidth, flops / peak fp32 rate); a layer's time is the
    sum over its kernels (no overlap between kernels, no launch latency, 100% of peak). A model of
    the lower bound, not a prediction of achieved speed.
+7. Native: tiles are 8x8 output pixels *of one image* (N * ceil(Ho/8) * ceil(Wo/8) tiles, so a 7x7
+   layer has one 49-pixel tile per image); every workspace is sized as ``bwd_ws`` /
+   ``forward_ws_floats`` size it (dWp partials ``[splits, K, C]`` with launch.cuh's ``splits``, dWd
+   partials ``[tiles, C*9]``, dt ``[N, C, Ho, Wo]`` fp32, written by the dt kernel and read back by
+   dx). Eval counts the per-call BN fold into Wp (``fold_bn``, torch ops on [K, C]). FLOPs are the
+   ones the kernels execute: the tile GEMMs run over whole 64-pixel tiles and 64-channel (forward:
+   16-input-channel) blocks, zero padding included; dy is rebuilt (7 FLOPs per element) in every
+   kernel that reads it. ``Kernel.reread`` = bytes of *activation* re-reads along grid axes (x once
+   per 64-channel K block of the forward and dWp kernels; dout and y once per 64-channel C block of
+   the dWp and dt kernels), beyond the compulsory read; ``Kernel.reread_far`` = the part of it whose
+   re-use comes only after a sweep of the grid's fast axis over the whole tensor (forward: x per K
+   block; dt kernel: dout and y per C block), which comes from DRAM whenever that tensor does not fit
+   in L2 (2.75-3 MB on the GTX 1080 Ti / RTX 3060). Weight re-reads (every block reads its Wp slice)
+   and halo overlap are left out even there.
 """
 from __future__ import annotations
 
@@ -105,9 +127,12 @@ class Layer:
 @dataclass(frozen=True)
 class Kernel:
     name: str
-    read: int  # bytes read from global memory
+    read: int  # bytes read from global memory (compulsory: each input once)
     written: int  # bytes written to global memory
     flops: int
+    reread: int = 0  # activation re-reads along grid axes beyond `read`, assumed L2 hits (assumption 7)
+    reread_far: int = 0  # the part of `reread` re-used only after a sweep of the whole tensor
+    note: str = ""
 
     @property
     def bytes(self) -> int:
@@ -129,6 +154,14 @@ class Traffic:
     @property
     def flops(self) -> int:
         return sum(k.flops for k in self.kernels)
+
+    @property
+    def reread(self) -> int:
+        return sum(k.reread for k in self.kernels)
+
+    @property
+    def reread_far(self) -> int:
+        return sum(k.reread_far for k in self.kernels)
 
     def roofline_s(self, gpu: GPU) -> float:
         return roofline_s(self.kernels, gpu)
@@ -177,7 +210,9 @@ def unfused(layer: Layer, mode: str, act_bytes: int = 4) -> Traffic:
 
 def fused(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = False, tile_pixels: int = 64,
           k_tile: int = 128, wgrad_partials: Optional[int] = None) -> Traffic:
-    """MODEL of our kernels per DESIGN.md (assumptions in the module docstring)."""
+    """MODEL of DESIGN.md's kernel plan, labelled "design" (assumptions in the module docstring).
+
+    Not the shipped kernels: ``native`` models those."""
     _check_mode(mode)
     l, e = layer, act_bytes
     x, t, y, wd, wp = _sizes(l, e)
@@ -187,7 +222,7 @@ def fused(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fals
     ktiles = math.ceil(l.k / k_tile)  # depthwise chunk recomputed per output-channel tile
     pc = l.k * F32
     tiles = math.ceil(l.m / tile_pixels)
-    impl = "fused_recompute" if recompute else "fused"
+    impl = "design_recompute" if recompute else "design"
     if mode == "eval":
         return Traffic(layer, impl, mode, [Kernel("fused_eval", x + wd + wp + pc, y, dw_fl * ktiles + pw_fl + 2 * ye)])
     part = tiles * 2 * pc  # per-tile (sum, sum of squares) partials
@@ -213,6 +248,140 @@ def fused(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fals
     return Traffic(layer, impl, mode, ks)
 
 
+design = fused  # the name the tables use
+
+
+# -- the shipped CUDA kernels ------------------------------------------------------------------
+# Mirrors of the C++ constants (keep in sync; tests/test_perf_model.py compiles launch.cuh and checks
+# native_geometry against set_geometry / forward_ws_floats / bwd_ws):
+K_TILE_SIDE = 8  # csrc/kernels/fused.cuh kTileSide: a tile is 8x8 output pixels of one image
+K_TP = 64  # fused.cuh kTP: pixels per tile
+K_BK = 64  # fused.cuh kBK: output channels per block (fwd_kernel, bwd_reduce_kernel)
+K_BC = 16  # fused.cuh kBC: input channels per depthwise chunk (fwd_kernel)
+K_BCD = 64  # fused.cuh kBCd: input channels per block (dt_kernel)
+DWP_BLOCK = 64  # launch.cuh backward(): dwp_kernel grid (cdiv(K, 64), cdiv(C, 64), splits), 64x64 [K, C] block
+DT_KCHUNK = 64  # fused.cuh dt_kernel: K streamed in chunks of 64
+SPLITS_TARGET_BLOCKS = 256  # launch.cuh set_geometry: splits = cdiv(256, blocks) ...
+SPLITS_MAX = 64  # ... capped at 64 and at ntiles, at least 1
+DY_FLOPS = 7  # dy_at: yhat (2), z (1), threshold, A (dz - B - yhat C) (3), + rsqrt, per element
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class NativeGeometry:
+    """Grid and workspace sizes of the CUDA backend for one layer, as launch.cuh computes them."""
+    tiles_h: int
+    tiles_w: int
+    ntiles: int  # N * tiles_h * tiles_w
+    splits: int  # dwp_kernel's blocks along the pixel-tile axis = rows of the dWp partials
+    k_blocks: int  # cdiv(K, kBK): fwd_kernel / bwd_reduce_kernel grid
+    c_blocks: int  # cdiv(C, kBCd): dt_kernel grid
+    fwd_ws_floats: int  # forward_ws_floats (training): [mean | M2] partials, [ntiles, K] each
+    bwd_red: int  # bwd_ws offsets, in floats: [3][ntiles][K] BN-gradient partials
+    bwd_coef: int  # [4][K] dy coefficients
+    bwd_dwp: int  # [splits][K][C] dWp partials
+    bwd_dwd: int  # [ntiles][C * 9] dWd partials
+    bwd_dt: int  # dt [N, C, Ho, Wo], fp32
+    bwd_total: int  # backward_ws_floats
+
+
+def native_geometry(layer: Layer) -> NativeGeometry:
+    """launch.cuh ``set_geometry`` + ``forward_ws_floats`` + fused.cuh ``bwd_ws``, in Python."""
+    l = layer
+    th, tw = _cdiv(l.ho, K_TILE_SIDE), _cdiv(l.wo, K_TILE_SIDE)
+    ntiles = l.n * th * tw
+    blocks = _cdiv(l.k, DWP_BLOCK) * _cdiv(l.c, DWP_BLOCK)
+    splits = max(1, min(_cdiv(SPLITS_TARGET_BLOCKS, blocks), SPLITS_MAX, ntiles))
+    red = 0
+    coef = red + 3 * ntiles * l.k
+    dwp = coef + 4 * l.k
+    dwd = dwp + splits * l.k * l.c
+    dt = dwd + ntiles * l.c * 9
+    total = dt + l.n * l.c * l.ho * l.wo
+    return NativeGeometry(th, tw, ntiles, splits, _cdiv(l.k, K_BK), _cdiv(l.c, K_BCD), 2 * ntiles * l.k,
+                          red, coef, dwp, dwd, dt, total)
+
+
+def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = False) -> Traffic:
+    """MODEL of the CUDA kernels the ``native`` backend launches (assumptions 1-3, 5-7 of the module docstring).
+
+    Kernels in launch order: eval: the BN fold (torch ops, block.py) and ``fwd_kernel``; training
+    forward: ``fwd_kernel`` (y + tile statistics), ``stats_finalize_kernel``, ``normalize_kernel``
+    (recompute mode writes y into out's storage and normalises in place: the same bytes); backward:
+    (recompute: ``fwd_kernel`` in y-only mode into a temporary), ``bwd_reduce_kernel``,
+    ``bn_bwd_finalize_kernel``, ``dwp_kernel``, ``dt_kernel``, ``dx_kernel``, ``colsum_kernel`` for dWp
+    and for dWd.
+    """
+    _check_mode(mode)
+    l, e = layer, act_bytes
+    g = native_geometry(l)
+    x, t, y, wd, wp = _sizes(l, e)
+    ye, te = y // e, t // e
+    pc = l.k * F32
+    dw_fl = 2 * 9 * l.c * l.m
+    px = g.ntiles * K_TP  # pixel slots the tile GEMMs run over (partial tiles padded with zeros)
+    fwd_gemm = 2 * px * (g.k_blocks * K_BK) * (_cdiv(l.c, K_BC) * K_BC)
+    fwd_rr = (g.k_blocks - 1) * x
+    fwd_note = (f"x read once per 64-channel K block ({g.k_blocks}x; depthwise recomputed per K block), "
+                f"the K blocks of a tile one grid sweep apart")
+    impl = "native_recompute" if recompute else "native"
+
+    def fwd(name: str, written: int, epi_flops: int) -> Kernel:
+        return Kernel(name, x + wd + wp + pc, written, dw_fl * g.k_blocks + fwd_gemm + epi_flops,
+                      fwd_rr, fwd_rr, fwd_note)
+
+    if mode == "eval":
+        # block.py folds BN into Wp per call (reference.fold_bn): w = Wp * scale[:, None] in fp32, then
+        # .to(dtype); for fp32 both casts are no-ops, otherwise one cast copy each way.
+        wfold = l.k * l.c * (F32 if e == F32 else e + 2 * F32)
+        return Traffic(layer, impl, mode, [
+            Kernel("fold_bn (torch)", wfold + 4 * pc, wfold + pc, l.k * l.c + 8 * l.k,
+                   note="per call: Wp' = Wp * gamma r, b' = beta + (b - mean) gamma r"),
+            fwd("fwd_kernel eval", y, 2 * ye),
+        ])
+    part = g.fwd_ws_floats * F32
+    ks = [
+        fwd("fwd_kernel train", y + part, 4 * ye),  # + bias, tile mean and M2
+        Kernel("stats_finalize_kernel", part, 2 * pc, 9 * g.ntiles * l.k),  # Chan merges
+        Kernel("normalize_kernel", y + 4 * pc, y, 3 * ye),
+    ]
+    if mode == "train_fwd_bwd":
+        red = 3 * g.ntiles * l.k * F32
+        dwp_part = g.splits * l.k * l.c * F32
+        dwd_part = g.ntiles * l.c * 9 * F32
+        dt = te * F32  # fp32 workspace whatever the activation dtype
+        stats = 7 * pc  # mean, var, gamma, beta + the coefficients A, B, C
+        dwp_kb, dwp_cb = _cdiv(l.k, DWP_BLOCK), _cdiv(l.c, DWP_BLOCK)  # dwp_kernel grid (x, y)
+        dt_kc = _cdiv(l.k, DT_KCHUNK)  # dt_kernel's K chunks
+        dwp_rr = (dwp_kb - 1) * x + (dwp_cb - 1) * 2 * y
+        dt_rr = (g.c_blocks - 1) * 2 * y
+        if recompute:
+            ks.append(fwd("fwd_kernel y-only (recompute)", y, ye))
+        ks += [
+            Kernel("bwd_reduce_kernel", 2 * y + 4 * pc, red, 6 * ye),  # dout, y -> dz, dz yhat, yhat partials
+            Kernel("bn_bwd_finalize_kernel", red + 2 * pc, 6 * pc, 3 * g.ntiles * l.k),
+            Kernel("dwp_kernel", x + wd + 2 * y + stats, dwp_part,
+                   dw_fl * dwp_kb + DY_FLOPS * ye * dwp_cb + 2 * px * (dwp_kb * DWP_BLOCK) * (dwp_cb * DWP_BLOCK),
+                   dwp_rr, 0,
+                   f"x once per 64-channel K block ({dwp_kb}x), dout and y once per 64-channel C block "
+                   f"({dwp_cb}x); the blocks sharing them are adjacent in launch order "
+                   f"(grid K-block fastest, {g.splits} split(s))"),
+            Kernel("dt_kernel", 2 * y + wp + x + stats, dt + dwd_part,
+                   DY_FLOPS * ye * g.c_blocks + 2 * px * (dt_kc * DT_KCHUNK) * (g.c_blocks * K_BCD)
+                   + 2 * 9 * _cdiv(l.c, 8) * 8 * px,
+                   dt_rr, dt_rr,
+                   f"dout and y read once per 64-channel C block ({g.c_blocks}x), the C blocks of a tile one "
+                   f"grid sweep apart"),
+            Kernel("dx_kernel", dt + wd, x, 2 * 9 * te, note="gathers up to 9 fp32 dt taps per x element"),
+            Kernel("colsum_kernel dWp", dwp_part, wp, g.splits * l.k * l.c),
+            Kernel("colsum_kernel dWd", dwd_part, wd, g.ntiles * l.c * 9),
+        ]
+    return Traffic(layer, impl, mode, ks)
+
+
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -232,9 +401,26 @@ def classifier_layers(batch: int, alpha: float = 1.0, rho: float = 1.0, dilation
     return layers
 
 
+IMPLS = ("unfused", "native", "native_recompute", "design", "design_recompute")
+
+
+def traffics(layer: Layer, mode: str, act_bytes: int = 4, wgrad_partials: Optional[int] = None) -> dict[str, Traffic]:
+    """MODEL of every implementation of one layer in one mode (recompute variants in train_fwd_bwd only:
+    a recompute-mode forward moves the same bytes as the plain one)."""
+    tr = {"unfused": unfused(layer, mode, act_bytes), "native": native(layer, mode, act_bytes)}
+    if mode == "train_fwd_bwd":
+        tr["native_recompute"] = native(layer, mode, act_bytes, recompute=True)
+    tr["design"] = fused(layer, mode, act_bytes, wgrad_partials=wgrad_partials)
+    if mode == "train_fwd_bwd":
+        tr["design_recompute"] = fused(layer, mode, act_bytes, recompute=True, wgrad_partials=wgrad_partials)
+    return tr
+
+
 def model_rows(layers: Sequence[Layer], mode: str, act_bytes: int = 4, gpus: Sequence[str] = tuple(GPUS),
                wgrad_partials: Optional[int] = None) -> list[dict]:
-    """MODEL rows: per layer and a total row, bytes/FLOPs of unfused, fused and fused-recompute."""
+    """MODEL rows: per layer and a total row, bytes/FLOPs/roofline of unfused, native (shipped CUDA
+    kernels) and design (DESIGN.md's plan), with their recompute variants in train_fwd_bwd, and the
+    native kernels' re-read bytes (``{impl}_reread``, ``{impl}_reread_far``; not in ``{impl}_bytes``)."""
     rows = []
     acc: dict[str, list] = {}
     for layer in list(layers) + [None]:
@@ -242,10 +428,7 @@ def model_rows(layers: Sequence[Layer], mode: str, act_bytes: int = 4, gpus: Seq
             impls = {k: [kk for t in v for kk in t.kernels] for k, v in acc.items()}
             name, shape = "total", ""
         else:
-            tr = {"unfused": unfused(layer, mode, act_bytes),
-                  "fused": fused(layer, mode, act_bytes, wgrad_partials=wgrad_partials)}
-            if mode == "train_fwd_bwd":
-                tr["fused_recompute"] = fused(layer, mode, act_bytes, recompute=True, wgrad_partials=wgrad_partials)
+            tr = traffics(layer, mode, act_bytes, wgrad_partials)
             for k, v in tr.items():
                 acc.setdefault(k, []).append(v)
             impls = {k: v.kernels for k, v in tr.items()}
@@ -255,6 +438,8 @@ def model_rows(layers: Sequence[Layer], mode: str, act_bytes: int = 4, gpus: Seq
         for impl, ks in impls.items():
             row[f"{impl}_bytes"] = sum(k.bytes for k in ks)
             row[f"{impl}_flops"] = sum(k.flops for k in ks)
+            row[f"{impl}_reread"] = sum(k.reread for k in ks)
+            row[f"{impl}_reread_far"] = sum(k.reread_far for k in ks)
             for g in gpus:
                 row[f"{impl}_{g}_us"] = roofline_s(ks, GPUS[g]) * 1e6
         rows.append(row)
@@ -262,18 +447,54 @@ def model_rows(layers: Sequence[Layer], mode: str, act_bytes: int = 4, gpus: Seq
 
 
 def markdown(rows: list[dict], gpus: Sequence[str] = tuple(GPUS)) -> str:
-    impls = [i for i in ("unfused", "fused", "fused_recompute") if f"{i}_bytes" in rows[0]]
-    head = ["layer", "shape", *[f"{i} MB" for i in impls], "fused/unfused bytes", "GFLOP unf/fused"]
+    """One MODEL table: bytes of every implementation, ratios to unfused, the native kernels' far re-reads
+    (not in the byte columns), FLOPs and roofline times of unfused / native / design."""
+    impls = [i for i in IMPLS if f"{i}_bytes" in rows[0]]
+    trio = ("unfused", "native", "design")
+    head = ["layer", "shape", *[f"{i} MB" for i in impls], "native/unfused bytes", "design/unfused bytes",
+            "native far re-reads MB", "GFLOP unf/native/design"]
     for g in gpus:
-        head.append(f"{g} us unf/fused")
+        head.append(f"{g} us unf/native/design")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["layer"], r["shape"], *[f"{r[f'{i}_bytes'] / 1e6:.1f}" for i in impls],
-                 f"{r['fused_bytes'] / r['unfused_bytes']:.2f}",
-                 f"{r['unfused_flops'] / 1e9:.2f} / {r['fused_flops'] / 1e9:.2f}"]
+                 f"{r['native_bytes'] / r['unfused_bytes']:.2f}", f"{r['design_bytes'] / r['unfused_bytes']:.2f}",
+                 f"{r['native_reread_far'] / 1e6:.1f}",
+                 " / ".join(f"{r[f'{i}_flops'] / 1e9:.2f}" for i in trio)]
         for g in gpus:
-            cells.append(f"{r[f'unfused_{g}_us']:.0f} / {r[f'fused_{g}_us']:.0f}")
+            cells.append(" / ".join(f"{r[f'{i}_{g}_us']:.0f}" for i in trio))
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary_markdown(layers: Sequence[Layer], act_bytes: int = 4, gpus: Sequence[str] = tuple(GPUS)) -> str:
+    """The README-sized MODEL table: the totals over ``layers`` per mode (GB, ms)."""
+    label = {"eval": "eval forward", "train_fwd": "training forward", "train_fwd_bwd": "training forward + backward"}
+    trio = ("unfused", "native", "design")
+    head = ["mode", *[f"{i} GB" for i in trio], "native / unfused", "design / unfused",
+            "native far re-reads GB", *[f"{g} ms unf / native / design" for g in gpus]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for mode in MODES:
+        r = model_rows(layers, mode, act_bytes, gpus)[-1]
+        cells = [label[mode], *[f"{r[f'{i}_bytes'] / 1e9:.2f}" for i in trio],
+                 f"{r['native_bytes'] / r['unfused_bytes']:.2f}", f"{r['design_bytes'] / r['unfused_bytes']:.2f}",
+                 f"{r['native_reread_far'] / 1e9:.2f}",
+                 *[" / ".join(f"{r[f'{i}_{g}_us'] / 1e3:.2f}" for i in trio) for g in gpus]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def kernel_markdown(tr: Traffic) -> str:
+    """Per-kernel MODEL table of one implementation of one layer (bytes in MB, FLOPs in GFLOP)."""
+    lines = [f"{tr.impl}, {tr.layer.name}, {tr.mode}:", "",
+             "| kernel | read MB | written MB | GFLOP | re-read MB (far) | note |", "|---|---|---|---|---|---|"]
+    for k in tr.kernels:
+        rr = f"{k.reread / 1e6:.1f} ({k.reread_far / 1e6:.1f})" if k.reread else ""
+        lines.append(f"| {k.name} | {k.read / 1e6:.2f} | {k.written / 1e6:.2f} | {k.flops / 1e9:.3f} | {rr} "
+                     f"| {k.note} |")
+    read, written = sum(k.read for k in tr.kernels), sum(k.written for k in tr.kernels)
+    lines.append(f"| total | {read / 1e6:.2f} | {written / 1e6:.2f} | {tr.flops / 1e9:.3f} "
+                 f"| {tr.reread / 1e6:.1f} ({tr.reread_far / 1e6:.1f}) | |")
     return "\n".join(lines)
 
 
@@ -285,12 +506,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--dilation", type=int, default=3)
     p.add_argument("--act-bytes", type=int, default=4, help="bytes per activation element (4 fp32, 2 fp16)")
     p.add_argument("--wgrad-partials", type=int, default=None,
-                   help="cap on weight-gradient partial rows in the fused backward (default: one per 64-pixel tile)")
+                   help="cap on weight-gradient partial rows of the design backward (default: one per 64-pixel tile)")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--kernels", nargs="+", default=None, metavar="LAYER",
+                   help="instead of the tables, list the kernels of these layers (b1..b9) per implementation")
+    p.add_argument("--summary", action="store_true", help="only the README-sized table of totals per mode")
     a = p.parse_args(argv)
     layers = classifier_layers(a.batch, a.alpha, a.rho, a.dilation)
     print(f"MODEL (analytic, not measured): batch {a.batch}, alpha {a.alpha}, rho {a.rho}, dilation {a.dilation}, "
-          f"{a.act_bytes}-byte activations; roofline = sum over kernels of max(bytes/BW, FLOPs/peak fp32).")
+          f"{a.act_bytes}-byte activations; roofline = sum over kernels of max(bytes/BW, FLOPs/peak fp32). "
+          f"native = the shipped CUDA kernels, design = DESIGN.md's plan.")
+    if a.summary:
+        print("\n" + summary_markdown(layers, a.act_bytes))
+        return 0
+    if a.kernels:
+        by_name = {l.name: l for l in layers}
+        for name in a.kernels:
+            if name not in by_name:
+                p.error(f"unknown layer {name!r}; choose from {', '.join(by_name)}")
+            for mode in a.modes:
+                for tr in traffics(by_name[name], mode, a.act_bytes, a.wgrad_partials).values():
+                    print("\n" + kernel_markdown(tr))
+        return 0
     for mode in a.modes:
         print(f"\n### {mode}\n")
         print(markdown(model_rows(layers, mode, a.act_bytes, wgrad_partials=a.wgrad_partials)))

@@ -1,4 +1,9 @@
-"""The traffic/FLOP MODEL's byte counts checked by hand for one small case."""
+"""The traffic/FLOP MODEL's byte counts checked by hand for one small case, and the native model's
+tile / workspace geometry checked against the C++ launcher it mirrors."""
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from fused_dsconv import perf_model as pm
@@ -41,6 +46,185 @@ def test_backward_bytes_by_hand():
         + (wpart + WP + WD) + (T + WD + X)
     rec = pm.fused(L, "train_fwd_bwd", recompute=True).bytes - pm.fused(L, "train_fwd_bwd").bytes
     assert rec == X + WD + WP + PC + Y
+
+
+def test_design_is_fused_and_labelled_design():
+    assert pm.design is pm.fused
+    assert pm.fused(L, "eval").impl == "design"
+    assert pm.fused(L, "train_fwd_bwd", recompute=True).impl == "design_recompute"
+
+
+# -- native: the shipped CUDA kernels -------------------------------------------------------------
+# Tiny case: Ho = Wo = 4 -> one 8x8 tile (16 valid pixels), one 64-channel K block, one C block; splits = 1.
+NTILES = 1
+
+
+def test_native_geometry_tiny():
+    g = pm.native_geometry(L)
+    assert (g.ntiles, g.splits, g.k_blocks, g.c_blocks) == (1, 1, 1, 1)
+    assert g.fwd_ws_floats == 2 * 1 * 4
+    assert (g.bwd_red, g.bwd_coef, g.bwd_dwp, g.bwd_dwd, g.bwd_dt) == (0, 12, 28, 36, 54)
+    assert g.bwd_total == 54 + 2 * 16
+
+
+def test_native_eval_bytes_by_hand():
+    tr = pm.native(L, "eval")
+    assert tr.impl == "native"
+    assert [k.name for k in tr.kernels] == ["fold_bn (torch)", "fwd_kernel eval"]
+    # fold: reads Wp and 4 per-channel vectors, writes Wp' and b'; then the forward kernel as the design's.
+    assert [k.bytes for k in tr.kernels] == [WP + 4 * PC + WP + PC, X + WD + WP + PC + Y]
+    assert tr.bytes == 144 + 504
+    # Executed FLOPs: depthwise 2*9*C*M per K block, the GEMM over a whole 64-pixel tile x 64 K x 16 C
+    # (zero padding included), bias + ReLU 2 per y element.
+    assert tr.kernels[1].flops == 2 * 9 * 2 * 16 + 2 * 64 * 64 * 16 + 2 * 64
+    assert tr.reread == 0  # one K block: x read once
+
+
+def test_native_train_forward_bytes_by_hand():
+    part = 2 * NTILES * 4 * 4  # forward_ws_floats: [mean | M2] x [ntiles, K] floats
+    tr = pm.native(L, "train_fwd")
+    assert [k.name for k in tr.kernels] == ["fwd_kernel train", "stats_finalize_kernel", "normalize_kernel"]
+    assert [k.bytes for k in tr.kernels] == [X + WD + WP + PC + Y + part, part + 2 * PC, Y + 4 * PC + Y]
+    assert tr.bytes == 536 + 64 + 576
+    # Recompute mode writes y into out and normalises in place: the same bytes.
+    assert pm.native(L, "train_fwd", recompute=True).bytes == tr.bytes
+
+
+def test_native_backward_bytes_by_hand():
+    red = 3 * NTILES * 4 * 4  # [3][ntiles][K] floats
+    dwp = 1 * 4 * 2 * 4  # [splits][K][C] floats, splits = 1
+    dwd = NTILES * 2 * 9 * 4  # [ntiles][C*9] floats
+    dt = 1 * 2 * 16 * 4  # dt [N, C, Ho, Wo] in fp32
+    stats = 7 * PC  # mean, var, gamma, beta, A, B, C
+    fwd = pm.native(L, "train_fwd")
+    tr = pm.native(L, "train_fwd_bwd")
+    bwd = tr.kernels[len(fwd.kernels):]
+    assert [k.name for k in bwd] == ["bwd_reduce_kernel", "bn_bwd_finalize_kernel", "dwp_kernel", "dt_kernel",
+                                     "dx_kernel", "colsum_kernel dWp", "colsum_kernel dWd"]
+    assert [(k.read, k.written) for k in bwd] == [
+        (2 * Y + 4 * PC, red),  # dout, y, mean, var, gamma, beta -> partials of dz, dz yhat, yhat
+        (red + 2 * PC, 6 * PC),  # -> A, B, C coefficients and dbeta, dgamma, dbias
+        (X + WD + 2 * Y + stats, dwp),  # T rebuilt from x, dy from (dout, y) -> dWp partials
+        (2 * Y + WP + X + stats, dt + dwd),  # dt = Wp^T dy to the workspace; x halo -> dWd partials
+        (dt + WD, X),  # dx from dt
+        (dwp, WP),
+        (dwd, WD),
+    ]
+    assert tr.bytes - fwd.bytes == 624 + 176 + 856 + 984 + 328 + 64 + 144
+    rec = pm.native(L, "train_fwd_bwd", recompute=True)
+    assert rec.impl == "native_recompute"
+    extra = rec.kernels[len(fwd.kernels)]
+    assert extra.name == "fwd_kernel y-only (recompute)" and extra.bytes == X + WD + WP + PC + Y
+    assert rec.bytes - tr.bytes == 504
+
+
+def test_native_half_precision_keeps_fp32_workspaces():
+    e = 2
+    x, t, wp = X // 2, T // 2, WP // 2
+    tr = pm.native(L, "train_fwd_bwd", act_bytes=e)
+    k = {kk.name: kk for kk in tr.kernels}
+    assert k["dt_kernel"].written == 1 * 2 * 16 * 4 + NTILES * 2 * 9 * 4  # dt and dWd partials stay fp32
+    assert k["dx_kernel"].read == 1 * 2 * 16 * 4 + WD // 2 and k["dx_kernel"].written == x
+    assert k["colsum_kernel dWp"].written == wp
+    ev = pm.native(L, "eval", act_bytes=e).kernels[0]  # fold: cast to fp32, multiply, cast back
+    assert (ev.read, ev.written) == (4 * 2 * (2 + 8) + 4 * PC, 4 * 2 * (2 + 8) + PC)
+    assert t == 64
+
+
+def test_native_rereads_of_the_grid():
+    b9 = pm.classifier_layers(batch=32)[8]  # 1024 -> 1024 at 7x7: 16 K blocks, 16 C blocks
+    x, _, y, _, _ = pm._sizes(b9, 4)
+    k = {kk.name: kk for kk in pm.native(b9, "train_fwd_bwd").kernels}
+    assert k["fwd_kernel train"].reread == k["fwd_kernel train"].reread_far == 15 * x
+    assert k["dt_kernel"].reread == k["dt_kernel"].reread_far == 15 * 2 * y
+    assert k["dwp_kernel"].reread == 15 * x + 15 * 2 * y and k["dwp_kernel"].reread_far == 0
+    b1 = pm.classifier_layers(batch=32)[0]  # 32 -> 64: one K block, one C block
+    assert pm.native(b1, "train_fwd_bwd").reread == 0
+
+
+# (N, C, K, H, W, stride, dilation) -> (ntiles, splits), by hand from launch.cuh set_geometry:
+# splits = clamp(cdiv(256, cdiv(K, 64) * cdiv(C, 64)), 1, min(64, ntiles)).
+GEOMETRY_CASES = [
+    ((32, 1024, 1024, 7, 7, 1, 3), (32, 1)),  # b9 at batch 32: 256 dWp blocks already
+    ((32, 32, 64, 224, 224, 2, 3), (32 * 14 * 14, 64)),  # b1: 1 block -> 256, capped at 64
+    ((32, 256, 512, 56, 56, 2, 3), (32 * 4 * 4, 8)),  # b6: 32 blocks -> 8
+    ((32, 512, 1024, 28, 28, 2, 3), (32 * 2 * 2, 2)),  # b8: 128 blocks -> 2
+    ((1, 64, 64, 7, 7, 1, 1), (1, 1)),  # capped at ntiles
+    ((2, 3, 5, 17, 9, 2, 2), (2 * 2 * 1, 4)),  # partial tiles; 1 block -> 64 -> ntiles
+    ((1, 2048, 2048, 16, 16, 1, 1), (4, 1)),  # 1024 blocks -> cdiv = 1
+]
+
+
+@pytest.mark.parametrize("shape,expected", GEOMETRY_CASES)
+def test_native_splits_and_tiles_by_hand(shape, expected):
+    n, c, k, h, w, s, d = shape
+    g = pm.native_geometry(pm.Layer("g", n, c, k, h, w, s, d))
+    assert (g.ntiles, g.splits) == expected
+
+
+_GEO_CPP = r"""
+#include "emu/emu.h"
+#include "kernels/common.cuh"
+#include "emu/policy.h"
+#include "kernels/launch.cuh"
+#include <cstdio>
+int main() {
+  long long N, C, K, H, W;
+  int s, d;
+  while (std::scanf("%lld %lld %lld %lld %lld %d %d", &N, &C, &K, &H, &W, &s, &d) == 7) {
+    dsc::Problem p{};
+    dsc::set_geometry(p, N, C, K, H, W, s, d);
+    p.mode = dsc::kTrain;
+    const dsc::BwdWs L = dsc::bwd_ws(p);
+    std::printf("%lld %d %lld %lld %lld %lld %lld %lld %lld\n", (long long)p.ntiles, p.splits,
+                (long long)dsc::forward_ws_floats(p), (long long)L.red, (long long)L.coef, (long long)L.dwp,
+                (long long)L.dwd, (long long)L.dt, (long long)dsc::backward_ws_floats(p));
+  }
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ to compile csrc/kernels/launch.cuh")
+def test_native_geometry_matches_launch_cuh(tmp_path):
+    """native_geometry against the C++ itself: set_geometry, forward_ws_floats and bwd_ws, compiled with
+    the emulator headers (torch-free), over the hand cases and the classifier's blocks."""
+    root = Path(__file__).resolve().parents[1]
+    src, exe = tmp_path / "geo.cpp", tmp_path / "geo"
+    src.write_text(_GEO_CPP)
+    build = subprocess.run(["g++", "-std=c++20", "-O0", "-pthread", f"-I{root / 'csrc'}", str(src), "-o", str(exe)],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-4000:]
+    layers = [pm.Layer("g", *shape) for shape, _ in GEOMETRY_CASES]
+    layers += pm.classifier_layers(batch=32) + pm.classifier_layers(batch=3, alpha=0.75, rho=192 / 224)
+    stdin = "".join(f"{l.n} {l.c} {l.k} {l.h} {l.w} {l.stride} {l.dilation}\n" for l in layers)
+    run = subprocess.run([str(exe)], input=stdin, capture_output=True, text=True, check=True)
+    got = [tuple(map(int, line.split())) for line in run.stdout.splitlines()]
+    assert len(got) == len(layers)
+    for l, cpp in zip(layers, got):
+        g = pm.native_geometry(l)
+        assert (g.ntiles, g.splits, g.fwd_ws_floats, g.bwd_red, g.bwd_coef, g.bwd_dwp, g.bwd_dwd, g.bwd_dt,
+                g.bwd_total) == cpp, l
+
+
+def test_model_tables_label_every_implementation():
+    layers = pm.classifier_layers(batch=2)
+    rows = pm.model_rows(layers, "train_fwd_bwd")
+    for impl in ("unfused", "native", "native_recompute", "design", "design_recompute"):
+        assert rows[-1][f"{impl}_bytes"] == sum(r[f"{impl}_bytes"] for r in rows[:-1])
+    assert rows[-1]["native_reread_far"] > 0
+    md = pm.markdown(rows)
+    assert "native/unfused bytes" in md and "design/unfused bytes" in md and "native far re-reads MB" in md
+    assert "native_recompute MB" not in pm.markdown(pm.model_rows(layers, "eval"))
+    assert pm.summary_markdown(layers).count("\n") == 4
+    assert "fwd_kernel eval" in pm.kernel_markdown(pm.native(layers[0], "eval"))
+
+
+def test_cli_runs(capsys):
+    assert pm.main(["--batch", "2", "--modes", "eval"]) == 0
+    assert pm.main(["--batch", "2", "--summary"]) == 0
+    assert pm.main(["--batch", "2", "--kernels", "b9", "--modes", "train_fwd_bwd"]) == 0
+    out = capsys.readouterr().out
+    assert "MODEL (analytic, not measured" in out and "dwp_kernel" in out and "native / unfused" in out
 
 
 def test_stride_two_shapes_and_classifier_layers():
