@@ -108,7 +108,8 @@ def test_block(benchmark, settings, env_info, memory_rows, case, mode, impl):
                 impl=impl, backend=name, layout=layout, batch=n, size=settings.label,
                 implementation=benchlib.implementation_kind(impl, dev),
                 MODEL_unfused_bytes=perf_model.unfused(layer, mode).bytes,
-                MODEL_fused_bytes=perf_model.fused(layer, mode).bytes,
+                MODEL_fused_bytes=perf_model.fused(layer, mode).bytes,  # DESIGN.md's plan ("design")
+                MODEL_native_bytes=perf_model.native(layer, mode).bytes,  # the shipped CUDA kernels
                 MODEL_flops=perf_model.unfused(layer, mode).flops)
     if mem is not None:
         info["MEASURED_saved_bytes"] = {k: mem[k] for k in ("unfused", "fused", "recompute")}
