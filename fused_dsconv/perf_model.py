@@ -61,10 +61,12 @@ Assumptions (the same for every implementation, so the comparison is fair):
    kernel that reads it. ``Kernel.reread`` = bytes of *activation* re-reads along grid axes (x once
    per 64-channel K block of the forward and dWp kernels; dout and y once per 64-channel C block of
    the dWp and dt kernels), beyond the compulsory read; ``Kernel.reread_far`` = the part of it whose
-   re-use comes only after a sweep of the grid's fast axis over the whole tensor (forward: x per K
-   block; dt kernel: dout and y per C block), which comes from DRAM whenever that tensor does not fit
-   in L2 (2.75-3 MB on the GTX 1080 Ti / RTX 3060). Weight re-reads (every block reads its Wp slice)
-   and halo overlap are left out even there.
+   re-use comes only after a sweep of the grid's fast axis over the whole tensor, which comes from DRAM
+   whenever that tensor does not fit in L2 (2.75-3 MB on the GTX 1080 Ti / RTX 3060). In the shipped
+   launch order it is 0: every kernel that re-reads a tile's input runs the channel blocks of that tile
+   on grid x, back to back (until 2026-11 the forward and dt kernels put the tile on x, which modelled
+   1.79 GB of far re-reads for the classifier at batch 32). Weight re-reads (every block reads its Wp
+   slice) and halo overlap are left out.
 """
 from __future__ import annotations
 
@@ -326,12 +328,12 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
     fwd_gemm = 2 * px * (g.k_blocks * K_BK) * (_cdiv(l.c, K_BC) * K_BC)
     fwd_rr = (g.k_blocks - 1) * x
     fwd_note = (f"x read once per 64-channel K block ({g.k_blocks}x; depthwise recomputed per K block), "
-                f"the K blocks of a tile one grid sweep apart")
+                f"the K blocks of a tile adjacent in launch order (grid x)")
     impl = "native_recompute" if recompute else "native"
 
     def fwd(name: str, written: int, epi_flops: int) -> Kernel:
         return Kernel(name, x + wd + wp + pc, written, dw_fl * g.k_blocks + fwd_gemm + epi_flops,
-                      fwd_rr, fwd_rr, fwd_note)
+                      fwd_rr, 0, fwd_note)
 
     if mode == "eval":
         # block.py folds BN into Wp per call (reference.fold_bn): w = Wp * scale[:, None] in fp32, then
@@ -372,9 +374,9 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
             Kernel("dt_kernel", 2 * y + wp + x + stats, dt + dwd_part,
                    DY_FLOPS * ye * g.c_blocks + 2 * px * (dt_kc * DT_KCHUNK) * (g.c_blocks * K_BCD)
                    + 2 * 9 * _cdiv(l.c, 8) * 8 * px,
-                   dt_rr, dt_rr,
-                   f"dout and y read once per 64-channel C block ({g.c_blocks}x), the C blocks of a tile one "
-                   f"grid sweep apart"),
+                   dt_rr, 0,
+                   f"dout and y read once per 64-channel C block ({g.c_blocks}x), the C blocks of a tile "
+                   f"adjacent in launch order (grid x)"),
             Kernel("dx_kernel", dt + wd, x, 2 * 9 * te, note="gathers up to 9 fp32 dt taps per x element"),
             Kernel("colsum_kernel dWp", dwp_part, wp, g.splits * l.k * l.c),
             Kernel("colsum_kernel dWd", dwd_part, wd, g.ntiles * l.c * 9),

@@ -110,22 +110,26 @@ def test_backward_eval(emu, dtype, cl, s, d):
         assert_close(a, e, dtype, name)
 
 
+@pytest.mark.parametrize("shape,s,d", [((1, 70, 66, 13, 10), 2, 3), ((2, 70, 66, 19, 17), 1, 2)],
+                         ids=["one-tile", "18-tiles"])
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
-def test_multi_chunk_shapes(emu, cl):
-    """C > 64 and K > 64: several depthwise chunks, K tiles, dt channel blocks and dWp splits; no bias/affine."""
-    c = _case(F32, cl, 2, 3, shape=(1, 70, 66, 13, 10), bias=False, affine=False)
-    out = emu.forward_eval(c.x, c.dw_weight, c.pw_weight, torch.zeros(66), 2, 3)
+def test_multi_chunk_shapes(emu, cl, shape, s, d):
+    """C > 64 and K > 64: several depthwise chunks, K tiles, dt channel blocks and dWp splits; no bias/affine.
+    With 18 pixel tiles, the (tile, channel block) order of the forward and dt grids is exercised too."""
+    c = _case(F32, cl, s, d, shape=shape, bias=False, affine=False)
+    k = shape[2]
+    out = emu.forward_eval(c.x, c.dw_weight, c.pw_weight, torch.zeros(k), s, d)
     assert_close(out, REF.forward_eval(c.x.double(), c.dw_weight.double(), c.pw_weight.double(),
-                                       torch.zeros(66, dtype=torch.float64), 2, 3), F32, "out")
-    o, y, m, v = emu.forward_train(c.x, c.dw_weight, c.pw_weight, None, None, None, 2, 3, EPS, True)
+                                       torch.zeros(k, dtype=torch.float64), s, d), F32, "out")
+    o, y, m, v = emu.forward_train(c.x, c.dw_weight, c.pw_weight, None, None, None, s, d, EPS, True)
     eo, ey, em, ev = REF.forward_train(c.x.double(), c.dw_weight.double(), c.pw_weight.double(), None, None, None,
-                                       2, 3, EPS, True)
+                                       s, d, EPS, True)
     for name, a, e in (("y", y, ey), ("mean", m, em), ("var", v, ev), ("out", o, eo)):
         assert_close(a, e, F32, name)
     g = torch.randn(o.shape, generator=torch.Generator().manual_seed(3))
-    got = emu.backward_train(g, c.x, c.dw_weight, c.pw_weight, None, None, None, y, m, v, 2, 3, EPS)
+    got = emu.backward_train(g, c.x, c.dw_weight, c.pw_weight, None, None, None, y, m, v, s, d, EPS)
     exp = REF.backward_train(g.double(), c.x.double(), c.dw_weight.double(), c.pw_weight.double(), None, None, None,
-                             y.double(), m.double(), v.double(), 2, 3, EPS)
+                             y.double(), m.double(), v.double(), s, d, EPS)
     for name, a, e in zip(("dx", "d_dw", "d_pw", "dbias", "dgamma", "dbeta"), got, exp):
         assert_close(a, e, F32, name)
 

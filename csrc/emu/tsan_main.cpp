@@ -3,6 +3,9 @@
 // forward results against naive loops; every other output is checked for being finite (the shared
 // memory arena is poisoned with NaN, so a read of unwritten shared memory shows up).
 // Built with -DDSC_DROP_BARRIER=<id> it drops one barrier of the forward kernel: TSan must report it.
+// Tiles past grid.y spill into grid.z (launch.cuh): with 3 here instead of CUDA's 65535, the stride-1
+// cases below (4 tiles) run the split and the early return of surplus blocks under TSan/ASan.
+#define DSC_TILE_GRID_Y 3
 #include "emu/emu.h"
 #include "kernels/common.cuh"
 #include "emu/policy.h"

@@ -72,6 +72,19 @@ DSC_HD TileCoord tile_coord(const Problem& p, int64_t t) {
                    static_cast<int64_t>(r - th * tw) * kTileSide};
 }
 
+// The (pixel tile, channel block) a block of fwd_kernel / dt_kernel works on. The channel block is the
+// grid's x axis, so the blocks that each re-read one tile's inputs (x in the forward, dout and y in dt)
+// run back to back and find them in L2; with the tile on x they came a whole-tensor sweep apart, from
+// DRAM wherever the tensor outgrows L2 (2.75 MB on a GTX 1080 Ti). Tiles span y and z (grid.y <= 65535);
+// blocks past the last tile return at once (tile_grid in launch.cuh).
+struct TileBlock {
+  int64_t tile, block;
+};
+DSC_DEVICE TileBlock tile_block() {
+  return TileBlock{static_cast<int64_t>(blockIdx.y) + static_cast<int64_t>(blockIdx.z) * gridDim.y,
+                   static_cast<int64_t>(blockIdx.x)};
+}
+
 DSC_HD int64_t tile_pixels(const Problem& p, int64_t t) {
   const TileCoord tc = tile_coord(p, t);
   const int64_t h = p.Ho - tc.ho0 < kTileSide ? p.Ho - tc.ho0 : kTileSide;
@@ -141,7 +154,9 @@ template <class T, int DIL>
 DSC_GLOBAL void DSC_LAUNCH_BOUNDS(kThreads) fwd_kernel(const Problem p, float* ws) {
   DSC_SHARED(FwdSmem, s);
   const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
-  const int64_t tile = blockIdx.x, k0 = (int64_t)blockIdx.y * kBK;
+  const TileBlock tb = tile_block();
+  if (tb.tile >= p.ntiles) return;  // the whole block: no barrier is left waiting
+  const int64_t tile = tb.tile, k0 = tb.block * kBK;
   const TileCoord tc = tile_coord(p, tile);
   const T* wp = static_cast<const T*>(p.wp);
 
@@ -499,7 +514,9 @@ template <class T, int DIL>
 DSC_GLOBAL void DSC_LAUNCH_BOUNDS(kThreads) dt_kernel(const Problem p, float* ws) {
   DSC_SHARED(DtSmem, s);
   const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
-  const int64_t tile = blockIdx.x, c0 = (int64_t)blockIdx.y * kBCd;
+  const TileBlock tb = tile_block();
+  if (tb.tile >= p.ntiles) return;  // the whole block: no barrier is left waiting
+  const int64_t tile = tb.tile, c0 = tb.block * kBCd;
   const TileCoord tc = tile_coord(p, tile);
   const BwdWs L = bwd_ws(p);
   const float* coef = ws + L.coef;

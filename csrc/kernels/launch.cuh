@@ -39,6 +39,13 @@ inline void set_geometry(Problem& p, int64_t N, int64_t C, int64_t K, int64_t H,
 inline int64_t forward_ws_floats(const Problem& p) { return p.mode == kTrain ? 2 * p.ntiles * p.K : 0; }
 inline int64_t backward_ws_floats(const Problem& p) { return bwd_ws(p).total; }
 
+// Grid y / z of the (channel block, pixel tile) kernels: tile = y + z * grid.y (see tile_block).
+#ifndef DSC_TILE_GRID_Y
+#define DSC_TILE_GRID_Y 65535  // CUDA's grid.y limit; csrc/emu/tsan_main.cpp lowers it to run the z split
+#endif
+inline int64_t tile_grid_y(const Problem& p) { return p.ntiles < DSC_TILE_GRID_Y ? p.ntiles : DSC_TILE_GRID_Y; }
+inline int64_t tile_grid_z(const Problem& p) { return cdiv(p.ntiles, DSC_TILE_GRID_Y); }
+
 inline int64_t elementwise_blocks(int64_t total) {
   const int64_t b = cdiv(total, kThreads);
   return b < 1 ? 1 : (b > (1 << 20) ? (1 << 20) : b);
@@ -58,7 +65,8 @@ inline int64_t elementwise_blocks(int64_t total) {
 // Forward. mode kEval: out; kTrain: y, mean, var, out; kYOnly: y (backward's recompute mode).
 template <class P, class T>
 void forward(const Problem& p, float* ws) {
-  DSC_DISPATCH_DILATION(p.dil, P::launch(fwd_kernel<T, D>, p.ntiles, cdiv(p.K, kBK), 1, kThreads, p, ws));
+  DSC_DISPATCH_DILATION(p.dil, P::launch(fwd_kernel<T, D>, cdiv(p.K, kBK), tile_grid_y(p), tile_grid_z(p), kThreads,
+                                         p, ws));
   if (p.mode != kTrain) return;
   P::launch(stats_finalize_kernel<>, p.K, 1, 1, kThreads, p, static_cast<const float*>(ws));
   if (p.cl) {
@@ -80,7 +88,7 @@ void backward(const Problem& p, float* ws) {
   P::launch(bn_bwd_finalize_kernel<>, cdiv(p.K, kThreads), 1, 1, kThreads, p, ws);
   DSC_DISPATCH_DILATION(p.dil,
       P::launch(dwp_kernel<T, D>, cdiv(p.K, 64), cdiv(p.C, 64), p.splits, kThreads, p, ws);
-      P::launch(dt_kernel<T, D>, p.ntiles, cdiv(p.C, kBCd), 1, kThreads, p, ws);
+      P::launch(dt_kernel<T, D>, cdiv(p.C, kBCd), tile_grid_y(p), tile_grid_z(p), kThreads, p, ws);
       P::launch(dx_kernel<T, D>, elementwise_blocks(p.N * p.C * p.H * p.W), 1, 1, kThreads, p,
                 static_cast<const float*>(ws)));
   P::launch(colsum_kernel<T>, cdiv(p.K * p.C, kThreads), 1, 1, kThreads, static_cast<const float*>(ws + L.dwp),
