@@ -63,10 +63,7 @@ def native_build():
     if not sources:
         say("no CUDA sources in csrc/: no native extension")
         return [], {}
-    visible = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
-    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not visible:
-        say("no GPU visible and TORCH_CUDA_ARCH_LIST unset: using the default list")
-    archs, problem = cfg.build_archs(cuda, visible)
+    archs, problem = cfg.build_archs(cuda)  # printed below: the user's list, the visible GPUs', or the default
     if problem:
         raise SystemExit(f"fused_dsconv build: {problem}")  # nvcc would fail too, minutes later
     os.environ["TORCH_CUDA_ARCH_LIST"] = archs

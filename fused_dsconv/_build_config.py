@@ -1,5 +1,6 @@
-"""How the native extension is built: sources, flags, arch list. Torch-free and import-free, so that
-setup.py (ahead of time, loaded by path) and the just-in-time build (``_extension.py``) share it.
+"""How the native extension is built: sources, flags, arch list. Torch-free at import (torch is imported
+only inside build_archs, when asked for the visible GPUs), so that setup.py (ahead of time, loaded by path)
+and the just-in-time build (``_extension.py``) share it.
 """
 from __future__ import annotations
 
@@ -42,12 +43,17 @@ PASCAL_FIX = ("install a CUDA 12.x toolkit (12.6 matches torch's cu126 wheels, t
               "point CUDA_HOME at it and build again (README: Pascal)")
 
 
-def build_archs(cuda: tuple[int, int], visible: list[tuple[int, int]]) -> tuple[str, Optional[str]]:
+def build_archs(cuda: tuple[int, int], visible: Optional[list[tuple[int, int]]] = None) -> tuple[str, Optional[str]]:
     """The TORCH_CUDA_ARCH_LIST to build for (the user's, else the visible GPUs', else the default list)
-    and why nvcc ``cuda`` cannot build it (None when it can). Shared by setup.py and the JIT build."""
+    and why nvcc ``cuda`` cannot build it (None when it can). Shared by setup.py and the JIT build.
+    ``visible``: compute capabilities of the GPUs; None asks torch (imported only then, so that setup.py
+    can load this file without torch)."""
     env = os.environ.get("TORCH_CUDA_ARCH_LIST")
     if env:
         return env, arch_problem(env, cuda)
+    if visible is None:
+        import torch
+        visible = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
     if visible:
         archs = ";".join(sorted({f"{major}.{minor}" for major, minor in visible}))
         return archs, arch_problem(archs, cuda, from_env=False)

@@ -88,8 +88,7 @@ def _jit(aot_reason: str):
     if cuda is None:
         return None, (f"{aot_reason}; no CUDA toolkit found for a just-in-time build (set CUDA_HOME), "
                       f"or install with: {REBUILD}"), ""
-    visible = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
-    archs, problem = cfg.build_archs(cuda, visible)
+    archs, problem = cfg.build_archs(cuda)
     if problem:
         return None, f"{aot_reason}; no just-in-time build: {problem}", ""
     try:
