@@ -1,6 +1,6 @@
 // Torch-free launcher: grid / block / workspace logic of the op family, templated on a launch
 // policy so the same code drives real CUDA launches (csrc/native_cuda.cu: CudaPolicy) and emulated
-// ones (csrc/emu/emu_ext.cpp, csrc/emu/tsan_test.cpp: EmuPolicy).
+// ones (csrc/emu/emu_ext.cpp, csrc/emu/tsan_main.cpp: EmuPolicy).
 //
 // A policy provides:  template <class K, class... A> static void launch(K kernel, int64_t gx, int64_t gy,
 //                     int64_t gz, int threads, A... args);   // launches and checks the launch
@@ -16,7 +16,20 @@ namespace dsc {
 #define DSC_DWP_MAX_SPLITS 64
 #endif
 
-// Fills the geometry fields of p from (N, C, K, H, W, stride, dilation).
+// Span tiles (64 consecutive pixels across images) need a template dilation, small maps, 32-bit pixel
+// and padded-row numbers, and a staged window within kSpanHalo floats per channel. Returns the most
+// padded rows a tile stages, or 0 if span tiles do not apply.
+inline int span_rows(int64_t N, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int s, int d) {
+  if (d < 1 || d > 4 || Wo > 16 || N * Ho * Wo >= (int64_t(1) << 31) || N * (H + 2 * d) >= (int64_t(1) << 31))
+    return 0;
+  int64_t dr = (Wo + 62) / Wo, dn = (Ho * Wo + 62) / (Ho * Wo);  // most output rows / images a tile crosses
+  if (dr > N * Ho - 1) dr = N * Ho - 1;
+  if (dn > N - 1) dn = N - 1;
+  const int64_t rows = s * dr + dn * (H + 2 * d - s * Ho) + 2 * d + 1;
+  return (rows <= kSpanRowsMax && rows * (W + 2 * d) <= kSpanHalo) ? static_cast<int>(rows) : 0;
+}
+
+// Fills the geometry fields of p from (N, C, K, H, W, stride, dilation), including the tile class.
 inline void set_geometry(Problem& p, int64_t N, int64_t C, int64_t K, int64_t H, int64_t W, int stride, int dil) {
   p.N = N;
   p.C = C;
@@ -28,29 +41,46 @@ inline void set_geometry(Problem& p, int64_t N, int64_t C, int64_t K, int64_t H,
   p.Ho = (H - 1) / stride + 1;
   p.Wo = (W - 1) / stride + 1;
   p.M = N * p.Ho * p.Wo;
-  p.tiles_h = cdiv(p.Ho, kTileSide);
-  p.tiles_w = cdiv(p.Wo, kTileSide);
-  p.ntiles = N * p.tiles_h * p.tiles_w;
-  // dWp: enough blocks along the pixel axis to fill a GPU (~256 blocks), at most 64 partials.
+  // Tile class: span tiles on small maps; 64 channels x 8x16 pixels when K <= 64 on wide maps (one
+  // channel block, no idle half); else 128 channels x 8x8.
+  p.span_rows = span_rows(N, H, W, p.Ho, p.Wo, stride, dil);
+  if (p.span_rows > 0) {
+    p.tile = kTileSpan64;
+    p.ntiles = cdiv(p.M, 64);
+    p.tiles_w = p.tiles_img = 0;
+  } else {
+    p.tile = (K <= 64 && p.Wo > 8) ? kTileRect8x16 : kTileRect8x8;
+    const int tw = p.tile == kTileRect8x16 ? 16 : 8;
+    p.tiles_w = cdiv(p.Wo, tw);
+    p.tiles_img = cdiv(p.Ho, 8) * p.tiles_w;
+    p.ntiles = N * p.tiles_img;
+  }
+  auto fd = [](int64_t v) { return fast_div(static_cast<uint32_t>(v < 1 ? 1 : (v < (1 << 30) ? v : (1 << 30)))); };
+  p.div_hw = fd(p.Ho * p.Wo);
+  p.div_wo = fd(p.Wo);
+  p.div_k = fd(K);
+  p.div_hp = fd(H + 2 * dil);
+  p.div_cwin = fd(W + 2 * dil);
+  // Backward (8x8 tiles of one image) and its dWp split: enough blocks to fill a GPU (~256 blocks).
+  p.tiles_h8 = cdiv(p.Ho, 8);
+  p.tiles_w8 = cdiv(p.Wo, 8);
+  p.ntiles8 = N * p.tiles_h8 * p.tiles_w8;
   const int64_t blocks = cdiv(K, 64) * cdiv(C, 64);
   int64_t splits = cdiv(256, blocks);
   if (splits > DSC_DWP_MAX_SPLITS) splits = DSC_DWP_MAX_SPLITS;
-  if (splits > p.ntiles) splits = p.ntiles;
+  if (splits > p.ntiles8) splits = p.ntiles8;
   p.splits = static_cast<int>(splits < 1 ? 1 : splits);
-  int lanes = 1;
-  while (lanes < K && lanes < kThreads) lanes *= 2;
-  p.norm_lanes = lanes;
 }
 
-inline int64_t forward_ws_floats(const Problem& p) { return p.mode == kTrain ? 2 * p.ntiles * p.K : 0; }
+inline int64_t forward_ws_floats(const Problem& p) { return fwd_ws_floats(p); }
 inline int64_t backward_ws_floats(const Problem& p) { return bwd_ws(p).total; }
 
 // Grid y / z of the (channel block, pixel tile) kernels: tile = y + z * grid.y (see tile_block).
 #ifndef DSC_TILE_GRID_Y
 #define DSC_TILE_GRID_Y 65535  // CUDA's grid.y limit; csrc/emu/tsan_main.cpp lowers it to run the z split
 #endif
-inline int64_t tile_grid_y(const Problem& p) { return p.ntiles < DSC_TILE_GRID_Y ? p.ntiles : DSC_TILE_GRID_Y; }
-inline int64_t tile_grid_z(const Problem& p) { return cdiv(p.ntiles, DSC_TILE_GRID_Y); }
+inline int64_t tile_grid_y(int64_t ntiles) { return ntiles < DSC_TILE_GRID_Y ? ntiles : DSC_TILE_GRID_Y; }
+inline int64_t tile_grid_z(int64_t ntiles) { return cdiv(ntiles, DSC_TILE_GRID_Y); }
 
 inline int64_t elementwise_blocks(int64_t total) {
   const int64_t b = cdiv(total, kThreads);
@@ -67,22 +97,32 @@ inline int64_t elementwise_blocks(int64_t total) {
     case 4: { constexpr int D = 4; __VA_ARGS__; } break; \
     default: { constexpr int D = 0; __VA_ARGS__; } break; \
   }
+#define DSC_DISPATCH_STRIDE(s, ...)                                 \
+  if ((s) == 1) { constexpr int S = 1; __VA_ARGS__; }               \
+  else { constexpr int S = 2; __VA_ARGS__; }
+
+template <class P, class T, class Tl, int S, int D>
+void launch_fwd(const Problem& p, float* ws) {
+  P::launch(dsconv_fwd_kernel<T, Tl, S, D>, cdiv(p.K, Tl::BK), tile_grid_y(p.ntiles), tile_grid_z(p.ntiles),
+            Tl::THREADS, p, ws);
+}
 
 // Forward. mode kEval: out; kTrain: y, mean, var, out; kYOnly: y (backward's recompute mode).
 template <class P, class T>
-void forward(const Problem& p, float* ws) {
-  DSC_DISPATCH_DILATION(p.dil, P::launch(fwd_kernel<T, D>, cdiv(p.K, kBK), tile_grid_y(p), tile_grid_z(p), kThreads,
-                                         p, ws));
+void forward(const Problem& p0, float* ws) {
+  Problem p = p0;
+  p.vec_wp = (p.C % 4 == 0 && reinterpret_cast<uintptr_t>(p.wp) % 16 == 0) ? 1 : 0;
+  DSC_DISPATCH_STRIDE(p.stride, DSC_DISPATCH_DILATION(p.dil, {
+    if (p.tile == kTileRect8x8) launch_fwd<P, T, TileRect8x8, S, D>(p, ws);
+    else if (p.tile == kTileRect8x16) launch_fwd<P, T, TileRect8x16, S, D>(p, ws);
+    else if constexpr (D > 0) launch_fwd<P, T, TileSpan64, S, D>(p, ws);
+  }));
   if (p.mode != kTrain) return;
-  P::launch(stats_finalize_kernel<>, p.K, 1, 1, kThreads, p, static_cast<const float*>(ws));
-  if (p.cl) {
-    const int64_t rows_per_block = kThreads / p.norm_lanes;
-    P::launch(normalize_kernel<T>, elementwise_blocks(cdiv(p.N * p.Ho * p.Wo, rows_per_block) * kThreads), 1, 1,
-              kThreads, p);
-  } else {
-    P::launch(normalize_kernel<T>, elementwise_blocks(p.Ho * p.Wo), p.K < 65535 ? p.K : 65535,
-              p.N < 65535 ? p.N : 65535, kThreads, p);
-  }
+  P::launch(bn_stats_kernel<>, cdiv(p.K, 32), 1, 1, 256, p, static_cast<const float*>(ws));
+  // bn_relu: rows of L elements (NCHW: N K planes of Ho Wo; channels_last: M pixels of K channels).
+  const int64_t L = p.cl ? p.K : p.Ho * p.Wo, R = p.cl ? p.M : p.N * p.K;
+  const int64_t rows = L >= 1024 ? 1 : 1024 / L, cols = L >= 1024 ? 1024 : L;
+  P::launch(bn_relu_kernel<T>, cdiv(R, rows), cdiv(L, cols), 1, 256, p, rows, cols);
 }
 
 // Backward (mode kTrain or kEval; p.act is y or out). Writes dx, dwd, dwp (dtype T) and the fp32
@@ -90,17 +130,17 @@ void forward(const Problem& p, float* ws) {
 template <class P, class T>
 void backward(const Problem& p, float* ws) {
   const BwdWs L = bwd_ws(p);
-  P::launch(bwd_reduce_kernel<T>, p.ntiles, cdiv(p.K, kBK), 1, kThreads, p, ws);
+  P::launch(bwd_reduce_kernel<T>, p.ntiles8, cdiv(p.K, kBK), 1, kThreads, p, ws);
   P::launch(bn_bwd_finalize_kernel<>, cdiv(p.K, kThreads), 1, 1, kThreads, p, ws);
   DSC_DISPATCH_DILATION(p.dil,
       P::launch(dwp_kernel<T, D>, cdiv(p.K, 64), cdiv(p.C, 64), p.splits, kThreads, p, ws);
-      P::launch(dt_kernel<T, D>, cdiv(p.C, kBCd), tile_grid_y(p), tile_grid_z(p), kThreads, p, ws);
+      P::launch(dt_kernel<T, D>, cdiv(p.C, kBCd), tile_grid_y(p.ntiles8), tile_grid_z(p.ntiles8), kThreads, p, ws);
       P::launch(dx_kernel<T, D>, elementwise_blocks(p.N * p.C * p.H * p.W), 1, 1, kThreads, p,
                 static_cast<const float*>(ws)));
-  P::launch(colsum_kernel<T>, cdiv(p.K * p.C, kThreads), 1, 1, kThreads, static_cast<const float*>(ws + L.dwp),
+  P::launch(colsum_kernel<T>, cdiv(p.K * p.C, 32), 1, 1, 256, static_cast<const float*>(ws + L.dwp),
             static_cast<int64_t>(p.splits), p.K * p.C, static_cast<T*>(p.dwp));
-  P::launch(colsum_kernel<T>, cdiv(p.C * 9, kThreads), 1, 1, kThreads, static_cast<const float*>(ws + L.dwd),
-            p.ntiles, p.C * 9, static_cast<T*>(p.dwd));
+  P::launch(colsum_kernel<T>, cdiv(p.C * 9, 32), 1, 1, 256, static_cast<const float*>(ws + L.dwd), p.ntiles8,
+            p.C * 9, static_cast<T*>(p.dwd));
 }
 
 }  // namespace dsc

@@ -1,0 +1,363 @@
+// Forward stages: dsconv_fwd (depthwise -> pointwise -> bias [-> ReLU], tile statistics), bn_stats
+// (merge the tile statistics), bn_relu (normalise + ReLU). Torch-free. Design: docs/cuda.md.
+#pragma once
+
+#include "problem.cuh"
+#include "reductions.cuh"
+#include "tile_gemm.cuh"
+
+namespace dsc {
+
+// Staged input window of one tile, per channel.
+//   rect, dilation D > 0: the dense window, (TH-1)S + 2D + 1 rows x (TW-1)S + 2D + 1 columns, zero outside
+//     the image; tap (i, j) of pixel (ph, pw) sits at (ph S + i D, pw S + j D);
+//   rect, runtime dilation (D = 0): the 3 tap rows of every pixel row, gathered (3 TH x 3 TW), so any
+//     dilation fits; tap (i, j) of (ph, pw) sits at (i TH + ph, j TW + pw);
+//   span: the zero-padded rows (H + 2D per image) from the tile's first pixel's top tap row to its last
+//     pixel's bottom tap row, W + 2D columns each; tap (i, j) of (n, ho, wo) sits at padded row
+//     n (H + 2D) + ho S + i D - first, column wo S + j D. Used with D > 0 only.
+// Every tap of every pixel lands on a staged value (zero padding included): no bounds checks per tap.
+template <class Tl, int S, int D>
+struct FwdWindow {
+  static constexpr int RH = Tl::SPAN ? 0 : (D > 0 ? (Tl::TH - 1) * S + 2 * D + 1 : 3 * Tl::TH);
+  static constexpr int CW = Tl::SPAN ? 0 : (D > 0 ? (Tl::TW - 1) * S + 2 * D + 1 : 3 * Tl::TW);
+  static constexpr int HALO = Tl::SPAN ? kSpanHalo : RH * CW;  // floats per channel
+  static constexpr int BC = HALO <= kSpanHalo ? 8 : 4;          // input channels per depthwise chunk
+  // Offset of tap (i, j) from the pixel's tap (0, 0), rect windows (span: i D (W + 2D) + j D at run time).
+  static constexpr int TAP_R = D > 0 ? D * CW : Tl::TH * CW;
+  static constexpr int TAP_C = D > 0 ? D : Tl::TW;
+};
+
+template <class Tl, int S, int D>
+struct FwdSmem {
+  using G = FwdWindow<Tl, S, D>;
+  static constexpr int kOutK = Tl::BP + 4, kOutP = Tl::BK / 2 + 4;  // row lengths of the two layouts
+  static constexpr int kOut = Tl::BK / 2 * kOutK > Tl::BP * kOutP ? Tl::BK / 2 * kOutK : Tl::BP * kOutP;
+  union {
+    struct {
+      float halo[G::BC][G::HALO];
+      alignas(16) float t[G::BC][Tl::BP];   // depthwise chunk: B operand of the GEMM
+      alignas(16) float w[G::BC][Tl::BK];   // Wp^T chunk: A operand
+      float wd[G::BC][9];
+    } m;
+    // Epilogue: half of the output tile, [BK/2][BP + 4] (NCHW) or [BP][BK/2 + 4] (channels_last), so
+    // that the stores' shared reads run along the contiguous axis of the output without bank conflicts.
+    alignas(16) float o[kOut];
+  };
+  int64_t slot[Tl::BP];          // offset of each pixel in the output tensor, -1 past the end
+  int64_t row[kSpanRowsMax];     // span: offset n xs.n + h xs.h of each staged row, -1 for padding
+};
+
+// dsconv_fwd: one block = one pixel tile x BK output channels. For each chunk of BC input channels the
+// tile's input window is staged once in shared memory (coalesced along x's contiguous axis), the
+// depthwise chunk t [BC x BP] is computed from it (9 taps and the channel's 9 weights in registers) and
+// multiplied by the staged Wp^T chunk in the 8x4 register micro-GEMM. t never leaves the chip.
+// Epilogue through shared memory (coalesced stores in both layouts): eval -> relu(y + bias); train ->
+// y + bias stored and the tile's per-channel (mean, M2) written to ws; y-only -> y + bias stored.
+template <class T, class Tl, int S, int D>
+DSC_GLOBAL void DSC_LAUNCH_BOUNDS(Tl::THREADS) dsconv_fwd_kernel(const Problem p, float* ws) {
+  using G = FwdWindow<Tl, S, D>;
+  constexpr int BC = G::BC, BK = Tl::BK, BP = Tl::BP, NT = Tl::THREADS;
+  constexpr int TPC = NT / BC, PPT = BP / TPC;  // depthwise: threads per channel, pixels per thread
+  static_assert(BP % TPC == 0 && NT % BC == 0, "depthwise mapping");
+  using Smem = FwdSmem<Tl, S, D>;
+  DSC_SHARED(Smem, s);
+  const int tid = threadIdx.x, ty = tid / Tl::TX, tx = tid % Tl::TX;
+  const TileBlock tb = tile_block();
+  if (tb.tile >= p.ntiles) return;  // the whole block: no barrier is left waiting
+  const int64_t tile = tb.tile, k0 = tb.block * BK;
+  const int d = D > 0 ? D : p.dil;
+  const T* __restrict__ x = static_cast<const T*>(p.x);
+  const T* __restrict__ wp = static_cast<const T*>(p.wp);
+  const T* __restrict__ wd = static_cast<const T*>(p.wd);
+  const Str4 os = p.mode == kEval ? p.os : p.ys;
+
+  // Tile geometry: output slot offsets; the window's origin (rect) or row table (span); per-thread
+  // window offsets of its depthwise pixels.
+  int64_t xn = 0;        // rect: n * xs.n
+  int h0 = 0, w0 = 0;    // rect: window origin (dense) or first output row / column (gathered)
+  int cw = G::CW;        // window row length
+  int rows = G::RH;      // staged rows
+  int base[PPT];
+  if (!Tl::SPAN) {
+    const RectTile rt = rect_tile<Tl::TH, Tl::TW>(p, tile);
+    xn = rt.n * p.xs.n;
+    h0 = D > 0 ? rt.ho0 * S - D : rt.ho0;
+    w0 = D > 0 ? rt.wo0 * S - D : rt.wo0;
+    for (int q = tid; q < BP; q += NT) {
+      const int ho = rt.ho0 + q / Tl::TW, wo = rt.wo0 + q % Tl::TW;
+      s.slot[q] = (ho < p.Ho && wo < p.Wo) ? rt.n * os.n + ho * os.h + wo * os.w : int64_t(-1);
+    }
+#pragma unroll
+    for (int j = 0; j < PPT; ++j) {
+      const int q = tid % TPC + j * TPC, ph = q / Tl::TW, pw = q % Tl::TW;
+      base[j] = D > 0 ? ph * S * G::CW + pw * S : ph * G::CW + pw;
+    }
+  } else {
+    // Pixels g = tile * BP + q of the flattened (n, ho, wo) order; M < 2^31 (host-checked).
+    const uint32_t g0 = static_cast<uint32_t>(tile) * BP, hp = static_cast<uint32_t>(p.H + 2 * D);
+    const uint32_t last = (p.M - g0 < BP ? static_cast<uint32_t>(p.M) : g0 + BP) - 1;
+    auto padded_row = [&](uint32_t g) {  // padded row of pixel g's top tap row
+      const uint32_t n = fdiv(p.div_hw, g), r = g - n * static_cast<uint32_t>(p.Ho * p.Wo);
+      const uint32_t ho = fdiv(p.div_wo, r);
+      return n * hp + ho * S;
+    };
+    const uint32_t first = padded_row(g0);
+    rows = static_cast<int>(padded_row(last) + 2 * D - first + 1);
+    cw = static_cast<int>(p.W + 2 * D);
+    for (int r = tid; r < rows; r += NT) {
+      const uint32_t pr = first + r, n = fdiv(p.div_hp, pr);
+      const int h = static_cast<int>(pr - n * hp) - D;
+      s.row[r] = (h >= 0 && h < p.H) ? static_cast<int64_t>(n) * p.xs.n + static_cast<int64_t>(h) * p.xs.h
+                                     : int64_t(-1);
+    }
+    for (int q = tid; q < BP; q += NT) {
+      const uint32_t g = g0 + q;
+      int64_t off = -1;
+      if (g <= last) {
+        const uint32_t n = fdiv(p.div_hw, g), r = g - n * static_cast<uint32_t>(p.Ho * p.Wo);
+        const uint32_t ho = fdiv(p.div_wo, r), wo = r - ho * static_cast<uint32_t>(p.Wo);
+        off = static_cast<int64_t>(n) * os.n + static_cast<int64_t>(ho) * os.h + static_cast<int64_t>(wo) * os.w;
+      }
+      s.slot[q] = off;
+    }
+#pragma unroll
+    for (int j = 0; j < PPT; ++j) {
+      const uint32_t g = g0 + tid % TPC + j * TPC;
+      const uint32_t gg = g <= last ? g : last;  // past the end: any staged pixel (its result is dropped)
+      const uint32_t n = fdiv(p.div_hw, gg), r = gg - n * static_cast<uint32_t>(p.Ho * p.Wo);
+      const uint32_t ho = fdiv(p.div_wo, r), wo = r - ho * static_cast<uint32_t>(p.Wo);
+      base[j] = static_cast<int>(n * hp + ho * S - first) * cw + static_cast<int>(wo) * S;
+    }
+  }
+  const int tap_r = Tl::SPAN ? D * cw : G::TAP_R;
+  DSC_SYNC(7);  // slot and row tables written
+  const int cc_dw = tid / TPC;  // this thread's depthwise channel within a chunk
+
+  float acc[8][4];
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
+
+  const bool vec_wp = p.vec_wp != 0;
+  for (int64_t c0 = 0; c0 < p.C; c0 += BC) {
+    // (1) Stage the input window of BC channels, the chunk's depthwise weights and Wp^T.
+    const int win = rows * cw;
+    auto stage = [&](int cc, int rq, int64_t cofs) {  // window element rq of channel cc (cofs: c * xs.c)
+      const int r = Tl::SPAN ? static_cast<int>(fdiv(p.div_cwin, rq)) : rq / G::CW, q = rq - r * cw;
+      float v = 0.f;
+      if (c0 + cc < p.C) {
+        if (Tl::SPAN) {
+          const int64_t ro = s.row[r];
+          const int w = q - D;
+          if (ro >= 0 && w >= 0 && w < p.W) v = Cvt<T>::ldg(x + ro + cofs + w * p.xs.w);
+        } else {
+          const int h = D > 0 ? h0 + r : (h0 + r % Tl::TH) * S - d + (r / Tl::TH) * d;
+          const int w = D > 0 ? w0 + q : (w0 + q % Tl::TW) * S - d + (q / Tl::TW) * d;
+          if (h >= 0 && h < p.H && w >= 0 && w < p.W)
+            v = Cvt<T>::ldg(x + xn + cofs + static_cast<int64_t>(h) * p.xs.h + w * p.xs.w);
+        }
+      }
+      s.m.halo[cc][rq] = v;
+    };
+    if (!p.cl) {  // NCHW: consecutive threads along a window row
+#pragma unroll
+      for (int cc = 0; cc < BC; ++cc)
+        for (int rq = tid; rq < win; rq += NT) stage(cc, rq, (c0 + cc) * p.xs.c);
+    } else {  // channels_last: consecutive threads along channels
+      for (int e = tid; e < BC * win; e += NT) stage(e % BC, e / BC, c0 + e % BC);
+    }
+    if (tid < BC * 9) {
+      const int cc = tid / 9;
+      s.m.wd[cc][tid - cc * 9] = c0 + cc < p.C ? Cvt<T>::ldg(wd + c0 * 9 + tid) : 0.f;
+    }
+    // Wp^T chunk: thread -> (output channel kk, 4 consecutive input channels), one vector load.
+    for (int e = tid; e < BK * (BC / 4); e += NT) {
+      const int kk = e / (BC / 4), cg = (e - kk * (BC / 4)) * 4;
+      const int64_t k = k0 + kk, c = c0 + cg;
+      float v[4];
+      const int64_t n = p.C - c;
+      load4<T>(wp + k * p.C + c, k < p.K ? (n < 4 ? static_cast<int>(n < 0 ? 0 : n) : 4) : 0, vec_wp, v);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) s.m.w[cg + i][kk] = v[i];
+    }
+    DSC_SYNC(1);  // window, weights staged (and, on the first chunk, the slot / row tables)
+
+    // (2) Depthwise chunk: each thread one channel, PPT pixels.
+    {
+      float wv[9];
+#pragma unroll
+      for (int i = 0; i < 9; ++i) wv[i] = s.m.wd[cc_dw][i];
+      const float* hc = s.m.halo[cc_dw];
+#pragma unroll
+      for (int j = 0; j < PPT; ++j) {
+        float a = 0.f;
+#pragma unroll
+        for (int ti = 0; ti < 3; ++ti)
+#pragma unroll
+          for (int tj = 0; tj < 3; ++tj) a += hc[base[j] + ti * tap_r + tj * G::TAP_C] * wv[ti * 3 + tj];
+        s.m.t[cc_dw][tid % TPC + j * TPC] = a;
+      }
+    }
+    DSC_SYNC(2);  // t chunk complete
+
+    // (3) Pointwise: acc += Wp^T chunk x t chunk.
+#pragma unroll
+    for (int cc = 0; cc < BC; ++cc) mma_8x4<BK>(acc, s.m.w[cc], s.m.t[cc], ty, tx);
+    DSC_SYNC(3);  // chunk consumed before the next one (or the epilogue) overwrites shared memory
+  }
+
+  // Epilogue, half of the BK channels at a time: + bias, transpose through shared memory, store.
+  T* __restrict__ out = static_cast<T*>(p.mode == kEval ? p.out : p.y);
+  const int warp = tid / 32, lane = tid % 32;
+  constexpr int NW = NT / 32;
+  float cnt = 0.f;
+  if (p.mode == kTrain) cnt = static_cast<float>(tile_count(p, tile));
+  // o(r, q): channel r of the half, pixel q.
+  auto o_at = [&](int r, int q) -> float& {
+    return p.cl ? s.o[q * Smem::kOutP + r] : s.o[r * Smem::kOutK + q];
+  };
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int64_t kh = k0 + h * (BK / 2);
+    float b[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t k = kh + ty * 4 + i;
+      b[i] = (p.bias != nullptr && k < p.K) ? p.bias[k] : 0.f;
+    }
+    if (!p.cl) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        f4 v;
+        v.x = acc[h * 4 + i][0] + b[i];
+        v.y = acc[h * 4 + i][1] + b[i];
+        v.z = acc[h * 4 + i][2] + b[i];
+        v.w = acc[h * 4 + i][3] + b[i];
+        *reinterpret_cast<f4*>(&s.o[(ty * 4 + i) * Smem::kOutK + tx * 4]) = v;
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        f4 v;
+        v.x = acc[h * 4 + 0][j] + b[0];
+        v.y = acc[h * 4 + 1][j] + b[1];
+        v.z = acc[h * 4 + 2][j] + b[2];
+        v.w = acc[h * 4 + 3][j] + b[3];
+        *reinterpret_cast<f4*>(&s.o[(tx * 4 + j) * Smem::kOutP + ty * 4]) = v;
+      }
+    }
+    DSC_SYNC(4);  // half tile in shared memory
+    if (!p.cl) {  // a warp per output channel, lanes along the pixels
+      for (int r = warp; r < BK / 2; r += NW) {
+        const int64_t k = kh + r;
+        if (k >= p.K) break;
+        for (int q = lane; q < BP; q += 32) {
+          const int64_t o = s.slot[q];
+          const float v = o_at(r, q);
+          if (o >= 0) out[o + k * os.c] = Cvt<T>::store(p.mode == kEval ? relu_nan(v) : v);
+        }
+      }
+    } else {  // a warp per pixel, lanes along the channels
+      for (int q = warp; q < BP; q += NW) {
+        const int64_t o = s.slot[q];
+        if (o < 0) continue;
+        for (int r = lane; r < BK / 2; r += 32) {
+          const int64_t k = kh + r;
+          const float v = o_at(r, q);
+          if (k < p.K) out[o + k] = Cvt<T>::store(p.mode == kEval ? relu_nan(v) : v);
+        }
+      }
+    }
+    if (p.mode == kTrain) {
+      // Tile statistics of the fp32 y per channel: mean, then M2 about it (two passes, warp trees).
+      for (int r = warp; r < BK / 2; r += NW) {
+        const int64_t k = kh + r;
+        if (k >= p.K) break;
+        float sm = 0.f;
+        for (int q = lane; q < BP; q += 32) sm += s.slot[q] >= 0 ? o_at(r, q) : 0.f;
+        sm = warp_sum(sm);
+        const float mk = sm / cnt;
+        float sq = 0.f;
+        for (int q = lane; q < BP; q += 32) {
+          const float dl = o_at(r, q) - mk;
+          sq += s.slot[q] >= 0 ? dl * dl : 0.f;
+        }
+        sq = warp_sum(sq);
+        if (lane == 0) {
+          ws[tile * p.K + k] = mk;
+          ws[p.ntiles * p.K + tile * p.K + k] = sq;
+        }
+      }
+    }
+    DSC_SYNC(5);  // half consumed before the next half overwrites it
+  }
+}
+
+// bn_stats: per channel, merge the tile partials (count, mean, M2) in a fixed order -> biased mean, var.
+// Block = 32 channels (lanes, coalesced reads of the [ntiles, K] partials) x 8 tile strides (warps);
+// the 8 warp results are merged in order through shared memory. Deterministic, no atomics, and no
+// sum-of-squares cancellation.
+struct StatsSmem {
+  float n[8][32], m[8][32], q[8][32];
+};
+
+template <int kUnused = 0>  // a template only so that every translation unit may define it
+DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) bn_stats_kernel(const Problem p, const float* ws) {
+  DSC_SHARED(StatsSmem, s);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t k = static_cast<int64_t>(blockIdx.x) * 32 + lane;
+  float n = 0.f, m = 0.f, q = 0.f;
+  if (k < p.K)
+    for (int64_t t = warp; t < p.ntiles; t += 8)
+      chan_merge(n, m, q, static_cast<float>(tile_count(p, t)), ws[t * p.K + k], ws[p.ntiles * p.K + t * p.K + k]);
+  s.n[warp][lane] = n;
+  s.m[warp][lane] = m;
+  s.q[warp][lane] = q;
+  DSC_SYNC(6);
+  if (warp == 0 && k < p.K) {
+    float fn = 0.f, fm = 0.f, fq = 0.f;
+    for (int w = 0; w < 8; ++w) chan_merge(fn, fm, fq, s.n[w][lane], s.m[w][lane], s.q[w][lane]);
+    p.mean[k] = fm;
+    p.var[k] = fq / fn;
+  }
+}
+
+// bn_relu: out = relu(gamma (y - mean) rsqrt(var + eps) + beta), from the stored y (as the reference).
+// y and out are contiguous in the op's layout, seen as R rows of L elements: NCHW R = N K planes of
+// L = Ho Wo (channel = row % K), channels_last R = N Ho Wo pixel rows of L = K (channel = column). Grid
+// x = row groups, y = column chunks: a block covers ~1024 elements, whole rows where rows are short
+// (many 7x7 planes per block instead of one), so no lane idles on small planes. No division per element
+// beyond FastDiv (multiply-shift).
+template <class T>
+DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) bn_relu_kernel(const Problem p, int64_t rows_per_block, int64_t cols_per_block) {
+  const T* __restrict__ y = static_cast<const T*>(p.y);
+  T* out = static_cast<T*>(p.out);  // may alias y (recompute mode): each element read, then written, by one thread
+  const int64_t L = p.cl ? p.K : p.Ho * p.Wo, R = p.cl ? p.M : p.N * p.K;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * rows_per_block;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.y) * cols_per_block;
+  const int64_t nr = R - r0 < rows_per_block ? R - r0 : rows_per_block;
+  const int64_t nc = L - c0 < cols_per_block ? L - c0 : cols_per_block;
+  const FastDiv dl = p.cl ? p.div_k : p.div_hw;  // by L
+  const uint32_t total = static_cast<uint32_t>(nr * nc);  // < 2^31 (host: rows_per_block * L bounded)
+  for (uint32_t e = threadIdx.x; e < total; e += 256) {
+    uint32_t lr, lc;
+    if (nc == L) {  // whole rows
+      lr = fdiv(dl, e);
+      lc = e - lr * static_cast<uint32_t>(L);
+    } else {  // one row's chunk
+      lr = 0;
+      lc = e;
+    }
+    const int64_t r = r0 + lr, c = c0 + lc;
+    const int64_t k = p.cl ? c : static_cast<int64_t>(static_cast<uint32_t>(r) -
+                                                      fdiv(p.div_k, static_cast<uint32_t>(r)) * static_cast<uint32_t>(p.K));
+    const int64_t i = r * L + c;
+    float z = (Cvt<T>::load(y[i]) - p.mean[k]) * DSC_RSQRT(p.var[k] + p.eps);
+    if (p.gamma != nullptr) z = z * p.gamma[k] + p.beta[k];
+    out[i] = Cvt<T>::store(relu_nan(z));
+  }
+}
+
+}  // namespace dsc

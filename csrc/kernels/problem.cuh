@@ -1,0 +1,149 @@
+// The problem every kernel of the joint block sees: geometry, pointers, strides, the tile classes the
+// launcher picks per layer, and the fp32 workspace layouts. Torch-free (see common.cuh).
+//
+// Notation: x [N, C, H, W], Wd [C, 9], Wp [K, C], t = dw(x) [N, C, Ho, Wo], y = Wp t + bias [N, K, Ho, Wo],
+// M = N Ho Wo output pixels. Stage names are shared with the Triton kernels (fused_dsconv/triton_kernels.py):
+// dsconv_fwd, bn_stats, bn_relu, bn_bwd_reduce, dsconv_bwd_dt, dsconv_bwd_dwp, dsconv_bwd_dx, colsum.
+#pragma once
+
+#include "common.cuh"
+
+namespace dsc {
+
+enum Mode : int { kEval = 0, kTrain = 1, kYOnly = 2 };
+
+// Pixel tiles of the tiled kernels (dsconv_fwd, dsconv_bwd_dt). A tile is BP output pixels:
+//   rect: TH x TW pixels of one image (tiles numbered n-major, then tile row, then tile column);
+//   span: BP consecutive pixels of the flattened (n, ho, wo) order, so on small images a tile spans
+//         images and no GEMM column is wasted on padding (8x8 tiles waste 23% on 7x7 and 14x14 maps).
+enum TileClass : int {
+  kTileRect8x8 = 0,   // 128 output channels x 8x8 pixels
+  kTileRect8x16 = 1,  // 64 output channels x 8x16 pixels (K <= 64 on large maps)
+  kTileSpan64 = 2,    // 128 output channels x 64 consecutive pixels (maps of Wo <= 16)
+};
+
+// Division by a runtime divisor d < 2^31 for numerators n < 2^31 without a division instruction
+// (Granlund-Montgomery: q = (umulhi(n, m) + n) >> s), set up on the host once per call.
+struct FastDiv {
+  uint32_t d, m, s;
+};
+DSC_HD FastDiv fast_div(uint32_t d) {
+  uint32_t s = 0;
+  while (s < 31 && (1u << s) < d) ++s;
+  const uint64_t m = ((uint64_t(1) << 32) * ((uint64_t(1) << s) - d)) / d + 1;
+  return FastDiv{d, static_cast<uint32_t>(m), s};
+}
+DSC_HD uint32_t fdiv(const FastDiv& f, uint32_t n) {
+#if DSC_GPU && defined(__CUDA_ARCH__)
+  const uint32_t hi = __umulhi(n, f.m);
+#else
+  const uint32_t hi = static_cast<uint32_t>((static_cast<uint64_t>(n) * f.m) >> 32);
+#endif
+  return (hi + n) >> f.s;
+}
+
+// Everything a launch needs: geometry, raw pointers (storage dtype T behind the void*), strides.
+struct Problem {
+  int64_t N, C, K, H, W, Ho, Wo, M;  // M = N * Ho * Wo
+  int stride, dil;
+  int cl;  // 1: x and every activation-shaped output are channels_last, else NCHW (both contiguous)
+  int mode;
+  float eps;
+
+  // Forward / dt tiles (set_geometry): class, count, rect tiles per image row and per image.
+  int tile;
+  int64_t ntiles;
+  int64_t tiles_w, tiles_img;
+  int span_rows;  // span class: most zero-padded input rows one tile stages
+  FastDiv div_hw, div_wo, div_k;  // by Ho*Wo, Wo, K
+  FastDiv div_hp, div_cwin;  // span tiles: by H + 2d and W + 2d (padded image height, window row)
+  int vec_wp;  // 1: Wp rows may be read 4 elements at a time (C % 4 == 0, base 16-byte aligned)
+
+  // Backward (set_geometry): the old 8x8 tile grid of the backward kernels, dWp splits.
+  int64_t tiles_h8, tiles_w8, ntiles8;
+  int splits;
+
+  const void* x;
+  Str4 xs;
+  const void* wd;  // [C, 9]
+  const void* wp;  // [K, C]
+  const float* bias;   // [K] or null
+  const float* gamma;  // [K] or null
+  const float* beta;   // [K] or null
+
+  void* y;  // forward: y (train / y-only)
+  Str4 ys;
+  void* out;  // forward: out
+  Str4 os;
+  float* mean;  // forward train: written; backward train: read
+  float* var;
+
+  const void* dout;
+  Str4 dos;
+  const void* act;  // backward: y (train) or out (eval)
+  Str4 as;
+  void* dx;
+  void* dwd;
+  void* dwp;
+  float* dbias;
+  float* dgamma;
+  float* dbeta;
+};
+
+// Compile-time shape of a tile class: BK output channels x BP pixels per block, an 8 (k) x 4 (pixel)
+// register micro-tile per thread, so BK / 8 x BP / 4 threads.
+template <int BK_, int TH_, int TW_, bool SPAN_>
+struct TileShape {
+  static constexpr int BK = BK_, TH = TH_, TW = TW_, BP = TH_ * TW_;
+  static constexpr bool SPAN = SPAN_;
+  static constexpr int TY = BK / 8, TX = BP / 4, THREADS = TY * TX;
+};
+using TileRect8x8 = TileShape<128, 8, 8, false>;
+using TileRect8x16 = TileShape<64, 8, 16, false>;
+using TileSpan64 = TileShape<128, 8, 8, true>;
+
+constexpr int kSpanHalo = 800;     // span tiles: staged input floats per channel (host-checked bound)
+constexpr int kSpanRowsMax = 128;  // span tiles: staged rows (host-checked bound)
+
+// First output row / column of rect tile t (t < 2^32: grid y * z). 32-bit division: a 64-bit one is a
+// subroutine call on the GPU.
+struct RectTile {
+  int64_t n;
+  int ho0, wo0;
+};
+template <int TH, int TW>
+DSC_HD RectTile rect_tile(const Problem& p, int64_t t) {
+  const uint32_t per = static_cast<uint32_t>(p.tiles_img), tw = static_cast<uint32_t>(p.tiles_w);
+  const uint32_t t32 = static_cast<uint32_t>(t), n = t32 / per, r = t32 - n * per, th = r / tw;
+  return RectTile{static_cast<int64_t>(n), static_cast<int>(th) * TH, static_cast<int>(r - th * tw) * TW};
+}
+
+// Valid output pixels of tile t of the problem's tile class.
+DSC_HD int64_t tile_count(const Problem& p, int64_t t) {
+  if (p.tile == kTileSpan64) {
+    const int64_t left = p.M - t * 64;
+    return left < 64 ? left : 64;
+  }
+  const int th = 8, tw = p.tile == kTileRect8x16 ? 16 : 8;
+  const uint32_t per = static_cast<uint32_t>(p.tiles_img), tws = static_cast<uint32_t>(p.tiles_w);
+  const uint32_t r = static_cast<uint32_t>(t) % per, ty = r / tws;
+  const int64_t ho0 = static_cast<int64_t>(ty) * th, wo0 = static_cast<int64_t>(r - ty * tws) * tw;
+  const int64_t h = p.Ho - ho0 < th ? p.Ho - ho0 : th, w = p.Wo - wo0 < tw ? p.Wo - wo0 : tw;
+  return h * w;
+}
+
+// The (pixel tile, channel block) a block of a tiled kernel works on. The channel block is the grid's
+// x axis, so the blocks that each re-read one tile's inputs run back to back and find them in L2.
+// Tiles span y and z (grid.y <= 65535); blocks past the last tile return at once (launch.cuh).
+struct TileBlock {
+  int64_t tile, block;
+};
+DSC_DEVICE TileBlock tile_block() {
+  return TileBlock{static_cast<int64_t>(blockIdx.y) + static_cast<int64_t>(blockIdx.z) * gridDim.y,
+                   static_cast<int64_t>(blockIdx.x)};
+}
+
+// Forward workspace (training): [mean | M2] tile partials, [ntiles, K] fp32 each.
+DSC_HD int64_t fwd_ws_floats(const Problem& p) { return p.mode == kTrain ? 2 * p.ntiles * p.K : 0; }
+
+}  // namespace dsc
