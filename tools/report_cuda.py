@@ -137,19 +137,43 @@ def _demangle(names: list[str]) -> dict[str, str]:
 _DT = {"float": "fp32", "__half": "fp16", "__nv_bfloat16": "bf16"}
 
 
+_TILES = {"128, 8, 8, false": "rect8x8", "64, 8, 16, false": "rect8x16", "128, 8, 8, true": "span64",
+          "64, 8, 16, true": "span128"}  # csrc/kernels/problem.cuh TileShape<BK, TH, TW, SPAN>
+
+
+def _template_args(s: str) -> list[str]:
+    """Top-level template arguments of 'a, b<c, d>, e' -> ['a', 'b<c, d>', 'e']."""
+    out, depth, cur = [], 0, ""
+    for ch in s:
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+            continue
+        depth += ch == "<"
+        depth -= ch == ">"
+        cur += ch
+    return out + [cur.strip()] if cur.strip() else out
+
+
 def _kernel_variant(demangled: str) -> tuple[str, str]:
-    m = re.match(r"void dsc::(\w+)(?:<(.*?)>)?\(", demangled)
+    """(kernel, variant) from a demangled entry, e.g. 'void dsc::dsconv_fwd_kernel<float, dsc::TileShape<128, 8,
+    8, false>, 1, 3>(dsc::Problem, float*)' -> ('dsconv_fwd_kernel', 'fp32 rect8x8 s=1 d=3')."""
+    m = re.match(r"void dsc::(\w+)(?:<(.*)>)?\(", demangled)
     if not m:
         return demangled, ""
     kernel, targs = m.group(1), m.group(2)
     if not targs:
         return kernel, "-"
-    parts = [a.strip() for a in targs.split(",")]
+    parts = _template_args(targs)
     if parts[0] not in _DT:  # the dtype-free kernels (template only for linkage)
         return kernel, "-"
-    v = [_DT.get(parts[0], parts[0])]
-    if len(parts) > 1:
-        v.append("d=runtime" if parts[1] == "0" else f"d={parts[1]}")
+    v = [_DT[parts[0]]]
+    rest = parts[1:]
+    if rest and rest[0].startswith("dsc::TileShape<"):
+        v.append(_TILES.get(rest[0][len("dsc::TileShape<"):-1], rest[0]))
+        rest = rest[1:]
+    if len(rest) == 2:  # stride, dilation
+        v += [f"s={rest[0]}", "d=runtime" if rest[1] == "0" else f"d={rest[1]}"]
     return kernel, " ".join(v)
 
 

@@ -38,6 +38,12 @@ struct Ops {
     TORCH_CHECK(x.size(2) > 0 && x.size(3) > 0, Tr::kPrefix, "x must have non-zero height and width");
     TORCH_CHECK(stride == 1 || stride == 2, Tr::kPrefix, "stride must be 1 or 2, got ", stride);
     TORCH_CHECK(dilation >= 1 && dilation <= (1 << 20), Tr::kPrefix, "dilation must be >= 1, got ", dilation);
+    // The kernels address within one image (and tile) with 32-bit offsets and number pixels with 32 bits;
+    // whole tensors may exceed 2^31 elements (64-bit image bases).
+    TORCH_CHECK(x.size(1) * x.size(2) * x.size(3) < (int64_t(1) << 31), Tr::kPrefix,
+                "x must have fewer than 2^31 elements per image (C*H*W), got ", x.size(1) * x.size(2) * x.size(3));
+    TORCH_CHECK(x.size(0) * ((x.size(2) - 1) / stride + 1) * ((x.size(3) - 1) / stride + 1) < (int64_t(1) << 31),
+                Tr::kPrefix, "the output must have fewer than 2^31 pixels (N*Ho*Wo)");
   }
   static void check_weights(const Tensor& x, const Tensor& dw, const Tensor& pw) {
     const int64_t C = x.size(1);

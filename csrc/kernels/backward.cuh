@@ -1,393 +1,505 @@
-// Backward stages (to be rebuilt: they still work on the 8x8 tile grid of the first kernels). Torch-free.
+// Backward stages: bn_bwd_reduce, bn_bwd_finalize, dsconv_bwd_dt, dsconv_bwd_dwp, dsconv_bwd_dx (which
+// also forms the depthwise weight gradient). Torch-free. Design: docs/cuda.md.
+//
+// dz = dout where z > 0 or z is NaN, else 0 (threshold_backward), z = A (y - mu) + beta; in training
+// dy = A (dz - B - yhat C) with yhat = r (y - mu), A = gamma r, B = dbeta / M, C = dgamma / M, i.e.
+// dy = A dz + b2 (y - mu) + c2 with b2 = -A C r and c2 = -A B. Eval: mu = 0, A = 1, beta = b2 = c2 = 0,
+// so z = out and dy = dz. bn_bwd_finalize writes (mu, A, beta, b2, c2) per channel once; every kernel
+// that reads dy forms it on the fly from dout and y with them, and dy is never stored.
 #pragma once
 
+#include "forward.cuh"
 #include "problem.cuh"
 #include "reductions.cuh"
+#include "tile_gemm.cuh"
+#include "window.cuh"
 
 namespace dsc {
 
-constexpr int kThreads = 256;  // every backward kernel: 256 threads, 1-D
-constexpr int kTileSide = 8;   // a backward tile is 8x8 output pixels
-constexpr int kTP = 64;        // pixels per tile
-constexpr int kBK = 64;        // output channels per block (dWp)
-constexpr int kBCd = 64;       // input channels per block (dt kernel)
-constexpr int kHalo = 24;      // staged halo rows / cols (dense: 7s + 2d + 1 <= 24, else 3 taps x 8)
-constexpr int kHaloC = 8;      // channels per staged halo (dt kernel's dWd step)
-
-DSC_DEVICE TileBlock tile_block8() {
-  return TileBlock{static_cast<int64_t>(blockIdx.y) + static_cast<int64_t>(blockIdx.z) * gridDim.y,
-                   static_cast<int64_t>(blockIdx.x)};
+struct DyCoef {
+  float mu, a, beta, b2, c2;
+};
+DSC_DEVICE DyCoef dy_coef(const float* coef, int64_t k) {  // coef + 8k is 16-byte aligned (bwd_ws)
+  const f4 v = *reinterpret_cast<const f4*>(coef + 8 * k);
+  return DyCoef{v.x, v.y, v.z, v.w, coef[8 * k + 4]};
+}
+DSC_DEVICE float dy_of(const DyCoef& c, float go, float a) {
+  const float ym = a - c.mu;
+  const float dz = c.a * ym + c.beta <= 0.f ? 0.f : go;
+  return c.a * dz + c.b2 * ym + c.c2;
 }
 
-struct TileCoord {
-  int64_t n, ho0, wo0;
+// (n, ho, wo) of flattened output pixel g < 2^31.
+struct Pix {
+  uint32_t n, ho, wo;
+};
+DSC_DEVICE Pix pixel_of(const Problem& p, uint32_t g) {
+  const uint32_t n = fdiv(p.div_hw, g), r = g - n * static_cast<uint32_t>(p.Ho * p.Wo), ho = fdiv(p.div_wo, r);
+  return Pix{n, ho, r - ho * static_cast<uint32_t>(p.Wo)};
+}
+DSC_DEVICE int64_t pix_off(const Str4& s, const Pix& q) {
+  return static_cast<int64_t>(q.n) * s.n + static_cast<int64_t>(q.ho) * s.h + static_cast<int64_t>(q.wo) * s.w;
+}
+
+// ---------------------------------------------------------------------------------------------
+// bn_bwd_reduce: per (pixel group, channel) partial sums of dz, dz yhat, yhat -> ws[red + (q G + g) K + k].
+// NCHW: a warp per channel, lanes along the group's pixels (coalesced); channels_last: lanes along 32
+// channels, warps along the pixels, the 8 warp partials added in order through shared memory.
+// ---------------------------------------------------------------------------------------------
+struct RedSmem {
+  float v[3][8][32];
 };
 
-// Tile numbers are < 2^31 (they are grid.x indices), so 32-bit division suffices: a 64-bit division
-// is a subroutine call on the GPU, and its call frame cost sm_61 spill bytes in the forward kernel.
-DSC_HD TileCoord tile_coord(const Problem& p, int64_t t) {
-  const uint32_t per = static_cast<uint32_t>(p.tiles_h8 * p.tiles_w8), tw = static_cast<uint32_t>(p.tiles_w8);
-  const uint32_t t32 = static_cast<uint32_t>(t), n = t32 / per, r = t32 - n * per, th = r / tw;
-  return TileCoord{static_cast<int64_t>(n), static_cast<int64_t>(th) * kTileSide,
-                   static_cast<int64_t>(r - th * tw) * kTileSide};
-}
-
-DSC_HD int64_t tile_pixels(const Problem& p, int64_t t) {
-  const TileCoord tc = tile_coord(p, t);
-  const int64_t h = p.Ho - tc.ho0 < kTileSide ? p.Ho - tc.ho0 : kTileSide;
-  const int64_t w = p.Wo - tc.wo0 < kTileSide ? p.Wo - tc.wo0 : kTileSide;
-  return h * w;
-}
-
-// Storage strides of the fp32 dt workspace: x's layout at output size.
-DSC_HD Str4 dt_strides(const Problem& p) {
-  if (p.cl) return Str4{p.Ho * p.Wo * p.C, 1, p.Wo * p.C, p.C};
-  return Str4{p.C * p.Ho * p.Wo, p.Ho * p.Wo, p.Wo, 1};
-}
-
-// Workspace (fp32) layout, in floats. Forward: [mean partials | M2 partials], [ntiles, K] each.
-// Backward: [3][ntiles][K] BN-gradient partials | [4][K] coefficients | [splits][K][C] dWp partials |
-//           [ntiles][C * 9] dWd partials | dt [N, C, Ho, Wo] in x's layout.
-struct BwdWs {
-  int64_t red, coef, dwp, dwd, dt, total;
-};
-DSC_HD BwdWs bwd_ws(const Problem& p) {
-  BwdWs w;
-  w.red = 0;
-  w.coef = w.red + 3 * p.ntiles8 * p.K;
-  w.dwp = w.coef + 4 * p.K;
-  w.dwd = w.dwp + (int64_t)p.splits * p.K * p.C;
-  w.dt = w.dwd + p.ntiles8 * p.C * 9;
-  w.total = w.dt + p.N * p.C * p.Ho * p.Wo;
-  return w;
-}
-
-// One depthwise output t[n, c, ho, wo] straight from x (9 taps, zero padding), fp32.
-template <class T, int DIL>
-DSC_DEVICE float dw_point(const Problem& p, int64_t n, int64_t c, int64_t ho, int64_t wo) {
-  const int d = DIL > 0 ? DIL : p.dil;
-  const T* xc = static_cast<const T*>(p.x) + n * p.xs.n + c * p.xs.c;
-  const T* w = static_cast<const T*>(p.wd) + c * 9;
-  const int64_t h0 = ho * p.stride - d, w0 = wo * p.stride - d;
-  float acc = 0.f;
-#pragma unroll
-  for (int i = 0; i < 3; ++i) {
-    const int64_t h = h0 + i * d;
-    if (h < 0 || h >= p.H) continue;
-#pragma unroll
-    for (int j = 0; j < 3; ++j) {
-      const int64_t ww = w0 + j * d;
-      if (ww < 0 || ww >= p.W) continue;
-      acc += Cvt<T>::load(xc[h * p.xs.h + ww * p.xs.w]) * Cvt<T>::load(w[i * 3 + j]);
+template <class T>
+DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) bn_bwd_reduce_kernel(const Problem p, float* ws) {
+  DSC_SHARED(RedSmem, s);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t grp = blockIdx.y, g0 = grp * p.rgroup_px;
+  const int64_t g1 = p.M - g0 < p.rgroup_px ? p.M : g0 + p.rgroup_px;
+  const int64_t k = p.cl ? static_cast<int64_t>(blockIdx.x) * 32 + lane : static_cast<int64_t>(blockIdx.x) * 8 + warp;
+  float s0 = 0.f, s1 = 0.f, s2 = 0.f;
+  if (k < p.K) {
+    const bool train = p.mode == kTrain;
+    const float mu = train ? p.mean[k] : 0.f, r = train ? DSC_RSQRT(p.var[k] + p.eps) : 1.f;
+    const bool affine = train && p.gamma != nullptr;
+    const float g = affine ? p.gamma[k] : 1.f, be = affine ? p.beta[k] : 0.f;
+    const T* __restrict__ go = static_cast<const T*>(p.dout) + k * p.dos.c;
+    const T* __restrict__ ac = static_cast<const T*>(p.act) + k * p.as.c;
+    const int first = p.cl ? warp : lane, step = p.cl ? 8 : 32;
+    for (int64_t gg = g0 + first; gg < g1; gg += step) {
+      const Pix q = pixel_of(p, static_cast<uint32_t>(gg));
+      const float gv = Cvt<T>::ldg(go + pix_off(p.dos, q)), a = Cvt<T>::ldg(ac + pix_off(p.as, q));
+      float yh = 0.f, dz;
+      if (!train) {
+        dz = a <= 0.f ? 0.f : gv;
+      } else {
+        yh = (a - mu) * r;
+        const float z = affine ? yh * g + be : yh;
+        dz = z <= 0.f ? 0.f : gv;
+      }
+      s0 += dz;
+      s1 += dz * yh;
+      s2 += yh;
     }
   }
-  return acc;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Backward.
-// dz = dout where z > 0 or z is NaN, else 0 (threshold_backward); z from (y, mean, var) in training,
-// z = out in eval. dy = A_k (dz - B_k - yhat C_k) with A = gamma r, B = dbeta / M, C = dgamma / M
-// (eval: dy = dz). dy is formed on the fly wherever it is read and never stored.
-// ---------------------------------------------------------------------------------------------
-template <class T>
-DSC_DEVICE void dz_yhat(const Problem& p, int64_t n, int64_t k, int64_t ho, int64_t wo, float& dz, float& yhat) {
-  const float go = Cvt<T>::load(static_cast<const T*>(p.dout)[at4(p.dos, n, k, ho, wo)]);
-  const float a = Cvt<T>::load(static_cast<const T*>(p.act)[at4(p.as, n, k, ho, wo)]);
-  if (p.mode == kEval) {
-    yhat = 0.f;
-    dz = a <= 0.f ? 0.f : go;
-    return;
-  }
-  yhat = (a - p.mean[k]) * DSC_RSQRT(p.var[k] + p.eps);
-  const float z = p.gamma != nullptr ? yhat * p.gamma[k] + p.beta[k] : yhat;
-  dz = z <= 0.f ? 0.f : go;
-}
-
-template <class T>
-DSC_DEVICE float dy_at(const Problem& p, const float* coef, int64_t n, int64_t k, int64_t ho, int64_t wo) {
-  float dz, yhat;
-  dz_yhat<T>(p, n, k, ho, wo, dz, yhat);
-  if (p.mode == kEval) return dz;
-  return coef[k] * (dz - coef[p.K + k] - yhat * coef[2 * p.K + k]);
-}
-
-struct RedSmem {
-  float red[3][16][kBK];
-};
-
-// Backward pass 1: per (tile, channel) partial sums of dz, dz * yhat, yhat -> workspace [3][ntiles][K].
-template <class T>
-DSC_GLOBAL void DSC_LAUNCH_BOUNDS(kThreads) bwd_reduce_kernel(const Problem p, float* ws) {
-  DSC_SHARED(RedSmem, s);
-  const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
-  const int64_t tile = blockIdx.x, k0 = (int64_t)blockIdx.y * kBK;
-  const TileCoord tc = tile_coord(p, tile);
+  float* red = ws + bwd_ws(p).red;
+  if (!p.cl) {
+    s0 = warp_sum(s0);
+    s1 = warp_sum(s1);
+    s2 = warp_sum(s2);
+    if (lane == 0 && k < p.K) {
+      red[grp * p.K + k] = s0;
+      red[(p.rgroups + grp) * p.K + k] = s1;
+      red[(2 * p.rgroups + grp) * p.K + k] = s2;
+    }
+  } else {
+    s.v[0][warp][lane] = s0;
+    s.v[1][warp][lane] = s1;
+    s.v[2][warp][lane] = s2;
+    DSC_SYNC(20);
+    if (warp == 0 && k < p.K) {
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const int64_t k = k0 + tx + 16 * j;
-    float s0 = 0.f, s1 = 0.f, s2 = 0.f;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int pp = ty + 16 * i;
-      const int64_t ho = tc.ho0 + pp / kTileSide, wo = tc.wo0 + pp % kTileSide;
-      if (k < p.K && ho < p.Ho && wo < p.Wo) {
-        float dz, yhat;
-        dz_yhat<T>(p, tc.n, k, ho, wo, dz, yhat);
-        s0 += dz;
-        s1 += dz * yhat;
-        s2 += yhat;
+      for (int q = 0; q < 3; ++q) {
+        float t = 0.f;
+        for (int w = 0; w < 8; ++w) t += s.v[q][w][lane];
+        red[(q * p.rgroups + grp) * p.K + k] = t;
       }
     }
-    s.red[0][ty][tx + 16 * j] = s0;
-    s.red[1][ty][tx + 16 * j] = s1;
-    s.red[2][ty][tx + 16 * j] = s2;
-  }
-  DSC_SYNC(10);
-  if (tid < kBK && k0 + tid < p.K) {
-    for (int q = 0; q < 3; ++q) {
-      float sm = 0.f;
-      for (int r = 0; r < 16; ++r) sm += s.red[q][r][tid];
-      ws[(q * p.ntiles8 + tile) * p.K + k0 + tid] = sm;
-    }
   }
 }
 
-// Sums the tile partials per channel in a fixed order; writes dbeta, dgamma, dbias and the dy
-// coefficients [A | B | C | unused] into the workspace. One thread per channel.
-template <int kUnused = 0>
-DSC_GLOBAL void DSC_LAUNCH_BOUNDS(kThreads) bn_bwd_finalize_kernel(const Problem p, float* ws) {
-  const int64_t k = (int64_t)blockIdx.x * kThreads + threadIdx.x;
-  if (k >= p.K) return;
+// bn_bwd_finalize: per channel, the group partials summed in a fixed order (32 channels per block as
+// lanes, 8 group strides as warps, warp results added in order) -> dbeta, dgamma, dbias and the dy
+// coefficients (mu, A, beta, b2, c2) at ws[coef + 8k].
+template <int kUnused = 0>  // a template only so that every translation unit may define it
+DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) bn_bwd_finalize_kernel(const Problem p, float* ws) {
+  DSC_SHARED(RedSmem, s);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t k = static_cast<int64_t>(blockIdx.x) * 32 + lane;
   const BwdWs L = bwd_ws(p);
+  const float* red = ws + L.red;
   float sm[3] = {0.f, 0.f, 0.f};
-  for (int q = 0; q < 3; ++q)
-    for (int64_t t = 0; t < p.ntiles8; ++t) sm[q] += ws[L.red + (q * p.ntiles8 + t) * p.K + k];
-  float* coef = ws + L.coef;
+  if (k < p.K)
+#pragma unroll
+    for (int q = 0; q < 3; ++q)
+      for (int64_t g = warp; g < p.rgroups; g += 8) sm[q] += red[(q * p.rgroups + g) * p.K + k];
+#pragma unroll
+  for (int q = 0; q < 3; ++q) s.v[q][warp][lane] = sm[q];
+  DSC_SYNC(21);
+  if (warp != 0 || k >= p.K) return;
+#pragma unroll
+  for (int q = 0; q < 3; ++q) {
+    float t = 0.f;
+    for (int w = 0; w < 8; ++w) t += s.v[q][w][lane];
+    sm[q] = t;
+  }
+  float* coef = ws + L.coef + 8 * k;
   if (p.mode == kEval) {
     p.dbias[k] = sm[0];
-    coef[k] = 1.f;
-    coef[p.K + k] = 0.f;
-    coef[2 * p.K + k] = 0.f;
+    coef[0] = 0.f;
+    coef[1] = 1.f;
+    coef[2] = coef[3] = coef[4] = 0.f;
     return;
   }
-  const float M = static_cast<float>(p.M);
-  const float g = p.gamma != nullptr ? p.gamma[k] : 1.f;
-  const float A = g * DSC_RSQRT(p.var[k] + p.eps), B = sm[0] / M, Cc = sm[1] / M;
-  coef[k] = A;
-  coef[p.K + k] = B;
-  coef[2 * p.K + k] = Cc;
-  // Gradients of absent parameters are zeros (as the reference returns; the autograd layer drops them).
+  const float M = static_cast<float>(p.M), r = DSC_RSQRT(p.var[k] + p.eps);
   const bool affine = p.gamma != nullptr;
+  const float A = (affine ? p.gamma[k] : 1.f) * r, B = sm[0] / M, Cc = sm[1] / M;
+  coef[0] = p.mean[k];
+  coef[1] = A;
+  coef[2] = affine ? p.beta[k] : 0.f;
+  coef[3] = -A * Cc * r;
+  coef[4] = -A * B;
+  // Gradients of absent parameters are zeros (as the reference returns; the autograd layer drops them).
   p.dbeta[k] = affine ? sm[0] : 0.f;
   p.dgamma[k] = affine ? sm[1] : 0.f;
   p.dbias[k] = p.bias != nullptr ? -A * sm[2] * Cc : 0.f;  // sum_p dy = A (dbeta - M B - C sum_p yhat)
 }
 
-// dWp partials: block = (64 output channels, 64 input channels, one split of the pixel tiles).
-// For each of its tiles it rebuilds the depthwise chunk T [64 c x 64 px] from x and dy [64 k x 64 px]
-// on the fly, and accumulates dWp[k, c] = sum_p dy[k, p] T[c, p] in registers. -> ws [splits][K][C].
-struct DwpSmem {
-  float t[64][kTP + 1];
-  float d[64][kTP + 1];
-};
+// ---------------------------------------------------------------------------------------------
+// dsconv_bwd_dt: dt[c, p] = sum_k Wp[k, c] dy[k, p] for one span tile of BP pixels x BCb input channels.
+// K streamed in chunks of 8: dy chunk formed from dout and y (coefficients from bn_bwd_finalize) into
+// shared memory, Wp chunk staged with vector loads (its rows are contiguous in c), 8x4 register
+// micro-GEMM. dt -> fp32 workspace in x's layout through a shared-memory transpose (coalesced).
+// ---------------------------------------------------------------------------------------------
+constexpr int kDtKC = 8;
 
-template <class T, int DIL>
-DSC_GLOBAL void DSC_LAUNCH_BOUNDS(kThreads) dwp_kernel(const Problem p, float* ws) {
-  DSC_SHARED(DwpSmem, s);
-  const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
-  const int64_t k0 = (int64_t)blockIdx.x * 64, c0 = (int64_t)blockIdx.y * 64;
-  const BwdWs L = bwd_ws(p);
-  const float* coef = ws + L.coef;
-  float acc[4][4];  // [c = c0 + ty + 16 i][k = k0 + tx + 16 j]
-#pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
-
-  for (int64_t tile = blockIdx.z; tile < p.ntiles8; tile += p.splits) {
-    const TileCoord tc = tile_coord(p, tile);
-    for (int e = tid; e < 64 * kTP; e += kThreads) {
-      const int row = e / kTP, pp = e % kTP;
-      const int64_t ho = tc.ho0 + pp / kTileSide, wo = tc.wo0 + pp % kTileSide;
-      const bool pv = ho < p.Ho && wo < p.Wo;
-      s.t[row][pp] = (pv && c0 + row < p.C) ? dw_point<T, DIL>(p, tc.n, c0 + row, ho, wo) : 0.f;
-      s.d[row][pp] = (pv && k0 + row < p.K) ? dy_at<T>(p, coef, tc.n, k0 + row, ho, wo) : 0.f;
-    }
-    DSC_SYNC(11);
-#pragma unroll 4
-    for (int pp = 0; pp < kTP; ++pp) {
-      float a[4], b[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) a[i] = s.t[ty + 16 * i][pp];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) b[j] = s.d[tx + 16 * j][pp];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
-    }
-    DSC_SYNC(12);
-  }
-  float* part = ws + L.dwp + (int64_t)blockIdx.z * p.K * p.C;
-#pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int64_t c = c0 + ty + 16 * i, k = k0 + tx + 16 * j;
-      if (c < p.C && k < p.K) part[k * p.C + c] = acc[i][j];
-    }
-}
-
-// dt and dWd partials: block = one pixel tile x 64 input channels.
-// dt[c, p] = sum_k Wp[k, c] dy[k, p], K streamed in chunks of 64 with dy formed on the fly; dt goes to
-// the fp32 workspace (pass 3 needs its neighbourhood). Then, 8 channels at a time, the x halo is staged
-// in shared memory once and all 9 taps of dWd[c, tap] = sum_p dt[c, p] x[tap(p)] are read from it.
-// Halo: dense ((7s + 2d + 1)^2 window) when 7s + 2d + 1 <= 24, else the 3 tap rows x 8 pixel rows
-// (and the same for columns) gathered: 24 x 24 per channel either way, for any dilation.
+template <class Tl>
 struct DtSmem {
+  static constexpr int kOutK = Tl::BP + 4, kOutP = Tl::BK / 2 + 4;
+  static constexpr int kOut = Tl::BK / 2 * kOutK > Tl::BP * kOutP ? Tl::BK / 2 * kOutK : Tl::BP * kOutP;
   union {
     struct {
-      float d[64][kTP + 1];
-      float w[64][64 + 1];
-    } g;
-    struct {
-      float dt[kBCd][kTP + 1];
-      float halo[kHaloC][kHalo][kHalo];
-    } h;
+      alignas(16) float w[kDtKC][Tl::BK];       // A: Wp rows (k) over the block's channels
+      alignas(16) float dy[kDtKC][Tl::BP + 4];  // B: dy rows over the tile's pixels
+    } m;
+    alignas(16) float o[kOut];
   };
+  int64_t sg[Tl::BP], sa[Tl::BP], sd[Tl::BP];  // pixel offsets in dout, y (or out), dt
 };
 
-DSC_HD bool halo_dense(int s, int d) { return 7 * s + 2 * d + 1 <= kHalo; }
-// Staged halo index of output pixel row (or column) ph for tap i.
-DSC_HD int halo_idx(bool dense, int s, int d, int ph, int i) { return dense ? ph * s + i * d : i * kTileSide + ph; }
-// Image row (or column) of staged index r, relative to the tile's first output row o0.
-DSC_HD int64_t halo_src(bool dense, int s, int d, int64_t o0, int r) {
-  return dense ? o0 * s - d + r : (o0 + r % kTileSide) * s - d + (r / kTileSide) * d;
-}
-
-template <class T, int DIL>
-DSC_GLOBAL void DSC_LAUNCH_BOUNDS(kThreads) dt_kernel(const Problem p, float* ws) {
-  DSC_SHARED(DtSmem, s);
-  const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
-  const TileBlock tb = tile_block8();
-  if (tb.tile >= p.ntiles8) return;  // the whole block: no barrier is left waiting
-  const int64_t tile = tb.tile, c0 = tb.block * kBCd;
-  const TileCoord tc = tile_coord(p, tile);
+template <class T, class Tl>
+DSC_GLOBAL void DSC_LAUNCH_BOUNDS(Tl::THREADS) dsconv_bwd_dt_kernel(const Problem p, float* ws) {
+  constexpr int BCb = Tl::BK, BP = Tl::BP, NT = Tl::THREADS, KC = kDtKC;
+  using Smem = DtSmem<Tl>;
+  DSC_SHARED(Smem, s);
+  const int tid = threadIdx.x, ty = tid / Tl::TX, tx = tid % Tl::TX;
+  const TileBlock tb = tile_block();
+  if (tb.tile >= p.bt.ntiles) return;  // the whole block: no barrier is left waiting
+  const int64_t tile = tb.tile, c0 = tb.block * BCb;
   const BwdWs L = bwd_ws(p);
   const float* coef = ws + L.coef;
-  const T* wp = static_cast<const T*>(p.wp);
-  const int d = DIL > 0 ? DIL : p.dil, st = p.stride;
+  const Str4 dts = dt_strides(p);
+  slot_offsets<Tl>(p, p.bt, tile, p.dos, s.sg, tid, NT);
+  slot_offsets<Tl>(p, p.bt, tile, p.as, s.sa, tid, NT);
+  slot_offsets<Tl>(p, p.bt, tile, dts, s.sd, tid, NT);
+  const T* __restrict__ wp = static_cast<const T*>(p.wp);
+  const T* __restrict__ go = static_cast<const T*>(p.dout);
+  const T* __restrict__ ac = static_cast<const T*>(p.act);
+  const bool vec_wp = p.vec_wp != 0;
+  DSC_SYNC(22);  // slot tables written
 
-  float acc[4][4];  // [c = c0 + ty + 16 i][pixel tx + 16 j]
+  float acc[8][4];
 #pragma unroll
-  for (int i = 0; i < 4; ++i)
+  for (int i = 0; i < 8; ++i)
 #pragma unroll
     for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
 
-  for (int64_t k0 = 0; k0 < p.K; k0 += 64) {
-    for (int e = tid; e < 64 * kTP; e += kThreads) {
-      const int kk = e / kTP, pp = e % kTP;
-      const int64_t ho = tc.ho0 + pp / kTileSide, wo = tc.wo0 + pp % kTileSide;
-      s.g.d[kk][pp] = (ho < p.Ho && wo < p.Wo && k0 + kk < p.K) ? dy_at<T>(p, coef, tc.n, k0 + kk, ho, wo) : 0.f;
+  for (int64_t k0 = 0; k0 < p.K; k0 += KC) {
+    for (int e = tid; e < KC * (BCb / 4); e += NT) {
+      const int kk = e / (BCb / 4), cg = (e - kk * (BCb / 4)) * 4;
+      const int64_t k = k0 + kk, c = c0 + cg, n = p.C - c;
+      float v[4];
+      load4<T>(wp + k * p.C + c, k < p.K ? (n < 4 ? static_cast<int>(n < 0 ? 0 : n) : 4) : 0, vec_wp, v);
+      *reinterpret_cast<f4*>(&s.m.w[kk][cg]) = f4{v[0], v[1], v[2], v[3]};
     }
-    for (int e = tid; e < 64 * 64; e += kThreads) {
-      const int cc = e % 64, kk = e / 64;
-      const int64_t c = c0 + cc, k = k0 + kk;
-      s.g.w[kk][cc] = (c < p.C && k < p.K) ? Cvt<T>::load(wp[k * p.C + c]) : 0.f;
+    for (int e = tid; e < KC * BP; e += NT) {
+      const int kk = p.cl ? e % KC : e / BP, q = p.cl ? e / KC : e % BP;  // coalesced along the layout
+      const int64_t k = k0 + kk;
+      float v = 0.f;
+      if (k < p.K && s.sg[q] >= 0)
+        v = dy_of(dy_coef(coef, k), Cvt<T>::ldg(go + s.sg[q] + k * p.dos.c), Cvt<T>::ldg(ac + s.sa[q] + k * p.as.c));
+      s.m.dy[kk][q] = v;
     }
-    DSC_SYNC(13);
-#pragma unroll 4
-    for (int kk = 0; kk < 64; ++kk) {
-      float a[4], b[4];
+    DSC_SYNC(23);  // chunk staged
 #pragma unroll
-      for (int i = 0; i < 4; ++i) a[i] = s.g.w[kk][ty + 16 * i];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) b[j] = s.g.d[kk][tx + 16 * j];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
-    }
-    DSC_SYNC(14);
+    for (int kk = 0; kk < KC; ++kk) mma_8x4<BCb>(acc, s.m.w[kk], s.m.dy[kk], ty, tx);
+    DSC_SYNC(24);  // chunk consumed
   }
 
-  // dt -> workspace (valid entries) and shared memory (all entries; invalid ones are 0).
-  float* dtw = ws + L.dt;
-  const Str4 dts = dt_strides(p);
+  // Epilogue: dt -> workspace, half of the channels at a time through shared memory.
+  float* dt = ws + L.dt;
+  const int warp = tid / 32, lane = tid % 32;
+  constexpr int NW = NT / 32;
 #pragma unroll
-  for (int i = 0; i < 4; ++i)
+  for (int h = 0; h < 2; ++h) {
+    const int64_t ch = c0 + h * (BCb / 2);
+    if (!p.cl) {
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int cc = ty + 16 * i, pp = tx + 16 * j;
-      const int64_t c = c0 + cc, ho = tc.ho0 + pp / kTileSide, wo = tc.wo0 + pp % kTileSide;
-      if (c < p.C && ho < p.Ho && wo < p.Wo) dtw[at4(dts, tc.n, c, ho, wo)] = acc[i][j];
-      s.h.dt[cc][pp] = acc[i][j];
+      for (int i = 0; i < 4; ++i)
+        *reinterpret_cast<f4*>(&s.o[(ty * 4 + i) * Smem::kOutK + tx * 4]) =
+            f4{acc[h * 4 + i][0], acc[h * 4 + i][1], acc[h * 4 + i][2], acc[h * 4 + i][3]};
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        *reinterpret_cast<f4*>(&s.o[(tx * 4 + j) * Smem::kOutP + ty * 4]) =
+            f4{acc[h * 4 + 0][j], acc[h * 4 + 1][j], acc[h * 4 + 2][j], acc[h * 4 + 3][j]};
     }
-
-  const bool dense = halo_dense(st, d);
-  const T* x = static_cast<const T*>(p.x);
-  float* dwd_part = ws + L.dwd + tile * p.C * 9;
-  for (int sc = 0; sc < kBCd && c0 + sc < p.C; sc += kHaloC) {
-    // (The barrier at the top also publishes s.h.dt on the first round.)
-    for (int e = tid; e < kHaloC * kHalo * kHalo; e += kThreads) {
-      const int cc = e / (kHalo * kHalo), r = (e / kHalo) % kHalo, q = e % kHalo;
-      const int64_t c = c0 + sc + cc;
-      const int64_t h = halo_src(dense, st, d, tc.ho0, r), w = halo_src(dense, st, d, tc.wo0, q);
-      float v = 0.f;
-      if (c < p.C && h >= 0 && h < p.H && w >= 0 && w < p.W) v = Cvt<T>::load(x[at4(p.xs, tc.n, c, h, w)]);
-      s.h.halo[cc][r][q] = v;
-    }
-    DSC_SYNC(15);
-    if (tid < kHaloC * 9) {
-      const int cc = tid / 9, tap = tid % 9, ti = tap / 3, tj = tap % 3;
-      float sm = 0.f;
-      for (int pp = 0; pp < kTP; ++pp) {
-        const int ph = pp / kTileSide, pw = pp % kTileSide;
-        sm += s.h.dt[sc + cc][pp] * s.h.halo[cc][halo_idx(dense, st, d, ph, ti)][halo_idx(dense, st, d, pw, tj)];
+    DSC_SYNC(25);  // half tile in shared memory
+    if (!p.cl) {
+      for (int r = warp; r < BCb / 2; r += NW) {
+        const int64_t c = ch + r;
+        if (c >= p.C) break;
+        for (int q = lane; q < BP; q += 32)
+          if (s.sd[q] >= 0) dt[s.sd[q] + c * dts.c] = s.o[r * Smem::kOutK + q];
       }
-      if (c0 + sc + cc < p.C) dwd_part[(c0 + sc + cc) * 9 + tap] = sm;
+    } else {
+      for (int q = warp; q < BP; q += NW) {
+        if (s.sd[q] < 0) continue;
+        for (int r = lane; r < BCb / 2; r += 32)
+          if (ch + r < p.C) dt[s.sd[q] + ch + r] = s.o[q * Smem::kOutP + r];
+      }
     }
-    DSC_SYNC(16);
+    DSC_SYNC(26);  // half stored before the next half overwrites it
   }
 }
 
-// Pass 3: dx[n, c, h, w] = sum over taps (i, j) with (h + d - i d) divisible by s of
-// dt[n, c, (h + d - i d) / s, (w + d - j d) / s] Wd[c, i, j]. One thread per x element, storage order.
-template <class T, int DIL>
-DSC_GLOBAL void DSC_LAUNCH_BOUNDS(kThreads) dx_kernel(const Problem p, const float* ws) {
-  const int d = DIL > 0 ? DIL : p.dil, st = p.stride;
-  const float* dtw = ws + bwd_ws(p).dt;
-  const Str4 dts = dt_strides(p);
-  const T* wd = static_cast<const T*>(p.wd);
-  T* dx = static_cast<T*>(p.dx);
-  const int64_t total = p.N * p.C * p.H * p.W;
-  for (int64_t i = (int64_t)blockIdx.x * kThreads + threadIdx.x; i < total; i += (int64_t)gridDim.x * kThreads) {
-    int64_t n, c, h, w;
-    if (p.cl) {
-      c = i % p.C;
-      w = (i / p.C) % p.W;
-      h = (i / (p.C * p.W)) % p.H;
-      n = i / (p.C * p.W * p.H);
-    } else {
-      w = i % p.W;
-      h = (i / p.W) % p.H;
-      c = (i / (p.W * p.H)) % p.C;
-      n = i / (p.W * p.H * p.C);
+// ---------------------------------------------------------------------------------------------
+// dsconv_bwd_dwp: dWp partials, block = (128 output channels, 64 input channels, one split of the wt
+// pixel tiles). Per tile: t [64 px x 64 c] rebuilt from the staged input window (as dsconv_fwd does), dy
+// [32 px x 128 k] formed twice per tile (a thread owns one k: one coefficient load), and
+// dWp[k, c] += sum_p dy[k, p] t[c, p] in the 8x4 register micro-GEMM. -> ws[dwp + split K C + k C + c].
+// ---------------------------------------------------------------------------------------------
+constexpr int kDwpK = 128, kDwpC = 64;
+
+template <class Tl, int S, int D>
+struct DwpSmem {
+  using G = Window<Tl, S, D>;
+  union {
+    float halo[G::BC][G::HALO];
+    alignas(16) float dyT[32][kDwpK + 4];  // A: per pixel, dy over the block's output channels
+  } u;
+  alignas(16) float tT[Tl::BP][kDwpC + 4];  // B: per pixel, t over the block's input channels
+  float wd[G::BC][9];
+  int64_t sg[Tl::BP], sa[Tl::BP];
+  int row[kSpanRowsMax];
+};
+
+template <class T, class Tl, int S, int D>
+DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dwp_kernel(const Problem p, float* ws) {
+  using G = Window<Tl, S, D>;
+  constexpr int BC = G::BC, BP = Tl::BP, NT = 256, TX = kDwpC / 4;
+  constexpr int TPC = NT / BC, PPT = BP / TPC;
+  static_assert(BP == 64, "dWp tiles are 64 pixels");
+  using Smem = DwpSmem<Tl, S, D>;
+  DSC_SHARED(Smem, s);
+  const int tid = threadIdx.x, ty = tid / TX, tx = tid % TX;
+  const int64_t k0 = static_cast<int64_t>(blockIdx.x) * kDwpK, cb = static_cast<int64_t>(blockIdx.y) * kDwpC;
+  const BwdWs L = bwd_ws(p);
+  const float* coef = ws + L.coef;
+  const T* __restrict__ wd = static_cast<const T*>(p.wd);
+  const T* __restrict__ go = static_cast<const T*>(p.dout);
+  const T* __restrict__ ac = static_cast<const T*>(p.act);
+  const int cc_dw = tid / TPC;
+  // dy mapping: this thread's output channel and first pixel (16 pixels, stride 2, per half tile).
+  const int kk_dy = tid % kDwpK, q_dy = tid / kDwpK;
+  const int64_t k_dy = k0 + kk_dy;
+  const DyCoef cf = dy_coef(coef, k_dy < p.K ? k_dy : 0);
+
+  float acc[8][4];
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
+
+  for (int64_t tile = blockIdx.z; tile < p.wt.ntiles; tile += p.splits) {
+    G win;
+    win.setup(p, p.wt, tile, s.row, tid);
+    slot_offsets<Tl>(p, p.wt, tile, p.dos, s.sg, tid, NT);
+    slot_offsets<Tl>(p, p.wt, tile, p.as, s.sa, tid, NT);
+    int base[PPT];
+#pragma unroll
+    for (int j = 0; j < PPT; ++j) base[j] = win.base(p, tid % TPC + j * TPC);
+    const int tap_r = win.tap_r();
+    DSC_SYNC(27);  // tables written (and the previous tile's GEMM done)
+    if (!p.cl) win.prepare(p, s.row, tid);
+
+    // t for the block's 64 input channels, BC at a time.
+    for (int c8 = 0; c8 < kDwpC; c8 += BC) {
+      win.template stage<T>(p, s.row, cb + c8, s.u.halo, tid);
+      if (tid < BC * 9) {
+        const int cc = tid / 9;
+        s.wd[cc][tid - cc * 9] = cb + c8 + cc < p.C ? Cvt<T>::ldg(wd + (cb + c8) * 9 + tid) : 0.f;
+      }
+      DSC_SYNC(28);  // window staged
+      float wv[9];
+#pragma unroll
+      for (int i = 0; i < 9; ++i) wv[i] = s.wd[cc_dw][i];
+#pragma unroll
+      for (int j = 0; j < PPT; ++j)
+        s.tT[tid % TPC + j * TPC][c8 + cc_dw] = dw_tap9<G::TAP_C>(s.u.halo[cc_dw], base[j], tap_r, wv);
+      DSC_SYNC(29);  // window consumed
     }
-    float acc = 0.f;
+
+    // dy, 32 pixels at a time, then dWp += dy t^T over them.
 #pragma unroll
-    for (int ti = 0; ti < 3; ++ti) {
-      const int64_t hh = h + d - ti * d;
-      if (hh < 0 || hh % st != 0 || hh / st >= p.Ho) continue;
+    for (int h = 0; h < 2; ++h) {
+#pragma unroll 4
+      for (int j = 0; j < 16; ++j) {
+        const int ql = q_dy + 2 * j, q = h * 32 + ql;
+        float v = 0.f;
+        if (k_dy < p.K && s.sg[q] >= 0)
+          v = dy_of(cf, Cvt<T>::ldg(go + s.sg[q] + k_dy * p.dos.c), Cvt<T>::ldg(ac + s.sa[q] + k_dy * p.as.c));
+        s.u.dyT[ql][kk_dy] = v;
+      }
+      DSC_SYNC(30);  // dy half staged (and t complete)
+#pragma unroll 4
+      for (int ql = 0; ql < 32; ++ql) mma_8x4<kDwpK>(acc, s.u.dyT[ql], s.tT[h * 32 + ql], ty, tx);
+      DSC_SYNC(31);  // dy half consumed
+    }
+  }
+
+  float* part = ws + L.dwp + static_cast<int64_t>(blockIdx.z) * p.K * p.C;
 #pragma unroll
-      for (int tj = 0; tj < 3; ++tj) {
-        const int64_t ww = w + d - tj * d;
-        if (ww < 0 || ww % st != 0 || ww / st >= p.Wo) continue;
-        acc += dtw[at4(dts, n, c, hh / st, ww / st)] * Cvt<T>::load(wd[c * 9 + ti * 3 + tj]);
+  for (int i = 0; i < 8; ++i) {
+    const int64_t k = k0 + mma_row<kDwpK>(ty, i);
+    if (k >= p.K) continue;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t c = cb + tx * 4 + j;
+      if (c < p.C) part[k * p.C + c] = acc[i][j];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// dsconv_bwd_dx: dx[n, c, h, w] = sum over taps (i, j) with (h + d - i d) and (w + d - j d) divisible by
+// s of dt[n, c, (h + d - i d) / s, (w + d - j d) / s] Wd[c, i, j], and, from the same dt values,
+// dWd[c, i, j] += x[n, c, h, w] dt[...]: every (input pixel, tap) pair is one (output pixel, tap) pair.
+// Block = a channel chunk x a group of 8x8 input tiles (looped, so the dWd partials [groups, C, 9] stay
+// bounded); per tile the dt window it needs is staged in shared memory (zero outside the map) and each
+// thread keeps its channel's 9 weights and 9 dWd sums in registers. Window, per channel:
+//   dilation D > 0: the dense window of output rows floor((h0 - D) / S) .. , tap (i, j) of input pixel
+//     (a, b) at ((a + D + m - i D) / S, (b + D + m - j D) / S) with m = S - 1 if D is odd at S = 2, and
+//     only where those are integers (stride 2: a parity test per tap);
+//   runtime dilation: gathered, row i * 8 + a holds tap i of input row a (0 where the tap falls between
+//     output rows at stride 2, or outside the map), so the taps need no test.
+// Threads: NCHW a warp per channel (8 channels, 2 pixels per lane); channels_last 32 channels as lanes
+// (8 when the window is too large), pixels across warps. dWd: per-thread sums, added in a fixed order.
+// ---------------------------------------------------------------------------------------------
+template <int S, int D>
+struct DxWindow {
+  static constexpr int XR = D > 0 ? (S == 1 ? 8 + 2 * D : (2 * D + D % 2 + 7) / 2 + 1) : 24;  // rows = cols
+  static constexpr int HALO = XR * XR;
+  static constexpr int CCL = 32 * HALO * 4 <= 40960 ? 32 : 8;  // channels_last channel chunk
+  static constexpr int OFS = D > 0 ? (S == 1 ? 2 * D : 2 * D + D % 2) : 0;  // (row of tap 0 of a = 0) * S
+};
+
+template <int S, int D>
+struct DxSmem {
+  using X = DxWindow<S, D>;
+  static constexpr int CCM = X::CCL > 8 ? X::CCL : 8;
+  union {
+    float win[CCM][X::HALO];
+    float red[256][9];
+  };
+  float wd[CCM][9];
+};
+
+template <class T, int S, int D>
+DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, float* ws) {
+  using X = DxWindow<S, D>;
+  using Smem = DxSmem<S, D>;
+  constexpr int XR = X::XR, NT = 256;
+  DSC_SHARED(Smem, s);
+  const int tid = threadIdx.x;
+  const int CC = p.cl ? X::CCL : 8, TPC = NT / CC, PPT = 64 / TPC;  // threads per channel, pixels per thread
+  const int cc = p.cl ? tid % CC : tid / TPC, pt = p.cl ? tid / CC : tid % TPC;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * CC, c = c0 + cc;
+  const int d = D > 0 ? D : p.dil;
+  const BwdWs L = bwd_ws(p);
+  const float* __restrict__ dt = ws + L.dt;
+  const Str4 dts = dt_strides(p);
+  const T* __restrict__ x = static_cast<const T*>(p.x);
+  const T* __restrict__ wdp = static_cast<const T*>(p.wd);
+  T* __restrict__ dx = static_cast<T*>(p.dx);
+
+  for (int e = tid; e < CC * 9; e += NT) {
+    const int ch = e / 9;
+    s.wd[ch][e - ch * 9] = c0 + ch < p.C ? Cvt<T>::ldg(wdp + c0 * 9 + e) : 0.f;
+  }
+  DSC_SYNC(32);  // weights staged
+  float wv[9], gw[9];
+#pragma unroll
+  for (int i = 0; i < 9; ++i) {
+    wv[i] = s.wd[cc][i];
+    gw[i] = 0.f;
+  }
+
+  for (int64_t tile = blockIdx.y; tile < p.xtiles; tile += p.xgroups) {
+    const uint32_t t32 = static_cast<uint32_t>(tile), per = static_cast<uint32_t>(p.xtiles_img);
+    const uint32_t n = t32 / per, r = t32 - n * per, tr = r / static_cast<uint32_t>(p.xtiles_w);
+    const int h0 = static_cast<int>(tr) * 8, w0 = static_cast<int>(r - tr * static_cast<uint32_t>(p.xtiles_w)) * 8;
+    const int64_t dtn = static_cast<int64_t>(n) * dts.n, xn = static_cast<int64_t>(n) * p.xs.n;
+    // Window origin in output rows (dense): floor((h0 - D) / S), h0 even at stride 2.
+    const int ho_lo = D > 0 ? (S == 1 ? h0 - D : (h0 - D - (D % 2)) / 2) : 0;
+    const int wo_lo = D > 0 ? (S == 1 ? w0 - D : (w0 - D - (D % 2)) / 2) : 0;
+    // Stage the dt window of the chunk's channels (fp32, x's layout).
+    auto src = [&](int rr, int h_or_w0, int lo, int64_t lim) -> int {  // output row / col of window index rr
+      if (D > 0) return lo + rr;
+      const int hh = h_or_w0 + rr % 8 + d - (rr / 8) * d;
+      return (hh < 0 || hh % S != 0 || hh / S >= lim) ? -1 : hh / S;
+    };
+    for (int e = tid; e < CC * X::HALO; e += NT) {
+      const int ch = p.cl ? e % CC : e / X::HALO, rq = p.cl ? e / CC : e % X::HALO;
+      const int rr = rq / XR, qq = rq - rr * XR;
+      const int ho = src(rr, h0, ho_lo, p.Ho), wo = src(qq, w0, wo_lo, p.Wo);
+      float v = 0.f;
+      if (c0 + ch < p.C && ho >= 0 && ho < p.Ho && wo >= 0 && wo < p.Wo)
+        v = dt[dtn + (c0 + ch) * dts.c + static_cast<int64_t>(ho) * dts.h + static_cast<int64_t>(wo) * dts.w];
+      s.win[ch][rq] = v;
+    }
+    DSC_SYNC(33);  // window staged
+    if (c < p.C) {
+      const float* wc = s.win[cc];
+      for (int j = 0; j < PPT; ++j) {
+        const int px = pt + j * TPC, a = px / 8, b = px % 8, h = h0 + a, w = w0 + b;
+        if (h >= p.H || w >= p.W) continue;
+        const int64_t off = xn + c * p.xs.c + static_cast<int64_t>(h) * p.xs.h + static_cast<int64_t>(w) * p.xs.w;
+        const float xv = Cvt<T>::ldg(x + off);
+        float acc = 0.f;
+#pragma unroll
+        for (int ti = 0; ti < 3; ++ti) {
+#pragma unroll
+          for (int tj = 0; tj < 3; ++tj) {
+            float v;
+            if (D == 0) {
+              v = wc[(ti * 8 + a) * XR + tj * 8 + b];
+            } else if (S == 1) {
+              v = wc[(a + X::OFS - ti * D) * XR + b + X::OFS - tj * D];
+            } else {
+              const int ra = a + X::OFS - ti * D, rb = b + X::OFS - tj * D;  // >= 0, even where a tap lands
+              v = ((ra | rb) & 1) ? 0.f : wc[(ra >> 1) * XR + (rb >> 1)];
+            }
+            acc += v * wv[ti * 3 + tj];
+            gw[ti * 3 + tj] += v * xv;
+          }
+        }
+        dx[off] = Cvt<T>::store(acc);
       }
     }
-    dx[i] = Cvt<T>::store(acc);
+    DSC_SYNC(34);  // window consumed before the next tile's
+  }
+  // dWd partial of this block: the threads of each channel added in a fixed order.
+#pragma unroll
+  for (int i = 0; i < 9; ++i) s.red[tid][i] = gw[i];
+  DSC_SYNC(35);
+  float* part = ws + L.dwd + static_cast<int64_t>(blockIdx.y) * p.C * 9;
+  for (int e = tid; e < CC * 9; e += NT) {
+    const int ch = e / 9, tap = e - ch * 9;
+    if (c0 + ch >= p.C) continue;
+    float t = 0.f;
+    for (int u = 0; u < TPC; ++u) t += s.red[p.cl ? ch + u * CC : ch * TPC + u][tap];
+    part[(c0 + ch) * 9 + tap] = t;
   }
 }
 

@@ -5,48 +5,52 @@
 #include "problem.cuh"
 #include "reductions.cuh"
 #include "tile_gemm.cuh"
+#include "window.cuh"
 
 namespace dsc {
 
-// Staged input window of one tile, per channel.
-//   rect, dilation D > 0: the dense window, (TH-1)S + 2D + 1 rows x (TW-1)S + 2D + 1 columns, zero outside
-//     the image; tap (i, j) of pixel (ph, pw) sits at (ph S + i D, pw S + j D);
-//   rect, runtime dilation (D = 0): the 3 tap rows of every pixel row, gathered (3 TH x 3 TW), so any
-//     dilation fits; tap (i, j) of (ph, pw) sits at (i TH + ph, j TW + pw);
-//   span: the zero-padded rows (H + 2D per image) from the tile's first pixel's top tap row to its last
-//     pixel's bottom tap row, W + 2D columns each; tap (i, j) of (n, ho, wo) sits at padded row
-//     n (H + 2D) + ho S + i D - first, column wo S + j D. Used with D > 0 only.
-// Every tap of every pixel lands on a staged value (zero padding included): no bounds checks per tap.
-template <class Tl, int S, int D>
-struct FwdWindow {
-  static constexpr int RH = Tl::SPAN ? 0 : (D > 0 ? (Tl::TH - 1) * S + 2 * D + 1 : 3 * Tl::TH);
-  static constexpr int CW = Tl::SPAN ? 0 : (D > 0 ? (Tl::TW - 1) * S + 2 * D + 1 : 3 * Tl::TW);
-  static constexpr int HALO = Tl::SPAN ? kSpanHalo : RH * CW;  // floats per channel
-  static constexpr int BC = HALO <= kSpanHalo ? 8 : 4;          // input channels per depthwise chunk
-  // Offset of tap (i, j) from the pixel's tap (0, 0), rect windows (span: i D (W + 2D) + j D at run time).
-  static constexpr int TAP_R = D > 0 ? D * CW : Tl::TH * CW;
-  static constexpr int TAP_C = D > 0 ? D : Tl::TW;
-};
-
 template <class Tl, int S, int D>
 struct FwdSmem {
-  using G = FwdWindow<Tl, S, D>;
+  using G = Window<Tl, S, D>;
   static constexpr int kOutK = Tl::BP + 4, kOutP = Tl::BK / 2 + 4;  // row lengths of the two layouts
   static constexpr int kOut = Tl::BK / 2 * kOutK > Tl::BP * kOutP ? Tl::BK / 2 * kOutK : Tl::BP * kOutP;
   union {
     struct {
       float halo[G::BC][G::HALO];
-      alignas(16) float t[G::BC][Tl::BP];   // depthwise chunk: B operand of the GEMM
-      alignas(16) float w[G::BC][Tl::BK];   // Wp^T chunk: A operand
+      alignas(16) float t[G::BC][Tl::BP];  // depthwise chunk: B operand of the GEMM
+      alignas(16) float w[G::BC][Tl::BK];  // Wp^T chunk: A operand
       float wd[G::BC][9];
     } m;
     // Epilogue: half of the output tile, [BK/2][BP + 4] (NCHW) or [BP][BK/2 + 4] (channels_last), so
     // that the stores' shared reads run along the contiguous axis of the output without bank conflicts.
     alignas(16) float o[kOut];
   };
-  int64_t slot[Tl::BP];          // offset of each pixel in the output tensor, -1 past the end
-  int64_t row[kSpanRowsMax];     // span: offset n xs.n + h xs.h of each staged row, -1 for padding
+  int64_t slot[Tl::BP];       // offset of each pixel in the output tensor, -1 past the end
+  int row[kSpanRowsMax];      // span: offset of each staged row from the tile's first image, -1 for padding
 };
+
+// Offset of every pixel slot of tile `tile` in a tensor with strides st (-1 past the end).
+template <class Tl>
+DSC_DEVICE void slot_offsets(const Problem& p, const Tiling& tl, int64_t tile, const Str4& st, int64_t* slot,
+                             int tid, int nt) {
+  for (int q = tid; q < Tl::BP; q += nt) {
+    int64_t off = -1;
+    if (!Tl::SPAN) {
+      const RectTile rt = rect_tile<Tl::TH, Tl::TW>(tl, tile);
+      const int ho = rt.ho0 + q / Tl::TW, wo = rt.wo0 + q % Tl::TW;
+      if (ho < p.Ho && wo < p.Wo) off = rt.n * st.n + ho * st.h + wo * st.w;
+    } else {
+      const int64_t g64 = tile * Tl::BP + q;
+      if (g64 < p.M) {
+        const uint32_t g = static_cast<uint32_t>(g64), n = fdiv(p.div_hw, g);
+        const uint32_t r = g - n * static_cast<uint32_t>(p.Ho * p.Wo), ho = fdiv(p.div_wo, r);
+        const uint32_t wo = r - ho * static_cast<uint32_t>(p.Wo);
+        off = static_cast<int64_t>(n) * st.n + static_cast<int64_t>(ho) * st.h + static_cast<int64_t>(wo) * st.w;
+      }
+    }
+    slot[q] = off;
+  }
+}
 
 // dsconv_fwd: one block = one pixel tile x BK output channels. For each chunk of BC input channels the
 // tile's input window is staged once in shared memory (coalesced along x's contiguous axis), the
@@ -56,7 +60,7 @@ struct FwdSmem {
 // y + bias stored and the tile's per-channel (mean, M2) written to ws; y-only -> y + bias stored.
 template <class T, class Tl, int S, int D>
 DSC_GLOBAL void DSC_LAUNCH_BOUNDS(Tl::THREADS) dsconv_fwd_kernel(const Problem p, float* ws) {
-  using G = FwdWindow<Tl, S, D>;
+  using G = Window<Tl, S, D>;
   constexpr int BC = G::BC, BK = Tl::BK, BP = Tl::BP, NT = Tl::THREADS;
   constexpr int TPC = NT / BC, PPT = BP / TPC;  // depthwise: threads per channel, pixels per thread
   static_assert(BP % TPC == 0 && NT % BC == 0, "depthwise mapping");
@@ -64,75 +68,22 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(Tl::THREADS) dsconv_fwd_kernel(const Problem p
   DSC_SHARED(Smem, s);
   const int tid = threadIdx.x, ty = tid / Tl::TX, tx = tid % Tl::TX;
   const TileBlock tb = tile_block();
-  if (tb.tile >= p.ntiles) return;  // the whole block: no barrier is left waiting
+  if (tb.tile >= p.ft.ntiles) return;  // the whole block: no barrier is left waiting
   const int64_t tile = tb.tile, k0 = tb.block * BK;
-  const int d = D > 0 ? D : p.dil;
-  const T* __restrict__ x = static_cast<const T*>(p.x);
   const T* __restrict__ wp = static_cast<const T*>(p.wp);
   const T* __restrict__ wd = static_cast<const T*>(p.wd);
   const Str4 os = p.mode == kEval ? p.os : p.ys;
 
-  // Tile geometry: output slot offsets; the window's origin (rect) or row table (span); per-thread
-  // window offsets of its depthwise pixels.
-  int64_t xn = 0;        // rect: n * xs.n
-  int h0 = 0, w0 = 0;    // rect: window origin (dense) or first output row / column (gathered)
-  int cw = G::CW;        // window row length
-  int rows = G::RH;      // staged rows
+  G win;
+  win.setup(p, p.ft, tile, s.row, tid);
+  slot_offsets<Tl>(p, p.ft, tile, os, s.slot, tid, NT);
   int base[PPT];
-  if (!Tl::SPAN) {
-    const RectTile rt = rect_tile<Tl::TH, Tl::TW>(p, tile);
-    xn = rt.n * p.xs.n;
-    h0 = D > 0 ? rt.ho0 * S - D : rt.ho0;
-    w0 = D > 0 ? rt.wo0 * S - D : rt.wo0;
-    for (int q = tid; q < BP; q += NT) {
-      const int ho = rt.ho0 + q / Tl::TW, wo = rt.wo0 + q % Tl::TW;
-      s.slot[q] = (ho < p.Ho && wo < p.Wo) ? rt.n * os.n + ho * os.h + wo * os.w : int64_t(-1);
-    }
 #pragma unroll
-    for (int j = 0; j < PPT; ++j) {
-      const int q = tid % TPC + j * TPC, ph = q / Tl::TW, pw = q % Tl::TW;
-      base[j] = D > 0 ? ph * S * G::CW + pw * S : ph * G::CW + pw;
-    }
-  } else {
-    // Pixels g = tile * BP + q of the flattened (n, ho, wo) order; M < 2^31 (host-checked).
-    const uint32_t g0 = static_cast<uint32_t>(tile) * BP, hp = static_cast<uint32_t>(p.H + 2 * D);
-    const uint32_t last = (p.M - g0 < BP ? static_cast<uint32_t>(p.M) : g0 + BP) - 1;
-    auto padded_row = [&](uint32_t g) {  // padded row of pixel g's top tap row
-      const uint32_t n = fdiv(p.div_hw, g), r = g - n * static_cast<uint32_t>(p.Ho * p.Wo);
-      const uint32_t ho = fdiv(p.div_wo, r);
-      return n * hp + ho * S;
-    };
-    const uint32_t first = padded_row(g0);
-    rows = static_cast<int>(padded_row(last) + 2 * D - first + 1);
-    cw = static_cast<int>(p.W + 2 * D);
-    for (int r = tid; r < rows; r += NT) {
-      const uint32_t pr = first + r, n = fdiv(p.div_hp, pr);
-      const int h = static_cast<int>(pr - n * hp) - D;
-      s.row[r] = (h >= 0 && h < p.H) ? static_cast<int64_t>(n) * p.xs.n + static_cast<int64_t>(h) * p.xs.h
-                                     : int64_t(-1);
-    }
-    for (int q = tid; q < BP; q += NT) {
-      const uint32_t g = g0 + q;
-      int64_t off = -1;
-      if (g <= last) {
-        const uint32_t n = fdiv(p.div_hw, g), r = g - n * static_cast<uint32_t>(p.Ho * p.Wo);
-        const uint32_t ho = fdiv(p.div_wo, r), wo = r - ho * static_cast<uint32_t>(p.Wo);
-        off = static_cast<int64_t>(n) * os.n + static_cast<int64_t>(ho) * os.h + static_cast<int64_t>(wo) * os.w;
-      }
-      s.slot[q] = off;
-    }
-#pragma unroll
-    for (int j = 0; j < PPT; ++j) {
-      const uint32_t g = g0 + tid % TPC + j * TPC;
-      const uint32_t gg = g <= last ? g : last;  // past the end: any staged pixel (its result is dropped)
-      const uint32_t n = fdiv(p.div_hw, gg), r = gg - n * static_cast<uint32_t>(p.Ho * p.Wo);
-      const uint32_t ho = fdiv(p.div_wo, r), wo = r - ho * static_cast<uint32_t>(p.Wo);
-      base[j] = static_cast<int>(n * hp + ho * S - first) * cw + static_cast<int>(wo) * S;
-    }
-  }
-  const int tap_r = Tl::SPAN ? D * cw : G::TAP_R;
-  DSC_SYNC(7);  // slot and row tables written
+  for (int j = 0; j < PPT; ++j) base[j] = win.base(p, tid % TPC + j * TPC);
+  const int tap_r = win.tap_r();
   const int cc_dw = tid / TPC;  // this thread's depthwise channel within a chunk
+  DSC_SYNC(7);  // slot and row tables written
+  if (!p.cl) win.prepare(p, s.row, tid);
 
   float acc[8][4];
 #pragma unroll
@@ -143,31 +94,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(Tl::THREADS) dsconv_fwd_kernel(const Problem p
   const bool vec_wp = p.vec_wp != 0;
   for (int64_t c0 = 0; c0 < p.C; c0 += BC) {
     // (1) Stage the input window of BC channels, the chunk's depthwise weights and Wp^T.
-    const int win = rows * cw;
-    auto stage = [&](int cc, int rq, int64_t cofs) {  // window element rq of channel cc (cofs: c * xs.c)
-      const int r = Tl::SPAN ? static_cast<int>(fdiv(p.div_cwin, rq)) : rq / G::CW, q = rq - r * cw;
-      float v = 0.f;
-      if (c0 + cc < p.C) {
-        if (Tl::SPAN) {
-          const int64_t ro = s.row[r];
-          const int w = q - D;
-          if (ro >= 0 && w >= 0 && w < p.W) v = Cvt<T>::ldg(x + ro + cofs + w * p.xs.w);
-        } else {
-          const int h = D > 0 ? h0 + r : (h0 + r % Tl::TH) * S - d + (r / Tl::TH) * d;
-          const int w = D > 0 ? w0 + q : (w0 + q % Tl::TW) * S - d + (q / Tl::TW) * d;
-          if (h >= 0 && h < p.H && w >= 0 && w < p.W)
-            v = Cvt<T>::ldg(x + xn + cofs + static_cast<int64_t>(h) * p.xs.h + w * p.xs.w);
-        }
-      }
-      s.m.halo[cc][rq] = v;
-    };
-    if (!p.cl) {  // NCHW: consecutive threads along a window row
-#pragma unroll
-      for (int cc = 0; cc < BC; ++cc)
-        for (int rq = tid; rq < win; rq += NT) stage(cc, rq, (c0 + cc) * p.xs.c);
-    } else {  // channels_last: consecutive threads along channels
-      for (int e = tid; e < BC * win; e += NT) stage(e % BC, e / BC, c0 + e % BC);
-    }
+    win.template stage<T>(p, s.row, c0, s.m.halo, tid);
     if (tid < BC * 9) {
       const int cc = tid / 9;
       s.m.wd[cc][tid - cc * 9] = c0 + cc < p.C ? Cvt<T>::ldg(wd + c0 * 9 + tid) : 0.f;
@@ -182,23 +109,16 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(Tl::THREADS) dsconv_fwd_kernel(const Problem p
 #pragma unroll
       for (int i = 0; i < 4; ++i) s.m.w[cg + i][kk] = v[i];
     }
-    DSC_SYNC(1);  // window, weights staged (and, on the first chunk, the slot / row tables)
+    DSC_SYNC(1);  // window and weights staged
 
     // (2) Depthwise chunk: each thread one channel, PPT pixels.
     {
       float wv[9];
 #pragma unroll
       for (int i = 0; i < 9; ++i) wv[i] = s.m.wd[cc_dw][i];
-      const float* hc = s.m.halo[cc_dw];
 #pragma unroll
-      for (int j = 0; j < PPT; ++j) {
-        float a = 0.f;
-#pragma unroll
-        for (int ti = 0; ti < 3; ++ti)
-#pragma unroll
-          for (int tj = 0; tj < 3; ++tj) a += hc[base[j] + ti * tap_r + tj * G::TAP_C] * wv[ti * 3 + tj];
-        s.m.t[cc_dw][tid % TPC + j * TPC] = a;
-      }
+      for (int j = 0; j < PPT; ++j)
+        s.m.t[cc_dw][tid % TPC + j * TPC] = dw_tap9<G::TAP_C>(s.m.halo[cc_dw], base[j], tap_r, wv);
     }
     DSC_SYNC(2);  // t chunk complete
 
@@ -213,7 +133,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(Tl::THREADS) dsconv_fwd_kernel(const Problem p
   const int warp = tid / 32, lane = tid % 32;
   constexpr int NW = NT / 32;
   float cnt = 0.f;
-  if (p.mode == kTrain) cnt = static_cast<float>(tile_count(p, tile));
+  if (p.mode == kTrain) cnt = static_cast<float>(tile_count(p, p.ft, tile));
   // o(r, q): channel r of the half, pixel q.
   auto o_at = [&](int r, int q) -> float& {
     return p.cl ? s.o[q * Smem::kOutP + r] : s.o[r * Smem::kOutK + q];
@@ -287,7 +207,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(Tl::THREADS) dsconv_fwd_kernel(const Problem p
         sq = warp_sum(sq);
         if (lane == 0) {
           ws[tile * p.K + k] = mk;
-          ws[p.ntiles * p.K + tile * p.K + k] = sq;
+          ws[p.ft.ntiles * p.K + tile * p.K + k] = sq;
         }
       }
     }
@@ -310,8 +230,9 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) bn_stats_kernel(const Problem p, const fl
   const int64_t k = static_cast<int64_t>(blockIdx.x) * 32 + lane;
   float n = 0.f, m = 0.f, q = 0.f;
   if (k < p.K)
-    for (int64_t t = warp; t < p.ntiles; t += 8)
-      chan_merge(n, m, q, static_cast<float>(tile_count(p, t)), ws[t * p.K + k], ws[p.ntiles * p.K + t * p.K + k]);
+    for (int64_t t = warp; t < p.ft.ntiles; t += 8)
+      chan_merge(n, m, q, static_cast<float>(tile_count(p, p.ft, t)), ws[t * p.K + k],
+                 ws[p.ft.ntiles * p.K + t * p.K + k]);
   s.n[warp][lane] = n;
   s.m[warp][lane] = m;
   s.q[warp][lane] = q;

@@ -2,7 +2,8 @@
 // -> batch norm -> ReLU. Torch-free: included by the CUDA extension, the NVRTC sm_61 check and the
 // CPU emulator. One header per stage (design notes: docs/cuda.md):
 //   problem.cuh     Problem, tile classes, workspace layout
-//   tile_gemm.cuh   the register-blocked micro-GEMM shared by the forward and dt kernels
+//   tile_gemm.cuh   the register-blocked micro-GEMM shared by the forward, dt and dWp kernels
+//   window.cuh      the staged input window + depthwise chunk shared by the forward and dWp kernels
 //   reductions.cuh  deterministic warp trees, Chan merge, colsum
 //   forward.cuh     dsconv_fwd, bn_stats, bn_relu
 //   backward.cuh    bn_bwd_reduce, bn_bwd_finalize, dsconv_bwd_dt, dsconv_bwd_dwp, dsconv_bwd_dx
@@ -12,4 +13,5 @@
 #include "tile_gemm.cuh"
 #include "reductions.cuh"
 #include "forward.cuh"
+#include "window.cuh"
 #include "backward.cuh"

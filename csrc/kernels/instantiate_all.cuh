@@ -7,33 +7,35 @@
 
 #define DSC_INST_FWD(T, Tl, S, D) \
   template __global__ void dsc::dsconv_fwd_kernel<T, dsc::Tl, S, D>(const dsc::Problem, float*);
+#define DSC_INST_DWP(T, Tl, S, D) \
+  template __global__ void dsc::dsconv_bwd_dwp_kernel<T, dsc::Tl, S, D>(const dsc::Problem, float*);
+#define DSC_INST_DX(T, S, D) \
+  template __global__ void dsc::dsconv_bwd_dx_kernel<T, S, D>(const dsc::Problem, float*);
 
-#define DSC_INST_SD(T, S, D)              \
-  DSC_INST_FWD(T, TileRect8x8, S, D)      \
-  DSC_INST_FWD(T, TileRect8x16, S, D)     \
-  DSC_INST_FWD(T, TileSpan64, S, D)
+// Every (stride, dilation) pair: the rect tiles; span tiles only with a template dilation.
+#define DSC_INST_SD_RECT(T, S, D)     \
+  DSC_INST_FWD(T, TileRect8x8, S, D)  \
+  DSC_INST_FWD(T, TileRect8x16, S, D) \
+  DSC_INST_DWP(T, TileRect8x8, S, D)  \
+  DSC_INST_DX(T, S, D)
+#define DSC_INST_SD(T, S, D)        \
+  DSC_INST_SD_RECT(T, S, D)         \
+  DSC_INST_FWD(T, TileSpan64, S, D) \
+  DSC_INST_DWP(T, TileSpan64, S, D)
+#define DSC_INST_S(T, S)     \
+  DSC_INST_SD_RECT(T, S, 0)  \
+  DSC_INST_SD(T, S, 1)       \
+  DSC_INST_SD(T, S, 2)       \
+  DSC_INST_SD(T, S, 3)       \
+  DSC_INST_SD(T, S, 4)
 
-#define DSC_INST_TD(T, D)                                                      \
-  DSC_INST_SD(T, 1, D)                                                         \
-  DSC_INST_SD(T, 2, D)                                                         \
-  template __global__ void dsc::dwp_kernel<T, D>(const dsc::Problem, float*);  \
-  template __global__ void dsc::dt_kernel<T, D>(const dsc::Problem, float*);   \
-  template __global__ void dsc::dx_kernel<T, D>(const dsc::Problem, const float*);
-
-#define DSC_INST_T(T)                                                                          \
-  DSC_INST_FWD(T, TileRect8x8, 1, 0)                                                           \
-  DSC_INST_FWD(T, TileRect8x16, 1, 0)                                                          \
-  DSC_INST_FWD(T, TileRect8x8, 2, 0)                                                           \
-  DSC_INST_FWD(T, TileRect8x16, 2, 0)                                                          \
-  template __global__ void dsc::dwp_kernel<T, 0>(const dsc::Problem, float*);                  \
-  template __global__ void dsc::dt_kernel<T, 0>(const dsc::Problem, float*);                   \
-  template __global__ void dsc::dx_kernel<T, 0>(const dsc::Problem, const float*);             \
-  DSC_INST_TD(T, 1)                                                                            \
-  DSC_INST_TD(T, 2)                                                                            \
-  DSC_INST_TD(T, 3)                                                                            \
-  DSC_INST_TD(T, 4)                                                                            \
-  template __global__ void dsc::bn_relu_kernel<T>(const dsc::Problem, int64_t, int64_t);       \
-  template __global__ void dsc::bwd_reduce_kernel<T>(const dsc::Problem, float*);              \
+#define DSC_INST_T(T)                                                                                     \
+  DSC_INST_S(T, 1)                                                                                        \
+  DSC_INST_S(T, 2)                                                                                        \
+  template __global__ void dsc::dsconv_bwd_dt_kernel<T, dsc::TileSpan64>(const dsc::Problem, float*);     \
+  template __global__ void dsc::dsconv_bwd_dt_kernel<T, dsc::TileSpan128>(const dsc::Problem, float*);    \
+  template __global__ void dsc::bn_relu_kernel<T>(const dsc::Problem, int64_t, int64_t);                  \
+  template __global__ void dsc::bn_bwd_reduce_kernel<T>(const dsc::Problem, float*);                      \
   template __global__ void dsc::colsum_kernel<T>(const float*, int64_t, int64_t, T*);
 
 template __global__ void dsc::bn_stats_kernel<0>(const dsc::Problem, const float*);

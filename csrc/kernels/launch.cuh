@@ -11,7 +11,7 @@
 namespace dsc {
 
 // At most this many dWp partials (blocks along the pixel-tile axis). csrc/emu/tsan_main.cpp lowers it so
-// that its small problems give a dwp_kernel block more than one tile (its end-of-tile barrier then matters).
+// that its small problems give a dsconv_bwd_dwp block more than one tile (its end-of-tile barriers matter).
 #ifndef DSC_DWP_MAX_SPLITS
 #define DSC_DWP_MAX_SPLITS 64
 #endif
@@ -19,17 +19,27 @@ namespace dsc {
 // Span tiles (64 consecutive pixels across images) need a template dilation, small maps, 32-bit pixel
 // and padded-row numbers, and a staged window within kSpanHalo floats per channel. Returns the most
 // padded rows a tile stages, or 0 if span tiles do not apply.
-inline int span_rows(int64_t N, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int s, int d) {
+inline int span_rows(int64_t N, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int s, int d) {
   if (d < 1 || d > 4 || Wo > 16 || N * Ho * Wo >= (int64_t(1) << 31) || N * (H + 2 * d) >= (int64_t(1) << 31))
     return 0;
   int64_t dr = (Wo + 62) / Wo, dn = (Ho * Wo + 62) / (Ho * Wo);  // most output rows / images a tile crosses
   if (dr > N * Ho - 1) dr = N * Ho - 1;
   if (dn > N - 1) dn = N - 1;
+  if ((dn + 1) * C * H * W >= (int64_t(1) << 31)) return 0;  // staged offsets from the first image are 32-bit
   const int64_t rows = s * dr + dn * (H + 2 * d - s * Ho) + 2 * d + 1;
   return (rows <= kSpanRowsMax && rows * (W + 2 * d) <= kSpanHalo) ? static_cast<int>(rows) : 0;
 }
 
-// Fills the geometry fields of p from (N, C, K, H, W, stride, dilation), including the tile class.
+inline Tiling rect_tiling(int cls, int64_t N, int64_t Ho, int64_t Wo) {
+  const int tw = cls == kTileRect8x16 ? 16 : 8;
+  Tiling t{cls, 0, cdiv(Wo, tw), 0};
+  t.tiles_img = cdiv(Ho, 8) * t.tiles_w;
+  t.ntiles = N * t.tiles_img;
+  return t;
+}
+inline Tiling span_tiling(int cls, int64_t M) { return Tiling{cls, cdiv(M, cls == kTileSpan64 ? 64 : 128), 0, 0}; }
+
+// Fills the geometry fields of p from (N, C, K, H, W, stride, dilation): tilings and partial-row counts.
 inline void set_geometry(Problem& p, int64_t N, int64_t C, int64_t K, int64_t H, int64_t W, int stride, int dil) {
   p.N = N;
   p.C = C;
@@ -41,35 +51,44 @@ inline void set_geometry(Problem& p, int64_t N, int64_t C, int64_t K, int64_t H,
   p.Ho = (H - 1) / stride + 1;
   p.Wo = (W - 1) / stride + 1;
   p.M = N * p.Ho * p.Wo;
-  // Tile class: span tiles on small maps; 64 channels x 8x16 pixels when K <= 64 on wide maps (one
-  // channel block, no idle half); else 128 channels x 8x8.
-  p.span_rows = span_rows(N, H, W, p.Ho, p.Wo, stride, dil);
+  // Forward tiles: span tiles on small maps; 64 channels x 8x16 pixels when K <= 64 on wide maps (one
+  // channel block, no idle half); else 128 channels x 8x8. dWp: span or 8x8 (64-pixel tiles). dt: span
+  // tiles always (it has no window), 128 pixels x 64 channels when C <= 64.
+  p.span_rows = span_rows(N, C, H, W, p.Ho, p.Wo, stride, dil);
   if (p.span_rows > 0) {
-    p.tile = kTileSpan64;
-    p.ntiles = cdiv(p.M, 64);
-    p.tiles_w = p.tiles_img = 0;
+    p.ft = p.wt = span_tiling(kTileSpan64, p.M);
   } else {
-    p.tile = (K <= 64 && p.Wo > 8) ? kTileRect8x16 : kTileRect8x8;
-    const int tw = p.tile == kTileRect8x16 ? 16 : 8;
-    p.tiles_w = cdiv(p.Wo, tw);
-    p.tiles_img = cdiv(p.Ho, 8) * p.tiles_w;
-    p.ntiles = N * p.tiles_img;
+    p.ft = rect_tiling((K <= 64 && p.Wo > 8) ? kTileRect8x16 : kTileRect8x8, N, p.Ho, p.Wo);
+    p.wt = rect_tiling(kTileRect8x8, N, p.Ho, p.Wo);
   }
+  p.bt = span_tiling(C <= 64 ? kTileSpan128 : kTileSpan64, p.M);
   auto fd = [](int64_t v) { return fast_div(static_cast<uint32_t>(v < 1 ? 1 : (v < (1 << 30) ? v : (1 << 30)))); };
   p.div_hw = fd(p.Ho * p.Wo);
   p.div_wo = fd(p.Wo);
   p.div_k = fd(K);
   p.div_hp = fd(H + 2 * dil);
   p.div_cwin = fd(W + 2 * dil);
-  // Backward (8x8 tiles of one image) and its dWp split: enough blocks to fill a GPU (~256 blocks).
-  p.tiles_h8 = cdiv(p.Ho, 8);
-  p.tiles_w8 = cdiv(p.Wo, 8);
-  p.ntiles8 = N * p.tiles_h8 * p.tiles_w8;
-  const int64_t blocks = cdiv(K, 64) * cdiv(C, 64);
+  // bn_bwd_reduce: ~512 blocks (channel blocks x pixel groups of >= 256 pixels, a multiple of 32).
+  const int64_t kb = cdiv(K, 8);
+  int64_t groups = cdiv(512, kb);
+  if (groups > cdiv(p.M, 256)) groups = cdiv(p.M, 256);
+  if (groups < 1) groups = 1;
+  p.rgroup_px = cdiv(cdiv(p.M, groups), 32) * 32;
+  p.rgroups = p.M > 0 ? cdiv(p.M, p.rgroup_px) : 1;
+  // dWp: enough blocks along the pixel-tile axis to fill a GPU (~256 blocks), at most 64 partials.
+  const int64_t blocks = cdiv(K, kDwpK) * cdiv(C, kDwpC);
   int64_t splits = cdiv(256, blocks);
   if (splits > DSC_DWP_MAX_SPLITS) splits = DSC_DWP_MAX_SPLITS;
-  if (splits > p.ntiles8) splits = p.ntiles8;
+  if (splits > p.wt.ntiles) splits = p.wt.ntiles;
   p.splits = static_cast<int>(splits < 1 ? 1 : splits);
+  // dx: 8x8 input tiles; ~1024 blocks of 8-channel chunks x tile groups (dWd partial rows).
+  p.xtiles_w = cdiv(W, 8);
+  p.xtiles_img = cdiv(H, 8) * p.xtiles_w;
+  p.xtiles = N * p.xtiles_img;
+  int64_t xg = cdiv(1024, cdiv(C, 8));
+  if (xg > p.xtiles) xg = p.xtiles;
+  if (xg > 65535) xg = 65535;
+  p.xgroups = xg < 1 ? 1 : xg;
 }
 
 inline int64_t forward_ws_floats(const Problem& p) { return fwd_ws_floats(p); }
@@ -81,11 +100,6 @@ inline int64_t backward_ws_floats(const Problem& p) { return bwd_ws(p).total; }
 #endif
 inline int64_t tile_grid_y(int64_t ntiles) { return ntiles < DSC_TILE_GRID_Y ? ntiles : DSC_TILE_GRID_Y; }
 inline int64_t tile_grid_z(int64_t ntiles) { return cdiv(ntiles, DSC_TILE_GRID_Y); }
-
-inline int64_t elementwise_blocks(int64_t total) {
-  const int64_t b = cdiv(total, kThreads);
-  return b < 1 ? 1 : (b > (1 << 20) ? (1 << 20) : b);
-}
 
 // Dilations 1..4 are compile-time specialisations; anything else runs the runtime-dilation path (0).
 // (A macro rather than a templated lambda: the CUDA build compiles as C++17.)
@@ -103,18 +117,22 @@ inline int64_t elementwise_blocks(int64_t total) {
 
 template <class P, class T, class Tl, int S, int D>
 void launch_fwd(const Problem& p, float* ws) {
-  P::launch(dsconv_fwd_kernel<T, Tl, S, D>, cdiv(p.K, Tl::BK), tile_grid_y(p.ntiles), tile_grid_z(p.ntiles),
+  P::launch(dsconv_fwd_kernel<T, Tl, S, D>, cdiv(p.K, Tl::BK), tile_grid_y(p.ft.ntiles), tile_grid_z(p.ft.ntiles),
             Tl::THREADS, p, ws);
+}
+
+inline int vec_ok(const Problem& p) {
+  return (p.C % 4 == 0 && reinterpret_cast<uintptr_t>(p.wp) % 16 == 0) ? 1 : 0;
 }
 
 // Forward. mode kEval: out; kTrain: y, mean, var, out; kYOnly: y (backward's recompute mode).
 template <class P, class T>
 void forward(const Problem& p0, float* ws) {
   Problem p = p0;
-  p.vec_wp = (p.C % 4 == 0 && reinterpret_cast<uintptr_t>(p.wp) % 16 == 0) ? 1 : 0;
+  p.vec_wp = vec_ok(p);
   DSC_DISPATCH_STRIDE(p.stride, DSC_DISPATCH_DILATION(p.dil, {
-    if (p.tile == kTileRect8x8) launch_fwd<P, T, TileRect8x8, S, D>(p, ws);
-    else if (p.tile == kTileRect8x16) launch_fwd<P, T, TileRect8x16, S, D>(p, ws);
+    if (p.ft.cls == kTileRect8x8) launch_fwd<P, T, TileRect8x8, S, D>(p, ws);
+    else if (p.ft.cls == kTileRect8x16) launch_fwd<P, T, TileRect8x16, S, D>(p, ws);
     else if constexpr (D > 0) launch_fwd<P, T, TileSpan64, S, D>(p, ws);
   }));
   if (p.mode != kTrain) return;
@@ -128,18 +146,29 @@ void forward(const Problem& p0, float* ws) {
 // Backward (mode kTrain or kEval; p.act is y or out). Writes dx, dwd, dwp (dtype T) and the fp32
 // per-channel gradients. ws must hold backward_ws_floats(p) floats.
 template <class P, class T>
-void backward(const Problem& p, float* ws) {
+void backward(const Problem& p0, float* ws) {
+  Problem p = p0;
+  p.vec_wp = vec_ok(p);
   const BwdWs L = bwd_ws(p);
-  P::launch(bwd_reduce_kernel<T>, p.ntiles8, cdiv(p.K, kBK), 1, kThreads, p, ws);
-  P::launch(bn_bwd_finalize_kernel<>, cdiv(p.K, kThreads), 1, 1, kThreads, p, ws);
-  DSC_DISPATCH_DILATION(p.dil,
-      P::launch(dwp_kernel<T, D>, cdiv(p.K, 64), cdiv(p.C, 64), p.splits, kThreads, p, ws);
-      P::launch(dt_kernel<T, D>, cdiv(p.C, kBCd), tile_grid_y(p.ntiles8), tile_grid_z(p.ntiles8), kThreads, p, ws);
-      P::launch(dx_kernel<T, D>, elementwise_blocks(p.N * p.C * p.H * p.W), 1, 1, kThreads, p,
-                static_cast<const float*>(ws)));
+  P::launch(bn_bwd_reduce_kernel<T>, cdiv(p.K, p.cl ? 32 : 8), p.rgroups, 1, 256, p, ws);
+  P::launch(bn_bwd_finalize_kernel<>, cdiv(p.K, 32), 1, 1, 256, p, ws);
+  if (p.bt.cls == kTileSpan64)
+    P::launch(dsconv_bwd_dt_kernel<T, TileSpan64>, cdiv(p.C, TileSpan64::BK), tile_grid_y(p.bt.ntiles),
+              tile_grid_z(p.bt.ntiles), TileSpan64::THREADS, p, ws);
+  else
+    P::launch(dsconv_bwd_dt_kernel<T, TileSpan128>, cdiv(p.C, TileSpan128::BK), tile_grid_y(p.bt.ntiles),
+              tile_grid_z(p.bt.ntiles), TileSpan128::THREADS, p, ws);
+  DSC_DISPATCH_STRIDE(p.stride, DSC_DISPATCH_DILATION(p.dil, {
+    if (p.wt.cls == kTileRect8x8)
+      P::launch(dsconv_bwd_dwp_kernel<T, TileRect8x8, S, D>, cdiv(p.K, kDwpK), cdiv(p.C, kDwpC), p.splits, 256, p, ws);
+    else if constexpr (D > 0)
+      P::launch(dsconv_bwd_dwp_kernel<T, TileSpan64, S, D>, cdiv(p.K, kDwpK), cdiv(p.C, kDwpC), p.splits, 256, p, ws);
+    const int cc = p.cl ? DxWindow<S, D>::CCL : 8;
+    P::launch(dsconv_bwd_dx_kernel<T, S, D>, cdiv(p.C, cc), p.xgroups, 1, 256, p, ws);
+  }));
   P::launch(colsum_kernel<T>, cdiv(p.K * p.C, 32), 1, 1, 256, static_cast<const float*>(ws + L.dwp),
             static_cast<int64_t>(p.splits), p.K * p.C, static_cast<T*>(p.dwp));
-  P::launch(colsum_kernel<T>, cdiv(p.C * 9, 32), 1, 1, 256, static_cast<const float*>(ws + L.dwd), p.ntiles8,
+  P::launch(colsum_kernel<T>, cdiv(p.C * 9, 32), 1, 1, 256, static_cast<const float*>(ws + L.dwd), p.xgroups,
             p.C * 9, static_cast<T*>(p.dwd));
 }
 

@@ -20,6 +20,7 @@ enum TileClass : int {
   kTileRect8x8 = 0,   // 128 output channels x 8x8 pixels
   kTileRect8x16 = 1,  // 64 output channels x 8x16 pixels (K <= 64 on large maps)
   kTileSpan64 = 2,    // 128 output channels x 64 consecutive pixels (maps of Wo <= 16)
+  kTileSpan128 = 3,   // 64 channels x 128 consecutive pixels (dsconv_bwd_dt when C <= 64)
 };
 
 // Division by a runtime divisor d < 2^31 for numerators n < 2^31 without a division instruction
@@ -42,6 +43,12 @@ DSC_HD uint32_t fdiv(const FastDiv& f, uint32_t n) {
   return (hi + n) >> f.s;
 }
 
+// A tiling of the output pixels (set_geometry): class, count, rect tiles per image row and per image.
+struct Tiling {
+  int cls;
+  int64_t ntiles, tiles_w, tiles_img;
+};
+
 // Everything a launch needs: geometry, raw pointers (storage dtype T behind the void*), strides.
 struct Problem {
   int64_t N, C, K, H, W, Ho, Wo, M;  // M = N * Ho * Wo
@@ -50,18 +57,19 @@ struct Problem {
   int mode;
   float eps;
 
-  // Forward / dt tiles (set_geometry): class, count, rect tiles per image row and per image.
-  int tile;
-  int64_t ntiles;
-  int64_t tiles_w, tiles_img;
-  int span_rows;  // span class: most zero-padded input rows one tile stages
+  // Pixel tilings (set_geometry): ft for dsconv_fwd (by K), wt for dsconv_bwd_dwp (64-pixel tiles),
+  // bt for dsconv_bwd_dt (span tiles, by C: it needs no window).
+  Tiling ft, wt, bt;
+  int span_rows;  // span tiles: most zero-padded input rows one tile stages (0: span tiles do not apply)
   FastDiv div_hw, div_wo, div_k;  // by Ho*Wo, Wo, K
   FastDiv div_hp, div_cwin;  // span tiles: by H + 2d and W + 2d (padded image height, window row)
   int vec_wp;  // 1: Wp rows may be read 4 elements at a time (C % 4 == 0, base 16-byte aligned)
 
-  // Backward (set_geometry): the old 8x8 tile grid of the backward kernels, dWp splits.
-  int64_t tiles_h8, tiles_w8, ntiles8;
+  // Backward (set_geometry): partial rows of bn_bwd_reduce (pixel groups of rgroup_px), of dsconv_bwd_dwp
+  // (splits of the wt tiles) and of dsconv_bwd_dx (groups of its 8x8 input tiles).
+  int64_t rgroups, rgroup_px;
   int splits;
+  int64_t xtiles_w, xtiles_img, xtiles, xgroups;
 
   const void* x;
   Str4 xs;
@@ -101,6 +109,7 @@ struct TileShape {
 using TileRect8x8 = TileShape<128, 8, 8, false>;
 using TileRect8x16 = TileShape<64, 8, 16, false>;
 using TileSpan64 = TileShape<128, 8, 8, true>;
+using TileSpan128 = TileShape<64, 8, 16, true>;
 
 constexpr int kSpanHalo = 800;     // span tiles: staged input floats per channel (host-checked bound)
 constexpr int kSpanRowsMax = 128;  // span tiles: staged rows (host-checked bound)
@@ -112,20 +121,20 @@ struct RectTile {
   int ho0, wo0;
 };
 template <int TH, int TW>
-DSC_HD RectTile rect_tile(const Problem& p, int64_t t) {
-  const uint32_t per = static_cast<uint32_t>(p.tiles_img), tw = static_cast<uint32_t>(p.tiles_w);
+DSC_HD RectTile rect_tile(const Tiling& tl, int64_t t) {
+  const uint32_t per = static_cast<uint32_t>(tl.tiles_img), tw = static_cast<uint32_t>(tl.tiles_w);
   const uint32_t t32 = static_cast<uint32_t>(t), n = t32 / per, r = t32 - n * per, th = r / tw;
   return RectTile{static_cast<int64_t>(n), static_cast<int>(th) * TH, static_cast<int>(r - th * tw) * TW};
 }
 
-// Valid output pixels of tile t of the problem's tile class.
-DSC_HD int64_t tile_count(const Problem& p, int64_t t) {
-  if (p.tile == kTileSpan64) {
-    const int64_t left = p.M - t * 64;
-    return left < 64 ? left : 64;
+// Valid output pixels of tile t of tiling tl.
+DSC_HD int64_t tile_count(const Problem& p, const Tiling& tl, int64_t t) {
+  if (tl.cls == kTileSpan64 || tl.cls == kTileSpan128) {
+    const int64_t bp = tl.cls == kTileSpan64 ? 64 : 128, left = p.M - t * bp;
+    return left < bp ? left : bp;
   }
-  const int th = 8, tw = p.tile == kTileRect8x16 ? 16 : 8;
-  const uint32_t per = static_cast<uint32_t>(p.tiles_img), tws = static_cast<uint32_t>(p.tiles_w);
+  const int th = 8, tw = tl.cls == kTileRect8x16 ? 16 : 8;
+  const uint32_t per = static_cast<uint32_t>(tl.tiles_img), tws = static_cast<uint32_t>(tl.tiles_w);
   const uint32_t r = static_cast<uint32_t>(t) % per, ty = r / tws;
   const int64_t ho0 = static_cast<int64_t>(ty) * th, wo0 = static_cast<int64_t>(r - ty * tws) * tw;
   const int64_t h = p.Ho - ho0 < th ? p.Ho - ho0 : th, w = p.Wo - wo0 < tw ? p.Wo - wo0 : tw;
@@ -143,7 +152,30 @@ DSC_DEVICE TileBlock tile_block() {
                    static_cast<int64_t>(blockIdx.x)};
 }
 
-// Forward workspace (training): [mean | M2] tile partials, [ntiles, K] fp32 each.
-DSC_HD int64_t fwd_ws_floats(const Problem& p) { return p.mode == kTrain ? 2 * p.ntiles * p.K : 0; }
+// Forward workspace (training): [mean | M2] tile partials, [ft.ntiles, K] fp32 each.
+DSC_HD int64_t fwd_ws_floats(const Problem& p) { return p.mode == kTrain ? 2 * p.ft.ntiles * p.K : 0; }
+
+// Backward workspace (fp32), offsets in floats: [3][rgroups][K] BN-gradient partials | [K][8] per-channel
+// dy coefficients | [splits][K][C] dWp partials | [xgroups][C * 9] dWd partials | dt [N, C, Ho, Wo] in
+// x's layout.
+struct BwdWs {
+  int64_t red, coef, dwp, dwd, dt, total;
+};
+DSC_HD BwdWs bwd_ws(const Problem& p) {
+  BwdWs w;
+  w.red = 0;
+  w.coef = w.red + (3 * p.rgroups * p.K + 3) / 4 * 4;  // 16-byte aligned: read as float4
+  w.dwp = w.coef + 8 * p.K;
+  w.dwd = w.dwp + static_cast<int64_t>(p.splits) * p.K * p.C;
+  w.dt = w.dwd + p.xgroups * p.C * 9;
+  w.total = w.dt + p.N * p.C * p.Ho * p.Wo;
+  return w;
+}
+
+// Strides of the fp32 dt workspace: x's layout at output size.
+DSC_HD Str4 dt_strides(const Problem& p) {
+  if (p.cl) return Str4{p.Ho * p.Wo * p.C, 1, p.Wo * p.C, p.C};
+  return Str4{p.C * p.Ho * p.Wo, p.Ho * p.Wo, p.Wo, 1};
+}
 
 }  // namespace dsc
