@@ -48,6 +48,15 @@ struct SimPolicy {
   }
 };
 
+// The same, for kernels with 2-D grids and blocks (the unfused baseline).
+template <class K, class... A>
+void launch(K kernel, dim3 grid, dim3 block, A... args) {
+  std::printf("[sim] launch %d grid=(%u,%u,%u) block=%u (%ux%u)\n", launch_counter()++, grid.x, grid.y, grid.z,
+              block.x * block.y * block.z, block.x, block.y);
+  kernel<<<grid, block>>>(args...);
+  SIM_CK(cudaGetLastError());
+}
+
 // ---- storage types --------------------------------------------------------------------------
 template <class T>
 struct Host;

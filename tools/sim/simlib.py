@@ -87,6 +87,7 @@ def build(program: str, dtype: str, out_dir: Path, log=print) -> Path:
     """Builds tools/sim/<program> for one storage dtype into out_dir (skipped when up to date): nvcc's own
     steps (from ``nvcc -dryrun``) with ptx_fix.py run on the PTX between cicc and fatbinary."""
     src, _ = PROGRAMS[program]
+    out_dir = Path(out_dir).resolve()
     h = program_hash(program)
     exe = out_dir / f"{program}_{dtype}_{h}"
     if exe.exists():
