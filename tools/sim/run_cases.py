@@ -153,6 +153,22 @@ def markdown(results: list[dict], config: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_grids(path: Path, batches: list[int], dilation: int, rho: float, build_dir: Path) -> None:
+    """Launch grids (in launch order) of every block, mode and implementation at each batch: the host programs
+    run natively with --dry (no GPU, no simulator, nothing computed)."""
+    exes = {impl: simlib.build(impl, "f32", build_dir / "bin", print) for impl in simlib.PROGRAMS}
+    out = {"blocks": block_shapes(1, dilation, rho), "grids": {},
+           "kernel_hash": {p: simlib.kernel_hash(p) for p in simlib.PROGRAMS}}
+    for b in batches:
+        for label, geo in block_shapes(b, dilation, rho).items():
+            for impl, exe in exes.items():
+                for mode in ("eval", "step"):
+                    c = Case(impl, mode, *geo, label=label)
+                    out["grids"][f"{impl}|{mode}|{label}|{b}"] = simlib.dry_launches(exe, c)
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"[grids] {path}")
+
+
 # ---- main -------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -175,11 +191,19 @@ def main(argv=None) -> int:
     ap.add_argument("--build-only", action="store_true", help="build the host programs and stop (no simulator)")
     ap.add_argument("--out", default=None, help="write the markdown table here (default: print it)")
     ap.add_argument("--json", default=None, help="write all results (per kernel statistics) here")
+    ap.add_argument("--grids-json", default=None,
+                    help="write the launch grids of every block (b1..b9), mode (eval, step) and implementation at "
+                         "--grid-batches here (host programs' --dry mode, no simulator; bench/cost_model.py reads it)")
+    ap.add_argument("--grid-batches", type=int, nargs="+", default=[1, 32])
     a = ap.parse_args(argv)
 
     specs = list(a.cases)
     for p in a.preset:
         specs += PRESETS[p]
+    if a.grids_json:
+        write_grids(Path(a.grids_json), a.grid_batches, a.dilation, a.rho, Path(a.build_dir))
+        if not specs:
+            return 0
     if not specs and not a.build_only:
         ap.error("give cases or --preset")
     cases = parse_cases(specs, a.batch, a.dilation, a.rho)
@@ -199,7 +223,6 @@ def main(argv=None) -> int:
     if a.build_only:
         return 0
 
-    tool = simlib.gpusim_dir(a.gpusim)
     cfg_dir, cfg_hash = simlib.prepare_config(a.config, build_dir)
     cache.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
@@ -214,6 +237,7 @@ def main(argv=None) -> int:
         else:
             todo.append((c, key))
     t0 = time.time()
+    tool = simlib.gpusim_dir(a.gpusim) if todo else None  # cached results need no simulator
 
     def work(item):
         c, key = item
@@ -223,7 +247,7 @@ def main(argv=None) -> int:
         r["case"] = {**c.__dict__}
         r["key"] = key
         r["config"] = a.config
-        r["program_hash"] = simlib.program_hash(c.impl)
+        r["kernel_hash"] = simlib.kernel_hash(c.impl)
         if r["verdict"] in ("PASS", "UNCHECKED"):  # failures are not cached: they are rerun next time
             (cache / f"{key}.json").write_text(json.dumps(r, indent=1))
         if not a.keep_runs and r["verdict"] == "PASS":

@@ -32,6 +32,16 @@ inline int& launch_counter() {
   return n;
 }
 
+// --dry: list the launches (kernel order, grids, blocks) of a problem without a GPU or simulator: no CUDA
+// call is made, nothing is checked. The cost model reads the grids of shapes too big to simulate this way.
+inline bool& dry_run() {
+  static bool d = false;
+  return d;
+}
+inline void sync() {
+  if (!dry_run()) SIM_CK(cudaDeviceSynchronize());
+}
+
 // Plain <<<>>> launch on the default stream: the simulator runs launches one after another, as one
 // CUDA stream does on a GPU.
 struct SimPolicy {
@@ -43,6 +53,7 @@ struct SimPolicy {
     }
     std::printf("[sim] launch %d grid=(%lld,%lld,%lld) block=%d\n", launch_counter()++, (long long)gx,
                 (long long)gy, (long long)gz, threads);
+    if (dry_run()) return;
     kernel<<<dim3((unsigned)gx, (unsigned)gy, (unsigned)gz), threads>>>(args...);
     SIM_CK(cudaGetLastError());
   }
@@ -53,6 +64,7 @@ template <class K, class... A>
 void launch(K kernel, dim3 grid, dim3 block, A... args) {
   std::printf("[sim] launch %d grid=(%u,%u,%u) block=%u (%ux%u)\n", launch_counter()++, grid.x, grid.y, grid.z,
               block.x * block.y * block.z, block.x, block.y);
+  if (dry_run()) return;
   kernel<<<grid, block>>>(args...);
   SIM_CK(cudaGetLastError());
 }
@@ -96,7 +108,7 @@ struct Args {
 inline void usage(const char* prog, const char* extra) {
   std::printf(
       "usage: %s [--mode eval|train|step|bwd] [--dtype f32|f16|bf16] [--layout nchw|nhwc] [--seed S]\n"
-      "          [--no-check] N C K H W stride dilation\n"
+      "          [--no-check] [--dry] N C K H W stride dilation\n"
       "  eval: inference forward; train: training forward (batch statistics); step: training forward +\n"
       "  backward; bwd: backward only (its inputs prepared on the host). %s\n",
       prog, extra);
@@ -120,6 +132,7 @@ inline Args parse(int argc, char** argv, const char* extra = "") {
     else if (s == "--layout") a.layout = val("--layout");
     else if (s == "--seed") a.seed = (unsigned)std::strtoul(val("--seed").c_str(), nullptr, 10);
     else if (s == "--no-check") a.check = false;
+    else if (s == "--dry") { a.check = false; dry_run() = true; }
     else if (s == "-h" || s == "--help") { usage(argv[0], extra); std::exit(0); }
     else if (s.size() > 1 && s[0] == '-' && !(s[1] >= '0' && s[1] <= '9')) {
       std::printf("error: unknown option %s\n", s.c_str());
@@ -163,7 +176,9 @@ struct Tensor4 {
   int64_t n, c, h, w;
   bool cl;
   std::vector<double> v;  // logical NCHW order
-  Tensor4(int64_t n_, int64_t c_, int64_t h_, int64_t w_, bool cl_) : n(n_), c(c_), h(h_), w(w_), cl(cl_), v(n_ * c_ * h_ * w_, 0.0) {}
+  // No values in a --dry run (shapes too big to hold are only listed there).
+  Tensor4(int64_t n_, int64_t c_, int64_t h_, int64_t w_, bool cl_)
+      : n(n_), c(c_), h(h_), w(w_), cl(cl_), v(dry_run() ? 0 : n_ * c_ * h_ * w_, 0.0) {}
   double& at(int64_t a, int64_t b, int64_t y, int64_t x) { return v[((a * c + b) * h + y) * w + x]; }
   double at(int64_t a, int64_t b, int64_t y, int64_t x) const { return v[((a * c + b) * h + y) * w + x]; }
   int64_t storage(int64_t a, int64_t b, int64_t y, int64_t x) const {
@@ -187,13 +202,21 @@ template <class E>
 struct DevBuf {
   E* p = nullptr;
   size_t n = 0;
-  explicit DevBuf(size_t n_) : n(n_ ? n_ : 1) { SIM_CK(cudaMalloc(&p, n * sizeof(E))); }
-  ~DevBuf() { cudaFree(p); }
+  explicit DevBuf(size_t n_) : n(n_ ? n_ : 1) {
+    if (!dry_run()) SIM_CK(cudaMalloc(&p, n * sizeof(E)));
+  }
+  ~DevBuf() {
+    if (p) cudaFree(p);
+  }
   DevBuf(const DevBuf&) = delete;
   DevBuf& operator=(const DevBuf&) = delete;
-  void put(const std::vector<E>& h) { SIM_CK(cudaMemcpy(p, h.data(), h.size() * sizeof(E), cudaMemcpyHostToDevice)); }
+  void put(const std::vector<E>& h) {
+    if (dry_run()) return;
+    SIM_CK(cudaMemcpy(p, h.data(), h.size() * sizeof(E), cudaMemcpyHostToDevice));
+  }
   std::vector<E> get() const {
     std::vector<E> h(n);
+    if (dry_run()) return h;
     SIM_CK(cudaMemcpy(h.data(), p, n * sizeof(E), cudaMemcpyDeviceToHost));
     return h;
   }
@@ -201,6 +224,7 @@ struct DevBuf {
 
 template <class T>
 std::vector<T> to_storage(const Tensor4& t) {
+  if (dry_run()) return {};
   std::vector<T> s(t.size());
   for (int64_t a = 0; a < t.n; ++a)
     for (int64_t b = 0; b < t.c; ++b)

@@ -20,12 +20,14 @@ from typing import Optional
 SIM_DIR = Path(__file__).resolve().parent
 ROOT = SIM_DIR.parents[1]
 
-# Host programs: name -> (source, sources whose content determines the simulated kernels and launches).
-# The fused program's kernels are whatever csrc/kernels/ holds; the baseline's are tools/sim/baseline/.
+# Host programs: name -> (source, what decides the simulated kernels and their launches). The fused
+# program's kernels and launch sequence are csrc/kernels/ (launch.cuh); the baseline's are its kernels and
+# the chain in unfused_sim.cu. These, the config and the case make the cache key: editing the harness's
+# checks or reference does not re-simulate anything (use --rerun after changing a host program's set-up).
 HARNESS_FILES = ["sim_common.cuh", "ref_block.h", "ptx_fix.py"]
 PROGRAMS = {
     "fused": ("fused_sim.cu", ["csrc/kernels"]),
-    "unfused": ("unfused_sim.cu", ["tools/sim/baseline"]),
+    "unfused": ("unfused_sim.cu", ["tools/sim/baseline", "tools/sim/unfused_sim.cu"]),
 }
 DTYPES = {"f32": 0, "f16": 1, "bf16": 2}
 NVCC_FLAGS = ["-O3", "-std=c++17", "-cudart", "shared", "-gencode", "arch=compute_75,code=compute_75"]
@@ -65,10 +67,15 @@ def hash_files(files: list[Path], extra: str = "") -> str:
 
 
 def program_hash(program: str) -> str:
-    """Hash of what determines a program's kernels and launches (not its CPU reference check alone)."""
+    """Hash of everything a program's binary is built from (names the binary)."""
     src, kernel_dirs = PROGRAMS[program]
     files = files_of([f"tools/sim/{src}"] + [f"tools/sim/{f}" for f in HARNESS_FILES] + kernel_dirs)
     return hash_files(files, nvcc_version())
+
+
+def kernel_hash(program: str) -> str:
+    """Hash of what decides the simulated kernels and launches of a program (part of the cache key)."""
+    return hash_files(files_of(PROGRAMS[program][1]), nvcc_version())
 
 
 _NVCC_VERSION: Optional[str] = None
@@ -300,7 +307,16 @@ class Case:
 
 
 def cache_key(case: Case, config_hash: str) -> str:
-    return hashlib.sha256(f"{case.ident()}|{program_hash(case.impl)}|{config_hash}".encode()).hexdigest()[:20]
+    return hashlib.sha256(f"{case.ident()}|{kernel_hash(case.impl)}|{config_hash}".encode()).hexdigest()[:20]
+
+
+def dry_launches(exe: Path, case: Case) -> list[list[int]]:
+    """The launch grids of a case, in launch order, from the host program's --dry mode (runs natively)."""
+    r = subprocess.run([str(exe), *case.args(), "--dry"], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{exe.name} --dry failed: {r.stdout[-2000:]} {r.stderr[-2000:]}")
+    return [[int(g) for g in m.groups()] for m in re.finditer(r"\[sim\] launch \d+ grid=\((\d+),(\d+),(\d+)\)",
+                                                             r.stdout)]
 
 
 def run_case(case: Case, exe: Path, config_dir: Path, run_dir: Path, tool: Path, nice: int = 10,

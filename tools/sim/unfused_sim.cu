@@ -54,7 +54,7 @@ int run_gemm(int M, int N, int K) {
   da.put(a);
   db.put(b);
   gemm<false, false>(M, N, K, da.p, K, 0, db.p, N, 0, dc.p, 0, 1, 1);
-  SIM_CK(cudaDeviceSynchronize());
+  sync();
   const std::vector<float> c = dc.get();
   double err = 0, mx = 0;
   for (int s = 0; s < 4096; ++s) {
@@ -133,10 +133,10 @@ int run(const Args& a) {
   }
   launch(base::bn_transform_kernel, eg, eb, y.p, z.p, mean.p, var.p, gamma.p, beta.p, eps, N, K, P);
   launch(base::relu_kernel, dim3(base::ew_blocks((int)ny)), dim3(base::kEwThreads), z.p, out.p, (int)ny);
-  SIM_CK(cudaDeviceSynchronize());
+  sync();
 
   Checker chk;
-  RefFwd f = ref_forward(in, train);
+  RefFwd f = a.check ? ref_forward(in, train) : RefFwd{in.x, in.x, in.x, {}, {}};
   if (a.check) {
     const Tensor4 like_y(N, K, Ho, Wo, false);
     chk.cmp("out", from_storage<float>(out.get(), like_y).v, f.out.v, Host<float>::tol);
@@ -171,7 +171,7 @@ int run(const Args& a) {
     else
       launch(base::dw_bwd_input_kernel<2>, dim3(base::aten_blocks((long long)nx)), dim3(base::kAtenThreads), dt.p,
              dx.p, wd.p, (int)nx, C, H, W, Ho, Wo, d, d);
-    SIM_CK(cudaDeviceSynchronize());
+    sync();
     if (a.check) {
       // Reference backward from the device's forward values (as in fused_sim.cu).
       const Tensor4 like_y(N, K, Ho, Wo, false);
@@ -188,7 +188,7 @@ int run(const Args& a) {
     }
   }
   if (!a.check) {
-    std::printf("unfused: outputs not checked (--no-check)\n");
+    std::printf("unfused: outputs not checked (%s)\n", dry_run() ? "--dry: nothing ran" : "--no-check");
     return 0;
   }
   return chk.verdict("unfused");
