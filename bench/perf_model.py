@@ -1,4 +1,7 @@
-"""An analytic MODEL of global-memory traffic and FLOPs of the joint block, and roofline times.
+"""MODEL v1 (bytes only): global-memory traffic and FLOPs of the joint block, and roofline times.
+
+The secondary, bytes-only model; bench/cost_model.py (v2) adds instructions, shared memory, L2, latency
+and launch costs and is the one the README reports. v2 uses these compulsory bytes as its DRAM traffic.
 
 Everything here is computed from tensor shapes; nothing is measured. Numbers from this module must
 always be shown labelled as a model, never next to measured times as if they were measurements.
@@ -72,8 +75,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional, Sequence
+
+try:  # the installed package when there is one, else this checkout
+    import fused_dsconv  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 MODES = ("eval", "train_fwd", "train_fwd_bwd")
 F32 = 4  # bytes of a float32 per-channel value / partial sum
