@@ -116,7 +116,7 @@ def test_report_markdown_and_png(tmp_path):
     assert "| 0.50; 0.50 |" in text
     assert "| a100_r100_d3_b1 | 4 | 2 | 1 | 0.500 | 0.250 |" in text
     assert "100 / 200 / 300" in text
-    assert "MODEL (analytic, not measured" in text
+    assert "MODEL (analytic, bytes only, not measured" in text
     if _has_matplotlib():
         assert png.stat().st_size > 1000
 

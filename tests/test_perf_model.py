@@ -2,11 +2,13 @@
 tile / workspace geometry checked against the C++ launcher it mirrors."""
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from fused_dsconv import perf_model as pm
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import perf_model as pm  # noqa: E402
 
 from fused_dsconv.testing import NATIVE_TILE_CASES as TILE_CASES
 
@@ -50,9 +52,15 @@ def test_backward_bytes_by_hand():
     assert rec == X + WD + WP + PC + Y
 
 
-def test_design_is_fused_and_labelled_design():
-    assert pm.design is pm.fused
-    assert pm.fused(L, "eval").impl == "design"
+def test_design_rows_are_the_fused_plan_and_labelled_design():
+    # The tables' "design" columns must be DESIGN.md's plan (`fused`), not another implementation: their
+    # kernels and bytes are the plan's, and differ from the shipped kernels' (`native`).
+    layers = pm.classifier_layers(batch=2)
+    for mode in pm.MODES:
+        row = pm.model_rows(layers[:1], mode)[0]
+        plan = pm.fused(layers[0], mode)
+        assert row["design_bytes"] == plan.bytes and row["design_flops"] == plan.flops
+        assert plan.impl == "design" and [k.name for k in plan.kernels] != [k.name for k in pm.native(layers[0], mode).kernels]
     assert pm.fused(L, "train_fwd_bwd", recompute=True).impl == "design_recompute"
 
 

@@ -1,0 +1,133 @@
+// SIMT SGEMM for the unfused baseline's 1x1 convolution (the role cuDNN / cuBLAS play for PyTorch):
+// C[M, N] = sum_k A(m, k) B(k, n), fp32, one BM x BN tile per block, 8 x 8 outputs per thread (two 4 x 4
+// quadrants, so that both operands come from shared memory as float4), BK = 8, the next k-tile prefetched
+// into registers while the current one is multiplied (one barrier per k-tile), shared rows padded by 4
+// floats against bank conflicts of the transposing stores.
+//   A(m, k) = TA ? A[k lda + m] : A[m lda + k];   B(k, n) = TB ? B[n ldb + k] : B[k ldb + n]
+//   grid (cdiv(N, BN), cdiv(M, BM), batch): blockIdx.z picks the batch entry (strides sA, sB, sC); with
+//   `reduce` > 1 one block also sums over that many batch entries (strides sA, sB) into one C.
+#pragma once
+
+#include <cuda_runtime.h>
+
+namespace base {
+
+constexpr int kBK = 8;
+
+template <int BM, int BN, bool TA, bool TB>
+__global__ void __launch_bounds__(BM * BN / 64)
+sgemm_kernel(int M, int N, int K, const float* __restrict__ A, int lda, long long sA, const float* __restrict__ B,
+             int ldb, long long sB, float* __restrict__ C, long long sC, int reduce) {
+  constexpr int T = BM * BN / 64;          // threads
+  constexpr int TX = BN / 8;               // threads along n
+  constexpr int LA = BM * kBK / T;         // A elements each thread stages per k-tile
+  constexpr int LB = BN * kBK / T;
+  static_assert(LA >= 1 && LB >= 1 && (BM * kBK) % T == 0 && (BN * kBK) % T == 0, "tile / thread mismatch");
+  __shared__ __align__(16) float As[2][kBK][BM + 4];
+  __shared__ __align__(16) float Bs[2][kBK][BN + 4];
+  const int tid = threadIdx.x, tx = tid % TX, ty = tid / TX;
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  const long long z = blockIdx.z;
+  C += z * sC;
+  float acc[8][8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[i][j] = 0.f;
+
+  const int kt_per = (K + kBK - 1) / kBK, total = kt_per * reduce;
+  float ra[LA], rb[LB];
+  auto load = [&](int t) {
+    const int r = t / kt_per, k0 = (t - r * kt_per) * kBK;
+    const float* Ab = A + (z * reduce + r) * sA;
+    const float* Bb = B + (z * reduce + r) * sB;
+#pragma unroll
+    for (int l = 0; l < LA; ++l) {
+      const int e = tid + l * T;
+      const int mm = TA ? e % BM : e / kBK, kk = TA ? e / BM : e % kBK;
+      const int m = m0 + mm, k = k0 + kk;
+      ra[l] = (m < M && k < K) ? (TA ? Ab[(long long)k * lda + m] : Ab[(long long)m * lda + k]) : 0.f;
+    }
+#pragma unroll
+    for (int l = 0; l < LB; ++l) {
+      const int e = tid + l * T;
+      const int nn = TB ? e / kBK : e % BN, kk = TB ? e % kBK : e / BN;
+      const int n = n0 + nn, k = k0 + kk;
+      rb[l] = (n < N && k < K) ? (TB ? Bb[(long long)n * ldb + k] : Bb[(long long)k * ldb + n]) : 0.f;
+    }
+  };
+  auto stage = [&](int buf) {
+#pragma unroll
+    for (int l = 0; l < LA; ++l) {
+      const int e = tid + l * T;
+      As[buf][TA ? e / BM : e % kBK][TA ? e % BM : e / kBK] = ra[l];
+    }
+#pragma unroll
+    for (int l = 0; l < LB; ++l) {
+      const int e = tid + l * T;
+      Bs[buf][TB ? e % kBK : e / BN][TB ? e / kBK : e % BN] = rb[l];
+    }
+  };
+
+  load(0);
+  stage(0);
+  __syncthreads();
+  for (int t = 0; t < total; ++t) {
+    const int buf = t & 1;
+    if (t + 1 < total) load(t + 1);
+#pragma unroll
+    for (int k = 0; k < kBK; ++k) {
+      float a[8], b[8];
+      const float4 a0 = *reinterpret_cast<const float4*>(&As[buf][k][ty * 4]);
+      const float4 a1 = *reinterpret_cast<const float4*>(&As[buf][k][ty * 4 + BM / 2]);
+      const float4 b0 = *reinterpret_cast<const float4*>(&Bs[buf][k][tx * 4]);
+      const float4 b1 = *reinterpret_cast<const float4*>(&Bs[buf][k][tx * 4 + BN / 2]);
+      a[0] = a0.x; a[1] = a0.y; a[2] = a0.z; a[3] = a0.w; a[4] = a1.x; a[5] = a1.y; a[6] = a1.z; a[7] = a1.w;
+      b[0] = b0.x; b[1] = b0.y; b[2] = b0.z; b[3] = b0.w; b[4] = b1.x; b[5] = b1.y; b[6] = b1.z; b[7] = b1.w;
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] += a[i] * b[j];
+    }
+    if (t + 1 < total) stage(buf ^ 1);  // the other buffer: last read before the previous barrier
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int m = m0 + ty * 4 + (i & 3) + (i >> 2) * (BM / 2);
+    if (m >= M) continue;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int n = n0 + tx * 4 + (j & 3) + (j >> 2) * (BN / 2);
+      if (n < N) C[(long long)m * N + n] = acc[i][j];
+    }
+  }
+}
+
+// Tile shapes a launch may use (a library's heuristic picks among its kernels per problem).
+struct GemmTile {
+  int bm, bn, ctas_per_sm;  // ctas_per_sm: resident blocks per SM on a GP102 (registers / threads)
+};
+constexpr GemmTile kTiles[] = {{128, 128, 2}, {128, 64, 4}, {64, 64, 8}, {64, 32, 16}};
+
+// The tile with the least estimated time on `sms` SMs: the busiest SM's share of tile work, slowed when
+// fewer than 4 warps (one per scheduler) are resident. Ties go to the larger tile (less operand traffic).
+inline GemmTile pick_tile(int M, int N, int batch, int sms) {
+  GemmTile best = kTiles[0];
+  double best_t = 1e300;
+  for (const GemmTile& t : kTiles) {
+    const long long blocks = (long long)((M + t.bm - 1) / t.bm) * ((N + t.bn - 1) / t.bn) * batch;
+    const long long per_sm = (blocks + sms - 1) / sms;
+    const long long resident = per_sm < t.ctas_per_sm ? per_sm : t.ctas_per_sm;
+    const double warps = (double)resident * (t.bm * t.bn / 64) / 32.0;
+    const double eff = warps >= 4.0 ? 1.0 : warps / 4.0;
+    const double time = (double)per_sm * t.bm * t.bn / eff;
+    if (time < best_t * (1 - 1e-9)) {
+      best_t = time;
+      best = t;
+    }
+  }
+  return best;
+}
+
+}  // namespace base
