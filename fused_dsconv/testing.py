@@ -32,7 +32,7 @@ TOLERANCES = {
 
 # Shapes that give every tile class of the native CUDA kernels (csrc/kernels/launch.cuh) and its edges:
 # ((N, C, K, H, W), stride, dilation, the forward's tile class). tests/test_emu_kernels.py runs every op
-# on them through the emulator; tests/test_perf_model.py checks the class against the launcher.
+# on them through the emulator; tests/test_perf_model.py checks the class against the launcher's mirror.
 NATIVE_TILE_CASES = [
     ((1, 9, 70, 20, 19), 1, 2, "rect8x8"),      # Wo > 16, K > 64: 128 channels x 8x8, 3x3 tiles
     ((1, 6, 10, 40, 36), 2, 3, "rect8x16"),     # K <= 64 on a wide map, stride 2

@@ -8,12 +8,18 @@ for the ThreadSanitizer run.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from fused_dsconv.backends import native
 from fused_dsconv.backends.reference import ReferenceBackend
 from fused_dsconv.testing import NATIVE_TILE_CASES, assert_close, make_case
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import perf_model as pm  # noqa: E402
 
 REF = ReferenceBackend()
 EPS = 1e-5
@@ -135,8 +141,8 @@ def test_multi_chunk_shapes(emu, cl, shape, s, d):
 
 
 # Shapes that put every tile class of csrc/kernels/launch.cuh (and its edges) through every op; the class
-# each one selects is asserted from the launcher's mirror in fused_dsconv/perf_model.py (native_geometry),
-# which tests/test_perf_model.py checks against the C++.
+# each one selects is asserted from the launcher's mirror in bench/perf_model.py (native_geometry), which
+# tests/test_perf_model.py checks against the C++.
 TILE_CASES = NATIVE_TILE_CASES
 TILE_IDS = [f"{c[3]}-{'x'.join(map(str, c[0]))}-s{c[1]}-d{c[2]}" for c in TILE_CASES]
 
@@ -144,7 +150,6 @@ TILE_IDS = [f"{c[3]}-{'x'.join(map(str, c[0]))}-s{c[1]}-d{c[2]}" for c in TILE_C
 @pytest.mark.parametrize("shape,s,d,cls", TILE_CASES, ids=TILE_IDS)
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
 def test_tile_classes(emu, shape, s, d, cls, cl):
-    from fused_dsconv import perf_model as pm
     assert pm.native_geometry(pm.Layer("t", *shape, stride=s, dilation=d)).fwd_tile == cls
     c = _case(F32, cl, s, d, shape=shape)
     out = emu.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, d)
