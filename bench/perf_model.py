@@ -359,7 +359,7 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
     forward: ``dsconv_fwd`` (y + tile statistics), ``bn_stats``, ``bn_relu`` (recompute mode writes y into
     out's storage and normalises in place: the same bytes); backward: (recompute: ``dsconv_fwd`` in y-only
     mode into a temporary), ``bn_bwd_reduce``, ``bn_bwd_finalize``, ``dsconv_bwd_dt``, ``dsconv_bwd_dwp``,
-    ``dsconv_bwd_dx`` (with the dWd partials), ``colsum`` for dWp and for dWd.
+    ``dsconv_bwd_dx`` (with the dWd partials), ``colsum`` (the dWp and dWd partials, one launch).
     """
     _check_mode(mode)
     l, e = layer, act_bytes
@@ -420,8 +420,7 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
                    f"({dwp_cb}x); {g.splits} split(s)"),
             Kernel("dsconv_bwd_dx", dt + x + wd, x + dwd_part, 4 * 9 * l.n * l.c * l.h * l.w,
                    note="dt window per 8x8 input tile; dx and the dWd partials from the same dt taps"),
-            Kernel("colsum dWp", dwp_part, wp, g.splits * l.k * l.c),
-            Kernel("colsum dWd", dwd_part, wd, g.xgroups * l.c * 9),
+            Kernel("colsum (dWp, dWd)", dwp_part + dwd_part, wp + wd, g.splits * l.k * l.c + g.xgroups * l.c * 9),
         ]
     return Traffic(layer, impl, mode, ks)
 

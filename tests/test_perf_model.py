@@ -115,15 +115,14 @@ def test_native_backward_bytes_by_hand():
     tr = pm.native(L, "train_fwd_bwd")
     bwd = tr.kernels[len(fwd.kernels):]
     assert [k.name for k in bwd] == ["bn_bwd_reduce", "bn_bwd_finalize", "dsconv_bwd_dt", "dsconv_bwd_dwp",
-                                     "dsconv_bwd_dx", "colsum dWp", "colsum dWd"]
+                                     "dsconv_bwd_dx", "colsum (dWp, dWd)"]
     assert [(k.read, k.written) for k in bwd] == [
         (2 * Y + 4 * PC, red),  # dout, y, mean, var, gamma, beta -> partials of dz, dz yhat, yhat
         (red + 4 * PC, coef + 3 * PC),  # -> dy coefficients and dbeta, dgamma, dbias
         (2 * Y + WP + coef, dt),  # dt = Wp^T dy (dy formed from dout, y) to the workspace
         (X + WD + 2 * Y + coef, dwp),  # t rebuilt from x, dy from (dout, y) -> dWp partials
         (dt + X + WD, X + dwd),  # dx and the dWd partials from dt and x
-        (dwp, WP),
-        (dwd, WD),
+        (dwp + dwd, WP + WD),
     ]
     assert tr.bytes - fwd.bytes == 624 + 288 + 800 + 872 + 528 + 64 + 144
     rec = pm.native(L, "train_fwd_bwd", recompute=True)
@@ -140,7 +139,7 @@ def test_native_half_precision_keeps_fp32_workspaces():
     k = {kk.name: kk for kk in tr.kernels}
     assert k["dsconv_bwd_dt"].written == 1 * 2 * 16 * 4  # dt stays fp32
     assert k["dsconv_bwd_dx"].read == 1 * 2 * 16 * 4 + x + WD // 2 and k["dsconv_bwd_dx"].written == x + 2 * 9 * 4
-    assert k["colsum dWp"].written == wp
+    assert k["colsum (dWp, dWd)"].written == wp + WD // 2
     ev = pm.native(L, "eval", act_bytes=e).kernels[0]  # fold: cast to fp32, multiply, cast back
     assert (ev.read, ev.written) == (4 * 2 * (2 + 8) + 4 * PC, 4 * 2 * (2 + 8) + PC)
     assert t == 64

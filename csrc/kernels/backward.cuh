@@ -178,7 +178,7 @@ struct DtSmem {
 };
 
 template <class T, class Tl>
-DSC_GLOBAL void DSC_LAUNCH_BOUNDS(Tl::THREADS) dsconv_bwd_dt_kernel(const Problem p, float* ws) {
+DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_bwd_dt_kernel(const Problem p, float* ws) {
   constexpr int BCb = Tl::BK, BP = Tl::BP, NT = Tl::THREADS, KC = kDtKC;
   using Smem = DtSmem<Tl>;
   DSC_SHARED(Smem, s);
@@ -204,23 +204,48 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(Tl::THREADS) dsconv_bwd_dt_kernel(const Proble
 #pragma unroll
     for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
 
-  for (int64_t k0 = 0; k0 < p.K; k0 += KC) {
-    for (int e = tid; e < KC * (BCb / 4); e += NT) {
-      const int kk = e / (BCb / 4), cg = (e - kk * (BCb / 4)) * 4;
-      const int64_t k = k0 + kk, c = c0 + cg, n = p.C - c;
-      float v[4];
-      load4<T>(wp + k * p.C + c, k < p.K ? (n < 4 ? static_cast<int>(n < 0 ? 0 : n) : 4) : 0, vec_wp, v);
-      *reinterpret_cast<f4*>(&s.m.w[kk][cg]) = f4{v[0], v[1], v[2], v[3]};
+  // Each thread stages one 4-channel slice of a Wp row and NE dy values per chunk, at fixed places: the
+  // next chunk's loads are issued into registers before this chunk's GEMM (double buffering through
+  // registers); dy is formed from them when they are stored.
+  constexpr int NE = KC * BP / NT, WPT = KC * (BCb / 4);
+  static_assert(WPT <= NT && NE >= 1, "dt staging");
+  const int kk_w = tid / (BCb / 4), cg_w = (tid % (BCb / 4)) * 4;
+  const int64_t nc = p.C - c0 - cg_w;
+  const int nw = tid < WPT ? (nc < 4 ? static_cast<int>(nc < 0 ? 0 : nc) : 4) : 0;
+  const T* wcol = wp + (nw > 0 ? c0 + cg_w : 0);
+  int kk_e[NE], q_e[NE];
+  int64_t og_e[NE], oa_e[NE];
+#pragma unroll
+  for (int i = 0; i < NE; ++i) {
+    const int e = tid + i * NT;
+    kk_e[i] = p.cl ? e % KC : e / BP;  // coalesced along the layout
+    q_e[i] = p.cl ? e / KC : e % BP;
+    og_e[i] = s.sg[q_e[i]];
+    oa_e[i] = s.sa[q_e[i]];
+  }
+  float pw[4], pg[NE], pa[NE];
+  auto load = [&](int64_t k0) {
+    const bool kv = k0 + kk_w < p.K;
+    load4<T>(wcol + (kv ? (k0 + kk_w) * p.C : 0), kv ? nw : 0, vec_wp, pw);
+#pragma unroll
+    for (int i = 0; i < NE; ++i) {
+      const int64_t k = k0 + kk_e[i];
+      const bool ok = k < p.K && og_e[i] >= 0;
+      pg[i] = Cvt<T>::ldg(go + (ok ? og_e[i] + k * p.dos.c : 0));
+      pa[i] = Cvt<T>::ldg(ac + (ok ? oa_e[i] + k * p.as.c : 0));
     }
-    for (int e = tid; e < KC * BP; e += NT) {
-      const int kk = p.cl ? e % KC : e / BP, q = p.cl ? e / KC : e % BP;  // coalesced along the layout
-      const int64_t k = k0 + kk;
-      float v = 0.f;
-      if (k < p.K && s.sg[q] >= 0)
-        v = dy_of(dy_coef(coef, k), Cvt<T>::ldg(go + s.sg[q] + k * p.dos.c), Cvt<T>::ldg(ac + s.sa[q] + k * p.as.c));
-      s.m.dy[kk][q] = v;
+  };
+  load(0);
+  for (int64_t k0 = 0; k0 < p.K; k0 += KC) {
+    if (tid < WPT) *reinterpret_cast<f4*>(&s.m.w[kk_w][cg_w]) = f4{pw[0], pw[1], pw[2], pw[3]};
+#pragma unroll
+    for (int i = 0; i < NE; ++i) {
+      const int64_t k = k0 + kk_e[i];
+      const bool ok = k < p.K && og_e[i] >= 0;
+      s.m.dy[kk_e[i]][q_e[i]] = ok ? dy_of(dy_coef(coef, k), pg[i], pa[i]) : 0.f;
     }
     DSC_SYNC(23);  // chunk staged
+    if (k0 + KC < p.K) load(k0 + KC);
 #pragma unroll
     for (int kk = 0; kk < KC; ++kk) mma_8x4<BCb>(acc, s.m.w[kk], s.m.dy[kk], ty, tx);
     DSC_SYNC(24);  // chunk consumed
@@ -285,7 +310,7 @@ struct DwpSmem {
 };
 
 template <class T, class Tl, int S, int D>
-DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dwp_kernel(const Problem p, float* ws) {
+DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Problem p, float* ws) {
   using G = Window<Tl, S, D>;
   constexpr int BC = G::BC, BP = Tl::BP, NT = 256, TX = kDwpC / 4;
   constexpr int TPC = NT / BC, PPT = BP / TPC;
@@ -303,7 +328,10 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dwp_kernel(const Problem p, fl
   // dy mapping: this thread's output channel and first pixel (16 pixels, stride 2, per half tile).
   const int kk_dy = tid % kDwpK, q_dy = tid / kDwpK;
   const int64_t k_dy = k0 + kk_dy;
-  const DyCoef cf = dy_coef(coef, k_dy < p.K ? k_dy : 0);
+  const bool kv_dy = k_dy < p.K;
+  const DyCoef cf = dy_coef(coef, kv_dy ? k_dy : 0);
+  const T* go_k = go + (kv_dy ? k_dy * p.dos.c : 0);  // this thread's channel of dout and y
+  const T* ac_k = ac + (kv_dy ? k_dy * p.as.c : 0);
 
   float acc[8][4];
 #pragma unroll
@@ -346,10 +374,10 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dwp_kernel(const Problem p, fl
 #pragma unroll 4
       for (int j = 0; j < 16; ++j) {
         const int ql = q_dy + 2 * j, q = h * 32 + ql;
-        float v = 0.f;
-        if (k_dy < p.K && s.sg[q] >= 0)
-          v = dy_of(cf, Cvt<T>::ldg(go + s.sg[q] + k_dy * p.dos.c), Cvt<T>::ldg(ac + s.sa[q] + k_dy * p.as.c));
-        s.u.dyT[ql][kk_dy] = v;
+        const int64_t og = s.sg[q], oa = s.sa[q];
+        const bool ok = kv_dy && og >= 0;
+        const float g = Cvt<T>::ldg(go_k + (ok ? og : 0)), a = Cvt<T>::ldg(ac_k + (ok ? oa : 0));
+        s.u.dyT[ql][kk_dy] = ok ? dy_of(cf, g, a) : 0.f;
       }
       DSC_SYNC(30);  // dy half staged (and t complete)
 #pragma unroll 4
@@ -453,10 +481,11 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
       const int ch = p.cl ? e % CC : e / X::HALO, rq = p.cl ? e / CC : e % X::HALO;
       const int rr = rq / XR, qq = rq - rr * XR;
       const int ho = src(rr, h0, ho_lo, p.Ho), wo = src(qq, w0, wo_lo, p.Wo);
-      float v = 0.f;
-      if (c0 + ch < p.C && ho >= 0 && ho < p.Ho && wo >= 0 && wo < p.Wo)
-        v = dt[dtn + (c0 + ch) * dts.c + static_cast<int64_t>(ho) * dts.h + static_cast<int64_t>(wo) * dts.w];
-      s.win[ch][rq] = v;
+      const bool ok = c0 + ch < p.C && ho >= 0 && ho < p.Ho && wo >= 0 && wo < p.Wo;
+      const float v = dt[ok ? dtn + (c0 + ch) * dts.c + static_cast<int64_t>(ho) * dts.h +
+                                  static_cast<int64_t>(wo) * dts.w
+                            : 0];
+      s.win[ch][rq] = ok ? v : 0.f;
     }
     DSC_SYNC(33);  // window staged
     if (c < p.C) {

@@ -31,6 +31,9 @@ typedef unsigned int uint32_t;
 #define DSC_HD __host__ __device__ __forceinline__
 #define DSC_GLOBAL __global__
 #define DSC_LAUNCH_BOUNDS(n) __launch_bounds__(n)
+// At least m resident blocks of n threads per SM: caps registers at 65536 / (n m) (the tiled kernels ask
+// for 2 blocks of 256 threads, <= 128 registers, so loads batched for latency do not take the whole file).
+#define DSC_LAUNCH_BOUNDS_MIN(n, m) __launch_bounds__(n, m)
 // Shared memory: one struct per kernel, so the emulator can hand out one poisoned arena for it.
 #define DSC_SHARED(Type, name) __shared__ Type name
 #define DSC_RSQRT(v) rsqrtf(v)
@@ -40,6 +43,7 @@ typedef unsigned int uint32_t;
 #define DSC_HD inline
 #define DSC_GLOBAL inline
 #define DSC_LAUNCH_BOUNDS(n)
+#define DSC_LAUNCH_BOUNDS_MIN(n, m)
 #define DSC_SHARED(Type, name) Type& name = *static_cast<Type*>(::emu::shared_arena(sizeof(Type)))
 #define DSC_RSQRT(v) (1.0f / std::sqrt(v))
 #endif

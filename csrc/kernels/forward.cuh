@@ -59,7 +59,7 @@ DSC_DEVICE void slot_offsets(const Problem& p, const Tiling& tl, int64_t tile, c
 // Epilogue through shared memory (coalesced stores in both layouts): eval -> relu(y + bias); train ->
 // y + bias stored and the tile's per-channel (mean, M2) written to ws; y-only -> y + bias stored.
 template <class T, class Tl, int S, int D>
-DSC_GLOBAL void DSC_LAUNCH_BOUNDS(Tl::THREADS) dsconv_fwd_kernel(const Problem p, float* ws) {
+DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_fwd_kernel(const Problem p, float* ws) {
   using G = Window<Tl, S, D>;
   constexpr int BC = G::BC, BK = Tl::BK, BP = Tl::BP, NT = Tl::THREADS;
   constexpr int TPC = NT / BC, PPT = BP / TPC;  // depthwise: threads per channel, pixels per thread
@@ -91,25 +91,44 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(Tl::THREADS) dsconv_fwd_kernel(const Problem p
 #pragma unroll
     for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
 
+  // Per-thread staging of the chunk's Wp^T slice (4 consecutive input channels of one output channel, one
+  // vector load) and depthwise weights; with the NCHW window, loaded into registers one chunk ahead when
+  // they fit (PF: the next chunk's loads are in flight while this chunk computes).
+  constexpr bool PF = BC * G::E <= 16;
+  constexpr int WPT = BK * (BC / 4);  // threads that stage Wp (<= NT)
+  const int kk_w = tid / (BC / 4), cg_w = (tid % (BC / 4)) * 4;
+  const bool kv = tid < WPT && k0 + kk_w < p.K;
+  const T* wrow = wp + (kv ? (k0 + kk_w) * p.C : 0) + cg_w;
   const bool vec_wp = p.vec_wp != 0;
-  for (int64_t c0 = 0; c0 < p.C; c0 += BC) {
-    // (1) Stage the input window of BC channels, the chunk's depthwise weights and Wp^T.
-    win.template stage<T>(p, s.row, c0, s.m.halo, tid);
-    if (tid < BC * 9) {
-      const int cc = tid / 9;
-      s.m.wd[cc][tid - cc * 9] = c0 + cc < p.C ? Cvt<T>::ldg(wd + c0 * 9 + tid) : 0.f;
+  float xv[PF ? BC : 1][PF ? G::E : 1], wv4[4], wdv = 0.f;  // (the window only when prefetched)
+  auto load = [&](int64_t c) {
+    if constexpr (PF)
+      if (!p.cl) win.template load<T>(p, c, xv);
+    const int64_t n = p.C - c - cg_w;
+    load4<T>(wrow + (kv ? c : 0), kv ? (n < 4 ? static_cast<int>(n < 0 ? 0 : n) : 4) : 0, vec_wp, wv4);
+    const bool dv = tid < BC * 9 && c + tid / 9 < p.C;
+    const float t = Cvt<T>::ldg(wd + (dv ? c * 9 + tid : 0));
+    wdv = dv ? t : 0.f;
+  };
+  auto store = [&](int64_t c) {
+    if constexpr (PF) {
+      if (!p.cl) win.store(xv, s.m.halo, tid);
+      else win.template stage<T>(p, s.row, c, s.m.halo, tid);
+    } else {
+      win.template stage<T>(p, s.row, c, s.m.halo, tid);
     }
-    // Wp^T chunk: thread -> (output channel kk, 4 consecutive input channels), one vector load.
-    for (int e = tid; e < BK * (BC / 4); e += NT) {
-      const int kk = e / (BC / 4), cg = (e - kk * (BC / 4)) * 4;
-      const int64_t k = k0 + kk, c = c0 + cg;
-      float v[4];
-      const int64_t n = p.C - c;
-      load4<T>(wp + k * p.C + c, k < p.K ? (n < 4 ? static_cast<int>(n < 0 ? 0 : n) : 4) : 0, vec_wp, v);
+    if (tid < WPT) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) s.m.w[cg + i][kk] = v[i];
+      for (int i = 0; i < 4; ++i) s.m.w[cg_w + i][kk_w] = wv4[i];
     }
+    if (tid < BC * 9) s.m.wd[tid / 9][tid % 9] = wdv;
+  };
+  if (PF) load(0);
+  for (int64_t c0 = 0; c0 < p.C; c0 += BC) {
+    if (!PF) load(c0);
+    store(c0);
     DSC_SYNC(1);  // window and weights staged
+    if (PF && c0 + BC < p.C) load(c0 + BC);
 
     // (2) Depthwise chunk: each thread one channel, PPT pixels.
     {

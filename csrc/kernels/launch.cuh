@@ -166,10 +166,9 @@ void backward(const Problem& p0, float* ws) {
     const int cc = p.cl ? DxWindow<S, D>::CCL : 8;
     P::launch(dsconv_bwd_dx_kernel<T, S, D>, cdiv(p.C, cc), p.xgroups, 1, 256, p, ws);
   }));
-  P::launch(colsum_kernel<T>, cdiv(p.K * p.C, 32), 1, 1, 256, static_cast<const float*>(ws + L.dwp),
-            static_cast<int64_t>(p.splits), p.K * p.C, static_cast<T*>(p.dwp));
-  P::launch(colsum_kernel<T>, cdiv(p.C * 9, 32), 1, 1, 256, static_cast<const float*>(ws + L.dwd), p.xgroups,
-            p.C * 9, static_cast<T*>(p.dwd));
+  const ColsumJob<T> jwp{ws + L.dwp, p.splits, p.K * p.C, static_cast<T*>(p.dwp)};
+  const ColsumJob<T> jwd{ws + L.dwd, p.xgroups, p.C * 9, static_cast<T*>(p.dwd)};
+  P::launch(colsum_kernel<T>, cdiv(p.K * p.C, 32) + cdiv(p.C * 9, 32), 1, 1, 256, jwp, jwd);
 }
 
 }  // namespace dsc

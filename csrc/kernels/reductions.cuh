@@ -27,22 +27,34 @@ struct ColsumSmem {
   float v[8][32];
 };
 
-// colsum: out[col] = sum over rows of part[row, col], for a [rows, cols] fp32 buffer, cast to TO.
-// Block = 32 columns (lanes: coalesced rows) x 8 row strides (warps); the 8 warp sums are added in order.
+// One [rows, cols] fp32 partial buffer and where its column sums go (cast to TO).
 template <class TO>
-DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) colsum_kernel(const float* part, int64_t rows, int64_t cols, TO* out) {
+struct ColsumJob {
+  const float* part;
+  int64_t rows, cols;
+  TO* out;
+};
+
+// colsum: out[col] = sum over rows of part[row, col] for two buffers in one launch (the backward's dWp and
+// dWd partials: one launch latency instead of two). Block = 32 columns (lanes: coalesced rows) x 8 row
+// strides (warps); the 8 warp sums are added in order. Blocks [0, cdiv(a.cols, 32)) serve a, the rest b.
+template <class TO>
+DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) colsum_kernel(const ColsumJob<TO> a, const ColsumJob<TO> b) {
   DSC_SHARED(ColsumSmem, s);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int64_t col = static_cast<int64_t>(blockIdx.x) * 32 + lane;
+  const int64_t blocks_a = (a.cols + 31) / 32;
+  const bool in_a = static_cast<int64_t>(blockIdx.x) < blocks_a;
+  const ColsumJob<TO>& j = in_a ? a : b;
+  const int64_t col = (static_cast<int64_t>(blockIdx.x) - (in_a ? 0 : blocks_a)) * 32 + lane;
   float sm = 0.f;
-  if (col < cols)
-    for (int64_t r = warp; r < rows; r += 8) sm += part[r * cols + col];
+  if (col < j.cols)
+    for (int64_t r = warp; r < j.rows; r += 8) sm += j.part[r * j.cols + col];
   s.v[warp][lane] = sm;
   DSC_SYNC(8);
-  if (warp == 0 && col < cols) {
+  if (warp == 0 && col < j.cols) {
     float t = 0.f;
     for (int w = 0; w < 8; ++w) t += s.v[w][lane];
-    out[col] = Cvt<TO>::store(t);
+    j.out[col] = Cvt<TO>::store(t);
   }
 }
 

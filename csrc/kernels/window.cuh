@@ -105,25 +105,62 @@ struct Window {
   // Stages the window of channels c0 .. c0 + BC - 1 (zeros past C) into halo[BC][HALO]. NCHW: from the
   // prepared offsets, consecutive threads along window rows; channels_last: consecutive threads along
   // channels (8 channels = 32 contiguous bytes per pixel), offsets computed per element.
+  // NCHW staging split in two, so that a kernel can issue the loads of the next chunk before computing
+  // on the current one and store them afterwards (double buffering through registers): load() reads the
+  // chunk's BC x E elements of this thread into v, store() writes them to the window.
+  template <class T>
+  DSC_DEVICE void load(const Problem& p, int64_t c0, float (&v)[BC][E]) const {
+    const T* __restrict__ x = static_cast<const T*>(p.x) + xn;
+#pragma unroll
+    for (int cc = 0; cc < BC; ++cc) {
+      const bool cv = c0 + cc < p.C;
+      const T* xc = x + (cv ? (c0 + cc) * p.xs.c : 0);
+#pragma unroll
+      for (int j = 0; j < E; ++j) {
+        const bool ok = cv && off[j] >= 0;
+        const float t = Cvt<T>::ldg(xc + (ok ? off[j] : 0));
+        v[cc][j] = ok ? t : 0.f;
+      }
+    }
+  }
+  DSC_DEVICE void store(const float (&v)[BC][E], float (*halo)[HALO], int tid) const {
+    const int win = rows * cw;
+#pragma unroll
+    for (int cc = 0; cc < BC; ++cc)
+#pragma unroll
+      for (int j = 0; j < E; ++j)
+        if (tid + j * NT < win) halo[cc][tid + j * NT] = v[cc][j];
+  }
+
   template <class T>
   DSC_DEVICE void stage(const Problem& p, const int* row, int64_t c0, float (*halo)[HALO], int tid) const {
+    // Loads are unconditional, from x's first element of the image where the value is padding, and the
+    // padding selected afterwards: no branch around each load (the read-only load cannot be predicated).
     const T* __restrict__ x = static_cast<const T*>(p.x) + xn;
     const int win = rows * cw;
     if (!p.cl) {
-#pragma unroll
+      // At most 2 channels' loads in flight at a time on large windows: the registers stay below the
+      // 2-blocks-per-SM budget (a fully unrolled 8 x 4 batch spilled).
+#pragma unroll(E > 2 ? 2 : BC)
       for (int cc = 0; cc < BC; ++cc) {
         const bool cv = c0 + cc < p.C;
-        const T* xc = x + (c0 + cc) * p.xs.c;
+        const T* xc = x + (cv ? (c0 + cc) * p.xs.c : 0);
 #pragma unroll
         for (int j = 0; j < E; ++j) {
           const int rq = tid + j * NT;
-          if (rq < win) halo[cc][rq] = (cv && off[j] >= 0) ? Cvt<T>::ldg(xc + off[j]) : 0.f;
+          if (rq < win) {
+            const bool ok = cv && off[j] >= 0;
+            const float v = Cvt<T>::ldg(xc + (ok ? off[j] : 0));
+            halo[cc][rq] = ok ? v : 0.f;
+          }
         }
       }
     } else {
       for (int e = tid; e < BC * win; e += NT) {
         const int cc = e % BC, rq = e / BC, o = src(p, row, rq);
-        halo[cc][rq] = (c0 + cc < p.C && o >= 0) ? Cvt<T>::ldg(x + c0 + cc + o) : 0.f;
+        const bool ok = c0 + cc < p.C && o >= 0;
+        const float v = Cvt<T>::ldg(x + (ok ? c0 + cc + o : 0));
+        halo[cc][rq] = ok ? v : 0.f;
       }
     }
   }
