@@ -274,6 +274,7 @@ DT_BC = {"span64": 128, "span128": 64}  # dsconv_bwd_dt input channels per block
 DWP_BK, DWP_BC = 128, 64  # dsconv_bwd_dwp block: 128 output x 64 input channels
 SPLITS_TARGET_BLOCKS = 256  # launch.cuh set_geometry: splits = cdiv(256, dwp blocks) ...
 SPLITS_MAX = 64  # ... capped at 64 and at the dWp tiles, at least 1
+WAVE = 56  # launch.cuh kFwdWave: dsconv_fwd / dsconv_bwd_dt split their reduction axis below this many blocks
 DY_FLOPS = 6  # dy_of: y - mu, z, threshold, A dz + b2 (y - mu) + c2, per element
 
 
@@ -303,13 +304,16 @@ class NativeGeometry:
     dwp_tiles: int
     dt_tile: str  # dsconv_bwd_dt tile class: span64 or span128
     dt_tiles: int
+    fsplit: int  # dsconv_fwd input-channel splits (> 1: partial tiles + dsconv_fwd_reduce)
+    bsplit: int  # dsconv_bwd_dt output-channel splits (> 1: partial dt planes)
     splits: int  # dsconv_bwd_dwp blocks along its tiles = rows of the dWp partials
     rgroups: int  # bn_bwd_reduce pixel groups = rows of its partials
     xtiles: int  # dsconv_bwd_dx 8x8 input tiles
     xgroups: int  # dsconv_bwd_dx tile groups = rows of the dWd partials
     k_blocks: int  # cdiv(K, BK): dsconv_fwd grid x
     c_blocks: int  # cdiv(C, dt channels): dsconv_bwd_dt grid x
-    fwd_ws_floats: int  # forward_ws_floats (training): [mean | M2] partials, [ntiles, K] each
+    fwd_ws_floats: int  # forward_ws_floats (training): [mean | M2] partials, [ntiles, K] each (16-byte aligned),
+    # then with fsplit > 1 the partial tiles [fsplit][ntiles][K blocks][BK x BP] (eval: only those)
     bwd_red: int  # bwd_ws offsets, in floats: [3][rgroups][K] BN-gradient partials
     bwd_coef: int  # [K][8] dy coefficients (16-byte aligned)
     bwd_dwp: int  # [splits][K][C] dWp partials
@@ -335,6 +339,15 @@ def native_geometry(layer: Layer) -> NativeGeometry:
         dwp_tile, dwp_tiles = "rect8x8", rect(8)
     dt_tile = "span128" if l.c <= 64 else "span64"
     dt_tiles = _cdiv(l.m, 128 if dt_tile == "span128" else 64)
+
+    def split(blocks: int, n: int, per: int) -> int:  # launch.cuh: splits of a reduction axis of n
+        s = max(1, min(1 if blocks >= WAVE else WAVE // blocks, n // per))
+        chunk = _cdiv(_cdiv(n, s), 8) * 8
+        return _cdiv(n, chunk)
+
+    k_blocks = _cdiv(l.k, FWD_BK[fwd_tile])
+    fsplit = split(k_blocks * ntiles, l.c, 32)
+    bsplit = split(_cdiv(l.c, DT_BC[dt_tile]) * dt_tiles, l.k, 64)
     groups = max(1, min(_cdiv(512, _cdiv(l.k, 8)), _cdiv(l.m, 256)))
     rgroup_px = _cdiv(_cdiv(l.m, groups), 32) * 32
     rgroups = _cdiv(l.m, rgroup_px)
@@ -346,10 +359,12 @@ def native_geometry(layer: Layer) -> NativeGeometry:
     dwp = coef + 8 * l.k
     dwd = dwp + splits * l.k * l.c
     dt = dwd + xgroups * l.c * 9
-    total = dt + l.n * l.c * l.ho * l.wo
-    return NativeGeometry(fwd_tile, ntiles, dwp_tile, dwp_tiles, dt_tile, dt_tiles, splits, rgroups, xtiles, xgroups,
-                          _cdiv(l.k, FWD_BK[fwd_tile]), _cdiv(l.c, DT_BC[dt_tile]), 2 * ntiles * l.k,
-                          red, coef, dwp, dwd, dt, total)
+    total = dt + bsplit * l.n * l.c * l.ho * l.wo
+    part = fsplit * ntiles * k_blocks * FWD_BK[fwd_tile] * FWD_BP[fwd_tile] if fsplit > 1 else 0  # BK x BP floats each
+    fwd_ws = (2 * ntiles * l.k + 3) // 4 * 4 + part
+    return NativeGeometry(fwd_tile, ntiles, dwp_tile, dwp_tiles, dt_tile, dt_tiles, fsplit, bsplit, splits, rgroups,
+                          xtiles, xgroups, k_blocks, _cdiv(l.c, DT_BC[dt_tile]), fwd_ws, red, coef, dwp, dwd, dt,
+                          total)
 
 
 def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = False) -> Traffic:
@@ -375,8 +390,16 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
                 f"staged window; {g.fwd_tile} tiles")
     impl = "native_recompute" if recompute else "native"
 
-    def fwd(name: str, written: int, epi_flops: int) -> Kernel:
-        return Kernel(name, x + wd + wp + pc, written, fwd_flops + epi_flops, fwd_rr, 0, fwd_note)
+    split_part = (g.fsplit * g.ntiles * g.k_blocks * FWD_BK[g.fwd_tile] * bp * F32) if g.fsplit > 1 else 0
+
+    def fwd(name: str, written: int, epi_flops: int) -> list[Kernel]:
+        """dsconv_fwd, and with the input channels split, its partial tiles and dsconv_fwd_reduce."""
+        if g.fsplit == 1:
+            return [Kernel(name, x + wd + wp + pc, written, fwd_flops + epi_flops, fwd_rr, 0, fwd_note)]
+        return [Kernel(name, x + wd + wp, split_part, fwd_flops, fwd_rr, 0,
+                       fwd_note + f"; input channels split {g.fsplit} ways"),
+                Kernel(name.replace("dsconv_fwd", "dsconv_fwd_reduce"), split_part + pc, written,
+                       g.fsplit * g.ntiles * g.k_blocks * FWD_BK[g.fwd_tile] * bp + epi_flops)]
 
     if mode == "eval":
         # block.py folds BN into Wp per call (reference.fold_bn): w = Wp * scale[:, None] in fp32, then
@@ -385,11 +408,11 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
         return Traffic(layer, impl, mode, [
             Kernel("fold_bn (torch)", wfold + 4 * pc, wfold + pc, l.k * l.c + 8 * l.k,
                    note="per call: Wp' = Wp * gamma r, b' = beta + (b - mean) gamma r"),
-            fwd("dsconv_fwd eval", y, 2 * ye),
+            *fwd("dsconv_fwd eval", y, 2 * ye),
         ])
-    part = g.fwd_ws_floats * F32
+    part = 2 * g.ntiles * l.k * F32  # [mean | M2] tile partials
     ks = [
-        fwd("dsconv_fwd train", y + part, 4 * ye),  # + bias, tile mean and M2
+        *fwd("dsconv_fwd train", y + part, 4 * ye),  # + bias, tile mean and M2
         Kernel("bn_stats", part, 2 * pc, 9 * g.ntiles * l.k),  # Chan merges
         Kernel("bn_relu", y + 4 * pc, y, 3 * ye),
     ]
@@ -403,11 +426,11 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
         dwp_kb, dwp_cb = _cdiv(l.k, DWP_BK), _cdiv(l.c, DWP_BC)
         dwp_px = g.dwp_tiles * 64
         if recompute:
-            ks.append(fwd("dsconv_fwd y-only (recompute)", y, ye))
+            ks += fwd("dsconv_fwd y-only (recompute)", y, ye)
         ks += [
             Kernel("bn_bwd_reduce", 2 * y + 4 * pc, red, 6 * ye),  # dout, y -> dz, dz yhat, yhat partials
             Kernel("bn_bwd_finalize", red + 4 * pc, coef + 3 * pc, 3 * g.rgroups * l.k),
-            Kernel("dsconv_bwd_dt", 2 * y + wp + coef, dt,
+            Kernel("dsconv_bwd_dt", 2 * y + wp + coef, dt * g.bsplit,
                    DY_FLOPS * ye * g.c_blocks + 2 * g.dt_tiles * dt_bp * _cdiv(l.k, 8) * 8 * g.c_blocks * DT_BC[g.dt_tile],
                    (g.c_blocks - 1) * 2 * y, 0,
                    f"dout and y read once per {DT_BC[g.dt_tile]}-channel C block ({g.c_blocks}x), the C blocks of "
@@ -418,7 +441,7 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
                    (dwp_kb - 1) * x + (dwp_cb - 1) * 2 * y, 0,
                    f"x once per {DWP_BK}-channel K block ({dwp_kb}x), dout and y once per {DWP_BC}-channel C block "
                    f"({dwp_cb}x); {g.splits} split(s)"),
-            Kernel("dsconv_bwd_dx", dt + x + wd, x + dwd_part, 4 * 9 * l.n * l.c * l.h * l.w,
+            Kernel("dsconv_bwd_dx", dt * g.bsplit + x + wd, x + dwd_part, 4 * 9 * l.n * l.c * l.h * l.w,
                    note="dt window per 8x8 input tile; dx and the dWd partials from the same dt taps"),
             Kernel("colsum (dWp, dWd)", dwp_part + dwd_part, wp + wd, g.splits * l.k * l.c + g.xgroups * l.c * 9),
         ]

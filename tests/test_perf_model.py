@@ -193,11 +193,11 @@ int main() {
     dsc::set_geometry(p, N, C, K, H, W, s, d);
     p.mode = dsc::kTrain;
     const dsc::BwdWs L = dsc::bwd_ws(p);
-    std::printf("%d %lld %d %lld %d %lld %d %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld\n", p.ft.cls,
+    std::printf("%d %lld %d %lld %d %lld %d %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %d %d\n", p.ft.cls,
                 (long long)p.ft.ntiles, p.wt.cls, (long long)p.wt.ntiles, p.bt.cls, (long long)p.bt.ntiles, p.splits,
                 (long long)p.rgroups, (long long)p.xtiles, (long long)p.xgroups, (long long)dsc::forward_ws_floats(p),
                 (long long)L.red, (long long)L.coef, (long long)L.dwp, (long long)L.dwd, (long long)L.dt,
-                (long long)dsc::backward_ws_floats(p), (long long)p.span_rows);
+                (long long)dsc::backward_ws_floats(p), (long long)p.span_rows, p.fsplit, p.bsplit);
   }
 }
 """
@@ -226,7 +226,8 @@ def test_native_geometry_matches_launch_cuh(tmp_path):
         g = pm.native_geometry(l)
         assert (g.fwd_tile, g.ntiles, g.dwp_tile, g.dwp_tiles, g.dt_tile, g.dt_tiles, g.splits, g.rgroups, g.xtiles,
                 g.xgroups, g.fwd_ws_floats, g.bwd_red, g.bwd_coef, g.bwd_dwp, g.bwd_dwd, g.bwd_dt, g.bwd_total,
-                pm._span_rows(l)) == (cls[cpp[0]], cpp[1], cls[cpp[2]], *cpp[3:4], cls[cpp[4]], *cpp[5:]), l
+                pm._span_rows(l), g.fsplit, g.bsplit) == (cls[cpp[0]], cpp[1], cls[cpp[2]], *cpp[3:4], cls[cpp[4]],
+                                                          *cpp[5:]), l
 
 
 def test_model_tables_label_every_implementation():

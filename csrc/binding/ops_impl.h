@@ -137,7 +137,8 @@ struct Ops {
     p.bias = bias_c.data_ptr<float>();
     p.out = out.data_ptr();
     p.os = strides(out);
-    by_dtype(x, [&](auto t) { dsc::forward<typename Tr::Policy, decltype(t)>(p, nullptr); });
+    Tensor ws = workspace(x, dsc::forward_ws_floats(p));
+    by_dtype(x, [&](auto t) { dsc::forward<typename Tr::Policy, decltype(t)>(p, ws.data_ptr<float>()); });
     return out;
   }
 
@@ -249,7 +250,8 @@ struct Ops {
       q.mode = dsc::kYOnly;
       q.y = y_use.data_ptr();
       q.ys = strides(y_use);
-      by_dtype(x, [&](auto t) { dsc::forward<typename Tr::Policy, decltype(t)>(q, nullptr); });
+      Tensor qws = workspace(x, dsc::forward_ws_floats(q));
+      by_dtype(x, [&](auto t) { dsc::forward<typename Tr::Policy, decltype(t)>(q, qws.data_ptr<float>()); });
     }
     Tensor dbias = at::empty({K}, x.options().dtype(at::kFloat));
     Tensor dgamma = at::empty_like(dbias), dbeta = at::empty_like(dbias);

@@ -197,7 +197,8 @@ int run(const Case& cs) {
   p.mode = dsc::kEval;
   p.out = out_eval.data();
   p.os = ys;
-  dsc::forward<EmuPolicy, float>(p, nullptr);
+  std::vector<float> ews(dsc::forward_ws_floats(p) + 1);
+  dsc::forward<EmuPolicy, float>(p, ews.data());
   for (int64_t n = 0; n < N; ++n)
     for (int64_t k = 0; k < K; ++k)
       for (int64_t ho = 0; ho < Ho; ++ho)
@@ -282,6 +283,9 @@ int main(int argc, char** argv) {
   bad += run(Case{1, 20, 5, 9, 10, 2, 5, true});
   // K = 70: two K tiles in the forward and two K chunks in the dt kernel; d = 9: the gathered halo.
   bad += run(Case{1, 20, 70, 9, 10, 1, 9, false});
+  // C = 70 on one small map: the input channels split over 2 blocks, summed by dsconv_fwd_reduce; K = 130:
+  // dsconv_bwd_dt's output channels split in 2 (partial dt planes summed by dsconv_bwd_dx).
+  bad += run(Case{1, 70, 130, 6, 7, 1, 2, true});
   if (g_drop > 0) {
     // Reached only if TSan stayed silent (halt_on_error stops the program at the first report).
     std::printf("barrier %d dropped and no data race reported\n", g_drop);

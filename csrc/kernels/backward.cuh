@@ -185,7 +185,11 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_bwd_dt_kernel(const
   const int tid = threadIdx.x, ty = tid / Tl::TX, tx = tid % Tl::TX;
   const TileBlock tb = tile_block();
   if (tb.tile >= p.bt.ntiles) return;  // the whole block: no barrier is left waiting
-  const int64_t tile = tb.tile, c0 = tb.block * BCb;
+  // Grid x = input-channel block + cblocks x output-channel split (bsplit > 1 on small maps: partial dt
+  // planes, summed in order by dsconv_bwd_dx as it stages them).
+  const int64_t cblocks = (p.C + BCb - 1) / BCb, ks = tb.block / cblocks;
+  const int64_t tile = tb.tile, c0 = (tb.block % cblocks) * BCb;
+  const int64_t k_lo = ks * p.ksplit, k_hi = k_lo + p.ksplit < p.K ? k_lo + p.ksplit : p.K;
   const BwdWs L = bwd_ws(p);
   const float* coef = ws + L.coef;
   const Str4 dts = dt_strides(p);
@@ -235,8 +239,8 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_bwd_dt_kernel(const
       pa[i] = Cvt<T>::ldg(ac + (ok ? oa_e[i] + k * p.as.c : 0));
     }
   };
-  load(0);
-  for (int64_t k0 = 0; k0 < p.K; k0 += KC) {
+  load(k_lo);
+  for (int64_t k0 = k_lo; k0 < k_hi; k0 += KC) {
     if (tid < WPT) *reinterpret_cast<f4*>(&s.m.w[kk_w][cg_w]) = f4{pw[0], pw[1], pw[2], pw[3]};
 #pragma unroll
     for (int i = 0; i < NE; ++i) {
@@ -245,14 +249,14 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_bwd_dt_kernel(const
       s.m.dy[kk_e[i]][q_e[i]] = ok ? dy_of(dy_coef(coef, k), pg[i], pa[i]) : 0.f;
     }
     DSC_SYNC(23);  // chunk staged
-    if (k0 + KC < p.K) load(k0 + KC);
+    if (k0 + KC < k_hi) load(k0 + KC);
 #pragma unroll
     for (int kk = 0; kk < KC; ++kk) mma_8x4<BCb>(acc, s.m.w[kk], s.m.dy[kk], ty, tx);
     DSC_SYNC(24);  // chunk consumed
   }
 
   // Epilogue: dt -> workspace, half of the channels at a time through shared memory.
-  float* dt = ws + L.dt;
+  float* dt = ws + L.dt + ks * p.N * p.C * p.Ho * p.Wo;
   const int warp = tid / 32, lane = tid % 32;
   constexpr int NW = NT / 32;
 #pragma unroll
@@ -446,6 +450,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
   const int d = D > 0 ? D : p.dil;
   const BwdWs L = bwd_ws(p);
   const float* __restrict__ dt = ws + L.dt;
+  const int64_t dt_plane = p.N * p.C * p.Ho * p.Wo;
   const Str4 dts = dt_strides(p);
   const T* __restrict__ x = static_cast<const T*>(p.x);
   const T* __restrict__ wdp = static_cast<const T*>(p.wd);
@@ -482,9 +487,11 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
       const int rr = rq / XR, qq = rq - rr * XR;
       const int ho = src(rr, h0, ho_lo, p.Ho), wo = src(qq, w0, wo_lo, p.Wo);
       const bool ok = c0 + ch < p.C && ho >= 0 && ho < p.Ho && wo >= 0 && wo < p.Wo;
-      const float v = dt[ok ? dtn + (c0 + ch) * dts.c + static_cast<int64_t>(ho) * dts.h +
-                                  static_cast<int64_t>(wo) * dts.w
-                            : 0];
+      const float* src = dt + (ok ? dtn + (c0 + ch) * dts.c + static_cast<int64_t>(ho) * dts.h +
+                                        static_cast<int64_t>(wo) * dts.w
+                                  : 0);
+      float v = src[0];
+      for (int ks = 1; ks < p.bsplit; ++ks) v += src[ks * dt_plane];  // dt partials of the K splits, in order
       s.win[ch][rq] = ok ? v : 0.f;
     }
     DSC_SYNC(33);  // window staged

@@ -9,11 +9,18 @@
 
 namespace dsc {
 
+// Row lengths of the transposed output half-tile of the epilogue: [BK/2][BP + 4] (NCHW) or [BP][BK/2 + 4]
+// (channels_last), so that the stores' shared reads run along the contiguous axis of the output without
+// bank conflicts.
+template <class Tl>
+struct FwdOut {
+  static constexpr int kOutK = Tl::BP + 4, kOutP = Tl::BK / 2 + 4;
+  static constexpr int kOut = Tl::BK / 2 * kOutK > Tl::BP * kOutP ? Tl::BK / 2 * kOutK : Tl::BP * kOutP;
+};
+
 template <class Tl, int S, int D>
 struct FwdSmem {
   using G = Window<Tl, S, D>;
-  static constexpr int kOutK = Tl::BP + 4, kOutP = Tl::BK / 2 + 4;  // row lengths of the two layouts
-  static constexpr int kOut = Tl::BK / 2 * kOutK > Tl::BP * kOutP ? Tl::BK / 2 * kOutK : Tl::BP * kOutP;
   union {
     struct {
       float halo[G::BC][G::HALO];
@@ -21,9 +28,7 @@ struct FwdSmem {
       alignas(16) float w[G::BC][Tl::BK];  // Wp^T chunk: A operand
       float wd[G::BC][9];
     } m;
-    // Epilogue: half of the output tile, [BK/2][BP + 4] (NCHW) or [BP][BK/2 + 4] (channels_last), so
-    // that the stores' shared reads run along the contiguous axis of the output without bank conflicts.
-    alignas(16) float o[kOut];
+    alignas(16) float o[FwdOut<Tl>::kOut];  // epilogue: half of the output tile (FwdOut)
   };
   int64_t slot[Tl::BP];       // offset of each pixel in the output tensor, -1 past the end
   int row[kSpanRowsMax];      // span: offset of each staged row from the tile's first image, -1 for padding
@@ -52,6 +57,102 @@ DSC_DEVICE void slot_offsets(const Problem& p, const Tiling& tl, int64_t tile, c
   }
 }
 
+// Epilogue of dsconv_fwd (and dsconv_fwd_reduce), half of the BK channels at a time: + bias, transpose through
+// shared memory (o), coalesced stores in both layouts; eval -> relu(y + bias); train -> y + bias stored and
+// the tile's per-channel (mean, M2) written to ws; y-only -> y + bias stored. slot: the tile's pixel offsets
+// in the output (published by a barrier before the call).
+template <class T, class Tl>
+DSC_DEVICE void fwd_epilogue(const Problem& p, float* ws, int64_t tile, int64_t k0, float (&acc)[8][4], float* o,
+                             const int64_t* slot, int tid) {
+  constexpr int BK = Tl::BK, BP = Tl::BP, NT = Tl::THREADS, kOutK = FwdOut<Tl>::kOutK, kOutP = FwdOut<Tl>::kOutP;
+  const int ty = tid / Tl::TX, tx = tid % Tl::TX;
+  const Str4 os = p.mode == kEval ? p.os : p.ys;
+  T* __restrict__ out = static_cast<T*>(p.mode == kEval ? p.out : p.y);
+  const int warp = tid / 32, lane = tid % 32;
+  constexpr int NW = NT / 32;
+  float cnt = 0.f;
+  if (p.mode == kTrain) cnt = static_cast<float>(tile_count(p, p.ft, tile));
+  // o(r, q): channel r of the half, pixel q.
+  auto o_at = [&](int r, int q) -> float& {
+    return p.cl ? o[q * kOutP + r] : o[r * kOutK + q];
+  };
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int64_t kh = k0 + h * (BK / 2);
+    float b[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t k = kh + ty * 4 + i;
+      b[i] = (p.bias != nullptr && k < p.K) ? p.bias[k] : 0.f;
+    }
+    if (!p.cl) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        f4 v;
+        v.x = acc[h * 4 + i][0] + b[i];
+        v.y = acc[h * 4 + i][1] + b[i];
+        v.z = acc[h * 4 + i][2] + b[i];
+        v.w = acc[h * 4 + i][3] + b[i];
+        *reinterpret_cast<f4*>(&o[(ty * 4 + i) * kOutK + tx * 4]) = v;
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        f4 v;
+        v.x = acc[h * 4 + 0][j] + b[0];
+        v.y = acc[h * 4 + 1][j] + b[1];
+        v.z = acc[h * 4 + 2][j] + b[2];
+        v.w = acc[h * 4 + 3][j] + b[3];
+        *reinterpret_cast<f4*>(&o[(tx * 4 + j) * kOutP + ty * 4]) = v;
+      }
+    }
+    DSC_SYNC(4);  // half tile in shared memory
+    if (!p.cl) {  // a warp per output channel, lanes along the pixels
+      for (int r = warp; r < BK / 2; r += NW) {
+        const int64_t k = kh + r;
+        if (k >= p.K) break;
+        for (int q = lane; q < BP; q += 32) {
+          const int64_t po = slot[q];
+          const float v = o_at(r, q);
+          if (po >= 0) out[po + k * os.c] = Cvt<T>::store(p.mode == kEval ? relu_nan(v) : v);
+        }
+      }
+    } else {  // a warp per pixel, lanes along the channels
+      for (int q = warp; q < BP; q += NW) {
+        const int64_t po = slot[q];
+        if (po < 0) continue;
+        for (int r = lane; r < BK / 2; r += 32) {
+          const int64_t k = kh + r;
+          const float v = o_at(r, q);
+          if (k < p.K) out[po + k] = Cvt<T>::store(p.mode == kEval ? relu_nan(v) : v);
+        }
+      }
+    }
+    if (p.mode == kTrain) {
+      // Tile statistics of the fp32 y per channel: mean, then M2 about it (two passes, warp trees).
+      for (int r = warp; r < BK / 2; r += NW) {
+        const int64_t k = kh + r;
+        if (k >= p.K) break;
+        float sm = 0.f;
+        for (int q = lane; q < BP; q += 32) sm += slot[q] >= 0 ? o_at(r, q) : 0.f;
+        sm = warp_sum(sm);
+        const float mk = sm / cnt;
+        float sq = 0.f;
+        for (int q = lane; q < BP; q += 32) {
+          const float dl = o_at(r, q) - mk;
+          sq += slot[q] >= 0 ? dl * dl : 0.f;
+        }
+        sq = warp_sum(sq);
+        if (lane == 0) {
+          ws[tile * p.K + k] = mk;
+          ws[p.ft.ntiles * p.K + tile * p.K + k] = sq;
+        }
+      }
+    }
+    DSC_SYNC(5);  // half consumed before the next half overwrites it
+  }
+}
+
 // dsconv_fwd: one block = one pixel tile x BK output channels. For each chunk of BC input channels the
 // tile's input window is staged once in shared memory (coalesced along x's contiguous axis), the
 // depthwise chunk t [BC x BP] is computed from it (9 taps and the channel's 9 weights in registers) and
@@ -69,7 +170,9 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_fwd_kernel(const Pr
   const int tid = threadIdx.x, ty = tid / Tl::TX, tx = tid % Tl::TX;
   const TileBlock tb = tile_block();
   if (tb.tile >= p.ft.ntiles) return;  // the whole block: no barrier is left waiting
-  const int64_t tile = tb.tile, k0 = tb.block * BK;
+  // Grid x = output-channel block + kblocks x input-channel split (fsplit > 1: small maps).
+  const int64_t tile = tb.tile, kblocks = (p.K + BK - 1) / BK, kb = tb.block % kblocks, cs = tb.block / kblocks;
+  const int64_t k0 = kb * BK, c_lo = cs * p.csplit, c_hi = c_lo + p.csplit < p.C ? c_lo + p.csplit : p.C;
   const T* __restrict__ wp = static_cast<const T*>(p.wp);
   const T* __restrict__ wd = static_cast<const T*>(p.wd);
   const Str4 os = p.mode == kEval ? p.os : p.ys;
@@ -123,12 +226,12 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_fwd_kernel(const Pr
     }
     if (tid < BC * 9) s.m.wd[tid / 9][tid % 9] = wdv;
   };
-  if (PF) load(0);
-  for (int64_t c0 = 0; c0 < p.C; c0 += BC) {
+  if (PF) load(c_lo);
+  for (int64_t c0 = c_lo; c0 < c_hi; c0 += BC) {
     if (!PF) load(c0);
     store(c0);
     DSC_SYNC(1);  // window and weights staged
-    if (PF && c0 + BC < p.C) load(c0 + BC);
+    if (PF && c0 + BC < c_hi) load(c0 + BC);
 
     // (2) Depthwise chunk: each thread one channel, PPT pixels.
     {
@@ -147,91 +250,53 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_fwd_kernel(const Pr
     DSC_SYNC(3);  // chunk consumed before the next one (or the epilogue) overwrites shared memory
   }
 
-  // Epilogue, half of the BK channels at a time: + bias, transpose through shared memory, store.
-  T* __restrict__ out = static_cast<T*>(p.mode == kEval ? p.out : p.y);
-  const int warp = tid / 32, lane = tid % 32;
-  constexpr int NW = NT / 32;
-  float cnt = 0.f;
-  if (p.mode == kTrain) cnt = static_cast<float>(tile_count(p, p.ft, tile));
-  // o(r, q): channel r of the half, pixel q.
-  auto o_at = [&](int r, int q) -> float& {
-    return p.cl ? s.o[q * Smem::kOutP + r] : s.o[r * Smem::kOutK + q];
-  };
+  if (p.fsplit > 1) {  // a split of the input channels: fp32 partial tile, summed by dsconv_fwd_reduce
+    float* part = ws + fwd_part_offset(p) + ((cs * p.ft.ntiles + tile) * kblocks + kb) * (BK * BP);
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int64_t kh = k0 + h * (BK / 2);
-    float b[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int64_t k = kh + ty * 4 + i;
-      b[i] = (p.bias != nullptr && k < p.K) ? p.bias[k] : 0.f;
-    }
-    if (!p.cl) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        f4 v;
-        v.x = acc[h * 4 + i][0] + b[i];
-        v.y = acc[h * 4 + i][1] + b[i];
-        v.z = acc[h * 4 + i][2] + b[i];
-        v.w = acc[h * 4 + i][3] + b[i];
-        *reinterpret_cast<f4*>(&s.o[(ty * 4 + i) * Smem::kOutK + tx * 4]) = v;
-      }
-    } else {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        f4 v;
-        v.x = acc[h * 4 + 0][j] + b[0];
-        v.y = acc[h * 4 + 1][j] + b[1];
-        v.z = acc[h * 4 + 2][j] + b[2];
-        v.w = acc[h * 4 + 3][j] + b[3];
-        *reinterpret_cast<f4*>(&s.o[(tx * 4 + j) * Smem::kOutP + ty * 4]) = v;
-      }
-    }
-    DSC_SYNC(4);  // half tile in shared memory
-    if (!p.cl) {  // a warp per output channel, lanes along the pixels
-      for (int r = warp; r < BK / 2; r += NW) {
-        const int64_t k = kh + r;
-        if (k >= p.K) break;
-        for (int q = lane; q < BP; q += 32) {
-          const int64_t o = s.slot[q];
-          const float v = o_at(r, q);
-          if (o >= 0) out[o + k * os.c] = Cvt<T>::store(p.mode == kEval ? relu_nan(v) : v);
-        }
-      }
-    } else {  // a warp per pixel, lanes along the channels
-      for (int q = warp; q < BP; q += NW) {
-        const int64_t o = s.slot[q];
-        if (o < 0) continue;
-        for (int r = lane; r < BK / 2; r += 32) {
-          const int64_t k = kh + r;
-          const float v = o_at(r, q);
-          if (k < p.K) out[o + k] = Cvt<T>::store(p.mode == kEval ? relu_nan(v) : v);
-        }
-      }
-    }
-    if (p.mode == kTrain) {
-      // Tile statistics of the fp32 y per channel: mean, then M2 about it (two passes, warp trees).
-      for (int r = warp; r < BK / 2; r += NW) {
-        const int64_t k = kh + r;
-        if (k >= p.K) break;
-        float sm = 0.f;
-        for (int q = lane; q < BP; q += 32) sm += s.slot[q] >= 0 ? o_at(r, q) : 0.f;
-        sm = warp_sum(sm);
-        const float mk = sm / cnt;
-        float sq = 0.f;
-        for (int q = lane; q < BP; q += 32) {
-          const float dl = o_at(r, q) - mk;
-          sq += s.slot[q] >= 0 ? dl * dl : 0.f;
-        }
-        sq = warp_sum(sq);
-        if (lane == 0) {
-          ws[tile * p.K + k] = mk;
-          ws[p.ft.ntiles * p.K + tile * p.K + k] = sq;
-        }
-      }
-    }
-    DSC_SYNC(5);  // half consumed before the next half overwrites it
+    for (int i = 0; i < 8; ++i)
+      *reinterpret_cast<f4*>(part + mma_row<BK>(ty, i) * BP + tx * 4) = f4{acc[i][0], acc[i][1], acc[i][2], acc[i][3]};
+    return;
   }
+  fwd_epilogue<T, Tl>(p, ws, tile, k0, acc, s.o, s.slot, tid);
+}
+
+// dsconv_fwd_reduce: with the input channels split over fsplit blocks (small maps: too few tiles to fill the
+// GPU), sums the partial tiles in split order (deterministic), then the epilogue of dsconv_fwd.
+template <class Tl>
+struct FwdReduceSmem {
+  alignas(16) float o[FwdOut<Tl>::kOut];
+  int64_t slot[Tl::BP];
+};
+
+template <class T, class Tl>
+DSC_GLOBAL void DSC_LAUNCH_BOUNDS(Tl::THREADS) dsconv_fwd_reduce_kernel(const Problem p, float* ws) {
+  constexpr int BK = Tl::BK, BP = Tl::BP, NT = Tl::THREADS;
+  using Smem = FwdReduceSmem<Tl>;
+  DSC_SHARED(Smem, s);
+  const int tid = threadIdx.x, ty = tid / Tl::TX, tx = tid % Tl::TX;
+  const TileBlock tb = tile_block();
+  if (tb.tile >= p.ft.ntiles) return;
+  const int64_t tile = tb.tile, kb = tb.block, kblocks = (p.K + BK - 1) / BK;
+  slot_offsets<Tl>(p, p.ft, tile, p.mode == kEval ? p.os : p.ys, s.slot, tid, NT);
+  float acc[8][4];
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
+  const float* part = ws + fwd_part_offset(p) + (tile * kblocks + kb) * (BK * BP);
+  const int64_t split_stride = p.ft.ntiles * kblocks * (BK * BP);
+  for (int cs = 0; cs < p.fsplit; ++cs) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const f4 v = *reinterpret_cast<const f4*>(part + cs * split_stride + mma_row<BK>(ty, i) * BP + tx * 4);
+      acc[i][0] += v.x;
+      acc[i][1] += v.y;
+      acc[i][2] += v.z;
+      acc[i][3] += v.w;
+    }
+  }
+  DSC_SYNC(9);  // slot table written
+  fwd_epilogue<T, Tl>(p, ws, tile, kb * BK, acc, s.o, s.slot, tid);
 }
 
 // bn_stats: per channel, merge the tile partials (count, mean, M2) in a fixed order -> biased mean, var.

@@ -32,6 +32,9 @@
 #define DSC_INST_T(T)                                                                                     \
   DSC_INST_S(T, 1)                                                                                        \
   DSC_INST_S(T, 2)                                                                                        \
+  template __global__ void dsc::dsconv_fwd_reduce_kernel<T, dsc::TileRect8x8>(const dsc::Problem, float*);  \
+  template __global__ void dsc::dsconv_fwd_reduce_kernel<T, dsc::TileRect8x16>(const dsc::Problem, float*); \
+  template __global__ void dsc::dsconv_fwd_reduce_kernel<T, dsc::TileSpan64>(const dsc::Problem, float*);   \
   template __global__ void dsc::dsconv_bwd_dt_kernel<T, dsc::TileSpan64>(const dsc::Problem, float*);     \
   template __global__ void dsc::dsconv_bwd_dt_kernel<T, dsc::TileSpan128>(const dsc::Problem, float*);    \
   template __global__ void dsc::bn_relu_kernel<T>(const dsc::Problem, int64_t, int64_t);                  \

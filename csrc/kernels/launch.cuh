@@ -16,6 +16,8 @@ namespace dsc {
 #define DSC_DWP_MAX_SPLITS 64
 #endif
 
+constexpr int64_t kFwdWave = 56;  // tiled-kernel blocks resident at once on a GTX 1080 Ti (2 per SM)
+
 // Span tiles (64 consecutive pixels across images) need a template dilation, small maps, 32-bit pixel
 // and padded-row numbers, and a staged window within kSpanHalo floats per channel. Returns the most
 // padded rows a tile stages, or 0 if span tiles do not apply.
@@ -62,12 +64,33 @@ inline void set_geometry(Problem& p, int64_t N, int64_t C, int64_t K, int64_t H,
     p.wt = rect_tiling(kTileRect8x8, N, p.Ho, p.Wo);
   }
   p.bt = span_tiling(C <= 64 ? kTileSpan128 : kTileSpan64, p.M);
+  // Input-channel split of dsconv_fwd: where K blocks x tiles fall short of one wave (2 blocks on each of
+  // a GTX 1080 Ti's 28 SMs), the input channels are split over up to that many blocks, at least 32 channels
+  // each; dsconv_fwd_reduce then sums the partial tiles in order.
+  {
+    const int64_t blocks = cdiv(K, p.ft.cls == kTileRect8x16 ? 64 : 128) * p.ft.ntiles;
+    int64_t split = blocks >= kFwdWave ? 1 : kFwdWave / blocks;
+    if (split > C / 32) split = C / 32;
+    if (split < 1) split = 1;
+    p.csplit = cdiv(cdiv(C, split), 8) * 8;
+    p.fsplit = static_cast<int>(cdiv(C, p.csplit));
+  }
   auto fd = [](int64_t v) { return fast_div(static_cast<uint32_t>(v < 1 ? 1 : (v < (1 << 30) ? v : (1 << 30)))); };
   p.div_hw = fd(p.Ho * p.Wo);
   p.div_wo = fd(p.Wo);
   p.div_k = fd(K);
   p.div_hp = fd(H + 2 * dil);
   p.div_cwin = fd(W + 2 * dil);
+  // Output-channel split of dsconv_bwd_dt, as the forward's: where C blocks x tiles fall short of one wave,
+  // up to that many splits of at least 64 output channels each.
+  {
+    const int64_t blocks = cdiv(C, p.bt.cls == kTileSpan128 ? 64 : 128) * p.bt.ntiles;
+    int64_t split = blocks >= kFwdWave ? 1 : kFwdWave / blocks;
+    if (split > K / 64) split = K / 64;
+    if (split < 1) split = 1;
+    p.ksplit = cdiv(cdiv(K, split), 8) * 8;
+    p.bsplit = static_cast<int>(cdiv(K, p.ksplit));
+  }
   // bn_bwd_reduce: ~512 blocks (channel blocks x pixel groups of >= 256 pixels, a multiple of 32).
   const int64_t kb = cdiv(K, 8);
   int64_t groups = cdiv(512, kb);
@@ -117,8 +140,11 @@ inline int64_t tile_grid_z(int64_t ntiles) { return cdiv(ntiles, DSC_TILE_GRID_Y
 
 template <class P, class T, class Tl, int S, int D>
 void launch_fwd(const Problem& p, float* ws) {
-  P::launch(dsconv_fwd_kernel<T, Tl, S, D>, cdiv(p.K, Tl::BK), tile_grid_y(p.ft.ntiles), tile_grid_z(p.ft.ntiles),
-            Tl::THREADS, p, ws);
+  P::launch(dsconv_fwd_kernel<T, Tl, S, D>, cdiv(p.K, Tl::BK) * p.fsplit, tile_grid_y(p.ft.ntiles),
+            tile_grid_z(p.ft.ntiles), Tl::THREADS, p, ws);
+  if (p.fsplit > 1)
+    P::launch(dsconv_fwd_reduce_kernel<T, Tl>, cdiv(p.K, Tl::BK), tile_grid_y(p.ft.ntiles), tile_grid_z(p.ft.ntiles),
+              Tl::THREADS, p, ws);
 }
 
 inline int vec_ok(const Problem& p) {
@@ -153,10 +179,10 @@ void backward(const Problem& p0, float* ws) {
   P::launch(bn_bwd_reduce_kernel<T>, cdiv(p.K, p.cl ? 32 : 8), p.rgroups, 1, 256, p, ws);
   P::launch(bn_bwd_finalize_kernel<>, cdiv(p.K, 32), 1, 1, 256, p, ws);
   if (p.bt.cls == kTileSpan64)
-    P::launch(dsconv_bwd_dt_kernel<T, TileSpan64>, cdiv(p.C, TileSpan64::BK), tile_grid_y(p.bt.ntiles),
+    P::launch(dsconv_bwd_dt_kernel<T, TileSpan64>, cdiv(p.C, TileSpan64::BK) * p.bsplit, tile_grid_y(p.bt.ntiles),
               tile_grid_z(p.bt.ntiles), TileSpan64::THREADS, p, ws);
   else
-    P::launch(dsconv_bwd_dt_kernel<T, TileSpan128>, cdiv(p.C, TileSpan128::BK), tile_grid_y(p.bt.ntiles),
+    P::launch(dsconv_bwd_dt_kernel<T, TileSpan128>, cdiv(p.C, TileSpan128::BK) * p.bsplit, tile_grid_y(p.bt.ntiles),
               tile_grid_z(p.bt.ntiles), TileSpan128::THREADS, p, ws);
   DSC_DISPATCH_STRIDE(p.stride, DSC_DISPATCH_DILATION(p.dil, {
     if (p.wt.cls == kTileRect8x8)

@@ -61,6 +61,8 @@ struct Problem {
   // bt for dsconv_bwd_dt (span tiles, by C: it needs no window).
   Tiling ft, wt, bt;
   int span_rows;  // span tiles: most zero-padded input rows one tile stages (0: span tiles do not apply)
+  int fsplit;      // dsconv_fwd: blocks the input channels are split over (> 1 when too few tiles fill the GPU)
+  int64_t csplit;  // input channels per split (a multiple of 8)
   FastDiv div_hw, div_wo, div_k;  // by Ho*Wo, Wo, K
   FastDiv div_hp, div_cwin;  // span tiles: by H + 2d and W + 2d (padded image height, window row)
   int vec_wp;  // 1: Wp rows may be read 4 elements at a time (C % 4 == 0, base 16-byte aligned)
@@ -69,6 +71,8 @@ struct Problem {
   // (splits of the wt tiles) and of dsconv_bwd_dx (groups of its 8x8 input tiles).
   int64_t rgroups, rgroup_px;
   int splits;
+  int bsplit;      // dsconv_bwd_dt: blocks the output channels are split over (small maps), dt partial planes
+  int64_t ksplit;  // output channels per split (a multiple of 8)
   int64_t xtiles_w, xtiles_img, xtiles, xgroups;
 
   const void* x;
@@ -152,12 +156,23 @@ DSC_DEVICE TileBlock tile_block() {
                    static_cast<int64_t>(blockIdx.x)};
 }
 
-// Forward workspace (training): [mean | M2] tile partials, [ft.ntiles, K] fp32 each.
-DSC_HD int64_t fwd_ws_floats(const Problem& p) { return p.mode == kTrain ? 2 * p.ft.ntiles * p.K : 0; }
+// Forward workspace (fp32): training [mean | M2] tile partials, [ft.ntiles, K] each; then, with the input
+// channels split (fsplit > 1), the partial tiles [fsplit][ft.ntiles][K blocks][BK x BP] (16-byte aligned).
+constexpr int64_t kFwdPartTile = 8192;  // BK x BP of every forward tile class (a partial tile, floats)
+static_assert(TileRect8x8::BK * TileRect8x8::BP == kFwdPartTile && TileRect8x16::BK * TileRect8x16::BP == kFwdPartTile &&
+                  TileSpan64::BK * TileSpan64::BP == kFwdPartTile,
+              "one partial-tile size for every forward tile class");
+DSC_HD int64_t fwd_part_offset(const Problem& p) {
+  return p.mode == kTrain ? (2 * p.ft.ntiles * p.K + 3) / 4 * 4 : 0;
+}
+DSC_HD int64_t fwd_ws_floats(const Problem& p) {
+  const int64_t bk = p.ft.cls == kTileRect8x16 ? 64 : 128, kblocks = (p.K + bk - 1) / bk;
+  return fwd_part_offset(p) + (p.fsplit > 1 ? p.fsplit * p.ft.ntiles * kblocks * kFwdPartTile : 0);
+}
 
 // Backward workspace (fp32), offsets in floats: [3][rgroups][K] BN-gradient partials | [K][8] per-channel
-// dy coefficients | [splits][K][C] dWp partials | [xgroups][C * 9] dWd partials | dt [N, C, Ho, Wo] in
-// x's layout.
+// dy coefficients | [splits][K][C] dWp partials | [xgroups][C * 9] dWd partials | dt [bsplit][N, C, Ho, Wo]
+// in x's layout (one plane per output-channel split of dsconv_bwd_dt, summed by dsconv_bwd_dx).
 struct BwdWs {
   int64_t red, coef, dwp, dwd, dt, total;
 };
@@ -168,7 +183,7 @@ DSC_HD BwdWs bwd_ws(const Problem& p) {
   w.dwp = w.coef + 8 * p.K;
   w.dwd = w.dwp + static_cast<int64_t>(p.splits) * p.K * p.C;
   w.dt = w.dwd + p.xgroups * p.C * 9;
-  w.total = w.dt + p.N * p.C * p.Ho * p.Wo;
+  w.total = w.dt + p.bsplit * p.N * p.C * p.Ho * p.Wo;
   return w;
 }
 
