@@ -44,17 +44,20 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) colsum_kernel(const ColsumJob<TO> a, cons
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t blocks_a = (a.cols + 31) / 32;
   const bool in_a = static_cast<int64_t>(blockIdx.x) < blocks_a;
-  const ColsumJob<TO>& j = in_a ? a : b;
+  // Field by field (a reference to either parameter would put both in local memory).
+  const float* part = in_a ? a.part : b.part;
+  const int64_t rows = in_a ? a.rows : b.rows, cols = in_a ? a.cols : b.cols;
+  TO* out = in_a ? a.out : b.out;
   const int64_t col = (static_cast<int64_t>(blockIdx.x) - (in_a ? 0 : blocks_a)) * 32 + lane;
   float sm = 0.f;
-  if (col < j.cols)
-    for (int64_t r = warp; r < j.rows; r += 8) sm += j.part[r * j.cols + col];
+  if (col < cols)
+    for (int64_t r = warp; r < rows; r += 8) sm += part[r * cols + col];
   s.v[warp][lane] = sm;
   DSC_SYNC(8);
-  if (warp == 0 && col < j.cols) {
+  if (warp == 0 && col < cols) {
     float t = 0.f;
     for (int w = 0; w < 8; ++w) t += s.v[w][lane];
-    j.out[col] = Cvt<TO>::store(t);
+    out[col] = Cvt<TO>::store(t);
   }
 }
 
