@@ -43,6 +43,8 @@ NATIVE_TILE_CASES = [
     ((2, 3, 1, 4, 4), 2, 2, "span64"),          # K = 1, every tap of a 2x2 map out of range but the centre
     ((1, 1, 3, 23, 18), 1, 4, "rect8x16"),      # C = 1, many partial tiles, K <= 64
     ((1, 70, 3, 9, 9), 2, 4, "span64"),         # C > 64 (two dt channel blocks), tiny K
+    ((2, 70, 20, 5, 5), 2, 3, "span64"),        # one tile: the forward's input channels split over 2 blocks
+    ((1, 9, 130, 6, 6), 1, 1, "span64"),        # one tile, K > 128: dt's output channels split over 2 blocks
 ]
 
 

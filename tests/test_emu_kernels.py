@@ -147,6 +147,14 @@ TILE_CASES = NATIVE_TILE_CASES
 TILE_IDS = [f"{c[3]}-{'x'.join(map(str, c[0]))}-s{c[1]}-d{c[2]}" for c in TILE_CASES]
 
 
+def test_tile_cases_cover_every_class_and_split():
+    geos = [pm.native_geometry(pm.Layer("t", *shape, stride=s, dilation=d)) for shape, s, d, _ in TILE_CASES]
+    assert {g.fwd_tile for g in geos} == {"rect8x8", "rect8x16", "span64"}
+    assert {g.dwp_tile for g in geos} == {"rect8x8", "span64"} and {g.dt_tile for g in geos} == {"span64", "span128"}
+    assert any(g.fsplit > 1 for g in geos) and any(g.bsplit > 1 for g in geos)
+    assert any(g.ntiles == 1 for g in geos) and any(g.ntiles > 4 for g in geos)
+
+
 @pytest.mark.parametrize("shape,s,d,cls", TILE_CASES, ids=TILE_IDS)
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
 def test_tile_classes(emu, shape, s, d, cls, cl):

@@ -6,8 +6,8 @@ Compiles csrc/kernels/instantiate_all.cuh (every kernel variant the launcher can
 Same flags as the extension's device code (-O3). Results are cached by source hash under build/.
 
     python tools/report_cuda.py            # markdown table
-rows() -> list[dict] with keys backend, kernel, variant, arch, registers, shared_bytes, spill_stores,
-spill_loads, occupancy (theoretical active warps / max warps per SM).
+rows() -> list[dict] with keys backend, kernel, variant, arch, registers, shared_bytes, stack_bytes,
+spill_stores, spill_loads, occupancy (theoretical active warps / max warps per SM).
 """
 from __future__ import annotations
 
@@ -188,9 +188,9 @@ def parse_ptxas(log: str, arch: str) -> list[dict]:
             continue
         if cur is None:
             continue
-        m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
         if m:
-            cur["spill_stores"], cur["spill_loads"] = int(m.group(1)), int(m.group(2))
+            cur["stack_bytes"], cur["spill_stores"], cur["spill_loads"] = map(int, m.groups())
         m = re.search(r"Used (\d+) registers", line)
         if m:
             cur["registers"] = int(m.group(1))
@@ -201,7 +201,7 @@ def parse_ptxas(log: str, arch: str) -> list[dict]:
         kernel, variant = _kernel_variant(dem.get(e["mangled"], e["mangled"]))
         regs, smem = e.get("registers", 0), e.get("shared_bytes", 0)
         rows.append(dict(backend="cuda", kernel=kernel, variant=variant, arch=arch, registers=regs,
-                         shared_bytes=smem, spill_stores=e.get("spill_stores", 0),
+                         shared_bytes=smem, stack_bytes=e.get("stack_bytes", 0), spill_stores=e.get("spill_stores", 0),
                          spill_loads=e.get("spill_loads", 0), occupancy=occupancy(arch, regs, smem)))
     return sorted(rows, key=lambda r: (r["kernel"], r["variant"]))
 
@@ -220,11 +220,12 @@ def rows(archs=("sm_61", "sm_75", "sm_86"), use_cache: bool = True) -> list[dict
 
 
 def markdown(rs: list[dict]) -> str:
-    head = "| kernel | variant | arch | registers | shared bytes | spill stores | spill loads | occupancy |"
-    lines = [head, "|" + "---|" * 8]
+    head = ("| kernel | variant | arch | registers | shared bytes | stack bytes | spill stores | spill loads | "
+            "occupancy |")
+    lines = [head, "|" + "---|" * 9]
     for r in rs:
         lines.append(f"| {r['kernel']} | {r['variant']} | {r['arch']} | {r['registers']} | {r['shared_bytes']} | "
-                     f"{r['spill_stores']} | {r['spill_loads']} | {r['occupancy']:.2f} |")
+                     f"{r['stack_bytes']} | {r['spill_stores']} | {r['spill_loads']} | {r['occupancy']:.2f} |")
     return "\n".join(lines)
 
 
