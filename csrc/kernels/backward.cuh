@@ -302,7 +302,7 @@ constexpr int kDwpK = 128, kDwpC = 64;
 
 template <class Tl, int S, int D>
 struct DwpSmem {
-  using G = Window<Tl, S, D>;
+  using G = Window<Tl, S, D, window_floats<Tl, S, D>() <= kSpanHalo ? 8 : 4>;
   union {
     float halo[G::BC][G::HALO];
     alignas(16) float dyT[32][kDwpK + 4];  // A: per pixel, dy over the block's output channels
@@ -315,7 +315,7 @@ struct DwpSmem {
 
 template <class T, class Tl, int S, int D>
 DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Problem p, float* ws) {
-  using G = Window<Tl, S, D>;
+  using G = typename DwpSmem<Tl, S, D>::G;
   constexpr int BC = G::BC, BP = Tl::BP, NT = 256, TX = kDwpC / 4;
   constexpr int TPC = NT / BC, PPT = BP / TPC;
   static_assert(BP == 64, "dWp tiles are 64 pixels");

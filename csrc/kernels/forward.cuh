@@ -20,13 +20,14 @@ struct FwdOut {
 
 template <class Tl, int S, int D>
 struct FwdSmem {
-  using G = Window<Tl, S, D>;
+  // 8 input channels per chunk where two windows of them fit in ~13 KB (stride 1 on 8x8 tiles), else 4.
+  using G = Window<Tl, S, D, window_floats<Tl, S, D>() <= 400 ? 8 : 4>;
   union {
-    struct {
-      float halo[G::BC][G::HALO];
-      alignas(16) float t[G::BC][Tl::BP];  // depthwise chunk: B operand of the GEMM
-      alignas(16) float w[G::BC][Tl::BK];  // Wp^T chunk: A operand
-      float wd[G::BC][9];
+    struct {  // two of everything: chunk i + 1's depthwise runs beside chunk i's GEMM, one barrier per chunk
+      float halo[2][G::BC][G::HALO];
+      alignas(16) float t[2][G::BC][Tl::BP];  // depthwise chunk: B operand of the GEMM
+      alignas(16) float w[2][G::BC][Tl::BK];  // Wp^T chunk: A operand
+      float wd[2][G::BC][9];
     } m;
     alignas(16) float o[FwdOut<Tl>::kOut];  // epilogue: half of the output tile (FwdOut)
   };
@@ -161,11 +162,11 @@ DSC_DEVICE void fwd_epilogue(const Problem& p, float* ws, int64_t tile, int64_t 
 // y + bias stored and the tile's per-channel (mean, M2) written to ws; y-only -> y + bias stored.
 template <class T, class Tl, int S, int D>
 DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_fwd_kernel(const Problem p, float* ws) {
-  using G = Window<Tl, S, D>;
+  using Smem = FwdSmem<Tl, S, D>;
+  using G = typename Smem::G;
   constexpr int BC = G::BC, BK = Tl::BK, BP = Tl::BP, NT = Tl::THREADS;
   constexpr int TPC = NT / BC, PPT = BP / TPC;  // depthwise: threads per channel, pixels per thread
   static_assert(BP % TPC == 0 && NT % BC == 0, "depthwise mapping");
-  using Smem = FwdSmem<Tl, S, D>;
   DSC_SHARED(Smem, s);
   const int tid = threadIdx.x, ty = tid / Tl::TX, tx = tid % Tl::TX;
   const TileBlock tb = tile_block();
@@ -194,60 +195,85 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_fwd_kernel(const Pr
 #pragma unroll
     for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
 
-  // Per-thread staging of the chunk's Wp^T slice (4 consecutive input channels of one output channel, one
-  // vector load) and depthwise weights; with the NCHW window, loaded into registers one chunk ahead when
-  // they fit (PF: the next chunk's loads are in flight while this chunk computes).
-  constexpr bool PF = BC * G::E <= 16;
+  // Chunk j = input channels c_lo + j BC ... Per chunk: S (window and depthwise weights to shared memory),
+  // D (depthwise chunk t from the window, Wp^T chunk to shared memory), G (acc += Wp^T t). Software
+  // pipeline with double buffers and one barrier per chunk: iteration j runs D(j + 1) and G(j), stores
+  // chunk j + 2's window and issues the loads of chunk j + 3's window and j + 2's Wp into registers, which
+  // land while the next iteration computes (double buffering through registers; the NCHW window only when
+  // it fits in 8 registers, else it is loaded when stored).
+  constexpr bool PF = BC * G::E <= 8;
   constexpr int WPT = BK * (BC / 4);  // threads that stage Wp (<= NT)
   const int kk_w = tid / (BC / 4), cg_w = (tid % (BC / 4)) * 4;
   const bool kv = tid < WPT && k0 + kk_w < p.K;
   const T* wrow = wp + (kv ? (k0 + kk_w) * p.C : 0) + cg_w;
   const bool vec_wp = p.vec_wp != 0;
+  const int nch = static_cast<int>((c_hi - c_lo + BC - 1) / BC);
   float xv[PF ? BC : 1][PF ? G::E : 1], wv4[4], wdv = 0.f;  // (the window only when prefetched)
-  auto load = [&](int64_t c) {
+  auto ld_win = [&](int j) {  // window and depthwise weights of chunk j into registers
+    const int64_t c = c_lo + static_cast<int64_t>(j) * BC;
     if constexpr (PF)
       if (!p.cl) win.template load<T>(p, c, xv);
-    const int64_t n = p.C - c - cg_w;
-    load4<T>(wrow + (kv ? c : 0), kv ? (n < 4 ? static_cast<int>(n < 0 ? 0 : n) : 4) : 0, vec_wp, wv4);
     const bool dv = tid < BC * 9 && c + tid / 9 < p.C;
     const float t = Cvt<T>::ldg(wd + (dv ? c * 9 + tid : 0));
     wdv = dv ? t : 0.f;
   };
-  auto store = [&](int64_t c) {
+  auto st_win = [&](int j, int b) {  // ... to shared buffer b
     if constexpr (PF) {
-      if (!p.cl) win.store(xv, s.m.halo, tid);
-      else win.template stage<T>(p, s.row, c, s.m.halo, tid);
+      if (!p.cl) win.store(xv, s.m.halo[b], tid);
+      else win.template stage<T>(p, s.row, c_lo + static_cast<int64_t>(j) * BC, s.m.halo[b], tid);
     } else {
-      win.template stage<T>(p, s.row, c, s.m.halo, tid);
+      win.template stage<T>(p, s.row, c_lo + static_cast<int64_t>(j) * BC, s.m.halo[b], tid);
     }
+    if (tid < BC * 9) s.m.wd[b][tid / 9][tid % 9] = wdv;
+  };
+  auto ld_w = [&](int j) {  // Wp^T slice of chunk j into registers: one vector load per thread
+    const int64_t c = c_lo + static_cast<int64_t>(j) * BC, n = p.C - c - cg_w;
+    load4<T>(wrow + (kv ? c : 0), kv ? (n < 4 ? static_cast<int>(n < 0 ? 0 : n) : 4) : 0, vec_wp, wv4);
+  };
+  auto st_w = [&](int b) {
     if (tid < WPT) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) s.m.w[cg_w + i][kk_w] = wv4[i];
+      for (int i = 0; i < 4; ++i) s.m.w[b][cg_w + i][kk_w] = wv4[i];
     }
-    if (tid < BC * 9) s.m.wd[tid / 9][tid % 9] = wdv;
   };
-  if (PF) load(c_lo);
-  for (int64_t c0 = c_lo; c0 < c_hi; c0 += BC) {
-    if (!PF) load(c0);
-    store(c0);
-    DSC_SYNC(1);  // window and weights staged
-    if (PF && c0 + BC < c_hi) load(c0 + BC);
+  auto dstep = [&](int b) {  // depthwise chunk in buffer b: each thread one channel, PPT pixels
+    float wv[9];
+#pragma unroll
+    for (int i = 0; i < 9; ++i) wv[i] = s.m.wd[b][cc_dw][i];
+#pragma unroll
+    for (int j = 0; j < PPT; ++j)
+      s.m.t[b][cc_dw][tid % TPC + j * TPC] = dw_tap9<G::TAP_C>(s.m.halo[b][cc_dw], base[j], tap_r, wv);
+  };
 
-    // (2) Depthwise chunk: each thread one channel, PPT pixels.
-    {
-      float wv[9];
-#pragma unroll
-      for (int i = 0; i < 9; ++i) wv[i] = s.m.wd[cc_dw][i];
-#pragma unroll
-      for (int j = 0; j < PPT; ++j)
-        s.m.t[cc_dw][tid % TPC + j * TPC] = dw_tap9<G::TAP_C>(s.m.halo[cc_dw], base[j], tap_r, wv);
+  if (nch > 0) {
+    ld_win(0);
+    st_win(0, 0);
+    ld_w(0);
+    if (nch > 1) ld_win(1);
+    DSC_SYNC(1);  // chunk 0's window staged
+    dstep(0);
+    st_w(0);
+    if (nch > 1) {
+      st_win(1, 1);
+      ld_w(1);
+      if (nch > 2) ld_win(2);
     }
-    DSC_SYNC(2);  // t chunk complete
-
-    // (3) Pointwise: acc += Wp^T chunk x t chunk.
+    DSC_SYNC(2);  // chunk 0 ready for the GEMM, chunk 1's window staged
+  }
+  for (int j = 0; j < nch; ++j) {
+    const int b = j & 1;
+    if (j + 1 < nch) {
+      dstep(b ^ 1);
+      st_w(b ^ 1);
+    }
 #pragma unroll
-    for (int cc = 0; cc < BC; ++cc) mma_8x4<BK>(acc, s.m.w[cc], s.m.t[cc], ty, tx);
-    DSC_SYNC(3);  // chunk consumed before the next one (or the epilogue) overwrites shared memory
+    for (int cc = 0; cc < BC; ++cc) mma_8x4<BK>(acc, s.m.w[b][cc], s.m.t[b][cc], ty, tx);
+    if (j + 2 < nch) {
+      st_win(j + 2, b);
+      ld_w(j + 2);
+      if (j + 3 < nch) ld_win(j + 3);
+    }
+    DSC_SYNC(3);  // chunk j consumed, chunk j + 1 ready, chunk j + 2's window staged
   }
 
   if (p.fsplit > 1) {  // a split of the input channels: fp32 partial tile, summed by dsconv_fwd_reduce

@@ -16,12 +16,20 @@
 
 namespace dsc {
 
+// Floats per channel of the window of tile shape Tl at stride S, dilation D (0: runtime).
 template <class Tl, int S, int D>
+constexpr int window_floats() {
+  return Tl::SPAN ? kSpanHalo
+                  : (D > 0 ? ((Tl::TH - 1) * S + 2 * D + 1) * ((Tl::TW - 1) * S + 2 * D + 1) : 9 * Tl::TH * Tl::TW);
+}
+
+// BC_ channels staged per chunk (the kernels pick it so that their buffers fit in shared memory).
+template <class Tl, int S, int D, int BC_>
 struct Window {
   static constexpr int RH = Tl::SPAN ? 0 : (D > 0 ? (Tl::TH - 1) * S + 2 * D + 1 : 3 * Tl::TH);
   static constexpr int CW = Tl::SPAN ? 0 : (D > 0 ? (Tl::TW - 1) * S + 2 * D + 1 : 3 * Tl::TW);
-  static constexpr int HALO = Tl::SPAN ? kSpanHalo : RH * CW;  // floats per channel
-  static constexpr int BC = HALO <= kSpanHalo ? 8 : 4;          // channels per staged chunk
+  static constexpr int HALO = window_floats<Tl, S, D>();  // floats per channel
+  static constexpr int BC = BC_;
   // Offset of tap (i, j) from the pixel's tap (0, 0), rect windows (span: i D (W + 2D) + j D at run time).
   static constexpr int TAP_R = D > 0 ? D * CW : Tl::TH * CW;
   static constexpr int TAP_C = D > 0 ? D : Tl::TW;
@@ -166,15 +174,17 @@ struct Window {
   }
 };
 
-// One depthwise output from a staged window: 9 taps, the channel's 9 weights in registers.
+// One depthwise output from a staged window: 9 taps, the channel's 9 weights in registers; one partial sum
+// per tap row, so the dependent chain is 3 multiply-adds long, not 9.
 template <int TAP_C>
 DSC_DEVICE float dw_tap9(const float* hc, int base, int tap_r, const float (&wv)[9]) {
-  float a = 0.f;
+  float a[3];
 #pragma unroll
-  for (int ti = 0; ti < 3; ++ti)
-#pragma unroll
-    for (int tj = 0; tj < 3; ++tj) a += hc[base + ti * tap_r + tj * TAP_C] * wv[ti * 3 + tj];
-  return a;
+  for (int ti = 0; ti < 3; ++ti) {
+    const float* r = hc + base + ti * tap_r;
+    a[ti] = r[0] * wv[ti * 3] + r[TAP_C] * wv[ti * 3 + 1] + r[2 * TAP_C] * wv[ti * 3 + 2];
+  }
+  return a[0] + a[1] + a[2];
 }
 
 }  // namespace dsc
