@@ -312,8 +312,9 @@ class NativeGeometry:
     xgroups: int  # dsconv_bwd_dx tile groups = rows of the dWd partials
     k_blocks: int  # cdiv(K, BK): dsconv_fwd grid x
     c_blocks: int  # cdiv(C, dt channels): dsconv_bwd_dt grid x
-    fwd_ws_floats: int  # forward_ws_floats (training): [mean | M2] partials, [ntiles, K] each (16-byte aligned),
-    # then with fsplit > 1 the partial tiles [fsplit][ntiles][K blocks][BK x BP] (eval: only those)
+    fwd_ws_floats: int  # forward_ws_floats (training): [mean | M2] partials, [ntiles, K] each, [scale | shift],
+    # [K] each (each part 16-byte aligned), then with fsplit > 1 the partial tiles [fsplit][ntiles][K blocks]
+    # [BK x BP] (eval: only those)
     bwd_red: int  # bwd_ws offsets, in floats: [3][rgroups][K] BN-gradient partials
     bwd_coef: int  # [K][8] dy coefficients (16-byte aligned)
     bwd_dwp: int  # [splits][K][C] dWp partials
@@ -361,7 +362,7 @@ def native_geometry(layer: Layer) -> NativeGeometry:
     dt = dwd + xgroups * l.c * 9
     total = dt + bsplit * l.n * l.c * l.ho * l.wo
     part = fsplit * ntiles * k_blocks * FWD_BK[fwd_tile] * FWD_BP[fwd_tile] if fsplit > 1 else 0  # BK x BP floats each
-    fwd_ws = (2 * ntiles * l.k + 3) // 4 * 4 + part
+    fwd_ws = (2 * ntiles * l.k + 3) // 4 * 4 + (2 * l.k + 3) // 4 * 4 + part  # (training) partials, scale | shift
     return NativeGeometry(fwd_tile, ntiles, dwp_tile, dwp_tiles, dt_tile, dt_tiles, fsplit, bsplit, splits, rgroups,
                           xtiles, xgroups, k_blocks, _cdiv(l.c, DT_BC[dt_tile]), fwd_ws, red, coef, dwp, dwd, dt,
                           total)
@@ -413,8 +414,8 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
     part = 2 * g.ntiles * l.k * F32  # [mean | M2] tile partials
     ks = [
         *fwd("dsconv_fwd train", y + part, 4 * ye),  # + bias, tile mean and M2
-        Kernel("bn_stats", part, 2 * pc, 9 * g.ntiles * l.k),  # Chan merges
-        Kernel("bn_relu", y + 4 * pc, y, 3 * ye),
+        Kernel("bn_stats", part + 2 * pc, 4 * pc, 9 * g.ntiles * l.k),  # Chan merges -> mean, var, scale, shift
+        Kernel("bn_relu", y + 2 * pc, y, 3 * ye),
     ]
     if mode == "train_fwd_bwd":
         red = 3 * g.rgroups * l.k * F32

@@ -76,7 +76,7 @@ def test_native_geometry_tiny():
     assert (g.fwd_tile, g.dwp_tile, g.dt_tile) == ("span64", "span64", "span128")
     assert (g.ntiles, g.dwp_tiles, g.dt_tiles, g.splits, g.rgroups, g.xtiles, g.xgroups) == (1, 1, 1, 1, 1, 1, 1)
     assert (g.k_blocks, g.c_blocks) == (1, 1)
-    assert g.fwd_ws_floats == 2 * 1 * 4
+    assert g.fwd_ws_floats == 2 * 1 * 4 + 2 * 4  # [mean | M2] x [1 tile, K] and [scale | shift] x [K]
     # red [3][1][4] = 12 floats (already a multiple of 4), coef [4][8], dWp [1][4][2], dWd [1][2*9], dt [1,2,4,4]
     assert (g.bwd_red, g.bwd_coef, g.bwd_dwp, g.bwd_dwd, g.bwd_dt) == (0, 12, 44, 52, 70)
     assert g.bwd_total == 70 + 2 * 16
@@ -99,8 +99,9 @@ def test_native_train_forward_bytes_by_hand():
     part = 2 * NTILES * 4 * 4  # forward_ws_floats: [mean | M2] x [ntiles, K] floats
     tr = pm.native(L, "train_fwd")
     assert [k.name for k in tr.kernels] == ["dsconv_fwd train", "bn_stats", "bn_relu"]
-    assert [k.bytes for k in tr.kernels] == [X + WD + WP + PC + Y + part, part + 2 * PC, Y + 4 * PC + Y]
-    assert tr.bytes == 536 + 64 + 576
+    # bn_stats reads the partials, gamma and beta and writes mean, var and bn_relu's scale and shift.
+    assert [k.bytes for k in tr.kernels] == [X + WD + WP + PC + Y + part, part + 2 * PC + 4 * PC, Y + 2 * PC + Y]
+    assert tr.bytes == 536 + 128 + 544
     # Recompute mode writes y into out and normalises in place: the same bytes.
     assert pm.native(L, "train_fwd", recompute=True).bytes == tr.bytes
 

@@ -334,7 +334,7 @@ struct StatsSmem {
 };
 
 template <int kUnused = 0>  // a template only so that every translation unit may define it
-DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) bn_stats_kernel(const Problem p, const float* ws) {
+DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) bn_stats_kernel(const Problem p, float* ws) {
   DSC_SHARED(StatsSmem, s);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t k = static_cast<int64_t>(blockIdx.x) * 32 + lane;
@@ -350,21 +350,38 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) bn_stats_kernel(const Problem p, const fl
   if (warp == 0 && k < p.K) {
     float fn = 0.f, fm = 0.f, fq = 0.f;
     for (int w = 0; w < 8; ++w) chan_merge(fn, fm, fq, s.n[w][lane], s.m[w][lane], s.q[w][lane]);
+    const float var = fq / fn, a = (p.gamma != nullptr ? p.gamma[k] : 1.f) * DSC_RSQRT(var + p.eps);
     p.mean[k] = fm;
-    p.var[k] = fq / fn;
+    p.var[k] = var;
+    // bn_relu's z = y a + b per channel: a = gamma rsqrt(var + eps), b = beta - mean a.
+    float* ss = ws + fwd_ss_offset(p);
+    ss[k] = a;
+    ss[p.K + k] = (p.gamma != nullptr ? p.beta[k] : 0.f) - fm * a;
   }
 }
 
-// bn_relu: out = relu(gamma (y - mean) rsqrt(var + eps) + beta), from the stored y (as the reference).
-// y and out are contiguous in the op's layout, seen as R rows of L elements: NCHW R = N K planes of
-// L = Ho Wo (channel = row % K), channels_last R = N Ho Wo pixel rows of L = K (channel = column). Grid
-// x = row groups, y = column chunks: a block covers ~1024 elements, whole rows where rows are short
-// (many 7x7 planes per block instead of one), so no lane idles on small planes. No division per element
-// beyond FastDiv (multiply-shift).
+// bn_relu: out = relu(y a + b) with bn_stats' per-channel a = gamma rsqrt(var + eps), b = beta - mean a, from
+// the stored y (as the reference). y and out are contiguous in the op's layout, seen as R rows of L
+// elements: NCHW R = N K planes of L = Ho Wo (channel = row % K), channels_last R = N Ho Wo pixel rows of
+// L = K (channel = column). Grid x = row groups, y = column chunks: a block covers ~1024 elements, whole rows
+// where rows are short (many 7x7 planes per block instead of one). 4 consecutive elements per thread when L
+// is a multiple of 4 (one 16-byte access for fp32); row and channel by multiply-shift division (FastDiv).
 template <class T>
-DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) bn_relu_kernel(const Problem p, int64_t rows_per_block, int64_t cols_per_block) {
-  const T* __restrict__ y = static_cast<const T*>(p.y);
-  T* out = static_cast<T*>(p.out);  // may alias y (recompute mode): each element read, then written, by one thread
+DSC_DEVICE void load_n(const T* p, float* v, int n) {
+  if (n == 4) {
+    Vec4<T>::load(p, *reinterpret_cast<float(*)[4]>(v));
+  } else {
+    v[0] = Cvt<T>::load(p[0]);
+  }
+}
+
+template <class T>
+DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) bn_relu_kernel(const Problem p, const float* ws, int64_t rows_per_block,
+                                                      int64_t cols_per_block) {
+  const T* y = static_cast<const T*>(p.y);  // not __restrict__: out may alias y (recompute mode), each
+  T* out = static_cast<T*>(p.out);          // element read, then written, by one thread
+  const float* sa = ws + fwd_ss_offset(p);
+  const float* sb = sa + p.K;
   const int64_t L = p.cl ? p.K : p.Ho * p.Wo, R = p.cl ? p.M : p.N * p.K;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * rows_per_block;
   const int64_t c0 = static_cast<int64_t>(blockIdx.y) * cols_per_block;
@@ -372,22 +389,28 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) bn_relu_kernel(const Problem p, int64_t r
   const int64_t nc = L - c0 < cols_per_block ? L - c0 : cols_per_block;
   const FastDiv dl = p.cl ? p.div_k : p.div_hw;  // by L
   const uint32_t total = static_cast<uint32_t>(nr * nc);  // < 2^31 (host: rows_per_block * L bounded)
-  for (uint32_t e = threadIdx.x; e < total; e += 256) {
-    uint32_t lr, lc;
+  const int V = (L % 4 == 0 && nc % 4 == 0) ? 4 : 1;  // block-uniform
+  for (uint32_t e = threadIdx.x * V; e < total; e += 256 * V) {
+    uint32_t lr = 0, lc = e;
     if (nc == L) {  // whole rows
       lr = fdiv(dl, e);
       lc = e - lr * static_cast<uint32_t>(L);
-    } else {  // one row's chunk
-      lr = 0;
-      lc = e;
     }
-    const int64_t r = r0 + lr, c = c0 + lc;
-    const int64_t k = p.cl ? c : static_cast<int64_t>(static_cast<uint32_t>(r) -
-                                                      fdiv(p.div_k, static_cast<uint32_t>(r)) * static_cast<uint32_t>(p.K));
-    const int64_t i = r * L + c;
-    float z = (Cvt<T>::load(y[i]) - p.mean[k]) * DSC_RSQRT(p.var[k] + p.eps);
-    if (p.gamma != nullptr) z = z * p.gamma[k] + p.beta[k];
-    out[i] = Cvt<T>::store(relu_nan(z));
+    const int64_t r = r0 + lr, c = c0 + lc, i = r * L + c;
+    float v[4], a[4], b[4];
+    load_n<T>(y + i, v, V);
+    if (p.cl) {
+      for (int j = 0; j < V; ++j) {
+        a[j] = sa[c + j];
+        b[j] = sb[c + j];
+      }
+    } else {
+      const int64_t k = static_cast<int64_t>(static_cast<uint32_t>(r) -
+                                             fdiv(p.div_k, static_cast<uint32_t>(r)) * static_cast<uint32_t>(p.K));
+      a[0] = a[1] = a[2] = a[3] = sa[k];
+      b[0] = b[1] = b[2] = b[3] = sb[k];
+    }
+    for (int j = 0; j < V; ++j) out[i + j] = Cvt<T>::store(relu_nan(v[j] * a[j] + b[j]));
   }
 }
 

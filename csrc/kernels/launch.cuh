@@ -162,11 +162,11 @@ void forward(const Problem& p0, float* ws) {
     else if constexpr (D > 0) launch_fwd<P, T, TileSpan64, S, D>(p, ws);
   }));
   if (p.mode != kTrain) return;
-  P::launch(bn_stats_kernel<>, cdiv(p.K, 32), 1, 1, 256, p, static_cast<const float*>(ws));
+  P::launch(bn_stats_kernel<>, cdiv(p.K, 32), 1, 1, 256, p, ws);
   // bn_relu: rows of L elements (NCHW: N K planes of Ho Wo; channels_last: M pixels of K channels).
   const int64_t L = p.cl ? p.K : p.Ho * p.Wo, R = p.cl ? p.M : p.N * p.K;
   const int64_t rows = L >= 1024 ? 1 : 1024 / L, cols = L >= 1024 ? 1024 : L;
-  P::launch(bn_relu_kernel<T>, cdiv(R, rows), cdiv(L, cols), 1, 256, p, rows, cols);
+  P::launch(bn_relu_kernel<T>, cdiv(R, rows), cdiv(L, cols), 1, 256, p, static_cast<const float*>(ws), rows, cols);
 }
 
 // Backward (mode kTrain or kEval; p.act is y or out). Writes dx, dwd, dwp (dtype T) and the fp32

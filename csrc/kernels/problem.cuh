@@ -156,14 +156,17 @@ DSC_DEVICE TileBlock tile_block() {
                    static_cast<int64_t>(blockIdx.x)};
 }
 
-// Forward workspace (fp32): training [mean | M2] tile partials, [ft.ntiles, K] each; then, with the input
-// channels split (fsplit > 1), the partial tiles [fsplit][ft.ntiles][K blocks][BK x BP] (16-byte aligned).
+// Forward workspace (fp32): training [mean | M2] tile partials, [ft.ntiles, K] each, and [scale | shift],
+// [K] each; then, with the input channels split (fsplit > 1), the partial tiles
+// [fsplit][ft.ntiles][K blocks][BK x BP] (every part 16-byte aligned).
 constexpr int64_t kFwdPartTile = 8192;  // BK x BP of every forward tile class (a partial tile, floats)
 static_assert(TileRect8x8::BK * TileRect8x8::BP == kFwdPartTile && TileRect8x16::BK * TileRect8x16::BP == kFwdPartTile &&
                   TileSpan64::BK * TileSpan64::BP == kFwdPartTile,
               "one partial-tile size for every forward tile class");
+// Training: [mean | M2] tile partials, then the per-channel normalisation (scale | shift) of bn_relu.
+DSC_HD int64_t fwd_ss_offset(const Problem& p) { return (2 * p.ft.ntiles * p.K + 3) / 4 * 4; }
 DSC_HD int64_t fwd_part_offset(const Problem& p) {
-  return p.mode == kTrain ? (2 * p.ft.ntiles * p.K + 3) / 4 * 4 : 0;
+  return p.mode == kTrain ? fwd_ss_offset(p) + (2 * p.K + 3) / 4 * 4 : 0;
 }
 DSC_HD int64_t fwd_ws_floats(const Problem& p) {
   const int64_t bk = p.ft.cls == kTileRect8x16 ? 64 : 128, kblocks = (p.K + bk - 1) / bk;
