@@ -66,9 +66,33 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) bn_bwd_reduce_kernel(const Problem p, flo
     const T* __restrict__ go = static_cast<const T*>(p.dout) + k * p.dos.c;
     const T* __restrict__ ac = static_cast<const T*>(p.act) + k * p.as.c;
     const int first = p.cl ? warp : lane, step = p.cl ? 8 : 32;
+    // The pixel and its offsets advance by `step` per element; rows of at least `step` pixels wrap at
+    // most once (no division per element), narrower maps recompute them with FastDiv.
+    const bool inc = p.Wo >= step;
+    Pix q = pixel_of(p, static_cast<uint32_t>(g0 + first < g1 ? g0 + first : g0));
+    int64_t og = pix_off(p.dos, q), oa = pix_off(p.as, q);
     for (int64_t gg = g0 + first; gg < g1; gg += step) {
-      const Pix q = pixel_of(p, static_cast<uint32_t>(gg));
-      const float gv = Cvt<T>::ldg(go + pix_off(p.dos, q)), a = Cvt<T>::ldg(ac + pix_off(p.as, q));
+      if (!inc) {
+        q = pixel_of(p, static_cast<uint32_t>(gg));
+        og = pix_off(p.dos, q);
+        oa = pix_off(p.as, q);
+      }
+      const float gv = Cvt<T>::ldg(go + og), a = Cvt<T>::ldg(ac + oa);
+      if (inc) {
+        q.wo += step;
+        og += step * p.dos.w;
+        oa += step * p.as.w;
+        if (q.wo >= p.Wo) {
+          q.wo -= static_cast<uint32_t>(p.Wo);
+          og += p.dos.h - p.Wo * p.dos.w;
+          oa += p.as.h - p.Wo * p.as.w;
+          if (++q.ho == p.Ho) {
+            q.ho = 0;
+            og += p.dos.n - p.Ho * p.dos.h;
+            oa += p.as.n - p.Ho * p.as.h;
+          }
+        }
+      }
       float yh = 0.f, dz;
       if (!train) {
         dz = a <= 0.f ? 0.f : gv;
