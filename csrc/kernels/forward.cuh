@@ -71,8 +71,9 @@ DSC_DEVICE void fwd_epilogue(const Problem& p, float* ws, int64_t tile, int64_t 
   T* __restrict__ out = static_cast<T*>(p.mode == kEval ? p.out : p.y);
   const int warp = tid / 32, lane = tid % 32;
   constexpr int NW = NT / 32;
-  float cnt = 0.f;
-  if (p.mode == kTrain) cnt = static_cast<float>(tile_count(p, p.ft, tile));
+  // 1 / (valid pixels of the tile), for the tile means (a reciprocal once, not an IEEE division per channel).
+  const float inv_cnt = p.mode == kTrain ? 1.f / static_cast<float>(tile_count(p, p.ft, tile)) : 0.f;
+  const int64_t krows = p.K - k0;  // channels of this block that exist
   // o(r, q): channel r of the half, pixel q.
   auto o_at = [&](int r, int q) -> float& {
     return p.cl ? o[q * kOutP + r] : o[r * kOutK + q];
@@ -109,9 +110,8 @@ DSC_DEVICE void fwd_epilogue(const Problem& p, float* ws, int64_t tile, int64_t 
     }
     DSC_SYNC(4);  // half tile in shared memory
     if (!p.cl) {  // a warp per output channel, lanes along the pixels
-      for (int r = warp; r < BK / 2; r += NW) {
+      for (int r = warp; r < BK / 2 && h * (BK / 2) + r < krows; r += NW) {
         const int64_t k = kh + r;
-        if (k >= p.K) break;
         for (int q = lane; q < BP; q += 32) {
           const int64_t po = slot[q];
           const float v = o_at(r, q);
@@ -130,23 +130,26 @@ DSC_DEVICE void fwd_epilogue(const Problem& p, float* ws, int64_t tile, int64_t 
       }
     }
     if (p.mode == kTrain) {
-      // Tile statistics of the fp32 y per channel: mean, then M2 about it (two passes, warp trees).
-      for (int r = warp; r < BK / 2; r += NW) {
-        const int64_t k = kh + r;
-        if (k >= p.K) break;
+      // Tile statistics of the fp32 y per channel: mean, then M2 about it (two passes, warp trees). A fixed
+      // trip count for every warp, channels past K masked: the shuffles run in converged warps.
+#pragma unroll 1
+      for (int it = 0; it < BK / 2 / NW; ++it) {
+        const int r = warp + it * NW;
         float sm = 0.f;
+#pragma unroll
         for (int q = lane; q < BP; q += 32) sm += slot[q] >= 0 ? o_at(r, q) : 0.f;
         sm = warp_sum(sm);
-        const float mk = sm / cnt;
+        const float mk = sm * inv_cnt;
         float sq = 0.f;
+#pragma unroll
         for (int q = lane; q < BP; q += 32) {
           const float dl = o_at(r, q) - mk;
           sq += slot[q] >= 0 ? dl * dl : 0.f;
         }
         sq = warp_sum(sq);
-        if (lane == 0) {
-          ws[tile * p.K + k] = mk;
-          ws[p.ft.ntiles * p.K + tile * p.K + k] = sq;
+        if (lane == 0 && h * (BK / 2) + r < krows) {
+          ws[tile * p.K + kh + r] = mk;
+          ws[p.ft.ntiles * p.K + tile * p.K + kh + r] = sq;
         }
       }
     }

@@ -147,9 +147,9 @@ struct Window {
     const T* __restrict__ x = static_cast<const T*>(p.x) + xn;
     const int win = rows * cw;
     if (!p.cl) {
-      // At most 2 channels' loads in flight at a time on large windows: the registers stay below the
+      // At most 2 channels' loads in flight at a time on windows of > 256 floats: the registers stay below the
       // 2-blocks-per-SM budget (a fully unrolled 8 x 4 batch spilled).
-#pragma unroll(E > 2 ? 2 : BC)
+#pragma unroll(E > 1 ? 2 : BC)
       for (int cc = 0; cc < BC; ++cc) {
         const bool cv = c0 + cc < p.C;
         const T* xc = x + (cv ? (c0 + cc) * p.xs.c : 0);
