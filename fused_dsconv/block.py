@@ -43,8 +43,8 @@ class JointBlock(nn.Sequential):
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if stride not in (1, 2):
-            raise ValueError(f"stride must be 1 or 2, got {stride!r}")
+        if not isinstance(stride, int) or isinstance(stride, bool) or stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2 (an int), got {stride!r}")
         if not isinstance(dilation, int) or isinstance(dilation, bool) or dilation < 1:
             raise ValueError(f"dilation must be an integer >= 1, got {dilation!r}")
         fk = {"device": device, "dtype": dtype}
@@ -117,30 +117,36 @@ class JointBlock(nn.Sequential):
             self._record("unfused")
             return F.relu(bn(pw(dw(x))))
 
-        dtype = _autocast_dtype(x.device.type) or x.dtype
+        dtype = _compute_dtype(x, dw.weight)
         x = x.to(dtype)
         dw_w, pw_w = dw.weight.to(dtype), pw.weight.to(dtype).flatten(1)
         acc = backends.acc_dtype(x)
         bias = _effective_bias(dw, pw, acc)
         gamma = bn.weight.to(acc) if bn.affine else None
         beta = bn.bias.to(acc) if bn.affine else None
+        use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+        # Every check before any state changes: a forward that raises leaves the module as it was.
+        if use_batch_stats:
+            ops.check_train_inputs(x, dw_w, pw_w, bias, gamma, beta, self.stride, self.dilation)
+        else:
+            ops.check_inputs(x, dw_w, pw_w, self.stride, self.dilation, bias=bias)
         name = backends.select(x, self.backend).name
         self._record(name)
-
-        # nn.BatchNorm2d.forward's rules, verbatim in meaning.
-        factor = 0.0 if bn.momentum is None else bn.momentum
-        if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-            bn.num_batches_tracked.add_(1)
-            if bn.momentum is None:  # cumulative average; a tensor, so torch.compile needs no .item()
-                factor = 1.0 / bn.num_batches_tracked.to(acc)
-        use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
 
         if not use_batch_stats:
             w, b = fold_bn(pw_w, bias, gamma, beta, bn.running_mean, bn.running_var, bn.eps)
             return ops.forward_eval(x, dw_w, w.to(dtype), b.to(acc), self.stride, self.dilation, name)
 
+        # nn.BatchNorm2d.forward's rules, verbatim in meaning; the counter moves only once the op has
+        # succeeded, so a failing call changes nothing.
+        factor = 0.0 if bn.momentum is None else bn.momentum
+        count = bn.training and bn.track_running_stats and bn.num_batches_tracked is not None
+        if count and bn.momentum is None:  # cumulative average; a tensor, so torch.compile needs no .item()
+            factor = 1.0 / (bn.num_batches_tracked + 1).to(acc)
         out, _, mean, var = ops.forward_train(x, dw_w, pw_w, bias, gamma, beta, self.stride, self.dilation,
                                               bn.eps, not self.recompute, name)
+        if count:
+            bn.num_batches_tracked.add_(1)
         if bn.training and bn.running_mean is not None and out.numel() > 0:  # empty batch: no update, as PyTorch
             m = out.numel() // out.shape[1]
             with torch.no_grad():
@@ -169,11 +175,21 @@ class JointBlock(nn.Sequential):
             self.last_backend = name
 
 
-def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
-    """The dtype autocast would run a conv in here, or None outside autocast (or on meta/other devices)."""
+def _compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
+    """The dtype the block runs in, by nn.Conv2d's rules: outside autocast x and the weights must agree;
+    under autocast both are cast to the autocast dtype, except float64 tensors, which autocast leaves alone."""
+    dtype, wdtype = x.dtype, weight.dtype
+    device_type = x.device.type
     if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return None
+        target = torch.get_autocast_dtype(device_type)
+        dtype = dtype if dtype == torch.float64 else target
+        wdtype = wdtype if wdtype == torch.float64 else target
+    if dtype != wdtype:
+        # What nn.Conv2d raises for the unfused layers (a RuntimeError), said with both dtypes and the fix.
+        raise RuntimeError(f"JointBlock: input dtype {x.dtype} does not match the block's parameter dtype "
+                           f"{weight.dtype}; convert one of them (x.to({weight.dtype}) or block.to({x.dtype})), "
+                           "or run under torch.autocast")
+    return dtype
 
 
 def _effective_bias(dw: nn.Conv2d, pw: nn.Conv2d, acc: torch.dtype) -> Optional[Tensor]:

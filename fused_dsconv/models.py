@@ -46,12 +46,18 @@ class JointNet(nn.Module):
                  dilation: Union[int, Sequence[int]] = 1, *, in_channels: int = 3, resize_input: bool = True,
                  backend: str = "auto", recompute: bool = False):
         super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 1:
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        for name, v in (("alpha", alpha), ("rho", rho)):
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise TypeError(f"{name} must be a number (int or float), got {type(v).__name__} {v!r}")
         if not 0 < alpha <= 4:
             raise ValueError(f"alpha (width multiplier) must be in (0, 4], got {alpha!r}")
         if not 0 < rho <= 4:
             raise ValueError(f"rho (resolution multiplier) must be in (0, 4], got {rho!r}")
+        if int(round(BASE_RESOLUTION * rho)) < 1:
+            raise ValueError(f"rho={rho!r} gives an input side of round({BASE_RESOLUTION} * rho) = 0 pixels; "
+                             f"rho must be greater than {0.5 / BASE_RESOLUTION:.5f}")
         dilations = [dilation] * len(TABLE1) if isinstance(dilation, int) else list(dilation)
         if len(dilations) != len(TABLE1):
             raise ValueError(f"dilation must be one integer or {len(TABLE1)} integers (one per block), "

@@ -21,8 +21,14 @@ from .reference import output_size
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def check_inputs(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, stride: int, dilation: int, **per_channel) -> None:
     """Raise a ValueError / TypeError naming the argument for anything the op cannot take."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a Tensor, got {type(x).__name__}")
     if x.dim() != 4:
         raise ValueError(f"x must be a 4-D tensor [N, C, H, W], got {x.dim()}-D with shape {tuple(x.shape)}")
     if x.dtype not in FLOAT_DTYPES:
@@ -30,10 +36,10 @@ def check_inputs(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, stride: int, d
     n, c, h, w = x.shape
     if h == 0 or w == 0:
         raise ValueError(f"x must have non-zero height and width, got shape {tuple(x.shape)}")
-    if stride not in (1, 2):
-        raise ValueError(f"stride must be 1 or 2, got {stride}")
-    if not isinstance(dilation, int) or dilation < 1:
-        raise ValueError(f"dilation must be an integer >= 1, got {dilation}")
+    if not _is_int(stride) or stride not in (1, 2):
+        raise ValueError(f"stride must be 1 or 2 (an int), got {stride!r}")
+    if not _is_int(dilation) or dilation < 1:
+        raise ValueError(f"dilation must be an integer >= 1, got {dilation!r}")
     if tuple(dw_weight.shape) != (c, 1, 3, 3):
         raise ValueError(f"dw_weight must have shape (C, 1, 3, 3) = {(c, 1, 3, 3)} for x with C={c} channels, "
                          f"got {tuple(dw_weight.shape)}")
@@ -52,6 +58,23 @@ def check_inputs(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, stride: int, d
             raise TypeError(f"{name} must be {backends.acc_dtype(x)} for x of dtype {x.dtype}, got {t.dtype}")
     for name, t in (("dw_weight", dw_weight), ("pw_weight", pw_weight), *per_channel.items()):
         if t is not None and t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}: all tensors must be on one device")
+
+
+def check_activations(x: Tensor, pw_weight: Tensor, stride: int, **acts: Optional[Tensor]) -> None:
+    """Backward inputs shaped like the forward's output ([N, K, Ho, Wo], x's dtype and device; any strides:
+    every backend reads them through their strides). Call after ``check_inputs``."""
+    n, _, h, w = x.shape
+    shape = (n, pw_weight.shape[0], output_size(h, stride), output_size(w, stride))
+    for name, t in acts.items():
+        if t is None:
+            continue
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have the forward output's shape [N, K, Ho, Wo] = {shape} for x of shape "
+                             f"{tuple(x.shape)}, K={shape[1]} and stride {stride}, got {tuple(t.shape)}")
+        if t.dtype != x.dtype:
+            raise TypeError(f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
+        if t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}: all tensors must be on one device")
 
 
@@ -97,7 +120,7 @@ def forward_train(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, bias: Optiona
     y = pw(dw(x)) + bias (empty when ``save_y`` is False); mean / var are the biased batch
     statistics (float32; float64 for float64 x) of y per channel; out = relu(bn_weight * (y - mean) / sqrt(var + eps) + bn_bias).
     """
-    _check_train(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation)
+    check_train_inputs(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation)
     if x.numel() == 0:  # an empty batch has no statistics: NaN, as torch.var_mean of nothing
         out = _out_like(x, pw_weight.shape[0], stride)
         stat = torch.full((pw_weight.shape[0],), float("nan"), dtype=backends.acc_dtype(x), device=x.device)
@@ -110,7 +133,7 @@ def forward_train(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, bias: Optiona
 
 @forward_train.register_fake
 def _(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, save_y=True, backend="auto"):
-    _check_train(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation)
+    check_train_inputs(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation)
     k = pw_weight.shape[0]
     out = _out_like(x, k, stride)
     y = _out_like(x, k, stride) if save_y else x.new_empty(0)
@@ -118,8 +141,9 @@ def _(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, 
     return out, y, stat, stat.clone()
 
 
-def _check_train(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation):
-    check_inputs(x, dw_weight, pw_weight, stride, dilation, bias=bias, bn_weight=bn_weight, bn_bias=bn_bias)
+def check_train_inputs(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, **stats):
+    """forward_train's checks (JointBlock runs them before it touches its running statistics)."""
+    check_inputs(x, dw_weight, pw_weight, stride, dilation, bias=bias, bn_weight=bn_weight, bn_bias=bn_bias, **stats)
     if (bn_weight is None) != (bn_bias is None):
         raise ValueError("bn_weight and bn_bias must be given together (affine batch norm) or both be None")
     n, _, h, w = x.shape
@@ -134,6 +158,7 @@ def _check_train(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dila
 def backward_eval(grad_out: Tensor, out: Tensor, x: Tensor, dw_weight: Tensor, pw_weight: Tensor, stride: int,
                   dilation: int, backend: str = "auto") -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of forward_eval w.r.t. (x, dw_weight, pw_weight, bias)."""
+    _check_backward_eval(grad_out, out, x, dw_weight, pw_weight, stride, dilation)
     if x.numel() == 0:
         return _zero_grads(x, dw_weight, pw_weight, 1)
     impl, no_autocast = _run(x, backend)
@@ -143,6 +168,7 @@ def backward_eval(grad_out: Tensor, out: Tensor, x: Tensor, dw_weight: Tensor, p
 
 @backward_eval.register_fake
 def _(grad_out, out, x, dw_weight, pw_weight, stride, dilation, backend="auto"):
+    _check_backward_eval(grad_out, out, x, dw_weight, pw_weight, stride, dilation)
     return (torch.empty_like(x), torch.empty_like(dw_weight), torch.empty_like(pw_weight),
             x.new_empty(pw_weight.shape[0], dtype=backends.acc_dtype(x)))
 
@@ -157,6 +183,8 @@ def backward_train(grad_out: Tensor, x: Tensor, dw_weight: Tensor, pw_weight: Te
     ``y`` None means recompute mode. The last two are [K] tensors even when bn_weight is None
     (the autograd layer drops them then).
     """
+    y = _check_backward_train(grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride,
+                              dilation)
     if x.numel() == 0:
         return _zero_grads(x, dw_weight, pw_weight, 3)
     impl, no_autocast = _run(x, backend)
@@ -168,9 +196,26 @@ def backward_train(grad_out: Tensor, x: Tensor, dw_weight: Tensor, pw_weight: Te
 @backward_train.register_fake
 def _(grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride, dilation, eps,
       backend="auto"):
+    _check_backward_train(grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride, dilation)
     k = pw_weight.shape[0]
     stats = [x.new_empty(k, dtype=backends.acc_dtype(x)) for _ in range(3)]
     return (torch.empty_like(x), torch.empty_like(dw_weight), torch.empty_like(pw_weight), *stats)
+
+
+def _check_backward_eval(grad_out, out, x, dw_weight, pw_weight, stride, dilation):
+    check_inputs(x, dw_weight, pw_weight, stride, dilation)
+    check_activations(x, pw_weight, stride, grad_out=grad_out, out=out)
+
+
+def _check_backward_train(grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride,
+                          dilation) -> Optional[Tensor]:
+    """Validates backward_train's inputs; returns y, or None for recompute mode (y None, or the empty tensor
+    forward_train returns with save_y=False)."""
+    check_train_inputs(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, mean=mean, var=var)
+    if y is not None and y.dim() == 1 and y.numel() == 0:
+        y = None
+    check_activations(x, pw_weight, stride, grad_out=grad_out, y=y)
+    return y
 
 
 def _zero_grads(x, dw_weight, pw_weight, n_per_channel):

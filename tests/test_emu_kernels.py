@@ -203,6 +203,9 @@ def test_checks_name_the_argument(emu):
         ops.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias[:3], 1, 1)
     with pytest.raises(RuntimeError, match="stride"):
         ops.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 3, 1)
+    with pytest.raises(RuntimeError, match=r"dilation must be between 1 and 1048576 \(2\^20\), got 1048577"):
+        ops.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 2 ** 20 + 1)
+    ops.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 2 ** 20)  # the limit itself runs
     with pytest.raises(RuntimeError, match="x must"):
         ops.forward_eval(c.x.double(), c.dw_weight.double(), c.pw_weight.double(), c.bias, 1, 1)
     with pytest.raises(RuntimeError, match="x must be contiguous"):

@@ -37,7 +37,8 @@ struct Ops {
                 "x must be contiguous in NCHW or channels_last; got strides ", x.strides());
     TORCH_CHECK(x.size(2) > 0 && x.size(3) > 0, Tr::kPrefix, "x must have non-zero height and width");
     TORCH_CHECK(stride == 1 || stride == 2, Tr::kPrefix, "stride must be 1 or 2, got ", stride);
-    TORCH_CHECK(dilation >= 1 && dilation <= (1 << 20), Tr::kPrefix, "dilation must be >= 1, got ", dilation);
+    TORCH_CHECK(dilation >= 1 && dilation <= (1 << 20), Tr::kPrefix,
+                "dilation must be between 1 and 1048576 (2^20), got ", dilation);
   }
   static void check_weights(const Tensor& x, const Tensor& dw, const Tensor& pw) {
     const int64_t C = x.size(1);

@@ -99,9 +99,13 @@ def get(name: str) -> Backend:
 
 def requested(name: Optional[str] = None) -> str:
     """The backend asked for: the explicit name, else $FUSED_DSCONV_BACKEND, else 'auto'."""
-    choice = name if name not in (None, AUTO) else os.environ.get(ENV_VAR, AUTO) or AUTO
-    if choice != AUTO:
-        get(choice)  # validates the name, whichever way it came
+    if name not in (None, AUTO):
+        get(name)  # validates the name
+        return name
+    choice = os.environ.get(ENV_VAR, AUTO) or AUTO
+    if choice != AUTO and choice not in names():
+        raise ValueError(f"environment variable {ENV_VAR}={choice!r} is not a backend: set it to one of "
+                         f"{[AUTO] + names()} or unset it")
     return choice
 
 
