@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .block import JointBlock
+from .reference import output_size
 
 STEM_CHANNELS = 32
 # (depthwise channels, pointwise output channels, depthwise stride): the consistent reading of Table 1.
@@ -81,6 +82,16 @@ class JointNet(nn.Module):
                 raise ValueError(f"input must be {self.resolution}x{self.resolution} (resize_input=False), "
                                  f"got {tuple(x.shape[-2:])}")
             x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
+        if self.training and x.shape[0] > 0:
+            # The last block has the fewest values per channel; refuse here, before block 1 updates its running
+            # statistics, rather than from deep inside the network.
+            side = self.resolution
+            for block in self.blocks:
+                side = output_size(side, block.stride)
+            if x.shape[0] * side * side == 1:
+                raise ValueError(f"training needs more than 1 value per channel in every block: batch 1 at "
+                                 f"{self.resolution}x{self.resolution} leaves 1x1 in the last block; use a batch of "
+                                 "at least 2 or a larger rho")
         x = self.blocks(self.stem(x))
         return self.classifier(torch.flatten(self.pool(x), 1))
 

@@ -199,3 +199,12 @@ def test_create_model_checks_its_numbers():
         create_model("jointnet_a050_d1", num_classes=True)
     assert create_model("jointnet_a050_d1", rho=0.003).resolution == 1  # the smallest valid side runs
     assert isinstance(create_model("jointnet_a050_d1", alpha=1), nn.Module)  # an int is a number
+
+
+def test_model_refuses_a_batch_its_last_block_cannot_train_on_before_any_block_updates():
+    model = create_model("jointnet_a050_d1", num_classes=3, rho=0.1).train()  # 22x22 -> 1x1 in the last block
+    before = _state(model)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        model(torch.randn(1, 3, 22, 22))
+    _assert_same_state(model, before)
+    model(torch.randn(2, 3, 22, 22))  # batch 2 trains
