@@ -64,9 +64,9 @@ def test_classifier(benchmark, settings, env_info, memory_rows, cfg, mode, impl)
     cid = benchlib.config_id(*cfg)
     dev, n = settings.device, settings.model_batch
     name, layout = benchlib.split_impl(impl)
-    if not settings.full and cid not in benchlib.CI_MODEL_CONFIGS:
-        pytest.skip(f"CI size runs the classifier for {', '.join(benchlib.CI_MODEL_CONFIGS)} only; "
-                    f"--paper-size / {benchlib.FULL_ENV}=1 runs all eight configurations")
+    why = benchlib.classifier_config_unavailable(cid, settings.full)
+    if why is not None:
+        pytest.skip(why)
     gen = torch.Generator().manual_seed(1234)
     model = JointNet(NUM_CLASSES, alpha, rho * settings.scale, d)  # rho only sets the input side
     res = model.resolution

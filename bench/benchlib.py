@@ -154,6 +154,28 @@ def impl_unavailable(name, x, device, full, case_id):
     return None
 
 
+def case_unavailable(params: dict, settings: "Settings") -> Optional[str]:
+    """Why a parametrised benchmark case (its pytest params) cannot run with these settings, or None: the same
+    decisions the benchmarks make at run time, taken at collection with a small probe input."""
+    name, layout = split_impl(params["impl"])
+    if "cfg" in params:  # bench_classifier
+        why = classifier_config_unavailable(config_id(*params["cfg"]), settings.full)
+        if why is not None:
+            return why
+        case_id = "classifier"
+    else:
+        case_id = params["case"].id
+    probe = to_layout(torch.empty(1, 2, 2, 2, device=settings.device), layout)
+    return impl_unavailable(name, probe, settings.device, settings.full, case_id)
+
+
+def classifier_config_unavailable(cid: str, full: bool) -> Optional[str]:
+    if not full and cid not in CI_MODEL_CONFIGS:
+        return (f"CI size runs the classifier for {', '.join(CI_MODEL_CONFIGS)} only; --paper-size / "
+                f"{FULL_ENV}=1 runs all eight configurations")
+    return None
+
+
 def compile_unavailable(device: torch.device, full: bool, case_id: str) -> Optional[str]:
     """Why torch.compile is not benchmarked here, or None (``case_id`` "classifier" for the whole model)."""
     if device.type == "cuda":

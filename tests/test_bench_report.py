@@ -101,14 +101,11 @@ def _fake_run():
     ]}
 
 
-def test_report_markdown_and_png(tmp_path):
+def test_report_markdown(tmp_path):
     path = tmp_path / "run.json"
     path.write_text(json.dumps(_fake_run()))
-    md, png = tmp_path / "out.md", tmp_path / "out.png"
-    args = [str(path), "--md", str(md), "--model-batch", "2"]
-    if _has_matplotlib():
-        args += ["--png", str(png), "--config", "a100_r100_d3"]
-    assert report.main(args) == 0
+    md = tmp_path / "out.md"
+    assert report.main([str(path), "--md", str(md), "--model-batch", "2"]) == 0
     text = md.read_text()
     assert "MEASURED on CPU (x86_64, 2 threads)" in text
     # eval row comes before train_fwd; baseline / ours = 0.010 / 0.020
@@ -117,23 +114,20 @@ def test_report_markdown_and_png(tmp_path):
     assert "| a100_r100_d3_b1 | 4 | 2 | 1 | 0.500 | 0.250 |" in text
     assert "100 / 200 / 300" in text
     assert "MODEL (analytic, not measured" in text
-    if _has_matplotlib():
-        assert png.stat().st_size > 1000
 
 
-def _has_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-        return True
-    except ImportError:
-        return False
+def test_report_png(tmp_path):
+    pytest.importorskip("matplotlib", reason="the PNG plot needs matplotlib (pip install '.[test]')")
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(_fake_run()))
+    png = tmp_path / "out.png"
+    assert report.main([str(path), "--md", str(tmp_path / "out.md"), "--model-batch", "2", "--png", str(png),
+                        "--config", "a100_r100_d3"]) == 0
+    assert png.stat().st_size > 1000
 
 
 def test_memory_summary_markdown():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("bench_conftest_for_test", BENCH / "conftest.py")
-    conf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(conf)
+    conf = _bench_conftest()
     rows = [{"kind": "block", "case": "c1", "shape": "s", "batch": 2, "unfused": 4096, "fused": 2048, "recompute": 1024,
              "peak_unfused": 2**21, "peak_fused": 2**20, "peak_recompute": 2**19},
             {"kind": "classifier", "config": "a100_r100_d3", "resolution": 224, "params": 10,
@@ -142,3 +136,33 @@ def test_memory_summary_markdown():
     text = conf.memory_markdown(rows)
     assert "| c1 | s | 2 | 4 | 2 | 1 | 0.500 | 0.250 | 2.0 / 1.0 / 0.5 |" in text
     assert "| a100_r100_d3 | 224 | 10 | 2.00 | 1.00 | 0.50 | 0.500 | 0.250 | 1 / 2 / 3 |" in text
+
+
+def _bench_conftest():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_conftest_for_test", BENCH / "conftest.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    return conf
+
+
+def test_ratio_summary_is_a_geometric_mean_per_mode():
+    def b(case, mode, impl, median):
+        return {"median": median, "extra_info": {"kind": "block", "case": case, "mode": mode, "impl": impl}}
+    benches = [b("c1", "eval", "eager-nchw", 1.0), b("c1", "eval", "reference-nchw", 2.0),
+               b("c2", "eval", "eager-nchw", 1.0), b("c2", "eval", "reference-nchw", 8.0),
+               b("c3", "eval", "reference-nchw", 100.0)]  # no baseline for c3: not counted
+    lines = _bench_conftest().ratio_summary(benches)
+    assert lines == ["  block eval, median time / eager-nchw (geometric mean over cases): reference-nchw 4.00x (2)"]
+
+
+def test_cases_dropped_at_collection_are_the_ones_the_benchmarks_would_skip():
+    cpu = benchlib.make_settings(False, "cpu")
+    case = benchlib.block_cases()[0]
+    assert "runs cuda tensors only" in benchlib.case_unavailable({"impl": "native-nchw", "case": case}, cpu)
+    assert benchlib.case_unavailable({"impl": "eager-channels_last", "case": case}, cpu) is None
+    assert benchlib.case_unavailable({"impl": "reference-nchw", "cfg": (1.0, 1.0, 3)}, cpu) is None
+    assert "CI size runs the classifier" in benchlib.case_unavailable({"impl": "reference-nchw", "cfg": (0.5, 1.0, 3)},
+                                                                      cpu)
+    full = benchlib.make_settings(True, "cpu")
+    assert benchlib.case_unavailable({"impl": "reference-nchw", "cfg": (0.5, 1.0, 3)}, full) is None
