@@ -1,12 +1,14 @@
 """ThreadSanitizer over the emulated kernels, driven through CMake/ctest (CMakeLists.txt):
-  * emu_tsan: the real launcher + kernels on small problems under -fsanitize=thread: no report, and the
-    forward results match naive loops (so poisoned shared memory was never read);
-  * emu_tsan_planted_barrier: the same with one forward barrier dropped: ctest passes only if TSan
-    reports the data race, which shows the harness is not blind to a missing __syncthreads;
+  * emu_tsan: the real launcher + kernels on small problems under -fsanitize=thread: no report, the
+    forward results match naive loops (so poisoned shared memory was never read), and every barrier
+    of csrc/kernels/ ran;
+  * emu_tsan_drop_<id>, one per DSC_SYNC(<id>): the same program with that one barrier skipped; ctest
+    passes only if TSan reports the data race, so the harness is not blind to any barrier of any kernel;
   * emu_asan: the same program under AddressSanitizer + UBSan (out-of-bounds global accesses)."""
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,13 +16,35 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+KERNELS = ROOT / "csrc" / "kernels"
 
 
 def _hash() -> str:
     h = hashlib.sha256()
-    for f in sorted([ROOT / "CMakeLists.txt", *(ROOT / "csrc" / "kernels").glob("*"), *(ROOT / "csrc" / "emu").glob("*")]):
+    for f in sorted([ROOT / "CMakeLists.txt", *KERNELS.glob("*"), *(ROOT / "csrc" / "emu").glob("*")]):
         h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()[:12]
+
+
+def _barriers() -> dict[str, list[int]]:
+    """kernel name -> the DSC_SYNC ids in its body, and every raw __syncthreads (there must be none)."""
+    out: dict[str, list[int]] = {}
+    for f in sorted(KERNELS.glob("*.cuh")):
+        src = re.sub(r"//[^\n]*", "", f.read_text())  # comments may name barriers; code counts
+        if f.name != "common.cuh":  # which defines DSC_SYNC
+            assert "__syncthreads" not in src, f"{f.name}: a raw __syncthreads; use DSC_SYNC(id)"
+        # A kernel's body runs from its DSC_GLOBAL signature to the next one (or the end of the file).
+        starts = [(m.start(), m.group(1)) for m in re.finditer(r"DSC_GLOBAL\s+void\s+\w+\([^)]*\)\s+(\w+)", src)]
+        for (pos, name), nxt in zip(starts, [s for s, _ in starts[1:]] + [len(src)]):
+            out.setdefault(name, []).extend(int(i) for i in re.findall(r"DSC_SYNC\((\d+)\)", src[pos:nxt]))
+    return out
+
+
+def test_barrier_ids_are_unique_and_every_kernel_is_listed():
+    b = _barriers()
+    ids = [i for v in b.values() for i in v]
+    assert len(ids) == len(set(ids)), b
+    assert {"fwd_kernel", "dt_kernel"} <= {k for k, v in b.items() if v}, b
 
 
 @pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("ctest") is None, reason="needs cmake/ctest")
@@ -36,9 +60,16 @@ def test_tsan_ctest():
     if bld.returncode != 0 and "fsanitize" in (bld.stdout + bld.stderr) and "unrecognized" in bld.stderr:
         pytest.skip("this compiler has no ThreadSanitizer")
     assert bld.returncode == 0, bld.stdout + bld.stderr
-    test = run("ctest", "--test-dir", str(build), "--output-on-failure", "--timeout", "900")
+    test = run("ctest", "--test-dir", str(build), "--output-on-failure", "--timeout", "900", "-j", "2")
     print(test.stdout[-4000:])
     assert test.returncode == 0, test.stdout[-8000:] + test.stderr
     assert "100% tests passed" in test.stdout
-    for name in ("emu_tsan", "emu_tsan_planted_barrier", "emu_asan"):
-        assert name in test.stdout
+    barriers = _barriers()
+    ids = sorted(i for v in barriers.values() for i in v)
+    for name in ("emu_tsan", "emu_asan", *(f"emu_tsan_drop_{i}" for i in ids)):
+        assert re.search(rf"Test\s+#\d+: {name} \.+\s+Passed", test.stdout), name
+    # Every barrier ran in the clean run, so each drop test above removed a barrier that matters there.
+    clean = run(str(build / "emu_tsan"))
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    ran = re.search(r"barriers run:([\d ]*)", clean.stdout)
+    assert ran and sorted(int(i) for i in ran.group(1).split()) == ids, (clean.stdout, barriers)

@@ -2,19 +2,46 @@
 // Runs the real launcher + kernels (fp32) on small problems through the emulator and checks the
 // forward results against naive loops; every other output is checked for being finite (the shared
 // memory arena is poisoned with NaN, so a read of unwritten shared memory shows up).
-// Built with -DDSC_DROP_BARRIER=<id> it drops one barrier of the forward kernel: TSan must report it.
+//
+// Barriers: built with DSC_BARRIER_HOOK, every DSC_SYNC(id) of the kernels calls dsc_barrier_hook(id).
+//   emu_tsan                 runs every barrier and prints the ids that ran ("barriers run: ...");
+//   emu_tsan --drop ID       skips barrier ID in every block: TSan must report the data race it leaves
+//                            (ctest runs this once per id in csrc/kernels/, see CMakeLists.txt).
+// The drop is a run-time choice, so one build covers every barrier: TSan sees the race because a
+// skipped barrier leaves no happens-before edge, whatever the compiler could prove.
 // Tiles past grid.y spill into grid.z (launch.cuh): with 3 here instead of CUDA's 65535, the stride-1
-// cases below (4 tiles) run the split and the early return of surplus blocks under TSan/ASan.
+// cases below (4 tiles) run the split and the early return of surplus blocks under TSan/ASan. dWp
+// partials are capped at 2 so that a dwp_kernel block loops over more than one tile.
 #define DSC_TILE_GRID_Y 3
+#define DSC_DWP_MAX_SPLITS 2
 #include "emu/emu.h"
 #include "kernels/common.cuh"
 #include "emu/policy.h"
 #include "kernels/launch.cuh"
 
+#include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <random>
 #include <vector>
+
+namespace {
+
+constexpr int kMaxBarrierId = 1024;
+int g_drop = -1;  // set once in main, before any kernel thread starts
+std::atomic<bool> g_ran[kMaxBarrierId];
+
+}  // namespace
+
+bool dsc_barrier_hook(int id) {
+  if (id == g_drop) return false;
+  // Relaxed: records coverage without adding a happens-before edge that could hide a race. A drop run
+  // records nothing at all.
+  if (g_drop < 0 && id >= 0 && id < kMaxBarrierId) g_ran[id].store(true, std::memory_order_relaxed);
+  return true;
+}
 
 namespace {
 
@@ -151,13 +178,32 @@ int run(const Case& cs) {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  if (argc == 3 && std::strcmp(argv[1], "--drop") == 0) {
+    g_drop = std::atoi(argv[2]);
+    if (g_drop <= 0 || g_drop >= kMaxBarrierId) {
+      std::fprintf(stderr, "--drop needs a barrier id in [1, %d)\n", kMaxBarrierId);
+      return 2;
+    }
+  } else if (argc != 1) {
+    std::fprintf(stderr, "usage: %s [--drop BARRIER_ID]\n", argv[0]);
+    return 2;
+  }
   int bad = 0;
   // C = 20: two depthwise chunks in the forward (exercises the end-of-chunk barrier).
   bad += run(Case{1, 20, 5, 9, 10, 1, 1, false});
   bad += run(Case{1, 20, 5, 9, 10, 2, 5, true});
   // K = 70: two K tiles in the forward and two K chunks in the dt kernel; d = 9: the gathered halo.
   bad += run(Case{1, 20, 70, 9, 10, 1, 9, false});
+  if (g_drop > 0) {
+    // Reached only if TSan stayed silent (halt_on_error stops the program at the first report).
+    std::printf("barrier %d dropped and no data race reported\n", g_drop);
+    return 1;
+  }
+  std::printf("barriers run:");
+  for (int id = 0; id < kMaxBarrierId; ++id)
+    if (g_ran[id].load(std::memory_order_relaxed)) std::printf(" %d", id);
+  std::printf("\n");
   std::printf(bad ? "FAILED\n" : "OK\n");
   return bad;
 }

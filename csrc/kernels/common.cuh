@@ -42,12 +42,16 @@ typedef unsigned int uint32_t;
 #define DSC_RSQRT(v) (1.0f / std::sqrt(v))
 #endif
 
-// DSC_SYNC(id): a block barrier with an id, so the TSan test build can drop exactly one of them
-// (-DDSC_DROP_BARRIER=id) and show that ThreadSanitizer catches the race. Real builds: __syncthreads().
-#if defined(DSC_DROP_BARRIER)
-#define DSC_SYNC(id)                                \
-  do {                                              \
-    if ((id) != DSC_DROP_BARRIER) __syncthreads();  \
+// DSC_SYNC(id): every block barrier of the kernels goes through this, with an id unique across
+// csrc/kernels/. The ThreadSanitizer test program (csrc/emu/tsan_main.cpp, built with DSC_BARRIER_HOOK)
+// asks dsc_barrier_hook(id) first: it records which barriers ran, and drops the one chosen on its
+// command line, so that TSan must report the race the missing barrier leaves (tests/test_emu_tsan.py
+// runs that for every id). Real builds: __syncthreads().
+#if defined(DSC_BARRIER_HOOK)
+bool dsc_barrier_hook(int id);
+#define DSC_SYNC(id)                            \
+  do {                                          \
+    if (dsc_barrier_hook(id)) __syncthreads();  \
   } while (0)
 #else
 #define DSC_SYNC(id) __syncthreads()

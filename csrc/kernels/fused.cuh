@@ -228,13 +228,13 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(kThreads) fwd_kernel(const Problem p, float* w
     for (int i = 0; i < 4; ++i) sm += pv[i] ? acc[i][j] : 0.f;
     s.red[ty][tx + 16 * j] = sm;
   }
-  __syncthreads();
+  DSC_SYNC(3);
   if (tid < kBK) {
     float sm = 0.f;
     for (int r = 0; r < 16; ++r) sm += s.red[r][tid];
     s.mean[tid] = sm / cnt;
   }
-  __syncthreads();
+  DSC_SYNC(4);
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     const float mk = s.mean[tx + 16 * j];
@@ -246,7 +246,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(kThreads) fwd_kernel(const Problem p, float* w
     }
     s.red[ty][tx + 16 * j] = sq;
   }
-  __syncthreads();
+  DSC_SYNC(5);
   if (tid < kBK && k0 + tid < p.K) {
     float sq = 0.f;
     for (int r = 0; r < 16; ++r) sq += s.red[r][tid];
@@ -289,7 +289,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(kThreads) stats_finalize_kernel(const Problem 
     s.m[tid >> 5] = m;
     s.q[tid >> 5] = q;
   }
-  __syncthreads();
+  DSC_SYNC(6);
   if (tid == 0) {
     float fn = 0.f, fm = 0.f, fq = 0.f;
     for (int w = 0; w < kThreads / 32; ++w) chan_merge(fn, fm, fq, s.n[w], s.m[w], s.q[w]);
@@ -387,7 +387,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(kThreads) bwd_reduce_kernel(const Problem p, f
     s.red[1][ty][tx + 16 * j] = s1;
     s.red[2][ty][tx + 16 * j] = s2;
   }
-  __syncthreads();
+  DSC_SYNC(7);
   if (tid < kBK && k0 + tid < p.K) {
     for (int q = 0; q < 3; ++q) {
       float sm = 0.f;
@@ -458,7 +458,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(kThreads) dwp_kernel(const Problem p, float* w
       s.t[row][pp] = (pv && c0 + row < p.C) ? dw_point<T, DIL>(p, tc.n, c0 + row, ho, wo) : 0.f;
       s.d[row][pp] = (pv && k0 + row < p.K) ? dy_at<T>(p, coef, tc.n, k0 + row, ho, wo) : 0.f;
     }
-    __syncthreads();
+    DSC_SYNC(8);
 #pragma unroll 4
     for (int pp = 0; pp < kTP; ++pp) {
       float a[4], b[4];
@@ -471,7 +471,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(kThreads) dwp_kernel(const Problem p, float* w
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
     }
-    __syncthreads();
+    DSC_SYNC(9);
   }
   float* part = ws + L.dwp + (int64_t)blockIdx.z * p.K * p.C;
 #pragma unroll
@@ -540,7 +540,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(kThreads) dt_kernel(const Problem p, float* ws
       const int64_t c = c0 + cc, k = k0 + kk;
       s.g.w[kk][cc] = (c < p.C && k < p.K) ? Cvt<T>::load(wp[k * p.C + c]) : 0.f;
     }
-    __syncthreads();
+    DSC_SYNC(10);
 #pragma unroll 4
     for (int kk = 0; kk < 64; ++kk) {
       float a[4], b[4];
@@ -553,7 +553,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(kThreads) dt_kernel(const Problem p, float* ws
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
     }
-    __syncthreads();
+    DSC_SYNC(11);
   }
 
   // dt -> workspace (valid entries) and shared memory (all entries; invalid ones are 0).
@@ -582,7 +582,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(kThreads) dt_kernel(const Problem p, float* ws
       if (c < p.C && h >= 0 && h < p.H && w >= 0 && w < p.W) v = Cvt<T>::load(x[at4(p.xs, tc.n, c, h, w)]);
       s.h.halo[cc][r][q] = v;
     }
-    __syncthreads();
+    DSC_SYNC(12);
     if (tid < kHaloC * 9) {
       const int cc = tid / 9, tap = tid % 9, ti = tap / 3, tj = tap % 3;
       float sm = 0.f;
@@ -592,7 +592,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(kThreads) dt_kernel(const Problem p, float* ws
       }
       if (c0 + sc + cc < p.C) dwd_part[(c0 + sc + cc) * 9 + tap] = sm;
     }
-    __syncthreads();
+    DSC_SYNC(13);
   }
 }
 

@@ -10,6 +10,12 @@
 
 namespace dsc {
 
+// At most this many dWp partials (blocks along the pixel-tile axis). csrc/emu/tsan_main.cpp lowers it so
+// that its small problems give a dwp_kernel block more than one tile (its end-of-tile barrier then matters).
+#ifndef DSC_DWP_MAX_SPLITS
+#define DSC_DWP_MAX_SPLITS 64
+#endif
+
 // Fills the geometry fields of p from (N, C, K, H, W, stride, dilation).
 inline void set_geometry(Problem& p, int64_t N, int64_t C, int64_t K, int64_t H, int64_t W, int stride, int dil) {
   p.N = N;
@@ -28,7 +34,7 @@ inline void set_geometry(Problem& p, int64_t N, int64_t C, int64_t K, int64_t H,
   // dWp: enough blocks along the pixel axis to fill a GPU (~256 blocks), at most 64 partials.
   const int64_t blocks = cdiv(K, 64) * cdiv(C, 64);
   int64_t splits = cdiv(256, blocks);
-  if (splits > 64) splits = 64;
+  if (splits > DSC_DWP_MAX_SPLITS) splits = DSC_DWP_MAX_SPLITS;
   if (splits > p.ntiles) splits = p.ntiles;
   p.splits = static_cast<int>(splits < 1 ? 1 : splits);
   int lanes = 1;
