@@ -1,18 +1,15 @@
 """The Triton backend's kernels, run in the Triton interpreter on CPU tensors, against the reference.
 
-No GPU is needed: a module-scoped fixture sets TRITON_INTERPRET=1, (re)imports
-``fused_dsconv.triton_kernels`` so its ``@triton.jit`` kernels are interpreter kernels, and turns on
-the kernels' bound assertions (``triton_kernels.set_debug``: DEBUG constexpr + the interpreter
-builder's debug option, without which ``tl.device_assert`` is a no-op). Everything is restored
-afterwards, so other test modules in the same process still see the CPU as "not Triton's".
+No GPU is needed: the module-scoped ``triton_interpreter`` fixture (tests/conftest.py) sets
+TRITON_INTERPRET=1, (re)imports ``fused_dsconv.triton_kernels`` so its ``@triton.jit`` kernels are
+interpreter kernels, and turns on the kernels' bound assertions (``triton_kernels.set_debug``: DEBUG
+constexpr + the interpreter builder's debug option, without which ``tl.device_assert`` is a no-op).
+Everything is restored afterwards, so other test modules in the same process still see the CPU as
+"not Triton's".
 
 Grids are small (a few dozen programs per launch): the interpreter runs programs one by one.
 """
 from __future__ import annotations
-
-import importlib
-import os
-import sys
 
 import pytest
 import torch
@@ -20,7 +17,6 @@ import torch
 from fused_dsconv import testing
 from fused_dsconv.backends import get
 
-KMOD = "fused_dsconv.triton_kernels"
 EPS = 1e-5
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -31,28 +27,9 @@ pytest.importorskip("triton")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def interpreter():
-    """TRITON_INTERPRET=1 + device asserts for this module only; fails loudly if it did not take."""
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    was_loaded = sys.modules.get(KMOD)
-    if was_loaded is not None and not was_loaded.INTERPRETED:
-        del sys.modules[KMOD]  # compiled for a GPU earlier in this process: load interpreter kernels
-    tk = importlib.import_module(KMOD)
-    if not tk.INTERPRETED:
-        pytest.fail("fused_dsconv.triton_kernels is not running in the Triton interpreter "
-                    "(TRITON_INTERPRET=1 must be set before the kernels are decorated)")
-    prev_debug = tk.set_debug(True)
-    yield tk
-    tk.set_debug(prev_debug)
-    if old is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = old
-    if was_loaded is None or not was_loaded.INTERPRETED:
-        sys.modules.pop(KMOD, None)  # later GPU users re-import compiled kernels
-        if was_loaded is not None:
-            sys.modules[KMOD] = was_loaded
+def interpreter(triton_interpreter):
+    """The interpreter for this whole module (tests/conftest.py); the kernels module, for tests that launch."""
+    return triton_interpreter
 
 
 TB = get("triton")
@@ -342,3 +319,30 @@ def test_strided_input_view():
     assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
     out = TB.forward_eval(x, c.dw_weight, c.pw_weight, c.bias, 1, 2)
     testing.assert_close(out, RB.forward_eval(x, c.dw_weight, c.pw_weight, c.bias, 1, 2), torch.float32, "out")
+
+
+def test_strided_parameter_views():
+    """Weights and [K] vectors that are views with other strides (a transposed pw_weight, every second
+    element of a wider tensor) give bitwise the results of their contiguous copies: the kernels index
+    them as dense arrays, so the launchers must make them dense (or they read the wrong elements)."""
+    c = _case(torch.float32, 1, 2, False, (1, 3, 4, 5, 6))
+    wide = lambda t: torch.stack([t, torch.full_like(t, 7.0)], -1)[..., 0]  # noqa: E731  (stride 2)
+    pw_view = c.pw_weight.t().contiguous().t()
+    views = dict(dw_weight=wide(c.dw_weight), pw_weight=pw_view, bias=wide(c.bias), bn_weight=wide(c.bn_weight),
+                 bn_bias=wide(c.bn_bias))
+    assert not any(t.is_contiguous() for t in views.values())
+    dense = dict(dw_weight=c.dw_weight, pw_weight=c.pw_weight, bias=c.bias, bn_weight=c.bn_weight,
+                 bn_bias=c.bn_bias)
+
+    def run(p):
+        params = (c.x, p["dw_weight"], p["pw_weight"], p["bias"], p["bn_weight"], p["bn_bias"])
+        out, y, mean, var = TB.forward_train(*params, 1, 2, EPS, True)
+        g = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+        stats = (wide(mean), wide(var)) if p is views else (mean, var)
+        return (TB.forward_eval(c.x, p["dw_weight"], p["pw_weight"], p["bias"], 1, 2), out, y, mean, var,
+                *TB.backward_train(g, *params, None, *stats, 1, 2, EPS),
+                *TB.backward_eval(g, out, c.x, p["dw_weight"], p["pw_weight"], 1, 2))
+
+    for i, (a, b) in enumerate(zip(run(views), run(dense))):
+        assert torch.equal(a, b), f"result {i} differs with strided parameter views"
+
