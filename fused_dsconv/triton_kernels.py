@@ -30,8 +30,12 @@ Dot precision (DOT_MODE, constexpr):
   1  float16 / bfloat16 inputs: operands rounded to the storage dtype, tensor-core dot, fp32
      accumulator (the rounding eager PyTorch does when it stores t / dy in that dtype);
   2  bfloat16 under the interpreter only: the interpreter's dot cannot multiply bf16 (it stores bf16 as
-     uint16), so the operands are rounded to bf16 and multiplied in fp32 -- numerically the same as
-     mode 1 (a product of two bf16 values is exact in fp32).
+     uint16), so the operands are rounded to bf16 and multiplied in fp32. A product of two bf16 values
+     is exact in fp32, so for the same bf16 operands this is mode 1's dot. The operands are not a GPU's,
+     though: Triton 3.8's interpreter rounds fp32 -> bf16 toward zero (``.to``, even with
+     ``fp_downcast_rounding="rtne"``), a GPU to nearest even, so under the interpreter T, dy and every
+     stored bf16 value can sit one bf16 ulp from what a GPU computes (the tests model this rounding:
+     tests/test_triton.py). fp16 casts round to nearest even in both.
 
 Determinism: no float atomics. Per-tile partials (BN statistics, dbeta / dgamma, the depthwise and
 pointwise weight gradients) go to a [tiles, ...] workspace that ``colsum_kernel`` / the statistics
