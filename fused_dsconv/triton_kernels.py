@@ -12,6 +12,13 @@ Layers, one name each:
 - launchers (``launch_*``): allocate outputs / workspaces, pick the tile config, size the grid;
 - the backend (``fused_dsconv/backends/triton.py``): the contract's four primitives built from launchers.
 
+What a launcher hands a kernel: activations (x, y, out, grad_out, dt, dx) and workspace views
+(``colsum_kernel``) with their strides, so any layout or view reads right; everything else -- conv
+weights, per-channel vectors (bias, the BN coefficient rows), the statistics / weight-gradient
+workspaces the launchers allocate -- as dense row-major arrays, which the launchers guarantee
+(``_dense``) rather than assume: a view whose strides differ, e.g. a [K] slice of a wider tensor or a
+workspace row view when a dimension has size 1, would otherwise be read at the wrong addresses.
+
 Tiles. Output pixels are flattened over (n, ho, wo) into M = N*Ho*Wo rows; a program owns
 BLOCK_P rows. The depthwise chunk T[BLOCK_P, BLOCK_C] is computed in registers from 9 masked loads
 (zero padding = the mask; a rolled loop over the taps), and the pointwise stage is ``tl.dot`` against
@@ -23,8 +30,12 @@ Dot precision (DOT_MODE, constexpr):
   1  float16 / bfloat16 inputs: operands rounded to the storage dtype, tensor-core dot, fp32
      accumulator (the rounding eager PyTorch does when it stores t / dy in that dtype);
   2  bfloat16 under the interpreter only: the interpreter's dot cannot multiply bf16 (it stores bf16 as
-     uint16), so the operands are rounded to bf16 and multiplied in fp32 -- numerically the same as
-     mode 1 (a product of two bf16 values is exact in fp32).
+     uint16), so the operands are rounded to bf16 and multiplied in fp32. A product of two bf16 values
+     is exact in fp32, so for the same bf16 operands this is mode 1's dot. The operands are not a GPU's,
+     though: Triton 3.8's interpreter rounds fp32 -> bf16 toward zero (``.to``, even with
+     ``fp_downcast_rounding="rtne"``), a GPU to nearest even, so under the interpreter T, dy and every
+     stored bf16 value can sit one bf16 ulp from what a GPU computes (the tests model this rounding:
+     tests/test_triton.py). fp16 casts round to nearest even in both.
 
 Determinism: no float atomics. Per-tile partials (BN statistics, dbeta / dgamma, the depthwise and
 pointwise weight gradients) go to a [tiles, ...] workspace that ``colsum_kernel`` / the statistics
@@ -348,8 +359,8 @@ def bn_bwd_reduce_kernel(g_ptr, y_ptr, coef_ptr, ws_ptr, K, Wo, HWo, M,
 
 
 @triton.jit
-def colsum_kernel(ws_ptr, out_ptr, R, NCOL, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
-    """out[j] = sum_r ws[r, j] over a [R, NCOL] fp32 workspace, in a fixed order (deterministic)."""
+def colsum_kernel(ws_ptr, out_ptr, R, NCOL, s_r, s_n, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+    """out[j] = sum_r ws[r, j] over an [R, NCOL] fp32 workspace (any strides s_r, s_n), in a fixed order."""
     pid = tl.program_id(0)
     cols = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     c_mask = cols < NCOL
@@ -357,7 +368,7 @@ def colsum_kernel(ws_ptr, out_ptr, R, NCOL, BLOCK_R: tl.constexpr, BLOCK_N: tl.c
     for r0 in range(0, R, BLOCK_R):
         rr = r0 + tl.arange(0, BLOCK_R).to(tl.int64)
         m = (rr < R)[:, None] & c_mask[None, :]
-        acc += tl.load(ws_ptr + rr[:, None] * NCOL + cols[None, :], mask=m, other=0.0)
+        acc += tl.load(ws_ptr + rr[:, None] * s_r + cols[None, :] * s_n, mask=m, other=0.0)
     tl.store(out_ptr + cols, _sum(acc, axis=0), mask=c_mask)
 
 
@@ -542,6 +553,13 @@ def _strides(t: torch.Tensor):
     return tuple(t.stride())
 
 
+def _dense(t):
+    """``t`` as the dense row-major array a kernel indexes without strides (see the module docstring);
+    no copy when it already is one. A view (a strided [K] slice, a transposed weight) is copied, not
+    read through the wrong strides."""
+    return None if t is None else t.contiguous()
+
+
 def _groups(tiles: int, per_wave: int, device: torch.device) -> int:
     """Tiles per program for the kernels that walk several pixel tiles (bounds the workspaces)."""
     if INTERPRETED:
@@ -583,6 +601,7 @@ def launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, out, *, relu, s
     ws = torch.empty((2, tiles, k), device=x.device, dtype=torch.float32) if stats else out
     grid = (tiles, triton.cdiv(k, cfg.BLOCK_K))
     kernel = torch.library.wrap_triton(dsconv_fwd_kernel) if wrap else dsconv_fwd_kernel
+    dw_weight, pw_weight, bias = _dense(dw_weight), _dense(pw_weight), _dense(bias)
     kernel[grid](
         x, dw_weight, pw_weight, bias if bias is not None else out, out, ws,
         c, k, h, w, wo, ho * wo, m, dilation,
@@ -633,16 +652,16 @@ def launch_bn_relu(y, out, coef):
     m = n * ho * wo
     bp, bk = ew_config()
     grid = (triton.cdiv(m, bp), triton.cdiv(k, bk))
-    bn_relu_kernel[grid](y, out, coef, k, wo, ho * wo, m, *_strides(y), *_strides(out), _span(y), _span(out),
-                         BLOCK_P=bp, BLOCK_K=bk, DEBUG=DEBUG, **_EW_OPTS)
+    bn_relu_kernel[grid](y, out, _dense(coef), k, wo, ho * wo, m, *_strides(y), *_strides(out), _span(y),
+                         _span(out), BLOCK_P=bp, BLOCK_K=bk, DEBUG=DEBUG, **_EW_OPTS)
 
 
 def launch_colsum(ws2d):
-    """Fixed-order column sums of a contiguous [R, NCOL] fp32 workspace."""
+    """Fixed-order column sums of an [R, NCOL] fp32 workspace or a view of one (read through its strides)."""
     r, ncol = ws2d.shape
     out = torch.empty(ncol, device=ws2d.device, dtype=torch.float32)
     br, bn = colsum_config()
-    colsum_kernel[(triton.cdiv(ncol, bn),)](ws2d, out, r, ncol, BLOCK_R=br, BLOCK_N=bn)
+    colsum_kernel[(triton.cdiv(ncol, bn),)](ws2d, out, r, ncol, *_strides(ws2d), BLOCK_R=br, BLOCK_N=bn)
     return out
 
 
@@ -655,10 +674,11 @@ def launch_bwd_reduce(grad_out, y, coef, train):
     rows = 3 if train else 1
     ws = torch.empty((rows, tiles, k), device=y.device, dtype=torch.float32)
     bn_bwd_reduce_kernel[(tiles, triton.cdiv(k, bk))](
-        grad_out, y, coef, ws, k, wo, ho * wo, m, *_strides(grad_out), *_strides(y), _span(grad_out), _span(y),
+        grad_out, y, _dense(coef), ws, k, wo, ho * wo, m, *_strides(grad_out), *_strides(y),
+        _span(grad_out), _span(y),
         TRAIN=train, BLOCK_P=bp, BLOCK_K=bk, DEBUG=DEBUG, **_EW_OPTS)
-    sums = launch_colsum(ws.permute(1, 0, 2).reshape(tiles, rows * k)).reshape(rows, k)
-    return [row.clone() for row in sums]  # separate storages: op outputs may not alias each other
+    # One reduction per row of the workspace: each result has its own storage (op outputs may not alias).
+    return [launch_colsum(ws[j]) for j in range(rows)]
 
 
 def launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dilation, train):
@@ -668,6 +688,7 @@ def launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dil
     ho, wo = output_size(h, stride), output_size(w, stride)
     m = n * ho * wo
     _check_pixels(n * h * w, "N*H*W")
+    coef, dw_weight, pw_weight = _dense(coef), _dense(dw_weight), _dense(pw_weight)
     mode = dot_mode(x.dtype)
     mf = torch.channels_last if (not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)) \
         else torch.contiguous_format

@@ -1,18 +1,15 @@
 """The Triton backend's kernels, run in the Triton interpreter on CPU tensors, against the reference.
 
-No GPU is needed: a module-scoped fixture sets TRITON_INTERPRET=1, (re)imports
-``fused_dsconv.triton_kernels`` so its ``@triton.jit`` kernels are interpreter kernels, and turns on
-the kernels' bound assertions (``triton_kernels.set_debug``: DEBUG constexpr + the interpreter
-builder's debug option, without which ``tl.device_assert`` is a no-op). Everything is restored
-afterwards, so other test modules in the same process still see the CPU as "not Triton's".
+No GPU is needed: the module-scoped ``triton_interpreter`` fixture (tests/conftest.py) sets
+TRITON_INTERPRET=1, (re)imports ``fused_dsconv.triton_kernels`` so its ``@triton.jit`` kernels are
+interpreter kernels, and turns on the kernels' bound assertions (``triton_kernels.set_debug``: DEBUG
+constexpr + the interpreter builder's debug option, without which ``tl.device_assert`` is a no-op).
+Everything is restored afterwards, so other test modules in the same process still see the CPU as
+"not Triton's".
 
 Grids are small (a few dozen programs per launch): the interpreter runs programs one by one.
 """
 from __future__ import annotations
-
-import importlib
-import os
-import sys
 
 import pytest
 import torch
@@ -20,7 +17,6 @@ import torch
 from fused_dsconv import testing
 from fused_dsconv.backends import get
 
-KMOD = "fused_dsconv.triton_kernels"
 EPS = 1e-5
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -31,32 +27,16 @@ pytest.importorskip("triton")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def interpreter():
-    """TRITON_INTERPRET=1 + device asserts for this module only; fails loudly if it did not take."""
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    was_loaded = sys.modules.get(KMOD)
-    if was_loaded is not None and not was_loaded.INTERPRETED:
-        del sys.modules[KMOD]  # compiled for a GPU earlier in this process: load interpreter kernels
-    tk = importlib.import_module(KMOD)
-    if not tk.INTERPRETED:
-        pytest.fail("fused_dsconv.triton_kernels is not running in the Triton interpreter "
-                    "(TRITON_INTERPRET=1 must be set before the kernels are decorated)")
-    prev_debug = tk.set_debug(True)
-    yield tk
-    tk.set_debug(prev_debug)
-    if old is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = old
-    if was_loaded is None or not was_loaded.INTERPRETED:
-        sys.modules.pop(KMOD, None)  # later GPU users re-import compiled kernels
-        if was_loaded is not None:
-            sys.modules[KMOD] = was_loaded
+def interpreter(triton_interpreter):
+    """The interpreter for this whole module (tests/conftest.py); the kernels module, for tests that launch."""
+    global TK
+    TK = triton_interpreter
+    return triton_interpreter
 
 
 TB = get("triton")
 RB = get("reference")
+TK = None  # the kernels module, set by the interpreter fixture
 
 
 def _case(dtype, stride, dilation, channels_last, shape=(2, 20, 24, 9, 11), **kw):
@@ -71,6 +51,133 @@ def _fmt(cl):
 
 def _check_layout(t, cl):
     assert t.is_contiguous(memory_format=_fmt(cl)), f"result layout {t.stride()} is not {_fmt(cl)}"
+
+
+# ----------------------------------------------------------------------------------------------
+# The float16 / bfloat16 rounding model
+# ----------------------------------------------------------------------------------------------
+# The low-precision results are compared with the reference at their dtype's tolerance row (the spec)
+# and, tightly, with a model of what the kernels compute in *this* run: float64 arithmetic with every
+# fp32 -> storage-dtype rounding applied where the kernels apply it (the depthwise output T and dy
+# before each dot, every stored activation; the weight gradients are cast by torch) and the way this
+# run applies it. Triton 3.8's interpreter truncates fp32 -> bf16 (toward zero, even when rtne is
+# requested: test_interpreter_truncates_bf16_casts), while a GPU rounds to nearest even. A result must
+# be that rounding of some value within the float32 tolerance row of the model, a band of about one
+# unit in the last place: a wrong rounding (nearest vs truncation, a lost or an extra rounding) fails
+# it, where it would hide inside the 16-bit rows (bf16: rtol 1e-2, over two ulps).
+# T and dy are rebuilt in fp32 in the kernels' operation order (_dw_tile, _dy_tile), so their rounded
+# values, the dot operands, are the kernels' bit for bit; the rest is float64.
+
+
+def _round_as_run(t, dtype):
+    """``t`` rounded to ``dtype`` as the kernels' fp32 -> dtype casts round it in this run."""
+    t = t.float()
+    if dtype == torch.bfloat16 and TK.INTERPRETED:
+        t = (t.view(torch.int32) & -65536).view(torch.float32)  # drop the low 16 bits: toward zero
+    return t.to(dtype)
+
+
+def _assert_rounding_of(actual, model, final, name):
+    """actual == final(v) for some v within the float32 tolerance of ``model``; ``final`` is monotone."""
+    rtol, atol = testing.TOLERANCES[torch.float32]
+    m = model.double()
+    band = atol * max(1.0, m.abs().max().item()) + rtol * m.abs()
+    lo, hi = final(m - band).double(), final(m + band).double()
+    a = actual.double()
+    bad = (a < lo) | (a > hi)
+    if bad.any():
+        i = tuple(bad.nonzero()[0].tolist())
+        raise AssertionError(f"{name}: {int(bad.sum())} of {a.numel()} elements are not the {actual.dtype} "
+                             f"rounding of the model; first at {list(i)}: {a[i].item()} not in "
+                             f"[{lo[i].item()}, {hi[i].item()}] (model {m[i].item()})")
+
+
+def _taps(x, stride, dilation, ho, wo):
+    """x under each of the 9 taps at the output pixels (zero padded), in the kernels' tap order."""
+    d = dilation
+    xp = torch.nn.functional.pad(x, (d, d, d, d))
+    for i in range(3):
+        for j in range(3):
+            rows = slice(i * d, i * d + (ho - 1) * stride + 1, stride)
+            cols = slice(j * d, j * d + (wo - 1) * stride + 1, stride)
+            yield i, j, xp[:, :, rows, cols]
+
+
+def _model_t(c, s, d):
+    """The depthwise output T in fp32 as _dw_tile accumulates it (tap by tap), rounded as the dot operand."""
+    n, _, h, w = c.x.shape
+    ho, wo = (h - 1) // s + 1, (w - 1) // s + 1
+    t = torch.zeros((n, c.x.shape[1], ho, wo))
+    wd = c.dw_weight.float()
+    for i, j, xs in _taps(c.x.float(), s, d, ho, wo):
+        t = t + xs * wd[:, 0, i, j].view(1, -1, 1, 1)
+    return _round_as_run(t, c.x.dtype).double()
+
+
+def _model_y(c, s, d):
+    """(rounded T, y before its store) in float64."""
+    t = _model_t(c, s, d)
+    y = torch.einsum("nchw,kc->nkhw", t, c.pw_weight.double())
+    return t, y + c.bias.double().view(1, -1, 1, 1) if c.bias is not None else y
+
+
+def _model_conv_grads(dy, t, c, s, d):
+    """(dx before its store, ddw and dpw before torch's cast) from dy rounded as the dot operand."""
+    dyr = _round_as_run(dy, c.x.dtype).double()
+    dt = torch.einsum("nkhw,kc->nchw", dyr, c.pw_weight.double())  # stored in fp32 by the kernel
+    dx, ddw, _ = torch.ops.aten.convolution_backward(
+        dt, c.x.double(), c.dw_weight.double(), None, [s] * 2, [d] * 2, [d] * 2, False, [0, 0], c.x.shape[1],
+        [True, True, False])
+    return dx, ddw, torch.einsum("nkhw,nchw->kc", dyr, t)
+
+
+def _check_model_forward_eval(out, c, s, d):
+    _, y = _model_y(c, s, d)
+    _assert_rounding_of(out, y.clamp(min=0), lambda v: _round_as_run(v.clamp(min=0), out.dtype), "out (model)")
+
+
+def _check_model_forward_train(got, c, s, d):
+    out, y, mean, var = got
+    _, ym = _model_y(c, s, d)
+    _assert_rounding_of(y, ym, lambda v: _round_as_run(v, y.dtype), "y (model)")
+    # Statistics of the fp32 y before its store; out from the stored y (the normalise kernel's input).
+    var_m, mean_m = torch.var_mean(ym, dim=(0, 2, 3), unbiased=False)
+    testing.assert_close(mean, mean_m, torch.float32, "mean (model)")
+    testing.assert_close(var, var_m, torch.float32, "var (model)")
+    k = (1, -1, 1, 1)
+    z = (y.double() - mean.double().view(k)) * torch.rsqrt(var.double() + EPS).view(k)
+    if c.bn_weight is not None:
+        z = z * c.bn_weight.double().view(k) + c.bn_bias.double().view(k)
+    _assert_rounding_of(out, z.clamp(min=0), lambda v: _round_as_run(v.clamp(min=0), out.dtype), "out (model)")
+
+
+def _check_model_backward(got, dy, c, s, d, names):
+    t, _ = _model_y(c, s, d)
+    dx, ddw, dpw = _model_conv_grads(dy, t, c, s, d)
+    _assert_rounding_of(got[0], dx, lambda v: _round_as_run(v, got[0].dtype), f"{names[0]} (model)")
+    for name, a, e in zip(names[1:3], got[1:3], (ddw, dpw)):  # torch's cast: nearest even everywhere
+        _assert_rounding_of(a, e, lambda v: v.to(a.dtype), f"{name} (model)")
+    testing.assert_close(got[3], dy.double().sum((0, 2, 3)), torch.float32, f"{names[3]} (model)")
+
+
+def _check_model_backward_train(got, g, y, mean, var, c, s, d):
+    """dy as _dy_tile forms it in fp32 from the kernels' own (dgamma, dbeta), which the float64 model checks."""
+    k, m = (1, -1, 1, 1), y.numel() // y.shape[1]
+    gam = c.bn_weight.float() if c.bn_weight is not None else torch.ones_like(mean)
+    bet = c.bn_bias.float() if c.bn_bias is not None else torch.zeros_like(mean)
+    dgamma, dbeta = got[4], got[5]
+    r = torch.rsqrt(var + EPS)
+    gr = gam * r
+    c1, c2 = gr * dbeta / m, gr * dgamma / m
+    yhat = (y.float() - mean.view(k)) * r.view(k)
+    z = yhat * gam.view(k) + bet.view(k)
+    dz = torch.where(z <= 0, 0.0, g.float())
+    dy = gr.view(k) * dz - c1.view(k) - yhat * c2.view(k)
+    yhat64 = (y.double() - mean.double().view(k)) * torch.rsqrt(var.double() + EPS).view(k)
+    dz64 = torch.where(yhat64 * gam.double().view(k) + bet.double().view(k) <= 0, 0.0, g.double())
+    testing.assert_close(dbeta, dz64.sum((0, 2, 3)), torch.float32, "dbeta (model)")
+    testing.assert_close(dgamma, (dz64 * yhat64).sum((0, 2, 3)), torch.float32, "dgamma (model)")
+    _check_model_backward(got, dy, c, s, d, TRAIN_NAMES)
 
 
 # Full grid for fp32; fp16/bf16 on dilations 1 and 3 (same code path, different dot mode).
@@ -91,6 +198,8 @@ def test_forward_eval(p):
     ref = RB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, d)
     _check_layout(out, cl)
     testing.assert_close(out, ref, dt, "out")
+    if dt != torch.float32:
+        _check_model_forward_eval(out, c, s, d)
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 5, 7, 5), (2, 33, 40, 6, 13), (3, 16, 16, 1, 9)],
@@ -116,6 +225,8 @@ def test_forward_train(p, affine):
     ref = RB.forward_train(*args, True)
     for name, a, e in zip(("out", "y", "mean", "var"), got, ref):
         testing.assert_close(a, e, dt, name)
+    if dt != torch.float32:
+        _check_model_forward_train(got, c, s, d)
     _check_layout(got[0], cl)
     _check_layout(got[1], cl)
     assert got[2].dtype == got[3].dtype == torch.float32
@@ -167,6 +278,8 @@ def test_backward_train(p):
     got = torch.ops.fused_dsconv.backward_train(g, *bargs, backend="triton")
     ref = RB.backward_train(g, *bargs)
     _grads_close(got, ref, TRAIN_NAMES, dt)
+    if dt != torch.float32:
+        _check_model_backward_train(got, g, y, mean, var, c, s, d)
     _check_layout(got[0], cl)
 
 
@@ -212,6 +325,9 @@ def test_backward_eval(p):
     bargs = (g, out, c.x, c.dw_weight, c.pw_weight, s, d)
     got = torch.ops.fused_dsconv.backward_eval(*bargs, backend="triton")
     _grads_close(got, RB.backward_eval(*bargs), ("dx", "ddw", "dpw", "dbias"), dt)
+    if dt != torch.float32:
+        dy = torch.where(out.float() <= 0, 0.0, g.float())
+        _check_model_backward(got, dy, c, s, d, ("dx", "ddw", "dpw", "dbias"))
 
 
 def test_backward_strided_grad():
@@ -342,3 +458,55 @@ def test_strided_input_view():
     assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
     out = TB.forward_eval(x, c.dw_weight, c.pw_weight, c.bias, 1, 2)
     testing.assert_close(out, RB.forward_eval(x, c.dw_weight, c.pw_weight, c.bias, 1, 2), torch.float32, "out")
+
+
+def test_strided_parameter_views():
+    """Weights and [K] vectors that are views with other strides (a transposed pw_weight, every second
+    element of a wider tensor) give bitwise the results of their contiguous copies: the kernels index
+    them as dense arrays, so the launchers must make them dense (or they read the wrong elements)."""
+    c = _case(torch.float32, 1, 2, False, (1, 3, 4, 5, 6))
+    wide = lambda t: torch.stack([t, torch.full_like(t, 7.0)], -1)[..., 0]  # noqa: E731  (stride 2)
+    pw_view = c.pw_weight.t().contiguous().t()
+    views = dict(dw_weight=wide(c.dw_weight), pw_weight=pw_view, bias=wide(c.bias), bn_weight=wide(c.bn_weight),
+                 bn_bias=wide(c.bn_bias))
+    assert not any(t.is_contiguous() for t in views.values())
+    dense = dict(dw_weight=c.dw_weight, pw_weight=c.pw_weight, bias=c.bias, bn_weight=c.bn_weight,
+                 bn_bias=c.bn_bias)
+
+    def run(p):
+        params = (c.x, p["dw_weight"], p["pw_weight"], p["bias"], p["bn_weight"], p["bn_bias"])
+        out, y, mean, var = TB.forward_train(*params, 1, 2, EPS, True)
+        g = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+        stats = (wide(mean), wide(var)) if p is views else (mean, var)
+        return (TB.forward_eval(c.x, p["dw_weight"], p["pw_weight"], p["bias"], 1, 2), out, y, mean, var,
+                *TB.backward_train(g, *params, None, *stats, 1, 2, EPS),
+                *TB.backward_eval(g, out, c.x, p["dw_weight"], p["pw_weight"], 1, 2))
+
+    for i, (a, b) in enumerate(zip(run(views), run(dense))):
+        assert torch.equal(a, b), f"result {i} differs with strided parameter views"
+
+
+def test_interpreter_truncates_bf16_casts(interpreter):
+    """The premise of _round_as_run: this interpreter casts fp32 -> bf16 toward zero, also when
+    round-to-nearest-even is requested, where torch (and a GPU) round to nearest even. If a Triton update
+    changes that, this fails and _round_as_run must follow it."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def cast(x_ptr, plain_ptr, rtne_ptr, N: tl.constexpr):
+        i = tl.arange(0, N)
+        v = tl.load(x_ptr + i)
+        tl.store(plain_ptr + i, v.to(tl.bfloat16))
+        tl.store(rtne_ptr + i, v.to(tl.bfloat16, fp_downcast_rounding="rtne"))
+
+    # 1 + 3/4 ulp, 1 + 1/2 ulp (a tie), 1 + 5/2 ulp, a value just above a tie, both signs; bf16 ulp(1) = 2**-7.
+    x = torch.tensor([1 + 0.75 * 2 ** -7, 1 + 0.5 * 2 ** -7, 1 + 2.5 * 2 ** -7, 3.1415927,
+                      -(1 + 0.75 * 2 ** -7), -(1 + 0.5 * 2 ** -7), 0.1, -0.1])
+    plain, rtne = torch.empty(8, dtype=torch.bfloat16), torch.empty(8, dtype=torch.bfloat16)
+    cast[(1,)](x, plain, rtne, N=8)
+    toward_zero = (x.view(torch.int32) & -65536).view(torch.float32).to(torch.bfloat16)
+    assert interpreter.INTERPRETED
+    assert torch.equal(plain, toward_zero) and torch.equal(rtne, toward_zero), (plain, rtne)
+    assert not torch.equal(toward_zero, x.to(torch.bfloat16))  # the cases tell the two roundings apart
+    assert torch.equal(_round_as_run(x, torch.bfloat16), toward_zero)

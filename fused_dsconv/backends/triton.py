@@ -96,9 +96,9 @@ class TritonBackend(Backend):
 
     def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, stride, dilation):
         tk = _kernels()
-        (dbias,) = tk.launch_bwd_reduce(grad_out, out, out, train=False)  # coef unused in eval
-        dummy = torch.empty(1, device=x.device, dtype=torch.float32)
-        dx, ddw, dpw = tk.launch_conv_backward(grad_out, out, dummy, x, dw_weight, pw_weight, stride, dilation,
+        no_coef = torch.empty(1, device=x.device, dtype=torch.float32)  # eval kernels read no coefficients
+        (dbias,) = tk.launch_bwd_reduce(grad_out, out, no_coef, train=False)
+        dx, ddw, dpw = tk.launch_conv_backward(grad_out, out, no_coef, x, dw_weight, pw_weight, stride, dilation,
                                                train=False)
         return dx, ddw, dpw, dbias
 
