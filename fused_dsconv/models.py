@@ -87,7 +87,7 @@ class JointNet(nn.Module):
             # statistics, rather than from deep inside the network.
             side = self.resolution
             for block in self.blocks:
-                side = output_size(side, block.stride)
+                side = output_size(side, block[0].stride[0])  # block[0]: the depthwise conv, fused or not
             if x.shape[0] * side * side == 1:
                 raise ValueError(f"training needs more than 1 value per channel in every block: batch 1 at "
                                  f"{self.resolution}x{self.resolution} leaves 1x1 in the last block; use a batch of "
