@@ -36,6 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._interrupt import sigint_deferred
+
 DATASETS = ("digits", "cifar10", "tinyimagenet", "folder")
 DIGITS_FILE = Path(__file__).with_name("data") / "digits.npz"
 DIGITS_SHA256 = "b2dab7b501728c22e9119ad76740b2e17c77a231e42d1e592380d90886f1a05e"
@@ -428,7 +430,9 @@ class Loader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self._loader is not None:
-            yield from self._loader
+            with sigint_deferred():  # the workers are forked here (see sigint_deferred)
+                batches = iter(self._loader)
+            yield from batches
             return
         n = len(self.split)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)

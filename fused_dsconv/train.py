@@ -20,11 +20,8 @@ import math
 import os
 import random
 import shlex
-import signal
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -34,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint as ckpt
+from ._interrupt import sigint_deferred
 from .data import DATASETS, DEFAULT_RESOLUTION, DataError, Loader, infer_dataset, load_dataset, normalize
 from .models import BASE_RESOLUTION, JointNet, create_model, model_name
 
@@ -432,25 +430,6 @@ def apply_resume_settings(args, saved: dict) -> list[str]:
     return changed
 
 
-@contextmanager
-def _sigint_deferred():
-    """Hold a Ctrl-C until the block ends, so the files of one epoch are written together or not at all."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if pending:
-        if callable(previous) and previous is not signal.default_int_handler:
-            previous(signal.SIGINT, None)
-        else:
-            raise KeyboardInterrupt
-
-
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during a run; the message is the one line to show: what is kept and the command that continues."""
 
@@ -569,7 +548,7 @@ def run(args, out=print) -> dict:
             is_best = va["loss"] < best_loss
             if is_best:
                 best_loss, best = va["loss"], {"epoch": epoch, "val_loss": va["loss"], "val_acc": va["acc"]}
-            with _sigint_deferred():  # weights, log line and state of an epoch: all of them or none
+            with sigint_deferred():  # weights, log line and state of an epoch: all of them or none
                 if is_best:
                     ckpt.save_weights(model, run_dir / "best.safetensors", config)
                 ckpt.save_weights(model, run_dir / "last.safetensors", config)

@@ -76,17 +76,25 @@ def test_closed_stdout_pipe_ends_quietly():
 
 
 def test_ctrl_c_says_how_to_resume_and_resume_keeps_the_run_settings(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    from test_data import _jpeg
+    for c in ("a", "b"):
+        for i in range(24):
+            _jpeg(tmp_path / "imgs" / c / f"{i}.png", size=16, value=9 * i + (40 if c == "b" else 0))
     run = tmp_path / "run dir"  # a space: the printed command must quote it
-    argv = ["train", "--alpha", "0.25", "--epochs", "3", "--limit-train", "128", "--limit-val", "16",
-            "--batch-size", "32", "--threads", "1", "--no-progress", "--out", str(run)]
-    # SIGINT as a terminal sends it; the default disposition, even if this test runs with SIGINT ignored
+    # an image folder read by a DataLoader worker: a Ctrl-C that lands while the workers of the next
+    # epoch are forked must not be lost
+    argv = ["train", "--alpha", "0.25", "--epochs", "3", "--data", str(tmp_path / "imgs"), "--resolution", "32",
+            "--batch-size", "8", "--workers", "1", "--threads", "1", "--no-progress", "--out", str(run)]
+    # SIGINT to the process group, as a terminal sends it, with the default disposition even if this
+    # test runs with SIGINT ignored
     p = subprocess.Popen([sys.executable, "-m", "fused_dsconv", *argv], env=ENV, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in p.stdout:
             if line.startswith("epoch   1/3"):
-                p.send_signal(signal.SIGINT)
+                os.killpg(p.pid, signal.SIGINT)
                 break
         out, err = p.communicate(timeout=300)
     finally:
@@ -98,7 +106,7 @@ def test_ctrl_c_says_how_to_resume_and_resume_keeps_the_run_settings(tmp_path, c
     saved_epoch, command = int(m.group(1)), shlex.split(m.group(2))
     assert command[:4] == ["python", "-m", "fused_dsconv", "train"] and command[4:] == ["--resume", str(run)]
 
-    assert cli(command[3:]) == 0  # the printed command, as printed: no --epochs, no --threads
+    assert cli(command[3:]) == 0  # the printed command, as printed: no --epochs, no --workers
     text = capsys.readouterr().out
     assert f"resumed after epoch {saved_epoch} of 3" in text and "none changed on the command line" in text
     log = (run / "log.csv").read_text().splitlines()
