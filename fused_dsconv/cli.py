@@ -128,7 +128,7 @@ COMMANDS: list[tuple[str, str, Callable, Callable]] = [
 
 
 DESCRIPTION = ("fused dilated depthwise-separable conv + BatchNorm + ReLU blocks for PyTorch: check the install, "
-               "list, train, evaluate and export the paper's classifier")
+               "list the models, train, evaluate and export the paper's classifier")
 EPILOGS = {
     "train": "examples:\n"
              "  %(prog)s --out runs/digits --threads 1      the embedded digits on a CPU (minutes)\n"
@@ -161,6 +161,7 @@ def _quiet_stdout() -> None:
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
     except (OSError, ValueError, io.UnsupportedOperation):
         pass
 
