@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -30,14 +31,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint as ckpt
+from ._interrupt import sigint_deferred
 from .data import DATASETS, DEFAULT_RESOLUTION, DataError, Loader, infer_dataset, load_dataset, normalize
 from .models import BASE_RESOLUTION, JointNet, create_model, model_name
 
 LOG_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "images_per_s", "seconds", "lr")
-# Settings a resumed run takes from the saved state (they change the math); the rest (epochs,
-# device, workers, output) come from the command line that resumes.
-_RESUME_KEEPS = ("model", "alpha", "delta", "rho", "resolution", "dataset", "data", "batch_size", "lr", "seed",
-                 "deterministic", "amp", "channels_last", "limit_train", "limit_val", "recompute")
+# --resume takes every setting from the saved run unless the resuming command line gives it. These
+# define what the saved state means (architecture, data, optimisation, RNG streams): a different
+# value there is an error, not a silent restart. The rest (epochs, device, threads, workers, backend,
+# ...) may change, and the run says what changed.
+_RESUME_FIXED = ("model", "alpha", "delta", "rho", "resolution", "dataset", "batch_size", "lr", "seed", "amp",
+                 "limit_train", "limit_val")
+# Not settings of the run: always what the current command says.
+_NOT_SAVED = ("resume", "out", "download", "compare_unfused", "compare_steps", "explicit", "argv", "prog",
+              "invoked_as", "run", "command")
 
 
 # -- arguments ---------------------------------------------------------------------------------
@@ -84,13 +91,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_arguments(p)
     add_device_arguments(p)
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=15, help="total epochs (default 15; with --resume: total, too)")
+    g.add_argument("--epochs", type=int, default=15,
+                   help="total epochs (default 15; with --resume: the run's own, unless given)")
     g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3, the paper's)")
     g.add_argument("--seed", type=int, default=0, help="seeds init and data order (default 0)")
     g.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms only (slower on GPU; bit-exact --resume on CPU without it too)")
     g.add_argument("--out", default=None, help="run folder (default runs/<dataset>_<model>, numbered if taken)")
-    g.add_argument("--resume", default=None, metavar="RUN", help="continue a run folder (or its last_state.pt; a pickle: only your own runs)")
+    g.add_argument("--resume", default=None, metavar="RUN",
+                   help="continue a run folder (or its last_state.pt) after its last finished epoch, with its "
+                        "saved settings; options given here change them where that is allowed (--epochs, "
+                        "--device, --threads, ...)")
     g.add_argument("--compare-unfused", action="store_true",
                    help="first time --compare-steps steps of this model and of its unfused PyTorch twin "
                         "(same init, same batches): throughput and memory side by side")
@@ -152,16 +163,24 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def rng_state(gen: torch.Generator) -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "data": gen.get_state()}
+    """Every RNG a run draws from, as tensors and numbers only (the state must load with weights_only=True)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, words, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state(), "data": gen.get_state(),
+            "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "python": {"version": version, "words": torch.tensor(words, dtype=torch.int64), "gauss_next": gauss_next}}
 
 
 def set_rng_state(state: dict, gen: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["words"].tolist()), p["gauss_next"]))
+    if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     gen.set_state(state["data"])
 
@@ -238,30 +257,32 @@ def train_epoch(model, loader, opt, scaler, device, amp, mean, std, channels_las
     seen, last_shown = 0, 0.0
     _sync(device)
     start = time.perf_counter()
-    for x, y in loader:
-        x, y = prepare(x, y, device, mean, std, channels_last)
-        with autocast_for(device, amp):
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        loss_sum += loss.detach().double() * len(y)
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += len(y)
-        now = time.perf_counter()
-        if progress.enabled and (now - last_shown > 0.5 or progress.n + 1 == progress.total):
-            last_shown = now
-            progress.update({"loss": f"{loss_sum.item() / seen:.4f}", "acc": f"{100 * correct.item() / seen:.2f}%",
-                             "img/s": f"{seen / (now - start):.0f}"})
-        else:
-            progress.n += 1
-            if progress.bar is not None:
-                progress.bar.update(1)
-    _sync(device)
+    try:  # the bar goes away on Ctrl-C too, so the message that follows is on a clean line
+        for x, y in loader:
+            x, y = prepare(x, y, device, mean, std, channels_last)
+            with autocast_for(device, amp):
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            loss_sum += loss.detach().double() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            now = time.perf_counter()
+            if progress.enabled and (now - last_shown > 0.5 or progress.n + 1 == progress.total):
+                last_shown = now
+                progress.update({"loss": f"{loss_sum.item() / seen:.4f}",
+                                 "acc": f"{100 * correct.item() / seen:.2f}%", "img/s": f"{seen / (now - start):.0f}"})
+            else:
+                progress.n += 1
+                if progress.bar is not None:
+                    progress.bar.update(1)
+        _sync(device)
+    finally:
+        progress.close()
     seconds = time.perf_counter() - start
-    progress.close()
     if seen == 0:
         raise DataError("the training split is empty")
     return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
@@ -362,20 +383,77 @@ def _load_resume(args) -> tuple[dict, Path]:
     if not state_file.is_file():
         raise SystemExit(f"error: --resume {args.resume}: no {state_file.name} there (a run folder written by "
                          "fused-dsconv train holds last_state.pt once an epoch has finished)")
-    state = torch.load(state_file, map_location="cpu", weights_only=False)
-    if state.get("format") != "fused_dsconv.train_state/1":
-        raise SystemExit(f"error: {state_file} is not a fused_dsconv training state")
-    return state, state_file.parent
+    return ckpt.load_train_state(state_file), state_file.parent
+
+
+def _plain(v) -> bool:
+    scalar = (str, int, float, bool, type(None))
+    return isinstance(v, scalar) or (isinstance(v, (list, tuple)) and all(isinstance(x, scalar) for x in v))
+
+
+def run_settings(args) -> dict:
+    """The settings of a run as saved in its state: plain values only, none of the command's own bookkeeping."""
+    return {k: v for k, v in vars(args).items() if k not in _NOT_SAVED and _plain(v)}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _same_setting(name: str, now, was, saved: dict) -> bool:
+    if name in ("rho", "resolution"):  # either one sets the input side; the saved run holds the resulting rho
+        rho = now if name == "rho" else now / BASE_RESOLUTION
+        return math.isclose(rho, saved.get("rho") or 0.0, rel_tol=1e-9)
+    return now == was
+
+
+def apply_resume_settings(args, saved: dict) -> list[str]:
+    """Take ``saved`` (a run's settings) into ``args``, except where the command line gave a value
+    (``args.explicit``: the option names given). Returns the changes, as text."""
+    explicit = getattr(args, "explicit", None) or ()
+    changed = []
+    for name, was in saved.items():
+        if name in _NOT_SAVED or not hasattr(args, name):
+            continue
+        now = getattr(args, name)
+        if name not in explicit:
+            setattr(args, name, was)
+        elif not _same_setting(name, now, was, saved):
+            if name in _RESUME_FIXED:
+                shown = "not given" if was is None else was
+                raise SystemExit(f"error: {_flag(name)} {now}: the resumed run has {_flag(name)} {shown}, and "
+                                 f"{_flag(name)} cannot change on --resume (the saved weights, optimizer and data "
+                                 f"order belong to it). Leave {_flag(name)} out, or start a new run with --out")
+            changed.append(f"{_flag(name)} {was} -> {now}")
+        elif name in ("rho", "resolution"):
+            args.rho, args.resolution = saved.get("rho"), saved.get("resolution")
+    return changed
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message is the one line to show: what is kept and the command that continues."""
+
+
+def _interrupted(args, run_dir: Path, saved_epoch: int) -> Interrupted:
+    prog = getattr(args, "invoked_as", None) or "fused-dsconv train"
+    if saved_epoch > 0:
+        return Interrupted(f"interrupted after epoch {saved_epoch} of {args.epochs} (saved in {run_dir}); "
+                           f"continue with: {prog} --resume {shlex.quote(str(run_dir))}")
+    again = getattr(args, "argv", None)
+    again = f"{prog} {shlex.join(again)}".rstrip() if again is not None else prog
+    return Interrupted(f"interrupted before an epoch finished: nothing saved to resume; start again with: {again}")
 
 
 def run(args, out=print) -> dict:
-    """Train as ``args`` says; returns a summary (best epoch, its val loss/accuracy, wall time, ...)."""
-    resume_state = None
+    """Train as ``args`` says; returns a summary (best epoch, its val loss/accuracy, wall time, ...).
+
+    With ``args.resume``, the settings come from the saved run except those named in ``args.explicit``
+    (the options given on the command line; none when absent). Ctrl-C raises ``Interrupted``.
+    """
+    resume_state, changed = None, []
     if args.resume:
         resume_state, resume_dir = _load_resume(args)
-        saved = resume_state["args"]
-        for k in _RESUME_KEEPS:
-            setattr(args, k, saved.get(k))
+        changed = apply_resume_settings(args, resume_state["args"])
         args.out = args.out or str(resume_dir)
     device = pick_device(args.device, args.threads)
     alpha, delta, name = resolve_model_args(args)
@@ -436,49 +514,60 @@ def run(args, out=print) -> dict:
         scaler.load_state_dict(resume_state["scaler"])
         set_rng_state(resume_state["rng"], gen)
         start_epoch, best_loss, best = resume_state["epoch"] + 1, resume_state["best_val_loss"], resume_state["best"]
-        before = resume_state.get("elapsed", 0.0)
-        out(f"resumed from epoch {resume_state['epoch']} (best val loss so far {best_loss:.4f})")
-    elif args.compare_unfused:
-        compare_unfused(model, ds.train, args, device, ds.mean, ds.std, out)
+        before = resume_state["elapsed"]
+        out(f"resumed after epoch {resume_state['epoch']} of {args.epochs} (best val loss so far {best_loss:.4f}) "
+            f"with the run's saved settings; "
+            + (f"changed on the command line: {', '.join(changed)}" if changed else "none changed on the command line"))
 
-    log_path = run_dir / "log.csv"
-    if resume_state is None or not log_path.exists():
-        with open(log_path, "w", newline="") as f:
-            csv.writer(f).writerow(LOG_FIELDS)
-    else:  # drop lines of epochs after the saved state (a run that stopped between saves)
-        rows = list(csv.reader(open(log_path)))
-        keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < start_epoch]
-        with open(log_path, "w", newline="") as f:
-            csv.writer(f).writerows(keep)
+    saved_epoch = start_epoch - 1
+    try:
+        if resume_state is None and args.compare_unfused:
+            compare_unfused(model, ds.train, args, device, ds.mean, ds.std, out)
+        log_path = run_dir / "log.csv"
+        if resume_state is None or not log_path.exists():
+            with open(log_path, "w", newline="") as f:
+                csv.writer(f).writerow(LOG_FIELDS)
+        else:  # drop lines of epochs after the saved state (a run that stopped between saves)
+            with open(log_path, newline="") as f:
+                rows = list(csv.reader(f))
+            keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < start_epoch]
+            with open(log_path, "w", newline="") as f:
+                csv.writer(f).writerows(keep)
 
-    wall = time.perf_counter()
-    for epoch in range(start_epoch, args.epochs + 1):
-        t0 = time.perf_counter()
-        progress = Progress(len(train_loader), f"epoch {epoch}/{args.epochs}", not args.no_progress)
-        tr = train_epoch(model, train_loader, opt, scaler, device, args.amp, ds.mean, ds.std, args.channels_last,
-                         progress)
-        va = evaluate(model, val_loader, device, args.amp, ds.mean, ds.std, args.channels_last)
-        seconds = time.perf_counter() - t0
-        row = {"epoch": epoch, "train_loss": tr["train_loss"], "train_acc": tr["train_acc"], "val_loss": va["loss"],
-               "val_acc": va["acc"], "images_per_s": tr["images_per_s"], "seconds": seconds,
-               "lr": opt.param_groups[0]["lr"]}
-        is_best = va["loss"] < best_loss
-        if is_best:
-            best_loss, best = va["loss"], {"epoch": epoch, "val_loss": va["loss"], "val_acc": va["acc"]}
-            ckpt.save_weights(model, run_dir / "best.safetensors", config)
-        ckpt.save_weights(model, run_dir / "last.safetensors", config)
-        state = {"format": "fused_dsconv.train_state/1", "epoch": epoch, "model": model.state_dict(),
-                 "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(gen),
-                 "best_val_loss": best_loss, "best": best, "args": vars(args).copy(), "config": config,
-                 "elapsed": before + time.perf_counter() - wall}
-        ckpt._atomic(run_dir / "last_state.pt", lambda p: torch.save(state, p))
-        with open(log_path, "a", newline="") as f:
-            csv.writer(f).writerow([f"{row[k]:.6g}" if isinstance(row[k], float) else row[k] for k in LOG_FIELDS])
-        if epoch == start_epoch:
-            out(f"joint blocks ran on backend {model.blocks[0].last_backend!r}")
-        out(f"epoch {epoch:>3}/{args.epochs}  train loss {tr['train_loss']:.4f} acc {100 * tr['train_acc']:6.2f}%  "
-            f"val loss {va['loss']:.4f} acc {100 * va['acc']:6.2f}%  {tr['images_per_s']:,.0f} img/s  "
-            f"{seconds:.1f}s{'  * best' if is_best else ''}")
+        wall = time.perf_counter()
+        for epoch in range(start_epoch, args.epochs + 1):
+            t0 = time.perf_counter()
+            progress = Progress(len(train_loader), f"epoch {epoch}/{args.epochs}", not args.no_progress)
+            tr = train_epoch(model, train_loader, opt, scaler, device, args.amp, ds.mean, ds.std, args.channels_last,
+                             progress)
+            va = evaluate(model, val_loader, device, args.amp, ds.mean, ds.std, args.channels_last)
+            seconds = time.perf_counter() - t0
+            row = {"epoch": epoch, "train_loss": tr["train_loss"], "train_acc": tr["train_acc"],
+                   "val_loss": va["loss"], "val_acc": va["acc"], "images_per_s": tr["images_per_s"],
+                   "seconds": seconds, "lr": opt.param_groups[0]["lr"]}
+            is_best = va["loss"] < best_loss
+            if is_best:
+                best_loss, best = va["loss"], {"epoch": epoch, "val_loss": va["loss"], "val_acc": va["acc"]}
+            with sigint_deferred():  # weights, log line and state of an epoch: all of them or none
+                if is_best:
+                    ckpt.save_weights(model, run_dir / "best.safetensors", config)
+                ckpt.save_weights(model, run_dir / "last.safetensors", config)
+                with open(log_path, "a", newline="") as f:
+                    csv.writer(f).writerow([f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]
+                                            for k in LOG_FIELDS])
+                ckpt.save_train_state({"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                       "scaler": scaler.state_dict(), "rng": rng_state(gen),
+                                       "best_val_loss": best_loss, "best": best, "args": run_settings(args),
+                                       "config": config, "elapsed": before + time.perf_counter() - wall},
+                                      run_dir / "last_state.pt")
+                saved_epoch = epoch
+            if epoch == start_epoch:
+                out(f"joint blocks ran on backend {model.blocks[0].last_backend!r}")
+            out(f"epoch {epoch:>3}/{args.epochs}  train loss {tr['train_loss']:.4f} acc {100 * tr['train_acc']:6.2f}%  "
+                f"val loss {va['loss']:.4f} acc {100 * va['acc']:6.2f}%  {tr['images_per_s']:,.0f} img/s  "
+                f"{seconds:.1f}s{'  * best' if is_best else ''}")
+    except KeyboardInterrupt:
+        raise _interrupted(args, run_dir, saved_epoch) from None
     wall = before + time.perf_counter() - wall  # training wall time, resumed parts included
     summary = {"run": str(run_dir), "model": name, "alpha": alpha, "delta": delta, "resolution": model.resolution,
                "dataset": dataset_name, "params": n_params, "epochs": args.epochs, "seconds": wall,
@@ -493,10 +582,14 @@ def run(args, out=print) -> dict:
 
 def run_train(args) -> int:
     try:
-        run(args)
+        summary = run(args)
     except (DataError, ckpt.CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if summary["best_epoch"] is not None:
+        prog = getattr(args, "prog", None) or "fused-dsconv"
+        run_dir = shlex.quote(summary["run"])
+        print(f"next: {prog} eval {run_dir}  |  {prog} export {run_dir} --onnx model.onnx --check")
     return 0
 
 
@@ -612,6 +705,13 @@ def run_sweep(args) -> int:
             except (DataError, ckpt.CheckpointError, ValueError) as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
+            except Interrupted:
+                again = getattr(args, "argv", None)
+                again = shlex.join(again) if again is not None else "..."
+                prog = getattr(args, "invoked_as", None) or "fused-dsconv sweep"
+                raise Interrupted(f"interrupted in cell {i}/{len(cells)} ({run_dir}); finished cells are kept and "
+                                  f"this one resumes after its last finished epoch. Continue with: {prog} {again}"
+                                  ) from None
         write_results(rows, folder)
     print(f"results: {folder / 'results.md'}, {folder / 'results.csv'}")
     print((folder / "results.md").read_text(), end="")
@@ -619,9 +719,9 @@ def run_sweep(args) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fused_dsconv.train", description=__doc__.splitlines()[0])
-    add_arguments(p)
-    return run_train(p.parse_args(argv))
+    """``python -m fused_dsconv.train ...``: the same command as ``fused-dsconv train ...``."""
+    from .cli import main as cli_main
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)], prog="python -m fused_dsconv")
 
 
 if __name__ == "__main__":
