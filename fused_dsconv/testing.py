@@ -9,22 +9,31 @@ scaled by the reference's largest magnitude, so one table serves outputs and gra
     dtype      rtol    atol
     float64    1e-7    1e-9
     float32    3e-4    1e-3
+    "tf32"     3e-3    5e-3    float32 storage, GEMM operands rounded to TF32 (10 mantissa bits)
     float16    3e-3    5e-3
     bfloat16   1e-2    5e-2
 
-fp32 ``tl.dot`` / tensor-core paths must run in IEEE fp32 (not TF32) to meet the float32 row.
+A float32 result whose GEMM ran in TF32 (PyTorch's default for convolutions on sm_80+, and the Triton
+backend's whenever PyTorch's is: ``conv_tf32``) is held to the "tf32" row: TF32 keeps float16's 10-bit
+mantissa, and both GEMM operands are rounded (the weights too, which in float16 runs are stored, hence
+exact), so each product carries up to 2**-9 relative error when the hardware truncates -- inside rtol
+3e-3; atol covers cancellation, as in the float16 row. IEEE float32 GEMMs meet the float32 row.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+TF32 = "tf32"  # the tolerance row of float32 results computed with TF32 GEMM operands
+
 TOLERANCES = {
     torch.float64: (1e-7, 1e-9),
     torch.float32: (3e-4, 1e-3),
+    TF32: (3e-3, 5e-3),
     torch.float16: (3e-3, 5e-3),
     torch.bfloat16: (1e-2, 5e-2),
 }
@@ -34,8 +43,21 @@ def max_error(actual: Tensor, expected: Tensor) -> float:
     return (actual.double() - expected.double()).abs().max().item() if expected.numel() else 0.0
 
 
-def assert_close(actual: Tensor, expected: Tensor, dtype: torch.dtype, name: str, verbose: bool = True) -> float:
-    """Assert the tolerance rule above for ``dtype``; print and return the max abs error."""
+@contextlib.contextmanager
+def conv_tf32(on: bool):
+    """PyTorch's convolutions (and so the Triton backend's float32 GEMMs) in TF32 or not, inside the block:
+    the legacy ``torch.backends.cudnn.allow_tf32`` flag, which sets the per-op settings consistently."""
+    prev = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = bool(on)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = prev
+
+
+def assert_close(actual: Tensor, expected: Tensor, dtype, name: str, verbose: bool = True) -> float:
+    """Assert the tolerance rule above for ``dtype`` (a torch dtype, or TF32); print and return the max abs
+    error."""
     rtol, atol = TOLERANCES[dtype]
     if actual.shape != expected.shape:
         raise AssertionError(f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")

@@ -23,6 +23,9 @@ TRITON_KERNELS = "fused_dsconv.triton_kernels"
 def triton_interpreter():
     """TRITON_INTERPRET=1 and the kernels' bound assertions for the requesting module; yields the kernels module.
 
+    float32 GEMMs run in IEEE fp32 for the module (TF32 off for PyTorch's convolutions, which the Triton
+    backend follows): the float32 tolerance row is the spec; TF32 tests turn it on themselves.
+
     The kernels are decorated as interpreter kernels when their module is imported, so a copy compiled for
     a GPU earlier in this process is dropped and re-imported; everything is restored afterwards, so later
     modules still see the CPU as "not Triton's". Fails loudly if the interpreter did not take.
@@ -38,7 +41,9 @@ def triton_interpreter():
         pytest.fail(f"{TRITON_KERNELS} is not running in the Triton interpreter "
                     "(TRITON_INTERPRET=1 must be set before the kernels are decorated)")
     prev_debug = tk.set_debug(True)
-    yield tk
+    from fused_dsconv.testing import conv_tf32
+    with conv_tf32(False):
+        yield tk
     tk.set_debug(prev_debug)
     if old is None:
         del os.environ["TRITON_INTERPRET"]

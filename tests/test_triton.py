@@ -7,6 +7,13 @@ constexpr + the interpreter builder's debug option, without which ``tl.device_as
 Everything is restored afterwards, so other test modules in the same process still see the CPU as
 "not Triton's".
 
+float32 runs IEEE here (the fixture turns PyTorch's TF32 for convolutions off); the TF32 tests turn it
+on, and the interpreter then emulates TF32 by truncating both dot operands to 10 mantissa bits (its own
+dot is exact fp32). What that shows and does not: see test_tf32.
+
+The autotuned kernels run one config per problem class here (the pruner keeps the first that fits; the
+interpreter times nothing); test_every_config forces each config of each space in turn.
+
 Grids are small (a few dozen programs per launch): the interpreter runs programs one by one.
 """
 from __future__ import annotations
@@ -29,14 +36,16 @@ pytest.importorskip("triton")
 @pytest.fixture(scope="module", autouse=True)
 def interpreter(triton_interpreter):
     """The interpreter for this whole module (tests/conftest.py); the kernels module, for tests that launch."""
-    global TK
-    TK = triton_interpreter
+    global TK, TL
+    import fused_dsconv.triton_launch as launch
+    TK, TL = triton_interpreter, launch
     return triton_interpreter
 
 
 TB = get("triton")
 RB = get("reference")
 TK = None  # the kernels module, set by the interpreter fixture
+TL = None  # the launchers module
 
 
 def _case(dtype, stride, dilation, channels_last, shape=(2, 20, 24, 9, 11), **kw):
@@ -92,6 +101,15 @@ def _assert_rounding_of(actual, model, final, name):
                              f"[{lo[i].item()}, {hi[i].item()}] (model {m[i].item()})")
 
 
+def _op(t, dtype, tf32=False):
+    """A dot operand as the kernels' dot reads it in this run (float64): 16-bit dtypes rounded as the run
+    rounds; float32 truncated to TF32's 10 mantissa bits in TF32 mode (DOT_MODE 4), else as is."""
+    if dtype != torch.float32:
+        return _round_as_run(t, dtype).double()
+    t = t.float()
+    return ((t.view(torch.int32) & -8192).view(torch.float32) if tf32 else t).double()
+
+
 def _taps(x, stride, dilation, ho, wo):
     """x under each of the 9 taps at the output pixels (zero padded), in the kernels' tap order."""
     d = dilation
@@ -103,7 +121,7 @@ def _taps(x, stride, dilation, ho, wo):
             yield i, j, xp[:, :, rows, cols]
 
 
-def _model_t(c, s, d):
+def _model_t(c, s, d, tf32=False):
     """The depthwise output T in fp32 as _dw_tile accumulates it (tap by tap), rounded as the dot operand."""
     n, _, h, w = c.x.shape
     ho, wo = (h - 1) // s + 1, (w - 1) // s + 1
@@ -111,34 +129,34 @@ def _model_t(c, s, d):
     wd = c.dw_weight.float()
     for i, j, xs in _taps(c.x.float(), s, d, ho, wo):
         t = t + xs * wd[:, 0, i, j].view(1, -1, 1, 1)
-    return _round_as_run(t, c.x.dtype).double()
+    return _op(t, c.x.dtype, tf32)
 
 
-def _model_y(c, s, d):
+def _model_y(c, s, d, tf32=False):
     """(rounded T, y before its store) in float64."""
-    t = _model_t(c, s, d)
-    y = torch.einsum("nchw,kc->nkhw", t, c.pw_weight.double())
+    t = _model_t(c, s, d, tf32)
+    y = torch.einsum("nchw,kc->nkhw", t, _op(c.pw_weight, c.x.dtype, tf32))
     return t, y + c.bias.double().view(1, -1, 1, 1) if c.bias is not None else y
 
 
-def _model_conv_grads(dy, t, c, s, d):
+def _model_conv_grads(dy, t, c, s, d, tf32=False):
     """(dx before its store, ddw and dpw before torch's cast) from dy rounded as the dot operand."""
-    dyr = _round_as_run(dy, c.x.dtype).double()
-    dt = torch.einsum("nkhw,kc->nchw", dyr, c.pw_weight.double())  # stored in fp32 by the kernel
+    dyr = _op(dy, c.x.dtype, tf32)
+    dt = torch.einsum("nkhw,kc->nchw", dyr, _op(c.pw_weight, c.x.dtype, tf32))  # stored in fp32 by the kernel
     dx, ddw, _ = torch.ops.aten.convolution_backward(
         dt, c.x.double(), c.dw_weight.double(), None, [s] * 2, [d] * 2, [d] * 2, False, [0, 0], c.x.shape[1],
         [True, True, False])
     return dx, ddw, torch.einsum("nkhw,nchw->kc", dyr, t)
 
 
-def _check_model_forward_eval(out, c, s, d):
-    _, y = _model_y(c, s, d)
+def _check_model_forward_eval(out, c, s, d, tf32=False):
+    _, y = _model_y(c, s, d, tf32)
     _assert_rounding_of(out, y.clamp(min=0), lambda v: _round_as_run(v.clamp(min=0), out.dtype), "out (model)")
 
 
-def _check_model_forward_train(got, c, s, d):
+def _check_model_forward_train(got, c, s, d, tf32=False):
     out, y, mean, var = got
-    _, ym = _model_y(c, s, d)
+    _, ym = _model_y(c, s, d, tf32)
     _assert_rounding_of(y, ym, lambda v: _round_as_run(v, y.dtype), "y (model)")
     # Statistics of the fp32 y before its store; out from the stored y (the normalise kernel's input).
     var_m, mean_m = torch.var_mean(ym, dim=(0, 2, 3), unbiased=False)
@@ -151,33 +169,35 @@ def _check_model_forward_train(got, c, s, d):
     _assert_rounding_of(out, z.clamp(min=0), lambda v: _round_as_run(v.clamp(min=0), out.dtype), "out (model)")
 
 
-def _check_model_backward(got, dy, c, s, d, names):
-    t, _ = _model_y(c, s, d)
-    dx, ddw, dpw = _model_conv_grads(dy, t, c, s, d)
+def _check_model_backward(got, dy, c, s, d, names, tf32=False):
+    t, _ = _model_y(c, s, d, tf32)
+    dx, ddw, dpw = _model_conv_grads(dy, t, c, s, d, tf32)
     _assert_rounding_of(got[0], dx, lambda v: _round_as_run(v, got[0].dtype), f"{names[0]} (model)")
     for name, a, e in zip(names[1:3], got[1:3], (ddw, dpw)):  # torch's cast: nearest even everywhere
         _assert_rounding_of(a, e, lambda v: v.to(a.dtype), f"{name} (model)")
     testing.assert_close(got[3], dy.double().sum((0, 2, 3)), torch.float32, f"{names[3]} (model)")
 
 
-def _check_model_backward_train(got, g, y, mean, var, c, s, d):
-    """dy as _dy_tile forms it in fp32 from the kernels' own (dgamma, dbeta), which the float64 model checks."""
+def _check_model_backward_train(got, g, y, mean, var, c, s, d, tf32=False):
+    """dy as _dy_tile forms it in fp32 from bn_bwd_finalize's coefficients, rebuilt here in the kernels'
+    operation order from the kernels' own (dgamma, dbeta), which the float64 model checks."""
     k, m = (1, -1, 1, 1), y.numel() // y.shape[1]
-    gam = c.bn_weight.float() if c.bn_weight is not None else torch.ones_like(mean)
     bet = c.bn_bias.float() if c.bn_bias is not None else torch.zeros_like(mean)
     dgamma, dbeta = got[4], got[5]
-    r = torch.rsqrt(var + EPS)
-    gr = gam * r
-    c1, c2 = gr * dbeta / m, gr * dgamma / m
-    yhat = (y.float() - mean.view(k)) * r.view(k)
-    z = yhat * gam.view(k) + bet.view(k)
+    r = 1.0 / torch.sqrt(var + EPS)
+    a = c.bn_weight.float() * r if c.bn_weight is not None else r
+    c1 = a * dbeta / m
+    rc2 = r * (a * dgamma / m)
+    dv = y.float() - mean.view(k)
+    z = dv * a.view(k) + bet.view(k)
     dz = torch.where(z <= 0, 0.0, g.float())
-    dy = gr.view(k) * dz - c1.view(k) - yhat * c2.view(k)
+    dy = a.view(k) * dz - c1.view(k) - dv * rc2.view(k)
+    gam64 = c.bn_weight.double() if c.bn_weight is not None else torch.ones_like(mean).double()
     yhat64 = (y.double() - mean.double().view(k)) * torch.rsqrt(var.double() + EPS).view(k)
-    dz64 = torch.where(yhat64 * gam.double().view(k) + bet.double().view(k) <= 0, 0.0, g.double())
+    dz64 = torch.where(yhat64 * gam64.view(k) + bet.double().view(k) <= 0, 0.0, g.double())
     testing.assert_close(dbeta, dz64.sum((0, 2, 3)), torch.float32, "dbeta (model)")
     testing.assert_close(dgamma, (dz64 * yhat64).sum((0, 2, 3)), torch.float32, "dgamma (model)")
-    _check_model_backward(got, dy, c, s, d, TRAIN_NAMES)
+    _check_model_backward(got, dy, c, s, d, TRAIN_NAMES, tf32)
 
 
 # Full grid for fp32; fp16/bf16 on dilations 1 and 3 (same code path, different dot mode).
@@ -302,8 +322,9 @@ def test_backward_train_recompute_matches_saved(dt):
 
     (Against the reference's recompute, bf16 can differ by a ReLU mask flip where the two y round to
     different bf16 neighbours next to z = 0: the tensor-core dot rounds T to bf16, the reference does not.)
+    A small case (2 pixel tiles, 1 K tile): what is checked is bitwise equality, which the shape does not help.
     """
-    c = _case(dt, 1, 2, True)
+    c = _case(dt, 1, 2, True, (1, 12, 16, 7, 9))
     fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 1, 2, EPS)
     _, y, mean, var = TB.forward_train(*fargs, True)
     g = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(dt)
@@ -374,12 +395,11 @@ def test_nan_propagates():
 
 def test_out_of_range_access_is_caught(interpreter):
     """A forgotten padding mask (DROP_BOUNDS test hook) must trip the DEBUG bound assertion."""
-    tk = interpreter
     c = _case(torch.float32, 1, 2, False, (1, 4, 16, 5, 6))
     out = torch.empty((1, 16, 5, 6))
-    tk.launch_conv(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 2, out, relu=True, stats=False)  # fine
+    TL.launch_conv(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 2, out, relu=True, stats=False)  # fine
     with pytest.raises(Exception, match="offset out of range"):
-        tk.launch_conv(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 2, out, relu=True, stats=False,
+        TL.launch_conv(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 2, out, relu=True, stats=False,
                        _drop_bounds=True)
 
 
@@ -510,3 +530,146 @@ def test_interpreter_truncates_bf16_casts(interpreter):
     assert torch.equal(plain, toward_zero) and torch.equal(rtne, toward_zero), (plain, rtne)
     assert not torch.equal(toward_zero, x.to(torch.bfloat16))  # the cases tell the two roundings apart
     assert torch.equal(_round_as_run(x, torch.bfloat16), toward_zero)
+
+
+# ----------------------------------------------------------------------------------------------
+# TF32, tile configs, the autotuner
+# ----------------------------------------------------------------------------------------------
+
+def test_dot_mode_follows_pytorch(monkeypatch):
+    """float32 runs TF32 exactly when PyTorch's convolutions do (and, on a GPU, on sm_80+ only)."""
+    x32, x16, xb = torch.zeros(1), torch.zeros(1, dtype=torch.float16), torch.zeros(1, dtype=torch.bfloat16)
+    with testing.conv_tf32(False):
+        assert TL.dot_mode(x32) == 0
+    with testing.conv_tf32(True):
+        assert TL.conv_tf32_enabled() and TL.dot_mode(x32) == 4  # the interpreter's emulation
+        assert (TL.dot_mode(x16), TL.dot_mode(xb)) == (1, 2)
+        # As the compiled kernels would pick it (kernels not interpreted, a GPU of that capability):
+        monkeypatch.setattr(TK, "INTERPRETED", False)
+        for cap, mode in (((8, 6), 3), ((7, 5), 0)):
+            monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, cap=cap: cap)
+            assert TL.dot_mode(x32) == mode, cap
+        assert (TL.dot_mode(x16), TL.dot_mode(xb)) == (1, 1)
+    with testing.conv_tf32(False):
+        assert TL.dot_mode(x32) == 0
+
+
+@pytest.mark.parametrize("p", [(torch.float32, 1, 1, False), (torch.float32, 2, 3, True)], ids=_id)
+def test_tf32(p):
+    """float32 with TF32 on: against the reference at the TF32 row, and against the float64 model with
+    both dot operands truncated to TF32 at the float32 row.
+
+    What this shows: TF32 is applied to exactly the GEMM operands (T and Wp forward; dy, Wp and T backward)
+    and nowhere else (the depthwise stage, BN, dt, the reductions stay fp32), and the TF32 row holds for
+    truncated operands (the larger error of the two roundings a tensor core may apply). What it does not
+    show: the interpreter's dot is exact fp32 and the truncation is ours (DOT_MODE 4); whether a GPU's
+    tensor core truncates or rounds, and how it accumulates inside one MMA, needs a GPU run (DOT_MODE 3).
+    """
+    dt, s, d, cl = p
+    c = _case(dt, s, d, cl)
+    fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, s, d, EPS)
+    ieee = TB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, d)
+    with testing.conv_tf32(True):
+        out = TB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, d)
+        got = TB.forward_train(*fargs, True)
+        _, y, mean, var = got
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(8))
+        bwd = TB.backward_train(g, *fargs[:6], y, mean, var, s, d, EPS)
+    assert not torch.equal(out, ieee), "TF32 mode left the results bitwise IEEE"
+    testing.assert_close(out, RB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, d), testing.TF32, "out")
+    for name, a, e in zip(("out", "y", "mean", "var"), got, RB.forward_train(*fargs, True)):
+        testing.assert_close(a, e, testing.TF32, name)
+    for name, a, e in zip(TRAIN_NAMES, bwd, RB.backward_train(g, *fargs[:6], y, mean, var, s, d, EPS)):
+        testing.assert_close(a, e, testing.TF32, name)
+    _check_model_forward_eval(out, c, s, d, tf32=True)
+    _check_model_forward_train(got, c, s, d, tf32=True)
+    _check_model_backward_train(bwd, g, y, mean, var, c, s, d, tf32=True)
+
+
+def _config_cases():
+    return [(name, i) for name in ("dsconv_fwd", "dsconv_bwd_dt", "dsconv_bwd_dx")
+            for i in range(len(get_configs(name)))]
+
+
+def get_configs(name):
+    import fused_dsconv.triton_kernels as kernels  # the spaces do not depend on how the kernels were decorated
+    return {"dsconv_fwd": kernels.FWD_CONFIGS, "dsconv_bwd_dt": kernels.DT_CONFIGS,
+            "dsconv_bwd_dx": kernels.DX_CONFIGS}[name]
+
+
+@pytest.mark.parametrize("name,i", _config_cases(), ids=[f"{n[7:]}-{i}" for n, i in _config_cases()])
+def test_every_config(name, i):
+    """Each config of each tuned kernel's space, forced, against the reference; dtypes and layouts rotate
+    over the configs, stride 2 on odd ones. K = 40 and C = 20 span several K / C tiles of the small configs."""
+    cfg = TL.configs(name)[i]
+    dt, cl, s = DTYPES[i % 3], bool(i % 2), 1 + i % 2
+    c = _case(dt, s, 3, cl, (2, 20, 40, 9, 11))
+    fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, s, 3, EPS)
+    with TL.forced_config(name, cfg):
+        if name == "dsconv_fwd":
+            out = TB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, 3)
+            testing.assert_close(out, RB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, 3), dt, "out")
+            got = TB.forward_train(*fargs, True)
+            for nm, a, e in zip(("out", "y", "mean", "var"), got, RB.forward_train(*fargs, True)):
+                testing.assert_close(a, e, dt, nm)
+            _check_layout(got[0], cl)
+        else:
+            _, y, mean, var = RB.forward_train(*fargs, True)
+            g = torch.randn(y.shape, generator=torch.Generator().manual_seed(9)).to(dt)
+            bargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, y, mean, var, s, 3, EPS)
+            got = TB.backward_train(g, *bargs)
+            _grads_close(got, RB.backward_train(g, *bargs), TRAIN_NAMES, dt)
+            _check_layout(got[0], cl)
+        assert TL.tuned_kernel(name).best_config is cfg
+
+
+def test_k_slices(monkeypatch):
+    """dsconv_bwd_dt over several K slices (dt partials that dsconv_bwd_dx adds in order): the slice cap
+    lowered so that K = 40 runs 3 slices of 16, eval and train."""
+    monkeypatch.setitem(TL.K_SLICE_CAP, 4, 16)
+    assert TL.k_slice(40, torch.float32) == 16
+    c = _case(torch.float32, 2, 1, True, (2, 6, 40, 7, 8))
+    fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 2, 1, EPS)
+    _, y, mean, var = RB.forward_train(*fargs, True)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(10))
+    bargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, y, mean, var, 2, 1, EPS)
+    _grads_close(TB.backward_train(g, *bargs), RB.backward_train(g, *bargs), TRAIN_NAMES, torch.float32)
+    out = RB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 2, 1)
+    eargs = (g, out, c.x, c.dw_weight, c.pw_weight, 2, 1)
+    _grads_close(TB.backward_eval(*eargs), RB.backward_eval(*eargs), ("dx", "ddw", "dpw", "dbias"), torch.float32)
+
+
+def test_chosen_configs_are_visible(monkeypatch, capsys):
+    """What the tuner chose is listed per kernel and problem class (tuned_configs) and, with
+    FUSED_DSCONV_TRITON_VERBOSE=1, printed when chosen."""
+    monkeypatch.setattr(TL, "VERBOSE", True)
+    for name in TL.TUNED:
+        TL.tuned_kernel(name).cache.clear()
+    c = _case(torch.float16, 1, 1, True, (1, 8, 12, 5, 6))
+    out = TB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 1)
+    TB.backward_eval(torch.ones_like(out), out, c.x, c.dw_weight, c.pw_weight, 1, 1)
+    err = capsys.readouterr().err
+    rows = TL.tuned_configs()
+    assert {r["kernel"] for r in rows} == set(TL.TUNED)
+    fwd = next(r for r in rows if r["kernel"] == "dsconv_fwd")
+    assert fwd["key"]["C"] == 8 and fwd["key"]["K"] == 12 and fwd["key"]["LAYOUT"] == 1, fwd
+    assert "float16" in fwd["key"]["dtypes"] and "BLOCK_P=" in fwd["config"]
+    for name in TL.TUNED:
+        assert f"fused_dsconv triton: {name} " in err, err
+    # The same class again: no new choice, nothing printed.
+    TB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 1)
+    assert "fused_dsconv triton:" not in capsys.readouterr().err
+
+
+def test_candidates_per_layer():
+    """Pruning: no tile wider than the layer (beyond the narrowest of the space), at most MAX_CANDIDATES,
+    never none; the classifier's first and last blocks at batch 32."""
+    b1 = TL.explain_configs(32, 32, 64, 224, 224, 2)
+    b9 = TL.explain_configs(32, 1024, 1024, 7, 7, 1)
+    tiny = TL.explain_configs(1, 3, 5, 4, 4, 1)
+    for table in (b1, b9, tiny):
+        assert set(table) == set(TL.TUNED)
+        assert all(1 <= len(v) <= TK.MAX_CANDIDATES for v in table.values()), table
+    assert all("BLOCK_K=128" not in c and "BLOCK_K=256" not in c for c in b1["dsconv_fwd"]), b1
+    assert any("BLOCK_K=256" in c or "BLOCK_K=128" in c for c in b9["dsconv_fwd"]), b9
+    assert all("BLOCK_K=32" in c and "BLOCK_C=16" in c for c in tiny["dsconv_fwd"]), tiny

@@ -149,13 +149,17 @@ def variants():
 
 
 def compile_one(kernel: str, ptrs: dict, constexprs: dict, arch: int, num_warps: int, num_stages: int,
-                maxnreg=None) -> dict:
+                maxnreg=None, div16=()) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     fn = getattr(kernels(), kernel)
+    while not isinstance(fn, triton.runtime.JITFunction):  # unwrap triton.autotune
+        fn = fn.fn
     sig = {a: ("constexpr" if a in constexprs else "*" + ptrs[a] if a in ptrs else "i32") for a in fn.arg_names}
-    compiled = triton.compile(ASTSource(fn, sig, constexprs), target=GPUTarget("cuda", arch, 32),
+    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in fn.arg_names
+             if a in div16 or (a in ptrs and a not in constexprs)}
+    compiled = triton.compile(ASTSource(fn, sig, constexprs, attrs), target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": num_warps, "num_stages": num_stages,
                                        # DEBUG's device asserts exist only in a debug build (TRITON_DEBUG=1)
                                        "debug": bool(constexprs.get("DEBUG", False)),
