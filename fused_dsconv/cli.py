@@ -23,7 +23,8 @@ from . import __version__, backends
 
 
 def _info_args(p: argparse.ArgumentParser) -> None:
-    pass
+    p.add_argument("--verbose", action="store_true",
+                   help="also the Triton kernels' tile configs: the autotuner's spaces and candidates per block")
 
 
 def _probe_inputs() -> list[tuple[str, torch.Tensor]]:
@@ -55,6 +56,13 @@ def run_info(args) -> int:
         print(f"\non {where}, float32:")
         for name, why in backends.explain(x).items():
             print(f"  {name:<10} {'can run' if why is None else 'cannot run: ' + why}")
+    if getattr(args, "verbose", False):
+        print()
+        try:
+            from . import triton_launch
+            print(triton_launch.describe())
+        except ImportError as e:
+            print(f"Triton tile configs: unavailable ({e})")
     return 0
 
 

@@ -101,32 +101,64 @@ PIX_ALIGN = 128
 MAX_CANDIDATES = 4
 
 
-def _cfg(num_warps, num_stages, **tiles):
-    return triton.Config(tiles, num_warps=num_warps, num_stages=num_stages)
+#: How tl.dot runs in Triton 3.8, which decides what compiles without spills: "mma16" fp16 / bf16
+#: operands on tensor cores (sm_80+); "tf32" float32 operands as TF32 on tensor cores (sm_80+); "fma32"
+#: IEEE float32 on the FMA units (any GPU; also where TF32 is asked for below sm_80); "fma16" fp16
+#: operands on sm_75, where Triton 3.8 emits no MMA instruction at all (tl.dot becomes FMA loops).
+KINDS = ("mma16", "tf32", "fma32", "fma16")
+
+
+def dot_kind(op_bytes, dot_mode=None, arch=None) -> str:
+    """KINDS entry of a launch: operand size in bytes, DOT_MODE (None: a kernel without a dot, classed by
+    its operand size), compute capability as 75 / 80 / ... (None: unknown, taken as sm_80+)."""
+    if dot_mode is None:
+        dot_mode = 1 if op_bytes == 2 else 0
+    tc = arch is None or arch >= 80
+    if dot_mode in (1, 2):
+        return "mma16" if tc else "fma16"
+    if dot_mode in (3, 4):
+        return "tf32" if tc else "fma32"
+    return "fma32"
+
+
+#: config -> (the KINDS it is for, widest dsconv_bwd_dt K slice it is for or None). Derived from the
+#: compile report: a config is in scope for a kind when every build of it for that kind, on every arch
+#: the kind runs on, has no spills.
+SCOPE: dict = {}
+ALL = frozenset(KINDS)
+MMA = frozenset(("mma16", "tf32"))
+
+
+def _cfg(num_warps, num_stages, kinds=ALL, max_k_slice=None, **tiles):
+    cfg = triton.Config(tiles, num_warps=num_warps, num_stages=num_stages)
+    SCOPE[cfg] = (frozenset(kinds), max_k_slice)
+    return cfg
 
 
 #: dsconv_fwd: pixels x output channels x input-channel chunk. Wide K tiles first: each depthwise chunk
-#: then feeds 128-256 output channels (K > BLOCK_K recomputes it per K tile).
+#: then feeds 128-256 output channels (K > BLOCK_K recomputes it per K tile). 8 warps for the wide tiles
+#: (4 warps hold twice the accumulator per thread and spill).
 FWD_CONFIGS = [
-    _cfg(8, 2, BLOCK_P=64, BLOCK_K=256, BLOCK_C=32),
-    _cfg(8, 2, BLOCK_P=128, BLOCK_K=128, BLOCK_C=32),
-    _cfg(4, 2, BLOCK_P=64, BLOCK_K=128, BLOCK_C=32),
-    _cfg(4, 3, BLOCK_P=128, BLOCK_K=64, BLOCK_C=32),
+    _cfg(8, 2, kinds=("mma16",), BLOCK_P=64, BLOCK_K=256, BLOCK_C=32),
+    _cfg(8, 2, kinds=("tf32",), BLOCK_P=64, BLOCK_K=256, BLOCK_C=16),
+    _cfg(8, 2, kinds=("mma16", "tf32", "fma32"), BLOCK_P=64, BLOCK_K=128, BLOCK_C=32),
+    _cfg(8, 2, kinds=("mma16", "tf32", "fma32"), BLOCK_P=128, BLOCK_K=64, BLOCK_C=32),
     _cfg(4, 2, BLOCK_P=64, BLOCK_K=64, BLOCK_C=16),
     _cfg(4, 2, BLOCK_P=32, BLOCK_K=32, BLOCK_C=16),
 ]
 #: dsconv_bwd_dt: pixels x input-channel tile (BLOCK_K, the K slice, is the launcher's: it sizes dt's
-#: partial buffer).
+#: partial buffer; the dy tile and the dWp accumulator grow with it).
 DT_CONFIGS = [
-    _cfg(8, 2, BLOCK_P=64, BLOCK_C=64),
-    _cfg(8, 2, BLOCK_P=64, BLOCK_C=32),
-    _cfg(4, 2, BLOCK_P=32, BLOCK_C=32),
-    _cfg(4, 1, BLOCK_P=32, BLOCK_C=16),
+    _cfg(8, 2, kinds=("mma16",), max_k_slice=128, BLOCK_P=64, BLOCK_C=32),
+    _cfg(8, 2, kinds=("mma16", "tf32", "fma16"), BLOCK_P=32, BLOCK_C=32),
+    _cfg(4, 2, kinds=("mma16", "tf32", "fma16"), BLOCK_P=32, BLOCK_C=16),
+    _cfg(8, 2, BLOCK_P=32, BLOCK_C=16),
+    _cfg(4, 1, BLOCK_P=16, BLOCK_C=16),
 ]
-#: dsconv_bwd_dx: input pixels x channels.
+#: dsconv_bwd_dx: input pixels x channels (no dot: kinds by operand size).
 DX_CONFIGS = [
-    _cfg(8, 1, BLOCK_P=128, BLOCK_C=32),
-    _cfg(4, 1, BLOCK_P=64, BLOCK_C=32),
+    _cfg(8, 1, BLOCK_P=128, BLOCK_C=16),
+    _cfg(8, 1, BLOCK_P=64, BLOCK_C=32),
     _cfg(4, 1, BLOCK_P=64, BLOCK_C=16),
     _cfg(4, 1, BLOCK_P=32, BLOCK_C=16),
 ]
@@ -146,9 +178,17 @@ def _wide(cfg: triton.Config, dims: dict) -> bool:
     return any(cfg.kwargs.get(name, 0) > lim for name, lim in dims.items())
 
 
-def candidates(configs, limits: dict) -> list:
-    """The configs worth timing for a problem: those no wider than it (``limits``: {constexpr: widest
-    useful value}); if the problem is narrower than every tile, the narrowest; at most MAX_CANDIDATES."""
+def in_scope(cfg, kind=None, k_slice=None) -> bool:
+    """Whether ``cfg`` is meant for this dot kind (KINDS; None: any) and K slice (see ``SCOPE``)."""
+    kinds, max_k = SCOPE.get(cfg, (ALL, None))
+    return (kind is None or kind in kinds) and (k_slice is None or max_k is None or k_slice <= max_k)
+
+
+def candidates(configs, limits: dict, kind=None, k_slice=None) -> list:
+    """The configs worth timing for a problem: those for its dot kind and K slice (``SCOPE``) no wider
+    than it (``limits``: {constexpr: widest useful value}); if the problem is narrower than every such
+    tile, the narrowest; at most MAX_CANDIDATES."""
+    configs = [c for c in configs if in_scope(c, kind, k_slice)]
     keep = [c for c in configs if not _wide(c, limits)]
     if not keep:
         narrow = min(tuple(c.kwargs.get(k, 0) for k in limits) for c in configs)
@@ -162,9 +202,18 @@ def _pruner(name: str, limits):
     def prune(configs, nargs, **kwargs):
         if name in FORCED:
             return [FORCED[name]]
-        keep = candidates(configs, limits({**nargs, **kwargs}))
+        x = nargs.get("x_ptr")  # BLOCK_K among the launch's kwargs: dsconv_bwd_dt's K slice
+        kind = dot_kind(x.element_size(), kwargs.get("DOT_MODE"), _arch()) if x is not None else None
+        keep = candidates(configs, limits({**nargs, **kwargs}), kind, kwargs.get("BLOCK_K"))
         return keep[:1] if INTERPRETED or not AUTOTUNE else keep
     return prune
+
+
+def _arch():
+    """The current GPU's compute capability as 75 / 80 / ... (None under the interpreter)."""
+    if INTERPRETED:
+        return None
+    return triton.runtime.driver.active.get_current_target().arch
 
 
 #: kernel name -> limits function (filled in next to each tuned kernel).
@@ -207,48 +256,59 @@ def _sum(x, axis: tl.constexpr):
 
 
 @triton.jit
-def _pixels(start, M, HWo, Wo, BLOCK_P: tl.constexpr):
-    """Rows start ... start + BLOCK_P - 1 of the flattened (n, ho, wo) output space.
+def _pixels(start, M, HWo, Wo, BLOCK_P: tl.constexpr, VEC: tl.constexpr, DEBUG: tl.constexpr):
+    """Rows start ... start + BLOCK_P - 1 of the flattened (n, ho, wo) output space: (n, r, ho, wo, mask)
+    with r = ho Wo + wo the pixel's index in its image.
 
+    VEC > 1 (the launchers' ``plane_vec``: every activation the kernel indexes by these pixels has dense
+    planes, w stride 1 and h stride Wo, and Ho Wo is a multiple of VEC): r is contiguous in aligned groups
+    of VEC, which Triton is told, so loads and stores along pixels vectorise (NCHW); DEBUG asserts the
+    premise (an image boundary inside a group would break it).
     int32 (64-bit division is a long subroutine on the GPU): the launchers check M + 2 PIX_ALIGN < 2**31.
     Everything multiplied by a stride is cast to int64 first (``_row_off``).
     """
     m = start + tl.arange(0, BLOCK_P)
     n = m // HWo
     r = m - n * HWo
+    if VEC > 1:
+        if DEBUG:
+            tl.device_assert(r % VEC == m % VEC, "fused_dsconv: pixel groups cross an image (VEC)")
+        r = tl.max_contiguous(tl.multiple_of(r, VEC), VEC)
     ho = r // Wo
     wo = r - ho * Wo
-    return n, ho, wo, m < M
+    return n, r, ho, wo, m < M
 
 
 @triton.jit
-def _row_off(n, h, w, sn, sh, sw):
-    """int64 element offset of pixel (n, h, w) (channel 0)."""
+def _row_off(n, r, h, w, sn, sh, sw, VEC: tl.constexpr):
+    """int64 element offset of pixel (n, h, w) (channel 0); with VEC > 1 the dense-plane form n sn + r."""
+    if VEC > 1:
+        return n.to(tl.int64) * sn + r
     return n.to(tl.int64) * sn + h.to(tl.int64) * sh + w.to(tl.int64) * sw
 
 
 @triton.jit
-def _act_off(n, ho, wo, kk, mask, sn, sc, sh, sw, span, DEBUG: tl.constexpr):
+def _act_off(n, r, ho, wo, kk, mask, sn, sc, sh, sw, span, VEC: tl.constexpr, DEBUG: tl.constexpr):
     """int64 offsets of an activation tile: pixels (n, ho, wo) x channels kk."""
-    off = _row_off(n, ho, wo, sn, sh, sw)[:, None] + (kk.to(tl.int64) * sc)[None, :]
+    off = _row_off(n, r, ho, wo, sn, sh, sw, VEC)[:, None] + (kk.to(tl.int64) * sc)[None, :]
     _assert_in(off, mask, span, DEBUG)
     return off
 
 
 @triton.jit
-def _act_tile(ptr, n, ho, wo, kk, mask, sn, sc, sh, sw, span, DEBUG: tl.constexpr):
+def _act_tile(ptr, n, r, ho, wo, kk, mask, sn, sc, sh, sw, span, VEC: tl.constexpr, DEBUG: tl.constexpr):
     """fp32 values of an activation tile, zero on masked lanes."""
-    off = _act_off(n, ho, wo, kk, mask, sn, sc, sh, sw, span, DEBUG)
+    off = _act_off(n, r, ho, wo, kk, mask, sn, sc, sh, sw, span, VEC, DEBUG)
     return tl.load(ptr + off, mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
-def _ew_tile(M, HWo, Wo, K, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+def _ew_tile(M, HWo, Wo, K, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, VEC: tl.constexpr, DEBUG: tl.constexpr):
     """The (pixels x channels) tile of an elementwise / reduction program on grid (P tiles, K tiles)."""
-    n, ho, wo, p_mask = _pixels(tl.program_id(0) * BLOCK_P, M, HWo, Wo, BLOCK_P)
+    n, r, ho, wo, p_mask = _pixels(tl.program_id(0) * BLOCK_P, M, HWo, Wo, BLOCK_P, VEC, DEBUG)
     kk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     k_mask = kk < K
-    return n, ho, wo, kk, k_mask, p_mask[:, None] & k_mask[None, :]
+    return n, r, ho, wo, kk, k_mask, p_mask[:, None] & k_mask[None, :]
 
 
 # ==============================================================================================
@@ -276,16 +336,18 @@ def _x_tap(x_ptr, centre, hc, wc, p_mask, c_mask, tap, dil, H, W, sxh, sxw, x_sp
 
 
 @triton.jit
-def _dw_tile(x_ptr, wd_ptr, n, ho, wo, p_mask, cc, c_mask, H, W, sxn, sxc, sxh, sxw, dil, x_span,
-             STRIDE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, DEBUG: tl.constexpr,
-             DROP_BOUNDS: tl.constexpr):
+def _dw_tile(x_ptr, wd_ptr, n, r, ho, wo, p_mask, cc, c_mask, H, W, sxn, sxc, sxh, sxw, dil, x_span,
+             STRIDE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, VEC: tl.constexpr,
+             DEBUG: tl.constexpr, DROP_BOUNDS: tl.constexpr):
     """T[p, c] = sum_ij x[n, c, ho*s + (i-1)d, wo*s + (j-1)d] Wd[c, i, j] in fp32, zero padding by mask,
     accumulated tap by tap from 0 in tap order (tests/test_triton.py models exactly this order)."""
     t = tl.full((BLOCK_P, BLOCK_C), 0.0, tl.float32)
     hc = ho * STRIDE
     wc = wo * STRIDE
-    # The centre tap's offsets; the other 8 differ from it by one scalar each (cheap addresses).
-    centre = _row_off(n, hc, wc, sxn, sxh, sxw)[:, None] + (cc.to(tl.int64) * sxc)[None, :]
+    # The centre tap's offsets; the other 8 differ from it by one scalar each (cheap addresses). At stride 1
+    # x's planes are the output's (padding = dilation), so the dense-plane form applies to x too.
+    centre = _row_off(n, r, hc, wc, sxn, sxh, sxw, VEC if STRIDE == 1 else 1)[:, None] + \
+        (cc.to(tl.int64) * sxc)[None, :]
     # A rolled loop over the 9 taps: unrolled, the compiler issues all 9 gathers at once and runs out
     # of registers (tools/report_triton.py); rolled, one tap's addresses and values are live.
     for tap in tl.range(0, 9, loop_unroll_factor=1):
@@ -333,8 +395,8 @@ def _bn_z(y, coef_ptr, kk, k_mask, K):
 
 
 @triton.jit
-def _dy_tile(g_ptr, y_ptr, coef_ptr, n, ho, wo, p_mask, kk, k_mask, K, sgn, sgc, sgh, sgw, syn, syc, syh, syw,
-             g_span, y_span, TRAIN: tl.constexpr, DEBUG: tl.constexpr):
+def _dy_tile(g_ptr, y_ptr, coef_ptr, n, r, ho, wo, p_mask, kk, k_mask, K, sgn, sgc, sgh, sgw, syn, syc, syh, syw,
+             g_span, y_span, TRAIN: tl.constexpr, VEC: tl.constexpr, DEBUG: tl.constexpr):
     """dy[p, k] in fp32 from (dout, y, per-channel coefficients), never stored; zero on masked lanes.
 
     TRAIN: y is the pre-BN output; coefficient rows (bn_bwd_finalize): 0 mean, 1 a = gamma r, 2 beta,
@@ -344,8 +406,8 @@ def _dy_tile(g_ptr, y_ptr, coef_ptr, n, ho, wo, p_mask, kk, k_mask, K, sgn, sgc,
     NaN passes the mask (z <= 0 is false for NaN), as in threshold_backward.
     """
     mask = p_mask[:, None] & k_mask[None, :]
-    g = _act_tile(g_ptr, n, ho, wo, kk, mask, sgn, sgc, sgh, sgw, g_span, DEBUG)
-    yv = _act_tile(y_ptr, n, ho, wo, kk, mask, syn, syc, syh, syw, y_span, DEBUG)
+    g = _act_tile(g_ptr, n, r, ho, wo, kk, mask, sgn, sgc, sgh, sgw, g_span, VEC, DEBUG)
+    yv = _act_tile(y_ptr, n, r, ho, wo, kk, mask, syn, syc, syh, syw, y_span, VEC, DEBUG)
     if TRAIN:
         d, z = _bn_z(yv, coef_ptr, kk, k_mask, K)
         a = tl.load(coef_ptr + K + kk, mask=k_mask, other=0.0)
@@ -451,7 +513,8 @@ def colsum_kernel(ws_ptr, out_ptr, R, NCOL, s_r, s_n, BLOCK_R: tl.constexpr, BLO
 @triton.jit
 def bn_bwd_reduce_kernel(g_ptr, y_ptr, coef_ptr, ws_ptr, K, Wo, HWo, M, PIX_GROUP,
                          sgn, sgc, sgh, sgw, syn, syc, syh, syw, g_span, y_span,
-                         TRAIN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, DEBUG: tl.constexpr):
+                         TRAIN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, VEC: tl.constexpr,
+                         DEBUG: tl.constexpr):
     """Per-group partial sums over pixels, ws[j, group, k]; grid (pixel groups, K tiles), a program walks
     the PIX_GROUP pixels of its group in tiles of BLOCK_P.
 
@@ -467,10 +530,10 @@ def bn_bwd_reduce_kernel(g_ptr, y_ptr, coef_ptr, ws_ptr, K, Wo, HWo, M, PIX_GROU
     start = pid_g * PIX_GROUP
     end = tl.minimum(start + PIX_GROUP, M)
     for p0 in range(start, end, BLOCK_P):
-        n, ho, wo, p_mask = _pixels(p0, end, HWo, Wo, BLOCK_P)
+        n, r, ho, wo, p_mask = _pixels(p0, end, HWo, Wo, BLOCK_P, VEC, DEBUG)
         mask = p_mask[:, None] & k_mask[None, :]
-        g = _act_tile(g_ptr, n, ho, wo, kk, mask, sgn, sgc, sgh, sgw, g_span, DEBUG)
-        yv = _act_tile(y_ptr, n, ho, wo, kk, mask, syn, syc, syh, syw, y_span, DEBUG)
+        g = _act_tile(g_ptr, n, r, ho, wo, kk, mask, sgn, sgc, sgh, sgw, g_span, VEC, DEBUG)
+        yv = _act_tile(y_ptr, n, r, ho, wo, kk, mask, syn, syc, syh, syw, y_span, VEC, DEBUG)
         if TRAIN:
             d, z = _bn_z(yv, coef_ptr, kk, k_mask, K)
             d = tl.where(mask, d, 0.0)  # masked lanes: g is 0 there, so dz is too
@@ -561,14 +624,14 @@ def _fwd_limits(a):
             "BLOCK_P": max(32, _p2(a["M"]))}
 
 
-@_tuned("dsconv_fwd", FWD_CONFIGS, ["C", "K", "HWo", "M_CLASS", "LAYOUT", "STRIDE", "DOT_MODE", "STATS", "RELU"],
-        _fwd_limits)
+@_tuned("dsconv_fwd", FWD_CONFIGS,
+        ["C", "K", "HWo", "M_CLASS", "LAYOUT", "STRIDE", "DOT_MODE", "STATS", "RELU", "VEC"], _fwd_limits)
 @triton.jit(do_not_specialize=["M_CLASS", "LAYOUT"])
 def dsconv_fwd_kernel(x_ptr, wd_ptr, wp_ptr, bias_ptr, y_ptr, ws_ptr,
                       C, K, H, W, Wo, HWo, M, dil, WS_PLANE, M_CLASS, LAYOUT,
                       sxn, sxc, sxh, sxw, syn, syc, syh, syw, x_span, y_span,
                       STRIDE: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, STATS: tl.constexpr,
-                      DOT_MODE: tl.constexpr, DEBUG: tl.constexpr, DROP_BOUNDS: tl.constexpr,
+                      DOT_MODE: tl.constexpr, VEC: tl.constexpr, DEBUG: tl.constexpr, DROP_BOUNDS: tl.constexpr,
                       BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr):
     """y[p, k] = sum_c Wp[k, c] dw(x)[p, c] (+ bias[k]) for a BLOCK_P x BLOCK_K tile.
 
@@ -585,15 +648,15 @@ def dsconv_fwd_kernel(x_ptr, wd_ptr, wp_ptr, bias_ptr, y_ptr, ws_ptr,
     k_tiles = (K + BLOCK_K - 1) // BLOCK_K
     pid_k = pid % k_tiles
     pid_p = pid // k_tiles
-    n, ho, wo, p_mask = _pixels(pid_p * BLOCK_P, M, HWo, Wo, BLOCK_P)
+    n, r, ho, wo, p_mask = _pixels(pid_p * BLOCK_P, M, HWo, Wo, BLOCK_P, VEC, DEBUG)
     kk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     k_mask = kk < K
     acc = tl.full((BLOCK_P, BLOCK_K), 0.0, tl.float32)
     for c0 in range(0, C, BLOCK_C):
         cc = c0 + tl.arange(0, BLOCK_C)
         c_mask = cc < C
-        t = _dw_tile(x_ptr, wd_ptr, n, ho, wo, p_mask, cc, c_mask, H, W, sxn, sxc, sxh, sxw, dil, x_span,
-                     STRIDE, BLOCK_P, BLOCK_C, DEBUG, DROP_BOUNDS)
+        t = _dw_tile(x_ptr, wd_ptr, n, r, ho, wo, p_mask, cc, c_mask, H, W, sxn, sxc, sxh, sxw, dil, x_span,
+                     STRIDE, BLOCK_P, BLOCK_C, VEC, DEBUG, DROP_BOUNDS)
         wpt = tl.load(wp_ptr + kk[None, :] * C + cc[:, None], mask=c_mask[:, None] & k_mask[None, :], other=0.0)
         acc = _dot(t, wpt, acc, wp_ptr, DOT_MODE)
     if HAS_BIAS:
@@ -601,7 +664,7 @@ def dsconv_fwd_kernel(x_ptr, wd_ptr, wp_ptr, bias_ptr, y_ptr, ws_ptr,
     if RELU:
         acc = tl.where(acc < 0, 0.0, acc)
     omask = p_mask[:, None] & k_mask[None, :]
-    yoff = _act_off(n, ho, wo, kk, omask, syn, syc, syh, syw, y_span, DEBUG)
+    yoff = _act_off(n, r, ho, wo, kk, omask, syn, syc, syh, syw, y_span, VEC, DEBUG)
     tl.store(y_ptr + yoff, acc.to(y_ptr.dtype.element_ty), mask=omask)
     if STATS:
         cnt = _sum(p_mask.to(tl.float32), axis=0)
@@ -615,12 +678,12 @@ def dsconv_fwd_kernel(x_ptr, wd_ptr, wp_ptr, bias_ptr, y_ptr, ws_ptr,
 @triton.jit
 def bn_relu_kernel(y_ptr, out_ptr, coef_ptr, K, Wo, HWo, M,
                    syn, syc, syh, syw, son, soc, soh, sow, y_span, o_span,
-                   BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, DEBUG: tl.constexpr):
+                   BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, VEC: tl.constexpr, DEBUG: tl.constexpr):
     """out = relu((y - mean) a + beta), coefficient rows mean, a = gamma r, beta; grid (P tiles, K tiles).
     One program loads and stores each element, so out may be y (normalised in place)."""
-    n, ho, wo, kk, k_mask, mask = _ew_tile(M, HWo, Wo, K, BLOCK_P, BLOCK_K)
-    y = _act_tile(y_ptr, n, ho, wo, kk, mask, syn, syc, syh, syw, y_span, DEBUG)
-    ooff = _act_off(n, ho, wo, kk, mask, son, soc, soh, sow, o_span, DEBUG)
+    n, r, ho, wo, kk, k_mask, mask = _ew_tile(M, HWo, Wo, K, BLOCK_P, BLOCK_K, VEC, DEBUG)
+    y = _act_tile(y_ptr, n, r, ho, wo, kk, mask, syn, syc, syh, syw, y_span, VEC, DEBUG)
+    ooff = _act_off(n, r, ho, wo, kk, mask, son, soc, soh, sow, o_span, VEC, DEBUG)
     _, z = _bn_z(y, coef_ptr, kk, k_mask, K)
     z = tl.where(z < 0, 0.0, z)
     tl.store(out_ptr + ooff, z.to(out_ptr.dtype.element_ty), mask=mask)
@@ -635,15 +698,15 @@ def _dt_limits(a):
     return {"BLOCK_C": max(16, _p2(a["C"])), "BLOCK_P": max(32, _p2(a["M"]))}
 
 
-@_tuned("dsconv_bwd_dt", DT_CONFIGS, ["C", "K", "HWo", "M_CLASS", "LAYOUT", "STRIDE", "DOT_MODE", "TRAIN",
+@_tuned("dsconv_bwd_dt", DT_CONFIGS, ["C", "K", "HWo", "M_CLASS", "LAYOUT", "STRIDE", "DOT_MODE", "TRAIN", "VEC",
                                       "BLOCK_K"], _dt_limits)
 @triton.jit(do_not_specialize=["M_CLASS", "LAYOUT"])
 def dsconv_bwd_dt_kernel(g_ptr, y_ptr, coef_ptr, x_ptr, wd_ptr, wp_ptr, dt_ptr, ws_ptr,
                          C, K, H, W, Wo, HWo, M, dil, PIX_GROUP, K_SLICES, DT_SLICE, M_CLASS, LAYOUT,
                          sgn, sgc, sgh, sgw, syn, syc, syh, syw, sxn, sxc, sxh, sxw, stn, stc, sth, stw,
                          g_span, y_span, x_span, t_span,
-                         STRIDE: tl.constexpr, TRAIN: tl.constexpr, DOT_MODE: tl.constexpr, DEBUG: tl.constexpr,
-                         BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                         STRIDE: tl.constexpr, TRAIN: tl.constexpr, DOT_MODE: tl.constexpr, VEC: tl.constexpr,
+                         DEBUG: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """dt = dy Wp over this program's K slice, and the pointwise weight-gradient partial dy^T T.
 
     1-D grid over (C tiles x K slices x pixel groups), C tiles fastest (they share dy's inputs in L2).
@@ -670,14 +733,14 @@ def dsconv_bwd_dt_kernel(g_ptr, y_ptr, coef_ptr, x_ptr, wd_ptr, wp_ptr, dt_ptr, 
     end = tl.minimum(start + PIX_GROUP, M)
     dt_base = dt_ptr + pid_k.to(tl.int64) * DT_SLICE
     for p0 in range(start, end, BLOCK_P):
-        n, ho, wo, p_mask = _pixels(p0, end, HWo, Wo, BLOCK_P)
-        dy = _dy_tile(g_ptr, y_ptr, coef_ptr, n, ho, wo, p_mask, kk, k_mask, K, sgn, sgc, sgh, sgw,
-                      syn, syc, syh, syw, g_span, y_span, TRAIN, DEBUG)
-        t = _dw_tile(x_ptr, wd_ptr, n, ho, wo, p_mask, cc, c_mask, H, W, sxn, sxc, sxh, sxw, dil, x_span,
-                     STRIDE, BLOCK_P, BLOCK_C, DEBUG, False)
+        n, r, ho, wo, p_mask = _pixels(p0, end, HWo, Wo, BLOCK_P, VEC, DEBUG)
+        dy = _dy_tile(g_ptr, y_ptr, coef_ptr, n, r, ho, wo, p_mask, kk, k_mask, K, sgn, sgc, sgh, sgw,
+                      syn, syc, syh, syw, g_span, y_span, TRAIN, VEC, DEBUG)
+        t = _dw_tile(x_ptr, wd_ptr, n, r, ho, wo, p_mask, cc, c_mask, H, W, sxn, sxc, sxh, sxw, dil, x_span,
+                     STRIDE, BLOCK_P, BLOCK_C, VEC, DEBUG, False)
         dt = _dot(dy, wp, tl.full((BLOCK_P, BLOCK_C), 0.0, tl.float32), wp_ptr, DOT_MODE)
         pc_mask = p_mask[:, None] & c_mask[None, :]
-        toff = _act_off(n, ho, wo, cc, pc_mask, stn, stc, sth, stw, t_span, DEBUG)
+        toff = _act_off(n, r, ho, wo, cc, pc_mask, stn, stc, sth, stw, t_span, VEC, DEBUG)
         tl.store(dt_base + toff, dt, mask=pc_mask)
         dwp = _dot(tl.trans(dy), t, dwp, wp_ptr, DOT_MODE)
     woff = pid_g.to(tl.int64) * K * C + (kk * C)[:, None] + cc[None, :]
@@ -688,12 +751,13 @@ def _dx_limits(a):
     return {"BLOCK_C": max(16, _p2(a["C"])), "BLOCK_P": max(32, _p2(a["MI"]))}
 
 
-@_tuned("dsconv_bwd_dx", DX_CONFIGS, ["C", "HW", "M_CLASS", "LAYOUT", "STRIDE", "K_SLICES"], _dx_limits)
+@_tuned("dsconv_bwd_dx", DX_CONFIGS, ["C", "HW", "M_CLASS", "LAYOUT", "STRIDE", "K_SLICES", "VEC"], _dx_limits)
 @triton.jit(do_not_specialize=["M_CLASS", "LAYOUT"])
 def dsconv_bwd_dx_kernel(dt_ptr, wd_ptr, x_ptr, dx_ptr, ws_ptr, C, H, W, Ho, Wo, HW, MI, dil,
                          PIX_GROUP, K_SLICES, DT_SLICE, M_CLASS, LAYOUT,
                          stn, stc, sth, stw, sxn, sxc, sxh, sxw, sdn, sdc, sdh, sdw, t_span, x_span, d_span,
-                         STRIDE: tl.constexpr, DEBUG: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                         STRIDE: tl.constexpr, VEC: tl.constexpr, DEBUG: tl.constexpr, BLOCK_P: tl.constexpr,
+                         BLOCK_C: tl.constexpr):
     """dx and the depthwise weight-gradient partials, from dt (the sum of its K_SLICES slices).
 
     1-D grid over (C tiles x input-pixel groups). For input pixel q = (n, h, w) and tap (i, j), the
@@ -713,9 +777,9 @@ def dsconv_bwd_dx_kernel(dt_ptr, wd_ptr, x_ptr, dx_ptr, ws_ptr, C, H, W, Ho, Wo,
     start = pid_g * PIX_GROUP
     end = tl.minimum(start + PIX_GROUP, MI)
     for p0 in range(start, end, BLOCK_P):
-        n, h, w, p_mask = _pixels(p0, end, HW, W, BLOCK_P)
+        n, r, h, w, p_mask = _pixels(p0, end, HW, W, BLOCK_P, VEC, DEBUG)
         pc_mask = p_mask[:, None] & c_mask[None, :]
-        xv = _act_tile(x_ptr, n, h, w, cc, pc_mask, sxn, sxc, sxh, sxw, x_span, DEBUG)
+        xv = _act_tile(x_ptr, n, r, h, w, cc, pc_mask, sxn, sxc, sxh, sxw, x_span, VEC, DEBUG)
         base = (n.to(tl.int64) * stn)[:, None] + (cc.to(tl.int64) * stc)[None, :]
         acc = tl.full((BLOCK_P, BLOCK_C), 0.0, tl.float32)
         for tap in tl.range(0, 9, loop_unroll_factor=1):  # rolled: unrolled, the 9 gathers need too many registers
@@ -738,7 +802,7 @@ def dsconv_bwd_dx_kernel(dt_ptr, wd_ptr, x_ptr, dx_ptr, ws_ptr, C, H, W, Ho, Wo,
             acc += v * wv[None, :]
             part = _sum(v * xv, axis=0)
             dwd += tl.where(taps[None, :] == tap, part[:, None], 0.0)
-        doff = _act_off(n, h, w, cc, pc_mask, sdn, sdc, sdh, sdw, d_span, DEBUG)
+        doff = _act_off(n, r, h, w, cc, pc_mask, sdn, sdc, sdh, sdw, d_span, VEC, DEBUG)
         tl.store(dx_ptr + doff, acc.to(dx_ptr.dtype.element_ty), mask=pc_mask)
     woff = pid_g.to(tl.int64) * C * 9 + (cc * 9)[:, None] + taps[None, :]
     tl.store(ws_ptr + woff, dwd, mask=c_mask[:, None] & (taps[None, :] < 9))

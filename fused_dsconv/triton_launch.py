@@ -97,6 +97,18 @@ def _layout(t: torch.Tensor) -> int:
     return int(t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last))
 
 
+def plane_vec(plane: int, *tensors) -> int:
+    """VEC of the kernels' ``_pixels``: the largest of 8, 4, 2 dividing the plane size (H W of the pixels
+    indexed) when every tensor has dense planes -- offset n sn + h W + w, so NCHW-contiguous, not
+    channels_last -- else 1 (general strides). Pixels then sit contiguously in aligned groups of VEC and
+    the kernels' loads and stores along pixels vectorise."""
+    for t in tensors:
+        _, _, h, w = t.shape
+        if (w > 1 and t.stride(3) != 1) or (h > 1 and t.stride(2) != w):
+            return 1
+    return next((v for v in (8, 4, 2) if plane % v == 0), 1)
+
+
 def _m_class(m: int) -> int:
     """Autotuner key for the pixel count: its power-of-two bucket (a new batch size of the same class
     reuses the choice; a last, smaller batch may tune once more)."""
@@ -266,7 +278,8 @@ def launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, out, *, relu, s
     args = (x, dw_weight, pw_weight, bias if bias is not None else out, out, ws,
             c, k, h, w, wo, ho * wo, m, dilation, rows_alloc * k, _m_class(m), _layout(x),
             *_strides(x), *_strides(out), _span(x), _span(out))
-    consts = dict(STRIDE=stride, HAS_BIAS=bias is not None, RELU=relu, STATS=stats, DOT_MODE=dot_mode(x),
+    vec = plane_vec(ho * wo, out, *((x,) if stride == 1 else ()))
+    consts = dict(STRIDE=stride, HAS_BIAS=bias is not None, RELU=relu, STATS=stats, DOT_MODE=dot_mode(x), VEC=vec,
                   DEBUG=tk.DEBUG, DROP_BOUNDS=_drop_bounds)
     if wrap:
         torch.library.wrap_triton(tk.dsconv_fwd_kernel)[grid](*args, **consts)
@@ -316,7 +329,8 @@ def launch_bn_relu(y, out, coef):
     bp, bk = ew_config()
     grid = (triton.cdiv(m, bp), triton.cdiv(k, bk))
     tk.bn_relu_kernel[grid](y, out, _dense(coef), k, wo, ho * wo, m, *_strides(y), *_strides(out), _span(y),
-                            _span(out), BLOCK_P=bp, BLOCK_K=bk, DEBUG=tk.DEBUG, **_ew_opts())
+                            _span(out), BLOCK_P=bp, BLOCK_K=bk, VEC=plane_vec(ho * wo, y, out), DEBUG=tk.DEBUG,
+                            **_ew_opts())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -359,7 +373,8 @@ def launch_bn_backward(grad_out, y, mean, var, bn_weight, bn_bias, eps, train):
     ws = torch.empty((3 if train else 1, groups, k), device=dev, dtype=torch.float32)
     tk.bn_bwd_reduce_kernel[(groups, triton.cdiv(k, bk))](
         grad_out, y, coef, ws, k, wo, ho * wo, m, per, *_strides(grad_out), *_strides(y),
-        _span(grad_out), _span(y), TRAIN=train, BLOCK_P=bp, BLOCK_K=bk, DEBUG=tk.DEBUG, **_ew_opts())
+        _span(grad_out), _span(y), TRAIN=train, BLOCK_P=bp, BLOCK_K=bk, VEC=plane_vec(ho * wo, grad_out, y),
+        DEBUG=tk.DEBUG, **_ew_opts())
     # Separate storages: op outputs may not alias.
     dbias = torch.empty(k, device=dev, dtype=torch.float32)
     dgamma = torch.empty(k, device=dev, dtype=torch.float32) if train else dbias
@@ -397,7 +412,8 @@ def launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dil
         c, k, h, w, wo, ho * wo, m, dilation, per, slices, dt_slice, mcls, lay,
         *_strides(grad_out), *_strides(y), *_strides(x), *_strides(dt),
         _span(grad_out), _span(y), _span(x), _span(dt),
-        STRIDE=stride, TRAIN=train, DOT_MODE=dot_mode(x), DEBUG=tk.DEBUG, BLOCK_K=bk)
+        STRIDE=stride, TRAIN=train, DOT_MODE=dot_mode(x), DEBUG=tk.DEBUG, BLOCK_K=bk,
+        VEC=plane_vec(ho * wo, grad_out, y, dt, *((x,) if stride == 1 else ())))
     d_pw = launch_colsum(ws_pw).reshape(k, c).to(pw_weight.dtype)
 
     # dx and the depthwise weight-gradient partials.
@@ -409,15 +425,51 @@ def launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dil
         "dsconv_bwd_dx", lambda meta: (triton.cdiv(c, meta["BLOCK_C"]) * groups,),
         dt, dw_weight, x, dx, ws_dw, c, h, w, ho, wo, h * w, mi, dilation, per, slices, dt_slice, mcls, lay,
         *_strides(dt), *_strides(x), *_strides(dx), _span(dt), _span(x), _span(dx),
-        STRIDE=stride, DEBUG=tk.DEBUG)
+        STRIDE=stride, VEC=plane_vec(h * w, x, dx), DEBUG=tk.DEBUG)
     d_dw = launch_colsum(ws_dw).reshape(c, 1, 3, 3).to(dw_weight.dtype)
     return dx, d_dw, d_pw
 
 
-def explain_configs(n: int, c: int, k: int, h: int, w: int, stride: int) -> dict[str, list[str]]:
-    """The candidate configs each tuned kernel would time for one layer (after pruning); no GPU needed."""
+def explain_configs(n: int, c: int, k: int, h: int, w: int, stride: int, dtype: torch.dtype = torch.float16,
+                    arch: int = 86, tf32: bool = False) -> dict[str, list[str]]:
+    """The candidate configs each tuned kernel would time for one layer (after pruning) on a GPU of compute
+    capability ``arch`` (86: sm_86); no GPU needed."""
     tk = kernels()
     ho, wo = output_size(h, stride), output_size(w, stride)
     named = dict(C=c, K=k, M=n * ho * wo, MI=n * h * w, HWo=ho * wo, HW=h * w)
-    return {name: [_config_str(cfg) for cfg in tk.candidates(configs(name), tk.LIMITS[name](named))]
-            for name in TUNED}
+    size = torch.empty((), dtype=dtype).element_size()
+    mode = (3 if tf32 else 0) if dtype == torch.float32 else 1
+    out = {}
+    for name in TUNED:
+        kind = tk.dot_kind(size, None if name == "dsconv_bwd_dx" else mode, arch)
+        out[name] = [_config_str(cfg) for cfg in tk.candidates(
+            configs(name), tk.LIMITS[name](named), kind, k_slice(k, dtype) if name == "dsconv_bwd_dt" else None)]
+    return out
+
+
+def describe() -> str:
+    """For ``fused-dsconv info --verbose``: the autotuner's config spaces, the candidates it would time for
+    each block of the default classifier (batch 32, float16 and float32), and what it chose in this process."""
+    from .perf_model import classifier_layers
+    tk = kernels()
+    lines = [f"Triton autotuning: {'on' if tk.AUTOTUNE else 'off (FUSED_DSCONV_TRITON_AUTOTUNE=0)'}; "
+             f"FUSED_DSCONV_TRITON_VERBOSE=1 prints each choice; at most {tk.MAX_CANDIDATES} candidates per class"]
+    for name in TUNED:
+        lines.append(f"  {name} space:")
+        for cfg in configs(name):
+            kinds, max_k = tk.SCOPE.get(cfg, (tk.ALL, None))
+            scope = f" (for {', '.join(k for k in tk.KINDS if k in kinds)}"
+            scope += f"; K slice <= {max_k})" if max_k else ")"
+            lines.append(f"    {_config_str(cfg)}{scope}")
+    for dtype, tf32 in ((torch.float16, False), (torch.float32, True), (torch.float32, False)):
+        what = str(dtype)[6:] + (" TF32" if tf32 else " IEEE" if dtype == torch.float32 else "")
+        lines.append(f"  candidates per block (batch 32, {what}, sm_86):")
+        for layer in classifier_layers(32):
+            table = explain_configs(layer.n, layer.c, layer.k, layer.h, layer.w, layer.stride, dtype, tf32=tf32)
+            lines.append(f"    {layer.name} C={layer.c} K={layer.k} {layer.h}x{layer.w} s{layer.stride}: " + "; ".join(
+                f"{name[7:]} {len(v)}" for name, v in table.items()) + f"; K slice {k_slice(layer.k, dtype)}")
+    chosen = tuned_configs()
+    lines.append(f"  chosen in this process: {len(chosen) or 'none yet (tuning happens at the first launch)'}")
+    for row in chosen:
+        lines.append(f"    {row['kernel']} {row['key']} -> {row['config']}")
+    return "\n".join(lines)

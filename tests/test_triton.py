@@ -48,7 +48,9 @@ TK = None  # the kernels module, set by the interpreter fixture
 TL = None  # the launchers module
 
 
-def _case(dtype, stride, dilation, channels_last, shape=(2, 20, 24, 9, 11), **kw):
+def _case(dtype, stride, dilation, channels_last, shape=(2, 20, 24, 10, 12), **kw):
+    """Default shape: NCHW planes of 10 x 12 (stride 2: 5 x 6) run the kernels' vectorised dense-plane
+    path (VEC 8 / 2); 7.5 pixel tiles of 32 (a partial last one)."""
     n, c, k, h, w = shape
     return testing.make_case(n, c, k, h, w, stride=stride, dilation=dilation, channels_last=channels_last,
                              **kw).cast(dtype)
@@ -311,7 +313,7 @@ def test_backward_train_recompute(dt, cl):
     c = _case(dt, 2, 3, cl)
     fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 2, 3, EPS)
     _, _, mean, var = RB.forward_train(*fargs, False)
-    g = torch.randn((2, 24, 5, 6), generator=torch.Generator().manual_seed(2)).to(dt)
+    g = torch.randn((2, 24, 5, 6), generator=torch.Generator().manual_seed(2)).to(dt)  # y's shape
     bargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, None, mean, var, 2, 3, EPS)
     _grads_close(TB.backward_train(g, *bargs), RB.backward_train(g, *bargs), TRAIN_NAMES, dt)
 
@@ -600,10 +602,11 @@ def get_configs(name):
 @pytest.mark.parametrize("name,i", _config_cases(), ids=[f"{n[7:]}-{i}" for n, i in _config_cases()])
 def test_every_config(name, i):
     """Each config of each tuned kernel's space, forced, against the reference; dtypes and layouts rotate
-    over the configs, stride 2 on odd ones. K = 40 and C = 20 span several K / C tiles of the small configs."""
+    over the configs, stride 2 and channels_last (odd 9 x 11 planes) on odd ones, NCHW with 10 x 12 planes
+    (the dense-plane path) on even ones. K = 40 and C = 20 span several K / C tiles of the small configs."""
     cfg = TL.configs(name)[i]
     dt, cl, s = DTYPES[i % 3], bool(i % 2), 1 + i % 2
-    c = _case(dt, s, 3, cl, (2, 20, 40, 9, 11))
+    c = _case(dt, s, 3, cl, (2, 20, 40, 9, 11) if cl else (2, 20, 40, 10, 12))
     fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, s, 3, EPS)
     with TL.forced_config(name, cfg):
         if name == "dsconv_fwd":
