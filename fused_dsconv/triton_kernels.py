@@ -19,7 +19,8 @@ row-major arrays (the launchers guarantee it).
 Tiles. Output pixels are flattened over (n, ho, wo) into M = N*Ho*Wo rows, so a tile of BLOCK_P
 consecutive pixels spans images on small layers (no tile is mostly padding on a 7x7 map). The
 depthwise chunk T[BLOCK_P, BLOCK_C] is computed in registers from 9 masked loads (zero padding = the
-mask; a rolled loop over the taps) and feeds ``tl.dot``.
+mask; a rolled loop over the taps) and feeds ``tl.dot``. With dense NCHW planes, pixels are contiguous
+in aligned groups (VEC, ``_pixels``) and loads / stores along them vectorise.
 
 No recomputation inside a pass:
 - dsconv_fwd: a program owns BLOCK_P pixels x BLOCK_K output channels (a wide tile: up to 256) and
@@ -35,7 +36,8 @@ No recomputation inside a pass:
 Dot precision (DOT_MODE, constexpr; the launchers pick it, ``triton_launch.dot_mode``):
   0  float32, IEEE (``input_precision="ieee"``): when TF32 is off for convolutions in PyTorch;
   1  float16 / bfloat16 operands on tensor cores, fp32 accumulator: T and dy rounded to the storage
-     dtype, as eager PyTorch rounds them when it stores t and dy;
+     dtype, as eager PyTorch rounds them when it stores t and dy (sm_80+: on sm_75 Triton 3.8 emits no
+     MMA instruction and the same dot runs on the FMA units);
   2  bfloat16 under the interpreter: its dot cannot multiply bf16 (it stores bf16 as uint16), so the
      operands are rounded to bf16 and multiplied in fp32 -- exact products, so mode 1's dot. Triton
      3.8's interpreter rounds fp32 -> bf16 toward zero (a GPU to nearest even): the tests model it;
@@ -137,12 +139,13 @@ def _cfg(num_warps, num_stages, kinds=ALL, max_k_slice=None, **tiles):
 
 #: dsconv_fwd: pixels x output channels x input-channel chunk. Wide K tiles first: each depthwise chunk
 #: then feeds 128-256 output channels (K > BLOCK_K recomputes it per K tile). 8 warps for the wide tiles
-#: (4 warps hold twice the accumulator per thread and spill).
+#: (4 warps hold twice the accumulator per thread and spill). fp16 on sm_75 (FMA dot, operands in
+#: registers) spills on every tile wider than 64 x 64.
+_WIDE = ("mma16", "tf32", "fma32")
 FWD_CONFIGS = [
-    _cfg(8, 2, kinds=("mma16",), BLOCK_P=64, BLOCK_K=256, BLOCK_C=32),
-    _cfg(8, 2, kinds=("tf32",), BLOCK_P=64, BLOCK_K=256, BLOCK_C=16),
-    _cfg(8, 2, kinds=("mma16", "tf32", "fma32"), BLOCK_P=64, BLOCK_K=128, BLOCK_C=32),
-    _cfg(8, 2, kinds=("mma16", "tf32", "fma32"), BLOCK_P=128, BLOCK_K=64, BLOCK_C=32),
+    _cfg(8, 2, kinds=_WIDE, BLOCK_P=64, BLOCK_K=256, BLOCK_C=32),
+    _cfg(8, 2, kinds=_WIDE, BLOCK_P=64, BLOCK_K=128, BLOCK_C=32),
+    _cfg(8, 2, kinds=_WIDE, BLOCK_P=128, BLOCK_K=64, BLOCK_C=32),
     _cfg(4, 2, BLOCK_P=64, BLOCK_K=64, BLOCK_C=16),
     _cfg(4, 2, BLOCK_P=32, BLOCK_K=32, BLOCK_C=16),
 ]
@@ -151,16 +154,17 @@ FWD_CONFIGS = [
 DT_CONFIGS = [
     _cfg(8, 2, kinds=("mma16",), max_k_slice=128, BLOCK_P=64, BLOCK_C=32),
     _cfg(8, 2, kinds=("mma16", "tf32", "fma16"), BLOCK_P=32, BLOCK_C=32),
-    _cfg(4, 2, kinds=("mma16", "tf32", "fma16"), BLOCK_P=32, BLOCK_C=16),
     _cfg(8, 2, BLOCK_P=32, BLOCK_C=16),
+    _cfg(4, 2, kinds=("mma16", "fma16"), BLOCK_P=32, BLOCK_C=16),
     _cfg(4, 1, BLOCK_P=16, BLOCK_C=16),
 ]
-#: dsconv_bwd_dx: input pixels x channels (no dot: kinds by operand size).
+#: dsconv_bwd_dx: input pixels x channels (no dot: kinds by operand size). ptxas caps the small 4-warp
+#: tiles at 64-96 registers for 16-bit data and spills a few bytes there.
 DX_CONFIGS = [
     _cfg(8, 1, BLOCK_P=128, BLOCK_C=16),
     _cfg(8, 1, BLOCK_P=64, BLOCK_C=32),
-    _cfg(4, 1, BLOCK_P=64, BLOCK_C=16),
-    _cfg(4, 1, BLOCK_P=32, BLOCK_C=16),
+    _cfg(4, 1, kinds=("fma32", "fma16"), BLOCK_P=64, BLOCK_C=16),
+    _cfg(4, 1, kinds=("fma32",), BLOCK_P=32, BLOCK_C=16),
 ]
 
 #: Tests and debugging: kernel name -> the one config to run (bypasses timing); see triton_launch.
@@ -447,13 +451,27 @@ def _bn_scale(var, gam_ptr, kk, k_mask, eps, HAS_AFFINE: tl.constexpr):
 
 
 @triton.jit
+def _store_bn_coef(coef_ptr, mean, var, gam_ptr, bet_ptr, kk, k_mask, K, eps, HAS_AFFINE: tl.constexpr,
+                   BLOCK_K: tl.constexpr):
+    """Coefficient rows 0..2: mean, a = gamma r, beta (0 without affine parameters)."""
+    _, a = _bn_scale(var, gam_ptr, kk, k_mask, eps, HAS_AFFINE)
+    if HAS_AFFINE:
+        beta = tl.load(bet_ptr + kk, mask=k_mask, other=0.0)
+    else:
+        beta = tl.full((BLOCK_K,), 0.0, tl.float32)
+    tl.store(coef_ptr + kk, mean, mask=k_mask)
+    tl.store(coef_ptr + K + kk, a, mask=k_mask)
+    tl.store(coef_ptr + 2 * K + kk, beta, mask=k_mask)
+
+
+@triton.jit
 def bn_stats_kernel(ws_ptr, out_ptr, mean_ptr, var_ptr, gam_ptr, bet_ptr, coef_ptr, T, PLANE, K, M, PIX_ROW, ROWS, eps,
                     FINAL: tl.constexpr, HAS_AFFINE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr):
     """Merge (count, mean, M2) partials in row order (Chan et al.); grid (K tiles, row chunks).
 
     ws: mean plane and M2 plane, PLANE rows of K apart, T rows used; row t covers the pixels
-    [t PIX_ROW, min((t + 1) PIX_ROW, M)). A program merges rows [ROWS pid, ROWS (pid + 1)) of its channels, a chunk of BLOCK_T rows per step (chunk mean
-    and M2 from the count-weighted means). Not FINAL: it writes its merged row to out [2, chunks, K] (a
+    [t PIX_ROW, min((t + 1) PIX_ROW, M)). A program merges rows [ROWS pid, ROWS (pid + 1)) of its
+    channels, a chunk of BLOCK_T rows per step (chunk mean and M2 from the count-weighted means). Not FINAL: it writes its merged row to out [2, chunks, K] (a
     row of ROWS PIX_ROW pixels, the next level's input). FINAL (one chunk): mean, biased var (= M2 / M)
     and bn_relu's coefficient rows (mean, a = gamma r, beta). Fixed order => bitwise deterministic.
     """
@@ -482,14 +500,7 @@ def bn_stats_kernel(ws_ptr, out_ptr, mean_ptr, var_ptr, gam_ptr, bet_ptr, coef_p
         var = m2_a / n_a
         tl.store(mean_ptr + kk, mean_a, mask=k_mask)
         tl.store(var_ptr + kk, var, mask=k_mask)
-        _, a = _bn_scale(var, gam_ptr, kk, k_mask, eps, HAS_AFFINE)
-        if HAS_AFFINE:
-            beta = tl.load(bet_ptr + kk, mask=k_mask, other=0.0)
-        else:
-            beta = tl.full((BLOCK_K,), 0.0, tl.float32)
-        tl.store(coef_ptr + kk, mean_a, mask=k_mask)
-        tl.store(coef_ptr + K + kk, a, mask=k_mask)
-        tl.store(coef_ptr + 2 * K + kk, beta, mask=k_mask)
+        _store_bn_coef(coef_ptr, mean_a, var, gam_ptr, bet_ptr, kk, k_mask, K, eps, HAS_AFFINE, BLOCK_K)
     else:
         row = pid_t.to(tl.int64) * K
         tl.store(out_ptr + row + kk, mean_a, mask=k_mask)
@@ -560,14 +571,7 @@ def bn_coef_kernel(mean_ptr, var_ptr, gam_ptr, bet_ptr, coef_ptr, K, eps,
     k_mask = kk < K
     mean = tl.load(mean_ptr + kk, mask=k_mask, other=0.0)
     var = tl.load(var_ptr + kk, mask=k_mask, other=1.0)
-    _, a = _bn_scale(var, gam_ptr, kk, k_mask, eps, HAS_AFFINE)
-    if HAS_AFFINE:
-        beta = tl.load(bet_ptr + kk, mask=k_mask, other=0.0)
-    else:
-        beta = tl.full((BLOCK_K,), 0.0, tl.float32)
-    tl.store(coef_ptr + kk, mean, mask=k_mask)
-    tl.store(coef_ptr + K + kk, a, mask=k_mask)
-    tl.store(coef_ptr + 2 * K + kk, beta, mask=k_mask)
+    _store_bn_coef(coef_ptr, mean, var, gam_ptr, bet_ptr, kk, k_mask, K, eps, HAS_AFFINE, BLOCK_K)
 
 
 @triton.jit

@@ -164,16 +164,30 @@ def reduce_config():
     return (16, 16) if kernels().INTERPRETED else (32, 64)
 
 
-#: Widest K slice of dsconv_bwd_dt per operand size in bytes (see ``k_slice``).
-K_SLICE_CAP = {2: 256, 4: 128}
+#: Widest K slice of dsconv_bwd_dt per dot kind (``triton_kernels.KINDS``; see ``k_slice``).
+K_SLICE_CAP = {"mma16": 256, "tf32": 128, "fma32": 128, "fma16": 128}
 
 
-def k_slice(k: int, dtype: torch.dtype) -> int:
+def _arch(x: torch.Tensor):
+    """x's GPU as 75 / 80 / ... (None for CPU tensors: the interpreter, taken as sm_80+)."""
+    if x.device.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(x.device)
+    return 10 * major + minor
+
+
+def kind_of(x: torch.Tensor, mode=None) -> str:
+    """The dot kind (``triton_kernels.KINDS``) of a launch on inputs like ``x``: its DOT_MODE (None: a kernel
+    without a dot), operand size and GPU."""
+    return kernels().dot_kind(x.element_size(), mode, _arch(x))
+
+
+def k_slice(k: int, kind: str) -> int:
     """BLOCK_K of dsconv_bwd_dt: the output channels one program holds (dy tile and dWp accumulator).
-    All of K up to 256 (16-bit) / 128 (float32, whose operands take twice the registers); wider layers
-    run K / BLOCK_K slices whose dt partials dsconv_bwd_dx adds."""
-    cap = K_SLICE_CAP[torch.empty((), dtype=dtype).element_size()]
-    return min(cap, max(16, triton.next_power_of_2(k)))
+    All of K up to 256 for 16-bit tensor-core operands, 128 otherwise (float32 operands take twice the
+    registers; FMA dots hold their operands in registers): wider layers run K / BLOCK_K slices whose dt
+    partials dsconv_bwd_dx adds. The caps are where the compile report shows no spills."""
+    return min(K_SLICE_CAP[kind], max(16, triton.next_power_of_2(k)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -399,7 +413,8 @@ def launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dil
     dev, mcls, lay = x.device, _m_class(m), _layout(x)
 
     # dt (fp32, x's layout; one slice per K slice) and the pointwise weight-gradient partials.
-    bk = k_slice(k, x.dtype)
+    mode = dot_mode(x)
+    bk = k_slice(k, kind_of(x, mode))
     slices = triton.cdiv(k, bk)
     dt = torch.empty((slices * n, c, ho, wo), device=dev, dtype=torch.float32, memory_format=mf)
     dt_slice = n * c * ho * wo
@@ -412,7 +427,7 @@ def launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dil
         c, k, h, w, wo, ho * wo, m, dilation, per, slices, dt_slice, mcls, lay,
         *_strides(grad_out), *_strides(y), *_strides(x), *_strides(dt),
         _span(grad_out), _span(y), _span(x), _span(dt),
-        STRIDE=stride, TRAIN=train, DOT_MODE=dot_mode(x), DEBUG=tk.DEBUG, BLOCK_K=bk,
+        STRIDE=stride, TRAIN=train, DOT_MODE=mode, DEBUG=tk.DEBUG, BLOCK_K=bk,
         VEC=plane_vec(ho * wo, grad_out, y, dt, *((x,) if stride == 1 else ())))
     d_pw = launch_colsum(ws_pw).reshape(k, c).to(pw_weight.dtype)
 
@@ -443,15 +458,19 @@ def explain_configs(n: int, c: int, k: int, h: int, w: int, stride: int, dtype: 
     for name in TUNED:
         kind = tk.dot_kind(size, None if name == "dsconv_bwd_dx" else mode, arch)
         out[name] = [_config_str(cfg) for cfg in tk.candidates(
-            configs(name), tk.LIMITS[name](named), kind, k_slice(k, dtype) if name == "dsconv_bwd_dt" else None)]
+            configs(name), tk.LIMITS[name](named), kind, k_slice(k, kind) if name == "dsconv_bwd_dt" else None)]
     return out
 
 
 def describe() -> str:
     """For ``fused-dsconv info --verbose``: the autotuner's config spaces, the candidates it would time for
     each block of the default classifier (batch 32, float16 and float32), and what it chose in this process."""
-    from .perf_model import classifier_layers
+    from .models import BASE_RESOLUTION, TABLE1
     tk = kernels()
+    blocks, h = [], BASE_RESOLUTION  # the default classifier's nine joint blocks (alpha 1)
+    for i, (c, k, s) in enumerate(TABLE1):
+        blocks.append((f"b{i + 1}", c, k, h, s))
+        h = output_size(h, s)
     lines = [f"Triton autotuning: {'on' if tk.AUTOTUNE else 'off (FUSED_DSCONV_TRITON_AUTOTUNE=0)'}; "
              f"FUSED_DSCONV_TRITON_VERBOSE=1 prints each choice; at most {tk.MAX_CANDIDATES} candidates per class"]
     for name in TUNED:
@@ -464,10 +483,11 @@ def describe() -> str:
     for dtype, tf32 in ((torch.float16, False), (torch.float32, True), (torch.float32, False)):
         what = str(dtype)[6:] + (" TF32" if tf32 else " IEEE" if dtype == torch.float32 else "")
         lines.append(f"  candidates per block (batch 32, {what}, sm_86):")
-        for layer in classifier_layers(32):
-            table = explain_configs(layer.n, layer.c, layer.k, layer.h, layer.w, layer.stride, dtype, tf32=tf32)
-            lines.append(f"    {layer.name} C={layer.c} K={layer.k} {layer.h}x{layer.w} s{layer.stride}: " + "; ".join(
-                f"{name[7:]} {len(v)}" for name, v in table.items()) + f"; K slice {k_slice(layer.k, dtype)}")
+        kind = tk.dot_kind(dtype.itemsize, (3 if tf32 else 0) if dtype == torch.float32 else 1, 86)
+        for name, c, k, h, s in blocks:
+            table = explain_configs(32, c, k, h, h, s, dtype, tf32=tf32)
+            counts = "; ".join(f"{kern[7:]} {len(v)}" for kern, v in table.items())
+            lines.append(f"    {name} C={c} K={k} {h}x{h} s{s}: {counts}; K slice {k_slice(k, kind)}")
     chosen = tuned_configs()
     lines.append(f"  chosen in this process: {len(chosen) or 'none yet (tuning happens at the first launch)'}")
     for row in chosen:
