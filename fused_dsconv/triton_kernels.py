@@ -144,9 +144,10 @@ def _cfg(num_warps, num_stages, kinds=ALL, max_k_slice=None, **tiles):
 _WIDE = ("mma16", "tf32", "fma32")
 FWD_CONFIGS = [
     _cfg(8, 2, kinds=_WIDE, BLOCK_P=64, BLOCK_K=256, BLOCK_C=32),
-    _cfg(8, 2, kinds=_WIDE, BLOCK_P=64, BLOCK_K=128, BLOCK_C=32),
+    _cfg(8, 2, kinds=("fma32",), BLOCK_P=64, BLOCK_K=128, BLOCK_C=32),
+    _cfg(8, 2, kinds=("mma16", "tf32"), BLOCK_P=64, BLOCK_K=128, BLOCK_C=16),
     _cfg(8, 2, kinds=_WIDE, BLOCK_P=128, BLOCK_K=64, BLOCK_C=32),
-    _cfg(4, 2, BLOCK_P=64, BLOCK_K=64, BLOCK_C=16),
+    _cfg(4, 2, kinds=("mma16", "tf32", "fma16"), BLOCK_P=64, BLOCK_K=64, BLOCK_C=16),
     _cfg(4, 2, BLOCK_P=32, BLOCK_K=32, BLOCK_C=16),
 ]
 #: dsconv_bwd_dt: pixels x input-channel tile (BLOCK_K, the K slice, is the launcher's: it sizes dt's
@@ -155,7 +156,7 @@ DT_CONFIGS = [
     _cfg(8, 2, kinds=("mma16",), max_k_slice=128, BLOCK_P=64, BLOCK_C=32),
     _cfg(8, 2, kinds=("mma16", "tf32", "fma16"), BLOCK_P=32, BLOCK_C=32),
     _cfg(8, 2, BLOCK_P=32, BLOCK_C=16),
-    _cfg(4, 2, kinds=("mma16", "fma16"), BLOCK_P=32, BLOCK_C=16),
+    _cfg(4, 2, kinds=("mma16", "fma16"), max_k_slice=128, BLOCK_P=32, BLOCK_C=16),
     _cfg(4, 1, BLOCK_P=16, BLOCK_C=16),
 ]
 #: dsconv_bwd_dx: input pixels x channels (no dot: kinds by operand size). ptxas caps the small 4-warp

@@ -133,13 +133,14 @@ def _recording(arch: int, log: list):
         if k.endswith("_kernel"):
             setattr(fake, k, _Recorder(k, getattr(aot, k), log))
     fake.INTERPRETED, fake.DEBUG = False, False
-    saved = (launch.kernels, torch.cuda.get_device_capability)
+    saved = (launch.kernels, launch._arch, torch.cuda.get_device_capability)
     launch.kernels = lambda: fake
+    launch._arch = lambda x: arch  # the meta tensors stand for tensors on this GPU
     torch.cuda.get_device_capability = lambda *a, **k: (arch // 10, arch % 10)
     try:
         yield launch
     finally:
-        launch.kernels, torch.cuda.get_device_capability = saved
+        launch.kernels, launch._arch, torch.cuda.get_device_capability = saved
 
 
 def _primitives(launch, layer, dtype: str, tf32: bool):
