@@ -13,8 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import backends, ops
+from . import backends, ops, tune
 from .reference import fold_bn
+
+UNFUSED = tune.UNFUSED
 
 
 class JointBlock(nn.Sequential):
@@ -27,13 +29,19 @@ class JointBlock(nn.Sequential):
         bias: give both convs a bias (the paper's convs have none). Under training-mode BN a bias
             only shifts the running mean; it is folded, not computed.
         eps, momentum, affine, track_running_stats: as ``nn.BatchNorm2d``.
-        backend: "auto" (default: first capable of native CUDA -> Triton -> reference; the
-            ``FUSED_DSCONV_BACKEND`` environment variable overrides auto) or a backend name.
+        backend: "auto" (default): the fastest, measured on the first call per input shape, dtype,
+            layout, device and mode, of every capable backend (native CUDA, Triton, reference) and the
+            block's own layers run unfused (``fused_dsconv.tune``; ``FUSED_DSCONV_TUNE=0``: the first
+            capable backend instead; the ``FUSED_DSCONV_BACKEND`` environment variable overrides auto);
+            a backend name ("native", "triton", "reference", or "name:variant"); or "unfused".
         recompute: save only the input for backward and rebuild the pre-BN output there
-            (less memory, one more pointwise GEMM per step).
+            (less memory, one more pointwise GEMM per step); "auto" then never picks the unfused
+            layers for a forward that computes gradients (they save more).
 
-    ``last_backend`` names the backend the latest eager forward ran on ("unfused" when a
-    non-standard BN, e.g. SyncBatchNorm, makes the block run its modules one by one).
+    ``last_backend`` names what the latest eager forward ran on: a backend, or "unfused" (its modules
+    one by one, as PyTorch runs them: chosen by auto, forced, or because a non-standard BN such as
+    SyncBatchNorm is in place). ``last_tuning`` is (problem, decision) of that forward's measured
+    choice, or None when it did not consult the tuner.
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1, *,
@@ -54,9 +62,11 @@ class JointBlock(nn.Sequential):
             nn.Conv2d(in_channels, out_channels, 1, bias=bias, **fk),
             nn.BatchNorm2d(out_channels, eps, momentum, affine, track_running_stats, **fk),
         )
-        self.backend = backends.requested(backend) if backend != "auto" else "auto"
+        self.backend = backends.requested(backend) if backend not in (backends.AUTO, UNFUSED) else backend
         self.recompute = recompute
         self.last_backend: Optional[str] = None
+        self.last_tuning = None
+        self._tuned: dict[str, str] = {}  # the latest eager choice per mode/dtype/layout/device: torch.compile's
 
     # The three layers by role; indices stay "0", "1", "2" for state_dict compatibility.
     dw = property(lambda self: self[0])
@@ -114,11 +124,11 @@ class JointBlock(nn.Sequential):
         if type(bn) is not nn.BatchNorm2d:
             # SyncBatchNorm (or any other norm layer put here) has its own statistics semantics:
             # run the layers as they are rather than silently skip synchronisation.
-            self._record("unfused")
+            self._record(UNFUSED)
             return F.relu(bn(pw(dw(x))))
 
         dtype = _compute_dtype(x, dw.weight)
-        x = x.to(dtype)
+        x_in, x = x, x.to(dtype)
         dw_w, pw_w = dw.weight.to(dtype), pw.weight.to(dtype).flatten(1)
         acc = backends.acc_dtype(x)
         bias = _effective_bias(dw, pw, acc)
@@ -130,8 +140,10 @@ class JointBlock(nn.Sequential):
             ops.check_train_inputs(x, dw_w, pw_w, bias, gamma, beta, self.stride, self.dilation)
         else:
             ops.check_inputs(x, dw_w, pw_w, self.stride, self.dilation, bias=bias)
-        name = backends.select(x, self.backend).name
+        name = self._choose(x, use_batch_stats)
         self._record(name)
+        if name == UNFUSED:  # the layers themselves, as PyTorch runs them (autocast, statistics and all)
+            return F.relu(bn(pw(dw(x_in))))
 
         if not use_batch_stats:
             w, b = fold_bn(pw_w, bias, gamma, beta, bn.running_mean, bn.running_var, bn.eps)
@@ -169,6 +181,16 @@ class JointBlock(nn.Sequential):
         if x.device != self.dw.weight.device:
             raise ValueError(f"input is on {x.device} but the block's parameters are on {self.dw.weight.device}; "
                              f"move one of them (e.g. block.to({str(x.device)!r}))")
+
+    def _choose(self, x: Tensor, use_batch_stats: bool) -> str:
+        """A forced choice (checked against x), else the tuner's."""
+        if self.backend == UNFUSED:
+            return UNFUSED
+        forced = backends.requested(self.backend)  # the module's, else $FUSED_DSCONV_BACKEND, else auto
+        if forced != backends.AUTO:
+            backends.select(x, forced)  # raises, saying why, if it cannot run x
+            return forced
+        return tune.choose(self, x, use_batch_stats)
 
     def _record(self, name: str) -> None:
         if not torch.compiler.is_compiling():
