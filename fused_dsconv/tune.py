@@ -60,7 +60,7 @@ UNFUSED = "unfused"
 CACHE_FILE = "tuning.json"
 CACHE_FORMAT = 1
 MAX_ENVIRONMENTS = 8  # sections kept in the cache file (the most recently written)
-MIN_ROUNDS, MAX_ROUNDS, MIN_SECONDS = 3, 25, 0.05
+MIN_ROUNDS, MAX_ROUNDS, MIN_SECONDS = 5, 30, 0.1
 
 # A timer maps (problem, candidates) to each candidate's median seconds, or the exception it raised.
 Timer = Callable[["Problem", list], dict]
@@ -351,7 +351,8 @@ def _sources_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (part of a CPU measurement's environment)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -382,7 +383,7 @@ def environment(device: str) -> tuple[str, dict]:
             env.update(device=props.name, capability=f"{props.major}.{props.minor}", cuda=torch.version.cuda,
                        driver=driver, native=_extension.status())
         else:
-            env.update(device=_cpu_model(), cpu_capability=torch.backends.cpu.get_cpu_capability(), threads=threads)
+            env.update(device=cpu_model(), cpu_capability=torch.backends.cpu.get_cpu_capability(), threads=threads)
         ident = hashlib.sha256(json.dumps(env, sort_keys=True, default=str).encode()).hexdigest()[:16]
         _ENV[key] = (ident, env)
     return _ENV[key]
@@ -411,7 +412,7 @@ def _read(path: Path) -> dict:
             raise ValueError(f"format {data.get('format')!r}, this version reads {CACHE_FORMAT}")
         return data
     except ValueError as e:  # json.JSONDecodeError is a ValueError
-        _warn_once(f"corrupt {path} {os.stat(path).st_mtime_ns}",
+        _warn_once(f"corrupt {path} {hashlib.sha256(text.encode()).hexdigest()}",
                    f"fused_dsconv: ignoring the tuning cache {path}: {str(e)[:200]}; it will be rebuilt")
         return {"format": CACHE_FORMAT, "environments": {}}
 
@@ -632,7 +633,10 @@ def run_tune(args, out=print) -> int:
     x = x.contiguous(memory_format=mf)
     ident, env = environment(str(x.device))
     t0 = time.perf_counter()
-    rows = tune_model(model, x, train=args.train, refresh=args.force)
+    try:
+        rows = tune_model(model, x, train=args.train, refresh=args.force)
+    except ValueError as e:  # e.g. batch 1 in training: one value per channel in the last block
+        raise SystemExit(f"error: {e}") from None
     mode = "training (forward + backward)" if args.train else "inference"
     out(f"{args.model}, batch {args.batch}, {model.resolution}x{model.resolution}, {mode}, {args.dtype}, "
         f"{'channels_last' if args.channels_last else 'NCHW'}{', recompute' if args.recompute else ''}")
