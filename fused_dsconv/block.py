@@ -67,6 +67,7 @@ class JointBlock(nn.Sequential):
         self.last_backend: Optional[str] = None
         self.last_tuning = None
         self._tuned: dict[str, str] = {}  # the latest eager choice per mode/dtype/layout/device: torch.compile's
+        self._recent: dict = {}  # the tuner's shortcut to this block's recent decisions (fused_dsconv.tune.choose)
 
     # The three layers by role; indices stay "0", "1", "2" for state_dict compatibility.
     dw = property(lambda self: self[0])

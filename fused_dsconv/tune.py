@@ -132,6 +132,7 @@ class Decision:
 
 # -- controls -----------------------------------------------------------------------------------
 _OPTIONS: dict = {}  # set by options(): enabled, refresh, timer
+_GENERATION = [0]  # bumped whenever remembered choices may no longer apply: blocks' own shortcuts then miss
 
 
 @contextlib.contextmanager
@@ -143,11 +144,13 @@ def options(*, enabled: Optional[bool] = None, refresh: Optional[bool] = None,
     saved = dict(_OPTIONS)
     _OPTIONS.update({k: v for k, v in (("enabled", enabled), ("refresh", refresh), ("timer", timer))
                      if v is not None})
+    _GENERATION[0] += 1
     try:
         yield
     finally:
         _OPTIONS.clear()
         _OPTIONS.update(saved)
+        _GENERATION[0] += 1
 
 
 def setting_off() -> Optional[str]:
@@ -329,6 +332,7 @@ _WARNED: set = set()
 
 def clear_memory() -> None:
     """Forget every choice made in this process (the cache file stays)."""
+    _GENERATION[0] += 1
     _MEMORY.clear()
     _ENV.clear()
     _DISK.clear()
@@ -532,11 +536,21 @@ def choose(block, x: Tensor, use_batch_stats: bool) -> str:
     if setting_off() is not None or input_off(x) is not None:
         block.last_tuning = None
         return backends.select(x).name
-    problem = problem_of(block, x, mode)
-    decision = decide(problem, x)
-    block._tuned[slot] = decision.choice
-    block.last_tuning = (problem, decision)
-    return decision.choice
+    # The block's shortcut to its recent decisions: a cheap key per call instead of the Problem's text key.
+    dt = x.device.type
+    amp = torch.get_autocast_dtype(dt) if torch.amp.is_autocast_available(dt) and torch.is_autocast_enabled(dt) else None
+    fast = (_GENERATION[0], mode, tuple(x.shape), x.dtype, x.device, slot, amp, torch.get_num_threads(),
+            block.recompute, block[0].weight.dtype)
+    hit = block._recent.get(fast)
+    if hit is None:
+        problem = problem_of(block, x, mode)
+        hit = (problem, decide(problem, x))
+        if len(block._recent) >= 64:  # many shapes (e.g. variable image sizes): keep it bounded
+            block._recent.clear()
+        block._recent[fast] = hit
+    block._tuned[slot] = hit[1].choice
+    block.last_tuning = hit
+    return hit[1].choice
 
 
 # -- whole models and the command line -------------------------------------------------------------
