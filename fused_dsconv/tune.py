@@ -283,44 +283,47 @@ def _step(block, choice: str, x: Tensor, g: Tensor, problem: Problem) -> Callabl
     return fn
 
 
+def time_interleaved(fns: dict, sync: Callable[[], None], min_rounds: int = MIN_ROUNDS,
+                     max_rounds: int = MAX_ROUNDS, min_seconds: float = MIN_SECONDS) -> tuple[dict, dict]:
+    """Time each callable once per round, in rotating order, until every one has ``min_rounds`` rounds and
+    ``min_seconds`` of samples (at most ``max_rounds``). Each callable first runs once untimed (first-call
+    costs are not its speed). Returns ({name: [seconds per round]}, {name: exception} for those that raised)."""
+    fns, failed = dict(fns), {}
+    for name in list(fns):
+        try:
+            fns[name]()
+            sync()
+        except Exception as e:  # noqa: BLE001 (any failure disqualifies the candidate, with its reason)
+            failed[name] = e
+            del fns[name]
+    samples: dict[str, list[float]] = {n: [] for n in fns}
+    rounds = 0
+    while fns and rounds < max_rounds and (rounds < min_rounds or min(sum(samples[n]) for n in fns) < min_seconds):
+        order = list(fns)
+        order = order[rounds % len(order):] + order[:rounds % len(order)]  # no candidate always runs first
+        for name in order:
+            try:
+                sync()
+                t0 = time.perf_counter()
+                fns[name]()
+                sync()
+                samples[name].append(time.perf_counter() - t0)
+            except Exception as e:  # noqa: BLE001
+                failed[name] = e
+                del fns[name], samples[name]
+        rounds += 1
+    return samples, failed
+
+
 def measure(problem: Problem, names: list[str]) -> dict:
     """Each candidate's median seconds per call on ``problem`` (or the exception it raised)."""
-    dev = torch.device(problem.device)
-    sync = _synchronize(dev)
-    results: dict = {}
     # Identity saved-tensor hooks: hooks the caller installed (memory probes, activation checkpointing)
     # must not see the tuner's tensors.
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
         block, x, g = _synthetic(problem)
-        fns = {}
-        for name in names:
-            try:
-                fn = _step(block, name, x, g, problem)
-                fn()  # first-call costs are not the candidate's speed
-                sync()
-                fns[name] = fn
-            except Exception as e:  # noqa: BLE001 (any failure disqualifies the candidate, with its reason)
-                results[name] = e
-        samples: dict[str, list[float]] = {n: [] for n in fns}
-        rounds = 0
-        while fns and rounds < MAX_ROUNDS and (rounds < MIN_ROUNDS or
-                                              min(sum(samples[n]) for n in fns) < MIN_SECONDS):
-            order = list(fns)
-            order = order[rounds % len(order):] + order[:rounds % len(order)]  # rotate: no fixed first slot
-            for name in order:
-                try:
-                    sync()
-                    t0 = time.perf_counter()
-                    fns[name]()
-                    sync()
-                    samples[name].append(time.perf_counter() - t0)
-                except Exception as e:  # noqa: BLE001
-                    results[name] = e
-                    del fns[name]
-            rounds += 1
-        for name in fns:
-            results[name] = statistics.median(samples[name])
-    return results
+        fns = {name: _step(block, name, x, g, problem) for name in names}
+        samples, failed = time_interleaved(fns, _synchronize(torch.device(problem.device)))
+    return {**failed, **{n: statistics.median(t) for n, t in samples.items()}}
 
 
 # -- memory and disk cache ----------------------------------------------------------------------
@@ -624,6 +627,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (part of the cache key)")
     p.add_argument("--force", action="store_true", help="measure again even where the cache file has a choice")
+    p.add_argument("--compare", type=int, default=0, metavar="ROUNDS",
+                   help="then time whole steps of the tuned model against its plain-layer twin, ROUNDS interleaved "
+                        "rounds (training: forward, cross-entropy, backward, Adam)")
 
 
 def run_tune(args, out=print) -> int:
@@ -660,4 +666,46 @@ def run_tune(args, out=print) -> int:
     for line in report(rows):
         out(line)
     out(f"{time.perf_counter() - t0:.1f} s; choices cached in {cache_path()} (environment {ident})")
+    if args.compare > 0:
+        for line in compare_plain(model, x, train=args.train, rounds=args.compare):
+            out(line)
     return 0
+
+
+def compare_plain(model, x: Tensor, *, train: bool, rounds: int) -> list[str]:
+    """Whole steps of ``model`` (a JointNet, tuned) and of its twin with plain PyTorch layers, timed in
+    interleaved rounds (so load from other processes hits both alike); lines for the report."""
+    import torch.nn.functional as F
+
+    from .train import unfused_twin
+
+    y = torch.randint(0, model.num_classes, (x.shape[0],), generator=torch.Generator().manual_seed(0)).to(x.device)
+    fns = {}
+    for name, net in (("auto", model), ("plain layers", unfused_twin(model))):
+        net.train(train)
+        if train:
+            opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+            def fn(net=net, opt=opt):
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(net(x), y).backward()
+                opt.step()
+        else:
+            def fn(net=net):
+                with torch.no_grad():
+                    net(x)
+        fns[name] = fn
+    samples, failed = time_interleaved(fns, _synchronize(x.device), min_rounds=rounds, max_rounds=rounds,
+                                       min_seconds=0.0)
+    what = "training step (forward, cross-entropy, backward, Adam)" if train else "inference forward"
+    lines = [f"whole model, one {what}, {rounds} interleaved rounds after one untimed step each (MEASURED):"]
+    for name, t in samples.items():
+        q = statistics.quantiles(t, n=4) if len(t) > 1 else [t[0]] * 3
+        lines.append(f"  {name:<14} median {statistics.median(t) * 1e3:9.2f} ms  (IQR {(q[2] - q[0]) * 1e3:.2f} ms)")
+    for name, e in failed.items():
+        lines.append(f"  {name:<14} {_reason(e)}")
+    if len(samples) == 2:
+        a, p = samples["auto"], samples["plain layers"]
+        lines.append(f"  auto / plain layers: {statistics.median(a) / statistics.median(p):.3f} (medians); "
+                     f"{statistics.median([u / v for u, v in zip(a, p)]):.3f} (median of per-round ratios)")
+    return lines

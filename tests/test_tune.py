@@ -338,9 +338,12 @@ def test_tune_command_prints_each_candidate_the_winner_and_the_speedup(capsys):
     assert len(lines) == 9 and len(timer.calls) == 9 and all(p.mode == "train_fwd_bwd" for p, _ in timer.calls)
     assert all(l.split()[-3:] == ["reference", "2.00x", "measured"] for l in lines), out
     assert "1.000" in lines[0] and "2.000" in lines[0] and "native: x is on cpu" in out
-    with tune.options(timer=timer):  # second run: every choice from memory, nothing measured
-        cli.main(["tune", "--model", "jointnet_a050_d3", "--batch", "2", "--rho", "0.15", "--train"])
+    with tune.options(timer=timer):  # second run: every choice from memory, nothing measured; whole steps compared
+        cli.main(["tune", "--model", "jointnet_a050_d3", "--batch", "2", "--rho", "0.15", "--train", "--compare", "2"])
     assert len(timer.calls) == 9
+    out = capsys.readouterr().out
+    assert "whole model, one training step (forward, cross-entropy, backward, Adam), 2 interleaved rounds" in out
+    assert "auto / plain layers: " in out and out.count(" median ") == 2
 
 
 def test_tune_model_leaves_the_model_as_it_was():
