@@ -69,10 +69,11 @@ class JointBlock(nn.Sequential):
         self._tuned: dict[str, str] = {}  # the latest eager choice per mode/dtype/layout/device: torch.compile's
         self._recent: dict = {}  # the tuner's shortcut to this block's recent decisions (fused_dsconv.tune.choose)
 
-    # The three layers by role; indices stay "0", "1", "2" for state_dict compatibility.
-    dw = property(lambda self: self[0])
-    pw = property(lambda self: self[1])
-    bn = property(lambda self: self[2])
+    # The three layers by role; indices stay "0", "1", "2" for state_dict compatibility. Read from _modules,
+    # where nn.Sequential keeps them: Sequential's own indexing costs microseconds per call, per layer.
+    dw = property(lambda self: self._modules["0"])
+    pw = property(lambda self: self._modules["1"])
+    bn = property(lambda self: self._modules["2"])
 
     @property
     def stride(self) -> int:
@@ -121,7 +122,7 @@ class JointBlock(nn.Sequential):
     # -- forward ----------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        dw, pw, bn = self[0], self[1], self[2]
+        dw, pw, bn = self.dw, self.pw, self.bn
         if type(bn) is not nn.BatchNorm2d:
             # SyncBatchNorm (or any other norm layer put here) has its own statistics semantics:
             # run the layers as they are rather than silently skip synchronisation.
@@ -194,7 +195,7 @@ class JointBlock(nn.Sequential):
         return tune.choose(self, x, use_batch_stats)
 
     def _record(self, name: str) -> None:
-        if not torch.compiler.is_compiling():
+        if not torch.compiler.is_compiling() and self.last_backend != name:  # __setattr__ only on a change
             self.last_backend = name
 
 

@@ -196,7 +196,7 @@ def problem_of(block, x: Tensor, mode: str) -> Problem:
     dt = x.device.type
     amp = (_dtype_name(torch.get_autocast_dtype(dt))
            if torch.amp.is_autocast_available(dt) and torch.is_autocast_enabled(dt) else "none")
-    dw, pw, bn = block[0], block[1], block[2]
+    dw, pw, bn = block.dw, block.pw, block.bn
     return Problem(mode, *x.shape[:2], pw.out_channels, *x.shape[2:], dw.stride[0], dw.dilation[0],
                    _dtype_name(x.dtype), _dtype_name(dw.weight.dtype), amp, layout_of(x), str(x.device),
                    bool(block.recompute), dw.bias is not None or pw.bias is not None, bool(bn.affine))
@@ -537,13 +537,14 @@ def choose(block, x: Tensor, use_batch_stats: bool) -> str:
         choice = block._tuned.get(slot) if setting_off() is None else None
         return choice if choice is not None else backends.select(x).name
     if setting_off() is not None or input_off(x) is not None:
-        block.last_tuning = None
+        if block.last_tuning is not None:
+            block.last_tuning = None
         return backends.select(x).name
     # The block's shortcut to its recent decisions: a cheap key per call instead of the Problem's text key.
     dt = x.device.type
     amp = torch.get_autocast_dtype(dt) if torch.amp.is_autocast_available(dt) and torch.is_autocast_enabled(dt) else None
     fast = (_GENERATION[0], mode, tuple(x.shape), x.dtype, x.device, slot, amp, torch.get_num_threads(),
-            block.recompute, block[0].weight.dtype)
+            block.recompute, block.dw.weight.dtype)
     hit = block._recent.get(fast)
     if hit is None:
         problem = problem_of(block, x, mode)
@@ -552,7 +553,8 @@ def choose(block, x: Tensor, use_batch_stats: bool) -> str:
             block._recent.clear()
         block._recent[fast] = hit
     block._tuned[slot] = hit[1].choice
-    block.last_tuning = hit
+    if block.last_tuning is not hit:  # nn.Module.__setattr__ costs microseconds: only on a change
+        block.last_tuning = hit
     return hit[1].choice
 
 
