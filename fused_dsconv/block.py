@@ -69,6 +69,12 @@ class JointBlock(nn.Sequential):
         self._tuned: dict[str, str] = {}  # the latest eager choice per mode/dtype/layout/device: torch.compile's
         self._recent: dict = {}  # the tuner's shortcut to this block's recent decisions (fused_dsconv.tune.choose)
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        # A block pickled before the measured choice existed: give it the tuner's bookkeeping.
+        for name, default in (("last_tuning", None), ("_tuned", {}), ("_recent", {})):
+            self.__dict__.setdefault(name, default)
+
     # The three layers by role; indices stay "0", "1", "2" for state_dict compatibility. Read from _modules,
     # where nn.Sequential keeps them: Sequential's own indexing costs microseconds per call, per layer.
     dw = property(lambda self: self._modules["0"])

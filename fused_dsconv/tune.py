@@ -182,6 +182,13 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
+def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype autocast casts to on this device type, or None when autocast is off."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
 def layout_of(x: Tensor) -> str:
     return "channels_last" if backends.memory_format_of(x) == torch.channels_last else "nchw"
 
@@ -193,13 +200,12 @@ def mode_of(block, x: Tensor, use_batch_stats: bool) -> str:
 
 def problem_of(block, x: Tensor, mode: str) -> Problem:
     """The problem of ``block`` running ``x`` (already in the compute dtype) in ``mode``."""
-    dt = x.device.type
-    amp = (_dtype_name(torch.get_autocast_dtype(dt))
-           if torch.amp.is_autocast_available(dt) and torch.is_autocast_enabled(dt) else "none")
+    amp = autocast_dtype(x.device.type)
     dw, pw, bn = block.dw, block.pw, block.bn
     return Problem(mode, *x.shape[:2], pw.out_channels, *x.shape[2:], dw.stride[0], dw.dilation[0],
-                   _dtype_name(x.dtype), _dtype_name(dw.weight.dtype), amp, layout_of(x), str(x.device),
-                   bool(block.recompute), dw.bias is not None or pw.bias is not None, bool(bn.affine))
+                   _dtype_name(x.dtype), _dtype_name(dw.weight.dtype), _dtype_name(amp) if amp else "none",
+                   layout_of(x), str(x.device), bool(block.recompute), dw.bias is not None or pw.bias is not None,
+                   bool(bn.affine))
 
 
 def candidates(problem: Problem, x: Tensor) -> tuple[list[str], dict[str, str]]:
@@ -541,10 +547,8 @@ def choose(block, x: Tensor, use_batch_stats: bool) -> str:
             block.last_tuning = None
         return backends.select(x).name
     # The block's shortcut to its recent decisions: a cheap key per call instead of the Problem's text key.
-    dt = x.device.type
-    amp = torch.get_autocast_dtype(dt) if torch.amp.is_autocast_available(dt) and torch.is_autocast_enabled(dt) else None
-    fast = (_GENERATION[0], mode, tuple(x.shape), x.dtype, x.device, slot, amp, torch.get_num_threads(),
-            block.recompute, block.dw.weight.dtype)
+    fast = (_GENERATION[0], mode, tuple(x.shape), x.dtype, x.device, slot, autocast_dtype(x.device.type),
+            torch.get_num_threads(), block.recompute, block.dw.weight.dtype)
     hit = block._recent.get(fast)
     if hit is None:
         problem = problem_of(block, x, mode)

@@ -223,17 +223,17 @@ def test_unwritable_cache_warns_and_keeps_the_choice_in_memory(monkeypatch, tmp_
     assert len(timer.calls) == 1 and block.last_backend == "unfused"
 
 
-def _write_entries(tag, barrier, count):
-    env_id, env = tune.environment("cpu")
+def _write_entries(tag, barrier, count, env_id, env):
     barrier.wait()
     for i in range(count):
         tune.store(env_id, env, f"{tag} problem {i}", tune.Decision("reference", {"reference": 1e-3}))
 
 
 def test_two_processes_writing_the_cache_at_once_lose_nothing():
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("fork")  # the children only write files: no torch work after the fork
     barrier = ctx.Barrier(2)
-    procs = [ctx.Process(target=_write_entries, args=(tag, barrier, 25)) for tag in ("a", "b")]
+    env_id, env = tune.environment("cpu")
+    procs = [ctx.Process(target=_write_entries, args=(tag, barrier, 25, env_id, env)) for tag in ("a", "b")]
     for p in procs:
         p.start()
     for p in procs:
@@ -356,3 +356,36 @@ def test_tune_model_leaves_the_model_as_it_was():
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert all(b.last_backend == "reference" for b in model.blocks)
+
+
+def test_cuda_environment_key_and_synchronisation(monkeypatch):
+    """The CUDA side of the key and the timing loop, with the device queries stubbed (no GPU here)."""
+    class Props:
+        name, major, minor = "NVIDIA Test GPU", 8, 6
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
+    monkeypatch.setattr(torch._C, "_cuda_getDriverVersion", lambda: 12080, raising=False)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    ident, env = tune.environment("cuda:0")
+    assert (env["device"], env["capability"], env["driver"], env["cuda"]) == ("NVIDIA Test GPU", "8.6", 12080,
+                                                                              torch.version.cuda)
+    assert "threads" not in env and ident != tune.environment("cpu")[0]
+    tune.clear_memory()
+    Props.name = "NVIDIA Other GPU"
+    assert tune.environment("cuda:0")[0] != ident  # another GPU: measured afresh
+    samples, failed = tune.time_interleaved({"a": lambda: None}, tune._synchronize(torch.device("cuda", 0)),
+                                            min_rounds=2, max_rounds=2, min_seconds=0)
+    assert len(samples["a"]) == 2 and not failed
+    assert calls == [torch.device("cuda", 0)] * 5  # after the untimed call, then around each timed one
+
+
+def test_a_block_pickled_before_tuning_existed_still_runs():
+    import pickle
+    block, x = block_and_input()
+    for name in ("last_tuning", "_tuned", "_recent"):
+        del block.__dict__[name]
+    restored = pickle.loads(pickle.dumps(block))
+    with tune.options(timer=FakeTimer(reference=1.0, unfused=2.0)):
+        restored(x)
+    assert restored.last_backend == "reference"
