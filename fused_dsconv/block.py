@@ -137,21 +137,13 @@ class JointBlock(nn.Sequential):
 
         dtype = _compute_dtype(x, dw.weight)
         x_in, x = x, x.to(dtype)
-        dw_w, pw_w = dw.weight.to(dtype), pw.weight.to(dtype).flatten(1)
-        acc = backends.acc_dtype(x)
-        bias = _effective_bias(dw, pw, acc)
-        gamma = bn.weight.to(acc) if bn.affine else None
-        beta = bn.bias.to(acc) if bn.affine else None
         use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
-        # Every check before any state changes: a forward that raises leaves the module as it was.
-        if use_batch_stats:
-            ops.check_train_inputs(x, dw_w, pw_w, bias, gamma, beta, self.stride, self.dilation)
-        else:
-            ops.check_inputs(x, dw_w, pw_w, self.stride, self.dilation, bias=bias)
         name = self._choose(x, use_batch_stats)
-        self._record(name)
         if name == UNFUSED:  # the layers themselves, as PyTorch runs them (autocast, statistics and all)
+            self._record(name)
             return F.relu(bn(pw(dw(x_in))))
+        dw_w, pw_w, acc, bias, gamma, beta = self._op_args(x, use_batch_stats)
+        self._record(name)
 
         if not use_batch_stats:
             w, b = fold_bn(pw_w, bias, gamma, beta, bn.running_mean, bn.running_var, bn.eps)
@@ -190,15 +182,31 @@ class JointBlock(nn.Sequential):
             raise ValueError(f"input is on {x.device} but the block's parameters are on {self.dw.weight.device}; "
                              f"move one of them (e.g. block.to({str(x.device)!r}))")
 
+    def _op_args(self, x: Tensor, use_batch_stats: bool):
+        """The op's arguments for x (in the compute dtype), checked: every check before any state changes, so
+        a forward that raises leaves the module as it was."""
+        dw, pw, bn = self.dw, self.pw, self.bn
+        dw_w, pw_w = dw.weight.to(x.dtype), pw.weight.to(x.dtype).flatten(1)
+        acc = backends.acc_dtype(x)
+        bias = _effective_bias(dw, pw, acc)
+        gamma = bn.weight.to(acc) if bn.affine else None
+        beta = bn.bias.to(acc) if bn.affine else None
+        if use_batch_stats:
+            ops.check_train_inputs(x, dw_w, pw_w, bias, gamma, beta, self.stride, self.dilation)
+        else:
+            ops.check_inputs(x, dw_w, pw_w, self.stride, self.dilation, bias=bias)
+        return dw_w, pw_w, acc, bias, gamma, beta
+
     def _choose(self, x: Tensor, use_batch_stats: bool) -> str:
-        """A forced choice (checked against x), else the tuner's."""
+        """A forced choice (the op raises, saying why, if it cannot run x), else the tuner's. The tuner checks
+        the input (``_op_args``) before it measures a new kind of input, so one the op would reject raises
+        here, as it would on the fused path, instead of reaching the unfused layers."""
         if self.backend == UNFUSED:
             return UNFUSED
         forced = backends.requested(self.backend)  # the module's, else $FUSED_DSCONV_BACKEND, else auto
         if forced != backends.AUTO:
-            backends.select(x, forced)  # raises, saying why, if it cannot run x
             return forced
-        return tune.choose(self, x, use_batch_stats)
+        return tune.choose(self, x, use_batch_stats, validate=lambda: self._op_args(x, use_batch_stats))
 
     def _record(self, name: str) -> None:
         if not torch.compiler.is_compiling() and self.last_backend != name:  # __setattr__ only on a change

@@ -534,9 +534,11 @@ def decide(problem: Problem, x: Tensor) -> Decision:
     return decision
 
 
-def choose(block, x: Tensor, use_batch_stats: bool) -> str:
+def choose(block, x: Tensor, use_batch_stats: bool, validate: Callable[[], object] = lambda: None) -> str:
     """The choice string for ``block`` (backend "auto") running ``x`` (in the compute dtype): measured,
-    cached, or, when measuring is off, the first capable backend."""
+    cached, or, when measuring is off, the first capable backend. ``validate`` raises for an input the block
+    must reject; it runs whenever this block meets a new kind of input (validity depends only on what the
+    block's shortcut key holds: shape, dtypes, device, mode), never on a repeat."""
     mode = mode_of(block, x, use_batch_stats)
     slot = f"{mode} {x.dtype} {layout_of(x)} {x.device.type}"
     if torch.compiler.is_compiling():  # never measure inside a trace: the eager choice, else the priority order
@@ -551,6 +553,7 @@ def choose(block, x: Tensor, use_batch_stats: bool) -> str:
             torch.get_num_threads(), block.recompute, block.dw.weight.dtype)
     hit = block._recent.get(fast)
     if hit is None:
+        validate()
         problem = problem_of(block, x, mode)
         hit = (problem, decide(problem, x))
         if len(block._recent) >= 64:  # many shapes (e.g. variable image sizes): keep it bounded

@@ -138,6 +138,16 @@ def test_unfused_choice_keeps_the_layers_semantics():
         assert torch.equal(a.grad, b.grad)
 
 
+def test_an_input_the_op_rejects_raises_before_anything_is_measured_or_changed():
+    """Batch statistics of one value per channel: the fused path's error, even where unfused would "win"."""
+    block, _ = block_and_input()
+    before = {k: v.clone() for k, v in block.state_dict().items()}
+    with tune.options(timer=no_timer), pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        block(torch.randn(1, 4, 1, 1, dtype=D))
+    assert all(torch.equal(v, before[k]) for k, v in block.state_dict().items())
+    assert block.last_backend is None and block.last_tuning is None
+
+
 def test_recompute_never_considers_the_unfused_layers_for_backward():
     block, x = block_and_input(recompute=True)
     with tune.options(timer=no_timer):  # one candidate left on CPU: nothing to time
