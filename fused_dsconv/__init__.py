@@ -10,4 +10,5 @@ from . import backends, ops, tune  # noqa: F401  (registers torch.ops.fused_dsco
 from .block import JointBlock
 from .models import JointNet, complexity, create_model, list_models
 
-__all__ = ["JointBlock", "JointNet", "create_model", "list_models", "complexity", "backends", "ops", "tune", "__version__"]
+__all__ = ["JointBlock", "JointNet", "create_model", "list_models", "complexity", "backends", "ops", "tune",
+           "__version__"]

@@ -227,7 +227,8 @@ def candidates(problem: Problem, x: Tensor) -> tuple[list[str], dict[str, str]]:
 
 def fastest(results: dict, order: list[str]) -> Optional[str]:
     """The candidate with the smallest time (ties: the earliest in ``order``); None if none has a time."""
-    timed = [(results[n], i, n) for i, n in enumerate(order) if n in results and not isinstance(results[n], BaseException)]
+    timed = [(results[n], i, n) for i, n in enumerate(order)
+             if n in results and not isinstance(results[n], BaseException)]
     return min(timed)[2] if timed else None
 
 
