@@ -13,8 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import backends, ops
+from . import backends, ops, tune
 from .reference import fold_bn
+
+UNFUSED = tune.UNFUSED
 
 
 class JointBlock(nn.Sequential):
@@ -27,13 +29,19 @@ class JointBlock(nn.Sequential):
         bias: give both convs a bias (the paper's convs have none). Under training-mode BN a bias
             only shifts the running mean; it is folded, not computed.
         eps, momentum, affine, track_running_stats: as ``nn.BatchNorm2d``.
-        backend: "auto" (default: first capable of native CUDA -> Triton -> reference; the
-            ``FUSED_DSCONV_BACKEND`` environment variable overrides auto) or a backend name.
+        backend: "auto" (default): the fastest, measured on the first call per input shape, dtype,
+            layout, device and mode, of every capable backend (native CUDA, Triton, reference) and the
+            block's own layers run unfused (``fused_dsconv.tune``; ``FUSED_DSCONV_TUNE=0``: the first
+            capable backend instead; the ``FUSED_DSCONV_BACKEND`` environment variable overrides auto);
+            a backend name ("native", "triton", "reference", or "name:variant"); or "unfused".
         recompute: save only the input for backward and rebuild the pre-BN output there
-            (less memory, one more pointwise GEMM per step).
+            (less memory, one more pointwise GEMM per step); "auto" then never picks the unfused
+            layers for a forward that computes gradients (they save more).
 
-    ``last_backend`` names the backend the latest eager forward ran on ("unfused" when a
-    non-standard BN, e.g. SyncBatchNorm, makes the block run its modules one by one).
+    ``last_backend`` names what the latest eager forward ran on: a backend, or "unfused" (its modules
+    one by one, as PyTorch runs them: chosen by auto, forced, or because a non-standard BN such as
+    SyncBatchNorm is in place). ``last_tuning`` is (problem, decision) of that forward's measured
+    choice, or None when it did not consult the tuner.
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1, *,
@@ -54,14 +62,24 @@ class JointBlock(nn.Sequential):
             nn.Conv2d(in_channels, out_channels, 1, bias=bias, **fk),
             nn.BatchNorm2d(out_channels, eps, momentum, affine, track_running_stats, **fk),
         )
-        self.backend = backends.requested(backend) if backend != "auto" else "auto"
+        self.backend = backends.requested(backend) if backend not in (backends.AUTO, UNFUSED) else backend
         self.recompute = recompute
         self.last_backend: Optional[str] = None
+        self.last_tuning = None
+        self._tuned: dict[str, str] = {}  # the latest eager choice per mode/dtype/layout/device: torch.compile's
+        self._recent: dict = {}  # the tuner's shortcut to this block's recent decisions (fused_dsconv.tune.choose)
 
-    # The three layers by role; indices stay "0", "1", "2" for state_dict compatibility.
-    dw = property(lambda self: self[0])
-    pw = property(lambda self: self[1])
-    bn = property(lambda self: self[2])
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        # A block pickled before the measured choice existed: give it the tuner's bookkeeping.
+        for name, default in (("last_tuning", None), ("_tuned", {}), ("_recent", {})):
+            self.__dict__.setdefault(name, default)
+
+    # The three layers by role; indices stay "0", "1", "2" for state_dict compatibility. Read from _modules,
+    # where nn.Sequential keeps them: Sequential's own indexing costs microseconds per call, per layer.
+    dw = property(lambda self: self._modules["0"])
+    pw = property(lambda self: self._modules["1"])
+    bn = property(lambda self: self._modules["2"])
 
     @property
     def stride(self) -> int:
@@ -110,27 +128,21 @@ class JointBlock(nn.Sequential):
     # -- forward ----------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        dw, pw, bn = self[0], self[1], self[2]
+        dw, pw, bn = self.dw, self.pw, self.bn
         if type(bn) is not nn.BatchNorm2d:
             # SyncBatchNorm (or any other norm layer put here) has its own statistics semantics:
             # run the layers as they are rather than silently skip synchronisation.
-            self._record("unfused")
+            self._record(UNFUSED)
             return F.relu(bn(pw(dw(x))))
 
         dtype = _compute_dtype(x, dw.weight)
-        x = x.to(dtype)
-        dw_w, pw_w = dw.weight.to(dtype), pw.weight.to(dtype).flatten(1)
-        acc = backends.acc_dtype(x)
-        bias = _effective_bias(dw, pw, acc)
-        gamma = bn.weight.to(acc) if bn.affine else None
-        beta = bn.bias.to(acc) if bn.affine else None
+        x_in, x = x, x.to(dtype)
         use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
-        # Every check before any state changes: a forward that raises leaves the module as it was.
-        if use_batch_stats:
-            ops.check_train_inputs(x, dw_w, pw_w, bias, gamma, beta, self.stride, self.dilation)
-        else:
-            ops.check_inputs(x, dw_w, pw_w, self.stride, self.dilation, bias=bias)
-        name = backends.select(x, self.backend).name
+        name = self._choose(x, use_batch_stats)
+        if name == UNFUSED:  # the layers themselves, as PyTorch runs them (autocast, statistics and all)
+            self._record(name)
+            return F.relu(bn(pw(dw(x_in))))
+        dw_w, pw_w, acc, bias, gamma, beta = self._op_args(x, use_batch_stats)
         self._record(name)
 
         if not use_batch_stats:
@@ -170,8 +182,34 @@ class JointBlock(nn.Sequential):
             raise ValueError(f"input is on {x.device} but the block's parameters are on {self.dw.weight.device}; "
                              f"move one of them (e.g. block.to({str(x.device)!r}))")
 
+    def _op_args(self, x: Tensor, use_batch_stats: bool):
+        """The op's arguments for x (in the compute dtype), checked: every check before any state changes, so
+        a forward that raises leaves the module as it was."""
+        dw, pw, bn = self.dw, self.pw, self.bn
+        dw_w, pw_w = dw.weight.to(x.dtype), pw.weight.to(x.dtype).flatten(1)
+        acc = backends.acc_dtype(x)
+        bias = _effective_bias(dw, pw, acc)
+        gamma = bn.weight.to(acc) if bn.affine else None
+        beta = bn.bias.to(acc) if bn.affine else None
+        if use_batch_stats:
+            ops.check_train_inputs(x, dw_w, pw_w, bias, gamma, beta, self.stride, self.dilation)
+        else:
+            ops.check_inputs(x, dw_w, pw_w, self.stride, self.dilation, bias=bias)
+        return dw_w, pw_w, acc, bias, gamma, beta
+
+    def _choose(self, x: Tensor, use_batch_stats: bool) -> str:
+        """A forced choice (the op raises, saying why, if it cannot run x), else the tuner's. The tuner checks
+        the input (``_op_args``) before it measures a new kind of input, so one the op would reject raises
+        here, as it would on the fused path, instead of reaching the unfused layers."""
+        if self.backend == UNFUSED:
+            return UNFUSED
+        forced = backends.requested(self.backend)  # the module's, else $FUSED_DSCONV_BACKEND, else auto
+        if forced != backends.AUTO:
+            return forced
+        return tune.choose(self, x, use_batch_stats, validate=lambda: self._op_args(x, use_batch_stats))
+
     def _record(self, name: str) -> None:
-        if not torch.compiler.is_compiling():
+        if not torch.compiler.is_compiling() and self.last_backend != name:  # __setattr__ only on a change
             self.last_backend = name
 
 

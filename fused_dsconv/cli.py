@@ -123,6 +123,16 @@ def _run_sweep(args) -> int:
     return run_sweep(args)
 
 
+def _tune_args(p: argparse.ArgumentParser) -> None:
+    from .tune import add_arguments
+    add_arguments(p)
+
+
+def _run_tune(args) -> int:
+    from .tune import run_tune
+    return run_tune(args)
+
+
 COMMANDS: list[tuple[str, str, Callable, Callable]] = [
     ("info", "versions, the native extension, and which backends can run here (and why not)", _info_args,
      run_info),
@@ -132,6 +142,8 @@ COMMANDS: list[tuple[str, str, Callable, Callable]] = [
     ("export", "export a checkpoint as a BN-folded plain model to ONNX (no custom ops)", _export_args, _run_export),
     ("sweep", "train a grid of widths x dilations (the paper's Tables 4 and 6) and tabulate the results",
      _sweep_args, _run_sweep),
+    ("tune", "measure every backend (and the unfused layers) per block of a model on this device; keep the fastest",
+     _tune_args, _run_tune),
 ]
 
 

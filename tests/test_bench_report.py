@@ -36,6 +36,11 @@ def test_skip_reasons():
     assert "paper-size" in benchlib.compile_unavailable(cpu, False, "a075_r100_d1_b2")
     assert benchlib.compile_unavailable(cpu, True, "a075_r100_d1_b2") is None
     assert benchlib.backend_unavailable("reference", torch.empty(1, 1, 1, 1)) is None
+    assert "auto-nchw" in benchlib.impl_names() and "auto-channels_last" in benchlib.impl_names()
+    assert benchlib.auto_unavailable(False, benchlib.AUTO_BLOCK_CASE) is None
+    assert benchlib.auto_unavailable(False, "classifier") is None
+    assert "paper-size" in benchlib.auto_unavailable(False, "a075_r100_d1_b2")
+    assert benchlib.auto_unavailable(True, "a075_r100_d1_b2") is None
 
 
 def test_cuda_branches(monkeypatch):
@@ -98,6 +103,10 @@ def _fake_run():
         bench("block", "a100_r100_d3_b1", "eval", "eager-nchw", 0.004),
         bench("classifier", "a100_r100_d3", "train_step", "eager-nchw", 0.1, MEASURED_memory=cmem,
               DERIVED_max_batch_11GiB={"unfused": 100, "fused": 200, "recompute": 300}, resolution=224),
+        bench("classifier", "a100_r100_d3", "train_step", "auto-nchw", 0.09, resolution=224, tuning=[
+            {"block": "b1", "shape": "32->64 s2 d3 224x224", "mode": "train_fwd_bwd", "winner": "reference",
+             "MEASURED_median_ms": {"reference": 10.0, "unfused": 15.0}, "speedup_vs_unfused": 1.5,
+             "source": "measured"}]),
     ]}
 
 
@@ -114,6 +123,8 @@ def test_report_markdown(tmp_path):
     assert "| a100_r100_d3_b1 | 4 | 2 | 1 | 0.500 | 0.250 |" in text
     assert "100 / 200 / 300" in text
     assert "MODEL (analytic, not measured" in text
+    assert ("| classifier | a100_r100_d3 | train_step | auto-nchw | b1 | 32->64 s2 d3 224x224 | reference 10; "
+            "unfused 15 | reference | 1.50 |") in text
 
 
 def test_report_png(tmp_path):

@@ -101,6 +101,11 @@ class NativeBackend(Backend):
             return self._arch_reason(x.device)
         return None
 
+    def not_timed(self, x):
+        if self.device_type != "cuda":
+            return "the CPU emulator of the CUDA kernels runs them one thread at a time, a correctness tool"
+        return None
+
     def forward_eval(self, x, dw_weight, pw_weight, bias, stride, dilation):
         return self.ops.forward_eval(x, dw_weight, pw_weight, bias, stride, dilation)
 
@@ -148,8 +153,8 @@ def load_emulator(build_dir: Optional[str] = None, verbose: bool = False) -> Nat
     """JIT-build (cached) the CPU emulator extension from the kernel sources and return a backend over its ops.
 
     Needs g++ with C++20. The build directory defaults to ``$FUSED_DSCONV_EMU_BUILD``, else
-    ``build/emu-<hash of the sources>`` in a source checkout, else ``$FUSED_DSCONV_CACHE`` (default
-    ``~/.cache/fused_dsconv``) / ``emu-<hash>``.
+    ``build/emu-<hash of the sources>`` in a source checkout, else ``_extension.cache_root()``
+    (``$FUSED_DSCONV_CACHE``, default ``~/.cache/fused_dsconv``) / ``emu-<hash>``.
     """
     if not hasattr(torch.ops.fused_dsconv_emu, "forward_eval"):
         from torch.utils.cpp_extension import load
@@ -163,7 +168,9 @@ def load_emulator(build_dir: Optional[str] = None, verbose: bool = False) -> Nat
         elif (csrc.parent / "setup.py").is_file():
             build = csrc.parent / "build" / tag
         else:
-            build = Path(os.environ.get("FUSED_DSCONV_CACHE", Path.home() / ".cache" / "fused_dsconv")) / tag
+            from .. import _extension
+
+            build = _extension.cache_root() / tag
         build.mkdir(parents=True, exist_ok=True)
         load(name="fused_dsconv_emu_ext", sources=[str(csrc / "emu" / "emu_ext.cpp")],
              extra_include_paths=[str(csrc)], extra_cflags=_EMU_CFLAGS, build_directory=str(build),

@@ -79,6 +79,11 @@ class TritonBackend(Backend):
             return f"bfloat16 needs compute capability >= 8.0 in the Triton kernels; this GPU is sm_{major}{minor}"
         return None
 
+    def not_timed(self, x):
+        if x.device.type == "cpu":
+            return "on the CPU the Triton kernels run in Triton's interpreter, a correctness tool"
+        return None
+
     def forward_eval(self, x, dw_weight, pw_weight, bias, stride, dilation):
         lc = _launch()
         out = _empty_out(x, pw_weight.shape[0], stride, x.dtype)
