@@ -305,6 +305,10 @@ def launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, out, *, relu, s
     return ws, triton.cdiv(m, block_p), block_p
 
 
+#: Rows (pixel tiles) bn_stats merges per program in its first level; None: 4 BLOCK_T (tests lower it).
+STATS_CHUNK_ROWS = None
+
+
 def launch_bn_stats(partials, m, bn_weight, bn_bias, eps):
     """(mean, biased var, coef [3, K]) from dsconv_fwd's statistics partials; coef rows are bn_relu's
     (mean, a = gamma / sqrt(var + eps), beta). Two levels: chunks of CHUNK rows in parallel, then one
@@ -321,7 +325,7 @@ def launch_bn_stats(partials, m, bn_weight, bn_bias, eps):
     gam = _dense(bn_weight) if affine else mean
     bet = _dense(bn_bias) if affine else mean
     bt, bk = reduce_config()
-    chunk = 4 * bt
+    chunk = STATS_CHUNK_ROWS or 4 * bt
     if rows > chunk:
         chunks = triton.cdiv(rows, chunk)
         mid = torch.empty((2, chunks, k), device=dev, dtype=torch.float32)

@@ -269,6 +269,24 @@ def test_forward_train_stats_large_mean():
     testing.assert_close(var, var64, torch.float32, "var")  # var ~ 1 next to mean ~ 1000
 
 
+@pytest.mark.parametrize("chunk", [3, 8], ids=["3-rows", "8-rows"])
+def test_forward_train_stats_two_levels(monkeypatch, chunk):
+    """bn_stats' first level (chunks of tile rows merged in parallel, the last one partial) and its final
+    merge, with |mean| >> std: 8 tiles of 32 pixels in chunks of 3 (3 chunks, the last partial) or of 8
+    (exactly one chunk, so no first level: the boundary)."""
+    monkeypatch.setattr(TL, "STATS_CHUNK_ROWS", chunk)
+    c = _case(torch.float32, 1, 1, False, (2, 6, 20, 10, 12))
+    c.bias = c.bias + 1000.0
+    args = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 1, 1, EPS)
+    got = TB.forward_train(*args, True)
+    y64 = RB.forward_train(*(t.double() if isinstance(t, torch.Tensor) else t for t in args), True)[1]
+    var64, mean64 = torch.var_mean(y64, dim=(0, 2, 3), unbiased=False)
+    testing.assert_close(got[2], mean64, torch.float32, "mean")
+    testing.assert_close(got[3], var64, torch.float32, "var")
+    for name, a, e in zip(("out", "y"), got, RB.forward_train(*args, True)):
+        testing.assert_close(a, e, torch.float32, name)
+
+
 def test_forward_train_deterministic():
     c = _case(torch.float32, 2, 2, True)
     args = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 2, 2, EPS, True)
