@@ -210,3 +210,72 @@ def test_sync_bn_refuses_the_unfused_backend():
     with pytest.raises(ValueError, match="backend='unfused' cannot synchronise"):
         convert_sync_batchnorm(block)
     assert not block.sync_bn
+
+
+# -- the training CLI under torchrun ---------------------------------------------------------------
+# What pip writes for the console script (project.scripts in pyproject.toml); CI's installed one is the same.
+ENTRY_POINT = "import sys\nfrom fused_dsconv.cli import main\nif __name__ == '__main__':\n    sys.exit(main())\n"
+
+
+def _torchrun(args: list[str], cwd: Path) -> str:
+    """torchrun with 2 CPU processes on this machine (--standalone: a free local port); its process group is
+    killed if it outlives TIMEOUT. Returns stdout; fails with the log on a non-zero exit."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
+    p = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, 9)  # the launcher and its workers: the group this test started
+        out, err = p.communicate()
+        pytest.fail(f"torchrun did not finish in {TIMEOUT} s:\n{out[-2000:]}\n{err[-3000:]}")
+    assert p.returncode == 0, f"torchrun exited {p.returncode}:\n{out[-2000:]}\n{err[-3000:]}"
+    return out
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+    return load_file(str(path))
+
+
+def test_torchrun_training_resumes_exactly(tmp_path, capsys):
+    """Two CPU processes (gloo, synchronised BN) on the embedded digits: 2 epochs straight equal 1 epoch, a
+    checkpoint written by rank 0, and a resume through the console script."""
+    import csv
+    import shutil
+
+    from fused_dsconv.cli import main as cli
+
+    common = ["--alpha", "0.25", "--no-progress", "--limit-train", "48", "--limit-val", "16", "--batch-size", "8",
+              "--sync-bn"]
+    text = _torchrun(["-m", "fused_dsconv", "train", *common, "--epochs", "2", "--out", "straight"], tmp_path)
+    assert "batch 8 per process x 2 processes = global batch 16 (DDP, gloo, synchronised BatchNorm)" in text
+    assert text.count("epoch   1/2") == 1 and text.count("best: epoch") == 1  # rank 0 alone reports
+    assert "joint blocks ran on backend 'reference'" in text  # fused, not the unfused fallback
+
+    _torchrun(["-m", "fused_dsconv", "train", *common, "--epochs", "1", "--out", "split"], tmp_path)
+    shutil.copytree(tmp_path / "split", tmp_path / "other_world")
+    script = tmp_path / "fused-dsconv"
+    script.write_text(ENTRY_POINT)
+    text = _torchrun([str(script), "train", "--resume", "split", "--epochs", "2"], tmp_path)
+    assert "resumed after epoch 1 of 2" in text and "warning" not in text
+
+    a, b = _weights(tmp_path / "straight" / "last.safetensors"), _weights(tmp_path / "split" / "last.safetensors")
+    assert a.keys() == b.keys() and any("running_mean" in k for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    sa = torch.load(tmp_path / "straight" / "last_state.pt", weights_only=True)
+    sb = torch.load(tmp_path / "split" / "last_state.pt", weights_only=True)
+    assert sa["world_size"] == sb["world_size"] == 2 and len(sb["rng_ranks"]) == 2
+    for pa, pb in zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values()):
+        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    la = list(csv.DictReader(open(tmp_path / "straight" / "log.csv")))
+    lb = list(csv.DictReader(open(tmp_path / "split" / "log.csv")))
+    assert [r["epoch"] for r in lb] == ["1", "2"]
+    assert [(r["train_loss"], r["val_loss"]) for r in la] == [(r["train_loss"], r["val_loss"]) for r in lb]
+
+    # another number of processes resumes, with a warning that it is not the same run
+    capsys.readouterr()
+    assert cli(["train", "--resume", str(tmp_path / "other_world"), "--epochs", "2", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "saved by 2 process(es) and resumes on 1: global batch 16 -> 8" in err
