@@ -375,6 +375,62 @@ def table_markdown(runs: list[LayerRun], p: Params, ratios: dict, batch: int, dt
     return "\n".join(lines)
 
 
+def readme_markdown(sim: dict, grids: dict, p: Params, ratios: dict, big: int = 32) -> str:
+    """The README's table: per block and mode, SIMULATED (batch 1) beside MODEL v2 (batch 1 on the simulated
+    GPU; batch `big` on three GPUs, fp32), with the bytes-only v1 roofline as a secondary column."""
+    one = {(r.block, r.mode, r.impl): r for r in layer_runs(sim, grids, 1)}
+    many = {(r.block, r.mode, r.impl): r for r in layer_runs(sim, grids, big)}
+    head = ["block", "mode", "SIMULATED GTX1080Ti batch 1, us fused / unfused",
+            "MODEL GTX 1080 Ti batch 1, us fused / unfused"]
+    head += [f"MODEL {d} batch {big}, ms fused / unfused" for d in DEVICES]
+    head += [f"bytes-only v1, GTX 1080 Ti batch {big}, ms native / unfused"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    keys = sorted({(b, m) for (b, m, _) in one}, key=lambda t: (t[1] != "eval", int(t[0][1:])))
+    tot: dict = {}
+    for b, m in keys:
+        cells = [b, "eval forward" if m == "eval" else "training fwd+bwd"]
+        sims = [sim_total_us(one[(b, m, i)]) if (b, m, i) in one else None for i in ("fused", "unfused")]
+        cells.append(" / ".join("n/a" if x is None else f"{x[1]:.0f} ({x[0]:.0f} busy)" for x in sims))
+        parts = []
+        for i in ("fused", "unfused"):
+            r = one.get((b, m, i))
+            parts.append("n/a" if r is None else fmt(layer_time(DEVICES["GTX 1080 Ti"], r, p, ratios)["total_us"]))
+        cells.append(" / ".join(parts))
+        for d in DEVICES:
+            parts = []
+            for i in ("fused", "unfused"):
+                r = many.get((b, m, i))
+                if r is None:
+                    parts.append("n/a")
+                    continue
+                t = layer_time(DEVICES[d], r, p, ratios)["total_us"]
+                parts.append(fmt(t, 1e-3, 2))
+                acc = tot.setdefault((m, d, i), [0.0, 0.0, 0])
+                acc[0] += t[0]
+                acc[1] += t[1]
+                acc[2] += 1
+            cells.append(" / ".join(parts))
+        n, c, k, h, w, st, dl = grids["blocks"][b]
+        layer = v1.Layer(b, big, c, k, h, w, st, dl)
+        v1m = "eval" if m == "eval" else "train_fwd_bwd"
+        g = v1.GPUS["GTX 1080 Ti"]
+        cells.append(f"{v1.native(layer, v1m).roofline_s(g) * 1e3:.2f} / {v1.unfused(layer, v1m).roofline_s(g) * 1e3:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    for m in ("eval", "step"):
+        if not any(k[0] == m for k in tot):
+            continue
+        cells = ["sum of the rows above", "eval forward" if m == "eval" else "training fwd+bwd", "", ""]
+        for d in DEVICES:
+            parts = []
+            for i in ("fused", "unfused"):
+                acc = tot.get((m, d, i))
+                parts.append("n/a" if acc is None else f"{fmt((acc[0], acc[1]), 1e-3, 2)}")
+            cells.append(" / ".join(parts))
+        cells.append("")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="MODEL v2 tables (not measured): calibration against the "
                                              "simulator, per-block estimates for three GPUs.")
@@ -383,12 +439,39 @@ def main(argv=None) -> int:
     ap.add_argument("--sass", default=str(DATA / "sass_ratios.json"), help="tools/sim/sass_mix.py output")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--calibration-only", action="store_true")
+    ap.add_argument("--readme", action="store_true", help="only the README's table (batch 1 and 32)")
+    ap.add_argument("--write-docs", action="store_true",
+                    help="rewrite the generated tables in README.md and docs/benchmarks.md (between their markers)")
     a = ap.parse_args(argv)
     sim = load_json(a.sim)
     grids = load_json(a.grids) if Path(a.grids).exists() else {}
     ratios = load_json(a.sass) if Path(a.sass).exists() else {}
     profiles = [profile_from_sim(k) for r in sim["results"] if r["verdict"] == "PASS" for k in r["kernels"]]
     p, rows = calibrate(profiles)
+    if a.readme:
+        print(readme_markdown(sim, grids, p, ratios))
+        return 0
+    if a.write_docs:
+        root = Path(__file__).resolve().parent.parent
+        readme = readme_markdown(sim, grids, p, ratios)
+        model = [calibration_markdown(rows, p)]
+        for b in a.batch:
+            model += ["", f"MODEL v2 (ranges, not measured), batch {b}, dilation 3, NCHW: microseconds per block "
+                          f"including per-kernel launch gaps, fused / unfused.", "",
+                      table_markdown(layer_runs(sim, grids, b), p, ratios, b)]
+        simfile = root / "docs" / "results" / "sim_gtx1080ti.md"
+        parts = {"readme-model-table": readme, "model-table": "\n".join(model),
+                 "sim-table": simfile.read_text().split("-->", 1)[-1].strip() if simfile.exists() else "(not run)"}
+        for doc in (root / "README.md", root / "docs" / "benchmarks.md"):
+            text = doc.read_text()
+            for tag, body in parts.items():
+                a0, a1 = f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
+                if a0 in text:
+                    i, j = text.index(a0) + len(a0), text.index(a1)
+                    text = text[:i] + "\n" + body + "\n" + text[j:]
+            doc.write_text(text)
+        print("rewrote README.md and docs/benchmarks.md")
+        return 0
     print(calibration_markdown(rows, p))
     if a.calibration_only:
         return 0
