@@ -126,6 +126,18 @@ __global__ void dw_bwd_weight_kernel(const float* __restrict__ gout, const float
 }
 
 // ---- batch norm (Normalization.cuh) --------------------------------------------------------------
+// Merges the (mean, M2, count) of a warp's lanes by butterfly shuffles (ATen's warpSum of Welford states).
+__device__ __forceinline__ void welford_warp(float& avg, float& m2, int& n) {
+  for (int i = 0; i < 5; ++i) {
+    const float oa = __shfl_xor_sync(0xffffffffu, avg, 1 << i);
+    const int on = __shfl_xor_sync(0xffffffffu, n, 1 << i);
+    const float f = 1.f / fmaxf(1.f, (float)(n + on));
+    m2 += __shfl_xor_sync(0xffffffffu, m2, 1 << i) + (avg - oa) * (avg - oa) * n * on * f;
+    avg = (n * avg + on * oa) * f;
+    n += on;
+  }
+}
+
 // batch_norm_collect_statistics_kernel: grid = K planes, block = (tf, 512 / tf); Welford per thread, then
 // warp and block merges; writes mean and the biased variance.
 __global__ void bn_stats_kernel(const float* __restrict__ y, float* __restrict__ mean, float* __restrict__ var, int N,
@@ -143,14 +155,7 @@ __global__ void bn_stats_kernel(const float* __restrict__ y, float* __restrict__
       avg += d1 / n;
       m2 += d1 * (v - avg);
     }
-  for (int i = 0; i < 5; ++i) {
-    const float oa = __shfl_xor_sync(0xffffffffu, avg, 1 << i);
-    const int on = __shfl_xor_sync(0xffffffffu, n, 1 << i);
-    const float f = 1.f / fmaxf(1.f, (float)(n + on));
-    m2 += __shfl_xor_sync(0xffffffffu, m2, 1 << i) + (avg - oa) * (avg - oa) * n * on * f;
-    avg = (n * avg + on * oa) * f;
-    n += on;
-  }
+  welford_warp(avg, m2, n);
   __syncthreads();
   if (tid % 32 == 0) {
     sh_n[tid / 32] = n;
@@ -164,14 +169,7 @@ __global__ void bn_stats_kernel(const float* __restrict__ y, float* __restrict__
     avg = tid < nw ? sh_av[2 * tid] : 0.f;
     m2 = tid < nw ? sh_av[2 * tid + 1] : 0.f;
   }
-  for (int i = 0; i < 5; ++i) {
-    const float oa = __shfl_xor_sync(0xffffffffu, avg, 1 << i);
-    const int on = __shfl_xor_sync(0xffffffffu, n, 1 << i);
-    const float f = 1.f / fmaxf(1.f, (float)(n + on));
-    m2 += __shfl_xor_sync(0xffffffffu, m2, 1 << i) + (avg - oa) * (avg - oa) * n * on * f;
-    avg = (n * avg + on * oa) * f;
-    n += on;
-  }
+  welford_warp(avg, m2, n);
   if (tid == 0) {
     mean[plane] = avg;
     var[plane] = m2 / (N * HW);
