@@ -5,7 +5,8 @@ a markdown table of simulated cycles per kernel. Usage and examples: tools/sim/R
 A case is IMPL:MODE:SHAPE[:DTYPE[:LAYOUT]]; each part may be a comma-separated list (cross product):
   IMPL   fused (csrc/kernels via launch.cuh) | unfused (tools/sim/baseline: what PyTorch runs)
   MODE   eval | train | step (training forward + backward) | bwd (backward alone)
-  SHAPE  b1..b9 (the classifier's blocks at --batch, --dilation, --rho) or NxCxKxHxW[sS][dD]
+  SHAPE  b1..b9 (the classifier's blocks at --batch, --dilation, --rho), bK@S (block K at S x S input: a
+         cheaper probe the cost model scales to the full size) or NxCxKxHxW[sS][dD]
   DTYPE  f32 (default) | f16 | bf16            LAYOUT  nchw (default) | nhwc
 e.g.   python tools/sim/run_cases.py fused,unfused:eval:b3 fused:step:1x64x64x28x28s1d3
        python tools/sim/run_cases.py --preset issue11 --out docs/results/sim_gtx1080ti.md
@@ -31,6 +32,9 @@ LAUNCH_LATENCY = 5000  # gpusim configs' -gpgpu_kernel_launch_latency, included 
 PRESETS = {
     # issue 11's done-criteria: batch 1, delta 3, fp32 NCHW, fused and unfused.
     "issue11": ["fused,unfused:eval:b1,b3,b5,b7,b9", "fused,unfused:step:b3,b7"],
+    # the blocks and modes issue11 leaves out, at sizes that keep each simulation to minutes: with issue11
+    # they give bench/cost_model.py every block in both modes.
+    "probes": ["fused,unfused:eval:b2@32,b4@32,b6@16,b8", "fused,unfused:step:b1@32,b2@32,b4@32,b5@16,b6@16,b8,b9"],
 }
 
 
@@ -72,7 +76,11 @@ def parse_cases(specs: list[str], batch: int, dilation: int, rho: float) -> list
                 if mode not in ("eval", "train", "step", "bwd"):
                     raise SystemExit(f"bad MODE {mode!r} in {spec!r}: choose from eval, train, step, bwd")
                 for shape in shapes:
-                    if shape in blocks:
+                    probe = re.fullmatch(r"(b\d)@(\d+)", shape)  # a block at a smaller spatial size
+                    if probe and probe.group(1) in blocks:
+                        g = blocks[probe.group(1)]
+                        geo, label = (g[0], g[1], g[2], int(probe.group(2)), int(probe.group(2)), g[5], g[6]), probe.group(1)
+                    elif shape in blocks:
                         geo, label = blocks[shape], shape
                     else:
                         m = re.fullmatch(r"(\d+)x(\d+)x(\d+)x(\d+)x(\d+)(?:s(\d+))?(?:d(\d+))?", shape)
