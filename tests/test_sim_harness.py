@@ -156,14 +156,14 @@ def test_occupancy_limits():
 
 
 def test_calibration_recovers_its_own_parameters():
-    truth = cm.Params(cpi=4.0, t0=1000.0, lat=300.0, err_lo=1.0, err_hi=1.0)
+    truth = cm.Params(cpi=4.0, t0=1000.0, lat=400.0, err_lo=1.0, err_hi=1.0)
     ks = []
     for i, (blocks, insn, loads) in enumerate([(28, 2e4, 1e2), (200, 5e5, 4e3), (7, 3e4, 5e2), (112, 1e5, 1e4)]):
         k = _kernel(name=f"k{i}", grid=(blocks, 1, 1), warp_insn=insn * blocks / 28, gload_insn=loads)
         model = cm.kernel_time(cm.SIM_DEVICE, k, truth, calibrated_band=False).cycles[1]
         ks.append(cm.replace(k, sim_cycles=int(round(model)) + cm.LAUNCH_LATENCY_SIM))
     p, rows = cm.calibrate(ks)
-    assert (p.cpi, p.t0, p.lat) == (4.0, 1000.0, 300.0)
+    assert (p.cpi, p.t0, p.lat) == (4.0, 1000.0, 400.0)
     assert all(r["ratio"] == pytest.approx(1.0, abs=1e-3) for r in rows)
     assert (p.err_lo, p.err_hi) == cm.MIN_BAND  # a perfect fit still states the minimum band
     assert len(rows) == 4

@@ -34,6 +34,8 @@ PRESETS = {
     "issue11": ["fused,unfused:eval:b1,b3,b5,b7,b9", "fused,unfused:step:b3,b7"],
     # the blocks and modes issue11 leaves out, at sizes that keep each simulation to minutes: with issue11
     # they give bench/cost_model.py every block in both modes.
+    # seconds-long cases: a smoke test of both programs, and latency-bound kernels for the model's calibration
+    "small": ["fused,unfused:eval,step:1x16x16x16x16s1d3", "fused,unfused:step:2x8x12x9x11s2d2"],
     "probes": ["fused,unfused:eval:b2@32,b4@32,b6@16,b8", "fused,unfused:step:b1@32,b2@32,b4@32,b5@16,b6@16,b8,b9"],
 }
 
