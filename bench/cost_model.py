@@ -88,8 +88,10 @@ class Params:
     t0: float = 1500.0  # fixed cycles per kernel: fill, first round trips, drain
     lat: float = 0.0  # cycles per global load instruction on that chain (memory latency not hidden by ILP)
     overlap: float = 1.0  # 1: issue and the load/store pipeline overlap fully (max), 0: they add
-    err_lo: float = 0.7  # simulated / model, lowest over the calibration kernels
+    err_lo: float = 0.7  # simulated / model, lowest over the calibration kernels of >= BIG_KERNEL cycles
     err_hi: float = 1.4  # ... highest
+    small_lo: float = 0.5  # the same over the smaller kernels (fixed costs, latency: a wider spread)
+    small_hi: float = 2.0
 
 
 @dataclass
@@ -178,7 +180,8 @@ def kernel_time(dev: Device, k: KernelProfile, p: Params, *, insn_factor: tuple[
         out.append((terms[bound] + p.t0, bound, terms))
     lo, hi = out[0][0], out[1][0]
     if calibrated_band:
-        lo, hi = lo * p.err_lo, hi * p.err_hi
+        big = out[1][0] >= BIG_KERNEL
+        lo, hi = lo * (p.err_lo if big else p.small_lo), hi * (p.err_hi if big else p.small_hi)
         if dev.arch != SIM_DEVICE.arch:
             lo, hi = lo * TRANSFER_BAND[0], hi * TRANSFER_BAND[1]
     us = (lo / dev.mhz, hi / dev.mhz)
@@ -188,6 +191,7 @@ def kernel_time(dev: Device, k: KernelProfile, p: Params, *, insn_factor: tuple[
 # ---- calibration ---------------------------------------------------------------------------------
 SIM_DEVICE = replace(DEVICES["GTX 1080 Ti"], l2_gbs=(1100, 1100))  # the simulator's config: one value
 MIN_BAND = (0.85, 1.15)  # the narrowest stated error (simulated / model)
+BIG_KERNEL = 20000  # cycles: kernels above this get the error band of the big calibration kernels
 TRANSFER_BAND = (0.8, 1.25)  # extra for a GPU other than the simulated one (SASS ratios, clocks, caches)
 
 
@@ -217,8 +221,10 @@ def calibrate(profiles: Sequence[KernelProfile]) -> tuple[Params, list[dict]]:
                      "bound": kt.bound})
     # The stated error: the envelope of simulated / model over the calibration kernels, never narrower than
     # MIN_BAND (a handful of kernels does not show the model's spread).
-    best.err_lo = min([MIN_BAND[0], *ratios])
-    best.err_hi = max([MIN_BAND[1], *ratios])
+    big = [r["ratio"] for r in rows if r["model"] >= BIG_KERNEL]
+    small = [r["ratio"] for r in rows if r["model"] < BIG_KERNEL]
+    best.err_lo, best.err_hi = min([MIN_BAND[0], *big]), max([MIN_BAND[1], *big])
+    best.small_lo, best.small_hi = min([MIN_BAND[0], *small]), max([MIN_BAND[1], *small])
     return best, rows
 
 
@@ -339,9 +345,10 @@ def fmt(r: tuple[float, float], scale: float = 1.0, nd: int = 0) -> str:
 def calibration_markdown(rows: list[dict], p: Params) -> str:
     lines = [f"MODEL vs SIMULATED (GTX1080Ti config), per kernel: busy cycles (simulated minus the 5000-cycle "
              f"launch latency) against the model with cpi = {p.cpi:g}, lat = {p.lat:g}, T0 = {p.t0:g} cycles, "
-             f"issue / load-store overlap = {p.overlap:g} "
-             f"(fitted). "
-             f"simulated / model spans {p.err_lo:.2f}-{p.err_hi:.2f}: every MODEL range below is widened by it.", "",
+             f"issue / load-store overlap = {p.overlap:g} (fitted). "
+             f"simulated / model spans {p.err_lo:.2f}-{p.err_hi:.2f} over the kernels the model puts at >= "
+             f"{BIG_KERNEL:,} cycles and {p.small_lo:.2f}-{p.small_hi:.2f} over the smaller ones: every MODEL range "
+             f"below is widened by the band of its kernel's size.", "",
              "| kernel | blocks | simulated busy cycles | model cycles | simulated / model | model bound |",
              "|---|---|---|---|---|---|"]
     for r in rows:

@@ -165,7 +165,7 @@ def test_calibration_recovers_its_own_parameters():
     p, rows = cm.calibrate(ks)
     assert (p.cpi, p.t0, p.lat) == (4.0, 1000.0, 400.0)
     assert all(r["ratio"] == pytest.approx(1.0, abs=1e-3) for r in rows)
-    assert (p.err_lo, p.err_hi) == cm.MIN_BAND  # a perfect fit still states the minimum band
+    assert (p.err_lo, p.err_hi) == (p.small_lo, p.small_hi) == cm.MIN_BAND  # a perfect fit: the minimum band
     assert len(rows) == 4
 
 
