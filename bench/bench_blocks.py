@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import benchlib
-from fused_dsconv import JointBlock, perf_model, tune
+import perf_model
+from fused_dsconv import JointBlock, tune
 from fused_dsconv.memory import module_saved_bytes
 
 CASES = benchlib.block_cases()

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 import benchlib
-from fused_dsconv import perf_model, tune
+import perf_model
+from fused_dsconv import tune
 from fused_dsconv.memory import saved_activation_bytes
 from fused_dsconv.models import JointNet
 

@@ -5,7 +5,7 @@
     python bench/report.py RUN.json --model-batch 32      # also append the analytic MODEL tables
 
 Measured numbers (medians and IQR of the timed rounds, saved-activation bytes) and MODEL numbers
-(fused_dsconv.perf_model: bytes, FLOPs, roofline) are printed in separate, labelled sections.
+(bench/perf_model.py: bytes, FLOPs, roofline) are printed in separate, labelled sections.
 """
 from __future__ import annotations
 
@@ -158,9 +158,10 @@ def tuning_markdown(run: dict, config: Optional[str] = None) -> str:
 
 
 def model_markdown(batch: int, alpha: float = 1.0, rho: float = 1.0, dilation: int = 3) -> str:
-    from fused_dsconv import perf_model as pm
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import perf_model as pm
     layers = pm.classifier_layers(batch, alpha, rho, dilation)
-    out = [f"MODEL (analytic, not measured; fused_dsconv/perf_model.py): the nine joint blocks, batch {batch}, "
+    out = [f"MODEL (analytic, bytes only, not measured; bench/perf_model.py): the nine joint blocks, batch {batch}, "
            f"alpha {alpha}, rho {rho}, dilation {dilation}, fp32. Roofline = sum over kernels of max(bytes / bandwidth, "
            f"FLOPs / peak fp32); GPUs: " + "; ".join(f"{g.name} {g.bandwidth / 1e9:.0f} GB/s, "
                                                       f"{g.fp32_flops / 1e12:.2f} TFLOP/s" for g in pm.GPUS.values())]

@@ -122,7 +122,7 @@ def test_report_markdown(tmp_path):
     assert "| 0.50; 0.50 |" in text
     assert "| a100_r100_d3_b1 | 4 | 2 | 1 | 0.500 | 0.250 |" in text
     assert "100 / 200 / 300" in text
-    assert "MODEL (analytic, not measured" in text
+    assert "MODEL (analytic, bytes only, not measured" in text
     assert ("| classifier | a100_r100_d3 | train_step | auto-nchw | b1 | 32->64 s2 d3 224x224 | reference 10; "
             "unfused 15 | reference | 1.50 |") in text
 

@@ -2,11 +2,13 @@
 tile / workspace geometry checked against the C++ launcher it mirrors."""
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from fused_dsconv import perf_model as pm
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import perf_model as pm  # noqa: E402
 
 # x [1, 2, 4, 4], stride 1 -> t [1, 2, 4, 4], y [1, 4, 4, 4]; float32 everywhere.
 L = pm.Layer("tiny", n=1, c=2, k=4, h=4, w=4, stride=1, dilation=3)
@@ -48,9 +50,15 @@ def test_backward_bytes_by_hand():
     assert rec == X + WD + WP + PC + Y
 
 
-def test_design_is_fused_and_labelled_design():
-    assert pm.design is pm.fused
-    assert pm.fused(L, "eval").impl == "design"
+def test_design_rows_are_the_fused_plan_and_labelled_design():
+    # The tables' "design" columns must be DESIGN.md's plan (`fused`), not another implementation: their
+    # kernels and bytes are the plan's, and differ from the shipped kernels' (`native`).
+    layers = pm.classifier_layers(batch=2)
+    for mode in pm.MODES:
+        row = pm.model_rows(layers[:1], mode)[0]
+        plan = pm.fused(layers[0], mode)
+        assert row["design_bytes"] == plan.bytes and row["design_flops"] == plan.flops
+        assert plan.impl == "design" and [k.name for k in plan.kernels] != [k.name for k in pm.native(layers[0], mode).kernels]
     assert pm.fused(L, "train_fwd_bwd", recompute=True).impl == "design_recompute"
 
 

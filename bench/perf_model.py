@@ -1,4 +1,7 @@
-"""An analytic MODEL of global-memory traffic and FLOPs of the joint block, and roofline times.
+"""MODEL v1 (bytes only): global-memory traffic and FLOPs of the joint block, and roofline times.
+
+The secondary, bytes-only model; bench/cost_model.py (v2) adds instructions, shared memory, L2, latency
+and launch costs and is the one the README reports. v2 uses these compulsory bytes as its DRAM traffic.
 
 Everything here is computed from tensor shapes; nothing is measured. Numbers from this module must
 always be shown labelled as a model, never next to measured times as if they were measurements.
@@ -12,7 +15,7 @@ bytes each reads and writes in global memory and its FLOPs (2 per multiply-add),
 - ``native``: the CUDA kernels we ship (``csrc/kernels/fused.cuh``, launched by
   ``csrc/kernels/launch.cuh`` with the set-up of ``csrc/binding/ops_impl.h``), with their tile
   geometry and workspace sizes mirrored here (``native_geometry``), optionally in recompute mode;
-- ``design`` (the function ``fused``, also ``design``): the plan of DESIGN.md (eval: one kernel;
+- ``design`` (the function ``fused``): the plan of DESIGN.md (eval: one kernel;
   training: pass A, the tiny statistics pass B, the elementwise pass C; backward: the dbeta/dgamma
   reduction, the tiled pass 2 with one [K, C] weight-gradient partial per tile, the partial-sum
   reductions and the depthwise data-gradient pass 3), optionally in recompute mode. A plan, not code:
@@ -72,8 +75,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional, Sequence
+
+try:  # the installed package when there is one, else this checkout
+    import fused_dsconv  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 MODES = ("eval", "train_fwd", "train_fwd_bwd")
 F32 = 4  # bytes of a float32 per-channel value / partial sum
@@ -250,7 +260,6 @@ def fused(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fals
     return Traffic(layer, impl, mode, ks)
 
 
-design = fused  # the name the tables use
 
 
 # -- the shipped CUDA kernels ------------------------------------------------------------------
@@ -392,7 +401,7 @@ def _check_mode(mode: str) -> None:
 # -- the paper's classifier ---------------------------------------------------------------------
 def classifier_layers(batch: int, alpha: float = 1.0, rho: float = 1.0, dilation: int = 3) -> list[Layer]:
     """The nine joint blocks of Table 1 (names b1..b9), with the stem's output as b1's input."""
-    from .models import BASE_RESOLUTION, STEM_CHANNELS, TABLE1, scaled
+    from fused_dsconv.models import BASE_RESOLUTION, STEM_CHANNELS, TABLE1, scaled
     h = int(round(BASE_RESOLUTION * rho))
     assert scaled(STEM_CHANNELS, alpha) == scaled(TABLE1[0][0], alpha)
     layers = []

@@ -1,0 +1,219 @@
+"""The simulation harness (tools/sim) and the cost model v2 (bench/cost_model.py), without the simulator:
+the PTX rewrites around GPGPU-Sim's bugs, the log parser, the case syntax, the host programs' nvcc build
+and --dry launch lists (so that they cannot rot), and the model's arithmetic and calibration."""
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools" / "sim"))
+sys.path.insert(0, str(ROOT / "bench"))
+import cost_model as cm  # noqa: E402
+import ptx_fix  # noqa: E402
+import run_cases  # noqa: E402
+import simlib  # noqa: E402
+
+PTX = """
+.visible .entry k(
+.param .u64 k_param_0
+)
+{
+.reg .pred %p<3>;
+.reg .b32 %r<9>;
+.reg .f32 %f<9>;
+.reg .b64 %rd<4>;
+ld.param.u64 %rd1, [k_param_0];
+shfl.sync.bfly.b32 %r2|%p1, %r1, 16, 31, -1;
+cvt.rn.f32.s64 %f1, %rd1;
+@%p2 cvt.rz.f64.u64 %fd1, %rd2;
+{ mov.b32 %f2, {0,%rs3};}
+ret;
+}
+"""
+
+
+def test_ptx_fix_rewrites_the_three_forms():
+    out, counts = ptx_fix.fix_ptx(PTX)
+    assert counts == {"shfl_pred": 1, "cvt_int64_float": 2, "bf16_mov": 1}
+    assert "shfl.sync.bfly.b32 %r2, %r1, 16, 31, -1;" in out and "|%p1" not in out
+    assert "cvt.rn.f32.s64" not in out and "cvt.rz.f64.u64" not in out
+    # hi * 2^32 + lo in float64, signedness kept, one final rounding with the original mode
+    assert "shr.s64 %simfix_t, %rd1, 32;" in out and "cvt.rn.f32.f64 %f1, %simfix_a;" in out
+    assert "@%p2 shr.u64 %simfix_t, %rd2, 32;" in out and "@%p2 mov.f64 %fd1, %simfix_a;" in out
+    assert "shl.b32 %simfix_lo, %simfix_lo, 16; mov.b32 %f2, %simfix_lo;" in out
+    assert out.count(".reg .f64 %simfix_a") == 1  # scratch registers declared once, inside the function
+    assert out.index(".reg .f64 %simfix_a") > out.index("{")
+
+
+def test_ptx_fix_refuses_a_read_predicate():
+    bad = PTX.replace("ret;", "@%p1 bra $L1;\n$L1:\nret;")
+    with pytest.raises(ValueError, match="shfl predicate is read"):
+        ptx_fix.fix_ptx(bad)
+
+
+LOG = """GPGPU-Sim PTX: Kernel '_ZN3dsc1aEv' : regs=40, lmem=0, smem=128, cmem=8
+GPGPU-Sim PTX: Kernel '_ZN3dsc1bEv' : regs=20, lmem=0, smem=0, cmem=8
+[sim] launch 0 grid=(4,2,1) block=256
+GPGPU-Sim uArch: CTA/core = 3, limited by: regs
+kernel_name = _ZN3dsc1aEv
+gpu_sim_cycle = 9000
+gpu_sim_insn = 3200
+gpgpu_n_tot_w_icount = 100
+gpgpu_n_shmem_insn = 64
+L2_total_cache_accesses = 10
+[sim] launch 1 grid=(1,1,1) block=128 (128x1)
+kernel_name = _ZN3dsc1bEv
+gpu_sim_cycle = 6000
+gpu_sim_insn = 640
+gpgpu_n_tot_w_icount = 120
+gpgpu_n_shmem_insn = 64
+L2_total_cache_accesses = 15
+fused: 3 outputs checked -> PASS
+"""
+
+
+def test_parse_log_differences_running_totals_per_kernel():
+    r = simlib.parse_log(LOG)
+    assert r["verdict"] == "PASS" and not r["deadlock"]
+    a, b = r["kernels"]
+    assert (a["cycles"], a["warp_insn"], a["shmem_thread_insn"], a["l2_accesses"]) == (9000, 100, 64, 10)
+    assert (b["cycles"], b["warp_insn"], b["shmem_thread_insn"], b["l2_accesses"]) == (6000, 20, 0, 5)
+    assert a["grid"] == [4, 2, 1] and b["grid"] == [1, 1, 1] and b["block"] == 128
+    assert (a["regs"], a["smem"], a["ctas_per_sm"]) == (40, 128, "3 (regs)")
+    assert a["name"] in ("a", "_ZN3dsc1aEv")  # demangled when c++filt exists
+    assert simlib.parse_log(LOG.replace("-> PASS", "-> FAIL"))["verdict"] == "FAIL"
+
+
+def test_case_syntax_and_preset():
+    cases = run_cases.parse_cases(run_cases.PRESETS["issue11"], batch=1, dilation=3, rho=1.0)
+    assert len(cases) == 14 and {c.impl for c in cases} == {"fused", "unfused"}
+    b3 = [c for c in cases if c.label == "b3" and c.mode == "eval"]
+    assert [(c.n, c.c, c.k, c.h, c.stride, c.dil) for c in b3] == [(1, 128, 128, 56, 1, 3)] * 2
+    (c,) = run_cases.parse_cases(["fused:step:2x8x12x9x11s2:f16:nhwc"], 1, 3, 1.0)
+    assert (c.n, c.c, c.k, c.h, c.w, c.stride, c.dil, c.dtype, c.layout) == (2, 8, 12, 9, 11, 2, 3, "f16", "nhwc")
+    for bad in ["fused:eval", "fast:eval:b1", "fused:infer:b1", "fused:eval:b10", "unfused:eval:b1:f16"]:
+        with pytest.raises(SystemExit):
+            run_cases.parse_cases([bad], 1, 3, 1.0)
+
+
+def test_cache_key_follows_kernels_and_case_not_labels():
+    c1 = simlib.Case("fused", "eval", 1, 8, 8, 8, 8, 1, 3, label="x")
+    c2 = simlib.Case("fused", "eval", 1, 8, 8, 8, 8, 1, 3, label="y")
+    c3 = simlib.Case("fused", "eval", 1, 8, 8, 8, 8, 1, 2)
+    assert simlib.cache_key(c1, "cfg") == simlib.cache_key(c2, "cfg") != simlib.cache_key(c3, "cfg")
+    assert simlib.cache_key(c1, "cfg") != simlib.cache_key(c1, "other-config")
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists(),
+                    reason="needs nvcc to build the simulation host programs")
+def test_host_programs_build_and_list_their_launches(tmp_path):
+    """CI builds both host programs as the simulator gets them (PTX through ptx_fix.py) and lists launches
+    natively (--dry): the same kernel sequence at any batch, grids growing with it."""
+    for impl in ("fused", "unfused"):
+        exe = simlib.build(impl, "f32", tmp_path, log=lambda m: None)
+        one = simlib.dry_launches(exe, simlib.Case(impl, "step", 1, 32, 64, 28, 28, 2, 3))
+        big = simlib.dry_launches(exe, simlib.Case(impl, "step", 8, 32, 64, 28, 28, 2, 3))
+        assert len(one) == len(big) >= 8
+        assert sum(math.prod(g) for g in big) > sum(math.prod(g) for g in one)
+        ev = simlib.dry_launches(exe, simlib.Case(impl, "eval", 1, 32, 64, 28, 28, 2, 3))
+        assert 1 <= len(ev) < len(one)
+
+
+# ---- cost model v2 -------------------------------------------------------------------------------
+def _kernel(**kw):
+    base = dict(name="k", grid=(56, 1, 1), block=256, regs=32, smem=0, warp_insn=56 * 8 * 1000.0,
+                lsu_insn=56 * 100.0, smem_wavefronts=0.0, l2_bytes=1e5, gload_insn=56 * 50.0, mangled="k")
+    base.update(kw)
+    return cm.KernelProfile(**base)
+
+
+def test_kernel_time_terms_and_wave_quantisation():
+    dev, p = cm.SIM_DEVICE, cm.Params(cpi=0.0, t0=0.0, lat=0.0, err_lo=1.0, err_hi=1.0)
+    k = _kernel()
+    t = cm.kernel_time(dev, k, p, calibrated_band=False)
+    assert t.bound == "issue" and t.cycles[1] == pytest.approx(2 * 8 * 1000 / 4)  # 2 blocks per SM
+    k57 = _kernel(grid=(57, 1, 1), warp_insn=57 * 8 * 1000.0)  # one more block: a third wave on one SM
+    assert cm.kernel_time(dev, k57, p, calibrated_band=False).cycles[1] == pytest.approx(3 * 8 * 1000 / 4)
+    big_l2 = _kernel(l2_bytes=1e9)
+    tb = cm.kernel_time(dev, big_l2, p, calibrated_band=False)
+    assert tb.bound == "l2" and tb.cycles[1] == pytest.approx(1e9 / (1100e9 / 1582e6))
+    # few warps: one 32-thread block per SM cannot use 4 schedulers
+    lone = _kernel(grid=(28, 1, 1), block=32, warp_insn=28 * 1000.0)
+    assert cm.kernel_time(dev, lone, p, calibrated_band=False).cycles[1] == pytest.approx(1000 / (4 * 0.25))
+
+
+def test_occupancy_limits():
+    dev = cm.DEVICES["GTX 1080 Ti"]
+    assert cm.occupancy(dev, _kernel(regs=32)) == 8  # 2048 threads / 256
+    assert cm.occupancy(dev, _kernel(regs=64)) == 4  # 65536 registers / (64 x 256)
+    assert cm.occupancy(dev, _kernel(regs=32, smem=40000)) == 2  # 96 KB / 40000 B
+    assert cm.occupancy(cm.DEVICES["RTX 3060"], _kernel(regs=32)) == 6  # 1536 threads
+
+
+def test_calibration_recovers_its_own_parameters():
+    truth = cm.Params(cpi=4.0, t0=1000.0, lat=400.0, err_lo=1.0, err_hi=1.0)
+    ks = []
+    for i, (blocks, insn, loads) in enumerate([(28, 2e4, 1e2), (200, 5e5, 4e3), (7, 3e4, 5e2), (112, 1e5, 1e4)]):
+        k = _kernel(name=f"k{i}", grid=(blocks, 1, 1), warp_insn=insn * blocks / 28, gload_insn=loads)
+        model = cm.kernel_time(cm.SIM_DEVICE, k, truth, calibrated_band=False).cycles[1]
+        ks.append(cm.replace(k, sim_cycles=int(round(model)) + cm.LAUNCH_LATENCY_SIM))
+    p, rows = cm.calibrate(ks)
+    assert (p.cpi, p.t0, p.lat) == (4.0, 1000.0, 400.0)
+    assert all(r["ratio"] == pytest.approx(1.0, abs=1e-3) for r in rows)
+    assert (p.err_lo, p.err_hi) == (p.small_lo, p.small_hi) == cm.MIN_BAND  # a perfect fit: the minimum band
+    assert len(rows) == 4
+
+
+def test_layer_runs_scale_counts_with_output_pixels(tmp_path):
+    k = {"name": "fwd", "mangled": "fwd", "grid": [28, 1, 1], "block": 256, "regs": 32, "smem": 0, "cycles": 9000,
+         "warp_insn": 28000, "load_thread_insn": 320, "store_thread_insn": 0, "shmem_thread_insn": 0,
+         "l2_accesses": 10}
+    sim = {"results": [{"verdict": "PASS", "kernels": [k], "case": {
+        "impl": "fused", "mode": "eval", "n": 1, "c": 8, "k": 8, "h": 8, "w": 8, "stride": 1, "dil": 3,
+        "dtype": "f32", "layout": "nchw", "label": "b0"}}]}
+    grids = {"blocks": {"b0": [1, 8, 8, 8, 8, 1, 3]}, "grids": {"fused|eval|b0|4": [[112, 1, 1]]}}
+    (one,) = cm.layer_runs(sim, grids, 1)
+    assert one.simulated and one.kernels[0].warp_insn == 28000 and cm.sim_total_us(one) is not None
+    (four,) = cm.layer_runs(sim, grids, 4)
+    assert not four.simulated and four.kernels[0].warp_insn == 112000 and four.kernels[0].grid == (112, 1, 1)
+    assert four.kernels[0].gload_insn == 40 and cm.sim_total_us(four) is None
+    t1 = cm.layer_time(cm.DEVICES["GTX 1080 Ti"], one, cm.Params(), {})
+    t4 = cm.layer_time(cm.DEVICES["GTX 1080 Ti"], four, cm.Params(), {})
+    assert t1["total_us"][0] <= t1["total_us"][1] and t4["busy_us"][1] > t1["busy_us"][1]
+    f16 = cm.layer_time(cm.DEVICES["GTX 1080 Ti"], four, cm.Params(), {}, "f16")
+    assert f16["total_us"][1] >= t4["total_us"][1] * 0.5  # an estimate range, never a free speed-up
+
+
+def test_committed_model_data_is_consistent():
+    """bench/data holds what the README's MODEL table is computed from: every simulated result PASSed,
+    and the launch grids list every block for both implementations."""
+    sim = json.loads((ROOT / "bench" / "data" / "sim_gtx1080ti.json").read_text())
+    assert sim["results"] and all(r["verdict"] == "PASS" for r in sim["results"])
+    grids = json.loads((ROOT / "bench" / "data" / "launch_grids.json").read_text())
+    for impl in ("fused", "unfused"):
+        for b in range(1, 10):
+            assert grids["grids"][f"{impl}|step|b{b}|32"]
+
+
+def test_probe_scaling_uses_blocks_where_grids_grow_and_pixels_where_they_do_not():
+    def kern(name, grid, insn):
+        return {"name": name, "mangled": name, "grid": grid, "block": 256, "regs": 32, "smem": 0, "cycles": 9000,
+                "warp_insn": insn, "load_thread_insn": 0, "store_thread_insn": 0, "shmem_thread_insn": 0,
+                "l2_accesses": 0}
+    case = {"impl": "fused", "mode": "step", "n": 1, "c": 8, "k": 8, "h": 8, "w": 8, "stride": 1, "dil": 3,
+            "dtype": "f32", "layout": "nchw", "label": "b0"}
+    sim = {"results": [{"verdict": "PASS", "case": case,
+                        "kernels": [kern("tiles", [4, 1, 1], 400), kern("per_channel", [8, 1, 1], 800)]}]}
+    # the block at 16 x 16 (4x the pixels): the tile kernel gets 2x the blocks here, the per-channel one none
+    grids = {"blocks": {"b0": [1, 8, 8, 16, 16, 1, 3]}, "grids": {"fused|step|b0|1": [[8, 1, 1], [8, 1, 1]]}}
+    (run,) = cm.layer_runs(sim, grids, 1)
+    assert not run.simulated and run.sim_shape == (1, 8, 8, 8, 8, 1, 3)
+    assert [k.warp_insn for k in run.kernels] == [800, 3200]
+    other = dict(case, c=16, label="b0")  # another block's channels never stand in for this one
+    assert cm.layer_runs({"results": [{"verdict": "PASS", "case": other, "kernels": sim["results"][0]["kernels"]}]},
+                         grids, 1) == []

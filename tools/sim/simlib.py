@@ -1,0 +1,346 @@
+"""The simulation harness's library: build a host program for GPGPU-Sim (PTX rewritten around the
+simulator's bugs), run it under gpusim, parse the simulator's log into per-kernel statistics, and cache
+results by the hash of everything that determines them. The command line is run_cases.py; usage and
+the simulator's set-up are in tools/sim/README.md."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+SIM_DIR = Path(__file__).resolve().parent
+ROOT = SIM_DIR.parents[1]
+
+# Host programs: name -> (source, what decides the simulated kernels and their launches). The fused
+# program's kernels and launch sequence are csrc/kernels/ (launch.cuh); the baseline's are its kernels and
+# the chain in unfused_sim.cu. These, the config and the case make the cache key: editing the harness's
+# checks or reference does not re-simulate anything (use --rerun after changing a host program's set-up).
+HARNESS_FILES = ["sim_common.cuh", "ref_block.h", "ptx_fix.py"]
+PROGRAMS = {
+    "fused": ("fused_sim.cu", ["csrc/kernels"]),
+    "unfused": ("unfused_sim.cu", ["tools/sim/baseline", "tools/sim/unfused_sim.cu"]),
+}
+DTYPES = {"f32": 0, "f16": 1, "bf16": 2}
+NVCC_FLAGS = ["-O3", "-std=c++17", "-cudart", "shared", "-gencode", "arch=compute_75,code=compute_75"]
+
+# The simulator's config, derived from gpusim's: one change, for a GPGPU-Sim crash (README.md).
+CONFIG_PATCHES = {
+    # shfl's latency must fit the SP pipeline (depth = the fp MAX latency, 13), else the simulator writes
+    # past the pipeline array and crashes (gpgpu-sim_distribution PR 134). 32 -> 16 cycles.
+    "-ptx_opcode_latency_int": ("4,13,4,5,145,32", "4,13,4,5,145,16"),
+}
+
+
+def nvcc_path() -> str:
+    cuda = os.environ.get("CUDA_HOME") or os.environ.get("GPUSIM_CUDA") or "/usr/local/cuda"
+    p = Path(cuda) / "bin" / "nvcc"
+    if p.exists():
+        return str(p)
+    found = shutil.which("nvcc")
+    if not found:
+        raise SystemExit("nvcc not found: set CUDA_HOME to the CUDA toolkit (nvcc 12.x or 13.x)")
+    return found
+
+
+def files_of(paths: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for rel in paths:
+        p = ROOT / rel
+        out += sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    return out
+
+
+def hash_files(files: list[Path], extra: str = "") -> str:
+    h = hashlib.sha256(extra.encode())
+    for f in files:
+        h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def program_hash(program: str) -> str:
+    """Hash of everything a program's binary is built from (names the binary)."""
+    src, kernel_dirs = PROGRAMS[program]
+    files = files_of([f"tools/sim/{src}"] + [f"tools/sim/{f}" for f in HARNESS_FILES] + kernel_dirs)
+    return hash_files(files, nvcc_version())
+
+
+def kernel_hash(program: str) -> str:
+    """Hash of what decides the simulated kernels and launches of a program (part of the cache key)."""
+    return hash_files(files_of(PROGRAMS[program][1]), nvcc_version())
+
+
+_NVCC_VERSION: Optional[str] = None
+
+
+def nvcc_version() -> str:
+    global _NVCC_VERSION
+    if _NVCC_VERSION is None:
+        out = subprocess.run([nvcc_path(), "--version"], capture_output=True, text=True).stdout
+        _NVCC_VERSION = out.strip().splitlines()[-1] if out.strip() else "unknown"
+    return _NVCC_VERSION
+
+
+# ---- build ------------------------------------------------------------------------------------
+def build(program: str, dtype: str, out_dir: Path, log=print) -> Path:
+    """Builds tools/sim/<program> for one storage dtype into out_dir (skipped when up to date): nvcc's own
+    steps (from ``nvcc -dryrun``) with ptx_fix.py run on the PTX between cicc and fatbinary."""
+    src, _ = PROGRAMS[program]
+    out_dir = Path(out_dir).resolve()
+    h = program_hash(program)
+    exe = out_dir / f"{program}_{dtype}_{h}"
+    if exe.exists():
+        return exe
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keep = out_dir / f"keep_{program}_{dtype}_{h}"
+    if keep.exists():
+        shutil.rmtree(keep)
+    keep.mkdir()
+    cmd = [nvcc_path(), *NVCC_FLAGS, f"-I{ROOT / 'csrc'}", f"-I{SIM_DIR}", f"-DSIM_DTYPE={DTYPES[dtype]}",
+           str(SIM_DIR / src), "-o", str(exe), "-dryrun", "--keep", "--keep-dir", str(keep)]
+    dry = subprocess.run(cmd, capture_output=True, text=True, cwd=keep)
+    if dry.returncode != 0:
+        raise RuntimeError(f"nvcc -dryrun failed:\n{dry.stderr}")
+    steps = [ln[3:] for ln in dry.stderr.splitlines() if ln.startswith("#$ ")]
+    ptx = None
+    for s in steps:
+        m = re.search(r"--image3=kind=ptx,sm=\d+,file=([^\"\s]+\.ptx)", s)
+        if m:
+            ptx = m.group(1)
+    if ptx is None:
+        raise RuntimeError("nvcc -dryrun shows no PTX image: cannot apply ptx_fix.py\n" + "\n".join(steps))
+    script = ["set -e"]
+    cicc_seen = False
+    for s in steps:
+        m = re.match(r"^([A-Za-z_][A-Za-z_0-9]*)=(.*)$", s)
+        if m:  # nvcc's environment for its steps (PATH, CICC_PATH, ...), taken literally
+            script.append(f"export {m.group(1)}={shlex.quote(m.group(2).strip())}")
+            continue
+        if s.startswith("rm "):
+            s = "rm -f " + s[3:]  # nvcc's clean-up of files that --keep may not have made
+        script.append(s)
+        if re.search(r"(^|/|\")cicc\"?\s", s):
+            cicc_seen = True
+            script.append(f"{shlex.quote(sys.executable)} {shlex.quote(str(SIM_DIR / 'ptx_fix.py'))} {shlex.quote(ptx)}")
+    if not cicc_seen:
+        raise RuntimeError("nvcc -dryrun shows no cicc step: cannot apply ptx_fix.py")
+    t0 = time.time()
+    r = subprocess.run(["bash", "-c", "\n".join(script)], capture_output=True, text=True, cwd=keep)
+    if r.returncode != 0 or not exe.exists():
+        raise RuntimeError(f"building {program} ({dtype}) failed:\n{r.stdout}\n{r.stderr}")
+    log(f"[build] {exe.name} in {time.time() - t0:.0f}s; {r.stdout.strip()}")
+    shutil.rmtree(keep, ignore_errors=True)
+    return exe
+
+
+# ---- the simulator ------------------------------------------------------------------------------
+def gpusim_dir(arg: Optional[str] = None) -> Path:
+    """The gpusim tool folder (the one holding `run` and `setup`): --gpusim, else $GPUSIM_TOOL."""
+    d = arg or os.environ.get("GPUSIM_TOOL")
+    if not d:
+        raise SystemExit("where is gpusim? pass --gpusim DIR or set GPUSIM_TOOL=DIR (the folder holding gpusim's "
+                         "`setup` and `run`; tools/sim/README.md says how to get it)")
+    p = Path(d).resolve()
+    if not (p / "run").exists():
+        raise SystemExit(f"{p} has no `run` script: GPUSIM_TOOL / --gpusim must name gpusim's tool folder")
+    return p
+
+
+def gpusim_home() -> Path:
+    return Path(os.environ.get("GPUSIM_HOME", Path.home() / ".cache" / "gpusim"))
+
+
+def prepare_config(name: str, out_dir: Path) -> tuple[Path, str]:
+    """Copies gpusim's config `name` from $GPUSIM_HOME/configs, applies CONFIG_PATCHES; returns (dir, hash)."""
+    src = gpusim_home() / "configs" / name
+    if not (src / "gpgpusim.config").exists():
+        raise SystemExit(f"no gpusim config {src}/gpgpusim.config: run gpusim's setup (tools/sim/README.md)")
+    text = (src / "gpgpusim.config").read_text()
+    for opt, (old, new) in CONFIG_PATCHES.items():
+        pat = re.compile(rf"^{re.escape(opt)}\s+{re.escape(old)}\b", re.M)
+        if not pat.search(text):
+            raise SystemExit(f"config {name}: expected `{opt} {old}` to patch (see simlib.CONFIG_PATCHES)")
+        text = pat.sub(f"{opt} {new}", text)
+    files = {"gpgpusim.config": text}
+    for f in src.iterdir():
+        if f.name != "gpgpusim.config" and f.is_file():
+            files[f.name] = f.read_text()
+    h = hashlib.sha256("".join(k + v for k, v in sorted(files.items())).encode()).hexdigest()[:16]
+    d = out_dir / f"config_{name}_{h}"
+    if not d.exists():
+        d.mkdir(parents=True)
+        for k, v in files.items():
+            (d / k).write_text(v)
+    return d, h
+
+
+# ---- the simulator's log ------------------------------------------------------------------------
+# Counters printed after every kernel. gpu_sim_* are per kernel; the others are running totals, turned
+# into per-kernel values by differencing.
+PER_KERNEL = {"gpu_sim_cycle": "cycles", "gpu_sim_insn": "thread_insn"}
+CUMULATIVE = {
+    "gpgpu_n_tot_w_icount": "warp_insn",
+    "gpgpu_n_load_insn": "load_thread_insn",
+    "gpgpu_n_store_insn": "store_thread_insn",
+    "gpgpu_n_shmem_insn": "shmem_thread_insn",
+    "gpgpu_n_mem_read_global": "gmem_read_txn",
+    "gpgpu_n_mem_write_global": "gmem_write_txn",
+    "gpgpu_n_shmem_bkconflict": "shmem_bank_conflicts",
+    "L2_total_cache_accesses": "l2_accesses",
+    "L2_total_cache_misses": "l2_misses",
+    "total dram reads": "dram_reads",
+    "total dram writes": "dram_writes",
+}
+
+
+def demangle(names: list[str]) -> list[str]:
+    tool = shutil.which("c++filt")
+    if not tool or not names:
+        return names
+    r = subprocess.run([tool], input="\n".join(names), capture_output=True, text=True)
+    out = r.stdout.splitlines()
+    return out if len(out) == len(names) else names
+
+
+def short_name(demangled: str) -> str:
+    """'void dsc::fwd_kernel<float, 3>(dsc::Problem, float*)' -> 'fwd_kernel<float, 3>'."""
+    s = re.sub(r"^void\s+", "", demangled)
+    s = s.split("(")[0]
+    return re.sub(r"^(\w+::)+", "", s)
+
+
+def parse_log(text: str) -> dict:
+    """Per-kernel statistics (in launch order) and the program's own lines from a gpusim sim.log."""
+    kernels: list[dict] = []
+    cur: Optional[dict] = None
+    totals = {v: 0 for v in CUMULATIVE.values()}
+    launches = [ln for ln in text.splitlines() if ln.startswith("[sim] launch ")]
+    regs: dict[str, int] = {}
+    smem: dict[str, int] = {}
+    occ_by_name: dict[str, str] = {}
+    pending_occ: Optional[str] = None  # printed when a kernel is first placed on the SMs
+    for ln in text.splitlines():
+        m = re.match(r"^GPGPU-Sim PTX: Kernel '(\S+)' : regs=(\d+), lmem=\d+, smem=(\d+)", ln)
+        if m:
+            regs[m.group(1)], smem[m.group(1)] = int(m.group(2)), int(m.group(3))
+            continue
+        m = re.match(r"^GPGPU-Sim uArch: CTA/core = (\d+), limited by: (.*)$", ln)
+        if m:
+            pending_occ = f"{m.group(1)} ({m.group(2).strip()})"
+            continue
+        m = re.match(r"^kernel_name = (\S+)", ln)
+        if m:
+            cur = {"mangled": m.group(1)}
+            if pending_occ is not None:
+                occ_by_name[cur["mangled"]] = pending_occ
+                pending_occ = None
+            cur["ctas_per_sm"] = occ_by_name.get(cur["mangled"])
+            kernels.append(cur)
+            continue
+        if cur is None:
+            continue
+        m = re.match(r"^\s*([A-Za-z_0-9 ]+?)\s*=\s*(-?[0-9.]+)\s*$", ln)
+        if not m:
+            continue
+        key, val = m.group(1), m.group(2)
+        if key in PER_KERNEL and PER_KERNEL[key] not in cur:
+            cur[PER_KERNEL[key]] = int(float(val))
+        elif key in CUMULATIVE and CUMULATIVE[key] not in cur:
+            total = int(float(val))
+            cur[CUMULATIVE[key]] = total - totals[CUMULATIVE[key]]
+            totals[CUMULATIVE[key]] = total
+    for k, name in zip(kernels, demangle([k["mangled"] for k in kernels])):
+        k["name"] = short_name(name)
+        k["regs"] = regs.get(k["mangled"])
+        k["smem"] = smem.get(k["mangled"])
+    for i, k in enumerate(kernels):
+        if i < len(launches):
+            m = re.search(r"grid=\((\d+),(\d+),(\d+)\) block=(\d+)", launches[i])
+            if m:
+                k["grid"] = [int(m.group(j)) for j in (1, 2, 3)]
+                k["block"] = int(m.group(4))
+    checks = [ln for ln in text.splitlines() if ln.startswith("[check]")]
+    verdict = "?"
+    for ln in text.splitlines():
+        m = re.search(r"outputs checked -> (PASS|FAIL)$", ln)
+        if m:
+            verdict = m.group(1)
+        elif "outputs not checked" in ln:
+            verdict = "UNCHECKED"
+    return {"kernels": kernels, "checks": checks, "verdict": verdict, "deadlock": "deadlock detected" in text}
+
+
+# ---- cases ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Case:
+    impl: str  # fused | unfused
+    mode: str  # eval | train | step | bwd
+    n: int
+    c: int
+    k: int
+    h: int
+    w: int
+    stride: int
+    dil: int
+    dtype: str = "f32"
+    layout: str = "nchw"
+    label: str = ""  # e.g. b3 (not part of the key)
+
+    def args(self) -> list[str]:
+        return ["--mode", self.mode, "--dtype", self.dtype, "--layout", self.layout,
+                *map(str, (self.n, self.c, self.k, self.h, self.w, self.stride, self.dil))]
+
+    def shape(self) -> str:
+        return f"N{self.n} {self.c}->{self.k} {self.h}x{self.w} s{self.stride} d{self.dil}"
+
+    def ident(self) -> str:
+        return (f"{self.impl}_{self.mode}_{self.dtype}_{self.layout}_"
+                f"{self.n}x{self.c}x{self.k}x{self.h}x{self.w}_s{self.stride}_d{self.dil}")
+
+
+def cache_key(case: Case, config_hash: str) -> str:
+    return hashlib.sha256(f"{case.ident()}|{kernel_hash(case.impl)}|{config_hash}".encode()).hexdigest()[:20]
+
+
+def dry_launches(exe: Path, case: Case) -> list[list[int]]:
+    """The launch grids of a case, in launch order, from the host program's --dry mode (runs natively)."""
+    r = subprocess.run([str(exe), *case.args(), "--dry"], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{exe.name} --dry failed: {r.stdout[-2000:]} {r.stderr[-2000:]}")
+    return [[int(g) for g in m.groups()] for m in re.finditer(r"\[sim\] launch \d+ grid=\((\d+),(\d+),(\d+)\)",
+                                                             r.stdout)]
+
+
+def run_case(case: Case, exe: Path, config_dir: Path, run_dir: Path, tool: Path, nice: int = 10,
+             timeout: Optional[float] = None) -> dict:
+    """Runs one case under gpusim (niced) and returns its parsed result."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    cmd = ["nice", "-n", str(nice), "bash", str(tool / "run"), "--config", str(config_dir), str(run_dir), str(exe),
+           *case.args()]
+    t0 = time.time()
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        rc, out = r.returncode, r.stdout + r.stderr
+    except subprocess.TimeoutExpired as e:
+        rc, out = -1, f"timeout after {timeout}s\n" + (e.stdout or b"").decode(errors="replace")
+    wall = time.time() - t0
+    log = run_dir / "sim.log"
+    res = parse_log(log.read_text(errors="replace")) if log.exists() else {"kernels": [], "checks": [],
+                                                                          "verdict": "?", "deadlock": False}
+    if rc != 0 and res["verdict"] == "PASS":
+        res["verdict"] = "FAIL"
+    if res["deadlock"]:
+        res["verdict"] = "DEADLOCK"
+    res.update(rc=rc, wall_s=round(wall, 1), run_output_tail=out[-3000:] if res["verdict"] != "PASS" else "")
+    # Keep the log small on disk: the full sim.log is 100s of kB per kernel.
+    return res
