@@ -8,12 +8,18 @@ for the ThreadSanitizer run.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from fused_dsconv.backends import native
 from fused_dsconv.backends.reference import ReferenceBackend
-from fused_dsconv.testing import assert_close, make_case
+from fused_dsconv.testing import NATIVE_TILE_CASES, assert_close, make_case
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import perf_model as pm  # noqa: E402
 
 REF = ReferenceBackend()
 EPS = 1e-5
@@ -131,6 +137,46 @@ def test_multi_chunk_shapes(emu, cl, shape, s, d):
     exp = REF.backward_train(g.double(), c.x.double(), c.dw_weight.double(), c.pw_weight.double(), None, None, None,
                              y.double(), m.double(), v.double(), s, d, EPS)
     for name, a, e in zip(("dx", "d_dw", "d_pw", "dbias", "dgamma", "dbeta"), got, exp):
+        assert_close(a, e, F32, name)
+
+
+# Shapes that put every tile class of csrc/kernels/launch.cuh (and its edges) through every op; the class
+# each one selects is asserted from the launcher's mirror in bench/perf_model.py (native_geometry), which
+# tests/test_perf_model.py checks against the C++.
+TILE_CASES = NATIVE_TILE_CASES
+TILE_IDS = [f"{c[3]}-{'x'.join(map(str, c[0]))}-s{c[1]}-d{c[2]}" for c in TILE_CASES]
+
+
+def test_tile_cases_cover_every_class_and_split():
+    geos = [pm.native_geometry(pm.Layer("t", *shape, stride=s, dilation=d)) for shape, s, d, _ in TILE_CASES]
+    assert {g.fwd_tile for g in geos} == {"rect8x8", "rect8x16", "span64"}
+    assert {g.dwp_tile for g in geos} == {"rect8x8", "span64"} and {g.dt_tile for g in geos} == {"span64", "span128"}
+    assert any(g.fsplit > 1 for g in geos) and any(g.bsplit > 1 for g in geos)
+    assert any(g.ntiles == 1 for g in geos) and any(g.ntiles > 4 for g in geos)
+
+
+@pytest.mark.parametrize("shape,s,d,cls", TILE_CASES, ids=TILE_IDS)
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
+def test_tile_classes(emu, shape, s, d, cls, cl):
+    assert pm.native_geometry(pm.Layer("t", *shape, stride=s, dilation=d)).fwd_tile == cls
+    c = _case(F32, cl, s, d, shape=shape)
+    out = emu.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, d)
+    assert_close(out, REF.forward_eval(c.x.double(), c.dw_weight.double(), c.pw_weight.double(), c.bias.double(),
+                                       s, d), F32, "out")
+    o, y, m, v = emu.forward_train(c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, s, d, EPS, True)
+    eo, ey, em, ev = REF.forward_train(c.x.double(), c.dw_weight.double(), c.pw_weight.double(), _d(c.bias),
+                                       _d(c.bn_weight), _d(c.bn_bias), s, d, EPS, True)
+    for name, a, e in (("y", y, ey), ("mean", m, em), ("var", v, ev), ("out", o, eo)):
+        assert_close(a, e, F32, name)
+    g = torch.randn(o.shape, generator=torch.Generator().manual_seed(5))
+    got = emu.backward_train(g, c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, y, m, v, s, d, EPS)
+    exp = REF.backward_train(g.double(), c.x.double(), c.dw_weight.double(), c.pw_weight.double(), _d(c.bias),
+                             _d(c.bn_weight), _d(c.bn_bias), y.double(), m.double(), v.double(), s, d, EPS)
+    for name, a, e in zip(("dx", "d_dw", "d_pw", "dbias", "dgamma", "dbeta"), got, exp):
+        assert_close(a, e, F32, name)
+    got = emu.backward_eval(g, out, c.x, c.dw_weight, c.pw_weight, s, d)
+    exp = REF.backward_eval(g.double(), out.double(), c.x.double(), c.dw_weight.double(), c.pw_weight.double(), s, d)
+    for name, a, e in zip(("dx", "d_dw", "d_pw", "dbias"), got, exp):
         assert_close(a, e, F32, name)
 
 

@@ -39,6 +39,12 @@ struct Ops {
     TORCH_CHECK(stride == 1 || stride == 2, Tr::kPrefix, "stride must be 1 or 2, got ", stride);
     TORCH_CHECK(dilation >= 1 && dilation <= (1 << 20), Tr::kPrefix,
                 "dilation must be between 1 and 1048576 (2^20), got ", dilation);
+    // The kernels address within one image (and tile) with 32-bit offsets and number pixels with 32 bits;
+    // whole tensors may exceed 2^31 elements (64-bit image bases).
+    TORCH_CHECK(x.size(1) * x.size(2) * x.size(3) < (int64_t(1) << 31), Tr::kPrefix,
+                "x must have fewer than 2^31 elements per image (C*H*W), got ", x.size(1) * x.size(2) * x.size(3));
+    TORCH_CHECK(x.size(0) * ((x.size(2) - 1) / stride + 1) * ((x.size(3) - 1) / stride + 1) < (int64_t(1) << 31),
+                Tr::kPrefix, "the output must have fewer than 2^31 pixels (N*Ho*Wo)");
   }
   static void check_weights(const Tensor& x, const Tensor& dw, const Tensor& pw) {
     const int64_t C = x.size(1);
@@ -132,7 +138,8 @@ struct Ops {
     p.bias = bias_c.data_ptr<float>();
     p.out = out.data_ptr();
     p.os = strides(out);
-    by_dtype(x, [&](auto t) { dsc::forward<typename Tr::Policy, decltype(t)>(p, nullptr); });
+    Tensor ws = workspace(x, dsc::forward_ws_floats(p));
+    by_dtype(x, [&](auto t) { dsc::forward<typename Tr::Policy, decltype(t)>(p, ws.data_ptr<float>()); });
     return out;
   }
 
@@ -244,7 +251,8 @@ struct Ops {
       q.mode = dsc::kYOnly;
       q.y = y_use.data_ptr();
       q.ys = strides(y_use);
-      by_dtype(x, [&](auto t) { dsc::forward<typename Tr::Policy, decltype(t)>(q, nullptr); });
+      Tensor qws = workspace(x, dsc::forward_ws_floats(q));
+      by_dtype(x, [&](auto t) { dsc::forward<typename Tr::Policy, decltype(t)>(q, qws.data_ptr<float>()); });
     }
     Tensor dbias = at::empty({K}, x.options().dtype(at::kFloat));
     Tensor dgamma = at::empty_like(dbias), dbeta = at::empty_like(dbias);
