@@ -48,17 +48,27 @@ def check_inputs(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, stride: int, d
     for name, t in (("dw_weight", dw_weight), ("pw_weight", pw_weight)):
         if t.dtype != x.dtype:
             raise TypeError(f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
-    k = pw_weight.shape[0]
-    for name, t in per_channel.items():
+    _check_vectors(x, "x", pw_weight.shape[0], per_channel)
+    _check_devices(x, "x", {"dw_weight": dw_weight, "pw_weight": pw_weight, **per_channel})
+
+
+def _check_vectors(ref: Tensor, ref_name: str, k: int, vectors: dict) -> None:
+    """Per-channel tensors (None: absent) of shape [k] in the accumulation dtype of ``ref``."""
+    for name, t in vectors.items():
         if t is None:
             continue
         if tuple(t.shape) != (k,):
             raise ValueError(f"{name} must have shape ({k},) (one value per output channel), got {tuple(t.shape)}")
-        if t.dtype != backends.acc_dtype(x):
-            raise TypeError(f"{name} must be {backends.acc_dtype(x)} for x of dtype {x.dtype}, got {t.dtype}")
-    for name, t in (("dw_weight", dw_weight), ("pw_weight", pw_weight), *per_channel.items()):
-        if t is not None and t.device != x.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {x.device}: all tensors must be on one device")
+        if t.dtype != backends.acc_dtype(ref):
+            raise TypeError(f"{name} must be {backends.acc_dtype(ref)} for {ref_name} of dtype {ref.dtype}, "
+                            f"got {t.dtype}")
+
+
+def _check_devices(ref: Tensor, ref_name: str, tensors: dict) -> None:
+    for name, t in tensors.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}: all tensors must be on one "
+                             "device")
 
 
 def check_activations(x: Tensor, pw_weight: Tensor, stride: int, **acts: Optional[Tensor]) -> None:
@@ -335,16 +345,9 @@ def _check_reduce(grad_out, y, mean, var, bn_weight, bn_bias):
         raise TypeError(f"y must be float32, float16, bfloat16 or float64, got {y.dtype}")
     if (bn_weight is None) != (bn_bias is None):
         raise ValueError("bn_weight and bn_bias must be given together (affine batch norm) or both be None")
-    k = y.shape[1]
-    for name, t in (("mean", mean), ("var", var), ("bn_weight", bn_weight), ("bn_bias", bn_bias)):
-        if t is None:
-            continue
-        if tuple(t.shape) != (k,):
-            raise ValueError(f"{name} must have shape ({k},) (one value per channel of y), got {tuple(t.shape)}")
-        if t.dtype != backends.acc_dtype(y):
-            raise TypeError(f"{name} must be {backends.acc_dtype(y)} for y of dtype {y.dtype}, got {t.dtype}")
-        if t.device != y.device:
-            raise ValueError(f"{name} is on {t.device} but y is on {y.device}: all tensors must be on one device")
+    vectors = {"mean": mean, "var": var, "bn_weight": bn_weight, "bn_bias": bn_bias}
+    _check_vectors(y, "y", y.shape[1], vectors)
+    _check_devices(y, "y", vectors)
     if not isinstance(grad_out, Tensor) or tuple(grad_out.shape) != tuple(y.shape):
         raise ValueError(f"grad_out must have y's shape {tuple(y.shape)}, got "
                          f"{tuple(grad_out.shape) if isinstance(grad_out, Tensor) else type(grad_out).__name__}")
