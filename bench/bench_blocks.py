@@ -13,7 +13,7 @@ import torch
 
 import benchlib
 import perf_model
-from fused_dsconv import JointBlock
+from fused_dsconv import JointBlock, tune
 from fused_dsconv.memory import module_saved_bytes
 
 CASES = benchlib.block_cases()
@@ -35,7 +35,8 @@ def _record_memory(case, x, block, memory_rows, settings):
     dev = settings.device
     unf = block.to_unfused().to(dev).train()
     fused = block.to(dev).train()
-    rec = JointBlock(case.c, case.k, case.stride, case.dilation, recompute=True).to(dev).train()
+    fused.backend = benchlib.first_capable(dev)  # the fused op's saving, whatever auto would measure fastest
+    rec = JointBlock(case.c, case.k, case.stride, case.dilation, recompute=True, backend=fused.backend).to(dev).train()
     rec.load_state_dict(block.state_dict())
     row = {"kind": "block", "case": case.id, "shape": case.shape, "batch": x.shape[0],
            "unfused": module_saved_bytes(unf, x), "fused": module_saved_bytes(fused, x),
@@ -53,7 +54,7 @@ def _record_memory(case, x, block, memory_rows, settings):
 @pytest.mark.parametrize("impl", benchlib.impl_names())
 @pytest.mark.parametrize("mode", benchlib.MODES)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_block(benchmark, settings, env_info, memory_rows, case, mode, impl):
+def test_block(benchmark, settings, env_info, memory_rows, monkeypatch, case, mode, impl):
     dev, n = settings.device, settings.batch
     case = benchlib.at_scale(case, settings.scale)
     name, layout = benchlib.split_impl(impl)
@@ -74,6 +75,8 @@ def test_block(benchmark, settings, env_info, memory_rows, case, mode, impl):
     else:
         module = block
         block.backend = name
+        if name == "auto":
+            monkeypatch.setenv(tune.ENV_VAR, "1")
     module = module.to(dev).train(train)
     if layout == "channels_last":
         module = module.to(memory_format=torch.channels_last)
@@ -98,9 +101,12 @@ def test_block(benchmark, settings, env_info, memory_rows, case, mode, impl):
             torch.autograd.grad(run(x), [x, *params], g)
             sync()
 
-    for _ in range(settings.warmup + (2 if name == "compile" else 0)):  # compilation, autotuning, caches
-        fn()
-    if name not in ("eager", "compile"):
+    with tune.options(refresh=True):  # auto measures in this run, whatever the cache file holds
+        for _ in range(settings.warmup + (2 if name == "compile" else 0)):  # compilation, autotuning, caches
+            fn()
+    if name == "auto":
+        assert block.last_backend == block.last_tuning[1].choice
+    elif name not in ("eager", "compile"):
         assert block.last_backend == name, f"ran on {block.last_backend!r}, not {name!r}"
 
     layer = perf_model.Layer(case.id, n, case.c, case.k, case.h, case.h, case.stride, case.dilation)
@@ -112,6 +118,8 @@ def test_block(benchmark, settings, env_info, memory_rows, case, mode, impl):
                 MODEL_fused_bytes=perf_model.fused(layer, mode).bytes,  # DESIGN.md's plan ("design")
                 MODEL_native_bytes=perf_model.native(layer, mode).bytes,  # the shipped CUDA kernels
                 MODEL_flops=perf_model.unfused(layer, mode).flops)
+    if name == "auto":
+        info["tuning"] = benchlib.tuning_summary([("block", block)])
     if mem is not None:
         info["MEASURED_saved_bytes"] = {k: mem[k] for k in ("unfused", "fused", "recompute")}
     if mode == "train_fwd_bwd":

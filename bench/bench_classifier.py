@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import benchlib
 import perf_model
+from fused_dsconv import tune
 from fused_dsconv.memory import saved_activation_bytes
 from fused_dsconv.models import JointNet
 
@@ -38,10 +39,12 @@ def _memory(cfg: str, timed: JointNet, rho: float, settings, memory_rows) -> dic
     model = JointNet(timed.num_classes, timed.alpha, rho, list(timed.dilations))
     model.load_state_dict(timed.state_dict())
     dev, res = settings.device, model.resolution
-    rec = copy.deepcopy(model)
+    first = benchlib.first_capable(dev)  # the fused op's saving, whatever auto would measure fastest
+    rec = copy.deepcopy(model).set_backend(first)
     for blk in rec.blocks:
         blk.recompute = True
-    variants = {"unfused": benchlib.unfused_classifier(model), "fused": copy.deepcopy(model), "recompute": rec}
+    variants = {"unfused": benchlib.unfused_classifier(model), "fused": copy.deepcopy(model).set_backend(first),
+                "recompute": rec}
     per_sample, fixed = {}, {}
     for key, m in variants.items():
         per_sample[key], fixed[key] = _per_sample(m.to(dev).train(), res, dev)
@@ -59,14 +62,14 @@ def _memory(cfg: str, timed: JointNet, rho: float, settings, memory_rows) -> dic
 @pytest.mark.parametrize("impl", benchlib.impl_names())
 @pytest.mark.parametrize("mode", ("inference", "train_step"))
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: benchlib.config_id(*c))
-def test_classifier(benchmark, settings, env_info, memory_rows, cfg, mode, impl):
+def test_classifier(benchmark, settings, env_info, memory_rows, monkeypatch, cfg, mode, impl):
     alpha, rho, d = cfg
     cid = benchlib.config_id(*cfg)
     dev, n = settings.device, settings.model_batch
     name, layout = benchlib.split_impl(impl)
-    if not settings.full and cid not in benchlib.CI_MODEL_CONFIGS:
-        pytest.skip(f"CI size runs the classifier for {', '.join(benchlib.CI_MODEL_CONFIGS)} only; "
-                    f"--paper-size / {benchlib.FULL_ENV}=1 runs all eight configurations")
+    why = benchlib.classifier_config_unavailable(cid, settings.full)
+    if why is not None:
+        pytest.skip(why)
     gen = torch.Generator().manual_seed(1234)
     model = JointNet(NUM_CLASSES, alpha, rho * settings.scale, d)  # rho only sets the input side
     res = model.resolution
@@ -83,6 +86,8 @@ def test_classifier(benchmark, settings, env_info, memory_rows, cfg, mode, impl)
         net = benchlib.unfused_classifier(model)
     else:
         net = model.set_backend(name)
+        if name == "auto":
+            monkeypatch.setenv(tune.ENV_VAR, "1")
     net = net.to(dev).train(train)
     if layout == "channels_last":
         net = net.to(memory_format=torch.channels_last)
@@ -106,15 +111,20 @@ def test_classifier(benchmark, settings, env_info, memory_rows, cfg, mode, impl)
                 run(x)
             sync()
 
-    for _ in range(settings.warmup + (2 if name == "compile" else 0)):
-        fn()
-    if name not in ("eager", "compile"):
+    with tune.options(refresh=True):  # auto measures in this run, whatever the cache file holds
+        for _ in range(settings.warmup + (2 if name == "compile" else 0)):
+            fn()
+    if name == "auto":
+        assert all(b.last_backend == b.last_tuning[1].choice for b in net.blocks)
+    elif name not in ("eager", "compile"):
         assert {b.last_backend for b in net.blocks} == {name}
 
     info = dict(env_info)
     info.update(kind="classifier", case=cid, config=cid, mode=mode, impl=impl, backend=name, layout=layout, batch=n,
                 resolution=res, classes=NUM_CLASSES, size=settings.label,
                 implementation=benchlib.implementation_kind(impl, dev))
+    if name == "auto":
+        info["tuning"] = benchlib.tuning_summary([(f"b{i + 1}", b) for i, b in enumerate(net.blocks)])
     if mem is not None:
         key = "unfused" if name in ("eager", "compile") else "fused"
         info.update(saved_activation_bytes_per_sample=mem["per_sample"][key],

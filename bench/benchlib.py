@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fused_dsconv import backends
+from fused_dsconv.tune import cpu_model
 from fused_dsconv.models import BASE_RESOLUTION, TABLE1, JointNet, scaled
 
 FULL_ENV = "FUSED_DSCONV_BENCH_FULL"
@@ -25,6 +26,8 @@ LAYOUTS = ("nchw", "channels_last")
 # torch.compile on CPU costs ~5-30 s per case and mode on 2 cores (measured here: 4-32 s per mode for one block),
 # 35 min or more for all 216 block cases: by default only this representative case is compiled.
 CPU_COMPILE_CASE = "a100_r100_d3_b3"
+# "auto" at CI size: this block case (each auto case first measures its candidates), and the classifier.
+AUTO_BLOCK_CASE = CPU_COMPILE_CASE
 # On CUDA, CI size compiles the nine blocks of this configuration (27 compiles); --paper-size compiles all 216.
 CUDA_COMPILE_CONFIG = "a100_r100_d3"
 # The classifier at CI size: the paper's best configuration and the smallest one; --paper-size runs all eight.
@@ -135,9 +138,10 @@ def config_id(alpha: float, rho: float, d: int) -> str:
 
 # -- implementations --------------------------------------------------------------------------------
 def impl_names() -> list[str]:
-    """Baselines first, then every registered backend of ours in each layout (picked up automatically)."""
+    """Baselines first, then auto (the measured choice), then every registered backend of ours in each layout
+    (picked up automatically)."""
     ours = [f"{name}-{layout}" for name in backends.names() for layout in LAYOUTS]
-    return ["eager-nchw", "eager-channels_last", "compile-nchw", *ours]
+    return ["eager-nchw", "eager-channels_last", "compile-nchw", "auto-nchw", "auto-channels_last", *ours]
 
 
 def split_impl(impl: str) -> tuple[str, str]:
@@ -149,8 +153,32 @@ def impl_unavailable(name, x, device, full, case_id):
     """Why implementation ``name`` ("eager", "compile" or a backend) cannot run ``x`` here, or None."""
     if name == "compile":
         return compile_unavailable(device, full, case_id)
+    if name == "auto":
+        return auto_unavailable(full, case_id)
     if name != "eager":
         return backend_unavailable(name, x)
+    return None
+
+
+def case_unavailable(params: dict, settings: "Settings") -> Optional[str]:
+    """Why a parametrised benchmark case (its pytest params) cannot run with these settings, or None: the same
+    decisions the benchmarks make at run time, taken at collection with a small probe input."""
+    name, layout = split_impl(params["impl"])
+    if "cfg" in params:  # bench_classifier
+        why = classifier_config_unavailable(config_id(*params["cfg"]), settings.full)
+        if why is not None:
+            return why
+        case_id = "classifier"
+    else:
+        case_id = params["case"].id
+    probe = to_layout(torch.empty(1, 2, 2, 2, device=settings.device), layout)
+    return impl_unavailable(name, probe, settings.device, settings.full, case_id)
+
+
+def classifier_config_unavailable(cid: str, full: bool) -> Optional[str]:
+    if not full and cid not in CI_MODEL_CONFIGS:
+        return (f"CI size runs the classifier for {', '.join(CI_MODEL_CONFIGS)} only; --paper-size / "
+                f"{FULL_ENV}=1 runs all eight configurations")
     return None
 
 
@@ -174,6 +202,33 @@ def compile_unavailable(device: torch.device, full: bool, case_id: str) -> Optio
     return None
 
 
+def auto_unavailable(full: bool, case_id: str) -> Optional[str]:
+    """Why "auto" is not benchmarked for this case, or None (the classifier: every configuration that runs)."""
+    if not full and case_id not in ("classifier", AUTO_BLOCK_CASE):
+        return (f"CI size benchmarks auto (which first measures every candidate) for the classifier and "
+                f"{AUTO_BLOCK_CASE} only; --paper-size / {FULL_ENV}=1 for every block case")
+    return None
+
+
+def tuning_summary(blocks) -> list[dict]:
+    """Per JointBlock (name, module): the tuner's measured medians, winner and speed-up over unfused."""
+    rows = []
+    for name, block in blocks:
+        problem, d = block.last_tuning or (None, None)
+        if d is None:
+            rows.append({"block": name, "winner": block.last_backend, "source": "not measured"})
+            continue
+        rows.append({"block": name, "shape": problem.shape, "mode": problem.mode, "winner": d.choice,
+                     "MEASURED_median_ms": {k: v * 1e3 for k, v in d.times.items()},
+                     "speedup_vs_unfused": d.speedup_over_unfused(), "source": d.source, "not_timed": d.skipped})
+    return rows
+
+
+def first_capable(device: torch.device) -> str:
+    """The backend "auto" takes without measuring (what the memory rows measure: the fused op's saving)."""
+    return backends.select(torch.empty(1, 1, 1, 1, device=device)).name
+
+
 def backend_unavailable(name: str, x: torch.Tensor) -> Optional[str]:
     """Why backend ``name`` is not benchmarked on inputs like ``x``, or None."""
     why = backends.explain(x).get(name, f"backend {name!r} is not registered")
@@ -191,6 +246,9 @@ def implementation_kind(impl: str, device: torch.device) -> str:
         return f"unfused eager PyTorch Sequential(dw, pw, bn, ReLU), {layout}"
     if name == "compile":
         return f"torch.compile (inductor, default mode) of the unfused Sequential, {layout}"
+    if name == "auto":
+        return (f"JointBlock backend='auto' ({layout}): per block the fastest of every capable backend and the "
+                "unfused layers, measured in this run before the timed rounds (extra_info 'tuning')")
     if name == "reference":
         return f"fused_dsconv backend 'reference' ({layout}): the plain-PyTorch fallback, NOT a fused kernel"
     return f"fused_dsconv backend {name!r} ({layout})"
@@ -222,7 +280,7 @@ def unfused_classifier(model: JointNet) -> nn.Module:
 # -- environment ------------------------------------------------------------------------------------
 def environment(device: torch.device) -> dict:
     info = {"device_type": device.type, "torch": torch.__version__, "cuda_build": torch.version.cuda,
-            "python": platform.python_version(), "cpu": _cpu_model(),
+            "python": platform.python_version(), "cpu": cpu_model(),
             "cpu_threads": torch.get_num_threads(), "os_cpu_count": os.cpu_count()}
     try:
         import triton
@@ -234,20 +292,9 @@ def environment(device: torch.device) -> dict:
         info.update(device=torch.cuda.get_device_name(device), capability=f"sm_{cap[0]}{cap[1]}",
                     cudnn=torch.backends.cudnn.version())
     else:
-        info.update(device=f"CPU ({_cpu_model()}, {os.cpu_count()} cores, timed on {torch.get_num_threads()} "
+        info.update(device=f"CPU ({cpu_model()}, {os.cpu_count()} cores, timed on {torch.get_num_threads()} "
                            f"thread{'s' if torch.get_num_threads() > 1 else ''})", capability=None)
     return info
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def synchronizer(device: torch.device) -> Callable[[], None]:

@@ -14,9 +14,16 @@ Options (also settable by environment):
   --bench-scale F       override the input-side scale (1.0 = the paper's resolutions).
   --bench-threads N     CPU intra-op threads (default 1: stable medians on a shared machine, see benchlib).
   --bench-summary PATH  also write the memory summary (markdown) to PATH.
+  --bench-out DIR       where the full benchmark tables and the memory summary go (default: bench-results);
+                        the terminal gets a short summary. --bench-tables=terminal prints the tables there too.
+
+Cases that cannot run on this device (a CUDA backend on a CPU, torch.compile of every case at CI size, ...)
+are not collected; the summary gives one line per reason with the number of cases.
 """
 from __future__ import annotations
 
+import collections
+import io
 import os
 import sys
 from pathlib import Path
@@ -35,6 +42,7 @@ except ImportError:
 import benchlib  # noqa: E402
 
 MEMORY_ROWS: list[dict] = []  # filled by the benchmarks, printed at the end
+NOT_COLLECTED: dict[str, list[str]] = collections.defaultdict(list)  # reason -> implementation of each case
 
 
 def pytest_addoption(parser):
@@ -47,6 +55,9 @@ def pytest_addoption(parser):
     g.addoption("--bench-scale", type=float, default=None, help="input-side scale (1.0 = paper resolution)")
     g.addoption("--bench-threads", type=int, default=None, help="CPU threads while timing (default 1)")
     g.addoption("--bench-summary", default=None, help="write the markdown memory summary here")
+    g.addoption("--bench-out", default="bench-results", help="directory for the full tables (default bench-results)")
+    g.addoption("--bench-tables", choices=("file", "terminal"), default="file",
+                help="file (default): tables to --bench-out, a short summary in the terminal; terminal: both")
 
 
 def pytest_collect_file(file_path, parent):
@@ -55,16 +66,116 @@ def pytest_collect_file(file_path, parent):
     return None
 
 
+def _settings(config) -> benchlib.Settings:
+    return benchlib.make_settings(config.getoption("--paper-size") or benchlib.env_full(),
+                                  config.getoption("--bench-device"), config.getoption("--bench-batch"),
+                                  config.getoption("--bench-rounds"), config.getoption("--bench-scale"),
+                                  config.getoption("--bench-threads"))
+
+
 @pytest.fixture(scope="session")
 def settings(request) -> benchlib.Settings:
     import torch
-    c = request.config
-    s = benchlib.make_settings(c.getoption("--paper-size") or benchlib.env_full(), c.getoption("--bench-device"),
-                               c.getoption("--bench-batch"), c.getoption("--bench-rounds"),
-                               c.getoption("--bench-scale"), c.getoption("--bench-threads"))
+    s = _settings(request.config)
     if s.device.type == "cpu":
         torch.set_num_threads(s.threads)
     return s
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m, so the counts are of the cases this run asked for
+def pytest_collection_modifyitems(config, items):
+    """Drop the cases that cannot run here (the benchmarks' own skips stay as a safety net)."""
+    settings = _settings(config)
+    keep, dropped = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        why = benchlib.case_unavailable(params, settings) if "impl" in params else None
+        if why is None:
+            keep.append(item)
+        else:
+            NOT_COLLECTED[why].append(benchlib.split_impl(params["impl"])[0])
+            dropped.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
+def pytest_sessionstart(session):
+    """Send pytest-benchmark's tables (one wide table per case group: hundreds of lines) to a file."""
+    config = session.config
+    bs = getattr(config, "_benchmarksession", None)
+    if bs is None:
+        return
+    show = bs.display
+
+    def display(tr):
+        buf = io.StringIO()
+        show(_TextReporter(buf))
+        text = buf.getvalue()
+        if not text.strip():
+            return
+        path = _out_dir(config) / "benchmarks.txt"
+        path.write_text(text)
+        if config.getoption("--bench-tables") == "terminal":
+            show(tr)
+        groups = len(bs.groups or [])
+        count = sum(len(b) for _, b in bs.groups or [])
+        tr.write_line(f"benchmark tables ({count} benchmarks in {groups} groups, times per round): {path}")
+        for line in ratio_summary([b for _, benches in bs.groups or [] for b in benches]):
+            tr.write_line(line)
+    bs.display = display
+
+
+def ratio_summary(benches: list[dict], baseline: str = "eager-nchw") -> list[str]:
+    """Per kind and mode, each implementation's median time over the baseline's in the same case, as a
+    geometric mean over the cases both ran (one line each)."""
+    import math
+    by_case: dict = collections.defaultdict(dict)
+    for b in benches:
+        info = b.get("extra_info", {})
+        if "impl" in info and "mode" in info:
+            by_case[(info.get("kind", "?"), info["mode"], info.get("case", b.get("group")))][info["impl"]] = b["median"]
+    ratios: dict = collections.defaultdict(list)
+    for (kind, mode, _), times in by_case.items():
+        for impl, t in times.items():
+            if impl != baseline and baseline in times and times[baseline] > 0 and t > 0:
+                ratios[(kind, mode)].append((impl, t / times[baseline]))
+    lines = []
+    for (kind, mode), rs in sorted(ratios.items()):
+        per_impl: dict = collections.defaultdict(list)
+        for impl, r in rs:
+            per_impl[impl].append(r)
+        parts = [f"{impl} {math.exp(sum(map(math.log, v)) / len(v)):.2f}x ({len(v)})" for impl, v in per_impl.items()]
+        lines.append(f"  {kind} {mode}, median time / {baseline} (geometric mean over cases): {'; '.join(parts)}")
+    return lines
+
+
+class _TextReporter:
+    """The part of pytest's terminal reporter that pytest-benchmark's table writer uses, into a text buffer."""
+
+    def __init__(self, buf):
+        self.buf = buf
+
+    def write_line(self, line="", **markup):
+        self.buf.write(f"{line}\n")
+
+    def write(self, text="", **markup):
+        self.buf.write(text)
+
+    def rewrite(self, line="", **markup):  # progress messages
+        pass
+
+    def ensure_newline(self):
+        pass
+
+    def section(self, title, sep="-", **markup):
+        self.buf.write(f"{sep * 8} {title} {sep * 8}\n")
+
+
+def _out_dir(config) -> Path:
+    path = Path(config.getoption("--bench-out"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -126,12 +237,21 @@ def memory_markdown(rows: list[dict]) -> str:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    tr = terminalreporter
     text = memory_markdown(MEMORY_ROWS)
+    if not (text or NOT_COLLECTED):
+        return
+    tr.section("fused_dsconv benchmarks")
+    if NOT_COLLECTED:
+        tr.write_line(f"{sum(map(len, NOT_COLLECTED.values()))} cases cannot run here and were not collected:")
+        for why, impls in sorted(NOT_COLLECTED.items(), key=lambda kv: -len(kv[1])):
+            tr.write_line(f"  {len(impls):5d} ({', '.join(dict.fromkeys(impls))}): {why}")
     if not text:
         return
-    terminalreporter.section("fused_dsconv memory summary")
-    terminalreporter.write_line(text)
-    path = config.getoption("--bench-summary")
-    if path:
-        Path(path).write_text(text + "\n")
-        terminalreporter.write_line(f"(written to {path})")
+    paths = [_out_dir(config) / "memory.md"] + ([Path(config.getoption("--bench-summary"))]
+                                                  if config.getoption("--bench-summary") else [])
+    for path in paths:
+        path.write_text(text + "\n")
+    totals = [line for line in text.splitlines() if line.startswith("All block cases together")]
+    tr.write_line(f"memory summary (MEASURED saved activations): {', '.join(map(str, paths))}"
+                  + (f"; {totals[0][0].lower()}{totals[0][1:]}" if totals else ""))

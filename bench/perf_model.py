@@ -565,6 +565,50 @@ def kernel_markdown(tr: Traffic) -> str:
     return "\n".join(lines)
 
 
+# -- several processes: synchronised batch norm -------------------------------------------------
+def sync_bn_values(layer: Layer, mode: str) -> dict[str, int]:
+    """MODEL: per-channel values one process contributes per block and step when BN is synchronised
+    (``JointBlock(sync_bn=True)``, fused_dsconv/distributed.py; nn.SyncBatchNorm exchanges as many), beside
+    the activation traffic above, which it does not change: forward 2K + 1 (count, mean, M2), backward 2K
+    (sum dz, sum dz * yhat). float32 (float64 for float64 inputs)."""
+    _check_mode(mode)
+    train = mode != "eval"
+    return {"forward": 2 * layer.k + 1 if train else 0, "backward": 2 * layer.k if mode == "train_fwd_bwd" else 0}
+
+
+def sync_bn_wire_bytes(layer: Layer, mode: str, processes: int, value_bytes: int = F32) -> int:
+    """MODEL: bytes one process sends (and receives) per block and step on a ring of ``processes``: the forward's
+    all-gather of every process's 2K + 1 values, (P - 1)(2K + 1), and the backward's all-reduce of 2K values,
+    2 (P - 1) / P 2K (reduce-scatter, then all-gather)."""
+    v = sync_bn_values(layer, mode)
+    p = processes
+    return round(((p - 1) * v["forward"] + 2 * (p - 1) / p * v["backward"]) * value_bytes)
+
+
+def block_param_values(layer: Layer) -> int:
+    """Parameters of one joint block (depthwise 9C, pointwise KC, BN 2K): what DDP's gradient all-reduce
+    carries for it per step, for scale."""
+    return 9 * layer.c + layer.k * layer.c + 2 * layer.k
+
+
+def sync_markdown(layers: Sequence[Layer], processes: Sequence[int] = (2, 8), act_bytes: int = 4) -> str:
+    """MODEL table of what synchronised BN adds per training step (forward + backward) over ``layers``, next to
+    the native kernels' activation bytes per process and DDP's own gradient all-reduce."""
+    mode = "train_fwd_bwd"
+    values = [sync_bn_values(l, mode) for l in layers]
+    fwd, bwd = sum(v["forward"] for v in values), sum(v["backward"] for v in values)
+    act = sum(native(l, mode, act_bytes).bytes for l in layers)
+    grads = sum(block_param_values(l) for l in layers)
+    head = ["processes", "sync-BN values per process (fwd + bwd)", "sync-BN bytes sent per process (ring)",
+            "DDP gradient all-reduce bytes sent per process (ring)", "native activation bytes per process"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for p in processes:
+        wire = sum(sync_bn_wire_bytes(l, mode, p) for l in layers)
+        lines.append(f"| {p} | {fwd:,} + {bwd:,} | {wire / 1e3:,.1f} KB | {2 * (p - 1) / p * grads * F32 / 1e6:,.2f} MB "
+                     f"| {act / 1e9:,.2f} GB |")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description="Print the analytic traffic/FLOP/roofline MODEL tables (not measurements).")
     p.add_argument("--batch", type=int, default=32)
@@ -578,6 +622,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--kernels", nargs="+", default=None, metavar="LAYER",
                    help="instead of the tables, list the kernels of these layers (b1..b9) per implementation")
     p.add_argument("--summary", action="store_true", help="only the README-sized table of totals per mode")
+    p.add_argument("--processes", type=int, nargs="+", default=None, metavar="P",
+                   help="instead of the tables, what synchronised BN exchanges per training step on P processes")
     a = p.parse_args(argv)
     layers = classifier_layers(a.batch, a.alpha, a.rho, a.dilation)
     print(f"MODEL (analytic, not measured): batch {a.batch}, alpha {a.alpha}, rho {a.rho}, dilation {a.dilation}, "
@@ -585,6 +631,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"native = the shipped CUDA kernels, design = DESIGN.md's plan.")
     if a.summary:
         print("\n" + summary_markdown(layers, a.act_bytes))
+        return 0
+    if a.processes:
+        print("\n" + sync_markdown(layers, a.processes, a.act_bytes))
         return 0
     if a.kernels:
         by_name = {l.name: l for l in layers}

@@ -72,8 +72,9 @@ def timing_markdown(run: dict, config: Optional[str] = None) -> str:
             f"{BASELINE} / best fused_dsconv (medians; mins)"]
     out = [machine_line(run), "",
            "Median of the timed rounds in ms, IQR in parentheses. Last column: baseline time over the fastest of "
-           "our backends, from medians and from minimums (> 1 means ours is faster). On CPU our only backend is "
-           "'reference', the plain-PyTorch fallback: it is not a fused kernel.", "",
+           "our backends (auto included), from medians and from minimums (> 1 means ours is faster). On CPU our only "
+           "backend is 'reference', the plain-PyTorch fallback: it is not a fused kernel; auto picks, per block, "
+           "between it and the unfused layers.", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (kind, case, mode), g in rows.items():
         info = g["info"]
@@ -135,6 +136,27 @@ def memory_markdown(run: dict, config: Optional[str] = None) -> str:
     return "\n".join(out)
 
 
+def tuning_markdown(run: dict, config: Optional[str] = None) -> str:
+    """What "auto" measured before its timed rounds: per block, each candidate's median, the winner, its speed-up
+    over the unfused layers (the same numbers as `fused-dsconv tune`)."""
+    out = []
+    for b in run["benchmarks"]:
+        e = b["extra_info"]
+        if not e.get("tuning") or (config and e.get("config") != config):
+            continue
+        if not out:
+            out += ["MEASURED by the tuner (fused_dsconv/tune.py) in this run, before auto's timed rounds: median ms "
+                    "per call of each candidate on synthetic inputs of the block's shape.", "",
+                    "| kind | case | mode | impl | block | shape | candidates, median ms | winner | unfused / winner |",
+                    "|---|---|---|---|---|---|---|---|---|"]
+        for r in e["tuning"]:
+            times = "; ".join(f"{c} {t:.3g}" for c, t in r.get("MEASURED_median_ms", {}).items()) or r["source"]
+            sp = r.get("speedup_vs_unfused")
+            out.append(f"| {e['kind']} | {e['case']} | {e['mode']} | {e['impl']} | {r['block']} | {r.get('shape', '-')} "
+                       f"| {times} | {r['winner']} | {f'{sp:.2f}' if sp else '-'} |")
+    return "\n".join(out)
+
+
 def model_markdown(batch: int, alpha: float = 1.0, rho: float = 1.0, dilation: int = 3) -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import perf_model as pm
@@ -191,6 +213,9 @@ def main(argv=None) -> int:
     run = load(a.json)
     parts = ["### Measured timings", "", timing_markdown(run, a.config), "", "### Measured memory", "",
              memory_markdown(run, a.config)]
+    tuning = tuning_markdown(run, a.config)
+    if tuning:
+        parts += ["", "### Measured backend choice (auto)", "", tuning]
     if a.model_batch:
         parts += ["### Traffic and roofline MODEL (not measured)", "", model_markdown(a.model_batch)]
     text = "\n".join(parts) + "\n"

@@ -6,8 +6,9 @@ no toolkit) turns into a reason, and the op falls back to the next backend.
 
 Just-in-time: a plain ``pip install .`` builds in isolation, without torch, so it ships the
 sources instead. On first use on a CUDA machine with a toolkit (``CUDA_HOME`` or nvcc on PATH),
-they are compiled against the installed torch into ``$FUSED_DSCONV_CACHE`` (default
-``~/.cache/fused_dsconv``), once per torch/CUDA version and source hash; the build is announced.
+they are compiled against the installed torch into ``cache_root()`` (``$FUSED_DSCONV_CACHE``, default
+``$XDG_CACHE_HOME/fused_dsconv`` or ``~/.cache/fused_dsconv``), once per torch/CUDA version and source
+hash; the build is announced.
 ``FUSED_DSCONV_NO_JIT=1`` turns that off, ``FUSED_DSCONV_NO_NATIVE=1`` turns off the extension.
 """
 from __future__ import annotations
@@ -26,6 +27,14 @@ from . import _build_config as cfg
 _PKG = Path(__file__).resolve().parent
 _state: dict = {}
 REBUILD = "pip install --no-build-isolation --force-reinstall --no-deps ."
+
+
+def cache_root() -> Path:
+    """Where fused_dsconv keeps what it builds and measures (JIT builds, the tuning cache):
+    ``$FUSED_DSCONV_CACHE``, else ``$XDG_CACHE_HOME/fused_dsconv``, else ``~/.cache/fused_dsconv``."""
+    if os.environ.get("FUSED_DSCONV_CACHE"):
+        return Path(os.environ["FUSED_DSCONV_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fused_dsconv"
 
 
 def csrc_dir() -> Optional[Path]:
@@ -107,7 +116,7 @@ def jit_build(src: Path, build_root: Optional[Path] = None, verbose: bool = Fals
     for f in sorted(files + [str(p) for p in src.rglob("*.h*")]):
         digest.update(Path(f).read_bytes())
     tag = f"torch{torch.__version__}-cu{torch.version.cuda}-{digest.hexdigest()[:12]}".replace("+", "_")
-    root = build_root or Path(os.environ.get("FUSED_DSCONV_CACHE", Path.home() / ".cache" / "fused_dsconv"))
+    root = build_root or cache_root()
     build_dir = root / tag
     build_dir.mkdir(parents=True, exist_ok=True)
     if archs:  # else torch's own choice: TORCH_CUDA_ARCH_LIST, or the visible GPUs

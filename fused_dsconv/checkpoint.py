@@ -7,24 +7,34 @@ A run folder (``fused-dsconv train --out RUN``) holds:
     best.safetensors    weights (parameters and BN buffers) of the epoch with the lowest validation loss
     last.safetensors    weights after the latest epoch
     last_state.pt       everything ``--resume`` needs: weights, optimizer, AMP scaler, epoch, best
-                        validation loss, RNG states (torch, CUDA, NumPy, Python, data order)
+                        validation loss, RNG states (torch, CUDA, NumPy, Python, data order), settings
     log.csv             one line per epoch
 
 Each .safetensors file also carries the config in its metadata, so it is self-describing when
 copied away from its folder.
+
+last_state.pt holds only tensors, numbers, strings, lists, tuples and dicts, so that it loads with
+``torch.load(weights_only=True)``: a run folder received from someone else cannot run code when
+resumed. States that need the full pickle (those of earlier versions) are refused, not loaded.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
 from typing import Optional, Union
 
+import torch
 from torch import nn
 
 from .models import JointNet
 
 CONFIG_FORMAT = "fused_dsconv.jointnet/1"
+# /2: plain values only (loads with weights_only=True); /1 was a full pickle (NumPy and Python RNG
+# states, argparse callables) and is refused.
+STATE_FORMAT = "fused_dsconv.train_state/2"
+STATE_KEYS = ("epoch", "model", "optimizer", "scaler", "rng", "best_val_loss", "best", "args", "config", "elapsed")
 PathLike = Union[str, os.PathLike]
 
 
@@ -57,15 +67,22 @@ def build_model(config: dict, **kwargs) -> JointNet:
                     in_channels=config.get("in_channels", 3), **kwargs)
 
 
-def _atomic(path: Path, write) -> None:
+def _atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all. Written by ``open`` here (not by a library's own
+    writer: safetensors' save_file creates 0600 files) so every run file gets the same permissions."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save_json(obj: dict, path: PathLike) -> None:
-    _atomic(Path(path), lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
+    _atomic(Path(path), (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def save_weights(model: nn.Module, path: PathLike, config: Optional[dict] = None) -> None:
@@ -73,7 +90,45 @@ def save_weights(model: nn.Module, path: PathLike, config: Optional[dict] = None
     st = _safetensors()
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"config": json.dumps(config)} if config is not None else None
-    _atomic(Path(path), lambda p: st.save_file(tensors, str(p), metadata=meta))
+    _atomic(Path(path), st.save(tensors, metadata=meta))
+
+
+def save_train_state(state: dict, path: PathLike) -> None:
+    """The resumable state of a run (plain values only; see the module docstring)."""
+    buf = io.BytesIO()
+    torch.save({"format": STATE_FORMAT, **state}, buf)
+    _atomic(Path(path), buf.getvalue())
+
+
+def _load_failure(e: Exception) -> str:
+    """The unpickler's reason, without torch's advice to retry with weights_only=False."""
+    for line in str(e).splitlines():
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:", 1)[1].split(" was not an allowed")[0].strip()
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
+
+
+def load_train_state(path: PathLike) -> dict:
+    """A state written by ``save_train_state``, loaded with ``weights_only=True`` (no code runs)."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for a disallowed global; others for foreign or broken files
+        raise CheckpointError(
+            f"{path} is refused: it does not load as plain tensors and values ({_load_failure(e)}). A training state "
+            f"written by this version loads that way; one written before (format fused_dsconv.train_state/1) "
+            f"or by anything else could run code when unpickled, so it is not loaded. The run's weights "
+            f"({path.parent / 'last.safetensors'}, best.safetensors) stay usable by eval and export; "
+            "to train on, start a new run") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path} is not a fused_dsconv training state (format {found!r}, expected "
+                              f"{STATE_FORMAT!r})")
+    missing = [k for k in STATE_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is an incomplete training state (missing {', '.join(missing)})")
+    return state
 
 
 def resolve(path: PathLike) -> tuple[Path, dict]:

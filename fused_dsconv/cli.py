@@ -1,11 +1,18 @@
 """``fused-dsconv`` (also ``python -m fused_dsconv``): the command line.
 
 Each subcommand is a (name, help, add_arguments, run) entry in ``COMMANDS``; ``run`` gets the
-parsed namespace and returns an exit code.
+parsed namespace and returns an exit code. The namespace also carries ``prog`` (how the tool was
+invoked), ``invoked_as`` (``prog`` and the subcommand), ``argv`` (the subcommand's own arguments)
+and ``explicit`` (the option names given on the command line, not defaulted): ``train --resume``
+keeps a run's saved settings except those, and a Ctrl-C message can quote the command to rerun.
+
+Help texts are plain text (no reST markup) and name no file outside the installed package.
 """
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import platform
 import sys
 from typing import Callable, Optional
@@ -16,7 +23,8 @@ from . import __version__, backends
 
 
 def _info_args(p: argparse.ArgumentParser) -> None:
-    pass
+    p.add_argument("--verbose", action="store_true",
+                   help="also the Triton kernels' tile configs: the autotuner's spaces and candidates per block")
 
 
 def _probe_inputs() -> list[tuple[str, torch.Tensor]]:
@@ -48,6 +56,13 @@ def run_info(args) -> int:
         print(f"\non {where}, float32:")
         for name, why in backends.explain(x).items():
             print(f"  {name:<10} {'can run' if why is None else 'cannot run: ' + why}")
+    if getattr(args, "verbose", False):
+        print()
+        try:
+            from . import triton_launch
+            print(triton_launch.describe())
+        except ImportError as e:
+            print(f"Triton tile configs: unavailable ({e})")
     return 0
 
 
@@ -108,29 +123,97 @@ def _run_sweep(args) -> int:
     return run_sweep(args)
 
 
+def _tune_args(p: argparse.ArgumentParser) -> None:
+    from .tune import add_arguments
+    add_arguments(p)
+
+
+def _run_tune(args) -> int:
+    from .tune import run_tune
+    return run_tune(args)
+
+
 COMMANDS: list[tuple[str, str, Callable, Callable]] = [
     ("info", "versions, the native extension, and which backends can run here (and why not)", _info_args,
      run_info),
     ("models", "list the registered models (--table: parameters and multiply-adds)", _models_args, run_models),
-    ("train", "train the classifier (default: the embedded digits, offline, CPU-friendly); see docs/training.md",
-     _train_args, _run_train),
+    ("train", "train the classifier (default: the embedded digits, offline, CPU-friendly)", _train_args, _run_train),
     ("eval", "loss and accuracy of a checkpoint (run folder or .safetensors) on a data set", _eval_args, _run_eval),
     ("export", "export a checkpoint as a BN-folded plain model to ONNX (no custom ops)", _export_args, _run_export),
     ("sweep", "train a grid of widths x dilations (the paper's Tables 4 and 6) and tabulate the results",
      _sweep_args, _run_sweep),
+    ("tune", "measure every backend (and the unfused layers) per block of a model on this device; keep the fastest",
+     _tune_args, _run_tune),
 ]
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="fused-dsconv", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"fused_dsconv {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_, add_args, run in COMMANDS:
-        p = sub.add_parser(name, help=help_, description=help_)
-        add_args(p)
-        p.set_defaults(run=run)
-    args = parser.parse_args(argv)
-    return args.run(args)
+DESCRIPTION = ("fused dilated depthwise-separable conv + BatchNorm + ReLU blocks for PyTorch: check the install, "
+               "list the models, train, evaluate and export the paper's classifier")
+EPILOGS = {
+    "train": "examples:\n"
+             "  %(prog)s --out runs/digits --threads 1      the embedded digits on a CPU (minutes)\n"
+             "  %(prog)s --resume runs/digits               continue after Ctrl-C with the run's settings\n"
+             "  %(prog)s --resume runs/digits --epochs 30   ... and extend it to 30 epochs\n"
+             "  %(prog)s --dataset cifar10 --data ~/data/cifar10 --download --model jointnet_a100_d3 --amp bf16\n"
+             "files written: config.json, best.safetensors, last.safetensors, last_state.pt, log.csv, summary.json",
+}
+
+
+def _invoked_prog() -> str:
+    """How a user would type this tool again: the console script, or ``python -m`` when run that way."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    started_as = getattr(spec, "name", "") or ""
+    return "python -m fused_dsconv" if started_as.startswith("fused_dsconv.") else "fused-dsconv"
+
+
+def given_options(add_args: Callable, argv: list[str]) -> frozenset:
+    """The dest names of the options that ``argv`` (a subcommand's arguments) gives, defaults left out."""
+    probe = argparse.ArgumentParser(add_help=False)
+    add_args(probe)
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    probe._defaults.clear()  # set_defaults(...) values are defaults too
+    return frozenset(vars(probe.parse_known_args(argv)[0]))
+
+
+def _quiet_stdout() -> None:
+    """The reader of stdout went away (``| head``): send what is still buffered nowhere, not to a traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
+
+
+def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prog = prog or _invoked_prog()
+    try:
+        try:
+            parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+            parser.add_argument("--version", action="version", version=f"fused_dsconv {__version__}")
+            sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+            adders = {}
+            for name, help_, add_args, run in COMMANDS:
+                p = sub.add_parser(name, help=help_, description=help_, epilog=EPILOGS.get(name),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                add_args(p)
+                p.set_defaults(run=run)
+                adders[name] = add_args
+            args = parser.parse_args(argv)
+            args.argv = argv[argv.index(args.command) + 1:]
+            args.explicit = given_options(adders[args.command], args.argv)
+            args.prog, args.invoked_as = prog, f"{prog} {args.command}"
+            return args.run(args)
+        finally:
+            sys.stdout.flush()  # here, so that a closed pipe is seen now and not at interpreter exit
+    except KeyboardInterrupt as e:  # one line, no traceback; a training run says how to continue
+        print(str(e) or "interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 141  # as if killed by SIGPIPE, like other tools in a pipeline
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._interrupt import sigint_deferred
+
 DATASETS = ("digits", "cifar10", "tinyimagenet", "folder")
 DIGITS_FILE = Path(__file__).with_name("data") / "digits.npz"
 DIGITS_SHA256 = "b2dab7b501728c22e9119ad76740b2e17c77a231e42d1e592380d90886f1a05e"
@@ -221,6 +223,36 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, numbers, bytes and NumPy arrays, and nothing that could run code.
+
+    The CIFAR-10 python batches are pickles, and a data folder may come from anyone: plain
+    ``pickle.load`` would call whatever the file names. Only the NumPy functions that rebuild an
+    array from its bytes are allowed, and ``_codecs.encode``, which pickles of protocol 2 written by
+    Python 3 use for bytes."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name} (only arrays, lists, dicts, numbers "
+                                         "and bytes are loaded from a data set file)")
+        return super().find_class(module, name)
+
+
+def _load_batch(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            d = _ArrayUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+        raise DataError(f"{path} is not a CIFAR-10 python batch: {e}") from None
+    if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
+        raise DataError(f"{path} is not a CIFAR-10 python batch (expected a dict with data and labels)")
+    return d
+
+
 def load_cifar10(root: str | Path, download: bool = False) -> Dataset:
     """CIFAR-10 (python pickle batches) in memory as uint8 [N, 3, 32, 32]: 50,000 train / 10,000 test."""
     root = Path(root)
@@ -237,8 +269,7 @@ def load_cifar10(root: str | Path, download: bool = False) -> Dataset:
     def read(names: Sequence[str]) -> Split:
         xs, ys = [], []
         for n in names:
-            with open(folder / n, "rb") as f:
-                d = pickle.load(f, encoding="bytes")
+            d = _load_batch(folder / n)
             xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.append(np.asarray(d[b"labels"], dtype=np.int64))
         return Split(torch.from_numpy(np.concatenate(ys)), torch.from_numpy(np.concatenate(xs)))
@@ -376,33 +407,41 @@ class FolderDataset(torch.utils.data.Dataset):
 
 # -- batching ----------------------------------------------------------------------------------
 class Loader:
-    """Batches of one split. ``generator`` (shuffle only) is the data-order RNG: save its state to resume."""
+    """Batches of one split. ``generator`` (shuffle only) is the data-order RNG: save its state to resume.
+    ``sampler`` (e.g. a ``DistributedSampler``: this process's share of the split under torchrun) gives the
+    order instead; the caller calls its ``set_epoch``."""
 
     def __init__(self, split: Split, batch_size: int, *, shuffle: bool, generator: Optional[torch.Generator] = None,
-                 workers: int = 0, pin_memory: bool = False):
+                 workers: int = 0, pin_memory: bool = False, sampler: Optional[torch.utils.data.Sampler] = None):
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         self.split, self.batch_size, self.shuffle, self.generator = split, batch_size, shuffle, generator
+        self.sampler = sampler
         self._loader = None
         if split.images is None:
             self._loader = torch.utils.data.DataLoader(
-                FolderDataset(split), batch_size=batch_size, shuffle=shuffle, generator=generator,
-                num_workers=workers, pin_memory=pin_memory, persistent_workers=False,
-                prefetch_factor=4 if workers > 0 else None)
+                FolderDataset(split), batch_size=batch_size, shuffle=shuffle and sampler is None,
+                generator=generator if sampler is None else None, sampler=sampler, num_workers=workers,
+                pin_memory=pin_memory, persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
 
     @property
     def num_samples(self) -> int:
-        return len(self.split)
+        return len(self.split) if self.sampler is None else len(self.sampler)
 
     def __len__(self) -> int:
-        return -(-len(self.split) // self.batch_size)
+        return -(-self.num_samples // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self._loader is not None:
-            yield from self._loader
+            with sigint_deferred():  # the workers are forked here (see sigint_deferred)
+                batches = iter(self._loader)
+            yield from batches
             return
-        n = len(self.split)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        n = self.num_samples
+        if self.sampler is not None:
+            order = torch.tensor(list(self.sampler), dtype=torch.int64)
+        else:
+            order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         for i in range(0, n, self.batch_size):
             idx = order[i:i + self.batch_size]
             yield self.split.images[idx], self.split.labels[idx]

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .block import JointBlock
+from .reference import output_size
 
 STEM_CHANNELS = 32
 # (depthwise channels, pointwise output channels, depthwise stride): the consistent reading of Table 1.
@@ -46,12 +47,18 @@ class JointNet(nn.Module):
                  dilation: Union[int, Sequence[int]] = 1, *, in_channels: int = 3, resize_input: bool = True,
                  backend: str = "auto", recompute: bool = False):
         super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 1:
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        for name, v in (("alpha", alpha), ("rho", rho)):
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise TypeError(f"{name} must be a number (int or float), got {type(v).__name__} {v!r}")
         if not 0 < alpha <= 4:
             raise ValueError(f"alpha (width multiplier) must be in (0, 4], got {alpha!r}")
         if not 0 < rho <= 4:
             raise ValueError(f"rho (resolution multiplier) must be in (0, 4], got {rho!r}")
+        if int(round(BASE_RESOLUTION * rho)) < 1:
+            raise ValueError(f"rho={rho!r} gives an input side of round({BASE_RESOLUTION} * rho) = 0 pixels; "
+                             f"rho must be greater than {0.5 / BASE_RESOLUTION:.5f}")
         dilations = [dilation] * len(TABLE1) if isinstance(dilation, int) else list(dilation)
         if len(dilations) != len(TABLE1):
             raise ValueError(f"dilation must be one integer or {len(TABLE1)} integers (one per block), "
@@ -75,6 +82,17 @@ class JointNet(nn.Module):
                 raise ValueError(f"input must be {self.resolution}x{self.resolution} (resize_input=False), "
                                  f"got {tuple(x.shape[-2:])}")
             x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
+        if self.training and x.shape[0] > 0 and not any(getattr(b, "synchronises", bool)() for b in self.blocks):
+            # The last block has the fewest values per channel; refuse here, before block 1 updates its running
+            # statistics, rather than from deep inside the network. (Synchronised blocks count over every
+            # process, which only they can see.)
+            side = self.resolution
+            for block in self.blocks:
+                side = output_size(side, block[0].stride[0])  # block[0]: the depthwise conv, fused or not
+            if x.shape[0] * side * side == 1:
+                raise ValueError(f"training needs more than 1 value per channel in every block: batch 1 at "
+                                 f"{self.resolution}x{self.resolution} leaves 1x1 in the last block; use a batch of "
+                                 "at least 2 or a larger rho")
         x = self.blocks(self.stem(x))
         return self.classifier(torch.flatten(self.pool(x), 1))
 

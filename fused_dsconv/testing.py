@@ -9,22 +9,31 @@ scaled by the reference's largest magnitude, so one table serves outputs and gra
     dtype      rtol    atol
     float64    1e-7    1e-9
     float32    3e-4    1e-3
+    "tf32"     3e-3    5e-3    float32 storage, GEMM operands rounded to TF32 (10 mantissa bits)
     float16    3e-3    5e-3
     bfloat16   1e-2    5e-2
 
-fp32 ``tl.dot`` / tensor-core paths must run in IEEE fp32 (not TF32) to meet the float32 row.
+A float32 result whose GEMM ran in TF32 (PyTorch's default for convolutions on sm_80+, and the Triton
+backend's whenever PyTorch's is: ``conv_tf32``) is held to the "tf32" row: TF32 keeps float16's 10-bit
+mantissa, and both GEMM operands are rounded (the weights too, which in float16 runs are stored, hence
+exact), so each product carries up to 2**-9 relative error when the hardware truncates -- inside rtol
+3e-3; atol covers cancellation, as in the float16 row. IEEE float32 GEMMs meet the float32 row.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+TF32 = "tf32"  # the tolerance row of float32 results computed with TF32 GEMM operands
+
 TOLERANCES = {
     torch.float64: (1e-7, 1e-9),
     torch.float32: (3e-4, 1e-3),
+    TF32: (3e-3, 5e-3),
     torch.float16: (3e-3, 5e-3),
     torch.bfloat16: (1e-2, 5e-2),
 }
@@ -52,8 +61,21 @@ def max_error(actual: Tensor, expected: Tensor) -> float:
     return (actual.double() - expected.double()).abs().max().item() if expected.numel() else 0.0
 
 
-def assert_close(actual: Tensor, expected: Tensor, dtype: torch.dtype, name: str, verbose: bool = True) -> float:
-    """Assert the tolerance rule above for ``dtype``; print and return the max abs error."""
+@contextlib.contextmanager
+def conv_tf32(on: bool):
+    """PyTorch's convolutions (and so the Triton backend's float32 GEMMs) in TF32 or not, inside the block:
+    the legacy ``torch.backends.cudnn.allow_tf32`` flag, which sets the per-op settings consistently."""
+    prev = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = bool(on)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = prev
+
+
+def assert_close(actual: Tensor, expected: Tensor, dtype, name: str, verbose: bool = True) -> float:
+    """Assert the tolerance rule above for ``dtype`` (a torch dtype, or TF32); print and return the max abs
+    error."""
     rtol, atol = TOLERANCES[dtype]
     if actual.shape != expected.shape:
         raise AssertionError(f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
@@ -110,3 +132,41 @@ def make_case(n: int, c: int, k: int, h: int, w: int, *, stride: int = 1, dilati
                 (torch.rand(k, generator=g) + 0.5) if affine else None, r(k) * 0.5 if affine else None,
                 stride, dilation)
     return Case(*(t.to(device) if isinstance(t, Tensor) else t for t in case.__dict__.values()))
+
+
+def split_passes(backend: str, case: Case, sizes: list[int], grad_out: Tensor, eps: float = 1e-5,
+                 save_y: bool = True) -> dict:
+    """The synchronised block's passes on ``backend``, one process per entry of ``sizes`` simulated in this one:
+    ``case.x`` cut into batches of those sizes (0 allowed), pass 1 on each, the statistics merged as the
+    all-gather merges them (``fused_dsconv.distributed.merge_statistics``), pass 2 on each, the BN gradient sums
+    added up as the all-reduce adds them, and the rest of the backward on each. Returns the merged
+    statistics and the whole-batch results (outputs and dx concatenated, weight / BN gradients summed), to
+    compare with one call on the whole batch."""
+    from .distributed import merge_statistics
+
+    ops = torch.ops.fused_dsconv
+    c = case
+    assert sum(sizes) == c.x.shape[0]
+    k = c.pw_weight.shape[0]
+    cuts = torch.tensor([0, *sizes]).cumsum(0).tolist()
+    xs = [c.x[a:b] for a, b in zip(cuts, cuts[1:])]
+    gs = [grad_out[a:b] for a, b in zip(cuts, cuts[1:])]
+    conv = (c.dw_weight, c.pw_weight, c.bias)
+    rows, ys = [], []
+    for x in xs:
+        y, mean, var = ops.forward_stats(x, *conv, c.stride, c.dilation, save_y, backend)
+        count = x.shape[0] * ((x.shape[2] - 1) // c.stride + 1) * ((x.shape[3] - 1) // c.stride + 1)
+        rows.append(torch.cat([mean.new_full((1,), count), mean, var * count]))
+        ys.append(y if save_y else None)
+    n, mean, var = merge_statistics(torch.cat(rows), k)
+    outs = [ops.forward_normalize(x, *conv, y, mean, var, c.bn_weight, c.bn_bias, c.stride, c.dilation, eps, backend)
+            for x, y in zip(xs, ys)]
+    if not save_y:  # as the backward rebuilds it in recompute mode
+        ys = [ops.forward_stats(x, *conv, c.stride, c.dilation, True, backend)[0] for x in xs]
+    sums = [ops.backward_reduce(g, y, mean, var, c.bn_weight, c.bn_bias, eps, backend) for g, y in zip(gs, ys)]
+    sum_dz, sum_dz_yhat = sum(s[0] for s in sums), sum(s[1] for s in sums)
+    grads = [ops.backward_apply(g, x, c.dw_weight, c.pw_weight, y, mean, var, c.bn_weight, c.bn_bias, sum_dz / n,
+                                sum_dz_yhat / n, c.stride, c.dilation, eps, backend) for g, x, y in zip(gs, xs, ys)]
+    return {"count": n, "mean": mean, "var": var, "out": torch.cat(outs), "dx": torch.cat([g[0] for g in grads]),
+            "d_dw": sum(g[1] for g in grads), "d_pw": sum(g[2] for g in grads), "d_gamma": sum_dz_yhat,
+            "d_beta": sum_dz, "parts": [{"out": o, "dx": g[0]} for o, g in zip(outs, grads)]}

@@ -24,11 +24,11 @@ from .reference import output_size
 @torch.library.triton_op("fused_dsconv_triton::forward_eval", mutates_args=())
 def forward_eval(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, bias: Tensor, stride: int, dilation: int) -> Tensor:
     """relu(pw(dw(x)) + bias) by dsconv_fwd_kernel; x's dtype and memory format."""
-    tk = importlib.import_module("fused_dsconv.triton_kernels")
+    lc = importlib.import_module("fused_dsconv.triton_launch")
     n, _, h, w = x.shape
     k = pw_weight.shape[0]
     out = torch.empty((n, k, output_size(h, stride), output_size(w, stride)), device=x.device, dtype=x.dtype,
                       memory_format=memory_format_of(x))
-    tk.launch_conv(x, dw_weight.contiguous(), pw_weight.reshape(k, -1).contiguous(), bias, stride, dilation, out,
+    lc.launch_conv(x, dw_weight.contiguous(), pw_weight.reshape(k, -1).contiguous(), bias, stride, dilation, out,
                    relu=True, stats=False, wrap=True)
     return out

@@ -36,6 +36,11 @@ def test_skip_reasons():
     assert "paper-size" in benchlib.compile_unavailable(cpu, False, "a075_r100_d1_b2")
     assert benchlib.compile_unavailable(cpu, True, "a075_r100_d1_b2") is None
     assert benchlib.backend_unavailable("reference", torch.empty(1, 1, 1, 1)) is None
+    assert "auto-nchw" in benchlib.impl_names() and "auto-channels_last" in benchlib.impl_names()
+    assert benchlib.auto_unavailable(False, benchlib.AUTO_BLOCK_CASE) is None
+    assert benchlib.auto_unavailable(False, "classifier") is None
+    assert "paper-size" in benchlib.auto_unavailable(False, "a075_r100_d1_b2")
+    assert benchlib.auto_unavailable(True, "a075_r100_d1_b2") is None
 
 
 def test_cuda_branches(monkeypatch):
@@ -98,17 +103,18 @@ def _fake_run():
         bench("block", "a100_r100_d3_b1", "eval", "eager-nchw", 0.004),
         bench("classifier", "a100_r100_d3", "train_step", "eager-nchw", 0.1, MEASURED_memory=cmem,
               DERIVED_max_batch_11GiB={"unfused": 100, "fused": 200, "recompute": 300}, resolution=224),
+        bench("classifier", "a100_r100_d3", "train_step", "auto-nchw", 0.09, resolution=224, tuning=[
+            {"block": "b1", "shape": "32->64 s2 d3 224x224", "mode": "train_fwd_bwd", "winner": "reference",
+             "MEASURED_median_ms": {"reference": 10.0, "unfused": 15.0}, "speedup_vs_unfused": 1.5,
+             "source": "measured"}]),
     ]}
 
 
-def test_report_markdown_and_png(tmp_path):
+def test_report_markdown(tmp_path):
     path = tmp_path / "run.json"
     path.write_text(json.dumps(_fake_run()))
-    md, png = tmp_path / "out.md", tmp_path / "out.png"
-    args = [str(path), "--md", str(md), "--model-batch", "2"]
-    if _has_matplotlib():
-        args += ["--png", str(png), "--config", "a100_r100_d3"]
-    assert report.main(args) == 0
+    md = tmp_path / "out.md"
+    assert report.main([str(path), "--md", str(md), "--model-batch", "2"]) == 0
     text = md.read_text()
     assert "MEASURED on CPU (x86_64, 2 threads)" in text
     # eval row comes before train_fwd; baseline / ours = 0.010 / 0.020
@@ -117,23 +123,22 @@ def test_report_markdown_and_png(tmp_path):
     assert "| a100_r100_d3_b1 | 4 | 2 | 1 | 0.500 | 0.250 |" in text
     assert "100 / 200 / 300" in text
     assert "MODEL (analytic, bytes only, not measured" in text
-    if _has_matplotlib():
-        assert png.stat().st_size > 1000
+    assert ("| classifier | a100_r100_d3 | train_step | auto-nchw | b1 | 32->64 s2 d3 224x224 | reference 10; "
+            "unfused 15 | reference | 1.50 |") in text
 
 
-def _has_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-        return True
-    except ImportError:
-        return False
+def test_report_png(tmp_path):
+    pytest.importorskip("matplotlib", reason="the PNG plot needs matplotlib (pip install '.[test]')")
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(_fake_run()))
+    png = tmp_path / "out.png"
+    assert report.main([str(path), "--md", str(tmp_path / "out.md"), "--model-batch", "2", "--png", str(png),
+                        "--config", "a100_r100_d3"]) == 0
+    assert png.stat().st_size > 1000
 
 
 def test_memory_summary_markdown():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("bench_conftest_for_test", BENCH / "conftest.py")
-    conf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(conf)
+    conf = _bench_conftest()
     rows = [{"kind": "block", "case": "c1", "shape": "s", "batch": 2, "unfused": 4096, "fused": 2048, "recompute": 1024,
              "peak_unfused": 2**21, "peak_fused": 2**20, "peak_recompute": 2**19},
             {"kind": "classifier", "config": "a100_r100_d3", "resolution": 224, "params": 10,
@@ -142,3 +147,33 @@ def test_memory_summary_markdown():
     text = conf.memory_markdown(rows)
     assert "| c1 | s | 2 | 4 | 2 | 1 | 0.500 | 0.250 | 2.0 / 1.0 / 0.5 |" in text
     assert "| a100_r100_d3 | 224 | 10 | 2.00 | 1.00 | 0.50 | 0.500 | 0.250 | 1 / 2 / 3 |" in text
+
+
+def _bench_conftest():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_conftest_for_test", BENCH / "conftest.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    return conf
+
+
+def test_ratio_summary_is_a_geometric_mean_per_mode():
+    def b(case, mode, impl, median):
+        return {"median": median, "extra_info": {"kind": "block", "case": case, "mode": mode, "impl": impl}}
+    benches = [b("c1", "eval", "eager-nchw", 1.0), b("c1", "eval", "reference-nchw", 2.0),
+               b("c2", "eval", "eager-nchw", 1.0), b("c2", "eval", "reference-nchw", 8.0),
+               b("c3", "eval", "reference-nchw", 100.0)]  # no baseline for c3: not counted
+    lines = _bench_conftest().ratio_summary(benches)
+    assert lines == ["  block eval, median time / eager-nchw (geometric mean over cases): reference-nchw 4.00x (2)"]
+
+
+def test_cases_dropped_at_collection_are_the_ones_the_benchmarks_would_skip():
+    cpu = benchlib.make_settings(False, "cpu")
+    case = benchlib.block_cases()[0]
+    assert "runs cuda tensors only" in benchlib.case_unavailable({"impl": "native-nchw", "case": case}, cpu)
+    assert benchlib.case_unavailable({"impl": "eager-channels_last", "case": case}, cpu) is None
+    assert benchlib.case_unavailable({"impl": "reference-nchw", "cfg": (1.0, 1.0, 3)}, cpu) is None
+    assert "CI size runs the classifier" in benchlib.case_unavailable({"impl": "reference-nchw", "cfg": (0.5, 1.0, 3)},
+                                                                      cpu)
+    full = benchlib.make_settings(True, "cpu")
+    assert benchlib.case_unavailable({"impl": "reference-nchw", "cfg": (0.5, 1.0, 3)}, full) is None

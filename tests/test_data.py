@@ -67,6 +67,29 @@ def test_cifar10_python_batches(tmp_path):
     assert torch.equal(same.val.images, ds.val.images)
 
 
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+def test_cifar10_batches_cannot_run_code(tmp_path):
+    # The batches are pickles and a data folder may come from anyone: only arrays and plain values load.
+    folder = tmp_path / "cifar-10-batches-py"
+    _fake_cifar(folder)
+    marker = tmp_path / "code_ran"
+    with open(folder / "data_batch_3", "wb") as f:
+        pickle.dump({b"data": _RunsCode(marker), b"labels": [0]}, f)
+    with pytest.raises(DataError, match=r"data_batch_3 is not a CIFAR-10 python batch: refused to load builtins\.exec"):
+        load_dataset("cifar10", str(tmp_path))
+    assert not marker.exists()
+    with open(folder / "data_batch_3", "wb") as f:  # protocol 2 (as the real files): bytes via _codecs
+        pickle.dump({b"data": np.zeros((6, 3072), np.uint8), b"labels": list(range(6))}, f, protocol=2)
+    assert load_dataset("cifar10", str(tmp_path)).train.images.shape == (30, 3, 32, 32)
+
+
 def test_cifar10_missing_explains_download(tmp_path):
     with pytest.raises(DataError, match="--download"):
         load_dataset("cifar10", str(tmp_path / "nowhere"))

@@ -225,6 +225,42 @@ def test_strided_per_channel_vectors(emu):
     assert torch.equal(out, emu.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 2))
 
 
+SPLIT_CASES = [(F32, False, 2, 3, True), (F16, True, 2, 5, False), (BF16, True, 1, 2, True)]
+
+
+@pytest.mark.parametrize("dtype,cl,s,d,save_y", SPLIT_CASES,
+                         ids=[f"{str(dt).split('.')[-1]}-{'cl' if cl else 'nchw'}-s{s}-d{d}-{'saved' if sv else 'recompute'}"
+                              for dt, cl, s, d, sv in SPLIT_CASES])
+def test_split_passes_merged_over_processes(emu, monkeypatch, dtype, cl, s, d, save_y):
+    """The synchronised block's split passes on the native kernels (the launcher's forward_stats / normalize /
+    backward_sums / backward_convs stages), four processes simulated with batches 2, 0, 1, 2: the merged
+    statistics, outputs and every gradient against the float64 reference on the whole batch (the statistics
+    and backward from the y the kernels stored, as test_backward_train)."""
+    from fused_dsconv import backends
+    from fused_dsconv.testing import split_passes
+
+    monkeypatch.setattr(backends, "_REGISTRY", [*backends._REGISTRY, emu])  # the ops reach it by name
+    c = _case(dtype, cl, s, d, shape=(5, 5, 7, 9, 11))
+    ho, wo = (9 - 1) // s + 1, (11 - 1) // s + 1
+    g = torch.randn(5, 7, ho, wo, generator=torch.Generator().manual_seed(2)).to(dtype)
+    got = split_passes(emu.name, c, [2, 0, 1, 2], g, EPS, save_y)
+    y = torch.ops.fused_dsconv.forward_stats(c.x, c.dw_weight, c.pw_weight, c.bias, s, d, True, emu.name)[0]
+    var, mean = torch.var_mean(y.double(), dim=(0, 2, 3), unbiased=False)
+    assert got["count"].item() == 5 * ho * wo
+    assert_close(got["mean"], mean, dtype, "merged mean")
+    assert_close(got["var"], var, dtype, "merged var")
+    eo = REF.forward_train(c.x.double(), c.dw_weight.double(), c.pw_weight.double(), _d(c.bias), _d(c.bn_weight),
+                           _d(c.bn_bias), s, d, EPS, False)[0]
+    exp = REF.backward_train(g.double(), c.x.double(), c.dw_weight.double(), c.pw_weight.double(), _d(c.bias),
+                             _d(c.bn_weight), _d(c.bn_bias), y.double(), mean, var, s, d, EPS)
+    for name, e in (("out", eo), ("dx", exp[0]), ("d_dw", exp[1]), ("d_pw", exp[2]), ("d_gamma", exp[4]),
+                    ("d_beta", exp[5])):
+        assert_close(got[name], e, dtype, name)
+    for part in got["parts"]:
+        if part["out"].numel():
+            assert _layout_ok(part["out"], cl) and _layout_ok(part["dx"], cl)
+
+
 def test_deterministic(emu):
     c = _case(F32, False, 1, 3)
     r1 = emu.forward_train(c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 1, 3, EPS, True)
@@ -249,6 +285,9 @@ def test_checks_name_the_argument(emu):
         ops.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias[:3], 1, 1)
     with pytest.raises(RuntimeError, match="stride"):
         ops.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 3, 1)
+    with pytest.raises(RuntimeError, match=r"dilation must be between 1 and 1048576 \(2\^20\), got 1048577"):
+        ops.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 2 ** 20 + 1)
+    ops.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 2 ** 20)  # the limit itself runs
     with pytest.raises(RuntimeError, match="x must"):
         ops.forward_eval(c.x.double(), c.dw_weight.double(), c.pw_weight.double(), c.bias, 1, 1)
     with pytest.raises(RuntimeError, match="x must be contiguous"):

@@ -9,7 +9,8 @@ import os
 import pytest
 import torch
 
-OPS = ("forward_eval", "forward_train", "backward_eval", "backward_train")
+OPS = ("forward_eval", "forward_train", "backward_eval", "backward_train", "forward_stats", "forward_normalize",
+       "backward_reduce", "backward_apply")
 
 
 def _import_native():
@@ -31,15 +32,28 @@ def test_native_extension_registers_cuda_kernels():
 
 
 def test_native_backend_explains_itself():
+    """The reasons the native backend gives, for the real extension (or its absence) on this machine and for
+    CUDA inputs it must refuse; CUDA inputs are FakeTensors, so this runs (and can fail) without a GPU."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
     from fused_dsconv.backends import native
 
     b = native.NativeBackend()
-    why = b.unavailable(torch.zeros(1, 1, 2, 2))  # a CPU tensor: never runnable natively
-    assert why
-    if b.ops is not None:
-        assert "cuda" in why
-        assert "float64" in (b.unavailable(torch.zeros(1, 1, 2, 2, dtype=torch.float64, device="cuda"))
-                             if torch.cuda.is_available() else "float64")
+    assert b.unavailable(torch.zeros(1, 1, 2, 2)) == "x is on cpu; this backend runs cuda tensors only"
+    assert not b._loaded  # a CPU tensor never loads (or JIT-builds) the extension
+
+    class Built:  # an extension with kernels for every GPU: only the input checks can refuse
+        @staticmethod
+        def kernel_binary_version(device_index):
+            return 86
+    ready = native.NativeBackend(Built())
+    with FakeTensorMode():
+        x = torch.empty(2, 3, 5, 5, device="cuda")
+        assert ready.unavailable(x) is None
+        why = ready.unavailable(x.double())
+        assert why is not None and "float64" in why and "reference" in why, why
+        assert "contiguous" in ready.unavailable(x[:, :, ::2])
+        assert "not supported" in ready.unavailable(x.to(torch.int32))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

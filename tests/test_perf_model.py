@@ -271,3 +271,17 @@ def test_roofline_is_max_of_bandwidth_and_compute_per_kernel():
 def test_bad_mode():
     with pytest.raises(ValueError, match="mode"):
         pm.unfused(L, "training")
+
+
+def test_sync_bn_exchange_by_hand():
+    """Synchronised BN per block and step: 2K + 1 values forward (count, mean, M2), 2K backward (K = 4 here); on
+    a ring each process sends (P - 1)(2K + 1) for the forward's all-gather and 2 (P - 1) / P 2K for the
+    backward's all-reduce, in float32."""
+    assert pm.sync_bn_values(L, "eval") == {"forward": 0, "backward": 0}
+    assert pm.sync_bn_values(L, "train_fwd") == {"forward": 9, "backward": 0}
+    assert pm.sync_bn_values(L, "train_fwd_bwd") == {"forward": 9, "backward": 8}
+    assert pm.sync_bn_wire_bytes(L, "train_fwd_bwd", 2) == (1 * 9 + 1 * 8) * 4 == 68
+    assert pm.sync_bn_wire_bytes(L, "train_fwd_bwd", 4) == (3 * 9 + 12) * 4 == 156
+    assert pm.block_param_values(L) == 9 * 2 + 4 * 2 + 2 * 4
+    table = pm.sync_markdown([L], (2,))
+    assert "| 2 | 9 + 8 | 0.1 KB |" in table

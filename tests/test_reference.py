@@ -39,7 +39,7 @@ def test_spec_equals_unfused_modules(stride, dilation, training):
 @pytest.mark.parametrize("stride,dilation", [(1, 1), (2, 3), (1, 4)])
 @pytest.mark.parametrize("affine", [True, False])
 def test_reference_backend_gradcheck_train(stride, dilation, affine):
-    c = make_case(2, 3, 4, 7, 6, stride=stride, dilation=dilation, affine=affine).cast(D)
+    c = make_case(2, 2, 3, 5, 4, stride=stride, dilation=dilation, affine=affine).cast(D)
     params = [t.requires_grad_() for t in (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias)
               if t is not None]
 
@@ -53,7 +53,7 @@ def test_reference_backend_gradcheck_train(stride, dilation, affine):
 
 @pytest.mark.parametrize("save_y", [True, False])
 def test_reference_backend_gradcheck_recompute_and_eval(save_y):
-    c = make_case(2, 3, 4, 6, 5, stride=2, dilation=2, channels_last=True).cast(D)
+    c = make_case(2, 2, 3, 5, 4, stride=2, dilation=2, channels_last=True).cast(D)
     for t in (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias):
         t.requires_grad_()
     assert torch.autograd.gradcheck(

@@ -156,15 +156,16 @@ def test_occupancy_limits():
 
 
 def test_calibration_recovers_its_own_parameters():
-    truth = cm.Params(cpi=4.0, t0=1000.0, lat=300.0, err_lo=1.0, err_hi=1.0)
+    truth = cm.Params(cpi=4.0, t0=1000.0, lat=400.0, err_lo=1.0, err_hi=1.0)
     ks = []
     for i, (blocks, insn, loads) in enumerate([(28, 2e4, 1e2), (200, 5e5, 4e3), (7, 3e4, 5e2), (112, 1e5, 1e4)]):
         k = _kernel(name=f"k{i}", grid=(blocks, 1, 1), warp_insn=insn * blocks / 28, gload_insn=loads)
         model = cm.kernel_time(cm.SIM_DEVICE, k, truth, calibrated_band=False).cycles[1]
         ks.append(cm.replace(k, sim_cycles=int(round(model)) + cm.LAUNCH_LATENCY_SIM))
     p, rows = cm.calibrate(ks)
-    assert (p.cpi, p.t0, p.lat) == (4.0, 1000.0, 300.0)
-    assert p.err_lo == pytest.approx(1.0, abs=1e-3) and p.err_hi == pytest.approx(1.0, abs=1e-3)
+    assert (p.cpi, p.t0, p.lat) == (4.0, 1000.0, 400.0)
+    assert all(r["ratio"] == pytest.approx(1.0, abs=1e-3) for r in rows)
+    assert (p.err_lo, p.err_hi) == (p.small_lo, p.small_hi) == cm.MIN_BAND  # a perfect fit: the minimum band
     assert len(rows) == 4
 
 
@@ -197,3 +198,22 @@ def test_committed_model_data_is_consistent():
     for impl in ("fused", "unfused"):
         for b in range(1, 10):
             assert grids["grids"][f"{impl}|step|b{b}|32"]
+
+
+def test_probe_scaling_uses_blocks_where_grids_grow_and_pixels_where_they_do_not():
+    def kern(name, grid, insn):
+        return {"name": name, "mangled": name, "grid": grid, "block": 256, "regs": 32, "smem": 0, "cycles": 9000,
+                "warp_insn": insn, "load_thread_insn": 0, "store_thread_insn": 0, "shmem_thread_insn": 0,
+                "l2_accesses": 0}
+    case = {"impl": "fused", "mode": "step", "n": 1, "c": 8, "k": 8, "h": 8, "w": 8, "stride": 1, "dil": 3,
+            "dtype": "f32", "layout": "nchw", "label": "b0"}
+    sim = {"results": [{"verdict": "PASS", "case": case,
+                        "kernels": [kern("tiles", [4, 1, 1], 400), kern("per_channel", [8, 1, 1], 800)]}]}
+    # the block at 16 x 16 (4x the pixels): the tile kernel gets 2x the blocks here, the per-channel one none
+    grids = {"blocks": {"b0": [1, 8, 8, 16, 16, 1, 3]}, "grids": {"fused|step|b0|1": [[8, 1, 1], [8, 1, 1]]}}
+    (run,) = cm.layer_runs(sim, grids, 1)
+    assert not run.simulated and run.sim_shape == (1, 8, 8, 8, 8, 1, 3)
+    assert [k.warp_insn for k in run.kernels] == [800, 3200]
+    other = dict(case, c=16, label="b0")  # another block's channels never stand in for this one
+    assert cm.layer_runs({"results": [{"verdict": "PASS", "case": other, "kernels": sim["results"][0]["kernels"]}]},
+                         grids, 1) == []

@@ -1,18 +1,22 @@
 """The Triton backend's kernels, run in the Triton interpreter on CPU tensors, against the reference.
 
-No GPU is needed: a module-scoped fixture sets TRITON_INTERPRET=1, (re)imports
-``fused_dsconv.triton_kernels`` so its ``@triton.jit`` kernels are interpreter kernels, and turns on
-the kernels' bound assertions (``triton_kernels.set_debug``: DEBUG constexpr + the interpreter
-builder's debug option, without which ``tl.device_assert`` is a no-op). Everything is restored
-afterwards, so other test modules in the same process still see the CPU as "not Triton's".
+No GPU is needed: the module-scoped ``triton_interpreter`` fixture (tests/conftest.py) sets
+TRITON_INTERPRET=1, (re)imports ``fused_dsconv.triton_kernels`` so its ``@triton.jit`` kernels are
+interpreter kernels, and turns on the kernels' bound assertions (``triton_kernels.set_debug``: DEBUG
+constexpr + the interpreter builder's debug option, without which ``tl.device_assert`` is a no-op).
+Everything is restored afterwards, so other test modules in the same process still see the CPU as
+"not Triton's".
+
+float32 runs IEEE here (the fixture turns PyTorch's TF32 for convolutions off); the TF32 tests turn it
+on, and the interpreter then emulates TF32 by truncating both dot operands to 10 mantissa bits (its own
+dot is exact fp32). What that shows and does not: see test_tf32.
+
+The autotuned kernels run one config per problem class here (the pruner keeps the first that fits; the
+interpreter times nothing); test_every_config forces each config of each space in turn.
 
 Grids are small (a few dozen programs per launch): the interpreter runs programs one by one.
 """
 from __future__ import annotations
-
-import importlib
-import os
-import sys
 
 import pytest
 import torch
@@ -20,7 +24,6 @@ import torch
 from fused_dsconv import testing
 from fused_dsconv.backends import get
 
-KMOD = "fused_dsconv.triton_kernels"
 EPS = 1e-5
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -31,35 +34,23 @@ pytest.importorskip("triton")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def interpreter():
-    """TRITON_INTERPRET=1 + device asserts for this module only; fails loudly if it did not take."""
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    was_loaded = sys.modules.get(KMOD)
-    if was_loaded is not None and not was_loaded.INTERPRETED:
-        del sys.modules[KMOD]  # compiled for a GPU earlier in this process: load interpreter kernels
-    tk = importlib.import_module(KMOD)
-    if not tk.INTERPRETED:
-        pytest.fail("fused_dsconv.triton_kernels is not running in the Triton interpreter "
-                    "(TRITON_INTERPRET=1 must be set before the kernels are decorated)")
-    prev_debug = tk.set_debug(True)
-    yield tk
-    tk.set_debug(prev_debug)
-    if old is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = old
-    if was_loaded is None or not was_loaded.INTERPRETED:
-        sys.modules.pop(KMOD, None)  # later GPU users re-import compiled kernels
-        if was_loaded is not None:
-            sys.modules[KMOD] = was_loaded
+def interpreter(triton_interpreter):
+    """The interpreter for this whole module (tests/conftest.py); the kernels module, for tests that launch."""
+    global TK, TL
+    import fused_dsconv.triton_launch as launch
+    TK, TL = triton_interpreter, launch
+    return triton_interpreter
 
 
 TB = get("triton")
 RB = get("reference")
+TK = None  # the kernels module, set by the interpreter fixture
+TL = None  # the launchers module
 
 
-def _case(dtype, stride, dilation, channels_last, shape=(2, 20, 24, 9, 11), **kw):
+def _case(dtype, stride, dilation, channels_last, shape=(2, 20, 24, 10, 12), **kw):
+    """Default shape: NCHW planes of 10 x 12 (stride 2: 5 x 6) run the kernels' vectorised dense-plane
+    path (VEC 8 / 2); 7.5 pixel tiles of 32 (a partial last one)."""
     n, c, k, h, w = shape
     return testing.make_case(n, c, k, h, w, stride=stride, dilation=dilation, channels_last=channels_last,
                              **kw).cast(dtype)
@@ -71,6 +62,144 @@ def _fmt(cl):
 
 def _check_layout(t, cl):
     assert t.is_contiguous(memory_format=_fmt(cl)), f"result layout {t.stride()} is not {_fmt(cl)}"
+
+
+# ----------------------------------------------------------------------------------------------
+# The float16 / bfloat16 rounding model
+# ----------------------------------------------------------------------------------------------
+# The low-precision results are compared with the reference at their dtype's tolerance row (the spec)
+# and, tightly, with a model of what the kernels compute in *this* run: float64 arithmetic with every
+# fp32 -> storage-dtype rounding applied where the kernels apply it (the depthwise output T and dy
+# before each dot, every stored activation; the weight gradients are cast by torch) and the way this
+# run applies it. Triton 3.8's interpreter truncates fp32 -> bf16 (toward zero, even when rtne is
+# requested: test_interpreter_truncates_bf16_casts), while a GPU rounds to nearest even. A result must
+# be that rounding of some value within the float32 tolerance row of the model, a band of about one
+# unit in the last place: a wrong rounding (nearest vs truncation, a lost or an extra rounding) fails
+# it, where it would hide inside the 16-bit rows (bf16: rtol 1e-2, over two ulps).
+# T and dy are rebuilt in fp32 in the kernels' operation order (_dw_tile, _dy_tile), so their rounded
+# values, the dot operands, are the kernels' bit for bit; the rest is float64.
+
+
+def _round_as_run(t, dtype):
+    """``t`` rounded to ``dtype`` as the kernels' fp32 -> dtype casts round it in this run."""
+    t = t.float()
+    if dtype == torch.bfloat16 and TK.INTERPRETED:
+        t = (t.view(torch.int32) & -65536).view(torch.float32)  # drop the low 16 bits: toward zero
+    return t.to(dtype)
+
+
+def _assert_rounding_of(actual, model, final, name):
+    """actual == final(v) for some v within the float32 tolerance of ``model``; ``final`` is monotone."""
+    rtol, atol = testing.TOLERANCES[torch.float32]
+    m = model.double()
+    band = atol * max(1.0, m.abs().max().item()) + rtol * m.abs()
+    lo, hi = final(m - band).double(), final(m + band).double()
+    a = actual.double()
+    bad = (a < lo) | (a > hi)
+    if bad.any():
+        i = tuple(bad.nonzero()[0].tolist())
+        raise AssertionError(f"{name}: {int(bad.sum())} of {a.numel()} elements are not the {actual.dtype} "
+                             f"rounding of the model; first at {list(i)}: {a[i].item()} not in "
+                             f"[{lo[i].item()}, {hi[i].item()}] (model {m[i].item()})")
+
+
+def _op(t, dtype, tf32=False):
+    """A dot operand as the kernels' dot reads it in this run (float64): 16-bit dtypes rounded as the run
+    rounds; float32 truncated to TF32's 10 mantissa bits in TF32 mode (DOT_MODE 4), else as is."""
+    if dtype != torch.float32:
+        return _round_as_run(t, dtype).double()
+    t = t.float()
+    return ((t.view(torch.int32) & -8192).view(torch.float32) if tf32 else t).double()
+
+
+def _taps(x, stride, dilation, ho, wo):
+    """x under each of the 9 taps at the output pixels (zero padded), in the kernels' tap order."""
+    d = dilation
+    xp = torch.nn.functional.pad(x, (d, d, d, d))
+    for i in range(3):
+        for j in range(3):
+            rows = slice(i * d, i * d + (ho - 1) * stride + 1, stride)
+            cols = slice(j * d, j * d + (wo - 1) * stride + 1, stride)
+            yield i, j, xp[:, :, rows, cols]
+
+
+def _model_t(c, s, d, tf32=False):
+    """The depthwise output T in fp32 as _dw_tile accumulates it (tap by tap), rounded as the dot operand."""
+    n, _, h, w = c.x.shape
+    ho, wo = (h - 1) // s + 1, (w - 1) // s + 1
+    t = torch.zeros((n, c.x.shape[1], ho, wo))
+    wd = c.dw_weight.float()
+    for i, j, xs in _taps(c.x.float(), s, d, ho, wo):
+        t = t + xs * wd[:, 0, i, j].view(1, -1, 1, 1)
+    return _op(t, c.x.dtype, tf32)
+
+
+def _model_y(c, s, d, tf32=False):
+    """(rounded T, y before its store) in float64."""
+    t = _model_t(c, s, d, tf32)
+    y = torch.einsum("nchw,kc->nkhw", t, _op(c.pw_weight, c.x.dtype, tf32))
+    return t, y + c.bias.double().view(1, -1, 1, 1) if c.bias is not None else y
+
+
+def _model_conv_grads(dy, t, c, s, d, tf32=False):
+    """(dx before its store, ddw and dpw before torch's cast) from dy rounded as the dot operand."""
+    dyr = _op(dy, c.x.dtype, tf32)
+    dt = torch.einsum("nkhw,kc->nchw", dyr, _op(c.pw_weight, c.x.dtype, tf32))  # stored in fp32 by the kernel
+    dx, ddw, _ = torch.ops.aten.convolution_backward(
+        dt, c.x.double(), c.dw_weight.double(), None, [s] * 2, [d] * 2, [d] * 2, False, [0, 0], c.x.shape[1],
+        [True, True, False])
+    return dx, ddw, torch.einsum("nkhw,nchw->kc", dyr, t)
+
+
+def _check_model_forward_eval(out, c, s, d, tf32=False):
+    _, y = _model_y(c, s, d, tf32)
+    _assert_rounding_of(out, y.clamp(min=0), lambda v: _round_as_run(v.clamp(min=0), out.dtype), "out (model)")
+
+
+def _check_model_forward_train(got, c, s, d, tf32=False):
+    out, y, mean, var = got
+    _, ym = _model_y(c, s, d, tf32)
+    _assert_rounding_of(y, ym, lambda v: _round_as_run(v, y.dtype), "y (model)")
+    # Statistics of the fp32 y before its store; out from the stored y (the normalise kernel's input).
+    var_m, mean_m = torch.var_mean(ym, dim=(0, 2, 3), unbiased=False)
+    testing.assert_close(mean, mean_m, torch.float32, "mean (model)")
+    testing.assert_close(var, var_m, torch.float32, "var (model)")
+    k = (1, -1, 1, 1)
+    z = (y.double() - mean.double().view(k)) * torch.rsqrt(var.double() + EPS).view(k)
+    if c.bn_weight is not None:
+        z = z * c.bn_weight.double().view(k) + c.bn_bias.double().view(k)
+    _assert_rounding_of(out, z.clamp(min=0), lambda v: _round_as_run(v.clamp(min=0), out.dtype), "out (model)")
+
+
+def _check_model_backward(got, dy, c, s, d, names, tf32=False):
+    t, _ = _model_y(c, s, d, tf32)
+    dx, ddw, dpw = _model_conv_grads(dy, t, c, s, d, tf32)
+    _assert_rounding_of(got[0], dx, lambda v: _round_as_run(v, got[0].dtype), f"{names[0]} (model)")
+    for name, a, e in zip(names[1:3], got[1:3], (ddw, dpw)):  # torch's cast: nearest even everywhere
+        _assert_rounding_of(a, e, lambda v: v.to(a.dtype), f"{name} (model)")
+    testing.assert_close(got[3], dy.double().sum((0, 2, 3)), torch.float32, f"{names[3]} (model)")
+
+
+def _check_model_backward_train(got, g, y, mean, var, c, s, d, tf32=False):
+    """dy as _dy_tile forms it in fp32 from bn_bwd_finalize's coefficients, rebuilt here in the kernels'
+    operation order from the kernels' own (dgamma, dbeta), which the float64 model checks."""
+    k, m = (1, -1, 1, 1), y.numel() // y.shape[1]
+    bet = c.bn_bias.float() if c.bn_bias is not None else torch.zeros_like(mean)
+    dgamma, dbeta = got[4], got[5]
+    r = 1.0 / torch.sqrt(var + EPS)
+    a = c.bn_weight.float() * r if c.bn_weight is not None else r
+    c1 = a * dbeta / m
+    rc2 = r * (a * dgamma / m)
+    dv = y.float() - mean.view(k)
+    z = dv * a.view(k) + bet.view(k)
+    dz = torch.where(z <= 0, 0.0, g.float())
+    dy = a.view(k) * dz - c1.view(k) - dv * rc2.view(k)
+    gam64 = c.bn_weight.double() if c.bn_weight is not None else torch.ones_like(mean).double()
+    yhat64 = (y.double() - mean.double().view(k)) * torch.rsqrt(var.double() + EPS).view(k)
+    dz64 = torch.where(yhat64 * gam64.view(k) + bet.double().view(k) <= 0, 0.0, g.double())
+    testing.assert_close(dbeta, dz64.sum((0, 2, 3)), torch.float32, "dbeta (model)")
+    testing.assert_close(dgamma, (dz64 * yhat64).sum((0, 2, 3)), torch.float32, "dgamma (model)")
+    _check_model_backward(got, dy, c, s, d, TRAIN_NAMES, tf32)
 
 
 # Full grid for fp32; fp16/bf16 on dilations 1 and 3 (same code path, different dot mode).
@@ -91,6 +220,8 @@ def test_forward_eval(p):
     ref = RB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, d)
     _check_layout(out, cl)
     testing.assert_close(out, ref, dt, "out")
+    if dt != torch.float32:
+        _check_model_forward_eval(out, c, s, d)
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 5, 7, 5), (2, 33, 40, 6, 13), (3, 16, 16, 1, 9)],
@@ -116,6 +247,8 @@ def test_forward_train(p, affine):
     ref = RB.forward_train(*args, True)
     for name, a, e in zip(("out", "y", "mean", "var"), got, ref):
         testing.assert_close(a, e, dt, name)
+    if dt != torch.float32:
+        _check_model_forward_train(got, c, s, d)
     _check_layout(got[0], cl)
     _check_layout(got[1], cl)
     assert got[2].dtype == got[3].dtype == torch.float32
@@ -134,6 +267,24 @@ def test_forward_train_stats_large_mean():
     var64, mean64 = torch.var_mean(y64, dim=(0, 2, 3), unbiased=False)
     testing.assert_close(mean, mean64, torch.float32, "mean")
     testing.assert_close(var, var64, torch.float32, "var")  # var ~ 1 next to mean ~ 1000
+
+
+@pytest.mark.parametrize("chunk", [3, 8], ids=["3-rows", "8-rows"])
+def test_forward_train_stats_two_levels(monkeypatch, chunk):
+    """bn_stats' first level (chunks of tile rows merged in parallel, the last one partial) and its final
+    merge, with |mean| >> std: 8 tiles of 32 pixels in chunks of 3 (3 chunks, the last partial) or of 8
+    (exactly one chunk, so no first level: the boundary)."""
+    monkeypatch.setattr(TL, "STATS_CHUNK_ROWS", chunk)
+    c = _case(torch.float32, 1, 1, False, (2, 6, 20, 10, 12))
+    c.bias = c.bias + 1000.0
+    args = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 1, 1, EPS)
+    got = TB.forward_train(*args, True)
+    y64 = RB.forward_train(*(t.double() if isinstance(t, torch.Tensor) else t for t in args), True)[1]
+    var64, mean64 = torch.var_mean(y64, dim=(0, 2, 3), unbiased=False)
+    testing.assert_close(got[2], mean64, torch.float32, "mean")
+    testing.assert_close(got[3], var64, torch.float32, "var")
+    for name, a, e in zip(("out", "y"), got, RB.forward_train(*args, True)):
+        testing.assert_close(a, e, torch.float32, name)
 
 
 def test_forward_train_deterministic():
@@ -167,6 +318,8 @@ def test_backward_train(p):
     got = torch.ops.fused_dsconv.backward_train(g, *bargs, backend="triton")
     ref = RB.backward_train(g, *bargs)
     _grads_close(got, ref, TRAIN_NAMES, dt)
+    if dt != torch.float32:
+        _check_model_backward_train(got, g, y, mean, var, c, s, d)
     _check_layout(got[0], cl)
 
 
@@ -178,7 +331,7 @@ def test_backward_train_recompute(dt, cl):
     c = _case(dt, 2, 3, cl)
     fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 2, 3, EPS)
     _, _, mean, var = RB.forward_train(*fargs, False)
-    g = torch.randn((2, 24, 5, 6), generator=torch.Generator().manual_seed(2)).to(dt)
+    g = torch.randn((2, 24, 5, 6), generator=torch.Generator().manual_seed(2)).to(dt)  # y's shape
     bargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, None, mean, var, 2, 3, EPS)
     _grads_close(TB.backward_train(g, *bargs), RB.backward_train(g, *bargs), TRAIN_NAMES, dt)
 
@@ -189,8 +342,9 @@ def test_backward_train_recompute_matches_saved(dt):
 
     (Against the reference's recompute, bf16 can differ by a ReLU mask flip where the two y round to
     different bf16 neighbours next to z = 0: the tensor-core dot rounds T to bf16, the reference does not.)
+    A small case (2 pixel tiles, 1 K tile): what is checked is bitwise equality, which the shape does not help.
     """
-    c = _case(dt, 1, 2, True)
+    c = _case(dt, 1, 2, True, (1, 12, 16, 7, 9))
     fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 1, 2, EPS)
     _, y, mean, var = TB.forward_train(*fargs, True)
     g = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(dt)
@@ -200,6 +354,29 @@ def test_backward_train_recompute_matches_saved(dt):
     for name, a, b in zip(TRAIN_NAMES, recomputed, saved):
         assert torch.equal(a, b), f"{name}: recompute differs from saved-y backward"
     _grads_close(saved, RB.backward_train(g, *fargs[:6], y, *rest), TRAIN_NAMES, dt)
+
+
+@pytest.mark.parametrize("p,save_y", [((torch.float32, 2, 2, False), True), ((torch.float16, 1, 3, True), False)],
+                         ids=lambda v: _id(v) if isinstance(v, tuple) else ("saved-y" if v else "recompute"))
+def test_split_passes_merged_over_processes(p, save_y):
+    """The synchronised block's split passes (fused_dsconv/distributed.py), four processes simulated here with
+    batches 2, 0, 1, 2: merged statistics, outputs and every gradient equal one forward_train / backward_train
+    on the whole batch (the reference at the same dtype)."""
+    dt, s, d, cl = p
+    c = _case(dt, s, d, cl, shape=(5, 12, 20, 6, 7))
+    fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, s, d, EPS)
+    out, y, mean, var = RB.forward_train(*fargs, True)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(dt)
+    want = RB.backward_train(g, *fargs[:6], y, mean, var, s, d, EPS)
+    got = testing.split_passes("triton", c, [2, 0, 1, 2], g, EPS, save_y)
+    assert got["count"].item() == y.numel() // y.shape[1]
+    for name, e in (("mean", mean), ("var", var), ("out", out), ("dx", want[0]), ("d_dw", want[1]),
+                    ("d_pw", want[2]), ("d_gamma", want[4]), ("d_beta", want[5])):
+        testing.assert_close(got[name], e, dt, name)
+    for part in got["parts"]:
+        if part["out"].numel():
+            _check_layout(part["out"], cl)
+            _check_layout(part["dx"], cl)
 
 
 @pytest.mark.parametrize("p", [(torch.float32, 1, 1, False), (torch.float32, 2, 3, True),
@@ -212,6 +389,9 @@ def test_backward_eval(p):
     bargs = (g, out, c.x, c.dw_weight, c.pw_weight, s, d)
     got = torch.ops.fused_dsconv.backward_eval(*bargs, backend="triton")
     _grads_close(got, RB.backward_eval(*bargs), ("dx", "ddw", "dpw", "dbias"), dt)
+    if dt != torch.float32:
+        dy = torch.where(out.float() <= 0, 0.0, g.float())
+        _check_model_backward(got, dy, c, s, d, ("dx", "ddw", "dpw", "dbias"))
 
 
 def test_backward_strided_grad():
@@ -258,12 +438,11 @@ def test_nan_propagates():
 
 def test_out_of_range_access_is_caught(interpreter):
     """A forgotten padding mask (DROP_BOUNDS test hook) must trip the DEBUG bound assertion."""
-    tk = interpreter
     c = _case(torch.float32, 1, 2, False, (1, 4, 16, 5, 6))
     out = torch.empty((1, 16, 5, 6))
-    tk.launch_conv(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 2, out, relu=True, stats=False)  # fine
+    TL.launch_conv(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 2, out, relu=True, stats=False)  # fine
     with pytest.raises(Exception, match="offset out of range"):
-        tk.launch_conv(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 2, out, relu=True, stats=False,
+        TL.launch_conv(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 2, out, relu=True, stats=False,
                        _drop_bounds=True)
 
 
@@ -342,3 +521,212 @@ def test_strided_input_view():
     assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
     out = TB.forward_eval(x, c.dw_weight, c.pw_weight, c.bias, 1, 2)
     testing.assert_close(out, RB.forward_eval(x, c.dw_weight, c.pw_weight, c.bias, 1, 2), torch.float32, "out")
+
+
+def test_strided_parameter_views():
+    """Weights and [K] vectors that are views with other strides (a transposed pw_weight, every second
+    element of a wider tensor) give bitwise the results of their contiguous copies: the kernels index
+    them as dense arrays, so the launchers must make them dense (or they read the wrong elements)."""
+    c = _case(torch.float32, 1, 2, False, (1, 3, 4, 5, 6))
+    wide = lambda t: torch.stack([t, torch.full_like(t, 7.0)], -1)[..., 0]  # noqa: E731  (stride 2)
+    pw_view = c.pw_weight.t().contiguous().t()
+    views = dict(dw_weight=wide(c.dw_weight), pw_weight=pw_view, bias=wide(c.bias), bn_weight=wide(c.bn_weight),
+                 bn_bias=wide(c.bn_bias))
+    assert not any(t.is_contiguous() for t in views.values())
+    dense = dict(dw_weight=c.dw_weight, pw_weight=c.pw_weight, bias=c.bias, bn_weight=c.bn_weight,
+                 bn_bias=c.bn_bias)
+
+    def run(p):
+        params = (c.x, p["dw_weight"], p["pw_weight"], p["bias"], p["bn_weight"], p["bn_bias"])
+        out, y, mean, var = TB.forward_train(*params, 1, 2, EPS, True)
+        g = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+        stats = (wide(mean), wide(var)) if p is views else (mean, var)
+        return (TB.forward_eval(c.x, p["dw_weight"], p["pw_weight"], p["bias"], 1, 2), out, y, mean, var,
+                *TB.backward_train(g, *params, None, *stats, 1, 2, EPS),
+                *TB.backward_eval(g, out, c.x, p["dw_weight"], p["pw_weight"], 1, 2))
+
+    for i, (a, b) in enumerate(zip(run(views), run(dense))):
+        assert torch.equal(a, b), f"result {i} differs with strided parameter views"
+
+
+def test_interpreter_truncates_bf16_casts(interpreter):
+    """The premise of _round_as_run: this interpreter casts fp32 -> bf16 toward zero, also when
+    round-to-nearest-even is requested, where torch (and a GPU) round to nearest even. If a Triton update
+    changes that, this fails and _round_as_run must follow it."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def cast(x_ptr, plain_ptr, rtne_ptr, N: tl.constexpr):
+        i = tl.arange(0, N)
+        v = tl.load(x_ptr + i)
+        tl.store(plain_ptr + i, v.to(tl.bfloat16))
+        tl.store(rtne_ptr + i, v.to(tl.bfloat16, fp_downcast_rounding="rtne"))
+
+    # 1 + 3/4 ulp, 1 + 1/2 ulp (a tie), 1 + 5/2 ulp, a value just above a tie, both signs; bf16 ulp(1) = 2**-7.
+    x = torch.tensor([1 + 0.75 * 2 ** -7, 1 + 0.5 * 2 ** -7, 1 + 2.5 * 2 ** -7, 3.1415927,
+                      -(1 + 0.75 * 2 ** -7), -(1 + 0.5 * 2 ** -7), 0.1, -0.1])
+    plain, rtne = torch.empty(8, dtype=torch.bfloat16), torch.empty(8, dtype=torch.bfloat16)
+    cast[(1,)](x, plain, rtne, N=8)
+    toward_zero = (x.view(torch.int32) & -65536).view(torch.float32).to(torch.bfloat16)
+    assert interpreter.INTERPRETED
+    assert torch.equal(plain, toward_zero) and torch.equal(rtne, toward_zero), (plain, rtne)
+    assert not torch.equal(toward_zero, x.to(torch.bfloat16))  # the cases tell the two roundings apart
+    assert torch.equal(_round_as_run(x, torch.bfloat16), toward_zero)
+
+
+# ----------------------------------------------------------------------------------------------
+# TF32, tile configs, the autotuner
+# ----------------------------------------------------------------------------------------------
+
+def test_dot_mode_follows_pytorch(monkeypatch):
+    """float32 runs TF32 exactly when PyTorch's convolutions do (and, on a GPU, on sm_80+ only)."""
+    x32, x16, xb = torch.zeros(1), torch.zeros(1, dtype=torch.float16), torch.zeros(1, dtype=torch.bfloat16)
+    with testing.conv_tf32(False):
+        assert TL.dot_mode(x32) == 0
+    with testing.conv_tf32(True):
+        assert TL.conv_tf32_enabled() and TL.dot_mode(x32) == 4  # the interpreter's emulation
+        assert (TL.dot_mode(x16), TL.dot_mode(xb)) == (1, 2)
+        # As the compiled kernels would pick it (kernels not interpreted, a GPU of that capability):
+        monkeypatch.setattr(TK, "INTERPRETED", False)
+        for cap, mode in (((8, 6), 3), ((7, 5), 0)):
+            monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, cap=cap: cap)
+            assert TL.dot_mode(x32) == mode, cap
+        assert (TL.dot_mode(x16), TL.dot_mode(xb)) == (1, 1)
+    with testing.conv_tf32(False):
+        assert TL.dot_mode(x32) == 0
+
+
+@pytest.mark.parametrize("p", [(torch.float32, 1, 1, False), (torch.float32, 2, 3, True)], ids=_id)
+def test_tf32(p):
+    """float32 with TF32 on: against the reference at the TF32 row, and against the float64 model with
+    both dot operands truncated to TF32 at the float32 row.
+
+    What this shows: TF32 is applied to exactly the GEMM operands (T and Wp forward; dy, Wp and T backward)
+    and nowhere else (the depthwise stage, BN, dt, the reductions stay fp32), and the TF32 row holds for
+    truncated operands (the larger error of the two roundings a tensor core may apply). What it does not
+    show: the interpreter's dot is exact fp32 and the truncation is ours (DOT_MODE 4); whether a GPU's
+    tensor core truncates or rounds, and how it accumulates inside one MMA, needs a GPU run (DOT_MODE 3).
+    """
+    dt, s, d, cl = p
+    c = _case(dt, s, d, cl)
+    fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, s, d, EPS)
+    ieee = TB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, d)
+    with testing.conv_tf32(True):
+        out = TB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, d)
+        got = TB.forward_train(*fargs, True)
+        _, y, mean, var = got
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(8))
+        bwd = TB.backward_train(g, *fargs[:6], y, mean, var, s, d, EPS)
+    assert not torch.equal(out, ieee), "TF32 mode left the results bitwise IEEE"
+    testing.assert_close(out, RB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, d), testing.TF32, "out")
+    for name, a, e in zip(("out", "y", "mean", "var"), got, RB.forward_train(*fargs, True)):
+        testing.assert_close(a, e, testing.TF32, name)
+    for name, a, e in zip(TRAIN_NAMES, bwd, RB.backward_train(g, *fargs[:6], y, mean, var, s, d, EPS)):
+        testing.assert_close(a, e, testing.TF32, name)
+    _check_model_forward_eval(out, c, s, d, tf32=True)
+    _check_model_forward_train(got, c, s, d, tf32=True)
+    _check_model_backward_train(bwd, g, y, mean, var, c, s, d, tf32=True)
+
+
+def _config_cases():
+    return [(name, i) for name in ("dsconv_fwd", "dsconv_bwd_dt", "dsconv_bwd_dx")
+            for i in range(len(get_configs(name)))]
+
+
+def get_configs(name):
+    import fused_dsconv.triton_kernels as kernels  # the spaces do not depend on how the kernels were decorated
+    return {"dsconv_fwd": kernels.FWD_CONFIGS, "dsconv_bwd_dt": kernels.DT_CONFIGS,
+            "dsconv_bwd_dx": kernels.DX_CONFIGS}[name]
+
+
+@pytest.mark.parametrize("name,i", _config_cases(), ids=[f"{n[7:]}-{i}" for n, i in _config_cases()])
+def test_every_config(name, i):
+    """Each config of each tuned kernel's space, forced, against the reference; dtypes and layouts rotate
+    over the configs, stride 2 and channels_last (odd 9 x 11 planes) on odd ones, NCHW with 10 x 12 planes
+    (the dense-plane path) on even ones. K = 40 and C = 20 span several K / C tiles of the small configs."""
+    cfg = TL.configs(name)[i]
+    dt, cl, s = DTYPES[i % 3], bool(i % 2), 1 + i % 2
+    c = _case(dt, s, 3, cl, (2, 20, 40, 9, 11) if cl else (2, 20, 40, 10, 12))
+    fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, s, 3, EPS)
+    with TL.forced_config(name, cfg):
+        if name == "dsconv_fwd":
+            out = TB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, 3)
+            testing.assert_close(out, RB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, 3), dt, "out")
+            got = TB.forward_train(*fargs, True)
+            for nm, a, e in zip(("out", "y", "mean", "var"), got, RB.forward_train(*fargs, True)):
+                testing.assert_close(a, e, dt, nm)
+            _check_layout(got[0], cl)
+        else:
+            _, y, mean, var = RB.forward_train(*fargs, True)
+            g = torch.randn(y.shape, generator=torch.Generator().manual_seed(9)).to(dt)
+            bargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, y, mean, var, s, 3, EPS)
+            got = TB.backward_train(g, *bargs)
+            _grads_close(got, RB.backward_train(g, *bargs), TRAIN_NAMES, dt)
+            _check_layout(got[0], cl)
+        assert TL.tuned_kernel(name).best_config is cfg
+
+
+def test_k_slices(monkeypatch):
+    """dsconv_bwd_dt over several K slices (dt partials that dsconv_bwd_dx adds in order): the slice cap
+    lowered so that K = 40 runs 3 slices of 16, eval and train."""
+    monkeypatch.setitem(TL.K_SLICE_CAP, "fma32", 16)
+    assert TL.k_slice(40, TL.kind_of(torch.zeros(1))) == 16
+    c = _case(torch.float32, 2, 1, True, (2, 6, 40, 7, 8))
+    fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 2, 1, EPS)
+    _, y, mean, var = RB.forward_train(*fargs, True)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(10))
+    bargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, y, mean, var, 2, 1, EPS)
+    _grads_close(TB.backward_train(g, *bargs), RB.backward_train(g, *bargs), TRAIN_NAMES, torch.float32)
+    out = RB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 2, 1)
+    eargs = (g, out, c.x, c.dw_weight, c.pw_weight, 2, 1)
+    _grads_close(TB.backward_eval(*eargs), RB.backward_eval(*eargs), ("dx", "ddw", "dpw", "dbias"), torch.float32)
+
+
+def test_chosen_configs_are_visible(monkeypatch, capsys):
+    """What the tuner chose is listed per kernel and problem class (tuned_configs) and, with
+    FUSED_DSCONV_TRITON_VERBOSE=1, printed when chosen."""
+    monkeypatch.setattr(TL, "VERBOSE", True)
+    for name in TL.TUNED:
+        TL.tuned_kernel(name).cache.clear()
+    c = _case(torch.float16, 1, 1, True, (1, 8, 12, 5, 6))
+    out = TB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 1)
+    TB.backward_eval(torch.ones_like(out), out, c.x, c.dw_weight, c.pw_weight, 1, 1)
+    err = capsys.readouterr().err
+    rows = TL.tuned_configs()
+    assert {r["kernel"] for r in rows} == set(TL.TUNED)
+    fwd = next(r for r in rows if r["kernel"] == "dsconv_fwd")
+    assert fwd["key"]["C"] == 8 and fwd["key"]["K"] == 12 and fwd["key"]["LAYOUT"] == 1, fwd
+    assert "float16" in fwd["key"]["dtypes"] and "BLOCK_P=" in fwd["config"]
+    for name in TL.TUNED:
+        assert f"fused_dsconv triton: {name} " in err, err
+    # The same class again: no new choice, nothing printed.
+    TB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 1)
+    assert "fused_dsconv triton:" not in capsys.readouterr().err
+
+
+def test_candidates_per_layer():
+    """Pruning: no tile wider than the layer (beyond the narrowest of the space), at most MAX_CANDIDATES,
+    never none; the classifier's first and last blocks at batch 32."""
+    b1 = TL.explain_configs(32, 32, 64, 224, 224, 2)
+    b9 = TL.explain_configs(32, 1024, 1024, 7, 7, 1)
+    tiny = TL.explain_configs(1, 3, 5, 4, 4, 1)
+    for table in (b1, b9, tiny):
+        assert set(table) == set(TL.TUNED)
+        assert all(1 <= len(v) <= TK.MAX_CANDIDATES for v in table.values()), table
+    assert all("BLOCK_K=128" not in c and "BLOCK_K=256" not in c for c in b1["dsconv_fwd"]), b1
+    assert any("BLOCK_K=256" in c or "BLOCK_K=128" in c for c in b9["dsconv_fwd"]), b9
+    assert all("BLOCK_K=32" in c and "BLOCK_C=16" in c for c in tiny["dsconv_fwd"]), tiny
+
+
+def test_info_verbose_describes_configs():
+    """``fused-dsconv info --verbose``'s Triton section: every space with its scopes, candidates for each of the
+    nine blocks in three modes, and the choices made in this process."""
+    text = TL.describe()
+    for name in TL.TUNED:
+        assert f"{name} space:" in text
+    assert text.count("BLOCK_P=") >= sum(len(TL.configs(n)) for n in TL.TUNED)
+    for b in range(1, 10):
+        assert text.count(f"    b{b} C=") == 3, text
+    assert "candidates per block (batch 32, float32 TF32, sm_86)" in text
+    assert "chosen in this process:" in text

@@ -1,13 +1,17 @@
 """Ahead-of-time compile report of the Triton kernels: registers, shared memory, spills, occupancy.
 
-No GPU needed: every kernel is compiled with ``triton.compile(ASTSource(...), target=GPUTarget("cuda",
-arch, 32))`` with the same constexprs and launch options the launchers use on a GPU
-(``triton_kernels.config``), and the resulting PTX is assembled by the ptxas Triton ships, whose ``-v``
-output gives registers and spill bytes. Shared memory is Triton's dynamic allocation
-(``metadata.shared``). Occupancy is theoretical: resident warps per SM allowed by registers, shared
-memory, warps and blocks per SM, over the SM's maximum warps.
+No GPU needed. The launchers (fused_dsconv/triton_launch.py) are run on ``meta`` tensors of a few
+representative layers with every kernel launch recorded instead of made; each recorded launch is then
+specialised exactly as Triton's runtime would specialise it (its own binder: integers equal to 1 become
+constexprs, multiples of 16 and 16-byte aligned pointers get divisibility hints) and compiled with
+``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))``. An autotuned kernel is compiled
+once per config of its space. ptxas (the one Triton ships) assembles the PTX; its ``-v`` output gives
+registers and spill bytes. Shared memory is Triton's dynamic allocation (``metadata.shared``).
+Occupancy is theoretical: resident warps per SM allowed by registers, shared memory, warps and blocks
+per SM, over the SM's maximum.
 
-    python tools/report_triton.py            # markdown table, every kernel x variant x arch
+    python tools/report_triton.py [--archs 75,80,86,89] [--out docs/triton_compile_report.md]
+                                  [--update docs/compile_report.md]
     rows() -> list[dict]                      # for tools/compile_report.py
 
 The kernels are loaded as a private copy of fused_dsconv/triton_kernels.py decorated for compilation,
@@ -15,11 +19,15 @@ whatever TRITON_INTERPRET says (the interpreter's kernels cannot be compiled).
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import importlib.util
 import os
 import re
 import subprocess
 import sys
+import time
+import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +45,22 @@ SM_LIMITS = {
 REGS_PER_SM = 65536
 REG_ALLOC_UNIT = 256  # registers are allocated per warp in units of 256
 
+# Representative layers: (label, N, C, K, H, W, stride, channels_last) -- the classifier's b3 (NCHW), b4
+# (stride 2) and b7 (channels_last, K = 512: two K slices in dsconv_bwd_dt) at batch 32, and b9's K = 1024
+# (four fp16 slices, eight fp32). The integer arguments that change a kernel's specialisation (== 1,
+# multiple of 16) follow from these.
+LAYERS = {
+    "b3": (32, 128, 128, 56, 56, 1, False),
+    "b4": (32, 128, 256, 56, 56, 2, False),
+    "b7cl": (32, 512, 512, 14, 14, 1, True),
+}
+# (dtype, tf32): float32 IEEE and TF32, float16, bfloat16; and the layers each runs.
+MODES = (("float32", False, ("b3",)), ("float32", True, ("b3",)), ("float16", False, ("b3", "b4", "b7cl")),
+         ("bfloat16", False, ("b3",)))
+
 _TK = None
+#: Exploring a config space: compile every config of it for every launch, in scope or not.
+EXPLORE = False
 
 
 def kernels():
@@ -73,119 +96,177 @@ def occupancy(arch: int, regs: int, shared: int, num_warps: int) -> float:
     return blocks * num_warps / lim["warps"]
 
 
-def _tdt(dtype: str) -> str:
-    return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[dtype]
+def _jit(fn):
+    import triton
+    while not isinstance(fn, triton.runtime.JITFunction):  # unwrap triton.autotune
+        fn = fn.fn
+    return fn
 
 
-def variants():
-    """(kernel name, variant label, signature pointer types, constexprs, num_warps, num_stages) per variant.
+# ----------------------------------------------------------------------------------------------
+# Recording the launches the launchers make
+# ----------------------------------------------------------------------------------------------
 
-    Tile constexprs and launch options come from triton_kernels.config / *_config, the tables the
-    launchers use on a GPU. Integer arguments are i32, as Triton types them for tensors below 2**31
-    elements (a runtime value of 1 is specialised to a constexpr; "d1" variants compile that case).
-    """
+class _Recorder:
+    """Stands in for a kernel (or an autotuned kernel): ``kernel[grid](*args, **kwargs)`` is recorded."""
+
+    def __init__(self, name, real, log):
+        self.name, self.real, self.log = name, real, log
+        self.fn = _jit(real)
+        self.configs = getattr(real, "configs", None)
+        self.best_config = self.configs[0] if self.configs else None
+        self.cache, self.keys, self.arg_names = {}, getattr(real, "keys", []), self.fn.arg_names
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.log.append((self.name, args, kwargs))
+
+
+@contextlib.contextmanager
+def _recording(arch: int, log: list):
+    """The launchers, run against recorders of the AOT kernels, on a GPU of compute capability ``arch``."""
     import torch
-    tk = kernels()
-    out = []
-    for dtype, c, k in (("float32", 128, 256), ("float16", 128, 256), ("bfloat16", 128, 256)):
-        tdt = _tdt(dtype)
-        cfg = tk.config(getattr(torch, dtype), c, k)
-        mode = 0 if dtype == "float32" else 1
-        tiles = dict(BLOCK_P=cfg.BLOCK_P, BLOCK_C=cfg.BLOCK_C, BLOCK_K=cfg.BLOCK_K)
-        base = f"{dtype} P{cfg.BLOCK_P} C{cfg.BLOCK_C} K{cfg.BLOCK_K} w{cfg.num_warps}"
-        act = {"x_ptr": tdt, "wd_ptr": tdt, "wp_ptr": tdt, "y_ptr": tdt, "g_ptr": tdt, "dt_ptr": "fp32",
-               "bias_ptr": "fp32", "ws_ptr": "fp32", "coef_ptr": "fp32"}
-        for stride in (1, 2):
-            out.append(("dsconv_fwd_kernel", f"eval {base} s{stride}", act,
-                        dict(STRIDE=stride, HAS_BIAS=True, RELU=True, STATS=False, DOT_MODE=mode, DEBUG=False,
-                             DROP_BOUNDS=False, **tiles), cfg.num_warps, cfg.num_stages))
-        out.append(("dsconv_fwd_kernel", f"train {base} s1", act,
-                    dict(STRIDE=1, HAS_BIAS=True, RELU=False, STATS=True, DOT_MODE=mode, DEBUG=False,
-                         DROP_BOUNDS=False, **tiles), cfg.num_warps, cfg.num_stages))
-        if dtype == "float16":  # NCHW with dilation 1: dil, sxw, syw arrive as constexpr 1
-            out.append(("dsconv_fwd_kernel", f"eval {base} s1 d1", act,
-                        dict(STRIDE=1, HAS_BIAS=True, RELU=True, STATS=False, DOT_MODE=mode, DEBUG=False,
-                             DROP_BOUNDS=False, dil=1, sxw=1, syw=1, **tiles), cfg.num_warps, cfg.num_stages))
-        for kernel, which in (("dsconv_bwd_dt_kernel", "dt"), ("dsconv_bwd_dwp_kernel", "dwp")):
-            bc = tk.config(getattr(torch, dtype), c, k, which)
-            out.append((kernel, f"train {dtype} P{bc.BLOCK_P} C{bc.BLOCK_C} K{bc.BLOCK_K} w{bc.num_warps} "
-                                f"st{bc.num_stages} s1", act,
-                        dict(STRIDE=1, TRAIN=True, DOT_MODE=mode, DEBUG=False, BLOCK_P=bc.BLOCK_P,
-                             BLOCK_C=bc.BLOCK_C, BLOCK_K=bc.BLOCK_K), bc.num_warps, bc.num_stages))
-        dx = tk.dx_config()
-        out.append(("dsconv_bwd_dx_kernel", f"{dtype} P{dx[0]} C{dx[1]} w8 s2",
-                    {"dt_ptr": "fp32", "wd_ptr": tdt, "dx_ptr": tdt},
-                    dict(STRIDE=2, BLOCK_P=dx[0], BLOCK_C=dx[1], DEBUG=False), 8, 1))
-        bp, bk = tk.ew_config()
-        out.append(("bn_relu_kernel", f"{dtype} P{bp} K{bk} w8", {"y_ptr": tdt, "out_ptr": tdt, "coef_ptr": "fp32"},
-                    dict(BLOCK_P=bp, BLOCK_K=bk, DEBUG=False), 8, 1))
-        out.append(("bn_bwd_reduce_kernel", f"train {dtype} P{bp} K{bk} w8",
-                    {"g_ptr": tdt, "y_ptr": tdt, "coef_ptr": "fp32", "ws_ptr": "fp32"},
-                    dict(TRAIN=True, BLOCK_P=bp, BLOCK_K=bk, DEBUG=False), 8, 1))
-        if dtype == "float16":
-            # The other specialisations the backend launches, so none first compiles on a user's GPU:
-            # recompute-mode y (no bias, no ReLU, no statistics), eval backward at stride 2, debug asserts.
-            out.append(("dsconv_fwd_kernel", f"y-only no-bias {base} s2", act,
-                        dict(STRIDE=2, HAS_BIAS=False, RELU=False, STATS=False, DOT_MODE=mode, DEBUG=False,
-                             DROP_BOUNDS=False, **tiles), cfg.num_warps, cfg.num_stages))
-            out.append(("dsconv_fwd_kernel", f"eval DEBUG {base} s1", act,
-                        dict(STRIDE=1, HAS_BIAS=True, RELU=True, STATS=False, DOT_MODE=mode, DEBUG=True,
-                             DROP_BOUNDS=False, **tiles), cfg.num_warps, cfg.num_stages))
-            for kernel, which in (("dsconv_bwd_dt_kernel", "dt"), ("dsconv_bwd_dwp_kernel", "dwp")):
-                bc = tk.config(getattr(torch, dtype), c, k, which)
-                out.append((kernel, f"eval {dtype} P{bc.BLOCK_P} C{bc.BLOCK_C} K{bc.BLOCK_K} w{bc.num_warps} "
-                                    f"st{bc.num_stages} s2", act,
-                            dict(STRIDE=2, TRAIN=False, DOT_MODE=mode, DEBUG=False, BLOCK_P=bc.BLOCK_P,
-                                 BLOCK_C=bc.BLOCK_C, BLOCK_K=bc.BLOCK_K), bc.num_warps, bc.num_stages))
-            out.append(("bn_bwd_reduce_kernel", f"eval {dtype} P{bp} K{bk} w8",
-                        {"g_ptr": tdt, "y_ptr": tdt, "coef_ptr": "fp32", "ws_ptr": "fp32"},
-                        dict(TRAIN=False, BLOCK_P=bp, BLOCK_K=bk, DEBUG=False), 8, 1))
-    br, bn = tk.colsum_config()
-    out.append(("colsum_kernel", f"R{br} N{bn} w4", {"ws_ptr": "fp32", "out_ptr": "fp32"},
-                dict(BLOCK_R=br, BLOCK_N=bn), 4, 1))
-    out.append(("bn_stats_kernel", "P64 T64 K32 w4", {"ws_ptr": "fp32", "mean_ptr": "fp32", "var_ptr": "fp32"},
-                dict(BLOCK_P=64, BLOCK_T=64, BLOCK_K=32), 4, 1))
+    sys.path.insert(0, str(ROOT))
+    import fused_dsconv.triton_launch as launch
+    aot = kernels()
+    fake = types.SimpleNamespace(**{k: getattr(aot, k) for k in dir(aot) if not k.startswith("__")})
+    for k in dir(aot):
+        if k.endswith("_kernel"):
+            setattr(fake, k, _Recorder(k, getattr(aot, k), log))
+    fake.INTERPRETED, fake.DEBUG = False, False
+    saved = (launch.kernels, launch._arch, torch.cuda.get_device_capability)
+    launch.kernels = lambda: fake
+    launch._arch = lambda x: arch  # the meta tensors stand for tensors on this GPU
+    torch.cuda.get_device_capability = lambda *a, **k: (arch // 10, arch % 10)
+    try:
+        yield launch
+    finally:
+        launch.kernels, launch._arch, torch.cuda.get_device_capability = saved
+
+
+def _primitives(launch, layer, dtype: str, tf32: bool):
+    """Every launch of the four primitives (and, in float16, recompute mode) for one layer, through the
+    backend."""
+    import torch
+    from fused_dsconv import testing
+    from fused_dsconv.backends import triton as backend_mod
+    n, c, k, h, w, s, cl = LAYERS[layer]
+    dt = getattr(torch, dtype)
+    meta = dict(device="meta")
+    mf = torch.channels_last if cl else torch.contiguous_format
+    x = torch.empty((n, c, h, w), dtype=dt, **meta).contiguous(memory_format=mf)
+    wd, wp = torch.empty((c, 1, 3, 3), dtype=dt, **meta), torch.empty((k, c), dtype=dt, **meta)
+    vec = [torch.empty(k, **meta) for _ in range(5)]
+    bias, gamma, beta, mean, var = vec
+    b = backend_mod.TritonBackend()
+    saved = backend_mod._launch
+    backend_mod._launch = lambda: launch
+    try:
+        with testing.conv_tf32(tf32):
+            out = b.forward_eval(x, wd, wp, bias, s, 3)
+            _, y, _, _ = b.forward_train(x, wd, wp, bias, gamma, beta, s, 3, 1e-5, True)
+            b.backward_train(out, x, wd, wp, bias, gamma, beta, y, mean, var, s, 3, 1e-5)
+            if dtype == "float16":  # recompute mode's y-only forward (no bias): one dtype is enough
+                b.backward_train(out, x, wd, wp, None, gamma, beta, None, mean, var, s, 3, 1e-5)
+            b.backward_eval(out, out, x, wd, wp, s, 3)
+    finally:
+        backend_mod._launch = saved
+
+
+def _summary(constexprs: dict) -> str:
+    keep = [f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in constexprs.items()
+            if k not in ("DEBUG", "DROP_BOUNDS") and not k.startswith("BLOCK") and v is not None]
+    return " ".join(keep)
+
+
+def variants(archs=ARCHS, modes=MODES, debug_variant=True):
+    """[(kernel, label, arch, ASTSource args, options)] for every distinct compile the launches need,
+    every config of each tuned kernel's space included."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+    out, seen = [], set()
+    for arch in archs:
+        backend = make_backend(GPUTarget("cuda", arch, 32))
+        for dtype, tf32, layers in modes:
+            if dtype == "bfloat16" and arch < 80:
+                continue  # the backend refuses bf16 below sm_80
+            for layer in layers:
+                log = []
+                with _recording(arch, log) as launch:
+                    _primitives(launch, layer, dtype, tf32)
+                tag = f"{dtype}{'-tf32' if tf32 else ''} {layer}"
+                for name, args, kwargs in log:
+                    real = getattr(kernels(), name)
+                    fn = _jit(real)
+                    configs = [None]
+                    if getattr(real, "configs", None):  # the configs of the space this launch can run
+                        x = dict(zip(fn.arg_names, args)).get("x_ptr")
+                        kind = kernels().dot_kind(x.element_size(), kwargs.get("DOT_MODE"), arch)
+                        configs = [c for c in real.configs
+                                   if EXPLORE or kernels().in_scope(c, kind, kwargs.get("BLOCK_K"))]
+                    for cfg in configs:
+                        kw = dict(kwargs)
+                        if cfg is not None:
+                            kw.update(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                        opts_kw = {o: kw.pop(o) for o in ("num_warps", "num_stages") if o in kw}
+                        binder = create_function_from_signature(fn.signature, fn.params, backend)
+                        bound, spec, opts = binder(*args, **kw, **opts_kw)
+                        options, sig, consts, attrs = fn._pack_args(backend, opts_kw, bound, spec, opts)
+                        key = (name, arch, str(sorted(sig.items())), str(sorted(consts.items())),
+                               str(sorted(attrs.items())), options.num_warps, options.num_stages)
+                        if key in seen:
+                            continue
+                        seen.add(key)
+                        named = {fn.arg_names[p[0]]: v for p, v in consts.items()}
+                        tiles = (" ".join(f"{k[6:]}{v}" for k, v in named.items() if k.startswith("BLOCK_"))
+                                 + f" w{options.num_warps} st{options.num_stages}")
+                        label = f"{tag} {_summary({k: v for k, v in named.items() if k.isupper()})} {tiles}"
+                        out.append((name, label, arch, (fn, sig, consts, attrs), options))
+    if debug_variant:  # the bound assertions as a debug build compiles them (TRITON_DEBUG=1)
+        for name, label, arch, (fn, sig, consts, attrs), options in list(out):
+            if name == "dsconv_fwd_kernel" and "float16 b3" in label and "RELU=1" in label:
+                dbg = dict(consts)
+                dbg[(fn.arg_names.index("DEBUG"),)] = True
+                out.append((name, label + " DEBUG", arch, (fn, sig, dbg, attrs),
+                            __import__("dataclasses").replace(options, debug=True)))
+                break
     return out
 
 
-def compile_one(kernel: str, ptrs: dict, constexprs: dict, arch: int, num_warps: int, num_stages: int,
-                maxnreg=None) -> dict:
+def compile_one(fn, sig, consts, attrs, options, arch: int) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    fn = getattr(kernels(), kernel)
-    sig = {a: ("constexpr" if a in constexprs else "*" + ptrs[a] if a in ptrs else "i32") for a in fn.arg_names}
-    compiled = triton.compile(ASTSource(fn, sig, constexprs), target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": num_warps, "num_stages": num_stages,
-                                       # DEBUG's device asserts exist only in a debug build (TRITON_DEBUG=1)
-                                       "debug": bool(constexprs.get("DEBUG", False)),
-                                       **({"maxnreg": maxnreg} if maxnreg else {})})
-    ptx = compiled.asm["ptx"]
-    res = subprocess.run([_ptxas(), f"-arch=sm_{arch}", "-v", "-", "-o", os.devnull], input=ptx,
-                         capture_output=True, text=True, check=True)
+    compiled = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
+                              options=options.__dict__)
+    # ptxas as Triton runs it (triton/backends/nvidia/compiler.py make_cubin): -lineinfo, --regAllocOptLevel=2.
+    res = subprocess.run([_ptxas(), "-lineinfo", "-v", "--regAllocOptLevel=2", f"--gpu-name=sm_{arch}", "-", "-o",
+                          os.devnull], input=compiled.asm["ptx"], capture_output=True, text=True, check=True)
     log = res.stderr + res.stdout
     regs = int(re.search(r"Used (\d+) registers", log).group(1))
     spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
     shared = int(compiled.metadata.shared)
     return dict(registers=regs, shared_bytes=shared, spill_stores=int(spill.group(1)) if spill else 0,
                 spill_loads=int(spill.group(2)) if spill else 0,
-                occupancy=round(occupancy(arch, regs, shared, num_warps), 4))
+                occupancy=round(occupancy(arch, regs, shared, options.num_warps), 4))
 
 
-def rows(archs=ARCHS, kernels_only=None, first_variant_only=False) -> list[dict]:
-    """One row per kernel x variant x arch. bf16 variants are skipped on sm_75 (the backend refuses them)."""
+def rows(archs=ARCHS, modes=MODES, kernels_only=None, first_variant_only=False, progress=False) -> list[dict]:
+    """One row per distinct compile (kernel x specialisation x config x arch)."""
     out, seen = [], set()
-    for kernel, label, ptrs, constexprs, warps, stages in variants():
-        if kernels_only is not None and kernel not in kernels_only:
+    vs = variants(archs, modes, debug_variant=not first_variant_only)
+    t0 = time.time()
+    for i, (name, label, arch, src, options) in enumerate(vs):
+        if kernels_only is not None and name not in kernels_only:
             continue
-        if first_variant_only and kernel in seen:
+        if first_variant_only and (name, arch) in seen:
             continue
-        seen.add(kernel)
-        for arch in archs:
-            if arch < 80 and "bfloat16" in label:
-                continue
-            r = compile_one(kernel, ptrs, constexprs, arch, warps, stages)
-            out.append(dict(backend="triton", kernel=kernel, variant=label, arch=f"sm_{arch}", **r))
+        seen.add((name, arch))
+        r = compile_one(*src, options, arch)
+        out.append(dict(backend="triton", kernel=name, variant=label, arch=f"sm_{arch}", **r))
+        if progress:
+            print(f"[{i + 1}/{len(vs)} {time.time() - t0:.0f}s] {name} {label} sm_{arch}: {r}", file=sys.stderr,
+                  flush=True)
     return out
 
 
@@ -200,10 +281,71 @@ def markdown(rs) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    archs = tuple(int(a) for a in sys.argv[1:]) or ARCHS
-    rs = rows(archs)
-    print(markdown(rs))
+def summary(rs) -> str:
+    """Per kernel and arch: builds, register range, lowest occupancy, spill bytes."""
+    by = {}
+    for r in rs:
+        by.setdefault((r["kernel"], r["arch"]), []).append(r)
+    lines = ["| kernel | arch | builds | registers | occupancy | spill bytes |", "|---|---|---:|---|---|---:|"]
+    for (k, a), g in sorted(by.items()):
+        regs = [r["registers"] for r in g]
+        occ = [r["occupancy"] for r in g]
+        sp = sum(r["spill_stores"] + r["spill_loads"] for r in g)
+        lines.append(f"| {k} | {a} | {len(g)} | {min(regs)}-{max(regs)} | {min(occ):.0%}-{max(occ):.0%} | {sp} |")
+    return "\n".join(lines)
+
+
+def _update_combined(path: Path, rs) -> None:
+    """Replace the Triton rows of tools/compile_report.py's table in ``path`` and its spill total."""
+    text = path.read_text()
+    lines = text.splitlines()
+    keep = [ln for ln in lines if not ln.startswith("| triton |")]
+    at = max(i for i, ln in enumerate(keep) if ln.startswith("| ") and not ln.startswith("| backend"))
+    new = markdown(rs).splitlines()[2:]
+    keep[at + 1:at + 1] = new
+    total = sum(int(c[6]) + int(c[7]) for c in (ln.split(" | ") for ln in keep if ln.startswith("| cuda |") or
+                                                ln.startswith("| triton |")))
+    out = "\n".join(keep) + "\n"
+    out = re.sub(r"Total spill bytes: \d+\.", f"Total spill bytes: {total}.", out)
+    path.write_text(out)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--archs", default=",".join(map(str, ARCHS)))
+    p.add_argument("--only", help="exploring: DTYPE[-tf32]:LAYER[,...] instead of every mode, e.g. float16:b3")
+    p.add_argument("--kernels", help="exploring: only these kernels (comma-separated)")
+    p.add_argument("--explore", action="store_true", help="every config of each space for every launch, "
+                   "whatever its scope (to derive the scopes)")
+    p.add_argument("--out", help="write the Triton report (markdown) here")
+    p.add_argument("--update", help="replace the Triton rows of this combined report (tools/compile_report.py's)")
+    args = p.parse_args()
+    archs = tuple(int(a) for a in args.archs.split(","))
+    global EXPLORE
+    EXPLORE = args.explore
+    modes = MODES
+    if args.only:
+        modes = tuple((m.split(":")[0].split("-")[0], m.split(":")[0].endswith("-tf32"), (m.split(":")[1],))
+                      for m in args.only.split(","))
+    t0 = time.time()
+    rs = rows(archs, modes, kernels_only=args.kernels.split(",") if args.kernels else None, progress=True)
     spills = sum(r["spill_stores"] + r["spill_loads"] for r in rs)
-    print(f"\n{len(rs)} kernel builds, {spills} spill bytes in total")
-    sys.exit(1 if spills else 0)
+    import triton
+    modes = ", ".join(f"{dt}{' (TF32)' if tf32 else ''}: {'/'.join(ls)}" for dt, tf32, ls in modes)
+    text = (f"# Compile report: Triton kernels\n\nGenerated by `python tools/report_triton.py` (triton "
+            f"{triton.__version__}, its ptxas; static compiler output, no GPU involved) in "
+            f"{time.time() - t0:.0f} s. Every launch the launchers make for the four primitives (and recompute "
+            f"mode) on these layers at batch 32 ({modes}; {LAYERS}), specialised as Triton's runtime specialises "
+            f"it, and every config of each autotuned kernel's space. Occupancy is theoretical.\n\n"
+            f"{len(rs)} kernel builds, {spills} spill bytes in total.\n\n"
+            f"## Summary\n\n{summary(rs)}\n\n## Every build\n\n{markdown(rs)}\n")
+    if args.out:
+        Path(args.out).write_text(text)
+    if args.update:
+        _update_combined(Path(args.update), rs)
+    print(text)
+    return 1 if spills else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

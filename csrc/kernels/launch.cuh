@@ -151,9 +151,9 @@ inline int vec_ok(const Problem& p) {
   return (p.C % 4 == 0 && reinterpret_cast<uintptr_t>(p.wp) % 16 == 0) ? 1 : 0;
 }
 
-// Forward. mode kEval: out; kTrain: y, mean, var, out; kYOnly: y (backward's recompute mode).
+// dsconv_fwd (y, or out in eval mode; kTrain: the tile statistics partials too).
 template <class P, class T>
-void forward(const Problem& p0, float* ws) {
+void forward_conv(const Problem& p0, float* ws) {
   Problem p = p0;
   p.vec_wp = vec_ok(p);
   DSC_DISPATCH_STRIDE(p.stride, DSC_DISPATCH_DILATION(p.dil, {
@@ -161,23 +161,50 @@ void forward(const Problem& p0, float* ws) {
     else if (p.ft.cls == kTileRect8x16) launch_fwd<P, T, TileRect8x16, S, D>(p, ws);
     else if constexpr (D > 0) launch_fwd<P, T, TileSpan64, S, D>(p, ws);
   }));
-  if (p.mode != kTrain) return;
+}
+
+// Pass 1 of training (mode kTrain): y and its statistics (p.mean, p.var; bn_relu's scale / shift in ws).
+template <class P, class T>
+void forward_stats(const Problem& p, float* ws) {
+  forward_conv<P, T>(p, ws);
   P::launch(bn_stats_kernel<>, cdiv(p.K, 32), 1, 1, 256, p, ws);
+}
+
+// Pass 2 (mode kTrain): out = relu(y a + b) with the scale / shift at ws + fwd_ss_offset(p) (bn_stats', or
+// written by the caller from statistics merged elsewhere); ws is only read.
+template <class P, class T>
+void normalize(const Problem& p, float* ws) {
   // bn_relu: rows of L elements (NCHW: N K planes of Ho Wo; channels_last: M pixels of K channels).
   const int64_t L = p.cl ? p.K : p.Ho * p.Wo, R = p.cl ? p.M : p.N * p.K;
   const int64_t rows = L >= 1024 ? 1 : 1024 / L, cols = L >= 1024 ? 1024 : L;
   P::launch(bn_relu_kernel<T>, cdiv(R, rows), cdiv(L, cols), 1, 256, p, static_cast<const float*>(ws), rows, cols);
 }
 
-// Backward (mode kTrain or kEval; p.act is y or out). Writes dx, dwd, dwp (dtype T) and the fp32
-// per-channel gradients. ws must hold backward_ws_floats(p) floats.
+// Forward. mode kEval: out; kTrain: y, mean, var, out; kYOnly: y (backward's recompute mode). The stages
+// above are also the split passes of synchronised batch norm (the op layer merges the statistics over
+// processes between forward_stats and normalize, fused_dsconv/distributed.py).
 template <class P, class T>
-void backward(const Problem& p0, float* ws) {
+void forward(const Problem& p, float* ws) {
+  if (p.mode != kTrain) return forward_conv<P, T>(p, ws);
+  forward_stats<P, T>(p, ws);
+  normalize<P, T>(p, ws);
+}
+
+// bn_bwd_reduce + bn_bwd_finalize: the per-channel sums (p.dbeta = sum dz, p.dgamma = sum dz yhat with an
+// affine BN), p.dbias, and dy's coefficients in ws.
+template <class P, class T>
+void backward_sums(const Problem& p, float* ws) {
+  P::launch(bn_bwd_reduce_kernel<T>, cdiv(p.K, p.cl ? 32 : 8), p.rgroups, 1, 256, p, ws);
+  P::launch(bn_bwd_finalize_kernel<>, cdiv(p.K, 32), 1, 1, 256, p, ws);
+}
+
+// dsconv_bwd_dt, dsconv_bwd_dwp, dsconv_bwd_dx, colsum: dx, dwd, dwp from dy's coefficients at
+// ws + bwd_ws(p).coef (bn_bwd_finalize's, or written by the caller from sums merged elsewhere).
+template <class P, class T>
+void backward_convs(const Problem& p0, float* ws) {
   Problem p = p0;
   p.vec_wp = vec_ok(p);
   const BwdWs L = bwd_ws(p);
-  P::launch(bn_bwd_reduce_kernel<T>, cdiv(p.K, p.cl ? 32 : 8), p.rgroups, 1, 256, p, ws);
-  P::launch(bn_bwd_finalize_kernel<>, cdiv(p.K, 32), 1, 1, 256, p, ws);
   if (p.bt.cls == kTileSpan64)
     P::launch(dsconv_bwd_dt_kernel<T, TileSpan64>, cdiv(p.C, TileSpan64::BK) * p.bsplit, tile_grid_y(p.bt.ntiles),
               tile_grid_z(p.bt.ntiles), TileSpan64::THREADS, p, ws);
@@ -195,6 +222,15 @@ void backward(const Problem& p0, float* ws) {
   const ColsumJob<T> jwp{ws + L.dwp, p.splits, p.K * p.C, static_cast<T*>(p.dwp)};
   const ColsumJob<T> jwd{ws + L.dwd, p.xgroups, p.C * 9, static_cast<T*>(p.dwd)};
   P::launch(colsum_kernel<T>, cdiv(p.K * p.C, 32) + cdiv(p.C * 9, 32), 1, 1, 256, jwp, jwd);
+}
+
+// Backward (mode kTrain or kEval; p.act is y or out). Writes dx, dwd, dwp (dtype T) and the fp32
+// per-channel gradients; ws must hold backward_ws_floats(p) floats. Its two stages above are also the split
+// passes of synchronised batch norm (the sums merged over processes in between).
+template <class P, class T>
+void backward(const Problem& p, float* ws) {
+  backward_sums<P, T>(p, ws);
+  backward_convs<P, T>(p, ws);
 }
 
 }  // namespace dsc

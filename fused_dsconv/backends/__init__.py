@@ -3,6 +3,13 @@
 Each backend implements the same four primitives (the contract below) and says, for given inputs,
 why it cannot run them. ``select`` walks the list in order and takes the first that can; a user can
 force one per module (``JointBlock(backend=...)``) or globally (``FUSED_DSCONV_BACKEND``).
+``JointBlock``'s "auto" goes further: it measures every capable backend (and its own unfused layers)
+on the user's device and runs the fastest (``fused_dsconv/tune.py``).
+
+Variants: a backend may offer several named configurations of its kernels (tile shapes, Triton
+configs) through ``variants``; the tuner times each and passes the winner back as the choice string
+"name:variant" (plain "name" is the default variant), which ``resolve`` turns into a backend
+configured for it (``with_variant``). Every variant must run every input its backend accepts.
 
 Contract (the op layer in ``fused_dsconv/ops.py`` has validated every argument before a backend
 sees it):
@@ -27,6 +34,19 @@ sees it):
   stride, dilation, eps) -> (grad_x, grad_dw_weight, grad_pw_weight, grad_bias, grad_bn_weight,
   grad_bn_bias)``; ``y`` is None in recompute mode; grad_bias / grad_bn_* are [K] in acc_dtype,
   also when bn_weight is None (the autograd layer drops them then).
+
+The split passes: forward_train and backward_train cut where synchronised batch norm merges per-channel
+values over processes (``fused_dsconv/distributed.py``; yhat = (y - mean) * rsqrt(var + eps), z = yhat *
+bn_weight + bn_bias, dz = grad_out [z > 0]):
+
+- ``forward_stats(x, dw_weight, pw_weight, bias, stride, dilation, save_y) -> (y, mean, var)``: forward_train's
+  y and statistics, without the normalisation; ``y`` empty when ``save_y`` is False.
+- ``forward_normalize(x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation, eps)
+  -> out``: relu(z) with the given statistics; ``y`` None: rebuild it from x first (recompute mode).
+- ``backward_reduce(grad_out, y, mean, var, bn_weight, bn_bias, eps) -> (sum_dz, sum_dz_yhat)`` per channel.
+- ``backward_apply(grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz, mean_dz_yhat,
+  stride, dilation, eps) -> (grad_x, grad_dw_weight, grad_pw_weight)`` through
+  dy = bn_weight rsqrt(var + eps) (dz - mean_dz - yhat mean_dz_yhat).
 """
 from __future__ import annotations
 
@@ -38,6 +58,7 @@ from torch import Tensor
 
 ENV_VAR = "FUSED_DSCONV_BACKEND"
 AUTO = "auto"
+DEFAULT_VARIANT = "default"
 
 
 def acc_dtype(x: Tensor) -> torch.dtype:
@@ -61,6 +82,22 @@ class Backend:
         """Why this backend cannot run inputs like ``x`` (device, dtype, build), or None if it can."""
         raise NotImplementedError
 
+    def not_timed(self, x: Tensor) -> Optional[str]:
+        """Why timing this backend on inputs like ``x`` says nothing about its speed (an interpreter or an
+        emulator runs it), or None. The tuner leaves such a backend out; forcing it still works."""
+        return None
+
+    def variants(self, problem) -> list[str]:
+        """Names of the configurations the tuner may time on ``problem`` (a ``fused_dsconv.tune.Problem``),
+        the default first."""
+        return [DEFAULT_VARIANT]
+
+    def with_variant(self, variant: str) -> "Backend":
+        """This backend running ``variant`` (self for the default)."""
+        if variant == DEFAULT_VARIANT:
+            return self
+        raise ValueError(f"backend {self.name!r} has no variant {variant!r} (it has only its default)")
+
     def forward_eval(self, x, dw_weight, pw_weight, bias, stride, dilation):
         raise NotImplementedError
 
@@ -72,6 +109,20 @@ class Backend:
 
     def backward_train(self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var,
                        stride, dilation, eps):
+        raise NotImplementedError
+
+    def forward_stats(self, x, dw_weight, pw_weight, bias, stride, dilation, save_y):
+        raise NotImplementedError
+
+    def forward_normalize(self, x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation,
+                          eps):
+        raise NotImplementedError
+
+    def backward_reduce(self, grad_out, y, mean, var, bn_weight, bn_bias, eps):
+        raise NotImplementedError
+
+    def backward_apply(self, grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz,
+                       mean_dz_yhat, stride, dilation, eps):
         raise NotImplementedError
 
 
@@ -94,14 +145,32 @@ def get(name: str) -> Backend:
     for b in _REGISTRY:
         if b.name == name:
             return b
-    raise ValueError(f"backend must be one of {[AUTO] + names()}, got {name!r}")
+    raise ValueError(f"backend must be one of {[AUTO] + names()} (optionally 'name:variant'), got {name!r}")
+
+
+def choice_name(backend: str, variant: str) -> str:
+    """The choice string of ``variant`` of ``backend``: the bare name for the default variant."""
+    return backend if variant == DEFAULT_VARIANT else f"{backend}:{variant}"
+
+
+def resolve(choice: str) -> Backend:
+    """The backend object for a choice string "name" or "name:variant" (ValueError naming what exists)."""
+    name, _, variant = choice.partition(":")
+    return get(name).with_variant(variant or DEFAULT_VARIANT)
 
 
 def requested(name: Optional[str] = None) -> str:
-    """The backend asked for: the explicit name, else $FUSED_DSCONV_BACKEND, else 'auto'."""
-    choice = name if name not in (None, AUTO) else os.environ.get(ENV_VAR, AUTO) or AUTO
+    """The backend asked for: the explicit choice, else $FUSED_DSCONV_BACKEND, else 'auto'."""
+    if name not in (None, AUTO):
+        resolve(name)  # validates the name (and variant)
+        return name
+    choice = os.environ.get(ENV_VAR, AUTO) or AUTO
     if choice != AUTO:
-        get(choice)  # validates the name, whichever way it came
+        try:
+            resolve(choice)
+        except ValueError as e:
+            raise ValueError(f"environment variable {ENV_VAR}={choice!r} is not a backend: set it to one of "
+                             f"{[AUTO] + names()} or unset it ({e})") from None
     return choice
 
 
@@ -111,10 +180,11 @@ def explain(x: Tensor) -> dict[str, Optional[str]]:
 
 
 def select(x: Tensor, name: Optional[str] = None) -> Backend:
-    """The backend that runs ``x``: the forced one (which must be able to), else the first that can."""
+    """The backend that runs ``x``: the forced one (which must be able to), else the first that can.
+    ("auto" here is the priority order; the measured choice is ``JointBlock``'s, which passes it down.)"""
     choice = requested(name)
     if choice != AUTO:
-        backend = get(choice)
+        backend = resolve(choice)
         why = backend.unavailable(x)
         if why is not None:
             raise RuntimeError(f"fused_dsconv: backend {choice!r} was requested but cannot run this input: {why}")

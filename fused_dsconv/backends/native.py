@@ -101,6 +101,11 @@ class NativeBackend(Backend):
             return self._arch_reason(x.device)
         return None
 
+    def not_timed(self, x):
+        if self.device_type != "cuda":
+            return "the CPU emulator of the CUDA kernels runs them one thread at a time, a correctness tool"
+        return None
+
     def forward_eval(self, x, dw_weight, pw_weight, bias, stride, dilation):
         return self.ops.forward_eval(x, dw_weight, pw_weight, bias, stride, dilation)
 
@@ -115,6 +120,23 @@ class NativeBackend(Backend):
                        stride, dilation, eps):
         return tuple(self.ops.backward_train(grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean,
                                              var, stride, dilation, float(eps)))
+
+    # -- the split passes (synchronised batch norm): the launcher's stages, csrc/kernels/launch.cuh --
+    def forward_stats(self, x, dw_weight, pw_weight, bias, stride, dilation, save_y):
+        return tuple(self.ops.forward_stats(x, dw_weight, pw_weight, bias, stride, dilation, bool(save_y)))
+
+    def forward_normalize(self, x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation,
+                          eps):
+        return self.ops.forward_normalize(x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride,
+                                          dilation, float(eps))
+
+    def backward_reduce(self, grad_out, y, mean, var, bn_weight, bn_bias, eps):
+        return tuple(self.ops.backward_reduce(grad_out, y, mean, var, bn_weight, bn_bias, float(eps)))
+
+    def backward_apply(self, grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz,
+                       mean_dz_yhat, stride, dilation, eps):
+        return tuple(self.ops.backward_apply(grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias,
+                                             mean_dz, mean_dz_yhat, stride, dilation, float(eps)))
 
 
 # ---- the CPU emulator build (tests, and anyone checking the kernels without a GPU) ----
@@ -148,8 +170,8 @@ def load_emulator(build_dir: Optional[str] = None, verbose: bool = False) -> Nat
     """JIT-build (cached) the CPU emulator extension from the kernel sources and return a backend over its ops.
 
     Needs g++ with C++20. The build directory defaults to ``$FUSED_DSCONV_EMU_BUILD``, else
-    ``build/emu-<hash of the sources>`` in a source checkout, else ``$FUSED_DSCONV_CACHE`` (default
-    ``~/.cache/fused_dsconv``) / ``emu-<hash>``.
+    ``build/emu-<hash of the sources>`` in a source checkout, else ``_extension.cache_root()``
+    (``$FUSED_DSCONV_CACHE``, default ``~/.cache/fused_dsconv``) / ``emu-<hash>``.
     """
     if not hasattr(torch.ops.fused_dsconv_emu, "forward_eval"):
         from torch.utils.cpp_extension import load
@@ -163,7 +185,9 @@ def load_emulator(build_dir: Optional[str] = None, verbose: bool = False) -> Nat
         elif (csrc.parent / "setup.py").is_file():
             build = csrc.parent / "build" / tag
         else:
-            build = Path(os.environ.get("FUSED_DSCONV_CACHE", Path.home() / ".cache" / "fused_dsconv")) / tag
+            from .. import _extension
+
+            build = _extension.cache_root() / tag
         build.mkdir(parents=True, exist_ok=True)
         load(name="fused_dsconv_emu_ext", sources=[str(csrc / "emu" / "emu_ext.cpp")],
              extra_include_paths=[str(csrc)], extra_cflags=_EMU_CFLAGS, build_directory=str(build),

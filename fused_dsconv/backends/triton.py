@@ -1,6 +1,7 @@
-"""The Triton backend: the contract's four primitives from the kernels in ``fused_dsconv/triton_kernels.py``.
+"""The Triton backend: the contract's four primitives composed from the launchers in
+``fused_dsconv/triton_launch.py`` (kernels: ``fused_dsconv/triton_kernels.py``).
 
-Layers: kernels (``*_kernel``) -> launchers (``triton_kernels.launch_*``) -> this backend. Triton is
+Layers: kernels (``*_kernel``) -> launchers (``triton_launch.launch_*``) -> this backend. Triton is
 imported lazily, on the first launch: whether ``@triton.jit`` builds compiled kernels or interpreter
 ones is decided when the kernels module is imported, from ``TRITON_INTERPRET``.
 
@@ -10,14 +11,16 @@ every kernel without a GPU). The public ops ``fused_dsconv::*`` are custom ops (
 torch.compile) that call this backend eagerly.
 
 Passes (M = N*Ho*Wo):
-- forward_eval: 1 kernel, out = relu(Wp' dw(x) + b').
-- forward_train: conv kernel writes y and per-tile Chan (mean, M2) partials; a merge kernel reduces
-  them in tile order (deterministic) to mean / biased var; an elementwise kernel normalises + ReLU.
-  With save_y=False y is written into out and normalised in place (no second activation buffer).
-- backward_train: (recompute mode: the conv kernel first rebuilds y into a temporary); a reduction
-  of dz, dz yhat, yhat (fixed order); then dt = dy Wp with the depthwise weight gradient from the same
-  tile, dWp = dy^T T (T recomputed from x), dx from dt. dy is rebuilt from (dout, y, stats) wherever
-  it is read and never stored.
+- forward_eval: dsconv_fwd, out = relu(Wp' dw(x) + b').
+- forward_train: dsconv_fwd writes y and per-group Chan (count, mean, M2) partials; bn_stats merges
+  them in group order (deterministic) into mean / biased var and the normalisation coefficients;
+  bn_relu normalises + ReLU. With save_y=False y is written into out and normalised in place (no
+  second activation buffer).
+- backward_train: (recompute mode: dsconv_fwd first rebuilds y into a temporary); bn_coef,
+  bn_bwd_reduce (sums of dz, dz d, d per pixel group) and bn_bwd_finalize (dbeta, dgamma, dbias and
+  dy's per-channel coefficients); dsconv_bwd_dt (dt = dy Wp and dWp = dy^T T from the same dy and
+  T tiles); dsconv_bwd_dx (dx and dWd from dt); colsum reduces the weight-gradient partials. dy is
+  rebuilt from (dout, y, coefficients) where it is read and never stored.
 - backward_eval: the same with dy = dout [out > 0].
 """
 from __future__ import annotations
@@ -31,16 +34,18 @@ import torch
 from . import Backend, memory_format_of, register
 
 _KERNELS_MODULE = "fused_dsconv.triton_kernels"
+_LAUNCH_MODULE = "fused_dsconv.triton_launch"
 
 
 def _interpret_requested() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def _kernels():
-    # import_module (not ``from .. import``) so a test can drop and re-import the module under
+def _launch():
+    # import_module (not ``from .. import``): importing triton is deferred to the first launch. The
+    # launchers look the kernels module up on every call, so a test can drop and re-import it under
     # another TRITON_INTERPRET setting.
-    return importlib.import_module(_KERNELS_MODULE)
+    return importlib.import_module(_LAUNCH_MODULE)
 
 
 class TritonBackend(Backend):
@@ -74,55 +79,87 @@ class TritonBackend(Backend):
             return f"bfloat16 needs compute capability >= 8.0 in the Triton kernels; this GPU is sm_{major}{minor}"
         return None
 
+    def not_timed(self, x):
+        if x.device.type == "cpu":
+            return "on the CPU the Triton kernels run in Triton's interpreter, a correctness tool"
+        return None
+
     def forward_eval(self, x, dw_weight, pw_weight, bias, stride, dilation):
-        tk = _kernels()
+        lc = _launch()
         out = _empty_out(x, pw_weight.shape[0], stride, x.dtype)
-        tk.launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, out, relu=True, stats=False)
+        lc.launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, out, relu=True, stats=False)
         return out
 
     def forward_train(self, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, save_y):
-        tk = _kernels()
+        lc = _launch()
         k = pw_weight.shape[0]
         out = _empty_out(x, k, stride, x.dtype)
         # Recompute mode keeps no y: write it into out and normalise in place (bn_relu_kernel loads and
         # stores each element in one program), so the forward's peak holds one activation, not two.
         y = _empty_out(x, k, stride, x.dtype) if save_y else out
-        ws, tiles, block_p = tk.launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, y, relu=False,
-                                            stats=True)
-        m = y.numel() // k
-        mean, var = tk.launch_stats(ws, tiles, block_p, m, k)
-        tk.launch_bn_relu(y, out, tk._bn_coef(mean, var, bn_weight, bn_bias, eps))
+        partials = lc.launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, y, relu=False, stats=True)
+        mean, var, coef = lc.launch_bn_stats(partials, y.numel() // k, bn_weight, bn_bias, eps)
+        lc.launch_bn_relu(y, out, coef)
         return out, (y if save_y else x.new_empty(0)), mean, var
 
     def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, stride, dilation):
-        tk = _kernels()
-        (dbias,) = tk.launch_bwd_reduce(grad_out, out, out, train=False)  # coef unused in eval
-        dummy = torch.empty(1, device=x.device, dtype=torch.float32)
-        dx, ddw, dpw = tk.launch_conv_backward(grad_out, out, dummy, x, dw_weight, pw_weight, stride, dilation,
+        lc = _launch()
+        coef, dbias, _, _ = lc.launch_bn_backward(grad_out, out, None, None, None, None, 0.0, train=False)
+        dx, ddw, dpw = lc.launch_conv_backward(grad_out, out, coef, x, dw_weight, pw_weight, stride, dilation,
                                                train=False)
         return dx, ddw, dpw, dbias
 
     def backward_train(self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var,
                        stride, dilation, eps):
-        tk = _kernels()
+        lc = _launch()
         k = pw_weight.shape[0]
         if y is None or y.numel() == 0:
             # Recompute mode: rebuild y (rounded to x's dtype, as the forward stored it) into a temporary.
             y = _empty_out(x, k, stride, x.dtype)
-            tk.launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, y, relu=False, stats=False)
-        m = y.numel() // k
-        coef4 = tk._bn_coef(mean, var, bn_weight, bn_bias, eps)
-        dbeta, dgamma, sum_yhat = tk.launch_bwd_reduce(grad_out, y, coef4, train=True)
-        r, g = coef4[1], coef4[2]
-        gr = g * r
-        c1 = gr * dbeta / m
-        c2 = gr * dgamma / m
-        coef = torch.cat([coef4, torch.stack([gr, c1, c2])]).contiguous()
-        dx, ddw, dpw = tk.launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dilation,
+            lc.launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, y, relu=False, stats=False)
+        coef, dbias, dgamma, dbeta = lc.launch_bn_backward(grad_out, y, mean, var, bn_weight, bn_bias, eps,
+                                                           train=True)
+        dx, ddw, dpw = lc.launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dilation,
                                                train=True)
-        # sum_p dy = gr sum dz - M c1 - c2 sum yhat (= -c2 sum yhat up to rounding: sum yhat ~ 0).
-        dbias = gr * dbeta - m * c1 - c2 * sum_yhat
         return dx, ddw, dpw, dbias, dgamma, dbeta
+
+    # -- the split passes (synchronised batch norm): the same launches, cut at the statistics --
+    def forward_stats(self, x, dw_weight, pw_weight, bias, stride, dilation, save_y):
+        lc = _launch()
+        k = pw_weight.shape[0]
+        y = _empty_out(x, k, stride, x.dtype)  # recompute mode: dropped on return (the kernel always stores y)
+        partials = lc.launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, y, relu=False, stats=True)
+        # bn_stats also writes bn_relu's coefficients, unused here (pass 2 gets merged statistics): any eps
+        # that keeps 1 / sqrt(var + eps) finite on padding lanes will do.
+        mean, var, _ = lc.launch_bn_stats(partials, y.numel() // k, None, None, 1.0)
+        return (y if save_y else x.new_empty(0)), mean, var
+
+    def forward_normalize(self, x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation,
+                          eps):
+        lc = _launch()
+        out = _empty_out(x, pw_weight.shape[0], stride, x.dtype)
+        if y is None:  # recompute mode: y into out, normalised in place (as forward_train does)
+            lc.launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, out, relu=False, stats=False)
+            y = out
+        lc.launch_bn_relu(y, out, lc.launch_bn_coef(mean, var, bn_weight, bn_bias, eps))
+        return out
+
+    def backward_reduce(self, grad_out, y, mean, var, bn_weight, bn_bias, eps):
+        # bn_bwd_finalize's dbeta / dgamma are exactly the two sums; its dy rows (this process's mean) are unused.
+        _, _, sum_dz_yhat, sum_dz = _launch().launch_bn_backward(grad_out, y, mean, var, bn_weight, bn_bias, eps,
+                                                                 train=True)
+        return sum_dz, sum_dz_yhat
+
+    def backward_apply(self, grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz,
+                       mean_dz_yhat, stride, dilation, eps):
+        lc = _launch()
+        # dy's rows 3, 4 from the merged means, as bn_bwd_finalize writes them from this call's sums:
+        # c1 = a mean_dz, rc2 = r a mean_dz_yhat, so dy = a dz - c1 - (y - mean) rc2 (the kernels' _dy_tile).
+        coef = lc.launch_bn_coef(mean, var, bn_weight, bn_bias, eps, rows=5)
+        r = torch.rsqrt(var.float() + eps)
+        coef[3] = coef[1] * mean_dz
+        coef[4] = r * (coef[1] * mean_dz_yhat)
+        return lc.launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dilation, train=True)
 
 
 def _empty_out(x, k, stride, dtype):

@@ -45,6 +45,15 @@ def _cvt64(indent: str, guard: str, rnd: str, dst_t: str, src_t: str, dst: str, 
     return [indent + ln + "\n" for ln in lines]
 
 
+def _declare(out: list[str], func_open: int, declared: bool, ln: str) -> bool:
+    """Puts the scratch registers at the top of the current function once; returns True."""
+    if func_open < 0:
+        raise ValueError(f"ptx_fix: a rewrite outside a function body: {ln.strip()}")
+    if not declared:
+        out.insert(func_open, _DECL)
+    return True
+
+
 def fix_ptx(text: str) -> tuple[str, dict[str, int]]:
     """Returns the rewritten PTX and a count per rewrite kind."""
     lines = text.splitlines(keepends=True)
@@ -78,22 +87,14 @@ def fix_ptx(text: str) -> tuple[str, dict[str, int]]:
             continue
         m = _CVT64.match(ln)
         if m:
-            if func_open < 0:
-                raise ValueError(f"ptx_fix: conversion outside a function body: {ln.strip()}")
-            if not declared:
-                out.insert(func_open, _DECL)
-                declared = True
+            declared = _declare(out, func_open, declared, ln)
             indent, guard, rnd, dst_t, src_t, dst, src = m.groups()
             out.extend(_cvt64(indent, guard, rnd, dst_t, src_t, dst, src))
             counts["cvt_int64_float"] += 1
             continue
         m = _BF16MOV.search(ln)
         if m:
-            if func_open < 0:
-                raise ValueError(f"ptx_fix: bf16 mov outside a function body: {ln.strip()}")
-            if not declared:
-                out.insert(func_open, _DECL)
-                declared = True
+            declared = _declare(out, func_open, declared, ln)
             g, dst, src = m.group(1) or "", m.group(2), m.group(3)
             rep = (f"{g}cvt.u32.u16 %simfix_lo, {src}; {g}shl.b32 %simfix_lo, %simfix_lo, 16; "
                    f"{g}mov.b32 {dst}, %simfix_lo;")

@@ -17,25 +17,43 @@ namespace {
 
 constexpr int kSms = 28;  // GP102 (GTX 1080 Ti): the tile heuristic's target
 
-// C = op(A) op(B) per batch entry (grid z) or summed over `reduce` entries.
+// C = op(A) op(B) per batch entry (grid z) or summed over `reduce` entries; split-K when the plan says so.
 template <bool TA, bool TB>
 void gemm(int M, int N, int K, const float* A, int lda, long long sA, const float* B, int ldb, long long sB, float* C,
           long long sC, int batch, int reduce) {
-  const base::GemmTile t = base::pick_tile(M, N, batch, kSms);
-  const dim3 grid((N + t.bn - 1) / t.bn, (M + t.bm - 1) / t.bm, batch), block(t.bm * t.bn / 64);
-  std::printf("[sim] gemm M=%d N=%d K=%d batch=%d reduce=%d tile %dx%d\n", M, N, K, batch, reduce, t.bm, t.bn);
-#define SIM_GEMM_CASE(BM, BN)                                                                                  \
-  if (t.bm == BM && t.bn == BN) {                                                                              \
-    launch(base::sgemm_kernel<BM, BN, TA, TB>, grid, block, M, N, K, A, lda, sA, B, ldb, sB, C, sC, reduce); \
-    return;                                                                                                    \
+  const base::GemmPlan plan = base::pick_plan(M, N, K, batch, reduce, kSms);
+  const base::GemmTile t = plan.tile;
+  const int split = plan.ksplit;
+  if (split > 1 && batch != 1) {
+    std::printf("split-K with batch %d is not supported\n", batch);
+    std::exit(1);
+  }
+  DevBuf<float> part(split > 1 ? (size_t)split * M * N : 1);
+  float* out = split > 1 ? part.p : C;
+  const dim3 grid((N + t.bn - 1) / t.bn, (M + t.bm - 1) / t.bm, batch * split), block(t.bm * t.bn / 64);
+  std::printf("[sim] gemm M=%d N=%d K=%d batch=%d reduce=%d tile %dx%d split-K %d\n", M, N, K, batch, reduce, t.bm,
+              t.bn, split);
+  bool launched = false;
+#define SIM_GEMM_CASE(BM, BN)                                                                                       \
+  if (!launched && t.bm == BM && t.bn == BN) {                                                                      \
+    launch(base::sgemm_kernel<BM, BN, TA, TB>, grid, block, M, N, K, A, lda, sA, B, ldb, sB, out, sC, reduce, split); \
+    launched = true;                                                                                                \
   }
   SIM_GEMM_CASE(128, 128)
   SIM_GEMM_CASE(128, 64)
   SIM_GEMM_CASE(64, 64)
   SIM_GEMM_CASE(64, 32)
 #undef SIM_GEMM_CASE
-  std::printf("no kernel for tile %dx%d\n", t.bm, t.bn);
-  std::exit(1);
+  if (!launched) {
+    std::printf("no kernel for tile %dx%d\n", t.bm, t.bn);
+    std::exit(1);
+  }
+  if (split > 1) {
+    const long long mn = (long long)M * N;
+    launch(base::splitk_reduce_kernel, dim3((unsigned)std::min<long long>((mn + 255) / 256, 4096)), dim3(256),
+           (const float*)part.p, split, mn, C);
+    sync();  // the workspace is freed on return
+  }
 }
 
 int last_pow2(int n) {

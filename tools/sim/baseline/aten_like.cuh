@@ -27,18 +27,25 @@ inline int bn_num_threads(int n) {
   return kBnMaxBlock;
 }
 
+// (n, c, h, w) of a linear NCHW index, by divide and multiply-subtract as ATen's depthwise kernels do it.
+__device__ __forceinline__ void nchw_of(int idx, int C, int H, int W, int& n, int& c, int& h, int& w) {
+  int t1 = idx / W;
+  w = idx - t1 * W;
+  int t2 = t1 / H;
+  h = t1 - t2 * H;
+  t1 = t2;
+  t2 = t1 / C;
+  c = t1 - t2 * C;
+  n = t2;
+}
+
 // ---- depthwise 3x3 (conv_depthwise2d_forward_kernel<3>): one thread per output element ----------
 __global__ void __launch_bounds__(kAtenThreads)
 dw_fwd_kernel(const float* __restrict__ in, float* __restrict__ out, const float* __restrict__ w, int total, int C,
               int H, int W, int Ho, int Wo, int stride, int pad, int dil) {
   for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += blockDim.x * gridDim.x) {
-    int t1 = idx / Wo;
-    const int wo = idx - t1 * Wo;
-    int t2 = t1 / Ho;
-    const int ho = t1 - t2 * Ho;
-    t1 = t2;
-    t2 = t1 / C;
-    const int c = t1 - t2 * C, n = t2;
+    int n, c, ho, wo;
+    nchw_of(idx, C, Ho, Wo, n, c, ho, wo);
     int woff = c * 9;
     float v = 0.f;
     const int off0 = (n * C + c) * H * W;
@@ -61,13 +68,8 @@ __global__ void __launch_bounds__(kAtenThreads)
 dw_bwd_input_kernel(const float* __restrict__ gout, float* __restrict__ gin, const float* __restrict__ w, int total,
                     int C, int H, int W, int Ho, int Wo, int pad, int dil) {
   for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += blockDim.x * gridDim.x) {
-    int t1 = idx / W;
-    const int wi = idx - t1 * W;
-    int t2 = t1 / H;
-    const int hi = t1 - t2 * H;
-    t1 = t2;
-    t2 = t1 / C;
-    const int c = t1 - t2 * C, n = t2;
+    int n, c, hi, wi;
+    nchw_of(idx, C, H, W, n, c, hi, wi);
     float v = 0.f;
     int woff = c * 9;
     for (int kh = 0; kh < 3; ++kh) {
@@ -124,6 +126,18 @@ __global__ void dw_bwd_weight_kernel(const float* __restrict__ gout, const float
 }
 
 // ---- batch norm (Normalization.cuh) --------------------------------------------------------------
+// Merges the (mean, M2, count) of a warp's lanes by butterfly shuffles (ATen's warpSum of Welford states).
+__device__ __forceinline__ void welford_warp(float& avg, float& m2, int& n) {
+  for (int i = 0; i < 5; ++i) {
+    const float oa = __shfl_xor_sync(0xffffffffu, avg, 1 << i);
+    const int on = __shfl_xor_sync(0xffffffffu, n, 1 << i);
+    const float f = 1.f / fmaxf(1.f, (float)(n + on));
+    m2 += __shfl_xor_sync(0xffffffffu, m2, 1 << i) + (avg - oa) * (avg - oa) * n * on * f;
+    avg = (n * avg + on * oa) * f;
+    n += on;
+  }
+}
+
 // batch_norm_collect_statistics_kernel: grid = K planes, block = (tf, 512 / tf); Welford per thread, then
 // warp and block merges; writes mean and the biased variance.
 __global__ void bn_stats_kernel(const float* __restrict__ y, float* __restrict__ mean, float* __restrict__ var, int N,
@@ -141,14 +155,7 @@ __global__ void bn_stats_kernel(const float* __restrict__ y, float* __restrict__
       avg += d1 / n;
       m2 += d1 * (v - avg);
     }
-  for (int i = 0; i < 5; ++i) {
-    const float oa = __shfl_xor_sync(0xffffffffu, avg, 1 << i);
-    const int on = __shfl_xor_sync(0xffffffffu, n, 1 << i);
-    const float f = 1.f / fmaxf(1.f, (float)(n + on));
-    m2 += __shfl_xor_sync(0xffffffffu, m2, 1 << i) + (avg - oa) * (avg - oa) * n * on * f;
-    avg = (n * avg + on * oa) * f;
-    n += on;
-  }
+  welford_warp(avg, m2, n);
   __syncthreads();
   if (tid % 32 == 0) {
     sh_n[tid / 32] = n;
@@ -162,14 +169,7 @@ __global__ void bn_stats_kernel(const float* __restrict__ y, float* __restrict__
     avg = tid < nw ? sh_av[2 * tid] : 0.f;
     m2 = tid < nw ? sh_av[2 * tid + 1] : 0.f;
   }
-  for (int i = 0; i < 5; ++i) {
-    const float oa = __shfl_xor_sync(0xffffffffu, avg, 1 << i);
-    const int on = __shfl_xor_sync(0xffffffffu, n, 1 << i);
-    const float f = 1.f / fmaxf(1.f, (float)(n + on));
-    m2 += __shfl_xor_sync(0xffffffffu, m2, 1 << i) + (avg - oa) * (avg - oa) * n * on * f;
-    avg = (n * avg + on * oa) * f;
-    n += on;
-  }
+  welford_warp(avg, m2, n);
   if (tid == 0) {
     mean[plane] = avg;
     var[plane] = m2 / (N * HW);
