@@ -2,9 +2,9 @@
 reference backend: every op, every compile-time specialisation (dilation 1..4) and the runtime-dilation
 path, strides 1/2, NCHW and channels_last, fp32/fp16/bf16, odd shapes. Also the NativeBackend glue.
 
-The emulator runs each CUDA thread as a std::thread with poisoned shared memory, so a missing barrier
-or an unwritten shared-memory read shows up as a wrong (NaN) result here; see tests/test_emu_tsan.py
-for the ThreadSanitizer run.
+The emulator runs a block's CUDA threads as fibers, each as far as it can before its next barrier, over
+poisoned shared memory, so a missing barrier or an unwritten shared-memory read shows up as a wrong (NaN)
+result here; see tests/test_emu_tsan.py for the ThreadSanitizer run (real threads).
 """
 from __future__ import annotations
 
