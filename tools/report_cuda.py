@@ -3,7 +3,9 @@
 Compiles csrc/kernels/instantiate_all.cuh (every kernel variant the launcher can launch, no torch):
   * sm_61 with NVRTC 12.x from PyPI (`pip install nvidia-cuda-nvrtc-cu12`), loaded with ctypes, ptxas -v;
   * sm_75 and sm_86 with nvcc (CUDA_HOME or /usr/local/cuda) -cubin -Xptxas -v.
-Same flags as the extension's device code (-O3). Results are cached by source hash under build/.
+nvcc gets the extension's device flags (fused_dsconv/_build_config.compile_args() and torch's
+COMMON_NVCC_FLAGS when torch is importable), so the spills reported are the shipped build's. Results are
+cached by a hash of the sources and those flags under build/.
 
     python tools/report_cuda.py            # markdown table
 rows() -> list[dict] with keys backend, kernel, variant, arch, registers, shared_bytes, stack_bytes,
@@ -14,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -52,8 +55,21 @@ def occupancy(arch: str, registers: int, shared_bytes: int, threads: int = THREA
     return round(blocks * warps / lim["warps"], 4)
 
 
+def _extension_nvcc_flags() -> list[str]:
+    """The extension's nvcc flags (what setup.py, the JIT build and CMake pass) that change device code."""
+    spec = importlib.util.spec_from_file_location("_build_config", ROOT / "fused_dsconv" / "_build_config.py")
+    cfg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cfg)
+    flags = [f for f in cfg.compile_args()["nvcc"] if f != "-Xptxas=-v"]
+    try:
+        from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+    except ImportError:  # a torch-free checkout: the torch defines only touch the fp16/bf16 operator overloads
+        COMMON_NVCC_FLAGS = []
+    return flags + [f for f in COMMON_NVCC_FLAGS if f not in flags]
+
+
 def _sources_hash() -> str:
-    h = hashlib.sha256()
+    h = hashlib.sha256(" ".join(_extension_nvcc_flags()).encode())
     for f in sorted((CSRC / "kernels").glob("*")):
         h.update(f.name.encode() + f.read_bytes())
     h.update(Path(__file__).read_bytes())
@@ -119,8 +135,8 @@ def ptxas_log_nvcc(arch: str) -> str:
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / "instantiate_all.cu"
         src.write_text(TU)
-        cmd = [_nvcc(), "-cubin", f"-arch={arch}", "-O3", "-std=c++17", "-Xptxas", "-v", f"-I{CSRC}", str(src),
-               "-o", str(Path(d) / "k.cubin")]
+        cmd = [_nvcc(), "-cubin", f"-arch={arch}", *_extension_nvcc_flags(), "-Xptxas", "-v", f"-I{CSRC}",
+               str(src), "-o", str(Path(d) / "k.cubin")]
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode != 0:
             raise RuntimeError(f"nvcc {arch} failed:\n{p.stderr}")
