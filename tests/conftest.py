@@ -14,6 +14,22 @@ if os.path.isdir("/usr/local/cuda") and "CUDA_HOME" not in os.environ:
 os.environ.setdefault("FUSED_DSCONV_TUNE", "0")
 
 
+def pytest_collection_finish(session):
+    """Start the selected modules' background builds (tests/prebuild.py) before the first test runs."""
+    if session.config.option.collectonly:
+        return
+    import prebuild
+    for item in session.items:
+        fn = getattr(item.module, "prebuild", None)
+        if callable(fn):
+            prebuild.start(item.module.__name__, fn)
+
+
+def pytest_sessionfinish(session):
+    if "prebuild" in sys.modules:
+        sys.modules["prebuild"].stop_all()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

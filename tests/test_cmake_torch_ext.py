@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import prebuild as background
 import pytest
 import torch
 
@@ -96,7 +97,7 @@ def _build() -> tuple[Path, str, float | None]:
         return libs[0], log_path.read_text(), None
 
     t0 = time.perf_counter()
-    run = lambda *cmd: subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)  # noqa: E731
+    run = lambda *cmd: background.run(cmd, cwd=ROOT)  # noqa: E731
     cfg = run(cmake, "-S", str(ROOT), "-B", str(build), "-DFUSED_DSCONV_TORCH_EXT=ON",
               f"-DTORCH_CUDA_ARCH_LIST={ARCH_LIST}", f"-DCMAKE_CUDA_COMPILER={cuda / 'bin' / 'nvcc'}",
               f"-DCUDA_TOOLKIT_ROOT_DIR={cuda}", f"-DPython3_EXECUTABLE={sys.executable}")
@@ -110,8 +111,13 @@ def _build() -> tuple[Path, str, float | None]:
     return libs[0], log, time.perf_counter() - t0
 
 
+def prebuild():
+    """The build, started in the background when collection ends (tests/prebuild.py)."""
+    return _build()
+
+
 def test_cmake_builds_the_extension():
-    lib, log, seconds = _build()
+    lib, log, seconds = background.result(__name__, prebuild)
     print(f"\nCMake extension {lib.relative_to(ROOT)}: " +
           (f"built in {seconds:.0f} s" if seconds is not None else "cached build of these sources"))
 
