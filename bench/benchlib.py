@@ -15,7 +15,8 @@ from torch import nn
 
 from fused_dsconv import backends
 from fused_dsconv.tune import cpu_model
-from fused_dsconv.models import BASE_RESOLUTION, TABLE1, JointNet, scaled
+from fused_dsconv.contract import output_size, walk_blocks
+from fused_dsconv.models import BASE_RESOLUTION, TABLE1, JointNet
 
 FULL_ENV = "FUSED_DSCONV_BENCH_FULL"
 ALPHAS = (1.0, 0.75)
@@ -104,7 +105,7 @@ class BlockCase:
 
     @property
     def ho(self) -> int:
-        return (self.h - 1) // self.stride + 1
+        return output_size(self.h, self.stride)
 
 
 def block_cases(scale: float = 1.0) -> list[BlockCase]:
@@ -113,11 +114,9 @@ def block_cases(scale: float = 1.0) -> list[BlockCase]:
     for alpha in ALPHAS:
         for rho in RHOS:
             for d in DILATIONS:
-                h = int(round(BASE_RESOLUTION * rho * scale))
-                for i, (c, k, s) in enumerate(TABLE1):
-                    case = BlockCase(alpha, rho, d, i + 1, scaled(c, alpha), scaled(k, alpha), s, h)
-                    cases.append(case)
-                    h = case.ho
+                side = int(round(BASE_RESOLUTION * rho * scale))
+                for i, b in enumerate(walk_blocks(TABLE1, side, alpha)):
+                    cases.append(BlockCase(alpha, rho, d, i + 1, b.c, b.k, b.stride, b.side))
     return cases
 
 

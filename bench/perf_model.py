@@ -85,6 +85,8 @@ try:  # the installed package when there is one, else this checkout
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from fused_dsconv.contract import output_size, walk_blocks  # noqa: E402
+
 MODES = ("eval", "train_fwd", "train_fwd_bwd")
 F32 = 4  # bytes of a float32 per-channel value / partial sum
 
@@ -125,11 +127,11 @@ class Layer:
 
     @property
     def ho(self) -> int:
-        return (self.h - 1) // self.stride + 1
+        return output_size(self.h, self.stride)
 
     @property
     def wo(self) -> int:
-        return (self.w - 1) // self.stride + 1
+        return output_size(self.w, self.stride)
 
     @property
     def m(self) -> int:  # output pixels per channel, N*Ho*Wo
@@ -458,14 +460,9 @@ def _check_mode(mode: str) -> None:
 def classifier_layers(batch: int, alpha: float = 1.0, rho: float = 1.0, dilation: int = 3) -> list[Layer]:
     """The nine joint blocks of Table 1 (names b1..b9), with the stem's output as b1's input."""
     from fused_dsconv.models import BASE_RESOLUTION, STEM_CHANNELS, TABLE1, scaled
-    h = int(round(BASE_RESOLUTION * rho))
     assert scaled(STEM_CHANNELS, alpha) == scaled(TABLE1[0][0], alpha)
-    layers = []
-    for i, (c, k, s) in enumerate(TABLE1):
-        layer = Layer(f"b{i + 1}", batch, scaled(c, alpha), scaled(k, alpha), h, h, s, dilation)
-        layers.append(layer)
-        h = layer.ho
-    return layers
+    return [Layer(f"b{i + 1}", batch, b.c, b.k, b.side, b.side, b.stride, dilation)
+            for i, b in enumerate(walk_blocks(TABLE1, int(round(BASE_RESOLUTION * rho)), alpha))]
 
 
 IMPLS = ("unfused", "native", "native_recompute", "design", "design_recompute")

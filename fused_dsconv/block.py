@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import backends, distributed, ops, tune
+from .contract import check_dilation, check_stride, fold_conv_biases, is_int
 from .reference import fold_bn
 
 UNFUSED = tune.UNFUSED
@@ -53,12 +54,10 @@ class JointBlock(nn.Sequential):
                  track_running_stats: bool = True, backend: str = "auto", recompute: bool = False,
                  sync_bn: bool = False, process_group=None, device=None, dtype=None):
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            if not is_int(v) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if not isinstance(stride, int) or isinstance(stride, bool) or stride not in (1, 2):
-            raise ValueError(f"stride must be 1 or 2 (an int), got {stride!r}")
-        if not isinstance(dilation, int) or isinstance(dilation, bool) or dilation < 1:
-            raise ValueError(f"dilation must be an integer >= 1, got {dilation!r}")
+        check_stride(stride)
+        check_dilation(dilation)
         fk = {"device": device, "dtype": dtype}
         super().__init__(
             nn.Conv2d(in_channels, in_channels, 3, stride, padding=dilation, dilation=dilation,
@@ -227,7 +226,7 @@ class JointBlock(nn.Sequential):
         dw, pw, bn = self.dw, self.pw, self.bn
         dw_w, pw_w = dw.weight.to(x.dtype), pw.weight.to(x.dtype).flatten(1)
         acc = backends.acc_dtype(x)
-        bias = _effective_bias(dw, pw, acc)
+        bias = fold_conv_biases(pw.weight, dw.bias, pw.bias, acc)
         gamma = bn.weight.to(acc) if bn.affine else None
         beta = bn.bias.to(acc) if bn.affine else None
         if use_batch_stats:
@@ -268,16 +267,6 @@ def _compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
                            f"{weight.dtype}; convert one of them (x.to({weight.dtype}) or block.to({x.dtype})), "
                            "or run under torch.autocast")
     return dtype
-
-
-def _effective_bias(dw: nn.Conv2d, pw: nn.Conv2d, acc: torch.dtype) -> Optional[Tensor]:
-    """Both conv biases as one per-output-channel bias: pw(dw(x) + b_dw) + b_pw = pw(dw(x)) + W b_dw + b_pw."""
-    bias = None
-    if dw.bias is not None:
-        bias = pw.weight.flatten(1).to(acc) @ dw.bias.to(acc)
-    if pw.bias is not None:
-        bias = pw.bias.to(acc) if bias is None else bias + pw.bias.to(acc)
-    return bias
 
 
 def _prefixed(prefix: str, module: nn.Module) -> dict:

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from . import ops
-from .reference import output_size
+from .contract import output_size
 
 
 def active(group=None) -> bool:

@@ -25,6 +25,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from .block import JointBlock
 from .models import JointNet
+from .contract import fold_conv_biases
 from .reference import fold_bn
 
 
@@ -43,11 +44,7 @@ def fold_block(block: JointBlock) -> nn.Sequential:
     if bn.running_mean is None:
         raise ValueError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
     acc = torch.promote_types(pw.weight.dtype, torch.float32)
-    bias = None  # both conv biases as one: pw(dw(x) + b_dw) + b_pw
-    if dw.bias is not None:
-        bias = pw.weight.flatten(1).to(acc) @ dw.bias.to(acc)
-    if pw.bias is not None:
-        bias = pw.bias.to(acc) if bias is None else bias + pw.bias.to(acc)
+    bias = fold_conv_biases(pw.weight, dw.bias, pw.bias, acc)
     w, b = fold_bn(pw.weight.flatten(1), bias, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
     new_dw = nn.Conv2d(dw.in_channels, dw.out_channels, 3, dw.stride, dw.padding, dw.dilation, dw.groups, bias=False)
     new_dw.weight.data.copy_(dw.weight.detach())

@@ -27,17 +27,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .block import JointBlock
-from .reference import output_size
+from .contract import output_size, scaled
 
 STEM_CHANNELS = 32
 # (depthwise channels, pointwise output channels, depthwise stride): the consistent reading of Table 1.
 TABLE1 = ((32, 64, 2), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1),
           (256, 512, 2), (512, 512, 1), (512, 1024, 2), (1024, 1024, 1))
 BASE_RESOLUTION = 224
-
-
-def scaled(channels: int, alpha: float) -> int:
-    return max(1, int(round(channels * alpha)))
 
 
 class JointNet(nn.Module):

@@ -16,14 +16,7 @@ import torch
 from torch import Tensor
 
 from . import backends
-from .reference import output_size
-
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
+from .contract import FLOAT_DTYPES, check_dilation, check_stride, output_size
 
 def check_inputs(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, stride: int, dilation: int, **per_channel) -> None:
     """Raise a ValueError / TypeError naming the argument for anything the op cannot take."""
@@ -36,10 +29,8 @@ def check_inputs(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, stride: int, d
     n, c, h, w = x.shape
     if h == 0 or w == 0:
         raise ValueError(f"x must have non-zero height and width, got shape {tuple(x.shape)}")
-    if not _is_int(stride) or stride not in (1, 2):
-        raise ValueError(f"stride must be 1 or 2 (an int), got {stride!r}")
-    if not _is_int(dilation) or dilation < 1:
-        raise ValueError(f"dilation must be an integer >= 1, got {dilation!r}")
+    check_stride(stride)
+    check_dilation(dilation)
     if tuple(dw_weight.shape) != (c, 1, 3, 3):
         raise ValueError(f"dw_weight must have shape (C, 1, 3, 3) = {(c, 1, 3, 3)} for x with C={c} channels, "
                          f"got {tuple(dw_weight.shape)}")

@@ -22,10 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def output_size(size: int, stride: int) -> int:
-    """Spatial output size of the depthwise conv (kernel 3, padding = dilation)."""
-    return (size - 1) // stride + 1
+from .contract import output_size  # noqa: F401  (the spec's output size; its home is the contract)
 
 
 def joint_block(

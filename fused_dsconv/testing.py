@@ -28,6 +28,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .contract import is_channels_last, memory_format_of
+
 TF32 = "tf32"  # the tolerance row of float32 results computed with TF32 GEMM operands
 
 TOLERANCES = {
@@ -109,14 +111,10 @@ class Case:
         """x and conv weights in ``dtype`` (per-channel tensors stay in the accumulation dtype)."""
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         pc = lambda t: None if t is None else t.to(acc)  # noqa: E731
-        mf = torch.channels_last if is_channels_last(self.x) else torch.contiguous_format
+        mf = memory_format_of(self.x)
         return Case(self.x.to(dtype).contiguous(memory_format=mf), self.dw_weight.to(dtype),
                     self.pw_weight.to(dtype), pc(self.bias), pc(self.bn_weight), pc(self.bn_bias),
                     self.stride, self.dilation)
-
-
-def is_channels_last(x: Tensor) -> bool:
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def make_case(n: int, c: int, k: int, h: int, w: int, *, stride: int = 1, dilation: int = 1,

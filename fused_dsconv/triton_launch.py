@@ -35,6 +35,8 @@ import sys
 import torch
 import triton
 
+from .contract import is_channels_last, output_size, walk_blocks
+
 _KERNELS = "fused_dsconv.triton_kernels"
 VERBOSE = os.environ.get("FUSED_DSCONV_TRITON_VERBOSE", "0") not in ("", "0")
 
@@ -94,7 +96,7 @@ def _dense(t):
 
 
 def _layout(t: torch.Tensor) -> int:
-    return int(t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last))
+    return int(is_channels_last(t))
 
 
 def plane_vec(plane: int, *tensors) -> int:
@@ -113,10 +115,6 @@ def _m_class(m: int) -> int:
     """Autotuner key for the pixel count: its power-of-two bucket (a new batch size of the same class
     reuses the choice; a last, smaller batch may tune once more)."""
     return max(1, m).bit_length()
-
-
-def output_size(size: int, stride: int) -> int:
-    return (size - 1) // stride + 1
 
 
 def _check_pixels(count: int, what: str) -> None:
@@ -483,10 +481,8 @@ def describe() -> str:
     each block of the default classifier (batch 32, float16 and float32), and what it chose in this process."""
     from .models import BASE_RESOLUTION, TABLE1
     tk = kernels()
-    blocks, h = [], BASE_RESOLUTION  # the default classifier's nine joint blocks (alpha 1)
-    for i, (c, k, s) in enumerate(TABLE1):
-        blocks.append((f"b{i + 1}", c, k, h, s))
-        h = output_size(h, s)
+    blocks = [(f"b{i + 1}", b.c, b.k, b.side, b.stride)  # the default classifier's nine joint blocks (alpha 1)
+              for i, b in enumerate(walk_blocks(TABLE1, BASE_RESOLUTION))]
     lines = [f"Triton autotuning: {'on' if tk.AUTOTUNE else 'off (FUSED_DSCONV_TRITON_AUTOTUNE=0)'}; "
              f"FUSED_DSCONV_TRITON_VERBOSE=1 prints each choice; at most {tk.MAX_CANDIDATES} candidates per class"]
     for name in TUNED:

@@ -17,8 +17,7 @@ import importlib
 import torch
 from torch import Tensor
 
-from .backends import memory_format_of
-from .reference import output_size
+from .contract import memory_format_of, output_size
 
 
 @torch.library.triton_op("fused_dsconv_triton::forward_eval", mutates_args=())

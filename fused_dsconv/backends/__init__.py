@@ -53,24 +53,13 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-import torch
 from torch import Tensor
+
+from ..contract import acc_dtype, memory_format_of  # noqa: F401  (part of the backend contract)
 
 ENV_VAR = "FUSED_DSCONV_BACKEND"
 AUTO = "auto"
 DEFAULT_VARIANT = "default"
-
-
-def acc_dtype(x: Tensor) -> torch.dtype:
-    """Accumulation / statistics dtype: float32 for the kernel dtypes, float64 for float64 inputs."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def memory_format_of(x: Tensor) -> torch.memory_format:
-    """The layout the op's outputs take: channels_last when x is stored that way, else NCHW."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 class Backend:

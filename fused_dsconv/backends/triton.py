@@ -31,7 +31,8 @@ import sys
 
 import torch
 
-from . import Backend, memory_format_of, register
+from ..contract import memory_format_of, output_size
+from . import Backend, register
 
 _KERNELS_MODULE = "fused_dsconv.triton_kernels"
 _LAUNCH_MODULE = "fused_dsconv.triton_launch"
@@ -164,7 +165,7 @@ class TritonBackend(Backend):
 
 def _empty_out(x, k, stride, dtype):
     n, _, h, w = x.shape
-    shape = (n, k, (h - 1) // stride + 1, (w - 1) // stride + 1)
+    shape = (n, k, output_size(h, stride), output_size(w, stride))
     return torch.empty(shape, device=x.device, dtype=dtype, memory_format=memory_format_of(x))
 
 
