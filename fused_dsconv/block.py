@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import backends, distributed, ops, tune
+from . import backends, checks, distributed, ops, tune
 from .contract import check_dilation, check_stride, fold_conv_biases, is_int
 from .reference import fold_bn
 
@@ -230,9 +230,9 @@ class JointBlock(nn.Sequential):
         gamma = bn.weight.to(acc) if bn.affine else None
         beta = bn.bias.to(acc) if bn.affine else None
         if use_batch_stats:
-            ops.check_train_inputs(x, dw_w, pw_w, bias, gamma, beta, self.stride, self.dilation, synced=sync)
+            checks.check_train_inputs(x, dw_w, pw_w, bias, gamma, beta, self.stride, self.dilation, synced=sync)
         else:
-            ops.check_inputs(x, dw_w, pw_w, self.stride, self.dilation, bias=bias)
+            checks.check_inputs(x, dw_w, pw_w, self.stride, self.dilation, bias=bias)
         return dw_w, pw_w, acc, bias, gamma, beta
 
     def _choose(self, x: Tensor, use_batch_stats: bool, sync: bool = False) -> str:

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from . import ops
+from . import checks, ops
 from .contract import output_size
 
 
@@ -122,6 +122,6 @@ def forward_train(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, bias: Optiona
     (out, mean, biased var, count [1]), the statistics and count merged over every process. Every process of
     the group must call it, in the same order as its other collectives (a process with an empty batch too).
     ``JointBlock(sync_bn=True)`` calls it and updates the running statistics."""
-    ops.check_train_inputs(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, synced=True)
+    checks.check_train_inputs(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, synced=True)
     return _SyncTrain.apply(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, save_y,
                             backend, _group(group))

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fused_dsconv import JointBlock
+from fused_dsconv import JointBlock, backends
+from fused_dsconv.backends.reference import ReferenceBackend
 from fused_dsconv.testing import assert_close
 
 D = torch.float64
@@ -277,3 +278,53 @@ def test_saved_activation_bytes_fused_vs_unfused():
     assert fused == x_bytes + y_bytes + stats
     assert recompute == x_bytes + stats
     assert unfused >= x_bytes + t_bytes + 2 * y_bytes
+
+
+class _CountingBackend(ReferenceBackend):
+    """The reference backend, recording which primitives run."""
+
+    name = "counting"
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattribute__(self, attr):
+        value = super().__getattribute__(attr)
+        if attr in ("forward_eval", "forward_train", "backward_eval", "backward_train", "forward_stats",
+                    "backward_reduce"):
+            self.calls.append(attr)
+        return value
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("recompute", [False, True], ids=["saved", "recompute"])
+def test_frozen_convolutions_run_no_convolution_gradient(monkeypatch, train, recompute):
+    """With both conv weights frozen (in eval also the BN scale, folded into the 1x1 weight) and an input that
+    needs no gradient, backward runs no convolution-gradient primitive, only per-channel sums, and the
+    remaining gradients are still those of the unfused layers."""
+    counting = _CountingBackend()
+    monkeypatch.setattr(backends, "_REGISTRY", [counting, *backends._REGISTRY])
+    block, seq = pair(4, 6, 2, 2, bias=True, recompute=recompute)
+    block.backend = "counting"
+    for m in (block, seq):
+        m.train(train)
+        m[0].weight.requires_grad_(False)
+        m[1].weight.requires_grad_(False)
+        if not train:  # eval folds the BN scale into the 1x1 weight: a trainable scale makes it need a gradient
+            m[2].weight.requires_grad_(False)
+    x = torch.randn(2, 4, 7, 9, dtype=D)
+    w = torch.linspace(-1, 1, 2 * 6 * 4 * 5, dtype=D).view(2, 6, 4, 5)
+    (block(x) * w).sum().backward()
+    (seq(x) * w).sum().backward()
+    assert "backward_train" not in counting.calls and "backward_eval" not in counting.calls, counting.calls
+    assert ("backward_reduce" in counting.calls) == train
+    for name, p in block.named_parameters():
+        q = dict(seq.named_parameters())[name]
+        assert (p.grad is None) == (q.grad is None) == (not p.requires_grad), name
+        if p.grad is not None:
+            assert_close(p.grad, q.grad, D, name)
+    # Unfreezing one weight brings the full backward back (the check above could fail).
+    counting.calls.clear()
+    block[1].weight.requires_grad_(True)
+    (block(x) * w).sum().backward()
+    assert ("backward_train" if train else "backward_eval") in counting.calls

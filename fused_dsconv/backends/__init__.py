@@ -144,6 +144,9 @@ def choice_name(backend: str, variant: str) -> str:
 
 def resolve(choice: str) -> Backend:
     """The backend object for a choice string "name" or "name:variant" (ValueError naming what exists)."""
+    if not isinstance(choice, str):
+        raise ValueError(f"backend must be a string, one of {[AUTO] + names()} (optionally 'name:variant'), "
+                         f"got {choice!r}")
     name, _, variant = choice.partition(":")
     return get(name).with_variant(variant or DEFAULT_VARIANT)
 
@@ -169,9 +172,11 @@ def explain(x: Tensor) -> dict[str, Optional[str]]:
 
 
 def select(x: Tensor, name: Optional[str] = None) -> Backend:
-    """The backend that runs ``x``: the forced one (which must be able to), else the first that can.
-    ("auto" here is the priority order; the measured choice is ``JointBlock``'s, which passes it down.)"""
-    choice = requested(name)
+    """The backend that runs ``x``: the named one (which must be able to), else the first that can. The op
+    layer calls this once per op call; a caller that has chosen already (``JointBlock``: forced, or measured
+    by the tuner) passes its choice as ``name``, which is only resolved here: neither the environment
+    variable nor the priority order is consulted again."""
+    choice = name if name not in (None, AUTO) else requested(None)
     if choice != AUTO:
         backend = resolve(choice)
         why = backend.unavailable(x)
