@@ -14,7 +14,7 @@ import torch
 import benchlib
 import perf_model
 from fused_dsconv import JointBlock, tune
-from fused_dsconv.memory import module_saved_bytes
+from fused_dsconv.saved_activations import module_saved_bytes
 
 CASES = benchlib.block_cases()
 _MEMORY: dict[str, dict] = {}

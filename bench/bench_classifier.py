@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import benchlib
 import perf_model
 from fused_dsconv import tune
-from fused_dsconv.memory import saved_activation_bytes
+from fused_dsconv.saved_activations import saved_activation_bytes
 from fused_dsconv.models import JointNet
 
 NUM_CLASSES = 10  # CIFAR-10, the paper's main experiment

@@ -201,7 +201,7 @@ def memory_markdown(rows: list[dict]) -> str:
     out = []
     blocks = [r for r in rows if r["kind"] == "block"]
     if blocks:
-        out += ["MEASURED saved-activation bytes of one training forward (fused_dsconv.memory; the saved set is",
+        out += ["MEASURED saved-activation bytes of one training forward (fused_dsconv.saved_activations; the saved set is",
                 "the op's autograd contract, identical for every backend):", "",
                 "| case | shape | batch | unfused KiB | fused KiB | recompute KiB | fused/unfused | recompute/unfused |"
                 + (" CUDA peak MiB unfused / fused / recompute |" if blocks[0].get("peak_unfused") is not None else ""),

@@ -97,7 +97,7 @@ def memory_markdown(run: dict, config: Optional[str] = None) -> str:
     blocks = [(k, g["info"]["MEASURED_saved_bytes"]) for k, g in rows.items()
               if k[0] == "block" and k[2] == "train_fwd" and "MEASURED_saved_bytes" in g["info"]]
     if blocks:
-        out += ["MEASURED saved-activation bytes of one block training forward (fused_dsconv.memory):", "",
+        out += ["MEASURED saved-activation bytes of one block training forward (fused_dsconv.saved_activations):", "",
                 "| case | unfused KiB | fused KiB | recompute KiB | fused/unfused | recompute/unfused |",
                 "|---|---|---|---|---|---|"]
         for (_, case, _), m in blocks:

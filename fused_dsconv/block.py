@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from . import backends, checks, distributed, ops, tune
 from .contract import check_dilation, check_stride, fold_conv_biases, is_int
-from .reference import fold_bn
+from .spec import fold_bn
 
 UNFUSED = tune.UNFUSED
 

@@ -26,7 +26,7 @@ from . import checkpoint as ckpt
 from .block import JointBlock
 from .models import JointNet
 from .contract import fold_conv_biases
-from .reference import fold_bn
+from .spec import fold_bn
 
 
 def _require(module: str, extra: str = "export"):

@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .contract import is_channels_last, memory_format_of
+from .contract import memory_format_of
 
 TF32 = "tf32"  # the tolerance row of float32 results computed with TF32 GEMM operands
 

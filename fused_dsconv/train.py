@@ -38,7 +38,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from ._interrupt import sigint_deferred
 from .block import convert_sync_batchnorm
-from .data import DATASETS, DEFAULT_RESOLUTION, DataError, Loader, infer_dataset, load_dataset, normalize
+from .datasets import DATASETS, DEFAULT_RESOLUTION, DataError, Loader, infer_dataset, load_dataset, normalize
 from .models import BASE_RESOLUTION, JointNet, create_model, model_name
 
 LOG_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "images_per_s", "seconds", "lr")
@@ -403,7 +403,7 @@ def evaluate(model, loader, device, amp="none", mean=(0.5,) * 3, std=(0.5,) * 3,
 # -- fused vs unfused --------------------------------------------------------------------------
 def compare_unfused(model: JointNet, split, args, device, mean, std, out=print) -> dict:
     """Train copies of ``model`` and of its unfused twin for the same steps on the same batches."""
-    from .memory import saved_activation_bytes
+    from .saved_activations import saved_activation_bytes
     steps = max(1, args.compare_steps)
     loader = Loader(split, args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(args.seed + 1),
                     workers=args.workers, pin_memory=device.type == "cuda")

@@ -266,7 +266,7 @@ def test_saved_activation_bytes_fused_vs_unfused():
     unfused Sequential(dw, pw, bn, ReLU) saves x, t = dw(x), y = pw(t), the BN output and the ReLU
     output; the fused op saves x and y (recompute mode: x only), plus per-channel statistics.
     """
-    from fused_dsconv.memory import module_saved_bytes
+    from fused_dsconv.saved_activations import module_saved_bytes
     block = JointBlock(8, 16, 2, 3, backend=BACKEND).train()
     x = torch.randn(4, 8, 12, 12)
     x_bytes, t_bytes, y_bytes = x.numel() * 4, 4 * 8 * 6 * 6 * 4, 4 * 16 * 6 * 6 * 4

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from fused_dsconv import data
-from fused_dsconv.data import DataError, Loader, load_dataset, normalize
+from fused_dsconv import datasets as data
+from fused_dsconv.datasets import DataError, Loader, load_dataset, normalize
 
 
 def test_digits_fixed_stratified_split():

@@ -158,7 +158,7 @@ def test_reference_split_passes_merged_in_one_process(save_y):
     """The reference's split passes with four simulated processes (batches 3, 0, 1, 2) against the unfused
     layers on the whole batch, float64: the merged statistics, outputs and gradients."""
     from fused_dsconv import testing
-    from fused_dsconv.reference import joint_block
+    from fused_dsconv.spec import joint_block
 
     c = testing.make_case(6, 3, 5, 6, 5, stride=2, dilation=2).cast(torch.float64)
     leaves = [t.clone().requires_grad_() for t in (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias)]

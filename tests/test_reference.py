@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fused_dsconv import ops, reference
+from fused_dsconv import ops, spec
 from fused_dsconv.testing import assert_close, make_case
 
 D = torch.float64
@@ -28,7 +28,7 @@ def test_spec_equals_unfused_modules(stride, dilation, training):
     rm, rv = seq[2].running_mean.clone(), seq[2].running_var.clone()
     x = torch.randn(3, 5, 11, 9, dtype=D)
     expected = seq(x)
-    got = reference.joint_block(x, seq[0].weight, seq[1].weight, seq[2].weight, seq[2].bias, rm, rv,
+    got = spec.joint_block(x, seq[0].weight, seq[1].weight, seq[2].weight, seq[2].bias, rm, rv,
                                 stride=stride, dilation=dilation, training=training,
                                 dw_bias=seq[0].bias, pw_bias=seq[1].bias)
     assert_close(got, expected, D, "out")
@@ -69,7 +69,7 @@ def test_fold_bn_matches_eval_batch_norm():
         seq[2].running_mean.normal_()
         seq[2].running_var.uniform_(0.5, 2)
     x = torch.randn(2, 4, 8, 8, dtype=D)
-    w, b = reference.fold_bn(seq[1].weight, seq[1].bias, seq[2].weight, seq[2].bias, seq[2].running_mean,
+    w, b = spec.fold_bn(seq[1].weight, seq[1].bias, seq[2].weight, seq[2].bias, seq[2].running_mean,
                              seq[2].running_var, seq[2].eps)
     t = seq[0](x)
     got = torch.relu(torch.nn.functional.conv2d(t, w.double()[:, :, None, None], b.double()))

@@ -164,7 +164,7 @@ def test_compare_unfused_same_steps(capsys):
     from types import SimpleNamespace
 
     from fused_dsconv import JointNet
-    from fused_dsconv.data import load_dataset
+    from fused_dsconv.datasets import load_dataset
     ds = load_dataset("digits", limit_train=64)
     model = JointNet(10, alpha=0.25, rho=32 / 224)
     twin = unfused_twin(model)

@@ -13,7 +13,7 @@ import torch
 
 from fused_dsconv import JointBlock, backends, cli, tune
 from fused_dsconv.backends.reference import ReferenceBackend
-from fused_dsconv.memory import module_saved_bytes
+from fused_dsconv.saved_activations import module_saved_bytes
 from fused_dsconv.testing import assert_close
 
 D = torch.float64

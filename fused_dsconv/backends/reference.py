@@ -1,8 +1,11 @@
-"""The reference backend: the four primitives in plain PyTorch, accumulating in float32 (float64 for float64).
+"""The reference backend: the backend contract's primitives in plain PyTorch, accumulating in float32
+(float64 for float64).
 
-It runs on any device and is the fallback when no fused backend can run. It is unfused (it
-materialises the depthwise output) but follows the same contract and the same backward formulas
-as the kernels, so it also checks those formulas against autograd in the tests.
+Not the spec: the spec (``fused_dsconv/spec.py``) is the unfused block as PyTorch's modules compute it,
+with autograd doing the backward. This backend is what runs when no fused backend can: unfused (it
+materialises the depthwise output), but with the contract's inputs and outputs (folded biases, batch
+statistics returned, explicit backward formulas as the kernels have them), and it is tested against the
+spec like every other backend.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The spec: the joint block in plain PyTorch, unfused.
 
-Every backend, the benchmarks and the CPU fallback are measured against this file.
+Every backend (the reference backend, ``fused_dsconv/backends/reference.py``, included), the benchmarks
+and the CPU fallback are measured against this file.
 
 Shapes (N batch, C input channels, K output channels, s stride, d dilation):
 
