@@ -11,15 +11,17 @@ Help texts are plain text (no reST markup) and name no file outside the installe
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import os
 import platform
 import sys
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 
-from . import __version__, backends
+from . import backends
+from ._version import __version__
 
 
 def _info_args(p: argparse.ArgumentParser) -> None:
@@ -83,68 +85,32 @@ def run_models(args) -> int:
     return 0
 
 
-def _train_args(p: argparse.ArgumentParser) -> None:
-    from .train import add_arguments
-    add_arguments(p)
-
-
-def _run_train(args) -> int:
-    from .train import run_train
-    return run_train(args)
-
-
-def _eval_args(p: argparse.ArgumentParser) -> None:
-    from .train import add_eval_arguments
-    add_eval_arguments(p)
-
-
-def _run_eval(args) -> int:
-    from .train import run_eval
-    return run_eval(args)
-
-
-def _export_args(p: argparse.ArgumentParser) -> None:
-    from .export import add_arguments
-    add_arguments(p)
-
-
-def _run_export(args) -> int:
-    from .export import run_export
-    return run_export(args)
-
-
-def _sweep_args(p: argparse.ArgumentParser) -> None:
-    from .train import add_sweep_arguments
-    add_sweep_arguments(p)
-
-
-def _run_sweep(args) -> int:
-    from .train import run_sweep
-    return run_sweep(args)
-
-
-def _tune_args(p: argparse.ArgumentParser) -> None:
-    from .tune import add_arguments
-    add_arguments(p)
-
-
-def _run_tune(args) -> int:
-    from .tune import run_tune
-    return run_tune(args)
-
-
-COMMANDS: list[tuple[str, str, Callable, Callable]] = [
+# (name, help, add_arguments, run): ``run`` gets the parsed namespace and returns an exit code. A
+# "module:function" string is imported only when its command is parsed or run, so `fused-dsconv info`
+# does not import the training, export or tuning code (nor torch.distributed, onnx, triton).
+COMMANDS: list[tuple[str, str, Union[Callable, str], Union[Callable, str]]] = [
     ("info", "versions, the native extension, and which backends can run here (and why not)", _info_args,
      run_info),
     ("models", "list the registered models (--table: parameters and multiply-adds)", _models_args, run_models),
-    ("train", "train the classifier (default: the embedded digits, offline, CPU-friendly)", _train_args, _run_train),
-    ("eval", "loss and accuracy of a checkpoint (run folder or .safetensors) on a data set", _eval_args, _run_eval),
-    ("export", "export a checkpoint as a BN-folded plain model to ONNX (no custom ops)", _export_args, _run_export),
+    ("train", "train the classifier (default: the embedded digits, offline, CPU-friendly)",
+     "train_args:add_arguments", "train:run_train"),
+    ("eval", "loss and accuracy of a checkpoint (run folder or .safetensors) on a data set",
+     "evaluation:add_arguments", "evaluation:run_eval"),
+    ("export", "export a checkpoint as a BN-folded plain model to ONNX (no custom ops)", "export:add_arguments",
+     "export:run_export"),
     ("sweep", "train a grid of widths x dilations (the paper's Tables 4 and 6) and tabulate the results",
-     _sweep_args, _run_sweep),
+     "sweep:add_arguments", "sweep:run_sweep"),
     ("tune", "measure every backend (and the unfused layers) per block of a model on this device; keep the fastest",
-     _tune_args, _run_tune),
+     "tune_cli:add_arguments", "tune_cli:run_tune"),
 ]
+
+
+def _resolve(target: Union[Callable, str]) -> Callable:
+    """A COMMANDS entry's function: itself, or "module:function" of this package, imported now."""
+    if callable(target):
+        return target
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(f".{module}", __package__), name)
 
 
 DESCRIPTION = ("fused dilated depthwise-separable conv + BatchNorm + ReLU blocks for PyTorch: check the install, "
@@ -170,9 +136,8 @@ def given_options(add_args: Callable, argv: list[str]) -> frozenset:
     """The dest names of the options that ``argv`` (a subcommand's arguments) gives, defaults left out."""
     probe = argparse.ArgumentParser(add_help=False)
     add_args(probe)
-    for action in probe._actions:
-        action.default = argparse.SUPPRESS
-    probe._defaults.clear()  # set_defaults(...) values are defaults too
+    every = vars(probe.parse_known_args(argv)[0])  # every dest: given, defaulted, or set by set_defaults
+    probe.set_defaults(**dict.fromkeys(every, argparse.SUPPRESS))  # set_defaults resets the options' defaults too
     return frozenset(vars(probe.parse_known_args(argv)[0]))
 
 
@@ -198,14 +163,14 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> int:
             for name, help_, add_args, run in COMMANDS:
                 p = sub.add_parser(name, help=help_, description=help_, epilog=EPILOGS.get(name),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+                adders[name] = add_args = _resolve(add_args)
                 add_args(p)
                 p.set_defaults(run=run)
-                adders[name] = add_args
             args = parser.parse_args(argv)
             args.argv = argv[argv.index(args.command) + 1:]
             args.explicit = given_options(adders[args.command], args.argv)
             args.prog, args.invoked_as = prog, f"{prog} {args.command}"
-            return args.run(args)
+            return _resolve(args.run)(args)
         finally:
             sys.stdout.flush()  # here, so that a closed pipe is seen now and not at interpreter exit
     except KeyboardInterrupt as e:  # one line, no traceback; a training run says how to continue

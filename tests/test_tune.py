@@ -384,7 +384,7 @@ def test_cuda_environment_key_and_synchronisation(monkeypatch):
     tune.clear_memory()
     Props.name = "NVIDIA Other GPU"
     assert tune.environment("cuda:0")[0] != ident  # another GPU: measured afresh
-    samples, failed = tune.time_interleaved({"a": lambda: None}, tune._synchronize(torch.device("cuda", 0)),
+    samples, failed = tune.time_interleaved({"a": lambda: None}, tune.synchronizer(torch.device("cuda", 0)),
                                             min_rounds=2, max_rounds=2, min_seconds=0)
     assert len(samples["a"]) == 2 and not failed
     assert calls == [torch.device("cuda", 0)] * 5  # after the untimed call, then around each timed one

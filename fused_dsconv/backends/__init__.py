@@ -56,63 +56,13 @@ from typing import Optional
 from torch import Tensor
 
 from ..contract import acc_dtype, memory_format_of  # noqa: F401  (part of the backend contract)
+from .base import DEFAULT_VARIANT, Backend
+from .native import NativeBackend
+from .reference import ReferenceBackend
+from .triton import TritonBackend
 
 ENV_VAR = "FUSED_DSCONV_BACKEND"
 AUTO = "auto"
-DEFAULT_VARIANT = "default"
-
-
-class Backend:
-    """One implementation of the four primitives. Subclasses set ``name`` and override."""
-
-    name: str = ""
-
-    def unavailable(self, x: Tensor) -> Optional[str]:
-        """Why this backend cannot run inputs like ``x`` (device, dtype, build), or None if it can."""
-        raise NotImplementedError
-
-    def not_timed(self, x: Tensor) -> Optional[str]:
-        """Why timing this backend on inputs like ``x`` says nothing about its speed (an interpreter or an
-        emulator runs it), or None. The tuner leaves such a backend out; forcing it still works."""
-        return None
-
-    def variants(self, problem) -> list[str]:
-        """Names of the configurations the tuner may time on ``problem`` (a ``fused_dsconv.tune.Problem``),
-        the default first."""
-        return [DEFAULT_VARIANT]
-
-    def with_variant(self, variant: str) -> "Backend":
-        """This backend running ``variant`` (self for the default)."""
-        if variant == DEFAULT_VARIANT:
-            return self
-        raise ValueError(f"backend {self.name!r} has no variant {variant!r} (it has only its default)")
-
-    def forward_eval(self, x, dw_weight, pw_weight, bias, stride, dilation):
-        raise NotImplementedError
-
-    def forward_train(self, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, save_y):
-        raise NotImplementedError
-
-    def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, stride, dilation):
-        raise NotImplementedError
-
-    def backward_train(self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var,
-                       stride, dilation, eps):
-        raise NotImplementedError
-
-    def forward_stats(self, x, dw_weight, pw_weight, bias, stride, dilation, save_y):
-        raise NotImplementedError
-
-    def forward_normalize(self, x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation,
-                          eps):
-        raise NotImplementedError
-
-    def backward_reduce(self, grad_out, y, mean, var, bn_weight, bn_bias, eps):
-        raise NotImplementedError
-
-    def backward_apply(self, grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz,
-                       mean_dz_yhat, stride, dilation, eps):
-        raise NotImplementedError
 
 
 _REGISTRY: list[Backend] = []
@@ -192,9 +142,6 @@ def select(x: Tensor, name: Optional[str] = None) -> Backend:
     raise RuntimeError("fused_dsconv: no backend can run this input: " + "; ".join(reasons))
 
 
-def _register_builtin() -> None:
-    # Import order is priority order: the native CUDA extension, then Triton, then the reference.
-    from . import native, triton, reference  # noqa: F401
-
-
-_register_builtin()
+# The priority order: the native CUDA extension, then Triton, then the reference.
+for _builtin in (NativeBackend(), TritonBackend(), ReferenceBackend()):
+    register(_builtin)

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from . import Backend, register
+from .base import Backend
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _BUILD_HINT = ("build it with `pip install --no-build-isolation .` on a machine with a CUDA toolkit "
@@ -194,5 +194,3 @@ def load_emulator(build_dir: Optional[str] = None, verbose: bool = False) -> Nat
              is_python_module=False, verbose=verbose)
     return NativeBackend(torch.ops.fused_dsconv_emu, device_type="cpu", name="native-emu")
 
-
-register(NativeBackend())

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import Backend, acc_dtype, memory_format_of, register
+from ..contract import acc_dtype, memory_format_of
+from .base import Backend
 
 
 def _pre_bn(x, dw_weight, pw_weight, bias, stride, dilation):
@@ -131,5 +132,3 @@ class ReferenceBackend(Backend):
         dy = a[:, None, None] * (dz - mean_dz[:, None, None] - yhat * mean_dz_yhat[:, None, None])
         return _conv_grads(dy, x, dw_weight, pw_weight, stride, dilation, False)[:3]
 
-
-register(ReferenceBackend())

@@ -32,7 +32,7 @@ import sys
 import torch
 
 from ..contract import memory_format_of, output_size
-from . import Backend, register
+from .base import Backend
 
 _KERNELS_MODULE = "fused_dsconv.triton_kernels"
 _LAUNCH_MODULE = "fused_dsconv.triton_launch"
@@ -168,5 +168,3 @@ def _empty_out(x, k, stride, dtype):
     shape = (n, k, output_size(h, stride), output_size(w, stride))
     return torch.empty(shape, device=x.device, dtype=dtype, memory_format=memory_format_of(x))
 
-
-register(TritonBackend())
