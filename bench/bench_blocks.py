@@ -115,7 +115,7 @@ def test_block(benchmark, settings, env_info, memory_rows, monkeypatch, case, mo
                 impl=impl, backend=name, layout=layout, batch=n, size=settings.label,
                 implementation=benchlib.implementation_kind(impl, dev),
                 MODEL_unfused_bytes=perf_model.unfused(layer, mode).bytes,
-                MODEL_fused_bytes=perf_model.fused(layer, mode).bytes,  # DESIGN.md's plan ("design")
+                MODEL_fused_bytes=perf_model.fused(layer, mode).bytes,  # the modelled plan ("design", docs/design.md)
                 MODEL_native_bytes=perf_model.native(layer, mode).bytes,  # the shipped CUDA kernels
                 MODEL_flops=perf_model.unfused(layer, mode).flops)
     if name == "auto":

@@ -15,7 +15,7 @@ bytes each reads and writes in global memory and its FLOPs (2 per multiply-add),
 - ``native``: the CUDA kernels we ship (``csrc/kernels/fused.cuh``, launched by
   ``csrc/kernels/launch.cuh`` with the set-up of ``csrc/binding/ops_impl.h``), with their tile
   geometry and workspace sizes mirrored here (``native_geometry``), optionally in recompute mode;
-- ``design`` (the function ``fused``): the plan of DESIGN.md (eval: one kernel;
+- ``design`` (the function ``fused``): the plan described in docs/design.md (eval: one kernel;
   training: pass A, the tiny statistics pass B, the elementwise pass C; backward: the dbeta/dgamma
   reduction, the tiled pass 2 with one [K, C] weight-gradient partial per tile, the partial-sum
   reductions and the depthwise data-gradient pass 3), optionally in recompute mode. A plan, not code:
@@ -42,11 +42,11 @@ Assumptions (the same for every implementation, so the comparison is fair):
    Running-statistics updates and ``.grad`` accumulation are per-channel/parameter sized and left
    out on every side.
 4. Design: per-tile partial sums (float32) go to a workspace and are reduced by a separate small
-   kernel, as DESIGN.md prescribes; a tile covers ``tile_pixels`` = 64 output pixels (8x8). DESIGN.md
+   kernel, as the plan prescribes; a tile covers ``tile_pixels`` = 64 output pixels (8x8). The plan
    writes one [K, C] weight-gradient partial per tile; ``wgrad_partials`` caps the number of partial
    rows (a grid that loops over several pixel tiles per block), None = one per tile, as written.
    Recompute mode rebuilds y in backward by rerunning pass A (reads x, writes y) before pass 1.
-   The per-call eval fold of BN into Wp (which DESIGN.md also needs) is not counted here.
+   The per-call eval fold of BN into Wp (which the plan also needs) is not counted here.
 5. FLOPs: 2 per multiply-add for the convolutions; elementwise work counted per element as
    BN-eval 2, ReLU 1, statistics 3, normalise 2 (+1 for fused ReLU), BN-backward reduce 4 and
    elementwise 5. The fused kernels' recomputation (the depthwise chunk per output-channel tile of
@@ -67,8 +67,8 @@ Assumptions (the same for every implementation, so the comparison is fair):
    re-use comes only after a sweep of the grid's fast axis over the whole tensor, which comes from DRAM
    whenever that tensor does not fit in L2 (2.75-3 MB on the GTX 1080 Ti / RTX 3060). In the shipped
    launch order it is 0: every kernel that re-reads a tile's input runs the channel blocks of that tile
-   on grid x, back to back (until 2026-11 the forward and dt kernels put the tile on x, which modelled
-   1.79 GB of far re-reads for the classifier at batch 32). Weight re-reads (every block reads its Wp
+   on grid x, back to back (with the tile on grid x instead, this model counts 1.79 GB of far re-reads
+   in the forward and dt kernels for the classifier at batch 32). Weight re-reads (every block reads its Wp
    slice) and halo overlap are left out.
 """
 from __future__ import annotations
@@ -224,7 +224,7 @@ def unfused(layer: Layer, mode: str, act_bytes: int = 4) -> Traffic:
 
 def fused(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = False, tile_pixels: int = 64,
           k_tile: int = 128, wgrad_partials: Optional[int] = None) -> Traffic:
-    """MODEL of DESIGN.md's kernel plan, labelled "design" (assumptions in the module docstring).
+    """MODEL of the planned kernels (docs/design.md), labelled "design" (assumptions in the module docstring).
 
     Not the shipped kernels: ``native`` models those."""
     _check_mode(mode)
@@ -483,7 +483,7 @@ def traffics(layer: Layer, mode: str, act_bytes: int = 4, wgrad_partials: Option
 def model_rows(layers: Sequence[Layer], mode: str, act_bytes: int = 4, gpus: Sequence[str] = tuple(GPUS),
                wgrad_partials: Optional[int] = None) -> list[dict]:
     """MODEL rows: per layer and a total row, bytes/FLOPs/roofline of unfused, native (shipped CUDA
-    kernels) and design (DESIGN.md's plan), with their recompute variants in train_fwd_bwd, and the
+    kernels) and design (the plan of docs/design.md), with their recompute variants in train_fwd_bwd, and the
     native kernels' re-read bytes (``{impl}_reread``, ``{impl}_reread_far``; not in ``{impl}_bytes``)."""
     rows = []
     acc: dict[str, list] = {}
@@ -625,7 +625,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     layers = classifier_layers(a.batch, a.alpha, a.rho, a.dilation)
     print(f"MODEL (analytic, not measured): batch {a.batch}, alpha {a.alpha}, rho {a.rho}, dilation {a.dilation}, "
           f"{a.act_bytes}-byte activations; roofline = sum over kernels of max(bytes/BW, FLOPs/peak fp32). "
-          f"native = the shipped CUDA kernels, design = DESIGN.md's plan.")
+          f"native = the shipped CUDA kernels, design = the plan of docs/design.md.")
     if a.summary:
         print("\n" + summary_markdown(layers, a.act_bytes))
         return 0

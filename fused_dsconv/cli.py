@@ -61,8 +61,8 @@ def run_info(args) -> int:
     if getattr(args, "verbose", False):
         print()
         try:
-            from . import triton_launch
-            print(triton_launch.describe())
+            from . import triton_tuning
+            print(triton_tuning.describe())
         except ImportError as e:
             print(f"Triton tile configs: unavailable ({e})")
     return 0
@@ -137,8 +137,9 @@ def given_options(add_args: Callable, argv: list[str]) -> frozenset:
     probe = argparse.ArgumentParser(add_help=False)
     add_args(probe)
     every = vars(probe.parse_known_args(argv)[0])  # every dest: given, defaulted, or set by set_defaults
-    probe.set_defaults(**dict.fromkeys(every, argparse.SUPPRESS))  # set_defaults resets the options' defaults too
-    return frozenset(vars(probe.parse_known_args(argv)[0]))
+    unset = object()  # not a string: argparse converts string defaults with the option's type
+    probe.set_defaults(**dict.fromkeys(every, unset))  # set_defaults resets the options' own defaults too
+    return frozenset(k for k, v in vars(probe.parse_known_args(argv)[0]).items() if v is not unset)
 
 
 def _quiet_stdout() -> None:

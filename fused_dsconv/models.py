@@ -102,6 +102,13 @@ class JointNet(nn.Module):
 _REGISTRY: dict[str, Callable[..., JointNet]] = {}
 
 
+def unfused_twin(model: JointNet) -> JointNet:
+    """The same network with every JointBlock replaced by its unfused PyTorch layers (same weights)."""
+    twin = copy.deepcopy(model)
+    twin.blocks = nn.Sequential(*(b.to_unfused() for b in model.blocks))
+    return twin
+
+
 def register_model(name: str, **defaults) -> None:
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")

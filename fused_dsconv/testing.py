@@ -1,6 +1,6 @@
 """Shared by every backend's tests and the benchmarks: inputs, tolerances, the comparison rule.
 
-Tolerances per storage dtype (after causal-conv1d's, notes section 4). Each backend's result is
+Tolerances per storage dtype (modelled on causal-conv1d's tests). Each backend's result is
 compared in float64 against the float64 reference of the *same* (rounded) inputs, and ``atol`` is
 scaled by the reference's largest magnitude, so one table serves outputs and gradients alike:
 

@@ -7,8 +7,8 @@ torch.compile can trace into the Triton kernel (and Inductor can schedule it wit
 It is a separate module because importing it imports triton; ``import fused_dsconv`` does not.
 
 Verified here: eager calls, including CPU tensors under ``TRITON_INTERPRET=1`` (tests/test_triton.py).
-Not verified: torch.compile of it, which needs a GPU (on CPU the interpreter touches FakeTensor data;
-notes section 5). BN must already be folded into ``pw_weight`` / ``bias`` (``fused_dsconv.spec.fold_bn``).
+Not verified: torch.compile of it, which needs a GPU (on CPU the Triton interpreter reads the data of
+the FakeTensors torch.compile traces with, which they do not have). BN must already be folded into ``pw_weight`` / ``bias`` (``fused_dsconv.spec.fold_bn``).
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 # Inductor (torch.compile on CPU) and the JIT extension builds look for the CUDA toolkit through
-# CUDA_HOME; on our machines torch's guess from PATH is wrong (notes, section 2).
+# CUDA_HOME; where nvcc on PATH is not inside the toolkit root, torch's guess from PATH is wrong.
 if os.path.isdir("/usr/local/cuda") and "CUDA_HOME" not in os.environ:
     os.environ["CUDA_HOME"] = "/usr/local/cuda"
 # Measured backend choice (fused_dsconv/tune.py) would make which path a test runs depend on timing and

@@ -166,8 +166,9 @@ def test_readme_quick_start_writes_where_the_next_commands_read(tmp_path, monkey
 
 def test_training_doc_commands_chain():
     """docs/training.md: the run folder its train command writes is the one eval and export read."""
+    from fused_dsconv.evaluation import add_arguments as add_eval_arguments
     from fused_dsconv.export import add_arguments as export_args
-    from fused_dsconv.train import add_arguments, add_eval_arguments
+    from fused_dsconv.train_args import add_arguments
 
     def parse(add, argv):
         p = argparse.ArgumentParser()

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = [pytest.mark.build]  # configures and builds with CMake
+
 ROOT = Path(__file__).resolve().parents[1]
 ARCH_LIST = "7.5"
 OPS = ("forward_eval", "forward_train", "backward_eval", "backward_train", "kernel_binary_version")

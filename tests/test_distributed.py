@@ -108,16 +108,18 @@ def _check_sync(name: str, ranks: list[dict]) -> None:
     assert int(ranks[0]["state"]["0.2.num_batches_tracked"]) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sync_even_2", "sync_uneven_2"])
 def test_sync_bn_two_processes_equal_one_process_on_the_whole_batch(two, name):
     _check_sync(name, two[name])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sync_even_3", "sync_uneven_3"])
 def test_sync_bn_three_processes_equal_one_process_on_the_whole_batch(three, name):
     _check_sync(name, three[name])
 
-
+@pytest.mark.slow
 def test_unsynchronised_ddp_keeps_per_rank_statistics(two):
     """Plain joint blocks under DDP behave as nn.BatchNorm2d under DDP: each rank normalises with its own batch
     (and DDP broadcasts rank 0's buffers before each forward)."""
@@ -133,7 +135,7 @@ def test_unsynchronised_ddp_keeps_per_rank_statistics(two):
     assert not torch.allclose(ranks[0]["fused"]["state"]["0.2.running_mean"],
                               ranks[1]["fused"]["state"]["0.2.running_mean"])
 
-
+@pytest.mark.slow
 def test_compiled_synchronised_blocks_trace_whole_and_match_eager(two):
     for rank, r in enumerate(two["compile"]):
         e, c = r["eager"], r["compiled"]
@@ -144,7 +146,7 @@ def test_compiled_synchronised_blocks_trace_whole_and_match_eager(two):
         for k in e["state"]:
             torch.testing.assert_close(c["state"][k], e["state"][k], **TOL, msg=f"rank {rank}: {k}")
 
-
+@pytest.mark.slow
 def test_one_value_over_all_processes_raises_on_every_rank(two):
     for rank, r in enumerate(two["one_value"]):
         assert r["error"] is not None and "Expected more than 1 value per channel when training" in r["error"], rank
@@ -237,7 +239,7 @@ def _weights(path):
     from safetensors.torch import load_file
     return load_file(str(path))
 
-
+@pytest.mark.slow
 def test_torchrun_training_resumes_exactly(tmp_path, capsys):
     """Two CPU processes (gloo, synchronised BN) on the embedded digits: 2 epochs straight equal 1 epoch, a
     checkpoint written by rank 0, and a resume through the console script."""

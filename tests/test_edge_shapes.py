@@ -43,7 +43,8 @@ SHAPES = [
 ]
 
 
-@pytest.fixture(scope="module", params=["reference", "triton", "native-emu"])
+@pytest.fixture(scope="module", params=["reference", pytest.param("triton", marks=pytest.mark.slow),
+                                        pytest.param("native-emu", marks=pytest.mark.build)])
 def backend(request):
     if request.param == "triton":
         request.getfixturevalue("triton_interpreter")

@@ -18,6 +18,8 @@ from fused_dsconv.backends import native
 from fused_dsconv.backends.reference import ReferenceBackend
 from fused_dsconv.testing import NATIVE_TILE_CASES, assert_close, make_case
 
+pytestmark = [pytest.mark.build]  # builds the CPU emulator extension first
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import perf_model as pm  # noqa: E402
 

@@ -17,6 +17,8 @@ from fused_dsconv.backends import native
 from fused_dsconv.backends.reference import ReferenceBackend
 from fused_dsconv.testing import assert_close, make_case
 
+pytestmark = [pytest.mark.build]  # builds the CPU emulator extension first
+
 
 @pytest.fixture(scope="module")
 def emu_registered():

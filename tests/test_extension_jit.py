@@ -12,6 +12,8 @@ import textwrap
 
 import pytest
 
+pytestmark = [pytest.mark.build]  # JIT-builds the CUDA extension
+
 SCRIPT = textwrap.dedent("""
     import importlib, torch
     original = importlib.import_module

@@ -56,6 +56,7 @@ def test_native_backend_explains_itself():
         assert "not supported" in ready.unavailable(x.to(torch.int32))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_native_matches_reference_on_gpu():
     """Only on a machine with a GPU: the CUDA build against the reference (fp32, both layouts)."""

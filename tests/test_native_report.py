@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.build]  # compiles the kernels with nvcc and NVRTC
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -12,7 +12,7 @@ from fused_dsconv import _build_config as cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
+@pytest.mark.build
 def test_isolated_wheel_builds_without_torch_and_ships_the_sources(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-w", str(tmp_path), "-v"],
                           capture_output=True, text=True, timeout=600)

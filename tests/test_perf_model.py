@@ -53,7 +53,7 @@ def test_backward_bytes_by_hand():
 
 
 def test_design_rows_are_the_fused_plan_and_labelled_design():
-    # The tables' "design" columns must be DESIGN.md's plan (`fused`), not another implementation: their
+    # The tables' "design" columns must be the modelled plan of docs/design.md (`fused`), not another implementation: their
     # kernels and bytes are the plan's, and differ from the shipped kernels' (`native`).
     layers = pm.classifier_layers(batch=2)
     for mode in pm.MODES:
@@ -204,6 +204,7 @@ int main() {
 """
 
 
+@pytest.mark.build
 @pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ to compile csrc/kernels/launch.cuh")
 def test_native_geometry_matches_launch_cuh(tmp_path):
     """native_geometry against the C++ itself: set_geometry, forward_ws_floats and bwd_ws, compiled with

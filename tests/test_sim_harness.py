@@ -109,6 +109,7 @@ def test_cache_key_follows_kernels_and_case_not_labels():
     assert simlib.cache_key(c1, "cfg") != simlib.cache_key(c1, "other-config")
 
 
+@pytest.mark.build
 @pytest.mark.skipif(shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists(),
                     reason="needs nvcc to build the simulation host programs")
 def test_host_programs_build_and_list_their_launches(tmp_path):

@@ -1,17 +1,25 @@
-"""Training on the embedded digits: accuracy, exact resume, CLI errors, sweep, fused-vs-unfused comparison.
+"""Training on the embedded digits: accuracy, exact resume, CLI errors, sweep, and the fused-vs-unfused
+benchmark (bench/compare_unfused.py).
 
 Tiny models (alpha 0.25, 32x32 inputs: rho = 32/224) and one CPU thread keep this file fast.
 """
 import csv
 import json
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from fused_dsconv import checkpoint as ckpt
 from fused_dsconv.cli import main as cli
-from fused_dsconv.train import compare_unfused, unfused_twin
+from fused_dsconv.models import unfused_twin
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import compare_unfused  # noqa: E402  (bench/compare_unfused.py, the benchmark)
+
+pytestmark = [pytest.mark.slow]  # minutes on the 2-core CPU: training runs
 
 TINY = ["--alpha", "0.25", "--threads", "1", "--no-progress"]
 
@@ -169,8 +177,8 @@ def test_compare_unfused_same_steps(capsys):
     model = JointNet(10, alpha=0.25, rho=32 / 224)
     twin = unfused_twin(model)
     assert twin.state_dict().keys() == model.state_dict().keys()
-    args = SimpleNamespace(compare_steps=2, batch_size=16, seed=0, workers=0, channels_last=False, lr=1e-3, amp="none")
-    r = compare_unfused(model, ds.train, args, torch.device("cpu"), ds.mean, ds.std)
+    args = SimpleNamespace(steps=2, batch_size=16, seed=0, workers=0, channels_last=False, lr=1e-3, amp="none")
+    r = compare_unfused.compare_unfused(model, ds.train, args, torch.device("cpu"), ds.mean, ds.std)
     assert r["fused"]["final_loss"] == pytest.approx(r["unfused"]["final_loss"], rel=1e-4)
     assert r["fused"]["saved_bytes"] > 0 and r["unfused"]["saved_bytes"] > 0
     text = capsys.readouterr().out

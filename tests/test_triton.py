@@ -24,6 +24,8 @@ import torch
 from fused_dsconv import testing
 from fused_dsconv.backends import get
 
+pytestmark = [pytest.mark.slow]  # minutes on the 2-core CPU: every kernel in the Triton interpreter
+
 EPS = 1e-5
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -36,9 +38,10 @@ pytest.importorskip("triton")
 @pytest.fixture(scope="module", autouse=True)
 def interpreter(triton_interpreter):
     """The interpreter for this whole module (tests/conftest.py); the kernels module, for tests that launch."""
-    global TK, TL
+    global TK, TL, TT
     import fused_dsconv.triton_launch as launch
-    TK, TL = triton_interpreter, launch
+    import fused_dsconv.triton_tuning as tuning
+    TK, TL, TT = triton_interpreter, launch, tuning
     return triton_interpreter
 
 
@@ -46,6 +49,7 @@ TB = get("triton")
 RB = get("reference")
 TK = None  # the kernels module, set by the interpreter fixture
 TL = None  # the launchers module
+TT = None  # the autotuner's report (fused_dsconv.triton_tuning)
 
 
 def _case(dtype, stride, dilation, channels_last, shape=(2, 20, 24, 10, 12), **kw):
@@ -693,7 +697,7 @@ def test_chosen_configs_are_visible(monkeypatch, capsys):
     out = TB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 1)
     TB.backward_eval(torch.ones_like(out), out, c.x, c.dw_weight, c.pw_weight, 1, 1)
     err = capsys.readouterr().err
-    rows = TL.tuned_configs()
+    rows = TT.tuned_configs()
     assert {r["kernel"] for r in rows} == set(TL.TUNED)
     fwd = next(r for r in rows if r["kernel"] == "dsconv_fwd")
     assert fwd["key"]["C"] == 8 and fwd["key"]["K"] == 12 and fwd["key"]["LAYOUT"] == 1, fwd
@@ -708,9 +712,9 @@ def test_chosen_configs_are_visible(monkeypatch, capsys):
 def test_candidates_per_layer():
     """Pruning: no tile wider than the layer (beyond the narrowest of the space), at most MAX_CANDIDATES,
     never none; the classifier's first and last blocks at batch 32."""
-    b1 = TL.explain_configs(32, 32, 64, 224, 224, 2)
-    b9 = TL.explain_configs(32, 1024, 1024, 7, 7, 1)
-    tiny = TL.explain_configs(1, 3, 5, 4, 4, 1)
+    b1 = TT.explain_configs(32, 32, 64, 224, 224, 2)
+    b9 = TT.explain_configs(32, 1024, 1024, 7, 7, 1)
+    tiny = TT.explain_configs(1, 3, 5, 4, 4, 1)
     for table in (b1, b9, tiny):
         assert set(table) == set(TL.TUNED)
         assert all(1 <= len(v) <= TK.MAX_CANDIDATES for v in table.values()), table
@@ -722,7 +726,7 @@ def test_candidates_per_layer():
 def test_info_verbose_describes_configs():
     """``fused-dsconv info --verbose``'s Triton section: every space with its scopes, candidates for each of the
     nine blocks in three modes, and the choices made in this process."""
-    text = TL.describe()
+    text = TT.describe()
     for name in TL.TUNED:
         assert f"{name} space:" in text
     assert text.count("BLOCK_P=") >= sum(len(TL.configs(n)) for n in TL.TUNED)

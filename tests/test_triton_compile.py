@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.build]  # compiles the Triton kernels for a GPU
+
 triton = pytest.importorskip("triton")
 
 ROOT = Path(__file__).resolve().parent.parent

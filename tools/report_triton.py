@@ -14,7 +14,7 @@ per SM, over the SM's maximum.
                                   [--update docs/compile_report.md]
     rows() -> list[dict]                      # for tools/compile_report.py
 
-The kernels are loaded as a private copy of fused_dsconv/triton_kernels.py decorated for compilation,
+The kernels are loaded as a private copy of fused_dsconv/triton_kernels/ decorated for compilation,
 whatever TRITON_INTERPRET says (the interpreter's kernels cannot be compiled).
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-KERNELS_FILE = ROOT / "fused_dsconv" / "triton_kernels.py"
+KERNELS_DIR = ROOT / "fused_dsconv" / "triton_kernels"
 ARCHS = (75, 80, 86, 89)
 
 # Per-SM limits (CUDA C Programming Guide, "Compute capabilities" table): max resident warps, max resident
@@ -64,13 +64,14 @@ EXPLORE = False
 
 
 def kernels():
-    """fused_dsconv/triton_kernels.py loaded for compilation (TRITON_INTERPRET off while it is decorated)."""
+    """fused_dsconv/triton_kernels/ loaded for compilation (TRITON_INTERPRET off while it is decorated)."""
     global _TK
     if _TK is None:
         saved = os.environ.pop("TRITON_INTERPRET", None)
         try:
             name = "fused_dsconv._triton_kernels_aot"
-            spec = importlib.util.spec_from_file_location(name, KERNELS_FILE)
+            spec = importlib.util.spec_from_file_location(name, KERNELS_DIR / "__init__.py",
+                                                          submodule_search_locations=[str(KERNELS_DIR)])
             mod = importlib.util.module_from_spec(spec)
             sys.modules[name] = mod
             spec.loader.exec_module(mod)
