@@ -1,7 +1,7 @@
 """Launchers of the Triton kernels (the counterpart of csrc/kernels/launch.cuh): kernels -> launchers -> backend.
 
 A launcher allocates outputs and workspaces, sizes the grid, picks the dot mode, and owns the BN
-coefficient tables; the kernels are in ``fused_dsconv/triton_kernels.py`` (looked up on every call, so a
+coefficient tables; the kernels are in ``fused_dsconv/triton_kernels/`` (looked up on every call, so a
 test can re-import them under ``TRITON_INTERPRET=1``), the backend (``fused_dsconv/backends/triton.py``)
 composes the launchers into the contract's four primitives.
 

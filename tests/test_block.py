@@ -244,6 +244,7 @@ def test_autocast_runs_in_the_autocast_dtype(dtype):
     assert_close(got.float(), expected.float(), dtype, "autocast eval")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("training", [True, False])
 def test_torch_compile_fullgraph(training):
     block, seq = pair(4, 6, 2, 2, momentum=None)

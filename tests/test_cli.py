@@ -64,6 +64,7 @@ for cmd in {commands!r}:
 """
 
 
+@pytest.mark.slow
 def test_closed_stdout_pipe_ends_quietly():
     commands = [["models", "--table"], ["models"], ["info"], ["train", "--help"], ["--version"]]
     r = subprocess.run([sys.executable, "-c", _CLOSED_PIPE_DRIVER.format(commands=commands)], env=ENV,
@@ -75,6 +76,7 @@ def test_closed_stdout_pipe_ends_quietly():
     assert r.returncode == 0
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_how_to_resume_and_resume_keeps_the_run_settings(tmp_path, capsys):
     pytest.importorskip("PIL")
     from test_data import _jpeg
@@ -149,6 +151,7 @@ def _commands(markdown: str, heading: str) -> list[list[str]]:
     return found
 
 
+@pytest.mark.slow
 def test_readme_quick_start_writes_where_the_next_commands_read(tmp_path, monkeypatch, capsys):
     pytest.importorskip("onnxruntime")  # the README's export line has --check
     readme = (ROOT / "README.md").read_text()

@@ -69,6 +69,7 @@ def test_onnx_round_trip_through_onnxruntime(tmp_path, capsys):
     assert (got - ref).abs().max().item() < 1e-4
 
 
+@pytest.mark.slow
 def test_onnx_dynamo_exporter(tmp_path):
     pytest.importorskip("onnxscript")
     pytest.importorskip("onnxruntime")

@@ -65,6 +65,7 @@ def test_registry():
         create_model("jointnet_a100_d30")
 
 
+@pytest.mark.slow
 def test_torch_compile_classifier_fullgraph():
     model = JointNet(num_classes=10, alpha=0.25, rho=0.25, dilation=3, backend="reference")
     compiled = torch.compile(model, fullgraph=True)  # inductor on CPU

@@ -30,6 +30,7 @@ def test_isolated_wheel_builds_without_torch_and_ships_the_sources(tmp_path):
     assert "fused-dsconv = fused_dsconv.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
+@pytest.mark.slow
 def test_ahead_of_time_build_refuses_archs_the_toolkit_cannot_compile():
     """TORCH_CUDA_ARCH_LIST=6.1 with nvcc 13: stop at once with the fix, not after a failing nvcc run."""
     cuda = cfg.nvcc_version(CUDA_HOME)

@@ -1,5 +1,5 @@
 """The Triton backend: the contract's four primitives composed from the launchers in
-``fused_dsconv/triton_launch.py`` (kernels: ``fused_dsconv/triton_kernels.py``).
+``fused_dsconv/triton_launch.py`` (kernels: ``fused_dsconv/triton_kernels/``).
 
 Layers: kernels (``*_kernel``) -> launchers (``triton_launch.launch_*``) -> this backend. Triton is
 imported lazily, on the first launch: whether ``@triton.jit`` builds compiled kernels or interpreter
