@@ -23,7 +23,7 @@ and 2K backward, in the statistics dtype (float32; float64 for float64 inputs).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.distributed as dist
@@ -60,6 +60,17 @@ def _pixels(x: Tensor, stride: int) -> int:
     return n * output_size(h, stride) * output_size(w, stride)
 
 
+class _SyncParams(NamedTuple):
+    """A synchronised forward's non-tensor arguments, kept for its backward; ``count``: this process's pixels."""
+
+    stride: int
+    dilation: int
+    eps: float
+    backend: str
+    group: object
+    count: int
+
+
 class _SyncTrain(torch.autograd.Function):
     """forward_train with statistics merged over ``group``: (out, mean, var, count), the last three merged
     and not differentiable."""
@@ -86,7 +97,7 @@ class _SyncTrain(torch.autograd.Function):
                                     bn_bias, stride, dilation, eps, backend)
         ctx.save_for_backward(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y if save_y else None, mean, var,
                               mean_here, n)
-        ctx.conf = (stride, dilation, eps, backend, group, count)
+        ctx.params = _SyncParams(stride, dilation, eps, backend, group, count)
         ctx.mark_non_differentiable(mean, var, n)
         return out, mean, var, n
 
@@ -95,7 +106,7 @@ class _SyncTrain(torch.autograd.Function):
         import torch.distributed._functional_collectives as funcol
 
         x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, mean_here, n = ctx.saved_tensors
-        stride, dilation, eps, backend, group, count = ctx.conf
+        stride, dilation, eps, backend, group, count = ctx.params
         k = pw_weight.shape[0]
         if y is None:  # recompute mode: y once, for both passes (its statistics are not needed again)
             y = ops.forward_stats(x, dw_weight, pw_weight, bias, stride, dilation, True, backend)[0]
