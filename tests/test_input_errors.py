@@ -73,9 +73,9 @@ def test_backward_eval_checks_every_input(device):
     c = make_case(2, 3, 5, 7, 6, stride=1, dilation=1, device=device)
     out = OPS.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 1, "reference")
     g = torch.randn_like(out)
-    call = lambda **o: OPS.backward_eval(*{**dict(grad_out=g, out=out, x=c.x, dw_weight=c.dw_weight,  # noqa: E731
-                                                   pw_weight=c.pw_weight, stride=1, dilation=1), **o}.values(),
-                                         "reference")
+    def call(**o):
+        args = dict(grad_out=g, out=out, x=c.x, dw_weight=c.dw_weight, pw_weight=c.pw_weight, stride=1, dilation=1)
+        return OPS.backward_eval(*{**args, **o}.values(), "reference")
     with pytest.raises(ValueError, match=r"grad_out must have the forward output's shape .* got \(1, 5, 7, 6\)"):
         call(grad_out=g[:1])
     with pytest.raises(ValueError, match=r"out must have the forward output's shape"):

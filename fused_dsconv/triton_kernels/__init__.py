@@ -80,12 +80,12 @@ reductions = _stage("reductions")
 forward = _stage("forward")
 backward = _stage("backward")
 
-from .backward import (bn_bwd_finalize_kernel, bn_bwd_reduce_kernel, dsconv_bwd_dt_kernel,  # noqa: E402
+from .backward import (bn_bwd_finalize_kernel, bn_bwd_reduce_kernel, dsconv_bwd_dt_kernel,
                        dsconv_bwd_dx_kernel)
-from .configs import (ALL, AUTOTUNE, DT_CONFIGS, DX_CONFIGS, FORCED, FWD_CONFIGS, INTERPRETED, KINDS,  # noqa: E402
+from .configs import (ALL, AUTOTUNE, DT_CONFIGS, DX_CONFIGS, FORCED, FWD_CONFIGS, INTERPRETED, KINDS,
                       LIMITS, MAX_CANDIDATES, MMA, PIX_ALIGN, SCOPE, candidates, dot_kind, in_scope)
-from .forward import bn_coef_kernel, bn_relu_kernel, bn_stats_kernel, dsconv_fwd_kernel  # noqa: E402
-from .reductions import colsum_kernel  # noqa: E402
+from .forward import bn_coef_kernel, bn_relu_kernel, bn_stats_kernel, dsconv_fwd_kernel
+from .reductions import colsum_kernel
 
 #: Bound assertions in every kernel (see module docstring); see ``set_debug``.
 DEBUG = os.environ.get("FUSED_DSCONV_TRITON_DEBUG", "0") == "1"
