@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from . import checks, ops
+from . import checks, split_ops
 from .contract import output_size
 
 
@@ -82,7 +82,7 @@ class _SyncTrain(torch.autograd.Function):
 
         k = pw_weight.shape[0]
         count = _pixels(x, stride)
-        y, mean_here, var_here = ops.forward_stats(x, dw_weight, pw_weight, bias, stride, dilation, save_y, backend)
+        y, mean_here, var_here = split_ops.forward_stats(x, dw_weight, pw_weight, bias, stride, dilation, save_y, backend)
         row = torch.cat([mean_here.new_full((1,), count), mean_here, var_here * count])
         n, mean, var = merge_statistics(funcol.all_gather_single(row, 0, group), k)
         if count <= 1 and not torch.compiler.is_compiling():
@@ -93,7 +93,7 @@ class _SyncTrain(torch.autograd.Function):
                 raise ValueError("Expected more than 1 value per channel when training, got input size "
                                  f"{shape} here and 1 value per channel over all "
                                  f"{dist.get_world_size(group)} processes")
-        out = ops.forward_normalize(x, dw_weight, pw_weight, bias, y if save_y else None, mean, var, bn_weight,
+        out = split_ops.forward_normalize(x, dw_weight, pw_weight, bias, y if save_y else None, mean, var, bn_weight,
                                     bn_bias, stride, dilation, eps, backend)
         ctx.save_for_backward(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y if save_y else None, mean, var,
                               mean_here, n)
@@ -109,11 +109,11 @@ class _SyncTrain(torch.autograd.Function):
         stride, dilation, eps, backend, group, count = ctx.params
         k = pw_weight.shape[0]
         if y is None:  # recompute mode: y once, for both passes (its statistics are not needed again)
-            y = ops.forward_stats(x, dw_weight, pw_weight, bias, stride, dilation, True, backend)[0]
-        sum_dz, sum_dz_yhat = ops.backward_reduce(grad_out, y, mean, var, bn_weight, bn_bias, eps, backend)
+            y = split_ops.forward_stats(x, dw_weight, pw_weight, bias, stride, dilation, True, backend)[0]
+        sum_dz, sum_dz_yhat = split_ops.backward_reduce(grad_out, y, mean, var, bn_weight, bn_bias, eps, backend)
         total = funcol.all_reduce(torch.cat([sum_dz, sum_dz_yhat]), "sum", group)
         mean_dz, mean_dz_yhat = (total / n).split(k)
-        dx, ddw, dpw = ops.backward_apply(grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias,
+        dx, ddw, dpw = split_ops.backward_apply(grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias,
                                           mean_dz, mean_dz_yhat, stride, dilation, eps, backend)
         dbias = None
         if bias is not None and ctx.needs_input_grad[3]:

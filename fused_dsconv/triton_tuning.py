@@ -7,14 +7,14 @@ import sys
 
 import torch
 
-from . import triton_launch as launch
+from . import triton_setup as ts
 from .contract import output_size, walk_blocks
-from .triton_launch import TUNED, config_str, configs, k_slice, tuned_kernel
+from .triton_setup import TUNED, config_str, configs, k_slice, tuned_kernel
 
 
 def tuned_configs() -> list[dict]:
     """What the autotuner chose in this process: one dict per (kernel, problem class)."""
-    if launch.KERNELS_MODULE not in sys.modules:
+    if ts.KERNELS_MODULE not in sys.modules:
         return []
     out = []
     for name in TUNED:
@@ -30,7 +30,7 @@ def explain_configs(n: int, c: int, k: int, h: int, w: int, stride: int, dtype: 
                     arch: int = 86, tf32: bool = False) -> dict[str, list[str]]:
     """The candidate configs each tuned kernel would time for one layer (after pruning) on a GPU of compute
     capability ``arch`` (86: sm_86); no GPU needed."""
-    tk = launch.kernels()
+    tk = ts.kernels()
     ho, wo = output_size(h, stride), output_size(w, stride)
     named = dict(C=c, K=k, M=n * ho * wo, MI=n * h * w, HWo=ho * wo, HW=h * w)
     size = torch.empty((), dtype=dtype).element_size()
@@ -47,7 +47,7 @@ def describe() -> str:
     """For ``fused-dsconv info --verbose``: the autotuner's config spaces, the candidates it would time for
     each block of the default classifier (batch 32, float16 and float32), and what it chose in this process."""
     from .models import BASE_RESOLUTION, TABLE1
-    tk = launch.kernels()
+    tk = ts.kernels()
     blocks = [(f"b{i + 1}", b.c, b.k, b.side, b.stride)  # the default classifier's nine joint blocks (alpha 1)
               for i, b in enumerate(walk_blocks(TABLE1, BASE_RESOLUTION))]
     lines = [f"Triton autotuning: {'on' if tk.AUTOTUNE else 'off (FUSED_DSCONV_TRITON_AUTOTUNE=0)'}; "

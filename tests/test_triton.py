@@ -38,10 +38,11 @@ pytest.importorskip("triton")
 @pytest.fixture(scope="module", autouse=True)
 def interpreter(triton_interpreter):
     """The interpreter for this whole module (tests/conftest.py); the kernels module, for tests that launch."""
-    global TK, TL, TT
+    global TK, TL, TS, TT
     import fused_dsconv.triton_launch as launch
+    import fused_dsconv.triton_setup as setup
     import fused_dsconv.triton_tuning as tuning
-    TK, TL, TT = triton_interpreter, launch, tuning
+    TK, TL, TS, TT = triton_interpreter, launch, setup, tuning
     return triton_interpreter
 
 
@@ -49,6 +50,7 @@ TB = get("triton")
 RB = get("reference")
 TK = None  # the kernels module, set by the interpreter fixture
 TL = None  # the launchers module
+TS = None  # what a launch needs (fused_dsconv.triton_setup): dot mode, tuned kernels
 TT = None  # the autotuner's report (fused_dsconv.triton_tuning)
 
 
@@ -587,18 +589,18 @@ def test_dot_mode_follows_pytorch(monkeypatch):
     """float32 runs TF32 exactly when PyTorch's convolutions do (and, on a GPU, on sm_80+ only)."""
     x32, x16, xb = torch.zeros(1), torch.zeros(1, dtype=torch.float16), torch.zeros(1, dtype=torch.bfloat16)
     with testing.conv_tf32(False):
-        assert TL.dot_mode(x32) == 0
+        assert TS.dot_mode(x32) == 0
     with testing.conv_tf32(True):
-        assert TL.conv_tf32_enabled() and TL.dot_mode(x32) == 4  # the interpreter's emulation
-        assert (TL.dot_mode(x16), TL.dot_mode(xb)) == (1, 2)
+        assert TS.conv_tf32_enabled() and TS.dot_mode(x32) == 4  # the interpreter's emulation
+        assert (TS.dot_mode(x16), TS.dot_mode(xb)) == (1, 2)
         # As the compiled kernels would pick it (kernels not interpreted, a GPU of that capability):
         monkeypatch.setattr(TK, "INTERPRETED", False)
         for cap, mode in (((8, 6), 3), ((7, 5), 0)):
             monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, cap=cap: cap)
-            assert TL.dot_mode(x32) == mode, cap
-        assert (TL.dot_mode(x16), TL.dot_mode(xb)) == (1, 1)
+            assert TS.dot_mode(x32) == mode, cap
+        assert (TS.dot_mode(x16), TS.dot_mode(xb)) == (1, 1)
     with testing.conv_tf32(False):
-        assert TL.dot_mode(x32) == 0
+        assert TS.dot_mode(x32) == 0
 
 
 @pytest.mark.parametrize("p", [(torch.float32, 1, 1, False), (torch.float32, 2, 3, True)], ids=_id)
@@ -649,11 +651,11 @@ def test_every_config(name, i):
     """Each config of each tuned kernel's space, forced, against the reference; dtypes and layouts rotate
     over the configs, stride 2 and channels_last (odd 9 x 11 planes) on odd ones, NCHW with 10 x 12 planes
     (the dense-plane path) on even ones. K = 40 and C = 20 span several K / C tiles of the small configs."""
-    cfg = TL.configs(name)[i]
+    cfg = TS.configs(name)[i]
     dt, cl, s = DTYPES[i % 3], bool(i % 2), 1 + i % 2
     c = _case(dt, s, 3, cl, (2, 20, 40, 9, 11) if cl else (2, 20, 40, 10, 12))
     fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, s, 3, EPS)
-    with TL.forced_config(name, cfg):
+    with TS.forced_config(name, cfg):
         if name == "dsconv_fwd":
             out = TB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, 3)
             testing.assert_close(out, RB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, 3), dt, "out")
@@ -668,14 +670,14 @@ def test_every_config(name, i):
             got = TB.backward_train(g, *bargs)
             _grads_close(got, RB.backward_train(g, *bargs), TRAIN_NAMES, dt)
             _check_layout(got[0], cl)
-        assert TL.tuned_kernel(name).best_config is cfg
+        assert TS.tuned_kernel(name).best_config is cfg
 
 
 def test_k_slices(monkeypatch):
     """dsconv_bwd_dt over several K slices (dt partials that dsconv_bwd_dx adds in order): the slice cap
     lowered so that K = 40 runs 3 slices of 16, eval and train."""
-    monkeypatch.setitem(TL.K_SLICE_CAP, "fma32", 16)
-    assert TL.k_slice(40, TL.kind_of(torch.zeros(1))) == 16
+    monkeypatch.setitem(TS.K_SLICE_CAP, "fma32", 16)
+    assert TS.k_slice(40, TS.kind_of(torch.zeros(1))) == 16
     c = _case(torch.float32, 2, 1, True, (2, 6, 40, 7, 8))
     fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 2, 1, EPS)
     _, y, mean, var = RB.forward_train(*fargs, True)
@@ -691,18 +693,18 @@ def test_chosen_configs_are_visible(monkeypatch, capsys):
     """What the tuner chose is listed per kernel and problem class (tuned_configs) and, with
     FUSED_DSCONV_TRITON_VERBOSE=1, printed when chosen."""
     monkeypatch.setattr(TL, "VERBOSE", True)
-    for name in TL.TUNED:
-        TL.tuned_kernel(name).cache.clear()
+    for name in TS.TUNED:
+        TS.tuned_kernel(name).cache.clear()
     c = _case(torch.float16, 1, 1, True, (1, 8, 12, 5, 6))
     out = TB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 1)
     TB.backward_eval(torch.ones_like(out), out, c.x, c.dw_weight, c.pw_weight, 1, 1)
     err = capsys.readouterr().err
     rows = TT.tuned_configs()
-    assert {r["kernel"] for r in rows} == set(TL.TUNED)
+    assert {r["kernel"] for r in rows} == set(TS.TUNED)
     fwd = next(r for r in rows if r["kernel"] == "dsconv_fwd")
     assert fwd["key"]["C"] == 8 and fwd["key"]["K"] == 12 and fwd["key"]["LAYOUT"] == 1, fwd
     assert "float16" in fwd["key"]["dtypes"] and "BLOCK_P=" in fwd["config"]
-    for name in TL.TUNED:
+    for name in TS.TUNED:
         assert f"fused_dsconv triton: {name} " in err, err
     # The same class again: no new choice, nothing printed.
     TB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 1)
@@ -716,7 +718,7 @@ def test_candidates_per_layer():
     b9 = TT.explain_configs(32, 1024, 1024, 7, 7, 1)
     tiny = TT.explain_configs(1, 3, 5, 4, 4, 1)
     for table in (b1, b9, tiny):
-        assert set(table) == set(TL.TUNED)
+        assert set(table) == set(TS.TUNED)
         assert all(1 <= len(v) <= TK.MAX_CANDIDATES for v in table.values()), table
     assert all("BLOCK_K=128" not in c and "BLOCK_K=256" not in c for c in b1["dsconv_fwd"]), b1
     assert any("BLOCK_K=256" in c or "BLOCK_K=128" in c for c in b9["dsconv_fwd"]), b9
@@ -727,9 +729,9 @@ def test_info_verbose_describes_configs():
     """``fused-dsconv info --verbose``'s Triton section: every space with its scopes, candidates for each of the
     nine blocks in three modes, and the choices made in this process."""
     text = TT.describe()
-    for name in TL.TUNED:
+    for name in TS.TUNED:
         assert f"{name} space:" in text
-    assert text.count("BLOCK_P=") >= sum(len(TL.configs(n)) for n in TL.TUNED)
+    assert text.count("BLOCK_P=") >= sum(len(TS.configs(n)) for n in TS.TUNED)
     for b in range(1, 10):
         assert text.count(f"    b{b} C=") == 3, text
     assert "candidates per block (batch 32, float32 TF32, sm_86)" in text

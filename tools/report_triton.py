@@ -134,14 +134,15 @@ def _recording(arch: int, log: list):
         if k.endswith("_kernel"):
             setattr(fake, k, _Recorder(k, getattr(aot, k), log))
     fake.INTERPRETED, fake.DEBUG = False, False
-    saved = (launch.kernels, launch._arch, torch.cuda.get_device_capability)
-    launch.kernels = lambda: fake
-    launch._arch = lambda x: arch  # the meta tensors stand for tensors on this GPU
+    import fused_dsconv.triton_setup as setup
+    saved = (setup.kernels, setup.arch_of, torch.cuda.get_device_capability)
+    setup.kernels = lambda: fake
+    setup.arch_of = lambda x: arch  # the meta tensors stand for tensors on this GPU
     torch.cuda.get_device_capability = lambda *a, **k: (arch // 10, arch % 10)
     try:
         yield launch
     finally:
-        launch.kernels, launch._arch, torch.cuda.get_device_capability = saved
+        setup.kernels, setup.arch_of, torch.cuda.get_device_capability = saved
 
 
 def _primitives(launch, layer, dtype: str, tf32: bool):

@@ -50,9 +50,11 @@ bn_weight + bn_bias, dz = grad_out [z > 0]):
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Optional
 
+import torch
 from torch import Tensor
 
 from ..contract import acc_dtype, memory_format_of  # noqa: F401  (part of the backend contract)
@@ -74,6 +76,15 @@ def register(backend: Backend) -> Backend:
         raise ValueError(f"backend {backend.name!r} is already registered")
     _REGISTRY.append(backend)
     return backend
+
+
+def no_autocast(x: Tensor):
+    """Autocast has already chosen the dtype; the kernels (and the reference backend's own convs) must not be
+    autocast again underneath."""
+    if torch.amp.is_autocast_available(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
 
 
 def names() -> list[str]:

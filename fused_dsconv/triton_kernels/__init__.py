@@ -34,7 +34,7 @@ No recomputation inside a pass:
 - dsconv_bwd_dx: dx from dt (9 gathers per input pixel), and the depthwise weight gradient from the
   same gathers: dWd[c, tap] = sum over input pixels q of dt[o(q, tap)] x[q], with x read once.
 
-Dot precision (DOT_MODE, constexpr; the launchers pick it, ``triton_launch.dot_mode``):
+Dot precision (DOT_MODE, constexpr; the launchers pick it, ``triton_setup.dot_mode``):
   0  float32, IEEE (``input_precision="ieee"``): when TF32 is off for convolutions in PyTorch;
   1  float16 / bfloat16 operands on tensor cores, fp32 accumulator: T and dy rounded to the storage
      dtype, as eager PyTorch rounds them when it stores t and dy (sm_80+: on sm_75 Triton 3.8 emits no
