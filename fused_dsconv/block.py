@@ -75,13 +75,13 @@ class JointBlock(nn.Sequential):
         self.process_group = process_group
         self.last_backend: Optional[str] = None
         self.last_tuning = None
-        self._tuned: dict[str, str] = {}  # the latest eager choice per mode/dtype/layout/device: torch.compile's
-        self._recent: dict = {}  # the tuner's shortcut to this block's recent decisions (fused_dsconv.tune.choose)
+        self.tuned_choices: dict[str, str] = {}  # the latest eager choice per mode/dtype/layout/device: torch.compile's
+        self.tuning_shortcuts: dict = {}  # the tuner's shortcut to this block's recent decisions (fused_dsconv.tune.choose)
 
     def __setstate__(self, state):
         super().__setstate__(state)
         # A block pickled before the measured choice existed: give it the tuner's bookkeeping.
-        for name, default in (("last_tuning", None), ("_tuned", {}), ("_recent", {}), ("sync_bn", False),
+        for name, default in (("last_tuning", None), ("tuned_choices", {}), ("tuning_shortcuts", {}), ("sync_bn", False),
                               ("process_group", None)):
             self.__dict__.setdefault(name, default)
 
@@ -325,7 +325,7 @@ def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
             plain.load_state_dict(bn.state_dict())
             for mine, theirs in zip(plain.parameters(), bn.parameters()):
                 mine.requires_grad_(theirs.requires_grad)
-            module._modules["2"] = plain.train(bn.training)
+            module.add_module("2", plain.train(bn.training))
             if process_group is None:
                 process_group = bn.process_group
         module.sync_bn, module.process_group = True, process_group

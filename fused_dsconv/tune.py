@@ -311,7 +311,7 @@ def choose(block, x: Tensor, use_batch_stats: bool, validate: Callable[[], objec
     mode = mode_of(block, x, use_batch_stats)
     slot = f"{mode} {x.dtype} {layout_of(x)} {x.device.type}" + (" sync" if sync else "")
     if torch.compiler.is_compiling():  # never measure inside a trace: the eager choice, else the priority order
-        choice = block._tuned.get(slot) if setting_off() is None else None
+        choice = block.tuned_choices.get(slot) if setting_off() is None else None
         return choice if choice is not None else backends.select(x).name
     if setting_off() is not None or input_off(x) is not None:
         if block.last_tuning is not None:
@@ -320,15 +320,15 @@ def choose(block, x: Tensor, use_batch_stats: bool, validate: Callable[[], objec
     # The block's shortcut to its recent decisions: a cheap key per call instead of the Problem's text key.
     fast = (GENERATION[0], mode, tuple(x.shape), x.dtype, x.device, slot, autocast_dtype(x.device.type),
             torch.get_num_threads(), block.recompute, block.dw.weight.dtype, sync)
-    hit = block._recent.get(fast)
+    hit = block.tuning_shortcuts.get(fast)
     if hit is None:
         validate()
         problem = problem_of(block, x, mode, sync)
         hit = (problem, decide(problem, x, type(block)))
-        if len(block._recent) >= 64:  # many shapes (e.g. variable image sizes): keep it bounded
-            block._recent.clear()
-        block._recent[fast] = hit
-    block._tuned[slot] = hit[1].choice
+        if len(block.tuning_shortcuts) >= 64:  # many shapes (e.g. variable image sizes): keep it bounded
+            block.tuning_shortcuts.clear()
+        block.tuning_shortcuts[fast] = hit
+    block.tuned_choices[slot] = hit[1].choice
     if block.last_tuning is not hit:  # nn.Module.__setattr__ costs microseconds: only on a change
         block.last_tuning = hit
     return hit[1].choice

@@ -393,7 +393,7 @@ def test_cuda_environment_key_and_synchronisation(monkeypatch):
 def test_a_block_pickled_before_tuning_existed_still_runs():
     import pickle
     block, x = block_and_input()
-    for name in ("last_tuning", "_tuned", "_recent"):
+    for name in ("last_tuning", "tuned_choices", "tuning_shortcuts"):
         del block.__dict__[name]
     restored = pickle.loads(pickle.dumps(block))
     with tune.options(timer=FakeTimer(reference=1.0, unfused=2.0)):
