@@ -10,7 +10,6 @@ PyTorch layers (nn.Conv2d, nn.BatchNorm2d, ReLU), float64, to 1e-10.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -27,9 +26,8 @@ if not torch.distributed.is_available():
     pytest.skip("torch.distributed is not available in this torch build", allow_module_level=True)
 
 HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("dist_worker", HERE / "dist_worker.py")
-W = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(W)
+sys.path.insert(0, str(HERE))  # where pytest's default import mode puts it too
+import dist_worker as W  # noqa: E402
 
 TIMEOUT = 240
 TOL = dict(rtol=1e-10, atol=1e-10)

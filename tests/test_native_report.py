@@ -3,7 +3,7 @@
 sm_61's 48 KB static shared memory."""
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,10 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _report():
-    spec = importlib.util.spec_from_file_location("report_cuda", ROOT / "tools" / "report_cuda.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    if str(ROOT / "tools") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tools"))
+    import report_cuda
+
+    return report_cuda
 
 
 @pytest.mark.parametrize("arch", ["sm_61", "sm_75", "sm_86"])

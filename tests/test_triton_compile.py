@@ -6,7 +6,6 @@ compiles every launch of every mode and every config of every space for sm_75, s
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -22,11 +21,11 @@ MODES = (("float16", False, ("b3",)),)
 
 
 def _report():
-    spec = importlib.util.spec_from_file_location("report_triton", ROOT / "tools" / "report_triton.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    if str(ROOT / "tools") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tools"))
+    import report_triton
+
+    return report_triton
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"),
