@@ -6,7 +6,7 @@ import pytest
 import torch
 
 # Inductor (torch.compile on CPU) and the JIT extension builds look for the CUDA toolkit through
-# CUDA_HOME; on our machines torch's guess from PATH is wrong (notes, section 2).
+# CUDA_HOME; where nvcc on PATH is not inside the toolkit root, torch's guess from PATH is wrong.
 if os.path.isdir("/usr/local/cuda") and "CUDA_HOME" not in os.environ:
     os.environ["CUDA_HOME"] = "/usr/local/cuda"
 # Measured backend choice (fused_dsconv/tune.py) would make which path a test runs depend on timing and
@@ -19,6 +19,7 @@ def pytest_collection_finish(session):
     if session.config.option.collectonly:
         return
     import prebuild
+
     for item in session.items:
         fn = getattr(item.module, "prebuild", None)
         if callable(fn):
@@ -57,10 +58,13 @@ def triton_interpreter():
         del sys.modules[TRITON_KERNELS]
     tk = importlib.import_module(TRITON_KERNELS)
     if not tk.INTERPRETED:
-        pytest.fail(f"{TRITON_KERNELS} is not running in the Triton interpreter "
-                    "(TRITON_INTERPRET=1 must be set before the kernels are decorated)")
+        pytest.fail(
+            f"{TRITON_KERNELS} is not running in the Triton interpreter "
+            "(TRITON_INTERPRET=1 must be set before the kernels are decorated)"
+        )
     prev_debug = tk.set_debug(True)
     from fused_dsconv.testing import conv_tf32
+
     with conv_tf32(False):
         yield tk
     tk.set_debug(prev_debug)

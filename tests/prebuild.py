@@ -7,6 +7,7 @@ A test module opts in with a module-level ``prebuild()`` (no arguments, returns 
 the test calls ``prebuild.result(__name__)``. Exceptions (pytest.skip / fail included) surface in the
 test. Child processes go through ``run()`` so that the session can stop them when it ends early.
 """
+
 from __future__ import annotations
 
 import subprocess

@@ -4,6 +4,7 @@ Runs in a subprocess: the ahead-of-time extension (when CI built it) already own
 fused_dsconv_native op namespace in this process. There, the AOT import is made to fail as in an
 isolated install, and a GPU is pretended (the compile needs nvcc, not a device).
 """
+
 import os
 import shutil
 import sys
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import prebuild as background
 import pytest
+
+pytestmark = [pytest.mark.build]  # JIT-builds the CUDA extension
 
 SCRIPT = textwrap.dedent("""
     import importlib, torch
@@ -33,6 +36,7 @@ SCRIPT = textwrap.dedent("""
 
 def _toolkit() -> bool:
     from torch.utils.cpp_extension import CUDA_HOME
+
     return CUDA_HOME is not None and shutil.which(os.path.join(CUDA_HOME, "bin", "nvcc")) is not None
 
 
@@ -48,8 +52,9 @@ def prebuild():
 
 def test_first_use_compiles_the_shipped_sources():
     if not _toolkit():
-        pytest.fail("this test needs the CUDA toolkit (set CUDA_HOME); CI has it") if os.environ.get("CI") else \
-            pytest.skip("no CUDA toolkit here (set CUDA_HOME)")
+        pytest.fail("this test needs the CUDA toolkit (set CUDA_HOME); CI has it") if os.environ.get(
+            "CI"
+        ) else pytest.skip("no CUDA toolkit here (set CUDA_HOME)")
     proc, cache = background.result(__name__, prebuild)
     try:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

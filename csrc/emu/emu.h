@@ -201,8 +201,9 @@ class FiberRunner {
       }
       if (!progress) {
         job_ = nullptr;
-        throw std::runtime_error("emu: deadlock: every live thread of the block waits on a barrier that cannot "
-                                 "complete (a __syncthreads or warp collective in divergent code)");
+        throw std::runtime_error(
+            "emu: deadlock: every live thread of the block waits on a barrier that cannot "
+            "complete (a __syncthreads or warp collective in divergent code)");
       }
     }
     job_ = nullptr;
@@ -234,8 +235,8 @@ class FiberRunner {
   void grow(unsigned n) {
     const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
     while (fibers_.size() < n) {
-      void* m = mmap(nullptr, kStack + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                     -1, 0);
+      void* m =
+          mmap(nullptr, kStack + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
       if (m == MAP_FAILED) throw std::runtime_error("emu: cannot map a fiber stack");
       mprotect(m, page, PROT_NONE);  // guard page: stacks grow down
       fibers_.emplace_back();

@@ -55,8 +55,10 @@ int main() {
   std::string msg;
   try {
     emu::launch(emu::dim3(1), emu::dim3(64), [&] {
-      if (threadIdx.x < 10) __syncwarp();
-      else __syncthreads();
+      if (threadIdx.x < 10)
+        __syncwarp();
+      else
+        __syncthreads();
     });
   } catch (const std::exception& e) {
     msg = e.what();
