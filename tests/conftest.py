@@ -14,6 +14,12 @@ if os.path.isdir("/usr/local/cuda") and "CUDA_HOME" not in os.environ:
 os.environ.setdefault("FUSED_DSCONV_TUNE", "0")
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that wait for a background build (tests/prebuild.py) run last, so the rest of the suite runs
+    while they build."""
+    items.sort(key=lambda item: callable(getattr(getattr(item, "module", None), "prebuild", None)))  # stable
+
+
 def pytest_collection_finish(session):
     """Start the selected modules' background builds (tests/prebuild.py) before the first test runs."""
     if session.config.option.collectonly:
