@@ -14,7 +14,7 @@ Stages (the names the CUDA kernels share):
   colsum for the weight-gradient partials).
 
 What a launcher hands a kernel: activations with their strides; weights, per-channel vectors and the
-workspaces it allocates as dense row-major arrays, which it guarantees (``_dense``) rather than
+workspaces it allocates as dense row-major arrays, which it guarantees (``triton_setup.dense``) rather than
 assumes: a view whose strides differ (a [K] slice of a wider tensor, a transposed weight) would
 otherwise be read at the wrong addresses.
 
