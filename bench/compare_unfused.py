@@ -42,8 +42,14 @@ def compare_unfused(model: JointNet, split, args, device, mean, std, out=print) 
     """Train copies of ``model`` and of its unfused twin for ``args.steps`` steps on the same batches; ``args``
     also gives batch_size, seed, workers, lr, amp and channels_last."""
     steps = max(1, args.steps)
-    loader = Loader(split, args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(args.seed + 1),
-                    workers=args.workers, pin_memory=device.type == "cuda")
+    loader = Loader(
+        split,
+        args.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(args.seed + 1),
+        workers=args.workers,
+        pin_memory=device.type == "cuda",
+    )
     batches = []  # kept where the loader yields them; prepared (moved, normalised) inside the timed step
     while len(batches) < steps + 2:
         for x, y in loader:
@@ -75,24 +81,37 @@ def compare_unfused(model: JointNet, split, args, device, mean, std, out=print) 
         with autocast_for(device, args.amp):
             saved = saved_activation_bytes(lambda: F.cross_entropy(net(x0).float(), y0), net)
         backend = net.blocks[0].last_backend if label == "fused" else "PyTorch layers"
-        results[label] = {"images_per_s": sum(len(y) for _, y in batches[2:]) / dt, "peak_bytes": peak,
-                          "saved_bytes": saved, "final_loss": losses[-1].item(), "backend": backend}
+        results[label] = {
+            "images_per_s": sum(len(y) for _, y in batches[2:]) / dt,
+            "peak_bytes": peak,
+            "saved_bytes": saved,
+            "final_loss": losses[-1].item(),
+            "backend": backend,
+        }
     f, u = results["fused"], results["unfused"]
     out(f"fused vs unfused (MEASURED): {steps} training steps each, batch {args.batch_size}, {device}, amp {args.amp}")
     out(f"  {'':<28}{'fused (' + str(f['backend']) + ')':>22}{'unfused':>18}{'ratio':>9}")
-    out(f"  {'throughput (images/s)':<28}{f['images_per_s']:>22,.1f}{u['images_per_s']:>18,.1f}"
-        f"{f['images_per_s'] / u['images_per_s']:>8.2f}x")
+    out(
+        f"  {'throughput (images/s)':<28}{f['images_per_s']:>22,.1f}{u['images_per_s']:>18,.1f}"
+        f"{f['images_per_s'] / u['images_per_s']:>8.2f}x"
+    )
     if device.type == "cuda":
-        out(f"  {'peak CUDA memory above base':<28}{_fmt_bytes(f['peak_bytes']):>22}{_fmt_bytes(u['peak_bytes']):>18}"
-            f"{f['peak_bytes'] / max(1, u['peak_bytes']):>8.2f}x")
-    out(f"  {'saved activations (1 step)':<28}{_fmt_bytes(f['saved_bytes']):>22}{_fmt_bytes(u['saved_bytes']):>18}"
-        f"{f['saved_bytes'] / max(1, u['saved_bytes']):>8.2f}x")
+        out(
+            f"  {'peak CUDA memory above base':<28}{_fmt_bytes(f['peak_bytes']):>22}{_fmt_bytes(u['peak_bytes']):>18}"
+            f"{f['peak_bytes'] / max(1, u['peak_bytes']):>8.2f}x"
+        )
+    out(
+        f"  {'saved activations (1 step)':<28}{_fmt_bytes(f['saved_bytes']):>22}{_fmt_bytes(u['saved_bytes']):>18}"
+        f"{f['saved_bytes'] / max(1, u['saved_bytes']):>8.2f}x"
+    )
     out(f"  {'loss at the last step':<28}{f['final_loss']:>22.5f}{u['final_loss']:>18.5f}")
     return results
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_model_arguments(p)
     add_data_arguments(p)
     add_device_arguments(p)
@@ -105,11 +124,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     dataset = args.dataset or infer_dataset(args.data)
     rho = resolve_rho(args, dataset)
     seed_everything(args.seed, deterministic=False)
-    ds = load_dataset(dataset, args.data, resolution=int(round(BASE_RESOLUTION * rho)), download=args.download,
-                      limit_train=args.limit_train, limit_val=args.limit_val)
+    ds = load_dataset(
+        dataset,
+        args.data,
+        resolution=int(round(BASE_RESOLUTION * rho)),
+        download=args.download,
+        limit_train=args.limit_train,
+        limit_val=args.limit_val,
+    )
     torch.manual_seed(args.seed)  # the initial weights a training run with this seed starts from
-    model = JointNet(ds.num_classes, alpha=alpha, rho=rho, dilation=delta, backend=args.backend,
-                     recompute=args.recompute).to(device)
+    model = JointNet(
+        ds.num_classes, alpha=alpha, rho=rho, dilation=delta, backend=args.backend, recompute=args.recompute
+    ).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     compare_unfused(model, ds.train, args, device, ds.mean, ds.std)

@@ -8,6 +8,7 @@ keeps a run's saved settings except those, and a Ctrl-C message can quote the co
 
 Help texts are plain text (no reST markup) and name no file outside the installed package.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,11 @@ from ._version import __version__
 
 
 def _info_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--verbose", action="store_true",
-                   help="also the Triton kernels' tile configs: the autotuner's spaces and candidates per block")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also the Triton kernels' tile configs: the autotuner's spaces and candidates per block",
+    )
 
 
 def _probe_inputs() -> list[tuple[str, torch.Tensor]]:
@@ -34,26 +38,35 @@ def _probe_inputs() -> list[tuple[str, torch.Tensor]]:
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             cap = torch.cuda.get_device_capability(i)
-            probes.append((f"cuda:{i} {torch.cuda.get_device_name(i)} (sm_{cap[0]}{cap[1]})",
-                           torch.empty(1, 1, 1, 1, device=f"cuda:{i}")))
+            probes.append(
+                (
+                    f"cuda:{i} {torch.cuda.get_device_name(i)} (sm_{cap[0]}{cap[1]})",
+                    torch.empty(1, 1, 1, 1, device=f"cuda:{i}"),
+                )
+            )
     return probes
 
 
 def run_info(args) -> int:
     print(f"fused_dsconv {__version__}")
     print(f"python       {platform.python_version()} ({sys.executable})")
-    print(f"torch        {torch.__version__} (CUDA build: {torch.version.cuda or 'none'}, "
-          f"GPUs visible: {torch.cuda.device_count() if torch.cuda.is_available() else 0})")
+    print(
+        f"torch        {torch.__version__} (CUDA build: {torch.version.cuda or 'none'}, "
+        f"GPUs visible: {torch.cuda.device_count() if torch.cuda.is_available() else 0})"
+    )
     try:
         import triton
+
         print(f"triton       {triton.__version__}")
     except ImportError:
         print("triton       not installed")
     native = backends.get("native")
     describe = getattr(native, "build_description", None)
     print(f"native ext   {describe() if describe else 'not available in this version'}")
-    print(f"backend pick {backends.requested()!r} (${backends.ENV_VAR} overrides 'auto'); priority: "
-          f"{' -> '.join(backends.names())}")
+    print(
+        f"backend pick {backends.requested()!r} (${backends.ENV_VAR} overrides 'auto'); priority: "
+        f"{' -> '.join(backends.names())}"
+    )
     for where, x in _probe_inputs():
         print(f"\non {where}, float32:")
         for name, why in backends.explain(x).items():
@@ -62,6 +75,7 @@ def run_info(args) -> int:
         print()
         try:
             from . import triton_tuning
+
             print(triton_tuning.describe())
         except ImportError as e:
             print(f"Triton tile configs: unavailable ({e})")
@@ -74,14 +88,17 @@ def _models_args(p: argparse.ArgumentParser) -> None:
 
 def run_models(args) -> int:
     from .models import complexity_table, list_models
+
     if not args.table:
         print("\n".join(list_models()))
         return 0
     print("| alpha | rho | input | classes | parameters | multiply-adds |")
     print("|---:|---:|---:|---:|---:|---:|")
     for r in complexity_table():
-        print(f"| {r['alpha']} | {r['rho']} | {r['resolution']} | {r['classes']} | {r['params']:,} | "
-              f"{r['macs'] / 1e6:,.1f}M |")
+        print(
+            f"| {r['alpha']} | {r['rho']} | {r['resolution']} | {r['classes']} | {r['params']:,} | "
+            f"{r['macs'] / 1e6:,.1f}M |"
+        )
     return 0
 
 
@@ -89,19 +106,38 @@ def run_models(args) -> int:
 # "module:function" string is imported only when its command is parsed or run, so `fused-dsconv info`
 # does not import the training, export or tuning code (nor torch.distributed, onnx, triton).
 COMMANDS: list[tuple[str, str, Union[Callable, str], Union[Callable, str]]] = [
-    ("info", "versions, the native extension, and which backends can run here (and why not)", _info_args,
-     run_info),
+    ("info", "versions, the native extension, and which backends can run here (and why not)", _info_args, run_info),
     ("models", "list the registered models (--table: parameters and multiply-adds)", _models_args, run_models),
-    ("train", "train the classifier (default: the embedded digits, offline, CPU-friendly)",
-     "train_args:add_arguments", "train:run_train"),
-    ("eval", "loss and accuracy of a checkpoint (run folder or .safetensors) on a data set",
-     "evaluation:add_arguments", "evaluation:run_eval"),
-    ("export", "export a checkpoint as a BN-folded plain model to ONNX (no custom ops)", "export:add_arguments",
-     "export:run_export"),
-    ("sweep", "train a grid of widths x dilations (the paper's Tables 4 and 6) and tabulate the results",
-     "sweep:add_arguments", "sweep:run_sweep"),
-    ("tune", "measure every backend (and the unfused layers) per block of a model on this device; keep the fastest",
-     "tune_cli:add_arguments", "tune_cli:run_tune"),
+    (
+        "train",
+        "train the classifier (default: the embedded digits, offline, CPU-friendly)",
+        "train_args:add_arguments",
+        "train:run_train",
+    ),
+    (
+        "eval",
+        "loss and accuracy of a checkpoint (run folder or .safetensors) on a data set",
+        "evaluation:add_arguments",
+        "evaluation:run_eval",
+    ),
+    (
+        "export",
+        "export a checkpoint as a BN-folded plain model to ONNX (no custom ops)",
+        "export:add_arguments",
+        "export:run_export",
+    ),
+    (
+        "sweep",
+        "train a grid of widths x dilations (the paper's Tables 4 and 6) and tabulate the results",
+        "sweep:add_arguments",
+        "sweep:run_sweep",
+    ),
+    (
+        "tune",
+        "measure every backend (and the unfused layers) per block of a model on this device; keep the fastest",
+        "tune_cli:add_arguments",
+        "tune_cli:run_tune",
+    ),
 ]
 
 
@@ -113,15 +149,17 @@ def _resolve(target: Union[Callable, str]) -> Callable:
     return getattr(importlib.import_module(f".{module}", __package__), name)
 
 
-DESCRIPTION = ("fused dilated depthwise-separable conv + BatchNorm + ReLU blocks for PyTorch: check the install, "
-               "list the models, train, evaluate and export the paper's classifier")
+DESCRIPTION = (
+    "fused dilated depthwise-separable conv + BatchNorm + ReLU blocks for PyTorch: check the install, "
+    "list the models, train, evaluate and export the paper's classifier"
+)
 EPILOGS = {
     "train": "examples:\n"
-             "  %(prog)s --out runs/digits --threads 1      the embedded digits on a CPU (minutes)\n"
-             "  %(prog)s --resume runs/digits               continue after Ctrl-C with the run's settings\n"
-             "  %(prog)s --resume runs/digits --epochs 30   ... and extend it to 30 epochs\n"
-             "  %(prog)s --dataset cifar10 --data ~/data/cifar10 --download --model jointnet_a100_d3 --amp bf16\n"
-             "files written: config.json, best.safetensors, last.safetensors, last_state.pt, log.csv, summary.json",
+    "  %(prog)s --out runs/digits --threads 1      the embedded digits on a CPU (minutes)\n"
+    "  %(prog)s --resume runs/digits               continue after Ctrl-C with the run's settings\n"
+    "  %(prog)s --resume runs/digits --epochs 30   ... and extend it to 30 epochs\n"
+    "  %(prog)s --dataset cifar10 --data ~/data/cifar10 --download --model jointnet_a100_d3 --amp bf16\n"
+    "files written: config.json, best.safetensors, last.safetensors, last_state.pt, log.csv, summary.json",
 }
 
 
@@ -162,13 +200,18 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> int:
             sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
             adders = {}
             for name, help_, add_args, run in COMMANDS:
-                p = sub.add_parser(name, help=help_, description=help_, epilog=EPILOGS.get(name),
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                p = sub.add_parser(
+                    name,
+                    help=help_,
+                    description=help_,
+                    epilog=EPILOGS.get(name),
+                    formatter_class=argparse.RawDescriptionHelpFormatter,
+                )
                 adders[name] = add_args = _resolve(add_args)
                 add_args(p)
                 p.set_defaults(run=run)
             args = parser.parse_args(argv)
-            args.argv = argv[argv.index(args.command) + 1:]
+            args.argv = argv[argv.index(args.command) + 1 :]
             args.explicit = given_options(adders[args.command], args.argv)
             args.prog, args.invoked_as = prog, f"{prog} {args.command}"
             return _resolve(args.run)(args)

@@ -57,8 +57,9 @@ def check_dilation(dilation) -> None:
 
 
 # -- parameters ---------------------------------------------------------------------------------------
-def fold_conv_biases(pw_weight: Tensor, dw_bias: Optional[Tensor], pw_bias: Optional[Tensor],
-                     acc: torch.dtype) -> Optional[Tensor]:
+def fold_conv_biases(
+    pw_weight: Tensor, dw_bias: Optional[Tensor], pw_bias: Optional[Tensor], acc: torch.dtype
+) -> Optional[Tensor]:
     """Both conv biases as one per-output-channel bias in ``acc``: pw(dw(x) + b_dw) + b_pw = pw(dw(x)) +
     W b_dw + b_pw, with W = ``pw_weight`` ([K, C] or [K, C, 1, 1]). None when neither conv has a bias."""
     bias = None

@@ -32,5 +32,9 @@ def y_without_input(x: Tensor, k: int, stride: int, bias: Optional[Tensor]) -> T
 def zero_grads(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, n_per_channel: int) -> tuple[Tensor, ...]:
     """Gradients of an input with no elements: zeros for x and both weights, and ``n_per_channel`` [K] zeros."""
     k = pw_weight.shape[0]
-    return (torch.zeros_like(x), torch.zeros_like(dw_weight), torch.zeros_like(pw_weight),
-            *(stat_zeros(x, k) for _ in range(n_per_channel)))
+    return (
+        torch.zeros_like(x),
+        torch.zeros_like(dw_weight),
+        torch.zeros_like(pw_weight),
+        *(stat_zeros(x, k) for _ in range(n_per_channel)),
+    )

@@ -34,11 +34,18 @@ def run_eval(args) -> int:
             model = model.to(memory_format=torch.channels_last)
         name = args.dataset or (config.get("dataset") if args.data is None else infer_dataset(args.data))
         data_root = args.data if args.data is not None or args.dataset else config.get("data")
-        ds = load_dataset(name, data_root, resolution=config["resolution"], download=args.download,
-                          limit_val=args.limit_val, limit_train=args.limit_val if args.split == "train" else None)
+        ds = load_dataset(
+            name,
+            data_root,
+            resolution=config["resolution"],
+            download=args.download,
+            limit_val=args.limit_val,
+            limit_train=args.limit_val if args.split == "train" else None,
+        )
         if ds.num_classes != config["num_classes"]:
-            raise ckpt.CheckpointError(f"the checkpoint has {config['num_classes']} classes, the data set "
-                                       f"{ds.num_classes}")
+            raise ckpt.CheckpointError(
+                f"the checkpoint has {config['num_classes']} classes, the data set {ds.num_classes}"
+            )
         split = ds.val if args.split == "val" else ds.train
         mean, std = config.get("mean", ds.mean), config.get("std", ds.std)
         loader = Loader(split, args.batch_size, shuffle=False, workers=args.workers, pin_memory=device.type == "cuda")
@@ -48,7 +55,9 @@ def run_eval(args) -> int:
     except (DataError, ckpt.CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{args.checkpoint}: {name} {args.split}, {r['images']:,} images: loss {r['loss']:.4f}, "
-          f"accuracy {100 * r['acc']:.2f}% ({r['images'] / dt:,.0f} img/s on {device})")
+    print(
+        f"{args.checkpoint}: {name} {args.split}, {r['images']:,} images: loss {r['loss']:.4f}, "
+        f"accuracy {100 * r['acc']:.2f}% ({r['images'] / dt:,.0f} img/s on {device})"
+    )
     print(json.dumps({"loss": r["loss"], "acc": r["acc"], "images": r["images"]}))
     return 0

@@ -37,6 +37,7 @@ class Progress:
         if self.enabled:
             try:
                 from tqdm import tqdm
+
                 self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, unit="step")
             except ImportError:
                 pass
@@ -74,8 +75,9 @@ class Progress:
             sys.stderr.flush()
 
 
-def train_step(model, opt, scaler, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: str
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    model, opt, scaler, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step on a prepared batch (cross-entropy, scaled for fp16): (loss, logits), detached."""
     with autocast_for(device, amp):
         logits = model(x)
@@ -103,8 +105,13 @@ def train_epoch(model, loader, opt, scaler, device, amp, mean, std, channels_las
             seen += len(y)
             now = time.perf_counter()
             if progress.due(now):
-                progress.update({"loss": f"{loss_sum.item() / seen:.4f}",
-                                 "acc": f"{100 * correct.item() / seen:.2f}%", "img/s": f"{seen / (now - start):.0f}"})
+                progress.update(
+                    {
+                        "loss": f"{loss_sum.item() / seen:.4f}",
+                        "acc": f"{100 * correct.item() / seen:.2f}%",
+                        "img/s": f"{seen / (now - start):.0f}",
+                    }
+                )
             else:
                 progress.step()
         sync(device)
@@ -113,8 +120,13 @@ def train_epoch(model, loader, opt, scaler, device, amp, mean, std, channels_las
     seconds = time.perf_counter() - start
     if seen == 0:
         raise DataError("the training split is empty")
-    return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
-            "images_per_s": seen / seconds, "train_seconds": seconds, "images": seen}
+    return {
+        "train_loss": loss_sum.item() / seen,
+        "train_acc": correct.item() / seen,
+        "images_per_s": seen / seconds,
+        "train_seconds": seconds,
+        "images": seen,
+    }
 
 
 @torch.no_grad()

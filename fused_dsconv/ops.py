@@ -15,6 +15,7 @@ saved: every backend rebuilds it from x. Gradients no input needs are not comput
 either conv weight needs one, no convolution-gradient kernel runs (the BN and bias gradients come from
 per-channel sums). Double backward is not supported (the backward ops have no autograd of their own).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Optional
@@ -48,8 +49,9 @@ class TrainParams(NamedTuple):
 
 
 @torch.library.custom_op("fused_dsconv::forward_eval", mutates_args=())
-def forward_eval(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, bias: Tensor, stride: int, dilation: int,
-                 backend: str = "auto") -> Tensor:
+def forward_eval(
+    x: Tensor, dw_weight: Tensor, pw_weight: Tensor, bias: Tensor, stride: int, dilation: int, backend: str = "auto"
+) -> Tensor:
     """relu(pw(dw(x)) + bias): the eval-mode joint block with BN folded into pw_weight and bias."""
     check_inputs(x, dw_weight, pw_weight, stride, dilation, bias=bias)
     if x.numel() == 0:
@@ -66,10 +68,19 @@ def _(x, dw_weight, pw_weight, bias, stride, dilation, backend="auto"):
 
 
 @torch.library.custom_op("fused_dsconv::forward_train", mutates_args=())
-def forward_train(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, bias: Optional[Tensor],
-                  bn_weight: Optional[Tensor], bn_bias: Optional[Tensor], stride: int, dilation: int,
-                  eps: float, save_y: bool = True, backend: str = "auto"
-                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def forward_train(
+    x: Tensor,
+    dw_weight: Tensor,
+    pw_weight: Tensor,
+    bias: Optional[Tensor],
+    bn_weight: Optional[Tensor],
+    bn_bias: Optional[Tensor],
+    stride: int,
+    dilation: int,
+    eps: float,
+    save_y: bool = True,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Training-mode joint block: returns (out, y, mean, var).
 
     y = pw(dw(x)) + bias (empty when ``save_y`` is False); mean / var are the biased batch
@@ -82,8 +93,9 @@ def forward_train(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, bias: Optiona
         return out, out.clone() if save_y else x.new_empty(0), stat, stat.clone()
     impl = backends.select(x, backend)
     with backends.no_autocast(x):
-        return impl.forward_train(x, dw_weight.contiguous(), pw_weight.contiguous(), bias, bn_weight, bn_bias,
-                                  stride, dilation, eps, save_y)
+        return impl.forward_train(
+            x, dw_weight.contiguous(), pw_weight.contiguous(), bias, bn_weight, bn_bias, stride, dilation, eps, save_y
+        )
 
 
 @forward_train.register_fake
@@ -97,8 +109,16 @@ def _(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, 
 
 
 @torch.library.custom_op("fused_dsconv::backward_eval", mutates_args=())
-def backward_eval(grad_out: Tensor, out: Tensor, x: Tensor, dw_weight: Tensor, pw_weight: Tensor, stride: int,
-                  dilation: int, backend: str = "auto") -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def backward_eval(
+    grad_out: Tensor,
+    out: Tensor,
+    x: Tensor,
+    dw_weight: Tensor,
+    pw_weight: Tensor,
+    stride: int,
+    dilation: int,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of forward_eval w.r.t. (x, dw_weight, pw_weight, bias)."""
     check_backward_eval_inputs(grad_out, out, x, dw_weight, pw_weight, stride, dilation)
     if x.numel() == 0:
@@ -111,38 +131,68 @@ def backward_eval(grad_out: Tensor, out: Tensor, x: Tensor, dw_weight: Tensor, p
 @backward_eval.register_fake
 def _(grad_out, out, x, dw_weight, pw_weight, stride, dilation, backend="auto"):
     check_backward_eval_inputs(grad_out, out, x, dw_weight, pw_weight, stride, dilation)
-    return (torch.empty_like(x), torch.empty_like(dw_weight), torch.empty_like(pw_weight),
-            x.new_empty(pw_weight.shape[0], dtype=acc_dtype(x)))
+    return (
+        torch.empty_like(x),
+        torch.empty_like(dw_weight),
+        torch.empty_like(pw_weight),
+        x.new_empty(pw_weight.shape[0], dtype=acc_dtype(x)),
+    )
 
 
 @torch.library.custom_op("fused_dsconv::backward_train", mutates_args=())
-def backward_train(grad_out: Tensor, x: Tensor, dw_weight: Tensor, pw_weight: Tensor, bias: Optional[Tensor],
-                   bn_weight: Optional[Tensor], bn_bias: Optional[Tensor], y: Optional[Tensor], mean: Tensor,
-                   var: Tensor, stride: int, dilation: int, eps: float, backend: str = "auto"
-                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def backward_train(
+    grad_out: Tensor,
+    x: Tensor,
+    dw_weight: Tensor,
+    pw_weight: Tensor,
+    bias: Optional[Tensor],
+    bn_weight: Optional[Tensor],
+    bn_bias: Optional[Tensor],
+    y: Optional[Tensor],
+    mean: Tensor,
+    var: Tensor,
+    stride: int,
+    dilation: int,
+    eps: float,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of forward_train w.r.t. (x, dw_weight, pw_weight, bias, bn_weight, bn_bias).
 
     ``y`` None means recompute mode. The last two are [K] tensors even when bn_weight is None
     (the autograd layer drops them then).
     """
-    y = check_backward_train_inputs(grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride,
-                              dilation)
+    y = check_backward_train_inputs(
+        grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride, dilation
+    )
     if x.numel() == 0:
         return zero_grads(x, dw_weight, pw_weight, 3)
     impl = backends.select(x, backend)
     with backends.no_autocast(x):
-        return impl.backward_train(grad_out, x, dw_weight.contiguous(), pw_weight.contiguous(), bias, bn_weight,
-                                   bn_bias, y, mean, var, stride, dilation, eps)
+        return impl.backward_train(
+            grad_out,
+            x,
+            dw_weight.contiguous(),
+            pw_weight.contiguous(),
+            bias,
+            bn_weight,
+            bn_bias,
+            y,
+            mean,
+            var,
+            stride,
+            dilation,
+            eps,
+        )
 
 
 @backward_train.register_fake
-def _(grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride, dilation, eps,
-      backend="auto"):
-    check_backward_train_inputs(grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride, dilation)
+def _(grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride, dilation, eps, backend="auto"):
+    check_backward_train_inputs(
+        grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride, dilation
+    )
     k = pw_weight.shape[0]
     stats = [x.new_empty(k, dtype=acc_dtype(x)) for _ in range(3)]
     return (torch.empty_like(x), torch.empty_like(dw_weight), torch.empty_like(pw_weight), *stats)
-
 
 
 # -- autograd of the forward ops ---------------------------------------------------------------------
@@ -160,8 +210,15 @@ def _backward_eval(ctx, grad_out):
     else:  # only the bias: ReLU's gradient summed per channel, no convolution-gradient kernel
         dx = ddw = dpw = None
         dbias = torch.ops.aten.threshold_backward(grad_out, out, 0).sum((0, 2, 3), dtype=acc_dtype(x))
-    return (dx if need[0] else None, ddw if need[1] else None, dpw if need[2] else None,
-            dbias if need[3] else None, None, None, None)
+    return (
+        dx if need[0] else None,
+        ddw if need[1] else None,
+        dpw if need[2] else None,
+        dbias if need[3] else None,
+        None,
+        None,
+        None,
+    )
 
 
 def _setup_train(ctx, inputs, output):
@@ -179,9 +236,22 @@ def _backward_train(ctx, grad_out, _grad_y, _grad_mean, _grad_var):
     x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var = ctx.saved_tensors
     p, need = ctx.params, ctx.needs_input_grad
     if any(need[:3]):
-        dx, ddw, dpw, dbias, dgamma, dbeta = backward_train(grad_out, x, dw_weight, pw_weight, bias, bn_weight,
-                                                            bn_bias, y, mean, var, p.stride, p.dilation, p.eps,
-                                                            p.backend)
+        dx, ddw, dpw, dbias, dgamma, dbeta = backward_train(
+            grad_out,
+            x,
+            dw_weight,
+            pw_weight,
+            bias,
+            bn_weight,
+            bn_bias,
+            y,
+            mean,
+            var,
+            p.stride,
+            p.dilation,
+            p.eps,
+            p.backend,
+        )
     else:  # frozen convolutions, x without gradient: the BN parameters' gradients are two per-channel sums
         if y is None:  # recompute mode
             y = forward_stats(x, dw_weight, pw_weight, bias, p.stride, p.dilation, True, p.backend)[0]
@@ -189,9 +259,19 @@ def _backward_train(ctx, grad_out, _grad_y, _grad_mean, _grad_var):
         dx = ddw = dpw = None
         dbias = torch.zeros_like(mean)  # the batch mean absorbs any shift of y: the bias has no gradient
     affine = bn_weight is not None
-    return (dx if need[0] else None, ddw if need[1] else None, dpw if need[2] else None,
-            dbias if bias is not None and need[3] else None, dgamma if affine and need[4] else None,
-            dbeta if affine and need[5] else None, None, None, None, None, None)
+    return (
+        dx if need[0] else None,
+        ddw if need[1] else None,
+        dpw if need[2] else None,
+        dbias if bias is not None and need[3] else None,
+        dgamma if affine and need[4] else None,
+        dbeta if affine and need[5] else None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 torch.library.register_autograd("fused_dsconv::forward_eval", _backward_eval, setup_context=_setup_eval)

@@ -17,6 +17,7 @@ import torch
 @dataclass(frozen=True)
 class Processes:
     """This process's place in a torchrun launch: (rank, world size, local rank); one process: (0, 1, 0)."""
+
     rank: int = 0
     world: int = 1
     local: int = 0
@@ -117,8 +118,13 @@ def global_train_stats(tr: dict, device: torch.device) -> dict:
     t = torch.tensor([tr["train_loss"] * n, tr["train_acc"] * n, n], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     loss, correct, images = t.tolist()
-    return {**tr, "train_loss": loss / images, "train_acc": correct / images, "images": int(images),
-            "images_per_s": images / tr["train_seconds"]}
+    return {
+        **tr,
+        "train_loss": loss / images,
+        "train_acc": correct / images,
+        "images": int(images),
+        "images_per_s": images / tr["train_seconds"],
+    }
 
 
 def silent(*args, **kwargs) -> None:

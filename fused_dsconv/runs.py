@@ -26,13 +26,24 @@ LOG_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "images
 # define what the saved state means (architecture, data, optimisation, RNG streams): a different
 # value there is an error, not a silent restart. The rest (epochs, device, threads, workers, backend,
 # ...) may change, and the run says what changed.
-_RESUME_FIXED = ("model", "alpha", "delta", "rho", "resolution", "dataset", "batch_size", "lr", "seed", "amp",
-                 "limit_train", "limit_val")
+_RESUME_FIXED = (
+    "model",
+    "alpha",
+    "delta",
+    "rho",
+    "resolution",
+    "dataset",
+    "batch_size",
+    "lr",
+    "seed",
+    "amp",
+    "limit_train",
+    "limit_val",
+)
 
 
 # Not settings of the run: always what the current command says.
-_NOT_SAVED = ("resume", "out", "download", "explicit", "argv", "prog",
-              "invoked_as", "run", "command")
+_NOT_SAVED = ("resume", "out", "download", "explicit", "argv", "prog", "invoked_as", "run", "command")
 
 
 def pick_device(name: Optional[str], threads: Optional[int] = None, procs: Processes = Processes()) -> torch.device:
@@ -48,15 +59,21 @@ def pick_device(name: Optional[str], threads: Optional[int] = None, procs: Proce
         except RuntimeError as e:
             raise SystemExit(f"error: --device {name!r} is not a device name ({e})") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {name} asked for CUDA, but torch sees no GPU here "
-                         f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use --device cpu")
+        raise SystemExit(
+            f"error: --device {name} asked for CUDA, but torch sees no GPU here "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use --device cpu"
+        )
     if procs.distributed and dev.type == "cuda":  # one GPU per process: the local rank's
         if dev.index is not None:
-            raise SystemExit(f"error: --device {name}: under torchrun each process uses the GPU of its local rank "
-                             "(cuda:LOCAL_RANK); give --device cuda or leave --device out")
+            raise SystemExit(
+                f"error: --device {name}: under torchrun each process uses the GPU of its local rank "
+                "(cuda:LOCAL_RANK); give --device cuda or leave --device out"
+            )
         if procs.local >= torch.cuda.device_count():
-            raise SystemExit(f"error: local rank {procs.local} has no GPU: this machine has "
-                             f"{torch.cuda.device_count()}; start at most that many processes per node")
+            raise SystemExit(
+                f"error: local rank {procs.local} has no GPU: this machine has "
+                f"{torch.cuda.device_count()}; start at most that many processes per node"
+            )
         dev = torch.device("cuda", procs.local)
     return dev
 
@@ -100,18 +117,27 @@ def rng_state(gen: torch.Generator) -> dict:
     """Every RNG a run draws from, as tensors and numbers only (the state must load with weights_only=True)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, words, gauss_next = random.getstate()
-    return {"torch": torch.get_rng_state(), "data": gen.get_state(),
-            "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
-            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-            "python": {"version": version, "words": torch.tensor(words, dtype=torch.int64), "gauss_next": gauss_next}}
+    return {
+        "torch": torch.get_rng_state(),
+        "data": gen.get_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {"version": version, "words": torch.tensor(words, dtype=torch.int64), "gauss_next": gauss_next},
+    }
 
 
 def set_rng_state(state: dict, gen: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["words"].tolist()), p["gauss_next"]))
     if state["cuda"] and torch.cuda.is_available():
@@ -131,8 +157,10 @@ def load_resume(args) -> tuple[dict, Path]:
     path = Path(args.resume)
     state_file = path / "last_state.pt" if path.is_dir() else path
     if not state_file.is_file():
-        raise SystemExit(f"error: --resume {args.resume}: no {state_file.name} there (a run folder written by "
-                         "fused-dsconv train holds last_state.pt once an epoch has finished)")
+        raise SystemExit(
+            f"error: --resume {args.resume}: no {state_file.name} there (a run folder written by "
+            "fused-dsconv train holds last_state.pt once an epoch has finished)"
+        )
     return ckpt.load_train_state(state_file), state_file.parent
 
 
@@ -171,9 +199,11 @@ def apply_resume_settings(args, saved: dict) -> list[str]:
         elif not _same_setting(name, now, was, saved):
             if name in _RESUME_FIXED:
                 shown = "not given" if was is None else was
-                raise SystemExit(f"error: {_flag(name)} {now}: the resumed run has {_flag(name)} {shown}, and "
-                                 f"{_flag(name)} cannot change on --resume (the saved weights, optimizer and data "
-                                 f"order belong to it). Leave {_flag(name)} out, or start a new run with --out")
+                raise SystemExit(
+                    f"error: {_flag(name)} {now}: the resumed run has {_flag(name)} {shown}, and "
+                    f"{_flag(name)} cannot change on --resume (the saved weights, optimizer and data "
+                    f"order belong to it). Leave {_flag(name)} out, or start a new run with --out"
+                )
             changed.append(f"{_flag(name)} {was} -> {now}")
         elif name in ("rho", "resolution"):
             args.rho, args.resolution = saved.get("rho"), saved.get("resolution")
@@ -191,8 +221,10 @@ def interrupted(args, run_dir: Path, saved_epoch: int, procs: Processes = Proces
     if procs.distributed:
         prog = f"{launch_prefix(procs)} train"
     if saved_epoch > 0:
-        return Interrupted(f"interrupted after epoch {saved_epoch} of {args.epochs} (saved in {run_dir}); "
-                           f"continue with: {prog} --resume {shlex.quote(str(run_dir))}")
+        return Interrupted(
+            f"interrupted after epoch {saved_epoch} of {args.epochs} (saved in {run_dir}); "
+            f"continue with: {prog} --resume {shlex.quote(str(run_dir))}"
+        )
     again = getattr(args, "argv", None)
     again = f"{prog} {shlex.join(again)}".rstrip() if again is not None else prog
     return Interrupted(f"interrupted before an epoch finished: nothing saved to resume; start again with: {again}")

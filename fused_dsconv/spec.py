@@ -15,6 +15,7 @@ Shapes (N batch, C input channels, K output channels, s stride, d dilation):
 Padding = dilation keeps the 3x3 dilated kernel centred, so at stride 1 the spatial size is
 unchanged for every dilation (receptive field 2d + 1 per side).
 """
+
 from __future__ import annotations
 
 from typing import Optional

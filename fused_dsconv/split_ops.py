@@ -18,9 +18,18 @@ from .checks import check_apply_inputs, check_inputs, check_normalize_inputs, ch
 from .contract import acc_dtype, memory_format_of
 from .empty import out_like, stat_zeros, y_without_input, zero_grads
 
+
 @torch.library.custom_op("fused_dsconv::forward_stats", mutates_args=())
-def forward_stats(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, bias: Optional[Tensor], stride: int,
-                  dilation: int, save_y: bool = True, backend: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
+def forward_stats(
+    x: Tensor,
+    dw_weight: Tensor,
+    pw_weight: Tensor,
+    bias: Optional[Tensor],
+    stride: int,
+    dilation: int,
+    save_y: bool = True,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor, Tensor]:
     """Pass 1: (y, mean, var) with y = pw(dw(x)) + bias (an empty tensor when ``save_y`` is False) and mean /
     var the biased statistics of y per channel over this call's N*Ho*Wo pixels, as forward_train's. An empty
     batch gives zeros (it contributes nothing to a merge; forward_train's NaN would poison one)."""
@@ -44,9 +53,21 @@ def _(x, dw_weight, pw_weight, bias, stride, dilation, save_y=True, backend="aut
 
 
 @torch.library.custom_op("fused_dsconv::forward_normalize", mutates_args=())
-def forward_normalize(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, bias: Optional[Tensor], y: Optional[Tensor],
-                      mean: Tensor, var: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor], stride: int,
-                      dilation: int, eps: float, backend: str = "auto") -> Tensor:
+def forward_normalize(
+    x: Tensor,
+    dw_weight: Tensor,
+    pw_weight: Tensor,
+    bias: Optional[Tensor],
+    y: Optional[Tensor],
+    mean: Tensor,
+    var: Tensor,
+    bn_weight: Optional[Tensor],
+    bn_bias: Optional[Tensor],
+    stride: int,
+    dilation: int,
+    eps: float,
+    backend: str = "auto",
+) -> Tensor:
     """Pass 2: out = relu((y - mean) / sqrt(var + eps) * bn_weight + bn_bias) with the given (merged)
     statistics; ``y`` None (or empty: recompute mode) rebuilds y from x first."""
     y = check_normalize_inputs(x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation)
@@ -56,8 +77,20 @@ def forward_normalize(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, bias: Opt
         return z.relu().to(x.dtype).contiguous(memory_format=memory_format_of(x))
     impl = backends.select(x, backend)
     with backends.no_autocast(x):
-        return impl.forward_normalize(x, dw_weight.contiguous(), pw_weight.contiguous(), bias, y, mean, var,
-                                      bn_weight, bn_bias, stride, dilation, eps)
+        return impl.forward_normalize(
+            x,
+            dw_weight.contiguous(),
+            pw_weight.contiguous(),
+            bias,
+            y,
+            mean,
+            var,
+            bn_weight,
+            bn_bias,
+            stride,
+            dilation,
+            eps,
+        )
 
 
 @forward_normalize.register_fake
@@ -67,8 +100,16 @@ def _(x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, d
 
 
 @torch.library.custom_op("fused_dsconv::backward_reduce", mutates_args=())
-def backward_reduce(grad_out: Tensor, y: Tensor, mean: Tensor, var: Tensor, bn_weight: Optional[Tensor],
-                    bn_bias: Optional[Tensor], eps: float, backend: str = "auto") -> tuple[Tensor, Tensor]:
+def backward_reduce(
+    grad_out: Tensor,
+    y: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    bn_weight: Optional[Tensor],
+    bn_bias: Optional[Tensor],
+    eps: float,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
     """(sum dz, sum dz * yhat) per channel over this call's pixels, with yhat = (y - mean) / sqrt(var + eps),
     z = yhat * bn_weight + bn_bias and dz = grad_out [z > 0]: the BN parameters' gradients (dbeta, dgamma)
     and, merged over processes, what backward_apply needs."""
@@ -88,26 +129,70 @@ def _(grad_out, y, mean, var, bn_weight, bn_bias, eps, backend="auto"):
 
 
 @torch.library.custom_op("fused_dsconv::backward_apply", mutates_args=())
-def backward_apply(grad_out: Tensor, x: Tensor, dw_weight: Tensor, pw_weight: Tensor, y: Tensor, mean: Tensor,
-                   var: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor], mean_dz: Tensor,
-                   mean_dz_yhat: Tensor, stride: int, dilation: int, eps: float, backend: str = "auto"
-                   ) -> tuple[Tensor, Tensor, Tensor]:
+def backward_apply(
+    grad_out: Tensor,
+    x: Tensor,
+    dw_weight: Tensor,
+    pw_weight: Tensor,
+    y: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    bn_weight: Optional[Tensor],
+    bn_bias: Optional[Tensor],
+    mean_dz: Tensor,
+    mean_dz_yhat: Tensor,
+    stride: int,
+    dilation: int,
+    eps: float,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor, Tensor]:
     """(grad_x, grad_dw_weight, grad_pw_weight) through dy = bn_weight / sqrt(var + eps) * (dz - mean_dz -
     yhat * mean_dz_yhat), where mean_dz / mean_dz_yhat are backward_reduce's sums divided by the pixel count
     (merged over processes: nn.SyncBatchNorm's backward)."""
-    check_apply_inputs(grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz, mean_dz_yhat,
-                 stride, dilation)
+    check_apply_inputs(
+        grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz, mean_dz_yhat, stride, dilation
+    )
     if x.numel() == 0:
         return zero_grads(x, dw_weight, pw_weight, 0)
     impl = backends.select(x, backend)
     with backends.no_autocast(x):
-        return impl.backward_apply(grad_out, x, dw_weight.contiguous(), pw_weight.contiguous(), y, mean, var,
-                                   bn_weight, bn_bias, mean_dz, mean_dz_yhat, stride, dilation, eps)
+        return impl.backward_apply(
+            grad_out,
+            x,
+            dw_weight.contiguous(),
+            pw_weight.contiguous(),
+            y,
+            mean,
+            var,
+            bn_weight,
+            bn_bias,
+            mean_dz,
+            mean_dz_yhat,
+            stride,
+            dilation,
+            eps,
+        )
 
 
 @backward_apply.register_fake
-def _(grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz, mean_dz_yhat, stride, dilation,
-      eps, backend="auto"):
-    check_apply_inputs(grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz, mean_dz_yhat,
-                 stride, dilation)
+def _(
+    grad_out,
+    x,
+    dw_weight,
+    pw_weight,
+    y,
+    mean,
+    var,
+    bn_weight,
+    bn_bias,
+    mean_dz,
+    mean_dz_yhat,
+    stride,
+    dilation,
+    eps,
+    backend="auto",
+):
+    check_apply_inputs(
+        grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz, mean_dz_yhat, stride, dilation
+    )
     return torch.empty_like(x), torch.empty_like(dw_weight), torch.empty_like(pw_weight)

@@ -19,8 +19,20 @@ from .runs import Interrupted
 from .train_args import add_arguments as add_train_arguments
 
 
-SWEEP_FIELDS = ("model", "alpha", "delta", "resolution", "dataset", "params", "epochs", "best_epoch", "best_val_loss",
-                "best_val_acc", "seconds", "run")
+SWEEP_FIELDS = (
+    "model",
+    "alpha",
+    "delta",
+    "resolution",
+    "dataset",
+    "params",
+    "epochs",
+    "best_epoch",
+    "best_val_loss",
+    "best_val_acc",
+    "seconds",
+    "run",
+)
 
 
 def _floats(text: str) -> list[float]:
@@ -34,8 +46,13 @@ def _ints(text: str) -> list[int]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # one --out folder for the grid; --model/--alpha/--delta come from the grid
     hidden = dict.fromkeys(("model", "alpha", "delta", "resume"), argparse.SUPPRESS)
-    add_train_arguments(p, {**hidden, "out": "sweep folder: one run folder per cell, results.md and results.csv "
-                                              "(default runs/sweep_<dataset>)"})
+    add_train_arguments(
+        p,
+        {
+            **hidden,
+            "out": "sweep folder: one run folder per cell, results.md and results.csv (default runs/sweep_<dataset>)",
+        },
+    )
     g = p.add_argument_group("grid")
     g.add_argument("--alphas", type=_floats, default=[1.0, 0.75], help="comma-separated widths (default 1,0.75)")
     g.add_argument("--deltas", type=_ints, default=[1, 2, 3, 4], help="comma-separated dilations (default 1,2,3,4)")
@@ -52,21 +69,26 @@ def write_results(rows: list[dict], folder: Path) -> None:
         w = csv.DictWriter(f, SWEEP_FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    lines = ["| model | alpha | delta | input | params | best epoch | val loss | val acc | time |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| model | alpha | delta | input | params | best epoch | val loss | val acc | time |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         acc = "-" if r["best_val_acc"] is None else f"{100 * r['best_val_acc']:.2f}%"
         loss = "-" if r["best_val_loss"] is None else f"{r['best_val_loss']:.4f}"
-        lines.append(f"| {r['model']} | {r['alpha']} | {r['delta']} | {r['resolution']} | {r['params']:,} | "
-                     f"{r['best_epoch']} | {loss} | {acc} | {_duration(r['seconds'])} |")
+        lines.append(
+            f"| {r['model']} | {r['alpha']} | {r['delta']} | {r['resolution']} | {r['params']:,} | "
+            f"{r['best_epoch']} | {loss} | {acc} | {_duration(r['seconds'])} |"
+        )
     (folder / "results.md").write_text("\n".join(lines) + "\n")
 
 
 def run_sweep(args) -> int:
     """Train every (alpha, delta) of the grid with the same flags; a finished cell is not trained again."""
     if args.model or args.alpha is not None or args.delta is not None or args.resume:
-        print("error: sweep takes the grid from --alphas/--deltas (no --model/--alpha/--delta/--resume)",
-              file=sys.stderr)
+        print(
+            "error: sweep takes the grid from --alphas/--deltas (no --model/--alpha/--delta/--resume)", file=sys.stderr
+        )
         return 2
     try:
         return _sweep(args, processes_from_env().main)
@@ -102,9 +124,10 @@ def _sweep(args, main: bool) -> int:
                 again = getattr(args, "argv", None)
                 again = shlex.join(again) if again is not None else "..."
                 prog = getattr(args, "invoked_as", None) or "fused-dsconv sweep"
-                raise Interrupted(f"interrupted in cell {i}/{len(cells)} ({run_dir}); finished cells are kept and "
-                                  f"this one resumes after its last finished epoch. Continue with: {prog} {again}"
-                                  ) from None
+                raise Interrupted(
+                    f"interrupted in cell {i}/{len(cells)} ({run_dir}); finished cells are kept and "
+                    f"this one resumes after its last finished epoch. Continue with: {prog} {again}"
+                ) from None
         if main:
             write_results(rows, folder)
     say(f"results: {folder / 'results.md'}, {folder / 'results.csv'}")

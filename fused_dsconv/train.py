@@ -33,11 +33,34 @@ from .block import convert_sync_batchnorm
 from .datasets import DataError, Loader, infer_dataset, load_dataset
 from .loop import Progress, evaluate, train_epoch
 from .models import BASE_RESOLUTION, JointNet, model_name
-from .processes import (barrier, broadcast, ddp_for_epoch, gather, global_train_stats, processes_from_env,
-                        silent, start_processes, stop_processes)
-from .runs import (Interrupted, append_log, apply_resume_settings, default_out, interrupted, load_resume,
-                   native_bf16, pick_device, resolve_model_args, resolve_rho, rng_state, run_settings,
-                   seed_everything, set_rng_state, start_log)
+from .processes import (
+    barrier,
+    broadcast,
+    ddp_for_epoch,
+    gather,
+    global_train_stats,
+    processes_from_env,
+    silent,
+    start_processes,
+    stop_processes,
+)
+from .runs import (
+    Interrupted,
+    append_log,
+    apply_resume_settings,
+    default_out,
+    interrupted,
+    load_resume,
+    native_bf16,
+    pick_device,
+    resolve_model_args,
+    resolve_rho,
+    rng_state,
+    run_settings,
+    seed_everything,
+    set_rng_state,
+    start_log,
+)
 
 
 def run(args, out=print) -> dict:
@@ -64,13 +87,21 @@ def run(args, out=print) -> dict:
     args.rho, args.dataset = rho, dataset_name
     seed_everything(args.seed, args.deterministic)
     if args.amp == "bf16" and device.type == "cuda" and not native_bf16(device):
-        raise SystemExit("error: --amp bf16 needs a GPU with bfloat16 support (Ampere or newer); "
-                         "use --amp fp16 on older cards (e.g. GTX 1080 Ti, RTX 20xx)")
+        raise SystemExit(
+            "error: --amp bf16 needs a GPU with bfloat16 support (Ampere or newer); "
+            "use --amp fp16 on older cards (e.g. GTX 1080 Ti, RTX 20xx)"
+        )
 
     if procs.distributed and not procs.main:  # rank 0 downloads (--download) before the others read
         barrier(device)
-    ds = load_dataset(dataset_name, args.data, resolution=int(round(BASE_RESOLUTION * rho)), download=args.download,
-                      limit_train=args.limit_train, limit_val=args.limit_val)
+    ds = load_dataset(
+        dataset_name,
+        args.data,
+        resolution=int(round(BASE_RESOLUTION * rho)),
+        download=args.download,
+        limit_train=args.limit_train,
+        limit_val=args.limit_val,
+    )
     if procs.distributed and procs.main:
         barrier(device)
     if device.type == "cuda":  # in-memory data sets (digits, CIFAR-10: 150 MB as uint8) live on the GPU
@@ -78,8 +109,9 @@ def run(args, out=print) -> dict:
             if split.images is not None and split.images.nbytes < 2**30:
                 split.images, split.labels = split.images.to(device), split.labels.to(device)
     torch.manual_seed(args.seed)  # init does not depend on what loading the data drew
-    model = JointNet(ds.num_classes, alpha=alpha, rho=rho, dilation=delta, backend=args.backend,
-                     recompute=args.recompute).to(device)
+    model = JointNet(
+        ds.num_classes, alpha=alpha, rho=rho, dilation=delta, backend=args.backend, recompute=args.recompute
+    ).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if procs.distributed and args.sync_bn:
@@ -89,10 +121,18 @@ def run(args, out=print) -> dict:
     if procs.distributed:  # rank 0's folder (a default name is numbered by what exists when it looks)
         run_dir = Path(broadcast(str(run_dir)))
     if resume_state is None and (run_dir / "last_state.pt").exists():
-        raise SystemExit(f"error: {run_dir} already holds a run; continue it with --resume {run_dir}, "
-                         "or choose another --out")
-    config = ckpt.model_config(model, model=name, dataset=dataset_name, classes=ds.classes, mean=list(ds.mean),
-                               std=list(ds.std), data=None if args.data is None else str(Path(args.data).resolve()))
+        raise SystemExit(
+            f"error: {run_dir} already holds a run; continue it with --resume {run_dir}, or choose another --out"
+        )
+    config = ckpt.model_config(
+        model,
+        model=name,
+        dataset=dataset_name,
+        classes=ds.classes,
+        mean=list(ds.mean),
+        std=list(ds.std),
+        data=None if args.data is None else str(Path(args.data).resolve()),
+    )
     if procs.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt.save_json(config, run_dir / "config.json")
@@ -102,26 +142,40 @@ def run(args, out=print) -> dict:
     gen = torch.Generator().manual_seed(args.seed)
     sampler = None
     if procs.distributed:  # each process its share of every epoch, in an order fixed by (seed, epoch)
-        sampler = torch.utils.data.DistributedSampler(ds.train, num_replicas=procs.world, rank=procs.rank,
-                                                      shuffle=True, seed=args.seed)
-    train_loader = Loader(ds.train, args.batch_size, shuffle=True, generator=gen, workers=args.workers,
-                          pin_memory=device.type == "cuda", sampler=sampler)
-    val_loader = Loader(ds.val, args.batch_size, shuffle=False, workers=args.workers,
-                        pin_memory=device.type == "cuda")
+        sampler = torch.utils.data.DistributedSampler(
+            ds.train, num_replicas=procs.world, rank=procs.rank, shuffle=True, seed=args.seed
+        )
+    train_loader = Loader(
+        ds.train,
+        args.batch_size,
+        shuffle=True,
+        generator=gen,
+        workers=args.workers,
+        pin_memory=device.type == "cuda",
+        sampler=sampler,
+    )
+    val_loader = Loader(ds.val, args.batch_size, shuffle=False, workers=args.workers, pin_memory=device.type == "cuda")
 
     n_params = sum(p.numel() for p in model.parameters())
     if device.type == "cpu" and args.threads is None and hasattr(os, "getloadavg"):
         load, cores = os.getloadavg()[0], os.cpu_count() or 1
         if load > cores and torch.get_num_threads() > 1:
             out(f"note: the CPU is busy (load {load:.1f} on {cores} cores); --threads 1 may train several times faster")
-    out(f"{name} (alpha {alpha}, delta {delta}, input {model.resolution}x{model.resolution}, {n_params:,} params) "
-        f"on {dataset_name}: {len(ds.train):,} train / {len(ds.val):,} val images, {ds.num_classes} classes")
-    batch = (f"batch {args.batch_size}" if not procs.distributed else
-             f"batch {args.batch_size} per process x {procs.world} processes = global batch "
-             f"{args.batch_size * procs.world} (DDP, {'nccl' if device.type == 'cuda' else 'gloo'}"
-             f"{', synchronised BatchNorm' if args.sync_bn else ''})")
-    out(f"device {device}, amp {args.amp}, {batch}, Adam lr {args.lr}, seed {args.seed}"
-        f"{', deterministic' if args.deterministic else ''} -> {run_dir}")
+    out(
+        f"{name} (alpha {alpha}, delta {delta}, input {model.resolution}x{model.resolution}, {n_params:,} params) "
+        f"on {dataset_name}: {len(ds.train):,} train / {len(ds.val):,} val images, {ds.num_classes} classes"
+    )
+    batch = (
+        f"batch {args.batch_size}"
+        if not procs.distributed
+        else f"batch {args.batch_size} per process x {procs.world} processes = global batch "
+        f"{args.batch_size * procs.world} (DDP, {'nccl' if device.type == 'cuda' else 'gloo'}"
+        f"{', synchronised BatchNorm' if args.sync_bn else ''})"
+    )
+    out(
+        f"device {device}, amp {args.amp}, {batch}, Adam lr {args.lr}, seed {args.seed}"
+        f"{', deterministic' if args.deterministic else ''} -> {run_dir}"
+    )
 
     if args.amp == "fp16" and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 7:
         out("note: this GPU has no fast float16 math (before Volta, e.g. GTX 10xx); --amp none may be faster")
@@ -139,15 +193,20 @@ def run(args, out=print) -> dict:
             set_rng_state(rngs[procs.rank], gen)
         elif procs.main:  # rank 0 keeps its streams; the others' are seeded afresh above
             set_rng_state(resume_state["rng"], gen)
-            print(f"warning: the run was saved by {saved_world} process(es) and resumes on {procs.world}: global "
-                  f"batch {args.batch_size * saved_world} -> {args.batch_size * procs.world} and a different data "
-                  "order, so it will not match an uninterrupted run (--resume is exact with the same number of "
-                  "processes)", file=sys.stderr)
+            print(
+                f"warning: the run was saved by {saved_world} process(es) and resumes on {procs.world}: global "
+                f"batch {args.batch_size * saved_world} -> {args.batch_size * procs.world} and a different data "
+                "order, so it will not match an uninterrupted run (--resume is exact with the same number of "
+                "processes)",
+                file=sys.stderr,
+            )
         start_epoch, best_loss, best = resume_state["epoch"] + 1, resume_state["best_val_loss"], resume_state["best"]
         before = resume_state["elapsed"]
-        out(f"resumed after epoch {resume_state['epoch']} of {args.epochs} (best val loss so far {best_loss:.4f}) "
+        out(
+            f"resumed after epoch {resume_state['epoch']} of {args.epochs} (best val loss so far {best_loss:.4f}) "
             f"with the run's saved settings; "
-            + (f"changed on the command line: {', '.join(changed)}" if changed else "none changed on the command line"))
+            + (f"changed on the command line: {', '.join(changed)}" if changed else "none changed on the command line")
+        )
     train_model = model
     saved_epoch = start_epoch - 1
     log_path = run_dir / "log.csv"
@@ -162,8 +221,9 @@ def run(args, out=print) -> dict:
                 sampler.set_epoch(epoch)
                 train_model = ddp_for_epoch(model, train_model, device)
             progress = Progress(len(train_loader), f"epoch {epoch}/{args.epochs}", not args.no_progress and procs.main)
-            tr = train_epoch(train_model, train_loader, opt, scaler, device, args.amp, ds.mean, ds.std,
-                             args.channels_last, progress)
+            tr = train_epoch(
+                train_model, train_loader, opt, scaler, device, args.amp, ds.mean, ds.std, args.channels_last, progress
+            )
             if procs.distributed:
                 tr = global_train_stats(tr, device)
                 rngs = gather(rng_state(gen))
@@ -174,9 +234,16 @@ def run(args, out=print) -> dict:
                 continue
             va = evaluate(model, val_loader, device, args.amp, ds.mean, ds.std, args.channels_last)
             seconds = time.perf_counter() - t0
-            row = {"epoch": epoch, "train_loss": tr["train_loss"], "train_acc": tr["train_acc"],
-                   "val_loss": va["loss"], "val_acc": va["acc"], "images_per_s": tr["images_per_s"],
-                   "seconds": seconds, "lr": opt.param_groups[0]["lr"]}
+            row = {
+                "epoch": epoch,
+                "train_loss": tr["train_loss"],
+                "train_acc": tr["train_acc"],
+                "val_loss": va["loss"],
+                "val_acc": va["acc"],
+                "images_per_s": tr["images_per_s"],
+                "seconds": seconds,
+                "lr": opt.param_groups[0]["lr"],
+            }
             is_best = va["loss"] < best_loss
             if is_best:
                 best_loss, best = va["loss"], {"epoch": epoch, "val_loss": va["loss"], "val_acc": va["acc"]}
@@ -185,32 +252,58 @@ def run(args, out=print) -> dict:
                     ckpt.save_weights(model, run_dir / "best.safetensors", config)
                 ckpt.save_weights(model, run_dir / "last.safetensors", config)
                 append_log(log_path, row)
-                ckpt.save_train_state({"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                       "scaler": scaler.state_dict(), "rng": rng_state(gen),
-                                       "best_val_loss": best_loss, "best": best, "args": run_settings(args),
-                                       "config": config, "elapsed": before + time.perf_counter() - wall,
-                                       "world_size": procs.world, "rng_ranks": rngs or [rng_state(gen)]},
-                                      run_dir / "last_state.pt")
+                ckpt.save_train_state(
+                    {
+                        "epoch": epoch,
+                        "model": model.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "rng": rng_state(gen),
+                        "best_val_loss": best_loss,
+                        "best": best,
+                        "args": run_settings(args),
+                        "config": config,
+                        "elapsed": before + time.perf_counter() - wall,
+                        "world_size": procs.world,
+                        "rng_ranks": rngs or [rng_state(gen)],
+                    },
+                    run_dir / "last_state.pt",
+                )
                 saved_epoch = epoch
             if procs.distributed:
                 barrier(device)
             if epoch == start_epoch:
                 out(f"joint blocks ran on backend {model.blocks[0].last_backend!r}")
-            out(f"epoch {epoch:>3}/{args.epochs}  train loss {tr['train_loss']:.4f} acc {100 * tr['train_acc']:6.2f}%  "
+            out(
+                f"epoch {epoch:>3}/{args.epochs}  train loss {tr['train_loss']:.4f} acc {100 * tr['train_acc']:6.2f}%  "
                 f"val loss {va['loss']:.4f} acc {100 * va['acc']:6.2f}%  {tr['images_per_s']:,.0f} img/s  "
-                f"{seconds:.1f}s{'  * best' if is_best else ''}")
+                f"{seconds:.1f}s{'  * best' if is_best else ''}"
+            )
     except KeyboardInterrupt:
         raise interrupted(args, run_dir, saved_epoch, procs) from None
     wall = before + time.perf_counter() - wall  # training wall time, resumed parts included
-    summary = {"run": str(run_dir), "model": name, "alpha": alpha, "delta": delta, "resolution": model.resolution,
-               "dataset": dataset_name, "params": n_params, "epochs": args.epochs, "seconds": wall,
-               "best_epoch": best and best["epoch"], "best_val_loss": best and best["val_loss"],
-               "best_val_acc": best and best["val_acc"], "processes": procs.world}
+    summary = {
+        "run": str(run_dir),
+        "model": name,
+        "alpha": alpha,
+        "delta": delta,
+        "resolution": model.resolution,
+        "dataset": dataset_name,
+        "params": n_params,
+        "epochs": args.epochs,
+        "seconds": wall,
+        "best_epoch": best and best["epoch"],
+        "best_val_loss": best and best["val_loss"],
+        "best_val_acc": best and best["val_acc"],
+        "processes": procs.world,
+    }
     if not procs.main:
         return summary
     if best is not None:
-        out(f"best: epoch {best['epoch']}, val loss {best['val_loss']:.4f}, val acc {100 * best['val_acc']:.2f}% "
-            f"-> {run_dir / 'best.safetensors'} ({wall:.1f}s)")
+        out(
+            f"best: epoch {best['epoch']}, val loss {best['val_loss']:.4f}, val acc {100 * best['val_acc']:.2f}% "
+            f"-> {run_dir / 'best.safetensors'} ({wall:.1f}s)"
+        )
     ckpt.save_json(summary, run_dir / "summary.json")
     return summary
 
@@ -233,6 +326,7 @@ def run_train(args) -> int:
 def main(argv: Optional[list[str]] = None) -> int:
     """``python -m fused_dsconv.train ...``: the same command as ``fused-dsconv train ...``."""
     from .cli import main as cli_main
+
     return cli_main(["train", *(sys.argv[1:] if argv is None else argv)], prog="python -m fused_dsconv")
 
 

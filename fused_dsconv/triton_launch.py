@@ -25,6 +25,7 @@ summation order (the tuned-kernel machinery: ``fused_dsconv/triton_setup.py``). 
 ``FUSED_DSCONV_TRITON_VERBOSE=1`` prints each choice as it is made (``fused-dsconv info --verbose`` shows
 the config spaces and the candidates per block of the classifier).
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,16 +33,32 @@ import triton
 
 from . import triton_setup as ts
 from .contract import output_size
-from .triton_setup import (check_pixels, colsum_config, dense, dot_mode, ew_config, ew_opts, k_slice, kind_of,
-                           launch_tuned, layout, m_class, pix_groups, plane_vec, reduce_config, span, strides)
+from .triton_setup import (
+    check_pixels,
+    colsum_config,
+    dense,
+    dot_mode,
+    ew_config,
+    ew_opts,
+    k_slice,
+    kind_of,
+    launch_tuned,
+    layout,
+    m_class,
+    pix_groups,
+    plane_vec,
+    reduce_config,
+    span,
+    strides,
+)
 
 
 # ----------------------------------------------------------------------------------------------
 # Forward
 # ----------------------------------------------------------------------------------------------
 
-def launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, out, *, relu, stats, wrap=False,
-                _drop_bounds=False):
+
+def launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, out, *, relu, stats, wrap=False, _drop_bounds=False):
     """dsconv_fwd into ``out`` (any strides). Returns the statistics partials when ``stats``: ``(ws, rows,
     pixels per row)``, ws [2, rows allocated, K] of which the first ``rows`` hold one pixel tile each;
     else None.
@@ -63,12 +80,41 @@ def launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, out, *, relu, s
 
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_P"]) * triton.cdiv(k, meta["BLOCK_K"]),)
-    args = (x, dw_weight, pw_weight, bias if bias is not None else out, out, ws,
-            c, k, h, w, wo, ho * wo, m, dilation, rows_alloc * k, m_class(m), layout(x),
-            *strides(x), *strides(out), span(x), span(out))
+
+    args = (
+        x,
+        dw_weight,
+        pw_weight,
+        bias if bias is not None else out,
+        out,
+        ws,
+        c,
+        k,
+        h,
+        w,
+        wo,
+        ho * wo,
+        m,
+        dilation,
+        rows_alloc * k,
+        m_class(m),
+        layout(x),
+        *strides(x),
+        *strides(out),
+        span(x),
+        span(out),
+    )
     vec = plane_vec(ho * wo, out, *((x,) if stride == 1 else ()))
-    consts = dict(STRIDE=stride, HAS_BIAS=bias is not None, RELU=relu, STATS=stats, DOT_MODE=dot_mode(x), VEC=vec,
-                  DEBUG=tk.DEBUG, DROP_BOUNDS=_drop_bounds)
+    consts = dict(
+        STRIDE=stride,
+        HAS_BIAS=bias is not None,
+        RELU=relu,
+        STATS=stats,
+        DOT_MODE=dot_mode(x),
+        VEC=vec,
+        DEBUG=tk.DEBUG,
+        DROP_BOUNDS=_drop_bounds,
+    )
     if wrap:
         torch.library.wrap_triton(tk.dsconv_fwd_kernel)[grid](*args, **consts)
         return None
@@ -104,12 +150,46 @@ def launch_bn_stats(partials, m, bn_weight, bn_bias, eps):
         chunks = triton.cdiv(rows, chunk)
         mid = torch.empty((2, chunks, k), device=dev, dtype=torch.float32)
         tk.bn_stats_kernel[(triton.cdiv(k, bk), chunks)](
-            ws, mid, mean, var, gam, bet, coef, rows, ws.shape[1], k, m, per_row, chunk, eps,
-            FINAL=False, HAS_AFFINE=affine, BLOCK_T=bt, BLOCK_K=bk)
+            ws,
+            mid,
+            mean,
+            var,
+            gam,
+            bet,
+            coef,
+            rows,
+            ws.shape[1],
+            k,
+            m,
+            per_row,
+            chunk,
+            eps,
+            FINAL=False,
+            HAS_AFFINE=affine,
+            BLOCK_T=bt,
+            BLOCK_K=bk,
+        )
         ws, rows, per_row = mid, chunks, per_row * chunk
     tk.bn_stats_kernel[(triton.cdiv(k, bk), 1)](
-        ws, ws, mean, var, gam, bet, coef, rows, ws.shape[1], k, m, per_row, rows, eps,
-        FINAL=True, HAS_AFFINE=affine, BLOCK_T=bt, BLOCK_K=bk)
+        ws,
+        ws,
+        mean,
+        var,
+        gam,
+        bet,
+        coef,
+        rows,
+        ws.shape[1],
+        k,
+        m,
+        per_row,
+        rows,
+        eps,
+        FINAL=True,
+        HAS_AFFINE=affine,
+        BLOCK_T=bt,
+        BLOCK_K=bk,
+    )
     return mean, var, coef
 
 
@@ -122,8 +202,16 @@ def launch_bn_coef(mean, var, bn_weight, bn_bias, eps, rows=3):
     affine = bn_weight is not None
     coef = torch.empty((rows, k), device=mean.device, dtype=torch.float32)
     ts.kernels().bn_coef_kernel[(triton.cdiv(k, bkc),)](
-        mean, var, dense(bn_weight) if affine else mean, dense(bn_bias) if affine else mean, coef, k, eps,
-        HAS_AFFINE=affine, BLOCK_K=bkc)
+        mean,
+        var,
+        dense(bn_weight) if affine else mean,
+        dense(bn_bias) if affine else mean,
+        coef,
+        k,
+        eps,
+        HAS_AFFINE=affine,
+        BLOCK_K=bkc,
+    )
     return coef
 
 
@@ -134,14 +222,30 @@ def launch_bn_relu(y, out, coef):
     m = n * ho * wo
     bp, bk = ew_config()
     grid = (triton.cdiv(m, bp), triton.cdiv(k, bk))
-    tk.bn_relu_kernel[grid](y, out, dense(coef), k, wo, ho * wo, m, *strides(y), *strides(out), span(y),
-                            span(out), BLOCK_P=bp, BLOCK_K=bk, VEC=plane_vec(ho * wo, y, out), DEBUG=tk.DEBUG,
-                            **ew_opts())
+    tk.bn_relu_kernel[grid](
+        y,
+        out,
+        dense(coef),
+        k,
+        wo,
+        ho * wo,
+        m,
+        *strides(y),
+        *strides(out),
+        span(y),
+        span(out),
+        BLOCK_P=bp,
+        BLOCK_K=bk,
+        VEC=plane_vec(ho * wo, y, out),
+        DEBUG=tk.DEBUG,
+        **ew_opts(),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Backward
 # ----------------------------------------------------------------------------------------------
+
 
 def launch_colsum(ws2d):
     """Fixed-order column sums of an [R, NCOL] fp32 workspace or a view of one (read through its strides)."""
@@ -176,16 +280,47 @@ def launch_bn_backward(grad_out, y, mean, var, bn_weight, bn_bias, eps, train):
     per, groups = pix_groups(m, triton.cdiv(k, bk), dev)
     ws = torch.empty((3 if train else 1, groups, k), device=dev, dtype=torch.float32)
     tk.bn_bwd_reduce_kernel[(groups, triton.cdiv(k, bk))](
-        grad_out, y, coef, ws, k, wo, ho * wo, m, per, *strides(grad_out), *strides(y),
-        span(grad_out), span(y), TRAIN=train, BLOCK_P=bp, BLOCK_K=bk, VEC=plane_vec(ho * wo, grad_out, y),
-        DEBUG=tk.DEBUG, **ew_opts())
+        grad_out,
+        y,
+        coef,
+        ws,
+        k,
+        wo,
+        ho * wo,
+        m,
+        per,
+        *strides(grad_out),
+        *strides(y),
+        span(grad_out),
+        span(y),
+        TRAIN=train,
+        BLOCK_P=bp,
+        BLOCK_K=bk,
+        VEC=plane_vec(ho * wo, grad_out, y),
+        DEBUG=tk.DEBUG,
+        **ew_opts(),
+    )
     # Separate storages: op outputs may not alias.
     dbias = torch.empty(k, device=dev, dtype=torch.float32)
     dgamma = torch.empty(k, device=dev, dtype=torch.float32) if train else dbias
     dbeta = torch.empty(k, device=dev, dtype=torch.float32) if train else dbias
     tk.bn_bwd_finalize_kernel[(triton.cdiv(k, bkc),)](
-        ws, var, gam, coef, dbias, dgamma, dbeta, groups, k, m, eps,
-        TRAIN=train, HAS_AFFINE=affine, BLOCK_T=bt, BLOCK_K=bkc)
+        ws,
+        var,
+        gam,
+        coef,
+        dbias,
+        dgamma,
+        dbeta,
+        groups,
+        k,
+        m,
+        eps,
+        TRAIN=train,
+        HAS_AFFINE=affine,
+        BLOCK_T=bt,
+        BLOCK_K=bkc,
+    )
     return (coef, dbias, dgamma, dbeta) if train else (coef, dbias, None, None)
 
 
@@ -212,13 +347,44 @@ def launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dil
     per, groups = pix_groups(m, triton.cdiv(c, 2 * min_bc) * slices, dev)
     ws_pw = torch.empty((groups, k * c), device=dev, dtype=torch.float32)
     launch_tuned(
-        "dsconv_bwd_dt", lambda meta: (triton.cdiv(c, meta["BLOCK_C"]) * slices * groups,),
-        grad_out, y, coef, x, dw_weight, pw_weight, dt, ws_pw,
-        c, k, h, w, wo, ho * wo, m, dilation, per, slices, dt_slice, mcls, lay,
-        *strides(grad_out), *strides(y), *strides(x), *strides(dt),
-        span(grad_out), span(y), span(x), span(dt),
-        STRIDE=stride, TRAIN=train, DOT_MODE=mode, DEBUG=tk.DEBUG, BLOCK_K=bk,
-        VEC=plane_vec(ho * wo, grad_out, y, dt, *((x,) if stride == 1 else ())))
+        "dsconv_bwd_dt",
+        lambda meta: (triton.cdiv(c, meta["BLOCK_C"]) * slices * groups,),
+        grad_out,
+        y,
+        coef,
+        x,
+        dw_weight,
+        pw_weight,
+        dt,
+        ws_pw,
+        c,
+        k,
+        h,
+        w,
+        wo,
+        ho * wo,
+        m,
+        dilation,
+        per,
+        slices,
+        dt_slice,
+        mcls,
+        lay,
+        *strides(grad_out),
+        *strides(y),
+        *strides(x),
+        *strides(dt),
+        span(grad_out),
+        span(y),
+        span(x),
+        span(dt),
+        STRIDE=stride,
+        TRAIN=train,
+        DOT_MODE=mode,
+        DEBUG=tk.DEBUG,
+        BLOCK_K=bk,
+        VEC=plane_vec(ho * wo, grad_out, y, dt, *((x,) if stride == 1 else ())),
+    )
     d_pw = launch_colsum(ws_pw).reshape(k, c).to(pw_weight.dtype)
 
     # dx and the depthwise weight-gradient partials.
@@ -227,9 +393,35 @@ def launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dil
     per, groups = pix_groups(mi, triton.cdiv(c, 2 * min_bc), dev)
     ws_dw = torch.empty((groups, c * 9), device=dev, dtype=torch.float32)
     launch_tuned(
-        "dsconv_bwd_dx", lambda meta: (triton.cdiv(c, meta["BLOCK_C"]) * groups,),
-        dt, dw_weight, x, dx, ws_dw, c, h, w, ho, wo, h * w, mi, dilation, per, slices, dt_slice, mcls, lay,
-        *strides(dt), *strides(x), *strides(dx), span(dt), span(x), span(dx),
-        STRIDE=stride, VEC=plane_vec(h * w, x, dx), DEBUG=tk.DEBUG)
+        "dsconv_bwd_dx",
+        lambda meta: (triton.cdiv(c, meta["BLOCK_C"]) * groups,),
+        dt,
+        dw_weight,
+        x,
+        dx,
+        ws_dw,
+        c,
+        h,
+        w,
+        ho,
+        wo,
+        h * w,
+        mi,
+        dilation,
+        per,
+        slices,
+        dt_slice,
+        mcls,
+        lay,
+        *strides(dt),
+        *strides(x),
+        *strides(dx),
+        span(dt),
+        span(x),
+        span(dx),
+        STRIDE=stride,
+        VEC=plane_vec(h * w, x, dx),
+        DEBUG=tk.DEBUG,
+    )
     d_dw = launch_colsum(ws_dw).reshape(c, 1, 3, 3).to(dw_weight.dtype)
     return dx, d_dw, d_pw

@@ -6,6 +6,7 @@ Everything that reaches the kernels goes through ``kernels()`` and ``arch_of()``
 time, so a test can re-import the kernels under ``TRITON_INTERPRET=1`` and the compile report
 (tools/report_triton.py) can stand recorders in for them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,6 +31,7 @@ def kernels():
 # ----------------------------------------------------------------------------------------------
 # Dot precision
 # ----------------------------------------------------------------------------------------------
+
 
 def conv_tf32_enabled() -> bool:
     """Whether PyTorch lets cuDNN convolutions use TF32: ``torch.backends.cudnn.conv.fp32_precision``
@@ -59,6 +61,7 @@ def dot_mode(x: torch.Tensor) -> int:
 # ----------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------
+
 
 def span(t: torch.Tensor) -> int:
     """Elements from t's first to one past its last addressable element (the bound DEBUG asserts)."""
@@ -102,9 +105,11 @@ def check_pixels(count: int, what: str) -> None:
     # Pixel indices are int32 inside the kernels (offsets are int64), and a group's end, start + group
     # size, must fit too: 2**30 pixels would be >= 4 GiB per channel of fp32 activations, far beyond any
     # joint block, but say so rather than wrap around.
-    if 2 * count + 4 * kernels().PIX_ALIGN >= 2 ** 31:
-        raise ValueError(f"fused_dsconv triton backend: {what} = {count} pixels exceeds the int32 pixel index "
-                         f"(at most {2 ** 30 - 2 * kernels().PIX_ALIGN})")
+    if 2 * count + 4 * kernels().PIX_ALIGN >= 2**31:
+        raise ValueError(
+            f"fused_dsconv triton backend: {what} = {count} pixels exceeds the int32 pixel index "
+            f"(at most {2**30 - 2 * kernels().PIX_ALIGN})"
+        )
 
 
 def pix_groups(total: int, programs_per_group: int, device: torch.device) -> tuple[int, int]:
@@ -219,8 +224,10 @@ def launch_tuned(name: str, grid, *args, **kwargs):
     kern[grid](*args, **kwargs)
     cfg = kern.best_config
     if VERBOSE and len(kern.cache) > before:
-        key = {k: kwargs.get(k, args[kern.arg_names.index(k)] if kern.arg_names.index(k) < len(args) else None)
-               for k in kern.keys}
+        key = {
+            k: kwargs.get(k, args[kern.arg_names.index(k)] if kern.arg_names.index(k) < len(args) else None)
+            for k in kern.keys
+        }
         timed = getattr(kern, "configs_timings", None)
         note = f" (fastest of {len(timed)}, tuned in {getattr(kern, 'bench_time', 0.0):.2f} s)" if timed else ""
         print(f"fused_dsconv triton: {name} {key} -> {config_str(cfg)}{note}", file=sys.stderr)

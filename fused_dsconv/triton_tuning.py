@@ -21,13 +21,22 @@ def tuned_configs() -> list[dict]:
         kern = tuned_kernel(name)
         for key, cfg in kern.cache.items():
             named = dict(zip(kern.keys, key))
-            named["dtypes"] = ",".join(str(v)[6:] for v in key[len(kern.keys):])
+            named["dtypes"] = ",".join(str(v)[6:] for v in key[len(kern.keys) :])
             out.append(dict(kernel=name, key=named, config=config_str(cfg)))
     return out
 
 
-def explain_configs(n: int, c: int, k: int, h: int, w: int, stride: int, dtype: torch.dtype = torch.float16,
-                    arch: int = 86, tf32: bool = False) -> dict[str, list[str]]:
+def explain_configs(
+    n: int,
+    c: int,
+    k: int,
+    h: int,
+    w: int,
+    stride: int,
+    dtype: torch.dtype = torch.float16,
+    arch: int = 86,
+    tf32: bool = False,
+) -> dict[str, list[str]]:
     """The candidate configs each tuned kernel would time for one layer (after pruning) on a GPU of compute
     capability ``arch`` (86: sm_86); no GPU needed."""
     tk = ts.kernels()
@@ -38,8 +47,12 @@ def explain_configs(n: int, c: int, k: int, h: int, w: int, stride: int, dtype: 
     out = {}
     for name in TUNED:
         kind = tk.dot_kind(size, None if name == "dsconv_bwd_dx" else mode, arch)
-        out[name] = [config_str(cfg) for cfg in tk.candidates(
-            configs(name), tk.LIMITS[name](named), kind, k_slice(k, kind) if name == "dsconv_bwd_dt" else None)]
+        out[name] = [
+            config_str(cfg)
+            for cfg in tk.candidates(
+                configs(name), tk.LIMITS[name](named), kind, k_slice(k, kind) if name == "dsconv_bwd_dt" else None
+            )
+        ]
     return out
 
 
@@ -47,11 +60,16 @@ def describe() -> str:
     """For ``fused-dsconv info --verbose``: the autotuner's config spaces, the candidates it would time for
     each block of the default classifier (batch 32, float16 and float32), and what it chose in this process."""
     from .models import BASE_RESOLUTION, TABLE1
+
     tk = ts.kernels()
-    blocks = [(f"b{i + 1}", b.c, b.k, b.side, b.stride)  # the default classifier's nine joint blocks (alpha 1)
-              for i, b in enumerate(walk_blocks(TABLE1, BASE_RESOLUTION))]
-    lines = [f"Triton autotuning: {'on' if tk.AUTOTUNE else 'off (FUSED_DSCONV_TRITON_AUTOTUNE=0)'}; "
-             f"FUSED_DSCONV_TRITON_VERBOSE=1 prints each choice; at most {tk.MAX_CANDIDATES} candidates per class"]
+    blocks = [
+        (f"b{i + 1}", b.c, b.k, b.side, b.stride)  # the default classifier's nine joint blocks (alpha 1)
+        for i, b in enumerate(walk_blocks(TABLE1, BASE_RESOLUTION))
+    ]
+    lines = [
+        f"Triton autotuning: {'on' if tk.AUTOTUNE else 'off (FUSED_DSCONV_TRITON_AUTOTUNE=0)'}; "
+        f"FUSED_DSCONV_TRITON_VERBOSE=1 prints each choice; at most {tk.MAX_CANDIDATES} candidates per class"
+    ]
     for name in TUNED:
         lines.append(f"  {name} space:")
         for cfg in configs(name):

@@ -32,6 +32,7 @@ package's version and a hash of its sources, Triton, CPU threads), so a driver, 
 measures afresh. It is merged under a file lock and written atomically (temporary file, then
 ``os.replace``); a corrupted file is ignored with a warning and rebuilt.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -46,8 +47,20 @@ from torch import Tensor
 
 from . import backends
 from .contract import output_size
-from .tune_cache import (CACHE_FILE, GENERATION, MEMORY, UNFUSED, Decision, Problem, cache_path, clear_memory,
-                         cpu_model, disk_lookup, environment, store)
+from .tune_cache import (
+    CACHE_FILE,
+    GENERATION,
+    MEMORY,
+    UNFUSED,
+    Decision,
+    Problem,
+    cache_path,
+    clear_memory,
+    cpu_model,
+    disk_lookup,
+    environment,
+    store,
+)
 
 ENV_VAR = "FUSED_DSCONV_TUNE"
 MIN_ROUNDS, MAX_ROUNDS, MIN_SECONDS = 5, 30, 0.1
@@ -61,14 +74,14 @@ _OPTIONS: dict = {}  # set by options(): enabled, refresh, timer
 
 
 @contextlib.contextmanager
-def options(*, enabled: Optional[bool] = None, refresh: Optional[bool] = None,
-            timer: Optional[Timer] = None) -> Iterator[None]:
+def options(
+    *, enabled: Optional[bool] = None, refresh: Optional[bool] = None, timer: Optional[Timer] = None
+) -> Iterator[None]:
     """Within the block: ``enabled`` overrides $FUSED_DSCONV_TUNE; ``refresh`` re-measures problems whose
     choice came from the cache file (choices measured in this process are kept); ``timer`` replaces the
     measurement (tests inject timings with it)."""
     saved = dict(_OPTIONS)
-    _OPTIONS.update({k: v for k, v in (("enabled", enabled), ("refresh", refresh), ("timer", timer))
-                     if v is not None})
+    _OPTIONS.update({k: v for k, v in (("enabled", enabled), ("refresh", refresh), ("timer", timer)) if v is not None})
     GENERATION[0] += 1
     try:
         yield
@@ -86,8 +99,10 @@ def setting_off() -> Optional[str]:
         return None if _OPTIONS["enabled"] else "turned off by fused_dsconv.tune.options(enabled=False)"
     value = os.environ.get(ENV_VAR, "1").strip() or "1"
     if value not in ("0", "1"):
-        raise ValueError(f"environment variable {ENV_VAR}={value!r} must be 0 (first capable backend) or 1 "
-                         "(measure and keep the fastest, the default)")
+        raise ValueError(
+            f"environment variable {ENV_VAR}={value!r} must be 0 (first capable backend) or 1 "
+            "(measure and keep the fastest, the default)"
+        )
     return f"{ENV_VAR}=0" if value == "0" else None
 
 
@@ -128,10 +143,23 @@ def problem_of(block, x: Tensor, mode: str, sync: bool = False) -> Problem:
     statistics merged over processes)."""
     amp = autocast_dtype(x.device.type)
     dw, pw, bn = block.dw, block.pw, block.bn
-    return Problem(mode, *x.shape[:2], pw.out_channels, *x.shape[2:], dw.stride[0], dw.dilation[0],
-                   _dtype_name(x.dtype), _dtype_name(dw.weight.dtype), _dtype_name(amp) if amp else "none",
-                   layout_of(x), str(x.device), bool(block.recompute), dw.bias is not None or pw.bias is not None,
-                   bool(bn.affine), sync)
+    return Problem(
+        mode,
+        *x.shape[:2],
+        pw.out_channels,
+        *x.shape[2:],
+        dw.stride[0],
+        dw.dilation[0],
+        _dtype_name(x.dtype),
+        _dtype_name(dw.weight.dtype),
+        _dtype_name(amp) if amp else "none",
+        layout_of(x),
+        str(x.device),
+        bool(block.recompute),
+        dw.bias is not None or pw.bias is not None,
+        bool(bn.affine),
+        sync,
+    )
 
 
 def candidates(problem: Problem, x: Tensor) -> tuple[list[str], dict[str, str]]:
@@ -155,8 +183,9 @@ def candidates(problem: Problem, x: Tensor) -> tuple[list[str], dict[str, str]]:
 
 def fastest(results: dict, order: list[str]) -> Optional[str]:
     """The candidate with the smallest time (ties: the earliest in ``order``); None if none has a time."""
-    timed = [(results[n], i, n) for i, n in enumerate(order)
-             if n in results and not isinstance(results[n], BaseException)]
+    timed = [
+        (results[n], i, n) for i, n in enumerate(order) if n in results and not isinstance(results[n], BaseException)
+    ]
     return min(timed)[2] if timed else None
 
 
@@ -176,8 +205,17 @@ def _synthetic(problem: Problem, block_type: type):
     dev = torch.device(problem.device)
     gen = torch.Generator(device=dev).manual_seed(0)
     pdt, dt = getattr(torch, problem.param_dtype), getattr(torch, problem.dtype)
-    block = block_type(problem.c, problem.k, problem.stride, problem.dilation, bias=problem.bias,
-                       affine=problem.affine, recompute=problem.recompute, device="meta", dtype=pdt)
+    block = block_type(
+        problem.c,
+        problem.k,
+        problem.stride,
+        problem.dilation,
+        bias=problem.bias,
+        affine=problem.affine,
+        recompute=problem.recompute,
+        device="meta",
+        dtype=pdt,
+    )
     block = block.to_empty(device=dev)
     with torch.no_grad():
         for p in block.parameters():  # weights ~ N(0, 1/fan-in), BN weight ~ 1: a realistic value range
@@ -204,21 +242,29 @@ def _step(block, choice: str, x: Tensor, g: Tensor, problem: Problem) -> Callabl
 
     params = list(block.parameters())
     if problem.grad:
+
         def fn():
             block.backend = choice
             with torch.enable_grad(), autocast():
                 out = block.forward(x)
             torch.autograd.grad(out, [x, *params], g.to(out.dtype))
     else:
+
         def fn():
             block.backend = choice
             with torch.no_grad(), autocast():
                 block.forward(x)
+
     return fn
 
 
-def time_interleaved(fns: dict, sync: Callable[[], None], min_rounds: int = MIN_ROUNDS,
-                     max_rounds: int = MAX_ROUNDS, min_seconds: float = MIN_SECONDS) -> tuple[dict, dict]:
+def time_interleaved(
+    fns: dict,
+    sync: Callable[[], None],
+    min_rounds: int = MIN_ROUNDS,
+    max_rounds: int = MAX_ROUNDS,
+    min_seconds: float = MIN_SECONDS,
+) -> tuple[dict, dict]:
     """Time each callable once per round, in rotating order, until every one has ``min_rounds`` rounds and
     ``min_seconds`` of samples (at most ``max_rounds``). Each callable first runs once untimed (first-call
     costs are not its speed). Returns ({name: [seconds per round]}, {name: exception} for those that raised)."""
@@ -234,7 +280,7 @@ def time_interleaved(fns: dict, sync: Callable[[], None], min_rounds: int = MIN_
     rounds = 0
     while fns and rounds < max_rounds and (rounds < min_rounds or min(sum(samples[n]) for n in fns) < min_seconds):
         order = list(fns)
-        order = order[rounds % len(order):] + order[:rounds % len(order)]  # no candidate always runs first
+        order = order[rounds % len(order) :] + order[: rounds % len(order)]  # no candidate always runs first
         for name in order:
             try:
                 sync()
@@ -297,8 +343,9 @@ def decide(problem: Problem, x: Tensor, block_type: type) -> Decision:
     return decision
 
 
-def choose(block, x: Tensor, use_batch_stats: bool, validate: Callable[[], object] = lambda: None,
-           sync: bool = False) -> str:
+def choose(
+    block, x: Tensor, use_batch_stats: bool, validate: Callable[[], object] = lambda: None, sync: bool = False
+) -> str:
     """The choice string for ``block`` (backend "auto") running ``x`` (in the compute dtype): measured,
     cached, or, when measuring is off, the first capable backend. ``validate`` raises for an input the block
     must reject; it runs whenever this block meets a new kind of input (validity depends only on what the
@@ -318,8 +365,19 @@ def choose(block, x: Tensor, use_batch_stats: bool, validate: Callable[[], objec
             block.last_tuning = None
         return backends.select(x).name
     # The block's shortcut to its recent decisions: a cheap key per call instead of the Problem's text key.
-    fast = (GENERATION[0], mode, tuple(x.shape), x.dtype, x.device, slot, autocast_dtype(x.device.type),
-            torch.get_num_threads(), block.recompute, block.dw.weight.dtype, sync)
+    fast = (
+        GENERATION[0],
+        mode,
+        tuple(x.shape),
+        x.dtype,
+        x.device,
+        slot,
+        autocast_dtype(x.device.type),
+        torch.get_num_threads(),
+        block.recompute,
+        block.dw.weight.dtype,
+        sync,
+    )
     hit = block.tuning_shortcuts.get(fast)
     if hit is None:
         validate()
@@ -334,8 +392,9 @@ def choose(block, x: Tensor, use_batch_stats: bool, validate: Callable[[], objec
     return hit[1].choice
 
 
-def tune_model(model: torch.nn.Module, x: Tensor, *, train: bool = False, refresh: bool = False
-               ) -> list[tuple[str, Optional[Problem], Optional[Decision]]]:
+def tune_model(
+    model: torch.nn.Module, x: Tensor, *, train: bool = False, refresh: bool = False
+) -> list[tuple[str, Optional[Problem], Optional[Decision]]]:
     """Make every auto JointBlock of ``model`` choose for input ``x`` (one eager forward, with gradients if
     ``train``): measured now, or read from the cache (``refresh`` re-measures those). Call it before
     ``torch.compile`` so the compiled graph gets measured choices. The model's running statistics and mode
@@ -360,5 +419,21 @@ def tune_model(model: torch.nn.Module, x: Tensor, *, train: bool = False, refres
     return [(n, *(b.last_tuning or (None, None))) for n, b in blocks]
 
 
-__all__ = ["CACHE_FILE", "ENV_VAR", "UNFUSED", "Decision", "Problem", "cache_path", "choose", "clear_memory",
-           "cpu_model", "decide", "environment", "measure", "options", "store", "time_interleaved", "tune_model"]
+__all__ = [
+    "CACHE_FILE",
+    "ENV_VAR",
+    "UNFUSED",
+    "Decision",
+    "Problem",
+    "cache_path",
+    "choose",
+    "clear_memory",
+    "cpu_model",
+    "decide",
+    "environment",
+    "measure",
+    "options",
+    "store",
+    "time_interleaved",
+    "tune_model",
+]

@@ -37,6 +37,7 @@ MAX_ENVIRONMENTS = 8  # sections kept in the cache file (the most recently writt
 @dataclass(frozen=True)
 class Problem:
     """What a choice is measured for: one JointBlock configuration on one kind of input."""
+
     mode: str  # eval_fwd, eval_fwd_bwd, train_fwd, train_fwd_bwd (train: batch statistics)
     n: int
     c: int
@@ -62,10 +63,12 @@ class Problem:
     @property
     def key(self) -> str:
         """Stable text key (the cache file's)."""
-        return (f"{self.mode} n{self.n} c{self.c} k{self.k} {self.h}x{self.w} s{self.stride} d{self.dilation} "
-                f"{self.dtype} params={self.param_dtype} amp={self.amp} {self.layout} {self.device} "
-                f"recompute={int(self.recompute)} bias={int(self.bias)} affine={int(self.affine)}"
-                + (" sync=1" if self.sync else ""))
+        return (
+            f"{self.mode} n{self.n} c{self.c} k{self.k} {self.h}x{self.w} s{self.stride} d{self.dilation} "
+            f"{self.dtype} params={self.param_dtype} amp={self.amp} {self.layout} {self.device} "
+            f"recompute={int(self.recompute)} bias={int(self.bias)} affine={int(self.affine)}"
+            + (" sync=1" if self.sync else "")
+        )
 
     @property
     def shape(self) -> str:
@@ -75,6 +78,7 @@ class Problem:
 @dataclass
 class Decision:
     """The outcome for one problem: the choice, every timed candidate's median, what was left out and why."""
+
     choice: str
     times: dict = field(default_factory=dict)  # candidate -> median seconds
     skipped: dict = field(default_factory=dict)  # candidate or backend -> why it was not timed or failed
@@ -88,8 +92,12 @@ class Decision:
         return self.times[UNFUSED] / self.times[self.choice]
 
     def to_json(self) -> dict:
-        return {"choice": self.choice, "times_ms": {k: v * 1e3 for k, v in self.times.items()},
-                "skipped": self.skipped, "measured_at": self.measured_at}
+        return {
+            "choice": self.choice,
+            "times_ms": {k: v * 1e3 for k, v in self.times.items()},
+            "skipped": self.skipped,
+            "measured_at": self.measured_at,
+        }
 
     @classmethod
     def from_json(cls, d: dict) -> "Decision":
@@ -161,8 +169,12 @@ def environment(device: str) -> tuple[str, dict]:
         from . import _extension
         from ._version import __version__
 
-        env = {"torch": torch.__version__, "fused_dsconv": __version__, "sources": _sources_hash(),
-               "python": platform.python_version()}
+        env = {
+            "torch": torch.__version__,
+            "fused_dsconv": __version__,
+            "sources": _sources_hash(),
+            "python": platform.python_version(),
+        }
         try:  # the installed version, without importing triton (seconds)
             env["triton"] = importlib.metadata.version("triton")
         except importlib.metadata.PackageNotFoundError:
@@ -170,8 +182,13 @@ def environment(device: str) -> tuple[str, dict]:
         if dev.type == "cuda":
             props = torch.cuda.get_device_properties(dev)
             driver = getattr(torch._C, "_cuda_getDriverVersion", lambda: None)()
-            env.update(device=props.name, capability=f"{props.major}.{props.minor}", cuda=torch.version.cuda,
-                       driver=driver, native=_extension.status())
+            env.update(
+                device=props.name,
+                capability=f"{props.major}.{props.minor}",
+                cuda=torch.version.cuda,
+                driver=driver,
+                native=_extension.status(),
+            )
         else:
             env.update(device=cpu_model(), cpu_capability=torch.backends.cpu.get_cpu_capability(), threads=threads)
         ident = hashlib.sha256(json.dumps(env, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -202,8 +219,10 @@ def _read(path: Path) -> dict:
             raise ValueError(f"format {data.get('format')!r}, this version reads {CACHE_FORMAT}")
         return data
     except ValueError as e:  # json.JSONDecodeError is a ValueError
-        _warn_once(f"corrupt {path} {hashlib.sha256(text.encode()).hexdigest()}",
-                   f"fused_dsconv: ignoring the tuning cache {path}: {str(e)[:200]}; it will be rebuilt")
+        _warn_once(
+            f"corrupt {path} {hashlib.sha256(text.encode()).hexdigest()}",
+            f"fused_dsconv: ignoring the tuning cache {path}: {str(e)[:200]}; it will be rebuilt",
+        )
         return {"format": CACHE_FORMAT, "environments": {}}
 
 
@@ -270,5 +289,8 @@ def store(env_id: str, env: dict, problem_key: str, decision: Decision) -> None:
                 del data["environments"][old]
             _atomic_write(path, data)
     except OSError as e:
-        _warn_once(f"write {path}", f"fused_dsconv: cannot write the tuning cache {path} ({e}); choices are kept "
-                                    "in memory for this process only")
+        _warn_once(
+            f"write {path}",
+            f"fused_dsconv: cannot write the tuning cache {path} ({e}); choices are kept "
+            "in memory for this process only",
+        )

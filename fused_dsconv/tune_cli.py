@@ -19,12 +19,15 @@ def report(rows: list[tuple[str, Optional[Problem], Optional[Decision]]]) -> lis
     """Per block: each candidate's median, the winner and its speed-up over unfused (one line each)."""
     cands: list[str] = []
     for _, _, d in rows:
-        for c in (d.times if d else {}):
+        for c in d.times if d else {}:
             if c not in cands:
                 cands.append(c)
     cands.sort(key=lambda c: (c == UNFUSED,))  # unfused last, the backends in priority order
-    head = f"{'block':<12}{'shape':<26}" + "".join(f"{c + ' ms':>14}" for c in cands) + \
-        f"{'winner':>14}{'vs unfused':>12}  source"
+    head = (
+        f"{'block':<12}{'shape':<26}"
+        + "".join(f"{c + ' ms':>14}" for c in cands)
+        + f"{'winner':>14}{'vs unfused':>12}  source"
+    )
     lines = [head]
     notes: dict[str, str] = {}
     for name, problem, d in rows:
@@ -39,8 +42,10 @@ def report(rows: list[tuple[str, Optional[Problem], Optional[Decision]]]) -> lis
                 cells.append(f"{'failed' if c in d.skipped else '-':>14}")
         sp = d.speedup_over_unfused()
         src = d.source + (f" ({d.measured_at})" if d.source == "cache" and d.measured_at else "")
-        lines.append(f"{name:<12}{problem.shape:<26}" + "".join(cells) + f"{d.choice:>14}"
-                     f"{(f'{sp:.2f}x' if sp else 'n/a'):>12}  {src}")
+        lines.append(
+            f"{name:<12}{problem.shape:<26}" + "".join(cells) + f"{d.choice:>14}"
+            f"{(f'{sp:.2f}x' if sp else 'n/a'):>12}  {src}"
+        )
         notes.update(d.skipped)
     for c, why in notes.items():
         lines.append(f"  {c}: {why}")
@@ -50,8 +55,9 @@ def report(rows: list[tuple[str, Optional[Problem], Optional[Decision]]]) -> lis
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="jointnet_a100_d3", help="registry name (see fused-dsconv models)")
     p.add_argument("--batch", type=int, default=64, help="images per step (default 64)")
-    p.add_argument("--train", action="store_true", help="tune training (forward + backward, batch statistics); "
-                                                          "default: inference")
+    p.add_argument(
+        "--train", action="store_true", help="tune training (forward + backward, batch statistics); default: inference"
+    )
     p.add_argument("--rho", type=float, default=1.0, help="resolution multiplier: input side round(224*rho)")
     p.add_argument("--recompute", action="store_true", help="blocks save only their input (memory mode)")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
@@ -59,9 +65,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (part of the cache key)")
     p.add_argument("--force", action="store_true", help="measure again even where the cache file has a choice")
-    p.add_argument("--compare", type=int, default=0, metavar="ROUNDS",
-                   help="then time whole steps of the tuned model against its plain-layer twin, ROUNDS interleaved "
-                        "rounds (training: forward, cross-entropy, backward, Adam)")
+    p.add_argument(
+        "--compare",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="then time whole steps of the tuned model against its plain-layer twin, ROUNDS interleaved "
+        "rounds (training: forward, cross-entropy, backward, Adam)",
+    )
 
 
 def run_tune(args, out=print) -> int:
@@ -90,11 +101,15 @@ def run_tune(args, out=print) -> int:
     except ValueError as e:  # e.g. batch 1 in training: one value per channel in the last block
         raise SystemExit(f"error: {e}") from None
     mode = "training (forward + backward)" if args.train else "inference"
-    out(f"{args.model}, batch {args.batch}, {model.resolution}x{model.resolution}, {mode}, {args.dtype}, "
-        f"{'channels_last' if args.channels_last else 'NCHW'}{', recompute' if args.recompute else ''}")
+    out(
+        f"{args.model}, batch {args.batch}, {model.resolution}x{model.resolution}, {mode}, {args.dtype}, "
+        f"{'channels_last' if args.channels_last else 'NCHW'}{', recompute' if args.recompute else ''}"
+    )
     threads = f", {env['threads']} thread{'s' if env.get('threads', 1) > 1 else ''}" if "threads" in env else ""
-    out(f"device: {env['device']}{threads}; torch {env['torch']}; medians per call, measured "
-        f"(interleaved rounds after one untimed call each)")
+    out(
+        f"device: {env['device']}{threads}; torch {env['torch']}; medians per call, measured "
+        f"(interleaved rounds after one untimed call each)"
+    )
     for line in report(rows):
         out(line)
     out(f"{time.perf_counter() - t0:.1f} s; choices cached in {cache_path()} (environment {ident})")
@@ -123,12 +138,15 @@ def compare_plain(model, x: Tensor, *, train: bool, rounds: int) -> list[str]:
                 F.cross_entropy(net(x), y).backward()
                 opt.step()
         else:
+
             def fn(net=net):
                 with torch.no_grad():
                     net(x)
+
         fns[name] = fn
-    samples, failed = time_interleaved(fns, synchronizer(x.device), min_rounds=rounds, max_rounds=rounds,
-                                       min_seconds=0.0)
+    samples, failed = time_interleaved(
+        fns, synchronizer(x.device), min_rounds=rounds, max_rounds=rounds, min_seconds=0.0
+    )
     what = "training step (forward, cross-entropy, backward, Adam)" if train else "inference forward"
     lines = [f"whole model, one {what}, {rounds} interleaved rounds after one untimed step each (MEASURED):"]
     for name, t in samples.items():
@@ -138,6 +156,8 @@ def compare_plain(model, x: Tensor, *, train: bool, rounds: int) -> list[str]:
         lines.append(f"  {name:<14} {failure_reason(e)}")
     if len(samples) == 2:
         a, p = samples["auto"], samples["plain layers"]
-        lines.append(f"  auto / plain layers: {statistics.median(a) / statistics.median(p):.3f} (medians); "
-                     f"{statistics.median([u / v for u, v in zip(a, p)]):.3f} (median of per-round ratios)")
+        lines.append(
+            f"  auto / plain layers: {statistics.median(a) / statistics.median(p):.3f} (medians); "
+            f"{statistics.median([u / v for u, v in zip(a, p)]):.3f} (median of per-round ratios)"
+        )
     return lines

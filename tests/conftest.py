@@ -41,10 +41,13 @@ def triton_interpreter():
         del sys.modules[TRITON_KERNELS]
     tk = importlib.import_module(TRITON_KERNELS)
     if not tk.INTERPRETED:
-        pytest.fail(f"{TRITON_KERNELS} is not running in the Triton interpreter "
-                    "(TRITON_INTERPRET=1 must be set before the kernels are decorated)")
+        pytest.fail(
+            f"{TRITON_KERNELS} is not running in the Triton interpreter "
+            "(TRITON_INTERPRET=1 must be set before the kernels are decorated)"
+        )
     prev_debug = tk.set_debug(True)
     from fused_dsconv.testing import conv_tf32
+
     with conv_tf32(False):
         yield tk
     tk.set_debug(prev_debug)

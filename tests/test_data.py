@@ -1,4 +1,5 @@
 """Data sets for training: embedded digits, CIFAR-10 / Tiny ImageNet / ImageFolder layouts (tiny fakes, no download)."""
+
 import pickle
 
 import numpy as np

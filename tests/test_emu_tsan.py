@@ -1,10 +1,11 @@
 """ThreadSanitizer over the emulated kernels, driven through CMake/ctest (CMakeLists.txt):
-  * emu_tsan: the real launcher + kernels on small problems under -fsanitize=thread: no report, the
-    forward results match naive loops (so poisoned shared memory was never read), and every barrier
-    of csrc/kernels/ ran;
-  * emu_tsan_drop_<id>, one per DSC_SYNC(<id>): the same program with that one barrier skipped; ctest
-    passes only if TSan reports the data race, so the harness is not blind to any barrier of any kernel;
-  * emu_asan: the same program under AddressSanitizer + UBSan (out-of-bounds global accesses)."""
+* emu_tsan: the real launcher + kernels on small problems under -fsanitize=thread: no report, the
+  forward results match naive loops (so poisoned shared memory was never read), and every barrier
+  of csrc/kernels/ ran;
+* emu_tsan_drop_<id>, one per DSC_SYNC(<id>): the same program with that one barrier skipped; ctest
+  passes only if TSan reports the data race, so the harness is not blind to any barrier of any kernel;
+* emu_asan: the same program under AddressSanitizer + UBSan (out-of-bounds global accesses)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -53,9 +54,18 @@ def test_barrier_ids_are_unique_and_every_kernel_is_listed():
     assert len(ids) == len(set(ids)), b
     # Every kernel with shared memory synchronises; the epilogue helper is shared by the forward and its
     # split-reduce kernel.
-    assert {"dsconv_fwd_kernel", "dsconv_fwd_reduce_kernel", "helper:fwd_epilogue", "dsconv_bwd_dt_kernel",
-            "dsconv_bwd_dwp_kernel", "dsconv_bwd_dx_kernel", "bn_stats_kernel", "bn_bwd_reduce_kernel",
-            "bn_bwd_finalize_kernel", "colsum_kernel"} == set(b), b
+    assert {
+        "dsconv_fwd_kernel",
+        "dsconv_fwd_reduce_kernel",
+        "helper:fwd_epilogue",
+        "dsconv_bwd_dt_kernel",
+        "dsconv_bwd_dwp_kernel",
+        "dsconv_bwd_dx_kernel",
+        "bn_stats_kernel",
+        "bn_bwd_reduce_kernel",
+        "bn_bwd_finalize_kernel",
+        "colsum_kernel",
+    } == set(b), b
 
 
 @pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("ctest") is None, reason="needs cmake/ctest")

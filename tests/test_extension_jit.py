@@ -4,6 +4,7 @@ Runs in a subprocess: the ahead-of-time extension (when CI built it) already own
 fused_dsconv_native op namespace in this process. There, the AOT import is made to fail as in an
 isolated install, and a GPU is pretended (the compile needs nvcc, not a device).
 """
+
 import os
 import shutil
 import subprocess
@@ -33,9 +34,11 @@ SCRIPT = textwrap.dedent("""
 
 def test_first_use_compiles_the_shipped_sources(tmp_path):
     from torch.utils.cpp_extension import CUDA_HOME
+
     if CUDA_HOME is None or shutil.which(os.path.join(CUDA_HOME, "bin", "nvcc")) is None:
-        pytest.fail("this test needs the CUDA toolkit (set CUDA_HOME); CI has it") if os.environ.get("CI") else \
-            pytest.skip("no CUDA toolkit here (set CUDA_HOME)")
+        pytest.fail("this test needs the CUDA toolkit (set CUDA_HOME); CI has it") if os.environ.get(
+            "CI"
+        ) else pytest.skip("no CUDA toolkit here (set CUDA_HOME)")
     env = {**os.environ, "FUSED_DSCONV_CACHE": str(tmp_path), "TORCH_CUDA_ARCH_LIST": "7.5", "MAX_JOBS": "2"}
     env.pop("FUSED_DSCONV_NO_JIT", None)
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=1500)

@@ -33,7 +33,7 @@ def _targets(mod: str, path: Path, node, mods: dict) -> list[str]:
     else:
         if node.level:
             base = mod.split(".") if path.name == "__init__.py" else mod.split(".")[:-1]
-            base = base[:len(base) - node.level + 1]
+            base = base[: len(base) - node.level + 1]
             prefix = ".".join(base + ([node.module] if node.module else []))
         else:
             prefix = node.module or ""
@@ -66,7 +66,7 @@ def _cycle(graph: dict[str, set[str]]):
         stack.append(n)
         for m in sorted(graph[n]):
             if state.get(m) == "grey":
-                return stack[stack.index(m):] + [m]
+                return stack[stack.index(m) :] + [m]
             if m not in state:
                 found = visit(m)
                 if found:
@@ -112,6 +112,7 @@ def test_every_module_imports_alone():
 
 
 def test_no_python_file_in_the_package_is_over_the_limit():
-    long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py")
-            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    long = {
+        str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert not long, f"over {MAX_LINES} lines: {long}"

@@ -1,10 +1,10 @@
 """The simulation harness (tools/sim) and the cost model v2 (bench/cost_model.py), without the simulator:
 the PTX rewrites around GPGPU-Sim's bugs, the log parser, the case syntax, the host programs' nvcc build
 and --dry launch lists (so that they cannot rot), and the model's arithmetic and calibration."""
+
 import json
 import math
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -110,8 +110,10 @@ def test_cache_key_follows_kernels_and_case_not_labels():
 
 
 @pytest.mark.build
-@pytest.mark.skipif(shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists(),
-                    reason="needs nvcc to build the simulation host programs")
+@pytest.mark.skipif(
+    shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists(),
+    reason="needs nvcc to build the simulation host programs",
+)
 def test_host_programs_build_and_list_their_launches(tmp_path):
     """CI builds both host programs as the simulator gets them (PTX through ptx_fix.py) and lists launches
     natively (--dry): the same kernel sequence at any batch, grids growing with it."""
@@ -127,8 +129,19 @@ def test_host_programs_build_and_list_their_launches(tmp_path):
 
 # ---- cost model v2 -------------------------------------------------------------------------------
 def _kernel(**kw):
-    base = dict(name="k", grid=(56, 1, 1), block=256, regs=32, smem=0, warp_insn=56 * 8 * 1000.0,
-                lsu_insn=56 * 100.0, smem_wavefronts=0.0, l2_bytes=1e5, gload_insn=56 * 50.0, mangled="k")
+    base = dict(
+        name="k",
+        grid=(56, 1, 1),
+        block=256,
+        regs=32,
+        smem=0,
+        warp_insn=56 * 8 * 1000.0,
+        lsu_insn=56 * 100.0,
+        smem_wavefronts=0.0,
+        l2_bytes=1e5,
+        gload_insn=56 * 50.0,
+        mangled="k",
+    )
     base.update(kw)
     return cm.KernelProfile(**base)
 
@@ -171,12 +184,42 @@ def test_calibration_recovers_its_own_parameters():
 
 
 def test_layer_runs_scale_counts_with_output_pixels(tmp_path):
-    k = {"name": "fwd", "mangled": "fwd", "grid": [28, 1, 1], "block": 256, "regs": 32, "smem": 0, "cycles": 9000,
-         "warp_insn": 28000, "load_thread_insn": 320, "store_thread_insn": 0, "shmem_thread_insn": 0,
-         "l2_accesses": 10}
-    sim = {"results": [{"verdict": "PASS", "kernels": [k], "case": {
-        "impl": "fused", "mode": "eval", "n": 1, "c": 8, "k": 8, "h": 8, "w": 8, "stride": 1, "dil": 3,
-        "dtype": "f32", "layout": "nchw", "label": "b0"}}]}
+    k = {
+        "name": "fwd",
+        "mangled": "fwd",
+        "grid": [28, 1, 1],
+        "block": 256,
+        "regs": 32,
+        "smem": 0,
+        "cycles": 9000,
+        "warp_insn": 28000,
+        "load_thread_insn": 320,
+        "store_thread_insn": 0,
+        "shmem_thread_insn": 0,
+        "l2_accesses": 10,
+    }
+    sim = {
+        "results": [
+            {
+                "verdict": "PASS",
+                "kernels": [k],
+                "case": {
+                    "impl": "fused",
+                    "mode": "eval",
+                    "n": 1,
+                    "c": 8,
+                    "k": 8,
+                    "h": 8,
+                    "w": 8,
+                    "stride": 1,
+                    "dil": 3,
+                    "dtype": "f32",
+                    "layout": "nchw",
+                    "label": "b0",
+                },
+            }
+        ]
+    }
     grids = {"blocks": {"b0": [1, 8, 8, 8, 8, 1, 3]}, "grids": {"fused|eval|b0|4": [[112, 1, 1]]}}
     (one,) = cm.layer_runs(sim, grids, 1)
     assert one.simulated and one.kernels[0].warp_insn == 28000 and cm.sim_total_us(one) is not None
@@ -203,18 +246,53 @@ def test_committed_model_data_is_consistent():
 
 def test_probe_scaling_uses_blocks_where_grids_grow_and_pixels_where_they_do_not():
     def kern(name, grid, insn):
-        return {"name": name, "mangled": name, "grid": grid, "block": 256, "regs": 32, "smem": 0, "cycles": 9000,
-                "warp_insn": insn, "load_thread_insn": 0, "store_thread_insn": 0, "shmem_thread_insn": 0,
-                "l2_accesses": 0}
-    case = {"impl": "fused", "mode": "step", "n": 1, "c": 8, "k": 8, "h": 8, "w": 8, "stride": 1, "dil": 3,
-            "dtype": "f32", "layout": "nchw", "label": "b0"}
-    sim = {"results": [{"verdict": "PASS", "case": case,
-                        "kernels": [kern("tiles", [4, 1, 1], 400), kern("per_channel", [8, 1, 1], 800)]}]}
+        return {
+            "name": name,
+            "mangled": name,
+            "grid": grid,
+            "block": 256,
+            "regs": 32,
+            "smem": 0,
+            "cycles": 9000,
+            "warp_insn": insn,
+            "load_thread_insn": 0,
+            "store_thread_insn": 0,
+            "shmem_thread_insn": 0,
+            "l2_accesses": 0,
+        }
+
+    case = {
+        "impl": "fused",
+        "mode": "step",
+        "n": 1,
+        "c": 8,
+        "k": 8,
+        "h": 8,
+        "w": 8,
+        "stride": 1,
+        "dil": 3,
+        "dtype": "f32",
+        "layout": "nchw",
+        "label": "b0",
+    }
+    sim = {
+        "results": [
+            {
+                "verdict": "PASS",
+                "case": case,
+                "kernels": [kern("tiles", [4, 1, 1], 400), kern("per_channel", [8, 1, 1], 800)],
+            }
+        ]
+    }
     # the block at 16 x 16 (4x the pixels): the tile kernel gets 2x the blocks here, the per-channel one none
     grids = {"blocks": {"b0": [1, 8, 8, 16, 16, 1, 3]}, "grids": {"fused|step|b0|1": [[8, 1, 1], [8, 1, 1]]}}
     (run,) = cm.layer_runs(sim, grids, 1)
     assert not run.simulated and run.sim_shape == (1, 8, 8, 8, 8, 1, 3)
     assert [k.warp_insn for k in run.kernels] == [800, 3200]
     other = dict(case, c=16, label="b0")  # another block's channels never stand in for this one
-    assert cm.layer_runs({"results": [{"verdict": "PASS", "case": other, "kernels": sim["results"][0]["kernels"]}]},
-                         grids, 1) == []
+    assert (
+        cm.layer_runs(
+            {"results": [{"verdict": "PASS", "case": other, "kernels": sim["results"][0]["kernels"]}]}, grids, 1
+        )
+        == []
+    )

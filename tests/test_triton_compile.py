@@ -4,6 +4,7 @@ The first recorded launch of each kernel (float16, the classifier's b3 layer, th
 autotuned kernel's space), sm_86 only, to keep it to about half a minute; ``python tools/report_triton.py``
 compiles every launch of every mode and every config of every space for sm_75, sm_80, sm_86 and sm_89.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,9 +29,11 @@ def _report():
     return report_triton
 
 
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"),
-                    reason="TRITON_INTERPRET is set for the whole process: triton.language was decorated for the "
-                           "interpreter and cannot be compiled")
+@pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"),
+    reason="TRITON_INTERPRET is set for the whole process: triton.language was decorated for the "
+    "interpreter and cannot be compiled",
+)
 def test_every_kernel_compiles_without_spills():
     report = _report()
     launched = {v[0] for v in report.variants(archs=(86,), modes=MODES, debug_variant=False)}

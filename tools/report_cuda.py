@@ -9,6 +9,7 @@ Same flags as the extension's device code (-O3). Results are cached by source ha
 rows() -> list[dict] with keys backend, kernel, variant, arch, registers, shared_bytes, stack_bytes,
 spill_stores, spill_loads, occupancy (theoretical active warps / max warps per SM).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -64,15 +65,15 @@ def _nvidia_glob(pattern: str) -> list[str]:
     import importlib.util
 
     spec = importlib.util.find_spec("nvidia")
-    return sorted(p for base in (spec.submodule_search_locations if spec else []) for p in
-                  glob.glob(os.path.join(base, pattern)))
+    return sorted(
+        p for base in (spec.submodule_search_locations if spec else []) for p in glob.glob(os.path.join(base, pattern))
+    )
 
 
 def _nvrtc_lib():
     cands = _nvidia_glob("cuda_nvrtc/lib/libnvrtc.so.12*")
     if not cands:
-        raise ToolMissing("NVRTC 12.x not found: pip install nvidia-cuda-nvrtc-cu12==12.9.86 "
-                          "(sm_61 needs CUDA <= 12)")
+        raise ToolMissing("NVRTC 12.x not found: pip install nvidia-cuda-nvrtc-cu12==12.9.86 (sm_61 needs CUDA <= 12)")
     return ctypes.CDLL(cands[0])
 
 
@@ -90,8 +91,14 @@ def ptxas_log_sm61() -> str:
     src = TU.encode()
     chk = lambda r, what: None if r == 0 else (_ for _ in ()).throw(RuntimeError(f"nvrtc {what} failed: {r}"))  # noqa
     chk(lib.nvrtcCreateProgram(ctypes.byref(prog), src, b"instantiate_all.cu", 0, None, None), "create")
-    opts = [b"--gpu-architecture=sm_61", b"-std=c++17", b"--ptxas-options=-v", b"-default-device",
-            f"-I{CSRC}".encode(), f"-I{inc}".encode()]
+    opts = [
+        b"--gpu-architecture=sm_61",
+        b"-std=c++17",
+        b"--ptxas-options=-v",
+        b"-default-device",
+        f"-I{CSRC}".encode(),
+        f"-I{inc}".encode(),
+    ]
     arr = (ctypes.c_char_p * len(opts))(*opts)
     res = lib.nvrtcCompileProgram(prog, len(opts), arr)
     size = ctypes.c_size_t()
@@ -119,8 +126,19 @@ def ptxas_log_nvcc(arch: str) -> str:
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / "instantiate_all.cu"
         src.write_text(TU)
-        cmd = [_nvcc(), "-cubin", f"-arch={arch}", "-O3", "-std=c++17", "-Xptxas", "-v", f"-I{CSRC}", str(src),
-               "-o", str(Path(d) / "k.cubin")]
+        cmd = [
+            _nvcc(),
+            "-cubin",
+            f"-arch={arch}",
+            "-O3",
+            "-std=c++17",
+            "-Xptxas",
+            "-v",
+            f"-I{CSRC}",
+            str(src),
+            "-o",
+            str(Path(d) / "k.cubin"),
+        ]
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode != 0:
             raise RuntimeError(f"nvcc {arch} failed:\n{p.stderr}")
@@ -137,8 +155,12 @@ def _demangle(names: list[str]) -> dict[str, str]:
 _DT = {"float": "fp32", "__half": "fp16", "__nv_bfloat16": "bf16"}
 
 
-_TILES = {"128, 8, 8, false": "rect8x8", "64, 8, 16, false": "rect8x16", "128, 8, 8, true": "span64",
-          "64, 8, 16, true": "span128"}  # csrc/kernels/problem.cuh TileShape<BK, TH, TW, SPAN>
+_TILES = {
+    "128, 8, 8, false": "rect8x8",
+    "64, 8, 16, false": "rect8x16",
+    "128, 8, 8, true": "span64",
+    "64, 8, 16, true": "span128",
+}  # csrc/kernels/problem.cuh TileShape<BK, TH, TW, SPAN>
 
 
 def _template_args(s: str) -> list[str]:
@@ -170,7 +192,7 @@ def _kernel_variant(demangled: str) -> tuple[str, str]:
     v = [_DT[parts[0]]]
     rest = parts[1:]
     if rest and rest[0].startswith("dsc::TileShape<"):
-        v.append(_TILES.get(rest[0][len("dsc::TileShape<"):-1], rest[0]))
+        v.append(_TILES.get(rest[0][len("dsc::TileShape<") : -1], rest[0]))
         rest = rest[1:]
     if len(rest) == 2:  # stride, dilation
         v += [f"s={rest[0]}", "d=runtime" if rest[1] == "0" else f"d={rest[1]}"]
@@ -200,9 +222,20 @@ def parse_ptxas(log: str, arch: str) -> list[dict]:
     for e in entries:
         kernel, variant = _kernel_variant(dem.get(e["mangled"], e["mangled"]))
         regs, smem = e.get("registers", 0), e.get("shared_bytes", 0)
-        rows.append(dict(backend="cuda", kernel=kernel, variant=variant, arch=arch, registers=regs,
-                         shared_bytes=smem, stack_bytes=e.get("stack_bytes", 0), spill_stores=e.get("spill_stores", 0),
-                         spill_loads=e.get("spill_loads", 0), occupancy=occupancy(arch, regs, smem)))
+        rows.append(
+            dict(
+                backend="cuda",
+                kernel=kernel,
+                variant=variant,
+                arch=arch,
+                registers=regs,
+                shared_bytes=smem,
+                stack_bytes=e.get("stack_bytes", 0),
+                spill_stores=e.get("spill_stores", 0),
+                spill_loads=e.get("spill_loads", 0),
+                occupancy=occupancy(arch, regs, smem),
+            )
+        )
     return sorted(rows, key=lambda r: (r["kernel"], r["variant"]))
 
 
@@ -220,12 +253,15 @@ def rows(archs=("sm_61", "sm_75", "sm_86"), use_cache: bool = True) -> list[dict
 
 
 def markdown(rs: list[dict]) -> str:
-    head = ("| kernel | variant | arch | registers | shared bytes | stack bytes | spill stores | spill loads | "
-            "occupancy |")
+    head = (
+        "| kernel | variant | arch | registers | shared bytes | stack bytes | spill stores | spill loads | occupancy |"
+    )
     lines = [head, "|" + "---|" * 9]
     for r in rs:
-        lines.append(f"| {r['kernel']} | {r['variant']} | {r['arch']} | {r['registers']} | {r['shared_bytes']} | "
-                     f"{r['stack_bytes']} | {r['spill_stores']} | {r['spill_loads']} | {r['occupancy']:.2f} |")
+        lines.append(
+            f"| {r['kernel']} | {r['variant']} | {r['arch']} | {r['registers']} | {r['shared_bytes']} | "
+            f"{r['stack_bytes']} | {r['spill_stores']} | {r['spill_loads']} | {r['occupancy']:.2f} |"
+        )
     return "\n".join(lines)
 
 

@@ -48,6 +48,7 @@ bn_weight + bn_bias, dz = grad_out [z > 0]):
   stride, dilation, eps) -> (grad_x, grad_dw_weight, grad_pw_weight)`` through
   dy = bn_weight rsqrt(var + eps) (dz - mean_dz - yhat mean_dz_yhat).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -86,7 +87,6 @@ def no_autocast(x: Tensor):
     return contextlib.nullcontext()
 
 
-
 def names() -> list[str]:
     return [b.name for b in _REGISTRY]
 
@@ -106,8 +106,9 @@ def choice_name(backend: str, variant: str) -> str:
 def resolve(choice: str) -> Backend:
     """The backend object for a choice string "name" or "name:variant" (ValueError naming what exists)."""
     if not isinstance(choice, str):
-        raise ValueError(f"backend must be a string, one of {[AUTO] + names()} (optionally 'name:variant'), "
-                         f"got {choice!r}")
+        raise ValueError(
+            f"backend must be a string, one of {[AUTO] + names()} (optionally 'name:variant'), got {choice!r}"
+        )
     name, _, variant = choice.partition(":")
     return get(name).with_variant(variant or DEFAULT_VARIANT)
 
@@ -122,8 +123,10 @@ def requested(name: Optional[str] = None) -> str:
         try:
             resolve(choice)
         except ValueError as e:
-            raise ValueError(f"environment variable {ENV_VAR}={choice!r} is not a backend: set it to one of "
-                             f"{[AUTO] + names()} or unset it ({e})") from None
+            raise ValueError(
+                f"environment variable {ENV_VAR}={choice!r} is not a backend: set it to one of "
+                f"{[AUTO] + names()} or unset it ({e})"
+            ) from None
     return choice
 
 

@@ -44,20 +44,35 @@ class Backend:
     def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, stride, dilation):
         raise NotImplementedError
 
-    def backward_train(self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var,
-                       stride, dilation, eps):
+    def backward_train(
+        self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride, dilation, eps
+    ):
         raise NotImplementedError
 
     def forward_stats(self, x, dw_weight, pw_weight, bias, stride, dilation, save_y):
         raise NotImplementedError
 
-    def forward_normalize(self, x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation,
-                          eps):
+    def forward_normalize(self, x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation, eps):
         raise NotImplementedError
 
     def backward_reduce(self, grad_out, y, mean, var, bn_weight, bn_bias, eps):
         raise NotImplementedError
 
-    def backward_apply(self, grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz,
-                       mean_dz_yhat, stride, dilation, eps):
+    def backward_apply(
+        self,
+        grad_out,
+        x,
+        dw_weight,
+        pw_weight,
+        y,
+        mean,
+        var,
+        bn_weight,
+        bn_bias,
+        mean_dz,
+        mean_dz_yhat,
+        stride,
+        dilation,
+        eps,
+    ):
         raise NotImplementedError

@@ -28,8 +28,20 @@ from pathlib import Path
 from typing import Optional
 
 from .arrays import digits_split, download_cifar10, load_cifar10, load_digits
-from .common import (CIFAR10_CLASSES, CIFAR10_URL, DATASETS, DEFAULT_RESOLUTION, DIGITS_FILE, IMAGE_EXTENSIONS,
-                     MEAN_STD, DataError, Dataset, Split, _LAYOUT, normalize)
+from .common import (
+    CIFAR10_CLASSES,
+    CIFAR10_URL,
+    DATASETS,
+    DEFAULT_RESOLUTION,
+    DIGITS_FILE,
+    IMAGE_EXTENSIONS,
+    MEAN_STD,
+    DataError,
+    Dataset,
+    Split,
+    _LAYOUT,
+    normalize,
+)
 from .folders import FolderDataset, load_image_folder, load_tinyimagenet
 from .loader import Loader
 
@@ -47,9 +59,15 @@ def infer_dataset(data: Optional[str]) -> str:
     return "folder"
 
 
-def load_dataset(name: Optional[str] = None, data: Optional[str] = None, *, resolution: Optional[int] = None,
-                 download: bool = False, limit_train: Optional[int] = None,
-                 limit_val: Optional[int] = None) -> Dataset:
+def load_dataset(
+    name: Optional[str] = None,
+    data: Optional[str] = None,
+    *,
+    resolution: Optional[int] = None,
+    download: bool = False,
+    limit_train: Optional[int] = None,
+    limit_val: Optional[int] = None,
+) -> Dataset:
     """Load a data set by name (``DATASETS``); ``data`` is its folder (not used by "digits")."""
     name = name or infer_dataset(data)
     if name not in DATASETS:
@@ -60,8 +78,10 @@ def load_dataset(name: Optional[str] = None, data: Optional[str] = None, *, reso
     else:
         if data is None:
             if name == "cifar10":
-                raise DataError("--dataset cifar10 needs --data ROOT (a folder; add --download to fetch CIFAR-10 "
-                                f"there from {CIFAR10_URL}, about 163 MB)")
+                raise DataError(
+                    "--dataset cifar10 needs --data ROOT (a folder; add --download to fetch CIFAR-10 "
+                    f"there from {CIFAR10_URL}, about 163 MB)"
+                )
             raise DataError(f"--dataset {name} needs --data ROOT; expected layout:\n{_LAYOUT[name]}")
         if name == "cifar10":
             ds = load_cifar10(data, download=download)
@@ -73,7 +93,26 @@ def load_dataset(name: Optional[str] = None, data: Optional[str] = None, *, reso
     return ds
 
 
-__all__ = ["CIFAR10_CLASSES", "CIFAR10_URL", "DATASETS", "DEFAULT_RESOLUTION", "DIGITS_FILE", "IMAGE_EXTENSIONS",
-           "MEAN_STD", "DataError", "Dataset", "FolderDataset", "Loader", "Split", "digits_split", "download_cifar10",
-           "infer_dataset", "load_cifar10", "load_dataset", "load_digits", "load_image_folder", "load_tinyimagenet",
-           "normalize"]
+__all__ = [
+    "CIFAR10_CLASSES",
+    "CIFAR10_URL",
+    "DATASETS",
+    "DEFAULT_RESOLUTION",
+    "DIGITS_FILE",
+    "IMAGE_EXTENSIONS",
+    "MEAN_STD",
+    "DataError",
+    "Dataset",
+    "FolderDataset",
+    "Loader",
+    "Split",
+    "digits_split",
+    "download_cifar10",
+    "infer_dataset",
+    "load_cifar10",
+    "load_dataset",
+    "load_digits",
+    "load_image_folder",
+    "load_tinyimagenet",
+    "normalize",
+]

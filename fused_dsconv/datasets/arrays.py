@@ -14,8 +14,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .common import (CIFAR10_CLASSES, CIFAR10_MD5, CIFAR10_URL, DIGITS_FILE, DIGITS_SHA256, MEAN_STD, DataError,
-                     Dataset, Split, _LAYOUT)
+from .common import (
+    CIFAR10_CLASSES,
+    CIFAR10_MD5,
+    CIFAR10_URL,
+    DIGITS_FILE,
+    DIGITS_SHA256,
+    MEAN_STD,
+    DataError,
+    Dataset,
+    Split,
+    _LAYOUT,
+)
 
 
 # -- digits (embedded) -------------------------------------------------------------------------
@@ -34,8 +44,10 @@ def load_digits(resolution: int = 32) -> Dataset:
     channel is repeated to 3 per batch by ``normalize`` (a view), so the network is the paper's RGB model.
     """
     if not DIGITS_FILE.is_file():
-        raise DataError(f"the embedded digits file is missing: {DIGITS_FILE} (a broken install? reinstall "
-                        "fused_dsconv; the wheel must include fused_dsconv/data/digits.npz)")
+        raise DataError(
+            f"the embedded digits file is missing: {DIGITS_FILE} (a broken install? reinstall "
+            "fused_dsconv; the wheel must include fused_dsconv/data/digits.npz)"
+        )
     blob = DIGITS_FILE.read_bytes()
     if hashlib.sha256(blob).hexdigest() != DIGITS_SHA256:
         raise DataError(f"{DIGITS_FILE} is corrupted (SHA-256 mismatch); reinstall fused_dsconv")
@@ -47,8 +59,7 @@ def load_digits(resolution: int = 32) -> Dataset:
     y = torch.from_numpy(labels)
     test = torch.from_numpy(digits_split(labels))
     mean, std = MEAN_STD["digits"]
-    return Dataset("digits", Split(y[~test], x[~test]), Split(y[test], x[test]), [str(i) for i in range(10)],
-                   mean, std)
+    return Dataset("digits", Split(y[~test], x[~test]), Split(y[test], x[test]), [str(i) for i in range(10)], mean, std)
 
 
 # -- CIFAR-10 ----------------------------------------------------------------------------------
@@ -74,8 +85,10 @@ def download_cifar10(root: str | Path) -> Path:
                         print(f"\r  {done / 2**20:.0f} / {total / 2**20:.0f} MiB", end="", flush=True)
             print(flush=True)
         except OSError as e:
-            raise DataError(f"could not download CIFAR-10 from {CIFAR10_URL}: {e}\nOffline? Download that file "
-                            f"elsewhere, put it at {archive} (or unpack it into {root}) and run again.") from e
+            raise DataError(
+                f"could not download CIFAR-10 from {CIFAR10_URL}: {e}\nOffline? Download that file "
+                f"elsewhere, put it at {archive} (or unpack it into {root}) and run again."
+            ) from e
         if _md5(tmp) != CIFAR10_MD5:
             tmp.unlink()
             raise DataError(f"the downloaded {archive.name} has the wrong MD5 (expected {CIFAR10_MD5}); try again")
@@ -101,14 +114,22 @@ class _ArrayUnpickler(pickle.Unpickler):
     array from its bytes are allowed, and ``_codecs.encode``, which pickles of protocol 2 written by
     Python 3 use for bytes."""
 
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"refused to load {module}.{name} (only arrays, lists, dicts, numbers "
-                                         "and bytes are loaded from a data set file)")
+            raise pickle.UnpicklingError(
+                f"refused to load {module}.{name} (only arrays, lists, dicts, numbers "
+                "and bytes are loaded from a data set file)"
+            )
         return super().find_class(module, name)
 
 
@@ -133,8 +154,9 @@ def load_cifar10(root: str | Path, download: bool = False) -> Dataset:
         folder = download_cifar10(root)
         missing = [f for f in files if not (folder / f).is_file()]
     if missing:
-        raise DataError(f"CIFAR-10 not found under {root} (missing {', '.join(missing)}). Expected:\n"
-                        f"{_LAYOUT['cifar10']}")
+        raise DataError(
+            f"CIFAR-10 not found under {root} (missing {', '.join(missing)}). Expected:\n{_LAYOUT['cifar10']}"
+        )
 
     def read(names: Sequence[str]) -> Split:
         xs, ys = [], []

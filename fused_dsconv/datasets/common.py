@@ -36,10 +36,11 @@ class DataError(Exception):
 @dataclass
 class Split:
     """One split of a data set: either in-memory tensors or a list of image files."""
-    labels: torch.Tensor                      # int64 [N]
-    images: Optional[torch.Tensor] = None     # uint8 or float32 [N, 3 or 1, H, W] (in memory)
-    files: Optional[list[str]] = None         # one path per label (folder data sets)
-    size: Optional[int] = None                # folder data: decode to size x size
+
+    labels: torch.Tensor  # int64 [N]
+    images: Optional[torch.Tensor] = None  # uint8 or float32 [N, 3 or 1, H, W] (in memory)
+    files: Optional[list[str]] = None  # one path per label (folder data sets)
+    size: Optional[int] = None  # folder data: decode to size x size
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -51,8 +52,12 @@ class Split:
         if limit < 1:
             raise ValueError(f"a subset limit must be >= 1, got {limit}")
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(0))[:limit].sort().values
-        return Split(self.labels[idx], None if self.images is None else self.images[idx],
-                     None if self.files is None else [self.files[i] for i in idx.tolist()], self.size)
+        return Split(
+            self.labels[idx],
+            None if self.images is None else self.images[idx],
+            None if self.files is None else [self.files[i] for i in idx.tolist()],
+            self.size,
+        )
 
 
 @dataclass
@@ -71,12 +76,12 @@ class Dataset:
 
 _LAYOUT = {
     "cifar10": "  ROOT/cifar-10-batches-py/data_batch_1 .. data_batch_5, test_batch, batches.meta\n"
-               f"  (the 'CIFAR-10 python version' from {CIFAR10_URL}; pass --download to fetch it)",
+    f"  (the 'CIFAR-10 python version' from {CIFAR10_URL}; pass --download to fetch it)",
     "tinyimagenet": "  ROOT/wnids.txt\n  ROOT/train/<wnid>/images/*.JPEG\n  ROOT/val/images/*.JPEG\n"
-                    "  ROOT/val/val_annotations.txt\n  (unzip tiny-imagenet-200.zip from "
-                    "http://cs231n.stanford.edu/tiny-imagenet-200.zip as it is; ROOT is tiny-imagenet-200)",
+    "  ROOT/val/val_annotations.txt\n  (unzip tiny-imagenet-200.zip from "
+    "http://cs231n.stanford.edu/tiny-imagenet-200.zip as it is; ROOT is tiny-imagenet-200)",
     "folder": "  ROOT/train/<class>/*.jpg and ROOT/val/<class>/*.jpg (or ROOT/test/<class>/...), or\n"
-              "  ROOT/<class>/*.jpg (then every fifth image of each class is held out for validation)",
+    "  ROOT/<class>/*.jpg (then every fifth image of each class is held out for validation)",
 }
 
 

@@ -33,35 +33,47 @@ def load_tinyimagenet(root: str | Path) -> Dataset:
     need = [root / "wnids.txt", root / "train", root / "val" / "images", root / "val" / "val_annotations.txt"]
     missing = [str(p.relative_to(root)) for p in need if not p.exists()]
     if missing:
-        raise DataError(f"{root} is not a Tiny ImageNet folder: missing {', '.join(missing)}. Expected:\n"
-                        f"{_LAYOUT['tinyimagenet']}")
+        raise DataError(
+            f"{root} is not a Tiny ImageNet folder: missing {', '.join(missing)}. Expected:\n{_LAYOUT['tinyimagenet']}"
+        )
     wnids = [w.strip() for w in (root / "wnids.txt").read_text().split() if w.strip()]
     index = {w: i for i, w in enumerate(wnids)}
     files, labels = [], []
     for w in wnids:
         found = _images_in(root / "train" / w / "images")
         if not found:
-            raise DataError(f"no training images in {root / 'train' / w / 'images'}. Expected:\n"
-                            f"{_LAYOUT['tinyimagenet']}")
+            raise DataError(
+                f"no training images in {root / 'train' / w / 'images'}. Expected:\n{_LAYOUT['tinyimagenet']}"
+            )
         files += found
         labels += [index[w]] * len(found)
     vfiles, vlabels = [], []
     for n, line in enumerate((root / "val" / "val_annotations.txt").read_text().splitlines(), 1):
         parts = line.split("\t")
         if len(parts) < 2 or parts[1] not in index:
-            raise DataError(f"val/val_annotations.txt line {n} is not '<file>\\t<wnid>\\t...' with a wnid from "
-                            f"wnids.txt: {line[:80]!r}")
+            raise DataError(
+                f"val/val_annotations.txt line {n} is not '<file>\\t<wnid>\\t...' with a wnid from "
+                f"wnids.txt: {line[:80]!r}"
+            )
         vfiles.append(str(root / "val" / "images" / parts[0]))
         vlabels.append(index[parts[1]])
     absent = [f for f in vfiles[:100] if not os.path.isfile(f)]
     if absent:
-        raise DataError(f"val_annotations.txt names {absent[0]}, which does not exist (val/images reshuffled?). "
-                        f"Keep the published layout:\n{_LAYOUT['tinyimagenet']}")
+        raise DataError(
+            f"val_annotations.txt names {absent[0]}, which does not exist (val/images reshuffled?). "
+            f"Keep the published layout:\n{_LAYOUT['tinyimagenet']}"
+        )
     names = _tiny_names(root, wnids)
     mean, std = MEAN_STD["tinyimagenet"]
     # 64x64 as published: the model upsamples to its resolution on the device.
-    return Dataset("tinyimagenet", Split(torch.tensor(labels), files=files, size=64),
-                   Split(torch.tensor(vlabels), files=vfiles, size=64), names, mean, std)
+    return Dataset(
+        "tinyimagenet",
+        Split(torch.tensor(labels), files=files, size=64),
+        Split(torch.tensor(vlabels), files=vfiles, size=64),
+        names,
+        mean,
+        std,
+    )
 
 
 def _tiny_names(root: Path, wnids: list[str]) -> list[str]:
@@ -92,11 +104,19 @@ def load_image_folder(root: str | Path, resolution: int = 224) -> Dataset:
         val = ([f for f, t in zip(files, test) if t], [l for l, t in zip(labels, test) if t])
     for what, (f, _) in (("training", train), ("validation", val)):
         if not f:
-            raise DataError(f"no {what} images found under {root} (extensions {', '.join(IMAGE_EXTENSIONS)}). "
-                            f"Expected:\n{_LAYOUT['folder']}")
+            raise DataError(
+                f"no {what} images found under {root} (extensions {', '.join(IMAGE_EXTENSIONS)}). "
+                f"Expected:\n{_LAYOUT['folder']}"
+            )
     mean, std = MEAN_STD["folder"]
-    return Dataset("folder", Split(torch.tensor(train[1]), files=train[0], size=resolution),
-                   Split(torch.tensor(val[1]), files=val[0], size=resolution), classes, mean, std)
+    return Dataset(
+        "folder",
+        Split(torch.tensor(train[1]), files=train[0], size=resolution),
+        Split(torch.tensor(val[1]), files=val[0], size=resolution),
+        classes,
+        mean,
+        std,
+    )
 
 
 def _classes(folder: Path) -> list[str]:
@@ -126,6 +146,7 @@ class FolderDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         from PIL import Image
+
         with Image.open(self.files[i]) as im:
             im = im.convert("RGB")
             w, h = im.size

@@ -16,8 +16,17 @@ class Loader:
     ``sampler`` (e.g. a ``DistributedSampler``: this process's share of the split under torchrun) gives the
     order instead; the caller calls its ``set_epoch``."""
 
-    def __init__(self, split: Split, batch_size: int, *, shuffle: bool, generator: Optional[torch.Generator] = None,
-                 workers: int = 0, pin_memory: bool = False, sampler: Optional[torch.utils.data.Sampler] = None):
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        generator: Optional[torch.Generator] = None,
+        workers: int = 0,
+        pin_memory: bool = False,
+        sampler: Optional[torch.utils.data.Sampler] = None,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         self.split, self.batch_size, self.shuffle, self.generator = split, batch_size, shuffle, generator
@@ -25,9 +34,16 @@ class Loader:
         self._loader = None
         if split.images is None:
             self._loader = torch.utils.data.DataLoader(
-                FolderDataset(split), batch_size=batch_size, shuffle=shuffle and sampler is None,
-                generator=generator if sampler is None else None, sampler=sampler, num_workers=workers,
-                pin_memory=pin_memory, persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
+                FolderDataset(split),
+                batch_size=batch_size,
+                shuffle=shuffle and sampler is None,
+                generator=generator if sampler is None else None,
+                sampler=sampler,
+                num_workers=workers,
+                pin_memory=pin_memory,
+                persistent_workers=False,
+                prefetch_factor=4 if workers > 0 else None,
+            )
 
     @property
     def num_samples(self) -> int:
@@ -48,5 +64,5 @@ class Loader:
         else:
             order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         for i in range(0, n, self.batch_size):
-            idx = order[i:i + self.batch_size]
+            idx = order[i : i + self.batch_size]
             yield self.split.images[idx], self.split.labels[idx]

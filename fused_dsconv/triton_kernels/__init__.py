@@ -80,10 +80,25 @@ reductions = _stage("reductions")
 forward = _stage("forward")
 backward = _stage("backward")
 
-from .backward import (bn_bwd_finalize_kernel, bn_bwd_reduce_kernel, dsconv_bwd_dt_kernel,
-                       dsconv_bwd_dx_kernel)
-from .configs import (ALL, AUTOTUNE, DT_CONFIGS, DX_CONFIGS, FORCED, FWD_CONFIGS, INTERPRETED, KINDS,
-                      LIMITS, MAX_CANDIDATES, MMA, PIX_ALIGN, SCOPE, candidates, dot_kind, in_scope)
+from .backward import bn_bwd_finalize_kernel, bn_bwd_reduce_kernel, dsconv_bwd_dt_kernel, dsconv_bwd_dx_kernel
+from .configs import (
+    ALL,
+    AUTOTUNE,
+    DT_CONFIGS,
+    DX_CONFIGS,
+    FORCED,
+    FWD_CONFIGS,
+    INTERPRETED,
+    KINDS,
+    LIMITS,
+    MAX_CANDIDATES,
+    MMA,
+    PIX_ALIGN,
+    SCOPE,
+    candidates,
+    dot_kind,
+    in_scope,
+)
 from .forward import bn_coef_kernel, bn_relu_kernel, bn_stats_kernel, dsconv_fwd_kernel
 from .reductions import colsum_kernel
 
@@ -102,12 +117,39 @@ def set_debug(on: bool) -> bool:
     prev, DEBUG = DEBUG, bool(on)
     if INTERPRETED:
         from triton.runtime import interpreter
+
         interpreter.interpreter_builder.options = dataclasses.replace(
-            interpreter.interpreter_builder.options, debug=bool(on))
+            interpreter.interpreter_builder.options, debug=bool(on)
+        )
     return prev
 
 
-__all__ = ["ALL", "AUTOTUNE", "DEBUG", "DT_CONFIGS", "DX_CONFIGS", "FORCED", "FWD_CONFIGS", "INTERPRETED", "KINDS",
-           "LIMITS", "MAX_CANDIDATES", "MMA", "PIX_ALIGN", "SCOPE", "bn_bwd_finalize_kernel", "bn_bwd_reduce_kernel",
-           "bn_coef_kernel", "bn_relu_kernel", "bn_stats_kernel", "candidates", "colsum_kernel", "dot_kind",
-           "dsconv_bwd_dt_kernel", "dsconv_bwd_dx_kernel", "dsconv_fwd_kernel", "in_scope", "set_debug"]
+__all__ = [
+    "ALL",
+    "AUTOTUNE",
+    "DEBUG",
+    "DT_CONFIGS",
+    "DX_CONFIGS",
+    "FORCED",
+    "FWD_CONFIGS",
+    "INTERPRETED",
+    "KINDS",
+    "LIMITS",
+    "MAX_CANDIDATES",
+    "MMA",
+    "PIX_ALIGN",
+    "SCOPE",
+    "bn_bwd_finalize_kernel",
+    "bn_bwd_reduce_kernel",
+    "bn_coef_kernel",
+    "bn_relu_kernel",
+    "bn_stats_kernel",
+    "candidates",
+    "colsum_kernel",
+    "dot_kind",
+    "dsconv_bwd_dt_kernel",
+    "dsconv_bwd_dx_kernel",
+    "dsconv_fwd_kernel",
+    "in_scope",
+    "set_debug",
+]

@@ -13,10 +13,32 @@ from .tiles import _act_off, _act_tile, _assert_in, _bn_z, _dot, _dw_tile, _dy_t
 
 
 @triton.jit
-def bn_bwd_reduce_kernel(g_ptr, y_ptr, coef_ptr, ws_ptr, K, Wo, HWo, M, PIX_GROUP,
-                         sgn, sgc, sgh, sgw, syn, syc, syh, syw, g_span, y_span,
-                         TRAIN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, VEC: tl.constexpr,
-                         DEBUG: tl.constexpr):
+def bn_bwd_reduce_kernel(
+    g_ptr,
+    y_ptr,
+    coef_ptr,
+    ws_ptr,
+    K,
+    Wo,
+    HWo,
+    M,
+    PIX_GROUP,
+    sgn,
+    sgc,
+    sgh,
+    sgw,
+    syn,
+    syc,
+    syh,
+    syw,
+    g_span,
+    y_span,
+    TRAIN: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    VEC: tl.constexpr,
+    DEBUG: tl.constexpr,
+):
     """Per-group partial sums over pixels, ws[j, group, k]; grid (pixel groups, K tiles), a program walks
     the PIX_GROUP pixels of its group in tiles of BLOCK_P.
 
@@ -54,9 +76,23 @@ def bn_bwd_reduce_kernel(g_ptr, y_ptr, coef_ptr, ws_ptr, K, Wo, HWo, M, PIX_GROU
 
 
 @triton.jit
-def bn_bwd_finalize_kernel(ws_ptr, var_ptr, gam_ptr, coef_ptr, dbias_ptr, dgam_ptr, dbet_ptr, T, K, M, eps,
-                           TRAIN: tl.constexpr, HAS_AFFINE: tl.constexpr, BLOCK_T: tl.constexpr,
-                           BLOCK_K: tl.constexpr):
+def bn_bwd_finalize_kernel(
+    ws_ptr,
+    var_ptr,
+    gam_ptr,
+    coef_ptr,
+    dbias_ptr,
+    dgam_ptr,
+    dbet_ptr,
+    T,
+    K,
+    M,
+    eps,
+    TRAIN: tl.constexpr,
+    HAS_AFFINE: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """Reduce bn_bwd_reduce's [rows, T, K] partials in tile order and turn them into the gradients of the
     per-channel parameters and dy's coefficient rows.
 
@@ -102,15 +138,64 @@ def _dt_limits(a):
     return {"BLOCK_C": max(16, _p2(a["C"])), "BLOCK_P": max(32, _p2(a["M"]))}
 
 
-@_tuned("dsconv_bwd_dt", DT_CONFIGS, ["C", "K", "HWo", "M_CLASS", "LAYOUT", "STRIDE", "DOT_MODE", "TRAIN", "VEC",
-                                      "BLOCK_K"], _dt_limits)
+@_tuned(
+    "dsconv_bwd_dt",
+    DT_CONFIGS,
+    ["C", "K", "HWo", "M_CLASS", "LAYOUT", "STRIDE", "DOT_MODE", "TRAIN", "VEC", "BLOCK_K"],
+    _dt_limits,
+)
 @triton.jit(do_not_specialize=["M_CLASS", "LAYOUT"])
-def dsconv_bwd_dt_kernel(g_ptr, y_ptr, coef_ptr, x_ptr, wd_ptr, wp_ptr, dt_ptr, ws_ptr,
-                         C, K, H, W, Wo, HWo, M, dil, PIX_GROUP, K_SLICES, DT_SLICE, M_CLASS, LAYOUT,
-                         sgn, sgc, sgh, sgw, syn, syc, syh, syw, sxn, sxc, sxh, sxw, stn, stc, sth, stw,
-                         g_span, y_span, x_span, t_span,
-                         STRIDE: tl.constexpr, TRAIN: tl.constexpr, DOT_MODE: tl.constexpr, VEC: tl.constexpr,
-                         DEBUG: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+def dsconv_bwd_dt_kernel(
+    g_ptr,
+    y_ptr,
+    coef_ptr,
+    x_ptr,
+    wd_ptr,
+    wp_ptr,
+    dt_ptr,
+    ws_ptr,
+    C,
+    K,
+    H,
+    W,
+    Wo,
+    HWo,
+    M,
+    dil,
+    PIX_GROUP,
+    K_SLICES,
+    DT_SLICE,
+    M_CLASS,
+    LAYOUT,
+    sgn,
+    sgc,
+    sgh,
+    sgw,
+    syn,
+    syc,
+    syh,
+    syw,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    stn,
+    stc,
+    sth,
+    stw,
+    g_span,
+    y_span,
+    x_span,
+    t_span,
+    STRIDE: tl.constexpr,
+    TRAIN: tl.constexpr,
+    DOT_MODE: tl.constexpr,
+    VEC: tl.constexpr,
+    DEBUG: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     """dt = dy Wp over this program's K slice, and the pointwise weight-gradient partial dy^T T.
 
     1-D grid over (C tiles x K slices x pixel groups), C tiles fastest (they share dy's inputs in L2).
@@ -138,10 +223,57 @@ def dsconv_bwd_dt_kernel(g_ptr, y_ptr, coef_ptr, x_ptr, wd_ptr, wp_ptr, dt_ptr, 
     dt_base = dt_ptr + pid_k.to(tl.int64) * DT_SLICE
     for p0 in range(start, end, BLOCK_P):
         n, r, ho, wo, p_mask = _pixels(p0, end, HWo, Wo, BLOCK_P, VEC, DEBUG)
-        dy = _dy_tile(g_ptr, y_ptr, coef_ptr, n, r, ho, wo, p_mask, kk, k_mask, K, sgn, sgc, sgh, sgw,
-                      syn, syc, syh, syw, g_span, y_span, TRAIN, VEC, DEBUG)
-        t = _dw_tile(x_ptr, wd_ptr, n, r, ho, wo, p_mask, cc, c_mask, H, W, sxn, sxc, sxh, sxw, dil, x_span,
-                     STRIDE, BLOCK_P, BLOCK_C, VEC, DEBUG, False)
+        dy = _dy_tile(
+            g_ptr,
+            y_ptr,
+            coef_ptr,
+            n,
+            r,
+            ho,
+            wo,
+            p_mask,
+            kk,
+            k_mask,
+            K,
+            sgn,
+            sgc,
+            sgh,
+            sgw,
+            syn,
+            syc,
+            syh,
+            syw,
+            g_span,
+            y_span,
+            TRAIN,
+            VEC,
+            DEBUG,
+        )
+        t = _dw_tile(
+            x_ptr,
+            wd_ptr,
+            n,
+            r,
+            ho,
+            wo,
+            p_mask,
+            cc,
+            c_mask,
+            H,
+            W,
+            sxn,
+            sxc,
+            sxh,
+            sxw,
+            dil,
+            x_span,
+            STRIDE,
+            BLOCK_P,
+            BLOCK_C,
+            VEC,
+            DEBUG,
+            False,
+        )
         dt = _dot(dy, wp, tl.full((BLOCK_P, BLOCK_C), 0.0, tl.float32), wp_ptr, DOT_MODE)
         pc_mask = p_mask[:, None] & c_mask[None, :]
         toff = _act_off(n, r, ho, wo, cc, pc_mask, stn, stc, sth, stw, t_span, VEC, DEBUG)
@@ -157,11 +289,46 @@ def _dx_limits(a):
 
 @_tuned("dsconv_bwd_dx", DX_CONFIGS, ["C", "HW", "M_CLASS", "LAYOUT", "STRIDE", "K_SLICES", "VEC"], _dx_limits)
 @triton.jit(do_not_specialize=["M_CLASS", "LAYOUT"])
-def dsconv_bwd_dx_kernel(dt_ptr, wd_ptr, x_ptr, dx_ptr, ws_ptr, C, H, W, Ho, Wo, HW, MI, dil,
-                         PIX_GROUP, K_SLICES, DT_SLICE, M_CLASS, LAYOUT,
-                         stn, stc, sth, stw, sxn, sxc, sxh, sxw, sdn, sdc, sdh, sdw, t_span, x_span, d_span,
-                         STRIDE: tl.constexpr, VEC: tl.constexpr, DEBUG: tl.constexpr, BLOCK_P: tl.constexpr,
-                         BLOCK_C: tl.constexpr):
+def dsconv_bwd_dx_kernel(
+    dt_ptr,
+    wd_ptr,
+    x_ptr,
+    dx_ptr,
+    ws_ptr,
+    C,
+    H,
+    W,
+    Ho,
+    Wo,
+    HW,
+    MI,
+    dil,
+    PIX_GROUP,
+    K_SLICES,
+    DT_SLICE,
+    M_CLASS,
+    LAYOUT,
+    stn,
+    stc,
+    sth,
+    stw,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    sdn,
+    sdc,
+    sdh,
+    sdw,
+    t_span,
+    x_span,
+    d_span,
+    STRIDE: tl.constexpr,
+    VEC: tl.constexpr,
+    DEBUG: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     """dx and the depthwise weight-gradient partials, from dt (the sum of its K_SLICES slices).
 
     1-D grid over (C tiles x input-pixel groups). For input pixel q = (n, h, w) and tap (i, j), the

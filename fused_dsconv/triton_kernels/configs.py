@@ -142,6 +142,7 @@ def candidates(configs, limits: dict, kind=None, k_slice=None) -> list:
 def _pruner(name: str, limits):
     """early_config_prune for kernel ``name`` (``limits(args)``: see ``candidates``); a single config when
     forced, when autotuning is off, or under the interpreter (timing it would be meaningless)."""
+
     def prune(configs, nargs, **kwargs):
         if name in FORCED:
             return [FORCED[name]]
@@ -149,6 +150,7 @@ def _pruner(name: str, limits):
         kind = dot_kind(x.element_size(), kwargs.get("DOT_MODE"), _arch()) if x is not None else None
         keep = candidates(configs, limits({**nargs, **kwargs}), kind, kwargs.get("BLOCK_K"))
         return keep[:1] if INTERPRETED or not AUTOTUNE else keep
+
     return prune
 
 
@@ -170,10 +172,12 @@ def _bench(kernel_call, quantiles):
         kernel_call()
         return [0.0 for _ in quantiles]
     from triton.testing import do_bench
+
     return do_bench(kernel_call, quantiles=quantiles)
 
 
 def _tuned(name, configs, key, limits):
     LIMITS[name] = limits
-    return triton.autotune(configs=configs, key=key, do_bench=_bench,
-                           prune_configs_by={"early_config_prune": _pruner(name, limits)})
+    return triton.autotune(
+        configs=configs, key=key, do_bench=_bench, prune_configs_by={"early_config_prune": _pruner(name, limits)}
+    )

@@ -13,8 +13,26 @@ from .tiles import _act_off, _act_tile, _bn_z, _dot, _dw_tile, _ew_tile, _pixels
 
 
 @triton.jit
-def bn_stats_kernel(ws_ptr, out_ptr, mean_ptr, var_ptr, gam_ptr, bet_ptr, coef_ptr, T, PLANE, K, M, PIX_ROW, ROWS, eps,
-                    FINAL: tl.constexpr, HAS_AFFINE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr):
+def bn_stats_kernel(
+    ws_ptr,
+    out_ptr,
+    mean_ptr,
+    var_ptr,
+    gam_ptr,
+    bet_ptr,
+    coef_ptr,
+    T,
+    PLANE,
+    K,
+    M,
+    PIX_ROW,
+    ROWS,
+    eps,
+    FINAL: tl.constexpr,
+    HAS_AFFINE: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """Merge (count, mean, M2) partials in row order (Chan et al.); grid (K tiles, row chunks).
 
     ws: mean plane and M2 plane, PLANE rows of K apart, T rows used; row t covers the pixels
@@ -56,8 +74,9 @@ def bn_stats_kernel(ws_ptr, out_ptr, mean_ptr, var_ptr, gam_ptr, bet_ptr, coef_p
 
 
 @triton.jit
-def bn_coef_kernel(mean_ptr, var_ptr, gam_ptr, bet_ptr, coef_ptr, K, eps,
-                   HAS_AFFINE: tl.constexpr, BLOCK_K: tl.constexpr):
+def bn_coef_kernel(
+    mean_ptr, var_ptr, gam_ptr, bet_ptr, coef_ptr, K, eps, HAS_AFFINE: tl.constexpr, BLOCK_K: tl.constexpr
+):
     """Coefficient rows 0..2 (mean, a = gamma r, beta) from the batch statistics: bit for bit the rows
     bn_stats wrote in the forward (same expression, same inputs)."""
     kk = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -68,19 +87,56 @@ def bn_coef_kernel(mean_ptr, var_ptr, gam_ptr, bet_ptr, coef_ptr, K, eps,
 
 
 def _fwd_limits(a):
-    return {"BLOCK_K": max(32, _p2(a["K"])), "BLOCK_C": max(16, _p2(a["C"])),
-            "BLOCK_P": max(32, _p2(a["M"]))}
+    return {"BLOCK_K": max(32, _p2(a["K"])), "BLOCK_C": max(16, _p2(a["C"])), "BLOCK_P": max(32, _p2(a["M"]))}
 
 
-@_tuned("dsconv_fwd", FWD_CONFIGS,
-        ["C", "K", "HWo", "M_CLASS", "LAYOUT", "STRIDE", "DOT_MODE", "STATS", "RELU", "VEC"], _fwd_limits)
+@_tuned(
+    "dsconv_fwd",
+    FWD_CONFIGS,
+    ["C", "K", "HWo", "M_CLASS", "LAYOUT", "STRIDE", "DOT_MODE", "STATS", "RELU", "VEC"],
+    _fwd_limits,
+)
 @triton.jit(do_not_specialize=["M_CLASS", "LAYOUT"])
-def dsconv_fwd_kernel(x_ptr, wd_ptr, wp_ptr, bias_ptr, y_ptr, ws_ptr,
-                      C, K, H, W, Wo, HWo, M, dil, WS_PLANE, M_CLASS, LAYOUT,
-                      sxn, sxc, sxh, sxw, syn, syc, syh, syw, x_span, y_span,
-                      STRIDE: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, STATS: tl.constexpr,
-                      DOT_MODE: tl.constexpr, VEC: tl.constexpr, DEBUG: tl.constexpr, DROP_BOUNDS: tl.constexpr,
-                      BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr):
+def dsconv_fwd_kernel(
+    x_ptr,
+    wd_ptr,
+    wp_ptr,
+    bias_ptr,
+    y_ptr,
+    ws_ptr,
+    C,
+    K,
+    H,
+    W,
+    Wo,
+    HWo,
+    M,
+    dil,
+    WS_PLANE,
+    M_CLASS,
+    LAYOUT,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    syn,
+    syc,
+    syh,
+    syw,
+    x_span,
+    y_span,
+    STRIDE: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    RELU: tl.constexpr,
+    STATS: tl.constexpr,
+    DOT_MODE: tl.constexpr,
+    VEC: tl.constexpr,
+    DEBUG: tl.constexpr,
+    DROP_BOUNDS: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """y[p, k] = sum_c Wp[k, c] dw(x)[p, c] (+ bias[k]) for a BLOCK_P x BLOCK_K tile.
 
     1-D grid over (pixel tiles x K tiles), K tiles fastest: the programs of one pixel tile run side by
@@ -103,8 +159,31 @@ def dsconv_fwd_kernel(x_ptr, wd_ptr, wp_ptr, bias_ptr, y_ptr, ws_ptr,
     for c0 in range(0, C, BLOCK_C):
         cc = c0 + tl.arange(0, BLOCK_C)
         c_mask = cc < C
-        t = _dw_tile(x_ptr, wd_ptr, n, r, ho, wo, p_mask, cc, c_mask, H, W, sxn, sxc, sxh, sxw, dil, x_span,
-                     STRIDE, BLOCK_P, BLOCK_C, VEC, DEBUG, DROP_BOUNDS)
+        t = _dw_tile(
+            x_ptr,
+            wd_ptr,
+            n,
+            r,
+            ho,
+            wo,
+            p_mask,
+            cc,
+            c_mask,
+            H,
+            W,
+            sxn,
+            sxc,
+            sxh,
+            sxw,
+            dil,
+            x_span,
+            STRIDE,
+            BLOCK_P,
+            BLOCK_C,
+            VEC,
+            DEBUG,
+            DROP_BOUNDS,
+        )
         wpt = tl.load(wp_ptr + kk[None, :] * C + cc[:, None], mask=c_mask[:, None] & k_mask[None, :], other=0.0)
         acc = _dot(t, wpt, acc, wp_ptr, DOT_MODE)
     if HAS_BIAS:
@@ -124,9 +203,29 @@ def dsconv_fwd_kernel(x_ptr, wd_ptr, wp_ptr, bias_ptr, y_ptr, ws_ptr,
 
 
 @triton.jit
-def bn_relu_kernel(y_ptr, out_ptr, coef_ptr, K, Wo, HWo, M,
-                   syn, syc, syh, syw, son, soc, soh, sow, y_span, o_span,
-                   BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, VEC: tl.constexpr, DEBUG: tl.constexpr):
+def bn_relu_kernel(
+    y_ptr,
+    out_ptr,
+    coef_ptr,
+    K,
+    Wo,
+    HWo,
+    M,
+    syn,
+    syc,
+    syh,
+    syw,
+    son,
+    soc,
+    soh,
+    sow,
+    y_span,
+    o_span,
+    BLOCK_P: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    VEC: tl.constexpr,
+    DEBUG: tl.constexpr,
+):
     """out = relu((y - mean) a + beta), coefficient rows mean, a = gamma r, beta; grid (P tiles, K tiles).
     One program loads and stores each element, so out may be y (normalised in place)."""
     n, r, ho, wo, kk, k_mask, mask = _ew_tile(M, HWo, Wo, K, BLOCK_P, BLOCK_K, VEC, DEBUG)

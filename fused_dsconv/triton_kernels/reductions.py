@@ -9,7 +9,6 @@ import triton.language as tl
 from .tiles import _sum
 
 
-
 @triton.jit
 def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     """Merge (count, mean, M2) b into a (Chan et al.); a may be empty (n_a = 0), b is not."""
@@ -32,8 +31,9 @@ def _bn_scale(var, gam_ptr, kk, k_mask, eps, HAS_AFFINE: tl.constexpr):
 
 
 @triton.jit
-def _store_bn_coef(coef_ptr, mean, var, gam_ptr, bet_ptr, kk, k_mask, K, eps, HAS_AFFINE: tl.constexpr,
-                   BLOCK_K: tl.constexpr):
+def _store_bn_coef(
+    coef_ptr, mean, var, gam_ptr, bet_ptr, kk, k_mask, K, eps, HAS_AFFINE: tl.constexpr, BLOCK_K: tl.constexpr
+):
     """Coefficient rows 0..2: mean, a = gamma r, beta (0 without affine parameters)."""
     _, a = _bn_scale(var, gam_ptr, kk, k_mask, eps, HAS_AFFINE)
     if HAS_AFFINE:

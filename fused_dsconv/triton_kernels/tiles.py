@@ -79,8 +79,23 @@ def _ew_tile(M, HWo, Wo, K, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, VEC: t
 
 
 @triton.jit
-def _x_tap(x_ptr, centre, hc, wc, p_mask, c_mask, tap, dil, H, W, sxh, sxw, x_span,
-           DEBUG: tl.constexpr, DROP_BOUNDS: tl.constexpr):
+def _x_tap(
+    x_ptr,
+    centre,
+    hc,
+    wc,
+    p_mask,
+    c_mask,
+    tap,
+    dil,
+    H,
+    W,
+    sxh,
+    sxw,
+    x_span,
+    DEBUG: tl.constexpr,
+    DROP_BOUNDS: tl.constexpr,
+):
     """x under tap (i, j) = divmod(tap, 3) of every (pixel, channel) of a tile, fp32, zero padded.
     ``centre``: offsets of the centre tap (hc, wc) = (ho, wo) * stride."""
     i = tap // 3
@@ -99,9 +114,31 @@ def _x_tap(x_ptr, centre, hc, wc, p_mask, c_mask, tap, dil, H, W, sxh, sxw, x_sp
 
 
 @triton.jit
-def _dw_tile(x_ptr, wd_ptr, n, r, ho, wo, p_mask, cc, c_mask, H, W, sxn, sxc, sxh, sxw, dil, x_span,
-             STRIDE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, VEC: tl.constexpr,
-             DEBUG: tl.constexpr, DROP_BOUNDS: tl.constexpr):
+def _dw_tile(
+    x_ptr,
+    wd_ptr,
+    n,
+    r,
+    ho,
+    wo,
+    p_mask,
+    cc,
+    c_mask,
+    H,
+    W,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    dil,
+    x_span,
+    STRIDE: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    VEC: tl.constexpr,
+    DEBUG: tl.constexpr,
+    DROP_BOUNDS: tl.constexpr,
+):
     """T[p, c] = sum_ij x[n, c, ho*s + (i-1)d, wo*s + (j-1)d] Wd[c, i, j] in fp32, zero padding by mask,
     accumulated tap by tap from 0 in tap order (tests/test_triton.py models exactly this order)."""
     t = tl.full((BLOCK_P, BLOCK_C), 0.0, tl.float32)
@@ -109,8 +146,9 @@ def _dw_tile(x_ptr, wd_ptr, n, r, ho, wo, p_mask, cc, c_mask, H, W, sxn, sxc, sx
     wc = wo * STRIDE
     # The centre tap's offsets; the other 8 differ from it by one scalar each (cheap addresses). At stride 1
     # x's planes are the output's (padding = dilation), so the dense-plane form applies to x too.
-    centre = _row_off(n, r, hc, wc, sxn, sxh, sxw, VEC if STRIDE == 1 else 1)[:, None] + \
-        (cc.to(tl.int64) * sxc)[None, :]
+    centre = (
+        _row_off(n, r, hc, wc, sxn, sxh, sxw, VEC if STRIDE == 1 else 1)[:, None] + (cc.to(tl.int64) * sxc)[None, :]
+    )
     # A rolled loop over the 9 taps: unrolled, the compiler issues all 9 gathers at once and runs out
     # of registers (tools/report_triton.py); rolled, one tap's addresses and values are live.
     for tap in tl.range(0, 9, loop_unroll_factor=1):
@@ -137,8 +175,12 @@ def _dot(a, b, acc, dtype_ref, DOT_MODE: tl.constexpr):
     elif DOT_MODE == 1:
         acc = tl.dot(a.to(dtype_ref.dtype.element_ty), b.to(dtype_ref.dtype.element_ty), acc)
     elif DOT_MODE == 2:
-        acc = tl.dot(a.to(dtype_ref.dtype.element_ty).to(tl.float32),
-                     b.to(dtype_ref.dtype.element_ty).to(tl.float32), acc, input_precision="ieee")
+        acc = tl.dot(
+            a.to(dtype_ref.dtype.element_ty).to(tl.float32),
+            b.to(dtype_ref.dtype.element_ty).to(tl.float32),
+            acc,
+            input_precision="ieee",
+        )
     elif DOT_MODE == 3:
         acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="tf32")
     else:
@@ -158,8 +200,32 @@ def _bn_z(y, coef_ptr, kk, k_mask, K):
 
 
 @triton.jit
-def _dy_tile(g_ptr, y_ptr, coef_ptr, n, r, ho, wo, p_mask, kk, k_mask, K, sgn, sgc, sgh, sgw, syn, syc, syh, syw,
-             g_span, y_span, TRAIN: tl.constexpr, VEC: tl.constexpr, DEBUG: tl.constexpr):
+def _dy_tile(
+    g_ptr,
+    y_ptr,
+    coef_ptr,
+    n,
+    r,
+    ho,
+    wo,
+    p_mask,
+    kk,
+    k_mask,
+    K,
+    sgn,
+    sgc,
+    sgh,
+    sgw,
+    syn,
+    syc,
+    syh,
+    syw,
+    g_span,
+    y_span,
+    TRAIN: tl.constexpr,
+    VEC: tl.constexpr,
+    DEBUG: tl.constexpr,
+):
     """dy[p, k] in fp32 from (dout, y, per-channel coefficients), never stored; zero on masked lanes.
 
     TRAIN: y is the pre-BN output; coefficient rows (bn_bwd_finalize): 0 mean, 1 a = gamma r, 2 beta,

@@ -14,6 +14,7 @@ PTX compute the same values.
 
 Usage: python ptx_fix.py IN.ptx [OUT.ptx]   (in place without OUT); prints what it changed.
 """
+
 from __future__ import annotations
 
 import re
@@ -26,8 +27,7 @@ _BF16MOV = re.compile(r"(@!?%\w+\s+)?mov\.b32\s+(%\w+)\s*,\s*\{\s*0\s*,\s*(%\w+)
 _FUNC_START = re.compile(r"^\s*(\.visible\s+|\.weak\s+|\.extern\s+)?\.(entry|func)\b")
 
 # Scratch registers, declared once per function that needs them.
-_DECL = ("\t.reg .b64 %simfix_t;\n\t.reg .b32 %simfix_lo, %simfix_hi;\n"
-         "\t.reg .f64 %simfix_a, %simfix_b;\n")
+_DECL = "\t.reg .b64 %simfix_t;\n\t.reg .b32 %simfix_lo, %simfix_hi;\n\t.reg .f64 %simfix_a, %simfix_b;\n"
 
 
 def _cvt64(indent: str, guard: str, rnd: str, dst_t: str, src_t: str, dst: str, src: str) -> list[str]:
@@ -96,9 +96,11 @@ def fix_ptx(text: str) -> tuple[str, dict[str, int]]:
         if m:
             declared = _declare(out, func_open, declared, ln)
             g, dst, src = m.group(1) or "", m.group(2), m.group(3)
-            rep = (f"{g}cvt.u32.u16 %simfix_lo, {src}; {g}shl.b32 %simfix_lo, %simfix_lo, 16; "
-                   f"{g}mov.b32 {dst}, %simfix_lo;")
-            out.append(ln[:m.start()] + rep + ln[m.end():])
+            rep = (
+                f"{g}cvt.u32.u16 %simfix_lo, {src}; {g}shl.b32 %simfix_lo, %simfix_lo, 16; "
+                f"{g}mov.b32 {dst}, %simfix_lo;"
+            )
+            out.append(ln[: m.start()] + rep + ln[m.end() :])
             counts["bf16_mov"] += 1
             continue
         out.append(ln)

@@ -2,10 +2,10 @@
 simulator's bugs), run it under gpusim, parse the simulator's log into per-kernel statistics, and cache
 results by the hash of everything that determines them. The command line is run_cases.py; usage and
 the simulator's set-up are in tools/sim/README.md."""
+
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shlex
@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -104,8 +104,20 @@ def build(program: str, dtype: str, out_dir: Path, log=print) -> Path:
     if keep.exists():
         shutil.rmtree(keep)
     keep.mkdir()
-    cmd = [nvcc_path(), *NVCC_FLAGS, f"-I{ROOT / 'csrc'}", f"-I{SIM_DIR}", f"-DSIM_DTYPE={DTYPES[dtype]}",
-           str(SIM_DIR / src), "-o", str(exe), "-dryrun", "--keep", "--keep-dir", str(keep)]
+    cmd = [
+        nvcc_path(),
+        *NVCC_FLAGS,
+        f"-I{ROOT / 'csrc'}",
+        f"-I{SIM_DIR}",
+        f"-DSIM_DTYPE={DTYPES[dtype]}",
+        str(SIM_DIR / src),
+        "-o",
+        str(exe),
+        "-dryrun",
+        "--keep",
+        "--keep-dir",
+        str(keep),
+    ]
     dry = subprocess.run(cmd, capture_output=True, text=True, cwd=keep)
     if dry.returncode != 0:
         raise RuntimeError(f"nvcc -dryrun failed:\n{dry.stderr}")
@@ -129,7 +141,9 @@ def build(program: str, dtype: str, out_dir: Path, log=print) -> Path:
         script.append(s)
         if re.search(r"(^|/|\")cicc\"?\s", s):
             cicc_seen = True
-            script.append(f"{shlex.quote(sys.executable)} {shlex.quote(str(SIM_DIR / 'ptx_fix.py'))} {shlex.quote(ptx)}")
+            script.append(
+                f"{shlex.quote(sys.executable)} {shlex.quote(str(SIM_DIR / 'ptx_fix.py'))} {shlex.quote(ptx)}"
+            )
     if not cicc_seen:
         raise RuntimeError("nvcc -dryrun shows no cicc step: cannot apply ptx_fix.py")
     t0 = time.time()
@@ -146,8 +160,10 @@ def gpusim_dir(arg: Optional[str] = None) -> Path:
     """The gpusim tool folder (the one holding `run` and `setup`): --gpusim, else $GPUSIM_TOOL."""
     d = arg or os.environ.get("GPUSIM_TOOL")
     if not d:
-        raise SystemExit("where is gpusim? pass --gpusim DIR or set GPUSIM_TOOL=DIR (the folder holding gpusim's "
-                         "`setup` and `run`; tools/sim/README.md says how to get it)")
+        raise SystemExit(
+            "where is gpusim? pass --gpusim DIR or set GPUSIM_TOOL=DIR (the folder holding gpusim's "
+            "`setup` and `run`; tools/sim/README.md says how to get it)"
+        )
     p = Path(d).resolve()
     if not (p / "run").exists():
         raise SystemExit(f"{p} has no `run` script: GPUSIM_TOOL / --gpusim must name gpusim's tool folder")
@@ -295,15 +311,24 @@ class Case:
     label: str = ""  # e.g. b3 (not part of the key)
 
     def args(self) -> list[str]:
-        return ["--mode", self.mode, "--dtype", self.dtype, "--layout", self.layout,
-                *map(str, (self.n, self.c, self.k, self.h, self.w, self.stride, self.dil))]
+        return [
+            "--mode",
+            self.mode,
+            "--dtype",
+            self.dtype,
+            "--layout",
+            self.layout,
+            *map(str, (self.n, self.c, self.k, self.h, self.w, self.stride, self.dil)),
+        ]
 
     def shape(self) -> str:
         return f"N{self.n} {self.c}->{self.k} {self.h}x{self.w} s{self.stride} d{self.dil}"
 
     def ident(self) -> str:
-        return (f"{self.impl}_{self.mode}_{self.dtype}_{self.layout}_"
-                f"{self.n}x{self.c}x{self.k}x{self.h}x{self.w}_s{self.stride}_d{self.dil}")
+        return (
+            f"{self.impl}_{self.mode}_{self.dtype}_{self.layout}_"
+            f"{self.n}x{self.c}x{self.k}x{self.h}x{self.w}_s{self.stride}_d{self.dil}"
+        )
 
 
 def cache_key(case: Case, config_hash: str) -> str:
@@ -315,18 +340,30 @@ def dry_launches(exe: Path, case: Case) -> list[list[int]]:
     r = subprocess.run([str(exe), *case.args(), "--dry"], capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"{exe.name} --dry failed: {r.stdout[-2000:]} {r.stderr[-2000:]}")
-    return [[int(g) for g in m.groups()] for m in re.finditer(r"\[sim\] launch \d+ grid=\((\d+),(\d+),(\d+)\)",
-                                                             r.stdout)]
+    return [
+        [int(g) for g in m.groups()] for m in re.finditer(r"\[sim\] launch \d+ grid=\((\d+),(\d+),(\d+)\)", r.stdout)
+    ]
 
 
-def run_case(case: Case, exe: Path, config_dir: Path, run_dir: Path, tool: Path, nice: int = 10,
-             timeout: Optional[float] = None) -> dict:
+def run_case(
+    case: Case, exe: Path, config_dir: Path, run_dir: Path, tool: Path, nice: int = 10, timeout: Optional[float] = None
+) -> dict:
     """Runs one case under gpusim (niced) and returns its parsed result."""
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    cmd = ["nice", "-n", str(nice), "bash", str(tool / "run"), "--config", str(config_dir), str(run_dir), str(exe),
-           *case.args()]
+    cmd = [
+        "nice",
+        "-n",
+        str(nice),
+        "bash",
+        str(tool / "run"),
+        "--config",
+        str(config_dir),
+        str(run_dir),
+        str(exe),
+        *case.args(),
+    ]
     t0 = time.time()
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -335,8 +372,11 @@ def run_case(case: Case, exe: Path, config_dir: Path, run_dir: Path, tool: Path,
         rc, out = -1, f"timeout after {timeout}s\n" + (e.stdout or b"").decode(errors="replace")
     wall = time.time() - t0
     log = run_dir / "sim.log"
-    res = parse_log(log.read_text(errors="replace")) if log.exists() else {"kernels": [], "checks": [],
-                                                                          "verdict": "?", "deadlock": False}
+    res = (
+        parse_log(log.read_text(errors="replace"))
+        if log.exists()
+        else {"kernels": [], "checks": [], "verdict": "?", "deadlock": False}
+    )
     if rc != 0 and res["verdict"] == "PASS":
         res["verdict"] = "FAIL"
     if res["deadlock"]:
