@@ -773,7 +773,7 @@ def test_k_slices(monkeypatch):
 def test_chosen_configs_are_visible(monkeypatch, capsys):
     """What the tuner chose is listed per kernel and problem class (tuned_configs) and, with
     FUSED_DSCONV_TRITON_VERBOSE=1, printed when chosen."""
-    monkeypatch.setattr(TL, "VERBOSE", True)
+    monkeypatch.setattr(TS, "VERBOSE", True)
     for name in TS.TUNED:
         TS.tuned_kernel(name).cache.clear()
     c = _case(torch.float16, 1, 1, True, (1, 8, 12, 5, 6))
