@@ -32,14 +32,17 @@ shfl.sync.bfly.b32 %r2|%p1, %r1, 16, 31, -1;
 cvt.rn.f32.s64 %f1, %rd1;
 @%p2 cvt.rz.f64.u64 %fd1, %rd2;
 { mov.b32 %f2, {0,%rs3};}
+@p ld.global.L2::128B.u32 %r3, [%rd3];
+ld.global.nc.L2::128B.v4.f32 {%f3, %f4, %f5, %f6}, [%rd3];
 ret;
 }
 """
 
 
-def test_ptx_fix_rewrites_the_three_forms():
+def test_ptx_fix_rewrites_the_four_forms():
     out, counts = ptx_fix.fix_ptx(PTX)
-    assert counts == {"shfl_pred": 1, "cvt_int64_float": 2, "bf16_mov": 1}
+    assert counts == {"shfl_pred": 1, "cvt_int64_float": 2, "bf16_mov": 1, "l2_hint": 2}
+    assert "@p ld.global.u32 %r3, [%rd3];" in out and "ld.global.nc.v4.f32 {%f3" in out and "L2::" not in out
     assert "shfl.sync.bfly.b32 %r2, %r1, 16, 31, -1;" in out and "|%p1" not in out
     assert "cvt.rn.f32.s64" not in out and "cvt.rz.f64.u64" not in out
     # hi * 2^32 + lo in float64, signedness kept, one final rounding with the original mode
@@ -66,6 +69,9 @@ gpu_sim_insn = 3200
 gpgpu_n_tot_w_icount = 100
 gpgpu_n_shmem_insn = 64
 L2_total_cache_accesses = 10
+Stall:300	W0_Idle:20	W0_Scoreboard:100	W1:0	W32:50
+single_issue_nums: WS0:40	WS1:30	
+dual_issue_nums: WS0:2	WS1:0	
 [sim] launch 1 grid=(1,1,1) block=128 (128x1)
 kernel_name = _ZN3dsc1bEv
 gpu_sim_cycle = 6000
@@ -73,6 +79,9 @@ gpu_sim_insn = 640
 gpgpu_n_tot_w_icount = 120
 gpgpu_n_shmem_insn = 64
 L2_total_cache_accesses = 15
+Stall:310	W0_Idle:50	W0_Scoreboard:100	W1:0	W32:60
+single_issue_nums: WS0:45	WS1:35	
+dual_issue_nums: WS0:2	WS1:1	
 fused: 3 outputs checked -> PASS
 """
 
@@ -86,6 +95,11 @@ def test_parse_log_differences_running_totals_per_kernel():
     assert a["grid"] == [4, 2, 1] and b["grid"] == [1, 1, 1] and b["block"] == 128
     assert (a["regs"], a["smem"], a["ctas_per_sm"]) == (40, 128, "3 (regs)")
     assert a["name"] in ("a", "_ZN3dsc1aEv")  # demangled when c++filt exists
+    # scheduler cycles by outcome: running totals over the run, differenced per kernel
+    assert [a[k] for k in ("sched_stall", "sched_idle", "sched_scoreboard", "sched_single_issue",
+                           "sched_dual_issue")] == [300, 20, 100, 70, 2]
+    assert [b[k] for k in ("sched_stall", "sched_idle", "sched_scoreboard", "sched_single_issue",
+                           "sched_dual_issue")] == [10, 30, 0, 10, 1]
     assert simlib.parse_log(LOG.replace("-> PASS", "-> FAIL"))["verdict"] == "FAIL"
 
 

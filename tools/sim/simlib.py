@@ -95,17 +95,23 @@ def build(program: str, dtype: str, out_dir: Path, log=print) -> Path:
     steps (from ``nvcc -dryrun``) with ptx_fix.py run on the PTX between cicc and fatbinary."""
     src, _ = PROGRAMS[program]
     out_dir = Path(out_dir).resolve()
-    h = program_hash(program)
-    exe = out_dir / f"{program}_{dtype}_{h}"
+    exe = out_dir / f"{program}_{dtype}_{program_hash(program)}"
+    return build_source(SIM_DIR / src, exe, [ROOT / "csrc", SIM_DIR], [f"-DSIM_DTYPE={DTYPES[dtype]}"], log)
+
+
+def build_source(src: Path, exe: Path, includes: list[Path], flags: list[str], log=print) -> Path:
+    """Builds one host program `src` into `exe` (skipped when it exists: name it by a hash of its inputs) with
+    ptx_fix.py applied to its PTX; ``build`` for the harness's programs, also used by tools/sim/probes."""
     if exe.exists():
         return exe
+    out_dir = exe.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    keep = out_dir / f"keep_{program}_{dtype}_{h}"
+    keep = out_dir / f"keep_{exe.name}"
     if keep.exists():
         shutil.rmtree(keep)
     keep.mkdir()
-    cmd = [nvcc_path(), *NVCC_FLAGS, f"-I{ROOT / 'csrc'}", f"-I{SIM_DIR}", f"-DSIM_DTYPE={DTYPES[dtype]}",
-           str(SIM_DIR / src), "-o", str(exe), "-dryrun", "--keep", "--keep-dir", str(keep)]
+    cmd = [nvcc_path(), *NVCC_FLAGS, *[f"-I{d}" for d in includes], *flags,
+           str(src), "-o", str(exe), "-dryrun", "--keep", "--keep-dir", str(keep)]
     dry = subprocess.run(cmd, capture_output=True, text=True, cwd=keep)
     if dry.returncode != 0:
         raise RuntimeError(f"nvcc -dryrun failed:\n{dry.stderr}")
@@ -135,7 +141,7 @@ def build(program: str, dtype: str, out_dir: Path, log=print) -> Path:
     t0 = time.time()
     r = subprocess.run(["bash", "-c", "\n".join(script)], capture_output=True, text=True, cwd=keep)
     if r.returncode != 0 or not exe.exists():
-        raise RuntimeError(f"building {program} ({dtype}) failed:\n{r.stdout}\n{r.stderr}")
+        raise RuntimeError(f"building {src.name} ({' '.join(flags)}) failed:\n{r.stdout}\n{r.stderr}")
     log(f"[build] {exe.name} in {time.time() - t0:.0f}s; {r.stdout.strip()}")
     shutil.rmtree(keep, ignore_errors=True)
     return exe
@@ -200,6 +206,12 @@ CUMULATIVE = {
     "total dram writes": "dram_writes",
 }
 
+# What each warp scheduler did per cycle (summed over schedulers and SMs): no instruction to issue (idle),
+# none past the scoreboard (scoreboard: waiting on a result or a load), one ready but its pipeline
+# register full (stall: the operand collectors or the execution unit are busy); cycles that issued are
+# sched_single_issue + sched_dual_issue. gpgpu-sim's own gpu_reg_bank_conflict_stalls is never counted.
+SCHED_CYCLES = ("sched_stall", "sched_idle", "sched_scoreboard")
+
 
 def demangle(names: list[str]) -> list[str]:
     tool = shutil.which("c++filt")
@@ -221,7 +233,7 @@ def parse_log(text: str) -> dict:
     """Per-kernel statistics (in launch order) and the program's own lines from a gpusim sim.log."""
     kernels: list[dict] = []
     cur: Optional[dict] = None
-    totals = {v: 0 for v in CUMULATIVE.values()}
+    totals = {v: 0 for v in [*CUMULATIVE.values(), *SCHED_CYCLES, "sched_single_issue", "sched_dual_issue"]}
     launches = [ln for ln in text.splitlines() if ln.startswith("[sim] launch ")]
     regs: dict[str, int] = {}
     smem: dict[str, int] = {}
@@ -235,6 +247,21 @@ def parse_log(text: str) -> dict:
         m = re.match(r"^GPGPU-Sim uArch: CTA/core = (\d+), limited by: (.*)$", ln)
         if m:
             pending_occ = f"{m.group(1)} ({m.group(2).strip()})"
+            continue
+        m = re.match(r"^Stall:(\d+)\s+W0_Idle:(\d+)\s+W0_Scoreboard:(\d+)", ln)
+        if m and cur is not None:  # scheduler-cycle distribution, running totals over all SMs
+            for key, val in zip(SCHED_CYCLES, m.groups()):
+                if key not in cur:
+                    cur[key] = int(val) - totals[key]
+                    totals[key] = int(val)
+            continue
+        m = re.match(r"^(single|dual)_issue_nums:\s*(.*)$", ln)
+        if m and cur is not None:
+            key = f"sched_{m.group(1)}_issue"
+            if key not in cur:
+                total = sum(int(v) for v in re.findall(r"WS\d+:(\d+)", m.group(2)))
+                cur[key] = total - totals[key]
+                totals[key] = total
             continue
         m = re.match(r"^kernel_name = (\S+)", ln)
         if m:
