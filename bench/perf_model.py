@@ -265,66 +265,117 @@ def fused(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fals
 # -- the shipped CUDA kernels ------------------------------------------------------------------
 # Mirrors of the C++ constants (keep in sync; tests/test_perf_model.py compiles launch.cuh and checks
 # native_geometry against set_geometry / forward_ws_floats / bwd_ws):
-K_TILE_SIDE = 8  # csrc/kernels/fused.cuh kTileSide: a tile is 8x8 output pixels of one image
-K_TP = 64  # fused.cuh kTP: pixels per tile
-K_BK = 64  # fused.cuh kBK: output channels per block (fwd_kernel, bwd_reduce_kernel)
-K_BC = 16  # fused.cuh kBC: input channels per depthwise chunk (fwd_kernel)
-K_BCD = 64  # fused.cuh kBCd: input channels per block (dt_kernel)
-DWP_BLOCK = 64  # launch.cuh backward(): dwp_kernel grid (cdiv(K, 64), cdiv(C, 64), splits), 64x64 [K, C] block
-DT_KCHUNK = 64  # fused.cuh dt_kernel: K streamed in chunks of 64
-SPLITS_TARGET_BLOCKS = 256  # launch.cuh set_geometry: splits = cdiv(256, blocks) ...
-SPLITS_MAX = 64  # ... capped at 64 and at ntiles, at least 1
-DY_FLOPS = 7  # dy_at: yhat (2), z (1), threshold, A (dz - B - yhat C) (3), + rsqrt, per element
+SPAN_HALO = 800  # csrc/kernels/problem.cuh kSpanHalo: span tiles' staged floats per channel
+SPAN_ROWS_MAX = 128  # kSpanRowsMax
+FWD_BK = {"rect8x8": 128, "rect8x16": 64, "span64": 128}  # dsconv_fwd output channels per block
+FWD_BP = {"rect8x8": 64, "rect8x16": 128, "span64": 64}  # pixels per tile
+FWD_BC = 8  # dsconv_fwd input channels per depthwise chunk (4 for windows over SPAN_HALO floats)
+DT_BC = {"span64": 128, "span128": 64}  # dsconv_bwd_dt input channels per block; pixels = the class's number
+DWP_BK, DWP_BC = 128, 64  # dsconv_bwd_dwp block: 128 output x 64 input channels
+SPLITS_TARGET_BLOCKS = 256  # launch.cuh set_geometry: splits = cdiv(256, dwp blocks) ...
+SPLITS_MAX = 64  # ... capped at 64 and at the dWp tiles, at least 1
+WAVE = 56  # launch.cuh kFwdWave: dsconv_fwd / dsconv_bwd_dt split their reduction axis below this many blocks
+DY_FLOPS = 6  # dy_of: y - mu, z, threshold, A dz + b2 (y - mu) + c2, per element
 
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _span_rows(l: "Layer") -> int:
+    """launch.cuh span_rows: padded rows a 64-pixel span tile stages, 0 if span tiles do not apply."""
+    d, s = l.dilation, l.stride
+    if d < 1 or d > 4 or l.wo > 16 or l.m >= 2 ** 31 or l.n * (l.h + 2 * d) >= 2 ** 31:
+        return 0
+    dr = min((l.wo + 62) // l.wo, l.n * l.ho - 1)
+    dn = min((l.ho * l.wo + 62) // (l.ho * l.wo), l.n - 1)
+    if (dn + 1) * l.c * l.h * l.w >= 2 ** 31:
+        return 0
+    rows = s * dr + dn * (l.h + 2 * d - s * l.ho) + 2 * d + 1
+    return rows if rows <= SPAN_ROWS_MAX and rows * (l.w + 2 * d) <= SPAN_HALO else 0
+
+
 @dataclass(frozen=True)
 class NativeGeometry:
-    """Grid and workspace sizes of the CUDA backend for one layer, as launch.cuh computes them."""
-    tiles_h: int
-    tiles_w: int
-    ntiles: int  # N * tiles_h * tiles_w
-    splits: int  # dwp_kernel's blocks along the pixel-tile axis = rows of the dWp partials
-    k_blocks: int  # cdiv(K, kBK): fwd_kernel / bwd_reduce_kernel grid
-    c_blocks: int  # cdiv(C, kBCd): dt_kernel grid
-    fwd_ws_floats: int  # forward_ws_floats (training): [mean | M2] partials, [ntiles, K] each
-    bwd_red: int  # bwd_ws offsets, in floats: [3][ntiles][K] BN-gradient partials
-    bwd_coef: int  # [4][K] dy coefficients
+    """Tilings, grids and workspace sizes of the CUDA backend for one layer, as launch.cuh computes them."""
+    fwd_tile: str  # dsconv_fwd tile class: rect8x8, rect8x16 or span64
+    ntiles: int  # dsconv_fwd pixel tiles
+    dwp_tile: str  # dsconv_bwd_dwp tile class (64 pixels): rect8x8 or span64
+    dwp_tiles: int
+    dt_tile: str  # dsconv_bwd_dt tile class: span64 or span128
+    dt_tiles: int
+    fsplit: int  # dsconv_fwd input-channel splits (> 1: partial tiles + dsconv_fwd_reduce)
+    bsplit: int  # dsconv_bwd_dt output-channel splits (> 1: partial dt planes)
+    splits: int  # dsconv_bwd_dwp blocks along its tiles = rows of the dWp partials
+    rgroups: int  # bn_bwd_reduce pixel groups = rows of its partials
+    xtiles: int  # dsconv_bwd_dx 8x8 input tiles
+    xgroups: int  # dsconv_bwd_dx tile groups = rows of the dWd partials
+    k_blocks: int  # cdiv(K, BK): dsconv_fwd grid x
+    c_blocks: int  # cdiv(C, dt channels): dsconv_bwd_dt grid x
+    fwd_ws_floats: int  # forward_ws_floats (training): [mean | M2] partials, [ntiles, K] each, [scale | shift],
+    # [K] each (each part 16-byte aligned), then with fsplit > 1 the partial tiles [fsplit][ntiles][K blocks]
+    # [BK x BP] (eval: only those)
+    bwd_red: int  # bwd_ws offsets, in floats: [3][rgroups][K] BN-gradient partials
+    bwd_coef: int  # [K][8] dy coefficients (16-byte aligned)
     bwd_dwp: int  # [splits][K][C] dWp partials
-    bwd_dwd: int  # [ntiles][C * 9] dWd partials
+    bwd_dwd: int  # [xgroups][C * 9] dWd partials
     bwd_dt: int  # dt [N, C, Ho, Wo], fp32
     bwd_total: int  # backward_ws_floats
 
 
 def native_geometry(layer: Layer) -> NativeGeometry:
-    """launch.cuh ``set_geometry`` + ``forward_ws_floats`` + fused.cuh ``bwd_ws``, in Python."""
+    """launch.cuh ``set_geometry`` + ``forward_ws_floats`` + problem.cuh ``bwd_ws``, in Python."""
     l = layer
-    th, tw = _cdiv(l.ho, K_TILE_SIDE), _cdiv(l.wo, K_TILE_SIDE)
-    ntiles = l.n * th * tw
-    blocks = _cdiv(l.k, DWP_BLOCK) * _cdiv(l.c, DWP_BLOCK)
-    splits = max(1, min(_cdiv(SPLITS_TARGET_BLOCKS, blocks), SPLITS_MAX, ntiles))
+    span = _span_rows(l) > 0
+
+    def rect(bp_w: int) -> int:
+        return l.n * _cdiv(l.ho, 8) * _cdiv(l.wo, bp_w)
+
+    if span:
+        fwd_tile, ntiles = "span64", _cdiv(l.m, 64)
+        dwp_tile, dwp_tiles = "span64", ntiles
+    else:
+        fwd_tile = "rect8x16" if l.k <= 64 and l.wo > 8 else "rect8x8"
+        ntiles = rect(16 if fwd_tile == "rect8x16" else 8)
+        dwp_tile, dwp_tiles = "rect8x8", rect(8)
+    dt_tile = "span128" if l.c <= 64 else "span64"
+    dt_tiles = _cdiv(l.m, 128 if dt_tile == "span128" else 64)
+
+    def split(blocks: int, n: int, per: int) -> int:  # launch.cuh: splits of a reduction axis of n
+        s = max(1, min(1 if blocks >= WAVE else WAVE // blocks, n // per))
+        chunk = _cdiv(_cdiv(n, s), 8) * 8
+        return _cdiv(n, chunk)
+
+    k_blocks = _cdiv(l.k, FWD_BK[fwd_tile])
+    fsplit = split(k_blocks * ntiles, l.c, 32)
+    bsplit = split(_cdiv(l.c, DT_BC[dt_tile]) * dt_tiles, l.k, 64)
+    groups = max(1, min(_cdiv(512, _cdiv(l.k, 8)), _cdiv(l.m, 256)))
+    rgroup_px = _cdiv(_cdiv(l.m, groups), 32) * 32
+    rgroups = _cdiv(l.m, rgroup_px)
+    splits = max(1, min(_cdiv(SPLITS_TARGET_BLOCKS, _cdiv(l.k, DWP_BK) * _cdiv(l.c, DWP_BC)), SPLITS_MAX, dwp_tiles))
+    xtiles = l.n * _cdiv(l.h, 8) * _cdiv(l.w, 8)
+    xgroups = max(1, min(_cdiv(1024, _cdiv(l.c, 8)), xtiles, 65535))
     red = 0
-    coef = red + 3 * ntiles * l.k
-    dwp = coef + 4 * l.k
+    coef = red + (3 * rgroups * l.k + 3) // 4 * 4
+    dwp = coef + 8 * l.k
     dwd = dwp + splits * l.k * l.c
-    dt = dwd + ntiles * l.c * 9
-    total = dt + l.n * l.c * l.ho * l.wo
-    return NativeGeometry(th, tw, ntiles, splits, _cdiv(l.k, K_BK), _cdiv(l.c, K_BCD), 2 * ntiles * l.k,
-                          red, coef, dwp, dwd, dt, total)
+    dt = dwd + xgroups * l.c * 9
+    total = dt + bsplit * l.n * l.c * l.ho * l.wo
+    part = fsplit * ntiles * k_blocks * FWD_BK[fwd_tile] * FWD_BP[fwd_tile] if fsplit > 1 else 0  # BK x BP floats each
+    fwd_ws = (2 * ntiles * l.k + 3) // 4 * 4 + (2 * l.k + 3) // 4 * 4 + part  # (training) partials, scale | shift
+    return NativeGeometry(fwd_tile, ntiles, dwp_tile, dwp_tiles, dt_tile, dt_tiles, fsplit, bsplit, splits, rgroups,
+                          xtiles, xgroups, k_blocks, _cdiv(l.c, DT_BC[dt_tile]), fwd_ws, red, coef, dwp, dwd, dt,
+                          total)
 
 
 def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = False) -> Traffic:
     """MODEL of the CUDA kernels the ``native`` backend launches (assumptions 1-3, 5-7 of the module docstring).
 
-    Kernels in launch order: eval: the BN fold (torch ops, block.py) and ``fwd_kernel``; training
-    forward: ``fwd_kernel`` (y + tile statistics), ``stats_finalize_kernel``, ``normalize_kernel``
-    (recompute mode writes y into out's storage and normalises in place: the same bytes); backward:
-    (recompute: ``fwd_kernel`` in y-only mode into a temporary), ``bwd_reduce_kernel``,
-    ``bn_bwd_finalize_kernel``, ``dwp_kernel``, ``dt_kernel``, ``dx_kernel``, ``colsum_kernel`` for dWp
-    and for dWd.
+    Kernels in launch order: eval: the BN fold (torch ops, block.py) and ``dsconv_fwd``; training
+    forward: ``dsconv_fwd`` (y + tile statistics), ``bn_stats``, ``bn_relu`` (recompute mode writes y into
+    out's storage and normalises in place: the same bytes); backward: (recompute: ``dsconv_fwd`` in y-only
+    mode into a temporary), ``bn_bwd_reduce``, ``bn_bwd_finalize``, ``dsconv_bwd_dt``, ``dsconv_bwd_dwp``,
+    ``dsconv_bwd_dx`` (with the dWd partials), ``colsum`` (the dWp and dWd partials, one launch).
     """
     _check_mode(mode)
     l, e = layer, act_bytes
@@ -332,17 +383,24 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
     x, t, y, wd, wp = _sizes(l, e)
     ye, te = y // e, t // e
     pc = l.k * F32
-    dw_fl = 2 * 9 * l.c * l.m
-    px = g.ntiles * K_TP  # pixel slots the tile GEMMs run over (partial tiles padded with zeros)
-    fwd_gemm = 2 * px * (g.k_blocks * K_BK) * (_cdiv(l.c, K_BC) * K_BC)
+    bp = FWD_BP[g.fwd_tile]
+    px = g.ntiles * bp  # pixel slots the forward GEMM runs over (partial tiles padded with zeros)
+    fwd_flops = (2 * 9 * l.c * px + 2 * px * FWD_BK[g.fwd_tile] * _cdiv(l.c, FWD_BC) * FWD_BC) * g.k_blocks
     fwd_rr = (g.k_blocks - 1) * x
-    fwd_note = (f"x read once per 64-channel K block ({g.k_blocks}x; depthwise recomputed per K block), "
-                f"the K blocks of a tile adjacent in launch order (grid x)")
+    fwd_note = (f"depthwise chunk computed once per {FWD_BK[g.fwd_tile]}-channel block ({g.k_blocks}x) from a "
+                f"staged window; {g.fwd_tile} tiles")
     impl = "native_recompute" if recompute else "native"
 
-    def fwd(name: str, written: int, epi_flops: int) -> Kernel:
-        return Kernel(name, x + wd + wp + pc, written, dw_fl * g.k_blocks + fwd_gemm + epi_flops,
-                      fwd_rr, 0, fwd_note)
+    split_part = (g.fsplit * g.ntiles * g.k_blocks * FWD_BK[g.fwd_tile] * bp * F32) if g.fsplit > 1 else 0
+
+    def fwd(name: str, written: int, epi_flops: int) -> list[Kernel]:
+        """dsconv_fwd, and with the input channels split, its partial tiles and dsconv_fwd_reduce."""
+        if g.fsplit == 1:
+            return [Kernel(name, x + wd + wp + pc, written, fwd_flops + epi_flops, fwd_rr, 0, fwd_note)]
+        return [Kernel(name, x + wd + wp, split_part, fwd_flops, fwd_rr, 0,
+                       fwd_note + f"; input channels split {g.fsplit} ways"),
+                Kernel(name.replace("dsconv_fwd", "dsconv_fwd_reduce"), split_part + pc, written,
+                       g.fsplit * g.ntiles * g.k_blocks * FWD_BK[g.fwd_tile] * bp + epi_flops)]
 
     if mode == "eval":
         # block.py folds BN into Wp per call (reference.fold_bn): w = Wp * scale[:, None] in fp32, then
@@ -351,44 +409,42 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
         return Traffic(layer, impl, mode, [
             Kernel("fold_bn (torch)", wfold + 4 * pc, wfold + pc, l.k * l.c + 8 * l.k,
                    note="per call: Wp' = Wp * gamma r, b' = beta + (b - mean) gamma r"),
-            fwd("fwd_kernel eval", y, 2 * ye),
+            *fwd("dsconv_fwd eval", y, 2 * ye),
         ])
-    part = g.fwd_ws_floats * F32
+    part = 2 * g.ntiles * l.k * F32  # [mean | M2] tile partials
     ks = [
-        fwd("fwd_kernel train", y + part, 4 * ye),  # + bias, tile mean and M2
-        Kernel("stats_finalize_kernel", part, 2 * pc, 9 * g.ntiles * l.k),  # Chan merges
-        Kernel("normalize_kernel", y + 4 * pc, y, 3 * ye),
+        *fwd("dsconv_fwd train", y + part, 4 * ye),  # + bias, tile mean and M2
+        Kernel("bn_stats", part + 2 * pc, 4 * pc, 9 * g.ntiles * l.k),  # Chan merges -> mean, var, scale, shift
+        Kernel("bn_relu", y + 2 * pc, y, 3 * ye),
     ]
     if mode == "train_fwd_bwd":
-        red = 3 * g.ntiles * l.k * F32
+        red = 3 * g.rgroups * l.k * F32
         dwp_part = g.splits * l.k * l.c * F32
-        dwd_part = g.ntiles * l.c * 9 * F32
+        dwd_part = g.xgroups * l.c * 9 * F32
         dt = te * F32  # fp32 workspace whatever the activation dtype
-        stats = 7 * pc  # mean, var, gamma, beta + the coefficients A, B, C
-        dwp_kb, dwp_cb = _cdiv(l.k, DWP_BLOCK), _cdiv(l.c, DWP_BLOCK)  # dwp_kernel grid (x, y)
-        dt_kc = _cdiv(l.k, DT_KCHUNK)  # dt_kernel's K chunks
-        dwp_rr = (dwp_kb - 1) * x + (dwp_cb - 1) * 2 * y
-        dt_rr = (g.c_blocks - 1) * 2 * y
+        coef = 8 * l.k * F32
+        dt_bp = 64 if g.dt_tile == "span64" else 128
+        dwp_kb, dwp_cb = _cdiv(l.k, DWP_BK), _cdiv(l.c, DWP_BC)
+        dwp_px = g.dwp_tiles * 64
         if recompute:
-            ks.append(fwd("fwd_kernel y-only (recompute)", y, ye))
+            ks += fwd("dsconv_fwd y-only (recompute)", y, ye)
         ks += [
-            Kernel("bwd_reduce_kernel", 2 * y + 4 * pc, red, 6 * ye),  # dout, y -> dz, dz yhat, yhat partials
-            Kernel("bn_bwd_finalize_kernel", red + 2 * pc, 6 * pc, 3 * g.ntiles * l.k),
-            Kernel("dwp_kernel", x + wd + 2 * y + stats, dwp_part,
-                   dw_fl * dwp_kb + DY_FLOPS * ye * dwp_cb + 2 * px * (dwp_kb * DWP_BLOCK) * (dwp_cb * DWP_BLOCK),
-                   dwp_rr, 0,
-                   f"x once per 64-channel K block ({dwp_kb}x), dout and y once per 64-channel C block "
-                   f"({dwp_cb}x); the blocks sharing them are adjacent in launch order "
-                   f"(grid K-block fastest, {g.splits} split(s))"),
-            Kernel("dt_kernel", 2 * y + wp + x + stats, dt + dwd_part,
-                   DY_FLOPS * ye * g.c_blocks + 2 * px * (dt_kc * DT_KCHUNK) * (g.c_blocks * K_BCD)
-                   + 2 * 9 * _cdiv(l.c, 8) * 8 * px,
-                   dt_rr, 0,
-                   f"dout and y read once per 64-channel C block ({g.c_blocks}x), the C blocks of a tile "
-                   f"adjacent in launch order (grid x)"),
-            Kernel("dx_kernel", dt + wd, x, 2 * 9 * te, note="gathers up to 9 fp32 dt taps per x element"),
-            Kernel("colsum_kernel dWp", dwp_part, wp, g.splits * l.k * l.c),
-            Kernel("colsum_kernel dWd", dwd_part, wd, g.ntiles * l.c * 9),
+            Kernel("bn_bwd_reduce", 2 * y + 4 * pc, red, 6 * ye),  # dout, y -> dz, dz yhat, yhat partials
+            Kernel("bn_bwd_finalize", red + 4 * pc, coef + 3 * pc, 3 * g.rgroups * l.k),
+            Kernel("dsconv_bwd_dt", 2 * y + wp + coef, dt * g.bsplit,
+                   DY_FLOPS * ye * g.c_blocks + 2 * g.dt_tiles * dt_bp * _cdiv(l.k, 8) * 8 * g.c_blocks * DT_BC[g.dt_tile],
+                   (g.c_blocks - 1) * 2 * y, 0,
+                   f"dout and y read once per {DT_BC[g.dt_tile]}-channel C block ({g.c_blocks}x), the C blocks of "
+                   f"a tile adjacent in launch order (grid x)"),
+            Kernel("dsconv_bwd_dwp", x + wd + 2 * y + coef, dwp_part,
+                   2 * 9 * dwp_px * dwp_cb * DWP_BC * dwp_kb + DY_FLOPS * ye * dwp_cb
+                   + 2 * dwp_px * dwp_kb * DWP_BK * dwp_cb * DWP_BC,
+                   (dwp_kb - 1) * x + (dwp_cb - 1) * 2 * y, 0,
+                   f"x once per {DWP_BK}-channel K block ({dwp_kb}x), dout and y once per {DWP_BC}-channel C block "
+                   f"({dwp_cb}x); {g.splits} split(s)"),
+            Kernel("dsconv_bwd_dx", dt * g.bsplit + x + wd, x + dwd_part, 4 * 9 * l.n * l.c * l.h * l.w,
+                   note="dt window per 8x8 input tile; dx and the dWd partials from the same dt taps"),
+            Kernel("colsum (dWp, dWd)", dwp_part + dwd_part, wp + wd, g.splits * l.k * l.c + g.xgroups * l.c * 9),
         ]
     return Traffic(layer, impl, mode, ks)
 
@@ -509,6 +565,50 @@ def kernel_markdown(tr: Traffic) -> str:
     return "\n".join(lines)
 
 
+# -- several processes: synchronised batch norm -------------------------------------------------
+def sync_bn_values(layer: Layer, mode: str) -> dict[str, int]:
+    """MODEL: per-channel values one process contributes per block and step when BN is synchronised
+    (``JointBlock(sync_bn=True)``, fused_dsconv/distributed.py; nn.SyncBatchNorm exchanges as many), beside
+    the activation traffic above, which it does not change: forward 2K + 1 (count, mean, M2), backward 2K
+    (sum dz, sum dz * yhat). float32 (float64 for float64 inputs)."""
+    _check_mode(mode)
+    train = mode != "eval"
+    return {"forward": 2 * layer.k + 1 if train else 0, "backward": 2 * layer.k if mode == "train_fwd_bwd" else 0}
+
+
+def sync_bn_wire_bytes(layer: Layer, mode: str, processes: int, value_bytes: int = F32) -> int:
+    """MODEL: bytes one process sends (and receives) per block and step on a ring of ``processes``: the forward's
+    all-gather of every process's 2K + 1 values, (P - 1)(2K + 1), and the backward's all-reduce of 2K values,
+    2 (P - 1) / P 2K (reduce-scatter, then all-gather)."""
+    v = sync_bn_values(layer, mode)
+    p = processes
+    return round(((p - 1) * v["forward"] + 2 * (p - 1) / p * v["backward"]) * value_bytes)
+
+
+def block_param_values(layer: Layer) -> int:
+    """Parameters of one joint block (depthwise 9C, pointwise KC, BN 2K): what DDP's gradient all-reduce
+    carries for it per step, for scale."""
+    return 9 * layer.c + layer.k * layer.c + 2 * layer.k
+
+
+def sync_markdown(layers: Sequence[Layer], processes: Sequence[int] = (2, 8), act_bytes: int = 4) -> str:
+    """MODEL table of what synchronised BN adds per training step (forward + backward) over ``layers``, next to
+    the native kernels' activation bytes per process and DDP's own gradient all-reduce."""
+    mode = "train_fwd_bwd"
+    values = [sync_bn_values(l, mode) for l in layers]
+    fwd, bwd = sum(v["forward"] for v in values), sum(v["backward"] for v in values)
+    act = sum(native(l, mode, act_bytes).bytes for l in layers)
+    grads = sum(block_param_values(l) for l in layers)
+    head = ["processes", "sync-BN values per process (fwd + bwd)", "sync-BN bytes sent per process (ring)",
+            "DDP gradient all-reduce bytes sent per process (ring)", "native activation bytes per process"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for p in processes:
+        wire = sum(sync_bn_wire_bytes(l, mode, p) for l in layers)
+        lines.append(f"| {p} | {fwd:,} + {bwd:,} | {wire / 1e3:,.1f} KB | {2 * (p - 1) / p * grads * F32 / 1e6:,.2f} MB "
+                     f"| {act / 1e9:,.2f} GB |")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description="Print the analytic traffic/FLOP/roofline MODEL tables (not measurements).")
     p.add_argument("--batch", type=int, default=32)
@@ -522,6 +622,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--kernels", nargs="+", default=None, metavar="LAYER",
                    help="instead of the tables, list the kernels of these layers (b1..b9) per implementation")
     p.add_argument("--summary", action="store_true", help="only the README-sized table of totals per mode")
+    p.add_argument("--processes", type=int, nargs="+", default=None, metavar="P",
+                   help="instead of the tables, what synchronised BN exchanges per training step on P processes")
     a = p.parse_args(argv)
     layers = classifier_layers(a.batch, a.alpha, a.rho, a.dilation)
     print(f"MODEL (analytic, not measured): batch {a.batch}, alpha {a.alpha}, rho {a.rho}, dilation {a.dilation}, "
@@ -529,6 +631,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"native = the shipped CUDA kernels, design = DESIGN.md's plan.")
     if a.summary:
         print("\n" + summary_markdown(layers, a.act_bytes))
+        return 0
+    if a.processes:
+        print("\n" + sync_markdown(layers, a.processes, a.act_bytes))
         return 0
     if a.kernels:
         by_name = {l.name: l for l in layers}

@@ -2,3 +2,5 @@
 #include "binding/cuda_policy.cuh"
 
 DSC_DEFINE_LAUNCHER(backward, float)
+DSC_DEFINE_LAUNCHER(backward_sums, float)
+DSC_DEFINE_LAUNCHER(backward_convs, float)

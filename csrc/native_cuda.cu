@@ -24,7 +24,7 @@ struct CudaTraits {
 int64_t kernel_binary_version(int64_t device) {
   c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
   cudaFuncAttributes attr;
-  if (cudaFuncGetAttributes(&attr, dsc::normalize_kernel<float>) != cudaSuccess) {
+  if (cudaFuncGetAttributes(&attr, dsc::bn_relu_kernel<float>) != cudaSuccess) {
     (void)cudaGetLastError();  // clear the "no kernel image" error
     return -1;
   }

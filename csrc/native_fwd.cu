@@ -2,5 +2,14 @@
 #include "binding/cuda_policy.cuh"
 
 DSC_DEFINE_LAUNCHER(forward, float)
+DSC_DEFINE_LAUNCHER(forward_conv, float)
+DSC_DEFINE_LAUNCHER(forward_stats, float)
+DSC_DEFINE_LAUNCHER(normalize, float)
 DSC_DEFINE_LAUNCHER(forward, __half)
+DSC_DEFINE_LAUNCHER(forward_conv, __half)
+DSC_DEFINE_LAUNCHER(forward_stats, __half)
+DSC_DEFINE_LAUNCHER(normalize, __half)
 DSC_DEFINE_LAUNCHER(forward, __nv_bfloat16)
+DSC_DEFINE_LAUNCHER(forward_conv, __nv_bfloat16)
+DSC_DEFINE_LAUNCHER(forward_stats, __nv_bfloat16)
+DSC_DEFINE_LAUNCHER(normalize, __nv_bfloat16)

@@ -7,8 +7,8 @@
 __version__ = "0.1.0"
 
 from . import backends, ops, tune  # noqa: F401  (registers torch.ops.fused_dsconv.*)
-from .block import JointBlock
+from .block import JointBlock, convert_sync_batchnorm
 from .models import JointNet, complexity, create_model, list_models
 
-__all__ = ["JointBlock", "JointNet", "create_model", "list_models", "complexity", "backends", "ops", "tune",
-           "__version__"]
+__all__ = ["JointBlock", "JointNet", "convert_sync_batchnorm", "create_model", "list_models", "complexity", "backends",
+           "ops", "tune", "__version__"]

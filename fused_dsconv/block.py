@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import backends, ops, tune
+from . import backends, distributed, ops, tune
 from .reference import fold_bn
 
 UNFUSED = tune.UNFUSED
@@ -37,6 +37,10 @@ class JointBlock(nn.Sequential):
         recompute: save only the input for backward and rebuild the pre-BN output there
             (less memory, one more pointwise GEMM per step); "auto" then never picks the unfused
             layers for a forward that computes gradients (they save more).
+        sync_bn: in training, merge the batch statistics over the processes of ``process_group`` (None:
+            torch.distributed's default group), as ``nn.SyncBatchNorm`` does, still fused
+            (``fused_dsconv/distributed.py``); a plain block when torch.distributed is not initialised
+            or the group has one process. ``convert_sync_batchnorm`` turns it on in a whole model.
 
     ``last_backend`` names what the latest eager forward ran on: a backend, or "unfused" (its modules
     one by one, as PyTorch runs them: chosen by auto, forced, or because a non-standard BN such as
@@ -47,7 +51,7 @@ class JointBlock(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1, *,
                  bias: bool = False, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
                  track_running_stats: bool = True, backend: str = "auto", recompute: bool = False,
-                 device=None, dtype=None):
+                 sync_bn: bool = False, process_group=None, device=None, dtype=None):
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -63,7 +67,13 @@ class JointBlock(nn.Sequential):
             nn.BatchNorm2d(out_channels, eps, momentum, affine, track_running_stats, **fk),
         )
         self.backend = backends.requested(backend) if backend not in (backends.AUTO, UNFUSED) else backend
+        if sync_bn and backend == UNFUSED:
+            raise ValueError("sync_bn=True needs a fused backend: backend='unfused' runs a plain nn.BatchNorm2d, "
+                             "which would normalise with this process's statistics only (convert the unfused "
+                             "layers with nn.SyncBatchNorm.convert_sync_batchnorm instead)")
         self.recompute = recompute
+        self.sync_bn = bool(sync_bn)
+        self.process_group = process_group
         self.last_backend: Optional[str] = None
         self.last_tuning = None
         self._tuned: dict[str, str] = {}  # the latest eager choice per mode/dtype/layout/device: torch.compile's
@@ -72,7 +82,8 @@ class JointBlock(nn.Sequential):
     def __setstate__(self, state):
         super().__setstate__(state)
         # A block pickled before the measured choice existed: give it the tuner's bookkeeping.
-        for name, default in (("last_tuning", None), ("_tuned", {}), ("_recent", {})):
+        for name, default in (("last_tuning", None), ("_tuned", {}), ("_recent", {}), ("sync_bn", False),
+                              ("process_group", None)):
             self.__dict__.setdefault(name, default)
 
     # The three layers by role; indices stay "0", "1", "2" for state_dict compatibility. Read from _modules,
@@ -90,7 +101,14 @@ class JointBlock(nn.Sequential):
         return self.dw.dilation[0]
 
     def extra_repr(self) -> str:
-        return f"stride={self.stride}, dilation={self.dilation}, backend={self.backend!r}, recompute={self.recompute}"
+        sync = ", sync_bn=True" if self.sync_bn else ""
+        return (f"stride={self.stride}, dilation={self.dilation}, backend={self.backend!r}, recompute={self.recompute}"
+                f"{sync}")
+
+    def synchronises(self) -> bool:
+        """Whether the next forward merges its batch statistics over processes: ``sync_bn``, training, and a
+        process group of more than one process (as nn.SyncBatchNorm decides)."""
+        return self.sync_bn and self.bn.training and distributed.active(self.process_group)
 
     # -- conversion -------------------------------------------------------------------------
     @classmethod
@@ -98,7 +116,8 @@ class JointBlock(nn.Sequential):
                      **kwargs) -> "JointBlock":
         """Build a JointBlock holding copies of the given layers' parameters and statistics.
 
-        Accepts the three modules, or one ``nn.Sequential(dw, pw, bn[, nn.ReLU()])``.
+        Accepts the three modules, or one ``nn.Sequential(dw, pw, bn[, nn.ReLU()])``. An ``nn.SyncBatchNorm``
+        gives a synchronised block (``sync_bn=True``, its process group).
         """
         if pw is None and bn is None and isinstance(dw, nn.Sequential):
             layers = list(dw)
@@ -109,6 +128,8 @@ class JointBlock(nn.Sequential):
                                  f"got {len(list(dw))} layers")
             dw, pw, bn = layers
         _check_unfused(dw, pw, bn)
+        if isinstance(bn, nn.SyncBatchNorm):
+            kwargs = {"sync_bn": True, "process_group": bn.process_group, **kwargs}
         block = cls(dw.in_channels, pw.out_channels, dw.stride[0], dw.dilation[0], bias=False, eps=bn.eps,
                     momentum=bn.momentum, affine=bn.affine, track_running_stats=bn.track_running_stats,
                     device=dw.weight.device, dtype=dw.weight.dtype, **kwargs)
@@ -120,9 +141,12 @@ class JointBlock(nn.Sequential):
         return block
 
     def to_unfused(self) -> nn.Sequential:
-        """An ``nn.Sequential(dw, pw, bn, ReLU)`` of independent copies, with identical state_dict keys."""
+        """An ``nn.Sequential(dw, pw, bn, ReLU)`` of independent copies, with identical state_dict keys; bn is an
+        ``nn.SyncBatchNorm`` (same process group) for a synchronised block."""
         import copy
         dw, pw, bn = (copy.deepcopy(m) for m in self)
+        if self.sync_bn and type(bn) is nn.BatchNorm2d:
+            bn = nn.SyncBatchNorm.convert_sync_batchnorm(bn, self.process_group)
         return nn.Sequential(dw, pw, bn, nn.ReLU()).train(self.training)
 
     # -- forward ----------------------------------------------------------------------------
@@ -138,11 +162,15 @@ class JointBlock(nn.Sequential):
         dtype = _compute_dtype(x, dw.weight)
         x_in, x = x, x.to(dtype)
         use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
-        name = self._choose(x, use_batch_stats)
+        sync = self.synchronises()
+        name = self._choose(x, use_batch_stats, sync)
         if name == UNFUSED:  # the layers themselves, as PyTorch runs them (autocast, statistics and all)
+            if sync:
+                raise RuntimeError("JointBlock(sync_bn=True) cannot run backend='unfused' in training: its "
+                                   "nn.BatchNorm2d would normalise with this process's statistics only")
             self._record(name)
             return F.relu(bn(pw(dw(x_in))))
-        dw_w, pw_w, acc, bias, gamma, beta = self._op_args(x, use_batch_stats)
+        dw_w, pw_w, acc, bias, gamma, beta = self._op_args(x, use_batch_stats, sync)
         self._record(name)
 
         if not use_batch_stats:
@@ -155,11 +183,22 @@ class JointBlock(nn.Sequential):
         count = bn.training and bn.track_running_stats and bn.num_batches_tracked is not None
         if count and bn.momentum is None:  # cumulative average; a tensor, so torch.compile needs no .item()
             factor = 1.0 / (bn.num_batches_tracked + 1).to(acc)
-        out, _, mean, var = ops.forward_train(x, dw_w, pw_w, bias, gamma, beta, self.stride, self.dilation,
-                                              bn.eps, not self.recompute, name)
+        if sync:
+            out, mean, var, n = distributed.forward_train(x, dw_w, pw_w, bias, gamma, beta, self.stride,
+                                                          self.dilation, bn.eps, not self.recompute, name,
+                                                          self.process_group)
+        else:
+            out, _, mean, var = ops.forward_train(x, dw_w, pw_w, bias, gamma, beta, self.stride, self.dilation,
+                                                  bn.eps, not self.recompute, name)
         if count:
             bn.num_batches_tracked.add_(1)
-        if bn.training and bn.running_mean is not None and out.numel() > 0:  # empty batch: no update, as PyTorch
+        if bn.training and bn.running_mean is not None and sync:
+            # The merged count, a tensor: no host sync; no update when every process's batch was empty.
+            with torch.no_grad():
+                for running, batch in ((bn.running_mean, mean), (bn.running_var, var * (n / (n - 1)))):
+                    running.copy_(torch.where(n > 1, running * (1 - factor) + (batch * factor).to(running.dtype),
+                                              running))
+        elif bn.training and bn.running_mean is not None and out.numel() > 0:  # empty batch: no update, as PyTorch
             m = out.numel() // out.shape[1]
             with torch.no_grad():
                 for running, batch in ((bn.running_mean, mean), (bn.running_var, var * (m / (m - 1)))):
@@ -182,7 +221,7 @@ class JointBlock(nn.Sequential):
             raise ValueError(f"input is on {x.device} but the block's parameters are on {self.dw.weight.device}; "
                              f"move one of them (e.g. block.to({str(x.device)!r}))")
 
-    def _op_args(self, x: Tensor, use_batch_stats: bool):
+    def _op_args(self, x: Tensor, use_batch_stats: bool, sync: bool = False):
         """The op's arguments for x (in the compute dtype), checked: every check before any state changes, so
         a forward that raises leaves the module as it was."""
         dw, pw, bn = self.dw, self.pw, self.bn
@@ -192,12 +231,12 @@ class JointBlock(nn.Sequential):
         gamma = bn.weight.to(acc) if bn.affine else None
         beta = bn.bias.to(acc) if bn.affine else None
         if use_batch_stats:
-            ops.check_train_inputs(x, dw_w, pw_w, bias, gamma, beta, self.stride, self.dilation)
+            ops.check_train_inputs(x, dw_w, pw_w, bias, gamma, beta, self.stride, self.dilation, synced=sync)
         else:
             ops.check_inputs(x, dw_w, pw_w, self.stride, self.dilation, bias=bias)
         return dw_w, pw_w, acc, bias, gamma, beta
 
-    def _choose(self, x: Tensor, use_batch_stats: bool) -> str:
+    def _choose(self, x: Tensor, use_batch_stats: bool, sync: bool = False) -> str:
         """A forced choice (the op raises, saying why, if it cannot run x), else the tuner's. The tuner checks
         the input (``_op_args``) before it measures a new kind of input, so one the op would reject raises
         here, as it would on the fused path, instead of reaching the unfused layers."""
@@ -206,7 +245,8 @@ class JointBlock(nn.Sequential):
         forced = backends.requested(self.backend)  # the module's, else $FUSED_DSCONV_BACKEND, else auto
         if forced != backends.AUTO:
             return forced
-        return tune.choose(self, x, use_batch_stats, validate=lambda: self._op_args(x, use_batch_stats))
+        return tune.choose(self, x, use_batch_stats, validate=lambda: self._op_args(x, use_batch_stats, sync),
+                           sync=sync)
 
     def _record(self, name: str) -> None:
         if not torch.compiler.is_compiling() and self.last_backend != name:  # __setattr__ only on a change
@@ -267,12 +307,47 @@ def _check_unfused(dw, pw, bn) -> None:
                          f"kernel_size={pw.kernel_size}, stride={pw.stride}, padding={pw.padding}, groups={pw.groups}")
     if pw.in_channels != dw.out_channels:
         raise ValueError(f"pw.in_channels ({pw.in_channels}) must equal dw.out_channels ({dw.out_channels})")
-    if not isinstance(bn, nn.BatchNorm2d):
-        raise TypeError(f"bn must be an nn.BatchNorm2d, got {type(bn).__name__}")
+    if not isinstance(bn, (nn.BatchNorm2d, nn.SyncBatchNorm)):
+        raise TypeError(f"bn must be an nn.BatchNorm2d or nn.SyncBatchNorm, got {type(bn).__name__}")
     if bn.num_features != pw.out_channels:
         raise ValueError(f"bn.num_features ({bn.num_features}) must equal pw.out_channels ({pw.out_channels})")
     if pw.weight.dtype != dw.weight.dtype or pw.weight.device != dw.weight.device:
         raise ValueError("dw and pw must share dtype and device")
 
 
-__all__ = ["JointBlock"]
+def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
+    """``nn.SyncBatchNorm.convert_sync_batchnorm`` for models with joint blocks: every ``JointBlock`` becomes a
+    synchronised fused block (``sync_bn=True``), including one whose BatchNorm was already converted to an
+    ``nn.SyncBatchNorm`` (which made it run unfused): that layer goes back to an ``nn.BatchNorm2d`` with the same
+    parameters, statistics and process group. Other batch-norm layers become ``nn.SyncBatchNorm`` as torch's
+    converter makes them. Converts in place and returns ``module`` (a new module if ``module`` itself is a
+    batch-norm layer, as torch's converter does).
+    """
+    if isinstance(module, JointBlock):
+        if module.backend == UNFUSED:
+            raise ValueError("convert_sync_batchnorm: a JointBlock with backend='unfused' cannot synchronise its "
+                             "statistics fused; set its backend to 'auto' first")
+        bn = module.bn
+        if isinstance(bn, nn.SyncBatchNorm):
+            plain = nn.BatchNorm2d(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+            like = next(iter([*bn.parameters(), *bn.buffers()]), None)
+            if like is not None:
+                plain = plain.to(device=like.device, dtype=like.dtype if like.is_floating_point() else None)
+            plain.load_state_dict(bn.state_dict())
+            for mine, theirs in zip(plain.parameters(), bn.parameters()):
+                mine.requires_grad_(theirs.requires_grad)
+            module._modules["2"] = plain.train(bn.training)
+            if process_group is None:
+                process_group = bn.process_group
+        module.sync_bn, module.process_group = True, process_group
+        return module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, nn.SyncBatchNorm):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module, process_group)
+    for name, child in module.named_children():
+        converted = convert_sync_batchnorm(child, process_group)
+        if converted is not child:
+            module.add_module(name, converted)
+    return module
+
+
+__all__ = ["JointBlock", "convert_sync_batchnorm"]

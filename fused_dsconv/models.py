@@ -82,9 +82,10 @@ class JointNet(nn.Module):
                 raise ValueError(f"input must be {self.resolution}x{self.resolution} (resize_input=False), "
                                  f"got {tuple(x.shape[-2:])}")
             x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
-        if self.training and x.shape[0] > 0:
+        if self.training and x.shape[0] > 0 and not any(getattr(b, "synchronises", bool)() for b in self.blocks):
             # The last block has the fewest values per channel; refuse here, before block 1 updates its running
-            # statistics, rather than from deep inside the network.
+            # statistics, rather than from deep inside the network. (Synchronised blocks count over every
+            # process, which only they can see.)
             side = self.resolution
             for block in self.blocks:
                 side = output_size(side, block[0].stride[0])  # block[0]: the depthwise conv, fused or not

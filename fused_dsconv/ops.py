@@ -48,17 +48,27 @@ def check_inputs(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, stride: int, d
     for name, t in (("dw_weight", dw_weight), ("pw_weight", pw_weight)):
         if t.dtype != x.dtype:
             raise TypeError(f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
-    k = pw_weight.shape[0]
-    for name, t in per_channel.items():
+    _check_vectors(x, "x", pw_weight.shape[0], per_channel)
+    _check_devices(x, "x", {"dw_weight": dw_weight, "pw_weight": pw_weight, **per_channel})
+
+
+def _check_vectors(ref: Tensor, ref_name: str, k: int, vectors: dict) -> None:
+    """Per-channel tensors (None: absent) of shape [k] in the accumulation dtype of ``ref``."""
+    for name, t in vectors.items():
         if t is None:
             continue
         if tuple(t.shape) != (k,):
             raise ValueError(f"{name} must have shape ({k},) (one value per output channel), got {tuple(t.shape)}")
-        if t.dtype != backends.acc_dtype(x):
-            raise TypeError(f"{name} must be {backends.acc_dtype(x)} for x of dtype {x.dtype}, got {t.dtype}")
-    for name, t in (("dw_weight", dw_weight), ("pw_weight", pw_weight), *per_channel.items()):
-        if t is not None and t.device != x.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {x.device}: all tensors must be on one device")
+        if t.dtype != backends.acc_dtype(ref):
+            raise TypeError(f"{name} must be {backends.acc_dtype(ref)} for {ref_name} of dtype {ref.dtype}, "
+                            f"got {t.dtype}")
+
+
+def _check_devices(ref: Tensor, ref_name: str, tensors: dict) -> None:
+    for name, t in tensors.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}: all tensors must be on one "
+                             "device")
 
 
 def check_activations(x: Tensor, pw_weight: Tensor, stride: int, **acts: Optional[Tensor]) -> None:
@@ -141,11 +151,16 @@ def _(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, 
     return out, y, stat, stat.clone()
 
 
-def check_train_inputs(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, **stats):
-    """forward_train's checks (JointBlock runs them before it touches its running statistics)."""
+def check_train_inputs(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, *, synced=False,
+                       **stats):
+    """forward_train's checks (JointBlock runs them before it touches its running statistics). ``synced``:
+    the statistics are merged over processes, so one value per channel here is allowed (the merged count is
+    checked once it is known, ``fused_dsconv.distributed``)."""
     check_inputs(x, dw_weight, pw_weight, stride, dilation, bias=bias, bn_weight=bn_weight, bn_bias=bn_bias, **stats)
     if (bn_weight is None) != (bn_bias is None):
         raise ValueError("bn_weight and bn_bias must be given together (affine batch norm) or both be None")
+    if synced:
+        return
     n, _, h, w = x.shape
     per_channel = n * output_size(h, stride) * output_size(w, stride)
     if per_channel == 1:
@@ -200,6 +215,154 @@ def _(grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var,
     k = pw_weight.shape[0]
     stats = [x.new_empty(k, dtype=backends.acc_dtype(x)) for _ in range(3)]
     return (torch.empty_like(x), torch.empty_like(dw_weight), torch.empty_like(pw_weight), *stats)
+
+
+# -- the split training passes (synchronised batch statistics: fused_dsconv/distributed.py) -------------
+# forward_train cut at the statistics: pass 1 (forward_stats) gives this process's statistics, the caller
+# merges them over processes, pass 2 (forward_normalize) normalises with the merged ones; backward_train cut
+# the same way at the two per-channel BN gradient sums (backward_reduce, then backward_apply with the merged
+# means). Each op is functional, so the collectives between them trace in torch.compile like any other op.
+
+def _stat_out(x, k):
+    return x.new_zeros(k, dtype=backends.acc_dtype(x))
+
+
+def _y_without_input(x, k, stride, bias):
+    """y of an input with no elements: empty for an empty batch; the bias (or 0) everywhere for C = 0."""
+    y = _out_like(x, k, stride)
+    return y.copy_((bias if bias is not None else _stat_out(x, k)).view(1, k, 1, 1).to(x.dtype).expand_as(y))
+
+
+@torch.library.custom_op("fused_dsconv::forward_stats", mutates_args=())
+def forward_stats(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, bias: Optional[Tensor], stride: int,
+                  dilation: int, save_y: bool = True, backend: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
+    """Pass 1: (y, mean, var) with y = pw(dw(x)) + bias (an empty tensor when ``save_y`` is False) and mean /
+    var the biased statistics of y per channel over this call's N*Ho*Wo pixels, as forward_train's. An empty
+    batch gives zeros (it contributes nothing to a merge; forward_train's NaN would poison one)."""
+    check_inputs(x, dw_weight, pw_weight, stride, dilation, bias=bias)
+    k = pw_weight.shape[0]
+    if x.numel() == 0:
+        y = _y_without_input(x, k, stride, bias)
+        mean = bias.clone() if bias is not None and y.numel() > 0 else _stat_out(x, k)
+        return (y if save_y else x.new_empty(0)), mean, _stat_out(x, k)
+    impl, no_autocast = _run(x, backend)
+    with no_autocast:
+        return impl.forward_stats(x, dw_weight.contiguous(), pw_weight.contiguous(), bias, stride, dilation, save_y)
+
+
+@forward_stats.register_fake
+def _(x, dw_weight, pw_weight, bias, stride, dilation, save_y=True, backend="auto"):
+    check_inputs(x, dw_weight, pw_weight, stride, dilation, bias=bias)
+    k = pw_weight.shape[0]
+    y = _out_like(x, k, stride) if save_y else x.new_empty(0)
+    return y, x.new_empty(k, dtype=backends.acc_dtype(x)), x.new_empty(k, dtype=backends.acc_dtype(x))
+
+
+@torch.library.custom_op("fused_dsconv::forward_normalize", mutates_args=())
+def forward_normalize(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, bias: Optional[Tensor], y: Optional[Tensor],
+                      mean: Tensor, var: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor], stride: int,
+                      dilation: int, eps: float, backend: str = "auto") -> Tensor:
+    """Pass 2: out = relu((y - mean) / sqrt(var + eps) * bn_weight + bn_bias) with the given (merged)
+    statistics; ``y`` None (or empty: recompute mode) rebuilds y from x first."""
+    y = _check_normalize(x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation)
+    if x.numel() == 0:
+        yf = _y_without_input(x, pw_weight.shape[0], stride, bias).to(mean.dtype)
+        z = torch.nn.functional.batch_norm(yf, mean, var, bn_weight, bn_bias, False, 0.0, eps)
+        return z.relu().to(x.dtype).contiguous(memory_format=backends.memory_format_of(x))
+    impl, no_autocast = _run(x, backend)
+    with no_autocast:
+        return impl.forward_normalize(x, dw_weight.contiguous(), pw_weight.contiguous(), bias, y, mean, var,
+                                      bn_weight, bn_bias, stride, dilation, eps)
+
+
+@forward_normalize.register_fake
+def _(x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation, eps, backend="auto"):
+    _check_normalize(x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation)
+    return _out_like(x, pw_weight.shape[0], stride)
+
+
+@torch.library.custom_op("fused_dsconv::backward_reduce", mutates_args=())
+def backward_reduce(grad_out: Tensor, y: Tensor, mean: Tensor, var: Tensor, bn_weight: Optional[Tensor],
+                    bn_bias: Optional[Tensor], eps: float, backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """(sum dz, sum dz * yhat) per channel over this call's pixels, with yhat = (y - mean) / sqrt(var + eps),
+    z = yhat * bn_weight + bn_bias and dz = grad_out [z > 0]: the BN parameters' gradients (dbeta, dgamma)
+    and, merged over processes, what backward_apply needs."""
+    _check_reduce(grad_out, y, mean, var, bn_weight, bn_bias)
+    if y.numel() == 0:
+        return _stat_out(y, y.shape[1]), _stat_out(y, y.shape[1])
+    impl, no_autocast = _run(y, backend)
+    with no_autocast:
+        return impl.backward_reduce(grad_out, y, mean, var, bn_weight, bn_bias, eps)
+
+
+@backward_reduce.register_fake
+def _(grad_out, y, mean, var, bn_weight, bn_bias, eps, backend="auto"):
+    _check_reduce(grad_out, y, mean, var, bn_weight, bn_bias)
+    k = y.shape[1]
+    return y.new_empty(k, dtype=backends.acc_dtype(y)), y.new_empty(k, dtype=backends.acc_dtype(y))
+
+
+@torch.library.custom_op("fused_dsconv::backward_apply", mutates_args=())
+def backward_apply(grad_out: Tensor, x: Tensor, dw_weight: Tensor, pw_weight: Tensor, y: Tensor, mean: Tensor,
+                   var: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor], mean_dz: Tensor,
+                   mean_dz_yhat: Tensor, stride: int, dilation: int, eps: float, backend: str = "auto"
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """(grad_x, grad_dw_weight, grad_pw_weight) through dy = bn_weight / sqrt(var + eps) * (dz - mean_dz -
+    yhat * mean_dz_yhat), where mean_dz / mean_dz_yhat are backward_reduce's sums divided by the pixel count
+    (merged over processes: nn.SyncBatchNorm's backward)."""
+    _check_apply(grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz, mean_dz_yhat,
+                 stride, dilation)
+    if x.numel() == 0:
+        return _zero_grads(x, dw_weight, pw_weight, 0)
+    impl, no_autocast = _run(x, backend)
+    with no_autocast:
+        return impl.backward_apply(grad_out, x, dw_weight.contiguous(), pw_weight.contiguous(), y, mean, var,
+                                   bn_weight, bn_bias, mean_dz, mean_dz_yhat, stride, dilation, eps)
+
+
+@backward_apply.register_fake
+def _(grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz, mean_dz_yhat, stride, dilation,
+      eps, backend="auto"):
+    _check_apply(grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz, mean_dz_yhat,
+                 stride, dilation)
+    return torch.empty_like(x), torch.empty_like(dw_weight), torch.empty_like(pw_weight)
+
+
+def _check_normalize(x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation):
+    check_train_inputs(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, synced=True, mean=mean,
+                       var=var)
+    if y is not None and y.dim() == 1 and y.numel() == 0:
+        y = None
+    check_activations(x, pw_weight, stride, y=y)
+    return y
+
+
+def _check_reduce(grad_out, y, mean, var, bn_weight, bn_bias):
+    if not isinstance(y, Tensor) or y.dim() != 4:
+        raise ValueError(f"y must be the pre-BN activation [N, K, Ho, Wo], got "
+                         f"{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}")
+    if y.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"y must be float32, float16, bfloat16 or float64, got {y.dtype}")
+    if (bn_weight is None) != (bn_bias is None):
+        raise ValueError("bn_weight and bn_bias must be given together (affine batch norm) or both be None")
+    vectors = {"mean": mean, "var": var, "bn_weight": bn_weight, "bn_bias": bn_bias}
+    _check_vectors(y, "y", y.shape[1], vectors)
+    _check_devices(y, "y", vectors)
+    if not isinstance(grad_out, Tensor) or tuple(grad_out.shape) != tuple(y.shape):
+        raise ValueError(f"grad_out must have y's shape {tuple(y.shape)}, got "
+                         f"{tuple(grad_out.shape) if isinstance(grad_out, Tensor) else type(grad_out).__name__}")
+    if grad_out.dtype != y.dtype or grad_out.device != y.device:
+        raise TypeError(f"grad_out must have y's dtype {y.dtype} and device {y.device}, got {grad_out.dtype} on "
+                        f"{grad_out.device}")
+
+
+def _check_apply(grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz, mean_dz_yhat, stride,
+                 dilation):
+    check_train_inputs(x, dw_weight, pw_weight, None, bn_weight, bn_bias, stride, dilation, synced=True, mean=mean,
+                       var=var, mean_dz=mean_dz, mean_dz_yhat=mean_dz_yhat)
+    if y is None:
+        raise ValueError("y must be given (backward_apply has no recompute mode: rebuild y with forward_stats)")
+    check_activations(x, pw_weight, stride, grad_out=grad_out, y=y)
 
 
 def _check_backward_eval(grad_out, out, x, dw_weight, pw_weight, stride, dilation):

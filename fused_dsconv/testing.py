@@ -39,6 +39,24 @@ TOLERANCES = {
 }
 
 
+# Shapes that give every tile class of the native CUDA kernels (csrc/kernels/launch.cuh) and its edges:
+# ((N, C, K, H, W), stride, dilation, the forward's tile class). tests/test_emu_kernels.py runs every op
+# on them through the emulator; tests/test_perf_model.py checks the class against the launcher's mirror.
+NATIVE_TILE_CASES = [
+    ((1, 9, 70, 20, 19), 1, 2, "rect8x8"),      # Wo > 16, K > 64: 128 channels x 8x8, 3x3 tiles
+    ((1, 6, 10, 40, 36), 2, 3, "rect8x16"),     # K <= 64 on a wide map, stride 2
+    ((1, 6, 10, 20, 40), 1, 5, "rect8x16"),     # the runtime-dilation path on 8x16 tiles
+    ((3, 5, 6, 7, 7), 1, 3, "span64"),          # 64-pixel tiles spanning 7x7 images (147 pixels, 3 tiles)
+    ((3, 5, 6, 14, 13), 2, 1, "span64"),        # spanning, stride 2, odd input size
+    ((1, 1, 1, 5, 6), 1, 1, "span64"),          # C = K = N = 1, one partial tile
+    ((2, 3, 1, 4, 4), 2, 2, "span64"),          # K = 1, every tap of a 2x2 map out of range but the centre
+    ((1, 1, 3, 23, 18), 1, 4, "rect8x16"),      # C = 1, many partial tiles, K <= 64
+    ((1, 70, 3, 9, 9), 2, 4, "span64"),         # C > 64 (two dt channel blocks), tiny K
+    ((2, 70, 20, 5, 5), 2, 3, "span64"),        # one tile: the forward's input channels split over 2 blocks
+    ((1, 9, 130, 6, 6), 1, 1, "span64"),        # one tile, K > 128: dt's output channels split over 2 blocks
+]
+
+
 def max_error(actual: Tensor, expected: Tensor) -> float:
     return (actual.double() - expected.double()).abs().max().item() if expected.numel() else 0.0
 
@@ -114,3 +132,41 @@ def make_case(n: int, c: int, k: int, h: int, w: int, *, stride: int = 1, dilati
                 (torch.rand(k, generator=g) + 0.5) if affine else None, r(k) * 0.5 if affine else None,
                 stride, dilation)
     return Case(*(t.to(device) if isinstance(t, Tensor) else t for t in case.__dict__.values()))
+
+
+def split_passes(backend: str, case: Case, sizes: list[int], grad_out: Tensor, eps: float = 1e-5,
+                 save_y: bool = True) -> dict:
+    """The synchronised block's passes on ``backend``, one process per entry of ``sizes`` simulated in this one:
+    ``case.x`` cut into batches of those sizes (0 allowed), pass 1 on each, the statistics merged as the
+    all-gather merges them (``fused_dsconv.distributed.merge_statistics``), pass 2 on each, the BN gradient sums
+    added up as the all-reduce adds them, and the rest of the backward on each. Returns the merged
+    statistics and the whole-batch results (outputs and dx concatenated, weight / BN gradients summed), to
+    compare with one call on the whole batch."""
+    from .distributed import merge_statistics
+
+    ops = torch.ops.fused_dsconv
+    c = case
+    assert sum(sizes) == c.x.shape[0]
+    k = c.pw_weight.shape[0]
+    cuts = torch.tensor([0, *sizes]).cumsum(0).tolist()
+    xs = [c.x[a:b] for a, b in zip(cuts, cuts[1:])]
+    gs = [grad_out[a:b] for a, b in zip(cuts, cuts[1:])]
+    conv = (c.dw_weight, c.pw_weight, c.bias)
+    rows, ys = [], []
+    for x in xs:
+        y, mean, var = ops.forward_stats(x, *conv, c.stride, c.dilation, save_y, backend)
+        count = x.shape[0] * ((x.shape[2] - 1) // c.stride + 1) * ((x.shape[3] - 1) // c.stride + 1)
+        rows.append(torch.cat([mean.new_full((1,), count), mean, var * count]))
+        ys.append(y if save_y else None)
+    n, mean, var = merge_statistics(torch.cat(rows), k)
+    outs = [ops.forward_normalize(x, *conv, y, mean, var, c.bn_weight, c.bn_bias, c.stride, c.dilation, eps, backend)
+            for x, y in zip(xs, ys)]
+    if not save_y:  # as the backward rebuilds it in recompute mode
+        ys = [ops.forward_stats(x, *conv, c.stride, c.dilation, True, backend)[0] for x in xs]
+    sums = [ops.backward_reduce(g, y, mean, var, c.bn_weight, c.bn_bias, eps, backend) for g, y in zip(gs, ys)]
+    sum_dz, sum_dz_yhat = sum(s[0] for s in sums), sum(s[1] for s in sums)
+    grads = [ops.backward_apply(g, x, c.dw_weight, c.pw_weight, y, mean, var, c.bn_weight, c.bn_bias, sum_dz / n,
+                                sum_dz_yhat / n, c.stride, c.dilation, eps, backend) for g, x, y in zip(gs, xs, ys)]
+    return {"count": n, "mean": mean, "var": var, "out": torch.cat(outs), "dx": torch.cat([g[0] for g in grads]),
+            "d_dw": sum(g[1] for g in grads), "d_pw": sum(g[2] for g in grads), "d_gamma": sum_dz_yhat,
+            "d_beta": sum_dz, "parts": [{"out": o, "dx": g[0]} for o, g in zip(outs, grads)]}

@@ -7,8 +7,12 @@ With no arguments it trains on the embedded UCI digits at 32x32, offline, on the
     fused-dsconv train --alpha 0.5 --delta 3 --epochs 15            # embedded digits
     fused-dsconv train --dataset cifar10 --data ~/data --download --model jointnet_a100_d3 --amp bf16
     fused-dsconv train --resume runs/digits_jointnet_a050_d3         # continue exactly where it stopped
+    torchrun --nproc-per-node 4 -m fused_dsconv train --sync-bn ...    # DDP, one process per GPU
 
-See docs/training.md for the paper's dilation sweep and the files a run writes.
+Under torchrun (WORLD_SIZE > 1) each process trains its share of every epoch (a DistributedSampler per
+data set) in DistributedDataParallel, NCCL on CUDA and gloo on CPU; --batch-size is per process; rank 0
+logs, evaluates and writes the checkpoints while the others wait at a barrier. See docs/training.md for
+the paper's dilation sweep, the files a run writes and the several-GPU notes.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import random
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +37,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from ._interrupt import sigint_deferred
+from .block import convert_sync_batchnorm
 from .data import DATASETS, DEFAULT_RESOLUTION, DataError, Loader, infer_dataset, load_dataset, normalize
 from .models import BASE_RESOLUTION, JointNet, create_model, model_name
 
@@ -68,7 +74,9 @@ def add_data_arguments(p: argparse.ArgumentParser, *, splits: bool = True) -> No
                    help="digits (embedded, default), cifar10, tinyimagenet, folder (guessed from --data's layout)")
     g.add_argument("--data", default=None, help="data set folder (not needed for digits)")
     g.add_argument("--download", action="store_true", help="download CIFAR-10 into --data if it is not there")
-    g.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
+    g.add_argument("--batch-size", type=int, default=64,
+                   help="images per step and process (default 64; under torchrun the global batch is this times "
+                        "the number of processes)")
     g.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="image-decoding processes for folder data sets (default min(4, CPUs))")
     if splits:
@@ -102,6 +110,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue a run folder (or its last_state.pt) after its last finished epoch, with its "
                         "saved settings; options given here change them where that is allowed (--epochs, "
                         "--device, --threads, ...)")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: batch statistics over all processes (fused synchronised BatchNorm), as "
+                        "nn.SyncBatchNorm; without it each process normalises with its own batch")
     g.add_argument("--compare-unfused", action="store_true",
                    help="first time --compare-steps steps of this model and of its unfused PyTorch twin "
                         "(same init, same batches): throughput and memory side by side")
@@ -109,21 +120,89 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar (per-epoch lines only)")
 
 
+# -- processes (torchrun) ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Processes:
+    """This process's place in a torchrun launch: (rank, world size, local rank); one process: (0, 1, 0)."""
+    rank: int = 0
+    world: int = 1
+    local: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def processes_from_env() -> Processes:
+    """From torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); a single process without it."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return Processes()
+    rank = int(os.environ["RANK"])
+    return Processes(rank, world, int(os.environ.get("LOCAL_RANK", rank)))
+
+
+def start_processes(procs: Processes, device: torch.device) -> None:
+    """Join torchrun's process group (once per process): NCCL for CUDA devices, gloo for the CPU."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+
+
+def stop_processes() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _barrier(device: torch.device) -> None:
+    import torch.distributed as dist
+
+    dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _launch_prefix(procs: Processes) -> str:
+    """How a user starts this launch again: torchrun with this node's process count."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", procs.world) or procs.world)
+    nodes = "" if local == procs.world else " (and your other torchrun options)"
+    return f"torchrun --nproc-per-node {local}{nodes} -m fused_dsconv"
+
+
 # -- setup helpers -----------------------------------------------------------------------------
-def pick_device(name: Optional[str], threads: Optional[int] = None) -> torch.device:
+def pick_device(name: Optional[str], threads: Optional[int] = None, procs: Processes = Processes()) -> torch.device:
     if threads is not None:
         if threads < 1:
             raise SystemExit(f"error: --threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise SystemExit(f"error: --device {name!r} is not a device name ({e})") from None
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(name)
+        except RuntimeError as e:
+            raise SystemExit(f"error: --device {name!r} is not a device name ({e})") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"error: --device {name} asked for CUDA, but torch sees no GPU here "
                          f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use --device cpu")
+    if procs.distributed and dev.type == "cuda":  # one GPU per process: the local rank's
+        if dev.index is not None:
+            raise SystemExit(f"error: --device {name}: under torchrun each process uses the GPU of its local rank "
+                             "(cuda:LOCAL_RANK); give --device cuda or leave --device out")
+        if procs.local >= torch.cuda.device_count():
+            raise SystemExit(f"error: local rank {procs.local} has no GPU: this machine has "
+                             f"{torch.cuda.device_count()}; start at most that many processes per node")
+        dev = torch.device("cuda", procs.local)
     return dev
 
 
@@ -286,7 +365,20 @@ def train_epoch(model, loader, opt, scaler, device, amp, mean, std, channels_las
     if seen == 0:
         raise DataError("the training split is empty")
     return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
-            "images_per_s": seen / seconds, "train_seconds": seconds}
+            "images_per_s": seen / seconds, "train_seconds": seconds, "images": seen}
+
+
+def _global_train_stats(tr: dict, device: torch.device) -> dict:
+    """Loss, accuracy and images/s over every process (images/s: all images over this process's epoch time;
+    the processes step together)."""
+    import torch.distributed as dist
+
+    n = tr["images"]
+    t = torch.tensor([tr["train_loss"] * n, tr["train_acc"] * n, n], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    loss, correct, images = t.tolist()
+    return {**tr, "train_loss": loss / images, "train_acc": correct / images, "images": int(images),
+            "images_per_s": images / tr["train_seconds"]}
 
 
 @torch.no_grad()
@@ -434,8 +526,12 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C during a run; the message is the one line to show: what is kept and the command that continues."""
 
 
-def _interrupted(args, run_dir: Path, saved_epoch: int) -> Interrupted:
+def _interrupted(args, run_dir: Path, saved_epoch: int, procs: Processes = Processes()) -> Interrupted:
+    if not procs.main:  # rank 0 says what is kept and how to continue
+        return Interrupted(f"rank {procs.rank}: interrupted")
     prog = getattr(args, "invoked_as", None) or "fused-dsconv train"
+    if procs.distributed:
+        prog = f"{_launch_prefix(procs)} train"
     if saved_epoch > 0:
         return Interrupted(f"interrupted after epoch {saved_epoch} of {args.epochs} (saved in {run_dir}); "
                            f"continue with: {prog} --resume {shlex.quote(str(run_dir))}")
@@ -449,13 +545,21 @@ def run(args, out=print) -> dict:
 
     With ``args.resume``, the settings come from the saved run except those named in ``args.explicit``
     (the options given on the command line; none when absent). Ctrl-C raises ``Interrupted``.
+    Under torchrun every process calls it; only rank 0 prints (``out``) and writes files.
     """
+    procs = processes_from_env()
+    if not procs.main:
+        out = _silent
     resume_state, changed = None, []
     if args.resume:
         resume_state, resume_dir = _load_resume(args)
         changed = apply_resume_settings(args, resume_state["args"])
         args.out = args.out or str(resume_dir)
-    device = pick_device(args.device, args.threads)
+    device = pick_device(args.device, args.threads, procs)
+    if procs.distributed:
+        if args.compare_unfused:
+            raise SystemExit("error: --compare-unfused times one process; run it without torchrun")
+        start_processes(procs, device)
     alpha, delta, name = resolve_model_args(args)
     dataset_name = args.dataset or infer_dataset(args.data)
     rho = resolve_rho(args, dataset_name)
@@ -465,8 +569,12 @@ def run(args, out=print) -> dict:
         raise SystemExit("error: --amp bf16 needs a GPU with bfloat16 support (Ampere or newer); "
                          "use --amp fp16 on older cards (e.g. GTX 1080 Ti, RTX 20xx)")
 
+    if procs.distributed and not procs.main:  # rank 0 downloads (--download) before the others read
+        _barrier(device)
     ds = load_dataset(dataset_name, args.data, resolution=int(round(BASE_RESOLUTION * rho)), download=args.download,
                       limit_train=args.limit_train, limit_val=args.limit_val)
+    if procs.distributed and procs.main:
+        _barrier(device)
     if device.type == "cuda":  # in-memory data sets (digits, CIFAR-10: 150 MB as uint8) live on the GPU
         for split in (ds.train, ds.val):
             if split.images is not None and split.images.nbytes < 2**30:
@@ -476,21 +584,30 @@ def run(args, out=print) -> dict:
                      recompute=args.recompute).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if procs.distributed and args.sync_bn:
+        convert_sync_batchnorm(model)
     name = name or model_name(alpha, delta)
     run_dir = Path(args.out) if args.out else _default_out(dataset_name, name)
+    if procs.distributed:  # rank 0's folder (a default name is numbered by what exists when it looks)
+        run_dir = Path(_broadcast(str(run_dir)))
     if resume_state is None and (run_dir / "last_state.pt").exists():
         raise SystemExit(f"error: {run_dir} already holds a run; continue it with --resume {run_dir}, "
                          "or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
     config = ckpt.model_config(model, model=name, dataset=dataset_name, classes=ds.classes, mean=list(ds.mean),
                                std=list(ds.std), data=None if args.data is None else str(Path(args.data).resolve()))
-    ckpt.save_json(config, run_dir / "config.json")
+    if procs.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.save_json(config, run_dir / "config.json")
 
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16" and device.type == "cuda")
     gen = torch.Generator().manual_seed(args.seed)
+    sampler = None
+    if procs.distributed:  # each process its share of every epoch, in an order fixed by (seed, epoch)
+        sampler = torch.utils.data.DistributedSampler(ds.train, num_replicas=procs.world, rank=procs.rank,
+                                                      shuffle=True, seed=args.seed)
     train_loader = Loader(ds.train, args.batch_size, shuffle=True, generator=gen, workers=args.workers,
-                          pin_memory=device.type == "cuda")
+                          pin_memory=device.type == "cuda", sampler=sampler)
     val_loader = Loader(ds.val, args.batch_size, shuffle=False, workers=args.workers,
                         pin_memory=device.type == "cuda")
 
@@ -501,30 +618,47 @@ def run(args, out=print) -> dict:
             out(f"note: the CPU is busy (load {load:.1f} on {cores} cores); --threads 1 may train several times faster")
     out(f"{name} (alpha {alpha}, delta {delta}, input {model.resolution}x{model.resolution}, {n_params:,} params) "
         f"on {dataset_name}: {len(ds.train):,} train / {len(ds.val):,} val images, {ds.num_classes} classes")
-    out(f"device {device}, amp {args.amp}, batch {args.batch_size}, Adam lr {args.lr}, seed {args.seed}"
+    batch = (f"batch {args.batch_size}" if not procs.distributed else
+             f"batch {args.batch_size} per process x {procs.world} processes = global batch "
+             f"{args.batch_size * procs.world} (DDP, {'nccl' if device.type == 'cuda' else 'gloo'}"
+             f"{', synchronised BatchNorm' if args.sync_bn else ''})")
+    out(f"device {device}, amp {args.amp}, {batch}, Adam lr {args.lr}, seed {args.seed}"
         f"{', deterministic' if args.deterministic else ''} -> {run_dir}")
 
     if args.amp == "fp16" and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 7:
         out("note: this GPU has no fast float16 math (before Volta, e.g. GTX 10xx); --amp none may be faster")
     start_epoch, best_loss, best, before = 1, math.inf, None, 0.0
+    if procs.distributed:  # per-process RNG streams (the model's initial weights above are the same everywhere)
+        seed_everything(args.seed + procs.rank, args.deterministic)
     if resume_state is not None:
         ckpt.check_state_dict(model, resume_state["model"], "the resumed state")
         model.load_state_dict(resume_state["model"])
         opt.load_state_dict(resume_state["optimizer"])
         scaler.load_state_dict(resume_state["scaler"])
-        set_rng_state(resume_state["rng"], gen)
+        saved_world = int(resume_state.get("world_size", 1))
+        rngs = resume_state.get("rng_ranks") or [resume_state["rng"]]
+        if saved_world == procs.world and len(rngs) == procs.world:
+            set_rng_state(rngs[procs.rank], gen)
+        elif procs.main:  # rank 0 keeps its streams; the others' are seeded afresh above
+            set_rng_state(resume_state["rng"], gen)
+            print(f"warning: the run was saved by {saved_world} process(es) and resumes on {procs.world}: global "
+                  f"batch {args.batch_size * saved_world} -> {args.batch_size * procs.world} and a different data "
+                  "order, so it will not match an uninterrupted run (--resume is exact with the same number of "
+                  "processes)", file=sys.stderr)
         start_epoch, best_loss, best = resume_state["epoch"] + 1, resume_state["best_val_loss"], resume_state["best"]
         before = resume_state["elapsed"]
         out(f"resumed after epoch {resume_state['epoch']} of {args.epochs} (best val loss so far {best_loss:.4f}) "
             f"with the run's saved settings; "
             + (f"changed on the command line: {', '.join(changed)}" if changed else "none changed on the command line"))
-
+    train_model = model
     saved_epoch = start_epoch - 1
+    log_path = run_dir / "log.csv"
     try:
         if resume_state is None and args.compare_unfused:
             compare_unfused(model, ds.train, args, device, ds.mean, ds.std, out)
-        log_path = run_dir / "log.csv"
-        if resume_state is None or not log_path.exists():
+        if not procs.main:
+            pass
+        elif resume_state is None or not log_path.exists():
             with open(log_path, "w", newline="") as f:
                 csv.writer(f).writerow(LOG_FIELDS)
         else:  # drop lines of epochs after the saved state (a run that stopped between saves)
@@ -537,9 +671,20 @@ def run(args, out=print) -> dict:
         wall = time.perf_counter()
         for epoch in range(start_epoch, args.epochs + 1):
             t0 = time.perf_counter()
-            progress = Progress(len(train_loader), f"epoch {epoch}/{args.epochs}", not args.no_progress)
-            tr = train_epoch(model, train_loader, opt, scaler, device, args.amp, ds.mean, ds.std, args.channels_last,
-                             progress)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+                train_model = _ddp_for_epoch(model, train_model, device)
+            progress = Progress(len(train_loader), f"epoch {epoch}/{args.epochs}", not args.no_progress and procs.main)
+            tr = train_epoch(train_model, train_loader, opt, scaler, device, args.amp, ds.mean, ds.std,
+                             args.channels_last, progress)
+            if procs.distributed:
+                tr = _global_train_stats(tr, device)
+                rngs = _gather(rng_state(gen))
+            else:
+                rngs = None
+            if not procs.main:  # rank 0 evaluates and saves; the others wait for it
+                _barrier(device)
+                continue
             va = evaluate(model, val_loader, device, args.amp, ds.mean, ds.std, args.channels_last)
             seconds = time.perf_counter() - t0
             row = {"epoch": epoch, "train_loss": tr["train_loss"], "train_acc": tr["train_acc"],
@@ -558,26 +703,71 @@ def run(args, out=print) -> dict:
                 ckpt.save_train_state({"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
                                        "scaler": scaler.state_dict(), "rng": rng_state(gen),
                                        "best_val_loss": best_loss, "best": best, "args": run_settings(args),
-                                       "config": config, "elapsed": before + time.perf_counter() - wall},
+                                       "config": config, "elapsed": before + time.perf_counter() - wall,
+                                       "world_size": procs.world, "rng_ranks": rngs or [rng_state(gen)]},
                                       run_dir / "last_state.pt")
                 saved_epoch = epoch
+            if procs.distributed:
+                _barrier(device)
             if epoch == start_epoch:
                 out(f"joint blocks ran on backend {model.blocks[0].last_backend!r}")
             out(f"epoch {epoch:>3}/{args.epochs}  train loss {tr['train_loss']:.4f} acc {100 * tr['train_acc']:6.2f}%  "
                 f"val loss {va['loss']:.4f} acc {100 * va['acc']:6.2f}%  {tr['images_per_s']:,.0f} img/s  "
                 f"{seconds:.1f}s{'  * best' if is_best else ''}")
     except KeyboardInterrupt:
-        raise _interrupted(args, run_dir, saved_epoch) from None
+        raise _interrupted(args, run_dir, saved_epoch, procs) from None
     wall = before + time.perf_counter() - wall  # training wall time, resumed parts included
     summary = {"run": str(run_dir), "model": name, "alpha": alpha, "delta": delta, "resolution": model.resolution,
                "dataset": dataset_name, "params": n_params, "epochs": args.epochs, "seconds": wall,
                "best_epoch": best and best["epoch"], "best_val_loss": best and best["val_loss"],
-               "best_val_acc": best and best["val_acc"]}
+               "best_val_acc": best and best["val_acc"], "processes": procs.world}
+    if not procs.main:
+        return summary
     if best is not None:
         out(f"best: epoch {best['epoch']}, val loss {best['val_loss']:.4f}, val acc {100 * best['val_acc']:.2f}% "
             f"-> {run_dir / 'best.safetensors'} ({wall:.1f}s)")
     ckpt.save_json(summary, run_dir / "summary.json")
     return summary
+
+
+def _ddp_for_epoch(model, previous, device: torch.device):
+    """A fresh DistributedDataParallel wrapper of ``model`` for each epoch. DDP re-buckets the gradients after
+    its first step (by the order they arrived in), and on more than two processes the bucket layout decides
+    the order in which the all-reduce adds each gradient: a run resumed at an epoch would otherwise take its
+    first step in a layout the uninterrupted run left behind after its first step, and differ in the last
+    bits. Per epoch, both runs bucket every epoch alike. (The wrapper re-broadcasts rank 0's weights, which
+    every process already holds.)"""
+    import gc
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    if previous is not model:
+        del previous
+        gc.collect()  # the old reducer's gradient hooks go with it, before the new one registers its own
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _silent(*args, **kwargs) -> None:
+    """``out`` of the processes other than rank 0."""
+
+
+def _broadcast(value):
+    """Rank 0's ``value`` (a picklable object) on every process."""
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _gather(value) -> Optional[list]:
+    """Every process's ``value`` in rank order, on rank 0 (None elsewhere)."""
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
+    box = [None] * dist.get_world_size() if rank == 0 else None
+    dist.gather_object(value, box, dst=0)
+    return box
 
 
 def run_train(args) -> int:
@@ -586,7 +776,9 @@ def run_train(args) -> int:
     except (DataError, ckpt.CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if summary["best_epoch"] is not None:
+    finally:
+        stop_processes()
+    if summary["best_epoch"] is not None and processes_from_env().main:
         prog = getattr(args, "prog", None) or "fused-dsconv"
         run_dir = shlex.quote(summary["run"])
         print(f"next: {prog} eval {run_dir}  |  {prog} export {run_dir} --onnx model.onnx --check")
@@ -684,16 +876,25 @@ def run_sweep(args) -> int:
         print("error: sweep takes the grid from --alphas/--deltas (no --model/--alpha/--delta/--resume)",
               file=sys.stderr)
         return 2
+    try:
+        return _sweep(args, processes_from_env().main)
+    finally:
+        stop_processes()
+
+
+def _sweep(args, main: bool) -> int:
+    say = print if main else _silent  # under torchrun: rank 0 reports and writes the tables
     folder = Path(args.out or Path("runs") / f"sweep_{args.dataset or infer_dataset(args.data)}")
-    folder.mkdir(parents=True, exist_ok=True)
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
     rows = []
     cells = [(a, d) for a in args.alphas for d in args.deltas]
     for i, (alpha, delta) in enumerate(cells, 1):
         run_dir = folder / model_name(alpha, delta)
-        print(f"== sweep {i}/{len(cells)}: alpha {alpha}, delta {delta} -> {run_dir}", flush=True)
+        say(f"== sweep {i}/{len(cells)}: alpha {alpha}, delta {delta} -> {run_dir}", flush=True)
         done = run_dir / "summary.json"
         if done.is_file() and json.loads(done.read_text()).get("epochs") == args.epochs:
-            print("   finished before; reusing its summary.json")
+            say("   finished before; reusing its summary.json")
             rows.append(json.loads(done.read_text()))
         else:
             cell = copy.copy(args)
@@ -712,9 +913,11 @@ def run_sweep(args) -> int:
                 raise Interrupted(f"interrupted in cell {i}/{len(cells)} ({run_dir}); finished cells are kept and "
                                   f"this one resumes after its last finished epoch. Continue with: {prog} {again}"
                                   ) from None
-        write_results(rows, folder)
-    print(f"results: {folder / 'results.md'}, {folder / 'results.csv'}")
-    print((folder / "results.md").read_text(), end="")
+        if main:
+            write_results(rows, folder)
+    say(f"results: {folder / 'results.md'}, {folder / 'results.csv'}")
+    if main:
+        print((folder / "results.md").read_text(), end="")
     return 0
 
 

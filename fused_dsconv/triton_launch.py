@@ -339,6 +339,20 @@ def launch_bn_stats(partials, m, bn_weight, bn_bias, eps):
     return mean, var, coef
 
 
+def launch_bn_coef(mean, var, bn_weight, bn_bias, eps, rows=3):
+    """A [rows, K] coefficient table whose rows 0..2 (mean, a = gamma r, beta) bn_coef fills from the given
+    statistics; rows beyond (dy's, in the backward) are left for the caller."""
+    k = mean.shape[0]
+    bkc = reduce_config()[1]
+    mean, var = _dense(mean), _dense(var)
+    affine = bn_weight is not None
+    coef = torch.empty((rows, k), device=mean.device, dtype=torch.float32)
+    kernels().bn_coef_kernel[(triton.cdiv(k, bkc),)](
+        mean, var, _dense(bn_weight) if affine else mean, _dense(bn_bias) if affine else mean, coef, k, eps,
+        HAS_AFFINE=affine, BLOCK_K=bkc)
+    return coef
+
+
 def launch_bn_relu(y, out, coef):
     """out = relu(BN(y)) from bn_stats' coefficients; ``out`` may be ``y`` (in place)."""
     tk = kernels()
@@ -381,9 +395,7 @@ def launch_bn_backward(grad_out, y, mean, var, bn_weight, bn_bias, eps, train):
     if train:
         mean, var = _dense(mean), _dense(var)
         gam = _dense(bn_weight) if affine else mean
-        coef = torch.empty((5, k), device=dev, dtype=torch.float32)
-        tk.bn_coef_kernel[(triton.cdiv(k, bkc),)](mean, var, gam, _dense(bn_bias) if affine else mean, coef, k, eps,
-                                                  HAS_AFFINE=affine, BLOCK_K=bkc)
+        coef = launch_bn_coef(mean, var, bn_weight, bn_bias, eps, rows=5)
     else:
         gam = var = coef = torch.empty(1, device=dev, dtype=torch.float32)
     bp, bk = ew_config()

@@ -85,6 +85,7 @@ class Problem:
     recompute: bool
     bias: bool
     affine: bool
+    sync: bool = False  # training statistics merged over processes (JointBlock(sync_bn=True) under torch.distributed)
 
     @property
     def grad(self) -> bool:
@@ -95,7 +96,8 @@ class Problem:
         """Stable text key (the cache file's)."""
         return (f"{self.mode} n{self.n} c{self.c} k{self.k} {self.h}x{self.w} s{self.stride} d{self.dilation} "
                 f"{self.dtype} params={self.param_dtype} amp={self.amp} {self.layout} {self.device} "
-                f"recompute={int(self.recompute)} bias={int(self.bias)} affine={int(self.affine)}")
+                f"recompute={int(self.recompute)} bias={int(self.bias)} affine={int(self.affine)}"
+                + (" sync=1" if self.sync else ""))
 
     @property
     def shape(self) -> str:
@@ -198,14 +200,15 @@ def mode_of(block, x: Tensor, use_batch_stats: bool) -> str:
     return ("train" if use_batch_stats else "eval") + ("_fwd_bwd" if grad else "_fwd")
 
 
-def problem_of(block, x: Tensor, mode: str) -> Problem:
-    """The problem of ``block`` running ``x`` (already in the compute dtype) in ``mode``."""
+def problem_of(block, x: Tensor, mode: str, sync: bool = False) -> Problem:
+    """The problem of ``block`` running ``x`` (already in the compute dtype) in ``mode`` (``sync``: with its
+    statistics merged over processes)."""
     amp = autocast_dtype(x.device.type)
     dw, pw, bn = block.dw, block.pw, block.bn
     return Problem(mode, *x.shape[:2], pw.out_channels, *x.shape[2:], dw.stride[0], dw.dilation[0],
                    _dtype_name(x.dtype), _dtype_name(dw.weight.dtype), _dtype_name(amp) if amp else "none",
                    layout_of(x), str(x.device), bool(block.recompute), dw.bias is not None or pw.bias is not None,
-                   bool(bn.affine))
+                   bool(bn.affine), sync)
 
 
 def candidates(problem: Problem, x: Tensor) -> tuple[list[str], dict[str, str]]:
@@ -220,6 +223,8 @@ def candidates(problem: Problem, x: Tensor) -> tuple[list[str], dict[str, str]]:
         names += [backends.choice_name(name, v) for v in b.variants(problem)]
     if problem.recompute and problem.grad:
         left_out[UNFUSED] = "recompute=True: the unfused layers save their intermediate activations for backward"
+    elif problem.sync:
+        left_out[UNFUSED] = "synchronised statistics: the unfused layers' BatchNorm2d would use this process's only"
     else:
         names.append(UNFUSED)
     return names, left_out
@@ -535,13 +540,19 @@ def decide(problem: Problem, x: Tensor) -> Decision:
     return decision
 
 
-def choose(block, x: Tensor, use_batch_stats: bool, validate: Callable[[], object] = lambda: None) -> str:
+def choose(block, x: Tensor, use_batch_stats: bool, validate: Callable[[], object] = lambda: None,
+           sync: bool = False) -> str:
     """The choice string for ``block`` (backend "auto") running ``x`` (in the compute dtype): measured,
     cached, or, when measuring is off, the first capable backend. ``validate`` raises for an input the block
     must reject; it runs whenever this block meets a new kind of input (validity depends only on what the
-    block's shortcut key holds: shape, dtypes, device, mode), never on a repeat."""
+    block's shortcut key holds: shape, dtypes, device, mode), never on a repeat.
+
+    ``sync`` (statistics merged over processes): the unfused layers are no candidate. The candidates are timed
+    on this process's batch without the collectives, which are the same whichever backend runs the passes,
+    and never inside one: processes measure independently (they may choose differently, which changes
+    nothing but speed)."""
     mode = mode_of(block, x, use_batch_stats)
-    slot = f"{mode} {x.dtype} {layout_of(x)} {x.device.type}"
+    slot = f"{mode} {x.dtype} {layout_of(x)} {x.device.type}" + (" sync" if sync else "")
     if torch.compiler.is_compiling():  # never measure inside a trace: the eager choice, else the priority order
         choice = block._tuned.get(slot) if setting_off() is None else None
         return choice if choice is not None else backends.select(x).name
@@ -551,11 +562,11 @@ def choose(block, x: Tensor, use_batch_stats: bool, validate: Callable[[], objec
         return backends.select(x).name
     # The block's shortcut to its recent decisions: a cheap key per call instead of the Problem's text key.
     fast = (_GENERATION[0], mode, tuple(x.shape), x.dtype, x.device, slot, autocast_dtype(x.device.type),
-            torch.get_num_threads(), block.recompute, block.dw.weight.dtype)
+            torch.get_num_threads(), block.recompute, block.dw.weight.dtype, sync)
     hit = block._recent.get(fast)
     if hit is None:
         validate()
-        problem = problem_of(block, x, mode)
+        problem = problem_of(block, x, mode, sync)
         hit = (problem, decide(problem, x))
         if len(block._recent) >= 64:  # many shapes (e.g. variable image sizes): keep it bounded
             block._recent.clear()

@@ -8,12 +8,18 @@ for the ThreadSanitizer run.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from fused_dsconv.backends import native
 from fused_dsconv.backends.reference import ReferenceBackend
-from fused_dsconv.testing import assert_close, make_case
+from fused_dsconv.testing import NATIVE_TILE_CASES, assert_close, make_case
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import perf_model as pm  # noqa: E402
 
 REF = ReferenceBackend()
 EPS = 1e-5
@@ -134,6 +140,46 @@ def test_multi_chunk_shapes(emu, cl, shape, s, d):
         assert_close(a, e, F32, name)
 
 
+# Shapes that put every tile class of csrc/kernels/launch.cuh (and its edges) through every op; the class
+# each one selects is asserted from the launcher's mirror in bench/perf_model.py (native_geometry), which
+# tests/test_perf_model.py checks against the C++.
+TILE_CASES = NATIVE_TILE_CASES
+TILE_IDS = [f"{c[3]}-{'x'.join(map(str, c[0]))}-s{c[1]}-d{c[2]}" for c in TILE_CASES]
+
+
+def test_tile_cases_cover_every_class_and_split():
+    geos = [pm.native_geometry(pm.Layer("t", *shape, stride=s, dilation=d)) for shape, s, d, _ in TILE_CASES]
+    assert {g.fwd_tile for g in geos} == {"rect8x8", "rect8x16", "span64"}
+    assert {g.dwp_tile for g in geos} == {"rect8x8", "span64"} and {g.dt_tile for g in geos} == {"span64", "span128"}
+    assert any(g.fsplit > 1 for g in geos) and any(g.bsplit > 1 for g in geos)
+    assert any(g.ntiles == 1 for g in geos) and any(g.ntiles > 4 for g in geos)
+
+
+@pytest.mark.parametrize("shape,s,d,cls", TILE_CASES, ids=TILE_IDS)
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
+def test_tile_classes(emu, shape, s, d, cls, cl):
+    assert pm.native_geometry(pm.Layer("t", *shape, stride=s, dilation=d)).fwd_tile == cls
+    c = _case(F32, cl, s, d, shape=shape)
+    out = emu.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, d)
+    assert_close(out, REF.forward_eval(c.x.double(), c.dw_weight.double(), c.pw_weight.double(), c.bias.double(),
+                                       s, d), F32, "out")
+    o, y, m, v = emu.forward_train(c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, s, d, EPS, True)
+    eo, ey, em, ev = REF.forward_train(c.x.double(), c.dw_weight.double(), c.pw_weight.double(), _d(c.bias),
+                                       _d(c.bn_weight), _d(c.bn_bias), s, d, EPS, True)
+    for name, a, e in (("y", y, ey), ("mean", m, em), ("var", v, ev), ("out", o, eo)):
+        assert_close(a, e, F32, name)
+    g = torch.randn(o.shape, generator=torch.Generator().manual_seed(5))
+    got = emu.backward_train(g, c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, y, m, v, s, d, EPS)
+    exp = REF.backward_train(g.double(), c.x.double(), c.dw_weight.double(), c.pw_weight.double(), _d(c.bias),
+                             _d(c.bn_weight), _d(c.bn_bias), y.double(), m.double(), v.double(), s, d, EPS)
+    for name, a, e in zip(("dx", "d_dw", "d_pw", "dbias", "dgamma", "dbeta"), got, exp):
+        assert_close(a, e, F32, name)
+    got = emu.backward_eval(g, out, c.x, c.dw_weight, c.pw_weight, s, d)
+    exp = REF.backward_eval(g.double(), out.double(), c.x.double(), c.dw_weight.double(), c.pw_weight.double(), s, d)
+    for name, a, e in zip(("dx", "d_dw", "d_pw", "dbias"), got, exp):
+        assert_close(a, e, F32, name)
+
+
 def test_relu_propagates_nan_and_masks_like_threshold_backward(emu):
     c = _case(F32, False, 1, 1)
     x = c.x.clone()
@@ -177,6 +223,42 @@ def test_strided_per_channel_vectors(emu):
     assert all(torch.equal(a, b) for a, b in zip(b1, b2))
     out = emu.forward_eval(c.x, c.dw_weight, c.pw_weight, wide(c.bias), 1, 2)
     assert torch.equal(out, emu.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 2))
+
+
+SPLIT_CASES = [(F32, False, 2, 3, True), (F16, True, 2, 5, False), (BF16, True, 1, 2, True)]
+
+
+@pytest.mark.parametrize("dtype,cl,s,d,save_y", SPLIT_CASES,
+                         ids=[f"{str(dt).split('.')[-1]}-{'cl' if cl else 'nchw'}-s{s}-d{d}-{'saved' if sv else 'recompute'}"
+                              for dt, cl, s, d, sv in SPLIT_CASES])
+def test_split_passes_merged_over_processes(emu, monkeypatch, dtype, cl, s, d, save_y):
+    """The synchronised block's split passes on the native kernels (the launcher's forward_stats / normalize /
+    backward_sums / backward_convs stages), four processes simulated with batches 2, 0, 1, 2: the merged
+    statistics, outputs and every gradient against the float64 reference on the whole batch (the statistics
+    and backward from the y the kernels stored, as test_backward_train)."""
+    from fused_dsconv import backends
+    from fused_dsconv.testing import split_passes
+
+    monkeypatch.setattr(backends, "_REGISTRY", [*backends._REGISTRY, emu])  # the ops reach it by name
+    c = _case(dtype, cl, s, d, shape=(5, 5, 7, 9, 11))
+    ho, wo = (9 - 1) // s + 1, (11 - 1) // s + 1
+    g = torch.randn(5, 7, ho, wo, generator=torch.Generator().manual_seed(2)).to(dtype)
+    got = split_passes(emu.name, c, [2, 0, 1, 2], g, EPS, save_y)
+    y = torch.ops.fused_dsconv.forward_stats(c.x, c.dw_weight, c.pw_weight, c.bias, s, d, True, emu.name)[0]
+    var, mean = torch.var_mean(y.double(), dim=(0, 2, 3), unbiased=False)
+    assert got["count"].item() == 5 * ho * wo
+    assert_close(got["mean"], mean, dtype, "merged mean")
+    assert_close(got["var"], var, dtype, "merged var")
+    eo = REF.forward_train(c.x.double(), c.dw_weight.double(), c.pw_weight.double(), _d(c.bias), _d(c.bn_weight),
+                           _d(c.bn_bias), s, d, EPS, False)[0]
+    exp = REF.backward_train(g.double(), c.x.double(), c.dw_weight.double(), c.pw_weight.double(), _d(c.bias),
+                             _d(c.bn_weight), _d(c.bn_bias), y.double(), mean, var, s, d, EPS)
+    for name, e in (("out", eo), ("dx", exp[0]), ("d_dw", exp[1]), ("d_pw", exp[2]), ("d_gamma", exp[4]),
+                    ("d_beta", exp[5])):
+        assert_close(got[name], e, dtype, name)
+    for part in got["parts"]:
+        if part["out"].numel():
+            assert _layout_ok(part["out"], cl) and _layout_ok(part["dx"], cl)
 
 
 def test_deterministic(emu):

@@ -9,7 +9,8 @@ import os
 import pytest
 import torch
 
-OPS = ("forward_eval", "forward_train", "backward_eval", "backward_train")
+OPS = ("forward_eval", "forward_train", "backward_eval", "backward_train", "forward_stats", "forward_normalize",
+       "backward_reduce", "backward_apply")
 
 
 def _import_native():

@@ -39,6 +39,26 @@ def test_opcheck_backward_ops():
     torch.library.opcheck(OPS.backward_eval.default, (g, out, c.x, c.dw_weight, c.pw_weight, 2, 2, "reference"))
 
 
+@pytest.mark.parametrize("case", list(cases())[::3], ids=lambda c: f"s{c.stride}d{c.dilation}{c.x.dtype}")
+def test_opcheck_split_passes(case):
+    """The split passes of the synchronised block (no autograd of their own: fused_dsconv/distributed.py's
+    function differentiates the composition)."""
+    c = case
+    conv = (c.x, c.dw_weight, c.pw_weight, c.bias)
+    bn = (c.bn_weight, c.bn_bias)
+    for save_y in (True, False):
+        torch.library.opcheck(OPS.forward_stats.default, (*conv, c.stride, c.dilation, save_y, "reference"))
+    y, mean, var = OPS.forward_stats(*conv, c.stride, c.dilation, True, "reference")
+    for y_in in (y, None):
+        torch.library.opcheck(OPS.forward_normalize.default, (*conv, y_in, mean, var, *bn, c.stride, c.dilation,
+                                                              1e-5, "reference"))
+    g = torch.randn_like(y)
+    for affine in (bn, (None, None)):
+        torch.library.opcheck(OPS.backward_reduce.default, (g, y, mean, var, *affine, 1e-5, "reference"))
+        torch.library.opcheck(OPS.backward_apply.default, (g, *conv[:3], y, mean, var, *affine, mean * 0.1,
+                                                           var * 0.1, c.stride, c.dilation, 1e-5, "reference"))
+
+
 def test_statistics_outputs_are_not_differentiable():
     c = make_case(2, 3, 4, 5, 5)
     c.x.requires_grad_()

@@ -10,6 +10,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import perf_model as pm  # noqa: E402
 
+from fused_dsconv.testing import NATIVE_TILE_CASES as TILE_CASES
+
 # x [1, 2, 4, 4], stride 1 -> t [1, 2, 4, 4], y [1, 4, 4, 4]; float32 everywhere.
 L = pm.Layer("tiny", n=1, c=2, k=4, h=4, w=4, stride=1, dilation=3)
 X, T, Y = 1 * 2 * 16 * 4, 1 * 2 * 16 * 4, 1 * 4 * 16 * 4  # 128, 128, 256 bytes
@@ -63,66 +65,71 @@ def test_design_rows_are_the_fused_plan_and_labelled_design():
 
 
 # -- native: the shipped CUDA kernels -------------------------------------------------------------
-# Tiny case: Ho = Wo = 4 -> one 8x8 tile (16 valid pixels), one 64-channel K block, one C block; splits = 1.
+# Tiny case: Ho = Wo = 4 -> span tiles (Wo <= 16, dilation 3): one 64-pixel tile (16 valid pixels) for the
+# forward and dWp kernels, one 128-pixel tile for dt (C <= 64); one 128-channel K block; splits = 1; one
+# bn_bwd_reduce group, one dx tile and group.
 NTILES = 1
 
 
 def test_native_geometry_tiny():
     g = pm.native_geometry(L)
-    assert (g.ntiles, g.splits, g.k_blocks, g.c_blocks) == (1, 1, 1, 1)
-    assert g.fwd_ws_floats == 2 * 1 * 4
-    assert (g.bwd_red, g.bwd_coef, g.bwd_dwp, g.bwd_dwd, g.bwd_dt) == (0, 12, 28, 36, 54)
-    assert g.bwd_total == 54 + 2 * 16
+    assert (g.fwd_tile, g.dwp_tile, g.dt_tile) == ("span64", "span64", "span128")
+    assert (g.ntiles, g.dwp_tiles, g.dt_tiles, g.splits, g.rgroups, g.xtiles, g.xgroups) == (1, 1, 1, 1, 1, 1, 1)
+    assert (g.k_blocks, g.c_blocks) == (1, 1)
+    assert g.fwd_ws_floats == 2 * 1 * 4 + 2 * 4  # [mean | M2] x [1 tile, K] and [scale | shift] x [K]
+    # red [3][1][4] = 12 floats (already a multiple of 4), coef [4][8], dWp [1][4][2], dWd [1][2*9], dt [1,2,4,4]
+    assert (g.bwd_red, g.bwd_coef, g.bwd_dwp, g.bwd_dwd, g.bwd_dt) == (0, 12, 44, 52, 70)
+    assert g.bwd_total == 70 + 2 * 16
 
 
 def test_native_eval_bytes_by_hand():
     tr = pm.native(L, "eval")
     assert tr.impl == "native"
-    assert [k.name for k in tr.kernels] == ["fold_bn (torch)", "fwd_kernel eval"]
+    assert [k.name for k in tr.kernels] == ["fold_bn (torch)", "dsconv_fwd eval"]
     # fold: reads Wp and 4 per-channel vectors, writes Wp' and b'; then the forward kernel as the design's.
     assert [k.bytes for k in tr.kernels] == [WP + 4 * PC + WP + PC, X + WD + WP + PC + Y]
     assert tr.bytes == 144 + 504
-    # Executed FLOPs: depthwise 2*9*C*M per K block, the GEMM over a whole 64-pixel tile x 64 K x 16 C
+    # Executed FLOPs: depthwise 2*9*C over the 64-pixel tile, the GEMM over the whole tile x 128 K x 8 C
     # (zero padding included), bias + ReLU 2 per y element.
-    assert tr.kernels[1].flops == 2 * 9 * 2 * 16 + 2 * 64 * 64 * 16 + 2 * 64
+    assert tr.kernels[1].flops == 2 * 9 * 2 * 64 + 2 * 64 * 128 * 8 + 2 * 64
     assert tr.reread == 0  # one K block: x read once
 
 
 def test_native_train_forward_bytes_by_hand():
     part = 2 * NTILES * 4 * 4  # forward_ws_floats: [mean | M2] x [ntiles, K] floats
     tr = pm.native(L, "train_fwd")
-    assert [k.name for k in tr.kernels] == ["fwd_kernel train", "stats_finalize_kernel", "normalize_kernel"]
-    assert [k.bytes for k in tr.kernels] == [X + WD + WP + PC + Y + part, part + 2 * PC, Y + 4 * PC + Y]
-    assert tr.bytes == 536 + 64 + 576
+    assert [k.name for k in tr.kernels] == ["dsconv_fwd train", "bn_stats", "bn_relu"]
+    # bn_stats reads the partials, gamma and beta and writes mean, var and bn_relu's scale and shift.
+    assert [k.bytes for k in tr.kernels] == [X + WD + WP + PC + Y + part, part + 2 * PC + 4 * PC, Y + 2 * PC + Y]
+    assert tr.bytes == 536 + 128 + 544
     # Recompute mode writes y into out and normalises in place: the same bytes.
     assert pm.native(L, "train_fwd", recompute=True).bytes == tr.bytes
 
 
 def test_native_backward_bytes_by_hand():
-    red = 3 * NTILES * 4 * 4  # [3][ntiles][K] floats
+    red = 3 * 1 * 4 * 4  # [3][rgroups][K] floats, one group
+    coef = 8 * 4 * 4  # [K][8] floats
     dwp = 1 * 4 * 2 * 4  # [splits][K][C] floats, splits = 1
-    dwd = NTILES * 2 * 9 * 4  # [ntiles][C*9] floats
+    dwd = 1 * 2 * 9 * 4  # [xgroups][C*9] floats
     dt = 1 * 2 * 16 * 4  # dt [N, C, Ho, Wo] in fp32
-    stats = 7 * PC  # mean, var, gamma, beta, A, B, C
     fwd = pm.native(L, "train_fwd")
     tr = pm.native(L, "train_fwd_bwd")
     bwd = tr.kernels[len(fwd.kernels):]
-    assert [k.name for k in bwd] == ["bwd_reduce_kernel", "bn_bwd_finalize_kernel", "dwp_kernel", "dt_kernel",
-                                     "dx_kernel", "colsum_kernel dWp", "colsum_kernel dWd"]
+    assert [k.name for k in bwd] == ["bn_bwd_reduce", "bn_bwd_finalize", "dsconv_bwd_dt", "dsconv_bwd_dwp",
+                                     "dsconv_bwd_dx", "colsum (dWp, dWd)"]
     assert [(k.read, k.written) for k in bwd] == [
         (2 * Y + 4 * PC, red),  # dout, y, mean, var, gamma, beta -> partials of dz, dz yhat, yhat
-        (red + 2 * PC, 6 * PC),  # -> A, B, C coefficients and dbeta, dgamma, dbias
-        (X + WD + 2 * Y + stats, dwp),  # T rebuilt from x, dy from (dout, y) -> dWp partials
-        (2 * Y + WP + X + stats, dt + dwd),  # dt = Wp^T dy to the workspace; x halo -> dWd partials
-        (dt + WD, X),  # dx from dt
-        (dwp, WP),
-        (dwd, WD),
+        (red + 4 * PC, coef + 3 * PC),  # -> dy coefficients and dbeta, dgamma, dbias
+        (2 * Y + WP + coef, dt),  # dt = Wp^T dy (dy formed from dout, y) to the workspace
+        (X + WD + 2 * Y + coef, dwp),  # t rebuilt from x, dy from (dout, y) -> dWp partials
+        (dt + X + WD, X + dwd),  # dx and the dWd partials from dt and x
+        (dwp + dwd, WP + WD),
     ]
-    assert tr.bytes - fwd.bytes == 624 + 176 + 856 + 984 + 328 + 64 + 144
+    assert tr.bytes - fwd.bytes == 624 + 288 + 800 + 872 + 528 + 64 + 144
     rec = pm.native(L, "train_fwd_bwd", recompute=True)
     assert rec.impl == "native_recompute"
     extra = rec.kernels[len(fwd.kernels)]
-    assert extra.name == "fwd_kernel y-only (recompute)" and extra.bytes == X + WD + WP + PC + Y
+    assert extra.name == "dsconv_fwd y-only (recompute)" and extra.bytes == X + WD + WP + PC + Y
     assert rec.bytes - tr.bytes == 504
 
 
@@ -131,36 +138,38 @@ def test_native_half_precision_keeps_fp32_workspaces():
     x, t, wp = X // 2, T // 2, WP // 2
     tr = pm.native(L, "train_fwd_bwd", act_bytes=e)
     k = {kk.name: kk for kk in tr.kernels}
-    assert k["dt_kernel"].written == 1 * 2 * 16 * 4 + NTILES * 2 * 9 * 4  # dt and dWd partials stay fp32
-    assert k["dx_kernel"].read == 1 * 2 * 16 * 4 + WD // 2 and k["dx_kernel"].written == x
-    assert k["colsum_kernel dWp"].written == wp
+    assert k["dsconv_bwd_dt"].written == 1 * 2 * 16 * 4  # dt stays fp32
+    assert k["dsconv_bwd_dx"].read == 1 * 2 * 16 * 4 + x + WD // 2 and k["dsconv_bwd_dx"].written == x + 2 * 9 * 4
+    assert k["colsum (dWp, dWd)"].written == wp + WD // 2
     ev = pm.native(L, "eval", act_bytes=e).kernels[0]  # fold: cast to fp32, multiply, cast back
     assert (ev.read, ev.written) == (4 * 2 * (2 + 8) + 4 * PC, 4 * 2 * (2 + 8) + PC)
     assert t == 64
 
 
 def test_native_rereads_of_the_grid():
-    b9 = pm.classifier_layers(batch=32)[8]  # 1024 -> 1024 at 7x7: 16 K blocks, 16 C blocks
+    b9 = pm.classifier_layers(batch=32)[8]  # 1024 -> 1024 at 7x7: 8 forward K blocks, 8 dt C blocks
     x, _, y, _, _ = pm._sizes(b9, 4)
     k = {kk.name: kk for kk in pm.native(b9, "train_fwd_bwd").kernels}
     # Channel blocks of one tile run back to back (grid x), so every re-read is a near one.
-    assert k["fwd_kernel train"].reread == 15 * x and k["fwd_kernel train"].reread_far == 0
-    assert k["dt_kernel"].reread == 15 * 2 * y and k["dt_kernel"].reread_far == 0
-    assert k["dwp_kernel"].reread == 15 * x + 15 * 2 * y and k["dwp_kernel"].reread_far == 0
+    assert k["dsconv_fwd train"].reread == 7 * x and k["dsconv_fwd train"].reread_far == 0
+    assert k["dsconv_bwd_dt"].reread == 7 * 2 * y and k["dsconv_bwd_dt"].reread_far == 0
+    assert k["dsconv_bwd_dwp"].reread == 7 * x + 15 * 2 * y  # 128-channel K blocks, 64-channel C blocks
     b1 = pm.classifier_layers(batch=32)[0]  # 32 -> 64: one K block, one C block
     assert pm.native(b1, "train_fwd_bwd").reread == 0
 
 
-# (N, C, K, H, W, stride, dilation) -> (ntiles, splits), by hand from launch.cuh set_geometry:
-# splits = clamp(cdiv(256, cdiv(K, 64) * cdiv(C, 64)), 1, min(64, ntiles)).
+# (N, C, K, H, W, stride, dilation) -> (forward tile class, forward tiles, splits), by hand from launch.cuh
+# set_geometry: span tiles where Wo <= 16 and the window fits; splits = clamp(cdiv(256, cdiv(K, 128) *
+# cdiv(C, 64)), 1, min(64, dWp tiles)).
 GEOMETRY_CASES = [
-    ((32, 1024, 1024, 7, 7, 1, 3), (32, 1)),  # b9 at batch 32: 256 dWp blocks already
-    ((32, 32, 64, 224, 224, 2, 3), (32 * 14 * 14, 64)),  # b1: 1 block -> 256, capped at 64
-    ((32, 256, 512, 56, 56, 2, 3), (32 * 4 * 4, 8)),  # b6: 32 blocks -> 8
-    ((32, 512, 1024, 28, 28, 2, 3), (32 * 2 * 2, 2)),  # b8: 128 blocks -> 2
-    ((1, 64, 64, 7, 7, 1, 1), (1, 1)),  # capped at ntiles
-    ((2, 3, 5, 17, 9, 2, 2), (2 * 2 * 1, 4)),  # partial tiles; 1 block -> 64 -> ntiles
-    ((1, 2048, 2048, 16, 16, 1, 1), (4, 1)),  # 1024 blocks -> cdiv = 1
+    ((32, 1024, 1024, 7, 7, 1, 3), ("span64", 32 * 49 // 64 + 1, 2)),  # b9 at batch 32: 128 dWp blocks
+    ((32, 32, 64, 224, 224, 2, 3), ("rect8x16", 32 * 14 * 7, 64)),  # b1: K <= 64 -> 8x16 tiles; 1 block -> 64
+    ((32, 256, 512, 56, 56, 2, 3), ("rect8x8", 32 * 4 * 4, 16)),  # 28x28 output: Wo > 16, 8x8 tiles
+    ((32, 512, 1024, 28, 28, 2, 3), ("span64", 32 * 196 // 64, 4)),  # 14x14 output: 64 dWp blocks -> 4
+    ((1, 64, 64, 7, 7, 1, 1), ("span64", 1, 1)),  # capped at the tiles
+    ((2, 3, 5, 17, 9, 2, 2), ("span64", 2, 2)),  # 9x5 output, 90 pixels: two span tiles across both images
+    ((1, 2048, 2048, 16, 16, 1, 1), ("span64", 4, 1)),  # 512 blocks -> cdiv = 1
+    ((1, 8, 8, 40, 40, 1, 7), ("rect8x16", 1 * 5 * 3, 25)),  # runtime dilation: rect tiles
 ]
 
 
@@ -168,7 +177,7 @@ GEOMETRY_CASES = [
 def test_native_splits_and_tiles_by_hand(shape, expected):
     n, c, k, h, w, s, d = shape
     g = pm.native_geometry(pm.Layer("g", n, c, k, h, w, s, d))
-    assert (g.ntiles, g.splits) == expected
+    assert (g.fwd_tile, g.ntiles, g.splits) == expected
 
 
 _GEO_CPP = r"""
@@ -185,9 +194,11 @@ int main() {
     dsc::set_geometry(p, N, C, K, H, W, s, d);
     p.mode = dsc::kTrain;
     const dsc::BwdWs L = dsc::bwd_ws(p);
-    std::printf("%lld %d %lld %lld %lld %lld %lld %lld %lld\n", (long long)p.ntiles, p.splits,
-                (long long)dsc::forward_ws_floats(p), (long long)L.red, (long long)L.coef, (long long)L.dwp,
-                (long long)L.dwd, (long long)L.dt, (long long)dsc::backward_ws_floats(p));
+    std::printf("%d %lld %d %lld %d %lld %d %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %d %d\n", p.ft.cls,
+                (long long)p.ft.ntiles, p.wt.cls, (long long)p.wt.ntiles, p.bt.cls, (long long)p.bt.ntiles, p.splits,
+                (long long)p.rgroups, (long long)p.xtiles, (long long)p.xgroups, (long long)dsc::forward_ws_floats(p),
+                (long long)L.red, (long long)L.coef, (long long)L.dwp, (long long)L.dwd, (long long)L.dt,
+                (long long)dsc::backward_ws_floats(p), (long long)p.span_rows, p.fsplit, p.bsplit);
   }
 }
 """
@@ -205,14 +216,19 @@ def test_native_geometry_matches_launch_cuh(tmp_path):
     assert build.returncode == 0, build.stderr[-4000:]
     layers = [pm.Layer("g", *shape) for shape, _ in GEOMETRY_CASES]
     layers += pm.classifier_layers(batch=32) + pm.classifier_layers(batch=3, alpha=0.75, rho=192 / 224)
+    layers += pm.classifier_layers(batch=1) + [pm.Layer("t", *shape, stride=s, dilation=d)
+                                               for shape, s, d, _ in TILE_CASES]
     stdin = "".join(f"{l.n} {l.c} {l.k} {l.h} {l.w} {l.stride} {l.dilation}\n" for l in layers)
     run = subprocess.run([str(exe)], input=stdin, capture_output=True, text=True, check=True)
     got = [tuple(map(int, line.split())) for line in run.stdout.splitlines()]
     assert len(got) == len(layers)
+    cls = {0: "rect8x8", 1: "rect8x16", 2: "span64", 3: "span128"}  # problem.cuh TileClass
     for l, cpp in zip(layers, got):
         g = pm.native_geometry(l)
-        assert (g.ntiles, g.splits, g.fwd_ws_floats, g.bwd_red, g.bwd_coef, g.bwd_dwp, g.bwd_dwd, g.bwd_dt,
-                g.bwd_total) == cpp, l
+        assert (g.fwd_tile, g.ntiles, g.dwp_tile, g.dwp_tiles, g.dt_tile, g.dt_tiles, g.splits, g.rgroups, g.xtiles,
+                g.xgroups, g.fwd_ws_floats, g.bwd_red, g.bwd_coef, g.bwd_dwp, g.bwd_dwd, g.bwd_dt, g.bwd_total,
+                pm._span_rows(l), g.fsplit, g.bsplit) == (cls[cpp[0]], cpp[1], cls[cpp[2]], *cpp[3:4], cls[cpp[4]],
+                                                          *cpp[5:]), l
 
 
 def test_model_tables_label_every_implementation():
@@ -225,7 +241,7 @@ def test_model_tables_label_every_implementation():
     assert "native/unfused bytes" in md and "design/unfused bytes" in md and "native far re-reads MB" in md
     assert "native_recompute MB" not in pm.markdown(pm.model_rows(layers, "eval"))
     assert pm.summary_markdown(layers).count("\n") == 4
-    assert "fwd_kernel eval" in pm.kernel_markdown(pm.native(layers[0], "eval"))
+    assert "dsconv_fwd eval" in pm.kernel_markdown(pm.native(layers[0], "eval"))
 
 
 def test_cli_runs(capsys):
@@ -233,7 +249,7 @@ def test_cli_runs(capsys):
     assert pm.main(["--batch", "2", "--summary"]) == 0
     assert pm.main(["--batch", "2", "--kernels", "b9", "--modes", "train_fwd_bwd"]) == 0
     out = capsys.readouterr().out
-    assert "MODEL (analytic, not measured" in out and "dwp_kernel" in out and "native / unfused" in out
+    assert "MODEL (analytic, not measured" in out and "dsconv_bwd_dwp" in out and "native / unfused" in out
 
 
 def test_stride_two_shapes_and_classifier_layers():
@@ -255,3 +271,17 @@ def test_roofline_is_max_of_bandwidth_and_compute_per_kernel():
 def test_bad_mode():
     with pytest.raises(ValueError, match="mode"):
         pm.unfused(L, "training")
+
+
+def test_sync_bn_exchange_by_hand():
+    """Synchronised BN per block and step: 2K + 1 values forward (count, mean, M2), 2K backward (K = 4 here); on
+    a ring each process sends (P - 1)(2K + 1) for the forward's all-gather and 2 (P - 1) / P 2K for the
+    backward's all-reduce, in float32."""
+    assert pm.sync_bn_values(L, "eval") == {"forward": 0, "backward": 0}
+    assert pm.sync_bn_values(L, "train_fwd") == {"forward": 9, "backward": 0}
+    assert pm.sync_bn_values(L, "train_fwd_bwd") == {"forward": 9, "backward": 8}
+    assert pm.sync_bn_wire_bytes(L, "train_fwd_bwd", 2) == (1 * 9 + 1 * 8) * 4 == 68
+    assert pm.sync_bn_wire_bytes(L, "train_fwd_bwd", 4) == (3 * 9 + 12) * 4 == 156
+    assert pm.block_param_values(L) == 9 * 2 + 4 * 2 + 2 * 4
+    table = pm.sync_markdown([L], (2,))
+    assert "| 2 | 9 + 8 | 0.1 KB |" in table

@@ -356,6 +356,29 @@ def test_backward_train_recompute_matches_saved(dt):
     _grads_close(saved, RB.backward_train(g, *fargs[:6], y, *rest), TRAIN_NAMES, dt)
 
 
+@pytest.mark.parametrize("p,save_y", [((torch.float32, 2, 2, False), True), ((torch.float16, 1, 3, True), False)],
+                         ids=lambda v: _id(v) if isinstance(v, tuple) else ("saved-y" if v else "recompute"))
+def test_split_passes_merged_over_processes(p, save_y):
+    """The synchronised block's split passes (fused_dsconv/distributed.py), four processes simulated here with
+    batches 2, 0, 1, 2: merged statistics, outputs and every gradient equal one forward_train / backward_train
+    on the whole batch (the reference at the same dtype)."""
+    dt, s, d, cl = p
+    c = _case(dt, s, d, cl, shape=(5, 12, 20, 6, 7))
+    fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, s, d, EPS)
+    out, y, mean, var = RB.forward_train(*fargs, True)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(dt)
+    want = RB.backward_train(g, *fargs[:6], y, mean, var, s, d, EPS)
+    got = testing.split_passes("triton", c, [2, 0, 1, 2], g, EPS, save_y)
+    assert got["count"].item() == y.numel() // y.shape[1]
+    for name, e in (("mean", mean), ("var", var), ("out", out), ("dx", want[0]), ("d_dw", want[1]),
+                    ("d_pw", want[2]), ("d_gamma", want[4]), ("d_beta", want[5])):
+        testing.assert_close(got[name], e, dt, name)
+    for part in got["parts"]:
+        if part["out"].numel():
+            _check_layout(part["out"], cl)
+            _check_layout(part["dx"], cl)
+
+
 @pytest.mark.parametrize("p", [(torch.float32, 1, 1, False), (torch.float32, 2, 3, True),
                                (torch.float16, 2, 2, False), (torch.bfloat16, 1, 4, True)], ids=_id)
 def test_backward_eval(p):

@@ -6,8 +6,8 @@ Compiles csrc/kernels/instantiate_all.cuh (every kernel variant the launcher can
 Same flags as the extension's device code (-O3). Results are cached by source hash under build/.
 
     python tools/report_cuda.py            # markdown table
-rows() -> list[dict] with keys backend, kernel, variant, arch, registers, shared_bytes, spill_stores,
-spill_loads, occupancy (theoretical active warps / max warps per SM).
+rows() -> list[dict] with keys backend, kernel, variant, arch, registers, shared_bytes, stack_bytes,
+spill_stores, spill_loads, occupancy (theoretical active warps / max warps per SM).
 """
 from __future__ import annotations
 
@@ -137,19 +137,43 @@ def _demangle(names: list[str]) -> dict[str, str]:
 _DT = {"float": "fp32", "__half": "fp16", "__nv_bfloat16": "bf16"}
 
 
+_TILES = {"128, 8, 8, false": "rect8x8", "64, 8, 16, false": "rect8x16", "128, 8, 8, true": "span64",
+          "64, 8, 16, true": "span128"}  # csrc/kernels/problem.cuh TileShape<BK, TH, TW, SPAN>
+
+
+def _template_args(s: str) -> list[str]:
+    """Top-level template arguments of 'a, b<c, d>, e' -> ['a', 'b<c, d>', 'e']."""
+    out, depth, cur = [], 0, ""
+    for ch in s:
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+            continue
+        depth += ch == "<"
+        depth -= ch == ">"
+        cur += ch
+    return out + [cur.strip()] if cur.strip() else out
+
+
 def _kernel_variant(demangled: str) -> tuple[str, str]:
-    m = re.match(r"void dsc::(\w+)(?:<(.*?)>)?\(", demangled)
+    """(kernel, variant) from a demangled entry, e.g. 'void dsc::dsconv_fwd_kernel<float, dsc::TileShape<128, 8,
+    8, false>, 1, 3>(dsc::Problem, float*)' -> ('dsconv_fwd_kernel', 'fp32 rect8x8 s=1 d=3')."""
+    m = re.match(r"void dsc::(\w+)(?:<(.*)>)?\(", demangled)
     if not m:
         return demangled, ""
     kernel, targs = m.group(1), m.group(2)
     if not targs:
         return kernel, "-"
-    parts = [a.strip() for a in targs.split(",")]
+    parts = _template_args(targs)
     if parts[0] not in _DT:  # the dtype-free kernels (template only for linkage)
         return kernel, "-"
-    v = [_DT.get(parts[0], parts[0])]
-    if len(parts) > 1:
-        v.append("d=runtime" if parts[1] == "0" else f"d={parts[1]}")
+    v = [_DT[parts[0]]]
+    rest = parts[1:]
+    if rest and rest[0].startswith("dsc::TileShape<"):
+        v.append(_TILES.get(rest[0][len("dsc::TileShape<"):-1], rest[0]))
+        rest = rest[1:]
+    if len(rest) == 2:  # stride, dilation
+        v += [f"s={rest[0]}", "d=runtime" if rest[1] == "0" else f"d={rest[1]}"]
     return kernel, " ".join(v)
 
 
@@ -164,9 +188,9 @@ def parse_ptxas(log: str, arch: str) -> list[dict]:
             continue
         if cur is None:
             continue
-        m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
         if m:
-            cur["spill_stores"], cur["spill_loads"] = int(m.group(1)), int(m.group(2))
+            cur["stack_bytes"], cur["spill_stores"], cur["spill_loads"] = map(int, m.groups())
         m = re.search(r"Used (\d+) registers", line)
         if m:
             cur["registers"] = int(m.group(1))
@@ -177,7 +201,7 @@ def parse_ptxas(log: str, arch: str) -> list[dict]:
         kernel, variant = _kernel_variant(dem.get(e["mangled"], e["mangled"]))
         regs, smem = e.get("registers", 0), e.get("shared_bytes", 0)
         rows.append(dict(backend="cuda", kernel=kernel, variant=variant, arch=arch, registers=regs,
-                         shared_bytes=smem, spill_stores=e.get("spill_stores", 0),
+                         shared_bytes=smem, stack_bytes=e.get("stack_bytes", 0), spill_stores=e.get("spill_stores", 0),
                          spill_loads=e.get("spill_loads", 0), occupancy=occupancy(arch, regs, smem)))
     return sorted(rows, key=lambda r: (r["kernel"], r["variant"]))
 
@@ -196,11 +220,12 @@ def rows(archs=("sm_61", "sm_75", "sm_86"), use_cache: bool = True) -> list[dict
 
 
 def markdown(rs: list[dict]) -> str:
-    head = "| kernel | variant | arch | registers | shared bytes | spill stores | spill loads | occupancy |"
-    lines = [head, "|" + "---|" * 8]
+    head = ("| kernel | variant | arch | registers | shared bytes | stack bytes | spill stores | spill loads | "
+            "occupancy |")
+    lines = [head, "|" + "---|" * 9]
     for r in rs:
         lines.append(f"| {r['kernel']} | {r['variant']} | {r['arch']} | {r['registers']} | {r['shared_bytes']} | "
-                     f"{r['spill_stores']} | {r['spill_loads']} | {r['occupancy']:.2f} |")
+                     f"{r['stack_bytes']} | {r['spill_stores']} | {r['spill_loads']} | {r['occupancy']:.2f} |")
     return "\n".join(lines)
 
 

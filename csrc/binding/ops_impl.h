@@ -39,6 +39,12 @@ struct Ops {
     TORCH_CHECK(stride == 1 || stride == 2, Tr::kPrefix, "stride must be 1 or 2, got ", stride);
     TORCH_CHECK(dilation >= 1 && dilation <= (1 << 20), Tr::kPrefix,
                 "dilation must be between 1 and 1048576 (2^20), got ", dilation);
+    // The kernels address within one image (and tile) with 32-bit offsets and number pixels with 32 bits;
+    // whole tensors may exceed 2^31 elements (64-bit image bases).
+    TORCH_CHECK(x.size(1) * x.size(2) * x.size(3) < (int64_t(1) << 31), Tr::kPrefix,
+                "x must have fewer than 2^31 elements per image (C*H*W), got ", x.size(1) * x.size(2) * x.size(3));
+    TORCH_CHECK(x.size(0) * ((x.size(2) - 1) / stride + 1) * ((x.size(3) - 1) / stride + 1) < (int64_t(1) << 31),
+                Tr::kPrefix, "the output must have fewer than 2^31 pixels (N*Ho*Wo)");
   }
   static void check_weights(const Tensor& x, const Tensor& dw, const Tensor& pw) {
     const int64_t C = x.size(1);
@@ -74,6 +80,10 @@ struct Ops {
     TORCH_CHECK(bn_weight.has_value() == bn_bias.has_value(), Tr::kPrefix,
                 "bn_weight and bn_bias must be given together or both be None");
     return K;
+  }
+  static void check_stats(const Tensor& mean, const Tensor& var, const Tensor& x, int64_t K) {
+    check_channel("mean", mean, x, K);
+    check_channel("var", var, x, K);
   }
   // [K] vectors may be views; a contiguous copy of K floats is cheap (activations are never copied).
   static optional<Tensor> contig(const optional<Tensor>& t) {
@@ -132,7 +142,8 @@ struct Ops {
     p.bias = bias_c.data_ptr<float>();
     p.out = out.data_ptr();
     p.os = strides(out);
-    by_dtype(x, [&](auto t) { dsc::forward<typename Tr::Policy, decltype(t)>(p, nullptr); });
+    Tensor ws = workspace(x, dsc::forward_ws_floats(p));
+    by_dtype(x, [&](auto t) { dsc::forward<typename Tr::Policy, decltype(t)>(p, ws.data_ptr<float>()); });
     return out;
   }
 
@@ -166,6 +177,16 @@ struct Ops {
     Tensor ws = workspace(x, dsc::forward_ws_floats(p));
     by_dtype(x, [&](auto t) { dsc::forward<typename Tr::Policy, decltype(t)>(p, ws.data_ptr<float>()); });
     return {out, save_y ? y : x.new_empty({0}), mean, var};
+  }
+
+  // y = pw(dw(x)) + bias into dst (recompute mode): the forward kernel in y-only mode.
+  static void rebuild_y(const dsc::Problem& p, const Tensor& x, const Tensor& dst) {
+    dsc::Problem q = p;
+    q.mode = dsc::kYOnly;
+    q.y = dst.data_ptr();
+    q.ys = strides(dst);
+    Tensor qws = workspace(x, dsc::forward_ws_floats(q));
+    by_dtype(x, [&](auto t) { dsc::forward<typename Tr::Policy, decltype(t)>(q, qws.data_ptr<float>()); });
   }
 
   // Shared tail of both backward ops: p.mode and p.act / p.as set by the caller.
@@ -216,8 +237,7 @@ struct Ops {
       const optional<Tensor>& bn_weight, const optional<Tensor>& bn_bias, const optional<Tensor>& y,
       const Tensor& mean, const Tensor& var, int64_t stride, int64_t dilation, double eps) {
     const int64_t K = check_train(x, dw, pw, bias, bn_weight, bn_bias, stride, dilation);
-    check_channel("mean", mean, x, K);
-    check_channel("var", var, x, K);
+    check_stats(mean, var, x, K);
     typename Tr::Guard guard(x.device());
     dsc::Problem p = problem(x, dw, pw, stride, dilation);
     TORCH_CHECK(p.M > 1 && x.size(1) > 0 && K > 0, Tr::kPrefix,
@@ -240,11 +260,7 @@ struct Ops {
       // Recompute mode: rebuild y = pw(dw(x)) + bias with the forward kernel (depthwise output still
       // never leaves the chip); only this temporary lives for the duration of the backward.
       y_use = act_like(x, K, p);
-      dsc::Problem q = p;
-      q.mode = dsc::kYOnly;
-      q.y = y_use.data_ptr();
-      q.ys = strides(y_use);
-      by_dtype(x, [&](auto t) { dsc::forward<typename Tr::Policy, decltype(t)>(q, nullptr); });
+      rebuild_y(p, x, y_use);
     }
     Tensor dbias = at::empty({K}, x.options().dtype(at::kFloat));
     Tensor dgamma = at::empty_like(dbias), dbeta = at::empty_like(dbias);
@@ -254,12 +270,175 @@ struct Ops {
     auto [dx, ddw, dpw] = run_backward(p, x, dw, pw, grad_out, dbias, dgamma, dbeta);
     return {dx, ddw, dpw, dbias, dgamma, dbeta};
   }
+
+  // -- the split passes of synchronised batch norm (fused_dsconv/distributed.py merges the per-channel
+  // values over processes between them; the op layer handles empty inputs before these are called) --
+
+  // Pass 1: y (a temporary when !save_y: dsconv_fwd always stores it) and its batch statistics.
+  static std::tuple<Tensor, Tensor, Tensor> forward_stats(const Tensor& x, const Tensor& dw, const Tensor& pw,
+                                                          const optional<Tensor>& bias, int64_t stride,
+                                                          int64_t dilation, bool save_y) {
+    const int64_t K = check_train(x, dw, pw, bias, std::nullopt, std::nullopt, stride, dilation);
+    typename Tr::Guard guard(x.device());
+    dsc::Problem p = problem(x, dw, pw, stride, dilation);
+    TORCH_CHECK(p.M > 0 && x.size(1) > 0 && K > 0, Tr::kPrefix, "forward_stats needs N*Ho*Wo > 0, C > 0 and K > 0");
+    Tensor y = act_like(x, K, p);
+    Tensor mean = at::empty({K}, x.options().dtype(at::kFloat)), var = at::empty_like(mean);
+    const auto bias_c = contig(bias);
+    p.mode = dsc::kTrain;
+    p.bias = ptr(bias_c);
+    p.eps = 1.f;  // bn_stats also writes bn_relu's scale / shift, unused here: any eps keeps them finite
+    p.y = y.data_ptr();
+    p.ys = strides(y);
+    p.mean = mean.data_ptr<float>();
+    p.var = var.data_ptr<float>();
+    Tensor ws = workspace(x, dsc::forward_ws_floats(p));
+    by_dtype(x, [&](auto t) { dsc::forward_stats<typename Tr::Policy, decltype(t)>(p, ws.data_ptr<float>()); });
+    return {save_y ? y : x.new_empty({0}), mean, var};
+  }
+
+  // Pass 2: out = relu((y - mean) a + beta) with the given statistics; y absent: rebuilt into out's storage
+  // and normalised in place (as forward_train's recompute mode).
+  static Tensor forward_normalize(const Tensor& x, const Tensor& dw, const Tensor& pw, const optional<Tensor>& bias,
+                                  const optional<Tensor>& y, const Tensor& mean, const Tensor& var,
+                                  const optional<Tensor>& bn_weight, const optional<Tensor>& bn_bias, int64_t stride,
+                                  int64_t dilation, double eps) {
+    const int64_t K = check_train(x, dw, pw, bias, bn_weight, bn_bias, stride, dilation);
+    check_stats(mean, var, x, K);
+    typename Tr::Guard guard(x.device());
+    dsc::Problem p = problem(x, dw, pw, stride, dilation);
+    TORCH_CHECK(p.M > 0 && x.size(1) > 0 && K > 0, Tr::kPrefix,
+                "forward_normalize needs N*Ho*Wo > 0, C > 0 and K > 0");
+    Tensor out = act_like(x, K, p), src = out;
+    const auto bias_c = contig(bias);
+    p.bias = ptr(bias_c);
+    if (y.has_value() && y->numel() > 0) {
+      check_act("y", *y, x, {p.N, K, p.Ho, p.Wo});
+      src = y->contiguous(format(x));  // bn_relu reads y and writes out as rows of one layout
+    } else {
+      rebuild_y(p, x, out);
+    }
+    p.mode = dsc::kTrain;
+    p.y = src.data_ptr();
+    p.ys = strides(src);
+    p.out = out.data_ptr();
+    p.os = strides(out);
+    // bn_relu's per-channel scale a = gamma / sqrt(var + eps) and shift beta - mean a, where bn_stats puts them.
+    Tensor ws = workspace(x, dsc::fwd_ss_offset(p) + 2 * K);
+    Tensor a = (var.to(at::kFloat) + eps).rsqrt();
+    if (bn_weight.has_value()) a = a * *bn_weight;
+    Tensor b = -mean * a;
+    if (bn_bias.has_value()) b = b + *bn_bias;
+    ws.narrow(0, dsc::fwd_ss_offset(p), K).copy_(a);
+    ws.narrow(0, dsc::fwd_ss_offset(p) + K, K).copy_(b);
+    by_dtype(x, [&](auto t) { dsc::normalize<typename Tr::Policy, decltype(t)>(p, ws.data_ptr<float>()); });
+    return out;
+  }
+
+  // The geometry bn_bwd_reduce / finalize need is y's alone: a stride-1 problem of y's size.
+  static dsc::Problem act_problem(const Tensor& y) {
+    dsc::Problem p{};
+    dsc::set_geometry(p, y.size(0), 1, y.size(1), y.size(2), y.size(3), 1, 1);
+    p.cl = channels_last(y) ? 1 : 0;
+    return p;
+  }
+
+  // (sum dz, sum dz yhat) over this call's pixels: bn_bwd_reduce + bn_bwd_finalize, whose dbeta / dgamma they
+  // are (an affine-free BN runs as gamma 1, beta 0: the same z, and finalize then writes both sums).
+  static std::tuple<Tensor, Tensor> backward_reduce(const Tensor& grad_out, const Tensor& y, const Tensor& mean,
+                                                    const Tensor& var, const optional<Tensor>& bn_weight,
+                                                    const optional<Tensor>& bn_bias, double eps) {
+    TORCH_CHECK(y.dim() == 4, Tr::kPrefix, "y must be 4-D [N, K, Ho, Wo], got ", y.dim(), "-D");
+    TORCH_CHECK(y.device().type() == Tr::kDevice, Tr::kPrefix, "y must be on ", Tr::kDevice, ", got ", y.device());
+    TORCH_CHECK(y.scalar_type() == at::kFloat || y.scalar_type() == at::kHalf || y.scalar_type() == at::kBFloat16,
+                Tr::kPrefix, "y must be float32, float16 or bfloat16, got ", y.scalar_type());
+    TORCH_CHECK(y.is_contiguous() || y.is_contiguous(at::MemoryFormat::ChannelsLast), Tr::kPrefix,
+                "y must be contiguous in NCHW or channels_last");
+    const int64_t K = y.size(1);
+    check_channel("bn_weight", bn_weight, y, K);
+    check_channel("bn_bias", bn_bias, y, K);
+    check_stats(mean, var, y, K);
+    TORCH_CHECK(bn_weight.has_value() == bn_bias.has_value(), Tr::kPrefix,
+                "bn_weight and bn_bias must be given together or both be None");
+    check_act("grad_out", grad_out, y, y.sizes());
+    typename Tr::Guard guard(y.device());
+    dsc::Problem p = act_problem(y);
+    TORCH_CHECK(p.M > 0 && K > 0, Tr::kPrefix, "backward_reduce needs N*Ho*Wo > 0 and K > 0");
+    const Tensor gamma_c = bn_weight.has_value() ? bn_weight->contiguous() : at::ones_like(mean, at::kFloat);
+    const Tensor beta_c = bn_bias.has_value() ? bn_bias->contiguous() : at::zeros_like(mean, at::kFloat);
+    const Tensor mean_c = mean.contiguous(), var_c = var.contiguous();
+    Tensor sum_dz = at::empty({K}, y.options().dtype(at::kFloat));
+    Tensor sum_dz_yhat = at::empty_like(sum_dz), dbias = at::empty_like(sum_dz);
+    p.mode = dsc::kTrain;
+    p.gamma = gamma_c.data_ptr<float>();
+    p.beta = beta_c.data_ptr<float>();
+    p.eps = static_cast<float>(eps);
+    p.mean = const_cast<float*>(mean_c.data_ptr<float>());
+    p.var = const_cast<float*>(var_c.data_ptr<float>());
+    p.dout = grad_out.data_ptr();
+    p.dos = strides(grad_out);
+    p.act = y.data_ptr();
+    p.as = strides(y);
+    p.dbias = dbias.data_ptr<float>();
+    p.dgamma = sum_dz_yhat.data_ptr<float>();
+    p.dbeta = sum_dz.data_ptr<float>();
+    Tensor ws = workspace(y, dsc::bwd_ws(p).coef + 8 * K);  // the partials and the coefficients only
+    by_dtype(y, [&](auto t) { dsc::backward_sums<typename Tr::Policy, decltype(t)>(p, ws.data_ptr<float>()); });
+    return {sum_dz, sum_dz_yhat};
+  }
+
+  // dx, dwd, dwp through dy = A (dz - mean_dz - yhat mean_dz_yhat) (A = gamma r, r = 1 / sqrt(var + eps)): dy's
+  // coefficients (mu, A, beta, b2 = -A r mean_dz_yhat, c2 = -A mean_dz) where bn_bwd_finalize puts them, then
+  // the backward's convolution stages.
+  static std::tuple<Tensor, Tensor, Tensor> backward_apply(
+      const Tensor& grad_out, const Tensor& x, const Tensor& dw, const Tensor& pw, const Tensor& y,
+      const Tensor& mean, const Tensor& var, const optional<Tensor>& bn_weight, const optional<Tensor>& bn_bias,
+      const Tensor& mean_dz, const Tensor& mean_dz_yhat, int64_t stride, int64_t dilation, double eps) {
+    const int64_t K = check_train(x, dw, pw, std::nullopt, bn_weight, bn_bias, stride, dilation);
+    for (auto [name, t] : {std::pair<const char*, const Tensor*>{"mean", &mean}, {"var", &var}, {"mean_dz", &mean_dz},
+                           {"mean_dz_yhat", &mean_dz_yhat}})
+      check_channel(name, *t, x, K);
+    typename Tr::Guard guard(x.device());
+    dsc::Problem p = problem(x, dw, pw, stride, dilation);
+    TORCH_CHECK(p.M > 0 && x.size(1) > 0 && K > 0, Tr::kPrefix, "backward_apply needs N*Ho*Wo > 0, C > 0 and K > 0");
+    const std::vector<int64_t> shape{p.N, K, p.Ho, p.Wo};
+    check_act("grad_out", grad_out, x, shape);
+    check_act("y", y, x, shape);
+    Tensor dx = at::empty_like(x, x.options().memory_format(format(x)));
+    Tensor ddw = at::empty_like(dw), dpw = at::empty_like(pw);
+    p.mode = dsc::kTrain;
+    p.dout = grad_out.data_ptr();
+    p.dos = strides(grad_out);
+    p.act = y.data_ptr();
+    p.as = strides(y);
+    p.dx = dx.data_ptr();
+    p.dwd = ddw.data_ptr();
+    p.dwp = dpw.data_ptr();
+    const dsc::BwdWs L = dsc::bwd_ws(p);
+    Tensor ws = workspace(x, L.total);
+    Tensor r = (var.to(at::kFloat) + eps).rsqrt(), A = bn_weight.has_value() ? *bn_weight * r : r;
+    Tensor coef = ws.narrow(0, L.coef, 8 * K).view({K, 8});
+    coef.select(1, 0).copy_(mean);
+    coef.select(1, 1).copy_(A);
+    if (bn_bias.has_value())
+      coef.select(1, 2).copy_(*bn_bias);
+    else
+      coef.select(1, 2).zero_();
+    coef.select(1, 3).copy_(-A * r * mean_dz_yhat);
+    coef.select(1, 4).copy_(-A * mean_dz);
+    by_dtype(x, [&](auto t) { dsc::backward_convs<typename Tr::Policy, decltype(t)>(p, ws.data_ptr<float>()); });
+    return {dx, ddw, dpw};
+  }
 };
 
-#define DSC_IMPLS(m, Tr)                                              \
-  m.impl("forward_eval", &::dsc_bind::Ops<Tr>::forward_eval);        \
-  m.impl("forward_train", &::dsc_bind::Ops<Tr>::forward_train);      \
-  m.impl("backward_eval", &::dsc_bind::Ops<Tr>::backward_eval);      \
-  m.impl("backward_train", &::dsc_bind::Ops<Tr>::backward_train)
+#define DSC_IMPLS(m, Tr)                                                \
+  m.impl("forward_eval", &::dsc_bind::Ops<Tr>::forward_eval);          \
+  m.impl("forward_train", &::dsc_bind::Ops<Tr>::forward_train);        \
+  m.impl("backward_eval", &::dsc_bind::Ops<Tr>::backward_eval);        \
+  m.impl("backward_train", &::dsc_bind::Ops<Tr>::backward_train);      \
+  m.impl("forward_stats", &::dsc_bind::Ops<Tr>::forward_stats);        \
+  m.impl("forward_normalize", &::dsc_bind::Ops<Tr>::forward_normalize); \
+  m.impl("backward_reduce", &::dsc_bind::Ops<Tr>::backward_reduce);    \
+  m.impl("backward_apply", &::dsc_bind::Ops<Tr>::backward_apply)
 
 }  // namespace dsc_bind

@@ -52,10 +52,12 @@ template <>
 struct Cvt<emu::half> {
   static inline float load(emu::half v) { return emu::half_to_float(v); }
   static inline emu::half store(float v) { return emu::float_to_half(v); }
+  static inline float ldg(const emu::half* p) { return emu::half_to_float(*p); }
 };
 template <>
 struct Cvt<emu::bf16> {
   static inline float load(emu::bf16 v) { return emu::bf16_to_float(v); }
   static inline emu::bf16 store(float v) { return emu::float_to_bf16(v); }
+  static inline float ldg(const emu::bf16* p) { return emu::bf16_to_float(*p); }
 };
 }  // namespace dsc

@@ -1,7 +1,7 @@
 // Torch-free emulator test program for ThreadSanitizer (built by CMakeLists.txt, run by ctest).
 // Runs the real launcher + kernels (fp32) on small problems through the emulator and checks the
-// forward results against naive loops; every other output is checked for being finite (the shared
-// memory arena is poisoned with NaN, so a read of unwritten shared memory shows up).
+// forward and backward results against naive float64 loops (the shared memory arena is poisoned with
+// NaN, so a read of unwritten shared memory shows up as an error).
 //
 // Barriers: built with DSC_BARRIER_HOOK, every DSC_SYNC(id) of the kernels calls dsc_barrier_hook(id).
 //   emu_tsan                 runs every barrier and prints the ids that ran ("barriers run: ...");
@@ -50,6 +50,94 @@ struct Case {
   int stride, dil;
   bool cl;
 };
+
+// Naive float64 backward from the stored activation act (y in training, out in eval), as the reference
+// backend computes it; returns the largest error of the kernels' gradients relative to max(1, |ref|).
+struct Grads {
+  const std::vector<float>*dx, *dwd, *dwp, *dbias, *dgamma, *dbeta;
+};
+double backward_error(const Case& cs, const dsc::Problem& p, const std::vector<float>& x,
+                      const std::vector<float>& wd, const std::vector<float>& wp, const std::vector<float>& act,
+                      const std::vector<float>& dout, const Grads& g, bool train) {
+  const int64_t N = cs.N, C = cs.C, K = cs.K, H = cs.H, W = cs.W, Ho = p.Ho, Wo = p.Wo, Q = Ho * Wo, M = p.M;
+  auto yi = [&](int64_t n, int64_t k, int64_t q) { return dsc::at4(p.ys, n, k, q / Wo, q % Wo); };
+  std::vector<double> dy(N * K * Q), sdz(K, 0.0), sdzy(K, 0.0), sy(K, 0.0), dbias(K, 0.0);
+  for (int64_t k = 0; k < K; ++k) {
+    const double r = train ? 1.0 / std::sqrt(double(p.var[k]) + p.eps) : 1.0, mu = train ? p.mean[k] : 0.0;
+    const double gk = train ? p.gamma[k] : 1.0, bk = train ? p.beta[k] : 0.0;
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t q = 0; q < Q; ++q) {
+        const double a = act[yi(n, k, q)], yh = train ? (a - mu) * r : 0.0, z = train ? gk * yh + bk : a;
+        const double dz = z <= 0.0 ? 0.0 : dout[yi(n, k, q)];
+        dy[(n * K + k) * Q + q] = dz;
+        sdz[k] += dz;
+        sdzy[k] += dz * yh;
+        sy[k] += yh;
+      }
+    if (train)
+      for (int64_t i = 0; i < N * Q; ++i) {
+        const int64_t n = i / Q, q = i % Q;
+        const double a = act[yi(n, k, q)], yh = (a - mu) * r;
+        double& v = dy[(n * K + k) * Q + q];
+        v = gk * r * (v - sdz[k] / M - yh * sdzy[k] / M);
+        dbias[k] += v;
+      }
+    else
+      dbias[k] = sdz[k];
+  }
+  std::vector<double> t(N * C * Q, 0.0), dt(N * C * Q, 0.0), dwd_r(C * 9, 0.0), dwp_r(K * C, 0.0), dx_r(N * C * H * W, 0.0);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t ho = 0; ho < Ho; ++ho)
+        for (int64_t wo = 0; wo < Wo; ++wo)
+          for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 3; ++j) {
+              const int64_t h = ho * cs.stride - cs.dil + i * cs.dil, w = wo * cs.stride - cs.dil + j * cs.dil;
+              if (h >= 0 && h < H && w >= 0 && w < W)
+                t[(n * C + c) * Q + ho * Wo + wo] += double(x[((n * C + c) * H + h) * W + w]) * wd[c * 9 + i * 3 + j];
+            }
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t q = 0; q < Q; ++q)
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t c = 0; c < C; ++c) {
+          dt[(n * C + c) * Q + q] += double(wp[k * C + c]) * dy[(n * K + k) * Q + q];
+          dwp_r[k * C + c] += dy[(n * K + k) * Q + q] * t[(n * C + c) * Q + q];
+        }
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t ho = 0; ho < Ho; ++ho)
+        for (int64_t wo = 0; wo < Wo; ++wo)
+          for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 3; ++j) {
+              const int64_t h = ho * cs.stride - cs.dil + i * cs.dil, w = wo * cs.stride - cs.dil + j * cs.dil;
+              if (h < 0 || h >= H || w < 0 || w >= W) continue;
+              const double gv = dt[(n * C + c) * Q + ho * Wo + wo];
+              dwd_r[c * 9 + i * 3 + j] += gv * x[((n * C + c) * H + h) * W + w];
+              dx_r[((n * C + c) * H + h) * W + w] += gv * wd[c * 9 + i * 3 + j];
+            }
+  double err = 0.0;
+  auto cmp = [&](const std::vector<float>& got, auto at, const std::vector<double>& ref) {
+    double e = 0.0, m = 1.0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      e = std::max(e, std::fabs(got[at(i)] - ref[i]));
+      m = std::max(m, std::fabs(ref[i]));
+    }
+    err = std::max(err, e / m);
+  };
+  auto plain = [](size_t i) { return i; };
+  cmp(*g.dx, [&](size_t i) {
+    const int64_t w = i % W, h = (i / W) % H, c = (i / (W * H)) % C, n = i / (W * H * C);
+    return size_t(dsc::at4(p.xs, n, c, h, w));
+  }, dx_r);
+  cmp(*g.dwd, plain, dwd_r);
+  cmp(*g.dwp, plain, dwp_r);
+  cmp(*g.dbias, plain, dbias);
+  if (train) {
+    cmp(*g.dgamma, plain, sdzy);
+    cmp(*g.dbeta, plain, sdz);
+  }
+  return err;
+}
 
 int run(const Case& cs) {
   std::mt19937 rng(42);
@@ -109,7 +197,8 @@ int run(const Case& cs) {
   p.mode = dsc::kEval;
   p.out = out_eval.data();
   p.os = ys;
-  dsc::forward<EmuPolicy, float>(p, nullptr);
+  std::vector<float> ews(dsc::forward_ws_floats(p) + 1);
+  dsc::forward<EmuPolicy, float>(p, ews.data());
   for (int64_t n = 0; n < N; ++n)
     for (int64_t k = 0; k < K; ++k)
       for (int64_t ho = 0; ho < Ho; ++ho)
@@ -146,7 +235,7 @@ int run(const Case& cs) {
     dsc::forward<EmuPolicy, float>(q, ws.data());
   }
   const bool inplace_same = out_inplace == out;
-  // backward (train, then eval): outputs must be finite
+  // backward (train, then eval), against naive float64 loops from the stored activation
   std::vector<float> dout(nout), dx(N * C * H * W), dwd(C * 9), dwp(K * C), dbias(K), dgamma(K), dbeta(K);
   for (auto& v : dout) v = nd(rng);
   p.dout = dout.data();
@@ -161,18 +250,17 @@ int run(const Case& cs) {
   p.as = ys;
   std::vector<float> bws(dsc::backward_ws_floats(p));
   dsc::backward<EmuPolicy, float>(p, bws.data());
-  bool finite = true;
-  for (const auto* v : {&dx, &dwd, &dwp, &dbias, &dgamma, &dbeta})
-    for (float f : *v) finite = finite && std::isfinite(f);
+  const Grads grads{&dx, &dwd, &dwp, &dbias, &dgamma, &dbeta};
+  double berr = backward_error(cs, p, x, wd, wp, y, dout, grads, true);
   p.mode = dsc::kEval;
   p.act = out_eval.data();
   dsc::backward<EmuPolicy, float>(p, bws.data());
-  for (const auto* v : {&dx, &dwd, &dwp, &dbias})
-    for (float f : *v) finite = finite && std::isfinite(f);
+  berr = std::max(berr, backward_error(cs, p, x, wd, wp, out_eval, dout, grads, false));
+  const bool finite = berr < 1e-3;
 
-  std::printf("case N=%lld C=%lld K=%lld H=%lld W=%lld s=%d d=%d cl=%d: max err %.3e, finite %d, in-place out "
-              "identical %d\n", (long long)N, (long long)C, (long long)K, (long long)H, (long long)W, cs.stride, cs.dil,
-              int(cs.cl), err, int(finite), int(inplace_same));
+  std::printf("case N=%lld C=%lld K=%lld H=%lld W=%lld s=%d d=%d cl=%d: forward max err %.3e, backward max "
+              "rel err %.3e, in-place out identical %d\n", (long long)N, (long long)C, (long long)K, (long long)H,
+              (long long)W, cs.stride, cs.dil, int(cs.cl), err, berr, int(inplace_same));
   return (err < 1e-3 && finite && inplace_same) ? 0 : 1;
 }
 
@@ -195,6 +283,9 @@ int main(int argc, char** argv) {
   bad += run(Case{1, 20, 5, 9, 10, 2, 5, true});
   // K = 70: two K tiles in the forward and two K chunks in the dt kernel; d = 9: the gathered halo.
   bad += run(Case{1, 20, 70, 9, 10, 1, 9, false});
+  // C = 70 on one small map: the input channels split over 2 blocks, summed by dsconv_fwd_reduce; K = 130:
+  // dsconv_bwd_dt's output channels split in 2 (partial dt planes summed by dsconv_bwd_dx).
+  bad += run(Case{1, 70, 130, 6, 7, 1, 2, true});
   if (g_drop > 0) {
     // Reached only if TSan stayed silent (halt_on_error stops the program at the first report).
     std::printf("barrier %d dropped and no data race reported\n", g_drop);

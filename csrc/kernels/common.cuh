@@ -26,18 +26,24 @@ typedef unsigned int uint32_t;
 #endif
 
 #if DSC_GPU
+#define DSC_LDG(ptr) __ldg(ptr)  // read-only path (ld.global.nc): inputs that no kernel of the launch writes
 #define DSC_DEVICE __device__ __forceinline__
 #define DSC_HD __host__ __device__ __forceinline__
 #define DSC_GLOBAL __global__
 #define DSC_LAUNCH_BOUNDS(n) __launch_bounds__(n)
+// At least m resident blocks of n threads per SM: caps registers at 65536 / (n m) (the tiled kernels ask
+// for 2 blocks of 256 threads, <= 128 registers, so loads batched for latency do not take the whole file).
+#define DSC_LAUNCH_BOUNDS_MIN(n, m) __launch_bounds__(n, m)
 // Shared memory: one struct per kernel, so the emulator can hand out one poisoned arena for it.
 #define DSC_SHARED(Type, name) __shared__ Type name
 #define DSC_RSQRT(v) rsqrtf(v)
 #else
+#define DSC_LDG(ptr) (*(ptr))
 #define DSC_DEVICE inline
 #define DSC_HD inline
 #define DSC_GLOBAL inline
 #define DSC_LAUNCH_BOUNDS(n)
+#define DSC_LAUNCH_BOUNDS_MIN(n, m)
 #define DSC_SHARED(Type, name) Type& name = *static_cast<Type*>(::emu::shared_arena(sizeof(Type)))
 #define DSC_RSQRT(v) (1.0f / std::sqrt(v))
 #endif
@@ -67,6 +73,7 @@ template <>
 struct Cvt<float> {
   static DSC_DEVICE float load(float v) { return v; }
   static DSC_DEVICE float store(float v) { return v; }
+  static DSC_DEVICE float ldg(const float* p) { return DSC_LDG(p); }
 };
 
 #if DSC_GPU
@@ -74,12 +81,27 @@ template <>
 struct Cvt<__half> {
   static DSC_DEVICE float load(__half v) { return __half2float(v); }
   static DSC_DEVICE __half store(float v) { return __float2half_rn(v); }
+  static DSC_DEVICE float ldg(const __half* p) { return __half2float(__ldg(p)); }
 };
 // cuda_bf16.h converts in software below sm_80, so bf16 storage also works on sm_61/sm_75.
 template <>
 struct Cvt<__nv_bfloat16> {
   static DSC_DEVICE float load(__nv_bfloat16 v) { return __bfloat162float(v); }
   static DSC_DEVICE __nv_bfloat16 store(float v) { return __float2bfloat16_rn(v); }
+  // __ldg has no bf16 overload before sm_80 in every toolkit: load the bits through the read-only path.
+  static DSC_DEVICE float ldg(const __nv_bfloat16* p) {
+    const unsigned short b = __ldg(reinterpret_cast<const unsigned short*>(p));
+    return __uint_as_float(static_cast<unsigned>(b) << 16);
+  }
+};
+#endif  // the emulator's host fp16 / bf16 specialisations: csrc/emu/numeric.h
+
+// 16-byte vector for 128-bit shared / global accesses (the emulator's stand-in has the same layout).
+#if DSC_GPU
+using f4 = float4;
+#else
+struct alignas(16) f4 {
+  float x, y, z, w;
 };
 #endif
 

@@ -34,6 +34,19 @@ sees it):
   stride, dilation, eps) -> (grad_x, grad_dw_weight, grad_pw_weight, grad_bias, grad_bn_weight,
   grad_bn_bias)``; ``y`` is None in recompute mode; grad_bias / grad_bn_* are [K] in acc_dtype,
   also when bn_weight is None (the autograd layer drops them then).
+
+The split passes: forward_train and backward_train cut where synchronised batch norm merges per-channel
+values over processes (``fused_dsconv/distributed.py``; yhat = (y - mean) * rsqrt(var + eps), z = yhat *
+bn_weight + bn_bias, dz = grad_out [z > 0]):
+
+- ``forward_stats(x, dw_weight, pw_weight, bias, stride, dilation, save_y) -> (y, mean, var)``: forward_train's
+  y and statistics, without the normalisation; ``y`` empty when ``save_y`` is False.
+- ``forward_normalize(x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation, eps)
+  -> out``: relu(z) with the given statistics; ``y`` None: rebuild it from x first (recompute mode).
+- ``backward_reduce(grad_out, y, mean, var, bn_weight, bn_bias, eps) -> (sum_dz, sum_dz_yhat)`` per channel.
+- ``backward_apply(grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz, mean_dz_yhat,
+  stride, dilation, eps) -> (grad_x, grad_dw_weight, grad_pw_weight)`` through
+  dy = bn_weight rsqrt(var + eps) (dz - mean_dz - yhat mean_dz_yhat).
 """
 from __future__ import annotations
 
@@ -96,6 +109,20 @@ class Backend:
 
     def backward_train(self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var,
                        stride, dilation, eps):
+        raise NotImplementedError
+
+    def forward_stats(self, x, dw_weight, pw_weight, bias, stride, dilation, save_y):
+        raise NotImplementedError
+
+    def forward_normalize(self, x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation,
+                          eps):
+        raise NotImplementedError
+
+    def backward_reduce(self, grad_out, y, mean, var, bn_weight, bn_bias, eps):
+        raise NotImplementedError
+
+    def backward_apply(self, grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz,
+                       mean_dz_yhat, stride, dilation, eps):
         raise NotImplementedError
 
 

@@ -121,6 +121,23 @@ class NativeBackend(Backend):
         return tuple(self.ops.backward_train(grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean,
                                              var, stride, dilation, float(eps)))
 
+    # -- the split passes (synchronised batch norm): the launcher's stages, csrc/kernels/launch.cuh --
+    def forward_stats(self, x, dw_weight, pw_weight, bias, stride, dilation, save_y):
+        return tuple(self.ops.forward_stats(x, dw_weight, pw_weight, bias, stride, dilation, bool(save_y)))
+
+    def forward_normalize(self, x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation,
+                          eps):
+        return self.ops.forward_normalize(x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride,
+                                          dilation, float(eps))
+
+    def backward_reduce(self, grad_out, y, mean, var, bn_weight, bn_bias, eps):
+        return tuple(self.ops.backward_reduce(grad_out, y, mean, var, bn_weight, bn_bias, float(eps)))
+
+    def backward_apply(self, grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz,
+                       mean_dz_yhat, stride, dilation, eps):
+        return tuple(self.ops.backward_apply(grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias,
+                                             mean_dz, mean_dz_yhat, stride, dilation, float(eps)))
+
 
 # ---- the CPU emulator build (tests, and anyone checking the kernels without a GPU) ----
 

@@ -91,5 +91,42 @@ class ReferenceBackend(Backend):
         dx, ddw, dpw, dbias = _conv_grads(dy, x, dw_weight, pw_weight, stride, dilation, bias is not None)
         return dx, ddw, dpw, dbias, dgamma, dbeta
 
+    # -- the split passes (synchronised batch norm) --
+    def forward_stats(self, x, dw_weight, pw_weight, bias, stride, dilation, save_y):
+        _, y32 = _pre_bn(x, dw_weight, pw_weight, bias, stride, dilation)
+        y = y32.to(x.dtype)
+        # Statistics of the stored (rounded) y, as forward_train's; batch_norm_update_stats is one native pass
+        # (scratch running buffers; it returns the biased variance).
+        k = y.shape[1]
+        mean, var = torch.batch_norm_update_stats(y.to(y32.dtype), y32.new_zeros(k), y32.new_zeros(k), 0.0)
+        return (y.contiguous(memory_format=memory_format_of(x)) if save_y else x.new_empty(0)), mean, var
+
+    def forward_normalize(self, x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation,
+                          eps):
+        if y is None:
+            y = _pre_bn(x, dw_weight, pw_weight, bias, stride, dilation)[1].to(x.dtype)
+        z = _normalise(y.to(mean.dtype), mean, var, bn_weight, bn_bias, eps)
+        return F.relu(z).to(x.dtype).contiguous(memory_format=memory_format_of(x))
+
+    def backward_reduce(self, grad_out, y, mean, var, bn_weight, bn_bias, eps):
+        yf = y.to(mean.dtype)
+        dz = torch.ops.aten.threshold_backward(grad_out.to(yf.dtype), _normalise(yf, mean, var, bn_weight, bn_bias,
+                                                                                   eps), 0)
+        # The weight gradient of a batch norm without weight is sum(dz * yhat), its bias gradient sum(dz).
+        _, sum_dz_yhat, sum_dz = torch.ops.aten.native_batch_norm_backward(
+            dz, yf, None, None, None, mean, torch.rsqrt(var + eps), True, eps, [False, True, True])
+        return sum_dz, sum_dz_yhat
+
+    def backward_apply(self, grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz,
+                       mean_dz_yhat, stride, dilation, eps):
+        yf = y.to(mean.dtype)
+        dz = torch.ops.aten.threshold_backward(grad_out.to(yf.dtype), _normalise(yf, mean, var, bn_weight, bn_bias,
+                                                                                   eps), 0)
+        r = torch.rsqrt(var + eps)
+        a = r if bn_weight is None else bn_weight * r
+        yhat = (yf - mean[:, None, None]) * r[:, None, None]
+        dy = a[:, None, None] * (dz - mean_dz[:, None, None] - yhat * mean_dz_yhat[:, None, None])
+        return _conv_grads(dy, x, dw_weight, pw_weight, stride, dilation, False)[:3]
+
 
 register(ReferenceBackend())

@@ -123,6 +123,44 @@ class TritonBackend(Backend):
                                                train=True)
         return dx, ddw, dpw, dbias, dgamma, dbeta
 
+    # -- the split passes (synchronised batch norm): the same launches, cut at the statistics --
+    def forward_stats(self, x, dw_weight, pw_weight, bias, stride, dilation, save_y):
+        lc = _launch()
+        k = pw_weight.shape[0]
+        y = _empty_out(x, k, stride, x.dtype)  # recompute mode: dropped on return (the kernel always stores y)
+        partials = lc.launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, y, relu=False, stats=True)
+        # bn_stats also writes bn_relu's coefficients, unused here (pass 2 gets merged statistics): any eps
+        # that keeps 1 / sqrt(var + eps) finite on padding lanes will do.
+        mean, var, _ = lc.launch_bn_stats(partials, y.numel() // k, None, None, 1.0)
+        return (y if save_y else x.new_empty(0)), mean, var
+
+    def forward_normalize(self, x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation,
+                          eps):
+        lc = _launch()
+        out = _empty_out(x, pw_weight.shape[0], stride, x.dtype)
+        if y is None:  # recompute mode: y into out, normalised in place (as forward_train does)
+            lc.launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, out, relu=False, stats=False)
+            y = out
+        lc.launch_bn_relu(y, out, lc.launch_bn_coef(mean, var, bn_weight, bn_bias, eps))
+        return out
+
+    def backward_reduce(self, grad_out, y, mean, var, bn_weight, bn_bias, eps):
+        # bn_bwd_finalize's dbeta / dgamma are exactly the two sums; its dy rows (this process's mean) are unused.
+        _, _, sum_dz_yhat, sum_dz = _launch().launch_bn_backward(grad_out, y, mean, var, bn_weight, bn_bias, eps,
+                                                                 train=True)
+        return sum_dz, sum_dz_yhat
+
+    def backward_apply(self, grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz,
+                       mean_dz_yhat, stride, dilation, eps):
+        lc = _launch()
+        # dy's rows 3, 4 from the merged means, as bn_bwd_finalize writes them from this call's sums:
+        # c1 = a mean_dz, rc2 = r a mean_dz_yhat, so dy = a dz - c1 - (y - mean) rc2 (the kernels' _dy_tile).
+        coef = lc.launch_bn_coef(mean, var, bn_weight, bn_bias, eps, rows=5)
+        r = torch.rsqrt(var.float() + eps)
+        coef[3] = coef[1] * mean_dz
+        coef[4] = r * (coef[1] * mean_dz_yhat)
+        return lc.launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dilation, train=True)
+
 
 def _empty_out(x, k, stride, dtype):
     n, _, h, w = x.shape

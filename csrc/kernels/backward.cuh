@@ -1,0 +1,566 @@
+// Backward stages: bn_bwd_reduce, bn_bwd_finalize, dsconv_bwd_dt, dsconv_bwd_dwp, dsconv_bwd_dx (which
+// also forms the depthwise weight gradient). Torch-free. Design: docs/cuda.md.
+//
+// dz = dout where z > 0 or z is NaN, else 0 (threshold_backward), z = A (y - mu) + beta; in training
+// dy = A (dz - B - yhat C) with yhat = r (y - mu), A = gamma r, B = dbeta / M, C = dgamma / M, i.e.
+// dy = A dz + b2 (y - mu) + c2 with b2 = -A C r and c2 = -A B. Eval: mu = 0, A = 1, beta = b2 = c2 = 0,
+// so z = out and dy = dz. bn_bwd_finalize writes (mu, A, beta, b2, c2) per channel once; every kernel
+// that reads dy forms it on the fly from dout and y with them, and dy is never stored.
+#pragma once
+
+#include "forward.cuh"
+#include "problem.cuh"
+#include "reductions.cuh"
+#include "tile_gemm.cuh"
+#include "window.cuh"
+
+namespace dsc {
+
+struct DyCoef {
+  float mu, a, beta, b2, c2;
+};
+DSC_DEVICE DyCoef dy_coef(const float* coef, int64_t k) {  // coef + 8k is 16-byte aligned (bwd_ws)
+  const f4 v = *reinterpret_cast<const f4*>(coef + 8 * k);
+  return DyCoef{v.x, v.y, v.z, v.w, coef[8 * k + 4]};
+}
+DSC_DEVICE float dy_of(const DyCoef& c, float go, float a) {
+  const float ym = a - c.mu;
+  const float dz = c.a * ym + c.beta <= 0.f ? 0.f : go;
+  return c.a * dz + c.b2 * ym + c.c2;
+}
+
+// (n, ho, wo) of flattened output pixel g < 2^31.
+struct Pix {
+  uint32_t n, ho, wo;
+};
+DSC_DEVICE Pix pixel_of(const Problem& p, uint32_t g) {
+  const uint32_t n = fdiv(p.div_hw, g), r = g - n * static_cast<uint32_t>(p.Ho * p.Wo), ho = fdiv(p.div_wo, r);
+  return Pix{n, ho, r - ho * static_cast<uint32_t>(p.Wo)};
+}
+DSC_DEVICE int64_t pix_off(const Str4& s, const Pix& q) {
+  return static_cast<int64_t>(q.n) * s.n + static_cast<int64_t>(q.ho) * s.h + static_cast<int64_t>(q.wo) * s.w;
+}
+
+// ---------------------------------------------------------------------------------------------
+// bn_bwd_reduce: per (pixel group, channel) partial sums of dz, dz yhat, yhat -> ws[red + (q G + g) K + k].
+// NCHW: a warp per channel, lanes along the group's pixels (coalesced); channels_last: lanes along 32
+// channels, warps along the pixels, the 8 warp partials added in order through shared memory.
+// ---------------------------------------------------------------------------------------------
+struct RedSmem {
+  float v[3][8][32];
+};
+
+template <class T>
+DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) bn_bwd_reduce_kernel(const Problem p, float* ws) {
+  DSC_SHARED(RedSmem, s);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t grp = blockIdx.y, g0 = grp * p.rgroup_px;
+  const int64_t g1 = p.M - g0 < p.rgroup_px ? p.M : g0 + p.rgroup_px;
+  const int64_t k = p.cl ? static_cast<int64_t>(blockIdx.x) * 32 + lane : static_cast<int64_t>(blockIdx.x) * 8 + warp;
+  float s0 = 0.f, s1 = 0.f, s2 = 0.f;
+  if (k < p.K) {
+    const bool train = p.mode == kTrain;
+    const float mu = train ? p.mean[k] : 0.f, r = train ? DSC_RSQRT(p.var[k] + p.eps) : 1.f;
+    const bool affine = train && p.gamma != nullptr;
+    const float g = affine ? p.gamma[k] : 1.f, be = affine ? p.beta[k] : 0.f;
+    const T* __restrict__ go = static_cast<const T*>(p.dout) + k * p.dos.c;
+    const T* __restrict__ ac = static_cast<const T*>(p.act) + k * p.as.c;
+    const int first = p.cl ? warp : lane, step = p.cl ? 8 : 32;
+    // The pixel and its offsets advance by `step` per element; rows of at least `step` pixels wrap at
+    // most once (no division per element), narrower maps recompute them with FastDiv.
+    const bool inc = p.Wo >= step;
+    Pix q = pixel_of(p, static_cast<uint32_t>(g0 + first < g1 ? g0 + first : g0));
+    int64_t og = pix_off(p.dos, q), oa = pix_off(p.as, q);
+    for (int64_t gg = g0 + first; gg < g1; gg += step) {
+      if (!inc) {
+        q = pixel_of(p, static_cast<uint32_t>(gg));
+        og = pix_off(p.dos, q);
+        oa = pix_off(p.as, q);
+      }
+      const float gv = Cvt<T>::ldg(go + og), a = Cvt<T>::ldg(ac + oa);
+      if (inc) {
+        q.wo += step;
+        og += step * p.dos.w;
+        oa += step * p.as.w;
+        if (q.wo >= p.Wo) {
+          q.wo -= static_cast<uint32_t>(p.Wo);
+          og += p.dos.h - p.Wo * p.dos.w;
+          oa += p.as.h - p.Wo * p.as.w;
+          if (++q.ho == p.Ho) {
+            q.ho = 0;
+            og += p.dos.n - p.Ho * p.dos.h;
+            oa += p.as.n - p.Ho * p.as.h;
+          }
+        }
+      }
+      float yh = 0.f, dz;
+      if (!train) {
+        dz = a <= 0.f ? 0.f : gv;
+      } else {
+        yh = (a - mu) * r;
+        const float z = affine ? yh * g + be : yh;
+        dz = z <= 0.f ? 0.f : gv;
+      }
+      s0 += dz;
+      s1 += dz * yh;
+      s2 += yh;
+    }
+  }
+  float* red = ws + bwd_ws(p).red;
+  if (!p.cl) {
+    s0 = warp_sum(s0);
+    s1 = warp_sum(s1);
+    s2 = warp_sum(s2);
+    if (lane == 0 && k < p.K) {
+      red[grp * p.K + k] = s0;
+      red[(p.rgroups + grp) * p.K + k] = s1;
+      red[(2 * p.rgroups + grp) * p.K + k] = s2;
+    }
+  } else {
+    s.v[0][warp][lane] = s0;
+    s.v[1][warp][lane] = s1;
+    s.v[2][warp][lane] = s2;
+    DSC_SYNC(20);
+    if (warp == 0 && k < p.K) {
+#pragma unroll
+      for (int q = 0; q < 3; ++q) {
+        float t = 0.f;
+        for (int w = 0; w < 8; ++w) t += s.v[q][w][lane];
+        red[(q * p.rgroups + grp) * p.K + k] = t;
+      }
+    }
+  }
+}
+
+// bn_bwd_finalize: per channel, the group partials summed in a fixed order (32 channels per block as
+// lanes, 8 group strides as warps, warp results added in order) -> dbeta, dgamma, dbias and the dy
+// coefficients (mu, A, beta, b2, c2) at ws[coef + 8k].
+template <int kUnused = 0>  // a template only so that every translation unit may define it
+DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) bn_bwd_finalize_kernel(const Problem p, float* ws) {
+  DSC_SHARED(RedSmem, s);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t k = static_cast<int64_t>(blockIdx.x) * 32 + lane;
+  const BwdWs L = bwd_ws(p);
+  const float* red = ws + L.red;
+  float sm[3] = {0.f, 0.f, 0.f};
+  if (k < p.K)
+#pragma unroll
+    for (int q = 0; q < 3; ++q)
+      for (int64_t g = warp; g < p.rgroups; g += 8) sm[q] += red[(q * p.rgroups + g) * p.K + k];
+#pragma unroll
+  for (int q = 0; q < 3; ++q) s.v[q][warp][lane] = sm[q];
+  DSC_SYNC(21);
+  if (warp != 0 || k >= p.K) return;
+#pragma unroll
+  for (int q = 0; q < 3; ++q) {
+    float t = 0.f;
+    for (int w = 0; w < 8; ++w) t += s.v[q][w][lane];
+    sm[q] = t;
+  }
+  float* coef = ws + L.coef + 8 * k;
+  if (p.mode == kEval) {
+    p.dbias[k] = sm[0];
+    coef[0] = 0.f;
+    coef[1] = 1.f;
+    coef[2] = coef[3] = coef[4] = 0.f;
+    return;
+  }
+  const float M = static_cast<float>(p.M), r = DSC_RSQRT(p.var[k] + p.eps);
+  const bool affine = p.gamma != nullptr;
+  const float A = (affine ? p.gamma[k] : 1.f) * r, B = sm[0] / M, Cc = sm[1] / M;
+  coef[0] = p.mean[k];
+  coef[1] = A;
+  coef[2] = affine ? p.beta[k] : 0.f;
+  coef[3] = -A * Cc * r;
+  coef[4] = -A * B;
+  // Gradients of absent parameters are zeros (as the reference returns; the autograd layer drops them).
+  p.dbeta[k] = affine ? sm[0] : 0.f;
+  p.dgamma[k] = affine ? sm[1] : 0.f;
+  p.dbias[k] = p.bias != nullptr ? -A * sm[2] * Cc : 0.f;  // sum_p dy = A (dbeta - M B - C sum_p yhat)
+}
+
+// ---------------------------------------------------------------------------------------------
+// dsconv_bwd_dt: dt[c, p] = sum_k Wp[k, c] dy[k, p] for one span tile of BP pixels x BCb input channels.
+// K streamed in chunks of 8: dy chunk formed from dout and y (coefficients from bn_bwd_finalize) into
+// shared memory, Wp chunk staged with vector loads (its rows are contiguous in c), 8x4 register
+// micro-GEMM. dt -> fp32 workspace in x's layout through a shared-memory transpose (coalesced).
+// ---------------------------------------------------------------------------------------------
+constexpr int kDtKC = 8;
+
+template <class Tl>
+struct DtSmem {
+  static constexpr int kOutK = Tl::BP + 4, kOutP = Tl::BK / 2 + 4;
+  static constexpr int kOut = Tl::BK / 2 * kOutK > Tl::BP * kOutP ? Tl::BK / 2 * kOutK : Tl::BP * kOutP;
+  union {
+    struct {
+      alignas(16) float w[kDtKC][Tl::BK];       // A: Wp rows (k) over the block's channels
+      alignas(16) float dy[kDtKC][Tl::BP + 4];  // B: dy rows over the tile's pixels
+    } m;
+    alignas(16) float o[kOut];
+  };
+  int64_t sg[Tl::BP], sa[Tl::BP], sd[Tl::BP];  // pixel offsets in dout, y (or out), dt
+};
+
+template <class T, class Tl>
+DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_bwd_dt_kernel(const Problem p, float* ws) {
+  constexpr int BCb = Tl::BK, BP = Tl::BP, NT = Tl::THREADS, KC = kDtKC;
+  using Smem = DtSmem<Tl>;
+  DSC_SHARED(Smem, s);
+  const int tid = threadIdx.x, ty = tid / Tl::TX, tx = tid % Tl::TX;
+  const TileBlock tb = tile_block();
+  if (tb.tile >= p.bt.ntiles) return;  // the whole block: no barrier is left waiting
+  // Grid x = input-channel block + cblocks x output-channel split (bsplit > 1 on small maps: partial dt
+  // planes, summed in order by dsconv_bwd_dx as it stages them).
+  const int64_t cblocks = (p.C + BCb - 1) / BCb, ks = tb.block / cblocks;
+  const int64_t tile = tb.tile, c0 = (tb.block % cblocks) * BCb;
+  const int64_t k_lo = ks * p.ksplit, k_hi = k_lo + p.ksplit < p.K ? k_lo + p.ksplit : p.K;
+  const BwdWs L = bwd_ws(p);
+  const float* coef = ws + L.coef;
+  const Str4 dts = dt_strides(p);
+  slot_offsets<Tl>(p, p.bt, tile, p.dos, s.sg, tid, NT);
+  slot_offsets<Tl>(p, p.bt, tile, p.as, s.sa, tid, NT);
+  slot_offsets<Tl>(p, p.bt, tile, dts, s.sd, tid, NT);
+  const T* __restrict__ wp = static_cast<const T*>(p.wp);
+  const T* __restrict__ go = static_cast<const T*>(p.dout);
+  const T* __restrict__ ac = static_cast<const T*>(p.act);
+  const bool vec_wp = p.vec_wp != 0;
+  DSC_SYNC(22);  // slot tables written
+
+  float acc[8][4];
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
+
+  // Each thread stages one 4-channel slice of a Wp row and NE dy values per chunk, at fixed places: the
+  // next chunk's loads are issued into registers before this chunk's GEMM (double buffering through
+  // registers); dy is formed from them when they are stored.
+  constexpr int NE = KC * BP / NT, WPT = KC * (BCb / 4);
+  static_assert(WPT <= NT && NE >= 1, "dt staging");
+  const int kk_w = tid / (BCb / 4), cg_w = (tid % (BCb / 4)) * 4;
+  const int64_t nc = p.C - c0 - cg_w;
+  const int nw = tid < WPT ? (nc < 4 ? static_cast<int>(nc < 0 ? 0 : nc) : 4) : 0;
+  const T* wcol = wp + (nw > 0 ? c0 + cg_w : 0);
+  int kk_e[NE], q_e[NE];
+  int64_t og_e[NE], oa_e[NE];
+#pragma unroll
+  for (int i = 0; i < NE; ++i) {
+    const int e = tid + i * NT;
+    kk_e[i] = p.cl ? e % KC : e / BP;  // coalesced along the layout
+    q_e[i] = p.cl ? e / KC : e % BP;
+    og_e[i] = s.sg[q_e[i]];
+    oa_e[i] = s.sa[q_e[i]];
+  }
+  float pw[4], pg[NE], pa[NE];
+  auto load = [&](int64_t k0) {
+    const bool kv = k0 + kk_w < p.K;
+    load4<T>(wcol + (kv ? (k0 + kk_w) * p.C : 0), kv ? nw : 0, vec_wp, pw);
+#pragma unroll
+    for (int i = 0; i < NE; ++i) {
+      const int64_t k = k0 + kk_e[i];
+      const bool ok = k < p.K && og_e[i] >= 0;
+      pg[i] = Cvt<T>::ldg(go + (ok ? og_e[i] + k * p.dos.c : 0));
+      pa[i] = Cvt<T>::ldg(ac + (ok ? oa_e[i] + k * p.as.c : 0));
+    }
+  };
+  load(k_lo);
+  for (int64_t k0 = k_lo; k0 < k_hi; k0 += KC) {
+    if (tid < WPT) *reinterpret_cast<f4*>(&s.m.w[kk_w][cg_w]) = f4{pw[0], pw[1], pw[2], pw[3]};
+#pragma unroll
+    for (int i = 0; i < NE; ++i) {
+      const int64_t k = k0 + kk_e[i];
+      const bool ok = k < p.K && og_e[i] >= 0;
+      s.m.dy[kk_e[i]][q_e[i]] = ok ? dy_of(dy_coef(coef, k), pg[i], pa[i]) : 0.f;
+    }
+    DSC_SYNC(23);  // chunk staged
+    if (k0 + KC < k_hi) load(k0 + KC);
+#pragma unroll
+    for (int kk = 0; kk < KC; ++kk) mma_8x4<BCb>(acc, s.m.w[kk], s.m.dy[kk], ty, tx);
+    DSC_SYNC(24);  // chunk consumed
+  }
+
+  // Epilogue: dt -> workspace, half of the channels at a time through shared memory.
+  float* dt = ws + L.dt + ks * p.N * p.C * p.Ho * p.Wo;
+  const int warp = tid / 32, lane = tid % 32;
+  constexpr int NW = NT / 32;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int64_t ch = c0 + h * (BCb / 2);
+    if (!p.cl) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        *reinterpret_cast<f4*>(&s.o[(ty * 4 + i) * Smem::kOutK + tx * 4]) =
+            f4{acc[h * 4 + i][0], acc[h * 4 + i][1], acc[h * 4 + i][2], acc[h * 4 + i][3]};
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        *reinterpret_cast<f4*>(&s.o[(tx * 4 + j) * Smem::kOutP + ty * 4]) =
+            f4{acc[h * 4 + 0][j], acc[h * 4 + 1][j], acc[h * 4 + 2][j], acc[h * 4 + 3][j]};
+    }
+    DSC_SYNC(25);  // half tile in shared memory
+    if (!p.cl) {
+      for (int r = warp; r < BCb / 2; r += NW) {
+        const int64_t c = ch + r;
+        if (c >= p.C) break;
+        for (int q = lane; q < BP; q += 32)
+          if (s.sd[q] >= 0) dt[s.sd[q] + c * dts.c] = s.o[r * Smem::kOutK + q];
+      }
+    } else {
+      for (int q = warp; q < BP; q += NW) {
+        if (s.sd[q] < 0) continue;
+        for (int r = lane; r < BCb / 2; r += 32)
+          if (ch + r < p.C) dt[s.sd[q] + ch + r] = s.o[q * Smem::kOutP + r];
+      }
+    }
+    DSC_SYNC(26);  // half stored before the next half overwrites it
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// dsconv_bwd_dwp: dWp partials, block = (128 output channels, 64 input channels, one split of the wt
+// pixel tiles). Per tile: t [64 px x 64 c] rebuilt from the staged input window (as dsconv_fwd does), dy
+// [32 px x 128 k] formed twice per tile (a thread owns one k: one coefficient load), and
+// dWp[k, c] += sum_p dy[k, p] t[c, p] in the 8x4 register micro-GEMM. -> ws[dwp + split K C + k C + c].
+// ---------------------------------------------------------------------------------------------
+constexpr int kDwpK = 128, kDwpC = 64;
+
+template <class Tl, int S, int D>
+struct DwpSmem {
+  using G = Window<Tl, S, D, window_floats<Tl, S, D>() <= kSpanHalo ? 8 : 4>;
+  union {
+    float halo[G::BC][G::HALO];
+    alignas(16) float dyT[32][kDwpK + 4];  // A: per pixel, dy over the block's output channels
+  } u;
+  alignas(16) float tT[Tl::BP][kDwpC + 4];  // B: per pixel, t over the block's input channels
+  float wd[G::BC][9];
+  int64_t sg[Tl::BP], sa[Tl::BP];
+  int row[kSpanRowsMax];
+};
+
+template <class T, class Tl, int S, int D>
+DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Problem p, float* ws) {
+  using G = typename DwpSmem<Tl, S, D>::G;
+  constexpr int BC = G::BC, BP = Tl::BP, NT = 256, TX = kDwpC / 4;
+  constexpr int TPC = NT / BC, PPT = BP / TPC;
+  static_assert(BP == 64, "dWp tiles are 64 pixels");
+  using Smem = DwpSmem<Tl, S, D>;
+  DSC_SHARED(Smem, s);
+  const int tid = threadIdx.x, ty = tid / TX, tx = tid % TX;
+  const int64_t k0 = static_cast<int64_t>(blockIdx.x) * kDwpK, cb = static_cast<int64_t>(blockIdx.y) * kDwpC;
+  const BwdWs L = bwd_ws(p);
+  const float* coef = ws + L.coef;
+  const T* __restrict__ wd = static_cast<const T*>(p.wd);
+  const T* __restrict__ go = static_cast<const T*>(p.dout);
+  const T* __restrict__ ac = static_cast<const T*>(p.act);
+  const int cc_dw = tid / TPC;
+  // dy mapping: this thread's output channel and first pixel (16 pixels, stride 2, per half tile).
+  const int kk_dy = tid % kDwpK, q_dy = tid / kDwpK;
+  const int64_t k_dy = k0 + kk_dy;
+  const bool kv_dy = k_dy < p.K;
+  const DyCoef cf = dy_coef(coef, kv_dy ? k_dy : 0);
+  const T* go_k = go + (kv_dy ? k_dy * p.dos.c : 0);  // this thread's channel of dout and y
+  const T* ac_k = ac + (kv_dy ? k_dy * p.as.c : 0);
+
+  float acc[8][4];
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
+
+  for (int64_t tile = blockIdx.z; tile < p.wt.ntiles; tile += p.splits) {
+    G win;
+    win.setup(p, p.wt, tile, s.row, tid);
+    slot_offsets<Tl>(p, p.wt, tile, p.dos, s.sg, tid, NT);
+    slot_offsets<Tl>(p, p.wt, tile, p.as, s.sa, tid, NT);
+    int base[PPT];
+#pragma unroll
+    for (int j = 0; j < PPT; ++j) base[j] = win.base(p, tid % TPC + j * TPC);
+    const int tap_r = win.tap_r();
+    DSC_SYNC(27);  // tables written (and the previous tile's GEMM done)
+    if (!p.cl) win.prepare(p, s.row, tid);
+
+    // t for the block's 64 input channels, BC at a time.
+    for (int c8 = 0; c8 < kDwpC; c8 += BC) {
+      win.template stage<T>(p, s.row, cb + c8, s.u.halo, tid);
+      if (tid < BC * 9) {
+        const int cc = tid / 9;
+        s.wd[cc][tid - cc * 9] = cb + c8 + cc < p.C ? Cvt<T>::ldg(wd + (cb + c8) * 9 + tid) : 0.f;
+      }
+      DSC_SYNC(28);  // window staged
+      float wv[9];
+#pragma unroll
+      for (int i = 0; i < 9; ++i) wv[i] = s.wd[cc_dw][i];
+#pragma unroll
+      for (int j = 0; j < PPT; ++j)
+        s.tT[tid % TPC + j * TPC][c8 + cc_dw] = dw_tap9<G::TAP_C>(s.u.halo[cc_dw], base[j], tap_r, wv);
+      DSC_SYNC(29);  // window consumed
+    }
+
+    // dy, 32 pixels at a time, then dWp += dy t^T over them.
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+#pragma unroll 4
+      for (int j = 0; j < 16; ++j) {
+        const int ql = q_dy + 2 * j, q = h * 32 + ql;
+        const int64_t og = s.sg[q], oa = s.sa[q];
+        const bool ok = kv_dy && og >= 0;
+        const float g = Cvt<T>::ldg(go_k + (ok ? og : 0)), a = Cvt<T>::ldg(ac_k + (ok ? oa : 0));
+        s.u.dyT[ql][kk_dy] = ok ? dy_of(cf, g, a) : 0.f;
+      }
+      DSC_SYNC(30);  // dy half staged (and t complete)
+#pragma unroll 4
+      for (int ql = 0; ql < 32; ++ql) mma_8x4<kDwpK>(acc, s.u.dyT[ql], s.tT[h * 32 + ql], ty, tx);
+      DSC_SYNC(31);  // dy half consumed
+    }
+  }
+
+  float* part = ws + L.dwp + static_cast<int64_t>(blockIdx.z) * p.K * p.C;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int64_t k = k0 + mma_row<kDwpK>(ty, i);
+    if (k >= p.K) continue;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t c = cb + tx * 4 + j;
+      if (c < p.C) part[k * p.C + c] = acc[i][j];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// dsconv_bwd_dx: dx[n, c, h, w] = sum over taps (i, j) with (h + d - i d) and (w + d - j d) divisible by
+// s of dt[n, c, (h + d - i d) / s, (w + d - j d) / s] Wd[c, i, j], and, from the same dt values,
+// dWd[c, i, j] += x[n, c, h, w] dt[...]: every (input pixel, tap) pair is one (output pixel, tap) pair.
+// Block = a channel chunk x a group of 8x8 input tiles (looped, so the dWd partials [groups, C, 9] stay
+// bounded); per tile the dt window it needs is staged in shared memory (zero outside the map) and each
+// thread keeps its channel's 9 weights and 9 dWd sums in registers. Window, per channel:
+//   dilation D > 0: the dense window of output rows floor((h0 - D) / S) .. , tap (i, j) of input pixel
+//     (a, b) at ((a + D + m - i D) / S, (b + D + m - j D) / S) with m = S - 1 if D is odd at S = 2, and
+//     only where those are integers (stride 2: a parity test per tap);
+//   runtime dilation: gathered, row i * 8 + a holds tap i of input row a (0 where the tap falls between
+//     output rows at stride 2, or outside the map), so the taps need no test.
+// Threads: NCHW a warp per channel (8 channels, 2 pixels per lane); channels_last 32 channels as lanes
+// (8 when the window is too large), pixels across warps. dWd: per-thread sums, added in a fixed order.
+// ---------------------------------------------------------------------------------------------
+template <int S, int D>
+struct DxWindow {
+  static constexpr int XR = D > 0 ? (S == 1 ? 8 + 2 * D : (2 * D + D % 2 + 7) / 2 + 1) : 24;  // rows = cols
+  static constexpr int HALO = XR * XR;
+  static constexpr int CCL = 32 * HALO * 4 <= 40960 ? 32 : 8;  // channels_last channel chunk
+  static constexpr int OFS = D > 0 ? (S == 1 ? 2 * D : 2 * D + D % 2) : 0;  // (row of tap 0 of a = 0) * S
+};
+
+template <int S, int D>
+struct DxSmem {
+  using X = DxWindow<S, D>;
+  static constexpr int CCM = X::CCL > 8 ? X::CCL : 8;
+  union {
+    float win[CCM][X::HALO];
+    float red[256][9];
+  };
+  float wd[CCM][9];
+};
+
+template <class T, int S, int D>
+DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, float* ws) {
+  using X = DxWindow<S, D>;
+  using Smem = DxSmem<S, D>;
+  constexpr int XR = X::XR, NT = 256;
+  DSC_SHARED(Smem, s);
+  const int tid = threadIdx.x;
+  const int CC = p.cl ? X::CCL : 8, TPC = NT / CC, PPT = 64 / TPC;  // threads per channel, pixels per thread
+  const int cc = p.cl ? tid % CC : tid / TPC, pt = p.cl ? tid / CC : tid % TPC;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * CC, c = c0 + cc;
+  const int d = D > 0 ? D : p.dil;
+  const BwdWs L = bwd_ws(p);
+  const float* __restrict__ dt = ws + L.dt;
+  const int64_t dt_plane = p.N * p.C * p.Ho * p.Wo;
+  const Str4 dts = dt_strides(p);
+  const T* __restrict__ x = static_cast<const T*>(p.x);
+  const T* __restrict__ wdp = static_cast<const T*>(p.wd);
+  T* __restrict__ dx = static_cast<T*>(p.dx);
+
+  for (int e = tid; e < CC * 9; e += NT) {
+    const int ch = e / 9;
+    s.wd[ch][e - ch * 9] = c0 + ch < p.C ? Cvt<T>::ldg(wdp + c0 * 9 + e) : 0.f;
+  }
+  DSC_SYNC(32);  // weights staged
+  float wv[9], gw[9];
+#pragma unroll
+  for (int i = 0; i < 9; ++i) {
+    wv[i] = s.wd[cc][i];
+    gw[i] = 0.f;
+  }
+
+  for (int64_t tile = blockIdx.y; tile < p.xtiles; tile += p.xgroups) {
+    const uint32_t t32 = static_cast<uint32_t>(tile), per = static_cast<uint32_t>(p.xtiles_img);
+    const uint32_t n = t32 / per, r = t32 - n * per, tr = r / static_cast<uint32_t>(p.xtiles_w);
+    const int h0 = static_cast<int>(tr) * 8, w0 = static_cast<int>(r - tr * static_cast<uint32_t>(p.xtiles_w)) * 8;
+    const int64_t dtn = static_cast<int64_t>(n) * dts.n, xn = static_cast<int64_t>(n) * p.xs.n;
+    // Window origin in output rows (dense): floor((h0 - D) / S), h0 even at stride 2.
+    const int ho_lo = D > 0 ? (S == 1 ? h0 - D : (h0 - D - (D % 2)) / 2) : 0;
+    const int wo_lo = D > 0 ? (S == 1 ? w0 - D : (w0 - D - (D % 2)) / 2) : 0;
+    // Stage the dt window of the chunk's channels (fp32, x's layout).
+    auto src = [&](int rr, int h_or_w0, int lo, int64_t lim) -> int {  // output row / col of window index rr
+      if (D > 0) return lo + rr;
+      const int hh = h_or_w0 + rr % 8 + d - (rr / 8) * d;
+      return (hh < 0 || hh % S != 0 || hh / S >= lim) ? -1 : hh / S;
+    };
+    for (int e = tid; e < CC * X::HALO; e += NT) {
+      const int ch = p.cl ? e % CC : e / X::HALO, rq = p.cl ? e / CC : e % X::HALO;
+      const int rr = rq / XR, qq = rq - rr * XR;
+      const int ho = src(rr, h0, ho_lo, p.Ho), wo = src(qq, w0, wo_lo, p.Wo);
+      const bool ok = c0 + ch < p.C && ho >= 0 && ho < p.Ho && wo >= 0 && wo < p.Wo;
+      const float* src = dt + (ok ? dtn + (c0 + ch) * dts.c + static_cast<int64_t>(ho) * dts.h +
+                                        static_cast<int64_t>(wo) * dts.w
+                                  : 0);
+      float v = src[0];
+      for (int ks = 1; ks < p.bsplit; ++ks) v += src[ks * dt_plane];  // dt partials of the K splits, in order
+      s.win[ch][rq] = ok ? v : 0.f;
+    }
+    DSC_SYNC(33);  // window staged
+    if (c < p.C) {
+      const float* wc = s.win[cc];
+      for (int j = 0; j < PPT; ++j) {
+        const int px = pt + j * TPC, a = px / 8, b = px % 8, h = h0 + a, w = w0 + b;
+        if (h >= p.H || w >= p.W) continue;
+        const int64_t off = xn + c * p.xs.c + static_cast<int64_t>(h) * p.xs.h + static_cast<int64_t>(w) * p.xs.w;
+        const float xv = Cvt<T>::ldg(x + off);
+        float acc = 0.f;
+#pragma unroll
+        for (int ti = 0; ti < 3; ++ti) {
+#pragma unroll
+          for (int tj = 0; tj < 3; ++tj) {
+            float v;
+            if (D == 0) {
+              v = wc[(ti * 8 + a) * XR + tj * 8 + b];
+            } else if (S == 1) {
+              v = wc[(a + X::OFS - ti * D) * XR + b + X::OFS - tj * D];
+            } else {
+              const int ra = a + X::OFS - ti * D, rb = b + X::OFS - tj * D;  // >= 0, even where a tap lands
+              v = ((ra | rb) & 1) ? 0.f : wc[(ra >> 1) * XR + (rb >> 1)];
+            }
+            acc += v * wv[ti * 3 + tj];
+            gw[ti * 3 + tj] += v * xv;
+          }
+        }
+        dx[off] = Cvt<T>::store(acc);
+      }
+    }
+    DSC_SYNC(34);  // window consumed before the next tile's
+  }
+  // dWd partial of this block: the threads of each channel added in a fixed order.
+#pragma unroll
+  for (int i = 0; i < 9; ++i) s.red[tid][i] = gw[i];
+  DSC_SYNC(35);
+  float* part = ws + L.dwd + static_cast<int64_t>(blockIdx.y) * p.C * 9;
+  for (int e = tid; e < CC * 9; e += NT) {
+    const int ch = e / 9, tap = e - ch * 9;
+    if (c0 + ch >= p.C) continue;
+    float t = 0.f;
+    for (int u = 0; u < TPC; ++u) t += s.red[p.cl ? ch + u * CC : ch * TPC + u][tap];
+    part[(c0 + ch) * 9 + tap] = t;
+  }
+}
+
+}  // namespace dsc

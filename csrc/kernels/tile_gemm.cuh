@@ -1,0 +1,66 @@
+// The shared tile-GEMM piece: a register-blocked fp32 micro-kernel over operands staged in shared
+// memory, used by dsconv_fwd (y = Wp t) and dsconv_bwd_dt (dt = Wp^T dy). Torch-free.
+//
+// A thread owns an 8 (rows) x 4 (columns) block of the block tile: rows ty*4..+3 and BM/2 + ty*4..+3,
+// columns tx*4..+3. Per reduction step it reads two float4 of A and one float4 of B (128-bit shared
+// loads) for 32 FMAs; the split rows keep a warp's A reads on two addresses (broadcast).
+#pragma once
+
+#include "common.cuh"
+
+namespace dsc {
+
+// acc[i][j] += A[r(i)] * B[c(j)] for one reduction step; a = row of A (BM floats), b = row of B.
+template <int BM>
+DSC_DEVICE void mma_8x4(float (&acc)[8][4], const float* a, const float* b, int ty, int tx) {
+  const f4 a0 = *reinterpret_cast<const f4*>(a + ty * 4);
+  const f4 a1 = *reinterpret_cast<const f4*>(a + BM / 2 + ty * 4);
+  const f4 bb = *reinterpret_cast<const f4*>(b + tx * 4);
+  const float av[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+  const float bv[4] = {bb.x, bb.y, bb.z, bb.w};
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
+}
+
+// Row of the block tile that acc[i][*] belongs to.
+template <int BM>
+DSC_HD int mma_row(int ty, int i) {
+  return (i < 4 ? 0 : BM / 2) + ty * 4 + (i & 3);
+}
+
+template <class T>
+struct Vec4;  // 4 consecutive storage elements as one load (16 bytes fp32, 8 bytes fp16 / bf16)
+
+template <>
+struct Vec4<float> {
+  static DSC_DEVICE void load(const float* p, float (&v)[4]) {
+    const f4 q = DSC_LDG(reinterpret_cast<const f4*>(p));
+    v[0] = q.x;
+    v[1] = q.y;
+    v[2] = q.z;
+    v[3] = q.w;
+  }
+};
+
+template <class T>
+struct Vec4 {
+  static DSC_DEVICE void load(const T* p, float (&v)[4]) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) v[i] = Cvt<T>::ldg(p + i);  // 2-byte types: 4 loads (L1 merges them)
+  }
+};
+
+// Loads n (<= 4) consecutive elements of p into v (the rest 0): one vector load when allowed.
+template <class T>
+DSC_DEVICE void load4(const T* p, int n, bool vec, float (&v)[4]) {
+  if (vec && n == 4) {
+    Vec4<T>::load(p, v);
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) v[i] = i < n ? Cvt<T>::ldg(p + i) : 0.f;
+}
+
+}  // namespace dsc
