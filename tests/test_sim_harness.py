@@ -123,6 +123,59 @@ def test_cache_key_follows_kernels_and_case_not_labels():
     assert simlib.cache_key(c1, "cfg") != simlib.cache_key(c1, "other-config")
 
 
+SRC = """#include "b.cuh"
+#include <cstdio>
+#define TWICE(x) \\
+  ((x) + (x))
+// a comment
+template <typename T> __global__ void k(const T* __restrict__ a, unsigned int n, std::vector<std::vector<int>> v) {
+  /* block
+     comment */ if (n > 1) { printf("n=%d " "done\\n", n); a[0] = a[1] + 'x'; }
+}
+"""
+# What a formatter may make of SRC: other line breaks and indentation, spaces around operators, `> >`,
+# comments moved and edited, a long string split, the includes sorted.
+SRC_REFORMATTED = """#include <cstdio>
+
+#include   "b.cuh"
+#   define TWICE(x) ((x) + (x))
+
+template <typename T>
+__global__ void k(const T *__restrict__ a,
+                  unsigned int n, std::vector<std::vector<int> > v)
+{  // edited comment
+    if (n>1) {
+        printf("n=%d "
+               "done\\n", n);
+        a[0] = a[1]+'x';
+    }
+}  /* trailing */
+"""
+
+
+def test_source_hash_ignores_formatting_and_comments_not_tokens(tmp_path, monkeypatch):
+    assert simlib.source_tokens(SRC) == simlib.source_tokens(SRC_REFORMATTED)
+    monkeypatch.setattr(simlib, "ROOT", tmp_path)  # hash_files names files relative to the repository root
+
+    def h(text: str, name: str = "k.cuh") -> str:
+        (tmp_path / name).write_text(text)
+        return simlib.hash_files([tmp_path / name])
+
+    base = h(SRC)
+    assert h(SRC_REFORMATTED) == base
+    changed = [SRC.replace("n > 1", "n > 2"), SRC.replace("n > 1", "n >= 1"),
+               SRC.replace("unsigned int n", "unsignedint n"), SRC.replace('"done', '"Done'),
+               SRC.replace("'x'", "'y'"), SRC.replace("((x) + (x))", "((x) + (x))\nint y;"),
+               SRC.replace("#define TWICE(x) \\\n", "#define TWICE(x)\n")]
+    for text in changed:
+        assert text != SRC and h(text) != base, text
+    # a directive ends at its line break: code moved into or out of it changes the hash
+    assert h("#define A 1\nint b;") != h("#define A 1 int b;\n")
+    assert h("#define F(x) x\n") != h("#define F (x) x\n") == h("#define  F  (x)  x\n")
+    # other files are hashed as they are
+    assert h("x = 1\n", "k.py") != h("x  =  1\n", "k.py")
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists(),
                     reason="needs nvcc to build the simulation host programs")
 def test_host_programs_build_and_list_their_launches(tmp_path):

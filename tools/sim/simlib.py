@@ -59,10 +59,77 @@ def files_of(paths: list[str]) -> list[Path]:
     return out
 
 
+# C/C++ tokens for source_tokens: comments, literals (kept verbatim), line breaks, runs of word characters,
+# single other characters.
+_C_TOKEN = re.compile(r"""(?P<comment>//[^\n]*|/\*.*?\*/)|(?P<lit>"(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*')
+                          |(?P<nl>\n)|(?P<ws>[ \t\r\f\v]+)|(?P<word>\w+)|(?P<other>.)""", re.S | re.X)
+C_SUFFIXES = {".cu", ".cuh", ".h", ".hpp", ".cpp", ".cc", ".c"}
+
+
+def source_tokens(text: str) -> str:
+    """C/C++ source reduced to what the compiler reads, for hashing: comments dropped, whitespace removed
+    except one space between two word characters (``unsigned int`` stays two tokens) and the line break
+    that ends a preprocessor directive; adjacent string literals joined (a formatter may split a long
+    one); each run of ``#include`` lines sorted (a formatter may sort them). So a reformatting or a comment
+    edit keeps the hash, and a changed token changes it. (Operators a formatter never splits, such as
+    ``a - -b`` against ``a--b``, would hash alike: nobody writes the former.) Hashing the generated PTX
+    instead would miss the host-side launch logic (grids, splits), which decides the cycles too."""
+    text = text.replace("\\\r\n", "").replace("\\\n", "")  # line continuations
+    lines: list[list[str]] = [[]]  # a directive is one line; code between directives joins into one
+    directive, at_bol, spaced = False, True, False
+    for m in _C_TOKEN.finditer(text):
+        kind, tok = m.lastgroup, m.group()
+        if kind in ("comment", "ws"):
+            spaced = True
+            continue
+        after_space, spaced = spaced, False
+        if kind == "nl":
+            if directive:
+                lines.append([])
+                directive = False
+            at_bol = True
+            continue
+        if at_bol and tok == "#":
+            if lines[-1]:
+                lines.append([])
+            directive = True
+        at_bol = False
+        cur = lines[-1]
+        if directive and tok == "(" and after_space and len(cur) == 3 and cur[1] == "define":
+            cur.append(" ")  # `#define F (x)` is an object-like macro, `#define F(x)` a function-like one
+        if kind == "lit" and cur and cur[-1].startswith('"') and tok.startswith('"'):
+            cur[-1] = cur[-1][:-1] + tok[1:]
+            continue
+        cur.append(tok)
+    out: list[str] = []
+    for toks in lines:
+        s = ""
+        for tok in toks:
+            if s and (s[-1].isalnum() or s[-1] == "_") and (tok[0].isalnum() or tok[0] == "_"):
+                s += " "
+            s += tok
+        out.append(s)
+    # sort each run of #include lines
+    i = 0
+    while i < len(out):
+        j = i
+        while j < len(out) and out[j].startswith("#include"):
+            j += 1
+        if j > i + 1:
+            out[i:j] = sorted(out[i:j])
+        i = max(j, i + 1)
+    return "\n".join(s for s in out if s)
+
+
 def hash_files(files: list[Path], extra: str = "") -> str:
+    """Hash of the files' paths and contents; C/C++ sources by their tokens (source_tokens), so formatting
+    and comments never invalidate a build or a cached simulation."""
     h = hashlib.sha256(extra.encode())
     for f in files:
-        h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+        data = f.read_bytes()
+        if f.suffix in C_SUFFIXES:
+            data = source_tokens(data.decode("utf-8", errors="surrogateescape")).encode("utf-8", "surrogateescape")
+        h.update(str(f.relative_to(ROOT)).encode() + b"\0" + data + b"\0")
     return h.hexdigest()[:16]
 
 
