@@ -92,6 +92,15 @@ class Params:
     err_hi: float = 1.4  # ... highest
     small_lo: float = 0.5  # the same over the smaller kernels (fixed costs, latency: a wider spread)
     small_hi: float = 2.0
+    # per kernel (family(name)): (lowest, highest, launches) of simulated / model over its calibration
+    # launches. A kernel with >= FAMILY_MIN launches gets that envelope (at least MIN_BAND) as its band;
+    # one with fewer gets the size-class band above, widened to cover its own launches.
+    bands: dict = field(default_factory=dict)
+
+
+def family(name: str) -> str:
+    """A kernel's name without template arguments: the unit the model's error is stated per."""
+    return name.split("<", 1)[0].split("(", 1)[0].strip()
 
 
 @dataclass
@@ -181,17 +190,31 @@ def kernel_time(dev: Device, k: KernelProfile, p: Params, *, insn_factor: tuple[
     lo, hi = out[0][0], out[1][0]
     if calibrated_band:
         big = out[1][0] >= BIG_KERNEL
-        lo, hi = lo * (p.err_lo if big else p.small_lo), hi * (p.err_hi if big else p.small_hi)
+        band = kernel_band(p, k.name, big)
+        lo, hi = lo * band[0], hi * band[1]
         if dev.arch != SIM_DEVICE.arch:
             lo, hi = lo * TRANSFER_BAND[0], hi * TRANSFER_BAND[1]
     us = (lo / dev.mhz, hi / dev.mhz)
     return KernelTime(k.name, (lo, hi), us, dev.launch_us, out[1][1], out[1][2])
 
 
+def kernel_band(p: Params, name: str, big: bool) -> tuple[float, float]:
+    """The stated error (simulated / model, low and high) of a launch of kernel `name` (see Params.bands)."""
+    cls = (p.err_lo, p.err_hi) if big else (p.small_lo, p.small_hi)
+    own = p.bands.get(family(name))
+    if own is None:
+        return cls
+    lo, hi, n = own
+    if n >= FAMILY_MIN:
+        return (min(lo, MIN_BAND[0]), max(hi, MIN_BAND[1]))
+    return (min(lo, cls[0]), max(hi, cls[1]))
+
+
 # ---- calibration ---------------------------------------------------------------------------------
 SIM_DEVICE = replace(DEVICES["GTX 1080 Ti"], l2_gbs=(1100, 1100))  # the simulator's config: one value
 MIN_BAND = (0.85, 1.15)  # the narrowest stated error (simulated / model)
 BIG_KERNEL = 20000  # cycles: kernels above this get the error band of the big calibration kernels
+FAMILY_MIN = 3  # calibration launches a kernel needs for an error band of its own
 TRANSFER_BAND = (0.8, 1.25)  # extra for a GPU other than the simulated one (SASS ratios, clocks, caches)
 
 
@@ -225,6 +248,9 @@ def calibrate(profiles: Sequence[KernelProfile]) -> tuple[Params, list[dict]]:
     small = [r["ratio"] for r in rows if r["model"] < BIG_KERNEL]
     best.err_lo, best.err_hi = min([MIN_BAND[0], *big]), max([MIN_BAND[1], *big])
     best.small_lo, best.small_hi = min([MIN_BAND[0], *small]), max([MIN_BAND[1], *small])
+    for fam in sorted({family(r["kernel"]) for r in rows}):
+        rs = [r["ratio"] for r in rows if family(r["kernel"]) == fam]
+        best.bands[fam] = (min(rs), max(rs), len(rs))
     return best, rows
 
 
@@ -354,6 +380,17 @@ def calibration_markdown(rows: list[dict], p: Params) -> str:
     for r in rows:
         lines.append(f"| `{r['kernel']}` | {r['blocks']} | {r['sim_busy']:,.0f} | {r['model']:,.0f} | "
                      f"{r['ratio']:.2f} | {r['bound']} |")
+    lines += ["", f"Calibration error per kernel (simulated / model over its launches above; a kernel with at "
+                  f"least {FAMILY_MIN} launches gets that envelope, at least {MIN_BAND[0]:.2f}-{MIN_BAND[1]:.2f}, "
+                  f"as its MODEL band; one with fewer gets its size class's band, widened to cover its own "
+                  f"launches):", "",
+              "| kernel | launches | simulated / model, lowest-highest | mean abs error | MODEL band used |",
+              "|---|---|---|---|---|"]
+    for fam, (lo, hi, n) in sorted(p.bands.items()):
+        rs = [r for r in rows if family(r["kernel"]) == fam]
+        mae = sum(abs(r["ratio"] - 1.0) for r in rs) / len(rs)
+        band = kernel_band(p, fam, any(r["model"] >= BIG_KERNEL for r in rs))
+        lines.append(f"| `{fam}` | {n} | {lo:.2f}-{hi:.2f} | {100 * mae:.0f}% | {band[0]:.2f}-{band[1]:.2f} |")
     return "\n".join(lines)
 
 

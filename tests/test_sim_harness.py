@@ -236,6 +236,32 @@ def test_calibration_recovers_its_own_parameters():
     assert len(rows) == 4
 
 
+def test_error_band_per_kernel():
+    """A kernel with enough calibration launches gets its own error envelope; one with fewer gets its size
+    class's band widened to cover its launches; template arguments do not split a kernel."""
+    truth = cm.Params(cpi=4.0, t0=1000.0, lat=0.0, err_lo=1.0, err_hi=1.0)
+    ks = []
+    for i, (name, off) in enumerate([("gemm<1>", 1.0), ("gemm<2>", 1.3), ("gemm<1>", 0.95), ("tail", 3.0),
+                                     ("tail", 1.0), ("other", 1.0), ("other", 1.0), ("other", 1.0)]):
+        k = _kernel(name=name, grid=(28 * (i + 1), 1, 1), warp_insn=2e4 * (i + 1))
+        model = cm.kernel_time(cm.SIM_DEVICE, k, truth, calibrated_band=False).cycles[1]
+        ks.append(cm.replace(k, sim_cycles=int(round(model * off)) + cm.LAUNCH_LATENCY_SIM))
+    p, rows = cm.calibrate(ks)
+    assert set(p.bands) == {"gemm", "tail", "other"} and p.bands["gemm"][2] == 3
+    def ratios(fam):
+        return [r["ratio"] for r in rows if cm.family(r["kernel"]) == fam]
+
+    g = ratios("gemm")
+    assert cm.kernel_band(p, "gemm<7>", True) == (min(min(g), cm.MIN_BAND[0]), max(max(g), cm.MIN_BAND[1]))
+    o = ratios("other")
+    assert cm.kernel_band(p, "other", True) == (min(min(o), cm.MIN_BAND[0]), max(max(o), cm.MIN_BAND[1]))
+    tl = ratios("tail")  # two launches: the size class's band, widened to cover them
+    assert cm.kernel_band(p, "tail", False) == (min(min(tl), p.small_lo), max(max(tl), p.small_hi))
+    assert max(tl) / min(tl) > 2.5  # the tail's outlier is in its band
+    assert cm.kernel_band(p, "never_calibrated", True) == (p.err_lo, p.err_hi)
+    assert "| `gemm` | 3 |" in cm.calibration_markdown(rows, p)
+
+
 def test_layer_runs_scale_counts_with_output_pixels(tmp_path):
     k = {"name": "fwd", "mangled": "fwd", "grid": [28, 1, 1], "block": 256, "regs": 32, "smem": 0, "cycles": 9000,
          "warp_insn": 28000, "load_thread_insn": 320, "store_thread_insn": 0, "shmem_thread_insn": 0,
