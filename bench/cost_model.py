@@ -214,6 +214,9 @@ def kernel_band(p: Params, name: str, big: bool) -> tuple[float, float]:
 SIM_DEVICE = replace(DEVICES["GTX 1080 Ti"], l2_gbs=(1100, 1100))  # the simulator's config: one value
 MIN_BAND = (0.85, 1.15)  # the narrowest stated error (simulated / model)
 BIG_KERNEL = 20000  # cycles: kernels above this get the error band of the big calibration kernels
+# Kernels that only combine the partial results of a split reduction axis (launched right after the split
+# kernel, only when the launcher splits: small grids at batch 1, not at large batches).
+SPLIT_COMBINE = {"dsconv_fwd_reduce_kernel", "splitk_reduce_kernel"}
 FAMILY_MIN = 3  # calibration launches a kernel needs for an error band of its own
 TRANSFER_BAND = (0.8, 1.25)  # extra for a GPU other than the simulated one (SASS ratios, clocks, caches)
 
@@ -285,7 +288,9 @@ def layer_runs(sim: dict, grids: dict, batch: int) -> list[LayerRun]:
     Scaling, per kernel: if its grid differs between the simulated shape and the target (grids of the target
     from the host programs' --dry listing), the counts scale with the number of blocks (each block does the
     same work: tiles, GEMM tiles, elementwise chunks); if the grid is the same, with the output pixels N Ho Wo
-    (fixed grids loop over pixels: per-channel reductions, weight-gradient partials)."""
+    (fixed grids loop over pixels: per-channel reductions, weight-gradient partials). Where the simulated
+    shape split a reduction axis and the target does not (SPLIT_COMBINE), the combine kernel is dropped and
+    the split kernel scales with the pixels."""
     ho = lambda h, s: (h - 1) // s + 1  # noqa: E731
     pix = lambda sh: sh[0] * ho(sh[3], sh[5]) * ho(sh[4], sh[5])  # noqa: E731
     best: dict = {}
@@ -310,13 +315,27 @@ def layer_runs(sim: dict, grids: dict, batch: int) -> list[LayerRun]:
         same = tuple(tshape) == tuple(sim_shape)
         if not same:
             g = grids.get("grids", {}).get(f"{impl}|{mode}|{label}|{tshape[0]}")
-            if g is None or len(g) != len(ks):
+            if g is None:
                 continue
             f_pix = pix(tshape) / pix(sim_shape)
+            # A reduction split that the simulated shape needed (to fill the GPU) and the target does not: its
+            # combine kernel goes, and the kernel that was split does the whole reduction per block, so its
+            # counts scale with the pixels (the total work), not with its blocks.
+            unsplit = set()
+            if len(g) < len(ks):
+                drop = {i for i, k in enumerate(ks) if family(k.name) in SPLIT_COMBINE}
+                unsplit = {i - 1 for i in drop}
+                if len(ks) - len(drop) != len(g):
+                    continue
+                keep = [i for i in range(len(ks)) if i not in drop]
+                unsplit = {keep.index(i) for i in unsplit if i in keep}
+                ks = [ks[i] for i in keep]
+            if len(g) != len(ks):
+                continue
             scaled = []
-            for k, gg in zip(ks, g):
+            for i, (k, gg) in enumerate(zip(ks, g)):
                 nb = gg[0] * gg[1] * gg[2]
-                scaled.append(k.scaled(nb / k.blocks if nb != k.blocks else f_pix, tuple(gg)))
+                scaled.append(k.scaled(nb / k.blocks if nb != k.blocks and i not in unsplit else f_pix, tuple(gg)))
             ks = scaled
         out.append(LayerRun(impl, label, mode, tshape, ks, same, sim_shape))
     return out
@@ -418,10 +437,11 @@ def table_markdown(runs: list[LayerRun], p: Params, ratios: dict, batch: int, dt
                     if impl in d:
                         t = layer_time(DEVICES[dv], d[impl], p, ratios, dt)["total_us"]
                         parts.append(fmt(t))
-                        acc = totals.setdefault((key[1], dt, dv, impl), [0.0, 0.0, set()])
-                        acc[0] += t[0]
-                        acc[1] += t[1]
-                        acc[2].add(key[0])
+                        if "fused" in d and "unfused" in d:  # the sums compare like with like
+                            acc = totals.setdefault((key[1], dt, dv, impl), [0.0, 0.0, set()])
+                            acc[0] += t[0]
+                            acc[1] += t[1]
+                            acc[2].add(key[0])
                     else:
                         parts.append("n/a")
                 cells.append(" / ".join(parts))
@@ -430,7 +450,7 @@ def table_markdown(runs: list[LayerRun], p: Params, ratios: dict, batch: int, dt
             cells.append(" / ".join("n/a" if s is None else f"{s[1]:.0f} ({s[0]:.0f})" for s in sims))
         lines.append("| " + " | ".join(cells) + " |")
     for mode in ("eval", "step"):
-        cells = [f"sum of the blocks above", "eval forward" if mode == "eval" else "training fwd+bwd"]
+        cells = ["sum of the blocks with both", "eval forward" if mode == "eval" else "training fwd+bwd"]
         present = False
         for dt in dtypes:
             for dv in devices:
@@ -471,6 +491,7 @@ def readme_markdown(sim: dict, grids: dict, p: Params, ratios: dict, big: int = 
             r = one.get((b, m, i))
             parts.append("n/a" if r is None else fmt(layer_time(DEVICES["GTX 1080 Ti"], r, p, ratios)["total_us"]))
         cells.append(" / ".join(parts))
+        both = all((b, m, i) in many for i in ("fused", "unfused"))  # the sums compare like with like
         for d in DEVICES:
             parts = []
             for i in ("fused", "unfused"):
@@ -480,10 +501,11 @@ def readme_markdown(sim: dict, grids: dict, p: Params, ratios: dict, big: int = 
                     continue
                 t = layer_time(DEVICES[d], r, p, ratios)["total_us"]
                 parts.append(fmt(t, 1e-3, 2))
-                acc = tot.setdefault((m, d, i), [0.0, 0.0, 0])
-                acc[0] += t[0]
-                acc[1] += t[1]
-                acc[2] += 1
+                if both:
+                    acc = tot.setdefault((m, d, i), [0.0, 0.0, set()])
+                    acc[0] += t[0]
+                    acc[1] += t[1]
+                    acc[2].add(b)
             cells.append(" / ".join(parts))
         n, c, k, h, w, st, dl = grids["blocks"][b]
         layer = v1.Layer(b, big, c, k, h, w, st, dl)
@@ -494,7 +516,9 @@ def readme_markdown(sim: dict, grids: dict, p: Params, ratios: dict, big: int = 
     for m in ("eval", "step"):
         if not any(k[0] == m for k in tot):
             continue
-        cells = ["sum of the rows above", "eval forward" if m == "eval" else "training fwd+bwd", "", ""]
+        blocks = sorted(next(v[2] for k, v in tot.items() if k[0] == m), key=lambda s: int(s[1:]))
+        cells = [f"sum of {', '.join(blocks)} (blocks with both)", "eval forward" if m == "eval" else "training fwd+bwd",
+                 "", ""]
         for d in DEVICES:
             parts = []
             for i in ("fused", "unfused"):

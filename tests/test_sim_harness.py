@@ -310,3 +310,24 @@ def test_probe_scaling_uses_blocks_where_grids_grow_and_pixels_where_they_do_not
     other = dict(case, c=16, label="b0")  # another block's channels never stand in for this one
     assert cm.layer_runs({"results": [{"verdict": "PASS", "case": other, "kernels": sim["results"][0]["kernels"]}]},
                          grids, 1) == []
+
+
+def test_a_split_the_target_does_not_need_drops_its_combine_kernel():
+    def kern(name, grid, insn):
+        return {"name": name, "mangled": name, "grid": grid, "block": 256, "regs": 32, "smem": 0, "cycles": 9000,
+                "warp_insn": insn, "load_thread_insn": 0, "store_thread_insn": 0, "shmem_thread_insn": 0,
+                "l2_accesses": 0}
+    case = {"impl": "fused", "mode": "eval", "n": 1, "c": 8, "k": 8, "h": 8, "w": 8, "stride": 1, "dil": 3,
+            "dtype": "f32", "layout": "nchw", "label": "b0"}
+    # batch 1: the reduction axis split 3 ways (12 blocks) and combined; batch 4: 4 x 4 blocks, no split
+    ks = [kern("dsconv_fwd_kernel<float, 1>", [12, 1, 1], 1200), kern("dsconv_fwd_reduce_kernel<float>", [4, 1, 1], 40),
+          kern("bn_relu", [2, 1, 1], 20)]
+    sim = {"results": [{"verdict": "PASS", "case": case, "kernels": ks}]}
+    grids = {"blocks": {"b0": [1, 8, 8, 8, 8, 1, 3]}, "grids": {"fused|eval|b0|4": [[4, 4, 1], [8, 1, 1]]}}
+    (run,) = cm.layer_runs(sim, grids, 4)
+    assert [cm.family(k.name) for k in run.kernels] == ["dsconv_fwd_kernel", "bn_relu"]
+    # the split kernel scales with the pixels (4x), not its blocks (16 / 12); the others with their blocks
+    assert [k.warp_insn for k in run.kernels] == [4800, 80] and run.kernels[0].grid == (4, 4, 1)
+    # a launch list that still does not match is not guessed at
+    grids["grids"]["fused|eval|b0|4"] = [[4, 4, 1]]
+    assert cm.layer_runs(sim, grids, 4) == []
