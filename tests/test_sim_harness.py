@@ -252,6 +252,15 @@ def test_error_band_per_kernel():
         return [r["ratio"] for r in rows if cm.family(r["kernel"]) == fam]
 
     g = ratios("gemm")
+    # a kernel with >= FAMILY_MIN launches gets its own factor: its residuals are centred on 1 (geometric mean)
+    assert set(p.factors) == {"gemm", "other"} and math.prod(g) == pytest.approx(1.0)
+    assert p.factors["gemm"] == pytest.approx(math.prod(r["sim_busy"] / (r["model"] / r["factor"]) for r in rows
+                                                        if cm.family(r["kernel"]) == "gemm") ** (1 / 3))
+    k = _kernel(name="gemm<9>", grid=(28, 1, 1), warp_insn=2e4)
+    raw = cm.kernel_time(cm.SIM_DEVICE, k, p, calibrated_band=False).cycles
+    band = cm.kernel_band(p, "gemm", raw[1] >= cm.BIG_KERNEL)
+    assert cm.kernel_time(cm.SIM_DEVICE, k, p).cycles == pytest.approx(
+        (raw[0] * p.factors["gemm"] * band[0], raw[1] * p.factors["gemm"] * band[1]))
     assert cm.kernel_band(p, "gemm<7>", True) == (min(min(g), cm.MIN_BAND[0]), max(max(g), cm.MIN_BAND[1]))
     o = ratios("other")
     assert cm.kernel_band(p, "other", True) == (min(min(o), cm.MIN_BAND[0]), max(max(o), cm.MIN_BAND[1]))
