@@ -340,3 +340,25 @@ def test_a_split_the_target_does_not_need_drops_its_combine_kernel():
     # a launch list that still does not match is not guessed at
     grids["grids"]["fused|eval|b0|4"] = [[4, 4, 1]]
     assert cm.layer_runs(sim, grids, 4) == []
+
+
+def test_import_cache_takes_results_valid_for_todays_sources(tmp_path, monkeypatch):
+    monkeypatch.setattr(simlib, "nvcc_version", lambda: "nvcc-test")
+    src, dst = tmp_path / "other", tmp_path / "mine"
+    src.mkdir()
+    dst.mkdir()
+    case = simlib.Case("fused", "eval", 1, 8, 8, 8, 8, 1, 3)
+
+    def entry(name, kernel_hash, **kw):
+        d = {"case": {**case.__dict__}, "kernel_hash": kernel_hash, "config": "GTX1080Ti", "verdict": "PASS",
+             "key": "old", "kernels": [], **kw}
+        (src / f"{name}.json").write_text(json.dumps(d))
+
+    entry("legacy", simlib.legacy_kernel_hash("fused"))  # cached by a byte-hashing checkout, same sources
+    entry("stale", "0123456789abcdef")  # other kernel sources
+    entry("other_cfg", simlib.kernel_hash("fused"), config="SM6_TITANX")
+    entry("failed", simlib.kernel_hash("fused"), verdict="FAIL")
+    assert simlib.import_cache(src, dst, "GTX1080Ti", "cfg", log=lambda m: None) == 1
+    (f,) = dst.glob("*.json")
+    d = json.loads(f.read_text())
+    assert f.stem == d["key"] == simlib.cache_key(case, "cfg") and d["kernel_hash"] == simlib.kernel_hash("fused")
