@@ -234,6 +234,14 @@ def main(argv=None) -> int:
     ap.add_argument("--build-dir", default=str(simlib.ROOT / "build" / "sim"), help="binaries, configs, runs")
     ap.add_argument("--cache", default=None, help="result cache folder (default BUILD_DIR/cache)")
     ap.add_argument("--rerun", action="store_true", help="simulate even when the cache has the result")
+    ap.add_argument(
+        "--import-cache",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="first copy the results in these cache folders (other checkouts') that are valid for "
+        "today's sources into the cache",
+    )
     ap.add_argument("--keep-runs", action="store_true", help="keep each run's folder (sim.log, PTX)")
     ap.add_argument("--build-only", action="store_true", help="build the host programs and stop (no simulator)")
     ap.add_argument(
@@ -280,6 +288,8 @@ def main(argv=None) -> int:
 
     cfg_dir, cfg_hash = simlib.prepare_config(a.config, build_dir)
     cache.mkdir(parents=True, exist_ok=True)
+    for d in a.import_cache:
+        log(f"[import] {simlib.import_cache(Path(d), cache, a.config, cfg_hash, log)} results from {d}")
     results: dict[str, dict] = {}
     todo = []
     for c in cases:
