@@ -2,7 +2,7 @@
 // launcher picks per layer, and the fp32 workspace layouts. Torch-free (see common.cuh).
 //
 // Notation: x [N, C, H, W], Wd [C, 9], Wp [K, C], t = dw(x) [N, C, Ho, Wo], y = Wp t + bias [N, K, Ho, Wo],
-// M = N Ho Wo output pixels. Stage names are shared with the Triton kernels (fused_dsconv/triton_kernels.py):
+// M = N Ho Wo output pixels. Stage names are shared with the Triton kernels (fused_dsconv/triton_kernels/):
 // dsconv_fwd, bn_stats, bn_relu, bn_bwd_reduce, dsconv_bwd_dt, dsconv_bwd_dwp, dsconv_bwd_dx, colsum.
 #pragma once
 
