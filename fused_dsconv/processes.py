@@ -53,11 +53,19 @@ def start_processes(procs: Processes, device: torch.device) -> None:
         dist.init_process_group("gloo")
 
 
-def stop_processes() -> None:
+def stop_processes(finished: bool = False) -> None:
+    """Leave the process group. ``finished``: the run ended normally on this rank, so every rank meets at a
+    barrier first: a rank that destroyed its gloo group while rank 0 was still writing the checkpoint could
+    abort at exit ("terminate called without an active exception") and fail a finished run. Not after an
+    error, where a peer may never reach the barrier."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if finished:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def barrier(device: torch.device) -> None:

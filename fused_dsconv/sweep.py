@@ -90,10 +90,13 @@ def run_sweep(args) -> int:
             "error: sweep takes the grid from --alphas/--deltas (no --model/--alpha/--delta/--resume)", file=sys.stderr
         )
         return 2
+    finished = False
     try:
-        return _sweep(args, processes_from_env().main)
+        code = _sweep(args, processes_from_env().main)
+        finished = True
+        return code
     finally:
-        stop_processes()
+        stop_processes(finished)
 
 
 def _sweep(args, main: bool) -> int:

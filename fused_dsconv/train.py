@@ -309,13 +309,14 @@ def run(args, out=print) -> dict:
 
 
 def run_train(args) -> int:
+    summary = None
     try:
         summary = run(args)
     except (DataError, ckpt.CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
-        stop_processes()
+        stop_processes(finished=summary is not None)
     if summary["best_epoch"] is not None and processes_from_env().main:
         prog = getattr(args, "prog", None) or "fused-dsconv"
         run_dir = shlex.quote(summary["run"])
