@@ -360,7 +360,8 @@ def native_geometry(layer: Layer) -> NativeGeometry:
     dwp = coef + 8 * l.k
     dwd = dwp + splits * l.k * l.c
     dt = dwd + xgroups * l.c * 9
-    total = dt + bsplit * l.n * l.c * l.ho * l.wo + (l.c * dwp_tiles * 64 if span else 0)  # + dsconv_dw's t (span)
+    # then (16-byte aligned) dsconv_dw's t [C][tiles x 64] for dsconv_bwd_dwp on span tiles
+    total = (dt + bsplit * l.n * l.c * l.ho * l.wo + 3) // 4 * 4 + (l.c * dwp_tiles * 64 if span else 0)
     part = fsplit * ntiles * k_blocks * FWD_BK[fwd_tile] * FWD_BP[fwd_tile] if fsplit > 1 else 0  # BK x BP floats each
     fwd_ws = (2 * ntiles * l.k + 3) // 4 * 4 + (2 * l.k + 3) // 4 * 4 + part  # (training) partials, scale | shift
     if span:  # dsconv_dw's t [C][ntiles x 64] for the span path of dsconv_fwd

@@ -274,8 +274,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_bwd_dt_kernel(const
     }
     DSC_SYNC(23);  // chunk staged
     if (k0 + KC < k_hi) load(k0 + KC);
-#pragma unroll
-    for (int kk = 0; kk < KC; ++kk) mma_8x4<BCb>(acc, s.m.w[kk], s.m.dy[kk], ty, tx);
+    mma_8x4_steps<BCb, KC>(acc, s.m.w[0], BCb, s.m.dy[0], BP + 4, ty, tx);
     DSC_SYNC(24);  // chunk consumed
   }
 
@@ -425,8 +424,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Proble
         s.u.dyT[ql][kk_dy] = ok ? dy_of(cf, g, a) : 0.f;
       }
       DSC_SYNC(30);  // dy half staged (and t complete)
-#pragma unroll 4
-      for (int ql = 0; ql < 32; ++ql) mma_8x4<kDwpK>(acc, s.u.dyT[ql], s.tT[h * 32 + ql], ty, tx);
+      mma_8x4_steps<kDwpK, 32>(acc, s.u.dyT[0], kDwpK + 4, s.tT[h * 32], kDwpC + 4, ty, tx);
       DSC_SYNC(31);  // dy half consumed
     }
   }

@@ -159,10 +159,11 @@ DSC_DEVICE void fwd_epilogue(const Problem& p, float* ws, int64_t tile, int64_t 
 
 // dsconv_dw (span tiles, maps of Wo <= 16): the depthwise output t of every pixel, once for all output-channel
 // blocks of dsconv_fwd (and of dsconv_bwd_dwp), into fp32 t_out [C][Mp] (Mp = span tiles x 64 pixels of the
-// flattened (n, ho, wo) order; the padding columns past M are 0). A block = one channel (grid y, looping past
-// 65535) x up to 256 consecutive pixels (grid x): the 9 weights are block-uniform loads, the tap offsets of
-// a pixel are computed once for all the channels it visits, the stores are coalesced. NCHW reads are
-// coalesced along the pixels; channels_last reads are strided (correct, not tuned).
+// flattened (n, ho, wo) order; the padding columns past M are 0). A block = groups of kDwChannels channels
+// (grid y, looping past 65535 groups) x up to 256 consecutive pixels (grid x): the 9 weights are block-uniform
+// loads, the tap offsets of a pixel are computed once for all the channels it visits, the stores are
+// coalesced. NCHW reads are coalesced along the pixels; channels_last reads are strided (correct, not tuned).
+constexpr int kDwChannels = 8;
 template <class T, int S, int D>
 DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_dw_kernel(const Problem p, float* t_out) {
   const int64_t mp = p.ft.ntiles * TileSpan64::BP;
@@ -187,20 +188,27 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_dw_kernel(const Problem p, float* 
                            ? h * static_cast<int>(p.xs.h) + w * static_cast<int>(p.xs.w)
                            : -1;
     }
-  for (int64_t c = blockIdx.y; c < p.C; c += gridDim.y) {
-    const T* xc = x + static_cast<int64_t>(n) * p.xs.n + c * p.xs.c;
-    float a[3];
+  const T* xn = x + static_cast<int64_t>(n) * p.xs.n;
+  for (int64_t c0 = static_cast<int64_t>(blockIdx.y) * kDwChannels; c0 < p.C;
+       c0 += static_cast<int64_t>(gridDim.y) * kDwChannels) {
+    const int nc = p.C - c0 < kDwChannels ? static_cast<int>(p.C - c0) : kDwChannels;
+#pragma unroll 2
+    for (int cc = 0; cc < nc; ++cc) {
+      const int64_t c = c0 + cc;
+      const T* xc = xn + c * p.xs.c;
+      float a[3];
 #pragma unroll
-    for (int i = 0; i < 3; ++i) {  // one partial sum per tap row: dependent chains of 3
-      a[i] = 0.f;
+      for (int i = 0; i < 3; ++i) {  // one partial sum per tap row: dependent chains of 3
+        a[i] = 0.f;
 #pragma unroll
-      for (int j = 0; j < 3; ++j) {
-        const int o = off[i * 3 + j];
-        const float v = Cvt<T>::ldg(xc + (o >= 0 ? o : 0));
-        a[i] += (o >= 0 ? v : 0.f) * Cvt<T>::ldg(wd + c * 9 + i * 3 + j);
+        for (int j = 0; j < 3; ++j) {
+          const int o = off[i * 3 + j];
+          const float v = Cvt<T>::ldg(xc + (o >= 0 ? o : 0));
+          a[i] += (o >= 0 ? v : 0.f) * Cvt<T>::ldg(wd + c * 9 + i * 3 + j);
+        }
       }
+      t[c * mp + g] = a[0] + a[1] + a[2];
     }
-    t[c * mp + g] = a[0] + a[1] + a[2];
   }
 }
 
@@ -309,8 +317,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_fwd_kernel(const Pr
         st(b ^ 1);
         if (j + 2 < nch) ld(j + 2);
       }
-#pragma unroll
-      for (int cc = 0; cc < BC; ++cc) mma_8x4<BK>(acc, s.m.w[b][cc], s.m.t[b][cc], ty, tx);
+      mma_8x4_steps<BK, BC>(acc, s.m.w[b][0], BK, s.m.t[b][0], BP, ty, tx);
       DSC_SYNC(11);  // chunk j consumed, chunk j + 1 stored
     }
   } else {
@@ -400,8 +407,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_fwd_kernel(const Pr
         dstep(b ^ 1);
         st_w(b ^ 1);
       }
-#pragma unroll
-      for (int cc = 0; cc < BC; ++cc) mma_8x4<BK>(acc, s.m.w[b][cc], s.m.t[b][cc], ty, tx);
+      mma_8x4_steps<BK, BC>(acc, s.m.w[b][0], BK, s.m.t[b][0], BP, ty, tx);
       if (j + 2 < nch) {
         st_win(j + 2, b);
         ld_w(j + 2);

@@ -138,11 +138,16 @@ inline int64_t tile_grid_z(int64_t ntiles) { return cdiv(ntiles, DSC_TILE_GRID_Y
   if ((s) == 1) { constexpr int S = 1; __VA_ARGS__; }               \
   else { constexpr int S = 2; __VA_ARGS__; }
 
+inline int64_t dw_grid_y(const Problem& p) {  // dsconv_dw: groups of kDwChannels channels
+  const int64_t g = cdiv(p.C, kDwChannels);
+  return g < 65535 ? g : 65535;
+}
+
 template <class P, class T, class Tl, int S, int D>
 void launch_fwd(const Problem& p, float* ws) {
   if constexpr (Tl::SPAN) {  // t for every pixel first (dsconv_dw), then dsconv_fwd as a pure GEMM over it
     const int64_t mp = p.ft.ntiles * Tl::BP, th = mp < 256 ? mp : 256;  // mp: a multiple of 64
-    P::launch(dsconv_dw_kernel<T, S, D>, cdiv(mp, th), p.C < 65535 ? p.C : 65535, 1, static_cast<int>(th), p,
+    P::launch(dsconv_dw_kernel<T, S, D>, cdiv(mp, th), dw_grid_y(p), 1, static_cast<int>(th), p,
               ws + fwd_t_offset(p));
   }
   P::launch(dsconv_fwd_kernel<T, Tl, S, D>, cdiv(p.K, Tl::BK) * p.fsplit, tile_grid_y(p.ft.ntiles),
@@ -221,7 +226,7 @@ void backward_convs(const Problem& p0, float* ws) {
       P::launch(dsconv_bwd_dwp_kernel<T, TileRect8x8, S, D>, cdiv(p.K, kDwpK), cdiv(p.C, kDwpC), p.splits, 256, p, ws);
     else if constexpr (D > 0) {  // t for every pixel first (dsconv_dw), read by the dWp blocks of every K block
       const int64_t mp = p.wt.ntiles * 64, th = mp < 256 ? mp : 256;
-      P::launch(dsconv_dw_kernel<T, S, D>, cdiv(mp, th), p.C < 65535 ? p.C : 65535, 1, static_cast<int>(th), p,
+      P::launch(dsconv_dw_kernel<T, S, D>, cdiv(mp, th), dw_grid_y(p), 1, static_cast<int>(th), p,
                 ws + L.t);
       P::launch(dsconv_bwd_dwp_kernel<T, TileSpan64, S, D>, cdiv(p.K, kDwpK), cdiv(p.C, kDwpC), p.splits, 256, p, ws);
     }

@@ -192,7 +192,7 @@ DSC_HD BwdWs bwd_ws(const Problem& p) {
   w.dwp = w.coef + 8 * p.K;
   w.dwd = w.dwp + static_cast<int64_t>(p.splits) * p.K * p.C;
   w.dt = w.dwd + p.xgroups * p.C * 9;
-  w.t = w.dt + p.bsplit * p.N * p.C * p.Ho * p.Wo;
+  w.t = (w.dt + p.bsplit * p.N * p.C * p.Ho * p.Wo + 3) / 4 * 4;  // 16-byte aligned: read as float4
   w.total = w.t + (p.wt.cls == kTileSpan64 ? p.C * p.wt.ntiles * 64 : 0);
   return w;
 }
