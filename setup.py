@@ -7,6 +7,7 @@
   installs the pure-Python package; the CUDA sources ship inside it and are compiled just in time on
   first use on a CUDA machine (see fused_dsconv/_extension.py). Never fails for lack of nvcc.
 """
+
 import importlib.util
 import json
 import os
@@ -47,14 +48,18 @@ def native_build():
         import torch
         from torch.utils import cpp_extension
     except ImportError:
-        say("torch is not importable at build time (isolated build): no native extension now; the CUDA "
+        say(
+            "torch is not importable at build time (isolated build): no native extension now; the CUDA "
             "sources ship with the package and compile on first use on a CUDA machine. For an ahead-of-time "
-            "build: pip install --no-build-isolation .")
+            "build: pip install --no-build-isolation ."
+        )
         return [], {}
     cuda = cfg.nvcc_version(cpp_extension.CUDA_HOME)
     if cuda is None:
-        say(f"no CUDA toolkit found (CUDA_HOME={cpp_extension.CUDA_HOME!r}; set CUDA_HOME to the toolkit root "
-            "that holds bin/nvcc and lib64/libcudart.so): no native extension, falling back at run time")
+        say(
+            f"no CUDA toolkit found (CUDA_HOME={cpp_extension.CUDA_HOME!r}; set CUDA_HOME to the toolkit root "
+            "that holds bin/nvcc and lib64/libcudart.so): no native extension, falling back at run time"
+        )
         return [], {}
     if torch.version.cuda is None:
         say(f"torch {torch.__version__} is a CPU-only build: no native extension")
@@ -68,19 +73,26 @@ def native_build():
         raise SystemExit(f"fused_dsconv build: {problem}")  # nvcc would fail too, minutes later
     os.environ["TORCH_CUDA_ARCH_LIST"] = archs
     flags = cfg.compile_args(debug=os.environ.get("FUSED_DSCONV_DEBUG") == "1")
-    say(f"building {cfg.EXTENSION}: torch {torch.__version__} (CUDA {torch.version.cuda}), nvcc "
+    say(
+        f"building {cfg.EXTENSION}: torch {torch.__version__} (CUDA {torch.version.cuda}), nvcc "
         f"{cuda[0]}.{cuda[1]} at {cpp_extension.CUDA_HOME}, archs {archs}, MAX_JOBS={os.environ.get('MAX_JOBS', 'auto')}, "
-        f"{len(sources)} sources")
+        f"{len(sources)} sources"
+    )
     if cuda[0] != int(torch.version.cuda.split(".")[0]):
         say(f"WARNING: nvcc {cuda[0]}.{cuda[1]} and torch's CUDA {torch.version.cuda} differ in major version")
-    ext = cpp_extension.CUDAExtension(cfg.EXTENSION, [os.path.relpath(s, ROOT) for s in sources],
-                                      include_dirs=[CSRC], extra_compile_args=flags)
+    ext = cpp_extension.CUDAExtension(
+        cfg.EXTENSION, [os.path.relpath(s, ROOT) for s in sources], include_dirs=[CSRC], extra_compile_args=flags
+    )
 
     class BuildExt(cpp_extension.BuildExtension):
         def run(self):
             super().run()
-            info = {"torch": torch.__version__, "cuda": torch.version.cuda, "nvcc": f"{cuda[0]}.{cuda[1]}",
-                    "archs": archs}
+            info = {
+                "torch": torch.__version__,
+                "cuda": torch.version.cuda,
+                "nvcc": f"{cuda[0]}.{cuda[1]}",
+                "archs": archs,
+            }
             path = os.path.join(ROOT if self.inplace else self.build_lib, "fused_dsconv", "_build_info.json")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w") as f:

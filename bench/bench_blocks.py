@@ -4,6 +4,7 @@ One pytest-benchmark group per (block shape, mode); inside it: unfused eager NCH
 channels_last, torch.compile of the unfused module (where it is benchmarked, see the skip reasons),
 and every fused_dsconv backend that can run the input, in both layouts.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -14,7 +15,7 @@ import torch
 import benchlib
 import perf_model
 from fused_dsconv import JointBlock, tune
-from fused_dsconv.memory import module_saved_bytes
+from fused_dsconv.saved_activations import module_saved_bytes
 
 CASES = benchlib.block_cases()
 _MEMORY: dict[str, dict] = {}
@@ -38,9 +39,15 @@ def _record_memory(case, x, block, memory_rows, settings):
     fused.backend = benchlib.first_capable(dev)  # the fused op's saving, whatever auto would measure fastest
     rec = JointBlock(case.c, case.k, case.stride, case.dilation, recompute=True, backend=fused.backend).to(dev).train()
     rec.load_state_dict(block.state_dict())
-    row = {"kind": "block", "case": case.id, "shape": case.shape, "batch": x.shape[0],
-           "unfused": module_saved_bytes(unf, x), "fused": module_saved_bytes(fused, x),
-           "recompute": module_saved_bytes(rec, x)}
+    row = {
+        "kind": "block",
+        "case": case.id,
+        "shape": case.shape,
+        "batch": x.shape[0],
+        "unfused": module_saved_bytes(unf, x),
+        "fused": module_saved_bytes(fused, x),
+        "recompute": module_saved_bytes(rec, x),
+    }
     if dev.type == "cuda":
         g = torch.randn(x.shape[0], case.k, case.ho, case.ho, device=dev)
         for key, m in (("peak_unfused", unf), ("peak_fused", fused), ("peak_recompute", rec)):
@@ -68,8 +75,9 @@ def test_block(benchmark, settings, env_info, memory_rows, monkeypatch, case, mo
     benchlib.randomise_bn(block, gen)
     mem = None
     if train:  # measured once per case (first implementation to run it), attached to every implementation
-        mem = _record_memory(case, x.detach().requires_grad_(True), JointBlock.from_unfused(block.to_unfused()),
-                             memory_rows, settings)
+        mem = _record_memory(
+            case, x.detach().requires_grad_(True), JointBlock.from_unfused(block.to_unfused()), memory_rows, settings
+        )
     if name in ("eager", "compile"):
         module = block.to_unfused()
     else:
@@ -88,15 +96,18 @@ def test_block(benchmark, settings, env_info, memory_rows, monkeypatch, case, mo
     sync = benchlib.synchronizer(dev)
 
     if mode == "eval":
+
         def fn():
             with torch.no_grad():
                 run(x)
             sync()
     elif mode == "train_fwd":
+
         def fn():
             run(x)
             sync()
     else:
+
         def fn():
             torch.autograd.grad(run(x), [x, *params], g)
             sync()
@@ -111,13 +122,24 @@ def test_block(benchmark, settings, env_info, memory_rows, monkeypatch, case, mo
 
     layer = perf_model.Layer(case.id, n, case.c, case.k, case.h, case.h, case.stride, case.dilation)
     info = dict(env_info)
-    info.update(kind="block", case=case.id, config=case.config, layer=f"b{case.index}", shape=case.shape, mode=mode,
-                impl=impl, backend=name, layout=layout, batch=n, size=settings.label,
-                implementation=benchlib.implementation_kind(impl, dev),
-                MODEL_unfused_bytes=perf_model.unfused(layer, mode).bytes,
-                MODEL_fused_bytes=perf_model.fused(layer, mode).bytes,  # DESIGN.md's plan ("design")
-                MODEL_native_bytes=perf_model.native(layer, mode).bytes,  # the shipped CUDA kernels
-                MODEL_flops=perf_model.unfused(layer, mode).flops)
+    info.update(
+        kind="block",
+        case=case.id,
+        config=case.config,
+        layer=f"b{case.index}",
+        shape=case.shape,
+        mode=mode,
+        impl=impl,
+        backend=name,
+        layout=layout,
+        batch=n,
+        size=settings.label,
+        implementation=benchlib.implementation_kind(impl, dev),
+        MODEL_unfused_bytes=perf_model.unfused(layer, mode).bytes,
+        MODEL_fused_bytes=perf_model.fused(layer, mode).bytes,  # the modelled plan ("design", docs/design.md)
+        MODEL_native_bytes=perf_model.native(layer, mode).bytes,  # the shipped CUDA kernels
+        MODEL_flops=perf_model.unfused(layer, mode).flops,
+    )
     if name == "auto":
         info["tuning"] = benchlib.tuning_summary([("block", block)])
     if mem is not None:

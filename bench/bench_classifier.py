@@ -4,6 +4,7 @@
 The training-step cases also measure saved-activation bytes per sample (unfused / fused / recompute)
 and derive the largest batch that fits an 11 GiB GPU (see benchlib.largest_batch for the assumptions).
 """
+
 from __future__ import annotations
 
 import copy
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 import benchlib
 import perf_model
 from fused_dsconv import tune
-from fused_dsconv.memory import saved_activation_bytes
+from fused_dsconv.saved_activations import saved_activation_bytes
 from fused_dsconv.models import JointNet
 
 NUM_CLASSES = 10  # CIFAR-10, the paper's main experiment
@@ -43,17 +44,27 @@ def _memory(cfg: str, timed: JointNet, rho: float, settings, memory_rows) -> dic
     rec = copy.deepcopy(model).set_backend(first)
     for blk in rec.blocks:
         blk.recompute = True
-    variants = {"unfused": benchlib.unfused_classifier(model), "fused": copy.deepcopy(model).set_backend(first),
-                "recompute": rec}
+    variants = {
+        "unfused": benchlib.unfused_classifier(model),
+        "fused": copy.deepcopy(model).set_backend(first),
+        "recompute": rec,
+    }
     per_sample, fixed = {}, {}
     for key, m in variants.items():
         per_sample[key], fixed[key] = _per_sample(m.to(dev).train(), res, dev)
     layers = perf_model.classifier_layers(1, model.alpha, model.rho, model.dilations[0])
     largest = 4 * max([layers[0].c * res * res] + [l.k * l.ho * l.wo for l in layers])  # fp32 activation
     params = sum(p.numel() for p in model.parameters())
-    row = {"kind": "classifier", "config": cfg, "resolution": res, "params": params, "per_sample": per_sample,
-           "fixed": fixed, "largest_activation_per_sample": largest,
-           "max_batch": {k: benchlib.largest_batch(per_sample[k] + 2 * largest, fixed[k], params) for k in variants}}
+    row = {
+        "kind": "classifier",
+        "config": cfg,
+        "resolution": res,
+        "params": params,
+        "per_sample": per_sample,
+        "fixed": fixed,
+        "largest_activation_per_sample": largest,
+        "max_batch": {k: benchlib.largest_batch(per_sample[k] + 2 * largest, fixed[k], params) for k in variants},
+    }
     memory_rows.append(row)
     _MEMORY[cfg] = row
     return row
@@ -106,6 +117,7 @@ def test_classifier(benchmark, settings, env_info, memory_rows, monkeypatch, cfg
             opt.step()
             sync()
     else:
+
         def fn():
             with torch.no_grad():
                 run(x)
@@ -120,19 +132,33 @@ def test_classifier(benchmark, settings, env_info, memory_rows, monkeypatch, cfg
         assert {b.last_backend for b in net.blocks} == {name}
 
     info = dict(env_info)
-    info.update(kind="classifier", case=cid, config=cid, mode=mode, impl=impl, backend=name, layout=layout, batch=n,
-                resolution=res, classes=NUM_CLASSES, size=settings.label,
-                implementation=benchlib.implementation_kind(impl, dev))
+    info.update(
+        kind="classifier",
+        case=cid,
+        config=cid,
+        mode=mode,
+        impl=impl,
+        backend=name,
+        layout=layout,
+        batch=n,
+        resolution=res,
+        classes=NUM_CLASSES,
+        size=settings.label,
+        implementation=benchlib.implementation_kind(impl, dev),
+    )
     if name == "auto":
         info["tuning"] = benchlib.tuning_summary([(f"b{i + 1}", b) for i, b in enumerate(net.blocks)])
     if mem is not None:
         key = "unfused" if name in ("eager", "compile") else "fused"
-        info.update(saved_activation_bytes_per_sample=mem["per_sample"][key],
-                    derived_max_batch_11GiB=mem["max_batch"][key],
-                    saved_ratio_fused_over_unfused=mem["per_sample"]["fused"] / mem["per_sample"]["unfused"],
-                    saved_ratio_recompute_over_unfused=mem["per_sample"]["recompute"] / mem["per_sample"]["unfused"])
-        info["MEASURED_memory"] = {k: mem[k] for k in ("per_sample", "fixed", "largest_activation_per_sample", "params",
-                                                          "resolution")}
+        info.update(
+            saved_activation_bytes_per_sample=mem["per_sample"][key],
+            derived_max_batch_11GiB=mem["max_batch"][key],
+            saved_ratio_fused_over_unfused=mem["per_sample"]["fused"] / mem["per_sample"]["unfused"],
+            saved_ratio_recompute_over_unfused=mem["per_sample"]["recompute"] / mem["per_sample"]["unfused"],
+        )
+        info["MEASURED_memory"] = {
+            k: mem[k] for k in ("per_sample", "fixed", "largest_activation_per_sample", "params", "resolution")
+        }
         info["DERIVED_max_batch_11GiB"] = mem["max_batch"]
         info["peak_allocated_bytes"] = benchlib.cuda_peak_bytes(fn, dev)
     benchmark.extra_info.update(info)

@@ -2,6 +2,7 @@
 
 Kept free of pytest so ``bench/report.py`` and the tests can import it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -15,7 +16,8 @@ from torch import nn
 
 from fused_dsconv import backends
 from fused_dsconv.tune import cpu_model
-from fused_dsconv.models import BASE_RESOLUTION, TABLE1, JointNet, scaled
+from fused_dsconv.contract import output_size, walk_blocks
+from fused_dsconv.models import BASE_RESOLUTION, TABLE1, JointNet
 
 FULL_ENV = "FUSED_DSCONV_BENCH_FULL"
 ALPHAS = (1.0, 0.75)
@@ -52,12 +54,19 @@ class Settings:
 
     @property
     def label(self) -> str:
-        return ("paper-size" if self.full else "ci-size") + (f" (resolution x{self.scale:g})" if self.scale != 1 else "")
+        return ("paper-size" if self.full else "ci-size") + (
+            f" (resolution x{self.scale:g})" if self.scale != 1 else ""
+        )
 
 
-def make_settings(full: bool, device: Optional[str] = None, batch: Optional[int] = None,
-                  rounds: Optional[int] = None, scale: Optional[float] = None,
-                  threads: Optional[int] = None) -> Settings:
+def make_settings(
+    full: bool,
+    device: Optional[str] = None,
+    batch: Optional[int] = None,
+    rounds: Optional[int] = None,
+    scale: Optional[float] = None,
+    threads: Optional[int] = None,
+) -> Settings:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = dev.type == "cuda"
     if full:
@@ -81,6 +90,7 @@ def env_full() -> bool:
 @dataclass(frozen=True)
 class BlockCase:
     """One JointBlock shape of the paper's classifier."""
+
     alpha: float
     rho: float
     dilation: int
@@ -104,7 +114,7 @@ class BlockCase:
 
     @property
     def ho(self) -> int:
-        return (self.h - 1) // self.stride + 1
+        return output_size(self.h, self.stride)
 
 
 def block_cases(scale: float = 1.0) -> list[BlockCase]:
@@ -113,11 +123,9 @@ def block_cases(scale: float = 1.0) -> list[BlockCase]:
     for alpha in ALPHAS:
         for rho in RHOS:
             for d in DILATIONS:
-                h = int(round(BASE_RESOLUTION * rho * scale))
-                for i, (c, k, s) in enumerate(TABLE1):
-                    case = BlockCase(alpha, rho, d, i + 1, scaled(c, alpha), scaled(k, alpha), s, h)
-                    cases.append(case)
-                    h = case.ho
+                side = int(round(BASE_RESOLUTION * rho * scale))
+                for i, b in enumerate(walk_blocks(TABLE1, side, alpha)):
+                    cases.append(BlockCase(alpha, rho, d, i + 1, b.c, b.k, b.stride, b.side))
     return cases
 
 
@@ -177,8 +185,10 @@ def case_unavailable(params: dict, settings: "Settings") -> Optional[str]:
 
 def classifier_config_unavailable(cid: str, full: bool) -> Optional[str]:
     if not full and cid not in CI_MODEL_CONFIGS:
-        return (f"CI size runs the classifier for {', '.join(CI_MODEL_CONFIGS)} only; --paper-size / "
-                f"{FULL_ENV}=1 runs all eight configurations")
+        return (
+            f"CI size runs the classifier for {', '.join(CI_MODEL_CONFIGS)} only; --paper-size / "
+            f"{FULL_ENV}=1 runs all eight configurations"
+        )
     return None
 
 
@@ -187,26 +197,33 @@ def compile_unavailable(device: torch.device, full: bool, case_id: str) -> Optio
     if device.type == "cuda":
         cap = torch.cuda.get_device_capability(device)
         if cap < (7, 0):
-            return (f"torch.compile needs Triton, which supports CUDA capability >= 7.0 only; this GPU is "
-                    f"sm_{cap[0]}{cap[1]}")
+            return (
+                f"torch.compile needs Triton, which supports CUDA capability >= 7.0 only; this GPU is "
+                f"sm_{cap[0]}{cap[1]}"
+            )
         if not full and case_id != "classifier" and not case_id.startswith(CUDA_COMPILE_CONFIG + "_"):
-            return (f"CI size compiles the blocks of {CUDA_COMPILE_CONFIG} only (each case and mode is a fresh "
-                    f"inductor compile); --paper-size / {FULL_ENV}=1 compiles every case")
+            return (
+                f"CI size compiles the blocks of {CUDA_COMPILE_CONFIG} only (each case and mode is a fresh "
+                f"inductor compile); --paper-size / {FULL_ENV}=1 compiles every case"
+            )
         return None
     if not full and case_id == "classifier":
-        return (f"inductor on CPU compiles the classifier for minutes on 2 cores: only with --paper-size / "
-                f"{FULL_ENV}=1")
+        return f"inductor on CPU compiles the classifier for minutes on 2 cores: only with --paper-size / {FULL_ENV}=1"
     if not full and case_id != CPU_COMPILE_CASE:
-        return (f"inductor on CPU compiles each case for ~5-30 s on 2 cores (all cases: 35 min or more): only "
-                f"{CPU_COMPILE_CASE} is compiled by default; --paper-size / {FULL_ENV}=1 compiles every case")
+        return (
+            f"inductor on CPU compiles each case for ~5-30 s on 2 cores (all cases: 35 min or more): only "
+            f"{CPU_COMPILE_CASE} is compiled by default; --paper-size / {FULL_ENV}=1 compiles every case"
+        )
     return None
 
 
 def auto_unavailable(full: bool, case_id: str) -> Optional[str]:
     """Why "auto" is not benchmarked for this case, or None (the classifier: every configuration that runs)."""
     if not full and case_id not in ("classifier", AUTO_BLOCK_CASE):
-        return (f"CI size benchmarks auto (which first measures every candidate) for the classifier and "
-                f"{AUTO_BLOCK_CASE} only; --paper-size / {FULL_ENV}=1 for every block case")
+        return (
+            f"CI size benchmarks auto (which first measures every candidate) for the classifier and "
+            f"{AUTO_BLOCK_CASE} only; --paper-size / {FULL_ENV}=1 for every block case"
+        )
     return None
 
 
@@ -218,9 +235,18 @@ def tuning_summary(blocks) -> list[dict]:
         if d is None:
             rows.append({"block": name, "winner": block.last_backend, "source": "not measured"})
             continue
-        rows.append({"block": name, "shape": problem.shape, "mode": problem.mode, "winner": d.choice,
-                     "MEASURED_median_ms": {k: v * 1e3 for k, v in d.times.items()},
-                     "speedup_vs_unfused": d.speedup_over_unfused(), "source": d.source, "not_timed": d.skipped})
+        rows.append(
+            {
+                "block": name,
+                "shape": problem.shape,
+                "mode": problem.mode,
+                "winner": d.choice,
+                "MEASURED_median_ms": {k: v * 1e3 for k, v in d.times.items()},
+                "speedup_vs_unfused": d.speedup_over_unfused(),
+                "source": d.source,
+                "not_timed": d.skipped,
+            }
+        )
     return rows
 
 
@@ -247,8 +273,10 @@ def implementation_kind(impl: str, device: torch.device) -> str:
     if name == "compile":
         return f"torch.compile (inductor, default mode) of the unfused Sequential, {layout}"
     if name == "auto":
-        return (f"JointBlock backend='auto' ({layout}): per block the fastest of every capable backend and the "
-                "unfused layers, measured in this run before the timed rounds (extra_info 'tuning')")
+        return (
+            f"JointBlock backend='auto' ({layout}): per block the fastest of every capable backend and the "
+            "unfused layers, measured in this run before the timed rounds (extra_info 'tuning')"
+        )
     if name == "reference":
         return f"fused_dsconv backend 'reference' ({layout}): the plain-PyTorch fallback, NOT a fused kernel"
     return f"fused_dsconv backend {name!r} ({layout})"
@@ -279,21 +307,34 @@ def unfused_classifier(model: JointNet) -> nn.Module:
 
 # -- environment ------------------------------------------------------------------------------------
 def environment(device: torch.device) -> dict:
-    info = {"device_type": device.type, "torch": torch.__version__, "cuda_build": torch.version.cuda,
-            "python": platform.python_version(), "cpu": cpu_model(),
-            "cpu_threads": torch.get_num_threads(), "os_cpu_count": os.cpu_count()}
+    info = {
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "cuda_build": torch.version.cuda,
+        "python": platform.python_version(),
+        "cpu": cpu_model(),
+        "cpu_threads": torch.get_num_threads(),
+        "os_cpu_count": os.cpu_count(),
+    }
     try:
         import triton
+
         info["triton"] = triton.__version__
     except ImportError:
         info["triton"] = None
     if device.type == "cuda":
         cap = torch.cuda.get_device_capability(device)
-        info.update(device=torch.cuda.get_device_name(device), capability=f"sm_{cap[0]}{cap[1]}",
-                    cudnn=torch.backends.cudnn.version())
+        info.update(
+            device=torch.cuda.get_device_name(device),
+            capability=f"sm_{cap[0]}{cap[1]}",
+            cudnn=torch.backends.cudnn.version(),
+        )
     else:
-        info.update(device=f"CPU ({cpu_model()}, {os.cpu_count()} cores, timed on {torch.get_num_threads()} "
-                           f"thread{'s' if torch.get_num_threads() > 1 else ''})", capability=None)
+        info.update(
+            device=f"CPU ({cpu_model()}, {os.cpu_count()} cores, timed on {torch.get_num_threads()} "
+            f"thread{'s' if torch.get_num_threads() > 1 else ''})",
+            capability=None,
+        )
     return info
 
 
@@ -316,8 +357,13 @@ def cuda_peak_bytes(fn: Callable[[], object], device: torch.device) -> Optional[
     return torch.cuda.max_memory_allocated(device) - base
 
 
-def largest_batch(per_sample_bytes: float, fixed_bytes: float, params: int,
-                  budget: int = BUDGET_BYTES, margin: int = WORKSPACE_MARGIN_BYTES) -> int:
+def largest_batch(
+    per_sample_bytes: float,
+    fixed_bytes: float,
+    params: int,
+    budget: int = BUDGET_BYTES,
+    margin: int = WORKSPACE_MARGIN_BYTES,
+) -> int:
     """Derived estimate: floor((budget - margin - 16 B x params - fixed) / per-sample bytes).
 
     16 B per parameter = fp32 weights + grads + Adam exp_avg + exp_avg_sq.

@@ -20,6 +20,7 @@ Options (also settable by environment):
 Cases that cannot run on this device (a CUDA backend on a CPU, torch.compile of every case at CI size, ...)
 are not collected; the summary gives one line per reason with the number of cases.
 """
+
 from __future__ import annotations
 
 import collections
@@ -47,8 +48,12 @@ NOT_COLLECTED: dict[str, list[str]] = collections.defaultdict(list)  # reason ->
 
 def pytest_addoption(parser):
     g = parser.getgroup("fused_dsconv benchmarks")
-    g.addoption("--paper-size", action="store_true", default=False,
-                help=f"batch 32, more rounds, compile every case (or {benchlib.FULL_ENV}=1)")
+    g.addoption(
+        "--paper-size",
+        action="store_true",
+        default=False,
+        help=f"batch 32, more rounds, compile every case (or {benchlib.FULL_ENV}=1)",
+    )
     g.addoption("--bench-device", default=None, help="cpu or cuda (default: cuda if available)")
     g.addoption("--bench-batch", type=int, default=None, help="override the batch size")
     g.addoption("--bench-rounds", type=int, default=None, help="override the number of timed rounds")
@@ -56,8 +61,12 @@ def pytest_addoption(parser):
     g.addoption("--bench-threads", type=int, default=None, help="CPU threads while timing (default 1)")
     g.addoption("--bench-summary", default=None, help="write the markdown memory summary here")
     g.addoption("--bench-out", default="bench-results", help="directory for the full tables (default bench-results)")
-    g.addoption("--bench-tables", choices=("file", "terminal"), default="file",
-                help="file (default): tables to --bench-out, a short summary in the terminal; terminal: both")
+    g.addoption(
+        "--bench-tables",
+        choices=("file", "terminal"),
+        default="file",
+        help="file (default): tables to --bench-out, a short summary in the terminal; terminal: both",
+    )
 
 
 def pytest_collect_file(file_path, parent):
@@ -67,15 +76,20 @@ def pytest_collect_file(file_path, parent):
 
 
 def _settings(config) -> benchlib.Settings:
-    return benchlib.make_settings(config.getoption("--paper-size") or benchlib.env_full(),
-                                  config.getoption("--bench-device"), config.getoption("--bench-batch"),
-                                  config.getoption("--bench-rounds"), config.getoption("--bench-scale"),
-                                  config.getoption("--bench-threads"))
+    return benchlib.make_settings(
+        config.getoption("--paper-size") or benchlib.env_full(),
+        config.getoption("--bench-device"),
+        config.getoption("--bench-batch"),
+        config.getoption("--bench-rounds"),
+        config.getoption("--bench-scale"),
+        config.getoption("--bench-threads"),
+    )
 
 
 @pytest.fixture(scope="session")
 def settings(request) -> benchlib.Settings:
     import torch
+
     s = _settings(request.config)
     if s.device.type == "cpu":
         torch.set_num_threads(s.threads)
@@ -123,6 +137,7 @@ def pytest_sessionstart(session):
         tr.write_line(f"benchmark tables ({count} benchmarks in {groups} groups, times per round): {path}")
         for line in ratio_summary([b for _, benches in bs.groups or [] for b in benches]):
             tr.write_line(line)
+
     bs.display = display
 
 
@@ -130,6 +145,7 @@ def ratio_summary(benches: list[dict], baseline: str = "eager-nchw") -> list[str
     """Per kind and mode, each implementation's median time over the baseline's in the same case, as a
     geometric mean over the cases both ran (one line each)."""
     import math
+
     by_case: dict = collections.defaultdict(dict)
     for b in benches:
         info = b.get("extra_info", {})
@@ -191,6 +207,7 @@ def memory_rows() -> list[dict]:
 @pytest.fixture(autouse=True)
 def _seed():
     import torch
+
     torch.manual_seed(0)
 
 
@@ -201,38 +218,58 @@ def memory_markdown(rows: list[dict]) -> str:
     out = []
     blocks = [r for r in rows if r["kind"] == "block"]
     if blocks:
-        out += ["MEASURED saved-activation bytes of one training forward (fused_dsconv.memory; the saved set is",
-                "the op's autograd contract, identical for every backend):", "",
-                "| case | shape | batch | unfused KiB | fused KiB | recompute KiB | fused/unfused | recompute/unfused |"
-                + (" CUDA peak MiB unfused / fused / recompute |" if blocks[0].get("peak_unfused") is not None else ""),
-                "|---|---|---|---|---|---|---|---|" + ("---|" if blocks[0].get("peak_unfused") is not None else "")]
+        out += [
+            "MEASURED saved-activation bytes of one training forward (fused_dsconv.saved_activations; the saved set is",
+            "the op's autograd contract, identical for every backend):",
+            "",
+            "| case | shape | batch | unfused KiB | fused KiB | recompute KiB | fused/unfused | recompute/unfused |"
+            + (" CUDA peak MiB unfused / fused / recompute |" if blocks[0].get("peak_unfused") is not None else ""),
+            "|---|---|---|---|---|---|---|---|" + ("---|" if blocks[0].get("peak_unfused") is not None else ""),
+        ]
         for r in blocks:
-            line = (f"| {r['case']} | {r['shape']} | {r['batch']} | {r['unfused'] / 1024:.0f} | {r['fused'] / 1024:.0f} | "
-                    f"{r['recompute'] / 1024:.0f} | {r['fused'] / r['unfused']:.3f} | {r['recompute'] / r['unfused']:.3f} |")
+            line = (
+                f"| {r['case']} | {r['shape']} | {r['batch']} | {r['unfused'] / 1024:.0f} | {r['fused'] / 1024:.0f} | "
+                f"{r['recompute'] / 1024:.0f} | {r['fused'] / r['unfused']:.3f} | {r['recompute'] / r['unfused']:.3f} |"
+            )
             if r.get("peak_unfused") is not None:
-                line += (f" {r['peak_unfused'] / 2**20:.1f} / {r['peak_fused'] / 2**20:.1f} / "
-                         f"{r['peak_recompute'] / 2**20:.1f} |")
+                line += (
+                    f" {r['peak_unfused'] / 2**20:.1f} / {r['peak_fused'] / 2**20:.1f} / "
+                    f"{r['peak_recompute'] / 2**20:.1f} |"
+                )
             out.append(line)
         tot = {k: sum(r[k] for r in blocks) for k in ("unfused", "fused", "recompute")}
-        out += ["", f"All block cases together: fused/unfused {tot['fused'] / tot['unfused']:.3f}, "
-                    f"recompute/unfused {tot['recompute'] / tot['unfused']:.3f}", ""]
+        out += [
+            "",
+            f"All block cases together: fused/unfused {tot['fused'] / tot['unfused']:.3f}, "
+            f"recompute/unfused {tot['recompute'] / tot['unfused']:.3f}",
+            "",
+        ]
     models = [r for r in rows if r["kind"] == "classifier"]
     if models:
-        out += ["MEASURED saved-activation bytes per sample of the whole classifier's training forward at its",
-                "resolution (slope between batch 1 and 2), and the DERIVED largest batch for an 11 GiB GPU:", "",
-                "| config | resolution | params | unfused MiB/sample | fused MiB/sample | recompute MiB/sample | "
-                "fused/unfused | recompute/unfused | max batch unfused / fused / recompute (11 GiB, derived) |",
-                "|---|---|---|---|---|---|---|---|---|"]
+        out += [
+            "MEASURED saved-activation bytes per sample of the whole classifier's training forward at its",
+            "resolution (slope between batch 1 and 2), and the DERIVED largest batch for an 11 GiB GPU:",
+            "",
+            "| config | resolution | params | unfused MiB/sample | fused MiB/sample | recompute MiB/sample | "
+            "fused/unfused | recompute/unfused | max batch unfused / fused / recompute (11 GiB, derived) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in models:
             ps = r["per_sample"]
             mb = r["max_batch"]
-            out.append(f"| {r['config']} | {r['resolution']} | {r['params']} | {ps['unfused'] / 2**20:.2f} | "
-                       f"{ps['fused'] / 2**20:.2f} | {ps['recompute'] / 2**20:.2f} | "
-                       f"{ps['fused'] / ps['unfused']:.3f} | {ps['recompute'] / ps['unfused']:.3f} | "
-                       f"{mb['unfused']} / {mb['fused']} / {mb['recompute']} |")
-        out += ["", "Derivation: max batch = floor((11 GiB - 1 GiB workspace margin - 16 B x params [fp32 weights,",
-                "grads, Adam exp_avg, exp_avg_sq] - fixed saved bytes) / (saved bytes per sample + 2 x the largest",
-                "activation per sample [gradient buffers live at the backward peak])). An estimate, not a measurement.", ""]
+            out.append(
+                f"| {r['config']} | {r['resolution']} | {r['params']} | {ps['unfused'] / 2**20:.2f} | "
+                f"{ps['fused'] / 2**20:.2f} | {ps['recompute'] / 2**20:.2f} | "
+                f"{ps['fused'] / ps['unfused']:.3f} | {ps['recompute'] / ps['unfused']:.3f} | "
+                f"{mb['unfused']} / {mb['fused']} / {mb['recompute']} |"
+            )
+        out += [
+            "",
+            "Derivation: max batch = floor((11 GiB - 1 GiB workspace margin - 16 B x params [fp32 weights,",
+            "grads, Adam exp_avg, exp_avg_sq] - fixed saved bytes) / (saved bytes per sample + 2 x the largest",
+            "activation per sample [gradient buffers live at the backward peak])). An estimate, not a measurement.",
+            "",
+        ]
     return "\n".join(out)
 
 
@@ -248,10 +285,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             tr.write_line(f"  {len(impls):5d} ({', '.join(dict.fromkeys(impls))}): {why}")
     if not text:
         return
-    paths = [_out_dir(config) / "memory.md"] + ([Path(config.getoption("--bench-summary"))]
-                                                  if config.getoption("--bench-summary") else [])
+    paths = [_out_dir(config) / "memory.md"] + (
+        [Path(config.getoption("--bench-summary"))] if config.getoption("--bench-summary") else []
+    )
     for path in paths:
         path.write_text(text + "\n")
     totals = [line for line in text.splitlines() if line.startswith("All block cases together")]
-    tr.write_line(f"memory summary (MEASURED saved activations): {', '.join(map(str, paths))}"
-                  + (f"; {totals[0][0].lower()}{totals[0][1:]}" if totals else ""))
+    tr.write_line(
+        f"memory summary (MEASURED saved activations): {', '.join(map(str, paths))}"
+        + (f"; {totals[0][0].lower()}{totals[0][1:]}" if totals else "")
+    )

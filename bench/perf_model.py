@@ -15,7 +15,7 @@ bytes each reads and writes in global memory and its FLOPs (2 per multiply-add),
 - ``native``: the CUDA kernels we ship (``csrc/kernels/fused.cuh``, launched by
   ``csrc/kernels/launch.cuh`` with the set-up of ``csrc/binding/ops_impl.h``), with their tile
   geometry and workspace sizes mirrored here (``native_geometry``), optionally in recompute mode;
-- ``design`` (the function ``fused``): the plan of DESIGN.md (eval: one kernel;
+- ``design`` (the function ``fused``): the plan described in docs/design.md (eval: one kernel;
   training: pass A, the tiny statistics pass B, the elementwise pass C; backward: the dbeta/dgamma
   reduction, the tiled pass 2 with one [K, C] weight-gradient partial per tile, the partial-sum
   reductions and the depthwise data-gradient pass 3), optionally in recompute mode. A plan, not code:
@@ -42,11 +42,11 @@ Assumptions (the same for every implementation, so the comparison is fair):
    Running-statistics updates and ``.grad`` accumulation are per-channel/parameter sized and left
    out on every side.
 4. Design: per-tile partial sums (float32) go to a workspace and are reduced by a separate small
-   kernel, as DESIGN.md prescribes; a tile covers ``tile_pixels`` = 64 output pixels (8x8). DESIGN.md
+   kernel, as the plan prescribes; a tile covers ``tile_pixels`` = 64 output pixels (8x8). The plan
    writes one [K, C] weight-gradient partial per tile; ``wgrad_partials`` caps the number of partial
    rows (a grid that loops over several pixel tiles per block), None = one per tile, as written.
    Recompute mode rebuilds y in backward by rerunning pass A (reads x, writes y) before pass 1.
-   The per-call eval fold of BN into Wp (which DESIGN.md also needs) is not counted here.
+   The per-call eval fold of BN into Wp (which the plan also needs) is not counted here.
 5. FLOPs: 2 per multiply-add for the convolutions; elementwise work counted per element as
    BN-eval 2, ReLU 1, statistics 3, normalise 2 (+1 for fused ReLU), BN-backward reduce 4 and
    elementwise 5. The fused kernels' recomputation (the depthwise chunk per output-channel tile of
@@ -67,10 +67,11 @@ Assumptions (the same for every implementation, so the comparison is fair):
    re-use comes only after a sweep of the grid's fast axis over the whole tensor, which comes from DRAM
    whenever that tensor does not fit in L2 (2.75-3 MB on the GTX 1080 Ti / RTX 3060). In the shipped
    launch order it is 0: every kernel that re-reads a tile's input runs the channel blocks of that tile
-   on grid x, back to back (until 2026-11 the forward and dt kernels put the tile on x, which modelled
-   1.79 GB of far re-reads for the classifier at batch 32). Weight re-reads (every block reads its Wp
+   on grid x, back to back (with the tile on grid x instead, this model counts 1.79 GB of far re-reads
+   in the forward and dt kernels for the classifier at batch 32). Weight re-reads (every block reads its Wp
    slice) and halo overlap are left out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,6 +85,8 @@ try:  # the installed package when there is one, else this checkout
     import fused_dsconv  # noqa: F401
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fused_dsconv.contract import output_size, walk_blocks  # noqa: E402
 
 MODES = ("eval", "train_fwd", "train_fwd_bwd")
 F32 = 4  # bytes of a float32 per-channel value / partial sum
@@ -114,6 +117,7 @@ GPUS = {
 @dataclass(frozen=True)
 class Layer:
     """One joint block call: x [n, c, h, w] -> out [n, k, ho, wo]."""
+
     name: str
     n: int
     c: int
@@ -125,11 +129,11 @@ class Layer:
 
     @property
     def ho(self) -> int:
-        return (self.h - 1) // self.stride + 1
+        return output_size(self.h, self.stride)
 
     @property
     def wo(self) -> int:
-        return (self.w - 1) // self.stride + 1
+        return output_size(self.w, self.stride)
 
     @property
     def m(self) -> int:  # output pixels per channel, N*Ho*Wo
@@ -154,6 +158,7 @@ class Kernel:
 @dataclass
 class Traffic:
     """The kernels of one implementation of one layer in one mode."""
+
     layer: Layer
     impl: str
     mode: str
@@ -205,8 +210,11 @@ def unfused(layer: Layer, mode: str, act_bytes: int = 4) -> Traffic:
     if mode == "eval":
         ks += [Kernel("bn_eval", y + 4 * pc, y, 2 * ye), Kernel("relu", y, y, ye)]
     else:
-        ks += [Kernel("bn_stats", y, 2 * pc, 3 * ye), Kernel("bn_apply", y + 4 * pc, y, 2 * ye),
-               Kernel("relu", y, y, ye)]
+        ks += [
+            Kernel("bn_stats", y, 2 * pc, 3 * ye),
+            Kernel("bn_apply", y + 4 * pc, y, 2 * ye),
+            Kernel("relu", y, y, ye),
+        ]
     if mode == "train_fwd_bwd":
         ks += [
             Kernel("relu_bwd", 2 * y, y, ye),  # reads dout and out, writes dz
@@ -220,9 +228,17 @@ def unfused(layer: Layer, mode: str, act_bytes: int = 4) -> Traffic:
     return Traffic(layer, "unfused", mode, ks)
 
 
-def fused(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = False, tile_pixels: int = 64,
-          k_tile: int = 128, wgrad_partials: Optional[int] = None) -> Traffic:
-    """MODEL of DESIGN.md's kernel plan, labelled "design" (assumptions in the module docstring).
+def fused(
+    layer: Layer,
+    mode: str,
+    act_bytes: int = 4,
+    *,
+    recompute: bool = False,
+    tile_pixels: int = 64,
+    k_tile: int = 128,
+    wgrad_partials: Optional[int] = None,
+) -> Traffic:
+    """MODEL of the planned kernels (docs/design.md), labelled "design" (assumptions in the module docstring).
 
     Not the shipped kernels: ``native`` models those."""
     _check_mode(mode)
@@ -252,14 +268,11 @@ def fused(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fals
             Kernel("bwd_pass1_reduce", 2 * y + 4 * pc, part, 6 * ye),  # dout, y -> dbeta, dgamma partials
             Kernel("bwd_reduce_stats", part, 2 * pc, 2 * tiles * l.k),
             # x (halo), dout, y -> dt; partial dWp, dWd. Recomputes t (dw) and forms dy on the fly.
-            Kernel("bwd_pass2", x + 2 * y + wd + wp + 6 * pc, t + wpart,
-                   dw_fl * ktiles + 2 * pw_fl + dw_fl + 5 * ye),
+            Kernel("bwd_pass2", x + 2 * y + wd + wp + 6 * pc, t + wpart, dw_fl * ktiles + 2 * pw_fl + dw_fl + 5 * ye),
             Kernel("bwd_reduce_wgrad", wpart, wp + wd, rows * (l.k * l.c + 9 * l.c)),
             Kernel("bwd_pass3_dx", t + wd, x, 2 * 9 * te),
         ]
     return Traffic(layer, impl, mode, ks)
-
-
 
 
 # -- the shipped CUDA kernels ------------------------------------------------------------------
@@ -285,11 +298,11 @@ def _cdiv(a: int, b: int) -> int:
 def _span_rows(l: "Layer") -> int:
     """launch.cuh span_rows: padded rows a 64-pixel span tile stages, 0 if span tiles do not apply."""
     d, s = l.dilation, l.stride
-    if d < 1 or d > 4 or l.wo > 16 or l.m >= 2 ** 31 or l.n * (l.h + 2 * d) >= 2 ** 31:
+    if d < 1 or d > 4 or l.wo > 16 or l.m >= 2**31 or l.n * (l.h + 2 * d) >= 2**31:
         return 0
     dr = min((l.wo + 62) // l.wo, l.n * l.ho - 1)
     dn = min((l.ho * l.wo + 62) // (l.ho * l.wo), l.n - 1)
-    if (dn + 1) * l.c * l.h * l.w >= 2 ** 31:
+    if (dn + 1) * l.c * l.h * l.w >= 2**31:
         return 0
     rows = s * dr + dn * (l.h + 2 * d - s * l.ho) + 2 * d + 1
     return rows if rows <= SPAN_ROWS_MAX and rows * (l.w + 2 * d) <= SPAN_HALO else 0
@@ -298,6 +311,7 @@ def _span_rows(l: "Layer") -> int:
 @dataclass(frozen=True)
 class NativeGeometry:
     """Tilings, grids and workspace sizes of the CUDA backend for one layer, as launch.cuh computes them."""
+
     fwd_tile: str  # dsconv_fwd tile class: rect8x8, rect8x16 or span64
     ntiles: int  # dsconv_fwd pixel tiles
     dwp_tile: str  # dsconv_bwd_dwp tile class (64 pixels): rect8x8 or span64
@@ -366,9 +380,29 @@ def native_geometry(layer: Layer) -> NativeGeometry:
     fwd_ws = (2 * ntiles * l.k + 3) // 4 * 4 + (2 * l.k + 3) // 4 * 4 + part  # (training) partials, scale | shift
     if span:  # dsconv_dw's t [C][ntiles x 64] for the span path of dsconv_fwd
         fwd_ws += l.c * ntiles * 64
-    return NativeGeometry(fwd_tile, ntiles, dwp_tile, dwp_tiles, dt_tile, dt_tiles, fsplit, bsplit, splits, rgroups,
-                          xtiles, xgroups, k_blocks, _cdiv(l.c, DT_BC[dt_tile]), fwd_ws, red, coef, dwp, dwd, dt,
-                          total)
+    return NativeGeometry(
+        fwd_tile,
+        ntiles,
+        dwp_tile,
+        dwp_tiles,
+        dt_tile,
+        dt_tiles,
+        fsplit,
+        bsplit,
+        splits,
+        rgroups,
+        xtiles,
+        xgroups,
+        k_blocks,
+        _cdiv(l.c, DT_BC[dt_tile]),
+        fwd_ws,
+        red,
+        coef,
+        dwp,
+        dwd,
+        dt,
+        total,
+    )
 
 
 def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = False) -> Traffic:
@@ -390,8 +424,10 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
     px = g.ntiles * bp  # pixel slots the forward GEMM runs over (partial tiles padded with zeros)
     fwd_flops = (2 * 9 * l.c * px + 2 * px * FWD_BK[g.fwd_tile] * _cdiv(l.c, FWD_BC) * FWD_BC) * g.k_blocks
     fwd_rr = (g.k_blocks - 1) * x
-    fwd_note = (f"depthwise chunk computed once per {FWD_BK[g.fwd_tile]}-channel block ({g.k_blocks}x) from a "
-                f"staged window; {g.fwd_tile} tiles")
+    fwd_note = (
+        f"depthwise chunk computed once per {FWD_BK[g.fwd_tile]}-channel block ({g.k_blocks}x) from a "
+        f"staged window; {g.fwd_tile} tiles"
+    )
     impl = "native_recompute" if recompute else "native"
 
     split_part = (g.fsplit * g.ntiles * g.k_blocks * FWD_BK[g.fwd_tile] * bp * F32) if g.fsplit > 1 else 0
@@ -400,20 +436,43 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
         """dsconv_fwd, and with the input channels split, its partial tiles and dsconv_fwd_reduce."""
         if g.fsplit == 1:
             return [Kernel(name, x + wd + wp + pc, written, fwd_flops + epi_flops, fwd_rr, 0, fwd_note)]
-        return [Kernel(name, x + wd + wp, split_part, fwd_flops, fwd_rr, 0,
-                       fwd_note + f"; input channels split {g.fsplit} ways"),
-                Kernel(name.replace("dsconv_fwd", "dsconv_fwd_reduce"), split_part + pc, written,
-                       g.fsplit * g.ntiles * g.k_blocks * FWD_BK[g.fwd_tile] * bp + epi_flops)]
+        return [
+            Kernel(
+                name,
+                x + wd + wp,
+                split_part,
+                fwd_flops,
+                fwd_rr,
+                0,
+                fwd_note + f"; input channels split {g.fsplit} ways",
+            ),
+            Kernel(
+                name.replace("dsconv_fwd", "dsconv_fwd_reduce"),
+                split_part + pc,
+                written,
+                g.fsplit * g.ntiles * g.k_blocks * FWD_BK[g.fwd_tile] * bp + epi_flops,
+            ),
+        ]
 
     if mode == "eval":
         # block.py folds BN into Wp per call (reference.fold_bn): w = Wp * scale[:, None] in fp32, then
         # .to(dtype); for fp32 both casts are no-ops, otherwise one cast copy each way.
         wfold = l.k * l.c * (F32 if e == F32 else e + 2 * F32)
-        return Traffic(layer, impl, mode, [
-            Kernel("fold_bn (torch)", wfold + 4 * pc, wfold + pc, l.k * l.c + 8 * l.k,
-                   note="per call: Wp' = Wp * gamma r, b' = beta + (b - mean) gamma r"),
-            *fwd("dsconv_fwd eval", y, 2 * ye),
-        ])
+        return Traffic(
+            layer,
+            impl,
+            mode,
+            [
+                Kernel(
+                    "fold_bn (torch)",
+                    wfold + 4 * pc,
+                    wfold + pc,
+                    l.k * l.c + 8 * l.k,
+                    note="per call: Wp' = Wp * gamma r, b' = beta + (b - mean) gamma r",
+                ),
+                *fwd("dsconv_fwd eval", y, 2 * ye),
+            ],
+        )
     part = 2 * g.ntiles * l.k * F32  # [mean | M2] tile partials
     ks = [
         *fwd("dsconv_fwd train", y + part, 4 * ye),  # + bias, tile mean and M2
@@ -434,19 +493,35 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
         ks += [
             Kernel("bn_bwd_reduce", 2 * y + 4 * pc, red, 6 * ye),  # dout, y -> dz, dz yhat, yhat partials
             Kernel("bn_bwd_finalize", red + 4 * pc, coef + 3 * pc, 3 * g.rgroups * l.k),
-            Kernel("dsconv_bwd_dt", 2 * y + wp + coef, dt * g.bsplit,
-                   DY_FLOPS * ye * g.c_blocks + 2 * g.dt_tiles * dt_bp * _cdiv(l.k, 8) * 8 * g.c_blocks * DT_BC[g.dt_tile],
-                   (g.c_blocks - 1) * 2 * y, 0,
-                   f"dout and y read once per {DT_BC[g.dt_tile]}-channel C block ({g.c_blocks}x), the C blocks of "
-                   f"a tile adjacent in launch order (grid x)"),
-            Kernel("dsconv_bwd_dwp", x + wd + 2 * y + coef, dwp_part,
-                   2 * 9 * dwp_px * dwp_cb * DWP_BC * dwp_kb + DY_FLOPS * ye * dwp_cb
-                   + 2 * dwp_px * dwp_kb * DWP_BK * dwp_cb * DWP_BC,
-                   (dwp_kb - 1) * x + (dwp_cb - 1) * 2 * y, 0,
-                   f"x once per {DWP_BK}-channel K block ({dwp_kb}x), dout and y once per {DWP_BC}-channel C block "
-                   f"({dwp_cb}x); {g.splits} split(s)"),
-            Kernel("dsconv_bwd_dx", dt * g.bsplit + x + wd, x + dwd_part, 4 * 9 * l.n * l.c * l.h * l.w,
-                   note="dt window per 8x8 input tile; dx and the dWd partials from the same dt taps"),
+            Kernel(
+                "dsconv_bwd_dt",
+                2 * y + wp + coef,
+                dt * g.bsplit,
+                DY_FLOPS * ye * g.c_blocks + 2 * g.dt_tiles * dt_bp * _cdiv(l.k, 8) * 8 * g.c_blocks * DT_BC[g.dt_tile],
+                (g.c_blocks - 1) * 2 * y,
+                0,
+                f"dout and y read once per {DT_BC[g.dt_tile]}-channel C block ({g.c_blocks}x), the C blocks of "
+                f"a tile adjacent in launch order (grid x)",
+            ),
+            Kernel(
+                "dsconv_bwd_dwp",
+                x + wd + 2 * y + coef,
+                dwp_part,
+                2 * 9 * dwp_px * dwp_cb * DWP_BC * dwp_kb
+                + DY_FLOPS * ye * dwp_cb
+                + 2 * dwp_px * dwp_kb * DWP_BK * dwp_cb * DWP_BC,
+                (dwp_kb - 1) * x + (dwp_cb - 1) * 2 * y,
+                0,
+                f"x once per {DWP_BK}-channel K block ({dwp_kb}x), dout and y once per {DWP_BC}-channel C block "
+                f"({dwp_cb}x); {g.splits} split(s)",
+            ),
+            Kernel(
+                "dsconv_bwd_dx",
+                dt * g.bsplit + x + wd,
+                x + dwd_part,
+                4 * 9 * l.n * l.c * l.h * l.w,
+                note="dt window per 8x8 input tile; dx and the dWd partials from the same dt taps",
+            ),
             Kernel("colsum (dWp, dWd)", dwp_part + dwd_part, wp + wd, g.splits * l.k * l.c + g.xgroups * l.c * 9),
         ]
     return Traffic(layer, impl, mode, ks)
@@ -461,14 +536,12 @@ def _check_mode(mode: str) -> None:
 def classifier_layers(batch: int, alpha: float = 1.0, rho: float = 1.0, dilation: int = 3) -> list[Layer]:
     """The nine joint blocks of Table 1 (names b1..b9), with the stem's output as b1's input."""
     from fused_dsconv.models import BASE_RESOLUTION, STEM_CHANNELS, TABLE1, scaled
-    h = int(round(BASE_RESOLUTION * rho))
+
     assert scaled(STEM_CHANNELS, alpha) == scaled(TABLE1[0][0], alpha)
-    layers = []
-    for i, (c, k, s) in enumerate(TABLE1):
-        layer = Layer(f"b{i + 1}", batch, scaled(c, alpha), scaled(k, alpha), h, h, s, dilation)
-        layers.append(layer)
-        h = layer.ho
-    return layers
+    return [
+        Layer(f"b{i + 1}", batch, b.c, b.k, b.side, b.side, b.stride, dilation)
+        for i, b in enumerate(walk_blocks(TABLE1, int(round(BASE_RESOLUTION * rho)), alpha))
+    ]
 
 
 IMPLS = ("unfused", "native", "native_recompute", "design", "design_recompute")
@@ -486,10 +559,15 @@ def traffics(layer: Layer, mode: str, act_bytes: int = 4, wgrad_partials: Option
     return tr
 
 
-def model_rows(layers: Sequence[Layer], mode: str, act_bytes: int = 4, gpus: Sequence[str] = tuple(GPUS),
-               wgrad_partials: Optional[int] = None) -> list[dict]:
+def model_rows(
+    layers: Sequence[Layer],
+    mode: str,
+    act_bytes: int = 4,
+    gpus: Sequence[str] = tuple(GPUS),
+    wgrad_partials: Optional[int] = None,
+) -> list[dict]:
     """MODEL rows: per layer and a total row, bytes/FLOPs/roofline of unfused, native (shipped CUDA
-    kernels) and design (DESIGN.md's plan), with their recompute variants in train_fwd_bwd, and the
+    kernels) and design (the plan of docs/design.md), with their recompute variants in train_fwd_bwd, and the
     native kernels' re-read bytes (``{impl}_reread``, ``{impl}_reread_far``; not in ``{impl}_bytes``)."""
     rows = []
     acc: dict[str, list] = {}
@@ -521,16 +599,28 @@ def markdown(rows: list[dict], gpus: Sequence[str] = tuple(GPUS)) -> str:
     (not in the byte columns), FLOPs and roofline times of unfused / native / design."""
     impls = [i for i in IMPLS if f"{i}_bytes" in rows[0]]
     trio = ("unfused", "native", "design")
-    head = ["layer", "shape", *[f"{i} MB" for i in impls], "native/unfused bytes", "design/unfused bytes",
-            "native far re-reads MB", "GFLOP unf/native/design"]
+    head = [
+        "layer",
+        "shape",
+        *[f"{i} MB" for i in impls],
+        "native/unfused bytes",
+        "design/unfused bytes",
+        "native far re-reads MB",
+        "GFLOP unf/native/design",
+    ]
     for g in gpus:
         head.append(f"{g} us unf/native/design")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["layer"], r["shape"], *[f"{r[f'{i}_bytes'] / 1e6:.1f}" for i in impls],
-                 f"{r['native_bytes'] / r['unfused_bytes']:.2f}", f"{r['design_bytes'] / r['unfused_bytes']:.2f}",
-                 f"{r['native_reread_far'] / 1e6:.1f}",
-                 " / ".join(f"{r[f'{i}_flops'] / 1e9:.2f}" for i in trio)]
+        cells = [
+            r["layer"],
+            r["shape"],
+            *[f"{r[f'{i}_bytes'] / 1e6:.1f}" for i in impls],
+            f"{r['native_bytes'] / r['unfused_bytes']:.2f}",
+            f"{r['design_bytes'] / r['unfused_bytes']:.2f}",
+            f"{r['native_reread_far'] / 1e6:.1f}",
+            " / ".join(f"{r[f'{i}_flops'] / 1e9:.2f}" for i in trio),
+        ]
         for g in gpus:
             cells.append(" / ".join(f"{r[f'{i}_{g}_us']:.0f}" for i in trio))
         lines.append("| " + " | ".join(cells) + " |")
@@ -541,30 +631,47 @@ def summary_markdown(layers: Sequence[Layer], act_bytes: int = 4, gpus: Sequence
     """The README-sized MODEL table: the totals over ``layers`` per mode (GB, ms)."""
     label = {"eval": "eval forward", "train_fwd": "training forward", "train_fwd_bwd": "training forward + backward"}
     trio = ("unfused", "native", "design")
-    head = ["mode", *[f"{i} GB" for i in trio], "native / unfused", "design / unfused",
-            "native far re-reads GB", *[f"{g} ms unf / native / design" for g in gpus]]
+    head = [
+        "mode",
+        *[f"{i} GB" for i in trio],
+        "native / unfused",
+        "design / unfused",
+        "native far re-reads GB",
+        *[f"{g} ms unf / native / design" for g in gpus],
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for mode in MODES:
         r = model_rows(layers, mode, act_bytes, gpus)[-1]
-        cells = [label[mode], *[f"{r[f'{i}_bytes'] / 1e9:.2f}" for i in trio],
-                 f"{r['native_bytes'] / r['unfused_bytes']:.2f}", f"{r['design_bytes'] / r['unfused_bytes']:.2f}",
-                 f"{r['native_reread_far'] / 1e9:.2f}",
-                 *[" / ".join(f"{r[f'{i}_{g}_us'] / 1e3:.2f}" for i in trio) for g in gpus]]
+        cells = [
+            label[mode],
+            *[f"{r[f'{i}_bytes'] / 1e9:.2f}" for i in trio],
+            f"{r['native_bytes'] / r['unfused_bytes']:.2f}",
+            f"{r['design_bytes'] / r['unfused_bytes']:.2f}",
+            f"{r['native_reread_far'] / 1e9:.2f}",
+            *[" / ".join(f"{r[f'{i}_{g}_us'] / 1e3:.2f}" for i in trio) for g in gpus],
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def kernel_markdown(tr: Traffic) -> str:
     """Per-kernel MODEL table of one implementation of one layer (bytes in MB, FLOPs in GFLOP)."""
-    lines = [f"{tr.impl}, {tr.layer.name}, {tr.mode}:", "",
-             "| kernel | read MB | written MB | GFLOP | re-read MB (far) | note |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"{tr.impl}, {tr.layer.name}, {tr.mode}:",
+        "",
+        "| kernel | read MB | written MB | GFLOP | re-read MB (far) | note |",
+        "|---|---|---|---|---|---|",
+    ]
     for k in tr.kernels:
         rr = f"{k.reread / 1e6:.1f} ({k.reread_far / 1e6:.1f})" if k.reread else ""
-        lines.append(f"| {k.name} | {k.read / 1e6:.2f} | {k.written / 1e6:.2f} | {k.flops / 1e9:.3f} | {rr} "
-                     f"| {k.note} |")
+        lines.append(
+            f"| {k.name} | {k.read / 1e6:.2f} | {k.written / 1e6:.2f} | {k.flops / 1e9:.3f} | {rr} | {k.note} |"
+        )
     read, written = sum(k.read for k in tr.kernels), sum(k.written for k in tr.kernels)
-    lines.append(f"| total | {read / 1e6:.2f} | {written / 1e6:.2f} | {tr.flops / 1e9:.3f} "
-                 f"| {tr.reread / 1e6:.1f} ({tr.reread_far / 1e6:.1f}) | |")
+    lines.append(
+        f"| total | {read / 1e6:.2f} | {written / 1e6:.2f} | {tr.flops / 1e9:.3f} "
+        f"| {tr.reread / 1e6:.1f} ({tr.reread_far / 1e6:.1f}) | |"
+    )
     return "\n".join(lines)
 
 
@@ -602,13 +709,20 @@ def sync_markdown(layers: Sequence[Layer], processes: Sequence[int] = (2, 8), ac
     fwd, bwd = sum(v["forward"] for v in values), sum(v["backward"] for v in values)
     act = sum(native(l, mode, act_bytes).bytes for l in layers)
     grads = sum(block_param_values(l) for l in layers)
-    head = ["processes", "sync-BN values per process (fwd + bwd)", "sync-BN bytes sent per process (ring)",
-            "DDP gradient all-reduce bytes sent per process (ring)", "native activation bytes per process"]
+    head = [
+        "processes",
+        "sync-BN values per process (fwd + bwd)",
+        "sync-BN bytes sent per process (ring)",
+        "DDP gradient all-reduce bytes sent per process (ring)",
+        "native activation bytes per process",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in processes:
         wire = sum(sync_bn_wire_bytes(l, mode, p) for l in layers)
-        lines.append(f"| {p} | {fwd:,} + {bwd:,} | {wire / 1e3:,.1f} KB | {2 * (p - 1) / p * grads * F32 / 1e6:,.2f} MB "
-                     f"| {act / 1e9:,.2f} GB |")
+        lines.append(
+            f"| {p} | {fwd:,} + {bwd:,} | {wire / 1e3:,.1f} KB | {2 * (p - 1) / p * grads * F32 / 1e6:,.2f} MB "
+            f"| {act / 1e9:,.2f} GB |"
+        )
     return "\n".join(lines)
 
 
@@ -619,19 +733,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--rho", type=float, default=1.0)
     p.add_argument("--dilation", type=int, default=3)
     p.add_argument("--act-bytes", type=int, default=4, help="bytes per activation element (4 fp32, 2 fp16)")
-    p.add_argument("--wgrad-partials", type=int, default=None,
-                   help="cap on weight-gradient partial rows of the design backward (default: one per 64-pixel tile)")
+    p.add_argument(
+        "--wgrad-partials",
+        type=int,
+        default=None,
+        help="cap on weight-gradient partial rows of the design backward (default: one per 64-pixel tile)",
+    )
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    p.add_argument("--kernels", nargs="+", default=None, metavar="LAYER",
-                   help="instead of the tables, list the kernels of these layers (b1..b9) per implementation")
+    p.add_argument(
+        "--kernels",
+        nargs="+",
+        default=None,
+        metavar="LAYER",
+        help="instead of the tables, list the kernels of these layers (b1..b9) per implementation",
+    )
     p.add_argument("--summary", action="store_true", help="only the README-sized table of totals per mode")
-    p.add_argument("--processes", type=int, nargs="+", default=None, metavar="P",
-                   help="instead of the tables, what synchronised BN exchanges per training step on P processes")
+    p.add_argument(
+        "--processes",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="P",
+        help="instead of the tables, what synchronised BN exchanges per training step on P processes",
+    )
     a = p.parse_args(argv)
     layers = classifier_layers(a.batch, a.alpha, a.rho, a.dilation)
-    print(f"MODEL (analytic, not measured): batch {a.batch}, alpha {a.alpha}, rho {a.rho}, dilation {a.dilation}, "
-          f"{a.act_bytes}-byte activations; roofline = sum over kernels of max(bytes/BW, FLOPs/peak fp32). "
-          f"native = the shipped CUDA kernels, design = DESIGN.md's plan.")
+    print(
+        f"MODEL (analytic, not measured): batch {a.batch}, alpha {a.alpha}, rho {a.rho}, dilation {a.dilation}, "
+        f"{a.act_bytes}-byte activations; roofline = sum over kernels of max(bytes/BW, FLOPs/peak fp32). "
+        f"native = the shipped CUDA kernels, design = the plan of docs/design.md."
+    )
     if a.summary:
         print("\n" + summary_markdown(layers, a.act_bytes))
         return 0

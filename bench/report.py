@@ -7,6 +7,7 @@
 Measured numbers (medians and IQR of the timed rounds, saved-activation bytes) and MODEL numbers
 (bench/perf_model.py: bytes, FLOPs, roofline) are printed in separate, labelled sections.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,23 +60,35 @@ def machine_line(run: dict) -> str:
     e = run["benchmarks"][0]["extra_info"] if run["benchmarks"] else {}
     cap = f", {e['capability']}" if e.get("capability") else ""
     commit = run.get("commit_info", {}).get("id", "")[:10]
-    return (f"MEASURED on {e.get('device', '?')}{cap}; torch {e.get('torch')} (CUDA build {e.get('cuda_build')}), "
-            f"triton {e.get('triton')}, python {e.get('python')}; {e.get('size', '?')} "
-            f"(batch {e.get('batch', '?')}); {run.get('datetime', '')[:19]} UTC"
-            + (f"; commit {commit}" if commit else ""))
+    return (
+        f"MEASURED on {e.get('device', '?')}{cap}; torch {e.get('torch')} (CUDA build {e.get('cuda_build')}), "
+        f"triton {e.get('triton')}, python {e.get('python')}; {e.get('size', '?')} "
+        f"(batch {e.get('batch', '?')}); {run.get('datetime', '')[:19]} UTC" + (f"; commit {commit}" if commit else "")
+    )
 
 
 def timing_markdown(run: dict, config: Optional[str] = None) -> str:
     rows = rows_of(run, config)
     impls = sorted({i for g in rows.values() for i in g["impls"]}, key=_impl_order)
-    head = ["kind", "case", "shape", "mode", *[f"{i} ms" for i in impls],
-            f"{BASELINE} / best fused_dsconv (medians; mins)"]
-    out = [machine_line(run), "",
-           "Median of the timed rounds in ms, IQR in parentheses. Last column: baseline time over the fastest of "
-           "our backends (auto included), from medians and from minimums (> 1 means ours is faster). On CPU our only "
-           "backend is 'reference', the plain-PyTorch fallback: it is not a fused kernel; auto picks, per block, "
-           "between it and the unfused layers.", "",
-           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    head = [
+        "kind",
+        "case",
+        "shape",
+        "mode",
+        *[f"{i} ms" for i in impls],
+        f"{BASELINE} / best fused_dsconv (medians; mins)",
+    ]
+    out = [
+        machine_line(run),
+        "",
+        "Median of the timed rounds in ms, IQR in parentheses. Last column: baseline time over the fastest of "
+        "our backends (auto included), from medians and from minimums (> 1 means ours is faster). On CPU our only "
+        "backend is 'reference', the plain-PyTorch fallback: it is not a fused kernel; auto picks, per block, "
+        "between it and the unfused layers.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for (kind, case, mode), g in rows.items():
         info = g["info"]
         shape = info.get("shape") or f"{info.get('resolution')}x{info.get('resolution')}"
@@ -85,8 +98,11 @@ def timing_markdown(run: dict, config: Optional[str] = None) -> str:
             cells.append(f"{s['median'] * 1e3:.3g} ({s['iqr'] * 1e3:.2g})" if s else "-")
         ours = [s for i, s in g["impls"].items() if not i.startswith(("eager-", "compile-"))]
         base = g["impls"].get(BASELINE)
-        cells.append(f"{base['median'] / min(s['median'] for s in ours):.2f}; "
-                     f"{base['min'] / min(s['min'] for s in ours):.2f}" if ours and base else "-")
+        cells.append(
+            f"{base['median'] / min(s['median'] for s in ours):.2f}; {base['min'] / min(s['min'] for s in ours):.2f}"
+            if ours and base
+            else "-"
+        )
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -94,44 +110,74 @@ def timing_markdown(run: dict, config: Optional[str] = None) -> str:
 def memory_markdown(run: dict, config: Optional[str] = None) -> str:
     rows = rows_of(run, config)
     out = []
-    blocks = [(k, g["info"]["MEASURED_saved_bytes"]) for k, g in rows.items()
-              if k[0] == "block" and k[2] == "train_fwd" and "MEASURED_saved_bytes" in g["info"]]
+    blocks = [
+        (k, g["info"]["MEASURED_saved_bytes"])
+        for k, g in rows.items()
+        if k[0] == "block" and k[2] == "train_fwd" and "MEASURED_saved_bytes" in g["info"]
+    ]
     if blocks:
-        out += ["MEASURED saved-activation bytes of one block training forward (fused_dsconv.memory):", "",
-                "| case | unfused KiB | fused KiB | recompute KiB | fused/unfused | recompute/unfused |",
-                "|---|---|---|---|---|---|"]
+        out += [
+            "MEASURED saved-activation bytes of one block training forward (fused_dsconv.saved_activations):",
+            "",
+            "| case | unfused KiB | fused KiB | recompute KiB | fused/unfused | recompute/unfused |",
+            "|---|---|---|---|---|---|",
+        ]
         for (_, case, _), m in blocks:
-            out.append(f"| {case} | {m['unfused'] / 1024:.0f} | {m['fused'] / 1024:.0f} | {m['recompute'] / 1024:.0f} | "
-                       f"{m['fused'] / m['unfused']:.3f} | {m['recompute'] / m['unfused']:.3f} |")
+            out.append(
+                f"| {case} | {m['unfused'] / 1024:.0f} | {m['fused'] / 1024:.0f} | {m['recompute'] / 1024:.0f} | "
+                f"{m['fused'] / m['unfused']:.3f} | {m['recompute'] / m['unfused']:.3f} |"
+            )
         tot = {k: sum(m[k] for _, m in blocks) for k in ("unfused", "fused", "recompute")}
-        out += ["", f"Sum over these cases: fused/unfused **{tot['fused'] / tot['unfused']:.3f}**, "
-                    f"recompute/unfused **{tot['recompute'] / tot['unfused']:.3f}**.", ""]
+        out += [
+            "",
+            f"Sum over these cases: fused/unfused **{tot['fused'] / tot['unfused']:.3f}**, "
+            f"recompute/unfused **{tot['recompute'] / tot['unfused']:.3f}**.",
+            "",
+        ]
     models = [(k, g["info"]) for k, g in rows.items() if k[0] == "classifier" and "MEASURED_memory" in g["info"]]
     if models:
-        out += ["MEASURED saved-activation bytes per sample of the classifier's training forward (slope between batch 1 "
-                "and 2) and the DERIVED largest batch on an 11 GiB GPU:", "",
-                "| config | resolution | unfused MiB/sample | fused MiB/sample | recompute MiB/sample | fused/unfused | "
-                "recompute/unfused | max batch unfused / fused / recompute (derived) |", "|---|---|---|---|---|---|---|---|"]
+        out += [
+            "MEASURED saved-activation bytes per sample of the classifier's training forward (slope between batch 1 "
+            "and 2) and the DERIVED largest batch on an 11 GiB GPU:",
+            "",
+            "| config | resolution | unfused MiB/sample | fused MiB/sample | recompute MiB/sample | fused/unfused | "
+            "recompute/unfused | max batch unfused / fused / recompute (derived) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for (_, case, _), info in models:
             ps, mb = info["MEASURED_memory"]["per_sample"], info["DERIVED_max_batch_11GiB"]
             res = info["MEASURED_memory"].get("resolution", info.get("resolution"))
-            out.append(f"| {case} | {res} | {ps['unfused'] / 2**20:.2f} | {ps['fused'] / 2**20:.2f} | "
-                       f"{ps['recompute'] / 2**20:.2f} | {ps['fused'] / ps['unfused']:.3f} | "
-                       f"{ps['recompute'] / ps['unfused']:.3f} | {mb['unfused']} / {mb['fused']} / {mb['recompute']} |")
-        out += ["", "Derived max batch = floor((11 GiB - 1 GiB margin for CUDA context/workspaces - 16 B x params "
-                    "[fp32 weights, grads, Adam moments] - fixed saved bytes) / (saved bytes per sample + 2 x largest "
-                    "activation per sample)). An estimate from measured per-sample bytes, not a GPU measurement.", ""]
-    peaks = [(k, g) for k, g in rows.items()
-             if any(e.get("peak_allocated_bytes") is not None for e in g["infos"].values())]
+            out.append(
+                f"| {case} | {res} | {ps['unfused'] / 2**20:.2f} | {ps['fused'] / 2**20:.2f} | "
+                f"{ps['recompute'] / 2**20:.2f} | {ps['fused'] / ps['unfused']:.3f} | "
+                f"{ps['recompute'] / ps['unfused']:.3f} | {mb['unfused']} / {mb['fused']} / {mb['recompute']} |"
+            )
+        out += [
+            "",
+            "Derived max batch = floor((11 GiB - 1 GiB margin for CUDA context/workspaces - 16 B x params "
+            "[fp32 weights, grads, Adam moments] - fixed saved bytes) / (saved bytes per sample + 2 x largest "
+            "activation per sample)). An estimate from measured per-sample bytes, not a GPU measurement.",
+            "",
+        ]
+    peaks = [
+        (k, g) for k, g in rows.items() if any(e.get("peak_allocated_bytes") is not None for e in g["infos"].values())
+    ]
     if peaks:
         impls = sorted({i for _, g in peaks for i in g["infos"]}, key=_impl_order)
-        out += ["MEASURED CUDA peak allocated memory of one training step above the pre-call level "
-                "(torch.cuda.max_memory_allocated after reset_peak_memory_stats), MiB:", "",
-                "| kind | case | mode | " + " | ".join(impls) + " |", "|---|---|---|" + "---|" * len(impls)]
+        out += [
+            "MEASURED CUDA peak allocated memory of one training step above the pre-call level "
+            "(torch.cuda.max_memory_allocated after reset_peak_memory_stats), MiB:",
+            "",
+            "| kind | case | mode | " + " | ".join(impls) + " |",
+            "|---|---|---|" + "---|" * len(impls),
+        ]
         for (kind, case, mode), g in peaks:
             vals = [g["infos"].get(i, {}).get("peak_allocated_bytes") for i in impls]
-            out.append(f"| {kind} | {case} | {mode} | " + " | ".join("-" if v is None else f"{v / 2**20:.1f}" for v in vals)
-                       + " |")
+            out.append(
+                f"| {kind} | {case} | {mode} | "
+                + " | ".join("-" if v is None else f"{v / 2**20:.1f}" for v in vals)
+                + " |"
+            )
         out.append("")
     return "\n".join(out)
 
@@ -145,26 +191,36 @@ def tuning_markdown(run: dict, config: Optional[str] = None) -> str:
         if not e.get("tuning") or (config and e.get("config") != config):
             continue
         if not out:
-            out += ["MEASURED by the tuner (fused_dsconv/tune.py) in this run, before auto's timed rounds: median ms "
-                    "per call of each candidate on synthetic inputs of the block's shape.", "",
-                    "| kind | case | mode | impl | block | shape | candidates, median ms | winner | unfused / winner |",
-                    "|---|---|---|---|---|---|---|---|---|"]
+            out += [
+                "MEASURED by the tuner (fused_dsconv/tune.py) in this run, before auto's timed rounds: median ms "
+                "per call of each candidate on synthetic inputs of the block's shape.",
+                "",
+                "| kind | case | mode | impl | block | shape | candidates, median ms | winner | unfused / winner |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
         for r in e["tuning"]:
             times = "; ".join(f"{c} {t:.3g}" for c, t in r.get("MEASURED_median_ms", {}).items()) or r["source"]
             sp = r.get("speedup_vs_unfused")
-            out.append(f"| {e['kind']} | {e['case']} | {e['mode']} | {e['impl']} | {r['block']} | {r.get('shape', '-')} "
-                       f"| {times} | {r['winner']} | {f'{sp:.2f}' if sp else '-'} |")
+            out.append(
+                f"| {e['kind']} | {e['case']} | {e['mode']} | {e['impl']} | {r['block']} | {r.get('shape', '-')} "
+                f"| {times} | {r['winner']} | {f'{sp:.2f}' if sp else '-'} |"
+            )
     return "\n".join(out)
 
 
 def model_markdown(batch: int, alpha: float = 1.0, rho: float = 1.0, dilation: int = 3) -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import perf_model as pm
+
     layers = pm.classifier_layers(batch, alpha, rho, dilation)
-    out = [f"MODEL (analytic, bytes only, not measured; bench/perf_model.py): the nine joint blocks, batch {batch}, "
-           f"alpha {alpha}, rho {rho}, dilation {dilation}, fp32. Roofline = sum over kernels of max(bytes / bandwidth, "
-           f"FLOPs / peak fp32); GPUs: " + "; ".join(f"{g.name} {g.bandwidth / 1e9:.0f} GB/s, "
-                                                      f"{g.fp32_flops / 1e12:.2f} TFLOP/s" for g in pm.GPUS.values())]
+    out = [
+        f"MODEL (analytic, bytes only, not measured; bench/perf_model.py): the nine joint blocks, batch {batch}, "
+        f"alpha {alpha}, rho {rho}, dilation {dilation}, fp32. Roofline = sum over kernels of max(bytes / bandwidth, "
+        f"FLOPs / peak fp32); GPUs: "
+        + "; ".join(
+            f"{g.name} {g.bandwidth / 1e9:.0f} GB/s, {g.fp32_flops / 1e12:.2f} TFLOP/s" for g in pm.GPUS.values()
+        )
+    ]
     for mode in pm.MODES:
         out += ["", f"**{mode}**", "", pm.markdown(pm.model_rows(layers, mode))]
     return "\n".join(out)
@@ -172,6 +228,7 @@ def model_markdown(batch: int, alpha: float = 1.0, rho: float = 1.0, dilation: i
 
 def plot(run: dict, config: str, path: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -187,10 +244,12 @@ def plot(run: dict, config: str, path: str) -> None:
         labels = [(k[1].rsplit("_", 1)[1] if kind == "block" else k[2]) for k, _ in sel]
         for j, impl in enumerate(impls):
             med = [g["impls"][impl]["median"] * 1e3 if impl in g["impls"] else 0 for _, g in sel]
-            lo = [(g["impls"][impl]["median"] - g["impls"][impl]["q1"]) * 1e3 if impl in g["impls"] else 0
-                  for _, g in sel]
-            hi = [(g["impls"][impl]["q3"] - g["impls"][impl]["median"]) * 1e3 if impl in g["impls"] else 0
-                  for _, g in sel]
+            lo = [
+                (g["impls"][impl]["median"] - g["impls"][impl]["q1"]) * 1e3 if impl in g["impls"] else 0 for _, g in sel
+            ]
+            hi = [
+                (g["impls"][impl]["q3"] - g["impls"][impl]["median"]) * 1e3 if impl in g["impls"] else 0 for _, g in sel
+            ]
             ax.bar([i + j * width for i in range(len(sel))], med, width, yerr=[lo, hi], label=impl, capsize=2)
         ax.set_xticks([i + width * (len(impls) - 1) / 2 for i in range(len(sel))], labels)
         ax.set_yscale("log")
@@ -211,8 +270,15 @@ def main(argv=None) -> int:
     p.add_argument("--model-batch", type=int, default=None, help="append the MODEL tables for this batch size")
     a = p.parse_args(argv)
     run = load(a.json)
-    parts = ["### Measured timings", "", timing_markdown(run, a.config), "", "### Measured memory", "",
-             memory_markdown(run, a.config)]
+    parts = [
+        "### Measured timings",
+        "",
+        timing_markdown(run, a.config),
+        "",
+        "### Measured memory",
+        "",
+        memory_markdown(run, a.config),
+    ]
     tuning = tuning_markdown(run, a.config)
     if tuning:
         parts += ["", "### Measured backend choice (auto)", "", tuning]

@@ -2,6 +2,7 @@
 only inside build_archs, when asked for the visible GPUs), so that setup.py (ahead of time, loaded by path)
 and the just-in-time build (``_extension.py``) share it.
 """
+
 from __future__ import annotations
 
 import glob
@@ -11,7 +12,7 @@ import subprocess
 from typing import Optional
 
 EXTENSION = "fused_dsconv._C"
-SKIP_ENV = "FUSED_DSCONV_NO_NATIVE"      # "1": build and load no native extension at all
+SKIP_ENV = "FUSED_DSCONV_NO_NATIVE"  # "1": build and load no native extension at all
 # Archs when TORCH_CUDA_ARCH_LIST is unset and no GPU is visible at build time. CUDA 13 dropped
 # everything below sm_75; Pascal (sm_61, GTX 10xx) needs a CUDA 12.x toolkit and torch cu126 wheels.
 DEFAULT_ARCHS_CUDA12 = "6.1;7.0;7.5;8.0;8.6;8.9;9.0+PTX"
@@ -39,8 +40,10 @@ def default_arch_list(cuda: tuple[int, int]) -> str:
 
 # The oldest architecture each toolkit major can still compile for.
 MIN_ARCH = {13: (7, 5), 12: (5, 0)}
-PASCAL_FIX = ("install a CUDA 12.x toolkit (12.6 matches torch's cu126 wheels, the last with sm_61 kernels), "
-              "point CUDA_HOME at it and build again (README: Pascal)")
+PASCAL_FIX = (
+    "install a CUDA 12.x toolkit (12.6 matches torch's cu126 wheels, the last with sm_61 kernels), "
+    "point CUDA_HOME at it and build again (README: Pascal)"
+)
 
 
 def build_archs(cuda: tuple[int, int], visible: Optional[list[tuple[int, int]]] = None) -> tuple[str, Optional[str]]:
@@ -53,6 +56,7 @@ def build_archs(cuda: tuple[int, int], visible: Optional[list[tuple[int, int]]] 
         return env, arch_problem(env, cuda)
     if visible is None:
         import torch
+
         visible = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
     if visible:
         archs = ";".join(sorted({f"{major}.{minor}" for major, minor in visible}))
@@ -73,8 +77,10 @@ def arch_problem(arch_list: str, cuda: tuple[int, int], from_env: bool = True) -
     names = ", ".join(f"sm_{a}{b}" for a, b in too_old)
     where = f"TORCH_CUDA_ARCH_LIST={arch_list!r}" if from_env else "this GPU"
     drop = f"drop {names} from TORCH_CUDA_ARCH_LIST, or " if from_env else ""
-    return (f"nvcc {cuda[0]}.{cuda[1]} cannot compile for {names} ({where}): CUDA {cuda[0]} supports "
-            f"sm_{oldest[0]}{oldest[1]} and newer; {drop}{PASCAL_FIX}")
+    return (
+        f"nvcc {cuda[0]}.{cuda[1]} cannot compile for {names} ({where}): CUDA {cuda[0]} supports "
+        f"sm_{oldest[0]}{oldest[1]} and newer; {drop}{PASCAL_FIX}"
+    )
 
 
 def compile_args(debug: bool = False) -> dict[str, list[str]]:

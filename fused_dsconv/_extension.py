@@ -11,6 +11,7 @@ they are compiled against the installed torch into ``cache_root()`` (``$FUSED_DS
 hash; the build is announced.
 ``FUSED_DSCONV_NO_JIT=1`` turns that off, ``FUSED_DSCONV_NO_NATIVE=1`` turns off the extension.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -66,6 +67,7 @@ def _load():
     if os.environ.get(cfg.SKIP_ENV) == "1":
         return None, f"disabled by {cfg.SKIP_ENV}=1", ""
     import torch
+
     info = build_info()
     try:
         module = importlib.import_module(cfg.EXTENSION)
@@ -78,25 +80,39 @@ def _load():
     except (ImportError, OSError) as e:
         # Most often an undefined symbol: the extension was built against another torch.
         built = f" for torch {info['torch']}" if info.get("torch") else ""
-        return None, (f"{cfg.EXTENSION} was built{built} but does not load with torch {torch.__version__} "
-                      f"({str(e).splitlines()[0][:200]}); rebuild it: {REBUILD}"), ""
+        return (
+            None,
+            (
+                f"{cfg.EXTENSION} was built{built} but does not load with torch {torch.__version__} "
+                f"({str(e).splitlines()[0][:200]}); rebuild it: {REBUILD}"
+            ),
+            "",
+        )
     return _jit(aot_reason)
 
 
 def _jit(aot_reason: str):
     import torch
+
     if os.environ.get("FUSED_DSCONV_NO_JIT") == "1":
         return None, f"{aot_reason}; just-in-time build disabled by FUSED_DSCONV_NO_JIT=1", ""
     if not torch.cuda.is_available():
         return None, f"{aot_reason}; no CUDA device, so no just-in-time build", ""
     from torch.utils import cpp_extension
+
     src = csrc_dir()
     if src is None:
         return None, f"{aot_reason}; and the CUDA sources are not shipped with this install", ""
     cuda = cfg.nvcc_version(cpp_extension.CUDA_HOME)
     if cuda is None:
-        return None, (f"{aot_reason}; no CUDA toolkit found for a just-in-time build (set CUDA_HOME), "
-                      f"or install with: {REBUILD}"), ""
+        return (
+            None,
+            (
+                f"{aot_reason}; no CUDA toolkit found for a just-in-time build (set CUDA_HOME), "
+                f"or install with: {REBUILD}"
+            ),
+            "",
+        )
     archs, problem = cfg.build_archs(cuda)
     if problem:
         return None, f"{aot_reason}; no just-in-time build: {problem}", ""
@@ -111,6 +127,7 @@ def jit_build(src: Path, build_root: Optional[Path] = None, verbose: bool = Fals
     current GPU's) against the running torch (cached) and import it; registers the native ops."""
     import torch
     from torch.utils import cpp_extension
+
     files = cfg.sources(str(src))
     digest = hashlib.sha256()
     for f in sorted(files + [str(p) for p in src.rglob("*.h*")]):
@@ -121,12 +138,21 @@ def jit_build(src: Path, build_root: Optional[Path] = None, verbose: bool = Fals
     build_dir.mkdir(parents=True, exist_ok=True)
     if archs:  # else torch's own choice: TORCH_CUDA_ARCH_LIST, or the visible GPUs
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
-    print(f"fused_dsconv: compiling the native CUDA extension for arch {os.environ.get('TORCH_CUDA_ARCH_LIST')} "
-          f"into {build_dir} (first use only; a few minutes)...", file=sys.stderr)
+    print(
+        f"fused_dsconv: compiling the native CUDA extension for arch {os.environ.get('TORCH_CUDA_ARCH_LIST')} "
+        f"into {build_dir} (first use only; a few minutes)...",
+        file=sys.stderr,
+    )
     flags = cfg.compile_args()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return cpp_extension.load(name="fused_dsconv_jit_" + digest.hexdigest()[:8], sources=files,
-                                  extra_include_paths=[str(src)], extra_cflags=flags["cxx"],
-                                  extra_cuda_cflags=flags["nvcc"], build_directory=str(build_dir),
-                                  verbose=verbose, is_python_module=False)
+        return cpp_extension.load(
+            name="fused_dsconv_jit_" + digest.hexdigest()[:8],
+            sources=files,
+            extra_include_paths=[str(src)],
+            extra_cflags=flags["cxx"],
+            extra_cuda_cflags=flags["nvcc"],
+            build_directory=str(build_dir),
+            verbose=verbose,
+            is_python_module=False,
+        )

@@ -1,4 +1,5 @@
 """Ctrl-C held back for the length of a block (the main thread only; elsewhere signals do not arrive)."""
+
 from __future__ import annotations
 
 import signal

@@ -5,6 +5,7 @@ state_dict has exactly the unfused keys ("0.weight", "1.weight", "2.running_mean
 checkpoint loads either way, and tools that walk modules (SyncBatchNorm conversion, pruning,
 quantisation prep) see ordinary layers. Only ``forward`` differs: it calls the fused op.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -13,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import backends, distributed, ops, tune
-from .reference import fold_bn
+from . import backends, checks, distributed, ops, tune
+from .contract import check_dilation, check_stride, fold_conv_biases, is_int
+from .spec import fold_bn
 
 UNFUSED = tune.UNFUSED
 
@@ -48,42 +50,71 @@ class JointBlock(nn.Sequential):
     choice, or None when it did not consult the tuner.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1, *,
-                 bias: bool = False, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, backend: str = "auto", recompute: bool = False,
-                 sync_bn: bool = False, process_group=None, device=None, dtype=None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        dilation: int = 1,
+        *,
+        bias: bool = False,
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        backend: str = "auto",
+        recompute: bool = False,
+        sync_bn: bool = False,
+        process_group=None,
+        device=None,
+        dtype=None,
+    ):
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            if not is_int(v) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if not isinstance(stride, int) or isinstance(stride, bool) or stride not in (1, 2):
-            raise ValueError(f"stride must be 1 or 2 (an int), got {stride!r}")
-        if not isinstance(dilation, int) or isinstance(dilation, bool) or dilation < 1:
-            raise ValueError(f"dilation must be an integer >= 1, got {dilation!r}")
+        check_stride(stride)
+        check_dilation(dilation)
         fk = {"device": device, "dtype": dtype}
         super().__init__(
-            nn.Conv2d(in_channels, in_channels, 3, stride, padding=dilation, dilation=dilation,
-                      groups=in_channels, bias=bias, **fk),
+            nn.Conv2d(
+                in_channels,
+                in_channels,
+                3,
+                stride,
+                padding=dilation,
+                dilation=dilation,
+                groups=in_channels,
+                bias=bias,
+                **fk,
+            ),
             nn.Conv2d(in_channels, out_channels, 1, bias=bias, **fk),
             nn.BatchNorm2d(out_channels, eps, momentum, affine, track_running_stats, **fk),
         )
         self.backend = backends.requested(backend) if backend not in (backends.AUTO, UNFUSED) else backend
         if sync_bn and backend == UNFUSED:
-            raise ValueError("sync_bn=True needs a fused backend: backend='unfused' runs a plain nn.BatchNorm2d, "
-                             "which would normalise with this process's statistics only (convert the unfused "
-                             "layers with nn.SyncBatchNorm.convert_sync_batchnorm instead)")
+            raise ValueError(
+                "sync_bn=True needs a fused backend: backend='unfused' runs a plain nn.BatchNorm2d, "
+                "which would normalise with this process's statistics only (convert the unfused "
+                "layers with nn.SyncBatchNorm.convert_sync_batchnorm instead)"
+            )
         self.recompute = recompute
         self.sync_bn = bool(sync_bn)
         self.process_group = process_group
         self.last_backend: Optional[str] = None
         self.last_tuning = None
-        self._tuned: dict[str, str] = {}  # the latest eager choice per mode/dtype/layout/device: torch.compile's
-        self._recent: dict = {}  # the tuner's shortcut to this block's recent decisions (fused_dsconv.tune.choose)
+        self.tuned_choices: dict[str, str] = {}  # the latest eager choice per mode/dtype/layout/device: torch.compile's
+        self.tuning_shortcuts: dict = {}  # the tuner's shortcut to this block's recent decisions (fused_dsconv.tune.choose)
 
     def __setstate__(self, state):
         super().__setstate__(state)
         # A block pickled before the measured choice existed: give it the tuner's bookkeeping.
-        for name, default in (("last_tuning", None), ("_tuned", {}), ("_recent", {}), ("sync_bn", False),
-                              ("process_group", None)):
+        for name, default in (
+            ("last_tuning", None),
+            ("tuned_choices", {}),
+            ("tuning_shortcuts", {}),
+            ("sync_bn", False),
+            ("process_group", None),
+        ):
             self.__dict__.setdefault(name, default)
 
     # The three layers by role; indices stay "0", "1", "2" for state_dict compatibility. Read from _modules,
@@ -102,8 +133,10 @@ class JointBlock(nn.Sequential):
 
     def extra_repr(self) -> str:
         sync = ", sync_bn=True" if self.sync_bn else ""
-        return (f"stride={self.stride}, dilation={self.dilation}, backend={self.backend!r}, recompute={self.recompute}"
-                f"{sync}")
+        return (
+            f"stride={self.stride}, dilation={self.dilation}, backend={self.backend!r}, recompute={self.recompute}"
+            f"{sync}"
+        )
 
     def synchronises(self) -> bool:
         """Whether the next forward merges its batch statistics over processes: ``sync_bn``, training, and a
@@ -112,8 +145,9 @@ class JointBlock(nn.Sequential):
 
     # -- conversion -------------------------------------------------------------------------
     @classmethod
-    def from_unfused(cls, dw: nn.Module, pw: Optional[nn.Module] = None, bn: Optional[nn.Module] = None,
-                     **kwargs) -> "JointBlock":
+    def from_unfused(
+        cls, dw: nn.Module, pw: Optional[nn.Module] = None, bn: Optional[nn.Module] = None, **kwargs
+    ) -> "JointBlock":
         """Build a JointBlock holding copies of the given layers' parameters and statistics.
 
         Accepts the three modules, or one ``nn.Sequential(dw, pw, bn[, nn.ReLU()])``. An ``nn.SyncBatchNorm``
@@ -124,15 +158,28 @@ class JointBlock(nn.Sequential):
             if len(layers) == 4 and isinstance(layers[3], nn.ReLU):
                 layers = layers[:3]
             if len(layers) != 3:
-                raise ValueError("from_unfused expects Sequential(dw, pw, bn) or Sequential(dw, pw, bn, ReLU), "
-                                 f"got {len(list(dw))} layers")
+                raise ValueError(
+                    "from_unfused expects Sequential(dw, pw, bn) or Sequential(dw, pw, bn, ReLU), "
+                    f"got {len(list(dw))} layers"
+                )
             dw, pw, bn = layers
         _check_unfused(dw, pw, bn)
         if isinstance(bn, nn.SyncBatchNorm):
             kwargs = {"sync_bn": True, "process_group": bn.process_group, **kwargs}
-        block = cls(dw.in_channels, pw.out_channels, dw.stride[0], dw.dilation[0], bias=False, eps=bn.eps,
-                    momentum=bn.momentum, affine=bn.affine, track_running_stats=bn.track_running_stats,
-                    device=dw.weight.device, dtype=dw.weight.dtype, **kwargs)
+        block = cls(
+            dw.in_channels,
+            pw.out_channels,
+            dw.stride[0],
+            dw.dilation[0],
+            bias=False,
+            eps=bn.eps,
+            momentum=bn.momentum,
+            affine=bn.affine,
+            track_running_stats=bn.track_running_stats,
+            device=dw.weight.device,
+            dtype=dw.weight.dtype,
+            **kwargs,
+        )
         for mine, theirs in ((block[0], dw), (block[1], pw)):
             if theirs.bias is not None:  # keep exactly the source's keys: a bias only where it had one
                 mine.bias = nn.Parameter(torch.empty_like(theirs.bias))
@@ -144,6 +191,7 @@ class JointBlock(nn.Sequential):
         """An ``nn.Sequential(dw, pw, bn, ReLU)`` of independent copies, with identical state_dict keys; bn is an
         ``nn.SyncBatchNorm`` (same process group) for a synchronised block."""
         import copy
+
         dw, pw, bn = (copy.deepcopy(m) for m in self)
         if self.sync_bn and type(bn) is nn.BatchNorm2d:
             bn = nn.SyncBatchNorm.convert_sync_batchnorm(bn, self.process_group)
@@ -166,8 +214,10 @@ class JointBlock(nn.Sequential):
         name = self._choose(x, use_batch_stats, sync)
         if name == UNFUSED:  # the layers themselves, as PyTorch runs them (autocast, statistics and all)
             if sync:
-                raise RuntimeError("JointBlock(sync_bn=True) cannot run backend='unfused' in training: its "
-                                   "nn.BatchNorm2d would normalise with this process's statistics only")
+                raise RuntimeError(
+                    "JointBlock(sync_bn=True) cannot run backend='unfused' in training: its "
+                    "nn.BatchNorm2d would normalise with this process's statistics only"
+                )
             self._record(name)
             return F.relu(bn(pw(dw(x_in))))
         dw_w, pw_w, acc, bias, gamma, beta = self._op_args(x, use_batch_stats, sync)
@@ -184,20 +234,33 @@ class JointBlock(nn.Sequential):
         if count and bn.momentum is None:  # cumulative average; a tensor, so torch.compile needs no .item()
             factor = 1.0 / (bn.num_batches_tracked + 1).to(acc)
         if sync:
-            out, mean, var, n = distributed.forward_train(x, dw_w, pw_w, bias, gamma, beta, self.stride,
-                                                          self.dilation, bn.eps, not self.recompute, name,
-                                                          self.process_group)
+            out, mean, var, n = distributed.forward_train(
+                x,
+                dw_w,
+                pw_w,
+                bias,
+                gamma,
+                beta,
+                self.stride,
+                self.dilation,
+                bn.eps,
+                not self.recompute,
+                name,
+                self.process_group,
+            )
         else:
-            out, _, mean, var = ops.forward_train(x, dw_w, pw_w, bias, gamma, beta, self.stride, self.dilation,
-                                                  bn.eps, not self.recompute, name)
+            out, _, mean, var = ops.forward_train(
+                x, dw_w, pw_w, bias, gamma, beta, self.stride, self.dilation, bn.eps, not self.recompute, name
+            )
         if count:
             bn.num_batches_tracked.add_(1)
         if bn.training and bn.running_mean is not None and sync:
             # The merged count, a tensor: no host sync; no update when every process's batch was empty.
             with torch.no_grad():
                 for running, batch in ((bn.running_mean, mean), (bn.running_var, var * (n / (n - 1)))):
-                    running.copy_(torch.where(n > 1, running * (1 - factor) + (batch * factor).to(running.dtype),
-                                              running))
+                    running.copy_(
+                        torch.where(n > 1, running * (1 - factor) + (batch * factor).to(running.dtype), running)
+                    )
         elif bn.training and bn.running_mean is not None and out.numel() > 0:  # empty batch: no update, as PyTorch
             m = out.numel() // out.shape[1]
             with torch.no_grad():
@@ -209,17 +272,22 @@ class JointBlock(nn.Sequential):
         if not isinstance(x, Tensor):
             raise TypeError(f"JointBlock expects a Tensor, got {type(x).__name__}")
         if x.dim() != 4:
-            raise ValueError(f"JointBlock expects a 4-D input [N, C, H, W], got {x.dim()}-D input of shape "
-                             f"{tuple(x.shape)}")
+            raise ValueError(
+                f"JointBlock expects a 4-D input [N, C, H, W], got {x.dim()}-D input of shape {tuple(x.shape)}"
+            )
         if x.shape[1] != self.dw.in_channels:
-            raise ValueError(f"JointBlock expects {self.dw.in_channels} input channels (dim 1), got input of "
-                             f"shape {tuple(x.shape)}")
+            raise ValueError(
+                f"JointBlock expects {self.dw.in_channels} input channels (dim 1), got input of shape {tuple(x.shape)}"
+            )
         if not x.is_floating_point():
-            raise TypeError(f"JointBlock expects a floating-point input (float32, float16, bfloat16, float64), "
-                            f"got {x.dtype}")
+            raise TypeError(
+                f"JointBlock expects a floating-point input (float32, float16, bfloat16, float64), got {x.dtype}"
+            )
         if x.device != self.dw.weight.device:
-            raise ValueError(f"input is on {x.device} but the block's parameters are on {self.dw.weight.device}; "
-                             f"move one of them (e.g. block.to({str(x.device)!r}))")
+            raise ValueError(
+                f"input is on {x.device} but the block's parameters are on {self.dw.weight.device}; "
+                f"move one of them (e.g. block.to({str(x.device)!r}))"
+            )
 
     def _op_args(self, x: Tensor, use_batch_stats: bool, sync: bool = False):
         """The op's arguments for x (in the compute dtype), checked: every check before any state changes, so
@@ -227,13 +295,13 @@ class JointBlock(nn.Sequential):
         dw, pw, bn = self.dw, self.pw, self.bn
         dw_w, pw_w = dw.weight.to(x.dtype), pw.weight.to(x.dtype).flatten(1)
         acc = backends.acc_dtype(x)
-        bias = _effective_bias(dw, pw, acc)
+        bias = fold_conv_biases(pw.weight, dw.bias, pw.bias, acc)
         gamma = bn.weight.to(acc) if bn.affine else None
         beta = bn.bias.to(acc) if bn.affine else None
         if use_batch_stats:
-            ops.check_train_inputs(x, dw_w, pw_w, bias, gamma, beta, self.stride, self.dilation, synced=sync)
+            checks.check_train_inputs(x, dw_w, pw_w, bias, gamma, beta, self.stride, self.dilation, synced=sync)
         else:
-            ops.check_inputs(x, dw_w, pw_w, self.stride, self.dilation, bias=bias)
+            checks.check_inputs(x, dw_w, pw_w, self.stride, self.dilation, bias=bias)
         return dw_w, pw_w, acc, bias, gamma, beta
 
     def _choose(self, x: Tensor, use_batch_stats: bool, sync: bool = False) -> str:
@@ -245,8 +313,9 @@ class JointBlock(nn.Sequential):
         forced = backends.requested(self.backend)  # the module's, else $FUSED_DSCONV_BACKEND, else auto
         if forced != backends.AUTO:
             return forced
-        return tune.choose(self, x, use_batch_stats, validate=lambda: self._op_args(x, use_batch_stats, sync),
-                           sync=sync)
+        return tune.choose(
+            self, x, use_batch_stats, validate=lambda: self._op_args(x, use_batch_stats, sync), sync=sync
+        )
 
     def _record(self, name: str) -> None:
         if not torch.compiler.is_compiling() and self.last_backend != name:  # __setattr__ only on a change
@@ -264,20 +333,12 @@ def _compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
         wdtype = wdtype if wdtype == torch.float64 else target
     if dtype != wdtype:
         # What nn.Conv2d raises for the unfused layers (a RuntimeError), said with both dtypes and the fix.
-        raise RuntimeError(f"JointBlock: input dtype {x.dtype} does not match the block's parameter dtype "
-                           f"{weight.dtype}; convert one of them (x.to({weight.dtype}) or block.to({x.dtype})), "
-                           "or run under torch.autocast")
+        raise RuntimeError(
+            f"JointBlock: input dtype {x.dtype} does not match the block's parameter dtype "
+            f"{weight.dtype}; convert one of them (x.to({weight.dtype}) or block.to({x.dtype})), "
+            "or run under torch.autocast"
+        )
     return dtype
-
-
-def _effective_bias(dw: nn.Conv2d, pw: nn.Conv2d, acc: torch.dtype) -> Optional[Tensor]:
-    """Both conv biases as one per-output-channel bias: pw(dw(x) + b_dw) + b_pw = pw(dw(x)) + W b_dw + b_pw."""
-    bias = None
-    if dw.bias is not None:
-        bias = pw.weight.flatten(1).to(acc) @ dw.bias.to(acc)
-    if pw.bias is not None:
-        bias = pw.bias.to(acc) if bias is None else bias + pw.bias.to(acc)
-    return bias
 
 
 def _prefixed(prefix: str, module: nn.Module) -> dict:
@@ -290,21 +351,32 @@ def _check_unfused(dw, pw, bn) -> None:
     if dw.kernel_size != (3, 3):
         raise ValueError(f"dw must have kernel_size (3, 3), got {dw.kernel_size}")
     if dw.groups != dw.in_channels or dw.out_channels != dw.in_channels:
-        raise ValueError("dw must be depthwise with multiplier 1 (groups == in_channels == out_channels), got "
-                         f"in_channels={dw.in_channels}, out_channels={dw.out_channels}, groups={dw.groups}")
+        raise ValueError(
+            "dw must be depthwise with multiplier 1 (groups == in_channels == out_channels), got "
+            f"in_channels={dw.in_channels}, out_channels={dw.out_channels}, groups={dw.groups}"
+        )
     if dw.stride[0] != dw.stride[1] or dw.stride[0] not in (1, 2):
         raise ValueError(f"dw.stride must be 1 or 2 in both dimensions, got {dw.stride}")
     if dw.dilation[0] != dw.dilation[1]:
         raise ValueError(f"dw.dilation must be equal in both dimensions, got {dw.dilation}")
     if dw.padding != dw.dilation or dw.padding_mode != "zeros":
-        raise ValueError(f"dw must use zero padding equal to its dilation {dw.dilation}, got padding={dw.padding!r}, "
-                         f"padding_mode={dw.padding_mode!r}")
+        raise ValueError(
+            f"dw must use zero padding equal to its dilation {dw.dilation}, got padding={dw.padding!r}, "
+            f"padding_mode={dw.padding_mode!r}"
+        )
     if not isinstance(pw, nn.Conv2d):
         raise TypeError(f"pw must be an nn.Conv2d, got {type(pw).__name__}")
-    if (pw.kernel_size != (1, 1) or pw.stride != (1, 1) or pw.groups != 1 or pw.dilation != (1, 1)
-            or pw.padding not in ((0, 0), "valid")):
-        raise ValueError("pw must be a 1x1 conv with stride 1, no padding and groups=1, got "
-                         f"kernel_size={pw.kernel_size}, stride={pw.stride}, padding={pw.padding}, groups={pw.groups}")
+    if (
+        pw.kernel_size != (1, 1)
+        or pw.stride != (1, 1)
+        or pw.groups != 1
+        or pw.dilation != (1, 1)
+        or pw.padding not in ((0, 0), "valid")
+    ):
+        raise ValueError(
+            "pw must be a 1x1 conv with stride 1, no padding and groups=1, got "
+            f"kernel_size={pw.kernel_size}, stride={pw.stride}, padding={pw.padding}, groups={pw.groups}"
+        )
     if pw.in_channels != dw.out_channels:
         raise ValueError(f"pw.in_channels ({pw.in_channels}) must equal dw.out_channels ({dw.out_channels})")
     if not isinstance(bn, (nn.BatchNorm2d, nn.SyncBatchNorm)):
@@ -325,8 +397,10 @@ def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
     """
     if isinstance(module, JointBlock):
         if module.backend == UNFUSED:
-            raise ValueError("convert_sync_batchnorm: a JointBlock with backend='unfused' cannot synchronise its "
-                             "statistics fused; set its backend to 'auto' first")
+            raise ValueError(
+                "convert_sync_batchnorm: a JointBlock with backend='unfused' cannot synchronise its "
+                "statistics fused; set its backend to 'auto' first"
+            )
         bn = module.bn
         if isinstance(bn, nn.SyncBatchNorm):
             plain = nn.BatchNorm2d(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
@@ -336,7 +410,7 @@ def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
             plain.load_state_dict(bn.state_dict())
             for mine, theirs in zip(plain.parameters(), bn.parameters()):
                 mine.requires_grad_(theirs.requires_grad)
-            module._modules["2"] = plain.train(bn.training)
+            module.add_module("2", plain.train(bn.training))
             if process_group is None:
                 process_group = bn.process_group
         module.sync_bn, module.process_group = True, process_group

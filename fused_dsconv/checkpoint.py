@@ -17,6 +17,7 @@ last_state.pt holds only tensors, numbers, strings, lists, tuples and dicts, so 
 ``torch.load(weights_only=True)``: a run folder received from someone else cannot run code when
 resumed. States that need the full pickle (those of earlier versions) are refused, not loaded.
 """
+
 from __future__ import annotations
 
 import io
@@ -53,18 +54,32 @@ def _safetensors():
 def model_config(net: JointNet, **extra) -> dict:
     """The architecture of ``model`` as plain JSON values, plus ``extra`` (data set, classes, ...)."""
     dil = list(net.dilations)
-    return {"format": CONFIG_FORMAT, "num_classes": net.num_classes, "alpha": net.alpha, "rho": net.rho,
-            "dilation": dil[0] if len(set(dil)) == 1 else dil, "in_channels": net.stem.in_channels,
-            "resolution": net.resolution, **extra}
+    return {
+        "format": CONFIG_FORMAT,
+        "num_classes": net.num_classes,
+        "alpha": net.alpha,
+        "rho": net.rho,
+        "dilation": dil[0] if len(set(dil)) == 1 else dil,
+        "in_channels": net.stem.in_channels,
+        "resolution": net.resolution,
+        **extra,
+    }
 
 
 def build_model(config: dict, **kwargs) -> JointNet:
     """A freshly initialised JointNet with ``config``'s architecture (kwargs: backend, recompute)."""
     if config.get("format") != CONFIG_FORMAT:
-        raise CheckpointError(f"not a fused_dsconv JointNet config (format {config.get('format')!r}, "
-                              f"expected {CONFIG_FORMAT!r})")
-    return JointNet(config["num_classes"], alpha=config["alpha"], rho=config["rho"], dilation=config["dilation"],
-                    in_channels=config.get("in_channels", 3), **kwargs)
+        raise CheckpointError(
+            f"not a fused_dsconv JointNet config (format {config.get('format')!r}, expected {CONFIG_FORMAT!r})"
+        )
+    return JointNet(
+        config["num_classes"],
+        alpha=config["alpha"],
+        rho=config["rho"],
+        dilation=config["dilation"],
+        in_channels=config.get("in_channels", 3),
+        **kwargs,
+    )
 
 
 def _atomic(path: Path, data: bytes) -> None:
@@ -120,11 +135,13 @@ def load_train_state(path: PathLike) -> dict:
             f"written by this version loads that way; one written before (format fused_dsconv.train_state/1) "
             f"or by anything else could run code when unpickled, so it is not loaded. The run's weights "
             f"({path.parent / 'last.safetensors'}, best.safetensors) stay usable by eval and export; "
-            "to train on, start a new run") from None
+            "to train on, start a new run"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{path} is not a fused_dsconv training state (format {found!r}, expected "
-                              f"{STATE_FORMAT!r})")
+        raise CheckpointError(
+            f"{path} is not a fused_dsconv training state (format {found!r}, expected {STATE_FORMAT!r})"
+        )
     missing = [k for k in STATE_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"{path} is an incomplete training state (missing {', '.join(missing)})")
@@ -140,21 +157,25 @@ def resolve(path: PathLike) -> tuple[Path, dict]:
                 path = path / name
                 break
         else:
-            raise CheckpointError(f"{path} holds no best.safetensors or last.safetensors (is it a training run "
-                                  "folder, from fused-dsconv train --out?)")
+            raise CheckpointError(
+                f"{path} holds no best.safetensors or last.safetensors (is it a training run "
+                "folder, from fused-dsconv train --out?)"
+            )
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path}: expected a .safetensors weights file or a run folder")
     from safetensors import safe_open
+
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     if "config" in meta:
         return path, json.loads(meta["config"])
     cfg = path.with_name("config.json")
     if not cfg.is_file():
-        raise CheckpointError(f"{path} carries no config and there is no config.json beside it: cannot tell "
-                              "which architecture to build")
+        raise CheckpointError(
+            f"{path} carries no config and there is no config.json beside it: cannot tell which architecture to build"
+        )
     return path, json.loads(cfg.read_text())
 
 
@@ -163,13 +184,17 @@ def check_state_dict(model: nn.Module, state: dict, source: str = "checkpoint") 
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
     if not (missing or unexpected or shapes):
         return
 
     def show(items, n=8):
         return "\n    " + "\n    ".join(items[:n]) + (f"\n    ... and {len(items) - n} more" if len(items) > n else "")
+
     msg = [f"{source} does not fit this model's architecture:"]
     if shapes:
         msg.append(f"  {len(shapes)} shape(s) differ:" + show(shapes))

@@ -8,23 +8,29 @@ keeps a run's saved settings except those, and a Ctrl-C message can quote the co
 
 Help texts are plain text (no reST markup) and name no file outside the installed package.
 """
+
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import os
 import platform
 import sys
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 
-from . import __version__, backends
+from . import backends
+from ._version import __version__
 
 
 def _info_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--verbose", action="store_true",
-                   help="also the Triton kernels' tile configs: the autotuner's spaces and candidates per block")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also the Triton kernels' tile configs: the autotuner's spaces and candidates per block",
+    )
 
 
 def _probe_inputs() -> list[tuple[str, torch.Tensor]]:
@@ -32,26 +38,35 @@ def _probe_inputs() -> list[tuple[str, torch.Tensor]]:
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             cap = torch.cuda.get_device_capability(i)
-            probes.append((f"cuda:{i} {torch.cuda.get_device_name(i)} (sm_{cap[0]}{cap[1]})",
-                           torch.empty(1, 1, 1, 1, device=f"cuda:{i}")))
+            probes.append(
+                (
+                    f"cuda:{i} {torch.cuda.get_device_name(i)} (sm_{cap[0]}{cap[1]})",
+                    torch.empty(1, 1, 1, 1, device=f"cuda:{i}"),
+                )
+            )
     return probes
 
 
 def run_info(args) -> int:
     print(f"fused_dsconv {__version__}")
     print(f"python       {platform.python_version()} ({sys.executable})")
-    print(f"torch        {torch.__version__} (CUDA build: {torch.version.cuda or 'none'}, "
-          f"GPUs visible: {torch.cuda.device_count() if torch.cuda.is_available() else 0})")
+    print(
+        f"torch        {torch.__version__} (CUDA build: {torch.version.cuda or 'none'}, "
+        f"GPUs visible: {torch.cuda.device_count() if torch.cuda.is_available() else 0})"
+    )
     try:
         import triton
+
         print(f"triton       {triton.__version__}")
     except ImportError:
         print("triton       not installed")
     native = backends.get("native")
     describe = getattr(native, "build_description", None)
     print(f"native ext   {describe() if describe else 'not available in this version'}")
-    print(f"backend pick {backends.requested()!r} (${backends.ENV_VAR} overrides 'auto'); priority: "
-          f"{' -> '.join(backends.names())}")
+    print(
+        f"backend pick {backends.requested()!r} (${backends.ENV_VAR} overrides 'auto'); priority: "
+        f"{' -> '.join(backends.names())}"
+    )
     for where, x in _probe_inputs():
         print(f"\non {where}, float32:")
         for name, why in backends.explain(x).items():
@@ -59,8 +74,9 @@ def run_info(args) -> int:
     if getattr(args, "verbose", False):
         print()
         try:
-            from . import triton_launch
-            print(triton_launch.describe())
+            from . import triton_tuning
+
+            print(triton_tuning.describe())
         except ImportError as e:
             print(f"Triton tile configs: unavailable ({e})")
     return 0
@@ -72,90 +88,78 @@ def _models_args(p: argparse.ArgumentParser) -> None:
 
 def run_models(args) -> int:
     from .models import complexity_table, list_models
+
     if not args.table:
         print("\n".join(list_models()))
         return 0
     print("| alpha | rho | input | classes | parameters | multiply-adds |")
     print("|---:|---:|---:|---:|---:|---:|")
     for r in complexity_table():
-        print(f"| {r['alpha']} | {r['rho']} | {r['resolution']} | {r['classes']} | {r['params']:,} | "
-              f"{r['macs'] / 1e6:,.1f}M |")
+        print(
+            f"| {r['alpha']} | {r['rho']} | {r['resolution']} | {r['classes']} | {r['params']:,} | "
+            f"{r['macs'] / 1e6:,.1f}M |"
+        )
     return 0
 
 
-def _train_args(p: argparse.ArgumentParser) -> None:
-    from .train import add_arguments
-    add_arguments(p)
-
-
-def _run_train(args) -> int:
-    from .train import run_train
-    return run_train(args)
-
-
-def _eval_args(p: argparse.ArgumentParser) -> None:
-    from .train import add_eval_arguments
-    add_eval_arguments(p)
-
-
-def _run_eval(args) -> int:
-    from .train import run_eval
-    return run_eval(args)
-
-
-def _export_args(p: argparse.ArgumentParser) -> None:
-    from .export import add_arguments
-    add_arguments(p)
-
-
-def _run_export(args) -> int:
-    from .export import run_export
-    return run_export(args)
-
-
-def _sweep_args(p: argparse.ArgumentParser) -> None:
-    from .train import add_sweep_arguments
-    add_sweep_arguments(p)
-
-
-def _run_sweep(args) -> int:
-    from .train import run_sweep
-    return run_sweep(args)
-
-
-def _tune_args(p: argparse.ArgumentParser) -> None:
-    from .tune import add_arguments
-    add_arguments(p)
-
-
-def _run_tune(args) -> int:
-    from .tune import run_tune
-    return run_tune(args)
-
-
-COMMANDS: list[tuple[str, str, Callable, Callable]] = [
-    ("info", "versions, the native extension, and which backends can run here (and why not)", _info_args,
-     run_info),
+# (name, help, add_arguments, run): ``run`` gets the parsed namespace and returns an exit code. A
+# "module:function" string is imported only when its command is parsed or run, so `fused-dsconv info`
+# does not import the training, export or tuning code (nor torch.distributed, onnx, triton).
+COMMANDS: list[tuple[str, str, Union[Callable, str], Union[Callable, str]]] = [
+    ("info", "versions, the native extension, and which backends can run here (and why not)", _info_args, run_info),
     ("models", "list the registered models (--table: parameters and multiply-adds)", _models_args, run_models),
-    ("train", "train the classifier (default: the embedded digits, offline, CPU-friendly)", _train_args, _run_train),
-    ("eval", "loss and accuracy of a checkpoint (run folder or .safetensors) on a data set", _eval_args, _run_eval),
-    ("export", "export a checkpoint as a BN-folded plain model to ONNX (no custom ops)", _export_args, _run_export),
-    ("sweep", "train a grid of widths x dilations (the paper's Tables 4 and 6) and tabulate the results",
-     _sweep_args, _run_sweep),
-    ("tune", "measure every backend (and the unfused layers) per block of a model on this device; keep the fastest",
-     _tune_args, _run_tune),
+    (
+        "train",
+        "train the classifier (default: the embedded digits, offline, CPU-friendly)",
+        "train_args:add_arguments",
+        "train:run_train",
+    ),
+    (
+        "eval",
+        "loss and accuracy of a checkpoint (run folder or .safetensors) on a data set",
+        "evaluation:add_arguments",
+        "evaluation:run_eval",
+    ),
+    (
+        "export",
+        "export a checkpoint as a BN-folded plain model to ONNX (no custom ops)",
+        "export:add_arguments",
+        "export:run_export",
+    ),
+    (
+        "sweep",
+        "train a grid of widths x dilations (the paper's Tables 4 and 6) and tabulate the results",
+        "sweep:add_arguments",
+        "sweep:run_sweep",
+    ),
+    (
+        "tune",
+        "measure every backend (and the unfused layers) per block of a model on this device; keep the fastest",
+        "tune_cli:add_arguments",
+        "tune_cli:run_tune",
+    ),
 ]
 
 
-DESCRIPTION = ("fused dilated depthwise-separable conv + BatchNorm + ReLU blocks for PyTorch: check the install, "
-               "list the models, train, evaluate and export the paper's classifier")
+def _resolve(target: Union[Callable, str]) -> Callable:
+    """A COMMANDS entry's function: itself, or "module:function" of this package, imported now."""
+    if callable(target):
+        return target
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(f".{module}", __package__), name)
+
+
+DESCRIPTION = (
+    "fused dilated depthwise-separable conv + BatchNorm + ReLU blocks for PyTorch: check the install, "
+    "list the models, train, evaluate and export the paper's classifier"
+)
 EPILOGS = {
     "train": "examples:\n"
-             "  %(prog)s --out runs/digits --threads 1      the embedded digits on a CPU (minutes)\n"
-             "  %(prog)s --resume runs/digits               continue after Ctrl-C with the run's settings\n"
-             "  %(prog)s --resume runs/digits --epochs 30   ... and extend it to 30 epochs\n"
-             "  %(prog)s --dataset cifar10 --data ~/data/cifar10 --download --model jointnet_a100_d3 --amp bf16\n"
-             "files written: config.json, best.safetensors, last.safetensors, last_state.pt, log.csv, summary.json",
+    "  %(prog)s --out runs/digits --threads 1      the embedded digits on a CPU (minutes)\n"
+    "  %(prog)s --resume runs/digits               continue after Ctrl-C with the run's settings\n"
+    "  %(prog)s --resume runs/digits --epochs 30   ... and extend it to 30 epochs\n"
+    "  %(prog)s --dataset cifar10 --data ~/data/cifar10 --download --model jointnet_a100_d3 --amp bf16\n"
+    "files written: config.json, best.safetensors, last.safetensors, last_state.pt, log.csv, summary.json",
 }
 
 
@@ -170,10 +174,10 @@ def given_options(add_args: Callable, argv: list[str]) -> frozenset:
     """The dest names of the options that ``argv`` (a subcommand's arguments) gives, defaults left out."""
     probe = argparse.ArgumentParser(add_help=False)
     add_args(probe)
-    for action in probe._actions:
-        action.default = argparse.SUPPRESS
-    probe._defaults.clear()  # set_defaults(...) values are defaults too
-    return frozenset(vars(probe.parse_known_args(argv)[0]))
+    every = vars(probe.parse_known_args(argv)[0])  # every dest: given, defaulted, or set by set_defaults
+    unset = object()  # not a string: argparse converts string defaults with the option's type
+    probe.set_defaults(**dict.fromkeys(every, unset))  # set_defaults resets the options' own defaults too
+    return frozenset(k for k, v in vars(probe.parse_known_args(argv)[0]).items() if v is not unset)
 
 
 def _quiet_stdout() -> None:
@@ -196,16 +200,21 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> int:
             sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
             adders = {}
             for name, help_, add_args, run in COMMANDS:
-                p = sub.add_parser(name, help=help_, description=help_, epilog=EPILOGS.get(name),
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                p = sub.add_parser(
+                    name,
+                    help=help_,
+                    description=help_,
+                    epilog=EPILOGS.get(name),
+                    formatter_class=argparse.RawDescriptionHelpFormatter,
+                )
+                adders[name] = add_args = _resolve(add_args)
                 add_args(p)
                 p.set_defaults(run=run)
-                adders[name] = add_args
             args = parser.parse_args(argv)
-            args.argv = argv[argv.index(args.command) + 1:]
+            args.argv = argv[argv.index(args.command) + 1 :]
             args.explicit = given_options(adders[args.command], args.argv)
             args.prog, args.invoked_as = prog, f"{prog} {args.command}"
-            return args.run(args)
+            return _resolve(args.run)(args)
         finally:
             sys.stdout.flush()  # here, so that a closed pipe is seen now and not at interpreter exit
     except KeyboardInterrupt as e:  # one line, no traceback; a training run says how to continue

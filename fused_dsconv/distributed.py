@@ -21,16 +21,17 @@ the registered ops, so torch.compile traces a synchronised block into one graph.
 carry 2K + 1 values per process forward (count, mean, M2; the gather receives that from every process)
 and 2K backward, in the statistics dtype (float32; float64 for float64 inputs).
 """
+
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from . import ops
-from .reference import output_size
+from . import checks, split_ops
+from .contract import output_size
 
 
 def active(group=None) -> bool:
@@ -48,7 +49,7 @@ def merge_statistics(rows: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     var [k]), in row order. A row of count 0 adds nothing (its mean and M2 are 0); M2 about each row's own
     mean plus count * (row mean - merged mean)^2 keeps the sum-of-squares cancellation out."""
     rows = rows.reshape(-1, 2 * k + 1)
-    counts, means, m2s = rows[:, :1], rows[:, 1:k + 1], rows[:, k + 1:]
+    counts, means, m2s = rows[:, :1], rows[:, 1 : k + 1], rows[:, k + 1 :]
     n = counts.sum(0)
     mean = (counts * means).sum(0) / n
     m2 = m2s.sum(0) + (counts * (means - mean).square()).sum(0)
@@ -60,18 +61,30 @@ def _pixels(x: Tensor, stride: int) -> int:
     return n * output_size(h, stride) * output_size(w, stride)
 
 
+class _SyncParams(NamedTuple):
+    """A synchronised forward's non-tensor arguments, kept for its backward; ``count``: this process's pixels."""
+
+    stride: int
+    dilation: int
+    eps: float
+    backend: str
+    group: object
+    count: int
+
+
 class _SyncTrain(torch.autograd.Function):
     """forward_train with statistics merged over ``group``: (out, mean, var, count), the last three merged
     and not differentiable."""
 
     @staticmethod
-    def forward(ctx, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, save_y, backend,
-                group):
+    def forward(ctx, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, save_y, backend, group):
         import torch.distributed._functional_collectives as funcol
 
         k = pw_weight.shape[0]
         count = _pixels(x, stride)
-        y, mean_here, var_here = ops.forward_stats(x, dw_weight, pw_weight, bias, stride, dilation, save_y, backend)
+        y, mean_here, var_here = split_ops.forward_stats(
+            x, dw_weight, pw_weight, bias, stride, dilation, save_y, backend
+        )
         row = torch.cat([mean_here.new_full((1,), count), mean_here, var_here * count])
         n, mean, var = merge_statistics(funcol.all_gather_single(row, 0, group), k)
         if count <= 1 and not torch.compiler.is_compiling():
@@ -79,14 +92,30 @@ class _SyncTrain(torch.autograd.Function):
             # process has at most one: they all raise here, together, and nothing has changed yet.
             if int(n.item()) == 1:
                 shape = torch.Size((x.shape[0], k, output_size(x.shape[2], stride), output_size(x.shape[3], stride)))
-                raise ValueError("Expected more than 1 value per channel when training, got input size "
-                                 f"{shape} here and 1 value per channel over all "
-                                 f"{dist.get_world_size(group)} processes")
-        out = ops.forward_normalize(x, dw_weight, pw_weight, bias, y if save_y else None, mean, var, bn_weight,
-                                    bn_bias, stride, dilation, eps, backend)
-        ctx.save_for_backward(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y if save_y else None, mean, var,
-                              mean_here, n)
-        ctx.conf = (stride, dilation, eps, backend, group, count)
+                raise ValueError(
+                    "Expected more than 1 value per channel when training, got input size "
+                    f"{shape} here and 1 value per channel over all "
+                    f"{dist.get_world_size(group)} processes"
+                )
+        out = split_ops.forward_normalize(
+            x,
+            dw_weight,
+            pw_weight,
+            bias,
+            y if save_y else None,
+            mean,
+            var,
+            bn_weight,
+            bn_bias,
+            stride,
+            dilation,
+            eps,
+            backend,
+        )
+        ctx.save_for_backward(
+            x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y if save_y else None, mean, var, mean_here, n
+        )
+        ctx.params = _SyncParams(stride, dilation, eps, backend, group, count)
         ctx.mark_non_differentiable(mean, var, n)
         return out, mean, var, n
 
@@ -95,15 +124,30 @@ class _SyncTrain(torch.autograd.Function):
         import torch.distributed._functional_collectives as funcol
 
         x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, mean_here, n = ctx.saved_tensors
-        stride, dilation, eps, backend, group, count = ctx.conf
+        stride, dilation, eps, backend, group, count = ctx.params
         k = pw_weight.shape[0]
         if y is None:  # recompute mode: y once, for both passes (its statistics are not needed again)
-            y = ops.forward_stats(x, dw_weight, pw_weight, bias, stride, dilation, True, backend)[0]
-        sum_dz, sum_dz_yhat = ops.backward_reduce(grad_out, y, mean, var, bn_weight, bn_bias, eps, backend)
+            y = split_ops.forward_stats(x, dw_weight, pw_weight, bias, stride, dilation, True, backend)[0]
+        sum_dz, sum_dz_yhat = split_ops.backward_reduce(grad_out, y, mean, var, bn_weight, bn_bias, eps, backend)
         total = funcol.all_reduce(torch.cat([sum_dz, sum_dz_yhat]), "sum", group)
         mean_dz, mean_dz_yhat = (total / n).split(k)
-        dx, ddw, dpw = ops.backward_apply(grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias,
-                                          mean_dz, mean_dz_yhat, stride, dilation, eps, backend)
+        dx, ddw, dpw = split_ops.backward_apply(
+            grad_out,
+            x,
+            dw_weight,
+            pw_weight,
+            y,
+            mean,
+            var,
+            bn_weight,
+            bn_bias,
+            mean_dz,
+            mean_dz_yhat,
+            stride,
+            dilation,
+            eps,
+            backend,
+        )
         dbias = None
         if bias is not None and ctx.needs_input_grad[3]:
             # sum of dy over this process's pixels, from per-channel sums: sum (y - mean) = count (mean here - mean)
@@ -111,17 +155,41 @@ class _SyncTrain(torch.autograd.Function):
             a = r if bn_weight is None else bn_weight * r
             dbias = a * (sum_dz - count * mean_dz - mean_dz_yhat * r * (count * (mean_here - mean)))
         affine = bn_weight is not None
-        return (dx, ddw, dpw, dbias, sum_dz_yhat if affine else None, sum_dz if affine else None,
-                None, None, None, None, None, None)
+        return (
+            dx,
+            ddw,
+            dpw,
+            dbias,
+            sum_dz_yhat if affine else None,
+            sum_dz if affine else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
-def forward_train(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, bias: Optional[Tensor],
-                  bn_weight: Optional[Tensor], bn_bias: Optional[Tensor], stride: int, dilation: int, eps: float,
-                  save_y: bool = True, backend: str = "auto", group=None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def forward_train(
+    x: Tensor,
+    dw_weight: Tensor,
+    pw_weight: Tensor,
+    bias: Optional[Tensor],
+    bn_weight: Optional[Tensor],
+    bn_bias: Optional[Tensor],
+    stride: int,
+    dilation: int,
+    eps: float,
+    save_y: bool = True,
+    backend: str = "auto",
+    group=None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The training-mode joint block with batch statistics merged over ``group`` (None: the default group):
     (out, mean, biased var, count [1]), the statistics and count merged over every process. Every process of
     the group must call it, in the same order as its other collectives (a process with an empty batch too).
     ``JointBlock(sync_bn=True)`` calls it and updates the running statistics."""
-    ops.check_train_inputs(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, synced=True)
-    return _SyncTrain.apply(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, save_y,
-                            backend, _group(group))
+    checks.check_train_inputs(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, synced=True)
+    return _SyncTrain.apply(
+        x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, save_y, backend, _group(group)
+    )

@@ -10,6 +10,7 @@ the preprocessing (mean, std, resolution, class names) is written into the ONNX 
 (``metadata_props``) and printed. Needs the optional ``onnx`` package (``pip install onnx``);
 checking the result with ``--check`` needs ``onnxruntime``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,16 +26,19 @@ from torch import nn
 from . import checkpoint as ckpt
 from .block import JointBlock
 from .models import JointNet
-from .reference import fold_bn
+from .contract import fold_conv_biases
+from .spec import fold_bn
 
 
 def _require(module: str, extra: str = "export"):
     import importlib
+
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise ImportError(f"{module} is needed for this: pip install {module}  "
-                          f"(or: pip install 'fused_dsconv[{extra}]')") from e
+        raise ImportError(
+            f"{module} is needed for this: pip install {module}  (or: pip install 'fused_dsconv[{extra}]')"
+        ) from e
 
 
 def fold_block(block: JointBlock) -> nn.Sequential:
@@ -43,11 +47,7 @@ def fold_block(block: JointBlock) -> nn.Sequential:
     if bn.running_mean is None:
         raise ValueError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
     acc = torch.promote_types(pw.weight.dtype, torch.float32)
-    bias = None  # both conv biases as one: pw(dw(x) + b_dw) + b_pw
-    if dw.bias is not None:
-        bias = pw.weight.flatten(1).to(acc) @ dw.bias.to(acc)
-    if pw.bias is not None:
-        bias = pw.bias.to(acc) if bias is None else bias + pw.bias.to(acc)
+    bias = fold_conv_biases(pw.weight, dw.bias, pw.bias, acc)
     w, b = fold_bn(pw.weight.flatten(1), bias, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
     new_dw = nn.Conv2d(dw.in_channels, dw.out_channels, 3, dw.stride, dw.padding, dw.dilation, dw.groups, bias=False)
     new_dw.weight.data.copy_(dw.weight.detach())
@@ -67,8 +67,9 @@ class PlainJointNet(nn.Module):
         self.stem = nn.Conv2d(model.stem.in_channels, model.stem.out_channels, 3, 1, 1, bias=False)
         self.stem.weight.data.copy_(model.stem.weight.detach())
         with torch.no_grad():
-            self.blocks = nn.Sequential(*(fold_block(b) if isinstance(b, JointBlock) else _fold_unfused(b)
-                                          for b in model.blocks))
+            self.blocks = nn.Sequential(
+                *(fold_block(b) if isinstance(b, JointBlock) else _fold_unfused(b) for b in model.blocks)
+            )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(model.classifier.in_features, model.classifier.out_features)
         self.classifier.load_state_dict(model.classifier.state_dict())
@@ -82,8 +83,15 @@ def _fold_unfused(seq: nn.Sequential) -> nn.Sequential:  # a block already conve
     return fold_block(JointBlock.from_unfused(seq).eval())
 
 
-def export_onnx(model: JointNet, path: str | Path, *, config: Optional[dict] = None, opset: int = 17,
-                batch: Optional[int] = None, dynamo: bool = False) -> Path:
+def export_onnx(
+    model: JointNet,
+    path: str | Path,
+    *,
+    config: Optional[dict] = None,
+    opset: int = 17,
+    batch: Optional[int] = None,
+    dynamo: bool = False,
+) -> Path:
     """Write the BN-folded plain model to ``path`` (ONNX); batch dimension dynamic unless ``batch``.
 
     Uses torch's TorchScript-based exporter (``dynamo=False``: needs only ``onnx``); ``dynamo=True``
@@ -112,15 +120,30 @@ def export_onnx(model: JointNet, path: str | Path, *, config: Optional[dict] = N
             import onnxscript  # noqa: F401
         except ImportError as e:
             why = f" (the TorchScript exporter failed: {legacy_error})" if legacy_error else ""
-            raise ImportError(f"the torch.export-based ONNX exporter needs onnxscript: pip install onnxscript{why}") from e
+            raise ImportError(
+                f"the torch.export-based ONNX exporter needs onnxscript: pip install onnxscript{why}"
+            ) from e
         shapes = None if batch is not None else {"x": {0: torch.export.Dim("batch")}}
-        torch.onnx.export(plain, (example,), str(path), dynamo=True, dynamic_shapes=shapes,
-                          opset_version=max(opset, 18), external_data=False, **names)
+        torch.onnx.export(
+            plain,
+            (example,),
+            str(path),
+            dynamo=True,
+            dynamic_shapes=shapes,
+            opset_version=max(opset, 18),
+            external_data=False,
+            **names,
+        )
     proto = onnx.load(str(path))
     meta = {"resolution": r, "input": "normalised RGB, (pixel/255 - mean) / std, NCHW float32"}
     if config:
-        meta.update({k: config[k] for k in ("mean", "std", "classes", "model", "dataset", "alpha", "rho", "dilation")
-                     if k in config})
+        meta.update(
+            {
+                k: config[k]
+                for k in ("mean", "std", "classes", "model", "dataset", "alpha", "rho", "dilation")
+                if k in config
+            }
+        )
     for k, v in meta.items():
         p = proto.metadata_props.add()
         p.key, p.value = k, json.dumps(v) if not isinstance(v, str) else v
@@ -141,21 +164,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--onnx", required=True, metavar="FILE", help="where to write the ONNX model")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--batch", type=int, default=None, help="fix the batch size (default: dynamic)")
-    p.add_argument("--dynamo", action="store_true",
-                   help="use torch's torch.export-based exporter (needs onnxscript) instead of the TorchScript one")
-    p.add_argument("--check", action="store_true",
-                   help="run the file in onnxruntime and compare with PyTorch on random inputs")
+    p.add_argument(
+        "--dynamo",
+        action="store_true",
+        help="use torch's torch.export-based exporter (needs onnxscript) instead of the TorchScript one",
+    )
+    p.add_argument(
+        "--check", action="store_true", help="run the file in onnxruntime and compare with PyTorch on random inputs"
+    )
 
 
 def run_export(args) -> int:
     try:
         model, config = ckpt.load_model(args.checkpoint, backend="reference")
         path = export_onnx(model, args.onnx, config=config, opset=args.opset, batch=args.batch, dynamo=args.dynamo)
-        print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB): input 'images' [N, 3, {model.resolution}, "
-              f"{model.resolution}] normalised with mean {config.get('mean')} std {config.get('std')}; "
-              f"output 'logits' [N, {model.num_classes}]")
+        print(
+            f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB): input 'images' [N, 3, {model.resolution}, "
+            f"{model.resolution}] normalised with mean {config.get('mean')} std {config.get('std')}; "
+            f"output 'logits' [N, {model.num_classes}]"
+        )
         if args.check:
-            x = torch.randn(args.batch or 4, 3, model.resolution, model.resolution, generator=torch.Generator().manual_seed(0))
+            x = torch.randn(
+                args.batch or 4, 3, model.resolution, model.resolution, generator=torch.Generator().manual_seed(0)
+            )
             with torch.no_grad():
                 ref = model.eval()(x)
             diff = (onnx_logits(path, x) - ref).abs().max().item()

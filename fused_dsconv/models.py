@@ -16,6 +16,7 @@ Input transform: an input whose spatial size is not ``resolution`` x ``resolutio
 paper upsamples CIFAR-10's 32x32 images to the network resolution); ``resize_input=False`` makes such
 an input an error instead.
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,25 +28,39 @@ import torch.nn.functional as F
 from torch import nn
 
 from .block import JointBlock
-from .reference import output_size
+from .contract import output_size, scaled
 
 STEM_CHANNELS = 32
 # (depthwise channels, pointwise output channels, depthwise stride): the consistent reading of Table 1.
-TABLE1 = ((32, 64, 2), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1),
-          (256, 512, 2), (512, 512, 1), (512, 1024, 2), (1024, 1024, 1))
+TABLE1 = (
+    (32, 64, 2),
+    (64, 128, 2),
+    (128, 128, 1),
+    (128, 256, 2),
+    (256, 256, 1),
+    (256, 512, 2),
+    (512, 512, 1),
+    (512, 1024, 2),
+    (1024, 1024, 1),
+)
 BASE_RESOLUTION = 224
-
-
-def scaled(channels: int, alpha: float) -> int:
-    return max(1, int(round(channels * alpha)))
 
 
 class JointNet(nn.Module):
     """The lightweight classifier of the paper: stem conv, nine joint blocks, pool, linear."""
 
-    def __init__(self, num_classes: int = 1000, alpha: float = 1.0, rho: float = 1.0,
-                 dilation: Union[int, Sequence[int]] = 1, *, in_channels: int = 3, resize_input: bool = True,
-                 backend: str = "auto", recompute: bool = False):
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        alpha: float = 1.0,
+        rho: float = 1.0,
+        dilation: Union[int, Sequence[int]] = 1,
+        *,
+        in_channels: int = 3,
+        resize_input: bool = True,
+        backend: str = "auto",
+        recompute: bool = False,
+    ):
         super().__init__()
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
@@ -57,20 +72,26 @@ class JointNet(nn.Module):
         if not 0 < rho <= 4:
             raise ValueError(f"rho (resolution multiplier) must be in (0, 4], got {rho!r}")
         if int(round(BASE_RESOLUTION * rho)) < 1:
-            raise ValueError(f"rho={rho!r} gives an input side of round({BASE_RESOLUTION} * rho) = 0 pixels; "
-                             f"rho must be greater than {0.5 / BASE_RESOLUTION:.5f}")
+            raise ValueError(
+                f"rho={rho!r} gives an input side of round({BASE_RESOLUTION} * rho) = 0 pixels; "
+                f"rho must be greater than {0.5 / BASE_RESOLUTION:.5f}"
+            )
         dilations = [dilation] * len(TABLE1) if isinstance(dilation, int) else list(dilation)
         if len(dilations) != len(TABLE1):
-            raise ValueError(f"dilation must be one integer or {len(TABLE1)} integers (one per block), "
-                             f"got {len(dilations)}")
+            raise ValueError(
+                f"dilation must be one integer or {len(TABLE1)} integers (one per block), got {len(dilations)}"
+            )
         self.num_classes, self.alpha, self.rho = num_classes, alpha, rho
         self.dilations = tuple(dilations)
         self.resolution = int(round(BASE_RESOLUTION * rho))
         self.resize_input = resize_input
         self.stem = nn.Conv2d(in_channels, scaled(STEM_CHANNELS, alpha), 3, 1, 1, bias=False)
-        self.blocks = nn.Sequential(*(
-            JointBlock(scaled(c, alpha), scaled(k, alpha), s, d, backend=backend, recompute=recompute)
-            for (c, k, s), d in zip(TABLE1, dilations)))
+        self.blocks = nn.Sequential(
+            *(
+                JointBlock(scaled(c, alpha), scaled(k, alpha), s, d, backend=backend, recompute=recompute)
+                for (c, k, s), d in zip(TABLE1, dilations)
+            )
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(scaled(TABLE1[-1][1], alpha), num_classes)
 
@@ -79,8 +100,9 @@ class JointNet(nn.Module):
             raise ValueError(f"JointNet expects input [N, {self.stem.in_channels}, H, W], got shape {tuple(x.shape)}")
         if tuple(x.shape[-2:]) != (self.resolution, self.resolution):
             if not self.resize_input:
-                raise ValueError(f"input must be {self.resolution}x{self.resolution} (resize_input=False), "
-                                 f"got {tuple(x.shape[-2:])}")
+                raise ValueError(
+                    f"input must be {self.resolution}x{self.resolution} (resize_input=False), got {tuple(x.shape[-2:])}"
+                )
             x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
         if self.training and x.shape[0] > 0 and not any(getattr(b, "synchronises", bool)() for b in self.blocks):
             # The last block has the fewest values per channel; refuse here, before block 1 updates its running
@@ -90,9 +112,11 @@ class JointNet(nn.Module):
             for block in self.blocks:
                 side = output_size(side, block[0].stride[0])  # block[0]: the depthwise conv, fused or not
             if x.shape[0] * side * side == 1:
-                raise ValueError(f"training needs more than 1 value per channel in every block: batch 1 at "
-                                 f"{self.resolution}x{self.resolution} leaves 1x1 in the last block; use a batch of "
-                                 "at least 2 or a larger rho")
+                raise ValueError(
+                    f"training needs more than 1 value per channel in every block: batch 1 at "
+                    f"{self.resolution}x{self.resolution} leaves 1x1 in the last block; use a batch of "
+                    "at least 2 or a larger rho"
+                )
         x = self.blocks(self.stem(x))
         return self.classifier(torch.flatten(self.pool(x), 1))
 
@@ -104,6 +128,13 @@ class JointNet(nn.Module):
 
 # -- registry ----------------------------------------------------------------------------------
 _REGISTRY: dict[str, Callable[..., JointNet]] = {}
+
+
+def unfused_twin(model: JointNet) -> JointNet:
+    """The same network with every JointBlock replaced by its unfused PyTorch layers (same weights)."""
+    twin = copy.deepcopy(model)
+    twin.blocks = nn.Sequential(*(b.to_unfused() for b in model.blocks))
+    return twin
 
 
 def register_model(name: str, **defaults) -> None:

@@ -1,6 +1,6 @@
 """Shared by every backend's tests and the benchmarks: inputs, tolerances, the comparison rule.
 
-Tolerances per storage dtype (after causal-conv1d's, notes section 4). Each backend's result is
+Tolerances per storage dtype (modelled on causal-conv1d's tests). Each backend's result is
 compared in float64 against the float64 reference of the *same* (rounded) inputs, and ``atol`` is
 scaled by the reference's largest magnitude, so one table serves outputs and gradients alike:
 
@@ -19,6 +19,7 @@ mantissa, and both GEMM operands are rounded (the weights too, which in float16 
 exact), so each product carries up to 2**-9 relative error when the hardware truncates -- inside rtol
 3e-3; atol covers cancellation, as in the float16 row. IEEE float32 GEMMs meet the float32 row.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,6 +28,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+
+from .contract import memory_format_of
 
 TF32 = "tf32"  # the tolerance row of float32 results computed with TF32 GEMM operands
 
@@ -43,17 +46,17 @@ TOLERANCES = {
 # ((N, C, K, H, W), stride, dilation, the forward's tile class). tests/test_emu_kernels.py runs every op
 # on them through the emulator; tests/test_perf_model.py checks the class against the launcher's mirror.
 NATIVE_TILE_CASES = [
-    ((1, 9, 70, 20, 19), 1, 2, "rect8x8"),      # Wo > 16, K > 64: 128 channels x 8x8, 3x3 tiles
-    ((1, 6, 10, 40, 36), 2, 3, "rect8x16"),     # K <= 64 on a wide map, stride 2
-    ((1, 6, 10, 20, 40), 1, 5, "rect8x16"),     # the runtime-dilation path on 8x16 tiles
-    ((3, 5, 6, 7, 7), 1, 3, "span64"),          # 64-pixel tiles spanning 7x7 images (147 pixels, 3 tiles)
-    ((3, 5, 6, 14, 13), 2, 1, "span64"),        # spanning, stride 2, odd input size
-    ((1, 1, 1, 5, 6), 1, 1, "span64"),          # C = K = N = 1, one partial tile
-    ((2, 3, 1, 4, 4), 2, 2, "span64"),          # K = 1, every tap of a 2x2 map out of range but the centre
-    ((1, 1, 3, 23, 18), 1, 4, "rect8x16"),      # C = 1, many partial tiles, K <= 64
-    ((1, 70, 3, 9, 9), 2, 4, "span64"),         # C > 64 (two dt channel blocks), tiny K
-    ((2, 70, 20, 5, 5), 2, 3, "span64"),        # one tile: the forward's input channels split over 2 blocks
-    ((1, 9, 130, 6, 6), 1, 1, "span64"),        # one tile, K > 128: dt's output channels split over 2 blocks
+    ((1, 9, 70, 20, 19), 1, 2, "rect8x8"),  # Wo > 16, K > 64: 128 channels x 8x8, 3x3 tiles
+    ((1, 6, 10, 40, 36), 2, 3, "rect8x16"),  # K <= 64 on a wide map, stride 2
+    ((1, 6, 10, 20, 40), 1, 5, "rect8x16"),  # the runtime-dilation path on 8x16 tiles
+    ((3, 5, 6, 7, 7), 1, 3, "span64"),  # 64-pixel tiles spanning 7x7 images (147 pixels, 3 tiles)
+    ((3, 5, 6, 14, 13), 2, 1, "span64"),  # spanning, stride 2, odd input size
+    ((1, 1, 1, 5, 6), 1, 1, "span64"),  # C = K = N = 1, one partial tile
+    ((2, 3, 1, 4, 4), 2, 2, "span64"),  # K = 1, every tap of a 2x2 map out of range but the centre
+    ((1, 1, 3, 23, 18), 1, 4, "rect8x16"),  # C = 1, many partial tiles, K <= 64
+    ((1, 70, 3, 9, 9), 2, 4, "span64"),  # C > 64 (two dt channel blocks), tiny K
+    ((2, 70, 20, 5, 5), 2, 3, "span64"),  # one tile: the forward's input channels split over 2 blocks
+    ((1, 9, 130, 6, 6), 1, 1, "span64"),  # one tile, K > 128: dt's output channels split over 2 blocks
 ]
 
 
@@ -87,15 +90,18 @@ def assert_close(actual: Tensor, expected: Tensor, dtype, name: str, verbose: bo
     bad = ~((a - e).abs() <= atol * scale + rtol * e.abs()) & ~(a.isnan() & e.isnan())
     if bad.any():
         idx = bad.nonzero()[0].tolist()
-        raise AssertionError(f"{name} [{dtype}]: {int(bad.sum())} of {e.numel()} elements out of tolerance "
-                             f"(rtol {rtol}, atol {atol} x {scale:.3g}); max abs err {err:.3e}; first at {idx}: "
-                             f"{a[tuple(idx)].item()} vs {e[tuple(idx)].item()}")
+        raise AssertionError(
+            f"{name} [{dtype}]: {int(bad.sum())} of {e.numel()} elements out of tolerance "
+            f"(rtol {rtol}, atol {atol} x {scale:.3g}); max abs err {err:.3e}; first at {idx}: "
+            f"{a[tuple(idx)].item()} vs {e[tuple(idx)].item()}"
+        )
     return err
 
 
 @dataclass
 class Case:
     """Inputs of one joint block call; params are float32 (the model's master weights)."""
+
     x: Tensor
     dw_weight: Tensor
     pw_weight: Tensor
@@ -109,33 +115,56 @@ class Case:
         """x and conv weights in ``dtype`` (per-channel tensors stay in the accumulation dtype)."""
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         pc = lambda t: None if t is None else t.to(acc)  # noqa: E731
-        mf = torch.channels_last if is_channels_last(self.x) else torch.contiguous_format
-        return Case(self.x.to(dtype).contiguous(memory_format=mf), self.dw_weight.to(dtype),
-                    self.pw_weight.to(dtype), pc(self.bias), pc(self.bn_weight), pc(self.bn_bias),
-                    self.stride, self.dilation)
+        mf = memory_format_of(self.x)
+        return Case(
+            self.x.to(dtype).contiguous(memory_format=mf),
+            self.dw_weight.to(dtype),
+            self.pw_weight.to(dtype),
+            pc(self.bias),
+            pc(self.bn_weight),
+            pc(self.bn_bias),
+            self.stride,
+            self.dilation,
+        )
 
 
-def is_channels_last(x: Tensor) -> bool:
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-
-
-def make_case(n: int, c: int, k: int, h: int, w: int, *, stride: int = 1, dilation: int = 1,
-              channels_last: bool = False, bias: bool = True, affine: bool = True, seed: int = 0,
-              device: str = "cpu") -> Case:
+def make_case(
+    n: int,
+    c: int,
+    k: int,
+    h: int,
+    w: int,
+    *,
+    stride: int = 1,
+    dilation: int = 1,
+    channels_last: bool = False,
+    bias: bool = True,
+    affine: bool = True,
+    seed: int = 0,
+    device: str = "cpu",
+) -> Case:
     """Random, non-degenerate inputs (no zeros, BN weight away from 0, a non-zero mean in y)."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
     x = r(n, c, h, w) + 0.5  # an offset so the batch mean is not ~0: exercises the variance formula
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    case = Case(x, r(c, 1, 3, 3) / 3, r(k, c) / c ** 0.5, r(k) if bias else None,
-                (torch.rand(k, generator=g) + 0.5) if affine else None, r(k) * 0.5 if affine else None,
-                stride, dilation)
+    case = Case(
+        x,
+        r(c, 1, 3, 3) / 3,
+        r(k, c) / c**0.5,
+        r(k) if bias else None,
+        (torch.rand(k, generator=g) + 0.5) if affine else None,
+        r(k) * 0.5 if affine else None,
+        stride,
+        dilation,
+    )
     return Case(*(t.to(device) if isinstance(t, Tensor) else t for t in case.__dict__.values()))
 
 
-def split_passes(backend: str, case: Case, sizes: list[int], grad_out: Tensor, eps: float = 1e-5,
-                 save_y: bool = True) -> dict:
+def split_passes(
+    backend: str, case: Case, sizes: list[int], grad_out: Tensor, eps: float = 1e-5, save_y: bool = True
+) -> dict:
     """The synchronised block's passes on ``backend``, one process per entry of ``sizes`` simulated in this one:
     ``case.x`` cut into batches of those sizes (0 allowed), pass 1 on each, the statistics merged as the
     all-gather merges them (``fused_dsconv.distributed.merge_statistics``), pass 2 on each, the BN gradient sums
@@ -159,14 +188,43 @@ def split_passes(backend: str, case: Case, sizes: list[int], grad_out: Tensor, e
         rows.append(torch.cat([mean.new_full((1,), count), mean, var * count]))
         ys.append(y if save_y else None)
     n, mean, var = merge_statistics(torch.cat(rows), k)
-    outs = [ops.forward_normalize(x, *conv, y, mean, var, c.bn_weight, c.bn_bias, c.stride, c.dilation, eps, backend)
-            for x, y in zip(xs, ys)]
+    outs = [
+        ops.forward_normalize(x, *conv, y, mean, var, c.bn_weight, c.bn_bias, c.stride, c.dilation, eps, backend)
+        for x, y in zip(xs, ys)
+    ]
     if not save_y:  # as the backward rebuilds it in recompute mode
         ys = [ops.forward_stats(x, *conv, c.stride, c.dilation, True, backend)[0] for x in xs]
     sums = [ops.backward_reduce(g, y, mean, var, c.bn_weight, c.bn_bias, eps, backend) for g, y in zip(gs, ys)]
     sum_dz, sum_dz_yhat = sum(s[0] for s in sums), sum(s[1] for s in sums)
-    grads = [ops.backward_apply(g, x, c.dw_weight, c.pw_weight, y, mean, var, c.bn_weight, c.bn_bias, sum_dz / n,
-                                sum_dz_yhat / n, c.stride, c.dilation, eps, backend) for g, x, y in zip(gs, xs, ys)]
-    return {"count": n, "mean": mean, "var": var, "out": torch.cat(outs), "dx": torch.cat([g[0] for g in grads]),
-            "d_dw": sum(g[1] for g in grads), "d_pw": sum(g[2] for g in grads), "d_gamma": sum_dz_yhat,
-            "d_beta": sum_dz, "parts": [{"out": o, "dx": g[0]} for o, g in zip(outs, grads)]}
+    grads = [
+        ops.backward_apply(
+            g,
+            x,
+            c.dw_weight,
+            c.pw_weight,
+            y,
+            mean,
+            var,
+            c.bn_weight,
+            c.bn_bias,
+            sum_dz / n,
+            sum_dz_yhat / n,
+            c.stride,
+            c.dilation,
+            eps,
+            backend,
+        )
+        for g, x, y in zip(gs, xs, ys)
+    ]
+    return {
+        "count": n,
+        "mean": mean,
+        "var": var,
+        "out": torch.cat(outs),
+        "dx": torch.cat([g[0] for g in grads]),
+        "d_dw": sum(g[1] for g in grads),
+        "d_pw": sum(g[2] for g in grads),
+        "d_gamma": sum_dz_yhat,
+        "d_beta": sum_dz,
+        "parts": [{"out": o, "dx": g[0]} for o, g in zip(outs, grads)],
+    }

@@ -7,9 +7,10 @@ torch.compile can trace into the Triton kernel (and Inductor can schedule it wit
 It is a separate module because importing it imports triton; ``import fused_dsconv`` does not.
 
 Verified here: eager calls, including CPU tensors under ``TRITON_INTERPRET=1`` (tests/test_triton.py).
-Not verified: torch.compile of it, which needs a GPU (on CPU the interpreter touches FakeTensor data;
-notes section 5). BN must already be folded into ``pw_weight`` / ``bias`` (``fused_dsconv.reference.fold_bn``).
+Not verified: torch.compile of it, which needs a GPU (on CPU the Triton interpreter reads the data of
+the FakeTensors torch.compile traces with, which they do not have). BN must already be folded into ``pw_weight`` / ``bias`` (``fused_dsconv.spec.fold_bn``).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -17,8 +18,7 @@ import importlib
 import torch
 from torch import Tensor
 
-from .backends import memory_format_of
-from .reference import output_size
+from .contract import memory_format_of, output_size
 
 
 @torch.library.triton_op("fused_dsconv_triton::forward_eval", mutates_args=())
@@ -27,8 +27,22 @@ def forward_eval(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, bias: Tensor, 
     lc = importlib.import_module("fused_dsconv.triton_launch")
     n, _, h, w = x.shape
     k = pw_weight.shape[0]
-    out = torch.empty((n, k, output_size(h, stride), output_size(w, stride)), device=x.device, dtype=x.dtype,
-                      memory_format=memory_format_of(x))
-    lc.launch_conv(x, dw_weight.contiguous(), pw_weight.reshape(k, -1).contiguous(), bias, stride, dilation, out,
-                   relu=True, stats=False, wrap=True)
+    out = torch.empty(
+        (n, k, output_size(h, stride), output_size(w, stride)),
+        device=x.device,
+        dtype=x.dtype,
+        memory_format=memory_format_of(x),
+    )
+    lc.launch_conv(
+        x,
+        dw_weight.contiguous(),
+        pw_weight.reshape(k, -1).contiguous(),
+        bias,
+        stride,
+        dilation,
+        out,
+        relu=True,
+        stats=False,
+        wrap=True,
+    )
     return out

@@ -6,12 +6,35 @@ import pytest
 import torch
 
 # Inductor (torch.compile on CPU) and the JIT extension builds look for the CUDA toolkit through
-# CUDA_HOME; on our machines torch's guess from PATH is wrong (notes, section 2).
+# CUDA_HOME; where nvcc on PATH is not inside the toolkit root, torch's guess from PATH is wrong.
 if os.path.isdir("/usr/local/cuda") and "CUDA_HOME" not in os.environ:
     os.environ["CUDA_HOME"] = "/usr/local/cuda"
 # Measured backend choice (fused_dsconv/tune.py) would make which path a test runs depend on timing and
 # write the user's cache: off by default here; tests/test_tune.py turns it on with injected timings.
 os.environ.setdefault("FUSED_DSCONV_TUNE", "0")
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that wait for a background build (tests/prebuild.py) run last, so the rest of the suite runs
+    while they build."""
+    items.sort(key=lambda item: callable(getattr(getattr(item, "module", None), "prebuild", None)))  # stable
+
+
+def pytest_collection_finish(session):
+    """Start the selected modules' background builds (tests/prebuild.py) before the first test runs."""
+    if session.config.option.collectonly:
+        return
+    import prebuild
+
+    for item in session.items:
+        fn = getattr(item.module, "prebuild", None)
+        if callable(fn):
+            prebuild.start(item.module.__name__, fn)
+
+
+def pytest_sessionfinish(session):
+    if "prebuild" in sys.modules:
+        sys.modules["prebuild"].stop_all()
 
 
 @pytest.fixture(autouse=True)
@@ -41,10 +64,13 @@ def triton_interpreter():
         del sys.modules[TRITON_KERNELS]
     tk = importlib.import_module(TRITON_KERNELS)
     if not tk.INTERPRETED:
-        pytest.fail(f"{TRITON_KERNELS} is not running in the Triton interpreter "
-                    "(TRITON_INTERPRET=1 must be set before the kernels are decorated)")
+        pytest.fail(
+            f"{TRITON_KERNELS} is not running in the Triton interpreter "
+            "(TRITON_INTERPRET=1 must be set before the kernels are decorated)"
+        )
     prev_debug = tk.set_debug(True)
     from fused_dsconv.testing import conv_tf32
+
     with conv_tf32(False):
         yield tk
     tk.set_debug(prev_debug)

@@ -9,6 +9,7 @@ connection, or at the group's 60 s timeout), so the test sees the first error ra
 
 The model and data builders below are imported by the test too: both sides build the same thing.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -74,14 +75,17 @@ def run_sync(name: str, rank: int, world: int) -> dict:
     for step, sizes in enumerate(BATCHES[name]):
         x, up = global_batch(step, sum(sizes))
         lo = sum(sizes[:rank])
-        x, up = x[lo:lo + sizes[rank]], up[lo:lo + sizes[rank]]
+        x, up = x[lo : lo + sizes[rank]], up[lo : lo + sizes[rank]]
         out = ddp(x)
         opt.zero_grad()
         (world * (out * up).sum()).backward()
         steps.append({"out": out.detach().clone(), "grads": _grads(model)})
         opt.step()
-    return {"steps": steps, "state": {k: v.clone() for k, v in model.state_dict().items()},
-            "backends": [b.last_backend for b in model]}
+    return {
+        "steps": steps,
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "backends": [b.last_backend for b in model],
+    }
 
 
 def run_unsync(rank: int, world: int) -> dict:
@@ -99,7 +103,7 @@ def run_unsync(rank: int, world: int) -> dict:
         steps = []
         for step in range(2):
             x, up = global_batch(step, 2 * world)
-            x, up = x[2 * rank:2 * rank + 2], up[2 * rank:2 * rank + 2]
+            x, up = x[2 * rank : 2 * rank + 2], up[2 * rank : 2 * rank + 2]
             out = ddp(x)
             opt.zero_grad()
             (out * up).sum().backward()
@@ -117,11 +121,15 @@ def run_compile(rank: int, world: int) -> dict:
         model = make_blocks(sync=True)
         fn = torch.compile(model, fullgraph=True, backend="aot_eager") if label == "compiled" else model
         x, _ = global_batch(0, 2 * world)
-        x = x[2 * rank:2 * rank + 2].requires_grad_()
+        x = x[2 * rank : 2 * rank + 2].requires_grad_()
         out = fn(x)
         (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
-        results[label] = {"out": out.detach(), "dx": x.grad, "grads": _grads(model),
-                          "state": {k: v.clone() for k, v in model.state_dict().items()}}
+        results[label] = {
+            "out": out.detach(),
+            "dx": x.grad,
+            "grads": _grads(model),
+            "state": {k: v.clone() for k, v in model.state_dict().items()},
+        }
     return results
 
 
@@ -145,15 +153,17 @@ def main() -> None:
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60)
+    )
     try:
         for scenario in sys.argv[5:]:
             if scenario.startswith("sync_"):
                 result = run_sync(scenario, rank, world)
             else:
                 result = {"unsync": run_unsync, "compile": run_compile, "one_value": run_one_value}[scenario](
-                    rank, world)
+                    rank, world
+                )
             torch.save(result, out / f"{scenario}.rank{rank}.pt")
             dist.barrier()
     finally:

@@ -1,11 +1,13 @@
 """JointBlock against the unfused modules it replaces: same numbers, same state, same errors."""
+
 import copy
 
 import pytest
 import torch
 import torch.nn as nn
 
-from fused_dsconv import JointBlock
+from fused_dsconv import JointBlock, backends
+from fused_dsconv.backends.reference import ReferenceBackend
 from fused_dsconv.testing import assert_close
 
 D = torch.float64
@@ -67,8 +69,7 @@ def test_training_steps_match_unfused(stride, dilation, channels_last):
 @pytest.mark.parametrize("track_running_stats", [True, False])
 @pytest.mark.parametrize("bias", [False, True])
 def test_batch_norm_options_match_unfused(momentum, affine, track_running_stats, bias):
-    block, seq = pair(4, 6, 2, 3, momentum=momentum, affine=affine, track_running_stats=track_running_stats,
-                      bias=bias)
+    block, seq = pair(4, 6, 2, 3, momentum=momentum, affine=affine, track_running_stats=track_running_stats, bias=bias)
     xs = [torch.randn(2, 4, 7, 7, dtype=D) for _ in range(3)]
     assert_same_run(block.train(), seq.train(), xs)
     assert_same_run(block.eval(), seq.eval(), xs)
@@ -112,8 +113,9 @@ def test_empty_batch(training):
 def test_state_dict_round_trips_both_ways():
     block, seq = pair(4, 6, 2, 3, bias=True)
     run_steps(block.train(), [torch.randn(2, 4, 6, 6, dtype=D)])
-    fresh_seq = nn.Sequential(nn.Conv2d(4, 4, 3, 2, 3, 3, groups=4), nn.Conv2d(4, 6, 1), nn.BatchNorm2d(6),
-                              nn.ReLU()).double()
+    fresh_seq = nn.Sequential(
+        nn.Conv2d(4, 4, 3, 2, 3, 3, groups=4), nn.Conv2d(4, 6, 1), nn.BatchNorm2d(6), nn.ReLU()
+    ).double()
     fresh_seq.load_state_dict(block.state_dict())  # strict: exactly the same keys and shapes
     fresh_block = JointBlock(4, 6, 2, 3, bias=True, backend=BACKEND, dtype=D)
     fresh_block.load_state_dict(fresh_seq.state_dict())
@@ -124,8 +126,12 @@ def test_state_dict_round_trips_both_ways():
 
 
 def test_from_unfused_and_back():
-    seq = nn.Sequential(nn.Conv2d(6, 6, 3, 1, 2, 2, groups=6, bias=False), nn.Conv2d(6, 3, 1),
-                        nn.BatchNorm2d(3, momentum=None), nn.ReLU()).double()
+    seq = nn.Sequential(
+        nn.Conv2d(6, 6, 3, 1, 2, 2, groups=6, bias=False),
+        nn.Conv2d(6, 3, 1),
+        nn.BatchNorm2d(3, momentum=None),
+        nn.ReLU(),
+    ).double()
     block = JointBlock.from_unfused(seq, backend=BACKEND)
     assert (block.stride, block.dilation, block.bn.momentum) == (1, 2, None)
     assert list(block.state_dict()) == list(seq.state_dict())
@@ -137,15 +143,18 @@ def test_from_unfused_and_back():
     assert_close(back.eval()(x), block.eval()(x), D, "to_unfused", verbose=False)
 
 
-@pytest.mark.parametrize("layers,match", [
-    (lambda: (nn.Conv2d(4, 4, 5, padding=2, groups=4), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)), "kernel_size"),
-    (lambda: (nn.Conv2d(4, 4, 3, padding=1, groups=2), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)), "depthwise"),
-    (lambda: (nn.Conv2d(4, 4, 3, padding=1, groups=4, stride=3), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)), "stride"),
-    (lambda: (nn.Conv2d(4, 4, 3, padding=0, groups=4), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)), "padding"),
-    (lambda: (nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)), "1x1"),
-    (lambda: (nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Conv2d(4, 5, 1), nn.BatchNorm2d(4)), "num_features"),
-    (lambda: (nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Conv2d(4, 4, 1), nn.LayerNorm(4)), "BatchNorm2d"),
-])
+@pytest.mark.parametrize(
+    "layers,match",
+    [
+        (lambda: (nn.Conv2d(4, 4, 5, padding=2, groups=4), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)), "kernel_size"),
+        (lambda: (nn.Conv2d(4, 4, 3, padding=1, groups=2), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)), "depthwise"),
+        (lambda: (nn.Conv2d(4, 4, 3, padding=1, groups=4, stride=3), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)), "stride"),
+        (lambda: (nn.Conv2d(4, 4, 3, padding=0, groups=4), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)), "padding"),
+        (lambda: (nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)), "1x1"),
+        (lambda: (nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Conv2d(4, 5, 1), nn.BatchNorm2d(4)), "num_features"),
+        (lambda: (nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Conv2d(4, 4, 1), nn.LayerNorm(4)), "BatchNorm2d"),
+    ],
+)
 def test_from_unfused_rejects_what_it_cannot_fuse(layers, match):
     with pytest.raises((ValueError, TypeError), match=match):
         JointBlock.from_unfused(*layers())
@@ -173,6 +182,7 @@ def test_bad_arguments_name_themselves():
 
 def test_op_rejects_bad_inputs_by_name():
     from fused_dsconv import ops
+
     x, dw, pw, b = torch.randn(2, 4, 5, 5), torch.randn(4, 1, 3, 3), torch.randn(6, 4), torch.randn(6)
     with pytest.raises(ValueError, match="dw_weight must have shape"):
         ops.forward_eval(x, torch.randn(4, 1, 5, 5), pw, b, 1, 1)
@@ -243,6 +253,7 @@ def test_autocast_runs_in_the_autocast_dtype(dtype):
     assert_close(got.float(), expected.float(), dtype, "autocast eval")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("training", [True, False])
 def test_torch_compile_fullgraph(training):
     block, seq = pair(4, 6, 2, 2, momentum=None)
@@ -265,7 +276,8 @@ def test_saved_activation_bytes_fused_vs_unfused():
     unfused Sequential(dw, pw, bn, ReLU) saves x, t = dw(x), y = pw(t), the BN output and the ReLU
     output; the fused op saves x and y (recompute mode: x only), plus per-channel statistics.
     """
-    from fused_dsconv.memory import module_saved_bytes
+    from fused_dsconv.saved_activations import module_saved_bytes
+
     block = JointBlock(8, 16, 2, 3, backend=BACKEND).train()
     x = torch.randn(4, 8, 12, 12)
     x_bytes, t_bytes, y_bytes = x.numel() * 4, 4 * 8 * 6 * 6 * 4, 4 * 16 * 6 * 6 * 4
@@ -277,3 +289,59 @@ def test_saved_activation_bytes_fused_vs_unfused():
     assert fused == x_bytes + y_bytes + stats
     assert recompute == x_bytes + stats
     assert unfused >= x_bytes + t_bytes + 2 * y_bytes
+
+
+class _CountingBackend(ReferenceBackend):
+    """The reference backend, recording which primitives run."""
+
+    name = "counting"
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattribute__(self, attr):
+        value = super().__getattribute__(attr)
+        if attr in (
+            "forward_eval",
+            "forward_train",
+            "backward_eval",
+            "backward_train",
+            "forward_stats",
+            "backward_reduce",
+        ):
+            self.calls.append(attr)
+        return value
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("recompute", [False, True], ids=["saved", "recompute"])
+def test_frozen_convolutions_run_no_convolution_gradient(monkeypatch, train, recompute):
+    """With both conv weights frozen (in eval also the BN scale, folded into the 1x1 weight) and an input that
+    needs no gradient, backward runs no convolution-gradient primitive, only per-channel sums, and the
+    remaining gradients are still those of the unfused layers."""
+    counting = _CountingBackend()
+    monkeypatch.setattr(backends, "_REGISTRY", [counting, *backends._REGISTRY])
+    block, seq = pair(4, 6, 2, 2, bias=True, recompute=recompute)
+    block.backend = "counting"
+    for m in (block, seq):
+        m.train(train)
+        m[0].weight.requires_grad_(False)
+        m[1].weight.requires_grad_(False)
+        if not train:  # eval folds the BN scale into the 1x1 weight: a trainable scale makes it need a gradient
+            m[2].weight.requires_grad_(False)
+    x = torch.randn(2, 4, 7, 9, dtype=D)
+    w = torch.linspace(-1, 1, 2 * 6 * 4 * 5, dtype=D).view(2, 6, 4, 5)
+    (block(x) * w).sum().backward()
+    (seq(x) * w).sum().backward()
+    assert "backward_train" not in counting.calls and "backward_eval" not in counting.calls, counting.calls
+    assert ("backward_reduce" in counting.calls) == train
+    for name, p in block.named_parameters():
+        q = dict(seq.named_parameters())[name]
+        assert (p.grad is None) == (q.grad is None) == (not p.requires_grad), name
+        if p.grad is not None:
+            assert_close(p.grad, q.grad, D, name)
+    # Unfreezing one weight brings the full backward back (the check above could fail).
+    counting.calls.clear()
+    block[1].weight.requires_grad_(True)
+    (block(x) * w).sum().backward()
+    assert ("backward_train" if train else "backward_eval") in counting.calls

@@ -3,6 +3,7 @@
 Subprocesses only where the behaviour is the process's own (a closed stdout, a real SIGINT, the exit
 status); everything else runs in-process. Tiny models and a few images keep it fast.
 """
+
 import argparse
 import os
 import re
@@ -21,8 +22,11 @@ from fused_dsconv.cli import main as cli
 ROOT = Path(__file__).resolve().parents[1]
 # subprocesses import the fused_dsconv these tests import (the checkout, or the installed package)
 _PACKAGE_PARENT = str(Path(fused_dsconv.__file__).resolve().parents[1])
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([_PACKAGE_PARENT, os.environ.get("PYTHONPATH", "")]),
-       "PYTHONUNBUFFERED": "1"}
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join([_PACKAGE_PARENT, os.environ.get("PYTHONPATH", "")]),
+    "PYTHONUNBUFFERED": "1",
+}
 # reST/Sphinx markup, and pointers to files of the repository that a wheel does not ship
 NOT_IN_HELP = re.compile(r"``|:(?:func|class|meth|mod|ref|doc):`|\bdocs/|README|DESIGN|NOTES\.md")
 
@@ -39,6 +43,7 @@ def test_help_is_plain_text_and_names_no_repository_file(command, capsys):
 
 def test_train_module_help_is_the_train_command(capsys):
     from fused_dsconv.train import main as train_main
+
     with pytest.raises(SystemExit):
         train_main(["--help"])
     text = capsys.readouterr().out
@@ -64,10 +69,17 @@ for cmd in {commands!r}:
 """
 
 
+@pytest.mark.slow
 def test_closed_stdout_pipe_ends_quietly():
     commands = [["models", "--table"], ["models"], ["info"], ["train", "--help"], ["--version"]]
-    r = subprocess.run([sys.executable, "-c", _CLOSED_PIPE_DRIVER.format(commands=commands)], env=ENV,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", _CLOSED_PIPE_DRIVER.format(commands=commands)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=300,
+    )
     for bad in ("Traceback", "BrokenPipe", "Exception ignored"):
         assert bad not in r.stderr, r.stderr
     # 141: as if killed by SIGPIPE. argparse's own --help/--version printing drops a write error and exits 0.
@@ -75,22 +87,48 @@ def test_closed_stdout_pipe_ends_quietly():
     assert r.returncode == 0
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_how_to_resume_and_resume_keeps_the_run_settings(tmp_path, capsys):
     pytest.importorskip("PIL")
     from test_data import _jpeg
+
     for c in ("a", "b"):
         for i in range(24):
             _jpeg(tmp_path / "imgs" / c / f"{i}.png", size=16, value=9 * i + (40 if c == "b" else 0))
     run = tmp_path / "run dir"  # a space: the printed command must quote it
     # an image folder read by a DataLoader worker: a Ctrl-C that lands while the workers of the next
     # epoch are forked must not be lost
-    argv = ["train", "--alpha", "0.25", "--epochs", "3", "--data", str(tmp_path / "imgs"), "--resolution", "32",
-            "--batch-size", "8", "--workers", "1", "--threads", "1", "--no-progress", "--out", str(run)]
+    argv = [
+        "train",
+        "--alpha",
+        "0.25",
+        "--epochs",
+        "3",
+        "--data",
+        str(tmp_path / "imgs"),
+        "--resolution",
+        "32",
+        "--batch-size",
+        "8",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--out",
+        str(run),
+    ]
     # SIGINT to the process group, as a terminal sends it, with the default disposition even if this
     # test runs with SIGINT ignored
-    p = subprocess.Popen([sys.executable, "-m", "fused_dsconv", *argv], env=ENV, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    p = subprocess.Popen(
+        [sys.executable, "-m", "fused_dsconv", *argv],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         for line in p.stdout:
             if line.startswith("epoch   1/3"):
@@ -118,6 +156,7 @@ def test_ctrl_c_in_other_commands_is_one_line(monkeypatch, capsys):
 
     def interrupted(args):
         raise KeyboardInterrupt
+
     monkeypatch.setattr(cli_module, "COMMANDS", [("models", "h", lambda p: None, interrupted)])
     assert cli(["models"]) == 130
     assert capsys.readouterr().err == "interrupted\n"
@@ -128,6 +167,7 @@ def test_ctrl_c_in_a_sweep_names_the_sweep_command(tmp_path, monkeypatch, capsys
 
     def interrupted(args, out=print):
         raise train.Interrupted("interrupted after epoch 1 of 3")
+
     monkeypatch.setattr(train, "run", interrupted)
     argv = ["sweep", "--alphas", "0.25", "--deltas", "1,2", "--epochs", "3", "--out", str(tmp_path / "s w")]
     assert cli(argv) == 130
@@ -149,6 +189,7 @@ def _commands(markdown: str, heading: str) -> list[list[str]]:
     return found
 
 
+@pytest.mark.slow
 def test_readme_quick_start_writes_where_the_next_commands_read(tmp_path, monkeypatch, capsys):
     pytest.importorskip("onnxruntime")  # the README's export line has --check
     readme = (ROOT / "README.md").read_text()
@@ -166,13 +207,15 @@ def test_readme_quick_start_writes_where_the_next_commands_read(tmp_path, monkey
 
 def test_training_doc_commands_chain():
     """docs/training.md: the run folder its train command writes is the one eval and export read."""
+    from fused_dsconv.evaluation import add_arguments as add_eval_arguments
     from fused_dsconv.export import add_arguments as export_args
-    from fused_dsconv.train import add_arguments, add_eval_arguments
+    from fused_dsconv.train_args import add_arguments
 
     def parse(add, argv):
         p = argparse.ArgumentParser()
         add(p)
         return p.parse_args(argv)
+
     for doc, heading in ((ROOT / "docs" / "training.md", "Train the classifier"),):
         cmds = _commands(doc.read_text(), heading)
         out = parse(add_arguments, next(c for c in cmds if c[0] == "train")[1:]).out

@@ -3,6 +3,7 @@ and yields a library equivalent to setup.py's fused_dsconv._C: it registers ever
 CUDA kernels for the four conv ops and imports as a Python module; ptxas reports 0 spill bytes. Later
 native test executables hang off this CMake project, so CI must build it (one arch, sm_75, to keep the
 time down): in CI (env CI set, FUSED_DSCONV_NO_NATIVE != 1) a missing cmake >= 3.26 or nvcc fails."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,8 +15,11 @@ import sys
 import time
 from pathlib import Path
 
+import prebuild as background
 import pytest
 import torch
+
+pytestmark = [pytest.mark.build]  # configures and builds with CMake
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCH_LIST = "7.5"
@@ -96,10 +100,19 @@ def _build() -> tuple[Path, str, float | None]:
         return libs[0], log_path.read_text(), None
 
     t0 = time.perf_counter()
-    run = lambda *cmd: subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)  # noqa: E731
-    cfg = run(cmake, "-S", str(ROOT), "-B", str(build), "-DFUSED_DSCONV_TORCH_EXT=ON",
-              f"-DTORCH_CUDA_ARCH_LIST={ARCH_LIST}", f"-DCMAKE_CUDA_COMPILER={cuda / 'bin' / 'nvcc'}",
-              f"-DCUDA_TOOLKIT_ROOT_DIR={cuda}", f"-DPython3_EXECUTABLE={sys.executable}")
+    run = lambda *cmd: background.run(cmd, cwd=ROOT)  # noqa: E731
+    cfg = run(
+        cmake,
+        "-S",
+        str(ROOT),
+        "-B",
+        str(build),
+        "-DFUSED_DSCONV_TORCH_EXT=ON",
+        f"-DTORCH_CUDA_ARCH_LIST={ARCH_LIST}",
+        f"-DCMAKE_CUDA_COMPILER={cuda / 'bin' / 'nvcc'}",
+        f"-DCUDA_TOOLKIT_ROOT_DIR={cuda}",
+        f"-DPython3_EXECUTABLE={sys.executable}",
+    )
     assert cfg.returncode == 0, cfg.stdout[-8000:] + cfg.stderr[-8000:]
     bld = run(cmake, "--build", str(build), "--target", "fused_dsconv_C", "-j", os.environ.get("MAX_JOBS", "2"))
     log = bld.stdout + bld.stderr
@@ -110,10 +123,17 @@ def _build() -> tuple[Path, str, float | None]:
     return libs[0], log, time.perf_counter() - t0
 
 
+def prebuild():
+    """The build, started in the background when collection ends (tests/prebuild.py)."""
+    return _build()
+
+
 def test_cmake_builds_the_extension():
-    lib, log, seconds = _build()
-    print(f"\nCMake extension {lib.relative_to(ROOT)}: " +
-          (f"built in {seconds:.0f} s" if seconds is not None else "cached build of these sources"))
+    lib, log, seconds = background.result(__name__, prebuild)
+    print(
+        f"\nCMake extension {lib.relative_to(ROOT)}: "
+        + (f"built in {seconds:.0f} s" if seconds is not None else "cached build of these sources")
+    )
 
     # -Xptxas=-v from _build_config.compile_args(): every kernel compiled, only for the arch asked for,
     # without spilling. Parallel compiles may interleave lines, so count instead of pairing them up.
@@ -127,13 +147,20 @@ def test_cmake_builds_the_extension():
     print(f"ptxas: {len(entries)} entry functions for sm_75, 0 spill bytes")
 
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-c", CHECK, str(lib), ",".join(OPS)], capture_output=True, text=True,
-                         cwd=lib.parent)
+    res = subprocess.run(
+        [sys.executable, "-c", CHECK, str(lib), ",".join(OPS)], capture_output=True, text=True, cwd=lib.parent
+    )
     assert res.returncode == 0, res.stdout + res.stderr
-    found = {op: (has == "True", cuda == "True") for op, has, cuda in
-             (line.split() for line in res.stdout.splitlines() if line.split() and line.split()[0] in OPS)}
+    found = {
+        op: (has == "True", cuda == "True")
+        for op, has, cuda in (
+            line.split() for line in res.stdout.splitlines() if line.split() and line.split()[0] in OPS
+        )
+    }
     assert set(found) == set(OPS), res.stdout + res.stderr
     assert all(has for has, _ in found.values()), found
     assert all(found[op][1] for op in CUDA_OPS), found
-    print(f"ops registered: {', '.join(OPS)}; CUDA kernels: {', '.join(CUDA_OPS)}; load check "
-          f"{time.perf_counter() - t0:.1f} s")
+    print(
+        f"ops registered: {', '.join(OPS)}; CUDA kernels: {', '.join(CUDA_OPS)}; load check "
+        f"{time.perf_counter() - t0:.1f} s"
+    )

@@ -1,12 +1,13 @@
 """Data sets for training: embedded digits, CIFAR-10 / Tiny ImageNet / ImageFolder layouts (tiny fakes, no download)."""
+
 import pickle
 
 import numpy as np
 import pytest
 import torch
 
-from fused_dsconv import data
-from fused_dsconv.data import DataError, Loader, load_dataset, normalize
+from fused_dsconv import datasets as data
+from fused_dsconv.datasets import DataError, Loader, load_dataset, normalize
 
 
 def test_digits_fixed_stratified_split():

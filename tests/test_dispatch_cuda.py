@@ -6,6 +6,7 @@ extension's ``kernel_binary_version`` says (the compute capability of the kernel
 would load for that GPU, -1 when the build has none). ``NativeBackend`` takes its ops namespace as a
 constructor argument, so the stub replaces the extension, not the backend's logic.
 """
+
 from __future__ import annotations
 
 import sys
@@ -44,6 +45,7 @@ def gpu(monkeypatch):
         native = NativeBackend(FakeNativeOps(binary_version))
         monkeypatch.setattr(backends, "_REGISTRY", [native if b.name == "native" else b for b in backends._REGISTRY])
         return native
+
     return make
 
 

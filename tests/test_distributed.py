@@ -8,9 +8,9 @@ collectives time out after 60 s and the test kills its workers after ``TIMEOUT``
 The spec a synchronised run is held to is one process on the concatenated batch with the unfused
 PyTorch layers (nn.Conv2d, nn.BatchNorm2d, ReLU), float64, to 1e-10.
 """
+
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -27,25 +27,36 @@ if not torch.distributed.is_available():
     pytest.skip("torch.distributed is not available in this torch build", allow_module_level=True)
 
 HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("dist_worker", HERE / "dist_worker.py")
-W = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(W)
+sys.path.insert(0, str(HERE))  # where pytest's default import mode puts it too
+import dist_worker as W  # noqa: E402
 
 TIMEOUT = 240
 TOL = dict(rtol=1e-10, atol=1e-10)
-ENV = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "FUSED_DSCONV_TUNE": "0",
-       "PYTHONPATH": os.pathsep.join([str(Path(fused_dsconv.__file__).resolve().parents[1]),
-                                      os.environ.get("PYTHONPATH", "")])}
+ENV = {
+    **os.environ,
+    "GLOO_SOCKET_IFNAME": "lo",
+    "OMP_NUM_THREADS": "1",
+    "FUSED_DSCONV_TUNE": "0",
+    "PYTHONPATH": os.pathsep.join(
+        [str(Path(fused_dsconv.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+    ),
+}
 
 
 def launch(world: int, scenarios: list[str], folder: Path) -> dict:
     """Run ``scenarios`` in one group of ``world`` worker processes; {scenario: [result of each rank]}."""
     folder.mkdir(parents=True, exist_ok=True)
     store = folder / "store"
-    procs = [subprocess.Popen([sys.executable, str(HERE / "dist_worker.py"), str(r), str(world), str(store),
-                               str(folder), *scenarios], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
-             for r in range(world)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(HERE / "dist_worker.py"), str(r), str(world), str(store), str(folder), *scenarios],
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(world)
+    ]
     logs = []
     try:
         for p in procs:
@@ -57,14 +68,12 @@ def launch(world: int, scenarios: list[str], folder: Path) -> dict:
                 p.wait()
     failed = [(r, p.returncode, log) for r, (p, log) in enumerate(zip(procs, logs)) if p.returncode != 0]
     assert not failed, "\n".join(f"rank {r} exited {rc}:\n{log[-3000:]}" for r, rc, log in failed)
-    return {s: [torch.load(folder / f"{s}.rank{r}.pt", weights_only=False) for r in range(world)]
-            for s in scenarios}
+    return {s: [torch.load(folder / f"{s}.rank{r}.pt", weights_only=False) for r in range(world)] for s in scenarios}
 
 
 @pytest.fixture(scope="module")
 def two(tmp_path_factory):
-    return launch(2, ["sync_even_2", "sync_uneven_2", "unsync", "compile", "one_value"],
-                  tmp_path_factory.mktemp("two"))
+    return launch(2, ["sync_even_2", "sync_uneven_2", "unsync", "compile", "one_value"], tmp_path_factory.mktemp("two"))
 
 
 @pytest.fixture(scope="module")
@@ -108,16 +117,19 @@ def _check_sync(name: str, ranks: list[dict]) -> None:
     assert int(ranks[0]["state"]["0.2.num_batches_tracked"]) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sync_even_2", "sync_uneven_2"])
 def test_sync_bn_two_processes_equal_one_process_on_the_whole_batch(two, name):
     _check_sync(name, two[name])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sync_even_3", "sync_uneven_3"])
 def test_sync_bn_three_processes_equal_one_process_on_the_whole_batch(three, name):
     _check_sync(name, three[name])
 
 
+@pytest.mark.slow
 def test_unsynchronised_ddp_keeps_per_rank_statistics(two):
     """Plain joint blocks under DDP behave as nn.BatchNorm2d under DDP: each rank normalises with its own batch
     (and DDP broadcasts rank 0's buffers before each forward)."""
@@ -130,10 +142,12 @@ def test_unsynchronised_ddp_keeps_per_rank_statistics(two):
         for k, v in r["unfused"]["state"].items():
             torch.testing.assert_close(r["fused"]["state"][k], v, **TOL, msg=f"rank {rank}: {k}")
     # per-rank statistics really differ (a synchronised run would give both ranks the same)
-    assert not torch.allclose(ranks[0]["fused"]["state"]["0.2.running_mean"],
-                              ranks[1]["fused"]["state"]["0.2.running_mean"])
+    assert not torch.allclose(
+        ranks[0]["fused"]["state"]["0.2.running_mean"], ranks[1]["fused"]["state"]["0.2.running_mean"]
+    )
 
 
+@pytest.mark.slow
 def test_compiled_synchronised_blocks_trace_whole_and_match_eager(two):
     for rank, r in enumerate(two["compile"]):
         e, c = r["eager"], r["compiled"]
@@ -145,6 +159,7 @@ def test_compiled_synchronised_blocks_trace_whole_and_match_eager(two):
             torch.testing.assert_close(c["state"][k], e["state"][k], **TOL, msg=f"rank {rank}: {k}")
 
 
+@pytest.mark.slow
 def test_one_value_over_all_processes_raises_on_every_rank(two):
     for rank, r in enumerate(two["one_value"]):
         assert r["error"] is not None and "Expected more than 1 value per channel when training" in r["error"], rank
@@ -158,14 +173,15 @@ def test_reference_split_passes_merged_in_one_process(save_y):
     """The reference's split passes with four simulated processes (batches 3, 0, 1, 2) against the unfused
     layers on the whole batch, float64: the merged statistics, outputs and gradients."""
     from fused_dsconv import testing
-    from fused_dsconv.reference import joint_block
+    from fused_dsconv.spec import joint_block
 
     c = testing.make_case(6, 3, 5, 6, 5, stride=2, dilation=2).cast(torch.float64)
     leaves = [t.clone().requires_grad_() for t in (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias)]
     x, dw, pw, bias, gamma, beta = leaves
     rm, rv = torch.zeros(5, dtype=torch.float64), torch.ones(5, dtype=torch.float64)
-    out = joint_block(x, dw, pw.view(5, 3, 1, 1), gamma, beta, rm, rv, stride=2, dilation=2, training=True,
-                      momentum=1.0, pw_bias=bias)
+    out = joint_block(
+        x, dw, pw.view(5, 3, 1, 1), gamma, beta, rm, rv, stride=2, dilation=2, training=True, momentum=1.0, pw_bias=bias
+    )
     g = torch.randn_like(out)
     out.backward(g)
     got = testing.split_passes("reference", c, [3, 0, 1, 2], g, 1e-5, save_y)
@@ -173,8 +189,14 @@ def test_reference_split_passes_merged_in_one_process(save_y):
     torch.testing.assert_close(got["count"], torch.tensor([float(m)], dtype=torch.float64))
     torch.testing.assert_close(got["mean"], rm, **TOL)
     torch.testing.assert_close(got["var"] * m / (m - 1), rv, **TOL)  # F.batch_norm keeps the unbiased one
-    for name, want in (("out", out), ("dx", x.grad), ("d_dw", dw.grad), ("d_pw", pw.grad), ("d_gamma", gamma.grad),
-                       ("d_beta", beta.grad)):
+    for name, want in (
+        ("out", out),
+        ("dx", x.grad),
+        ("d_dw", dw.grad),
+        ("d_pw", pw.grad),
+        ("d_gamma", gamma.grad),
+        ("d_beta", beta.grad),
+    ):
         torch.testing.assert_close(got[name], want.detach(), **TOL, msg=name)
 
 
@@ -221,8 +243,9 @@ def _torchrun(args: list[str], cwd: Path) -> str:
     """torchrun with 2 CPU processes on this machine (--standalone: a free local port); its process group is
     killed if it outlives TIMEOUT. Returns stdout; fails with the log on a non-zero exit."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
-    p = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         out, err = p.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -235,9 +258,11 @@ def _torchrun(args: list[str], cwd: Path) -> str:
 
 def _weights(path):
     from safetensors.torch import load_file
+
     return load_file(str(path))
 
 
+@pytest.mark.slow
 def test_torchrun_training_resumes_exactly(tmp_path, capsys):
     """Two CPU processes (gloo, synchronised BN) on the embedded digits: 2 epochs straight equal 1 epoch, a
     checkpoint written by rank 0, and a resume through the console script."""
@@ -246,8 +271,18 @@ def test_torchrun_training_resumes_exactly(tmp_path, capsys):
 
     from fused_dsconv.cli import main as cli
 
-    common = ["--alpha", "0.25", "--no-progress", "--limit-train", "48", "--limit-val", "16", "--batch-size", "8",
-              "--sync-bn"]
+    common = [
+        "--alpha",
+        "0.25",
+        "--no-progress",
+        "--limit-train",
+        "48",
+        "--limit-val",
+        "16",
+        "--batch-size",
+        "8",
+        "--sync-bn",
+    ]
     text = _torchrun(["-m", "fused_dsconv", "train", *common, "--epochs", "2", "--out", "straight"], tmp_path)
     assert "batch 8 per process x 2 processes = global batch 16 (DDP, gloo, synchronised BatchNorm)" in text
     assert text.count("epoch   1/2") == 1 and text.count("best: epoch") == 1  # rank 0 alone reports

@@ -13,6 +13,7 @@ backward_train from a saved y and in recompute mode. Tolerances: ``fused_dsconv.
 
 Kept small: the interpreter and the emulator run each program / thread in turn.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -43,7 +44,14 @@ SHAPES = [
 ]
 
 
-@pytest.fixture(scope="module", params=["reference", "triton", "native-emu"])
+@pytest.fixture(
+    scope="module",
+    params=[
+        "reference",
+        pytest.param("triton", marks=pytest.mark.slow),
+        pytest.param("native-emu", marks=pytest.mark.build),
+    ],
+)
 def backend(request):
     if request.param == "triton":
         request.getfixturevalue("triton_interpreter")
@@ -83,8 +91,7 @@ def _check(got, expected, names, dtype, x, mode=""):
 def test_forward_eval(backend, shape):
     c, stride, dilation, dtype = shape
     out = backend.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, stride, dilation)
-    exp = REF.forward_eval(c.x.double(), c.dw_weight.double(), c.pw_weight.double(), c.bias.double(), stride,
-                           dilation)
+    exp = REF.forward_eval(c.x.double(), c.dw_weight.double(), c.pw_weight.double(), c.bias.double(), stride, dilation)
     assert out.dtype == dtype
     _check([out], [exp], ["out"], dtype, c.x)
 
@@ -107,8 +114,9 @@ def test_backward_eval(backend, shape):
     out = REF.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, stride, dilation)
     g = _grad(out.shape, dtype, 1)
     got = backend.backward_eval(g, out, c.x, c.dw_weight, c.pw_weight, stride, dilation)
-    exp = REF.backward_eval(g.double(), out.double(), c.x.double(), c.dw_weight.double(), c.pw_weight.double(),
-                            stride, dilation)
+    exp = REF.backward_eval(
+        g.double(), out.double(), c.x.double(), c.dw_weight.double(), c.pw_weight.double(), stride, dilation
+    )
     assert [t.dtype for t in got] == [dtype] * 3 + [torch.float32]
     _check(got, exp, ("dx", "ddw", "dpw", "dbias"), dtype, c.x)
 

@@ -2,10 +2,11 @@
 reference backend: every op, every compile-time specialisation (dilation 1..4) and the runtime-dilation
 path, strides 1/2, NCHW and channels_last, fp32/fp16/bf16, odd shapes. Also the NativeBackend glue.
 
-The emulator runs each CUDA thread as a std::thread with poisoned shared memory, so a missing barrier
-or an unwritten shared-memory read shows up as a wrong (NaN) result here; see tests/test_emu_tsan.py
-for the ThreadSanitizer run.
+The emulator runs a block's CUDA threads as fibers, each as far as it can before its next barrier, over
+poisoned shared memory, so a missing barrier or an unwritten shared-memory read shows up as a wrong (NaN)
+result here; see tests/test_emu_tsan.py for the ThreadSanitizer run (real threads).
 """
+
 from __future__ import annotations
 
 import sys
@@ -17,6 +18,8 @@ import torch
 from fused_dsconv.backends import native
 from fused_dsconv.backends.reference import ReferenceBackend
 from fused_dsconv.testing import NATIVE_TILE_CASES, assert_close, make_case
+
+pytestmark = [pytest.mark.build]  # builds the CPU emulator extension first
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import perf_model as pm  # noqa: E402
@@ -73,16 +76,26 @@ def test_forward_eval(emu, dtype, cl, s, d):
 @pytest.mark.parametrize("dtype,cl,s,d", CASES, ids=IDS)
 def test_forward_train(emu, dtype, cl, s, d):
     c = _case(dtype, cl, s, d)
-    out, y, mean, var = emu.forward_train(c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias,
-                                          s, d, EPS, True)
-    eo, ey, em, ev = REF.forward_train(c.x.double(), c.dw_weight.double(), c.pw_weight.double(), _d(c.bias),
-                                       _d(c.bn_weight), _d(c.bn_bias), s, d, EPS, True)
+    out, y, mean, var = emu.forward_train(
+        c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, s, d, EPS, True
+    )
+    eo, ey, em, ev = REF.forward_train(
+        c.x.double(),
+        c.dw_weight.double(),
+        c.pw_weight.double(),
+        _d(c.bias),
+        _d(c.bn_weight),
+        _d(c.bn_bias),
+        s,
+        d,
+        EPS,
+        True,
+    )
     assert out.dtype == dtype and y.dtype == dtype and mean.dtype == F32 and var.dtype == F32
     assert _layout_ok(out, cl) and _layout_ok(y, cl)
     for name, a, e in (("y", y, ey), ("mean", mean, em), ("var", var, ev), ("out", out, eo)):
         assert_close(a, e, dtype, name)
-    out2, y2, _, _ = emu.forward_train(c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias,
-                                       s, d, EPS, False)
+    out2, y2, _, _ = emu.forward_train(c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, s, d, EPS, False)
     assert y2.numel() == 0 and torch.equal(out2, out)
 
 
@@ -90,15 +103,30 @@ def test_forward_train(emu, dtype, cl, s, d):
 @pytest.mark.parametrize("recompute", [False, True], ids=["saved_y", "recompute"])
 def test_backward_train(emu, dtype, cl, s, d, recompute):
     c = _case(dtype, cl, s, d)
-    out, y, mean, var = emu.forward_train(c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias,
-                                          s, d, EPS, True)
+    out, y, mean, var = emu.forward_train(
+        c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, s, d, EPS, True
+    )
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
-    got = emu.backward_train(g, c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias,
-                             None if recompute else y, mean, var, s, d, EPS)
+    got = emu.backward_train(
+        g, c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, None if recompute else y, mean, var, s, d, EPS
+    )
     # Expected: from the y the forward stored (rounded to the storage dtype). Recompute mode must rebuild
     # exactly that y, else the ReLU mask near z = 0 disagrees with the forward's.
-    exp = REF.backward_train(g.double(), c.x.double(), c.dw_weight.double(), c.pw_weight.double(), _d(c.bias),
-                             _d(c.bn_weight), _d(c.bn_bias), y.double(), mean.double(), var.double(), s, d, EPS)
+    exp = REF.backward_train(
+        g.double(),
+        c.x.double(),
+        c.dw_weight.double(),
+        c.pw_weight.double(),
+        _d(c.bias),
+        _d(c.bn_weight),
+        _d(c.bn_bias),
+        y.double(),
+        mean.double(),
+        var.double(),
+        s,
+        d,
+        EPS,
+    )
     assert _layout_ok(got[0], cl)
     for name, a, e in zip(("dx", "d_dw", "d_pw", "dbias", "dgamma", "dbeta"), got, exp):
         assert_close(a, e, dtype, name)
@@ -116,8 +144,9 @@ def test_backward_eval(emu, dtype, cl, s, d):
         assert_close(a, e, dtype, name)
 
 
-@pytest.mark.parametrize("shape,s,d", [((1, 70, 66, 13, 10), 2, 3), ((2, 70, 66, 19, 17), 1, 2)],
-                         ids=["one-tile", "18-tiles"])
+@pytest.mark.parametrize(
+    "shape,s,d", [((1, 70, 66, 13, 10), 2, 3), ((2, 70, 66, 19, 17), 1, 2)], ids=["one-tile", "18-tiles"]
+)
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
 def test_multi_chunk_shapes(emu, cl, shape, s, d):
     """C > 64 and K > 64: several depthwise chunks, K tiles, dt channel blocks and dWp splits; no bias/affine.
@@ -125,17 +154,37 @@ def test_multi_chunk_shapes(emu, cl, shape, s, d):
     c = _case(F32, cl, s, d, shape=shape, bias=False, affine=False)
     k = shape[2]
     out = emu.forward_eval(c.x, c.dw_weight, c.pw_weight, torch.zeros(k), s, d)
-    assert_close(out, REF.forward_eval(c.x.double(), c.dw_weight.double(), c.pw_weight.double(),
-                                       torch.zeros(k, dtype=torch.float64), s, d), F32, "out")
+    assert_close(
+        out,
+        REF.forward_eval(
+            c.x.double(), c.dw_weight.double(), c.pw_weight.double(), torch.zeros(k, dtype=torch.float64), s, d
+        ),
+        F32,
+        "out",
+    )
     o, y, m, v = emu.forward_train(c.x, c.dw_weight, c.pw_weight, None, None, None, s, d, EPS, True)
-    eo, ey, em, ev = REF.forward_train(c.x.double(), c.dw_weight.double(), c.pw_weight.double(), None, None, None,
-                                       s, d, EPS, True)
+    eo, ey, em, ev = REF.forward_train(
+        c.x.double(), c.dw_weight.double(), c.pw_weight.double(), None, None, None, s, d, EPS, True
+    )
     for name, a, e in (("y", y, ey), ("mean", m, em), ("var", v, ev), ("out", o, eo)):
         assert_close(a, e, F32, name)
     g = torch.randn(o.shape, generator=torch.Generator().manual_seed(3))
     got = emu.backward_train(g, c.x, c.dw_weight, c.pw_weight, None, None, None, y, m, v, s, d, EPS)
-    exp = REF.backward_train(g.double(), c.x.double(), c.dw_weight.double(), c.pw_weight.double(), None, None, None,
-                             y.double(), m.double(), v.double(), s, d, EPS)
+    exp = REF.backward_train(
+        g.double(),
+        c.x.double(),
+        c.dw_weight.double(),
+        c.pw_weight.double(),
+        None,
+        None,
+        None,
+        y.double(),
+        m.double(),
+        v.double(),
+        s,
+        d,
+        EPS,
+    )
     for name, a, e in zip(("dx", "d_dw", "d_pw", "dbias", "dgamma", "dbeta"), got, exp):
         assert_close(a, e, F32, name)
 
@@ -161,17 +210,44 @@ def test_tile_classes(emu, shape, s, d, cls, cl):
     assert pm.native_geometry(pm.Layer("t", *shape, stride=s, dilation=d)).fwd_tile == cls
     c = _case(F32, cl, s, d, shape=shape)
     out = emu.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, d)
-    assert_close(out, REF.forward_eval(c.x.double(), c.dw_weight.double(), c.pw_weight.double(), c.bias.double(),
-                                       s, d), F32, "out")
+    assert_close(
+        out,
+        REF.forward_eval(c.x.double(), c.dw_weight.double(), c.pw_weight.double(), c.bias.double(), s, d),
+        F32,
+        "out",
+    )
     o, y, m, v = emu.forward_train(c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, s, d, EPS, True)
-    eo, ey, em, ev = REF.forward_train(c.x.double(), c.dw_weight.double(), c.pw_weight.double(), _d(c.bias),
-                                       _d(c.bn_weight), _d(c.bn_bias), s, d, EPS, True)
+    eo, ey, em, ev = REF.forward_train(
+        c.x.double(),
+        c.dw_weight.double(),
+        c.pw_weight.double(),
+        _d(c.bias),
+        _d(c.bn_weight),
+        _d(c.bn_bias),
+        s,
+        d,
+        EPS,
+        True,
+    )
     for name, a, e in (("y", y, ey), ("mean", m, em), ("var", v, ev), ("out", o, eo)):
         assert_close(a, e, F32, name)
     g = torch.randn(o.shape, generator=torch.Generator().manual_seed(5))
     got = emu.backward_train(g, c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, y, m, v, s, d, EPS)
-    exp = REF.backward_train(g.double(), c.x.double(), c.dw_weight.double(), c.pw_weight.double(), _d(c.bias),
-                             _d(c.bn_weight), _d(c.bn_bias), y.double(), m.double(), v.double(), s, d, EPS)
+    exp = REF.backward_train(
+        g.double(),
+        c.x.double(),
+        c.dw_weight.double(),
+        c.pw_weight.double(),
+        _d(c.bias),
+        _d(c.bn_weight),
+        _d(c.bn_bias),
+        y.double(),
+        m.double(),
+        v.double(),
+        s,
+        d,
+        EPS,
+    )
     for name, a, e in zip(("dx", "d_dw", "d_pw", "dbias", "dgamma", "dbeta"), got, exp):
         assert_close(a, e, F32, name)
     got = emu.backward_eval(g, out, c.x, c.dw_weight, c.pw_weight, s, d)
@@ -189,8 +265,9 @@ def test_relu_propagates_nan_and_masks_like_threshold_backward(emu):
     assert out.isnan().any() and torch.equal(out.isnan(), exp.isnan())
     g = torch.ones_like(out)
     dx, _, _, dbias = emu.backward_eval(g, out, c.x, c.dw_weight, c.pw_weight, 1, 1)
-    _, _, _, edbias = REF.backward_eval(g.double(), out.double(), c.x.double(), c.dw_weight.double(),
-                                        c.pw_weight.double(), 1, 1)
+    _, _, _, edbias = REF.backward_eval(
+        g.double(), out.double(), c.x.double(), c.dw_weight.double(), c.pw_weight.double(), 1, 1
+    )
     assert_close(dbias, edbias, F32, "dbias with NaN pre-activations passed through")
 
 
@@ -210,16 +287,31 @@ def test_strided_per_channel_vectors(emu):
     c = _case(F32, False, 1, 2)
     k = c.pw_weight.shape[0]
     wide = lambda t: torch.stack([t, torch.full_like(t, 7.0)], 1)[:, 0]  # noqa: E731  (stride 2)
-    got = emu.forward_train(c.x, c.dw_weight, c.pw_weight, wide(c.bias), wide(c.bn_weight), wide(c.bn_bias),
-                            1, 2, EPS, True)
+    got = emu.forward_train(
+        c.x, c.dw_weight, c.pw_weight, wide(c.bias), wide(c.bn_weight), wide(c.bn_bias), 1, 2, EPS, True
+    )
     exp = emu.forward_train(c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 1, 2, EPS, True)
     assert wide(c.bias).stride() == (2,) and k == c.bias.numel()
     assert all(torch.equal(a, b) for a, b in zip(got, exp))
     g = torch.ones_like(got[0])
-    b1 = emu.backward_train(g, c.x, c.dw_weight, c.pw_weight, wide(c.bias), wide(c.bn_weight), wide(c.bn_bias),
-                            None, wide(exp[2]), wide(exp[3]), 1, 2, EPS)
-    b2 = emu.backward_train(g, c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, None, exp[2], exp[3],
-                            1, 2, EPS)
+    b1 = emu.backward_train(
+        g,
+        c.x,
+        c.dw_weight,
+        c.pw_weight,
+        wide(c.bias),
+        wide(c.bn_weight),
+        wide(c.bn_bias),
+        None,
+        wide(exp[2]),
+        wide(exp[3]),
+        1,
+        2,
+        EPS,
+    )
+    b2 = emu.backward_train(
+        g, c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, None, exp[2], exp[3], 1, 2, EPS
+    )
     assert all(torch.equal(a, b) for a, b in zip(b1, b2))
     out = emu.forward_eval(c.x, c.dw_weight, c.pw_weight, wide(c.bias), 1, 2)
     assert torch.equal(out, emu.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 2))
@@ -228,9 +320,14 @@ def test_strided_per_channel_vectors(emu):
 SPLIT_CASES = [(F32, False, 2, 3, True), (F16, True, 2, 5, False), (BF16, True, 1, 2, True)]
 
 
-@pytest.mark.parametrize("dtype,cl,s,d,save_y", SPLIT_CASES,
-                         ids=[f"{str(dt).split('.')[-1]}-{'cl' if cl else 'nchw'}-s{s}-d{d}-{'saved' if sv else 'recompute'}"
-                              for dt, cl, s, d, sv in SPLIT_CASES])
+@pytest.mark.parametrize(
+    "dtype,cl,s,d,save_y",
+    SPLIT_CASES,
+    ids=[
+        f"{str(dt).split('.')[-1]}-{'cl' if cl else 'nchw'}-s{s}-d{d}-{'saved' if sv else 'recompute'}"
+        for dt, cl, s, d, sv in SPLIT_CASES
+    ],
+)
 def test_split_passes_merged_over_processes(emu, monkeypatch, dtype, cl, s, d, save_y):
     """The synchronised block's split passes on the native kernels (the launcher's forward_stats / normalize /
     backward_sums / backward_convs stages), four processes simulated with batches 2, 0, 1, 2: the merged
@@ -249,12 +346,41 @@ def test_split_passes_merged_over_processes(emu, monkeypatch, dtype, cl, s, d, s
     assert got["count"].item() == 5 * ho * wo
     assert_close(got["mean"], mean, dtype, "merged mean")
     assert_close(got["var"], var, dtype, "merged var")
-    eo = REF.forward_train(c.x.double(), c.dw_weight.double(), c.pw_weight.double(), _d(c.bias), _d(c.bn_weight),
-                           _d(c.bn_bias), s, d, EPS, False)[0]
-    exp = REF.backward_train(g.double(), c.x.double(), c.dw_weight.double(), c.pw_weight.double(), _d(c.bias),
-                             _d(c.bn_weight), _d(c.bn_bias), y.double(), mean, var, s, d, EPS)
-    for name, e in (("out", eo), ("dx", exp[0]), ("d_dw", exp[1]), ("d_pw", exp[2]), ("d_gamma", exp[4]),
-                    ("d_beta", exp[5])):
+    eo = REF.forward_train(
+        c.x.double(),
+        c.dw_weight.double(),
+        c.pw_weight.double(),
+        _d(c.bias),
+        _d(c.bn_weight),
+        _d(c.bn_bias),
+        s,
+        d,
+        EPS,
+        False,
+    )[0]
+    exp = REF.backward_train(
+        g.double(),
+        c.x.double(),
+        c.dw_weight.double(),
+        c.pw_weight.double(),
+        _d(c.bias),
+        _d(c.bn_weight),
+        _d(c.bn_bias),
+        y.double(),
+        mean,
+        var,
+        s,
+        d,
+        EPS,
+    )
+    for name, e in (
+        ("out", eo),
+        ("dx", exp[0]),
+        ("d_dw", exp[1]),
+        ("d_pw", exp[2]),
+        ("d_gamma", exp[4]),
+        ("d_beta", exp[5]),
+    ):
         assert_close(got[name], e, dtype, name)
     for part in got["parts"]:
         if part["out"].numel():
@@ -267,10 +393,12 @@ def test_deterministic(emu):
     r2 = emu.forward_train(c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 1, 3, EPS, True)
     assert all(torch.equal(a, b) for a, b in zip(r1, r2))
     g = torch.randn(r1[0].shape, generator=torch.Generator().manual_seed(4))
-    b1 = emu.backward_train(g, c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, None, r1[2], r1[3],
-                            1, 3, EPS)
-    b2 = emu.backward_train(g, c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, None, r1[2], r1[3],
-                            1, 3, EPS)
+    b1 = emu.backward_train(
+        g, c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, None, r1[2], r1[3], 1, 3, EPS
+    )
+    b2 = emu.backward_train(
+        g, c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, None, r1[2], r1[3], 1, 3, EPS
+    )
     assert all(torch.equal(a, b) for a, b in zip(b1, b2))  # fixed-order reductions, no atomics
 
 
@@ -286,8 +414,8 @@ def test_checks_name_the_argument(emu):
     with pytest.raises(RuntimeError, match="stride"):
         ops.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 3, 1)
     with pytest.raises(RuntimeError, match=r"dilation must be between 1 and 1048576 \(2\^20\), got 1048577"):
-        ops.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 2 ** 20 + 1)
-    ops.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 2 ** 20)  # the limit itself runs
+        ops.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 2**20 + 1)
+    ops.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 2**20)  # the limit itself runs
     with pytest.raises(RuntimeError, match="x must"):
         ops.forward_eval(c.x.double(), c.dw_weight.double(), c.pw_weight.double(), c.bias, 1, 1)
     with pytest.raises(RuntimeError, match="x must be contiguous"):

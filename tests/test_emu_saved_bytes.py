@@ -6,6 +6,7 @@ Expected (activation-shaped tensors, storage dtype; parameters and per-channel s
   fused, save_y=True : x + y          -> saves t + out  = (C + K) * N * Ho * Wo elements
   fused, recompute   : x              -> saves t + y + out = (C + 2K) * N * Ho * Wo elements
 """
+
 from __future__ import annotations
 
 import pytest
@@ -14,8 +15,9 @@ from torch import nn
 
 from fused_dsconv import backends, ops
 from fused_dsconv.backends import native
-from fused_dsconv.backends.reference import ReferenceBackend
 from fused_dsconv.testing import assert_close, make_case
+
+pytestmark = [pytest.mark.build]  # builds the CPU emulator extension first
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +48,10 @@ N, C, K, H, W, S, D = 2, 6, 10, 9, 9, 1, 2
 
 
 def _leaves(case):
-    return [t.clone().requires_grad_(True) if t is not None else None
-            for t in (case.x, case.dw_weight, case.pw_weight, case.bias, case.bn_weight, case.bn_bias)]
+    return [
+        t.clone().requires_grad_(True) if t is not None else None
+        for t in (case.x, case.dw_weight, case.pw_weight, case.bias, case.bn_weight, case.bn_bias)
+    ]
 
 
 @pytest.mark.parametrize("save_y", [True, False], ids=["save_y", "recompute"])
@@ -55,10 +59,12 @@ def test_saved_bytes_vs_unfused(emu_registered, save_y):
     case = make_case(N, C, K, H, W, stride=S, dilation=D)
     x, dw, pw, b, g, beta = _leaves(case)
     (out, _, _, _), fused = _saved_bytes(
-        lambda: ops.forward_train(x, dw, pw, b, g, beta, S, D, 1e-5, save_y, backend="native-emu"))
+        lambda: ops.forward_train(x, dw, pw, b, g, beta, S, D, 1e-5, save_y, backend="native-emu")
+    )
 
-    seq = nn.Sequential(nn.Conv2d(C, C, 3, S, D, D, groups=C, bias=False), nn.Conv2d(C, K, 1, bias=True),
-                        nn.BatchNorm2d(K), nn.ReLU())
+    seq = nn.Sequential(
+        nn.Conv2d(C, C, 3, S, D, D, groups=C, bias=False), nn.Conv2d(C, K, 1, bias=True), nn.BatchNorm2d(K), nn.ReLU()
+    )
     xs = case.x.clone().requires_grad_(True)
     _, unfused = _saved_bytes(lambda: seq(xs))
 
@@ -68,8 +74,10 @@ def test_saved_bytes_vs_unfused(emu_registered, save_y):
     act = N * C * H * W + N * K * ho * wo * (1 if save_y else 0)
     assert fused == act * e + params, (fused, act * e + params)
     saved_elems = N * ho * wo * (C + K + (0 if save_y else K))
-    print(f"saved bytes per block: fused {fused}, unfused {unfused}, difference {unfused - fused} "
-          f"(activations alone: {saved_elems * e})")
+    print(
+        f"saved bytes per block: fused {fused}, unfused {unfused}, difference {unfused - fused} "
+        f"(activations alone: {saved_elems * e})"
+    )
     # Unfused keeps x, t, y, out plus its own parameter/statistic tensors.
     assert unfused - fused >= saved_elems * e - params
 

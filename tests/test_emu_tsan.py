@@ -1,10 +1,11 @@
 """ThreadSanitizer over the emulated kernels, driven through CMake/ctest (CMakeLists.txt):
-  * emu_tsan: the real launcher + kernels on small problems under -fsanitize=thread: no report, the
-    forward results match naive loops (so poisoned shared memory was never read), and every barrier
-    of csrc/kernels/ ran;
-  * emu_tsan_drop_<id>, one per DSC_SYNC(<id>): the same program with that one barrier skipped; ctest
-    passes only if TSan reports the data race, so the harness is not blind to any barrier of any kernel;
-  * emu_asan: the same program under AddressSanitizer + UBSan (out-of-bounds global accesses)."""
+* emu_tsan: the real launcher + kernels on small problems under -fsanitize=thread: no report, the
+  forward results match naive loops (so poisoned shared memory was never read), and every barrier
+  of csrc/kernels/ ran;
+* emu_tsan_drop_<id>, one per DSC_SYNC(<id>): the same program with that one barrier skipped; ctest
+  passes only if TSan reports the data race, so the harness is not blind to any barrier of any kernel;
+* emu_asan: the same program under AddressSanitizer + UBSan (out-of-bounds global accesses)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +14,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import prebuild as background
 import pytest
+
+pytestmark = [pytest.mark.build]  # builds the ThreadSanitizer programs
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = ROOT / "csrc" / "kernels"
@@ -50,26 +54,46 @@ def test_barrier_ids_are_unique_and_every_kernel_is_listed():
     ids = [i for v in b.values() for i in v]
     assert len(ids) == len(set(ids)), b
     # Every kernel with shared memory synchronises; the epilogue helper is shared by the forward and its
-    # split-reduce kernel.
-    assert {"dsconv_fwd_kernel", "dsconv_fwd_reduce_kernel", "helper:fwd_epilogue", "dsconv_bwd_dt_kernel",
-            "dsconv_bwd_dwp_kernel", "dsconv_bwd_dx_kernel", "bn_stats_kernel", "bn_bwd_reduce_kernel",
-            "bn_bwd_finalize_kernel", "colsum_kernel"} == set(b), b
+    # split-reduce kernel (whose only barriers are the epilogue's).
+    assert {
+        "dsconv_fwd_kernel",
+        "helper:fwd_epilogue",
+        "dsconv_bwd_dt_kernel",
+        "dsconv_bwd_dwp_kernel",
+        "dsconv_bwd_dx_kernel",
+        "bn_stats_kernel",
+        "bn_bwd_reduce_kernel",
+        "bn_bwd_finalize_kernel",
+        "colsum_kernel",
+    } == set(b), b
 
 
-@pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("ctest") is None, reason="needs cmake/ctest")
-def test_tsan_ctest():
+def prebuild():
+    """Configure, build and ctest (started in the background when collection ends: tests/prebuild.py).
+    Returns the build directory and the three processes' results, or None without cmake/ctest."""
+    if shutil.which("cmake") is None or shutil.which("ctest") is None:
+        return None
     build = ROOT / "build" / f"cmake-tsan-{_hash()}"
     for old in build.parent.glob("cmake-tsan-*"):  # builds of older sources
         if old != build:
             shutil.rmtree(old, ignore_errors=True)
-    run = lambda *cmd: subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)  # noqa: E731
+    run = lambda *cmd: background.run(cmd, cwd=ROOT)  # noqa: E731
     cfg = run("cmake", "-S", str(ROOT), "-B", str(build), "-DCMAKE_BUILD_TYPE=RelWithDebInfo")
-    assert cfg.returncode == 0, cfg.stdout + cfg.stderr
+    if cfg.returncode != 0:
+        return build, cfg, None, None
     bld = run("cmake", "--build", str(build), "-j", "2")
+    if bld.returncode != 0:
+        return build, cfg, bld, None
+    return build, cfg, bld, run("ctest", "--test-dir", str(build), "--output-on-failure", "--timeout", "900", "-j", "2")
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("ctest") is None, reason="needs cmake/ctest")
+def test_tsan_ctest():
+    build, cfg, bld, test = background.result(__name__, prebuild)
+    assert cfg.returncode == 0, cfg.stdout + cfg.stderr
     if bld.returncode != 0 and "fsanitize" in (bld.stdout + bld.stderr) and "unrecognized" in bld.stderr:
         pytest.skip("this compiler has no ThreadSanitizer")
     assert bld.returncode == 0, bld.stdout + bld.stderr
-    test = run("ctest", "--test-dir", str(build), "--output-on-failure", "--timeout", "900", "-j", "2")
     print(test.stdout[-4000:])
     assert test.returncode == 0, test.stdout[-8000:] + test.stderr
     assert "100% tests passed" in test.stdout
@@ -78,7 +102,7 @@ def test_tsan_ctest():
     for name in ("emu_tsan", "emu_asan", *(f"emu_tsan_drop_{i}" for i in ids)):
         assert re.search(rf"Test\s+#\d+: {name} \.+\s+Passed", test.stdout), name
     # Every barrier ran in the clean run, so each drop test above removed a barrier that matters there.
-    clean = run(str(build / "emu_tsan"))
+    clean = subprocess.run([str(build / "emu_tsan")], capture_output=True, text=True, cwd=ROOT)
     assert clean.returncode == 0, clean.stdout + clean.stderr
     ran = re.search(r"barriers run:([\d ]*)", clean.stdout)
     assert ran and sorted(int(i) for i in ran.group(1).split()) == ids, (clean.stdout, barriers)

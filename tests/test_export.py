@@ -1,4 +1,5 @@
 """Export: the BN-folded plain model matches JointNet, and the ONNX file runs in onnxruntime."""
+
 import pytest
 import torch
 from torch import nn
@@ -46,9 +47,16 @@ def test_onnx_round_trip_through_onnxruntime(tmp_path, capsys):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from fused_dsconv.export import onnx_logits
+
     model = _trained_like()
-    config = ckpt.model_config(model, model="jointnet_a025_d3", dataset="digits", classes=[str(i) for i in range(10)],
-                               mean=[0.3] * 3, std=[0.4] * 3)
+    config = ckpt.model_config(
+        model,
+        model="jointnet_a025_d3",
+        dataset="digits",
+        classes=[str(i) for i in range(10)],
+        mean=[0.3] * 3,
+        std=[0.4] * 3,
+    )
     ckpt.save_weights(model, tmp_path / "best.safetensors", config)
     path = tmp_path / "model.onnx"
     assert cli(["export", str(tmp_path), "--onnx", str(path), "--check"]) == 0
@@ -56,8 +64,17 @@ def test_onnx_round_trip_through_onnxruntime(tmp_path, capsys):
 
     proto = onnx.load(str(path))
     ops = {n.op_type for n in proto.graph.node}
-    assert "BatchNormalization" not in ops and ops <= {"Conv", "Relu", "GlobalAveragePool", "ReduceMean", "Flatten",
-                                                         "Gemm", "Reshape", "MatMul", "Add"}, ops
+    assert "BatchNormalization" not in ops and ops <= {
+        "Conv",
+        "Relu",
+        "GlobalAveragePool",
+        "ReduceMean",
+        "Flatten",
+        "Gemm",
+        "Reshape",
+        "MatMul",
+        "Add",
+    }, ops
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["resolution"] == "32" and meta["mean"] == "[0.3, 0.3, 0.3]"
 
@@ -69,10 +86,12 @@ def test_onnx_round_trip_through_onnxruntime(tmp_path, capsys):
     assert (got - ref).abs().max().item() < 1e-4
 
 
+@pytest.mark.slow
 def test_onnx_dynamo_exporter(tmp_path):
     pytest.importorskip("onnxscript")
     pytest.importorskip("onnxruntime")
     from fused_dsconv.export import export_onnx, onnx_logits
+
     model = _trained_like(dilation=4)
     path = export_onnx(model, tmp_path / "m.onnx", dynamo=True)
     x = torch.randn(3, 3, 32, 32)

@@ -1,4 +1,5 @@
 """Finding the native extension: a stale or missing build becomes a reason, never a crash."""
+
 import importlib
 
 import pytest
@@ -19,6 +20,7 @@ def failing_import(monkeypatch, error):
         if name == "fused_dsconv._C":
             raise error
         return original(name, *args)
+
     monkeypatch.setattr(importlib, "import_module", fake)
 
 
@@ -72,6 +74,7 @@ def test_visible_gpus_set_the_arch_list(monkeypatch):
 def test_pascal_with_cuda13_skips_the_doomed_jit_build(fresh):
     """A GTX 10xx user with torch cu126 but a CUDA 13 nvcc: no minutes-long failing compile, one clear line."""
     import torch
+
     failing_import(fresh, ModuleNotFoundError("fused_dsconv._C"))
     fresh.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
     fresh.delenv("FUSED_DSCONV_NO_JIT", raising=False)
@@ -83,6 +86,7 @@ def test_pascal_with_cuda13_skips_the_doomed_jit_build(fresh):
 
     def no_build(*args, **kwargs):
         raise AssertionError("the JIT build must not start")
+
     fresh.setattr(_extension, "jit_build", no_build)
     assert _extension.load() is None
     reason = _extension.status()

@@ -4,13 +4,18 @@ Runs in a subprocess: the ahead-of-time extension (when CI built it) already own
 fused_dsconv_native op namespace in this process. There, the AOT import is made to fail as in an
 isolated install, and a GPU is pretended (the compile needs nvcc, not a device).
 """
+
 import os
 import shutil
-import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
+import prebuild as background
 import pytest
+
+pytestmark = [pytest.mark.build]  # JIT-builds the CUDA extension
 
 SCRIPT = textwrap.dedent("""
     import importlib, torch
@@ -29,15 +34,32 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_first_use_compiles_the_shipped_sources(tmp_path):
+def _toolkit() -> bool:
     from torch.utils.cpp_extension import CUDA_HOME
-    if CUDA_HOME is None or shutil.which(os.path.join(CUDA_HOME, "bin", "nvcc")) is None:
-        pytest.fail("this test needs the CUDA toolkit (set CUDA_HOME); CI has it") if os.environ.get("CI") else \
-            pytest.skip("no CUDA toolkit here (set CUDA_HOME)")
-    env = {**os.environ, "FUSED_DSCONV_CACHE": str(tmp_path), "TORCH_CUDA_ARCH_LIST": "7.5", "MAX_JOBS": "2"}
+
+    return CUDA_HOME is not None and shutil.which(os.path.join(CUDA_HOME, "bin", "nvcc")) is not None
+
+
+def prebuild():
+    """The first use, in a subprocess with an empty cache (started in the background: tests/prebuild.py)."""
+    if not _toolkit():
+        return None
+    cache = Path(tempfile.mkdtemp(prefix="fused_dsconv_jit_"))
+    env = {**os.environ, "FUSED_DSCONV_CACHE": str(cache), "TORCH_CUDA_ARCH_LIST": "7.5", "MAX_JOBS": "2"}
     env.pop("FUSED_DSCONV_NO_JIT", None)
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=1500)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "just-in-time build of the shipped sources" in proc.stdout
-    assert "compiling the native CUDA extension" in proc.stderr  # announced to the user
-    assert any(tmp_path.rglob("*.so")), "nothing cached"
+    return background.run([sys.executable, "-c", SCRIPT], env=env, timeout=1500), cache
+
+
+def test_first_use_compiles_the_shipped_sources():
+    if not _toolkit():
+        pytest.fail("this test needs the CUDA toolkit (set CUDA_HOME); CI has it") if os.environ.get(
+            "CI"
+        ) else pytest.skip("no CUDA toolkit here (set CUDA_HOME)")
+    proc, cache = background.result(__name__, prebuild)
+    try:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "just-in-time build of the shipped sources" in proc.stdout
+        assert "compiling the native CUDA extension" in proc.stderr  # announced to the user
+        assert any(cache.rglob("*.so")), "nothing cached"
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)

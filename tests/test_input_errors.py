@@ -1,4 +1,5 @@
 """Bad input is refused with an error naming the argument, before anything runs or any state changes."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -11,14 +12,28 @@ OPS = torch.ops.fused_dsconv
 
 def _train_case():
     c = make_case(2, 3, 5, 7, 6, stride=2, dilation=2)
-    out, y, mean, var = OPS.forward_train(c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 2, 2,
-                                          1e-5, True, "reference")
+    out, y, mean, var = OPS.forward_train(
+        c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 2, 2, 1e-5, True, "reference"
+    )
     return c, out, y, mean, var
 
 
 def _backward_train(c, g, y, mean, var, /, **override):
-    args = dict(grad_out=g, x=c.x, dw_weight=c.dw_weight, pw_weight=c.pw_weight, bias=c.bias,
-                bn_weight=c.bn_weight, bn_bias=c.bn_bias, y=y, mean=mean, var=var, stride=2, dilation=2, eps=1e-5)
+    args = dict(
+        grad_out=g,
+        x=c.x,
+        dw_weight=c.dw_weight,
+        pw_weight=c.pw_weight,
+        bias=c.bias,
+        bn_weight=c.bn_weight,
+        bn_bias=c.bn_bias,
+        y=y,
+        mean=mean,
+        var=var,
+        stride=2,
+        dilation=2,
+        eps=1e-5,
+    )
     args.update(override)
     return OPS.backward_train(*args.values(), "reference")
 
@@ -31,8 +46,11 @@ def test_backward_train_checks_every_input(device):
     out, y, mean, var = (t.to(device) for t in (out, y, mean, var))
     g = torch.randn_like(out)
     bad = [
-        (ValueError, r"grad_out must have the forward output's shape \[N, K, Ho, Wo\] = \(2, 5, 4, 3\)",
-         dict(grad_out=g[:1])),
+        (
+            ValueError,
+            r"grad_out must have the forward output's shape \[N, K, Ho, Wo\] = \(2, 5, 4, 3\)",
+            dict(grad_out=g[:1]),
+        ),
         (ValueError, r"grad_out must have the forward output's shape", dict(grad_out=g[..., :2])),
         (TypeError, r"grad_out must have x's dtype torch.float32", dict(grad_out=g.double())),
         (ValueError, r"y must have the forward output's shape", dict(y=y[:, :4])),
@@ -73,9 +91,11 @@ def test_backward_eval_checks_every_input(device):
     c = make_case(2, 3, 5, 7, 6, stride=1, dilation=1, device=device)
     out = OPS.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 1, "reference")
     g = torch.randn_like(out)
-    call = lambda **o: OPS.backward_eval(*{**dict(grad_out=g, out=out, x=c.x, dw_weight=c.dw_weight,  # noqa: E731
-                                                   pw_weight=c.pw_weight, stride=1, dilation=1), **o}.values(),
-                                         "reference")
+
+    def call(**o):
+        args = dict(grad_out=g, out=out, x=c.x, dw_weight=c.dw_weight, pw_weight=c.pw_weight, stride=1, dilation=1)
+        return OPS.backward_eval(*{**args, **o}.values(), "reference")
+
     with pytest.raises(ValueError, match=r"grad_out must have the forward output's shape .* got \(1, 5, 7, 6\)"):
         call(grad_out=g[:1])
     with pytest.raises(ValueError, match=r"out must have the forward output's shape"):
@@ -110,8 +130,11 @@ def _assert_same_state(block, before):
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])
-@pytest.mark.parametrize("x", [torch.randn(2, 4, 0, 5), torch.randn(1, 4, 1, 1), torch.randn(2, 4, 5, 5).double()],
-                         ids=["zero-height", "one-value-per-channel", "dtype-mismatch"])
+@pytest.mark.parametrize(
+    "x",
+    [torch.randn(2, 4, 0, 5), torch.randn(1, 4, 1, 1), torch.randn(2, 4, 5, 5).double()],
+    ids=["zero-height", "one-value-per-channel", "dtype-mismatch"],
+)
 def test_failed_training_forward_changes_no_state(x, momentum):
     block = JointBlock(4, 6, backend="reference", momentum=momentum).train()
     block(torch.randn(2, 4, 5, 5))  # some history, so a wrong update would show
@@ -136,6 +159,7 @@ def test_failing_op_changes_no_state(monkeypatch):
 
     def boom(*a, **k):
         raise RuntimeError("kernel failed")
+
     monkeypatch.setattr(ops, "forward_train", boom)
     with pytest.raises(RuntimeError, match="kernel failed"):
         block(torch.randn(2, 4, 5, 5))
@@ -143,15 +167,18 @@ def test_failing_op_changes_no_state(monkeypatch):
 
 
 # -- dtypes: as nn.Sequential outside autocast ------------------------------------------------------
-@pytest.mark.parametrize("block_dtype,x_dtype", [(torch.float64, torch.float32), (torch.float32, torch.float64),
-                                                 (torch.float32, torch.bfloat16)])
+@pytest.mark.parametrize(
+    "block_dtype,x_dtype",
+    [(torch.float64, torch.float32), (torch.float32, torch.float64), (torch.float32, torch.bfloat16)],
+)
 def test_dtype_mismatch_raises_like_nn_sequential(block_dtype, x_dtype):
     block = JointBlock(4, 6, backend="reference", dtype=block_dtype)
     x = torch.randn(2, 4, 5, 5, dtype=x_dtype)
     with pytest.raises(RuntimeError):
         block.to_unfused()(x)  # what the unfused layers do
-    with pytest.raises(RuntimeError, match=f"input dtype {x_dtype} does not match the block's parameter dtype "
-                                           f"{block_dtype}"):
+    with pytest.raises(
+        RuntimeError, match=f"input dtype {x_dtype} does not match the block's parameter dtype {block_dtype}"
+    ):
         block(x)
 
 
@@ -171,8 +198,11 @@ def test_autocast_leaves_float64_alone_like_nn_sequential():
 # -- clear errors naming the argument ---------------------------------------------------------------
 def test_unknown_backend_in_environment_names_the_variable(monkeypatch):
     monkeypatch.setenv("FUSED_DSCONV_BACKEND", "cudnn")
-    with pytest.raises(ValueError, match=r"FUSED_DSCONV_BACKEND='cudnn' is not a backend: set it to one of "
-                                         r"\['auto', 'native', 'triton', 'reference'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"FUSED_DSCONV_BACKEND='cudnn' is not a backend: set it to one of "
+        r"\['auto', 'native', 'triton', 'reference'\]",
+    ):
         JointBlock(4, 6)(torch.randn(2, 4, 5, 5))
 
 

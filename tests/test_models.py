@@ -1,4 +1,5 @@
 """The paper's classifier: architecture counts, training step, compile, registry."""
+
 import pytest
 import torch
 
@@ -9,10 +10,22 @@ from fused_dsconv.models import complexity_table
 # params at (alpha, classes); multiply-adds per image at (alpha, resolution) with 1000 classes.
 # Checked by hand for (0.75, 10): stem 648 + blocks 1,201,704 + fc 7,690 = 1,210,042; and for the
 # alpha-1 multiply-adds at 224: stem 43,352,064 + blocks 347,744,768 + fc 1,024,000 = 392,120,832.
-PARAMS = {(1.0, 10): 2_136_138, (1.0, 200): 2_330_888, (1.0, 1000): 3_150_888,
-          (0.75, 10): 1_210_042, (0.75, 1000): 1_971_352, (0.5, 10): 545_322, (0.5, 1000): 1_053_192}
-MACS = {(1.0, 224): 392_120_832, (1.0, 192): 288_360_448, (1.0, 160): 200_563_200,
-        (0.75, 224): 231_470_976, (0.5, 224): 112_567_552}
+PARAMS = {
+    (1.0, 10): 2_136_138,
+    (1.0, 200): 2_330_888,
+    (1.0, 1000): 3_150_888,
+    (0.75, 10): 1_210_042,
+    (0.75, 1000): 1_971_352,
+    (0.5, 10): 545_322,
+    (0.5, 1000): 1_053_192,
+}
+MACS = {
+    (1.0, 224): 392_120_832,
+    (1.0, 192): 288_360_448,
+    (1.0, 160): 200_563_200,
+    (0.75, 224): 231_470_976,
+    (0.5, 224): 112_567_552,
+}
 
 
 def test_parameter_counts_are_pinned():
@@ -36,8 +49,16 @@ def test_architecture_follows_table1():
     blocks = list(model.blocks)
     assert len(blocks) == 9 and all(isinstance(b, JointBlock) for b in blocks)
     assert [(b.dw.in_channels, b.pw.out_channels, b.stride) for b in blocks] == [
-        (32, 64, 2), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1),
-        (256, 512, 2), (512, 512, 1), (512, 1024, 2), (1024, 1024, 1)]
+        (32, 64, 2),
+        (64, 128, 2),
+        (128, 128, 1),
+        (128, 256, 2),
+        (256, 256, 1),
+        (256, 512, 2),
+        (512, 512, 1),
+        (512, 1024, 2),
+        (1024, 1024, 1),
+    ]
     assert all(b.dilation == 3 for b in blocks)
     per_block = JointNet(num_classes=10, dilation=[1, 2, 3, 4, 1, 2, 3, 4, 1])
     assert [b.dilation for b in per_block.blocks] == [1, 2, 3, 4, 1, 2, 3, 4, 1]
@@ -65,6 +86,7 @@ def test_registry():
         create_model("jointnet_a100_d30")
 
 
+@pytest.mark.slow
 def test_torch_compile_classifier_fullgraph():
     model = JointNet(num_classes=10, alpha=0.25, rho=0.25, dilation=3, backend="reference")
     compiled = torch.compile(model, fullgraph=True)  # inductor on CPU

@@ -1,6 +1,7 @@
 """The real CUDA extension (fused_dsconv._C): when it is importable, every op of the family has a CUDA
 kernel; in CI (env CI set, FUSED_DSCONV_NO_NATIVE != 1) it must be importable, since CI installs with
 the native build."""
+
 from __future__ import annotations
 
 import importlib
@@ -9,8 +10,16 @@ import os
 import pytest
 import torch
 
-OPS = ("forward_eval", "forward_train", "backward_eval", "backward_train", "forward_stats", "forward_normalize",
-       "backward_reduce", "backward_apply")
+OPS = (
+    "forward_eval",
+    "forward_train",
+    "backward_eval",
+    "backward_train",
+    "forward_stats",
+    "forward_normalize",
+    "backward_reduce",
+    "backward_apply",
+)
 
 
 def _import_native():
@@ -46,6 +55,7 @@ def test_native_backend_explains_itself():
         @staticmethod
         def kernel_binary_version(device_index):
             return 86
+
     ready = native.NativeBackend(Built())
     with FakeTensorMode():
         x = torch.empty(2, 3, 5, 5, device="cuda")
@@ -56,6 +66,7 @@ def test_native_backend_explains_itself():
         assert "not supported" in ready.unavailable(x.to(torch.int32))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_native_matches_reference_on_gpu():
     """Only on a machine with a GPU: the CUDA build against the reference (fp32, both layouts)."""
@@ -70,17 +81,41 @@ def test_native_matches_reference_on_gpu():
     for cl in (False, True):
         for s, d in ((1, 1), (2, 3), (1, 5)):
             c = make_case(2, 24, 80, 17, 13, stride=s, dilation=d, channels_last=cl, device="cuda")
-            o, y, m, v = b.forward_train(c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, s, d, 1e-5, True)
-            eo, ey, em, ev = ref.forward_train(c.x.double(), c.dw_weight.double(), c.pw_weight.double(),
-                                               c.bias.double(), c.bn_weight.double(), c.bn_bias.double(), s, d, 1e-5,
-                                               True)
+            o, y, m, v = b.forward_train(
+                c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, s, d, 1e-5, True
+            )
+            eo, ey, em, ev = ref.forward_train(
+                c.x.double(),
+                c.dw_weight.double(),
+                c.pw_weight.double(),
+                c.bias.double(),
+                c.bn_weight.double(),
+                c.bn_bias.double(),
+                s,
+                d,
+                1e-5,
+                True,
+            )
             for name, a, e in (("out", o, eo), ("y", y, ey), ("mean", m, em), ("var", v, ev)):
                 assert_close(a.cpu(), e.cpu(), torch.float32, name)
             g = torch.randn_like(o)
-            got = b.backward_train(g, c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, None, m, v,
-                                   s, d, 1e-5)
-            exp = ref.backward_train(g.double(), c.x.double(), c.dw_weight.double(), c.pw_weight.double(),
-                                     c.bias.double(), c.bn_weight.double(), c.bn_bias.double(), y.double(),
-                                     m.double(), v.double(), s, d, 1e-5)
+            got = b.backward_train(
+                g, c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, None, m, v, s, d, 1e-5
+            )
+            exp = ref.backward_train(
+                g.double(),
+                c.x.double(),
+                c.dw_weight.double(),
+                c.pw_weight.double(),
+                c.bias.double(),
+                c.bn_weight.double(),
+                c.bn_bias.double(),
+                y.double(),
+                m.double(),
+                v.double(),
+                s,
+                d,
+                1e-5,
+            )
             for name, a, e in zip(("dx", "d_dw", "d_pw", "dbias", "dgamma", "dbeta"), got, exp):
                 assert_close(a.cpu(), e.cpu(), torch.float32, name)

@@ -1,4 +1,5 @@
 """torch.library.opcheck on the registered op family (schema, fake kernels, autograd registration)."""
+
 import pytest
 import torch
 
@@ -19,23 +20,42 @@ def test_opcheck(case, requires_grad):
     c = case
     for t in (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias):
         t.requires_grad_(requires_grad)
-    torch.library.opcheck(OPS.forward_eval.default, (c.x, c.dw_weight, c.pw_weight, c.bias, c.stride, c.dilation,
-                                                     "reference"))
+    torch.library.opcheck(
+        OPS.forward_eval.default, (c.x, c.dw_weight, c.pw_weight, c.bias, c.stride, c.dilation, "reference")
+    )
     for save_y in (True, False):
-        torch.library.opcheck(OPS.forward_train.default, (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight,
-                                                          c.bn_bias, c.stride, c.dilation, 1e-5, save_y,
-                                                          "reference"))
+        torch.library.opcheck(
+            OPS.forward_train.default,
+            (
+                c.x,
+                c.dw_weight,
+                c.pw_weight,
+                c.bias,
+                c.bn_weight,
+                c.bn_bias,
+                c.stride,
+                c.dilation,
+                1e-5,
+                save_y,
+                "reference",
+            ),
+        )
 
 
 def test_opcheck_backward_ops():
     c = make_case(2, 3, 5, 6, 6, stride=2, dilation=2)
-    out, y, mean, var = OPS.forward_train(c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 2, 2,
-                                          1e-5, True, "reference")
+    out, y, mean, var = OPS.forward_train(
+        c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 2, 2, 1e-5, True, "reference"
+    )
     g = torch.randn_like(out)
-    torch.library.opcheck(OPS.backward_train.default, (g, c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight,
-                                                       c.bn_bias, y, mean, var, 2, 2, 1e-5, "reference"))
-    torch.library.opcheck(OPS.backward_train.default, (g, c.x, c.dw_weight, c.pw_weight, None, None, None, None,
-                                                       mean, var, 2, 2, 1e-5, "reference"))
+    torch.library.opcheck(
+        OPS.backward_train.default,
+        (g, c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, y, mean, var, 2, 2, 1e-5, "reference"),
+    )
+    torch.library.opcheck(
+        OPS.backward_train.default,
+        (g, c.x, c.dw_weight, c.pw_weight, None, None, None, None, mean, var, 2, 2, 1e-5, "reference"),
+    )
     torch.library.opcheck(OPS.backward_eval.default, (g, out, c.x, c.dw_weight, c.pw_weight, 2, 2, "reference"))
 
 
@@ -50,20 +70,24 @@ def test_opcheck_split_passes(case):
         torch.library.opcheck(OPS.forward_stats.default, (*conv, c.stride, c.dilation, save_y, "reference"))
     y, mean, var = OPS.forward_stats(*conv, c.stride, c.dilation, True, "reference")
     for y_in in (y, None):
-        torch.library.opcheck(OPS.forward_normalize.default, (*conv, y_in, mean, var, *bn, c.stride, c.dilation,
-                                                              1e-5, "reference"))
+        torch.library.opcheck(
+            OPS.forward_normalize.default, (*conv, y_in, mean, var, *bn, c.stride, c.dilation, 1e-5, "reference")
+        )
     g = torch.randn_like(y)
     for affine in (bn, (None, None)):
         torch.library.opcheck(OPS.backward_reduce.default, (g, y, mean, var, *affine, 1e-5, "reference"))
-        torch.library.opcheck(OPS.backward_apply.default, (g, *conv[:3], y, mean, var, *affine, mean * 0.1,
-                                                           var * 0.1, c.stride, c.dilation, 1e-5, "reference"))
+        torch.library.opcheck(
+            OPS.backward_apply.default,
+            (g, *conv[:3], y, mean, var, *affine, mean * 0.1, var * 0.1, c.stride, c.dilation, 1e-5, "reference"),
+        )
 
 
 def test_statistics_outputs_are_not_differentiable():
     c = make_case(2, 3, 4, 5, 5)
     c.x.requires_grad_()
-    out, y, mean, var = OPS.forward_train(c.x, c.dw_weight, c.pw_weight, None, None, None, 1, 1, 1e-5, True,
-                                          "reference")
+    out, y, mean, var = OPS.forward_train(
+        c.x, c.dw_weight, c.pw_weight, None, None, None, 1, 1, 1e-5, True, "reference"
+    )
     assert out.requires_grad and not (y.requires_grad or mean.requires_grad or var.requires_grad)
 
 

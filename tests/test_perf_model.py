@@ -1,5 +1,6 @@
 """The traffic/FLOP MODEL's byte counts checked by hand for one small case, and the native model's
 tile / workspace geometry checked against the C++ launcher it mirrors."""
+
 import shutil
 import subprocess
 import sys
@@ -43,24 +44,29 @@ def test_train_forward_bytes_by_hand():
 
 def test_backward_bytes_by_hand():
     unf = pm.unfused(L, "train_fwd_bwd").bytes - pm.unfused(L, "train_fwd").bytes
-    assert unf == (3 * Y) + (2 * Y + 4 * PC) + (3 * Y + 5 * PC) + (Y + WP + T) + (Y + T + WP) + (T + WD + X) + (T + X + WD)
+    assert unf == (3 * Y) + (2 * Y + 4 * PC) + (3 * Y + 5 * PC) + (Y + WP + T) + (Y + T + WP) + (T + WD + X) + (
+        T + X + WD
+    )
     part, wpart = 2 * PC, (4 * 2 + 9 * 2) * 4  # one tile of stats partials and of [K, C] + [C, 9] weight partials
     fus = pm.fused(L, "train_fwd_bwd").bytes - pm.fused(L, "train_fwd").bytes
-    assert fus == (2 * Y + 4 * PC + part) + (part + 2 * PC) + (X + 2 * Y + WD + WP + 6 * PC + T + wpart) \
-        + (wpart + WP + WD) + (T + WD + X)
+    assert fus == (2 * Y + 4 * PC + part) + (part + 2 * PC) + (X + 2 * Y + WD + WP + 6 * PC + T + wpart) + (
+        wpart + WP + WD
+    ) + (T + WD + X)
     rec = pm.fused(L, "train_fwd_bwd", recompute=True).bytes - pm.fused(L, "train_fwd_bwd").bytes
     assert rec == X + WD + WP + PC + Y
 
 
 def test_design_rows_are_the_fused_plan_and_labelled_design():
-    # The tables' "design" columns must be DESIGN.md's plan (`fused`), not another implementation: their
+    # The tables' "design" columns must be the modelled plan of docs/design.md (`fused`), not another implementation: their
     # kernels and bytes are the plan's, and differ from the shipped kernels' (`native`).
     layers = pm.classifier_layers(batch=2)
     for mode in pm.MODES:
         row = pm.model_rows(layers[:1], mode)[0]
         plan = pm.fused(layers[0], mode)
         assert row["design_bytes"] == plan.bytes and row["design_flops"] == plan.flops
-        assert plan.impl == "design" and [k.name for k in plan.kernels] != [k.name for k in pm.native(layers[0], mode).kernels]
+        assert plan.impl == "design" and [k.name for k in plan.kernels] != [
+            k.name for k in pm.native(layers[0], mode).kernels
+        ]
     assert pm.fused(L, "train_fwd_bwd", recompute=True).impl == "design_recompute"
 
 
@@ -115,9 +121,15 @@ def test_native_backward_bytes_by_hand():
     dt = 1 * 2 * 16 * 4  # dt [N, C, Ho, Wo] in fp32
     fwd = pm.native(L, "train_fwd")
     tr = pm.native(L, "train_fwd_bwd")
-    bwd = tr.kernels[len(fwd.kernels):]
-    assert [k.name for k in bwd] == ["bn_bwd_reduce", "bn_bwd_finalize", "dsconv_bwd_dt", "dsconv_bwd_dwp",
-                                     "dsconv_bwd_dx", "colsum (dWp, dWd)"]
+    bwd = tr.kernels[len(fwd.kernels) :]
+    assert [k.name for k in bwd] == [
+        "bn_bwd_reduce",
+        "bn_bwd_finalize",
+        "dsconv_bwd_dt",
+        "dsconv_bwd_dwp",
+        "dsconv_bwd_dx",
+        "colsum (dWp, dWd)",
+    ]
     assert [(k.read, k.written) for k in bwd] == [
         (2 * Y + 4 * PC, red),  # dout, y, mean, var, gamma, beta -> partials of dz, dz yhat, yhat
         (red + 4 * PC, coef + 3 * PC),  # -> dy coefficients and dbeta, dgamma, dbias
@@ -205,6 +217,7 @@ int main() {
 """
 
 
+@pytest.mark.build
 @pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ to compile csrc/kernels/launch.cuh")
 def test_native_geometry_matches_launch_cuh(tmp_path):
     """native_geometry against the C++ itself: set_geometry, forward_ws_floats and bwd_ws, compiled with
@@ -212,13 +225,17 @@ def test_native_geometry_matches_launch_cuh(tmp_path):
     root = Path(__file__).resolve().parents[1]
     src, exe = tmp_path / "geo.cpp", tmp_path / "geo"
     src.write_text(_GEO_CPP)
-    build = subprocess.run(["g++", "-std=c++20", "-O0", "-pthread", f"-I{root / 'csrc'}", str(src), "-o", str(exe)],
-                           capture_output=True, text=True)
+    build = subprocess.run(
+        ["g++", "-std=c++20", "-O0", "-pthread", f"-I{root / 'csrc'}", str(src), "-o", str(exe)],
+        capture_output=True,
+        text=True,
+    )
     assert build.returncode == 0, build.stderr[-4000:]
     layers = [pm.Layer("g", *shape) for shape, _ in GEOMETRY_CASES]
     layers += pm.classifier_layers(batch=32) + pm.classifier_layers(batch=3, alpha=0.75, rho=192 / 224)
-    layers += pm.classifier_layers(batch=1) + [pm.Layer("t", *shape, stride=s, dilation=d)
-                                               for shape, s, d, _ in TILE_CASES]
+    layers += pm.classifier_layers(batch=1) + [
+        pm.Layer("t", *shape, stride=s, dilation=d) for shape, s, d, _ in TILE_CASES
+    ]
     stdin = "".join(f"{l.n} {l.c} {l.k} {l.h} {l.w} {l.stride} {l.dilation}\n" for l in layers)
     run = subprocess.run([str(exe)], input=stdin, capture_output=True, text=True, check=True)
     got = [tuple(map(int, line.split())) for line in run.stdout.splitlines()]
@@ -226,10 +243,28 @@ def test_native_geometry_matches_launch_cuh(tmp_path):
     cls = {0: "rect8x8", 1: "rect8x16", 2: "span64", 3: "span128"}  # problem.cuh TileClass
     for l, cpp in zip(layers, got):
         g = pm.native_geometry(l)
-        assert (g.fwd_tile, g.ntiles, g.dwp_tile, g.dwp_tiles, g.dt_tile, g.dt_tiles, g.splits, g.rgroups, g.xtiles,
-                g.xgroups, g.fwd_ws_floats, g.bwd_red, g.bwd_coef, g.bwd_dwp, g.bwd_dwd, g.bwd_dt, g.bwd_total,
-                pm._span_rows(l), g.fsplit, g.bsplit) == (cls[cpp[0]], cpp[1], cls[cpp[2]], *cpp[3:4], cls[cpp[4]],
-                                                          *cpp[5:]), l
+        assert (
+            g.fwd_tile,
+            g.ntiles,
+            g.dwp_tile,
+            g.dwp_tiles,
+            g.dt_tile,
+            g.dt_tiles,
+            g.splits,
+            g.rgroups,
+            g.xtiles,
+            g.xgroups,
+            g.fwd_ws_floats,
+            g.bwd_red,
+            g.bwd_coef,
+            g.bwd_dwp,
+            g.bwd_dwd,
+            g.bwd_dt,
+            g.bwd_total,
+            pm._span_rows(l),
+            g.fsplit,
+            g.bsplit,
+        ) == (cls[cpp[0]], cpp[1], cls[cpp[2]], *cpp[3:4], cls[cpp[4]], *cpp[5:]), l
 
 
 def test_model_tables_label_every_implementation():

@@ -1,4 +1,5 @@
 """README.md's code runs as written, and CI runs exactly the test command it gives."""
+
 import re
 from pathlib import Path
 
@@ -11,7 +12,7 @@ README = (ROOT / "README.md").read_text()
 def _section(title: str) -> str:
     start = README.index(f"\n## {title}\n")
     end = README.find("\n## ", start + 1)
-    return README[start:end if end > 0 else None]
+    return README[start : end if end > 0 else None]
 
 
 def test_use_snippets_run_as_written_on_this_machine():

@@ -1,9 +1,10 @@
 """The spec and the reference backend against the unfused PyTorch modules, in float64."""
+
 import pytest
 import torch
 import torch.nn as nn
 
-from fused_dsconv import ops, reference
+from fused_dsconv import ops, spec
 from fused_dsconv.testing import assert_close, make_case
 
 D = torch.float64
@@ -12,7 +13,10 @@ D = torch.float64
 def unfused(c, k, stride, dilation, bias=False):
     return nn.Sequential(
         nn.Conv2d(c, c, 3, stride, dilation, dilation, groups=c, bias=bias),
-        nn.Conv2d(c, k, 1, bias=bias), nn.BatchNorm2d(k), nn.ReLU()).double()
+        nn.Conv2d(c, k, 1, bias=bias),
+        nn.BatchNorm2d(k),
+        nn.ReLU(),
+    ).double()
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -28,9 +32,20 @@ def test_spec_equals_unfused_modules(stride, dilation, training):
     rm, rv = seq[2].running_mean.clone(), seq[2].running_var.clone()
     x = torch.randn(3, 5, 11, 9, dtype=D)
     expected = seq(x)
-    got = reference.joint_block(x, seq[0].weight, seq[1].weight, seq[2].weight, seq[2].bias, rm, rv,
-                                stride=stride, dilation=dilation, training=training,
-                                dw_bias=seq[0].bias, pw_bias=seq[1].bias)
+    got = spec.joint_block(
+        x,
+        seq[0].weight,
+        seq[1].weight,
+        seq[2].weight,
+        seq[2].bias,
+        rm,
+        rv,
+        stride=stride,
+        dilation=dilation,
+        training=training,
+        dw_bias=seq[0].bias,
+        pw_bias=seq[1].bias,
+    )
     assert_close(got, expected, D, "out")
     assert_close(rm, seq[2].running_mean, D, "running_mean")
     assert_close(rv, seq[2].running_var, D, "running_var")
@@ -40,8 +55,9 @@ def test_spec_equals_unfused_modules(stride, dilation, training):
 @pytest.mark.parametrize("affine", [True, False])
 def test_reference_backend_gradcheck_train(stride, dilation, affine):
     c = make_case(2, 2, 3, 5, 4, stride=stride, dilation=dilation, affine=affine).cast(D)
-    params = [t.requires_grad_() for t in (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias)
-              if t is not None]
+    params = [
+        t.requires_grad_() for t in (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias) if t is not None
+    ]
 
     def f(*ts):
         x, dw, pw, b, *bn = ts
@@ -58,9 +74,11 @@ def test_reference_backend_gradcheck_recompute_and_eval(save_y):
         t.requires_grad_()
     assert torch.autograd.gradcheck(
         lambda *ts: ops.forward_train(*ts, 2, 2, 1e-5, save_y, "reference")[0],
-        (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias))
+        (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias),
+    )
     assert torch.autograd.gradcheck(
-        lambda *ts: ops.forward_eval(*ts, 2, 2, "reference"), (c.x, c.dw_weight, c.pw_weight, c.bias))
+        lambda *ts: ops.forward_eval(*ts, 2, 2, "reference"), (c.x, c.dw_weight, c.pw_weight, c.bias)
+    )
 
 
 def test_fold_bn_matches_eval_batch_norm():
@@ -69,8 +87,9 @@ def test_fold_bn_matches_eval_batch_norm():
         seq[2].running_mean.normal_()
         seq[2].running_var.uniform_(0.5, 2)
     x = torch.randn(2, 4, 8, 8, dtype=D)
-    w, b = reference.fold_bn(seq[1].weight, seq[1].bias, seq[2].weight, seq[2].bias, seq[2].running_mean,
-                             seq[2].running_var, seq[2].eps)
+    w, b = spec.fold_bn(
+        seq[1].weight, seq[1].bias, seq[2].weight, seq[2].bias, seq[2].running_mean, seq[2].running_var, seq[2].eps
+    )
     t = seq[0](x)
     got = torch.relu(torch.nn.functional.conv2d(t, w.double()[:, :, None, None], b.double()))
     assert_close(got, seq(x), D, "folded")

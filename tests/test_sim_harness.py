@@ -1,10 +1,10 @@
 """The simulation harness (tools/sim) and the cost model v2 (bench/cost_model.py), without the simulator:
 the PTX rewrites around GPGPU-Sim's bugs, the log parser, the case syntax, the host programs' nvcc build
 and --dry launch lists (so that they cannot rot), and the model's arithmetic and calibration."""
+
 import json
 import math
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -32,14 +32,17 @@ shfl.sync.bfly.b32 %r2|%p1, %r1, 16, 31, -1;
 cvt.rn.f32.s64 %f1, %rd1;
 @%p2 cvt.rz.f64.u64 %fd1, %rd2;
 { mov.b32 %f2, {0,%rs3};}
+@p ld.global.L2::128B.u32 %r3, [%rd3];
+ld.global.nc.L2::128B.v4.f32 {%f3, %f4, %f5, %f6}, [%rd3];
 ret;
 }
 """
 
 
-def test_ptx_fix_rewrites_the_three_forms():
+def test_ptx_fix_rewrites_the_four_forms():
     out, counts = ptx_fix.fix_ptx(PTX)
-    assert counts == {"shfl_pred": 1, "cvt_int64_float": 2, "bf16_mov": 1}
+    assert counts == {"shfl_pred": 1, "cvt_int64_float": 2, "bf16_mov": 1, "l2_hint": 2}
+    assert "@p ld.global.u32 %r3, [%rd3];" in out and "ld.global.nc.v4.f32 {%f3" in out and "L2::" not in out
     assert "shfl.sync.bfly.b32 %r2, %r1, 16, 31, -1;" in out and "|%p1" not in out
     assert "cvt.rn.f32.s64" not in out and "cvt.rz.f64.u64" not in out
     # hi * 2^32 + lo in float64, signedness kept, one final rounding with the original mode
@@ -66,6 +69,9 @@ gpu_sim_insn = 3200
 gpgpu_n_tot_w_icount = 100
 gpgpu_n_shmem_insn = 64
 L2_total_cache_accesses = 10
+Stall:300	W0_Idle:20	W0_Scoreboard:100	W1:0	W32:50
+single_issue_nums: WS0:40	WS1:30	
+dual_issue_nums: WS0:2	WS1:0	
 [sim] launch 1 grid=(1,1,1) block=128 (128x1)
 kernel_name = _ZN3dsc1bEv
 gpu_sim_cycle = 6000
@@ -73,6 +79,9 @@ gpu_sim_insn = 640
 gpgpu_n_tot_w_icount = 120
 gpgpu_n_shmem_insn = 64
 L2_total_cache_accesses = 15
+Stall:310	W0_Idle:50	W0_Scoreboard:100	W1:0	W32:60
+single_issue_nums: WS0:45	WS1:35	
+dual_issue_nums: WS0:2	WS1:1	
 fused: 3 outputs checked -> PASS
 """
 
@@ -86,6 +95,13 @@ def test_parse_log_differences_running_totals_per_kernel():
     assert a["grid"] == [4, 2, 1] and b["grid"] == [1, 1, 1] and b["block"] == 128
     assert (a["regs"], a["smem"], a["ctas_per_sm"]) == (40, 128, "3 (regs)")
     assert a["name"] in ("a", "_ZN3dsc1aEv")  # demangled when c++filt exists
+    # scheduler cycles by outcome: running totals over the run, differenced per kernel
+    assert [
+        a[k] for k in ("sched_stall", "sched_idle", "sched_scoreboard", "sched_single_issue", "sched_dual_issue")
+    ] == [300, 20, 100, 70, 2]
+    assert [
+        b[k] for k in ("sched_stall", "sched_idle", "sched_scoreboard", "sched_single_issue", "sched_dual_issue")
+    ] == [10, 30, 0, 10, 1]
     assert simlib.parse_log(LOG.replace("-> PASS", "-> FAIL"))["verdict"] == "FAIL"
 
 
@@ -109,8 +125,68 @@ def test_cache_key_follows_kernels_and_case_not_labels():
     assert simlib.cache_key(c1, "cfg") != simlib.cache_key(c1, "other-config")
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists(),
-                    reason="needs nvcc to build the simulation host programs")
+SRC = """#include "b.cuh"
+#include <cstdio>
+#define TWICE(x) \\
+  ((x) + (x))
+// a comment
+template <typename T> __global__ void k(const T* __restrict__ a, unsigned int n, std::vector<std::vector<int>> v) {
+  /* block
+     comment */ if (n > 1) { printf("n=%d " "done\\n", n); a[0] = a[1] + 'x'; }
+}
+"""
+# What a formatter may make of SRC: other line breaks and indentation, spaces around operators, `> >`,
+# comments moved and edited, a long string split, the includes sorted.
+SRC_REFORMATTED = """#include <cstdio>
+
+#include   "b.cuh"
+#   define TWICE(x) ((x) + (x))
+
+template <typename T>
+__global__ void k(const T *__restrict__ a,
+                  unsigned int n, std::vector<std::vector<int> > v)
+{  // edited comment
+    if (n>1) {
+        printf("n=%d "
+               "done\\n", n);
+        a[0] = a[1]+'x';
+    }
+}  /* trailing */
+"""
+
+
+def test_source_hash_ignores_formatting_and_comments_not_tokens(tmp_path, monkeypatch):
+    assert simlib.source_tokens(SRC) == simlib.source_tokens(SRC_REFORMATTED)
+    monkeypatch.setattr(simlib, "ROOT", tmp_path)  # hash_files names files relative to the repository root
+
+    def h(text: str, name: str = "k.cuh") -> str:
+        (tmp_path / name).write_text(text)
+        return simlib.hash_files([tmp_path / name])
+
+    base = h(SRC)
+    assert h(SRC_REFORMATTED) == base
+    changed = [
+        SRC.replace("n > 1", "n > 2"),
+        SRC.replace("n > 1", "n >= 1"),
+        SRC.replace("unsigned int n", "unsignedint n"),
+        SRC.replace('"done', '"Done'),
+        SRC.replace("'x'", "'y'"),
+        SRC.replace("((x) + (x))", "((x) + (x))\nint y;"),
+        SRC.replace("#define TWICE(x) \\\n", "#define TWICE(x)\n"),
+    ]
+    for text in changed:
+        assert text != SRC and h(text) != base, text
+    # a directive ends at its line break: code moved into or out of it changes the hash
+    assert h("#define A 1\nint b;") != h("#define A 1 int b;\n")
+    assert h("#define F(x) x\n") != h("#define F (x) x\n") == h("#define  F  (x)  x\n")
+    # other files are hashed as they are
+    assert h("x = 1\n", "k.py") != h("x  =  1\n", "k.py")
+
+
+@pytest.mark.skipif(
+    shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists(),
+    reason="needs nvcc to build the simulation host programs",
+)
 def test_host_programs_build_and_list_their_launches(tmp_path):
     """CI builds both host programs as the simulator gets them (PTX through ptx_fix.py) and lists launches
     natively (--dry): the same kernel sequence at any batch, grids growing with it."""
@@ -126,8 +202,19 @@ def test_host_programs_build_and_list_their_launches(tmp_path):
 
 # ---- cost model v2 -------------------------------------------------------------------------------
 def _kernel(**kw):
-    base = dict(name="k", grid=(56, 1, 1), block=256, regs=32, smem=0, warp_insn=56 * 8 * 1000.0,
-                lsu_insn=56 * 100.0, smem_wavefronts=0.0, l2_bytes=1e5, gload_insn=56 * 50.0, mangled="k")
+    base = dict(
+        name="k",
+        grid=(56, 1, 1),
+        block=256,
+        regs=32,
+        smem=0,
+        warp_insn=56 * 8 * 1000.0,
+        lsu_insn=56 * 100.0,
+        smem_wavefronts=0.0,
+        l2_bytes=1e5,
+        gload_insn=56 * 50.0,
+        mangled="k",
+    )
     base.update(kw)
     return cm.KernelProfile(**base)
 
@@ -169,13 +256,92 @@ def test_calibration_recovers_its_own_parameters():
     assert len(rows) == 4
 
 
+def test_error_band_per_kernel():
+    """A kernel with enough calibration launches gets its own error envelope; one with fewer gets its size
+    class's band widened to cover its launches; template arguments do not split a kernel."""
+    truth = cm.Params(cpi=4.0, t0=1000.0, lat=0.0, err_lo=1.0, err_hi=1.0)
+    ks = []
+    for i, (name, off) in enumerate(
+        [
+            ("gemm<1>", 1.0),
+            ("gemm<2>", 1.3),
+            ("gemm<1>", 0.95),
+            ("tail", 3.0),
+            ("tail", 1.0),
+            ("other", 1.0),
+            ("other", 1.0),
+            ("other", 1.0),
+        ]
+    ):
+        k = _kernel(name=name, grid=(28 * (i + 1), 1, 1), warp_insn=2e4 * (i + 1))
+        model = cm.kernel_time(cm.SIM_DEVICE, k, truth, calibrated_band=False).cycles[1]
+        ks.append(cm.replace(k, sim_cycles=int(round(model * off)) + cm.LAUNCH_LATENCY_SIM))
+    p, rows = cm.calibrate(ks)
+    assert set(p.bands) == {"gemm", "tail", "other"} and p.bands["gemm"][2] == 3
+
+    def ratios(fam):
+        return [r["ratio"] for r in rows if cm.family(r["kernel"]) == fam]
+
+    g = ratios("gemm")
+    # a kernel with >= FAMILY_MIN launches gets its own factor: its residuals are centred on 1 (geometric mean)
+    assert set(p.factors) == {"gemm", "other"} and math.prod(g) == pytest.approx(1.0)
+    assert p.factors["gemm"] == pytest.approx(
+        math.prod(r["sim_busy"] / (r["model"] / r["factor"]) for r in rows if cm.family(r["kernel"]) == "gemm")
+        ** (1 / 3)
+    )
+    k = _kernel(name="gemm<9>", grid=(28, 1, 1), warp_insn=2e4)
+    raw = cm.kernel_time(cm.SIM_DEVICE, k, p, calibrated_band=False).cycles
+    band = cm.kernel_band(p, "gemm", raw[1] >= cm.BIG_KERNEL)
+    assert cm.kernel_time(cm.SIM_DEVICE, k, p).cycles == pytest.approx(
+        (raw[0] * p.factors["gemm"] * band[0], raw[1] * p.factors["gemm"] * band[1])
+    )
+    assert cm.kernel_band(p, "gemm<7>", True) == (min(min(g), cm.MIN_BAND[0]), max(max(g), cm.MIN_BAND[1]))
+    o = ratios("other")
+    assert cm.kernel_band(p, "other", True) == (min(min(o), cm.MIN_BAND[0]), max(max(o), cm.MIN_BAND[1]))
+    tl = ratios("tail")  # two launches: the size class's band, widened to cover them
+    assert cm.kernel_band(p, "tail", False) == (min(min(tl), p.small_lo), max(max(tl), p.small_hi))
+    assert max(tl) / min(tl) > 2.5  # the tail's outlier is in its band
+    assert cm.kernel_band(p, "never_calibrated", True) == (p.err_lo, p.err_hi)
+    assert "| `gemm` | 3 |" in cm.calibration_markdown(rows, p)
+
+
 def test_layer_runs_scale_counts_with_output_pixels(tmp_path):
-    k = {"name": "fwd", "mangled": "fwd", "grid": [28, 1, 1], "block": 256, "regs": 32, "smem": 0, "cycles": 9000,
-         "warp_insn": 28000, "load_thread_insn": 320, "store_thread_insn": 0, "shmem_thread_insn": 0,
-         "l2_accesses": 10}
-    sim = {"results": [{"verdict": "PASS", "kernels": [k], "case": {
-        "impl": "fused", "mode": "eval", "n": 1, "c": 8, "k": 8, "h": 8, "w": 8, "stride": 1, "dil": 3,
-        "dtype": "f32", "layout": "nchw", "label": "b0"}}]}
+    k = {
+        "name": "fwd",
+        "mangled": "fwd",
+        "grid": [28, 1, 1],
+        "block": 256,
+        "regs": 32,
+        "smem": 0,
+        "cycles": 9000,
+        "warp_insn": 28000,
+        "load_thread_insn": 320,
+        "store_thread_insn": 0,
+        "shmem_thread_insn": 0,
+        "l2_accesses": 10,
+    }
+    sim = {
+        "results": [
+            {
+                "verdict": "PASS",
+                "kernels": [k],
+                "case": {
+                    "impl": "fused",
+                    "mode": "eval",
+                    "n": 1,
+                    "c": 8,
+                    "k": 8,
+                    "h": 8,
+                    "w": 8,
+                    "stride": 1,
+                    "dil": 3,
+                    "dtype": "f32",
+                    "layout": "nchw",
+                    "label": "b0",
+                },
+            }
+        ]
+    }
     grids = {"blocks": {"b0": [1, 8, 8, 8, 8, 1, 3]}, "grids": {"fused|eval|b0|4": [[112, 1, 1]]}}
     (one,) = cm.layer_runs(sim, grids, 1)
     assert one.simulated and one.kernels[0].warp_insn == 28000 and cm.sim_total_us(one) is not None
@@ -202,18 +368,130 @@ def test_committed_model_data_is_consistent():
 
 def test_probe_scaling_uses_blocks_where_grids_grow_and_pixels_where_they_do_not():
     def kern(name, grid, insn):
-        return {"name": name, "mangled": name, "grid": grid, "block": 256, "regs": 32, "smem": 0, "cycles": 9000,
-                "warp_insn": insn, "load_thread_insn": 0, "store_thread_insn": 0, "shmem_thread_insn": 0,
-                "l2_accesses": 0}
-    case = {"impl": "fused", "mode": "step", "n": 1, "c": 8, "k": 8, "h": 8, "w": 8, "stride": 1, "dil": 3,
-            "dtype": "f32", "layout": "nchw", "label": "b0"}
-    sim = {"results": [{"verdict": "PASS", "case": case,
-                        "kernels": [kern("tiles", [4, 1, 1], 400), kern("per_channel", [8, 1, 1], 800)]}]}
+        return {
+            "name": name,
+            "mangled": name,
+            "grid": grid,
+            "block": 256,
+            "regs": 32,
+            "smem": 0,
+            "cycles": 9000,
+            "warp_insn": insn,
+            "load_thread_insn": 0,
+            "store_thread_insn": 0,
+            "shmem_thread_insn": 0,
+            "l2_accesses": 0,
+        }
+
+    case = {
+        "impl": "fused",
+        "mode": "step",
+        "n": 1,
+        "c": 8,
+        "k": 8,
+        "h": 8,
+        "w": 8,
+        "stride": 1,
+        "dil": 3,
+        "dtype": "f32",
+        "layout": "nchw",
+        "label": "b0",
+    }
+    sim = {
+        "results": [
+            {
+                "verdict": "PASS",
+                "case": case,
+                "kernels": [kern("tiles", [4, 1, 1], 400), kern("per_channel", [8, 1, 1], 800)],
+            }
+        ]
+    }
     # the block at 16 x 16 (4x the pixels): the tile kernel gets 2x the blocks here, the per-channel one none
     grids = {"blocks": {"b0": [1, 8, 8, 16, 16, 1, 3]}, "grids": {"fused|step|b0|1": [[8, 1, 1], [8, 1, 1]]}}
     (run,) = cm.layer_runs(sim, grids, 1)
     assert not run.simulated and run.sim_shape == (1, 8, 8, 8, 8, 1, 3)
     assert [k.warp_insn for k in run.kernels] == [800, 3200]
     other = dict(case, c=16, label="b0")  # another block's channels never stand in for this one
-    assert cm.layer_runs({"results": [{"verdict": "PASS", "case": other, "kernels": sim["results"][0]["kernels"]}]},
-                         grids, 1) == []
+    assert (
+        cm.layer_runs(
+            {"results": [{"verdict": "PASS", "case": other, "kernels": sim["results"][0]["kernels"]}]}, grids, 1
+        )
+        == []
+    )
+
+
+def test_a_split_the_target_does_not_need_drops_its_combine_kernel():
+    def kern(name, grid, insn):
+        return {
+            "name": name,
+            "mangled": name,
+            "grid": grid,
+            "block": 256,
+            "regs": 32,
+            "smem": 0,
+            "cycles": 9000,
+            "warp_insn": insn,
+            "load_thread_insn": 0,
+            "store_thread_insn": 0,
+            "shmem_thread_insn": 0,
+            "l2_accesses": 0,
+        }
+
+    case = {
+        "impl": "fused",
+        "mode": "eval",
+        "n": 1,
+        "c": 8,
+        "k": 8,
+        "h": 8,
+        "w": 8,
+        "stride": 1,
+        "dil": 3,
+        "dtype": "f32",
+        "layout": "nchw",
+        "label": "b0",
+    }
+    # batch 1: the reduction axis split 3 ways (12 blocks) and combined; batch 4: 4 x 4 blocks, no split
+    ks = [
+        kern("dsconv_fwd_kernel<float, 1>", [12, 1, 1], 1200),
+        kern("dsconv_fwd_reduce_kernel<float>", [4, 1, 1], 40),
+        kern("bn_relu", [2, 1, 1], 20),
+    ]
+    sim = {"results": [{"verdict": "PASS", "case": case, "kernels": ks}]}
+    grids = {"blocks": {"b0": [1, 8, 8, 8, 8, 1, 3]}, "grids": {"fused|eval|b0|4": [[4, 4, 1], [8, 1, 1]]}}
+    (run,) = cm.layer_runs(sim, grids, 4)
+    assert [cm.family(k.name) for k in run.kernels] == ["dsconv_fwd_kernel", "bn_relu"]
+    # the split kernel scales with the pixels (4x), not its blocks (16 / 12); the others with their blocks
+    assert [k.warp_insn for k in run.kernels] == [4800, 80] and run.kernels[0].grid == (4, 4, 1)
+    # a launch list that still does not match is not guessed at
+    grids["grids"]["fused|eval|b0|4"] = [[4, 4, 1]]
+    assert cm.layer_runs(sim, grids, 4) == []
+
+
+def test_import_cache_takes_results_valid_for_todays_sources(tmp_path, monkeypatch):
+    monkeypatch.setattr(simlib, "nvcc_version", lambda: "nvcc-test")
+    src, dst = tmp_path / "other", tmp_path / "mine"
+    src.mkdir()
+    dst.mkdir()
+    case = simlib.Case("fused", "eval", 1, 8, 8, 8, 8, 1, 3)
+
+    def entry(name, kernel_hash, **kw):
+        d = {
+            "case": {**case.__dict__},
+            "kernel_hash": kernel_hash,
+            "config": "GTX1080Ti",
+            "verdict": "PASS",
+            "key": "old",
+            "kernels": [],
+            **kw,
+        }
+        (src / f"{name}.json").write_text(json.dumps(d))
+
+    entry("legacy", simlib.legacy_kernel_hash("fused"))  # cached by a byte-hashing checkout, same sources
+    entry("stale", "0123456789abcdef")  # other kernel sources
+    entry("other_cfg", simlib.kernel_hash("fused"), config="SM6_TITANX")
+    entry("failed", simlib.kernel_hash("fused"), verdict="FAIL")
+    assert simlib.import_cache(src, dst, "GTX1080Ti", "cfg", log=lambda m: None) == 1
+    (f,) = dst.glob("*.json")
+    d = json.loads(f.read_text())
+    assert f.stem == d["key"] == simlib.cache_key(case, "cfg") and d["kernel_hash"] == simlib.kernel_hash("fused")

@@ -1,17 +1,26 @@
-"""Training on the embedded digits: accuracy, exact resume, CLI errors, sweep, fused-vs-unfused comparison.
+"""Training on the embedded digits: accuracy, exact resume, CLI errors, sweep, and the fused-vs-unfused
+benchmark (bench/compare_unfused.py).
 
 Tiny models (alpha 0.25, 32x32 inputs: rho = 32/224) and one CPU thread keep this file fast.
 """
+
 import csv
 import json
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from fused_dsconv import checkpoint as ckpt
 from fused_dsconv.cli import main as cli
-from fused_dsconv.train import compare_unfused, unfused_twin
+from fused_dsconv.models import unfused_twin
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import compare_unfused  # noqa: E402  (bench/compare_unfused.py, the benchmark)
+
+pytestmark = [pytest.mark.slow]  # minutes on the 2-core CPU: training runs
 
 TINY = ["--alpha", "0.25", "--threads", "1", "--no-progress"]
 
@@ -29,6 +38,7 @@ def _one_thread():  # on a small shared CPU, one thread is much faster than over
 
 def _weights(path):
     from safetensors.torch import load_file
+
     return load_file(str(path))
 
 
@@ -107,8 +117,8 @@ def test_resume_never_unpickles_code(tmp_path, capsys):
     old = tmp_path / "old"  # the previous format: NumPy/Python RNG objects in a full pickle
     old.mkdir()
     import numpy as np
-    torch.save({"format": "fused_dsconv.train_state/1", "rng": {"numpy": np.random.get_state()}},
-               old / "last_state.pt")
+
+    torch.save({"format": "fused_dsconv.train_state/1", "rng": {"numpy": np.random.get_state()}}, old / "last_state.pt")
     assert cli(["train", "--resume", str(old)]) == 2
     err = capsys.readouterr().err
     assert "train_state/1" in err and "last.safetensors" in err and "numpy" in err, err
@@ -137,6 +147,7 @@ def test_actionable_errors(tmp_path, capsys):
 
 def test_checkpoint_of_another_architecture_names_the_differences(tmp_path):
     from fused_dsconv import JointNet
+
     small = JointNet(10, alpha=0.25, rho=32 / 224)
     ckpt.save_weights(small, tmp_path / "w.safetensors")
     with pytest.raises(ckpt.CheckpointError, match=r"stem.weight: checkpoint \(8, 3, 3, 3\) vs model \(16, 3, 3, 3\)"):
@@ -148,8 +159,24 @@ def test_checkpoint_of_another_architecture_names_the_differences(tmp_path):
 
 def test_sweep_tiny_grid(tmp_path, capsys):
     out = tmp_path / "sweep"
-    args = ["sweep", "--alphas", "0.25", "--deltas", "1,2", "--epochs", "1", "--limit-train", "64", "--limit-val", "32",
-            "--threads", "1", "--no-progress", "--out", str(out)]
+    args = [
+        "sweep",
+        "--alphas",
+        "0.25",
+        "--deltas",
+        "1,2",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "64",
+        "--limit-val",
+        "32",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert cli(args) == 0
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["model"] for r in rows] == ["jointnet_a025_d1", "jointnet_a025_d2"]
@@ -164,13 +191,14 @@ def test_compare_unfused_same_steps(capsys):
     from types import SimpleNamespace
 
     from fused_dsconv import JointNet
-    from fused_dsconv.data import load_dataset
+    from fused_dsconv.datasets import load_dataset
+
     ds = load_dataset("digits", limit_train=64)
     model = JointNet(10, alpha=0.25, rho=32 / 224)
     twin = unfused_twin(model)
     assert twin.state_dict().keys() == model.state_dict().keys()
-    args = SimpleNamespace(compare_steps=2, batch_size=16, seed=0, workers=0, channels_last=False, lr=1e-3, amp="none")
-    r = compare_unfused(model, ds.train, args, torch.device("cpu"), ds.mean, ds.std)
+    args = SimpleNamespace(steps=2, batch_size=16, seed=0, workers=0, channels_last=False, lr=1e-3, amp="none")
+    r = compare_unfused.compare_unfused(model, ds.train, args, torch.device("cpu"), ds.mean, ds.std)
     assert r["fused"]["final_loss"] == pytest.approx(r["unfused"]["final_loss"], rel=1e-4)
     assert r["fused"]["saved_bytes"] > 0 and r["unfused"]["saved_bytes"] > 0
     text = capsys.readouterr().out
@@ -179,17 +207,53 @@ def test_compare_unfused_same_steps(capsys):
 
 def test_bf16_autocast_and_channels_last_run(tmp_path):
     out = tmp_path / "run"
-    assert cli(["train", *TINY, "--epochs", "1", "--limit-train", "32", "--limit-val", "16", "--amp", "bf16",
-                "--channels-last", "--out", str(out)]) == 0
+    assert (
+        cli(
+            [
+                "train",
+                *TINY,
+                "--epochs",
+                "1",
+                "--limit-train",
+                "32",
+                "--limit-val",
+                "16",
+                "--amp",
+                "bf16",
+                "--channels-last",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "summary.json").read_text())["best_val_loss"] is not None
 
 
 def test_cifar10_and_folder_runs_resume_exactly(tmp_path):
     from test_data import _fake_cifar, _jpeg  # tiny stand-ins for the real layouts
+
     _fake_cifar(tmp_path / "cifar" / "cifar-10-batches-py")
     out = tmp_path / "c10"
-    assert cli(["train", *TINY, "--data", str(tmp_path / "cifar"), "--resolution", "32", "--epochs", "1",
-                "--batch-size", "8", "--out", str(out)]) == 0
+    assert (
+        cli(
+            [
+                "train",
+                *TINY,
+                "--data",
+                str(tmp_path / "cifar"),
+                "--resolution",
+                "32",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["dataset"] == "cifar10" and cfg["classes"][0] == "airplane" and cfg["resolution"] == 32
 
@@ -200,7 +264,22 @@ def test_cifar10_and_folder_runs_resume_exactly(tmp_path):
     common = [*TINY, "--data", str(tmp_path / "imgs"), "--resolution", "32", "--batch-size", "4", "--workers", "0"]
     assert cli(["train", *common, "--epochs", "2", "--out", str(tmp_path / "f2")]) == 0
     assert cli(["train", *common, "--epochs", "1", "--out", str(tmp_path / "f1")]) == 0
-    assert cli(["train", "--resume", str(tmp_path / "f1"), "--epochs", "2", "--workers", "0", "--threads", "1",
-                "--no-progress"]) == 0
+    assert (
+        cli(
+            [
+                "train",
+                "--resume",
+                str(tmp_path / "f1"),
+                "--epochs",
+                "2",
+                "--workers",
+                "0",
+                "--threads",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     a, b = _weights(tmp_path / "f2" / "last.safetensors"), _weights(tmp_path / "f1" / "last.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

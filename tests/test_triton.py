@@ -16,6 +16,7 @@ interpreter times nothing); test_every_config forces each config of each space i
 
 Grids are small (a few dozen programs per launch): the interpreter runs programs one by one.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -23,6 +24,8 @@ import torch
 
 from fused_dsconv import testing
 from fused_dsconv.backends import get
+
+pytestmark = [pytest.mark.slow]  # minutes on the 2-core CPU: every kernel in the Triton interpreter
 
 EPS = 1e-5
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -36,9 +39,12 @@ pytest.importorskip("triton")
 @pytest.fixture(scope="module", autouse=True)
 def interpreter(triton_interpreter):
     """The interpreter for this whole module (tests/conftest.py); the kernels module, for tests that launch."""
-    global TK, TL
+    global TK, TL, TS, TT
     import fused_dsconv.triton_launch as launch
-    TK, TL = triton_interpreter, launch
+    import fused_dsconv.triton_setup as setup
+    import fused_dsconv.triton_tuning as tuning
+
+    TK, TL, TS, TT = triton_interpreter, launch, setup, tuning
     return triton_interpreter
 
 
@@ -46,14 +52,17 @@ TB = get("triton")
 RB = get("reference")
 TK = None  # the kernels module, set by the interpreter fixture
 TL = None  # the launchers module
+TS = None  # what a launch needs (fused_dsconv.triton_setup): dot mode, tuned kernels
+TT = None  # the autotuner's report (fused_dsconv.triton_tuning)
 
 
 def _case(dtype, stride, dilation, channels_last, shape=(2, 20, 24, 10, 12), **kw):
     """Default shape: NCHW planes of 10 x 12 (stride 2: 5 x 6) run the kernels' vectorised dense-plane
     path (VEC 8 / 2); 7.5 pixel tiles of 32 (a partial last one)."""
     n, c, k, h, w = shape
-    return testing.make_case(n, c, k, h, w, stride=stride, dilation=dilation, channels_last=channels_last,
-                             **kw).cast(dtype)
+    return testing.make_case(n, c, k, h, w, stride=stride, dilation=dilation, channels_last=channels_last, **kw).cast(
+        dtype
+    )
 
 
 def _fmt(cl):
@@ -98,9 +107,11 @@ def _assert_rounding_of(actual, model, final, name):
     bad = (a < lo) | (a > hi)
     if bad.any():
         i = tuple(bad.nonzero()[0].tolist())
-        raise AssertionError(f"{name}: {int(bad.sum())} of {a.numel()} elements are not the {actual.dtype} "
-                             f"rounding of the model; first at {list(i)}: {a[i].item()} not in "
-                             f"[{lo[i].item()}, {hi[i].item()}] (model {m[i].item()})")
+        raise AssertionError(
+            f"{name}: {int(bad.sum())} of {a.numel()} elements are not the {actual.dtype} "
+            f"rounding of the model; first at {list(i)}: {a[i].item()} not in "
+            f"[{lo[i].item()}, {hi[i].item()}] (model {m[i].item()})"
+        )
 
 
 def _op(t, dtype, tf32=False):
@@ -146,8 +157,18 @@ def _model_conv_grads(dy, t, c, s, d, tf32=False):
     dyr = _op(dy, c.x.dtype, tf32)
     dt = torch.einsum("nkhw,kc->nchw", dyr, _op(c.pw_weight, c.x.dtype, tf32))  # stored in fp32 by the kernel
     dx, ddw, _ = torch.ops.aten.convolution_backward(
-        dt, c.x.double(), c.dw_weight.double(), None, [s] * 2, [d] * 2, [d] * 2, False, [0, 0], c.x.shape[1],
-        [True, True, False])
+        dt,
+        c.x.double(),
+        c.dw_weight.double(),
+        None,
+        [s] * 2,
+        [d] * 2,
+        [d] * 2,
+        False,
+        [0, 0],
+        c.x.shape[1],
+        [True, True, False],
+    )
     return dx, ddw, torch.einsum("nkhw,nchw->kc", dyr, t)
 
 
@@ -203,8 +224,14 @@ def _check_model_backward_train(got, g, y, mean, var, c, s, d, tf32=False):
 
 
 # Full grid for fp32; fp16/bf16 on dilations 1 and 3 (same code path, different dot mode).
-GRID = [(dt, s, d, cl) for dt in DTYPES for s in (1, 2) for d in (1, 2, 3, 4) for cl in (False, True)
-        if dt == torch.float32 or d in (1, 3)]
+GRID = [
+    (dt, s, d, cl)
+    for dt in DTYPES
+    for s in (1, 2)
+    for d in (1, 2, 3, 4)
+    for cl in (False, True)
+    if dt == torch.float32 or d in (1, 3)
+]
 
 
 def _id(p):
@@ -224,8 +251,9 @@ def test_forward_eval(p):
         _check_model_forward_eval(out, c, s, d)
 
 
-@pytest.mark.parametrize("shape", [(1, 3, 5, 7, 5), (2, 33, 40, 6, 13), (3, 16, 16, 1, 9)],
-                         ids=["tiny-channels", "multi-chunk", "one-row"])
+@pytest.mark.parametrize(
+    "shape", [(1, 3, 5, 7, 5), (2, 33, 40, 6, 13), (3, 16, 16, 1, 9)], ids=["tiny-channels", "multi-chunk", "one-row"]
+)
 @pytest.mark.parametrize("s", [1, 2])
 def test_forward_eval_odd_shapes(shape, s):
     c = _case(torch.float32, s, 2, False, shape)
@@ -233,8 +261,14 @@ def test_forward_eval_odd_shapes(shape, s):
     testing.assert_close(out, RB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, 2), torch.float32, "out")
 
 
-TRAIN_GRID = [(dt, s, d, cl) for dt in DTYPES for s in (1, 2) for d in (1, 3) for cl in (False, True)
-              if dt == torch.float32 or (s, d, cl) in ((1, 3, True), (2, 1, False))]
+TRAIN_GRID = [
+    (dt, s, d, cl)
+    for dt in DTYPES
+    for s in (1, 2)
+    for d in (1, 3)
+    for cl in (False, True)
+    if dt == torch.float32 or (s, d, cl) in ((1, 3, True), (2, 1, False))
+]
 
 
 @pytest.mark.parametrize("p", TRAIN_GRID, ids=_id)
@@ -294,8 +328,14 @@ def test_forward_train_deterministic():
     assert all(torch.equal(u, v) for u, v in zip(a, b))
 
 
-BWD_GRID = [(dt, s, d, cl) for dt in DTYPES for s in (1, 2) for d in (1, 2, 4) for cl in (False, True)
-            if (dt == torch.float32 and (d != 2 or s == 1)) or (s, d, cl) in ((2, 2, True), (1, 4, False))]
+BWD_GRID = [
+    (dt, s, d, cl)
+    for dt in DTYPES
+    for s in (1, 2)
+    for d in (1, 2, 4)
+    for cl in (False, True)
+    if (dt == torch.float32 and (d != 2 or s == 1)) or (s, d, cl) in ((2, 2, True), (1, 4, False))
+]
 
 
 def _grads_close(got, ref, names, dt):
@@ -356,8 +396,11 @@ def test_backward_train_recompute_matches_saved(dt):
     _grads_close(saved, RB.backward_train(g, *fargs[:6], y, *rest), TRAIN_NAMES, dt)
 
 
-@pytest.mark.parametrize("p,save_y", [((torch.float32, 2, 2, False), True), ((torch.float16, 1, 3, True), False)],
-                         ids=lambda v: _id(v) if isinstance(v, tuple) else ("saved-y" if v else "recompute"))
+@pytest.mark.parametrize(
+    "p,save_y",
+    [((torch.float32, 2, 2, False), True), ((torch.float16, 1, 3, True), False)],
+    ids=lambda v: _id(v) if isinstance(v, tuple) else ("saved-y" if v else "recompute"),
+)
 def test_split_passes_merged_over_processes(p, save_y):
     """The synchronised block's split passes (fused_dsconv/distributed.py), four processes simulated here with
     batches 2, 0, 1, 2: merged statistics, outputs and every gradient equal one forward_train / backward_train
@@ -370,8 +413,16 @@ def test_split_passes_merged_over_processes(p, save_y):
     want = RB.backward_train(g, *fargs[:6], y, mean, var, s, d, EPS)
     got = testing.split_passes("triton", c, [2, 0, 1, 2], g, EPS, save_y)
     assert got["count"].item() == y.numel() // y.shape[1]
-    for name, e in (("mean", mean), ("var", var), ("out", out), ("dx", want[0]), ("d_dw", want[1]),
-                    ("d_pw", want[2]), ("d_gamma", want[4]), ("d_beta", want[5])):
+    for name, e in (
+        ("mean", mean),
+        ("var", var),
+        ("out", out),
+        ("dx", want[0]),
+        ("d_dw", want[1]),
+        ("d_pw", want[2]),
+        ("d_gamma", want[4]),
+        ("d_beta", want[5]),
+    ):
         testing.assert_close(got[name], e, dt, name)
     for part in got["parts"]:
         if part["out"].numel():
@@ -379,8 +430,16 @@ def test_split_passes_merged_over_processes(p, save_y):
             _check_layout(part["dx"], cl)
 
 
-@pytest.mark.parametrize("p", [(torch.float32, 1, 1, False), (torch.float32, 2, 3, True),
-                               (torch.float16, 2, 2, False), (torch.bfloat16, 1, 4, True)], ids=_id)
+@pytest.mark.parametrize(
+    "p",
+    [
+        (torch.float32, 1, 1, False),
+        (torch.float32, 2, 3, True),
+        (torch.float16, 2, 2, False),
+        (torch.bfloat16, 1, 4, True),
+    ],
+    ids=_id,
+)
 def test_backward_eval(p):
     dt, s, d, cl = p
     c = _case(dt, s, d, cl)
@@ -399,9 +458,10 @@ def test_backward_strided_grad():
     c = _case(torch.float32, 2, 1, False)
     fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 2, 1, EPS)
     _, y, mean, var = RB.forward_train(*fargs, True)
-    for g in (torch.full((1, 1, 1, 1), 0.5).expand(y.shape),
-              torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).contiguous(
-                  memory_format=torch.channels_last)):
+    for g in (
+        torch.full((1, 1, 1, 1), 0.5).expand(y.shape),
+        torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).contiguous(memory_format=torch.channels_last),
+    ):
         bargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, y, mean, var, 2, 1, EPS)
         _grads_close(TB.backward_train(g, *bargs), RB.backward_train(g, *bargs), TRAIN_NAMES, torch.float32)
 
@@ -442,8 +502,7 @@ def test_out_of_range_access_is_caught(interpreter):
     out = torch.empty((1, 16, 5, 6))
     TL.launch_conv(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 2, out, relu=True, stats=False)  # fine
     with pytest.raises(Exception, match="offset out of range"):
-        TL.launch_conv(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 2, out, relu=True, stats=False,
-                       _drop_bounds=True)
+        TL.launch_conv(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 2, out, relu=True, stats=False, _drop_bounds=True)
 
 
 def test_unavailable_reasons(interpreter, monkeypatch):
@@ -457,6 +516,7 @@ def test_unavailable_reasons(interpreter, monkeypatch):
 def test_triton_op_forward_eval():
     """fused_dsconv_triton::forward_eval (triton_op + wrap_triton), eagerly in the interpreter."""
     import fused_dsconv.triton_ops  # noqa: F401  (registers the op; imports triton)
+
     c = _case(torch.float16, 2, 3, True)
     out = torch.ops.fused_dsconv_triton.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 2, 3)
     _check_layout(out, True)
@@ -468,6 +528,7 @@ def test_joint_block_train_then_eval(recompute):
     """JointBlock(backend="triton") against the same module run unfused: one training step (output,
     gradients, running statistics), then eval (BN folded into the pointwise weights)."""
     from fused_dsconv.block import JointBlock
+
     torch.manual_seed(0)
     ref = JointBlock(6, 10, stride=2, dilation=3, backend="reference")
     blk = JointBlock(6, 10, stride=2, dilation=3, backend="triton", recompute=recompute)
@@ -530,20 +591,30 @@ def test_strided_parameter_views():
     c = _case(torch.float32, 1, 2, False, (1, 3, 4, 5, 6))
     wide = lambda t: torch.stack([t, torch.full_like(t, 7.0)], -1)[..., 0]  # noqa: E731  (stride 2)
     pw_view = c.pw_weight.t().contiguous().t()
-    views = dict(dw_weight=wide(c.dw_weight), pw_weight=pw_view, bias=wide(c.bias), bn_weight=wide(c.bn_weight),
-                 bn_bias=wide(c.bn_bias))
+    views = dict(
+        dw_weight=wide(c.dw_weight),
+        pw_weight=pw_view,
+        bias=wide(c.bias),
+        bn_weight=wide(c.bn_weight),
+        bn_bias=wide(c.bn_bias),
+    )
     assert not any(t.is_contiguous() for t in views.values())
-    dense = dict(dw_weight=c.dw_weight, pw_weight=c.pw_weight, bias=c.bias, bn_weight=c.bn_weight,
-                 bn_bias=c.bn_bias)
+    dense = dict(dw_weight=c.dw_weight, pw_weight=c.pw_weight, bias=c.bias, bn_weight=c.bn_weight, bn_bias=c.bn_bias)
 
     def run(p):
         params = (c.x, p["dw_weight"], p["pw_weight"], p["bias"], p["bn_weight"], p["bn_bias"])
         out, y, mean, var = TB.forward_train(*params, 1, 2, EPS, True)
         g = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
         stats = (wide(mean), wide(var)) if p is views else (mean, var)
-        return (TB.forward_eval(c.x, p["dw_weight"], p["pw_weight"], p["bias"], 1, 2), out, y, mean, var,
-                *TB.backward_train(g, *params, None, *stats, 1, 2, EPS),
-                *TB.backward_eval(g, out, c.x, p["dw_weight"], p["pw_weight"], 1, 2))
+        return (
+            TB.forward_eval(c.x, p["dw_weight"], p["pw_weight"], p["bias"], 1, 2),
+            out,
+            y,
+            mean,
+            var,
+            *TB.backward_train(g, *params, None, *stats, 1, 2, EPS),
+            *TB.backward_eval(g, out, c.x, p["dw_weight"], p["pw_weight"], 1, 2),
+        )
 
     for i, (a, b) in enumerate(zip(run(views), run(dense))):
         assert torch.equal(a, b), f"result {i} differs with strided parameter views"
@@ -564,8 +635,18 @@ def test_interpreter_truncates_bf16_casts(interpreter):
         tl.store(rtne_ptr + i, v.to(tl.bfloat16, fp_downcast_rounding="rtne"))
 
     # 1 + 3/4 ulp, 1 + 1/2 ulp (a tie), 1 + 5/2 ulp, a value just above a tie, both signs; bf16 ulp(1) = 2**-7.
-    x = torch.tensor([1 + 0.75 * 2 ** -7, 1 + 0.5 * 2 ** -7, 1 + 2.5 * 2 ** -7, 3.1415927,
-                      -(1 + 0.75 * 2 ** -7), -(1 + 0.5 * 2 ** -7), 0.1, -0.1])
+    x = torch.tensor(
+        [
+            1 + 0.75 * 2**-7,
+            1 + 0.5 * 2**-7,
+            1 + 2.5 * 2**-7,
+            3.1415927,
+            -(1 + 0.75 * 2**-7),
+            -(1 + 0.5 * 2**-7),
+            0.1,
+            -0.1,
+        ]
+    )
     plain, rtne = torch.empty(8, dtype=torch.bfloat16), torch.empty(8, dtype=torch.bfloat16)
     cast[(1,)](x, plain, rtne, N=8)
     toward_zero = (x.view(torch.int32) & -65536).view(torch.float32).to(torch.bfloat16)
@@ -579,22 +660,23 @@ def test_interpreter_truncates_bf16_casts(interpreter):
 # TF32, tile configs, the autotuner
 # ----------------------------------------------------------------------------------------------
 
+
 def test_dot_mode_follows_pytorch(monkeypatch):
     """float32 runs TF32 exactly when PyTorch's convolutions do (and, on a GPU, on sm_80+ only)."""
     x32, x16, xb = torch.zeros(1), torch.zeros(1, dtype=torch.float16), torch.zeros(1, dtype=torch.bfloat16)
     with testing.conv_tf32(False):
-        assert TL.dot_mode(x32) == 0
+        assert TS.dot_mode(x32) == 0
     with testing.conv_tf32(True):
-        assert TL.conv_tf32_enabled() and TL.dot_mode(x32) == 4  # the interpreter's emulation
-        assert (TL.dot_mode(x16), TL.dot_mode(xb)) == (1, 2)
+        assert TS.conv_tf32_enabled() and TS.dot_mode(x32) == 4  # the interpreter's emulation
+        assert (TS.dot_mode(x16), TS.dot_mode(xb)) == (1, 2)
         # As the compiled kernels would pick it (kernels not interpreted, a GPU of that capability):
         monkeypatch.setattr(TK, "INTERPRETED", False)
         for cap, mode in (((8, 6), 3), ((7, 5), 0)):
             monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, cap=cap: cap)
-            assert TL.dot_mode(x32) == mode, cap
-        assert (TL.dot_mode(x16), TL.dot_mode(xb)) == (1, 1)
+            assert TS.dot_mode(x32) == mode, cap
+        assert (TS.dot_mode(x16), TS.dot_mode(xb)) == (1, 1)
     with testing.conv_tf32(False):
-        assert TL.dot_mode(x32) == 0
+        assert TS.dot_mode(x32) == 0
 
 
 @pytest.mark.parametrize("p", [(torch.float32, 1, 1, False), (torch.float32, 2, 3, True)], ids=_id)
@@ -630,14 +712,19 @@ def test_tf32(p):
 
 
 def _config_cases():
-    return [(name, i) for name in ("dsconv_fwd", "dsconv_bwd_dt", "dsconv_bwd_dx")
-            for i in range(len(get_configs(name)))]
+    return [
+        (name, i) for name in ("dsconv_fwd", "dsconv_bwd_dt", "dsconv_bwd_dx") for i in range(len(get_configs(name)))
+    ]
 
 
 def get_configs(name):
     import fused_dsconv.triton_kernels as kernels  # the spaces do not depend on how the kernels were decorated
-    return {"dsconv_fwd": kernels.FWD_CONFIGS, "dsconv_bwd_dt": kernels.DT_CONFIGS,
-            "dsconv_bwd_dx": kernels.DX_CONFIGS}[name]
+
+    return {
+        "dsconv_fwd": kernels.FWD_CONFIGS,
+        "dsconv_bwd_dt": kernels.DT_CONFIGS,
+        "dsconv_bwd_dx": kernels.DX_CONFIGS,
+    }[name]
 
 
 @pytest.mark.parametrize("name,i", _config_cases(), ids=[f"{n[7:]}-{i}" for n, i in _config_cases()])
@@ -645,11 +732,11 @@ def test_every_config(name, i):
     """Each config of each tuned kernel's space, forced, against the reference; dtypes and layouts rotate
     over the configs, stride 2 and channels_last (odd 9 x 11 planes) on odd ones, NCHW with 10 x 12 planes
     (the dense-plane path) on even ones. K = 40 and C = 20 span several K / C tiles of the small configs."""
-    cfg = TL.configs(name)[i]
+    cfg = TS.configs(name)[i]
     dt, cl, s = DTYPES[i % 3], bool(i % 2), 1 + i % 2
     c = _case(dt, s, 3, cl, (2, 20, 40, 9, 11) if cl else (2, 20, 40, 10, 12))
     fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, s, 3, EPS)
-    with TL.forced_config(name, cfg):
+    with TS.forced_config(name, cfg):
         if name == "dsconv_fwd":
             out = TB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, 3)
             testing.assert_close(out, RB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, 3), dt, "out")
@@ -664,14 +751,14 @@ def test_every_config(name, i):
             got = TB.backward_train(g, *bargs)
             _grads_close(got, RB.backward_train(g, *bargs), TRAIN_NAMES, dt)
             _check_layout(got[0], cl)
-        assert TL.tuned_kernel(name).best_config is cfg
+        assert TS.tuned_kernel(name).best_config is cfg
 
 
 def test_k_slices(monkeypatch):
     """dsconv_bwd_dt over several K slices (dt partials that dsconv_bwd_dx adds in order): the slice cap
     lowered so that K = 40 runs 3 slices of 16, eval and train."""
-    monkeypatch.setitem(TL.K_SLICE_CAP, "fma32", 16)
-    assert TL.k_slice(40, TL.kind_of(torch.zeros(1))) == 16
+    monkeypatch.setitem(TS.K_SLICE_CAP, "fma32", 16)
+    assert TS.k_slice(40, TS.kind_of(torch.zeros(1))) == 16
     c = _case(torch.float32, 2, 1, True, (2, 6, 40, 7, 8))
     fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 2, 1, EPS)
     _, y, mean, var = RB.forward_train(*fargs, True)
@@ -686,19 +773,19 @@ def test_k_slices(monkeypatch):
 def test_chosen_configs_are_visible(monkeypatch, capsys):
     """What the tuner chose is listed per kernel and problem class (tuned_configs) and, with
     FUSED_DSCONV_TRITON_VERBOSE=1, printed when chosen."""
-    monkeypatch.setattr(TL, "VERBOSE", True)
-    for name in TL.TUNED:
-        TL.tuned_kernel(name).cache.clear()
+    monkeypatch.setattr(TS, "VERBOSE", True)
+    for name in TS.TUNED:
+        TS.tuned_kernel(name).cache.clear()
     c = _case(torch.float16, 1, 1, True, (1, 8, 12, 5, 6))
     out = TB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 1)
     TB.backward_eval(torch.ones_like(out), out, c.x, c.dw_weight, c.pw_weight, 1, 1)
     err = capsys.readouterr().err
-    rows = TL.tuned_configs()
-    assert {r["kernel"] for r in rows} == set(TL.TUNED)
+    rows = TT.tuned_configs()
+    assert {r["kernel"] for r in rows} == set(TS.TUNED)
     fwd = next(r for r in rows if r["kernel"] == "dsconv_fwd")
     assert fwd["key"]["C"] == 8 and fwd["key"]["K"] == 12 and fwd["key"]["LAYOUT"] == 1, fwd
     assert "float16" in fwd["key"]["dtypes"] and "BLOCK_P=" in fwd["config"]
-    for name in TL.TUNED:
+    for name in TS.TUNED:
         assert f"fused_dsconv triton: {name} " in err, err
     # The same class again: no new choice, nothing printed.
     TB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 1)
@@ -708,11 +795,11 @@ def test_chosen_configs_are_visible(monkeypatch, capsys):
 def test_candidates_per_layer():
     """Pruning: no tile wider than the layer (beyond the narrowest of the space), at most MAX_CANDIDATES,
     never none; the classifier's first and last blocks at batch 32."""
-    b1 = TL.explain_configs(32, 32, 64, 224, 224, 2)
-    b9 = TL.explain_configs(32, 1024, 1024, 7, 7, 1)
-    tiny = TL.explain_configs(1, 3, 5, 4, 4, 1)
+    b1 = TT.explain_configs(32, 32, 64, 224, 224, 2)
+    b9 = TT.explain_configs(32, 1024, 1024, 7, 7, 1)
+    tiny = TT.explain_configs(1, 3, 5, 4, 4, 1)
     for table in (b1, b9, tiny):
-        assert set(table) == set(TL.TUNED)
+        assert set(table) == set(TS.TUNED)
         assert all(1 <= len(v) <= TK.MAX_CANDIDATES for v in table.values()), table
     assert all("BLOCK_K=128" not in c and "BLOCK_K=256" not in c for c in b1["dsconv_fwd"]), b1
     assert any("BLOCK_K=256" in c or "BLOCK_K=128" in c for c in b9["dsconv_fwd"]), b9
@@ -722,10 +809,10 @@ def test_candidates_per_layer():
 def test_info_verbose_describes_configs():
     """``fused-dsconv info --verbose``'s Triton section: every space with its scopes, candidates for each of the
     nine blocks in three modes, and the choices made in this process."""
-    text = TL.describe()
-    for name in TL.TUNED:
+    text = TT.describe()
+    for name in TS.TUNED:
         assert f"{name} space:" in text
-    assert text.count("BLOCK_P=") >= sum(len(TL.configs(n)) for n in TL.TUNED)
+    assert text.count("BLOCK_P=") >= sum(len(TS.configs(n)) for n in TS.TUNED)
     for b in range(1, 10):
         assert text.count(f"    b{b} C=") == 3, text
     assert "candidates per block (batch 32, float32 TF32, sm_86)" in text

@@ -4,14 +4,16 @@ The first recorded launch of each kernel (float16, the classifier's b3 layer, th
 autotuned kernel's space), sm_86 only, to keep it to about half a minute; ``python tools/report_triton.py``
 compiles every launch of every mode and every config of every space for sm_75, sm_80, sm_86 and sm_89.
 """
+
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
 
 import pytest
+
+pytestmark = [pytest.mark.build]  # compiles the Triton kernels for a GPU
 
 triton = pytest.importorskip("triton")
 
@@ -20,16 +22,18 @@ MODES = (("float16", False, ("b3",)),)
 
 
 def _report():
-    spec = importlib.util.spec_from_file_location("report_triton", ROOT / "tools" / "report_triton.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    if str(ROOT / "tools") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tools"))
+    import report_triton
+
+    return report_triton
 
 
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"),
-                    reason="TRITON_INTERPRET is set for the whole process: triton.language was decorated for the "
-                           "interpreter and cannot be compiled")
+@pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"),
+    reason="TRITON_INTERPRET is set for the whole process: triton.language was decorated for the "
+    "interpreter and cannot be compiled",
+)
 def test_every_kernel_compiles_without_spills():
     report = _report()
     launched = {v[0] for v in report.variants(archs=(86,), modes=MODES, debug_variant=False)}

@@ -3,6 +3,7 @@
 Timings are injected (``tune.options(timer=...)``) everywhere but in ``test_real_cpu_run_uses_the_measured_winner``,
 which asserts only what holds whatever the machine's load: the winner is the fastest measured median and runs.
 """
+
 import copy
 import json
 import multiprocessing
@@ -13,7 +14,7 @@ import torch
 
 from fused_dsconv import JointBlock, backends, cli, tune
 from fused_dsconv.backends.reference import ReferenceBackend
-from fused_dsconv.memory import module_saved_bytes
+from fused_dsconv.saved_activations import module_saved_bytes
 from fused_dsconv.testing import assert_close
 
 D = torch.float64
@@ -86,6 +87,7 @@ def test_every_candidate_failing_falls_back_to_the_priority_order_and_is_not_sto
 
 class VariantBackend(ReferenceBackend):
     """The reference primitives under two named variants, recording which variant ran."""
+
     name = "fake"
     ran: list = []
 
@@ -341,8 +343,12 @@ def test_real_cpu_run_uses_the_measured_winner():
 def test_tune_command_prints_each_candidate_the_winner_and_the_speedup(capsys):
     timer = FakeTimer(reference=1e-3, unfused=2e-3)
     with tune.options(timer=timer):
-        assert cli.main(["tune", "--model", "jointnet_a050_d3", "--batch", "2", "--rho", "0.15", "--train",
-                         "--device", "cpu"]) == 0
+        assert (
+            cli.main(
+                ["tune", "--model", "jointnet_a050_d3", "--batch", "2", "--rho", "0.15", "--train", "--device", "cpu"]
+            )
+            == 0
+        )
     out = capsys.readouterr().out
     lines = [l for l in out.splitlines() if l.startswith("blocks.")]
     assert len(lines) == 9 and len(timer.calls) == 9 and all(p.mode == "train_fwd_bwd" for p, _ in timer.calls)
@@ -358,6 +364,7 @@ def test_tune_command_prints_each_candidate_the_winner_and_the_speedup(capsys):
 
 def test_tune_model_leaves_the_model_as_it_was():
     from fused_dsconv.models import JointNet
+
     model = JointNet(num_classes=3, alpha=0.25, rho=0.15).eval()
     before = copy.deepcopy(model.state_dict())
     with tune.options(timer=FakeTimer(reference=1.0, unfused=2.0)):
@@ -370,6 +377,7 @@ def test_tune_model_leaves_the_model_as_it_was():
 
 def test_cuda_environment_key_and_synchronisation(monkeypatch):
     """The CUDA side of the key and the timing loop, with the device queries stubbed (no GPU here)."""
+
     class Props:
         name, major, minor = "NVIDIA Test GPU", 8, 6
 
@@ -378,22 +386,28 @@ def test_cuda_environment_key_and_synchronisation(monkeypatch):
     monkeypatch.setattr(torch._C, "_cuda_getDriverVersion", lambda: 12080, raising=False)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
     ident, env = tune.environment("cuda:0")
-    assert (env["device"], env["capability"], env["driver"], env["cuda"]) == ("NVIDIA Test GPU", "8.6", 12080,
-                                                                              torch.version.cuda)
+    assert (env["device"], env["capability"], env["driver"], env["cuda"]) == (
+        "NVIDIA Test GPU",
+        "8.6",
+        12080,
+        torch.version.cuda,
+    )
     assert "threads" not in env and ident != tune.environment("cpu")[0]
     tune.clear_memory()
     Props.name = "NVIDIA Other GPU"
     assert tune.environment("cuda:0")[0] != ident  # another GPU: measured afresh
-    samples, failed = tune.time_interleaved({"a": lambda: None}, tune._synchronize(torch.device("cuda", 0)),
-                                            min_rounds=2, max_rounds=2, min_seconds=0)
+    samples, failed = tune.time_interleaved(
+        {"a": lambda: None}, tune.synchronizer(torch.device("cuda", 0)), min_rounds=2, max_rounds=2, min_seconds=0
+    )
     assert len(samples["a"]) == 2 and not failed
     assert calls == [torch.device("cuda", 0)] * 5  # after the untimed call, then around each timed one
 
 
 def test_a_block_pickled_before_tuning_existed_still_runs():
     import pickle
+
     block, x = block_and_input()
-    for name in ("last_tuning", "_tuned", "_recent"):
+    for name in ("last_tuning", "tuned_choices", "tuning_shortcuts"):
         del block.__dict__[name]
     restored = pickle.loads(pickle.dumps(block))
     with tune.options(timer=FakeTimer(reference=1.0, unfused=2.0)):

@@ -3,17 +3,21 @@
 Compiles csrc/kernels/instantiate_all.cuh (every kernel variant the launcher can launch, no torch):
   * sm_61 with NVRTC 12.x from PyPI (`pip install nvidia-cuda-nvrtc-cu12`), loaded with ctypes, ptxas -v;
   * sm_75 and sm_86 with nvcc (CUDA_HOME or /usr/local/cuda) -cubin -Xptxas -v.
-Same flags as the extension's device code (-O3). Results are cached by source hash under build/.
+nvcc gets the extension's device flags (fused_dsconv/_build_config.compile_args() and torch's
+COMMON_NVCC_FLAGS when torch is importable), so the spills reported are the shipped build's. Results are
+cached by a hash of the sources and those flags under build/.
 
     python tools/report_cuda.py            # markdown table
 rows() -> list[dict] with keys backend, kernel, variant, arch, registers, shared_bytes, stack_bytes,
 spill_stores, spill_loads, occupancy (theoretical active warps / max warps per SM).
 """
+
 from __future__ import annotations
 
 import ctypes
 import glob
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -52,8 +56,21 @@ def occupancy(arch: str, registers: int, shared_bytes: int, threads: int = THREA
     return round(blocks * warps / lim["warps"], 4)
 
 
+def _extension_nvcc_flags() -> list[str]:
+    """The extension's nvcc flags (what setup.py, the JIT build and CMake pass) that change device code."""
+    spec = importlib.util.spec_from_file_location("_build_config", ROOT / "fused_dsconv" / "_build_config.py")
+    cfg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cfg)
+    flags = [f for f in cfg.compile_args()["nvcc"] if f != "-Xptxas=-v"]
+    try:
+        from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+    except ImportError:  # a torch-free checkout: the torch defines only touch the fp16/bf16 operator overloads
+        COMMON_NVCC_FLAGS = []
+    return flags + [f for f in COMMON_NVCC_FLAGS if f not in flags]
+
+
 def _sources_hash() -> str:
-    h = hashlib.sha256()
+    h = hashlib.sha256(" ".join(_extension_nvcc_flags()).encode())
     for f in sorted((CSRC / "kernels").glob("*")):
         h.update(f.name.encode() + f.read_bytes())
     h.update(Path(__file__).read_bytes())
@@ -64,15 +81,15 @@ def _nvidia_glob(pattern: str) -> list[str]:
     import importlib.util
 
     spec = importlib.util.find_spec("nvidia")
-    return sorted(p for base in (spec.submodule_search_locations if spec else []) for p in
-                  glob.glob(os.path.join(base, pattern)))
+    return sorted(
+        p for base in (spec.submodule_search_locations if spec else []) for p in glob.glob(os.path.join(base, pattern))
+    )
 
 
 def _nvrtc_lib():
     cands = _nvidia_glob("cuda_nvrtc/lib/libnvrtc.so.12*")
     if not cands:
-        raise ToolMissing("NVRTC 12.x not found: pip install nvidia-cuda-nvrtc-cu12==12.9.86 "
-                          "(sm_61 needs CUDA <= 12)")
+        raise ToolMissing("NVRTC 12.x not found: pip install nvidia-cuda-nvrtc-cu12==12.9.86 (sm_61 needs CUDA <= 12)")
     return ctypes.CDLL(cands[0])
 
 
@@ -90,8 +107,14 @@ def ptxas_log_sm61() -> str:
     src = TU.encode()
     chk = lambda r, what: None if r == 0 else (_ for _ in ()).throw(RuntimeError(f"nvrtc {what} failed: {r}"))  # noqa
     chk(lib.nvrtcCreateProgram(ctypes.byref(prog), src, b"instantiate_all.cu", 0, None, None), "create")
-    opts = [b"--gpu-architecture=sm_61", b"-std=c++17", b"--ptxas-options=-v", b"-default-device",
-            f"-I{CSRC}".encode(), f"-I{inc}".encode()]
+    opts = [
+        b"--gpu-architecture=sm_61",
+        b"-std=c++17",
+        b"--ptxas-options=-v",
+        b"-default-device",
+        f"-I{CSRC}".encode(),
+        f"-I{inc}".encode(),
+    ]
     arr = (ctypes.c_char_p * len(opts))(*opts)
     res = lib.nvrtcCompileProgram(prog, len(opts), arr)
     size = ctypes.c_size_t()
@@ -119,8 +142,18 @@ def ptxas_log_nvcc(arch: str) -> str:
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / "instantiate_all.cu"
         src.write_text(TU)
-        cmd = [_nvcc(), "-cubin", f"-arch={arch}", "-O3", "-std=c++17", "-Xptxas", "-v", f"-I{CSRC}", str(src),
-               "-o", str(Path(d) / "k.cubin")]
+        cmd = [
+            _nvcc(),
+            "-cubin",
+            f"-arch={arch}",
+            *_extension_nvcc_flags(),
+            "-Xptxas",
+            "-v",
+            f"-I{CSRC}",
+            str(src),
+            "-o",
+            str(Path(d) / "k.cubin"),
+        ]
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode != 0:
             raise RuntimeError(f"nvcc {arch} failed:\n{p.stderr}")
@@ -137,8 +170,12 @@ def _demangle(names: list[str]) -> dict[str, str]:
 _DT = {"float": "fp32", "__half": "fp16", "__nv_bfloat16": "bf16"}
 
 
-_TILES = {"128, 8, 8, false": "rect8x8", "64, 8, 16, false": "rect8x16", "128, 8, 8, true": "span64",
-          "64, 8, 16, true": "span128"}  # csrc/kernels/problem.cuh TileShape<BK, TH, TW, SPAN>
+_TILES = {
+    "128, 8, 8, false": "rect8x8",
+    "64, 8, 16, false": "rect8x16",
+    "128, 8, 8, true": "span64",
+    "64, 8, 16, true": "span128",
+}  # csrc/kernels/problem.cuh TileShape<BK, TH, TW, SPAN>
 
 
 def _template_args(s: str) -> list[str]:
@@ -170,7 +207,7 @@ def _kernel_variant(demangled: str) -> tuple[str, str]:
     v = [_DT[parts[0]]]
     rest = parts[1:]
     if rest and rest[0].startswith("dsc::TileShape<"):
-        v.append(_TILES.get(rest[0][len("dsc::TileShape<"):-1], rest[0]))
+        v.append(_TILES.get(rest[0][len("dsc::TileShape<") : -1], rest[0]))
         rest = rest[1:]
     if len(rest) == 2:  # stride, dilation
         v += [f"s={rest[0]}", "d=runtime" if rest[1] == "0" else f"d={rest[1]}"]
@@ -200,9 +237,20 @@ def parse_ptxas(log: str, arch: str) -> list[dict]:
     for e in entries:
         kernel, variant = _kernel_variant(dem.get(e["mangled"], e["mangled"]))
         regs, smem = e.get("registers", 0), e.get("shared_bytes", 0)
-        rows.append(dict(backend="cuda", kernel=kernel, variant=variant, arch=arch, registers=regs,
-                         shared_bytes=smem, stack_bytes=e.get("stack_bytes", 0), spill_stores=e.get("spill_stores", 0),
-                         spill_loads=e.get("spill_loads", 0), occupancy=occupancy(arch, regs, smem)))
+        rows.append(
+            dict(
+                backend="cuda",
+                kernel=kernel,
+                variant=variant,
+                arch=arch,
+                registers=regs,
+                shared_bytes=smem,
+                stack_bytes=e.get("stack_bytes", 0),
+                spill_stores=e.get("spill_stores", 0),
+                spill_loads=e.get("spill_loads", 0),
+                occupancy=occupancy(arch, regs, smem),
+            )
+        )
     return sorted(rows, key=lambda r: (r["kernel"], r["variant"]))
 
 
@@ -220,12 +268,15 @@ def rows(archs=("sm_61", "sm_75", "sm_86"), use_cache: bool = True) -> list[dict
 
 
 def markdown(rs: list[dict]) -> str:
-    head = ("| kernel | variant | arch | registers | shared bytes | stack bytes | spill stores | spill loads | "
-            "occupancy |")
+    head = (
+        "| kernel | variant | arch | registers | shared bytes | stack bytes | spill stores | spill loads | occupancy |"
+    )
     lines = [head, "|" + "---|" * 9]
     for r in rs:
-        lines.append(f"| {r['kernel']} | {r['variant']} | {r['arch']} | {r['registers']} | {r['shared_bytes']} | "
-                     f"{r['stack_bytes']} | {r['spill_stores']} | {r['spill_loads']} | {r['occupancy']:.2f} |")
+        lines.append(
+            f"| {r['kernel']} | {r['variant']} | {r['arch']} | {r['registers']} | {r['shared_bytes']} | "
+            f"{r['stack_bytes']} | {r['spill_stores']} | {r['spill_loads']} | {r['occupancy']:.2f} |"
+        )
     return "\n".join(lines)
 
 

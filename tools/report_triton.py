@@ -14,9 +14,10 @@ per SM, over the SM's maximum.
                                   [--update docs/compile_report.md]
     rows() -> list[dict]                      # for tools/compile_report.py
 
-The kernels are loaded as a private copy of fused_dsconv/triton_kernels.py decorated for compilation,
+The kernels are loaded as a private copy of fused_dsconv/triton_kernels/ decorated for compilation,
 whatever TRITON_INTERPRET says (the interpreter's kernels cannot be compiled).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,7 @@ import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-KERNELS_FILE = ROOT / "fused_dsconv" / "triton_kernels.py"
+KERNELS_DIR = ROOT / "fused_dsconv" / "triton_kernels"
 ARCHS = (75, 80, 86, 89)
 
 # Per-SM limits (CUDA C Programming Guide, "Compute capabilities" table): max resident warps, max resident
@@ -55,8 +56,12 @@ LAYERS = {
     "b7cl": (32, 512, 512, 14, 14, 1, True),
 }
 # (dtype, tf32): float32 IEEE and TF32, float16, bfloat16; and the layers each runs.
-MODES = (("float32", False, ("b3",)), ("float32", True, ("b3",)), ("float16", False, ("b3", "b4", "b7cl")),
-         ("bfloat16", False, ("b3",)))
+MODES = (
+    ("float32", False, ("b3",)),
+    ("float32", True, ("b3",)),
+    ("float16", False, ("b3", "b4", "b7cl")),
+    ("bfloat16", False, ("b3",)),
+)
 
 _TK = None
 #: Exploring a config space: compile every config of it for every launch, in scope or not.
@@ -64,13 +69,15 @@ EXPLORE = False
 
 
 def kernels():
-    """fused_dsconv/triton_kernels.py loaded for compilation (TRITON_INTERPRET off while it is decorated)."""
+    """fused_dsconv/triton_kernels/ loaded for compilation (TRITON_INTERPRET off while it is decorated)."""
     global _TK
     if _TK is None:
         saved = os.environ.pop("TRITON_INTERPRET", None)
         try:
             name = "fused_dsconv._triton_kernels_aot"
-            spec = importlib.util.spec_from_file_location(name, KERNELS_FILE)
+            spec = importlib.util.spec_from_file_location(
+                name, KERNELS_DIR / "__init__.py", submodule_search_locations=[str(KERNELS_DIR)]
+            )
             mod = importlib.util.module_from_spec(spec)
             sys.modules[name] = mod
             spec.loader.exec_module(mod)
@@ -83,6 +90,7 @@ def kernels():
 
 def _ptxas() -> str:
     import triton
+
     path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     return str(path) if path.exists() else "ptxas"
 
@@ -98,6 +106,7 @@ def occupancy(arch: int, regs: int, shared: int, num_warps: int) -> float:
 
 def _jit(fn):
     import triton
+
     while not isinstance(fn, triton.runtime.JITFunction):  # unwrap triton.autotune
         fn = fn.fn
     return fn
@@ -106,6 +115,7 @@ def _jit(fn):
 # ----------------------------------------------------------------------------------------------
 # Recording the launches the launchers make
 # ----------------------------------------------------------------------------------------------
+
 
 class _Recorder:
     """Stands in for a kernel (or an autotuned kernel): ``kernel[grid](*args, **kwargs)`` is recorded."""
@@ -125,22 +135,26 @@ class _Recorder:
 def _recording(arch: int, log: list):
     """The launchers, run against recorders of the AOT kernels, on a GPU of compute capability ``arch``."""
     import torch
+
     sys.path.insert(0, str(ROOT))
     import fused_dsconv.triton_launch as launch
+
     aot = kernels()
     fake = types.SimpleNamespace(**{k: getattr(aot, k) for k in dir(aot) if not k.startswith("__")})
     for k in dir(aot):
         if k.endswith("_kernel"):
             setattr(fake, k, _Recorder(k, getattr(aot, k), log))
     fake.INTERPRETED, fake.DEBUG = False, False
-    saved = (launch.kernels, launch._arch, torch.cuda.get_device_capability)
-    launch.kernels = lambda: fake
-    launch._arch = lambda x: arch  # the meta tensors stand for tensors on this GPU
+    import fused_dsconv.triton_setup as setup
+
+    saved = (setup.kernels, setup.arch_of, torch.cuda.get_device_capability)
+    setup.kernels = lambda: fake
+    setup.arch_of = lambda x: arch  # the meta tensors stand for tensors on this GPU
     torch.cuda.get_device_capability = lambda *a, **k: (arch // 10, arch % 10)
     try:
         yield launch
     finally:
-        launch.kernels, launch._arch, torch.cuda.get_device_capability = saved
+        setup.kernels, setup.arch_of, torch.cuda.get_device_capability = saved
 
 
 def _primitives(launch, layer, dtype: str, tf32: bool):
@@ -149,6 +163,7 @@ def _primitives(launch, layer, dtype: str, tf32: bool):
     import torch
     from fused_dsconv import testing
     from fused_dsconv.backends import triton as backend_mod
+
     n, c, k, h, w, s, cl = LAYERS[layer]
     dt = getattr(torch, dtype)
     meta = dict(device="meta")
@@ -173,8 +188,11 @@ def _primitives(launch, layer, dtype: str, tf32: bool):
 
 
 def _summary(constexprs: dict) -> str:
-    keep = [f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in constexprs.items()
-            if k not in ("DEBUG", "DROP_BOUNDS") and not k.startswith("BLOCK") and v is not None]
+    keep = [
+        f"{k}={int(v) if isinstance(v, bool) else v}"
+        for k, v in constexprs.items()
+        if k not in ("DEBUG", "DROP_BOUNDS") and not k.startswith("BLOCK") and v is not None
+    ]
     return " ".join(keep)
 
 
@@ -184,6 +202,7 @@ def variants(archs=ARCHS, modes=MODES, debug_variant=True):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
     from triton.runtime.jit import create_function_from_signature
+
     out, seen = [], set()
     for arch in archs:
         backend = make_backend(GPUTarget("cuda", arch, 32))
@@ -202,8 +221,9 @@ def variants(archs=ARCHS, modes=MODES, debug_variant=True):
                     if getattr(real, "configs", None):  # the configs of the space this launch can run
                         x = dict(zip(fn.arg_names, args)).get("x_ptr")
                         kind = kernels().dot_kind(x.element_size(), kwargs.get("DOT_MODE"), arch)
-                        configs = [c for c in real.configs
-                                   if EXPLORE or kernels().in_scope(c, kind, kwargs.get("BLOCK_K"))]
+                        configs = [
+                            c for c in real.configs if EXPLORE or kernels().in_scope(c, kind, kwargs.get("BLOCK_K"))
+                        ]
                     for cfg in configs:
                         kw = dict(kwargs)
                         if cfg is not None:
@@ -212,14 +232,23 @@ def variants(archs=ARCHS, modes=MODES, debug_variant=True):
                         binder = create_function_from_signature(fn.signature, fn.params, backend)
                         bound, spec, opts = binder(*args, **kw, **opts_kw)
                         options, sig, consts, attrs = fn._pack_args(backend, opts_kw, bound, spec, opts)
-                        key = (name, arch, str(sorted(sig.items())), str(sorted(consts.items())),
-                               str(sorted(attrs.items())), options.num_warps, options.num_stages)
+                        key = (
+                            name,
+                            arch,
+                            str(sorted(sig.items())),
+                            str(sorted(consts.items())),
+                            str(sorted(attrs.items())),
+                            options.num_warps,
+                            options.num_stages,
+                        )
                         if key in seen:
                             continue
                         seen.add(key)
                         named = {fn.arg_names[p[0]]: v for p, v in consts.items()}
-                        tiles = (" ".join(f"{k[6:]}{v}" for k, v in named.items() if k.startswith("BLOCK_"))
-                                 + f" w{options.num_warps} st{options.num_stages}")
+                        tiles = (
+                            " ".join(f"{k[6:]}{v}" for k, v in named.items() if k.startswith("BLOCK_"))
+                            + f" w{options.num_warps} st{options.num_stages}"
+                        )
                         label = f"{tag} {_summary({k: v for k, v in named.items() if k.isupper()})} {tiles}"
                         out.append((name, label, arch, (fn, sig, consts, attrs), options))
     if debug_variant:  # the bound assertions as a debug build compiles them (TRITON_DEBUG=1)
@@ -227,8 +256,15 @@ def variants(archs=ARCHS, modes=MODES, debug_variant=True):
             if name == "dsconv_fwd_kernel" and "float16 b3" in label and "RELU=1" in label:
                 dbg = dict(consts)
                 dbg[(fn.arg_names.index("DEBUG"),)] = True
-                out.append((name, label + " DEBUG", arch, (fn, sig, dbg, attrs),
-                            __import__("dataclasses").replace(options, debug=True)))
+                out.append(
+                    (
+                        name,
+                        label + " DEBUG",
+                        arch,
+                        (fn, sig, dbg, attrs),
+                        __import__("dataclasses").replace(options, debug=True),
+                    )
+                )
                 break
     return out
 
@@ -237,18 +273,29 @@ def compile_one(fn, sig, consts, attrs, options, arch: int) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    compiled = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
-                              options=options.__dict__)
+
+    compiled = triton.compile(
+        ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", arch, 32), options=options.__dict__
+    )
     # ptxas as Triton runs it (triton/backends/nvidia/compiler.py make_cubin): -lineinfo, --regAllocOptLevel=2.
-    res = subprocess.run([_ptxas(), "-lineinfo", "-v", "--regAllocOptLevel=2", f"--gpu-name=sm_{arch}", "-", "-o",
-                          os.devnull], input=compiled.asm["ptx"], capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        [_ptxas(), "-lineinfo", "-v", "--regAllocOptLevel=2", f"--gpu-name=sm_{arch}", "-", "-o", os.devnull],
+        input=compiled.asm["ptx"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     log = res.stderr + res.stdout
     regs = int(re.search(r"Used (\d+) registers", log).group(1))
     spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
     shared = int(compiled.metadata.shared)
-    return dict(registers=regs, shared_bytes=shared, spill_stores=int(spill.group(1)) if spill else 0,
-                spill_loads=int(spill.group(2)) if spill else 0,
-                occupancy=round(occupancy(arch, regs, shared, options.num_warps), 4))
+    return dict(
+        registers=regs,
+        shared_bytes=shared,
+        spill_stores=int(spill.group(1)) if spill else 0,
+        spill_loads=int(spill.group(2)) if spill else 0,
+        occupancy=round(occupancy(arch, regs, shared, options.num_warps), 4),
+    )
 
 
 def rows(archs=ARCHS, modes=MODES, kernels_only=None, first_variant_only=False, progress=False) -> list[dict]:
@@ -265,13 +312,25 @@ def rows(archs=ARCHS, modes=MODES, kernels_only=None, first_variant_only=False, 
         r = compile_one(*src, options, arch)
         out.append(dict(backend="triton", kernel=name, variant=label, arch=f"sm_{arch}", **r))
         if progress:
-            print(f"[{i + 1}/{len(vs)} {time.time() - t0:.0f}s] {name} {label} sm_{arch}: {r}", file=sys.stderr,
-                  flush=True)
+            print(
+                f"[{i + 1}/{len(vs)} {time.time() - t0:.0f}s] {name} {label} sm_{arch}: {r}",
+                file=sys.stderr,
+                flush=True,
+            )
     return out
 
 
-COLUMNS = ("backend", "kernel", "variant", "arch", "registers", "shared_bytes", "spill_stores", "spill_loads",
-           "occupancy")
+COLUMNS = (
+    "backend",
+    "kernel",
+    "variant",
+    "arch",
+    "registers",
+    "shared_bytes",
+    "spill_stores",
+    "spill_loads",
+    "occupancy",
+)
 
 
 def markdown(rs) -> str:
@@ -302,9 +361,11 @@ def _update_combined(path: Path, rs) -> None:
     keep = [ln for ln in lines if not ln.startswith("| triton |")]
     at = max(i for i, ln in enumerate(keep) if ln.startswith("| ") and not ln.startswith("| backend"))
     new = markdown(rs).splitlines()[2:]
-    keep[at + 1:at + 1] = new
-    total = sum(int(c[6]) + int(c[7]) for c in (ln.split(" | ") for ln in keep if ln.startswith("| cuda |") or
-                                                ln.startswith("| triton |")))
+    keep[at + 1 : at + 1] = new
+    total = sum(
+        int(c[6]) + int(c[7])
+        for c in (ln.split(" | ") for ln in keep if ln.startswith("| cuda |") or ln.startswith("| triton |"))
+    )
     out = "\n".join(keep) + "\n"
     out = re.sub(r"Total spill bytes: \d+\.", f"Total spill bytes: {total}.", out)
     path.write_text(out)
@@ -315,8 +376,11 @@ def main() -> int:
     p.add_argument("--archs", default=",".join(map(str, ARCHS)))
     p.add_argument("--only", help="exploring: DTYPE[-tf32]:LAYER[,...] instead of every mode, e.g. float16:b3")
     p.add_argument("--kernels", help="exploring: only these kernels (comma-separated)")
-    p.add_argument("--explore", action="store_true", help="every config of each space for every launch, "
-                   "whatever its scope (to derive the scopes)")
+    p.add_argument(
+        "--explore",
+        action="store_true",
+        help="every config of each space for every launch, whatever its scope (to derive the scopes)",
+    )
     p.add_argument("--out", help="write the Triton report (markdown) here")
     p.add_argument("--update", help="replace the Triton rows of this combined report (tools/compile_report.py's)")
     args = p.parse_args()
@@ -325,20 +389,25 @@ def main() -> int:
     EXPLORE = args.explore
     modes = MODES
     if args.only:
-        modes = tuple((m.split(":")[0].split("-")[0], m.split(":")[0].endswith("-tf32"), (m.split(":")[1],))
-                      for m in args.only.split(","))
+        modes = tuple(
+            (m.split(":")[0].split("-")[0], m.split(":")[0].endswith("-tf32"), (m.split(":")[1],))
+            for m in args.only.split(",")
+        )
     t0 = time.time()
     rs = rows(archs, modes, kernels_only=args.kernels.split(",") if args.kernels else None, progress=True)
     spills = sum(r["spill_stores"] + r["spill_loads"] for r in rs)
     import triton
+
     modes = ", ".join(f"{dt}{' (TF32)' if tf32 else ''}: {'/'.join(ls)}" for dt, tf32, ls in modes)
-    text = (f"# Compile report: Triton kernels\n\nGenerated by `python tools/report_triton.py` (triton "
-            f"{triton.__version__}, its ptxas; static compiler output, no GPU involved) in "
-            f"{time.time() - t0:.0f} s. Every launch the launchers make for the four primitives (and recompute "
-            f"mode) on these layers at batch 32 ({modes}; {LAYERS}), specialised as Triton's runtime specialises "
-            f"it, and every config of each autotuned kernel's space. Occupancy is theoretical.\n\n"
-            f"{len(rs)} kernel builds, {spills} spill bytes in total.\n\n"
-            f"## Summary\n\n{summary(rs)}\n\n## Every build\n\n{markdown(rs)}\n")
+    text = (
+        f"# Compile report: Triton kernels\n\nGenerated by `python tools/report_triton.py` (triton "
+        f"{triton.__version__}, its ptxas; static compiler output, no GPU involved) in "
+        f"{time.time() - t0:.0f} s. Every launch the launchers make for the four primitives (and recompute "
+        f"mode) on these layers at batch 32 ({modes}; {LAYERS}), specialised as Triton's runtime specialises "
+        f"it, and every config of each autotuned kernel's space. Occupancy is theoretical.\n\n"
+        f"{len(rs)} kernel builds, {spills} spill bytes in total.\n\n"
+        f"## Summary\n\n{summary(rs)}\n\n## Every build\n\n{markdown(rs)}\n"
+    )
     if args.out:
         Path(args.out).write_text(text)
     if args.update:

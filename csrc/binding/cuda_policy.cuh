@@ -22,13 +22,13 @@ struct CudaPolicy {
 // so that a parallel build (MAX_JOBS) compiles the kernels side by side.
 // forward_stats / normalize and backward_sums / backward_convs are the stages the split passes of
 // synchronised batch norm call one by one.
-#define DSC_CUDA_LAUNCHERS(X)              \
-  DSC_CUDA_LAUNCHERS_T(X, float)           \
-  DSC_CUDA_LAUNCHERS_T(X, __half)          \
+#define DSC_CUDA_LAUNCHERS(X)     \
+  DSC_CUDA_LAUNCHERS_T(X, float)  \
+  DSC_CUDA_LAUNCHERS_T(X, __half) \
   DSC_CUDA_LAUNCHERS_T(X, __nv_bfloat16)
-#define DSC_CUDA_LAUNCHERS_T(X, T)                                                                            \
-  X(forward, T) X(forward_conv, T) X(forward_stats, T) X(normalize, T) X(backward, T) X(backward_sums, T) \
-  X(backward_convs, T)
+#define DSC_CUDA_LAUNCHERS_T(X, T) \
+  X(forward, T)                    \
+  X(forward_conv, T) X(forward_stats, T) X(normalize, T) X(backward, T) X(backward_sums, T) X(backward_convs, T)
 
 #define DSC_EXTERN_LAUNCHER(fn, T) extern template void dsc::fn<CudaPolicy, T>(const dsc::Problem&, float*);
 #define DSC_DEFINE_LAUNCHER(fn, T) template void dsc::fn<CudaPolicy, T>(const dsc::Problem&, float*);

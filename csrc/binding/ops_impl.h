@@ -48,8 +48,8 @@ struct Ops {
   }
   static void check_weights(const Tensor& x, const Tensor& dw, const Tensor& pw) {
     const int64_t C = x.size(1);
-    TORCH_CHECK(dw.dim() == 4 && dw.size(0) == C && dw.size(1) == 1 && dw.size(2) == 3 && dw.size(3) == 3,
-                Tr::kPrefix, "dw_weight must have shape (", C, ", 1, 3, 3), got ", dw.sizes());
+    TORCH_CHECK(dw.dim() == 4 && dw.size(0) == C && dw.size(1) == 1 && dw.size(2) == 3 && dw.size(3) == 3, Tr::kPrefix,
+                "dw_weight must have shape (", C, ", 1, 3, 3), got ", dw.sizes());
     TORCH_CHECK(pw.dim() == 2 && pw.size(1) == C, Tr::kPrefix, "pw_weight must have shape (K, ", C, "), got ",
                 pw.sizes());
     for (auto [name, t] : {std::pair<const char*, const Tensor*>{"dw_weight", &dw}, {"pw_weight", &pw}}) {
@@ -120,10 +120,17 @@ struct Ops {
   template <class F>
   static void by_dtype(const Tensor& x, F&& f) {
     switch (x.scalar_type()) {
-      case at::kFloat: f(float{}); break;
-      case at::kHalf: f(typename Tr::Half{}); break;
-      case at::kBFloat16: f(typename Tr::BF16{}); break;
-      default: TORCH_CHECK(false, Tr::kPrefix, "unsupported dtype ", x.scalar_type());
+      case at::kFloat:
+        f(float{});
+        break;
+      case at::kHalf:
+        f(typename Tr::Half{});
+        break;
+      case at::kBFloat16:
+        f(typename Tr::BF16{});
+        break;
+      default:
+        TORCH_CHECK(false, Tr::kPrefix, "unsupported dtype ", x.scalar_type());
     }
   }
 
@@ -221,9 +228,9 @@ struct Ops {
     Tensor dbias = at::zeros({p.K}, x.options().dtype(at::kFloat));
     if (x.numel() == 0 || p.K == 0)
       return {at::zeros_like(x), at::zeros_like(dw), at::zeros_like(pw),
-              p.K == 0 || p.N == 0 ? dbias
-                                 : at::where(out <= 0, at::zeros({}, dbias.options()), grad_out.to(at::kFloat))
-                                       .sum({0, 2, 3})};
+              p.K == 0 || p.N == 0
+                  ? dbias
+                  : at::where(out <= 0, at::zeros({}, dbias.options()), grad_out.to(at::kFloat)).sum({0, 2, 3})};
     Tensor dgamma = at::empty_like(dbias), dbeta = at::empty_like(dbias);
     p.mode = dsc::kEval;
     p.act = out.data_ptr();
@@ -234,14 +241,13 @@ struct Ops {
 
   static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_train(
       const Tensor& grad_out, const Tensor& x, const Tensor& dw, const Tensor& pw, const optional<Tensor>& bias,
-      const optional<Tensor>& bn_weight, const optional<Tensor>& bn_bias, const optional<Tensor>& y,
-      const Tensor& mean, const Tensor& var, int64_t stride, int64_t dilation, double eps) {
+      const optional<Tensor>& bn_weight, const optional<Tensor>& bn_bias, const optional<Tensor>& y, const Tensor& mean,
+      const Tensor& var, int64_t stride, int64_t dilation, double eps) {
     const int64_t K = check_train(x, dw, pw, bias, bn_weight, bn_bias, stride, dilation);
     check_stats(mean, var, x, K);
     typename Tr::Guard guard(x.device());
     dsc::Problem p = problem(x, dw, pw, stride, dilation);
-    TORCH_CHECK(p.M > 1 && x.size(1) > 0 && K > 0, Tr::kPrefix,
-                "backward_train needs N*Ho*Wo > 1, C > 0 and K > 0");
+    TORCH_CHECK(p.M > 1 && x.size(1) > 0 && K > 0, Tr::kPrefix, "backward_train needs N*Ho*Wo > 1, C > 0 and K > 0");
     const std::vector<int64_t> shape{p.N, K, p.Ho, p.Wo};
     check_act("grad_out", grad_out, x, shape);
     const auto bias_c = contig(bias), gamma_c = contig(bn_weight), beta_c = contig(bn_bias);
@@ -307,8 +313,7 @@ struct Ops {
     check_stats(mean, var, x, K);
     typename Tr::Guard guard(x.device());
     dsc::Problem p = problem(x, dw, pw, stride, dilation);
-    TORCH_CHECK(p.M > 0 && x.size(1) > 0 && K > 0, Tr::kPrefix,
-                "forward_normalize needs N*Ho*Wo > 0, C > 0 and K > 0");
+    TORCH_CHECK(p.M > 0 && x.size(1) > 0 && K > 0, Tr::kPrefix, "forward_normalize needs N*Ho*Wo > 0, C > 0 and K > 0");
     Tensor out = act_like(x, K, p), src = out;
     const auto bias_c = contig(bias);
     p.bias = ptr(bias_c);
@@ -390,12 +395,16 @@ struct Ops {
   // dx, dwd, dwp through dy = A (dz - mean_dz - yhat mean_dz_yhat) (A = gamma r, r = 1 / sqrt(var + eps)): dy's
   // coefficients (mu, A, beta, b2 = -A r mean_dz_yhat, c2 = -A mean_dz) where bn_bwd_finalize puts them, then
   // the backward's convolution stages.
-  static std::tuple<Tensor, Tensor, Tensor> backward_apply(
-      const Tensor& grad_out, const Tensor& x, const Tensor& dw, const Tensor& pw, const Tensor& y,
-      const Tensor& mean, const Tensor& var, const optional<Tensor>& bn_weight, const optional<Tensor>& bn_bias,
-      const Tensor& mean_dz, const Tensor& mean_dz_yhat, int64_t stride, int64_t dilation, double eps) {
+  static std::tuple<Tensor, Tensor, Tensor> backward_apply(const Tensor& grad_out, const Tensor& x, const Tensor& dw,
+                                                           const Tensor& pw, const Tensor& y, const Tensor& mean,
+                                                           const Tensor& var, const optional<Tensor>& bn_weight,
+                                                           const optional<Tensor>& bn_bias, const Tensor& mean_dz,
+                                                           const Tensor& mean_dz_yhat, int64_t stride, int64_t dilation,
+                                                           double eps) {
     const int64_t K = check_train(x, dw, pw, std::nullopt, bn_weight, bn_bias, stride, dilation);
-    for (auto [name, t] : {std::pair<const char*, const Tensor*>{"mean", &mean}, {"var", &var}, {"mean_dz", &mean_dz},
+    for (auto [name, t] : {std::pair<const char*, const Tensor*>{"mean", &mean},
+                           {"var", &var},
+                           {"mean_dz", &mean_dz},
                            {"mean_dz_yhat", &mean_dz_yhat}})
       check_channel(name, *t, x, K);
     typename Tr::Guard guard(x.device());
@@ -432,13 +441,13 @@ struct Ops {
 };
 
 #define DSC_IMPLS(m, Tr)                                                \
-  m.impl("forward_eval", &::dsc_bind::Ops<Tr>::forward_eval);          \
-  m.impl("forward_train", &::dsc_bind::Ops<Tr>::forward_train);        \
-  m.impl("backward_eval", &::dsc_bind::Ops<Tr>::backward_eval);        \
-  m.impl("backward_train", &::dsc_bind::Ops<Tr>::backward_train);      \
-  m.impl("forward_stats", &::dsc_bind::Ops<Tr>::forward_stats);        \
+  m.impl("forward_eval", &::dsc_bind::Ops<Tr>::forward_eval);           \
+  m.impl("forward_train", &::dsc_bind::Ops<Tr>::forward_train);         \
+  m.impl("backward_eval", &::dsc_bind::Ops<Tr>::backward_eval);         \
+  m.impl("backward_train", &::dsc_bind::Ops<Tr>::backward_train);       \
+  m.impl("forward_stats", &::dsc_bind::Ops<Tr>::forward_stats);         \
   m.impl("forward_normalize", &::dsc_bind::Ops<Tr>::forward_normalize); \
-  m.impl("backward_reduce", &::dsc_bind::Ops<Tr>::backward_reduce);    \
+  m.impl("backward_reduce", &::dsc_bind::Ops<Tr>::backward_reduce);     \
   m.impl("backward_apply", &::dsc_bind::Ops<Tr>::backward_apply)
 
 }  // namespace dsc_bind

@@ -2,21 +2,29 @@
 #pragma once
 
 #define DSC_SCHEMAS(m)                                                                                           \
-  m.def("forward_eval(Tensor x, Tensor dw_weight, Tensor pw_weight, Tensor bias, int stride, int dilation) "   \
-        "-> Tensor");                                                                                            \
-  m.def("forward_train(Tensor x, Tensor dw_weight, Tensor pw_weight, Tensor? bias, Tensor? bn_weight, "         \
-        "Tensor? bn_bias, int stride, int dilation, float eps, bool save_y) -> (Tensor, Tensor, Tensor, Tensor)"); \
-  m.def("backward_eval(Tensor grad_out, Tensor out, Tensor x, Tensor dw_weight, Tensor pw_weight, int stride, " \
-        "int dilation) -> (Tensor, Tensor, Tensor, Tensor)");                                                   \
-  m.def("backward_train(Tensor grad_out, Tensor x, Tensor dw_weight, Tensor pw_weight, Tensor? bias, "          \
-        "Tensor? bn_weight, Tensor? bn_bias, Tensor? y, Tensor mean, Tensor var, int stride, int dilation, "     \
-        "float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");                                     \
-  m.def("forward_stats(Tensor x, Tensor dw_weight, Tensor pw_weight, Tensor? bias, int stride, int dilation, "  \
-        "bool save_y) -> (Tensor, Tensor, Tensor)");                                                           \
-  m.def("forward_normalize(Tensor x, Tensor dw_weight, Tensor pw_weight, Tensor? bias, Tensor? y, Tensor mean, " \
-        "Tensor var, Tensor? bn_weight, Tensor? bn_bias, int stride, int dilation, float eps) -> Tensor");       \
-  m.def("backward_reduce(Tensor grad_out, Tensor y, Tensor mean, Tensor var, Tensor? bn_weight, "               \
-        "Tensor? bn_bias, float eps) -> (Tensor, Tensor)");                                                     \
-  m.def("backward_apply(Tensor grad_out, Tensor x, Tensor dw_weight, Tensor pw_weight, Tensor y, Tensor mean, " \
-        "Tensor var, Tensor? bn_weight, Tensor? bn_bias, Tensor mean_dz, Tensor mean_dz_yhat, int stride, "      \
-        "int dilation, float eps) -> (Tensor, Tensor, Tensor)")
+  m.def(                                                                                                         \
+      "forward_eval(Tensor x, Tensor dw_weight, Tensor pw_weight, Tensor bias, int stride, int dilation) "       \
+      "-> Tensor");                                                                                              \
+  m.def(                                                                                                         \
+      "forward_train(Tensor x, Tensor dw_weight, Tensor pw_weight, Tensor? bias, Tensor? bn_weight, "            \
+      "Tensor? bn_bias, int stride, int dilation, float eps, bool save_y) -> (Tensor, Tensor, Tensor, Tensor)"); \
+  m.def(                                                                                                         \
+      "backward_eval(Tensor grad_out, Tensor out, Tensor x, Tensor dw_weight, Tensor pw_weight, int stride, "    \
+      "int dilation) -> (Tensor, Tensor, Tensor, Tensor)");                                                      \
+  m.def(                                                                                                         \
+      "backward_train(Tensor grad_out, Tensor x, Tensor dw_weight, Tensor pw_weight, Tensor? bias, "             \
+      "Tensor? bn_weight, Tensor? bn_bias, Tensor? y, Tensor mean, Tensor var, int stride, int dilation, "       \
+      "float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");                                         \
+  m.def(                                                                                                         \
+      "forward_stats(Tensor x, Tensor dw_weight, Tensor pw_weight, Tensor? bias, int stride, int dilation, "     \
+      "bool save_y) -> (Tensor, Tensor, Tensor)");                                                               \
+  m.def(                                                                                                         \
+      "forward_normalize(Tensor x, Tensor dw_weight, Tensor pw_weight, Tensor? bias, Tensor? y, Tensor mean, "   \
+      "Tensor var, Tensor? bn_weight, Tensor? bn_bias, int stride, int dilation, float eps) -> Tensor");         \
+  m.def(                                                                                                         \
+      "backward_reduce(Tensor grad_out, Tensor y, Tensor mean, Tensor var, Tensor? bn_weight, "                  \
+      "Tensor? bn_bias, float eps) -> (Tensor, Tensor)");                                                        \
+  m.def(                                                                                                         \
+      "backward_apply(Tensor grad_out, Tensor x, Tensor dw_weight, Tensor pw_weight, Tensor y, Tensor mean, "    \
+      "Tensor var, Tensor? bn_weight, Tensor? bn_bias, Tensor mean_dz, Tensor mean_dz_yhat, int stride, "        \
+      "int dilation, float eps) -> (Tensor, Tensor, Tensor)")

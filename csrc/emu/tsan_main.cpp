@@ -56,9 +56,9 @@ struct Case {
 struct Grads {
   const std::vector<float>*dx, *dwd, *dwp, *dbias, *dgamma, *dbeta;
 };
-double backward_error(const Case& cs, const dsc::Problem& p, const std::vector<float>& x,
-                      const std::vector<float>& wd, const std::vector<float>& wp, const std::vector<float>& act,
-                      const std::vector<float>& dout, const Grads& g, bool train) {
+double backward_error(const Case& cs, const dsc::Problem& p, const std::vector<float>& x, const std::vector<float>& wd,
+                      const std::vector<float>& wp, const std::vector<float>& act, const std::vector<float>& dout,
+                      const Grads& g, bool train) {
   const int64_t N = cs.N, C = cs.C, K = cs.K, H = cs.H, W = cs.W, Ho = p.Ho, Wo = p.Wo, Q = Ho * Wo, M = p.M;
   auto yi = [&](int64_t n, int64_t k, int64_t q) { return dsc::at4(p.ys, n, k, q / Wo, q % Wo); };
   std::vector<double> dy(N * K * Q), sdz(K, 0.0), sdzy(K, 0.0), sy(K, 0.0), dbias(K, 0.0);
@@ -85,7 +85,8 @@ double backward_error(const Case& cs, const dsc::Problem& p, const std::vector<f
     else
       dbias[k] = sdz[k];
   }
-  std::vector<double> t(N * C * Q, 0.0), dt(N * C * Q, 0.0), dwd_r(C * 9, 0.0), dwp_r(K * C, 0.0), dx_r(N * C * H * W, 0.0);
+  std::vector<double> t(N * C * Q, 0.0), dt(N * C * Q, 0.0), dwd_r(C * 9, 0.0), dwp_r(K * C, 0.0),
+      dx_r(N * C * H * W, 0.0);
   for (int64_t n = 0; n < N; ++n)
     for (int64_t c = 0; c < C; ++c)
       for (int64_t ho = 0; ho < Ho; ++ho)
@@ -125,10 +126,13 @@ double backward_error(const Case& cs, const dsc::Problem& p, const std::vector<f
     err = std::max(err, e / m);
   };
   auto plain = [](size_t i) { return i; };
-  cmp(*g.dx, [&](size_t i) {
-    const int64_t w = i % W, h = (i / W) % H, c = (i / (W * H)) % C, n = i / (W * H * C);
-    return size_t(dsc::at4(p.xs, n, c, h, w));
-  }, dx_r);
+  cmp(
+      *g.dx,
+      [&](size_t i) {
+        const int64_t w = i % W, h = (i / W) % H, c = (i / (W * H)) % C, n = i / (W * H * C);
+        return size_t(dsc::at4(p.xs, n, c, h, w));
+      },
+      dx_r);
   cmp(*g.dwd, plain, dwd_r);
   cmp(*g.dwp, plain, dwp_r);
   cmp(*g.dbias, plain, dbias);
@@ -181,7 +185,8 @@ int run(const Case& cs) {
           for (int i = 0; i < 3; ++i)
             for (int j = 0; j < 3; ++j) {
               const int64_t h = ho * cs.stride - cs.dil + i * cs.dil, w = wo * cs.stride - cs.dil + j * cs.dil;
-              if (h >= 0 && h < H && w >= 0 && w < W) t[c] += double(x[((n * C + c) * H + h) * W + w]) * wd[c * 9 + i * 3 + j];
+              if (h >= 0 && h < H && w >= 0 && w < W)
+                t[c] += double(x[((n * C + c) * H + h) * W + w]) * wd[c * 9 + i * 3 + j];
             }
         for (int64_t k = 0; k < K; ++k) {
           double v = bias[k];
@@ -207,7 +212,11 @@ int run(const Case& cs) {
           err = std::max(err, std::fabs(out_eval[dsc::at4(ys, n, k, ho, wo)] - e));
         }
   // train
-  std::vector<float> ws(dsc::forward_ws_floats([&] { auto q = p; q.mode = dsc::kTrain; return q; }()));
+  std::vector<float> ws(dsc::forward_ws_floats([&] {
+    auto q = p;
+    q.mode = dsc::kTrain;
+    return q;
+  }()));
   p.mode = dsc::kTrain;
   p.y = y.data();
   p.ys = ys;
@@ -258,9 +267,11 @@ int run(const Case& cs) {
   berr = std::max(berr, backward_error(cs, p, x, wd, wp, out_eval, dout, grads, false));
   const bool finite = berr < 1e-3;
 
-  std::printf("case N=%lld C=%lld K=%lld H=%lld W=%lld s=%d d=%d cl=%d: forward max err %.3e, backward max "
-              "rel err %.3e, in-place out identical %d\n", (long long)N, (long long)C, (long long)K, (long long)H,
-              (long long)W, cs.stride, cs.dil, int(cs.cl), err, berr, int(inplace_same));
+  std::printf(
+      "case N=%lld C=%lld K=%lld H=%lld W=%lld s=%d d=%d cl=%d: forward max err %.3e, backward max "
+      "rel err %.3e, in-place out identical %d\n",
+      (long long)N, (long long)C, (long long)K, (long long)H, (long long)W, cs.stride, cs.dil, int(cs.cl), err, berr,
+      int(inplace_same));
   return (err < 1e-3 && finite && inplace_same) ? 0 : 1;
 }
 

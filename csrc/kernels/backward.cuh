@@ -190,7 +190,7 @@ constexpr int kDtKC = 8;
 template <class Tl>
 struct DtSmem {
   static constexpr int kOutK = Tl::BP + 4, kOutP = Tl::BK / 2 + 4;
-  static constexpr int kOut = Tl::BK / 2 * kOutK > Tl::BP * kOutP ? Tl::BK / 2 * kOutK : Tl::BP * kOutP;
+  static constexpr int kOut = Tl::BK / 2 * kOutK > Tl::BP* kOutP ? Tl::BK / 2 * kOutK : Tl::BP * kOutP;
   union {
     struct {
       alignas(16) float w[kDtKC][Tl::BK];       // A: Wp rows (k) over the block's channels
@@ -329,7 +329,7 @@ struct DwpSmem {
   using G = Window<Tl, S, D, window_floats<Tl, S, D>() <= kSpanHalo ? 8 : 4>;
   union {
     float halo[Tl::SPAN ? 1 : G::BC][Tl::SPAN ? 1 : G::HALO];  // (span tiles read t from dsconv_dw instead)
-    alignas(16) float dyT[32][kDwpK + 4];  // A: per pixel, dy over the block's output channels
+    alignas(16) float dyT[32][kDwpK + 4];                      // A: per pixel, dy over the block's output channels
   } u;
   alignas(16) float tT[Tl::BP][kDwpC + 4];  // B: per pixel, t over the block's input channels
   float wd[G::BC][9];
@@ -461,7 +461,7 @@ template <int S, int D>
 struct DxWindow {
   static constexpr int XR = D > 0 ? (S == 1 ? 8 + 2 * D : (2 * D + D % 2 + 7) / 2 + 1) : 24;  // rows = cols
   static constexpr int HALO = XR * XR;
-  static constexpr int CCL = 32 * HALO * 4 <= 40960 ? 32 : 8;  // channels_last channel chunk
+  static constexpr int CCL = 32 * HALO * 4 <= 40960 ? 32 : 8;               // channels_last channel chunk
   static constexpr int OFS = D > 0 ? (S == 1 ? 2 * D : 2 * D + D % 2) : 0;  // (row of tap 0 of a = 0) * S
 };
 
@@ -526,9 +526,8 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
       const int rr = rq / XR, qq = rq - rr * XR;
       const int ho = src(rr, h0, ho_lo, p.Ho), wo = src(qq, w0, wo_lo, p.Wo);
       const bool ok = c0 + ch < p.C && ho >= 0 && ho < p.Ho && wo >= 0 && wo < p.Wo;
-      const float* src = dt + (ok ? dtn + (c0 + ch) * dts.c + static_cast<int64_t>(ho) * dts.h +
-                                        static_cast<int64_t>(wo) * dts.w
-                                  : 0);
+      const float* src =
+          dt + (ok ? dtn + (c0 + ch) * dts.c + static_cast<int64_t>(ho) * dts.h + static_cast<int64_t>(wo) * dts.w : 0);
       float v = src[0];
       for (int ks = 1; ks < p.bsplit; ++ks) v += src[ks * dt_plane];  // dt partials of the K splits, in order
       s.win[ch][rq] = ok ? v : 0.f;

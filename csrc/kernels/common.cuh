@@ -55,9 +55,9 @@ typedef unsigned int uint32_t;
 // runs that for every id). Real builds: __syncthreads().
 #if defined(DSC_BARRIER_HOOK)
 bool dsc_barrier_hook(int id);
-#define DSC_SYNC(id)                            \
-  do {                                          \
-    if (dsc_barrier_hook(id)) __syncthreads();  \
+#define DSC_SYNC(id)                           \
+  do {                                         \
+    if (dsc_barrier_hook(id)) __syncthreads(); \
   } while (0)
 #else
 #define DSC_SYNC(id) __syncthreads()

@@ -15,7 +15,7 @@ namespace dsc {
 template <class Tl>
 struct FwdOut {
   static constexpr int kOutK = Tl::BP + 4, kOutP = Tl::BK / 2 + 4;
-  static constexpr int kOut = Tl::BK / 2 * kOutK > Tl::BP * kOutP ? Tl::BK / 2 * kOutK : Tl::BP * kOutP;
+  static constexpr int kOut = Tl::BK / 2 * kOutK > Tl::BP* kOutP ? Tl::BK / 2 * kOutK : Tl::BP * kOutP;
 };
 
 template <class Tl, int S, int D>
@@ -31,14 +31,14 @@ struct FwdSmem {
     } m;
     alignas(16) float o[FwdOut<Tl>::kOut];  // epilogue: half of the output tile (FwdOut)
   };
-  int64_t slot[Tl::BP];       // offset of each pixel in the output tensor, -1 past the end
-  int row[kSpanRowsMax];      // span: offset of each staged row from the tile's first image, -1 for padding
+  int64_t slot[Tl::BP];   // offset of each pixel in the output tensor, -1 past the end
+  int row[kSpanRowsMax];  // span: offset of each staged row from the tile's first image, -1 for padding
 };
 
 // Offset of every pixel slot of tile `tile` in a tensor with strides st (-1 past the end).
 template <class Tl>
-DSC_DEVICE void slot_offsets(const Problem& p, const Tiling& tl, int64_t tile, const Str4& st, int64_t* slot,
-                             int tid, int nt) {
+DSC_DEVICE void slot_offsets(const Problem& p, const Tiling& tl, int64_t tile, const Str4& st, int64_t* slot, int tid,
+                             int nt) {
   for (int q = tid; q < Tl::BP; q += nt) {
     int64_t off = -1;
     if (!Tl::SPAN) {
@@ -75,9 +75,7 @@ DSC_DEVICE void fwd_epilogue(const Problem& p, float* ws, int64_t tile, int64_t 
   const float inv_cnt = p.mode == kTrain ? 1.f / static_cast<float>(tile_count(p, p.ft, tile)) : 0.f;
   const int64_t krows = p.K - k0;  // channels of this block that exist
   // o(r, q): channel r of the half, pixel q.
-  auto o_at = [&](int r, int q) -> float& {
-    return p.cl ? o[q * kOutP + r] : o[r * kOutK + q];
-  };
+  auto o_at = [&](int r, int q) -> float& { return p.cl ? o[q * kOutP + r] : o[r * kOutK + q]; };
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int64_t kh = k0 + h * (BK / 2);
@@ -347,8 +345,9 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_fwd_kernel(const Pr
     for (int j = 0; j < PPT; ++j) base[j] = win.base(p, tid % TPC + j * TPC);
     const int tap_r = win.tap_r();
     const int cc_dw = tid / TPC;  // this thread's depthwise channel within a chunk
-    if (!p.cl) win.prepare(p, s.row, tid);  // (rect windows read no row table; the chunk loop's first barrier
-                                            // publishes the slot table)
+    if (!p.cl)
+      win.prepare(p, s.row, tid);  // (rect windows read no row table; the chunk loop's first barrier
+                                   // publishes the slot table)
 
     // Chunk j = input channels c_lo + j BC ... Per chunk: S (window and depthwise weights to shared memory),
     // D (depthwise chunk t from the window, Wp^T chunk to shared memory), G (acc += Wp^T t). Software
@@ -363,7 +362,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_fwd_kernel(const Pr
     const T* wrow = wp + (kv ? (k0 + kk_w) * p.C : 0) + cg_w;
     const int nch = static_cast<int>((c_hi - c_lo + BC - 1) / BC);
     float xv[PF ? BC : 1][PF ? G::E : 1], wv4[4], wdv = 0.f;  // (the window only when prefetched)
-    auto ld_win = [&](int j) {  // window and depthwise weights of chunk j into registers
+    auto ld_win = [&](int j) {                                // window and depthwise weights of chunk j into registers
       const int64_t c = c_lo + static_cast<int64_t>(j) * BC;
       if constexpr (PF)
         if (!p.cl) win.template load<T>(p, c, xv);
@@ -373,8 +372,10 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_fwd_kernel(const Pr
     };
     auto st_win = [&](int j, int b) {  // ... to shared buffer b
       if constexpr (PF) {
-        if (!p.cl) win.store(xv, s.m.halo[b], tid);
-        else win.template stage<T>(p, s.row, c_lo + static_cast<int64_t>(j) * BC, s.m.halo[b], tid);
+        if (!p.cl)
+          win.store(xv, s.m.halo[b], tid);
+        else
+          win.template stage<T>(p, s.row, c_lo + static_cast<int64_t>(j) * BC, s.m.halo[b], tid);
       } else {
         win.template stage<T>(p, s.row, c_lo + static_cast<int64_t>(j) * BC, s.m.halo[b], tid);
       }
@@ -522,15 +523,15 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) bn_stats_kernel(const Problem p, float* w
 template <class T>
 DSC_DEVICE void load_n(const T* p, float* v, int n) {
   if (n == 4) {
-    Vec4<T>::load(p, *reinterpret_cast<float(*)[4]>(v));
+    Vec4<T>::load(p, *reinterpret_cast<float (*)[4]>(v));
   } else {
     v[0] = Cvt<T>::load(p[0]);
   }
 }
 
 template <class T>
-DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) bn_relu_kernel(const Problem p, const float* ws, int64_t rows_per_block,
-                                                      int64_t cols_per_block) {
+DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256)
+    bn_relu_kernel(const Problem p, const float* ws, int64_t rows_per_block, int64_t cols_per_block) {
   const T* y = static_cast<const T*>(p.y);  // not __restrict__: out may alias y (recompute mode), each
   T* out = static_cast<T*>(p.out);          // element read, then written, by one thread
   const float* sa = ws + fwd_ss_offset(p);
@@ -540,9 +541,9 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) bn_relu_kernel(const Problem p, const flo
   const int64_t c0 = static_cast<int64_t>(blockIdx.y) * cols_per_block;
   const int64_t nr = R - r0 < rows_per_block ? R - r0 : rows_per_block;
   const int64_t nc = L - c0 < cols_per_block ? L - c0 : cols_per_block;
-  const FastDiv dl = p.cl ? p.div_k : p.div_hw;  // by L
+  const FastDiv dl = p.cl ? p.div_k : p.div_hw;           // by L
   const uint32_t total = static_cast<uint32_t>(nr * nc);  // < 2^31 (host: rows_per_block * L bounded)
-  const int V = (L % 4 == 0 && nc % 4 == 0) ? 4 : 1;  // block-uniform
+  const int V = (L % 4 == 0 && nc % 4 == 0) ? 4 : 1;      // block-uniform
   for (uint32_t e = threadIdx.x * V; e < total; e += 256 * V) {
     uint32_t lr = 0, lc = e;
     if (nc == L) {  // whole rows

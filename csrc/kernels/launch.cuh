@@ -22,8 +22,7 @@ constexpr int64_t kFwdWave = 56;  // tiled-kernel blocks resident at once on a G
 // and padded-row numbers, and a staged window within kSpanHalo floats per channel. Returns the most
 // padded rows a tile stages, or 0 if span tiles do not apply.
 inline int span_rows(int64_t N, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int s, int d) {
-  if (d < 1 || d > 4 || Wo > 16 || N * Ho * Wo >= (int64_t(1) << 31) || N * (H + 2 * d) >= (int64_t(1) << 31))
-    return 0;
+  if (d < 1 || d > 4 || Wo > 16 || N * Ho * Wo >= (int64_t(1) << 31) || N * (H + 2 * d) >= (int64_t(1) << 31)) return 0;
   int64_t dr = (Wo + 62) / Wo, dn = (Ho * Wo + 62) / (Ho * Wo);  // most output rows / images a tile crosses
   if (dr > N * Ho - 1) dr = N * Ho - 1;
   if (dn > N - 1) dn = N - 1;
@@ -126,17 +125,37 @@ inline int64_t tile_grid_z(int64_t ntiles) { return cdiv(ntiles, DSC_TILE_GRID_Y
 
 // Dilations 1..4 are compile-time specialisations; anything else runs the runtime-dilation path (0).
 // (A macro rather than a templated lambda: the CUDA build compiles as C++17.)
-#define DSC_DISPATCH_DILATION(dil, ...)        \
-  switch (dil) {                               \
-    case 1: { constexpr int D = 1; __VA_ARGS__; } break; \
-    case 2: { constexpr int D = 2; __VA_ARGS__; } break; \
-    case 3: { constexpr int D = 3; __VA_ARGS__; } break; \
-    case 4: { constexpr int D = 4; __VA_ARGS__; } break; \
-    default: { constexpr int D = 0; __VA_ARGS__; } break; \
+#define DSC_DISPATCH_DILATION(dil, ...) \
+  switch (dil) {                        \
+    case 1: {                           \
+      constexpr int D = 1;              \
+      __VA_ARGS__;                      \
+    } break;                            \
+    case 2: {                           \
+      constexpr int D = 2;              \
+      __VA_ARGS__;                      \
+    } break;                            \
+    case 3: {                           \
+      constexpr int D = 3;              \
+      __VA_ARGS__;                      \
+    } break;                            \
+    case 4: {                           \
+      constexpr int D = 4;              \
+      __VA_ARGS__;                      \
+    } break;                            \
+    default: {                          \
+      constexpr int D = 0;              \
+      __VA_ARGS__;                      \
+    } break;                            \
   }
-#define DSC_DISPATCH_STRIDE(s, ...)                                 \
-  if ((s) == 1) { constexpr int S = 1; __VA_ARGS__; }               \
-  else { constexpr int S = 2; __VA_ARGS__; }
+#define DSC_DISPATCH_STRIDE(s, ...) \
+  if ((s) == 1) {                   \
+    constexpr int S = 1;            \
+    __VA_ARGS__;                    \
+  } else {                          \
+    constexpr int S = 2;            \
+    __VA_ARGS__;                    \
+  }
 
 inline int64_t dw_grid_y(const Problem& p) {  // dsconv_dw: groups of kDwChannels channels
   const int64_t g = cdiv(p.C, kDwChannels);
@@ -147,8 +166,7 @@ template <class P, class T, class Tl, int S, int D>
 void launch_fwd(const Problem& p, float* ws) {
   if constexpr (Tl::SPAN) {  // t for every pixel first (dsconv_dw), then dsconv_fwd as a pure GEMM over it
     const int64_t mp = p.ft.ntiles * Tl::BP, th = mp < 256 ? mp : 256;  // mp: a multiple of 64
-    P::launch(dsconv_dw_kernel<T, S, D>, cdiv(mp, th), dw_grid_y(p), 1, static_cast<int>(th), p,
-              ws + fwd_t_offset(p));
+    P::launch(dsconv_dw_kernel<T, S, D>, cdiv(mp, th), dw_grid_y(p), 1, static_cast<int>(th), p, ws + fwd_t_offset(p));
   }
   P::launch(dsconv_fwd_kernel<T, Tl, S, D>, cdiv(p.K, Tl::BK) * p.fsplit, tile_grid_y(p.ft.ntiles),
             tile_grid_z(p.ft.ntiles), Tl::THREADS, p, ws);
@@ -157,9 +175,7 @@ void launch_fwd(const Problem& p, float* ws) {
               Tl::THREADS, p, ws);
 }
 
-inline int vec_ok(const Problem& p) {
-  return (p.C % 4 == 0 && reinterpret_cast<uintptr_t>(p.wp) % 16 == 0) ? 1 : 0;
-}
+inline int vec_ok(const Problem& p) { return (p.C % 4 == 0 && reinterpret_cast<uintptr_t>(p.wp) % 16 == 0) ? 1 : 0; }
 
 // dsconv_fwd (y, or out in eval mode; kTrain: the tile statistics partials too).
 template <class P, class T>
@@ -167,10 +183,13 @@ void forward_conv(const Problem& p0, float* ws) {
   Problem p = p0;
   p.vec_wp = vec_ok(p);
   DSC_DISPATCH_STRIDE(p.stride, DSC_DISPATCH_DILATION(p.dil, {
-    if (p.ft.cls == kTileRect8x8) launch_fwd<P, T, TileRect8x8, S, D>(p, ws);
-    else if (p.ft.cls == kTileRect8x16) launch_fwd<P, T, TileRect8x16, S, D>(p, ws);
-    else if constexpr (D > 0) launch_fwd<P, T, TileSpan64, S, D>(p, ws);
-  }));
+                        if (p.ft.cls == kTileRect8x8)
+                          launch_fwd<P, T, TileRect8x8, S, D>(p, ws);
+                        else if (p.ft.cls == kTileRect8x16)
+                          launch_fwd<P, T, TileRect8x16, S, D>(p, ws);
+                        else if constexpr (D > 0)
+                          launch_fwd<P, T, TileSpan64, S, D>(p, ws);
+                      }));
 }
 
 // Pass 1 of training (mode kTrain): y and its statistics (p.mean, p.var; bn_relu's scale / shift in ws).
@@ -221,18 +240,20 @@ void backward_convs(const Problem& p0, float* ws) {
   else
     P::launch(dsconv_bwd_dt_kernel<T, TileSpan128>, cdiv(p.C, TileSpan128::BK) * p.bsplit, tile_grid_y(p.bt.ntiles),
               tile_grid_z(p.bt.ntiles), TileSpan128::THREADS, p, ws);
-  DSC_DISPATCH_STRIDE(p.stride, DSC_DISPATCH_DILATION(p.dil, {
-    if (p.wt.cls == kTileRect8x8)
-      P::launch(dsconv_bwd_dwp_kernel<T, TileRect8x8, S, D>, cdiv(p.K, kDwpK), cdiv(p.C, kDwpC), p.splits, 256, p, ws);
-    else if constexpr (D > 0) {  // t for every pixel first (dsconv_dw), read by the dWp blocks of every K block
-      const int64_t mp = p.wt.ntiles * 64, th = mp < 256 ? mp : 256;
-      P::launch(dsconv_dw_kernel<T, S, D>, cdiv(mp, th), dw_grid_y(p), 1, static_cast<int>(th), p,
-                ws + L.t);
-      P::launch(dsconv_bwd_dwp_kernel<T, TileSpan64, S, D>, cdiv(p.K, kDwpK), cdiv(p.C, kDwpC), p.splits, 256, p, ws);
-    }
-    const int cc = p.cl ? DxWindow<S, D>::CCL : 8;
-    P::launch(dsconv_bwd_dx_kernel<T, S, D>, cdiv(p.C, cc), p.xgroups, 1, 256, p, ws);
-  }));
+  DSC_DISPATCH_STRIDE(
+      p.stride, DSC_DISPATCH_DILATION(p.dil, {
+        if (p.wt.cls == kTileRect8x8)
+          P::launch(dsconv_bwd_dwp_kernel<T, TileRect8x8, S, D>, cdiv(p.K, kDwpK), cdiv(p.C, kDwpC), p.splits, 256, p,
+                    ws);
+        else if constexpr (D > 0) {  // t for every pixel first (dsconv_dw), read by the dWp blocks of every K block
+          const int64_t mp = p.wt.ntiles * 64, th = mp < 256 ? mp : 256;
+          P::launch(dsconv_dw_kernel<T, S, D>, cdiv(mp, th), dw_grid_y(p), 1, static_cast<int>(th), p, ws + L.t);
+          P::launch(dsconv_bwd_dwp_kernel<T, TileSpan64, S, D>, cdiv(p.K, kDwpK), cdiv(p.C, kDwpC), p.splits, 256, p,
+                    ws);
+        }
+        const int cc = p.cl ? DxWindow<S, D>::CCL : 8;
+        P::launch(dsconv_bwd_dx_kernel<T, S, D>, cdiv(p.C, cc), p.xgroups, 1, 256, p, ws);
+      }));
   const ColsumJob<T> jwp{ws + L.dwp, p.splits, p.K * p.C, static_cast<T*>(p.dwp)};
   const ColsumJob<T> jwd{ws + L.dwd, p.xgroups, p.C * 9, static_cast<T*>(p.dwd)};
   P::launch(colsum_kernel<T>, colsum_blocks_a(p.K * p.C) + colsum_blocks_b(p.C * 9), 1, 1, 256, jwp, jwd);

@@ -2,7 +2,7 @@
 // launcher picks per layer, and the fp32 workspace layouts. Torch-free (see common.cuh).
 //
 // Notation: x [N, C, H, W], Wd [C, 9], Wp [K, C], t = dw(x) [N, C, Ho, Wo], y = Wp t + bias [N, K, Ho, Wo],
-// M = N Ho Wo output pixels. Stage names are shared with the Triton kernels (fused_dsconv/triton_kernels.py):
+// M = N Ho Wo output pixels. Stage names are shared with the Triton kernels (fused_dsconv/triton_kernels/):
 // dsconv_fwd, bn_stats, bn_relu, bn_bwd_reduce, dsconv_bwd_dt, dsconv_bwd_dwp, dsconv_bwd_dx, colsum.
 #pragma once
 
@@ -60,12 +60,12 @@ struct Problem {
   // Pixel tilings (set_geometry): ft for dsconv_fwd (by K), wt for dsconv_bwd_dwp (64-pixel tiles),
   // bt for dsconv_bwd_dt (span tiles, by C: it needs no window).
   Tiling ft, wt, bt;
-  int span_rows;  // span tiles: most zero-padded input rows one tile stages (0: span tiles do not apply)
+  int span_rows;   // span tiles: most zero-padded input rows one tile stages (0: span tiles do not apply)
   int fsplit;      // dsconv_fwd: blocks the input channels are split over (> 1 when too few tiles fill the GPU)
   int64_t csplit;  // input channels per split (a multiple of 8)
   FastDiv div_hw, div_wo, div_k;  // by Ho*Wo, Wo, K
-  FastDiv div_hp, div_cwin;  // span tiles: by H + 2d and W + 2d (padded image height, window row)
-  int vec_wp;  // 1: Wp rows may be read 4 elements at a time (C % 4 == 0, base 16-byte aligned)
+  FastDiv div_hp, div_cwin;       // span tiles: by H + 2d and W + 2d (padded image height, window row)
+  int vec_wp;                     // 1: Wp rows may be read 4 elements at a time (C % 4 == 0, base 16-byte aligned)
 
   // Backward (set_geometry): partial rows of bn_bwd_reduce (pixel groups of rgroup_px), of dsconv_bwd_dwp
   // (splits of the wt tiles) and of dsconv_bwd_dx (groups of its 8x8 input tiles).
@@ -77,8 +77,8 @@ struct Problem {
 
   const void* x;
   Str4 xs;
-  const void* wd;  // [C, 9]
-  const void* wp;  // [K, C]
+  const void* wd;      // [C, 9]
+  const void* wp;      // [K, C]
   const float* bias;   // [K] or null
   const float* gamma;  // [K] or null
   const float* beta;   // [K] or null
@@ -161,7 +161,8 @@ DSC_DEVICE TileBlock tile_block() {
 // [fsplit][ft.ntiles][K blocks][BK x BP]; then, for span tiles, t [C][ft.ntiles x 64] (every part 16-byte
 // aligned).
 constexpr int64_t kFwdPartTile = 8192;  // BK x BP of every forward tile class (a partial tile, floats)
-static_assert(TileRect8x8::BK * TileRect8x8::BP == kFwdPartTile && TileRect8x16::BK * TileRect8x16::BP == kFwdPartTile &&
+static_assert(TileRect8x8::BK * TileRect8x8::BP == kFwdPartTile &&
+                  TileRect8x16::BK * TileRect8x16::BP == kFwdPartTile &&
                   TileSpan64::BK * TileSpan64::BP == kFwdPartTile,
               "one partial-tile size for every forward tile class");
 // Training: [mean | M2] tile partials, then the per-channel normalisation (scale | shift) of bn_relu.

@@ -34,18 +34,18 @@ struct Window {
   static constexpr int TAP_R = D > 0 ? D * CW : Tl::TH * CW;
   static constexpr int TAP_C = D > 0 ? D : Tl::TW;
 
-  static constexpr int NT = 256;                   // threads of the kernels that stage windows
-  static constexpr int E = (HALO + NT - 1) / NT;   // NCHW staging: window elements per thread and channel
+  static constexpr int NT = 256;                  // threads of the kernels that stage windows
+  static constexpr int E = (HALO + NT - 1) / NT;  // NCHW staging: window elements per thread and channel
   static_assert(Tl::THREADS == NT, "window staging assumes 256 threads");
 
   // Per block: where the tile's window lies.
-  int64_t xn = 0;      // n * xs.n of the tile's (first) image: every staged offset is relative to it
-  int h0 = 0, w0 = 0;  // rect: window origin (dense) or first output row / column (gathered)
-  int cw = CW;         // window row length
-  int rows = RH;       // staged rows
-  uint32_t first = 0;  // span: padded row of the first staged row
+  int64_t xn = 0;             // n * xs.n of the tile's (first) image: every staged offset is relative to it
+  int h0 = 0, w0 = 0;         // rect: window origin (dense) or first output row / column (gathered)
+  int cw = CW;                // window row length
+  int rows = RH;              // staged rows
+  uint32_t first = 0;         // span: padded row of the first staged row
   uint32_t g0 = 0, last = 0;  // span: first and last pixel of the tile (flattened)
-  int off[E];          // NCHW: offset (from xn, channel 0) of this thread's window elements, -1 outside x
+  int off[E];                 // NCHW: offset (from xn, channel 0) of this thread's window elements, -1 outside x
 
   // Sets the geometry of tile `tile` and, for span tiles, fills row[r] = offset of staged row r from xn
   // (-1: padding; < 2^31, host-checked). Callers publish row[] with a barrier before prepare().

@@ -48,82 +48,24 @@ bn_weight + bn_bias, dz = grad_out [z > 0]):
   stride, dilation, eps) -> (grad_x, grad_dw_weight, grad_pw_weight)`` through
   dy = bn_weight rsqrt(var + eps) (dz - mean_dz - yhat mean_dz_yhat).
 """
+
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from ..contract import acc_dtype, memory_format_of  # noqa: F401  (part of the backend contract)
+from .base import DEFAULT_VARIANT, Backend
+from .native import NativeBackend
+from .reference import ReferenceBackend
+from .triton import TritonBackend
+
 ENV_VAR = "FUSED_DSCONV_BACKEND"
 AUTO = "auto"
-DEFAULT_VARIANT = "default"
-
-
-def acc_dtype(x: Tensor) -> torch.dtype:
-    """Accumulation / statistics dtype: float32 for the kernel dtypes, float64 for float64 inputs."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def memory_format_of(x: Tensor) -> torch.memory_format:
-    """The layout the op's outputs take: channels_last when x is stored that way, else NCHW."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-class Backend:
-    """One implementation of the four primitives. Subclasses set ``name`` and override."""
-
-    name: str = ""
-
-    def unavailable(self, x: Tensor) -> Optional[str]:
-        """Why this backend cannot run inputs like ``x`` (device, dtype, build), or None if it can."""
-        raise NotImplementedError
-
-    def not_timed(self, x: Tensor) -> Optional[str]:
-        """Why timing this backend on inputs like ``x`` says nothing about its speed (an interpreter or an
-        emulator runs it), or None. The tuner leaves such a backend out; forcing it still works."""
-        return None
-
-    def variants(self, problem) -> list[str]:
-        """Names of the configurations the tuner may time on ``problem`` (a ``fused_dsconv.tune.Problem``),
-        the default first."""
-        return [DEFAULT_VARIANT]
-
-    def with_variant(self, variant: str) -> "Backend":
-        """This backend running ``variant`` (self for the default)."""
-        if variant == DEFAULT_VARIANT:
-            return self
-        raise ValueError(f"backend {self.name!r} has no variant {variant!r} (it has only its default)")
-
-    def forward_eval(self, x, dw_weight, pw_weight, bias, stride, dilation):
-        raise NotImplementedError
-
-    def forward_train(self, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, save_y):
-        raise NotImplementedError
-
-    def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, stride, dilation):
-        raise NotImplementedError
-
-    def backward_train(self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var,
-                       stride, dilation, eps):
-        raise NotImplementedError
-
-    def forward_stats(self, x, dw_weight, pw_weight, bias, stride, dilation, save_y):
-        raise NotImplementedError
-
-    def forward_normalize(self, x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation,
-                          eps):
-        raise NotImplementedError
-
-    def backward_reduce(self, grad_out, y, mean, var, bn_weight, bn_bias, eps):
-        raise NotImplementedError
-
-    def backward_apply(self, grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz,
-                       mean_dz_yhat, stride, dilation, eps):
-        raise NotImplementedError
 
 
 _REGISTRY: list[Backend] = []
@@ -135,6 +77,14 @@ def register(backend: Backend) -> Backend:
         raise ValueError(f"backend {backend.name!r} is already registered")
     _REGISTRY.append(backend)
     return backend
+
+
+def no_autocast(x: Tensor):
+    """Autocast has already chosen the dtype; the kernels (and the reference backend's own convs) must not be
+    autocast again underneath."""
+    if torch.amp.is_autocast_available(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def names() -> list[str]:
@@ -155,6 +105,10 @@ def choice_name(backend: str, variant: str) -> str:
 
 def resolve(choice: str) -> Backend:
     """The backend object for a choice string "name" or "name:variant" (ValueError naming what exists)."""
+    if not isinstance(choice, str):
+        raise ValueError(
+            f"backend must be a string, one of {[AUTO] + names()} (optionally 'name:variant'), got {choice!r}"
+        )
     name, _, variant = choice.partition(":")
     return get(name).with_variant(variant or DEFAULT_VARIANT)
 
@@ -169,8 +123,10 @@ def requested(name: Optional[str] = None) -> str:
         try:
             resolve(choice)
         except ValueError as e:
-            raise ValueError(f"environment variable {ENV_VAR}={choice!r} is not a backend: set it to one of "
-                             f"{[AUTO] + names()} or unset it ({e})") from None
+            raise ValueError(
+                f"environment variable {ENV_VAR}={choice!r} is not a backend: set it to one of "
+                f"{[AUTO] + names()} or unset it ({e})"
+            ) from None
     return choice
 
 
@@ -180,9 +136,11 @@ def explain(x: Tensor) -> dict[str, Optional[str]]:
 
 
 def select(x: Tensor, name: Optional[str] = None) -> Backend:
-    """The backend that runs ``x``: the forced one (which must be able to), else the first that can.
-    ("auto" here is the priority order; the measured choice is ``JointBlock``'s, which passes it down.)"""
-    choice = requested(name)
+    """The backend that runs ``x``: the named one (which must be able to), else the first that can. The op
+    layer calls this once per op call; a caller that has chosen already (``JointBlock``: forced, or measured
+    by the tuner) passes its choice as ``name``, which is only resolved here: neither the environment
+    variable nor the priority order is consulted again."""
+    choice = name if name not in (None, AUTO) else requested(None)
     if choice != AUTO:
         backend = resolve(choice)
         why = backend.unavailable(x)
@@ -198,9 +156,6 @@ def select(x: Tensor, name: Optional[str] = None) -> Backend:
     raise RuntimeError("fused_dsconv: no backend can run this input: " + "; ".join(reasons))
 
 
-def _register_builtin() -> None:
-    # Import order is priority order: the native CUDA extension, then Triton, then the reference.
-    from . import native, triton, reference  # noqa: F401
-
-
-_register_builtin()
+# The priority order: the native CUDA extension, then Triton, then the reference.
+for _builtin in (NativeBackend(), TritonBackend(), ReferenceBackend()):
+    register(_builtin)

@@ -5,6 +5,7 @@ them on the current CUDA stream. The same Python class also drives the CPU emula
 kernels (``load_emulator()``: ops ``torch.ops.fused_dsconv_emu.*``), which is how the kernels and
 this glue are tested on machines without a GPU. Design notes: ``docs/cuda.md``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,11 +15,13 @@ from typing import Optional
 
 import torch
 
-from . import Backend, register
+from .base import Backend
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_BUILD_HINT = ("build it with `pip install --no-build-isolation .` on a machine with a CUDA toolkit "
-               "(nvcc on PATH, CUDA_HOME set; TORCH_CUDA_ARCH_LIST picks the GPU architectures)")
+_BUILD_HINT = (
+    "build it with `pip install --no-build-isolation .` on a machine with a CUDA toolkit "
+    "(nvcc on PATH, CUDA_HOME set; TORCH_CUDA_ARCH_LIST picks the GPU architectures)"
+)
 
 
 def _load_native():
@@ -80,9 +83,10 @@ class NativeBackend(Backend):
             version = int(self.ops.kernel_binary_version(idx))
             if version < 0:
                 major, minor = torch.cuda.get_device_capability(idx)
-                self._arch_ok[idx] = (f"fused_dsconv._C has no kernel image for this GPU (sm_{major}{minor}); "
-                                      + (_toolkit_problem(major, minor) or f"rebuild with TORCH_CUDA_ARCH_LIST "
-                                                                           f"including {major}.{minor}; {_BUILD_HINT}"))
+                self._arch_ok[idx] = f"fused_dsconv._C has no kernel image for this GPU (sm_{major}{minor}); " + (
+                    _toolkit_problem(major, minor)
+                    or f"rebuild with TORCH_CUDA_ARCH_LIST including {major}.{minor}; {_BUILD_HINT}"
+                )
             else:
                 self._arch_ok[idx] = None
         return self._arch_ok[idx]
@@ -110,36 +114,75 @@ class NativeBackend(Backend):
         return self.ops.forward_eval(x, dw_weight, pw_weight, bias, stride, dilation)
 
     def forward_train(self, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, save_y):
-        return tuple(self.ops.forward_train(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation,
-                                            float(eps), bool(save_y)))
+        return tuple(
+            self.ops.forward_train(
+                x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, float(eps), bool(save_y)
+            )
+        )
 
     def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, stride, dilation):
         return tuple(self.ops.backward_eval(grad_out, out, x, dw_weight, pw_weight, stride, dilation))
 
-    def backward_train(self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var,
-                       stride, dilation, eps):
-        return tuple(self.ops.backward_train(grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean,
-                                             var, stride, dilation, float(eps)))
+    def backward_train(
+        self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride, dilation, eps
+    ):
+        return tuple(
+            self.ops.backward_train(
+                grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride, dilation, float(eps)
+            )
+        )
 
     # -- the split passes (synchronised batch norm): the launcher's stages, csrc/kernels/launch.cuh --
     def forward_stats(self, x, dw_weight, pw_weight, bias, stride, dilation, save_y):
         return tuple(self.ops.forward_stats(x, dw_weight, pw_weight, bias, stride, dilation, bool(save_y)))
 
-    def forward_normalize(self, x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation,
-                          eps):
-        return self.ops.forward_normalize(x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride,
-                                          dilation, float(eps))
+    def forward_normalize(self, x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation, eps):
+        return self.ops.forward_normalize(
+            x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation, float(eps)
+        )
 
     def backward_reduce(self, grad_out, y, mean, var, bn_weight, bn_bias, eps):
         return tuple(self.ops.backward_reduce(grad_out, y, mean, var, bn_weight, bn_bias, float(eps)))
 
-    def backward_apply(self, grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz,
-                       mean_dz_yhat, stride, dilation, eps):
-        return tuple(self.ops.backward_apply(grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias,
-                                             mean_dz, mean_dz_yhat, stride, dilation, float(eps)))
+    def backward_apply(
+        self,
+        grad_out,
+        x,
+        dw_weight,
+        pw_weight,
+        y,
+        mean,
+        var,
+        bn_weight,
+        bn_bias,
+        mean_dz,
+        mean_dz_yhat,
+        stride,
+        dilation,
+        eps,
+    ):
+        return tuple(
+            self.ops.backward_apply(
+                grad_out,
+                x,
+                dw_weight,
+                pw_weight,
+                y,
+                mean,
+                var,
+                bn_weight,
+                bn_bias,
+                mean_dz,
+                mean_dz_yhat,
+                stride,
+                dilation,
+                float(eps),
+            )
+        )
 
 
 # ---- the CPU emulator build (tests, and anyone checking the kernels without a GPU) ----
+
 
 def _csrc() -> Optional[Path]:
     """The kernel sources: shipped inside the installed package (fused_dsconv/_csrc) or a checkout's csrc/."""
@@ -189,10 +232,13 @@ def load_emulator(build_dir: Optional[str] = None, verbose: bool = False) -> Nat
 
             build = _extension.cache_root() / tag
         build.mkdir(parents=True, exist_ok=True)
-        load(name="fused_dsconv_emu_ext", sources=[str(csrc / "emu" / "emu_ext.cpp")],
-             extra_include_paths=[str(csrc)], extra_cflags=_EMU_CFLAGS, build_directory=str(build),
-             is_python_module=False, verbose=verbose)
+        load(
+            name="fused_dsconv_emu_ext",
+            sources=[str(csrc / "emu" / "emu_ext.cpp")],
+            extra_include_paths=[str(csrc)],
+            extra_cflags=_EMU_CFLAGS,
+            build_directory=str(build),
+            is_python_module=False,
+            verbose=verbose,
+        )
     return NativeBackend(torch.ops.fused_dsconv_emu, device_type="cpu", name="native-emu")
-
-
-register(NativeBackend())

@@ -1,15 +1,20 @@
-"""The reference backend: the four primitives in plain PyTorch, accumulating in float32 (float64 for float64).
+"""The reference backend: the backend contract's primitives in plain PyTorch, accumulating in float32
+(float64 for float64).
 
-It runs on any device and is the fallback when no fused backend can run. It is unfused (it
-materialises the depthwise output) but follows the same contract and the same backward formulas
-as the kernels, so it also checks those formulas against autograd in the tests.
+Not the spec: the spec (``fused_dsconv/spec.py``) is the unfused block as PyTorch's modules compute it,
+with autograd doing the backward. This backend is what runs when no fused backend can: unfused (it
+materialises the depthwise output), but with the contract's inputs and outputs (folded biases, batch
+statistics returned, explicit backward formulas as the kernels have them), and it is tested against the
+spec like every other backend.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from . import Backend, acc_dtype, memory_format_of, register
+from ..contract import acc_dtype, memory_format_of
+from .base import Backend
 
 
 def _pre_bn(x, dw_weight, pw_weight, bias, stride, dilation):
@@ -29,14 +34,29 @@ def _conv_grads(dy, x, dw_weight, pw_weight, stride, dilation, bias_grad):
     t, _ = _pre_bn(x, dw_weight, pw_weight, None, stride, dilation)
     pw4 = pw_weight.to(acc).reshape(k, c, 1, 1)
     dt, dpw, dbias = torch.ops.aten.convolution_backward(
-        dy, t, pw4, [k] if bias_grad else None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, True, bias_grad])
+        dy, t, pw4, [k] if bias_grad else None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, True, bias_grad]
+    )
     dx, ddw, _ = torch.ops.aten.convolution_backward(
-        dt, x.to(acc), dw_weight.to(acc), None, [stride] * 2, [dilation] * 2, [dilation] * 2,
-        False, [0, 0], c, [True, True, False])
+        dt,
+        x.to(acc),
+        dw_weight.to(acc),
+        None,
+        [stride] * 2,
+        [dilation] * 2,
+        [dilation] * 2,
+        False,
+        [0, 0],
+        c,
+        [True, True, False],
+    )
     if not bias_grad:  # the contract returns a [K] tensor; autograd drops it when there is no bias
         dbias = dy.new_zeros(k)
-    return (dx.to(x.dtype).contiguous(memory_format=memory_format_of(x)),
-            ddw.to(dw_weight.dtype), dpw.reshape(k, c).to(pw_weight.dtype), dbias)
+    return (
+        dx.to(x.dtype).contiguous(memory_format=memory_format_of(x)),
+        ddw.to(dw_weight.dtype),
+        dpw.reshape(k, c).to(pw_weight.dtype),
+        dbias,
+    )
 
 
 def _normalise(yf, mean, var, bn_weight, bn_bias, eps):
@@ -75,8 +95,9 @@ class ReferenceBackend(Backend):
         dz = torch.ops.aten.threshold_backward(grad_out.to(acc_dtype(x)), out, 0)
         return _conv_grads(dz, x, dw_weight, pw_weight, stride, dilation, True)
 
-    def backward_train(self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var,
-                       stride, dilation, eps):
+    def backward_train(
+        self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride, dilation, eps
+    ):
         if y is None:
             y = _pre_bn(x, dw_weight, pw_weight, bias, stride, dilation)[1].to(x.dtype)
         yf = y.to(mean.dtype)
@@ -85,7 +106,8 @@ class ReferenceBackend(Backend):
         affine = bn_weight is not None
         # BN backward with batch statistics: dy = g r / M (M dz - dbeta - yhat dgamma).
         dy, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(
-            dz, yf, bn_weight, None, None, mean, torch.rsqrt(var + eps), True, eps, [True, affine, affine])
+            dz, yf, bn_weight, None, None, mean, torch.rsqrt(var + eps), True, eps, [True, affine, affine]
+        )
         if not affine:
             dgamma, dbeta = mean.new_zeros(mean.shape), mean.new_zeros(mean.shape)
         dx, ddw, dpw, dbias = _conv_grads(dy, x, dw_weight, pw_weight, stride, dilation, bias is not None)
@@ -101,8 +123,7 @@ class ReferenceBackend(Backend):
         mean, var = torch.batch_norm_update_stats(y.to(y32.dtype), y32.new_zeros(k), y32.new_zeros(k), 0.0)
         return (y.contiguous(memory_format=memory_format_of(x)) if save_y else x.new_empty(0)), mean, var
 
-    def forward_normalize(self, x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation,
-                          eps):
+    def forward_normalize(self, x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation, eps):
         if y is None:
             y = _pre_bn(x, dw_weight, pw_weight, bias, stride, dilation)[1].to(x.dtype)
         z = _normalise(y.to(mean.dtype), mean, var, bn_weight, bn_bias, eps)
@@ -110,23 +131,38 @@ class ReferenceBackend(Backend):
 
     def backward_reduce(self, grad_out, y, mean, var, bn_weight, bn_bias, eps):
         yf = y.to(mean.dtype)
-        dz = torch.ops.aten.threshold_backward(grad_out.to(yf.dtype), _normalise(yf, mean, var, bn_weight, bn_bias,
-                                                                                   eps), 0)
+        dz = torch.ops.aten.threshold_backward(
+            grad_out.to(yf.dtype), _normalise(yf, mean, var, bn_weight, bn_bias, eps), 0
+        )
         # The weight gradient of a batch norm without weight is sum(dz * yhat), its bias gradient sum(dz).
         _, sum_dz_yhat, sum_dz = torch.ops.aten.native_batch_norm_backward(
-            dz, yf, None, None, None, mean, torch.rsqrt(var + eps), True, eps, [False, True, True])
+            dz, yf, None, None, None, mean, torch.rsqrt(var + eps), True, eps, [False, True, True]
+        )
         return sum_dz, sum_dz_yhat
 
-    def backward_apply(self, grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz,
-                       mean_dz_yhat, stride, dilation, eps):
+    def backward_apply(
+        self,
+        grad_out,
+        x,
+        dw_weight,
+        pw_weight,
+        y,
+        mean,
+        var,
+        bn_weight,
+        bn_bias,
+        mean_dz,
+        mean_dz_yhat,
+        stride,
+        dilation,
+        eps,
+    ):
         yf = y.to(mean.dtype)
-        dz = torch.ops.aten.threshold_backward(grad_out.to(yf.dtype), _normalise(yf, mean, var, bn_weight, bn_bias,
-                                                                                   eps), 0)
+        dz = torch.ops.aten.threshold_backward(
+            grad_out.to(yf.dtype), _normalise(yf, mean, var, bn_weight, bn_bias, eps), 0
+        )
         r = torch.rsqrt(var + eps)
         a = r if bn_weight is None else bn_weight * r
         yhat = (yf - mean[:, None, None]) * r[:, None, None]
         dy = a[:, None, None] * (dz - mean_dz[:, None, None] - yhat * mean_dz_yhat[:, None, None])
         return _conv_grads(dy, x, dw_weight, pw_weight, stride, dilation, False)[:3]
-
-
-register(ReferenceBackend())

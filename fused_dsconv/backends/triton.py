@@ -1,5 +1,5 @@
 """The Triton backend: the contract's four primitives composed from the launchers in
-``fused_dsconv/triton_launch.py`` (kernels: ``fused_dsconv/triton_kernels.py``).
+``fused_dsconv/triton_launch.py`` (kernels: ``fused_dsconv/triton_kernels/``).
 
 Layers: kernels (``*_kernel``) -> launchers (``triton_launch.launch_*``) -> this backend. Triton is
 imported lazily, on the first launch: whether ``@triton.jit`` builds compiled kernels or interpreter
@@ -23,6 +23,7 @@ Passes (M = N*Ho*Wo):
   rebuilt from (dout, y, coefficients) where it is read and never stored.
 - backward_eval: the same with dy = dout [out > 0].
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -31,7 +32,8 @@ import sys
 
 import torch
 
-from . import Backend, memory_format_of, register
+from ..contract import memory_format_of, output_size
+from .base import Backend
 
 _KERNELS_MODULE = "fused_dsconv.triton_kernels"
 _LAUNCH_MODULE = "fused_dsconv.triton_launch"
@@ -61,11 +63,15 @@ class TritonBackend(Backend):
         loaded = sys.modules.get(_KERNELS_MODULE)
         if x.device.type == "cpu":
             if not _interpret_requested():
-                return ("x is on the CPU: the Triton kernels run on CUDA GPUs "
-                        "(TRITON_INTERPRET=1 runs them in the Triton interpreter, for testing)")
+                return (
+                    "x is on the CPU: the Triton kernels run on CUDA GPUs "
+                    "(TRITON_INTERPRET=1 runs them in the Triton interpreter, for testing)"
+                )
             if loaded is not None and not loaded.INTERPRETED:
-                return ("TRITON_INTERPRET=1 was set after the Triton kernels were compiled for the GPU in this "
-                        "process; set it before the first launch to run CPU tensors in the interpreter")
+                return (
+                    "TRITON_INTERPRET=1 was set after the Triton kernels were compiled for the GPU in this "
+                    "process; set it before the first launch to run CPU tensors in the interpreter"
+                )
             return None
         if x.device.type != "cuda":
             return f"x is on {x.device.type}: the Triton kernels run on CUDA GPUs"
@@ -73,8 +79,10 @@ class TritonBackend(Backend):
             return "the Triton kernels were loaded for the interpreter (TRITON_INTERPRET=1); CUDA tensors not taken"
         major, minor = torch.cuda.get_device_capability(x.device)
         if major < 7:
-            return (f"Triton supports compute capability >= 7.0; this GPU is sm_{major}{minor}: "
-                    "on sm_61 use the native CUDA extension")
+            return (
+                f"Triton supports compute capability >= 7.0; this GPU is sm_{major}{minor}: "
+                "on sm_61 use the native CUDA extension"
+            )
         if x.dtype == torch.bfloat16 and major < 8:
             return f"bfloat16 needs compute capability >= 8.0 in the Triton kernels; this GPU is sm_{major}{minor}"
         return None
@@ -105,22 +113,22 @@ class TritonBackend(Backend):
     def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, stride, dilation):
         lc = _launch()
         coef, dbias, _, _ = lc.launch_bn_backward(grad_out, out, None, None, None, None, 0.0, train=False)
-        dx, ddw, dpw = lc.launch_conv_backward(grad_out, out, coef, x, dw_weight, pw_weight, stride, dilation,
-                                               train=False)
+        dx, ddw, dpw = lc.launch_conv_backward(
+            grad_out, out, coef, x, dw_weight, pw_weight, stride, dilation, train=False
+        )
         return dx, ddw, dpw, dbias
 
-    def backward_train(self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var,
-                       stride, dilation, eps):
+    def backward_train(
+        self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride, dilation, eps
+    ):
         lc = _launch()
         k = pw_weight.shape[0]
         if y is None or y.numel() == 0:
             # Recompute mode: rebuild y (rounded to x's dtype, as the forward stored it) into a temporary.
             y = _empty_out(x, k, stride, x.dtype)
             lc.launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, y, relu=False, stats=False)
-        coef, dbias, dgamma, dbeta = lc.launch_bn_backward(grad_out, y, mean, var, bn_weight, bn_bias, eps,
-                                                           train=True)
-        dx, ddw, dpw = lc.launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dilation,
-                                               train=True)
+        coef, dbias, dgamma, dbeta = lc.launch_bn_backward(grad_out, y, mean, var, bn_weight, bn_bias, eps, train=True)
+        dx, ddw, dpw = lc.launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dilation, train=True)
         return dx, ddw, dpw, dbias, dgamma, dbeta
 
     # -- the split passes (synchronised batch norm): the same launches, cut at the statistics --
@@ -134,8 +142,7 @@ class TritonBackend(Backend):
         mean, var, _ = lc.launch_bn_stats(partials, y.numel() // k, None, None, 1.0)
         return (y if save_y else x.new_empty(0)), mean, var
 
-    def forward_normalize(self, x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation,
-                          eps):
+    def forward_normalize(self, x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation, eps):
         lc = _launch()
         out = _empty_out(x, pw_weight.shape[0], stride, x.dtype)
         if y is None:  # recompute mode: y into out, normalised in place (as forward_train does)
@@ -146,12 +153,28 @@ class TritonBackend(Backend):
 
     def backward_reduce(self, grad_out, y, mean, var, bn_weight, bn_bias, eps):
         # bn_bwd_finalize's dbeta / dgamma are exactly the two sums; its dy rows (this process's mean) are unused.
-        _, _, sum_dz_yhat, sum_dz = _launch().launch_bn_backward(grad_out, y, mean, var, bn_weight, bn_bias, eps,
-                                                                 train=True)
+        _, _, sum_dz_yhat, sum_dz = _launch().launch_bn_backward(
+            grad_out, y, mean, var, bn_weight, bn_bias, eps, train=True
+        )
         return sum_dz, sum_dz_yhat
 
-    def backward_apply(self, grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz,
-                       mean_dz_yhat, stride, dilation, eps):
+    def backward_apply(
+        self,
+        grad_out,
+        x,
+        dw_weight,
+        pw_weight,
+        y,
+        mean,
+        var,
+        bn_weight,
+        bn_bias,
+        mean_dz,
+        mean_dz_yhat,
+        stride,
+        dilation,
+        eps,
+    ):
         lc = _launch()
         # dy's rows 3, 4 from the merged means, as bn_bwd_finalize writes them from this call's sums:
         # c1 = a mean_dz, rc2 = r a mean_dz_yhat, so dy = a dz - c1 - (y - mean) rc2 (the kernels' _dy_tile).
@@ -164,8 +187,5 @@ class TritonBackend(Backend):
 
 def _empty_out(x, k, stride, dtype):
     n, _, h, w = x.shape
-    shape = (n, k, (h - 1) // stride + 1, (w - 1) // stride + 1)
+    shape = (n, k, output_size(h, stride), output_size(w, stride))
     return torch.empty(shape, device=x.device, dtype=dtype, memory_format=memory_format_of(x))
-
-
-register(TritonBackend())

@@ -21,8 +21,18 @@ int run(const Args& a) {
   const bool cl = a.layout == "nhwc";
   const double tol = Host<T>::tol;
   Rng rng(a.seed);
-  RefIn in{Tensor4(a.N, a.C, a.H, a.W, cl), std::vector<double>(a.C * 9), std::vector<double>(a.K * a.C), {}, {}, {},
-           {}, {}, a.stride, a.dil, 1e-5, a.K};
+  RefIn in{Tensor4(a.N, a.C, a.H, a.W, cl),
+           std::vector<double>(a.C * 9),
+           std::vector<double>(a.K * a.C),
+           {},
+           {},
+           {},
+           {},
+           {},
+           a.stride,
+           a.dil,
+           1e-5,
+           a.K};
   fill<T>(in.x.v, rng, 1.0);
   fill<T>(in.wd, rng, 1.0 / 3.0);
   fill<T>(in.wp, rng, 1.0 / std::sqrt((double)a.C));
@@ -73,8 +83,7 @@ int run(const Args& a) {
   p.var = dvar.p;
 
   Checker chk;
-  RefFwd f = a.check || (a.mode == "bwd" && !dry_run()) ? ref_forward(in, !eval)
-                                                         : RefFwd{in.x, in.x, in.x, {}, {}};
+  RefFwd f = a.check || (a.mode == "bwd" && !dry_run()) ? ref_forward(in, !eval) : RefFwd{in.x, in.x, in.x, {}, {}};
   if (a.mode == "eval" || a.mode == "train" || a.mode == "step") {
     p.mode = eval ? dsc::kEval : dsc::kTrain;
     DevBuf<float> ws(dsc::forward_ws_floats(p));

@@ -1,4 +1,4 @@
-"""Rewrite the PTX of a simulation build around three GPGPU-Sim 4.2 bugs (tools/sim/README.md, "Simulator
+"""Rewrite the PTX of a simulation build around four GPGPU-Sim 4.2 bugs (tools/sim/README.md, "Simulator
 work-arounds"). Each rewrite keeps the instruction's meaning; on a GPU the original and the rewritten
 PTX compute the same values.
 
@@ -11,9 +11,13 @@ PTX compute the same values.
    2^53) and rounds once to the destination type.
 3. ``mov.b32 %f, {0, %rs}`` (cuda_bf16.hpp's bfloat16 -> float): GPGPU-Sim's PTX parser rejects a
    vector operand with an immediate. The rewrite builds the same bits with a shift.
+4. ``ld.global.L2::128B`` (the L2 prefetch-size hint; CUTLASS emits it for sm_75+ targets): GPGPU-Sim's PTX
+   parser rejects it and the program crashes. The rewrite drops the hint, which changes no value, giving the
+   load CUTLASS compiles for Pascal (its ``CUTLASS_ENABLE_L2_PREFETCH`` is 0 below sm_75).
 
 Usage: python ptx_fix.py IN.ptx [OUT.ptx]   (in place without OUT); prints what it changed.
 """
+
 from __future__ import annotations
 
 import re
@@ -23,11 +27,11 @@ from pathlib import Path
 _SHFL = re.compile(r"^(\s*(?:@!?%\w+\s+)?shfl\.sync\.\w+\.b32\s+)(%\w+)\|(%\w+)(\s*,.*)$")
 _CVT64 = re.compile(r"^(\s*)(@!?%\w+\s+)?cvt\.(rn|rz|rm|rp)\.(f32|f64)\.(s64|u64)\s+(%\w+)\s*,\s*(%\w+)\s*;\s*$")
 _BF16MOV = re.compile(r"(@!?%\w+\s+)?mov\.b32\s+(%\w+)\s*,\s*\{\s*0\s*,\s*(%\w+)\s*\}\s*;")
+_L2HINT = re.compile(r"(\bld(?:\.global)?(?:\.\w+)*?)\.L2::(?:64|128|256)B\b")
 _FUNC_START = re.compile(r"^\s*(\.visible\s+|\.weak\s+|\.extern\s+)?\.(entry|func)\b")
 
 # Scratch registers, declared once per function that needs them.
-_DECL = ("\t.reg .b64 %simfix_t;\n\t.reg .b32 %simfix_lo, %simfix_hi;\n"
-         "\t.reg .f64 %simfix_a, %simfix_b;\n")
+_DECL = "\t.reg .b64 %simfix_t;\n\t.reg .b32 %simfix_lo, %simfix_hi;\n\t.reg .f64 %simfix_a, %simfix_b;\n"
 
 
 def _cvt64(indent: str, guard: str, rnd: str, dst_t: str, src_t: str, dst: str, src: str) -> list[str]:
@@ -57,7 +61,7 @@ def _declare(out: list[str], func_open: int, declared: bool, ln: str) -> bool:
 def fix_ptx(text: str) -> tuple[str, dict[str, int]]:
     """Returns the rewritten PTX and a count per rewrite kind."""
     lines = text.splitlines(keepends=True)
-    counts = {"shfl_pred": 0, "cvt_int64_float": 0, "bf16_mov": 0}
+    counts = {"shfl_pred": 0, "cvt_int64_float": 0, "bf16_mov": 0, "l2_hint": 0}
     # Predicates written by shfl; a rewrite is only safe if nothing in the same function reads them.
     starts = [i for i, ln in enumerate(lines) if _FUNC_START.match(ln)] + [len(lines)]
     for a, b in zip(starts, starts[1:]):
@@ -96,11 +100,15 @@ def fix_ptx(text: str) -> tuple[str, dict[str, int]]:
         if m:
             declared = _declare(out, func_open, declared, ln)
             g, dst, src = m.group(1) or "", m.group(2), m.group(3)
-            rep = (f"{g}cvt.u32.u16 %simfix_lo, {src}; {g}shl.b32 %simfix_lo, %simfix_lo, 16; "
-                   f"{g}mov.b32 {dst}, %simfix_lo;")
-            out.append(ln[:m.start()] + rep + ln[m.end():])
+            rep = (
+                f"{g}cvt.u32.u16 %simfix_lo, {src}; {g}shl.b32 %simfix_lo, %simfix_lo, 16; "
+                f"{g}mov.b32 {dst}, %simfix_lo;"
+            )
+            out.append(ln[: m.start()] + rep + ln[m.end() :])
             counts["bf16_mov"] += 1
             continue
+        ln, n = _L2HINT.subn(r"\1", ln)
+        counts["l2_hint"] += n
         out.append(ln)
     return "".join(out), counts
 

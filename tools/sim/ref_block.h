@@ -1,5 +1,5 @@
 // CPU reference of the joint block in float64 for the simulation harness: the same math as
-// fused_dsconv/reference.py (depthwise 3x3, dilation d, padding d, stride s -> 1x1 -> batch norm -> ReLU)
+// fused_dsconv/spec.py (depthwise 3x3, dilation d, padding d, stride s -> 1x1 -> batch norm -> ReLU)
 // and its gradients, written out loop by loop so that the host programs need no torch.
 #pragma once
 

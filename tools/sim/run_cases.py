@@ -11,6 +11,7 @@ A case is IMPL:MODE:SHAPE[:DTYPE[:LAYOUT]]; each part may be a comma-separated l
 e.g.   python tools/sim/run_cases.py fused,unfused:eval:b3 fused:step:1x64x64x28x28s1d3
        python tools/sim/run_cases.py --preset issue11 --out docs/results/sim_gtx1080ti.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,7 +82,10 @@ def parse_cases(specs: list[str], batch: int, dilation: int, rho: float) -> list
                     probe = re.fullmatch(r"(b\d)@(\d+)", shape)  # a block at a smaller spatial size
                     if probe and probe.group(1) in blocks:
                         g = blocks[probe.group(1)]
-                        geo, label = (g[0], g[1], g[2], int(probe.group(2)), int(probe.group(2)), g[5], g[6]), probe.group(1)
+                        geo, label = (
+                            (g[0], g[1], g[2], int(probe.group(2)), int(probe.group(2)), g[5], g[6]),
+                            probe.group(1),
+                        )
                     elif shape in blocks:
                         geo, label = blocks[shape], shape
                     else:
@@ -119,17 +123,23 @@ def case_name(c: dict) -> str:
 
 def markdown(results: list[dict], config: str) -> str:
     mhz = 1582.0 if "1080" in config else None
-    lines = [f"SIMULATED (GPGPU-Sim 4.2, PTX mode, config {config} as patched by tools/sim/simlib.py). "
-             f"Cycles per kernel include the config's {LAUNCH_LATENCY}-cycle kernel launch latency; "
-             f"'busy' excludes it. Every result checked against a float64 CPU reference.", ""]
+    lines = [
+        f"SIMULATED (GPGPU-Sim 4.2, PTX mode, config {config} as patched by tools/sim/simlib.py). "
+        f"Cycles per kernel include the config's {LAUNCH_LATENCY}-cycle kernel launch latency; "
+        f"'busy' excludes it. Every result checked against a float64 CPU reference.",
+        "",
+    ]
     # fused vs unfused side by side
     pairs: dict[tuple, dict] = {}
     for r in results:
         c = r["case"]
         key = (c["mode"], c["dtype"], c["layout"], c["n"], c["c"], c["k"], c["h"], c["w"], c["stride"], c["dil"])
         pairs.setdefault(key, {})[c["impl"]] = r
-    lines += ["| case | shape | fused kernels | fused cycles (busy) | unfused kernels | unfused cycles (busy) | "
-              "fused / unfused | checks |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| case | shape | fused kernels | fused cycles (busy) | unfused kernels | unfused cycles (busy) | "
+        "fused / unfused | checks |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for key, d in pairs.items():
         f, u = d.get("fused"), d.get("unfused")
         any_r = f or u
@@ -144,21 +154,36 @@ def markdown(results: list[dict], config: str) -> str:
         verdicts = " / ".join(r["verdict"] for r in (f, u) if r is not None)
         cells += [ratio, verdicts]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Per kernel (launch order):", "",
-              "| case | impl | # | kernel | grid | CTAs/SM (limit) | cycles | busy cycles"
-              + (" | busy us" if mhz else "") + " | warp insts | IPC (thread) | L2 accesses |",
-              "|---|---|---|---|---|---|---|---|" + ("---|" if mhz else "") + "---|---|---|"]
+    lines += [
+        "",
+        "Per kernel (launch order):",
+        "",
+        "| case | impl | # | kernel | grid | CTAs/SM (limit) | cycles | busy cycles"
+        + (" | busy us" if mhz else "")
+        + " | warp insts | IPC (thread) | L2 accesses |",
+        "|---|---|---|---|---|---|---|---|" + ("---|" if mhz else "") + "---|---|---|",
+    ]
     for r in results:
         c = r["case"]
         for i, k in enumerate(r["kernels"]):
             busy = k["cycles"] - LAUNCH_LATENCY
-            row = [case_name(c) if i == 0 else "", c["impl"] if i == 0 else "", str(i), f"`{k['name']}`",
-                   "x".join(map(str, k.get("grid", []))), k.get("ctas_per_sm") or "", f"{k['cycles']:,}",
-                   f"{busy:,}"]
+            row = [
+                case_name(c) if i == 0 else "",
+                c["impl"] if i == 0 else "",
+                str(i),
+                f"`{k['name']}`",
+                "x".join(map(str, k.get("grid", []))),
+                k.get("ctas_per_sm") or "",
+                f"{k['cycles']:,}",
+                f"{busy:,}",
+            ]
             if mhz:
                 row.append(f"{busy / mhz:.1f}")
-            row += [f"{k.get('warp_insn', 0):,}", f"{k.get('thread_insn', 0) / max(1, k['cycles']):.0f}",
-                    f"{k.get('l2_accesses', 0):,}"]
+            row += [
+                f"{k.get('warp_insn', 0):,}",
+                f"{k.get('thread_insn', 0) / max(1, k['cycles']):.0f}",
+                f"{k.get('l2_accesses', 0):,}",
+            ]
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -167,8 +192,11 @@ def write_grids(path: Path, batches: list[int], dilation: int, rho: float, build
     """Launch grids (in launch order) of every block, mode and implementation at each batch: the host programs
     run natively with --dry (no GPU, no simulator, nothing computed)."""
     exes = {impl: simlib.build(impl, "f32", build_dir / "bin", print) for impl in simlib.PROGRAMS}
-    out = {"blocks": block_shapes(1, dilation, rho), "grids": {},
-           "kernel_hash": {p: simlib.kernel_hash(p) for p in simlib.PROGRAMS}}
+    out = {
+        "blocks": block_shapes(1, dilation, rho),
+        "grids": {},
+        "kernel_hash": {p: simlib.kernel_hash(p) for p in simlib.PROGRAMS},
+    }
     for b in batches:
         for label, geo in block_shapes(b, dilation, rho).items():
             for impl, exe in exes.items():
@@ -183,29 +211,52 @@ def write_grids(path: Path, batches: list[int], dilation: int, rho: float, build
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("cases", nargs="*", help="IMPL:MODE:SHAPE[:DTYPE[:LAYOUT]] (see above)")
-    ap.add_argument("--preset", choices=sorted(PRESETS), action="append", default=[],
-                    help="add a named list of cases (issue11: the done-criteria cases)")
+    ap.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        action="append",
+        default=[],
+        help="add a named list of cases (issue11: the done-criteria cases)",
+    )
     ap.add_argument("--batch", type=int, default=1, help="batch of the bN shapes (default 1)")
     ap.add_argument("--dilation", type=int, default=3, help="dilation of the bN shapes (default 3)")
     ap.add_argument("--rho", type=float, default=1.0, help="resolution multiplier of the bN shapes")
     ap.add_argument("--config", default="GTX1080Ti", help="gpusim config name (default GTX1080Ti)")
     ap.add_argument("--gpusim", default=None, help="gpusim's tool folder (default $GPUSIM_TOOL)")
-    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                    help="simulations at once, one per core (default min(2, cores))")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="simulations at once, one per core (default min(2, cores))",
+    )
     ap.add_argument("--nice", type=int, default=10, help="niceness of the simulations (default 10)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per simulation (default none)")
     ap.add_argument("--build-dir", default=str(simlib.ROOT / "build" / "sim"), help="binaries, configs, runs")
     ap.add_argument("--cache", default=None, help="result cache folder (default BUILD_DIR/cache)")
     ap.add_argument("--rerun", action="store_true", help="simulate even when the cache has the result")
+    ap.add_argument(
+        "--import-cache",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="first copy the results in these cache folders (other checkouts') that are valid for "
+        "today's sources into the cache",
+    )
     ap.add_argument("--keep-runs", action="store_true", help="keep each run's folder (sim.log, PTX)")
     ap.add_argument("--build-only", action="store_true", help="build the host programs and stop (no simulator)")
-    ap.add_argument("--cached-only", action="store_true",
-                    help="tables and JSON from the cache alone: simulate nothing, list the cases not run yet")
+    ap.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="tables and JSON from the cache alone: simulate nothing, list the cases not run yet",
+    )
     ap.add_argument("--out", default=None, help="write the markdown table here (default: print it)")
     ap.add_argument("--json", default=None, help="write all results (per kernel statistics) here")
-    ap.add_argument("--grids-json", default=None,
-                    help="write the launch grids of every block (b1..b9), mode (eval, step) and implementation at "
-                         "--grid-batches here (host programs' --dry mode, no simulator; bench/cost_model.py reads it)")
+    ap.add_argument(
+        "--grids-json",
+        default=None,
+        help="write the launch grids of every block (b1..b9), mode (eval, step) and implementation at "
+        "--grid-batches here (host programs' --dry mode, no simulator; bench/cost_model.py reads it)",
+    )
     ap.add_argument("--grid-batches", type=int, nargs="+", default=[1, 32])
     a = ap.parse_args(argv)
 
@@ -237,6 +288,8 @@ def main(argv=None) -> int:
 
     cfg_dir, cfg_hash = simlib.prepare_config(a.config, build_dir)
     cache.mkdir(parents=True, exist_ok=True)
+    for d in a.import_cache:
+        log(f"[import] {simlib.import_cache(Path(d), cache, a.config, cfg_hash, log)} results from {d}")
     results: dict[str, dict] = {}
     todo = []
     for c in cases:
@@ -269,9 +322,12 @@ def main(argv=None) -> int:
             (cache / f"{key}.json").write_text(json.dumps(r, indent=1))
         if not a.keep_runs and r["verdict"] == "PASS":
             import shutil
+
             shutil.rmtree(run_dir, ignore_errors=True)
-        log(f"[sim] done  {c.ident()}: {r['verdict']} {total(r):,} cycles, {r['wall_s']:.0f}s wall "
-            f"({time.time() - t0:.0f}s since start)")
+        log(
+            f"[sim] done  {c.ident()}: {r['verdict']} {total(r):,} cycles, {r['wall_s']:.0f}s wall "
+            f"({time.time() - t0:.0f}s since start)"
+        )
         if r["verdict"] != "PASS":
             log("\n".join(r["checks"]) + "\n" + r.get("run_output_tail", ""))
         return c, r

@@ -10,6 +10,7 @@ by these ratios to estimate SASS counts for sm_75 / sm_86 / sm_89 GPUs.
 Needs nvcc and cuobjdump + nvdisasm (CUDA toolkit, or the copies in the `triton` wheel; $CUOBJDUMP
 overrides). Usage: python tools/sim/sass_mix.py [--archs sm_75 sm_86] [--out FILE.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,6 +33,7 @@ def cuobjdump() -> tuple[str, dict]:
     cand = [os.environ.get("CUOBJDUMP"), shutil.which("cuobjdump")]
     try:
         import triton  # its wheel carries cuobjdump and nvdisasm
+
         tb = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
         cand.append(str(tb / "cuobjdump"))
         env["PATH"] = f"{tb}:{env.get('PATH', '')}"
@@ -79,7 +81,7 @@ def sass_counts(insts: list) -> dict:
             targets[i] = index.get(int(m.group(1), 16))
     inner = _innermost(_loops(addrs, targets))
 
-    loop_n = sum(sum(1 for _, op in insts[a:b + 1] if not op.startswith("NOP")) for a, b in inner)
+    loop_n = sum(sum(1 for _, op in insts[a : b + 1] if not op.startswith("NOP")) for a, b in inner)
     return {"total": len([op for _, op in insts if not op.startswith("NOP")]), "loop": loop_n, "loops": len(inner)}
 
 
@@ -125,8 +127,17 @@ def ptx_counts(lines: list[str]) -> dict:
 
 def build_text(src: Path, dtype_flag: str, kind: str, arch: str, tmp: Path) -> str:
     out = tmp / f"{src.stem}_{arch}.{kind}"
-    cmd = [simlib.nvcc_path(), "-O3", "-std=c++17", f"-I{simlib.ROOT / 'csrc'}", f"-I{simlib.SIM_DIR}", dtype_flag,
-           str(src), "-o", str(out)]
+    cmd = [
+        simlib.nvcc_path(),
+        "-O3",
+        "-std=c++17",
+        f"-I{simlib.ROOT / 'csrc'}",
+        f"-I{simlib.SIM_DIR}",
+        dtype_flag,
+        str(src),
+        "-o",
+        str(out),
+    ]
     cmd += ["-ptx", f"-arch=compute_{arch[3:]}"] if kind == "ptx" else ["-cubin", f"-arch={arch}"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:

@@ -15,13 +15,13 @@
 #include <string>
 #include <vector>
 
-#define SIM_CK(x)                                                                                  \
-  do {                                                                                             \
-    cudaError_t e_ = (x);                                                                          \
-    if (e_ != cudaSuccess) {                                                                       \
+#define SIM_CK(x)                                                                                        \
+  do {                                                                                                   \
+    cudaError_t e_ = (x);                                                                                \
+    if (e_ != cudaSuccess) {                                                                             \
       std::printf("CUDA error %d (%s) at %s:%d\n", (int)e_, cudaGetErrorString(e_), __FILE__, __LINE__); \
-      std::exit(1);                                                                                \
-    }                                                                                              \
+      std::exit(1);                                                                                      \
+    }                                                                                                    \
   } while (0)
 
 namespace sim {
@@ -51,8 +51,8 @@ struct SimPolicy {
       std::printf("launch grid (%lld, %lld, %lld) out of range\n", (long long)gx, (long long)gy, (long long)gz);
       std::exit(1);
     }
-    std::printf("[sim] launch %d grid=(%lld,%lld,%lld) block=%d\n", launch_counter()++, (long long)gx,
-                (long long)gy, (long long)gz, threads);
+    std::printf("[sim] launch %d grid=(%lld,%lld,%lld) block=%d\n", launch_counter()++, (long long)gx, (long long)gy,
+                (long long)gz, threads);
     if (dry_run()) return;
     kernel<<<dim3((unsigned)gx, (unsigned)gy, (unsigned)gz), threads>>>(args...);
     SIM_CK(cudaGetLastError());
@@ -96,8 +96,8 @@ struct Host<__nv_bfloat16> {
 
 // ---- arguments ------------------------------------------------------------------------------
 struct Args {
-  std::string mode = "eval";  // eval | train | step (training forward + backward) | bwd (backward only)
-  std::string dtype = "f32";  // f32 | f16 | bf16
+  std::string mode = "eval";    // eval | train | step (training forward + backward) | bwd (backward only)
+  std::string dtype = "f32";    // f32 | f16 | bf16
   std::string layout = "nchw";  // nchw | nhwc (channels_last)
   int64_t N = 1, C = 32, K = 64, H = 28, W = 28;
   int stride = 1, dil = 3;
@@ -127,18 +127,28 @@ inline Args parse(int argc, char** argv, const char* extra = "") {
       }
       return argv[++i];
     };
-    if (s == "--mode") a.mode = val("--mode");
-    else if (s == "--dtype") a.dtype = val("--dtype");
-    else if (s == "--layout") a.layout = val("--layout");
-    else if (s == "--seed") a.seed = (unsigned)std::strtoul(val("--seed").c_str(), nullptr, 10);
-    else if (s == "--no-check") a.check = false;
-    else if (s == "--dry") { a.check = false; dry_run() = true; }
-    else if (s == "-h" || s == "--help") { usage(argv[0], extra); std::exit(0); }
-    else if (s.size() > 1 && s[0] == '-' && !(s[1] >= '0' && s[1] <= '9')) {
+    if (s == "--mode")
+      a.mode = val("--mode");
+    else if (s == "--dtype")
+      a.dtype = val("--dtype");
+    else if (s == "--layout")
+      a.layout = val("--layout");
+    else if (s == "--seed")
+      a.seed = (unsigned)std::strtoul(val("--seed").c_str(), nullptr, 10);
+    else if (s == "--no-check")
+      a.check = false;
+    else if (s == "--dry") {
+      a.check = false;
+      dry_run() = true;
+    } else if (s == "-h" || s == "--help") {
+      usage(argv[0], extra);
+      std::exit(0);
+    } else if (s.size() > 1 && s[0] == '-' && !(s[1] >= '0' && s[1] <= '9')) {
       std::printf("error: unknown option %s\n", s.c_str());
       usage(argv[0], extra);
       std::exit(2);
-    } else pos.push_back(s);
+    } else
+      pos.push_back(s);
   }
   if (!pos.empty() && pos.size() != 7) {
     std::printf("error: give all 7 of N C K H W stride dilation (got %zu)\n", pos.size());
@@ -146,12 +156,21 @@ inline Args parse(int argc, char** argv, const char* extra = "") {
     std::exit(2);
   }
   if (pos.size() == 7) {
-    a.N = std::atoll(pos[0].c_str()); a.C = std::atoll(pos[1].c_str()); a.K = std::atoll(pos[2].c_str());
-    a.H = std::atoll(pos[3].c_str()); a.W = std::atoll(pos[4].c_str());
-    a.stride = std::atoi(pos[5].c_str()); a.dil = std::atoi(pos[6].c_str());
+    a.N = std::atoll(pos[0].c_str());
+    a.C = std::atoll(pos[1].c_str());
+    a.K = std::atoll(pos[2].c_str());
+    a.H = std::atoll(pos[3].c_str());
+    a.W = std::atoll(pos[4].c_str());
+    a.stride = std::atoi(pos[5].c_str());
+    a.dil = std::atoi(pos[6].c_str());
   }
-  auto bad = [&](const char* what) { std::printf("error: %s\n", what); usage(argv[0], extra); std::exit(2); };
-  if (a.mode != "eval" && a.mode != "train" && a.mode != "step" && a.mode != "bwd") bad("--mode must be eval, train, step or bwd");
+  auto bad = [&](const char* what) {
+    std::printf("error: %s\n", what);
+    usage(argv[0], extra);
+    std::exit(2);
+  };
+  if (a.mode != "eval" && a.mode != "train" && a.mode != "step" && a.mode != "bwd")
+    bad("--mode must be eval, train, step or bwd");
   if (a.dtype != "f32" && a.dtype != "f16" && a.dtype != "bf16") bad("--dtype must be f32, f16 or bf16");
   if (a.layout != "nchw" && a.layout != "nhwc") bad("--layout must be nchw or nhwc");
   if (a.N < 1 || a.C < 1 || a.K < 1 || a.H < 1 || a.W < 1) bad("N, C, K, H, W must be >= 1");
@@ -165,7 +184,9 @@ struct Rng {
   uint64_t s;
   explicit Rng(unsigned seed) : s(0x9E3779B97F4A7C15ull ^ seed) {}
   double uniform() {  // [-1, 1)
-    s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
     return (double)(s >> 11) * (2.0 / 9007199254740992.0) - 1.0;
   }
 };
@@ -269,12 +290,15 @@ struct Checker {
     for (size_t i = 0; i < ref.size(); ++i) {
       if (std::isnan(got[i]) != std::isnan(ref[i])) nan = true;
       const double d = std::fabs(got[i] - ref[i]);
-      if (d > err) { err = d; worst = i; }
+      if (d > err) {
+        err = d;
+        worst = i;
+      }
     }
     const double scale = std::fmax(std::fmax(mx, scale_floor), 1e-30);
     const bool pass = !nan && err / scale <= tol && got.size() == ref.size();
-    std::printf("[check] %-6s n=%zu max|ref|=%.4g max_err=%.3g rel=%.3g (tol %.1g) at %zu%s -> %s\n", name, ref.size(), mx,
-                err, err / scale, tol, worst, nan ? " NaN mismatch" : "", pass ? "ok" : "BAD");
+    std::printf("[check] %-6s n=%zu max|ref|=%.4g max_err=%.3g rel=%.3g (tol %.1g) at %zu%s -> %s\n", name, ref.size(),
+                mx, err, err / scale, tol, worst, nan ? " NaN mismatch" : "", pass ? "ok" : "BAD");
     ok = ok && pass;
     ++n;
   }

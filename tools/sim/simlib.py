@@ -2,6 +2,7 @@
 simulator's bugs), run it under gpusim, parse the simulator's log into per-kernel statistics, and cache
 results by the hash of everything that determines them. The command line is run_cases.py; usage and
 the simulator's set-up are in tools/sim/README.md."""
+
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -59,10 +60,80 @@ def files_of(paths: list[str]) -> list[Path]:
     return out
 
 
+# C/C++ tokens for source_tokens: comments, literals (kept verbatim), line breaks, runs of word characters,
+# single other characters.
+_C_TOKEN = re.compile(
+    r"""(?P<comment>//[^\n]*|/\*.*?\*/)|(?P<lit>"(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*')
+                          |(?P<nl>\n)|(?P<ws>[ \t\r\f\v]+)|(?P<word>\w+)|(?P<other>.)""",
+    re.S | re.X,
+)
+C_SUFFIXES = {".cu", ".cuh", ".h", ".hpp", ".cpp", ".cc", ".c"}
+
+
+def source_tokens(text: str) -> str:
+    """C/C++ source reduced to what the compiler reads, for hashing: comments dropped, whitespace removed
+    except one space between two word characters (``unsigned int`` stays two tokens) and the line break
+    that ends a preprocessor directive; adjacent string literals joined (a formatter may split a long
+    one); each run of ``#include`` lines sorted (a formatter may sort them). So a reformatting or a comment
+    edit keeps the hash, and a changed token changes it. (Operators a formatter never splits, such as
+    ``a - -b`` against ``a--b``, would hash alike: nobody writes the former.) Hashing the generated PTX
+    instead would miss the host-side launch logic (grids, splits), which decides the cycles too."""
+    text = text.replace("\\\r\n", "").replace("\\\n", "")  # line continuations
+    lines: list[list[str]] = [[]]  # a directive is one line; code between directives joins into one
+    directive, at_bol, spaced = False, True, False
+    for m in _C_TOKEN.finditer(text):
+        kind, tok = m.lastgroup, m.group()
+        if kind in ("comment", "ws"):
+            spaced = True
+            continue
+        after_space, spaced = spaced, False
+        if kind == "nl":
+            if directive:
+                lines.append([])
+                directive = False
+            at_bol = True
+            continue
+        if at_bol and tok == "#":
+            if lines[-1]:
+                lines.append([])
+            directive = True
+        at_bol = False
+        cur = lines[-1]
+        if directive and tok == "(" and after_space and len(cur) == 3 and cur[1] == "define":
+            cur.append(" ")  # `#define F (x)` is an object-like macro, `#define F(x)` a function-like one
+        if kind == "lit" and cur and cur[-1].startswith('"') and tok.startswith('"'):
+            cur[-1] = cur[-1][:-1] + tok[1:]
+            continue
+        cur.append(tok)
+    out: list[str] = []
+    for toks in lines:
+        s = ""
+        for tok in toks:
+            if s and (s[-1].isalnum() or s[-1] == "_") and (tok[0].isalnum() or tok[0] == "_"):
+                s += " "
+            s += tok
+        out.append(s)
+    # sort each run of #include lines
+    i = 0
+    while i < len(out):
+        j = i
+        while j < len(out) and out[j].startswith("#include"):
+            j += 1
+        if j > i + 1:
+            out[i:j] = sorted(out[i:j])
+        i = max(j, i + 1)
+    return "\n".join(s for s in out if s)
+
+
 def hash_files(files: list[Path], extra: str = "") -> str:
+    """Hash of the files' paths and contents; C/C++ sources by their tokens (source_tokens), so formatting
+    and comments never invalidate a build or a cached simulation."""
     h = hashlib.sha256(extra.encode())
     for f in files:
-        h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+        data = f.read_bytes()
+        if f.suffix in C_SUFFIXES:
+            data = source_tokens(data.decode("utf-8", errors="surrogateescape")).encode("utf-8", "surrogateescape")
+        h.update(str(f.relative_to(ROOT)).encode() + b"\0" + data + b"\0")
     return h.hexdigest()[:16]
 
 
@@ -76,6 +147,41 @@ def program_hash(program: str) -> str:
 def kernel_hash(program: str) -> str:
     """Hash of what decides the simulated kernels and launches of a program (part of the cache key)."""
     return hash_files(files_of(PROGRAMS[program][1]), nvcc_version())
+
+
+def legacy_kernel_hash(program: str) -> str:
+    """kernel_hash as it was before sources were hashed by their tokens (raw bytes): recognises results
+    cached by older checkouts of the harness for today's sources (import_cache)."""
+    h = hashlib.sha256(nvcc_version().encode())
+    for f in files_of(PROGRAMS[program][1]):
+        h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def import_cache(src: Path, cache: Path, config: str, config_hash: str, log=print) -> int:
+    """Copies into `cache` the results in folder `src` (another checkout's cache) that are valid for today's
+    sources: same config, kernel hash equal to today's (or to today's legacy byte hash), verdict PASS;
+    re-keyed as this harness keys them. Returns how many were imported."""
+    today = {p: (kernel_hash(p), legacy_kernel_hash(p)) for p in PROGRAMS}
+    n = 0
+    for f in sorted(Path(src).glob("*.json")):
+        try:
+            d = json.loads(f.read_text())
+            case = Case(**d["case"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if (
+            d.get("config") != config
+            or d.get("verdict") != "PASS"
+            or d.get("kernel_hash") not in today.get(case.impl, ())
+        ):
+            continue
+        key = cache_key(case, config_hash)
+        d["key"], d["kernel_hash"] = key, today[case.impl][0]
+        (cache / f"{key}.json").write_text(json.dumps(d, indent=1))
+        log(f"[import] {case.ident()} from {f}")
+        n += 1
+    return n
 
 
 _NVCC_VERSION: Optional[str] = None
@@ -95,17 +201,34 @@ def build(program: str, dtype: str, out_dir: Path, log=print) -> Path:
     steps (from ``nvcc -dryrun``) with ptx_fix.py run on the PTX between cicc and fatbinary."""
     src, _ = PROGRAMS[program]
     out_dir = Path(out_dir).resolve()
-    h = program_hash(program)
-    exe = out_dir / f"{program}_{dtype}_{h}"
+    exe = out_dir / f"{program}_{dtype}_{program_hash(program)}"
+    return build_source(SIM_DIR / src, exe, [ROOT / "csrc", SIM_DIR], [f"-DSIM_DTYPE={DTYPES[dtype]}"], log)
+
+
+def build_source(src: Path, exe: Path, includes: list[Path], flags: list[str], log=print) -> Path:
+    """Builds one host program `src` into `exe` (skipped when it exists: name it by a hash of its inputs) with
+    ptx_fix.py applied to its PTX; ``build`` for the harness's programs, also used by tools/sim/probes."""
     if exe.exists():
         return exe
+    out_dir = exe.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    keep = out_dir / f"keep_{program}_{dtype}_{h}"
+    keep = out_dir / f"keep_{exe.name}"
     if keep.exists():
         shutil.rmtree(keep)
     keep.mkdir()
-    cmd = [nvcc_path(), *NVCC_FLAGS, f"-I{ROOT / 'csrc'}", f"-I{SIM_DIR}", f"-DSIM_DTYPE={DTYPES[dtype]}",
-           str(SIM_DIR / src), "-o", str(exe), "-dryrun", "--keep", "--keep-dir", str(keep)]
+    cmd = [
+        nvcc_path(),
+        *NVCC_FLAGS,
+        *[f"-I{d}" for d in includes],
+        *flags,
+        str(src),
+        "-o",
+        str(exe),
+        "-dryrun",
+        "--keep",
+        "--keep-dir",
+        str(keep),
+    ]
     dry = subprocess.run(cmd, capture_output=True, text=True, cwd=keep)
     if dry.returncode != 0:
         raise RuntimeError(f"nvcc -dryrun failed:\n{dry.stderr}")
@@ -129,13 +252,15 @@ def build(program: str, dtype: str, out_dir: Path, log=print) -> Path:
         script.append(s)
         if re.search(r"(^|/|\")cicc\"?\s", s):
             cicc_seen = True
-            script.append(f"{shlex.quote(sys.executable)} {shlex.quote(str(SIM_DIR / 'ptx_fix.py'))} {shlex.quote(ptx)}")
+            script.append(
+                f"{shlex.quote(sys.executable)} {shlex.quote(str(SIM_DIR / 'ptx_fix.py'))} {shlex.quote(ptx)}"
+            )
     if not cicc_seen:
         raise RuntimeError("nvcc -dryrun shows no cicc step: cannot apply ptx_fix.py")
     t0 = time.time()
     r = subprocess.run(["bash", "-c", "\n".join(script)], capture_output=True, text=True, cwd=keep)
     if r.returncode != 0 or not exe.exists():
-        raise RuntimeError(f"building {program} ({dtype}) failed:\n{r.stdout}\n{r.stderr}")
+        raise RuntimeError(f"building {src.name} ({' '.join(flags)}) failed:\n{r.stdout}\n{r.stderr}")
     log(f"[build] {exe.name} in {time.time() - t0:.0f}s; {r.stdout.strip()}")
     shutil.rmtree(keep, ignore_errors=True)
     return exe
@@ -146,8 +271,10 @@ def gpusim_dir(arg: Optional[str] = None) -> Path:
     """The gpusim tool folder (the one holding `run` and `setup`): --gpusim, else $GPUSIM_TOOL."""
     d = arg or os.environ.get("GPUSIM_TOOL")
     if not d:
-        raise SystemExit("where is gpusim? pass --gpusim DIR or set GPUSIM_TOOL=DIR (the folder holding gpusim's "
-                         "`setup` and `run`; tools/sim/README.md says how to get it)")
+        raise SystemExit(
+            "where is gpusim? pass --gpusim DIR or set GPUSIM_TOOL=DIR (the folder holding gpusim's "
+            "`setup` and `run`; tools/sim/README.md says how to get it)"
+        )
     p = Path(d).resolve()
     if not (p / "run").exists():
         raise SystemExit(f"{p} has no `run` script: GPUSIM_TOOL / --gpusim must name gpusim's tool folder")
@@ -200,6 +327,12 @@ CUMULATIVE = {
     "total dram writes": "dram_writes",
 }
 
+# What each warp scheduler did per cycle (summed over schedulers and SMs): no instruction to issue (idle),
+# none past the scoreboard (scoreboard: waiting on a result or a load), one ready but its pipeline
+# register full (stall: the operand collectors or the execution unit are busy); cycles that issued are
+# sched_single_issue + sched_dual_issue. gpgpu-sim's own gpu_reg_bank_conflict_stalls is never counted.
+SCHED_CYCLES = ("sched_stall", "sched_idle", "sched_scoreboard")
+
 
 def demangle(names: list[str]) -> list[str]:
     tool = shutil.which("c++filt")
@@ -221,7 +354,7 @@ def parse_log(text: str) -> dict:
     """Per-kernel statistics (in launch order) and the program's own lines from a gpusim sim.log."""
     kernels: list[dict] = []
     cur: Optional[dict] = None
-    totals = {v: 0 for v in CUMULATIVE.values()}
+    totals = {v: 0 for v in [*CUMULATIVE.values(), *SCHED_CYCLES, "sched_single_issue", "sched_dual_issue"]}
     launches = [ln for ln in text.splitlines() if ln.startswith("[sim] launch ")]
     regs: dict[str, int] = {}
     smem: dict[str, int] = {}
@@ -235,6 +368,21 @@ def parse_log(text: str) -> dict:
         m = re.match(r"^GPGPU-Sim uArch: CTA/core = (\d+), limited by: (.*)$", ln)
         if m:
             pending_occ = f"{m.group(1)} ({m.group(2).strip()})"
+            continue
+        m = re.match(r"^Stall:(\d+)\s+W0_Idle:(\d+)\s+W0_Scoreboard:(\d+)", ln)
+        if m and cur is not None:  # scheduler-cycle distribution, running totals over all SMs
+            for key, val in zip(SCHED_CYCLES, m.groups()):
+                if key not in cur:
+                    cur[key] = int(val) - totals[key]
+                    totals[key] = int(val)
+            continue
+        m = re.match(r"^(single|dual)_issue_nums:\s*(.*)$", ln)
+        if m and cur is not None:
+            key = f"sched_{m.group(1)}_issue"
+            if key not in cur:
+                total = sum(int(v) for v in re.findall(r"WS\d+:(\d+)", m.group(2)))
+                cur[key] = total - totals[key]
+                totals[key] = total
             continue
         m = re.match(r"^kernel_name = (\S+)", ln)
         if m:
@@ -295,15 +443,24 @@ class Case:
     label: str = ""  # e.g. b3 (not part of the key)
 
     def args(self) -> list[str]:
-        return ["--mode", self.mode, "--dtype", self.dtype, "--layout", self.layout,
-                *map(str, (self.n, self.c, self.k, self.h, self.w, self.stride, self.dil))]
+        return [
+            "--mode",
+            self.mode,
+            "--dtype",
+            self.dtype,
+            "--layout",
+            self.layout,
+            *map(str, (self.n, self.c, self.k, self.h, self.w, self.stride, self.dil)),
+        ]
 
     def shape(self) -> str:
         return f"N{self.n} {self.c}->{self.k} {self.h}x{self.w} s{self.stride} d{self.dil}"
 
     def ident(self) -> str:
-        return (f"{self.impl}_{self.mode}_{self.dtype}_{self.layout}_"
-                f"{self.n}x{self.c}x{self.k}x{self.h}x{self.w}_s{self.stride}_d{self.dil}")
+        return (
+            f"{self.impl}_{self.mode}_{self.dtype}_{self.layout}_"
+            f"{self.n}x{self.c}x{self.k}x{self.h}x{self.w}_s{self.stride}_d{self.dil}"
+        )
 
 
 def cache_key(case: Case, config_hash: str) -> str:
@@ -315,18 +472,30 @@ def dry_launches(exe: Path, case: Case) -> list[list[int]]:
     r = subprocess.run([str(exe), *case.args(), "--dry"], capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"{exe.name} --dry failed: {r.stdout[-2000:]} {r.stderr[-2000:]}")
-    return [[int(g) for g in m.groups()] for m in re.finditer(r"\[sim\] launch \d+ grid=\((\d+),(\d+),(\d+)\)",
-                                                             r.stdout)]
+    return [
+        [int(g) for g in m.groups()] for m in re.finditer(r"\[sim\] launch \d+ grid=\((\d+),(\d+),(\d+)\)", r.stdout)
+    ]
 
 
-def run_case(case: Case, exe: Path, config_dir: Path, run_dir: Path, tool: Path, nice: int = 10,
-             timeout: Optional[float] = None) -> dict:
+def run_case(
+    case: Case, exe: Path, config_dir: Path, run_dir: Path, tool: Path, nice: int = 10, timeout: Optional[float] = None
+) -> dict:
     """Runs one case under gpusim (niced) and returns its parsed result."""
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    cmd = ["nice", "-n", str(nice), "bash", str(tool / "run"), "--config", str(config_dir), str(run_dir), str(exe),
-           *case.args()]
+    cmd = [
+        "nice",
+        "-n",
+        str(nice),
+        "bash",
+        str(tool / "run"),
+        "--config",
+        str(config_dir),
+        str(run_dir),
+        str(exe),
+        *case.args(),
+    ]
     t0 = time.time()
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -335,8 +504,11 @@ def run_case(case: Case, exe: Path, config_dir: Path, run_dir: Path, tool: Path,
         rc, out = -1, f"timeout after {timeout}s\n" + (e.stdout or b"").decode(errors="replace")
     wall = time.time() - t0
     log = run_dir / "sim.log"
-    res = parse_log(log.read_text(errors="replace")) if log.exists() else {"kernels": [], "checks": [],
-                                                                          "verdict": "?", "deadlock": False}
+    res = (
+        parse_log(log.read_text(errors="replace"))
+        if log.exists()
+        else {"kernels": [], "checks": [], "verdict": "?", "deadlock": False}
+    )
     if rc != 0 and res["verdict"] == "PASS":
         res["verdict"] = "FAIL"
     if res["deadlock"]:

@@ -34,10 +34,10 @@ void gemm(int M, int N, int K, const float* A, int lda, long long sA, const floa
   std::printf("[sim] gemm M=%d N=%d K=%d batch=%d reduce=%d tile %dx%d split-K %d\n", M, N, K, batch, reduce, t.bm,
               t.bn, split);
   bool launched = false;
-#define SIM_GEMM_CASE(BM, BN)                                                                                       \
-  if (!launched && t.bm == BM && t.bn == BN) {                                                                      \
+#define SIM_GEMM_CASE(BM, BN)                                                                                         \
+  if (!launched && t.bm == BM && t.bn == BN) {                                                                        \
     launch(base::sgemm_kernel<BM, BN, TA, TB>, grid, block, M, N, K, A, lda, sA, B, ldb, sB, out, sC, reduce, split); \
-    launched = true;                                                                                                \
+    launched = true;                                                                                                  \
   }
   SIM_GEMM_CASE(128, 128)
   SIM_GEMM_CASE(128, 64)
@@ -103,8 +103,18 @@ int run(const Args& a) {
   const int Ho = (int)out_size(H, s), Wo = (int)out_size(W, s), P = Ho * Wo;
   const bool eval = a.mode == "eval", train = !eval;
   Rng rng(a.seed);
-  RefIn in{Tensor4(N, C, H, W, false), std::vector<double>(C * 9), std::vector<double>((size_t)K * C), {}, {}, {},
-           {}, {}, s, d, 1e-5, K};
+  RefIn in{Tensor4(N, C, H, W, false),
+           std::vector<double>(C * 9),
+           std::vector<double>((size_t)K * C),
+           {},
+           {},
+           {},
+           {},
+           {},
+           s,
+           d,
+           1e-5,
+           K};
   fill<float>(in.x.v, rng, 1.0);
   fill<float>(in.wd, rng, 1.0 / 3.0);
   fill<float>(in.wp, rng, 1.0 / std::sqrt((double)C));
@@ -184,11 +194,11 @@ int run(const Args& a) {
     launch(base::dw_bwd_weight_kernel, dim3(C * 9), dim3(std::min(N * 32, 256)), dt.p, x.p, dwd.p, N, C, H, W, Ho, Wo,
            s, d, d);
     if (s == 1)
-      launch(base::dw_bwd_input_kernel<1>, dim3(base::aten_blocks((long long)nx)), dim3(base::kAtenThreads), dt.p,
-             dx.p, wd.p, (int)nx, C, H, W, Ho, Wo, d, d);
+      launch(base::dw_bwd_input_kernel<1>, dim3(base::aten_blocks((long long)nx)), dim3(base::kAtenThreads), dt.p, dx.p,
+             wd.p, (int)nx, C, H, W, Ho, Wo, d, d);
     else
-      launch(base::dw_bwd_input_kernel<2>, dim3(base::aten_blocks((long long)nx)), dim3(base::kAtenThreads), dt.p,
-             dx.p, wd.p, (int)nx, C, H, W, Ho, Wo, d, d);
+      launch(base::dw_bwd_input_kernel<2>, dim3(base::aten_blocks((long long)nx)), dim3(base::kAtenThreads), dt.p, dx.p,
+             wd.p, (int)nx, C, H, W, Ho, Wo, d, d);
     sync();
     if (a.check) {
       // Reference backward from the device's forward values (as in fused_sim.cu).

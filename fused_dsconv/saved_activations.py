@@ -3,6 +3,7 @@
 Bytes are counted per distinct storage, so a tensor saved by two ops (or a view of one) counts
 once, and parameters are left out: they exist whether or not autograd saves them.
 """
+
 from __future__ import annotations
 
 from typing import Callable

@@ -1,6 +1,7 @@
 """The spec: the joint block in plain PyTorch, unfused.
 
-Every backend, the benchmarks and the CPU fallback are measured against this file.
+Every backend (the reference backend, ``fused_dsconv/backends/reference.py``, included), the benchmarks
+and the CPU fallback are measured against this file.
 
 Shapes (N batch, C input channels, K output channels, s stride, d dilation):
 
@@ -14,6 +15,7 @@ Shapes (N batch, C input channels, K output channels, s stride, d dilation):
 Padding = dilation keeps the 3x3 dilated kernel centred, so at stride 1 the spatial size is
 unchanged for every dilation (receptive field 2d + 1 per side).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -22,10 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def output_size(size: int, stride: int) -> int:
-    """Spatial output size of the depthwise conv (kernel 3, padding = dilation)."""
-    return (size - 1) // stride + 1
+from .contract import output_size  # noqa: F401  (the spec's output size; its home is the contract)
 
 
 def joint_block(

@@ -1,0 +1,379 @@
+"""backward: bn_bwd_reduce and bn_bwd_finalize (the BN gradient sums and dy's coefficients), dsconv_bwd_dt
+(dt and the pointwise weight gradient), dsconv_bwd_dx (dx and the depthwise weight gradient), as
+csrc/kernels/backward.cuh."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .configs import DT_CONFIGS, DX_CONFIGS, _p2, _tuned
+from .reductions import _bn_scale
+from .tiles import _act_off, _act_tile, _assert_in, _bn_z, _dot, _dw_tile, _dy_tile, _pixels, _sum
+
+
+@triton.jit
+def bn_bwd_reduce_kernel(
+    g_ptr,
+    y_ptr,
+    coef_ptr,
+    ws_ptr,
+    K,
+    Wo,
+    HWo,
+    M,
+    PIX_GROUP,
+    sgn,
+    sgc,
+    sgh,
+    sgw,
+    syn,
+    syc,
+    syh,
+    syw,
+    g_span,
+    y_span,
+    TRAIN: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    VEC: tl.constexpr,
+    DEBUG: tl.constexpr,
+):
+    """Per-group partial sums over pixels, ws[j, group, k]; grid (pixel groups, K tiles), a program walks
+    the PIX_GROUP pixels of its group in tiles of BLOCK_P.
+
+    TRAIN (y = pre-BN output, coefficient rows mean, a, beta; d = y - mean): j = 0: dz, 1: dz d, 2: d.
+    eval (y = block output): j = 0: dz = dout [out > 0] (the bias gradient).
+    """
+    pid_g = tl.program_id(0)
+    kk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    k_mask = kk < K
+    s0 = tl.full((BLOCK_P, BLOCK_K), 0.0, tl.float32)
+    s1 = tl.full((BLOCK_P, BLOCK_K), 0.0, tl.float32)
+    s2 = tl.full((BLOCK_P, BLOCK_K), 0.0, tl.float32)
+    start = pid_g * PIX_GROUP
+    end = tl.minimum(start + PIX_GROUP, M)
+    for p0 in range(start, end, BLOCK_P):
+        n, r, ho, wo, p_mask = _pixels(p0, end, HWo, Wo, BLOCK_P, VEC, DEBUG)
+        mask = p_mask[:, None] & k_mask[None, :]
+        g = _act_tile(g_ptr, n, r, ho, wo, kk, mask, sgn, sgc, sgh, sgw, g_span, VEC, DEBUG)
+        yv = _act_tile(y_ptr, n, r, ho, wo, kk, mask, syn, syc, syh, syw, y_span, VEC, DEBUG)
+        if TRAIN:
+            d, z = _bn_z(yv, coef_ptr, kk, k_mask, K)
+            d = tl.where(mask, d, 0.0)  # masked lanes: g is 0 there, so dz is too
+            dz = tl.where(z <= 0, 0.0, g)
+            s0 += dz
+            s1 += dz * d
+            s2 += d
+        else:
+            s0 += tl.where(yv <= 0, 0.0, g)
+    groups = tl.num_programs(0).to(tl.int64)
+    row = pid_g.to(tl.int64) * K
+    tl.store(ws_ptr + row + kk, _sum(s0, axis=0), mask=k_mask)
+    if TRAIN:
+        tl.store(ws_ptr + groups * K + row + kk, _sum(s1, axis=0), mask=k_mask)
+        tl.store(ws_ptr + 2 * groups * K + row + kk, _sum(s2, axis=0), mask=k_mask)
+
+
+@triton.jit
+def bn_bwd_finalize_kernel(
+    ws_ptr,
+    var_ptr,
+    gam_ptr,
+    coef_ptr,
+    dbias_ptr,
+    dgam_ptr,
+    dbet_ptr,
+    T,
+    K,
+    M,
+    eps,
+    TRAIN: tl.constexpr,
+    HAS_AFFINE: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """Reduce bn_bwd_reduce's [rows, T, K] partials in tile order and turn them into the gradients of the
+    per-channel parameters and dy's coefficient rows.
+
+    TRAIN: coef rows 0..2 (mean, a, beta) are already in place (bn_coef); this writes row 3 c1 = a dbeta / M
+    and row 4 rc2 = r a dgamma / M, with dbeta = sum dz, dgamma = r sum dz d, and
+    dbias = sum_p dy = a dbeta - M c1 - rc2 sum d (0 up to rounding; d = y - mean of the stored y).
+    eval: dbias = sum dz.
+    """
+    pid = tl.program_id(0)
+    kk = pid * BLOCK_K + tl.arange(0, BLOCK_K)
+    k_mask = kk < K
+    s0 = tl.full((BLOCK_T, BLOCK_K), 0.0, tl.float32)
+    s1 = tl.full((BLOCK_T, BLOCK_K), 0.0, tl.float32)
+    s2 = tl.full((BLOCK_T, BLOCK_K), 0.0, tl.float32)
+    plane = tl.cast(T, tl.int64) * K
+    for t0 in range(0, T, BLOCK_T):
+        tt = t0 + tl.arange(0, BLOCK_T).to(tl.int64)
+        off = tt[:, None] * K + kk[None, :]
+        msk = (tt < T)[:, None] & k_mask[None, :]
+        s0 += tl.load(ws_ptr + off, mask=msk, other=0.0)
+        if TRAIN:
+            s1 += tl.load(ws_ptr + plane + off, mask=msk, other=0.0)
+            s2 += tl.load(ws_ptr + 2 * plane + off, mask=msk, other=0.0)
+    dbeta = _sum(s0, axis=0)
+    if TRAIN:
+        sdd = _sum(s1, axis=0)
+        sd = _sum(s2, axis=0)
+        var = tl.load(var_ptr + kk, mask=k_mask, other=1.0)
+        r, a = _bn_scale(var, gam_ptr, kk, k_mask, eps, HAS_AFFINE)
+        dgamma = r * sdd
+        c1 = a * dbeta / M
+        rc2 = r * (a * dgamma / M)
+        tl.store(coef_ptr + 3 * K + kk, c1, mask=k_mask)
+        tl.store(coef_ptr + 4 * K + kk, rc2, mask=k_mask)
+        tl.store(dbias_ptr + kk, a * dbeta - M * c1 - rc2 * sd, mask=k_mask)
+        tl.store(dgam_ptr + kk, dgamma, mask=k_mask)
+        tl.store(dbet_ptr + kk, dbeta, mask=k_mask)
+    else:
+        tl.store(dbias_ptr + kk, dbeta, mask=k_mask)
+
+
+def _dt_limits(a):
+    return {"BLOCK_C": max(16, _p2(a["C"])), "BLOCK_P": max(32, _p2(a["M"]))}
+
+
+@_tuned(
+    "dsconv_bwd_dt",
+    DT_CONFIGS,
+    ["C", "K", "HWo", "M_CLASS", "LAYOUT", "STRIDE", "DOT_MODE", "TRAIN", "VEC", "BLOCK_K"],
+    _dt_limits,
+)
+@triton.jit(do_not_specialize=["M_CLASS", "LAYOUT"])
+def dsconv_bwd_dt_kernel(
+    g_ptr,
+    y_ptr,
+    coef_ptr,
+    x_ptr,
+    wd_ptr,
+    wp_ptr,
+    dt_ptr,
+    ws_ptr,
+    C,
+    K,
+    H,
+    W,
+    Wo,
+    HWo,
+    M,
+    dil,
+    PIX_GROUP,
+    K_SLICES,
+    DT_SLICE,
+    M_CLASS,
+    LAYOUT,
+    sgn,
+    sgc,
+    sgh,
+    sgw,
+    syn,
+    syc,
+    syh,
+    syw,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    stn,
+    stc,
+    sth,
+    stw,
+    g_span,
+    y_span,
+    x_span,
+    t_span,
+    STRIDE: tl.constexpr,
+    TRAIN: tl.constexpr,
+    DOT_MODE: tl.constexpr,
+    VEC: tl.constexpr,
+    DEBUG: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """dt = dy Wp over this program's K slice, and the pointwise weight-gradient partial dy^T T.
+
+    1-D grid over (C tiles x K slices x pixel groups), C tiles fastest (they share dy's inputs in L2).
+    A program owns input channels [BLOCK_C], output channels [BLOCK_K] (its K slice) and walks the
+    PIX_GROUP pixels of its group in BLOCK_P tiles. Per tile: dy[BLOCK_P, BLOCK_K] (never stored) and
+    T[BLOCK_P, BLOCK_C] once each; dt_slice = dy Wp[slice, c tile] stored (fp32) into slice ``ks`` of
+    the dt buffer (DT_SLICE elements apart; dsconv_bwd_dx adds the K_SLICES slices); dWp[slice, c tile]
+    += dy^T T accumulated over the group and stored to ws[group, K, C] (colsum reduces the groups).
+    """
+    pid = tl.program_id(0)
+    c_tiles = (C + BLOCK_C - 1) // BLOCK_C
+    pid_c = pid % c_tiles
+    rest = pid // c_tiles
+    pid_k = rest % K_SLICES
+    pid_g = rest // K_SLICES
+    kk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    k_mask = kk < K
+    cc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = cc < C
+    kc_mask = k_mask[:, None] & c_mask[None, :]
+    wp = tl.load(wp_ptr + kk[:, None] * C + cc[None, :], mask=kc_mask, other=0.0)
+    dwp = tl.full((BLOCK_K, BLOCK_C), 0.0, tl.float32)
+    start = pid_g * PIX_GROUP
+    end = tl.minimum(start + PIX_GROUP, M)
+    dt_base = dt_ptr + pid_k.to(tl.int64) * DT_SLICE
+    for p0 in range(start, end, BLOCK_P):
+        n, r, ho, wo, p_mask = _pixels(p0, end, HWo, Wo, BLOCK_P, VEC, DEBUG)
+        dy = _dy_tile(
+            g_ptr,
+            y_ptr,
+            coef_ptr,
+            n,
+            r,
+            ho,
+            wo,
+            p_mask,
+            kk,
+            k_mask,
+            K,
+            sgn,
+            sgc,
+            sgh,
+            sgw,
+            syn,
+            syc,
+            syh,
+            syw,
+            g_span,
+            y_span,
+            TRAIN,
+            VEC,
+            DEBUG,
+        )
+        t = _dw_tile(
+            x_ptr,
+            wd_ptr,
+            n,
+            r,
+            ho,
+            wo,
+            p_mask,
+            cc,
+            c_mask,
+            H,
+            W,
+            sxn,
+            sxc,
+            sxh,
+            sxw,
+            dil,
+            x_span,
+            STRIDE,
+            BLOCK_P,
+            BLOCK_C,
+            VEC,
+            DEBUG,
+            False,
+        )
+        dt = _dot(dy, wp, tl.full((BLOCK_P, BLOCK_C), 0.0, tl.float32), wp_ptr, DOT_MODE)
+        pc_mask = p_mask[:, None] & c_mask[None, :]
+        toff = _act_off(n, r, ho, wo, cc, pc_mask, stn, stc, sth, stw, t_span, VEC, DEBUG)
+        tl.store(dt_base + toff, dt, mask=pc_mask)
+        dwp = _dot(tl.trans(dy), t, dwp, wp_ptr, DOT_MODE)
+    woff = pid_g.to(tl.int64) * K * C + (kk * C)[:, None] + cc[None, :]
+    tl.store(ws_ptr + woff, dwp, mask=kc_mask)
+
+
+def _dx_limits(a):
+    return {"BLOCK_C": max(16, _p2(a["C"])), "BLOCK_P": max(32, _p2(a["MI"]))}
+
+
+@_tuned("dsconv_bwd_dx", DX_CONFIGS, ["C", "HW", "M_CLASS", "LAYOUT", "STRIDE", "K_SLICES", "VEC"], _dx_limits)
+@triton.jit(do_not_specialize=["M_CLASS", "LAYOUT"])
+def dsconv_bwd_dx_kernel(
+    dt_ptr,
+    wd_ptr,
+    x_ptr,
+    dx_ptr,
+    ws_ptr,
+    C,
+    H,
+    W,
+    Ho,
+    Wo,
+    HW,
+    MI,
+    dil,
+    PIX_GROUP,
+    K_SLICES,
+    DT_SLICE,
+    M_CLASS,
+    LAYOUT,
+    stn,
+    stc,
+    sth,
+    stw,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    sdn,
+    sdc,
+    sdh,
+    sdw,
+    t_span,
+    x_span,
+    d_span,
+    STRIDE: tl.constexpr,
+    VEC: tl.constexpr,
+    DEBUG: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """dx and the depthwise weight-gradient partials, from dt (the sum of its K_SLICES slices).
+
+    1-D grid over (C tiles x input-pixel groups). For input pixel q = (n, h, w) and tap (i, j), the
+    output pixel o = ((h + d - i d) / s, (w + d - j d) / s) when that lands on the output grid; then
+        dx[q, c] += dt[o, c] Wd[c, i, j]      and      dWd[c, i, j] += dt[o, c] x[q, c],
+    which enumerates every (o, q) pair of each tap exactly once, so x is read once per pixel (no halo).
+    ws[group, c, tap] (tap < 9) receives the group's dWd partial; colsum reduces the groups.
+    """
+    pid = tl.program_id(0)
+    c_tiles = (C + BLOCK_C - 1) // BLOCK_C
+    pid_c = pid % c_tiles
+    pid_g = pid // c_tiles
+    cc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = cc < C
+    taps = tl.arange(0, 16)
+    dwd = tl.full((BLOCK_C, 16), 0.0, tl.float32)
+    start = pid_g * PIX_GROUP
+    end = tl.minimum(start + PIX_GROUP, MI)
+    for p0 in range(start, end, BLOCK_P):
+        n, r, h, w, p_mask = _pixels(p0, end, HW, W, BLOCK_P, VEC, DEBUG)
+        pc_mask = p_mask[:, None] & c_mask[None, :]
+        xv = _act_tile(x_ptr, n, r, h, w, cc, pc_mask, sxn, sxc, sxh, sxw, x_span, VEC, DEBUG)
+        base = (n.to(tl.int64) * stn)[:, None] + (cc.to(tl.int64) * stc)[None, :]
+        acc = tl.full((BLOCK_P, BLOCK_C), 0.0, tl.float32)
+        for tap in tl.range(0, 9, loop_unroll_factor=1):  # rolled: unrolled, the 9 gathers need too many registers
+            i = tap // 3
+            hh = h + (1 - i) * dil
+            ww = w + (1 - (tap - 3 * i)) * dil
+            hc = tl.maximum(hh, 0)  # no division of negatives (C and Python round them differently)
+            wc = tl.maximum(ww, 0)
+            ho = hc // STRIDE
+            wo = wc // STRIDE
+            ok = p_mask & (hh >= 0) & (ho * STRIDE == hc) & (ho < Ho) & (ww >= 0) & (wo * STRIDE == wc) & (wo < Wo)
+            mask = ok[:, None] & c_mask[None, :]
+            off = base + (ho.to(tl.int64) * sth + wo.to(tl.int64) * stw)[:, None]
+            v = tl.full((BLOCK_P, BLOCK_C), 0.0, tl.float32)
+            for ks in range(0, K_SLICES):
+                offk = off + tl.cast(ks, tl.int64) * DT_SLICE
+                _assert_in(offk, mask, t_span, DEBUG)
+                v += tl.load(dt_ptr + offk, mask=mask, other=0.0)
+            wv = tl.load(wd_ptr + cc * 9 + tap, mask=c_mask, other=0.0).to(tl.float32)
+            acc += v * wv[None, :]
+            part = _sum(v * xv, axis=0)
+            dwd += tl.where(taps[None, :] == tap, part[:, None], 0.0)
+        doff = _act_off(n, r, h, w, cc, pc_mask, sdn, sdc, sdh, sdw, d_span, VEC, DEBUG)
+        tl.store(dx_ptr + doff, acc.to(dx_ptr.dtype.element_ty), mask=pc_mask)
+    woff = pid_g.to(tl.int64) * C * 9 + (cc * 9)[:, None] + taps[None, :]
+    tl.store(ws_ptr + woff, dwd, mask=c_mask[:, None] & (taps[None, :] < 9))

@@ -1,0 +1,66 @@
+"""Builds that dominate the suite's wall time (nvcc for the JIT and CMake extension builds, the
+ThreadSanitizer/ASan build and ctest) start in background threads as soon as collection ends, and the
+test that needs one waits for its result. The rest of the suite mostly keeps one core busy, so on the
+2-core machine these builds run on the other core instead of after everything else.
+
+A test module opts in with a module-level ``prebuild()`` (no arguments, returns what the test needs);
+the test calls ``prebuild.result(__name__)``. Exceptions (pytest.skip / fail included) surface in the
+test. Child processes go through ``run()`` so that the session can stop them when it ends early.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable
+
+_pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="prebuild")
+_jobs: dict[str, Future] = {}
+_fns: dict[str, Callable] = {}
+_procs: set[subprocess.Popen] = set()
+_lock = threading.Lock()
+_closed = False
+
+
+def start(name: str, fn: Callable) -> None:
+    with _lock:
+        _fns.setdefault(name, fn)
+        if name not in _jobs and not _closed:
+            _jobs[name] = _pool.submit(fn)
+
+
+def result(name: str, fn: Callable | None = None):
+    """The prebuild's result (started now if collection did not start it: a test run on its own)."""
+    start(name, fn or _fns[name])
+    return _jobs[name].result()
+
+
+def run(cmd, **kw) -> subprocess.CompletedProcess:
+    """subprocess.run(cmd, capture_output=True, text=True, **kw), stoppable by stop_all()."""
+    timeout = kw.pop("timeout", None)
+    with _lock:
+        if _closed:
+            raise RuntimeError("the test session has ended")
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+        _procs.add(p)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        raise
+    finally:
+        with _lock:
+            _procs.discard(p)
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+def stop_all() -> None:
+    """End of the session: kill what is still building (a -x stop, or a deselected test), then wait."""
+    global _closed
+    with _lock:
+        _closed = True
+        for p in _procs:
+            p.kill()
+    _pool.shutdown(wait=True, cancel_futures=True)
