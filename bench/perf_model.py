@@ -328,13 +328,13 @@ class NativeGeometry:
     c_blocks: int  # cdiv(C, dt channels): dsconv_bwd_dt grid x
     fwd_ws_floats: int  # forward_ws_floats (training): [mean | M2] partials, [ntiles, K] each, [scale | shift],
     # [K] each (each part 16-byte aligned), then with fsplit > 1 the partial tiles [fsplit][ntiles][K blocks]
-    # [BK x BP] (eval: only those)
+    # [BK x BP] (eval: only those), then for span tiles dsconv_dw's t [C][ntiles x 64]
     bwd_red: int  # bwd_ws offsets, in floats: [3][rgroups][K] BN-gradient partials
     bwd_coef: int  # [K][8] dy coefficients (16-byte aligned)
     bwd_dwp: int  # [splits][K][C] dWp partials
     bwd_dwd: int  # [xgroups][C * 9] dWd partials
     bwd_dt: int  # dt [N, C, Ho, Wo], fp32
-    bwd_total: int  # backward_ws_floats
+    bwd_total: int  # backward_ws_floats (span tiles: + dsconv_dw's t [C][tiles x 64] for dsconv_bwd_dwp)
 
 
 def native_geometry(layer: Layer) -> NativeGeometry:
@@ -374,9 +374,12 @@ def native_geometry(layer: Layer) -> NativeGeometry:
     dwp = coef + 8 * l.k
     dwd = dwp + splits * l.k * l.c
     dt = dwd + xgroups * l.c * 9
-    total = dt + bsplit * l.n * l.c * l.ho * l.wo
+    # then (16-byte aligned) dsconv_dw's t [C][tiles x 64] for dsconv_bwd_dwp on span tiles
+    total = (dt + bsplit * l.n * l.c * l.ho * l.wo + 3) // 4 * 4 + (l.c * dwp_tiles * 64 if span else 0)
     part = fsplit * ntiles * k_blocks * FWD_BK[fwd_tile] * FWD_BP[fwd_tile] if fsplit > 1 else 0  # BK x BP floats each
     fwd_ws = (2 * ntiles * l.k + 3) // 4 * 4 + (2 * l.k + 3) // 4 * 4 + part  # (training) partials, scale | shift
+    if span:  # dsconv_dw's t [C][ntiles x 64] for the span path of dsconv_fwd
+        fwd_ws += l.c * ntiles * 64
     return NativeGeometry(
         fwd_tile,
         ntiles,

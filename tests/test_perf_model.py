@@ -82,10 +82,11 @@ def test_native_geometry_tiny():
     assert (g.fwd_tile, g.dwp_tile, g.dt_tile) == ("span64", "span64", "span128")
     assert (g.ntiles, g.dwp_tiles, g.dt_tiles, g.splits, g.rgroups, g.xtiles, g.xgroups) == (1, 1, 1, 1, 1, 1, 1)
     assert (g.k_blocks, g.c_blocks) == (1, 1)
-    assert g.fwd_ws_floats == 2 * 1 * 4 + 2 * 4  # [mean | M2] x [1 tile, K] and [scale | shift] x [K]
+    # [mean | M2] x [1 tile, K], [scale | shift] x [K], dsconv_dw's t [C][1 tile x 64]
+    assert g.fwd_ws_floats == 2 * 1 * 4 + 2 * 4 + 2 * 64
     # red [3][1][4] = 12 floats (already a multiple of 4), coef [4][8], dWp [1][4][2], dWd [1][2*9], dt [1,2,4,4]
     assert (g.bwd_red, g.bwd_coef, g.bwd_dwp, g.bwd_dwd, g.bwd_dt) == (0, 12, 44, 52, 70)
-    assert g.bwd_total == 70 + 2 * 16
+    assert g.bwd_total == 104 + 2 * 64  # dt ends at 70 + 2 * 16 = 102, + dsconv_dw's t [C][1 x 64] at 104
 
 
 def test_native_eval_bytes_by_hand():

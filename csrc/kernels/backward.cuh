@@ -274,8 +274,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_bwd_dt_kernel(const
     }
     DSC_SYNC(23);  // chunk staged
     if (k0 + KC < k_hi) load(k0 + KC);
-#pragma unroll
-    for (int kk = 0; kk < KC; ++kk) mma_8x4<BCb>(acc, s.m.w[kk], s.m.dy[kk], ty, tx);
+    mma_8x4_steps<BCb, KC>(acc, s.m.w[0], BCb, s.m.dy[0], BP + 4, ty, tx);
     DSC_SYNC(24);  // chunk consumed
   }
 
@@ -318,7 +317,8 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_bwd_dt_kernel(const
 
 // ---------------------------------------------------------------------------------------------
 // dsconv_bwd_dwp: dWp partials, block = (128 output channels, 64 input channels, one split of the wt
-// pixel tiles). Per tile: t [64 px x 64 c] rebuilt from the staged input window (as dsconv_fwd does), dy
+// pixel tiles). Per tile: t [64 px x 64 c] rebuilt from the staged input window (rect tiles, as dsconv_fwd
+// does) or read from dsconv_dw's t (span tiles, small maps: computed once for all K blocks), dy
 // [32 px x 128 k] formed twice per tile (a thread owns one k: one coefficient load), and
 // dWp[k, c] += sum_p dy[k, p] t[c, p] in the 8x4 register micro-GEMM. -> ws[dwp + split K C + k C + c].
 // ---------------------------------------------------------------------------------------------
@@ -328,8 +328,8 @@ template <class Tl, int S, int D>
 struct DwpSmem {
   using G = Window<Tl, S, D, window_floats<Tl, S, D>() <= kSpanHalo ? 8 : 4>;
   union {
-    float halo[G::BC][G::HALO];
-    alignas(16) float dyT[32][kDwpK + 4];  // A: per pixel, dy over the block's output channels
+    float halo[Tl::SPAN ? 1 : G::BC][Tl::SPAN ? 1 : G::HALO];  // (span tiles read t from dsconv_dw instead)
+    alignas(16) float dyT[32][kDwpK + 4];                      // A: per pixel, dy over the block's output channels
   } u;
   alignas(16) float tT[Tl::BP][kDwpC + 4];  // B: per pixel, t over the block's input channels
   float wd[G::BC][9];
@@ -368,32 +368,48 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Proble
     for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
 
   for (int64_t tile = blockIdx.z; tile < p.wt.ntiles; tile += p.splits) {
-    G win;
-    win.setup(p, p.wt, tile, s.row, tid);
     slot_offsets<Tl>(p, p.wt, tile, p.dos, s.sg, tid, NT);
     slot_offsets<Tl>(p, p.wt, tile, p.as, s.sa, tid, NT);
-    int base[PPT];
+    DSC_SYNC(27);  // slot tables written (and the previous tile's GEMM done)
+    if constexpr (Tl::SPAN) {
+      // t for the block's 64 input channels from dsconv_dw's [C][Mp] (written once for every K block),
+      // transposed into tT, lanes along the channels (conflict-free stores).
+      const int64_t mp = p.wt.ntiles * 64;
+      const float* __restrict__ tw = ws + L.t + tile * 64;
 #pragma unroll
-    for (int j = 0; j < PPT; ++j) base[j] = win.base(p, tid % TPC + j * TPC);
-    const int tap_r = win.tap_r();
-    DSC_SYNC(27);  // tables written (and the previous tile's GEMM done)
-    if (!p.cl) win.prepare(p, s.row, tid);
-
-    // t for the block's 64 input channels, BC at a time.
-    for (int c8 = 0; c8 < kDwpC; c8 += BC) {
-      win.template stage<T>(p, s.row, cb + c8, s.u.halo, tid);
-      if (tid < BC * 9) {
-        const int cc = tid / 9;
-        s.wd[cc][tid - cc * 9] = cb + c8 + cc < p.C ? Cvt<T>::ldg(wd + (cb + c8) * 9 + tid) : 0.f;
+      for (int r = 0; r < kDwpC * 16 / NT; ++r) {
+        const int e = tid + r * NT, cc = e % kDwpC, q4 = (e / kDwpC) * 4;
+        const bool ok = cb + cc < p.C;
+        const f4 v = DSC_LDG(reinterpret_cast<const f4*>(tw + (ok ? (cb + cc) * mp + q4 : 0)));
+        s.tT[q4][cc] = ok ? v.x : 0.f;
+        s.tT[q4 + 1][cc] = ok ? v.y : 0.f;
+        s.tT[q4 + 2][cc] = ok ? v.z : 0.f;
+        s.tT[q4 + 3][cc] = ok ? v.w : 0.f;
       }
-      DSC_SYNC(28);  // window staged
-      float wv[9];
+    } else {
+      // t for the block's 64 input channels rebuilt from the staged window, BC at a time.
+      G win;
+      win.setup(p, p.wt, tile, s.row, tid);  // (rect windows: no row table)
+      int base[PPT];
 #pragma unroll
-      for (int i = 0; i < 9; ++i) wv[i] = s.wd[cc_dw][i];
+      for (int j = 0; j < PPT; ++j) base[j] = win.base(p, tid % TPC + j * TPC);
+      const int tap_r = win.tap_r();
+      if (!p.cl) win.prepare(p, s.row, tid);
+      for (int c8 = 0; c8 < kDwpC; c8 += BC) {
+        win.template stage<T>(p, s.row, cb + c8, s.u.halo, tid);
+        if (tid < BC * 9) {
+          const int cc = tid / 9;
+          s.wd[cc][tid - cc * 9] = cb + c8 + cc < p.C ? Cvt<T>::ldg(wd + (cb + c8) * 9 + tid) : 0.f;
+        }
+        DSC_SYNC(28);  // window staged
+        float wv[9];
 #pragma unroll
-      for (int j = 0; j < PPT; ++j)
-        s.tT[tid % TPC + j * TPC][c8 + cc_dw] = dw_tap9<G::TAP_C>(s.u.halo[cc_dw], base[j], tap_r, wv);
-      DSC_SYNC(29);  // window consumed
+        for (int i = 0; i < 9; ++i) wv[i] = s.wd[cc_dw][i];
+#pragma unroll
+        for (int j = 0; j < PPT; ++j)
+          s.tT[tid % TPC + j * TPC][c8 + cc_dw] = dw_tap9<G::TAP_C>(s.u.halo[cc_dw], base[j], tap_r, wv);
+        DSC_SYNC(29);  // window consumed
+      }
     }
 
     // dy, 32 pixels at a time, then dWp += dy t^T over them.
@@ -408,8 +424,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Proble
         s.u.dyT[ql][kk_dy] = ok ? dy_of(cf, g, a) : 0.f;
       }
       DSC_SYNC(30);  // dy half staged (and t complete)
-#pragma unroll 4
-      for (int ql = 0; ql < 32; ++ql) mma_8x4<kDwpK>(acc, s.u.dyT[ql], s.tT[h * 32 + ql], ty, tx);
+      mma_8x4_steps<kDwpK, 32>(acc, s.u.dyT[0], kDwpK + 4, s.tT[h * 32], kDwpC + 4, ty, tx);
       DSC_SYNC(31);  // dy half consumed
     }
   }

@@ -61,7 +61,7 @@ DSC_DEVICE void slot_offsets(const Problem& p, const Tiling& tl, int64_t tile, c
 // Epilogue of dsconv_fwd (and dsconv_fwd_reduce), half of the BK channels at a time: + bias, transpose through
 // shared memory (o), coalesced stores in both layouts; eval -> relu(y + bias); train -> y + bias stored and
 // the tile's per-channel (mean, M2) written to ws; y-only -> y + bias stored. slot: the tile's pixel offsets
-// in the output (published by a barrier before the call).
+// in the output (written before the call: the first barrier here publishes it).
 template <class T, class Tl>
 DSC_DEVICE void fwd_epilogue(const Problem& p, float* ws, int64_t tile, int64_t k0, float (&acc)[8][4], float* o,
                              const int64_t* slot, int tid) {
@@ -155,19 +155,110 @@ DSC_DEVICE void fwd_epilogue(const Problem& p, float* ws, int64_t tile, int64_t 
   }
 }
 
-// dsconv_fwd: one block = one pixel tile x BK output channels. For each chunk of BC input channels the
-// tile's input window is staged once in shared memory (coalesced along x's contiguous axis), the
-// depthwise chunk t [BC x BP] is computed from it (9 taps and the channel's 9 weights in registers) and
-// multiplied by the staged Wp^T chunk in the 8x4 register micro-GEMM. t never leaves the chip.
-// Epilogue through shared memory (coalesced stores in both layouts): eval -> relu(y + bias); train ->
-// y + bias stored and the tile's per-channel (mean, M2) written to ws; y-only -> y + bias stored.
+// dsconv_dw (span tiles, maps of Wo <= 16): the depthwise output t of every pixel, once for all output-channel
+// blocks of dsconv_fwd (and of dsconv_bwd_dwp), into fp32 t_out [C][Mp] (Mp = span tiles x 64 pixels of the
+// flattened (n, ho, wo) order; the padding columns past M are 0). A block = groups of kDwChannels channels
+// (grid y, looping past 65535 groups) x up to 256 consecutive pixels (grid x): the 9 weights are block-uniform
+// loads, the tap offsets of a pixel are computed once for all the channels it visits, the stores are
+// coalesced. NCHW reads are coalesced along the pixels; channels_last reads are strided (correct, not tuned).
+constexpr int kDwChannels = 8;
+template <class T, int S, int D>
+DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_dw_kernel(const Problem p, float* t_out) {
+  const int64_t mp = p.ft.ntiles * TileSpan64::BP;
+  const int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (g >= mp) return;
+  const T* __restrict__ x = static_cast<const T*>(p.x);
+  const T* __restrict__ wd = static_cast<const T*>(p.wd);
+  float* __restrict__ t = t_out;
+  const int d = D > 0 ? D : p.dil;
+  // Pixel g's image, row and column by multiply-shift division (M < 2^31: host-checked for span tiles).
+  const bool valid = g < p.M;
+  const uint32_t gg = valid ? static_cast<uint32_t>(g) : 0u, n = fdiv(p.div_hw, gg);
+  const uint32_t r = gg - n * static_cast<uint32_t>(p.Ho * p.Wo), ho = fdiv(p.div_wo, r);
+  const int h0 = static_cast<int>(ho) * S - d, w0 = static_cast<int>(r - ho * static_cast<uint32_t>(p.Wo)) * S - d;
+  int off[9];  // offsets inside one channel plane (< 2^31: the op checks C H W < 2^31); -1: zero padding
+#pragma unroll
+  for (int i = 0; i < 3; ++i)
+#pragma unroll
+    for (int j = 0; j < 3; ++j) {
+      const int h = h0 + i * d, w = w0 + j * d;
+      off[i * 3 + j] = (valid && h >= 0 && h < p.H && w >= 0 && w < p.W)
+                           ? h * static_cast<int>(p.xs.h) + w * static_cast<int>(p.xs.w)
+                           : -1;
+    }
+  const T* xn = x + static_cast<int64_t>(n) * p.xs.n;
+  for (int64_t c0 = static_cast<int64_t>(blockIdx.y) * kDwChannels; c0 < p.C;
+       c0 += static_cast<int64_t>(gridDim.y) * kDwChannels) {
+    const int nc = p.C - c0 < kDwChannels ? static_cast<int>(p.C - c0) : kDwChannels;
+    // Two channels per step, all 36 loads issued before the first multiply-add (in program order, as the
+    // simulator issues PTX, a load next to its use stalls the warp once per tap).
+    for (int cc = 0; cc < nc; cc += 2) {
+      const int64_t ca = c0 + cc, cb = cc + 1 < nc ? ca + 1 : ca;  // (an odd last channel: computed twice)
+      const T* xa = xn + ca * p.xs.c;
+      const T* xb = xn + cb * p.xs.c;
+      float va[9], vb[9], wa[9], wb[9];
+#pragma unroll
+      for (int k = 0; k < 9; ++k) {
+        const int o = off[k] >= 0 ? off[k] : 0;
+        va[k] = Cvt<T>::ldg(xa + o);
+        vb[k] = Cvt<T>::ldg(xb + o);
+        wa[k] = Cvt<T>::ldg(wd + ca * 9 + k);
+        wb[k] = Cvt<T>::ldg(wd + cb * 9 + k);
+      }
+      float a[3], b[3];
+#pragma unroll
+      for (int i = 0; i < 3; ++i) {  // one partial sum per tap row: dependent chains of 3
+        a[i] = 0.f;
+        b[i] = 0.f;
+#pragma unroll
+        for (int j = 0; j < 3; ++j) {
+          const bool in = off[i * 3 + j] >= 0;
+          a[i] += (in ? va[i * 3 + j] : 0.f) * wa[i * 3 + j];
+          b[i] += (in ? vb[i * 3 + j] : 0.f) * wb[i * 3 + j];
+        }
+      }
+      t[ca * mp + g] = a[0] + a[1] + a[2];
+      if (cb != ca) t[cb * mp + g] = b[0] + b[1] + b[2];
+    }
+  }
+}
+
+// dsconv_fwd: one block = one pixel tile x BK output channels, acc += Wp^T t over chunks of BC input channels
+// in the 8x4 register micro-GEMM, then the epilogue through shared memory (coalesced stores in both layouts):
+// eval -> relu(y + bias); train -> y + bias stored and the tile's per-channel (mean, M2) written to ws;
+// y-only -> y + bias stored. Where the depthwise chunk t [BC x BP] comes from depends on the tile class:
+//  - rect tiles: per chunk, the tile's input window is staged once in shared memory (coalesced along x's
+//    contiguous axis) and t computed from it (9 taps and the channel's 9 weights in registers); t never
+//    leaves the chip;
+//  - span tiles (maps of Wo <= 16): dsconv_dw wrote t for every pixel into the workspace once, for all
+//    output-channel blocks, and a chunk is two vector loads per thread: the block is a pure GEMM. On those
+//    maps a window chunk costs more instructions than its GEMM (a 64-pixel span window is ~4x the pixels it
+//    feeds, and K / 128 blocks would each recompute it), while t [C x M] is small and stays in L2.
+template <class Tl>
+struct FwdPwSmem {  // span tiles: double-buffered t and Wp^T chunks
+  static constexpr int BC = 16;
+  union {
+    struct {
+      alignas(16) float t[2][BC][Tl::BP];  // B operand
+      alignas(16) float w[2][BC][Tl::BK];  // A operand
+    } m;
+    alignas(16) float o[FwdOut<Tl>::kOut];  // epilogue: half of the output tile (FwdOut)
+  };
+  int64_t slot[Tl::BP];
+};
+template <class Tl, int S, int D, bool SPAN = Tl::SPAN>
+struct FwdSmemOf {
+  using type = FwdSmem<Tl, S, D>;
+};
+template <class Tl, int S, int D>
+struct FwdSmemOf<Tl, S, D, true> {
+  using type = FwdPwSmem<Tl>;
+};
+
 template <class T, class Tl, int S, int D>
 DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_fwd_kernel(const Problem p, float* ws) {
-  using Smem = FwdSmem<Tl, S, D>;
-  using G = typename Smem::G;
-  constexpr int BC = G::BC, BK = Tl::BK, BP = Tl::BP, NT = Tl::THREADS;
-  constexpr int TPC = NT / BC, PPT = BP / TPC;  // depthwise: threads per channel, pixels per thread
-  static_assert(BP % TPC == 0 && NT % BC == 0, "depthwise mapping");
+  using Smem = typename FwdSmemOf<Tl, S, D>::type;
+  constexpr int BK = Tl::BK, BP = Tl::BP, NT = Tl::THREADS;
   DSC_SHARED(Smem, s);
   const int tid = threadIdx.x, ty = tid / Tl::TX, tx = tid % Tl::TX;
   const TileBlock tb = tile_block();
@@ -176,107 +267,168 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_fwd_kernel(const Pr
   const int64_t tile = tb.tile, kblocks = (p.K + BK - 1) / BK, kb = tb.block % kblocks, cs = tb.block / kblocks;
   const int64_t k0 = kb * BK, c_lo = cs * p.csplit, c_hi = c_lo + p.csplit < p.C ? c_lo + p.csplit : p.C;
   const T* __restrict__ wp = static_cast<const T*>(p.wp);
-  const T* __restrict__ wd = static_cast<const T*>(p.wd);
   const Str4 os = p.mode == kEval ? p.os : p.ys;
-
-  G win;
-  win.setup(p, p.ft, tile, s.row, tid);
-  slot_offsets<Tl>(p, p.ft, tile, os, s.slot, tid, NT);
-  int base[PPT];
-#pragma unroll
-  for (int j = 0; j < PPT; ++j) base[j] = win.base(p, tid % TPC + j * TPC);
-  const int tap_r = win.tap_r();
-  const int cc_dw = tid / TPC;  // this thread's depthwise channel within a chunk
-  DSC_SYNC(7);                  // slot and row tables written
-  if (!p.cl) win.prepare(p, s.row, tid);
-
+  const bool vec_wp = p.vec_wp != 0;
   float acc[8][4];
 #pragma unroll
   for (int i = 0; i < 8; ++i)
 #pragma unroll
     for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
 
-  // Chunk j = input channels c_lo + j BC ... Per chunk: S (window and depthwise weights to shared memory),
-  // D (depthwise chunk t from the window, Wp^T chunk to shared memory), G (acc += Wp^T t). Software
-  // pipeline with double buffers and one barrier per chunk: iteration j runs D(j + 1) and G(j), stores
-  // chunk j + 2's window and issues the loads of chunk j + 3's window and j + 2's Wp into registers, which
-  // land while the next iteration computes (double buffering through registers; the NCHW window only when
-  // it fits in 8 registers, else it is loaded when stored).
-  constexpr bool PF = BC * G::E <= 8;
-  constexpr int WPT = BK * (BC / 4);  // threads that stage Wp (<= NT)
-  const int kk_w = tid / (BC / 4), cg_w = (tid % (BC / 4)) * 4;
-  const bool kv = tid < WPT && k0 + kk_w < p.K;
-  const T* wrow = wp + (kv ? (k0 + kk_w) * p.C : 0) + cg_w;
-  const bool vec_wp = p.vec_wp != 0;
-  const int nch = static_cast<int>((c_hi - c_lo + BC - 1) / BC);
-  float xv[PF ? BC : 1][PF ? G::E : 1], wv4[4], wdv = 0.f;  // (the window only when prefetched)
-  auto ld_win = [&](int j) {                                // window and depthwise weights of chunk j into registers
-    const int64_t c = c_lo + static_cast<int64_t>(j) * BC;
-    if constexpr (PF)
-      if (!p.cl) win.template load<T>(p, c, xv);
-    const bool dv = tid < BC * 9 && c + tid / 9 < p.C;
-    const float t = Cvt<T>::ldg(wd + (dv ? c * 9 + tid : 0));
-    wdv = dv ? t : 0.f;
-  };
-  auto st_win = [&](int j, int b) {  // ... to shared buffer b
-    if constexpr (PF) {
-      if (!p.cl)
-        win.store(xv, s.m.halo[b], tid);
-      else
-        win.template stage<T>(p, s.row, c_lo + static_cast<int64_t>(j) * BC, s.m.halo[b], tid);
-    } else {
-      win.template stage<T>(p, s.row, c_lo + static_cast<int64_t>(j) * BC, s.m.halo[b], tid);
+  if constexpr (Tl::SPAN) {
+    constexpr int BC = Smem::BC, TQ = BP / 4, TPT = BC * TQ;  // t staging: TPT threads, one float4 each
+    constexpr int WR = BK * (BC / 4) / NT;                    // Wp staging: float4s per thread
+    static_assert(TPT <= NT && BK * (BC / 4) % NT == 0, "span staging mapping");
+    slot_offsets<Tl>(p, p.ft, tile, os, s.slot, tid, NT);
+    const int64_t mp = p.ft.ntiles * BP;  // row length of the t workspace
+    const float* __restrict__ tsrc = ws + fwd_t_offset(p) + tile * BP;
+    const int tr = tid / TQ, tq = (tid % TQ) * 4;
+    int kk_w[WR], cg_w[WR];
+    bool kv[WR];
+#pragma unroll
+    for (int r = 0; r < WR; ++r) {
+      const int e = tid + r * NT;
+      kk_w[r] = e / (BC / 4);
+      cg_w[r] = (e % (BC / 4)) * 4;
+      kv[r] = k0 + kk_w[r] < p.K;
     }
-    if (tid < BC * 9) s.m.wd[b][tid / 9][tid % 9] = wdv;
-  };
-  auto ld_w = [&](int j) {  // Wp^T slice of chunk j into registers: one vector load per thread
-    const int64_t c = c_lo + static_cast<int64_t>(j) * BC, n = p.C - c - cg_w;
-    load4<T>(wrow + (kv ? c : 0), kv ? (n < 4 ? static_cast<int>(n < 0 ? 0 : n) : 4) : 0, vec_wp, wv4);
-  };
-  auto st_w = [&](int b) {
-    if (tid < WPT) {
+    const int nch = static_cast<int>((c_hi - c_lo + BC - 1) / BC);
+    f4 tv = f4{0.f, 0.f, 0.f, 0.f};
+    float wv[WR][4];
+    auto ld = [&](int j) {  // chunk j into registers (channels past c_hi: zeros)
+      const int64_t c = c_lo + static_cast<int64_t>(j) * BC;
+      const bool ok = tid < TPT && c + tr < c_hi;
+      const f4 v = DSC_LDG(reinterpret_cast<const f4*>(tsrc + (ok ? (c + tr) * mp + tq : 0)));
+      tv = ok ? v : f4{0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-      for (int i = 0; i < 4; ++i) s.m.w[b][cg_w + i][kk_w] = wv4[i];
+      for (int r = 0; r < WR; ++r) {
+        const int64_t n = c_hi - c - cg_w[r];
+        const T* row = wp + (kv[r] ? (k0 + kk_w[r]) * p.C + c + cg_w[r] : 0);
+        load4<T>(row, kv[r] ? (n < 4 ? static_cast<int>(n < 0 ? 0 : n) : 4) : 0, vec_wp, wv[r]);
+      }
+    };
+    auto st = [&](int b) {  // ... to shared buffer b
+      if (tid < TPT) *reinterpret_cast<f4*>(&s.m.t[b][tr][tq]) = tv;
+#pragma unroll
+      for (int r = 0; r < WR; ++r)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) s.m.w[b][cg_w[r] + i][kk_w[r]] = wv[r][i];
+    };
+    // One barrier per chunk: iteration j stores chunk j + 1 (loaded during chunk j - 1's GEMM) into the
+    // other buffer, issues chunk j + 2's loads and multiplies chunk j.
+    if (nch > 0) {
+      ld(0);
+      st(0);
+      if (nch > 1) ld(1);
     }
-  };
-  auto dstep = [&](int b) {  // depthwise chunk in buffer b: each thread one channel, PPT pixels
-    float wv[9];
+    DSC_SYNC(10);  // chunk 0 and the slot table in shared memory
+    for (int j = 0; j < nch; ++j) {
+      const int b = j & 1;
+      if (j + 1 < nch) {
+        st(b ^ 1);
+        if (j + 2 < nch) ld(j + 2);
+      }
+      mma_8x4_steps<BK, BC>(acc, s.m.w[b][0], BK, s.m.t[b][0], BP, ty, tx);
+      DSC_SYNC(11);  // chunk j consumed, chunk j + 1 stored
+    }
+  } else {
+    using G = typename Smem::G;
+    constexpr int BC = G::BC;
+    constexpr int TPC = NT / BC, PPT = BP / TPC;  // depthwise: threads per channel, pixels per thread
+    static_assert(BP % TPC == 0 && NT % BC == 0, "depthwise mapping");
+    const T* __restrict__ wd = static_cast<const T*>(p.wd);
+    G win;
+    win.setup(p, p.ft, tile, s.row, tid);
+    slot_offsets<Tl>(p, p.ft, tile, os, s.slot, tid, NT);
+    int base[PPT];
 #pragma unroll
-    for (int i = 0; i < 9; ++i) wv[i] = s.m.wd[b][cc_dw][i];
-#pragma unroll
-    for (int j = 0; j < PPT; ++j)
-      s.m.t[b][cc_dw][tid % TPC + j * TPC] = dw_tap9<G::TAP_C>(s.m.halo[b][cc_dw], base[j], tap_r, wv);
-  };
+    for (int j = 0; j < PPT; ++j) base[j] = win.base(p, tid % TPC + j * TPC);
+    const int tap_r = win.tap_r();
+    const int cc_dw = tid / TPC;  // this thread's depthwise channel within a chunk
+    if (!p.cl)
+      win.prepare(p, s.row, tid);  // (rect windows read no row table; the chunk loop's first barrier
+                                   // publishes the slot table)
 
-  if (nch > 0) {
-    ld_win(0);
-    st_win(0, 0);
-    ld_w(0);
-    if (nch > 1) ld_win(1);
-    DSC_SYNC(1);  // chunk 0's window staged
-    dstep(0);
-    st_w(0);
-    if (nch > 1) {
-      st_win(1, 1);
-      ld_w(1);
-      if (nch > 2) ld_win(2);
-    }
-    DSC_SYNC(2);  // chunk 0 ready for the GEMM, chunk 1's window staged
-  }
-  for (int j = 0; j < nch; ++j) {
-    const int b = j & 1;
-    if (j + 1 < nch) {
-      dstep(b ^ 1);
-      st_w(b ^ 1);
-    }
+    // Chunk j = input channels c_lo + j BC ... Per chunk: S (window and depthwise weights to shared memory),
+    // D (depthwise chunk t from the window, Wp^T chunk to shared memory), G (acc += Wp^T t). Software
+    // pipeline with double buffers and one barrier per chunk: iteration j runs D(j + 1) and G(j), stores
+    // chunk j + 2's window and issues the loads of chunk j + 3's window and j + 2's Wp into registers, which
+    // land while the next iteration computes (double buffering through registers; the NCHW window only when
+    // it fits in 8 registers, else it is loaded when stored).
+    constexpr bool PF = BC * G::E <= 8;
+    constexpr int WPT = BK * (BC / 4);  // threads that stage Wp (<= NT)
+    const int kk_w = tid / (BC / 4), cg_w = (tid % (BC / 4)) * 4;
+    const bool kv = tid < WPT && k0 + kk_w < p.K;
+    const T* wrow = wp + (kv ? (k0 + kk_w) * p.C : 0) + cg_w;
+    const int nch = static_cast<int>((c_hi - c_lo + BC - 1) / BC);
+    float xv[PF ? BC : 1][PF ? G::E : 1], wv4[4], wdv = 0.f;  // (the window only when prefetched)
+    auto ld_win = [&](int j) {                                // window and depthwise weights of chunk j into registers
+      const int64_t c = c_lo + static_cast<int64_t>(j) * BC;
+      if constexpr (PF)
+        if (!p.cl) win.template load<T>(p, c, xv);
+      const bool dv = tid < BC * 9 && c + tid / 9 < p.C;
+      const float t = Cvt<T>::ldg(wd + (dv ? c * 9 + tid : 0));
+      wdv = dv ? t : 0.f;
+    };
+    auto st_win = [&](int j, int b) {  // ... to shared buffer b
+      if constexpr (PF) {
+        if (!p.cl)
+          win.store(xv, s.m.halo[b], tid);
+        else
+          win.template stage<T>(p, s.row, c_lo + static_cast<int64_t>(j) * BC, s.m.halo[b], tid);
+      } else {
+        win.template stage<T>(p, s.row, c_lo + static_cast<int64_t>(j) * BC, s.m.halo[b], tid);
+      }
+      if (tid < BC * 9) s.m.wd[b][tid / 9][tid % 9] = wdv;
+    };
+    auto ld_w = [&](int j) {  // Wp^T slice of chunk j into registers: one vector load per thread
+      const int64_t c = c_lo + static_cast<int64_t>(j) * BC, n = p.C - c - cg_w;
+      load4<T>(wrow + (kv ? c : 0), kv ? (n < 4 ? static_cast<int>(n < 0 ? 0 : n) : 4) : 0, vec_wp, wv4);
+    };
+    auto st_w = [&](int b) {
+      if (tid < WPT) {
 #pragma unroll
-    for (int cc = 0; cc < BC; ++cc) mma_8x4<BK>(acc, s.m.w[b][cc], s.m.t[b][cc], ty, tx);
-    if (j + 2 < nch) {
-      st_win(j + 2, b);
-      ld_w(j + 2);
-      if (j + 3 < nch) ld_win(j + 3);
+        for (int i = 0; i < 4; ++i) s.m.w[b][cg_w + i][kk_w] = wv4[i];
+      }
+    };
+    auto dstep = [&](int b) {  // depthwise chunk in buffer b: each thread one channel, PPT pixels
+      float wv[9];
+#pragma unroll
+      for (int i = 0; i < 9; ++i) wv[i] = s.m.wd[b][cc_dw][i];
+#pragma unroll
+      for (int j = 0; j < PPT; ++j)
+        s.m.t[b][cc_dw][tid % TPC + j * TPC] = dw_tap9<G::TAP_C>(s.m.halo[b][cc_dw], base[j], tap_r, wv);
+    };
+
+    if (nch > 0) {
+      ld_win(0);
+      st_win(0, 0);
+      ld_w(0);
+      if (nch > 1) ld_win(1);
+      DSC_SYNC(1);  // chunk 0's window staged
+      dstep(0);
+      st_w(0);
+      if (nch > 1) {
+        st_win(1, 1);
+        ld_w(1);
+        if (nch > 2) ld_win(2);
+      }
+      DSC_SYNC(2);  // chunk 0 ready for the GEMM, chunk 1's window staged
     }
-    DSC_SYNC(3);  // chunk j consumed, chunk j + 1 ready, chunk j + 2's window staged
+    for (int j = 0; j < nch; ++j) {
+      const int b = j & 1;
+      if (j + 1 < nch) {
+        dstep(b ^ 1);
+        st_w(b ^ 1);
+      }
+      mma_8x4_steps<BK, BC>(acc, s.m.w[b][0], BK, s.m.t[b][0], BP, ty, tx);
+      if (j + 2 < nch) {
+        st_win(j + 2, b);
+        ld_w(j + 2);
+        if (j + 3 < nch) ld_win(j + 3);
+      }
+      DSC_SYNC(3);  // chunk j consumed, chunk j + 1 ready, chunk j + 2's window staged
+    }
   }
 
   if (p.fsplit > 1) {  // a split of the input channels: fp32 partial tile, summed by dsconv_fwd_reduce
@@ -324,9 +476,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(Tl::THREADS) dsconv_fwd_reduce_kernel(const Pr
       acc[i][3] += v.w;
     }
   }
-  // No barrier before the epilogue: its first one (after the output tile is staged) also orders the slot
-  // table's writes before their reads (the TSan drop test found a barrier here that no race needed).
-  fwd_epilogue<T, Tl>(p, ws, tile, kb * BK, acc, s.o, s.slot, tid);
+  fwd_epilogue<T, Tl>(p, ws, tile, kb * BK, acc, s.o, s.slot, tid);  // (its first barrier publishes the slots)
 }
 
 // bn_stats: per channel, merge the tile partials (count, mean, M2) in a fixed order -> biased mean, var.

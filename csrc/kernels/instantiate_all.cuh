@@ -20,7 +20,8 @@
 #define DSC_INST_SD(T, S, D)        \
   DSC_INST_SD_RECT(T, S, D)         \
   DSC_INST_FWD(T, TileSpan64, S, D) \
-  DSC_INST_DWP(T, TileSpan64, S, D)
+  DSC_INST_DWP(T, TileSpan64, S, D) \
+  template __global__ void dsc::dsconv_dw_kernel<T, S, D>(const dsc::Problem, float*);
 #define DSC_INST_S(T, S)    \
   DSC_INST_SD_RECT(T, S, 0) \
   DSC_INST_SD(T, S, 1)      \

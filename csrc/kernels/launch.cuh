@@ -157,8 +157,17 @@ inline int64_t tile_grid_z(int64_t ntiles) { return cdiv(ntiles, DSC_TILE_GRID_Y
     __VA_ARGS__;                    \
   }
 
+inline int64_t dw_grid_y(const Problem& p) {  // dsconv_dw: groups of kDwChannels channels
+  const int64_t g = cdiv(p.C, kDwChannels);
+  return g < 65535 ? g : 65535;
+}
+
 template <class P, class T, class Tl, int S, int D>
 void launch_fwd(const Problem& p, float* ws) {
+  if constexpr (Tl::SPAN) {  // t for every pixel first (dsconv_dw), then dsconv_fwd as a pure GEMM over it
+    const int64_t mp = p.ft.ntiles * Tl::BP, th = mp < 256 ? mp : 256;  // mp: a multiple of 64
+    P::launch(dsconv_dw_kernel<T, S, D>, cdiv(mp, th), dw_grid_y(p), 1, static_cast<int>(th), p, ws + fwd_t_offset(p));
+  }
   P::launch(dsconv_fwd_kernel<T, Tl, S, D>, cdiv(p.K, Tl::BK) * p.fsplit, tile_grid_y(p.ft.ntiles),
             tile_grid_z(p.ft.ntiles), Tl::THREADS, p, ws);
   if (p.fsplit > 1)
@@ -231,19 +240,23 @@ void backward_convs(const Problem& p0, float* ws) {
   else
     P::launch(dsconv_bwd_dt_kernel<T, TileSpan128>, cdiv(p.C, TileSpan128::BK) * p.bsplit, tile_grid_y(p.bt.ntiles),
               tile_grid_z(p.bt.ntiles), TileSpan128::THREADS, p, ws);
-  DSC_DISPATCH_STRIDE(p.stride, DSC_DISPATCH_DILATION(p.dil, {
-                        if (p.wt.cls == kTileRect8x8)
-                          P::launch(dsconv_bwd_dwp_kernel<T, TileRect8x8, S, D>, cdiv(p.K, kDwpK), cdiv(p.C, kDwpC),
-                                    p.splits, 256, p, ws);
-                        else if constexpr (D > 0)
-                          P::launch(dsconv_bwd_dwp_kernel<T, TileSpan64, S, D>, cdiv(p.K, kDwpK), cdiv(p.C, kDwpC),
-                                    p.splits, 256, p, ws);
-                        const int cc = p.cl ? DxWindow<S, D>::CCL : 8;
-                        P::launch(dsconv_bwd_dx_kernel<T, S, D>, cdiv(p.C, cc), p.xgroups, 1, 256, p, ws);
-                      }));
+  DSC_DISPATCH_STRIDE(
+      p.stride, DSC_DISPATCH_DILATION(p.dil, {
+        if (p.wt.cls == kTileRect8x8)
+          P::launch(dsconv_bwd_dwp_kernel<T, TileRect8x8, S, D>, cdiv(p.K, kDwpK), cdiv(p.C, kDwpC), p.splits, 256, p,
+                    ws);
+        else if constexpr (D > 0) {  // t for every pixel first (dsconv_dw), read by the dWp blocks of every K block
+          const int64_t mp = p.wt.ntiles * 64, th = mp < 256 ? mp : 256;
+          P::launch(dsconv_dw_kernel<T, S, D>, cdiv(mp, th), dw_grid_y(p), 1, static_cast<int>(th), p, ws + L.t);
+          P::launch(dsconv_bwd_dwp_kernel<T, TileSpan64, S, D>, cdiv(p.K, kDwpK), cdiv(p.C, kDwpC), p.splits, 256, p,
+                    ws);
+        }
+        const int cc = p.cl ? DxWindow<S, D>::CCL : 8;
+        P::launch(dsconv_bwd_dx_kernel<T, S, D>, cdiv(p.C, cc), p.xgroups, 1, 256, p, ws);
+      }));
   const ColsumJob<T> jwp{ws + L.dwp, p.splits, p.K * p.C, static_cast<T*>(p.dwp)};
   const ColsumJob<T> jwd{ws + L.dwd, p.xgroups, p.C * 9, static_cast<T*>(p.dwd)};
-  P::launch(colsum_kernel<T>, cdiv(p.K * p.C, 32) + cdiv(p.C * 9, 32), 1, 1, 256, jwp, jwd);
+  P::launch(colsum_kernel<T>, colsum_blocks_a(p.K * p.C) + colsum_blocks_b(p.C * 9), 1, 1, 256, jwp, jwd);
 }
 
 // Backward (mode kTrain or kEval; p.act is y or out). Writes dx, dwd, dwp (dtype T) and the fp32

@@ -158,7 +158,8 @@ DSC_DEVICE TileBlock tile_block() {
 
 // Forward workspace (fp32): training [mean | M2] tile partials, [ft.ntiles, K] each, and [scale | shift],
 // [K] each; then, with the input channels split (fsplit > 1), the partial tiles
-// [fsplit][ft.ntiles][K blocks][BK x BP] (every part 16-byte aligned).
+// [fsplit][ft.ntiles][K blocks][BK x BP]; then, for span tiles, t [C][ft.ntiles x 64] (every part 16-byte
+// aligned).
 constexpr int64_t kFwdPartTile = 8192;  // BK x BP of every forward tile class (a partial tile, floats)
 static_assert(TileRect8x8::BK * TileRect8x8::BP == kFwdPartTile &&
                   TileRect8x16::BK * TileRect8x16::BP == kFwdPartTile &&
@@ -169,16 +170,21 @@ DSC_HD int64_t fwd_ss_offset(const Problem& p) { return (2 * p.ft.ntiles * p.K +
 DSC_HD int64_t fwd_part_offset(const Problem& p) {
   return p.mode == kTrain ? fwd_ss_offset(p) + (2 * p.K + 3) / 4 * 4 : 0;
 }
-DSC_HD int64_t fwd_ws_floats(const Problem& p) {
+// Span tiles: then the depthwise output t of dsconv_dw, [C][ntiles x 64] (pixel-tile padding included).
+DSC_HD int64_t fwd_t_offset(const Problem& p) {
   const int64_t bk = p.ft.cls == kTileRect8x16 ? 64 : 128, kblocks = (p.K + bk - 1) / bk;
   return fwd_part_offset(p) + (p.fsplit > 1 ? p.fsplit * p.ft.ntiles * kblocks * kFwdPartTile : 0);
+}
+DSC_HD int64_t fwd_ws_floats(const Problem& p) {
+  return fwd_t_offset(p) + (p.ft.cls == kTileSpan64 ? p.C * p.ft.ntiles * 64 : 0);
 }
 
 // Backward workspace (fp32), offsets in floats: [3][rgroups][K] BN-gradient partials | [K][8] per-channel
 // dy coefficients | [splits][K][C] dWp partials | [xgroups][C * 9] dWd partials | dt [bsplit][N, C, Ho, Wo]
-// in x's layout (one plane per output-channel split of dsconv_bwd_dt, summed by dsconv_bwd_dx).
+// in x's layout (one plane per output-channel split of dsconv_bwd_dt, summed by dsconv_bwd_dx) | span tiles:
+// dsconv_dw's t [C][wt.ntiles x 64] for dsconv_bwd_dwp.
 struct BwdWs {
-  int64_t red, coef, dwp, dwd, dt, total;
+  int64_t red, coef, dwp, dwd, dt, t, total;
 };
 DSC_HD BwdWs bwd_ws(const Problem& p) {
   BwdWs w;
@@ -187,7 +193,8 @@ DSC_HD BwdWs bwd_ws(const Problem& p) {
   w.dwp = w.coef + 8 * p.K;
   w.dwd = w.dwp + static_cast<int64_t>(p.splits) * p.K * p.C;
   w.dt = w.dwd + p.xgroups * p.C * 9;
-  w.total = w.dt + p.bsplit * p.N * p.C * p.Ho * p.Wo;
+  w.t = (w.dt + p.bsplit * p.N * p.C * p.Ho * p.Wo + 3) / 4 * 4;  // 16-byte aligned: read as float4
+  w.total = w.t + (p.wt.cls == kTileSpan64 ? p.C * p.wt.ntiles * 64 : 0);
   return w;
 }
 

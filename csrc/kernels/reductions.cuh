@@ -36,28 +36,54 @@ struct ColsumJob {
 };
 
 // colsum: out[col] = sum over rows of part[row, col] for two buffers in one launch (the backward's dWp and
-// dWd partials: one launch latency instead of two). Block = 32 columns (lanes: coalesced rows) x 8 row
-// strides (warps); the 8 warp sums are added in order. Blocks [0, cdiv(a.cols, 32)) serve a, the rest b.
+// dWd partials: one launch latency instead of two), each column summed in row order (deterministic).
+//  - a (dWp: few rows, at most DSC_DWP_MAX_SPLITS, but K C columns, a million on the last block): a thread
+//    per 4 consecutive columns (one 16-byte load per row where the columns allow), looping over the rows;
+//    a block = 1024 columns, so the launch has cdiv(K C, 1024) blocks for a, not K C / 32;
+//  - b (dWd: up to 1024 rows of C 9 columns): a block = 32 columns (lanes: coalesced rows) x 8 row strides
+//    (warps), the 8 warp sums added in order through shared memory.
+// Blocks [0, colsum_blocks_a(a.cols)) serve a, the rest b.
+DSC_HD int64_t colsum_blocks_a(int64_t cols) { return (cols + 1023) / 1024; }
+DSC_HD int64_t colsum_blocks_b(int64_t cols) { return (cols + 31) / 32; }
+
 template <class TO>
 DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) colsum_kernel(const ColsumJob<TO> a, const ColsumJob<TO> b) {
   DSC_SHARED(ColsumSmem, s);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int64_t blocks_a = (a.cols + 31) / 32;
-  const bool in_a = static_cast<int64_t>(blockIdx.x) < blocks_a;
-  // Field by field (a reference to either parameter would put both in local memory).
-  const float* part = in_a ? a.part : b.part;
-  const int64_t rows = in_a ? a.rows : b.rows, cols = in_a ? a.cols : b.cols;
-  TO* out = in_a ? a.out : b.out;
-  const int64_t col = (static_cast<int64_t>(blockIdx.x) - (in_a ? 0 : blocks_a)) * 32 + lane;
+  const int64_t blocks_a = colsum_blocks_a(a.cols);
+  if (static_cast<int64_t>(blockIdx.x) < blocks_a) {
+    const int64_t col = (static_cast<int64_t>(blockIdx.x) * 256 + threadIdx.x) * 4;
+    if (col >= a.cols) return;  // (no barrier on this path)
+    float sm[4] = {0.f, 0.f, 0.f, 0.f};
+    if (a.cols % 4 == 0) {  // rows 16-byte aligned (the partial buffers are)
+      for (int64_t r = 0; r < a.rows; ++r) {
+        const f4 v = *reinterpret_cast<const f4*>(a.part + r * a.cols + col);
+        sm[0] += v.x;
+        sm[1] += v.y;
+        sm[2] += v.z;
+        sm[3] += v.w;
+      }
+    } else {
+      for (int64_t r = 0; r < a.rows; ++r)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          if (col + j < a.cols) sm[j] += a.part[r * a.cols + col + j];
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      if (col + j < a.cols) a.out[col + j] = Cvt<TO>::store(sm[j]);
+    return;
+  }
+  const int64_t col = (static_cast<int64_t>(blockIdx.x) - blocks_a) * 32 + lane;
   float sm = 0.f;
-  if (col < cols)
-    for (int64_t r = warp; r < rows; r += 8) sm += part[r * cols + col];
+  if (col < b.cols)
+    for (int64_t r = warp; r < b.rows; r += 8) sm += b.part[r * b.cols + col];
   s.v[warp][lane] = sm;
   DSC_SYNC(8);
-  if (warp == 0 && col < cols) {
+  if (warp == 0 && col < b.cols) {
     float t = 0.f;
     for (int w = 0; w < 8; ++w) t += s.v[w][lane];
-    out[col] = Cvt<TO>::store(t);
+    b.out[col] = Cvt<TO>::store(t);
   }
 }
 

@@ -1,5 +1,5 @@
 // The shared tile-GEMM piece: a register-blocked fp32 micro-kernel over operands staged in shared
-// memory, used by dsconv_fwd (y = Wp t) and dsconv_bwd_dt (dt = Wp^T dy). Torch-free.
+// memory, used by dsconv_fwd (y = Wp t), dsconv_bwd_dt (dt = Wp^T dy) and dsconv_bwd_dwp (dWp = dy t^T). Torch-free.
 //
 // A thread owns an 8 (rows) x 4 (columns) block of the block tile: rows ty*4..+3 and BM/2 + ty*4..+3,
 // columns tx*4..+3. Per reduction step it reads two float4 of A and one float4 of B (128-bit shared
@@ -10,18 +10,34 @@
 
 namespace dsc {
 
-// acc[i][j] += A[r(i)] * B[c(j)] for one reduction step; a = row of A (BM floats), b = row of B.
-template <int BM>
-DSC_DEVICE void mma_8x4(float (&acc)[8][4], const float* a, const float* b, int ty, int tx) {
-  const f4 a0 = *reinterpret_cast<const f4*>(a + ty * 4);
-  const f4 a1 = *reinterpret_cast<const f4*>(a + BM / 2 + ty * 4);
-  const f4 bb = *reinterpret_cast<const f4*>(b + tx * 4);
-  const float av[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-  const float bv[4] = {bb.x, bb.y, bb.z, bb.w};
+// acc += A^T B over STEPS reduction steps (A rows at a + s lda, B rows at b + s ldb). The fragments of step
+// s + 1 are loaded before the FMAs of step s (double buffering through registers, 12 more registers), so the
+// shared-memory latency overlaps 32 FMAs even where instructions issue in program order (the simulator runs
+// PTX as cicc orders it; ptxas would otherwise be the one to hoist the loads).
+template <int BM, int STEPS>
+DSC_DEVICE void mma_8x4_steps(float (&acc)[8][4], const float* a, int lda, const float* b, int ldb, int ty, int tx) {
+  const float* pa = a + ty * 4;
+  const float* pb = b + tx * 4;
+  f4 a0 = *reinterpret_cast<const f4*>(pa), a1 = *reinterpret_cast<const f4*>(pa + BM / 2);
+  f4 bb = *reinterpret_cast<const f4*>(pb);
 #pragma unroll
-  for (int i = 0; i < 8; ++i)
+  for (int st = 0; st < STEPS; ++st) {
+    f4 na0 = a0, na1 = a1, nb = bb;
+    if (st + 1 < STEPS) {
+      na0 = *reinterpret_cast<const f4*>(pa + (st + 1) * lda);
+      na1 = *reinterpret_cast<const f4*>(pa + (st + 1) * lda + BM / 2);
+      nb = *reinterpret_cast<const f4*>(pb + (st + 1) * ldb);
+    }
+    const float av[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+    const float bv[4] = {bb.x, bb.y, bb.z, bb.w};
 #pragma unroll
-    for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
+    a0 = na0;
+    a1 = na1;
+    bb = nb;
+  }
 }
 
 // Row of the block tile that acc[i][*] belongs to.
