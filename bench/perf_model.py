@@ -422,24 +422,35 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
     pc = l.k * F32
     bp = FWD_BP[g.fwd_tile]
     px = g.ntiles * bp  # pixel slots the forward GEMM runs over (partial tiles padded with zeros)
-    fwd_flops = (2 * 9 * l.c * px + 2 * px * FWD_BK[g.fwd_tile] * _cdiv(l.c, FWD_BC) * FWD_BC) * g.k_blocks
-    fwd_rr = (g.k_blocks - 1) * x
+    gemm_flops = 2 * px * FWD_BK[g.fwd_tile] * _cdiv(l.c, FWD_BC) * FWD_BC * g.k_blocks
+    dw_flops = 2 * 9 * l.c * px
+    span = g.fwd_tile == "span64"
+    # Span tiles (small maps): dsconv_dw writes the depthwise output t once per layer into an fp32 workspace
+    # [C][tiles x 64], and every K block of dsconv_fwd (and of dsconv_bwd_dwp) reads it instead of x.
+    t_ws = l.c * px * F32 if span else 0
+    fwd_in = t_ws + wp if span else x + wd + wp
+    fwd_flops = gemm_flops if span else gemm_flops + dw_flops * g.k_blocks
+    fwd_rr = (g.k_blocks - 1) * (t_ws if span else x)
     fwd_note = (
-        f"depthwise chunk computed once per {FWD_BK[g.fwd_tile]}-channel block ({g.k_blocks}x) from a "
+        f"t from dsconv_dw, read by each of the {g.k_blocks} {FWD_BK[g.fwd_tile]}-channel blocks"
+        if span
+        else f"depthwise chunk computed once per {FWD_BK[g.fwd_tile]}-channel block ({g.k_blocks}x) from a "
         f"staged window; {g.fwd_tile} tiles"
     )
+    dw_kernel = Kernel("dsconv_dw", x + wd, t_ws, dw_flops, note="depthwise once per layer (span tiles)")
     impl = "native_recompute" if recompute else "native"
 
     split_part = (g.fsplit * g.ntiles * g.k_blocks * FWD_BK[g.fwd_tile] * bp * F32) if g.fsplit > 1 else 0
 
     def fwd(name: str, written: int, epi_flops: int) -> list[Kernel]:
         """dsconv_fwd, and with the input channels split, its partial tiles and dsconv_fwd_reduce."""
+        pre = [dw_kernel] if span else []
         if g.fsplit == 1:
-            return [Kernel(name, x + wd + wp + pc, written, fwd_flops + epi_flops, fwd_rr, 0, fwd_note)]
-        return [
+            return pre + [Kernel(name, fwd_in + pc, written, fwd_flops + epi_flops, fwd_rr, 0, fwd_note)]
+        return pre + [
             Kernel(
                 name,
-                x + wd + wp,
+                fwd_in,
                 split_part,
                 fwd_flops,
                 fwd_rr,
@@ -503,17 +514,22 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
                 f"dout and y read once per {DT_BC[g.dt_tile]}-channel C block ({g.c_blocks}x), the C blocks of "
                 f"a tile adjacent in launch order (grid x)",
             ),
+            *(
+                [Kernel("dsconv_dw", x + wd, l.c * dwp_px * F32, 2 * 9 * l.c * dwp_px, note="t for dsconv_bwd_dwp")]
+                if span
+                else []
+            ),
             Kernel(
                 "dsconv_bwd_dwp",
-                x + wd + 2 * y + coef,
+                (l.c * dwp_px * F32 if span else x + wd) + 2 * y + coef,
                 dwp_part,
-                2 * 9 * dwp_px * dwp_cb * DWP_BC * dwp_kb
+                (0 if span else 2 * 9 * dwp_px * dwp_cb * DWP_BC * dwp_kb)
                 + DY_FLOPS * ye * dwp_cb
                 + 2 * dwp_px * dwp_kb * DWP_BK * dwp_cb * DWP_BC,
-                (dwp_kb - 1) * x + (dwp_cb - 1) * 2 * y,
+                (dwp_kb - 1) * (l.c * dwp_px * F32 if span else x) + (dwp_cb - 1) * 2 * y,
                 0,
-                f"x once per {DWP_BK}-channel K block ({dwp_kb}x), dout and y once per {DWP_BC}-channel C block "
-                f"({dwp_cb}x); {g.splits} split(s)",
+                f"{'t' if span else 'x'} once per {DWP_BK}-channel K block ({dwp_kb}x), dout and y once per "
+                f"{DWP_BC}-channel C block ({dwp_cb}x); {g.splits} split(s)",
             ),
             Kernel(
                 "dsconv_bwd_dx",

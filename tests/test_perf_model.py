@@ -75,6 +75,7 @@ def test_design_rows_are_the_fused_plan_and_labelled_design():
 # forward and dWp kernels, one 128-pixel tile for dt (C <= 64); one 128-channel K block; splits = 1; one
 # bn_bwd_reduce group, one dx tile and group.
 NTILES = 1
+TWS = 2 * 64 * 4  # dsconv_dw's t: [C = 2][1 tile x 64] fp32
 
 
 def test_native_geometry_tiny():
@@ -92,23 +93,30 @@ def test_native_geometry_tiny():
 def test_native_eval_bytes_by_hand():
     tr = pm.native(L, "eval")
     assert tr.impl == "native"
-    assert [k.name for k in tr.kernels] == ["fold_bn (torch)", "dsconv_fwd eval"]
-    # fold: reads Wp and 4 per-channel vectors, writes Wp' and b'; then the forward kernel as the design's.
-    assert [k.bytes for k in tr.kernels] == [WP + 4 * PC + WP + PC, X + WD + WP + PC + Y]
-    assert tr.bytes == 144 + 504
+    assert [k.name for k in tr.kernels] == ["fold_bn (torch)", "dsconv_dw", "dsconv_fwd eval"]
+    # fold: reads Wp and 4 per-channel vectors, writes Wp' and b'; span tiles: dsconv_dw writes t [C][1 tile x
+    # 64] in fp32 (padded slots included), the forward GEMM reads it instead of x.
+    assert [k.bytes for k in tr.kernels] == [WP + 4 * PC + WP + PC, X + WD + TWS, TWS + WP + PC + Y]
+    assert tr.bytes == 144 + 504 + 2 * TWS
     # Executed FLOPs: depthwise 2*9*C over the 64-pixel tile, the GEMM over the whole tile x 128 K x 8 C
     # (zero padding included), bias + ReLU 2 per y element.
-    assert tr.kernels[1].flops == 2 * 9 * 2 * 64 + 2 * 64 * 128 * 8 + 2 * 64
-    assert tr.reread == 0  # one K block: x read once
+    assert tr.kernels[1].flops == 2 * 9 * 2 * 64
+    assert tr.kernels[2].flops == 2 * 64 * 128 * 8 + 2 * 64
+    assert tr.reread == 0  # one K block: t read once
 
 
 def test_native_train_forward_bytes_by_hand():
     part = 2 * NTILES * 4 * 4  # forward_ws_floats: [mean | M2] x [ntiles, K] floats
     tr = pm.native(L, "train_fwd")
-    assert [k.name for k in tr.kernels] == ["dsconv_fwd train", "bn_stats", "bn_relu"]
+    assert [k.name for k in tr.kernels] == ["dsconv_dw", "dsconv_fwd train", "bn_stats", "bn_relu"]
     # bn_stats reads the partials, gamma and beta and writes mean, var and bn_relu's scale and shift.
-    assert [k.bytes for k in tr.kernels] == [X + WD + WP + PC + Y + part, part + 2 * PC + 4 * PC, Y + 2 * PC + Y]
-    assert tr.bytes == 536 + 128 + 544
+    assert [k.bytes for k in tr.kernels] == [
+        X + WD + TWS,
+        TWS + WP + PC + Y + part,
+        part + 2 * PC + 4 * PC,
+        Y + 2 * PC + Y,
+    ]
+    assert tr.bytes == 536 + 2 * TWS + 128 + 544
     # Recompute mode writes y into out and normalises in place: the same bytes.
     assert pm.native(L, "train_fwd", recompute=True).bytes == tr.bytes
 
@@ -126,6 +134,7 @@ def test_native_backward_bytes_by_hand():
         "bn_bwd_reduce",
         "bn_bwd_finalize",
         "dsconv_bwd_dt",
+        "dsconv_dw",
         "dsconv_bwd_dwp",
         "dsconv_bwd_dx",
         "colsum (dWp, dWd)",
@@ -134,16 +143,18 @@ def test_native_backward_bytes_by_hand():
         (2 * Y + 4 * PC, red),  # dout, y, mean, var, gamma, beta -> partials of dz, dz yhat, yhat
         (red + 4 * PC, coef + 3 * PC),  # -> dy coefficients and dbeta, dgamma, dbias
         (2 * Y + WP + coef, dt),  # dt = Wp^T dy (dy formed from dout, y) to the workspace
-        (X + WD + 2 * Y + coef, dwp),  # t rebuilt from x, dy from (dout, y) -> dWp partials
+        (X + WD, TWS),  # span tiles: t once for every K block of dsconv_bwd_dwp
+        (TWS + 2 * Y + coef, dwp),  # t, dy from (dout, y) -> dWp partials
         (dt + X + WD, X + dwd),  # dx and the dWd partials from dt and x
         (dwp + dwd, WP + WD),
     ]
-    assert tr.bytes - fwd.bytes == 624 + 288 + 800 + 872 + 528 + 64 + 144
+    assert tr.bytes - fwd.bytes == 624 + 288 + 800 + 872 + 2 * TWS + 528 + 64 + 144
     rec = pm.native(L, "train_fwd_bwd", recompute=True)
     assert rec.impl == "native_recompute"
-    extra = rec.kernels[len(fwd.kernels)]
-    assert extra.name == "dsconv_fwd y-only (recompute)" and extra.bytes == X + WD + WP + PC + Y
-    assert rec.bytes - tr.bytes == 504
+    dw, extra = rec.kernels[len(fwd.kernels) : len(fwd.kernels) + 2]
+    assert dw.name == "dsconv_dw" and dw.bytes == X + WD + TWS
+    assert extra.name == "dsconv_fwd y-only (recompute)" and extra.bytes == TWS + WP + PC + Y
+    assert rec.bytes - tr.bytes == 504 + 2 * TWS
 
 
 def test_native_half_precision_keeps_fp32_workspaces():
@@ -163,10 +174,12 @@ def test_native_rereads_of_the_grid():
     b9 = pm.classifier_layers(batch=32)[8]  # 1024 -> 1024 at 7x7: 8 forward K blocks, 8 dt C blocks
     x, _, y, _, _ = pm._sizes(b9, 4)
     k = {kk.name: kk for kk in pm.native(b9, "train_fwd_bwd").kernels}
-    # Channel blocks of one tile run back to back (grid x), so every re-read is a near one.
-    assert k["dsconv_fwd train"].reread == 7 * x and k["dsconv_fwd train"].reread_far == 0
+    # Channel blocks of one tile run back to back (grid x), so every re-read is a near one. Span tiles: the
+    # K blocks re-read dsconv_dw's t [C][25 tiles x 64] (fp32), not x.
+    t = 1024 * 25 * 64 * 4
+    assert k["dsconv_fwd train"].reread == 7 * t and k["dsconv_fwd train"].reread_far == 0
     assert k["dsconv_bwd_dt"].reread == 7 * 2 * y and k["dsconv_bwd_dt"].reread_far == 0
-    assert k["dsconv_bwd_dwp"].reread == 7 * x + 15 * 2 * y  # 128-channel K blocks, 64-channel C blocks
+    assert k["dsconv_bwd_dwp"].reread == 7 * t + 15 * 2 * y  # 128-channel K blocks, 64-channel C blocks
     b1 = pm.classifier_layers(batch=32)[0]  # 32 -> 64: one K block, one C block
     assert pm.native(b1, "train_fwd_bwd").reread == 0
 
