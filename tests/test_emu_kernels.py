@@ -4,7 +4,8 @@ path, strides 1/2, NCHW and channels_last, fp32/fp16/bf16, odd shapes. Also the 
 
 The emulator runs a block's CUDA threads as fibers, each as far as it can before its next barrier, over
 poisoned shared memory, so a missing barrier or an unwritten shared-memory read shows up as a wrong (NaN)
-result here; see tests/test_emu_tsan.py for the ThreadSanitizer run (real threads).
+result here; see tests/test_emu_tsan.py for the ThreadSanitizer run
+(fibers whose only happens-before edges are the barriers').
 """
 
 from __future__ import annotations

@@ -1,11 +1,16 @@
 // CUDA-on-CPU emulation harness (torch-free, C++20, g++).
 //
 // Runs the kernels of csrc/kernels/*.cuh on the host so they can be checked without a GPU:
-//   * every CUDA thread of a block is a fiber (ucontext) on the calling host thread, or, in the sanitizer
-//     builds, a std::thread of a pool (TSan and ASan must see real threads: that is where races are
-//     found). Fibers because 256 OS threads per block on a 2-core machine spend most of their time being
-//     scheduled: the fiber build runs the emulator tests several times faster and never spins;
-//   * threadIdx/blockIdx/blockDim/gridDim are thread-locals (set for the running fiber on each switch);
+//   * every CUDA thread of a block is a fiber (ucontext) on the calling host thread, or, in the ASan build
+//     (and with DSC_EMU_THREADS), a std::thread of a pool. Fibers because 256 OS threads per block on a
+//     2-core machine spend most of their time being scheduled: the fiber build runs the emulator tests
+//     several times faster and never spins. Under ThreadSanitizer each fiber is a TSan fiber and every
+//     switch is declared unsynchronised, so the only happens-before edges between the CUDA threads of a
+//     block are the ones its barriers make (declared at each barrier, one sync object per phase parity):
+//     a dropped barrier is a reported race whatever order the fibers happen to run in;
+//   * threadIdx/blockIdx/blockDim/gridDim live in the running CUDA thread's own state (a thread-local
+//     in the pool build, the fiber's record in the fiber build, reached through a pointer the scheduler
+//     sets on each switch);
 //   * __syncthreads() is a barrier; a thread that returns drops out of it (arrive_and_drop), as on
 //     a GPU where exited threads no longer take part in bar.sync. Fibers that all wait on barriers that
 //     can never complete (a barrier in divergent code) raise "emu: deadlock" instead of hanging;
@@ -35,13 +40,20 @@
 #include <thread>
 #include <vector>
 
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__) || defined(DSC_EMU_THREADS)
+#if defined(__SANITIZE_ADDRESS__) || defined(DSC_EMU_THREADS)
 #define DSC_EMU_FIBERS 0
 #else
 #define DSC_EMU_FIBERS 1
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
+#endif
+
+#if DSC_EMU_FIBERS && defined(__SANITIZE_THREAD__)
+#define DSC_EMU_TSAN_FIBERS 1
+#include <sanitizer/tsan_interface.h>
+#else
+#define DSC_EMU_TSAN_FIBERS 0
 #endif
 
 namespace emu {
@@ -55,40 +67,56 @@ struct dim3 {
 inline constexpr std::size_t kSharedArenaBytes = 64 * 1024;  // more than any kernel here asks for
 inline constexpr int kWarp = 32;
 
-#if DSC_EMU_FIBERS
-void fiber_wait(const uint64_t* gen, uint64_t seen);
+// Happens-before declarations for ThreadSanitizer (no-ops elsewhere): a release on an address, and an acquire
+// of everything released on it before.
+#if DSC_EMU_TSAN_FIBERS
+inline void hb_release(void* a) { __tsan_release(a); }
+inline void hb_acquire(void* a) { __tsan_acquire(a); }
+#else
+inline void hb_release(void*) {}
+inline void hb_acquire(void*) {}
 #endif
 
 #if DSC_EMU_FIBERS
+void fiber_wait(const std::atomic<uint64_t>* gen, uint64_t seen);
+
 // A block's (or a warp's) barrier among fibers: arrivals are counted, the last one opens the next phase.
+// The counters are relaxed atomics only so that ThreadSanitizer, which sees every fiber as a thread of its
+// own, takes them for the scheduler's bookkeeping they are; they order nothing. What a barrier orders is
+// declared: each arrival releases on the phase's sync object, each thread leaving the barrier acquires it.
+// Two objects alternate by phase parity, so a thread resumed late from phase k cannot acquire what faster
+// threads have already released on arriving at phase k + 1 (that would hide a race of phase k + 1).
 class Barrier {
  public:
   explicit Barrier(std::ptrdiff_t n) : expected_(n) {}
   void arrive_and_wait() {
-    const uint64_t seen = gen_;
-    if (++arrived_ == expected_) {
+    const uint64_t seen = gen_.load(std::memory_order_relaxed);
+    hb_release(&sync_[seen & 1]);
+    if (arrived_.fetch_add(1, std::memory_order_relaxed) + 1 == expected_.load(std::memory_order_relaxed))
       open();
-      return;
-    }
-    fiber_wait(&gen_, seen);
+    else
+      fiber_wait(&gen_, seen);
+    hb_acquire(&sync_[seen & 1]);
   }
   void arrive_and_drop() {
-    --expected_;
-    if (expected_ > 0 && arrived_ == expected_) open();
+    hb_release(&sync_[gen_.load(std::memory_order_relaxed) & 1]);
+    const std::ptrdiff_t left = expected_.fetch_sub(1, std::memory_order_relaxed) - 1;
+    if (left > 0 && arrived_.load(std::memory_order_relaxed) == left) open();
   }
 
  private:
   void open() {
-    arrived_ = 0;
-    ++gen_;
+    arrived_.store(0, std::memory_order_relaxed);
+    gen_.fetch_add(1, std::memory_order_relaxed);
   }
-  std::ptrdiff_t expected_, arrived_ = 0;
-  uint64_t gen_ = 0;
+  std::atomic<std::ptrdiff_t> expected_, arrived_{0};
+  std::atomic<uint64_t> gen_{0};
+  char sync_[2] = {};
 };
 #else
-// The sanitizer builds: std::barrier. A mutex + condition variable barrier would sleep instead of spin,
-// but a thread waking late re-acquires the mutex after faster threads' next arrivals, which gives TSan a
-// happens-before edge that hides the race of a dropped barrier (emu_tsan_drop_<id> then fails).
+// The thread-pool build (ASan, DSC_EMU_THREADS): std::barrier. A mutex + condition variable barrier would
+// sleep instead of spin, but a thread waking late re-acquires the mutex after faster threads' next arrivals:
+// a happens-before edge that would hide the race of a dropped barrier from TSan in a threaded build.
 using Barrier = std::barrier<>;
 #endif
 
@@ -118,17 +146,25 @@ struct ThreadState {
   unsigned linear = 0;
 };
 
+#if DSC_EMU_FIBERS
+// The running fiber's state (set by the scheduler before each switch; a relaxed atomic for the same reason
+// as the barrier's counters). Each fiber writes only its own record.
+inline thread_local std::atomic<ThreadState*> tls_current{nullptr};
+inline ThreadState& cur() { return *tls_current.load(std::memory_order_relaxed); }
+#else
 inline thread_local ThreadState tls;
+inline ThreadState& cur() { return tls; }
+#endif
 
-inline unsigned lane_id() { return tls.linear % kWarp; }
-inline Warp& my_warp() { return *tls.block->warps[tls.linear / kWarp]; }
+inline unsigned lane_id() { return cur().linear % kWarp; }
+inline Warp& my_warp() { return *cur().block->warps[cur().linear / kWarp]; }
 
-inline void syncthreads() { tls.block->bar.arrive_and_wait(); }
+inline void syncthreads() { cur().block->bar.arrive_and_wait(); }
 inline void syncwarp() { my_warp().bar.arrive_and_wait(); }
 
 inline void* shared_arena(std::size_t bytes) {
   if (bytes > kSharedArenaBytes) throw std::runtime_error("emu: shared memory request exceeds the arena");
-  return tls.block->arena.get();
+  return cur().block->arena.get();
 }
 
 template <class T>
@@ -153,6 +189,9 @@ T atomic_add(T* addr, T v) {
 // Runs the n CUDA threads of one block as fibers on the calling host thread, round robin: each runs
 // until it waits on a barrier or returns. Stacks are mmap'ed once per host thread (pages committed on
 // first touch) with a guard page below each, so an overflow faults instead of corrupting a neighbour.
+// Under ThreadSanitizer: what the host thread did before the block happens before every fiber's start
+// (released once, before any fiber runs, so no fiber's work reaches another that way), and every fiber's
+// end happens before the host thread goes on; switches themselves order nothing.
 class FiberRunner {
  public:
   static FiberRunner& get() {
@@ -163,43 +202,54 @@ class FiberRunner {
     grow(n);
     job_ = &job;
     for (unsigned i = 0; i < n; ++i) {
-      Fiber& f = fibers_[i];
-      f.done = false;
-      f.gen = nullptr;
+      Fiber& f = *fibers_[i];
+      f.done.store(false, std::memory_order_relaxed);
+      f.gen.store(nullptr, std::memory_order_relaxed);
+      f.state = ThreadState{};
       getcontext(&f.ctx);
       f.ctx.uc_stack.ss_sp = f.stack;
       f.ctx.uc_stack.ss_size = kStack;
       f.ctx.uc_link = &home_;
       makecontext(&f.ctx, reinterpret_cast<void (*)()>(&FiberRunner::entry), 1, static_cast<int>(i));
     }
+#if DSC_EMU_TSAN_FIBERS
+    home_tsan_ = __tsan_get_current_fiber();
+#endif
+    hb_release(&start_);
     unsigned live = n;
     while (live > 0) {
       bool progress = false;
       for (unsigned i = 0; i < n; ++i) {
-        Fiber& f = fibers_[i];
-        if (f.done || (f.gen != nullptr && *f.gen == f.seen)) continue;
-        if (f.gen != nullptr) tls = f.state;  // a fresh fiber sets its own
-        f.gen = nullptr;
-        current_ = i;
+        Fiber& f = *fibers_[i];
+        if (f.done.load(std::memory_order_relaxed)) continue;
+        const std::atomic<uint64_t>* gen = f.gen.load(std::memory_order_relaxed);
+        if (gen != nullptr && gen->load(std::memory_order_relaxed) == f.seen.load(std::memory_order_relaxed)) continue;
+        f.gen.store(nullptr, std::memory_order_relaxed);
+        current_.store(i, std::memory_order_relaxed);
+        tls_current.store(&f.state, std::memory_order_relaxed);
+        switch_to(f.tsan);
         swapcontext(&home_, &f.ctx);
         progress = true;
-        if (f.done) --live;
+        if (f.done.load(std::memory_order_relaxed)) --live;
       }
       if (!progress) {
         job_ = nullptr;
+        tls_current.store(nullptr, std::memory_order_relaxed);
         throw std::runtime_error(
             "emu: deadlock: every live thread of the block waits on a barrier that cannot "
             "complete (a __syncthreads or warp collective in divergent code)");
       }
     }
+    hb_acquire(&end_);
+    tls_current.store(nullptr, std::memory_order_relaxed);
     job_ = nullptr;
   }
   // Called by a fiber: park until *gen moves past seen.
-  void wait(const uint64_t* gen, uint64_t seen) {
-    Fiber& f = fibers_[current_];
-    f.gen = gen;
-    f.seen = seen;
-    f.state = tls;
+  void wait(const std::atomic<uint64_t>* gen, uint64_t seen) {
+    Fiber& f = *fibers_[current_.load(std::memory_order_relaxed)];
+    f.seen.store(seen, std::memory_order_relaxed);
+    f.gen.store(gen, std::memory_order_relaxed);
+    switch_to(home_tsan_);
     swapcontext(&f.ctx, &home_);
   }
 
@@ -208,15 +258,28 @@ class FiberRunner {
   struct Fiber {
     ucontext_t ctx;
     char* stack = nullptr;
-    const uint64_t* gen = nullptr;
-    uint64_t seen = 0;
-    bool done = false;
-    ThreadState state;  // the fiber's threadIdx etc. while it is parked
+    void* tsan = nullptr;  // its ThreadSanitizer fiber (TSan builds)
+    std::atomic<const std::atomic<uint64_t>*> gen{nullptr};
+    std::atomic<uint64_t> seen{0};
+    std::atomic<bool> done{false};
+    ThreadState state;  // the fiber's threadIdx etc.: written by the fiber itself once it runs
   };
-  static void entry(int i) {
+  // Not instrumented, and entry() neither: TSan keeps a shadow call stack per fiber, so no instrumented
+  // function may return after a switch has been declared and before the context switch itself.
+  __attribute__((always_inline, no_sanitize("thread"))) static inline void switch_to(
+      [[maybe_unused]] void* tsan_fiber) {
+#if DSC_EMU_TSAN_FIBERS
+    __tsan_switch_to_fiber(tsan_fiber, __tsan_switch_to_fiber_no_sync);
+#endif
+  }
+  __attribute__((no_sanitize("thread"))) static void entry(int i) {
     FiberRunner& r = get();
+    hb_acquire(&r.start_);
+    Fiber& me = *r.fibers_[static_cast<unsigned>(i)];
     (*r.job_)(static_cast<unsigned>(i));
-    r.fibers_[static_cast<unsigned>(i)].done = true;  // uc_link returns to home_
+    me.done.store(true, std::memory_order_relaxed);
+    hb_release(&r.end_);      // after the fiber's last access of anything the host thread touches next
+    switch_to(r.home_tsan_);  // uc_link returns to home_
   }
   void grow(unsigned n) {
     const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
@@ -225,17 +288,22 @@ class FiberRunner {
           mmap(nullptr, kStack + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
       if (m == MAP_FAILED) throw std::runtime_error("emu: cannot map a fiber stack");
       mprotect(m, page, PROT_NONE);  // guard page: stacks grow down
-      fibers_.emplace_back();
-      fibers_.back().stack = static_cast<char*>(m) + page;
+      fibers_.emplace_back(new Fiber);
+      fibers_.back()->stack = static_cast<char*>(m) + page;
+#if DSC_EMU_TSAN_FIBERS
+      fibers_.back()->tsan = __tsan_create_fiber(0);
+#endif
     }
   }
-  std::vector<Fiber> fibers_;  // never shrinks: the stacks are reused by every block
+  std::vector<std::unique_ptr<Fiber>> fibers_;  // stable records (they hold atomics), reused by every block
   ucontext_t home_;
-  unsigned current_ = 0;
+  void* home_tsan_ = nullptr;
+  std::atomic<unsigned> current_{0};
   const std::function<void(unsigned)>* job_ = nullptr;
+  char start_ = 0, end_ = 0;  // sync objects of the block's start and end (TSan)
 };
 
-inline void fiber_wait(const uint64_t* gen, uint64_t seen) { FiberRunner::get().wait(gen, seen); }
+inline void fiber_wait(const std::atomic<uint64_t>* gen, uint64_t seen) { FiberRunner::get().wait(gen, seen); }
 #else
 // A persistent pool of host threads, one per CUDA thread of a block (grown on demand), so a launch
 // does not pay thread creation per block. Blocks are handed out one at a time under a mutex, which
@@ -303,12 +371,13 @@ inline void launch(dim3 grid, dim3 block, const std::function<void()>& body) {
 #else
         Pool::get().run(nthreads, [&](unsigned t) {
 #endif
-          tls.blockIdx = dim3(bx, by, bz);
-          tls.gridDim = grid;
-          tls.blockDim = block;
-          tls.threadIdx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
-          tls.block = &blk;
-          tls.linear = t;
+          ThreadState& me = cur();
+          me.blockIdx = dim3(bx, by, bz);
+          me.gridDim = grid;
+          me.blockDim = block;
+          me.threadIdx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+          me.block = &blk;
+          me.linear = t;
           try {
             body();
           } catch (...) {
@@ -317,7 +386,7 @@ inline void launch(dim3 grid, dim3 block, const std::function<void()>& body) {
           // The thread has returned: drop out of the warp's and the block's barriers.
           my_warp().bar.arrive_and_drop();
           blk.bar.arrive_and_drop();
-          tls.block = nullptr;
+          me.block = nullptr;
         });
         if (err) std::rethrow_exception(err);
       }
@@ -326,10 +395,10 @@ inline void launch(dim3 grid, dim3 block, const std::function<void()>& body) {
 }  // namespace emu
 
 // The CUDA spellings the kernel headers use, mapped onto the harness.
-#define threadIdx (::emu::tls.threadIdx)
-#define blockIdx (::emu::tls.blockIdx)
-#define blockDim (::emu::tls.blockDim)
-#define gridDim (::emu::tls.gridDim)
+#define threadIdx (::emu::cur().threadIdx)
+#define blockIdx (::emu::cur().blockIdx)
+#define blockDim (::emu::cur().blockDim)
+#define gridDim (::emu::cur().gridDim)
 #define __syncthreads() ::emu::syncthreads()
 #define __syncwarp(...) ::emu::syncwarp()
 #define __shfl_xor_sync(mask, v, lanemask) ::emu::shfl_xor((v), (lanemask))
