@@ -91,3 +91,32 @@ def walk_blocks(table: Iterable[tuple[int, int, int]], side: int, alpha: float =
     for c, k, s in table:
         yield BlockShape(scaled(c, alpha), scaled(k, alpha), s, side)
         side = output_size(side, s)
+
+
+# -- which gradients a backward computes -------------------------------------------------------------
+ALL_GRADS = (True, True, True)
+# The backward ops' last argument, as aten::convolution_backward's: which of (grad x, grad dw_weight,
+# grad pw_weight) to compute. Python's signature says Optional[list[bool]] = None (custom_op's inference takes
+# no list default); the registered schema is this, so every caller, old ones included, gets all three by default.
+OUTPUT_MASK_SCHEMA = "bool[3] output_mask=[True, True, True]"
+
+
+def output_mask_schema(fn) -> str:
+    """``fn``'s inferred op schema with its ``output_mask: Optional[list[bool]] = None`` as OUTPUT_MASK_SCHEMA."""
+    schema = torch.library.infer_schema(fn, mutates_args=())
+    inferred = "bool[]? output_mask=None"
+    if inferred not in schema:
+        raise TypeError(f"{fn.__name__} needs a last parameter output_mask: Optional[list[bool]] = None")
+    return schema.replace(inferred, OUTPUT_MASK_SCHEMA)
+
+
+def check_output_mask(output_mask) -> tuple[bool, bool, bool]:
+    """``output_mask`` as three bools (None: all three); ValueError for anything else."""
+    if output_mask is None:
+        return ALL_GRADS
+    mask = tuple(output_mask)
+    if len(mask) != 3 or not all(isinstance(m, bool) for m in mask):
+        raise ValueError(
+            f"output_mask must be three bools (grad x, grad dw_weight, grad pw_weight), got {output_mask!r}"
+        )
+    return mask

@@ -131,23 +131,27 @@ class _SyncTrain(torch.autograd.Function):
         sum_dz, sum_dz_yhat = split_ops.backward_reduce(grad_out, y, mean, var, bn_weight, bn_bias, eps, backend)
         total = funcol.all_reduce(torch.cat([sum_dz, sum_dz_yhat]), "sum", group)
         mean_dz, mean_dz_yhat = (total / n).split(k)
-        dx, ddw, dpw = split_ops.backward_apply(
-            grad_out,
-            x,
-            dw_weight,
-            pw_weight,
-            y,
-            mean,
-            var,
-            bn_weight,
-            bn_bias,
-            mean_dz,
-            mean_dz_yhat,
-            stride,
-            dilation,
-            eps,
-            backend,
-        )
+        need = ctx.needs_input_grad[:3]  # a frozen weight (or x without grad) costs none of its kernels
+        dx = ddw = dpw = None
+        if any(need):
+            dx, ddw, dpw = split_ops.backward_apply(
+                grad_out,
+                x,
+                dw_weight,
+                pw_weight,
+                y,
+                mean,
+                var,
+                bn_weight,
+                bn_bias,
+                mean_dz,
+                mean_dz_yhat,
+                stride,
+                dilation,
+                eps,
+                backend,
+                list(need),
+            )
         dbias = None
         if bias is not None and ctx.needs_input_grad[3]:
             # sum of dy over this process's pixels, from per-channel sums: sum (y - mean) = count (mean here - mean)
@@ -156,9 +160,9 @@ class _SyncTrain(torch.autograd.Function):
             dbias = a * (sum_dz - count * mean_dz - mean_dz_yhat * r * (count * (mean_here - mean)))
         affine = bn_weight is not None
         return (
-            dx,
-            ddw,
-            dpw,
+            dx if need[0] else None,
+            ddw if need[1] else None,
+            dpw if need[2] else None,
             dbias,
             sum_dz_yhat if affine else None,
             sum_dz if affine else None,

@@ -11,9 +11,10 @@ The split training passes of synchronised batch norm are the same family's other
 
 The two forward ops carry autograd formulas, registered below each op: backward calls the matching
 backward op on the same backend, so it stays opaque to torch.compile. The depthwise output is never
-saved: every backend rebuilds it from x. Gradients no input needs are not computed: when neither x nor
-either conv weight needs one, no convolution-gradient kernel runs (the BN and bias gradients come from
-per-channel sums). Double backward is not supported (the backward ops have no autograd of their own).
+saved: every backend rebuilds it from x. Gradients no input needs are not computed: backward passes
+``ctx.needs_input_grad`` of x, dw_weight and pw_weight to the backward op as its ``output_mask``, so a frozen
+weight costs no kernel of its own; when none of the three needs one, no convolution-gradient kernel runs (the
+BN and bias gradients come from per-channel sums). Double backward is not supported (the backward ops have no autograd of their own).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from torch import Tensor
 
 from . import backends
 from .checks import check_backward_eval_inputs, check_backward_train_inputs, check_inputs, check_train_inputs
-from .contract import acc_dtype
-from .empty import out_like, zero_grads
+from .contract import acc_dtype, check_output_mask, output_mask_schema
+from .empty import grad_or_empty, out_like, zero_grads
 from .split_ops import backward_reduce, forward_stats
 
 
@@ -108,8 +109,7 @@ def _(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, 
     return out, y, stat, stat.clone()
 
 
-@torch.library.custom_op("fused_dsconv::backward_eval", mutates_args=())
-def backward_eval(
+def _backward_eval(
     grad_out: Tensor,
     out: Tensor,
     x: Tensor,
@@ -118,29 +118,43 @@ def backward_eval(
     stride: int,
     dilation: int,
     backend: str = "auto",
+    output_mask: Optional[list[bool]] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of forward_eval w.r.t. (x, dw_weight, pw_weight, bias)."""
+    """Gradients of forward_eval w.r.t. (x, dw_weight, pw_weight, bias).
+
+    ``output_mask`` (as aten::convolution_backward's; default all True): which of the first three to compute.
+    An unwanted one is an empty tensor and the kernels only it needs do not run: without grad pw_weight no
+    pointwise weight-gradient kernel; without grad x and grad dw_weight no depthwise-output gradient and no dx
+    kernel. grad x and grad dw_weight come from one kernel (they share its input window): asking for either
+    runs it, leaving out only the other's store or reduction. The bias gradient is always computed.
+    """
+    mask = check_output_mask(output_mask)
     check_backward_eval_inputs(grad_out, out, x, dw_weight, pw_weight, stride, dilation)
     if x.numel() == 0:
-        return zero_grads(x, dw_weight, pw_weight, 1)
+        return zero_grads(x, dw_weight, pw_weight, 1, mask)
     impl = backends.select(x, backend)
     with backends.no_autocast(x):
-        return impl.backward_eval(grad_out, out, x, dw_weight.contiguous(), pw_weight.contiguous(), stride, dilation)
+        return impl.backward_eval(
+            grad_out, out, x, dw_weight.contiguous(), pw_weight.contiguous(), stride, dilation, output_mask=mask
+        )
+
+
+backward_eval = torch.library.custom_op(
+    "fused_dsconv::backward_eval", _backward_eval, mutates_args=(), schema=output_mask_schema(_backward_eval)
+)
 
 
 @backward_eval.register_fake
-def _(grad_out, out, x, dw_weight, pw_weight, stride, dilation, backend="auto"):
+def _(grad_out, out, x, dw_weight, pw_weight, stride, dilation, backend="auto", output_mask=None):
+    mask = check_output_mask(output_mask)
     check_backward_eval_inputs(grad_out, out, x, dw_weight, pw_weight, stride, dilation)
     return (
-        torch.empty_like(x),
-        torch.empty_like(dw_weight),
-        torch.empty_like(pw_weight),
+        *(grad_or_empty(t, m) for t, m in zip((x, dw_weight, pw_weight), mask)),
         x.new_empty(pw_weight.shape[0], dtype=acc_dtype(x)),
     )
 
 
-@torch.library.custom_op("fused_dsconv::backward_train", mutates_args=())
-def backward_train(
+def _backward_train(
     grad_out: Tensor,
     x: Tensor,
     dw_weight: Tensor,
@@ -155,17 +169,20 @@ def backward_train(
     dilation: int,
     eps: float,
     backend: str = "auto",
+    output_mask: Optional[list[bool]] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of forward_train w.r.t. (x, dw_weight, pw_weight, bias, bn_weight, bn_bias).
 
-    ``y`` None means recompute mode. The last two are [K] tensors even when bn_weight is None
-    (the autograd layer drops them then).
+    ``y`` None means recompute mode. The last three are [K] tensors even when bn_weight is None
+    (the autograd layer drops them then). ``output_mask`` picks which of the first three to compute, as
+    backward_eval's (the BN and bias gradients are always computed: every convolution gradient needs their sums).
     """
+    mask = check_output_mask(output_mask)
     y = check_backward_train_inputs(
         grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride, dilation
     )
     if x.numel() == 0:
-        return zero_grads(x, dw_weight, pw_weight, 3)
+        return zero_grads(x, dw_weight, pw_weight, 3, mask)
     impl = backends.select(x, backend)
     with backends.no_autocast(x):
         return impl.backward_train(
@@ -182,17 +199,40 @@ def backward_train(
             stride,
             dilation,
             eps,
+            output_mask=mask,
         )
 
 
+backward_train = torch.library.custom_op(
+    "fused_dsconv::backward_train", _backward_train, mutates_args=(), schema=output_mask_schema(_backward_train)
+)
+
+
 @backward_train.register_fake
-def _(grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride, dilation, eps, backend="auto"):
+def _(
+    grad_out,
+    x,
+    dw_weight,
+    pw_weight,
+    bias,
+    bn_weight,
+    bn_bias,
+    y,
+    mean,
+    var,
+    stride,
+    dilation,
+    eps,
+    backend="auto",
+    output_mask=None,
+):
+    mask = check_output_mask(output_mask)
     check_backward_train_inputs(
         grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride, dilation
     )
     k = pw_weight.shape[0]
     stats = [x.new_empty(k, dtype=acc_dtype(x)) for _ in range(3)]
-    return (torch.empty_like(x), torch.empty_like(dw_weight), torch.empty_like(pw_weight), *stats)
+    return (*(grad_or_empty(t, m) for t, m in zip((x, dw_weight, pw_weight), mask)), *stats)
 
 
 # -- autograd of the forward ops ---------------------------------------------------------------------
@@ -202,11 +242,13 @@ def _setup_eval(ctx, inputs, output):
     ctx.params = EvalParams(*inputs[4:])
 
 
-def _backward_eval(ctx, grad_out):
+def _autograd_eval(ctx, grad_out):
     out, x, dw_weight, pw_weight = ctx.saved_tensors
     p, need = ctx.params, ctx.needs_input_grad
     if any(need[:3]):
-        dx, ddw, dpw, dbias = backward_eval(grad_out, out, x, dw_weight, pw_weight, p.stride, p.dilation, p.backend)
+        dx, ddw, dpw, dbias = backward_eval(
+            grad_out, out, x, dw_weight, pw_weight, p.stride, p.dilation, p.backend, list(need[:3])
+        )
     else:  # only the bias: ReLU's gradient summed per channel, no convolution-gradient kernel
         dx = ddw = dpw = None
         dbias = torch.ops.aten.threshold_backward(grad_out, out, 0).sum((0, 2, 3), dtype=acc_dtype(x))
@@ -232,7 +274,7 @@ def _setup_train(ctx, inputs, output):
     ctx.params = p
 
 
-def _backward_train(ctx, grad_out, _grad_y, _grad_mean, _grad_var):
+def _autograd_train(ctx, grad_out, _grad_y, _grad_mean, _grad_var):
     x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var = ctx.saved_tensors
     p, need = ctx.params, ctx.needs_input_grad
     if any(need[:3]):
@@ -251,6 +293,7 @@ def _backward_train(ctx, grad_out, _grad_y, _grad_mean, _grad_var):
             p.dilation,
             p.eps,
             p.backend,
+            list(need[:3]),
         )
     else:  # frozen convolutions, x without gradient: the BN parameters' gradients are two per-channel sums
         if y is None:  # recompute mode
@@ -274,5 +317,5 @@ def _backward_train(ctx, grad_out, _grad_y, _grad_mean, _grad_var):
     )
 
 
-torch.library.register_autograd("fused_dsconv::forward_eval", _backward_eval, setup_context=_setup_eval)
-torch.library.register_autograd("fused_dsconv::forward_train", _backward_train, setup_context=_setup_train)
+torch.library.register_autograd("fused_dsconv::forward_eval", _autograd_eval, setup_context=_setup_eval)
+torch.library.register_autograd("fused_dsconv::forward_train", _autograd_train, setup_context=_setup_train)

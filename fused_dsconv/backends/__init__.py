@@ -27,13 +27,16 @@ sees it):
   -> (out, y, mean, var)``: y = pw(dw(x)) + bias; mean / var are the biased batch statistics (acc_dtype) of
   y per output channel; out = relu((y - mean) * rsqrt(var + eps) * bn_weight + bn_bias). ``y`` is an
   empty tensor when ``save_y`` is False (the "recompute" mode: backward rebuilds it from x).
-- ``backward_eval(grad_out, out, x, dw_weight, pw_weight, stride, dilation)
+- ``backward_eval(grad_out, out, x, dw_weight, pw_weight, stride, dilation, output_mask=None)
   -> (grad_x, grad_dw_weight, grad_pw_weight, grad_bias)``; ReLU's gradient is masked where out <= 0
   (NaN passes, as in ``threshold_backward``).
 - ``backward_train(grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var,
-  stride, dilation, eps) -> (grad_x, grad_dw_weight, grad_pw_weight, grad_bias, grad_bn_weight,
+  stride, dilation, eps, output_mask=None) -> (grad_x, grad_dw_weight, grad_pw_weight, grad_bias, grad_bn_weight,
   grad_bn_bias)``; ``y`` is None in recompute mode; grad_bias / grad_bn_* are [K] in acc_dtype,
   also when bn_weight is None (the autograd layer drops them then).
+- ``output_mask`` of the backward primitives: three bools (None: all True), which of grad_x, grad_dw_weight,
+  grad_pw_weight to compute, as aten::convolution_backward's. An unwanted one is an empty tensor (numel 0) of
+  its input's dtype and device, and the work only it needs is not done.
 
 The split passes: forward_train and backward_train cut where synchronised batch norm merges per-channel
 values over processes (``fused_dsconv/distributed.py``; yhat = (y - mean) * rsqrt(var + eps), z = yhat *
@@ -45,7 +48,7 @@ bn_weight + bn_bias, dz = grad_out [z > 0]):
   -> out``: relu(z) with the given statistics; ``y`` None: rebuild it from x first (recompute mode).
 - ``backward_reduce(grad_out, y, mean, var, bn_weight, bn_bias, eps) -> (sum_dz, sum_dz_yhat)`` per channel.
 - ``backward_apply(grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz, mean_dz_yhat,
-  stride, dilation, eps) -> (grad_x, grad_dw_weight, grad_pw_weight)`` through
+  stride, dilation, eps, output_mask=None) -> (grad_x, grad_dw_weight, grad_pw_weight)`` through
   dy = bn_weight rsqrt(var + eps) (dz - mean_dz - yhat mean_dz_yhat).
 """
 

@@ -41,11 +41,25 @@ class Backend:
     def forward_train(self, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, save_y):
         raise NotImplementedError
 
-    def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, stride, dilation):
+    def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, stride, dilation, output_mask=None):
         raise NotImplementedError
 
     def backward_train(
-        self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride, dilation, eps
+        self,
+        grad_out,
+        x,
+        dw_weight,
+        pw_weight,
+        bias,
+        bn_weight,
+        bn_bias,
+        y,
+        mean,
+        var,
+        stride,
+        dilation,
+        eps,
+        output_mask=None,
     ):
         raise NotImplementedError
 
@@ -74,5 +88,6 @@ class Backend:
         stride,
         dilation,
         eps,
+        output_mask=None,
     ):
         raise NotImplementedError

@@ -120,15 +120,44 @@ class NativeBackend(Backend):
             )
         )
 
-    def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, stride, dilation):
-        return tuple(self.ops.backward_eval(grad_out, out, x, dw_weight, pw_weight, stride, dilation))
+    def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, stride, dilation, output_mask=None):
+        return tuple(
+            self.ops.backward_eval(grad_out, out, x, dw_weight, pw_weight, stride, dilation, _mask(output_mask))
+        )
 
     def backward_train(
-        self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride, dilation, eps
+        self,
+        grad_out,
+        x,
+        dw_weight,
+        pw_weight,
+        bias,
+        bn_weight,
+        bn_bias,
+        y,
+        mean,
+        var,
+        stride,
+        dilation,
+        eps,
+        output_mask=None,
     ):
         return tuple(
             self.ops.backward_train(
-                grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride, dilation, float(eps)
+                grad_out,
+                x,
+                dw_weight,
+                pw_weight,
+                bias,
+                bn_weight,
+                bn_bias,
+                y,
+                mean,
+                var,
+                stride,
+                dilation,
+                float(eps),
+                _mask(output_mask),
             )
         )
 
@@ -160,6 +189,7 @@ class NativeBackend(Backend):
         stride,
         dilation,
         eps,
+        output_mask=None,
     ):
         return tuple(
             self.ops.backward_apply(
@@ -177,8 +207,14 @@ class NativeBackend(Backend):
                 stride,
                 dilation,
                 float(eps),
+                _mask(output_mask),
             )
         )
+
+
+def _mask(output_mask) -> list[bool]:
+    """The native schemas' bool[3] output_mask (None: all three gradients)."""
+    return [True, True, True] if output_mask is None else [bool(m) for m in output_mask]
 
 
 # ---- the CPU emulator build (tests, and anyone checking the kernels without a GPU) ----
@@ -242,3 +278,13 @@ def load_emulator(build_dir: Optional[str] = None, verbose: bool = False) -> Nat
             verbose=verbose,
         )
     return NativeBackend(torch.ops.fused_dsconv_emu, device_type="cpu", name="native-emu")
+
+
+def emulator_launch_counts(reset: bool = True) -> dict[str, int]:
+    """Kernel launches of the emulator build since the last reset, by kernel name ("dsconv_bwd_dwp_kernel": 2);
+    ``reset`` starts counting afresh. Needs ``load_emulator()`` first."""
+    counts = {}
+    for line in torch.ops.fused_dsconv_emu.launch_counts(reset).splitlines():
+        name, n = line.rsplit(" ", 1)
+        counts[name] = int(n)
+    return counts

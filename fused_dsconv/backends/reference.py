@@ -17,44 +17,71 @@ from ..contract import acc_dtype, memory_format_of
 from .base import Backend
 
 
+def _depthwise(x, dw_weight, stride, dilation):
+    """t, the depthwise output, in acc_dtype."""
+    acc = acc_dtype(x)
+    return F.conv2d(x.to(acc), dw_weight.to(acc), None, stride, dilation, dilation, x.shape[1])
+
+
 def _pre_bn(x, dw_weight, pw_weight, bias, stride, dilation):
     """(t, y) in float32: depthwise output and pointwise output plus bias."""
     c, k, acc = x.shape[1], pw_weight.shape[0], acc_dtype(x)
-    t = F.conv2d(x.to(acc), dw_weight.to(acc), None, stride, dilation, dilation, c)
+    t = _depthwise(x, dw_weight, stride, dilation)
     y = F.conv2d(t, pw_weight.to(acc).reshape(k, c, 1, 1), bias)
     return t, y
 
 
-def _conv_grads(dy, x, dw_weight, pw_weight, stride, dilation, bias_grad):
+def _conv_grads(dy, x, dw_weight, pw_weight, stride, dilation, bias_grad, output_mask=None):
     """Gradients of y = pw(dw(x)) + b w.r.t. x, dw_weight, pw_weight (and b), given dy in acc_dtype.
 
-    The depthwise output t is recomputed here (the fused backends do the same on chip), not saved.
+    ``output_mask`` (default all True) picks which of the first three to compute; an unwanted one is an
+    empty tensor. The depthwise output t is recomputed here (the fused backends do the same on chip), not
+    saved, and only for the pointwise weight's gradient: dt needs only dy and the pointwise weight.
     """
+    want_dx, want_dwd, want_dwp = (True, True, True) if output_mask is None else (bool(m) for m in output_mask)
     c, k, acc = x.shape[1], pw_weight.shape[0], acc_dtype(x)
-    t, _ = _pre_bn(x, dw_weight, pw_weight, None, stride, dilation)
+    want_dt = want_dx or want_dwd
+    if want_dwp:
+        t = _depthwise(x, dw_weight, stride, dilation)
+    else:  # only its shape is read (no weight gradient is asked of this convolution)
+        t = dy.new_empty((dy.shape[0], c, *dy.shape[2:]))
     pw4 = pw_weight.to(acc).reshape(k, c, 1, 1)
-    dt, dpw, dbias = torch.ops.aten.convolution_backward(
-        dy, t, pw4, [k] if bias_grad else None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, True, bias_grad]
-    )
-    dx, ddw, _ = torch.ops.aten.convolution_backward(
-        dt,
-        x.to(acc),
-        dw_weight.to(acc),
-        None,
-        [stride] * 2,
-        [dilation] * 2,
-        [dilation] * 2,
-        False,
-        [0, 0],
-        c,
-        [True, True, False],
-    )
-    if not bias_grad:  # the contract returns a [K] tensor; autograd drops it when there is no bias
-        dbias = dy.new_zeros(k)
+    dbias = dy.new_zeros(k)  # the contract returns a [K] tensor; autograd drops it when there is no bias
+    dt = dpw = None
+    if want_dt or want_dwp or bias_grad:
+        dt, dpw, db = torch.ops.aten.convolution_backward(
+            dy,
+            t,
+            pw4,
+            [k] if bias_grad else None,
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            False,
+            [0, 0],
+            1,
+            [want_dt, want_dwp, bias_grad],
+        )
+        dbias = db if bias_grad else dbias
+    dx = ddw = None
+    if want_dt:
+        dx, ddw, _ = torch.ops.aten.convolution_backward(
+            dt,
+            x.to(acc),
+            dw_weight.to(acc),
+            None,
+            [stride] * 2,
+            [dilation] * 2,
+            [dilation] * 2,
+            False,
+            [0, 0],
+            c,
+            [want_dx, want_dwd, False],
+        )
     return (
-        dx.to(x.dtype).contiguous(memory_format=memory_format_of(x)),
-        ddw.to(dw_weight.dtype),
-        dpw.reshape(k, c).to(pw_weight.dtype),
+        dx.to(x.dtype).contiguous(memory_format=memory_format_of(x)) if want_dx else x.new_empty(0),
+        ddw.to(dw_weight.dtype) if want_dwd else dw_weight.new_empty(0),
+        dpw.reshape(k, c).to(pw_weight.dtype) if want_dwp else pw_weight.new_empty(0),
         dbias,
     )
 
@@ -90,13 +117,27 @@ class ReferenceBackend(Backend):
         out = F.relu(z).to(x.dtype).contiguous(memory_format=mf)
         return out, y.contiguous(memory_format=mf) if save_y else x.new_empty(0), mean, var
 
-    def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, stride, dilation):
+    def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, stride, dilation, output_mask=None):
         # threshold_backward: zero where out <= 0, so a NaN passes its gradient on, as ReLU's does.
         dz = torch.ops.aten.threshold_backward(grad_out.to(acc_dtype(x)), out, 0)
-        return _conv_grads(dz, x, dw_weight, pw_weight, stride, dilation, True)
+        return _conv_grads(dz, x, dw_weight, pw_weight, stride, dilation, True, output_mask)
 
     def backward_train(
-        self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride, dilation, eps
+        self,
+        grad_out,
+        x,
+        dw_weight,
+        pw_weight,
+        bias,
+        bn_weight,
+        bn_bias,
+        y,
+        mean,
+        var,
+        stride,
+        dilation,
+        eps,
+        output_mask=None,
     ):
         if y is None:
             y = _pre_bn(x, dw_weight, pw_weight, bias, stride, dilation)[1].to(x.dtype)
@@ -110,7 +151,7 @@ class ReferenceBackend(Backend):
         )
         if not affine:
             dgamma, dbeta = mean.new_zeros(mean.shape), mean.new_zeros(mean.shape)
-        dx, ddw, dpw, dbias = _conv_grads(dy, x, dw_weight, pw_weight, stride, dilation, bias is not None)
+        dx, ddw, dpw, dbias = _conv_grads(dy, x, dw_weight, pw_weight, stride, dilation, bias is not None, output_mask)
         return dx, ddw, dpw, dbias, dgamma, dbeta
 
     # -- the split passes (synchronised batch norm) --
@@ -156,6 +197,7 @@ class ReferenceBackend(Backend):
         stride,
         dilation,
         eps,
+        output_mask=None,
     ):
         yf = y.to(mean.dtype)
         dz = torch.ops.aten.threshold_backward(
@@ -165,4 +207,4 @@ class ReferenceBackend(Backend):
         a = r if bn_weight is None else bn_weight * r
         yhat = (yf - mean[:, None, None]) * r[:, None, None]
         dy = a[:, None, None] * (dz - mean_dz[:, None, None] - yhat * mean_dz_yhat[:, None, None])
-        return _conv_grads(dy, x, dw_weight, pw_weight, stride, dilation, False)[:3]
+        return _conv_grads(dy, x, dw_weight, pw_weight, stride, dilation, False, output_mask)[:3]

@@ -110,16 +110,30 @@ class TritonBackend(Backend):
         lc.launch_bn_relu(y, out, coef)
         return out, (y if save_y else x.new_empty(0)), mean, var
 
-    def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, stride, dilation):
+    def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, stride, dilation, output_mask=None):
         lc = _launch()
         coef, dbias, _, _ = lc.launch_bn_backward(grad_out, out, None, None, None, None, 0.0, train=False)
         dx, ddw, dpw = lc.launch_conv_backward(
-            grad_out, out, coef, x, dw_weight, pw_weight, stride, dilation, train=False
+            grad_out, out, coef, x, dw_weight, pw_weight, stride, dilation, train=False, output_mask=output_mask
         )
         return dx, ddw, dpw, dbias
 
     def backward_train(
-        self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride, dilation, eps
+        self,
+        grad_out,
+        x,
+        dw_weight,
+        pw_weight,
+        bias,
+        bn_weight,
+        bn_bias,
+        y,
+        mean,
+        var,
+        stride,
+        dilation,
+        eps,
+        output_mask=None,
     ):
         lc = _launch()
         k = pw_weight.shape[0]
@@ -128,7 +142,9 @@ class TritonBackend(Backend):
             y = _empty_out(x, k, stride, x.dtype)
             lc.launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, y, relu=False, stats=False)
         coef, dbias, dgamma, dbeta = lc.launch_bn_backward(grad_out, y, mean, var, bn_weight, bn_bias, eps, train=True)
-        dx, ddw, dpw = lc.launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dilation, train=True)
+        dx, ddw, dpw = lc.launch_conv_backward(
+            grad_out, y, coef, x, dw_weight, pw_weight, stride, dilation, train=True, output_mask=output_mask
+        )
         return dx, ddw, dpw, dbias, dgamma, dbeta
 
     # -- the split passes (synchronised batch norm): the same launches, cut at the statistics --
@@ -174,6 +190,7 @@ class TritonBackend(Backend):
         stride,
         dilation,
         eps,
+        output_mask=None,
     ):
         lc = _launch()
         # dy's rows 3, 4 from the merged means, as bn_bwd_finalize writes them from this call's sums:
@@ -182,7 +199,9 @@ class TritonBackend(Backend):
         r = torch.rsqrt(var.float() + eps)
         coef[3] = coef[1] * mean_dz
         coef[4] = r * (coef[1] * mean_dz_yhat)
-        return lc.launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dilation, train=True)
+        return lc.launch_conv_backward(
+            grad_out, y, coef, x, dw_weight, pw_weight, stride, dilation, train=True, output_mask=output_mask
+        )
 
 
 def _empty_out(x, k, stride, dtype):
