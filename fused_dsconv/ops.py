@@ -19,34 +19,16 @@ BN and bias gradients come from per-channel sums). Double backward is not suppor
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from . import backends
 from .checks import check_backward_eval_inputs, check_backward_train_inputs, check_inputs, check_train_inputs
-from .contract import acc_dtype, check_output_mask, output_mask_schema
+from .contract import OpParams, acc_dtype, check_output_mask, output_mask_schema
 from .empty import grad_or_empty, out_like, zero_grads
 from .split_ops import backward_reduce, forward_stats
-
-
-class EvalParams(NamedTuple):
-    """forward_eval's non-tensor arguments, kept for its backward."""
-
-    stride: int
-    dilation: int
-    backend: str
-
-
-class TrainParams(NamedTuple):
-    """forward_train's non-tensor arguments, kept for its backward."""
-
-    stride: int
-    dilation: int
-    eps: float
-    save_y: bool
-    backend: str
 
 
 @torch.library.custom_op("fused_dsconv::forward_eval", mutates_args=())
@@ -59,7 +41,7 @@ def forward_eval(
         return out_like(x, pw_weight.shape[0], stride)
     impl = backends.select(x, backend)
     with backends.no_autocast(x):
-        return impl.forward_eval(x, dw_weight.contiguous(), pw_weight.contiguous(), bias, stride, dilation)
+        return impl.forward_eval(x, dw_weight.contiguous(), pw_weight.contiguous(), bias, OpParams(stride, dilation))
 
 
 @forward_eval.register_fake
@@ -94,9 +76,8 @@ def forward_train(
         return out, out.clone() if save_y else x.new_empty(0), stat, stat.clone()
     impl = backends.select(x, backend)
     with backends.no_autocast(x):
-        return impl.forward_train(
-            x, dw_weight.contiguous(), pw_weight.contiguous(), bias, bn_weight, bn_bias, stride, dilation, eps, save_y
-        )
+        p = OpParams(stride, dilation, eps, save_y)
+        return impl.forward_train(x, dw_weight.contiguous(), pw_weight.contiguous(), bias, bn_weight, bn_bias, p)
 
 
 @forward_train.register_fake
@@ -134,9 +115,8 @@ def _backward_eval(
         return zero_grads(x, dw_weight, pw_weight, 1, mask)
     impl = backends.select(x, backend)
     with backends.no_autocast(x):
-        return impl.backward_eval(
-            grad_out, out, x, dw_weight.contiguous(), pw_weight.contiguous(), stride, dilation, output_mask=mask
-        )
+        p = OpParams(stride, dilation, output_mask=mask)
+        return impl.backward_eval(grad_out, out, x, dw_weight.contiguous(), pw_weight.contiguous(), p)
 
 
 backward_eval = torch.library.custom_op(
@@ -196,10 +176,7 @@ def _backward_train(
             y,
             mean,
             var,
-            stride,
-            dilation,
-            eps,
-            output_mask=mask,
+            OpParams(stride, dilation, eps, output_mask=mask),
         )
 
 
@@ -236,18 +213,20 @@ def _(
 
 
 # -- autograd of the forward ops ---------------------------------------------------------------------
+# ctx.params: the forward's OpParams (its backward asks for the gradients ctx.needs_input_grad wants);
+# ctx.backend: the forward's backend argument, so backward runs on the same one.
 def _setup_eval(ctx, inputs, output):
-    x, dw_weight, pw_weight, _bias = inputs[:4]
+    x, dw_weight, pw_weight, _bias, stride, dilation, backend = inputs
     ctx.save_for_backward(output, x, dw_weight, pw_weight)
-    ctx.params = EvalParams(*inputs[4:])
+    ctx.params, ctx.backend = OpParams(stride, dilation), backend
 
 
 def _autograd_eval(ctx, grad_out):
     out, x, dw_weight, pw_weight = ctx.saved_tensors
-    p, need = ctx.params, ctx.needs_input_grad
-    if any(need[:3]):
+    p, need = ctx.params.with_mask(ctx.needs_input_grad[:3]), ctx.needs_input_grad
+    if any(p.output_mask):
         dx, ddw, dpw, dbias = backward_eval(
-            grad_out, out, x, dw_weight, pw_weight, p.stride, p.dilation, p.backend, list(need[:3])
+            grad_out, out, x, dw_weight, pw_weight, p.stride, p.dilation, ctx.backend, list(p.output_mask)
         )
     else:  # only the bias: ReLU's gradient summed per channel, no convolution-gradient kernel
         dx = ddw = dpw = None
@@ -264,20 +243,20 @@ def _autograd_eval(ctx, grad_out):
 
 
 def _setup_train(ctx, inputs, output):
-    x, dw_weight, pw_weight, bias, bn_weight, bn_bias = inputs[:6]
-    p = TrainParams(*inputs[6:])
+    x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, save_y, backend = inputs
+    p = OpParams(stride, dilation, eps, save_y)
     _, y, mean, var = output
     # y and the statistics feed the running-stat update (under no_grad) and backward only: a
     # gradient arriving for them would be silently dropped, so they are marked non-differentiable.
     ctx.mark_non_differentiable(y, mean, var)
     ctx.save_for_backward(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y if p.save_y else None, mean, var)
-    ctx.params = p
+    ctx.params, ctx.backend = p, backend
 
 
 def _autograd_train(ctx, grad_out, _grad_y, _grad_mean, _grad_var):
     x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var = ctx.saved_tensors
-    p, need = ctx.params, ctx.needs_input_grad
-    if any(need[:3]):
+    p, need = ctx.params.with_mask(ctx.needs_input_grad[:3]), ctx.needs_input_grad
+    if any(p.output_mask):
         dx, ddw, dpw, dbias, dgamma, dbeta = backward_train(
             grad_out,
             x,
@@ -292,13 +271,13 @@ def _autograd_train(ctx, grad_out, _grad_y, _grad_mean, _grad_var):
             p.stride,
             p.dilation,
             p.eps,
-            p.backend,
-            list(need[:3]),
+            ctx.backend,
+            list(p.output_mask),
         )
     else:  # frozen convolutions, x without gradient: the BN parameters' gradients are two per-channel sums
         if y is None:  # recompute mode
-            y = forward_stats(x, dw_weight, pw_weight, bias, p.stride, p.dilation, True, p.backend)[0]
-        dbeta, dgamma = backward_reduce(grad_out, y, mean, var, bn_weight, bn_bias, p.eps, p.backend)
+            y = forward_stats(x, dw_weight, pw_weight, bias, p.stride, p.dilation, True, ctx.backend)[0]
+        dbeta, dgamma = backward_reduce(grad_out, y, mean, var, bn_weight, bn_bias, p.eps, ctx.backend)
         dx = ddw = dpw = None
         dbias = torch.zeros_like(mean)  # the batch mean absorbs any shift of y: the bias has no gradient
     affine = bn_weight is not None

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from . import backends
 from .checks import check_apply_inputs, check_inputs, check_normalize_inputs, check_reduce_inputs
-from .contract import acc_dtype, check_output_mask, memory_format_of, output_mask_schema
+from .contract import OpParams, acc_dtype, check_output_mask, memory_format_of, output_mask_schema
 from .empty import grad_or_empty, out_like, stat_zeros, y_without_input, zero_grads
 
 
@@ -41,7 +41,8 @@ def forward_stats(
         return (y if save_y else x.new_empty(0)), mean, stat_zeros(x, k)
     impl = backends.select(x, backend)
     with backends.no_autocast(x):
-        return impl.forward_stats(x, dw_weight.contiguous(), pw_weight.contiguous(), bias, stride, dilation, save_y)
+        p = OpParams(stride, dilation, save_y=save_y)
+        return impl.forward_stats(x, dw_weight.contiguous(), pw_weight.contiguous(), bias, p)
 
 
 @forward_stats.register_fake
@@ -87,9 +88,7 @@ def forward_normalize(
             var,
             bn_weight,
             bn_bias,
-            stride,
-            dilation,
-            eps,
+            OpParams(stride, dilation, eps),
         )
 
 
@@ -118,7 +117,8 @@ def backward_reduce(
         return stat_zeros(y, y.shape[1]), stat_zeros(y, y.shape[1])
     impl = backends.select(y, backend)
     with backends.no_autocast(y):
-        return impl.backward_reduce(grad_out, y, mean, var, bn_weight, bn_bias, eps)
+        # Only y's geometry matters here: a stride-1 problem of y's size (as the native binding's act_problem).
+        return impl.backward_reduce(grad_out, y, mean, var, bn_weight, bn_bias, OpParams(1, 1, eps))
 
 
 @backward_reduce.register_fake
@@ -170,10 +170,7 @@ def _backward_apply(
             bn_bias,
             mean_dz,
             mean_dz_yhat,
-            stride,
-            dilation,
-            eps,
-            output_mask=mask,
+            OpParams(stride, dilation, eps, output_mask=mask),
         )
 
 

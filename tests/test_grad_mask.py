@@ -17,7 +17,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fused_dsconv import testing
-from fused_dsconv.backends import get, native
+from fused_dsconv.backends import OpParams, get, native
 
 OPS = torch.ops.fused_dsconv
 REF = get("reference")
@@ -44,17 +44,14 @@ def _case(shape):
 
 def _backward(backend, c, s, d, train, mask):
     """backward_train (from a saved y) or backward_eval of ``backend`` with ``output_mask=mask``."""
+    p = OpParams(s, d, EPS, output_mask=mask)
     if train:
-        out, y, mean, var = backend.forward_train(
-            c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, s, d, EPS, True
-        )
+        out, y, mean, var = backend.forward_train(c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, p)
         g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
-        return backend.backward_train(
-            g, c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, y, mean, var, s, d, EPS, output_mask=mask
-        )
-    out = backend.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, d)
+        return backend.backward_train(g, c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, y, mean, var, p)
+    out = backend.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, p)
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
-    return backend.backward_eval(g, out, c.x, c.dw_weight, c.pw_weight, s, d, output_mask=mask)
+    return backend.backward_eval(g, out, c.x, c.dw_weight, c.pw_weight, p)
 
 
 def _assert_masked_equal(got, full, mask, inputs):
@@ -109,9 +106,10 @@ def test_reference_masked_gradients_are_the_full_ones(mask, train):
 )
 def test_reference_computes_only_what_is_wanted(mask, expected):
     c, s, d = _case("span")
-    out = REF.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, d)
+    p = OpParams(s, d, output_mask=mask)
+    out = REF.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, p)
     with _AtenConvs() as seen:
-        REF.backward_eval(torch.ones_like(out), out, c.x, c.dw_weight, c.pw_weight, s, d, output_mask=mask)
+        REF.backward_eval(torch.ones_like(out), out, c.x, c.dw_weight, c.pw_weight, p)
     assert seen.calls == expected
 
 
@@ -126,9 +124,9 @@ def test_autograd_passes_needs_input_grad_as_the_mask(monkeypatch, frozen, train
     method = "backward_train" if train else "backward_eval"
     original = getattr(REF, method)
 
-    def spy(*args, output_mask=None):
-        seen.append(tuple(output_mask))
-        return original(*args, output_mask=output_mask)
+    def spy(*args):
+        seen.append(args[-1].output_mask)
+        return original(*args)
 
     def grads(requires):
         leaves = {n: getattr(c, n).detach().clone().requires_grad_(requires[n]) for n in names}

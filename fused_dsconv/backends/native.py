@@ -110,38 +110,22 @@ class NativeBackend(Backend):
             return "the CPU emulator of the CUDA kernels runs them one thread at a time, a correctness tool"
         return None
 
-    def forward_eval(self, x, dw_weight, pw_weight, bias, stride, dilation):
-        return self.ops.forward_eval(x, dw_weight, pw_weight, bias, stride, dilation)
+    def forward_eval(self, x, dw_weight, pw_weight, bias, p):
+        return self.ops.forward_eval(x, dw_weight, pw_weight, bias, p.stride, p.dilation)
 
-    def forward_train(self, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, save_y):
+    def forward_train(self, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, p):
         return tuple(
             self.ops.forward_train(
-                x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, float(eps), bool(save_y)
+                x, dw_weight, pw_weight, bias, bn_weight, bn_bias, p.stride, p.dilation, float(p.eps), bool(p.save_y)
             )
         )
 
-    def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, stride, dilation, output_mask=None):
+    def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, p):
         return tuple(
-            self.ops.backward_eval(grad_out, out, x, dw_weight, pw_weight, stride, dilation, _mask(output_mask))
+            self.ops.backward_eval(grad_out, out, x, dw_weight, pw_weight, p.stride, p.dilation, list(p.output_mask))
         )
 
-    def backward_train(
-        self,
-        grad_out,
-        x,
-        dw_weight,
-        pw_weight,
-        bias,
-        bn_weight,
-        bn_bias,
-        y,
-        mean,
-        var,
-        stride,
-        dilation,
-        eps,
-        output_mask=None,
-    ):
+    def backward_train(self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, p):
         return tuple(
             self.ops.backward_train(
                 grad_out,
@@ -154,42 +138,27 @@ class NativeBackend(Backend):
                 y,
                 mean,
                 var,
-                stride,
-                dilation,
-                float(eps),
-                _mask(output_mask),
+                p.stride,
+                p.dilation,
+                float(p.eps),
+                list(p.output_mask),
             )
         )
 
     # -- the split passes (synchronised batch norm): the launcher's stages, csrc/kernels/launch.cuh --
-    def forward_stats(self, x, dw_weight, pw_weight, bias, stride, dilation, save_y):
-        return tuple(self.ops.forward_stats(x, dw_weight, pw_weight, bias, stride, dilation, bool(save_y)))
+    def forward_stats(self, x, dw_weight, pw_weight, bias, p):
+        return tuple(self.ops.forward_stats(x, dw_weight, pw_weight, bias, p.stride, p.dilation, bool(p.save_y)))
 
-    def forward_normalize(self, x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation, eps):
+    def forward_normalize(self, x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, p):
         return self.ops.forward_normalize(
-            x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation, float(eps)
+            x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, p.stride, p.dilation, float(p.eps)
         )
 
-    def backward_reduce(self, grad_out, y, mean, var, bn_weight, bn_bias, eps):
-        return tuple(self.ops.backward_reduce(grad_out, y, mean, var, bn_weight, bn_bias, float(eps)))
+    def backward_reduce(self, grad_out, y, mean, var, bn_weight, bn_bias, p):
+        return tuple(self.ops.backward_reduce(grad_out, y, mean, var, bn_weight, bn_bias, float(p.eps)))
 
     def backward_apply(
-        self,
-        grad_out,
-        x,
-        dw_weight,
-        pw_weight,
-        y,
-        mean,
-        var,
-        bn_weight,
-        bn_bias,
-        mean_dz,
-        mean_dz_yhat,
-        stride,
-        dilation,
-        eps,
-        output_mask=None,
+        self, grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz, mean_dz_yhat, p
     ):
         return tuple(
             self.ops.backward_apply(
@@ -204,17 +173,12 @@ class NativeBackend(Backend):
                 bn_bias,
                 mean_dz,
                 mean_dz_yhat,
-                stride,
-                dilation,
-                float(eps),
-                _mask(output_mask),
+                p.stride,
+                p.dilation,
+                float(p.eps),
+                list(p.output_mask),
             )
         )
-
-
-def _mask(output_mask) -> list[bool]:
-    """The native schemas' bool[3] output_mask (None: all three gradients)."""
-    return [True, True, True] if output_mask is None else [bool(m) for m in output_mask]
 
 
 # ---- the CPU emulator build (tests, and anyone checking the kernels without a GPU) ----
