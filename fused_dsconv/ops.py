@@ -12,9 +12,10 @@ The split training passes of synchronised batch norm are the same family's other
 The two forward ops carry autograd formulas, registered below each op: backward calls the matching
 backward op on the same backend, so it stays opaque to torch.compile. The depthwise output is never
 saved: every backend rebuilds it from x. Gradients no input needs are not computed: backward passes
-``ctx.needs_input_grad`` of x, dw_weight and pw_weight to the backward op as its ``output_mask``, so a frozen
-weight costs no kernel of its own; when none of the three needs one, no convolution-gradient kernel runs (the
-BN and bias gradients come from per-channel sums). Double backward is not supported (the backward ops have no autograd of their own).
+``ctx.needs_input_grad`` of x, dw_weight and pw_weight to the backward op as its ``output_mask``, so a
+frozen weight costs no kernel of its own; when none of the three needs one, no convolution-gradient kernel
+runs (the BN and bias gradients come from per-channel sums). Double backward is not supported (the
+backward ops have no autograd of their own).
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def _backward_train(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of forward_train w.r.t. (x, dw_weight, pw_weight, bias, bn_weight, bn_bias).
 
-    ``y`` None means recompute mode. The last three are [K] tensors even when bn_weight is None
+    ``y`` None means recompute mode. The last two are [K] tensors even when bn_weight is None
     (the autograd layer drops them then). ``output_mask`` picks which of the first three to compute, as
     backward_eval's (the BN and bias gradients are always computed: every convolution gradient needs their sums).
     """

@@ -197,8 +197,8 @@ struct Ops {
     by_dtype(x, [&](auto t) { dsc::forward<typename Tr::Policy, decltype(t)>(q, qws.data_ptr<float>()); });
   }
 
-  // The convolution gradients output_mask asks for, their pointers in p (a null pointer tells the launcher not
-  // to compute that gradient); an unwanted one is an empty tensor of its dtype.
+  // The convolution gradients output_mask asks for, their pointers in p and the others' bits in p.unwanted (the
+  // launcher skips their work); an unwanted one is an empty tensor of its dtype.
   static std::tuple<Tensor, Tensor, Tensor> conv_grads(dsc::Problem& p, const Tensor& x, const Tensor& dw,
                                                        const Tensor& pw, std::array<bool, 3> output_mask) {
     Tensor dx = output_mask[0] ? at::empty_like(x, x.options().memory_format(format(x))) : x.new_empty({0});
@@ -207,6 +207,8 @@ struct Ops {
     p.dx = output_mask[0] ? dx.data_ptr() : nullptr;
     p.dwd = output_mask[1] ? ddw.data_ptr() : nullptr;
     p.dwp = output_mask[2] ? dpw.data_ptr() : nullptr;
+    p.unwanted =
+        (output_mask[0] ? 0 : dsc::kGradX) | (output_mask[1] ? 0 : dsc::kGradDw) | (output_mask[2] ? 0 : dsc::kGradPw);
     return {dx, ddw, dpw};
   }
 

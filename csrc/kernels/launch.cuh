@@ -229,16 +229,18 @@ void backward_sums(const Problem& p, float* ws) {
 
 // dsconv_bwd_dt, dsconv_bwd_dwp, dsconv_bwd_dx, colsum: dx, dwd, dwp from dy's coefficients at
 // ws + bwd_ws(p).coef (bn_bwd_finalize's, or written by the caller from sums merged elsewhere).
-// A null p.dx / p.dwd / p.dwp is a gradient not wanted (the op's output_mask): no p.dwp, no dsconv_dw /
-// dsconv_bwd_dwp and no dWp colsum; neither p.dx nor p.dwd, no dsconv_bwd_dt (its dt feeds only those two)
-// and no dsconv_bwd_dx. One of the two still runs dsconv_bwd_dx whole: dx and the dWd partials share its
-// staged dt window, so only the store of dx (p.dx null) or the dWd colsum (p.dwd null) is left out.
+// p.unwanted (the op's output_mask negated) skips what only an unwanted gradient needs: without dWp, no
+// dsconv_dw / dsconv_bwd_dwp and no dWp colsum; without dx and dWd, no dsconv_bwd_dt (its dt feeds only those
+// two) and no dsconv_bwd_dx. One of the two still runs dsconv_bwd_dx whole: dx and the dWd partials share its
+// staged dt window, so only the store of dx or the dWd colsum is left out. An unwanted output's pointer is
+// never written (it may be null).
 template <class P, class T>
 void backward_convs(const Problem& p0, float* ws) {
   Problem p = p0;
   p.vec_wp = vec_ok(p);
   const BwdWs L = bwd_ws(p);
-  const bool want_dt = p.dx != nullptr || p.dwd != nullptr, want_dwp = p.dwp != nullptr;
+  const bool want_dwd = !(p.unwanted & kGradDw), want_dwp = !(p.unwanted & kGradPw);
+  const bool want_dt = !(p.unwanted & kGradX) || want_dwd;
   if (want_dt) {
     if (p.bt.cls == kTileSpan64)
       P::launch(dsconv_bwd_dt_kernel<T, TileSpan64>, cdiv(p.C, TileSpan64::BK) * p.bsplit, tile_grid_y(p.bt.ntiles),
@@ -265,7 +267,7 @@ void backward_convs(const Problem& p0, float* ws) {
       }));
   // A job with no columns gets no colsum blocks (colsum_blocks_a / _b of 0).
   const ColsumJob<T> jwp{ws + L.dwp, p.splits, want_dwp ? p.K * p.C : 0, static_cast<T*>(p.dwp)};
-  const ColsumJob<T> jwd{ws + L.dwd, p.xgroups, p.dwd != nullptr ? p.C * 9 : 0, static_cast<T*>(p.dwd)};
+  const ColsumJob<T> jwd{ws + L.dwd, p.xgroups, want_dwd ? p.C * 9 : 0, static_cast<T*>(p.dwd)};
   const int64_t blocks = colsum_blocks_a(jwp.cols) + colsum_blocks_b(jwd.cols);
   if (blocks > 0) P::launch(colsum_kernel<T>, blocks, 1, 1, 256, jwp, jwd);
 }
