@@ -1,7 +1,8 @@
 """The rules every layer of the package shares, each stated once.
 
 The op layer, the module, the backends, the Triton launchers, the exporter and the benchmarks all need
-the same few facts about a joint block: how large its output is, which memory layout an input is in,
+the same few facts about a joint block: how a call's non-tensor arguments travel (``OpParams``), how large
+its output is, which memory layout an input is in,
 how the two conv biases fold into one, how the classifier's table of blocks is walked, and which strides
 and dilations are allowed. They import them from here. This module imports nothing of the package (only
 torch), so any layer can depend on it without creating a cycle.
@@ -10,6 +11,7 @@ torch), so any layer can depend on it without creating a cycle.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from typing import NamedTuple, Optional
 
 import torch
@@ -91,3 +93,53 @@ def walk_blocks(table: Iterable[tuple[int, int, int]], side: int, alpha: float =
     for c, k, s in table:
         yield BlockShape(scaled(c, alpha), scaled(k, alpha), s, side)
         side = output_size(side, s)
+
+
+# -- the non-tensor arguments of a call ------------------------------------------------------------
+ALL_GRADS = (True, True, True)
+# The backward ops' last argument, as aten::convolution_backward's: which of (grad x, grad dw_weight,
+# grad pw_weight) to compute. Python's signature says Optional[list[bool]] = None (custom_op's inference takes
+# no list default); the registered schema is this, so every caller, old ones included, gets all three by default.
+OUTPUT_MASK_SCHEMA = "bool[3] output_mask=[True, True, True]"
+
+
+def output_mask_schema(fn) -> str:
+    """``fn``'s inferred op schema with its ``output_mask: Optional[list[bool]] = None`` as OUTPUT_MASK_SCHEMA."""
+    schema = torch.library.infer_schema(fn, mutates_args=())
+    inferred = "bool[]? output_mask=None"
+    if inferred not in schema:
+        raise TypeError(f"{fn.__name__} needs a last parameter output_mask: Optional[list[bool]] = None")
+    return schema.replace(inferred, OUTPUT_MASK_SCHEMA)
+
+
+def check_output_mask(output_mask) -> tuple[bool, bool, bool]:
+    """``output_mask`` as three bools (None: all three); ValueError for anything else."""
+    if output_mask is None:
+        return ALL_GRADS
+    mask = tuple(output_mask)
+    if len(mask) != 3 or not all(isinstance(m, bool) for m in mask):
+        raise ValueError(
+            f"output_mask must be three bools (grad x, grad dw_weight, grad pw_weight), got {output_mask!r}"
+        )
+    return mask
+
+
+@dataclass(frozen=True)
+class OpParams:
+    """The non-tensor arguments of one call of the op family, as the backends and the autograd formulas take
+    them (the C++ launcher's ``dsc::Problem`` plays this part there). The registered ops keep flat schemas
+    (torch.library needs them) and build one of these after checking their arguments.
+
+    ``eps`` matters to the training passes only and ``save_y`` to the forward ones; ``output_mask`` (grad x,
+    grad dw_weight, grad pw_weight) to the backward ones.
+    """
+
+    stride: int
+    dilation: int
+    eps: float = 1e-5  # nn.BatchNorm2d's
+    save_y: bool = True
+    output_mask: tuple[bool, bool, bool] = ALL_GRADS
+
+    def with_mask(self, output_mask) -> "OpParams":
+        """These parameters asking for the gradients ``output_mask`` wants (None: all three)."""
+        return replace(self, output_mask=check_output_mask(output_mask))

@@ -24,14 +24,14 @@ and 2K backward, in the statistics dtype (float32; float64 for float64 inputs).
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from . import checks, split_ops
-from .contract import output_size
+from .contract import OpParams, output_size
 
 
 def active(group=None) -> bool:
@@ -59,17 +59,6 @@ def merge_statistics(rows: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
 def _pixels(x: Tensor, stride: int) -> int:
     n, _, h, w = x.shape
     return n * output_size(h, stride) * output_size(w, stride)
-
-
-class _SyncParams(NamedTuple):
-    """A synchronised forward's non-tensor arguments, kept for its backward; ``count``: this process's pixels."""
-
-    stride: int
-    dilation: int
-    eps: float
-    backend: str
-    group: object
-    count: int
 
 
 class _SyncTrain(torch.autograd.Function):
@@ -115,7 +104,8 @@ class _SyncTrain(torch.autograd.Function):
         ctx.save_for_backward(
             x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y if save_y else None, mean, var, mean_here, n
         )
-        ctx.params = _SyncParams(stride, dilation, eps, backend, group, count)
+        # As the registered forward_train's autograd keeps them, plus the process group and this process's pixels.
+        ctx.params, ctx.backend, ctx.group, ctx.count = OpParams(stride, dilation, eps, save_y), backend, group, count
         ctx.mark_non_differentiable(mean, var, n)
         return out, mean, var, n
 
@@ -124,41 +114,45 @@ class _SyncTrain(torch.autograd.Function):
         import torch.distributed._functional_collectives as funcol
 
         x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, mean_here, n = ctx.saved_tensors
-        stride, dilation, eps, backend, group, count = ctx.params
+        p, backend, group, count = ctx.params.with_mask(ctx.needs_input_grad[:3]), ctx.backend, ctx.group, ctx.count
         k = pw_weight.shape[0]
         if y is None:  # recompute mode: y once, for both passes (its statistics are not needed again)
-            y = split_ops.forward_stats(x, dw_weight, pw_weight, bias, stride, dilation, True, backend)[0]
-        sum_dz, sum_dz_yhat = split_ops.backward_reduce(grad_out, y, mean, var, bn_weight, bn_bias, eps, backend)
+            y = split_ops.forward_stats(x, dw_weight, pw_weight, bias, p.stride, p.dilation, True, backend)[0]
+        sum_dz, sum_dz_yhat = split_ops.backward_reduce(grad_out, y, mean, var, bn_weight, bn_bias, p.eps, backend)
         total = funcol.all_reduce(torch.cat([sum_dz, sum_dz_yhat]), "sum", group)
         mean_dz, mean_dz_yhat = (total / n).split(k)
-        dx, ddw, dpw = split_ops.backward_apply(
-            grad_out,
-            x,
-            dw_weight,
-            pw_weight,
-            y,
-            mean,
-            var,
-            bn_weight,
-            bn_bias,
-            mean_dz,
-            mean_dz_yhat,
-            stride,
-            dilation,
-            eps,
-            backend,
-        )
+        need = p.output_mask  # a frozen weight (or x without grad) costs none of its kernels
+        dx = ddw = dpw = None
+        if any(need):
+            dx, ddw, dpw = split_ops.backward_apply(
+                grad_out,
+                x,
+                dw_weight,
+                pw_weight,
+                y,
+                mean,
+                var,
+                bn_weight,
+                bn_bias,
+                mean_dz,
+                mean_dz_yhat,
+                p.stride,
+                p.dilation,
+                p.eps,
+                backend,
+                list(need),
+            )
         dbias = None
         if bias is not None and ctx.needs_input_grad[3]:
             # sum of dy over this process's pixels, from per-channel sums: sum (y - mean) = count (mean here - mean)
-            r = torch.rsqrt(var + eps)
+            r = torch.rsqrt(var + p.eps)
             a = r if bn_weight is None else bn_weight * r
             dbias = a * (sum_dz - count * mean_dz - mean_dz_yhat * r * (count * (mean_here - mean)))
         affine = bn_weight is not None
         return (
-            dx,
-            ddw,
-            dpw,
+            dx if need[0] else None,
+            ddw if need[1] else None,
+            dpw if need[2] else None,
             dbias,
             sum_dz_yhat if affine else None,
             sum_dz if affine else None,

@@ -29,12 +29,18 @@ def y_without_input(x: Tensor, k: int, stride: int, bias: Optional[Tensor]) -> T
     return y.copy_((bias if bias is not None else stat_zeros(x, k)).view(1, k, 1, 1).to(x.dtype).expand_as(y))
 
 
-def zero_grads(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, n_per_channel: int) -> tuple[Tensor, ...]:
-    """Gradients of an input with no elements: zeros for x and both weights, and ``n_per_channel`` [K] zeros."""
+def grad_or_empty(t: Tensor, wanted: bool, like=torch.empty_like) -> Tensor:
+    """``like(t)`` for a wanted gradient of ``t``; an empty tensor of t's dtype and device for an unwanted one."""
+    return like(t) if wanted else t.new_empty(0)
+
+
+def zero_grads(
+    x: Tensor, dw_weight: Tensor, pw_weight: Tensor, n_per_channel: int, output_mask=(True, True, True)
+) -> tuple[Tensor, ...]:
+    """Gradients of an input with no elements: zeros for x and both weights (empty where ``output_mask`` does not
+    want them), and ``n_per_channel`` [K] zeros."""
     k = pw_weight.shape[0]
     return (
-        torch.zeros_like(x),
-        torch.zeros_like(dw_weight),
-        torch.zeros_like(pw_weight),
+        *(grad_or_empty(t, m, torch.zeros_like) for t, m in zip((x, dw_weight, pw_weight), output_mask)),
         *(stat_zeros(x, k) for _ in range(n_per_channel)),
     )

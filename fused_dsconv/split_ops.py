@@ -15,8 +15,8 @@ from torch import Tensor
 
 from . import backends
 from .checks import check_apply_inputs, check_inputs, check_normalize_inputs, check_reduce_inputs
-from .contract import acc_dtype, memory_format_of
-from .empty import out_like, stat_zeros, y_without_input, zero_grads
+from .contract import OpParams, acc_dtype, check_output_mask, memory_format_of, output_mask_schema
+from .empty import grad_or_empty, out_like, stat_zeros, y_without_input, zero_grads
 
 
 @torch.library.custom_op("fused_dsconv::forward_stats", mutates_args=())
@@ -41,7 +41,8 @@ def forward_stats(
         return (y if save_y else x.new_empty(0)), mean, stat_zeros(x, k)
     impl = backends.select(x, backend)
     with backends.no_autocast(x):
-        return impl.forward_stats(x, dw_weight.contiguous(), pw_weight.contiguous(), bias, stride, dilation, save_y)
+        p = OpParams(stride, dilation, save_y=save_y)
+        return impl.forward_stats(x, dw_weight.contiguous(), pw_weight.contiguous(), bias, p)
 
 
 @forward_stats.register_fake
@@ -87,9 +88,7 @@ def forward_normalize(
             var,
             bn_weight,
             bn_bias,
-            stride,
-            dilation,
-            eps,
+            OpParams(stride, dilation, eps),
         )
 
 
@@ -118,7 +117,8 @@ def backward_reduce(
         return stat_zeros(y, y.shape[1]), stat_zeros(y, y.shape[1])
     impl = backends.select(y, backend)
     with backends.no_autocast(y):
-        return impl.backward_reduce(grad_out, y, mean, var, bn_weight, bn_bias, eps)
+        # Only y's geometry matters here: a stride-1 problem of y's size (as the native binding's act_problem).
+        return impl.backward_reduce(grad_out, y, mean, var, bn_weight, bn_bias, OpParams(1, 1, eps))
 
 
 @backward_reduce.register_fake
@@ -128,8 +128,7 @@ def _(grad_out, y, mean, var, bn_weight, bn_bias, eps, backend="auto"):
     return y.new_empty(k, dtype=acc_dtype(y)), y.new_empty(k, dtype=acc_dtype(y))
 
 
-@torch.library.custom_op("fused_dsconv::backward_apply", mutates_args=())
-def backward_apply(
+def _backward_apply(
     grad_out: Tensor,
     x: Tensor,
     dw_weight: Tensor,
@@ -145,15 +144,18 @@ def backward_apply(
     dilation: int,
     eps: float,
     backend: str = "auto",
+    output_mask: Optional[list[bool]] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(grad_x, grad_dw_weight, grad_pw_weight) through dy = bn_weight / sqrt(var + eps) * (dz - mean_dz -
     yhat * mean_dz_yhat), where mean_dz / mean_dz_yhat are backward_reduce's sums divided by the pixel count
-    (merged over processes: nn.SyncBatchNorm's backward)."""
+    (merged over processes: nn.SyncBatchNorm's backward). ``output_mask`` picks which of the three to compute,
+    as fused_dsconv::backward_train's (an unwanted one is an empty tensor and costs no kernel of its own)."""
+    mask = check_output_mask(output_mask)
     check_apply_inputs(
         grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz, mean_dz_yhat, stride, dilation
     )
     if x.numel() == 0:
-        return zero_grads(x, dw_weight, pw_weight, 0)
+        return zero_grads(x, dw_weight, pw_weight, 0, mask)
     impl = backends.select(x, backend)
     with backends.no_autocast(x):
         return impl.backward_apply(
@@ -168,10 +170,13 @@ def backward_apply(
             bn_bias,
             mean_dz,
             mean_dz_yhat,
-            stride,
-            dilation,
-            eps,
+            OpParams(stride, dilation, eps, output_mask=mask),
         )
+
+
+backward_apply = torch.library.custom_op(
+    "fused_dsconv::backward_apply", _backward_apply, mutates_args=(), schema=output_mask_schema(_backward_apply)
+)
 
 
 @backward_apply.register_fake
@@ -191,8 +196,10 @@ def _(
     dilation,
     eps,
     backend="auto",
+    output_mask=None,
 ):
+    mask = check_output_mask(output_mask)
     check_apply_inputs(
         grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz, mean_dz_yhat, stride, dilation
     )
-    return torch.empty_like(x), torch.empty_like(dw_weight), torch.empty_like(pw_weight)
+    return tuple(grad_or_empty(t, m) for t, m in zip((x, dw_weight, pw_weight), mask))

@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .contract import memory_format_of
+from .contract import OpParams, memory_format_of
 
 TF32 = "tf32"  # the tolerance row of float32 results computed with TF32 GEMM operands
 
@@ -228,3 +228,66 @@ def split_passes(
         "d_beta": sum_dz,
         "parts": [{"out": o, "dx": g[0]} for o, g in zip(outs, grads)],
     }
+
+
+class FlatCalls:
+    """A backend whose primitives take the registered ops' flat argument lists (the non-tensor arguments
+    positionally after the tensors, in the ops' order, without ``backend``; the backward ops' ``output_mask``
+    last), as the kernel tests compare them with the ops; each call builds the ``OpParams`` the backend takes.
+    Everything else (``unavailable``, ``name``, ...) is the backend's own."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def forward_eval(self, x, dw_weight, pw_weight, bias, stride, dilation):
+        return self.backend.forward_eval(x, dw_weight, pw_weight, bias, OpParams(stride, dilation))
+
+    def forward_train(self, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, save_y=True):
+        p = OpParams(stride, dilation, eps, save_y)
+        return self.backend.forward_train(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, p)
+
+    def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, stride, dilation, output_mask=None):
+        p = OpParams(stride, dilation).with_mask(output_mask)
+        return self.backend.backward_eval(grad_out, out, x, dw_weight, pw_weight, p)
+
+    def backward_train(
+        self, grad_out, x, dw, pw, bias, bn_weight, bn_bias, y, mean, var, stride, dilation, eps, output_mask=None
+    ):
+        p = OpParams(stride, dilation, eps).with_mask(output_mask)
+        return self.backend.backward_train(grad_out, x, dw, pw, bias, bn_weight, bn_bias, y, mean, var, p)
+
+    def forward_stats(self, x, dw_weight, pw_weight, bias, stride, dilation, save_y=True):
+        return self.backend.forward_stats(x, dw_weight, pw_weight, bias, OpParams(stride, dilation, save_y=save_y))
+
+    def forward_normalize(self, x, dw, pw, bias, y, mean, var, bn_weight, bn_bias, stride, dilation, eps):
+        p = OpParams(stride, dilation, eps)
+        return self.backend.forward_normalize(x, dw, pw, bias, y, mean, var, bn_weight, bn_bias, p)
+
+    def backward_reduce(self, grad_out, y, mean, var, bn_weight, bn_bias, eps):
+        return self.backend.backward_reduce(grad_out, y, mean, var, bn_weight, bn_bias, OpParams(1, 1, eps))
+
+    def backward_apply(
+        self,
+        grad_out,
+        x,
+        dw,
+        pw,
+        y,
+        mean,
+        var,
+        bn_weight,
+        bn_bias,
+        mean_dz,
+        mean_dz_yhat,
+        stride,
+        dilation,
+        eps,
+        output_mask=None,
+    ):
+        p = OpParams(stride, dilation, eps).with_mask(output_mask)
+        return self.backend.backward_apply(
+            grad_out, x, dw, pw, y, mean, var, bn_weight, bn_bias, mean_dz, mean_dz_yhat, p
+        )

@@ -324,8 +324,17 @@ def launch_bn_backward(grad_out, y, mean, var, bn_weight, bn_bias, eps, train):
     return (coef, dbias, dgamma, dbeta) if train else (coef, dbias, None, None)
 
 
-def launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dilation, train):
-    """(dx, dWd, dWp) given dy = f(grad_out, y, coef) (the kernels' ``_dy_tile``)."""
+def launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dilation, train, output_mask=None):
+    """(dx, dWd, dWp) given dy = f(grad_out, y, coef) (the kernels' ``_dy_tile``).
+
+    ``output_mask`` (default all True) picks which of the three to compute; an unwanted one is an empty
+    tensor. No dWp: dsconv_bwd_dt builds no T tiles and its colsum is not launched. Neither dx nor dWd: no dt
+    is stored and dsconv_bwd_dx is not launched. Only one of dx, dWd: dsconv_bwd_dx runs whole (both come
+    from the same dt gathers), leaving out the dx store or the dWd colsum."""
+    want_dx, want_dwd, want_dwp = (True, True, True) if output_mask is None else (bool(m) for m in output_mask)
+    want_dt = want_dx or want_dwd
+    if not (want_dt or want_dwp):
+        return x.new_empty(0), dw_weight.new_empty(0), pw_weight.new_empty(0)
     tk = ts.kernels()
     n, c, h, w = x.shape
     k = pw_weight.shape[0]
@@ -341,11 +350,14 @@ def launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dil
     mode = dot_mode(x)
     bk = k_slice(k, kind_of(x, mode))
     slices = triton.cdiv(k, bk)
-    dt = torch.empty((slices * n, c, ho, wo), device=dev, dtype=torch.float32, memory_format=mf)
+    # An unwanted product's buffer is a placeholder of its layout on the meta device (strides, span), and the
+    # kernel gets another tensor's pointer it never dereferences for it (WANT_DT / WANT_DWP are constexprs).
+    dt = torch.empty((slices * n, c, ho, wo), device=dev if want_dt else "meta", dtype=torch.float32, memory_format=mf)
     dt_slice = n * c * ho * wo
     min_bc = min(cfg.kwargs["BLOCK_C"] for cfg in tk.DT_CONFIGS)
     per, groups = pix_groups(m, triton.cdiv(c, 2 * min_bc) * slices, dev)
-    ws_pw = torch.empty((groups, k * c), device=dev, dtype=torch.float32)
+    ws_pw = torch.empty((groups, k * c) if want_dwp else (1,), device=dev, dtype=torch.float32)
+    dt_arg = dt if want_dt else ws_pw
     launch_tuned(
         "dsconv_bwd_dt",
         lambda meta: (triton.cdiv(c, meta["BLOCK_C"]) * slices * groups,),
@@ -355,8 +367,8 @@ def launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dil
         x,
         dw_weight,
         pw_weight,
-        dt,
-        ws_pw,
+        dt_arg,
+        ws_pw if want_dwp else dt_arg,
         c,
         k,
         h,
@@ -382,13 +394,17 @@ def launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dil
         TRAIN=train,
         DOT_MODE=mode,
         DEBUG=tk.DEBUG,
+        WANT_DT=want_dt,
+        WANT_DWP=want_dwp,
         BLOCK_K=bk,
         VEC=plane_vec(ho * wo, grad_out, y, dt, *((x,) if stride == 1 else ())),
     )
-    d_pw = launch_colsum(ws_pw).reshape(k, c).to(pw_weight.dtype)
+    d_pw = launch_colsum(ws_pw).reshape(k, c).to(pw_weight.dtype) if want_dwp else pw_weight.new_empty(0)
+    if not want_dt:
+        return x.new_empty(0), dw_weight.new_empty(0), d_pw
 
     # dx and the depthwise weight-gradient partials.
-    dx = torch.empty_like(x, memory_format=mf)
+    dx = torch.empty_like(x, memory_format=mf) if want_dx else x  # x: a placeholder dsconv_bwd_dx never writes
     min_bc = min(cfg.kwargs["BLOCK_C"] for cfg in tk.DX_CONFIGS)
     per, groups = pix_groups(mi, triton.cdiv(c, 2 * min_bc), dev)
     ws_dw = torch.empty((groups, c * 9), device=dev, dtype=torch.float32)
@@ -422,6 +438,7 @@ def launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dil
         STRIDE=stride,
         VEC=plane_vec(h * w, x, dx),
         DEBUG=tk.DEBUG,
+        STORE_DX=want_dx,
     )
-    d_dw = launch_colsum(ws_dw).reshape(c, 1, 3, 3).to(dw_weight.dtype)
-    return dx, d_dw, d_pw
+    d_dw = launch_colsum(ws_dw).reshape(c, 1, 3, 3).to(dw_weight.dtype) if want_dwd else dw_weight.new_empty(0)
+    return (dx if want_dx else x.new_empty(0)), d_dw, d_pw

@@ -12,6 +12,11 @@ if os.path.isdir("/usr/local/cuda") and "CUDA_HOME" not in os.environ:
 # Measured backend choice (fused_dsconv/tune.py) would make which path a test runs depend on timing and
 # write the user's cache: off by default here; tests/test_tune.py turns it on with injected timings.
 os.environ.setdefault("FUSED_DSCONV_TUNE", "0")
+# One intra-op thread, as the training, export and distributed tests and the benchmarks already run: the test
+# tensors are tiny, and on a shared 2-core machine a second OpenMP thread waits at every parallel region's
+# barrier while the other core is busy (a 3x5x9x11 float64 channels_last conv2d: 74 ms a call with two
+# threads; the fast loop took 155 s wall with two, 20 s with one, MEASURED with simulations on both cores).
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(items):

@@ -23,7 +23,7 @@ from fused_dsconv import testing
 from fused_dsconv.backends import get, memory_format_of, native
 
 EPS = 1e-5
-REF = get("reference")
+REF = testing.FlatCalls(get("reference"))
 F32, F16 = torch.float32, torch.float16
 
 # (N, C, K, H, W), stride, dilation, dtype, channels_last. Triton's interpreter tiles are 32 output
@@ -55,9 +55,9 @@ SHAPES = [
 def backend(request):
     if request.param == "triton":
         request.getfixturevalue("triton_interpreter")
-        return get("triton")
+        return testing.FlatCalls(get("triton"))
     if request.param == "native-emu":
-        return native.load_emulator()
+        return testing.FlatCalls(native.load_emulator())
     return REF
 
 

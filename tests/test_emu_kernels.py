@@ -18,21 +18,21 @@ import torch
 
 from fused_dsconv.backends import native
 from fused_dsconv.backends.reference import ReferenceBackend
-from fused_dsconv.testing import NATIVE_TILE_CASES, assert_close, make_case
+from fused_dsconv.testing import NATIVE_TILE_CASES, FlatCalls, assert_close, make_case
 
 pytestmark = [pytest.mark.build]  # builds the CPU emulator extension first
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import perf_model as pm  # noqa: E402
 
-REF = ReferenceBackend()
+REF = FlatCalls(ReferenceBackend())
 EPS = 1e-5
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 
 
 @pytest.fixture(scope="session")
 def emu():
-    return native.load_emulator()
+    return FlatCalls(native.load_emulator())
 
 
 def _d(t):

@@ -72,12 +72,12 @@ def test_native_matches_reference_on_gpu():
     """Only on a machine with a GPU: the CUDA build against the reference (fp32, both layouts)."""
     from fused_dsconv.backends import native
     from fused_dsconv.backends.reference import ReferenceBackend
-    from fused_dsconv.testing import assert_close, make_case
+    from fused_dsconv.testing import FlatCalls, assert_close, make_case
 
-    b = native.NativeBackend()
+    b = FlatCalls(native.NativeBackend())
     if b.unavailable(torch.zeros(1, 1, 1, 1, device="cuda")):
         pytest.skip(b.unavailable(torch.zeros(1, 1, 1, 1, device="cuda")))
-    ref = ReferenceBackend()
+    ref = FlatCalls(ReferenceBackend())
     for cl in (False, True):
         for s, d in ((1, 1), (2, 3), (1, 5)):
             c = make_case(2, 24, 80, 17, 13, stride=s, dilation=d, channels_last=cl, device="cuda")

@@ -57,6 +57,15 @@ def test_opcheck_backward_ops():
         (g, c.x, c.dw_weight, c.pw_weight, None, None, None, None, mean, var, 2, 2, 1e-5, "reference"),
     )
     torch.library.opcheck(OPS.backward_eval.default, (g, out, c.x, c.dw_weight, c.pw_weight, 2, 2, "reference"))
+    # output_mask: the fake kernels must describe the empty tensors of unwanted gradients
+    train = (g, c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, y, mean, var, 2, 2, 1e-5, "reference")
+    for mask in ([False, True, True], [True, True, False], [False, False, True], [False, False, False]):
+        torch.library.opcheck(OPS.backward_train.default, (*train, mask))
+        torch.library.opcheck(
+            OPS.backward_eval.default, (g, out, c.x, c.dw_weight, c.pw_weight, 2, 2, "reference", mask)
+        )
+        got = OPS.backward_train(*train, mask)
+        assert [t.numel() > 0 for t in got[:3]] == mask
 
 
 @pytest.mark.parametrize("case", list(cases())[::3], ids=lambda c: f"s{c.stride}d{c.dilation}{c.x.dtype}")
@@ -76,10 +85,9 @@ def test_opcheck_split_passes(case):
     g = torch.randn_like(y)
     for affine in (bn, (None, None)):
         torch.library.opcheck(OPS.backward_reduce.default, (g, y, mean, var, *affine, 1e-5, "reference"))
-        torch.library.opcheck(
-            OPS.backward_apply.default,
-            (g, *conv[:3], y, mean, var, *affine, mean * 0.1, var * 0.1, c.stride, c.dilation, 1e-5, "reference"),
-        )
+        apply = (g, *conv[:3], y, mean, var, *affine, mean * 0.1, var * 0.1, c.stride, c.dilation, 1e-5, "reference")
+        torch.library.opcheck(OPS.backward_apply.default, apply)
+        torch.library.opcheck(OPS.backward_apply.default, (*apply, [True, False, False]))
 
 
 def test_statistics_outputs_are_not_differentiable():

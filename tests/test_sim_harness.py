@@ -183,6 +183,7 @@ def test_source_hash_ignores_formatting_and_comments_not_tokens(tmp_path, monkey
     assert h("x = 1\n", "k.py") != h("x  =  1\n", "k.py")
 
 
+@pytest.mark.build  # nvcc builds both host programs: half a minute on the 2-core CPU
 @pytest.mark.skipif(
     shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists(),
     reason="needs nvcc to build the simulation host programs",

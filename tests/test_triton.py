@@ -48,8 +48,8 @@ def interpreter(triton_interpreter):
     return triton_interpreter
 
 
-TB = get("triton")
-RB = get("reference")
+TB = testing.FlatCalls(get("triton"))
+RB = testing.FlatCalls(get("reference"))
 TK = None  # the kernels module, set by the interpreter fixture
 TL = None  # the launchers module
 TS = None  # what a launch needs (fused_dsconv.triton_setup): dot mode, tuned kernels

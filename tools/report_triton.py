@@ -163,6 +163,7 @@ def _primitives(launch, layer, dtype: str, tf32: bool):
     import torch
     from fused_dsconv import testing
     from fused_dsconv.backends import triton as backend_mod
+    from fused_dsconv.contract import OpParams
 
     n, c, k, h, w, s, cl = LAYERS[layer]
     dt = getattr(torch, dtype)
@@ -177,12 +178,13 @@ def _primitives(launch, layer, dtype: str, tf32: bool):
     backend_mod._launch = lambda: launch
     try:
         with testing.conv_tf32(tf32):
-            out = b.forward_eval(x, wd, wp, bias, s, 3)
-            _, y, _, _ = b.forward_train(x, wd, wp, bias, gamma, beta, s, 3, 1e-5, True)
-            b.backward_train(out, x, wd, wp, bias, gamma, beta, y, mean, var, s, 3, 1e-5)
+            p = OpParams(s, 3, 1e-5, True)
+            out = b.forward_eval(x, wd, wp, bias, p)
+            _, y, _, _ = b.forward_train(x, wd, wp, bias, gamma, beta, p)
+            b.backward_train(out, x, wd, wp, bias, gamma, beta, y, mean, var, p)
             if dtype == "float16":  # recompute mode's y-only forward (no bias): one dtype is enough
-                b.backward_train(out, x, wd, wp, None, gamma, beta, None, mean, var, s, 3, 1e-5)
-            b.backward_eval(out, out, x, wd, wp, s, 3)
+                b.backward_train(out, x, wd, wp, None, gamma, beta, None, mean, var, p)
+            b.backward_eval(out, out, x, wd, wp, p)
     finally:
         backend_mod._launch = saved
 

@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <array>
 #include <optional>
 #include <tuple>
 
@@ -196,17 +197,29 @@ struct Ops {
     by_dtype(x, [&](auto t) { dsc::forward<typename Tr::Policy, decltype(t)>(q, qws.data_ptr<float>()); });
   }
 
+  // The convolution gradients output_mask asks for, their pointers in p and the others' bits in p.unwanted (the
+  // launcher skips their work); an unwanted one is an empty tensor of its dtype.
+  static std::tuple<Tensor, Tensor, Tensor> conv_grads(dsc::Problem& p, const Tensor& x, const Tensor& dw,
+                                                       const Tensor& pw, std::array<bool, 3> output_mask) {
+    Tensor dx = output_mask[0] ? at::empty_like(x, x.options().memory_format(format(x))) : x.new_empty({0});
+    Tensor ddw = output_mask[1] ? at::empty_like(dw) : dw.new_empty({0});
+    Tensor dpw = output_mask[2] ? at::empty_like(pw) : pw.new_empty({0});
+    p.dx = output_mask[0] ? dx.data_ptr() : nullptr;
+    p.dwd = output_mask[1] ? ddw.data_ptr() : nullptr;
+    p.dwp = output_mask[2] ? dpw.data_ptr() : nullptr;
+    p.unwanted =
+        (output_mask[0] ? 0 : dsc::kGradX) | (output_mask[1] ? 0 : dsc::kGradDw) | (output_mask[2] ? 0 : dsc::kGradPw);
+    return {dx, ddw, dpw};
+  }
+
   // Shared tail of both backward ops: p.mode and p.act / p.as set by the caller.
   static std::tuple<Tensor, Tensor, Tensor> run_backward(dsc::Problem& p, const Tensor& x, const Tensor& dw,
                                                          const Tensor& pw, const Tensor& grad_out, Tensor& dbias,
-                                                         Tensor& dgamma, Tensor& dbeta) {
-    Tensor dx = at::empty_like(x, x.options().memory_format(format(x)));
-    Tensor ddw = at::empty_like(dw), dpw = at::empty_like(pw);
+                                                         Tensor& dgamma, Tensor& dbeta,
+                                                         std::array<bool, 3> output_mask) {
+    auto [dx, ddw, dpw] = conv_grads(p, x, dw, pw, output_mask);
     p.dout = grad_out.data_ptr();
     p.dos = strides(grad_out);
-    p.dx = dx.data_ptr();
-    p.dwd = ddw.data_ptr();
-    p.dwp = dpw.data_ptr();
     p.dbias = dbias.data_ptr<float>();
     p.dgamma = dgamma.data_ptr<float>();
     p.dbeta = dbeta.data_ptr<float>();
@@ -217,7 +230,8 @@ struct Ops {
 
   static std::tuple<Tensor, Tensor, Tensor, Tensor> backward_eval(const Tensor& grad_out, const Tensor& out,
                                                                   const Tensor& x, const Tensor& dw, const Tensor& pw,
-                                                                  int64_t stride, int64_t dilation) {
+                                                                  int64_t stride, int64_t dilation,
+                                                                  std::array<bool, 3> output_mask) {
     check_x(x, stride, dilation);
     check_weights(x, dw, pw);
     typename Tr::Guard guard(x.device());
@@ -227,7 +241,9 @@ struct Ops {
     check_act("out", out, x, shape);
     Tensor dbias = at::zeros({p.K}, x.options().dtype(at::kFloat));
     if (x.numel() == 0 || p.K == 0)
-      return {at::zeros_like(x), at::zeros_like(dw), at::zeros_like(pw),
+      return {output_mask[0] ? at::zeros_like(x) : x.new_empty({0}),
+              output_mask[1] ? at::zeros_like(dw) : dw.new_empty({0}),
+              output_mask[2] ? at::zeros_like(pw) : pw.new_empty({0}),
               p.K == 0 || p.N == 0
                   ? dbias
                   : at::where(out <= 0, at::zeros({}, dbias.options()), grad_out.to(at::kFloat)).sum({0, 2, 3})};
@@ -235,14 +251,14 @@ struct Ops {
     p.mode = dsc::kEval;
     p.act = out.data_ptr();
     p.as = strides(out);
-    auto [dx, ddw, dpw] = run_backward(p, x, dw, pw, grad_out, dbias, dgamma, dbeta);
+    auto [dx, ddw, dpw] = run_backward(p, x, dw, pw, grad_out, dbias, dgamma, dbeta, output_mask);
     return {dx, ddw, dpw, dbias};
   }
 
   static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_train(
       const Tensor& grad_out, const Tensor& x, const Tensor& dw, const Tensor& pw, const optional<Tensor>& bias,
       const optional<Tensor>& bn_weight, const optional<Tensor>& bn_bias, const optional<Tensor>& y, const Tensor& mean,
-      const Tensor& var, int64_t stride, int64_t dilation, double eps) {
+      const Tensor& var, int64_t stride, int64_t dilation, double eps, std::array<bool, 3> output_mask) {
     const int64_t K = check_train(x, dw, pw, bias, bn_weight, bn_bias, stride, dilation);
     check_stats(mean, var, x, K);
     typename Tr::Guard guard(x.device());
@@ -273,7 +289,7 @@ struct Ops {
     p.mode = dsc::kTrain;
     p.act = y_use.data_ptr();
     p.as = strides(y_use);
-    auto [dx, ddw, dpw] = run_backward(p, x, dw, pw, grad_out, dbias, dgamma, dbeta);
+    auto [dx, ddw, dpw] = run_backward(p, x, dw, pw, grad_out, dbias, dgamma, dbeta, output_mask);
     return {dx, ddw, dpw, dbias, dgamma, dbeta};
   }
 
@@ -400,7 +416,7 @@ struct Ops {
                                                            const Tensor& var, const optional<Tensor>& bn_weight,
                                                            const optional<Tensor>& bn_bias, const Tensor& mean_dz,
                                                            const Tensor& mean_dz_yhat, int64_t stride, int64_t dilation,
-                                                           double eps) {
+                                                           double eps, std::array<bool, 3> output_mask) {
     const int64_t K = check_train(x, dw, pw, std::nullopt, bn_weight, bn_bias, stride, dilation);
     for (auto [name, t] : {std::pair<const char*, const Tensor*>{"mean", &mean},
                            {"var", &var},
@@ -413,16 +429,12 @@ struct Ops {
     const std::vector<int64_t> shape{p.N, K, p.Ho, p.Wo};
     check_act("grad_out", grad_out, x, shape);
     check_act("y", y, x, shape);
-    Tensor dx = at::empty_like(x, x.options().memory_format(format(x)));
-    Tensor ddw = at::empty_like(dw), dpw = at::empty_like(pw);
+    auto [dx, ddw, dpw] = conv_grads(p, x, dw, pw, output_mask);
     p.mode = dsc::kTrain;
     p.dout = grad_out.data_ptr();
     p.dos = strides(grad_out);
     p.act = y.data_ptr();
     p.as = strides(y);
-    p.dx = dx.data_ptr();
-    p.dwd = ddw.data_ptr();
-    p.dwp = dpw.data_ptr();
     const dsc::BwdWs L = dsc::bwd_ws(p);
     Tensor ws = workspace(x, L.total);
     Tensor r = (var.to(at::kFloat) + eps).rsqrt(), A = bn_weight.has_value() ? *bn_weight * r : r;

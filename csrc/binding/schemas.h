@@ -1,4 +1,6 @@
 // Schemas of the native op family, shared by fused_dsconv_native (CUDA) and fused_dsconv_emu (CPU emulator).
+// output_mask (as aten::convolution_backward's): which of (grad x, grad dw_weight, grad pw_weight) to compute;
+// an unwanted one comes back as an empty tensor and its kernels do not run (csrc/kernels/launch.cuh).
 #pragma once
 
 #define DSC_SCHEMAS(m)                                                                                           \
@@ -10,11 +12,11 @@
       "Tensor? bn_bias, int stride, int dilation, float eps, bool save_y) -> (Tensor, Tensor, Tensor, Tensor)"); \
   m.def(                                                                                                         \
       "backward_eval(Tensor grad_out, Tensor out, Tensor x, Tensor dw_weight, Tensor pw_weight, int stride, "    \
-      "int dilation) -> (Tensor, Tensor, Tensor, Tensor)");                                                      \
+      "int dilation, bool[3] output_mask=[True, True, True]) -> (Tensor, Tensor, Tensor, Tensor)");              \
   m.def(                                                                                                         \
       "backward_train(Tensor grad_out, Tensor x, Tensor dw_weight, Tensor pw_weight, Tensor? bias, "             \
       "Tensor? bn_weight, Tensor? bn_bias, Tensor? y, Tensor mean, Tensor var, int stride, int dilation, "       \
-      "float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");                                         \
+      "float eps, bool[3] output_mask=[True, True, True]) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"); \
   m.def(                                                                                                         \
       "forward_stats(Tensor x, Tensor dw_weight, Tensor pw_weight, Tensor? bias, int stride, int dilation, "     \
       "bool save_y) -> (Tensor, Tensor, Tensor)");                                                               \
@@ -27,4 +29,4 @@
   m.def(                                                                                                         \
       "backward_apply(Tensor grad_out, Tensor x, Tensor dw_weight, Tensor pw_weight, Tensor y, Tensor mean, "    \
       "Tensor var, Tensor? bn_weight, Tensor? bn_bias, Tensor mean_dz, Tensor mean_dz_yhat, int stride, "        \
-      "int dilation, float eps) -> (Tensor, Tensor, Tensor)")
+      "int dilation, float eps, bool[3] output_mask=[True, True, True]) -> (Tensor, Tensor, Tensor)")

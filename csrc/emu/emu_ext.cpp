@@ -22,8 +22,13 @@ struct EmuTraits {
   static constexpr c10::DeviceType kDevice = c10::DeviceType::CPU;
   static constexpr const char* kPrefix = "fused_dsconv_emu: ";
 };
+// Emulator only: the kernels launched so far, "name count" per line (csrc/emu/policy.h).
+std::string launch_counts(bool reset) { return emu::LaunchCounts::get().report(reset); }
 }  // namespace
 
-TORCH_LIBRARY(fused_dsconv_emu, m) { DSC_SCHEMAS(m); }
+TORCH_LIBRARY(fused_dsconv_emu, m) {
+  DSC_SCHEMAS(m);
+  m.def("launch_counts(bool reset=False) -> str", &launch_counts);
+}
 
 TORCH_LIBRARY_IMPL(fused_dsconv_emu, CPU, m) { DSC_IMPLS(m, EmuTraits); }

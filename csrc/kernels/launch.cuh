@@ -229,34 +229,47 @@ void backward_sums(const Problem& p, float* ws) {
 
 // dsconv_bwd_dt, dsconv_bwd_dwp, dsconv_bwd_dx, colsum: dx, dwd, dwp from dy's coefficients at
 // ws + bwd_ws(p).coef (bn_bwd_finalize's, or written by the caller from sums merged elsewhere).
+// p.unwanted (the op's output_mask negated) skips what only an unwanted gradient needs: without dWp, no
+// dsconv_dw / dsconv_bwd_dwp and no dWp colsum; without dx and dWd, no dsconv_bwd_dt (its dt feeds only those
+// two) and no dsconv_bwd_dx. One of the two still runs dsconv_bwd_dx whole: dx and the dWd partials share its
+// staged dt window, so only the store of dx or the dWd colsum is left out. An unwanted output's pointer is
+// never written (it may be null).
 template <class P, class T>
 void backward_convs(const Problem& p0, float* ws) {
   Problem p = p0;
   p.vec_wp = vec_ok(p);
   const BwdWs L = bwd_ws(p);
-  if (p.bt.cls == kTileSpan64)
-    P::launch(dsconv_bwd_dt_kernel<T, TileSpan64>, cdiv(p.C, TileSpan64::BK) * p.bsplit, tile_grid_y(p.bt.ntiles),
-              tile_grid_z(p.bt.ntiles), TileSpan64::THREADS, p, ws);
-  else
-    P::launch(dsconv_bwd_dt_kernel<T, TileSpan128>, cdiv(p.C, TileSpan128::BK) * p.bsplit, tile_grid_y(p.bt.ntiles),
-              tile_grid_z(p.bt.ntiles), TileSpan128::THREADS, p, ws);
+  const bool want_dwd = !(p.unwanted & kGradDw), want_dwp = !(p.unwanted & kGradPw);
+  const bool want_dt = !(p.unwanted & kGradX) || want_dwd;
+  if (want_dt) {
+    if (p.bt.cls == kTileSpan64)
+      P::launch(dsconv_bwd_dt_kernel<T, TileSpan64>, cdiv(p.C, TileSpan64::BK) * p.bsplit, tile_grid_y(p.bt.ntiles),
+                tile_grid_z(p.bt.ntiles), TileSpan64::THREADS, p, ws);
+    else
+      P::launch(dsconv_bwd_dt_kernel<T, TileSpan128>, cdiv(p.C, TileSpan128::BK) * p.bsplit, tile_grid_y(p.bt.ntiles),
+                tile_grid_z(p.bt.ntiles), TileSpan128::THREADS, p, ws);
+  }
   DSC_DISPATCH_STRIDE(
       p.stride, DSC_DISPATCH_DILATION(p.dil, {
-        if (p.wt.cls == kTileRect8x8)
-          P::launch(dsconv_bwd_dwp_kernel<T, TileRect8x8, S, D>, cdiv(p.K, kDwpK), cdiv(p.C, kDwpC), p.splits, 256, p,
-                    ws);
-        else if constexpr (D > 0) {  // t for every pixel first (dsconv_dw), read by the dWp blocks of every K block
-          const int64_t mp = p.wt.ntiles * 64, th = mp < 256 ? mp : 256;
-          P::launch(dsconv_dw_kernel<T, S, D>, cdiv(mp, th), dw_grid_y(p), 1, static_cast<int>(th), p, ws + L.t);
-          P::launch(dsconv_bwd_dwp_kernel<T, TileSpan64, S, D>, cdiv(p.K, kDwpK), cdiv(p.C, kDwpC), p.splits, 256, p,
-                    ws);
+        if (want_dwp) {
+          if (p.wt.cls == kTileRect8x8)
+            P::launch(dsconv_bwd_dwp_kernel<T, TileRect8x8, S, D>, cdiv(p.K, kDwpK), cdiv(p.C, kDwpC), p.splits, 256, p,
+                      ws);
+          else if constexpr (D > 0) {  // t for every pixel first (dsconv_dw), read by the dWp blocks of every K block
+            const int64_t mp = p.wt.ntiles * 64, th = mp < 256 ? mp : 256;
+            P::launch(dsconv_dw_kernel<T, S, D>, cdiv(mp, th), dw_grid_y(p), 1, static_cast<int>(th), p, ws + L.t);
+            P::launch(dsconv_bwd_dwp_kernel<T, TileSpan64, S, D>, cdiv(p.K, kDwpK), cdiv(p.C, kDwpC), p.splits, 256, p,
+                      ws);
+          }
         }
         const int cc = p.cl ? DxWindow<S, D>::CCL : 8;
-        P::launch(dsconv_bwd_dx_kernel<T, S, D>, cdiv(p.C, cc), p.xgroups, 1, 256, p, ws);
+        if (want_dt) P::launch(dsconv_bwd_dx_kernel<T, S, D>, cdiv(p.C, cc), p.xgroups, 1, 256, p, ws);
       }));
-  const ColsumJob<T> jwp{ws + L.dwp, p.splits, p.K * p.C, static_cast<T*>(p.dwp)};
-  const ColsumJob<T> jwd{ws + L.dwd, p.xgroups, p.C * 9, static_cast<T*>(p.dwd)};
-  P::launch(colsum_kernel<T>, colsum_blocks_a(p.K * p.C) + colsum_blocks_b(p.C * 9), 1, 1, 256, jwp, jwd);
+  // A job with no columns gets no colsum blocks (colsum_blocks_a / _b of 0).
+  const ColsumJob<T> jwp{ws + L.dwp, p.splits, want_dwp ? p.K * p.C : 0, static_cast<T*>(p.dwp)};
+  const ColsumJob<T> jwd{ws + L.dwd, p.xgroups, want_dwd ? p.C * 9 : 0, static_cast<T*>(p.dwd)};
+  const int64_t blocks = colsum_blocks_a(jwp.cols) + colsum_blocks_b(jwd.cols);
+  if (blocks > 0) P::launch(colsum_kernel<T>, blocks, 1, 1, 256, jwp, jwd);
 }
 
 // Backward (mode kTrain or kEval; p.act is y or out). Writes dx, dwd, dwp (dtype T) and the fp32

@@ -11,6 +11,9 @@
 namespace dsc {
 
 enum Mode : int { kEval = 0, kTrain = 1, kYOnly = 2 };
+// Backward gradients a caller does not want (Problem::unwanted bits, the op's output_mask negated): a
+// zero-initialised Problem computes all three.
+enum Grad : int { kGradX = 1, kGradDw = 2, kGradPw = 4 };
 
 // Pixel tiles of the tiled kernels (dsconv_fwd, dsconv_bwd_dt). A tile is BP output pixels:
 //   rect: TH x TW pixels of one image (tiles numbered n-major, then tile row, then tile column);
@@ -56,6 +59,7 @@ struct Problem {
   int cl;  // 1: x and every activation-shaped output are channels_last, else NCHW (both contiguous)
   int mode;
   float eps;
+  int unwanted;  // backward: Grad bits of the gradients not to compute (launch.cuh backward_convs); 0: all
 
   // Pixel tilings (set_geometry): ft for dsconv_fwd (by K), wt for dsconv_bwd_dwp (64-pixel tiles),
   // bt for dsconv_bwd_dt (span tiles, by C: it needs no window).

@@ -12,7 +12,9 @@ configs) through ``variants``; the tuner times each and passes the winner back a
 configured for it (``with_variant``). Every variant must run every input its backend accepts.
 
 Contract (the op layer in ``fused_dsconv/ops.py`` has validated every argument before a backend
-sees it):
+sees it). Every primitive takes its tensors, then ``p``: the call's non-tensor arguments, one frozen
+``fused_dsconv.contract.OpParams`` (``p.stride``, ``p.dilation``; ``p.eps`` for the training passes,
+``p.save_y`` for the forward ones, ``p.output_mask`` for the backward ones).
 
 - ``x`` is [N, C, H, W] in float32 / float16 / bfloat16, NCHW-contiguous or channels_last;
   ``dw_weight`` [C, 1, 3, 3] and ``pw_weight`` [K, C] have x's dtype and device, contiguous.
@@ -21,31 +23,33 @@ sees it):
 - Every activation-shaped result has x's dtype and x's memory format (``memory_format_of(x)``).
   Results never alias each other or an input (``torch.library.custom_op`` rejects that), e.g.
   grad_bn_weight and grad_bn_bias are two storages, not two rows of one workspace.
-- ``forward_eval(x, dw_weight, pw_weight, bias, stride, dilation) -> out``:
+- ``forward_eval(x, dw_weight, pw_weight, bias, p) -> out``:
   out = relu(pw(dw(x)) + bias)  (BN already folded into pw_weight / bias by the caller).
-- ``forward_train(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, save_y)
-  -> (out, y, mean, var)``: y = pw(dw(x)) + bias; mean / var are the biased batch statistics (acc_dtype) of
-  y per output channel; out = relu((y - mean) * rsqrt(var + eps) * bn_weight + bn_bias). ``y`` is an
-  empty tensor when ``save_y`` is False (the "recompute" mode: backward rebuilds it from x).
-- ``backward_eval(grad_out, out, x, dw_weight, pw_weight, stride, dilation)
-  -> (grad_x, grad_dw_weight, grad_pw_weight, grad_bias)``; ReLU's gradient is masked where out <= 0
-  (NaN passes, as in ``threshold_backward``).
-- ``backward_train(grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var,
-  stride, dilation, eps) -> (grad_x, grad_dw_weight, grad_pw_weight, grad_bias, grad_bn_weight,
-  grad_bn_bias)``; ``y`` is None in recompute mode; grad_bias / grad_bn_* are [K] in acc_dtype,
-  also when bn_weight is None (the autograd layer drops them then).
+- ``forward_train(x, dw_weight, pw_weight, bias, bn_weight, bn_bias, p) -> (out, y, mean, var)``:
+  y = pw(dw(x)) + bias; mean / var are the biased batch statistics (acc_dtype) of y per output channel;
+  out = relu((y - mean) * rsqrt(var + eps) * bn_weight + bn_bias). ``y`` is an empty tensor when
+  ``p.save_y`` is False (the "recompute" mode: backward rebuilds it from x).
+- ``backward_eval(grad_out, out, x, dw_weight, pw_weight, p) -> (grad_x, grad_dw_weight, grad_pw_weight,
+  grad_bias)``; ReLU's gradient is masked where out <= 0 (NaN passes, as in ``threshold_backward``).
+- ``backward_train(grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, p)
+  -> (grad_x, grad_dw_weight, grad_pw_weight, grad_bias, grad_bn_weight, grad_bn_bias)``; ``y`` is None in
+  recompute mode; grad_bias / grad_bn_* are [K] in acc_dtype, also when bn_weight is None (the autograd
+  layer drops them then).
+- ``p.output_mask`` of the backward primitives: three bools, which of grad_x, grad_dw_weight, grad_pw_weight
+  to compute, as aten::convolution_backward's. An unwanted one is an empty tensor (numel 0) of its input's
+  dtype and device, and the work only it needs is not done.
 
 The split passes: forward_train and backward_train cut where synchronised batch norm merges per-channel
 values over processes (``fused_dsconv/distributed.py``; yhat = (y - mean) * rsqrt(var + eps), z = yhat *
 bn_weight + bn_bias, dz = grad_out [z > 0]):
 
-- ``forward_stats(x, dw_weight, pw_weight, bias, stride, dilation, save_y) -> (y, mean, var)``: forward_train's
-  y and statistics, without the normalisation; ``y`` empty when ``save_y`` is False.
-- ``forward_normalize(x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation, eps)
-  -> out``: relu(z) with the given statistics; ``y`` None: rebuild it from x first (recompute mode).
-- ``backward_reduce(grad_out, y, mean, var, bn_weight, bn_bias, eps) -> (sum_dz, sum_dz_yhat)`` per channel.
+- ``forward_stats(x, dw_weight, pw_weight, bias, p) -> (y, mean, var)``: forward_train's y and statistics,
+  without the normalisation; ``y`` empty when ``p.save_y`` is False.
+- ``forward_normalize(x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, p) -> out``: relu(z)
+  with the given statistics; ``y`` None: rebuild it from x first (recompute mode).
+- ``backward_reduce(grad_out, y, mean, var, bn_weight, bn_bias, p) -> (sum_dz, sum_dz_yhat)`` per channel.
 - ``backward_apply(grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz, mean_dz_yhat,
-  stride, dilation, eps) -> (grad_x, grad_dw_weight, grad_pw_weight)`` through
+  p) -> (grad_x, grad_dw_weight, grad_pw_weight)`` through
   dy = bn_weight rsqrt(var + eps) (dz - mean_dz - yhat mean_dz_yhat).
 """
 
@@ -58,7 +62,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..contract import acc_dtype, memory_format_of  # noqa: F401  (part of the backend contract)
+from ..contract import OpParams, acc_dtype, memory_format_of  # noqa: F401  (part of the backend contract)
 from .base import DEFAULT_VARIANT, Backend
 from .native import NativeBackend
 from .reference import ReferenceBackend

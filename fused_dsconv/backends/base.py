@@ -7,11 +7,14 @@ from typing import Optional
 
 from torch import Tensor
 
+from ..contract import OpParams
+
 DEFAULT_VARIANT = "default"
 
 
 class Backend:
-    """One implementation of the four primitives. Subclasses set ``name`` and override."""
+    """One implementation of the primitives. Subclasses set ``name`` and override. Every primitive takes its
+    tensors, then ``p``, the call's non-tensor arguments (``fused_dsconv.contract.OpParams``)."""
 
     name: str = ""
 
@@ -35,44 +38,28 @@ class Backend:
             return self
         raise ValueError(f"backend {self.name!r} has no variant {variant!r} (it has only its default)")
 
-    def forward_eval(self, x, dw_weight, pw_weight, bias, stride, dilation):
+    def forward_eval(self, x, dw_weight, pw_weight, bias, p: OpParams):
         raise NotImplementedError
 
-    def forward_train(self, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, save_y):
+    def forward_train(self, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, p: OpParams):
         raise NotImplementedError
 
-    def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, stride, dilation):
+    def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, p: OpParams):
         raise NotImplementedError
 
-    def backward_train(
-        self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride, dilation, eps
-    ):
+    def backward_train(self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, p: OpParams):
         raise NotImplementedError
 
-    def forward_stats(self, x, dw_weight, pw_weight, bias, stride, dilation, save_y):
+    def forward_stats(self, x, dw_weight, pw_weight, bias, p: OpParams):
         raise NotImplementedError
 
-    def forward_normalize(self, x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation, eps):
+    def forward_normalize(self, x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, p: OpParams):
         raise NotImplementedError
 
-    def backward_reduce(self, grad_out, y, mean, var, bn_weight, bn_bias, eps):
+    def backward_reduce(self, grad_out, y, mean, var, bn_weight, bn_bias, p: OpParams):
         raise NotImplementedError
 
     def backward_apply(
-        self,
-        grad_out,
-        x,
-        dw_weight,
-        pw_weight,
-        y,
-        mean,
-        var,
-        bn_weight,
-        bn_bias,
-        mean_dz,
-        mean_dz_yhat,
-        stride,
-        dilation,
-        eps,
+        self, grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz, mean_dz_yhat, p: OpParams
     ):
         raise NotImplementedError

@@ -110,56 +110,55 @@ class NativeBackend(Backend):
             return "the CPU emulator of the CUDA kernels runs them one thread at a time, a correctness tool"
         return None
 
-    def forward_eval(self, x, dw_weight, pw_weight, bias, stride, dilation):
-        return self.ops.forward_eval(x, dw_weight, pw_weight, bias, stride, dilation)
+    def forward_eval(self, x, dw_weight, pw_weight, bias, p):
+        return self.ops.forward_eval(x, dw_weight, pw_weight, bias, p.stride, p.dilation)
 
-    def forward_train(self, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, save_y):
+    def forward_train(self, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, p):
         return tuple(
             self.ops.forward_train(
-                x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, float(eps), bool(save_y)
+                x, dw_weight, pw_weight, bias, bn_weight, bn_bias, p.stride, p.dilation, float(p.eps), bool(p.save_y)
             )
         )
 
-    def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, stride, dilation):
-        return tuple(self.ops.backward_eval(grad_out, out, x, dw_weight, pw_weight, stride, dilation))
+    def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, p):
+        return tuple(
+            self.ops.backward_eval(grad_out, out, x, dw_weight, pw_weight, p.stride, p.dilation, list(p.output_mask))
+        )
 
-    def backward_train(
-        self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride, dilation, eps
-    ):
+    def backward_train(self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, p):
         return tuple(
             self.ops.backward_train(
-                grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride, dilation, float(eps)
+                grad_out,
+                x,
+                dw_weight,
+                pw_weight,
+                bias,
+                bn_weight,
+                bn_bias,
+                y,
+                mean,
+                var,
+                p.stride,
+                p.dilation,
+                float(p.eps),
+                list(p.output_mask),
             )
         )
 
     # -- the split passes (synchronised batch norm): the launcher's stages, csrc/kernels/launch.cuh --
-    def forward_stats(self, x, dw_weight, pw_weight, bias, stride, dilation, save_y):
-        return tuple(self.ops.forward_stats(x, dw_weight, pw_weight, bias, stride, dilation, bool(save_y)))
+    def forward_stats(self, x, dw_weight, pw_weight, bias, p):
+        return tuple(self.ops.forward_stats(x, dw_weight, pw_weight, bias, p.stride, p.dilation, bool(p.save_y)))
 
-    def forward_normalize(self, x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation, eps):
+    def forward_normalize(self, x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, p):
         return self.ops.forward_normalize(
-            x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation, float(eps)
+            x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, p.stride, p.dilation, float(p.eps)
         )
 
-    def backward_reduce(self, grad_out, y, mean, var, bn_weight, bn_bias, eps):
-        return tuple(self.ops.backward_reduce(grad_out, y, mean, var, bn_weight, bn_bias, float(eps)))
+    def backward_reduce(self, grad_out, y, mean, var, bn_weight, bn_bias, p):
+        return tuple(self.ops.backward_reduce(grad_out, y, mean, var, bn_weight, bn_bias, float(p.eps)))
 
     def backward_apply(
-        self,
-        grad_out,
-        x,
-        dw_weight,
-        pw_weight,
-        y,
-        mean,
-        var,
-        bn_weight,
-        bn_bias,
-        mean_dz,
-        mean_dz_yhat,
-        stride,
-        dilation,
-        eps,
+        self, grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz, mean_dz_yhat, p
     ):
         return tuple(
             self.ops.backward_apply(
@@ -174,9 +173,10 @@ class NativeBackend(Backend):
                 bn_bias,
                 mean_dz,
                 mean_dz_yhat,
-                stride,
-                dilation,
-                float(eps),
+                p.stride,
+                p.dilation,
+                float(p.eps),
+                list(p.output_mask),
             )
         )
 
@@ -242,3 +242,13 @@ def load_emulator(build_dir: Optional[str] = None, verbose: bool = False) -> Nat
             verbose=verbose,
         )
     return NativeBackend(torch.ops.fused_dsconv_emu, device_type="cpu", name="native-emu")
+
+
+def emulator_launch_counts(reset: bool = True) -> dict[str, int]:
+    """Kernel launches of the emulator build since the last reset, by kernel name ("dsconv_bwd_dwp_kernel": 2);
+    ``reset`` starts counting afresh. Needs ``load_emulator()`` first."""
+    counts = {}
+    for line in torch.ops.fused_dsconv_emu.launch_counts(reset).splitlines():
+        name, n = line.rsplit(" ", 1)
+        counts[name] = int(n)
+    return counts

@@ -92,97 +92,87 @@ class TritonBackend(Backend):
             return "on the CPU the Triton kernels run in Triton's interpreter, a correctness tool"
         return None
 
-    def forward_eval(self, x, dw_weight, pw_weight, bias, stride, dilation):
+    def forward_eval(self, x, dw_weight, pw_weight, bias, p):
         lc = _launch()
-        out = _empty_out(x, pw_weight.shape[0], stride, x.dtype)
-        lc.launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, out, relu=True, stats=False)
+        out = _empty_out(x, pw_weight.shape[0], p.stride, x.dtype)
+        lc.launch_conv(x, dw_weight, pw_weight, bias, p.stride, p.dilation, out, relu=True, stats=False)
         return out
 
-    def forward_train(self, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, stride, dilation, eps, save_y):
+    def forward_train(self, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, p):
         lc = _launch()
         k = pw_weight.shape[0]
-        out = _empty_out(x, k, stride, x.dtype)
+        out = _empty_out(x, k, p.stride, x.dtype)
         # Recompute mode keeps no y: write it into out and normalise in place (bn_relu_kernel loads and
         # stores each element in one program), so the forward's peak holds one activation, not two.
-        y = _empty_out(x, k, stride, x.dtype) if save_y else out
-        partials = lc.launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, y, relu=False, stats=True)
-        mean, var, coef = lc.launch_bn_stats(partials, y.numel() // k, bn_weight, bn_bias, eps)
+        y = _empty_out(x, k, p.stride, x.dtype) if p.save_y else out
+        partials = lc.launch_conv(x, dw_weight, pw_weight, bias, p.stride, p.dilation, y, relu=False, stats=True)
+        mean, var, coef = lc.launch_bn_stats(partials, y.numel() // k, bn_weight, bn_bias, p.eps)
         lc.launch_bn_relu(y, out, coef)
-        return out, (y if save_y else x.new_empty(0)), mean, var
+        return out, (y if p.save_y else x.new_empty(0)), mean, var
 
-    def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, stride, dilation):
+    def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, p):
         lc = _launch()
         coef, dbias, _, _ = lc.launch_bn_backward(grad_out, out, None, None, None, None, 0.0, train=False)
         dx, ddw, dpw = lc.launch_conv_backward(
-            grad_out, out, coef, x, dw_weight, pw_weight, stride, dilation, train=False
+            grad_out, out, coef, x, dw_weight, pw_weight, p.stride, p.dilation, train=False, output_mask=p.output_mask
         )
         return dx, ddw, dpw, dbias
 
-    def backward_train(
-        self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, stride, dilation, eps
-    ):
+    def backward_train(self, grad_out, x, dw_weight, pw_weight, bias, bn_weight, bn_bias, y, mean, var, p):
         lc = _launch()
         k = pw_weight.shape[0]
         if y is None or y.numel() == 0:
             # Recompute mode: rebuild y (rounded to x's dtype, as the forward stored it) into a temporary.
-            y = _empty_out(x, k, stride, x.dtype)
-            lc.launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, y, relu=False, stats=False)
-        coef, dbias, dgamma, dbeta = lc.launch_bn_backward(grad_out, y, mean, var, bn_weight, bn_bias, eps, train=True)
-        dx, ddw, dpw = lc.launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dilation, train=True)
+            y = _empty_out(x, k, p.stride, x.dtype)
+            lc.launch_conv(x, dw_weight, pw_weight, bias, p.stride, p.dilation, y, relu=False, stats=False)
+        coef, dbias, dgamma, dbeta = lc.launch_bn_backward(
+            grad_out, y, mean, var, bn_weight, bn_bias, p.eps, train=True
+        )
+        dx, ddw, dpw = lc.launch_conv_backward(
+            grad_out, y, coef, x, dw_weight, pw_weight, p.stride, p.dilation, train=True, output_mask=p.output_mask
+        )
         return dx, ddw, dpw, dbias, dgamma, dbeta
 
     # -- the split passes (synchronised batch norm): the same launches, cut at the statistics --
-    def forward_stats(self, x, dw_weight, pw_weight, bias, stride, dilation, save_y):
+    def forward_stats(self, x, dw_weight, pw_weight, bias, p):
         lc = _launch()
         k = pw_weight.shape[0]
-        y = _empty_out(x, k, stride, x.dtype)  # recompute mode: dropped on return (the kernel always stores y)
-        partials = lc.launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, y, relu=False, stats=True)
+        y = _empty_out(x, k, p.stride, x.dtype)  # recompute mode: dropped on return (the kernel always stores y)
+        partials = lc.launch_conv(x, dw_weight, pw_weight, bias, p.stride, p.dilation, y, relu=False, stats=True)
         # bn_stats also writes bn_relu's coefficients, unused here (pass 2 gets merged statistics): any eps
         # that keeps 1 / sqrt(var + eps) finite on padding lanes will do.
         mean, var, _ = lc.launch_bn_stats(partials, y.numel() // k, None, None, 1.0)
-        return (y if save_y else x.new_empty(0)), mean, var
+        return (y if p.save_y else x.new_empty(0)), mean, var
 
-    def forward_normalize(self, x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, stride, dilation, eps):
+    def forward_normalize(self, x, dw_weight, pw_weight, bias, y, mean, var, bn_weight, bn_bias, p):
         lc = _launch()
-        out = _empty_out(x, pw_weight.shape[0], stride, x.dtype)
+        out = _empty_out(x, pw_weight.shape[0], p.stride, x.dtype)
         if y is None:  # recompute mode: y into out, normalised in place (as forward_train does)
-            lc.launch_conv(x, dw_weight, pw_weight, bias, stride, dilation, out, relu=False, stats=False)
+            lc.launch_conv(x, dw_weight, pw_weight, bias, p.stride, p.dilation, out, relu=False, stats=False)
             y = out
-        lc.launch_bn_relu(y, out, lc.launch_bn_coef(mean, var, bn_weight, bn_bias, eps))
+        lc.launch_bn_relu(y, out, lc.launch_bn_coef(mean, var, bn_weight, bn_bias, p.eps))
         return out
 
-    def backward_reduce(self, grad_out, y, mean, var, bn_weight, bn_bias, eps):
+    def backward_reduce(self, grad_out, y, mean, var, bn_weight, bn_bias, p):
         # bn_bwd_finalize's dbeta / dgamma are exactly the two sums; its dy rows (this process's mean) are unused.
         _, _, sum_dz_yhat, sum_dz = _launch().launch_bn_backward(
-            grad_out, y, mean, var, bn_weight, bn_bias, eps, train=True
+            grad_out, y, mean, var, bn_weight, bn_bias, p.eps, train=True
         )
         return sum_dz, sum_dz_yhat
 
     def backward_apply(
-        self,
-        grad_out,
-        x,
-        dw_weight,
-        pw_weight,
-        y,
-        mean,
-        var,
-        bn_weight,
-        bn_bias,
-        mean_dz,
-        mean_dz_yhat,
-        stride,
-        dilation,
-        eps,
+        self, grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz, mean_dz_yhat, p
     ):
         lc = _launch()
         # dy's rows 3, 4 from the merged means, as bn_bwd_finalize writes them from this call's sums:
         # c1 = a mean_dz, rc2 = r a mean_dz_yhat, so dy = a dz - c1 - (y - mean) rc2 (the kernels' _dy_tile).
-        coef = lc.launch_bn_coef(mean, var, bn_weight, bn_bias, eps, rows=5)
-        r = torch.rsqrt(var.float() + eps)
+        coef = lc.launch_bn_coef(mean, var, bn_weight, bn_bias, p.eps, rows=5)
+        r = torch.rsqrt(var.float() + p.eps)
         coef[3] = coef[1] * mean_dz
         coef[4] = r * (coef[1] * mean_dz_yhat)
-        return lc.launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dilation, train=True)
+        return lc.launch_conv_backward(
+            grad_out, y, coef, x, dw_weight, pw_weight, p.stride, p.dilation, train=True, output_mask=p.output_mask
+        )
 
 
 def _empty_out(x, k, stride, dtype):

@@ -192,11 +192,16 @@ def dsconv_bwd_dt_kernel(
     DOT_MODE: tl.constexpr,
     VEC: tl.constexpr,
     DEBUG: tl.constexpr,
+    WANT_DT: tl.constexpr,
+    WANT_DWP: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
     """dt = dy Wp over this program's K slice, and the pointwise weight-gradient partial dy^T T.
+
+    WANT_DT / WANT_DWP False (a gradient the caller does not want): that product is neither computed nor
+    stored, and its pointer is a placeholder (with WANT_DWP False no T tile is built either).
 
     1-D grid over (C tiles x K slices x pixel groups), C tiles fastest (they share dy's inputs in L2).
     A program owns input channels [BLOCK_C], output channels [BLOCK_K] (its K slice) and walks the
@@ -249,38 +254,41 @@ def dsconv_bwd_dt_kernel(
             VEC,
             DEBUG,
         )
-        t = _dw_tile(
-            x_ptr,
-            wd_ptr,
-            n,
-            r,
-            ho,
-            wo,
-            p_mask,
-            cc,
-            c_mask,
-            H,
-            W,
-            sxn,
-            sxc,
-            sxh,
-            sxw,
-            dil,
-            x_span,
-            STRIDE,
-            BLOCK_P,
-            BLOCK_C,
-            VEC,
-            DEBUG,
-            False,
-        )
-        dt = _dot(dy, wp, tl.full((BLOCK_P, BLOCK_C), 0.0, tl.float32), wp_ptr, DOT_MODE)
-        pc_mask = p_mask[:, None] & c_mask[None, :]
-        toff = _act_off(n, r, ho, wo, cc, pc_mask, stn, stc, sth, stw, t_span, VEC, DEBUG)
-        tl.store(dt_base + toff, dt, mask=pc_mask)
-        dwp = _dot(tl.trans(dy), t, dwp, wp_ptr, DOT_MODE)
-    woff = pid_g.to(tl.int64) * K * C + (kk * C)[:, None] + cc[None, :]
-    tl.store(ws_ptr + woff, dwp, mask=kc_mask)
+        if WANT_DWP:
+            t = _dw_tile(
+                x_ptr,
+                wd_ptr,
+                n,
+                r,
+                ho,
+                wo,
+                p_mask,
+                cc,
+                c_mask,
+                H,
+                W,
+                sxn,
+                sxc,
+                sxh,
+                sxw,
+                dil,
+                x_span,
+                STRIDE,
+                BLOCK_P,
+                BLOCK_C,
+                VEC,
+                DEBUG,
+                False,
+            )
+            dwp = _dot(tl.trans(dy), t, dwp, wp_ptr, DOT_MODE)
+        if WANT_DT:
+            dt = _dot(dy, wp, tl.full((BLOCK_P, BLOCK_C), 0.0, tl.float32), wp_ptr, DOT_MODE)
+            pc_mask = p_mask[:, None] & c_mask[None, :]
+            toff = _act_off(n, r, ho, wo, cc, pc_mask, stn, stc, sth, stw, t_span, VEC, DEBUG)
+            tl.store(dt_base + toff, dt, mask=pc_mask)
+    if WANT_DWP:
+        woff = pid_g.to(tl.int64) * K * C + (kk * C)[:, None] + cc[None, :]
+        tl.store(ws_ptr + woff, dwp, mask=kc_mask)
 
 
 def _dx_limits(a):
@@ -326,10 +334,14 @@ def dsconv_bwd_dx_kernel(
     STRIDE: tl.constexpr,
     VEC: tl.constexpr,
     DEBUG: tl.constexpr,
+    STORE_DX: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
     """dx and the depthwise weight-gradient partials, from dt (the sum of its K_SLICES slices).
+
+    STORE_DX False: dx is not wanted (dx_ptr is a placeholder, never written); the partials still need the
+    same dt gathers, so only the store is left out.
 
     1-D grid over (C tiles x input-pixel groups). For input pixel q = (n, h, w) and tap (i, j), the
     output pixel o = ((h + d - i d) / s, (w + d - j d) / s) when that lands on the output grid; then
@@ -373,7 +385,8 @@ def dsconv_bwd_dx_kernel(
             acc += v * wv[None, :]
             part = _sum(v * xv, axis=0)
             dwd += tl.where(taps[None, :] == tap, part[:, None], 0.0)
-        doff = _act_off(n, r, h, w, cc, pc_mask, sdn, sdc, sdh, sdw, d_span, VEC, DEBUG)
-        tl.store(dx_ptr + doff, acc.to(dx_ptr.dtype.element_ty), mask=pc_mask)
+        if STORE_DX:
+            doff = _act_off(n, r, h, w, cc, pc_mask, sdn, sdc, sdh, sdw, d_span, VEC, DEBUG)
+            tl.store(dx_ptr + doff, acc.to(dx_ptr.dtype.element_ty), mask=pc_mask)
     woff = pid_g.to(tl.int64) * C * 9 + (cc * 9)[:, None] + taps[None, :]
     tl.store(ws_ptr + woff, dwd, mask=c_mask[:, None] & (taps[None, :] < 9))
