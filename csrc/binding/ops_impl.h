@@ -201,10 +201,12 @@ struct Ops {
   // launcher skips their work); an unwanted one is an empty tensor of its dtype.
   static std::tuple<Tensor, Tensor, Tensor> conv_grads(dsc::Problem& p, const Tensor& x, const Tensor& dw,
                                                        const Tensor& pw, std::array<bool, 3> output_mask) {
-    Tensor dx = output_mask[0] ? at::empty_like(x, x.options().memory_format(format(x))) : x.new_empty({0});
+    // dWd without dx still needs somewhere for dsconv_bwd_dx to store dx: a scratch tensor, dropped on return.
+    Tensor dx =
+        output_mask[0] || output_mask[1] ? at::empty_like(x, x.options().memory_format(format(x))) : x.new_empty({0});
     Tensor ddw = output_mask[1] ? at::empty_like(dw) : dw.new_empty({0});
     Tensor dpw = output_mask[2] ? at::empty_like(pw) : pw.new_empty({0});
-    p.dx = output_mask[0] ? dx.data_ptr() : nullptr;
+    p.dx = output_mask[0] || output_mask[1] ? dx.data_ptr() : nullptr;
     p.dwd = output_mask[1] ? ddw.data_ptr() : nullptr;
     p.dwp = output_mask[2] ? dpw.data_ptr() : nullptr;
     p.unwanted =
@@ -225,7 +227,7 @@ struct Ops {
     p.dbeta = dbeta.data_ptr<float>();
     Tensor ws = workspace(x, dsc::backward_ws_floats(p));
     by_dtype(x, [&](auto t) { dsc::backward<typename Tr::Policy, decltype(t)>(p, ws.data_ptr<float>()); });
-    return {dx, ddw, dpw};
+    return {output_mask[0] ? dx : x.new_empty({0}), ddw, dpw};  // (a scratch dx is freed after the launch)
   }
 
   static std::tuple<Tensor, Tensor, Tensor, Tensor> backward_eval(const Tensor& grad_out, const Tensor& out,
@@ -448,7 +450,7 @@ struct Ops {
     coef.select(1, 3).copy_(-A * r * mean_dz_yhat);
     coef.select(1, 4).copy_(-A * mean_dz);
     by_dtype(x, [&](auto t) { dsc::backward_convs<typename Tr::Policy, decltype(t)>(p, ws.data_ptr<float>()); });
-    return {dx, ddw, dpw};
+    return {output_mask[0] ? dx : x.new_empty({0}), ddw, dpw};
   }
 };
 

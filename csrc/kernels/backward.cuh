@@ -558,7 +558,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
             gw[ti * 3 + tj] += v * xv;
           }
         }
-        if (!(p.unwanted & kGradX)) dx[off] = Cvt<T>::store(acc);  // else only dWd is wanted (backward_convs)
+        dx[off] = Cvt<T>::store(acc);
       }
     }
     DSC_SYNC(34);  // window consumed before the next tile's

@@ -232,8 +232,9 @@ void backward_sums(const Problem& p, float* ws) {
 // p.unwanted (the op's output_mask negated) skips what only an unwanted gradient needs: without dWp, no
 // dsconv_dw / dsconv_bwd_dwp and no dWp colsum; without dx and dWd, no dsconv_bwd_dt (its dt feeds only those
 // two) and no dsconv_bwd_dx. One of the two still runs dsconv_bwd_dx whole: dx and the dWd partials share its
-// staged dt window, so only the store of dx or the dWd colsum is left out. An unwanted output's pointer is
-// never written (it may be null).
+// staged dt window, so only the dWd colsum is left out, and p.dx must be a buffer whenever dWd is wanted (the
+// op layer passes a scratch dx then: a branch around the store made the kernel spill on sm_61). Otherwise an
+// unwanted output's pointer is never written (it may be null).
 template <class P, class T>
 void backward_convs(const Problem& p0, float* ws) {
   Problem p = p0;
