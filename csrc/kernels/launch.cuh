@@ -16,13 +16,18 @@ namespace dsc {
 #define DSC_DWP_MAX_SPLITS 64
 #endif
 
+// Widest output map that takes span tiles (the depthwise output computed once by dsconv_dw, then a pure GEMM).
+#ifndef DSC_SPAN_MAX_WO
+#define DSC_SPAN_MAX_WO 28
+#endif
+
 constexpr int64_t kFwdWave = 56;  // tiled-kernel blocks resident at once on a GTX 1080 Ti (2 per SM)
 
 // Span tiles (64 consecutive pixels across images) need a template dilation, small maps, 32-bit pixel
 // and padded-row numbers, and a staged window within kSpanHalo floats per channel. Returns the most
 // padded rows a tile stages, or 0 if span tiles do not apply.
 inline int span_rows(int64_t N, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int s, int d) {
-  if (d < 1 || d > 4 || Wo > 16 || N * Ho * Wo >= (int64_t(1) << 31) || N * (H + 2 * d) >= (int64_t(1) << 31)) return 0;
+  if (d < 1 || d > 4 || Wo > DSC_SPAN_MAX_WO || N * Ho * Wo >= (int64_t(1) << 31) || N * (H + 2 * d) >= (int64_t(1) << 31)) return 0;
   int64_t dr = (Wo + 62) / Wo, dn = (Ho * Wo + 62) / (Ho * Wo);  // most output rows / images a tile crosses
   if (dr > N * Ho - 1) dr = N * Ho - 1;
   if (dn > N - 1) dn = N - 1;
