@@ -155,7 +155,7 @@ DSC_DEVICE void fwd_epilogue(const Problem& p, float* ws, int64_t tile, int64_t 
   }
 }
 
-// dsconv_dw (span tiles, maps of Wo <= 16): the depthwise output t of every pixel, once for all output-channel
+// dsconv_dw (span tiles, small maps): the depthwise output t of every pixel, once for all output-channel
 // blocks of dsconv_fwd (and of dsconv_bwd_dwp), into fp32 t_out [C][Mp] (Mp = span tiles x 64 pixels of the
 // flattened (n, ho, wo) order; the padding columns past M are 0). A block = a group of channels (grid y;
 // a thread loops over its group, and past 65535 groups) x up to 256 consecutive pixels (grid x): the 9
@@ -232,7 +232,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_dw_kernel(const Problem p, float* 
 //  - rect tiles: per chunk, the tile's input window is staged once in shared memory (coalesced along x's
 //    contiguous axis) and t computed from it (9 taps and the channel's 9 weights in registers); t never
 //    leaves the chip;
-//  - span tiles (maps of Wo <= 16): dsconv_dw wrote t for every pixel into the workspace once, for all
+//  - span tiles (small maps: launch.cuh span_rows): dsconv_dw wrote t for every pixel into the workspace once, for all
 //    output-channel blocks, and a chunk is two vector loads per thread: the block is a pure GEMM. On those
 //    maps a window chunk costs more instructions than its GEMM (a 64-pixel span window is ~4x the pixels it
 //    feeds, and K / 128 blocks would each recompute it), while t [C x M] is small and stays in L2.
