@@ -288,12 +288,22 @@ def main(argv=None) -> int:
 
     cfg_dir, cfg_hash = simlib.prepare_config(a.config, build_dir)
     cache.mkdir(parents=True, exist_ok=True)
+
+    def exe_for(impl: str, dtype: str) -> Path:
+        if (impl, dtype) not in exes:
+            exes[(impl, dtype)] = simlib.build(impl, dtype, build_dir / "bin", log)
+        return exes[(impl, dtype)]
+
+    # Results cached before launch fingerprints, still valid for today's sources, get a fingerprinted key.
+    simlib.import_cache(cache, cache, a.config, cfg_hash, exe_for, log)
     for d in a.import_cache:
-        log(f"[import] {simlib.import_cache(Path(d), cache, a.config, cfg_hash, log)} results from {d}")
+        log(f"[import] {simlib.import_cache(Path(d), cache, a.config, cfg_hash, exe_for, log)} results from {d}")
     results: dict[str, dict] = {}
     todo = []
+    fingerprints = {}
     for c in cases:
-        key = simlib.cache_key(c, cfg_hash)
+        fingerprints[c.ident()] = fp = simlib.launch_fingerprint(exes[(c.impl, c.dtype)], c)
+        key = simlib.cache_key(c, cfg_hash, fp)
         f = cache / f"{key}.json"
         if f.exists() and not a.rerun:
             r = json.loads(f.read_text())
@@ -318,6 +328,7 @@ def main(argv=None) -> int:
         r["key"] = key
         r["config"] = a.config
         r["kernel_hash"] = simlib.kernel_hash(c.impl)
+        r["fingerprint"], r["config_hash"] = fingerprints[c.ident()], cfg_hash
         if r["verdict"] in ("PASS", "UNCHECKED"):  # failures are not cached: they are rerun next time
             (cache / f"{key}.json").write_text(json.dumps(r, indent=1))
         if not a.keep_runs and r["verdict"] == "PASS":

@@ -5,6 +5,7 @@ the simulator's set-up are in tools/sim/README.md."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -158,10 +159,11 @@ def legacy_kernel_hash(program: str) -> str:
     return h.hexdigest()[:16]
 
 
-def import_cache(src: Path, cache: Path, config: str, config_hash: str, log=print) -> int:
-    """Copies into `cache` the results in folder `src` (another checkout's cache) that are valid for today's
-    sources: same config, kernel hash equal to today's (or to today's legacy byte hash), verdict PASS;
-    re-keyed as this harness keys them. Returns how many were imported."""
+def import_cache(src: Path, cache: Path, config: str, config_hash: str, exe_for, log=print) -> int:
+    """Copies into `cache` the PASS results in folder `src` (another checkout's cache, or this one) for
+    `config`: a result with a launch fingerprint as it is (its key says what it ran); one from before
+    fingerprints when its kernel hash equals today's (or today's legacy byte hash), fingerprinted with
+    today's program (``exe_for(impl, dtype)`` builds it). Returns how many were added."""
     today = {p: (kernel_hash(p), legacy_kernel_hash(p)) for p in PROGRAMS}
     n = 0
     for f in sorted(Path(src).glob("*.json")):
@@ -170,15 +172,21 @@ def import_cache(src: Path, cache: Path, config: str, config_hash: str, log=prin
             case = Case(**d["case"])
         except (ValueError, KeyError, TypeError):
             continue
-        if (
-            d.get("config") != config
-            or d.get("verdict") != "PASS"
-            or d.get("kernel_hash") not in today.get(case.impl, ())
-        ):
+        if d.get("config") != config or d.get("verdict") != "PASS":
             continue
-        key = cache_key(case, config_hash)
-        d["key"], d["kernel_hash"] = key, today[case.impl][0]
-        (cache / f"{key}.json").write_text(json.dumps(d, indent=1))
+        fp = d.get("fingerprint")
+        if fp is not None and d.get("config_hash") != config_hash:
+            continue
+        if fp is None:
+            if d.get("kernel_hash") not in today.get(case.impl, ()):
+                continue
+            fp = launch_fingerprint(exe_for(case.impl, case.dtype), case)
+        key = cache_key(case, config_hash, fp)
+        dst = cache / f"{key}.json"
+        if dst.exists():
+            continue
+        d.update(key=key, fingerprint=fp, config_hash=config_hash)
+        dst.write_text(json.dumps(d, indent=1))
         log(f"[import] {case.ident()} from {f}")
         n += 1
     return n
@@ -208,11 +216,12 @@ def build(program: str, dtype: str, out_dir: Path, log=print) -> Path:
 def build_source(src: Path, exe: Path, includes: list[Path], flags: list[str], log=print) -> Path:
     """Builds one host program `src` into `exe` (skipped when it exists: name it by a hash of its inputs) with
     ptx_fix.py applied to its PTX; ``build`` for the harness's programs, also used by tools/sim/probes."""
-    if exe.exists():
+    if exe.exists() and ptx_path(exe).exists():
         return exe
+    final, exe = exe, exe.with_name(exe.name + ".tmp")  # renamed at the end: a running simulation keeps its file
     out_dir = exe.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    keep = out_dir / f"keep_{exe.name}"
+    keep = out_dir / f"keep_{final.name}"
     if keep.exists():
         shutil.rmtree(keep)
     keep.mkdir()
@@ -261,9 +270,16 @@ def build_source(src: Path, exe: Path, includes: list[Path], flags: list[str], l
     r = subprocess.run(["bash", "-c", "\n".join(script)], capture_output=True, text=True, cwd=keep)
     if r.returncode != 0 or not exe.exists():
         raise RuntimeError(f"building {src.name} ({' '.join(flags)}) failed:\n{r.stdout}\n{r.stderr}")
-    log(f"[build] {exe.name} in {time.time() - t0:.0f}s; {r.stdout.strip()}")
+    shutil.copyfile(Path(keep, ptx), ptx_path(final))  # what the simulator runs (ptx_fix applied): cache keys
+    os.replace(exe, final)
+    log(f"[build] {final.name} in {time.time() - t0:.0f}s; {r.stdout.strip()}")
     shutil.rmtree(keep, ignore_errors=True)
-    return exe
+    return final
+
+
+def ptx_path(exe: Path) -> Path:
+    """The PTX a built program carries (after ptx_fix.py), saved beside it by build_source."""
+    return exe.with_name(exe.name + ".ptx")
 
 
 # ---- the simulator ------------------------------------------------------------------------------
@@ -463,8 +479,93 @@ class Case:
         )
 
 
-def cache_key(case: Case, config_hash: str) -> str:
+def cache_key(case: Case, config_hash: str, fingerprint: str) -> str:
+    """A result's file name in the cache: the case, its launch fingerprint and the simulator config."""
+    return hashlib.sha256(f"{case.ident()}|{fingerprint}|{config_hash}".encode()).hexdigest()[:20]
+
+
+def legacy_cache_key(case: Case, config_hash: str) -> str:
+    """cache_key before launch fingerprints: keyed by the hash of every kernel source of the program."""
     return hashlib.sha256(f"{case.ident()}|{kernel_hash(case.impl)}|{config_hash}".encode()).hexdigest()[:20]
+
+
+@functools.lru_cache(maxsize=None)
+def ptx_entries(exe: Path) -> tuple[dict[str, str], str]:
+    """A program's PTX, comments dropped, split into its kernels (.entry name -> its text) and the rest
+    (header, declarations, .func bodies, which any kernel may use)."""
+    text = re.sub(r"//[^\n]*", "", ptx_path(exe).read_text())  # comments: the simulator never reads them
+    entries: dict[str, str] = {}
+    rest, pos = [], 0
+    for m in re.finditer(r"^[ \t]*(?:\.visible[ \t]+|\.weak[ \t]+)*\.entry[ \t]+([\w$]+)", text, re.M):
+        if m.start() < pos:
+            continue  # inside the previous kernel's text
+        open_ = text.index("{", text.index(")", m.end()))  # the parameter list holds no braces
+        depth, i = 0, open_
+        while True:
+            c = text[i]
+            depth += c == "{"
+            depth -= c == "}"
+            i += 1
+            if depth == 0:
+                break
+        rest.append(text[pos : m.start()])
+        entries[m.group(1)] = text[m.start() : i]
+        pos = i
+    rest.append(text[pos:])
+    return entries, "".join(rest)
+
+
+@functools.lru_cache(maxsize=None)
+def _stub_symbols(exe: Path) -> tuple[dict[int, list[str]], int]:
+    """Host symbols of a program by address (nm), and the address of sim::dry_anchor."""
+    out = subprocess.run(["nm", "--defined-only", str(exe)], capture_output=True, text=True, check=True).stdout
+    by_addr: dict[int, list[str]] = {}
+    anchor = None
+    for ln in out.splitlines():
+        parts = ln.split()
+        if len(parts) != 3 or parts[1] not in "tTwW":
+            continue
+        addr = int(parts[0], 16)
+        by_addr.setdefault(addr, []).append(parts[2])
+        if parts[2] == "_ZN3sim10dry_anchorEv":
+            anchor = addr
+    if anchor is None:
+        raise RuntimeError(f"{exe.name}: no sim::dry_anchor symbol (built before launch fingerprints?)")
+    return by_addr, anchor
+
+
+def dry_launch_list(exe: Path, case: Case) -> list[tuple[str, tuple[int, int, int], int, str]]:
+    """A case's launches in order, from the host program's --dry run (natively, no simulator): (kernel's
+    PTX entry name, grid, block, hash of the argument bytes) each."""
+    r = subprocess.run([str(exe), *case.args(), "--dry"], capture_output=True, text=True)
+    pat = r"\[sim\] launch \d+ grid=\((\d+),(\d+),(\d+)\) block=(\d+)[^\n]*\n\[sim\] dry stub=(-?\d+) args=([0-9a-f]+)"
+    launches = re.findall(pat, r.stdout)
+    if r.returncode != 0 or not launches or len(launches) != r.stdout.count("[sim] launch "):
+        raise RuntimeError(f"{exe.name} --dry listed no launches: {r.stdout[-2000:]} {r.stderr[-2000:]}")
+    by_addr, anchor = _stub_symbols(exe)
+    entries, _ = ptx_entries(exe)
+    out = []
+    for gx, gy, gz, block, stub, args in launches:
+        # a host stub of internal linkage mangles as _ZN3dscL16name...: the PTX entry has no L marker
+        names = [re.sub(r"L(?=\d)", "", n) for n in by_addr.get(anchor + int(stub), [])]
+        name = next((n for n in names if n in entries), None)
+        if name is None:
+            raise RuntimeError(f"{exe.name}: launch of stub {by_addr.get(anchor + int(stub))} has no PTX entry")
+        out.append((name, (int(gx), int(gy), int(gz)), int(block), args))
+    return out
+
+
+def launch_fingerprint(exe: Path, case: Case) -> str:
+    """What decides a case's simulated cycles, hashed: for every launch in order (dry_launch_list), the
+    kernel's PTX, grid, block and argument bytes, plus the PTX outside the kernels. A change to a kernel the
+    case does not launch, or to a launcher path it does not take, keeps the fingerprint, so its cached
+    result stays valid; any change to what it runs changes it."""
+    entries, rest = ptx_entries(exe)
+    h = hashlib.sha256(rest.encode())
+    for name, grid, block, args in dry_launch_list(exe, case):
+        body = hashlib.sha256(entries[name].encode()).hexdigest()
+        h.update(f"{name}|{grid}|{block}|{args}|{body}\n".encode())
+    return h.hexdigest()[:20]
 
 
 def dry_launches(exe: Path, case: Case) -> list[list[int]]:
