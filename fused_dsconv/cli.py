@@ -23,6 +23,7 @@ import torch
 
 from . import backends
 from ._version import __version__
+from .processes import end_worker
 
 
 def _info_args(p: argparse.ArgumentParser) -> None:
@@ -191,6 +192,12 @@ def _quiet_stdout() -> None:
 
 
 def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> int:
+    code = _main(argv, prog)
+    end_worker(code)  # a torchrun worker ends here (processes.end_worker says why); others return
+    return code
+
+
+def _main(argv: Optional[list[str]], prog: Optional[str]) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     prog = prog or _invoked_prog()
     try:

@@ -262,6 +262,28 @@ def _weights(path):
     return load_file(str(path))
 
 
+END_WORKER = """
+import atexit, sys
+from fused_dsconv import processes
+atexit.register(lambda: print("teardown ran"))
+processes.end_worker(0)  # no group started here: returns
+print("still here", flush=False)
+processes._joined_here = True  # as start_processes leaves it in a torchrun worker
+print("flushed before the exit", end="", flush=False)
+sys.stderr.write("and stderr")
+processes.end_worker(3)
+print("not reached")
+"""
+
+
+def test_a_torchrun_worker_ends_without_the_interpreters_teardown():
+    """processes.end_worker: a CLI process that joined a group exits with its code, its output flushed, and
+    no teardown run (where gloo workers could abort); any other process just returns from it."""
+    p = subprocess.run([sys.executable, "-c", END_WORKER], env=ENV, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 3, p.stderr
+    assert p.stdout == "still here\nflushed before the exit" and p.stderr.endswith("and stderr")
+
+
 @pytest.mark.slow
 def test_torchrun_training_resumes_exactly(tmp_path, capsys):
     """Two CPU processes (gloo, synchronised BN) on the embedded digits: 2 epochs straight equal 1 epoch, a

@@ -59,8 +59,9 @@ uint64_t args_hash(const A&... args) {
 }
 template <class K, class... A>
 void print_dry(K kernel, const A&... args) {
-  if (dry_run()) std::printf("[sim] dry stub=%lld args=%016llx\n", stub_offset((const void*)kernel),
-                             (unsigned long long)args_hash(args...));
+  if (dry_run())
+    std::printf("[sim] dry stub=%lld args=%016llx\n", stub_offset((const void*)kernel),
+                (unsigned long long)args_hash(args...));
 }
 inline void sync() {
   if (!dry_run()) SIM_CK(cudaDeviceSynchronize());

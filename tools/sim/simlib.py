@@ -534,27 +534,37 @@ def _stub_symbols(exe: Path) -> tuple[dict[int, list[str]], int]:
     return by_addr, anchor
 
 
-def launch_fingerprint(exe: Path, case: Case) -> str:
-    """What decides a case's simulated cycles, hashed: for every launch in order (the host program's --dry
-    run, natively), the kernel's PTX (named through its host stub), grid, block and argument bytes, plus the
-    PTX outside the kernels. A change to a kernel this case does not launch, or to a launcher path it does
-    not take, keeps the fingerprint, so its cached result stays valid; any change to what it runs changes it."""
+def dry_launch_list(exe: Path, case: Case) -> list[tuple[str, tuple[int, int, int], int, str]]:
+    """A case's launches in order, from the host program's --dry run (natively, no simulator): (kernel's
+    PTX entry name, grid, block, hash of the argument bytes) each."""
     r = subprocess.run([str(exe), *case.args(), "--dry"], capture_output=True, text=True)
     pat = r"\[sim\] launch \d+ grid=\((\d+),(\d+),(\d+)\) block=(\d+)[^\n]*\n\[sim\] dry stub=(-?\d+) args=([0-9a-f]+)"
     launches = re.findall(pat, r.stdout)
     if r.returncode != 0 or not launches or len(launches) != r.stdout.count("[sim] launch "):
-        raise RuntimeError(f"{exe.name} --dry gave no fingerprint: {r.stdout[-2000:]} {r.stderr[-2000:]}")
+        raise RuntimeError(f"{exe.name} --dry listed no launches: {r.stdout[-2000:]} {r.stderr[-2000:]}")
     by_addr, anchor = _stub_symbols(exe)
-    entries, rest = ptx_entries(exe)
-    h = hashlib.sha256(rest.encode())
+    entries, _ = ptx_entries(exe)
+    out = []
     for gx, gy, gz, block, stub, args in launches:
         # a host stub of internal linkage mangles as _ZN3dscL16name...: the PTX entry has no L marker
         names = [re.sub(r"L(?=\d)", "", n) for n in by_addr.get(anchor + int(stub), [])]
         name = next((n for n in names if n in entries), None)
         if name is None:
             raise RuntimeError(f"{exe.name}: launch of stub {by_addr.get(anchor + int(stub))} has no PTX entry")
+        out.append((name, (int(gx), int(gy), int(gz)), int(block), args))
+    return out
+
+
+def launch_fingerprint(exe: Path, case: Case) -> str:
+    """What decides a case's simulated cycles, hashed: for every launch in order (dry_launch_list), the
+    kernel's PTX, grid, block and argument bytes, plus the PTX outside the kernels. A change to a kernel the
+    case does not launch, or to a launcher path it does not take, keeps the fingerprint, so its cached
+    result stays valid; any change to what it runs changes it."""
+    entries, rest = ptx_entries(exe)
+    h = hashlib.sha256(rest.encode())
+    for name, grid, block, args in dry_launch_list(exe, case):
         body = hashlib.sha256(entries[name].encode()).hexdigest()
-        h.update(f"{name}|{gx},{gy},{gz}|{block}|{args}|{body}\n".encode())
+        h.update(f"{name}|{grid}|{block}|{args}|{body}\n".encode())
     return h.hexdigest()[:20]
 
 
