@@ -287,7 +287,7 @@ DT_BC = {"span64": 128, "span128": 64}  # dsconv_bwd_dt input channels per block
 DWP_BK, DWP_BC = 128, 64  # dsconv_bwd_dwp block: 128 output x 64 input channels
 SPLITS_TARGET_BLOCKS = 256  # launch.cuh set_geometry: splits = cdiv(256, dwp blocks) ...
 SPLITS_MAX = 64  # ... capped at 64 and at the dWp tiles, at least 1
-SPAN_MAX_WO = 28  # launch.cuh DSC_SPAN_MAX_WO: the widest output map on span tiles
+SPAN_MAX_WO = 56  # launch.cuh DSC_SPAN_MAX_WO: the widest output map on span tiles
 WAVE = 56  # launch.cuh kFwdWave: dsconv_fwd / dsconv_bwd_dt split their reduction axis below this many blocks
 DY_FLOPS = 6  # dy_of: y - mu, z, threshold, A dz + b2 (y - mu) + c2, per element
 

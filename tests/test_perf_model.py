@@ -185,7 +185,7 @@ def test_native_rereads_of_the_grid():
 
 
 # (N, C, K, H, W, stride, dilation) -> (forward tile class, forward tiles, splits), by hand from launch.cuh
-# set_geometry: span tiles where Wo <= 28 and the window fits; splits = clamp(cdiv(256, cdiv(K, 128) *
+# set_geometry: span tiles where Wo <= 56 and the window fits; splits = clamp(cdiv(256, cdiv(K, 128) *
 # cdiv(C, 64)), 1, min(64, dWp tiles)).
 GEOMETRY_CASES = [
     ((32, 1024, 1024, 7, 7, 1, 3), ("span64", 32 * 49 // 64 + 1, 2)),  # b9 at batch 32: 128 dWp blocks

@@ -17,12 +17,14 @@ namespace dsc {
 #endif
 
 // Widest output map on span tiles (dsconv_dw computes the depthwise output once, dsconv_fwd is then a pure
-// GEMM over it). 28 takes in b5 of the classifier (256 -> 256 at 28x28), which simulated (GTX 1080 Ti config,
-// batch 1) at 95,325 cycles on span tiles against 184,306 on 8x8 rect tiles (2 channel blocks x 16 tiles:
-// 32 blocks on 28 SMs) and 158,699 for the unfused chain. b4 (28x28 output at stride 2) stays on rect tiles:
-// its window per channel (13 rows of 62) is over kSpanHalo.
+// GEMM over it). SIMULATED (GTX 1080 Ti config, batch 1, eval): b5 of the classifier (256 -> 256 at 28x28)
+// 95,325 cycles on span tiles against 184,306 on 8x8 rect tiles (2 channel blocks x 16 tiles: 32 blocks on
+// 28 SMs) and 158,699 unfused; b3 (128 -> 128 at 56x56) 79,441 against 100,015 and 128,808. The price is
+// dsconv_dw's t in the workspace, C x M floats (b3 at batch 32: 51 MB, what the unfused chain holds for its
+// depthwise output too). b2 and b4 stay on rect tiles: their windows per channel (11 rows of 118, 13 of 62)
+// are over kSpanHalo.
 #ifndef DSC_SPAN_MAX_WO
-#define DSC_SPAN_MAX_WO 28
+#define DSC_SPAN_MAX_WO 56
 #endif
 
 constexpr int64_t kFwdWave = 56;  // tiled-kernel blocks resident at once on a GTX 1080 Ti (2 per SM)
