@@ -279,6 +279,8 @@ def main(argv=None) -> int:
             print(msg, flush=True)
 
     want = sorted({(c.impl, c.dtype) for c in cases}) if cases else [(p, "f32") for p in simlib.PROGRAMS]
+    # The sources' hash as the binaries are built (an edit while a simulation runs must not relabel its result).
+    khash = {impl: simlib.kernel_hash(impl) for impl in simlib.PROGRAMS}
     exes = {}
     for impl, dt in want:
         exes[(impl, dt)] = simlib.build(impl, dt, build_dir / "bin", log)
@@ -327,7 +329,7 @@ def main(argv=None) -> int:
         r["case"] = {**c.__dict__}
         r["key"] = key
         r["config"] = a.config
-        r["kernel_hash"] = simlib.kernel_hash(c.impl)
+        r["kernel_hash"] = khash[c.impl]
         r["fingerprint"], r["config_hash"] = fingerprints[c.ident()], cfg_hash
         if r["verdict"] in ("PASS", "UNCHECKED"):  # failures are not cached: they are rerun next time
             (cache / f"{key}.json").write_text(json.dumps(r, indent=1))
