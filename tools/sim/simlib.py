@@ -218,10 +218,12 @@ def build_source(src: Path, exe: Path, includes: list[Path], flags: list[str], l
     ptx_fix.py applied to its PTX; ``build`` for the harness's programs, also used by tools/sim/probes."""
     if exe.exists() and ptx_path(exe).exists():
         return exe
-    final, exe = exe, exe.with_name(exe.name + ".tmp")  # renamed at the end: a running simulation keeps its file
+    # Built under names of this process's own and renamed at the end: a running simulation keeps its file, and
+    # two run_cases started together do not write over each other's intermediate files.
+    final, exe = exe, exe.with_name(f"{exe.name}.tmp{os.getpid()}")
     out_dir = exe.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    keep = out_dir / f"keep_{final.name}"
+    keep = out_dir / f"keep_{final.name}_{os.getpid()}"
     if keep.exists():
         shutil.rmtree(keep)
     keep.mkdir()
@@ -270,7 +272,8 @@ def build_source(src: Path, exe: Path, includes: list[Path], flags: list[str], l
     r = subprocess.run(["bash", "-c", "\n".join(script)], capture_output=True, text=True, cwd=keep)
     if r.returncode != 0 or not exe.exists():
         raise RuntimeError(f"building {src.name} ({' '.join(flags)}) failed:\n{r.stdout}\n{r.stderr}")
-    shutil.copyfile(Path(keep, ptx), ptx_path(final))  # what the simulator runs (ptx_fix applied): cache keys
+    shutil.copyfile(Path(keep, ptx), ptx_path(exe))  # what the simulator runs (ptx_fix applied): cache keys
+    os.replace(ptx_path(exe), ptx_path(final))
     os.replace(exe, final)
     log(f"[build] {final.name} in {time.time() - t0:.0f}s; {r.stdout.strip()}")
     shutil.rmtree(keep, ignore_errors=True)
