@@ -49,6 +49,7 @@ NATIVE_TILE_CASES = [
     ((1, 9, 70, 20, 60), 1, 2, "rect8x8"),  # wide map (Wo > 56), K > 64: 128 channels x 8x8, 3x8 tiles
     ((1, 9, 70, 20, 19), 1, 2, "span64"),  # 16 < Wo <= 56: span tiles (the window is 9 rows of 23)
     ((2, 5, 6, 12, 40), 1, 1, "span64"),  # Wo = 40: tiles crossing rows and both images
+    ((2, 70, 6, 24, 24), 1, 1, "span64"),  # enough pixels for dsconv_dw's 8 channels per thread (70 = 8 x 8 + 6)
     ((1, 6, 10, 40, 120), 2, 3, "rect8x16"),  # K <= 64 on a wide map, stride 2
     ((1, 6, 10, 20, 40), 1, 5, "rect8x16"),  # the runtime-dilation path on 8x16 tiles
     ((3, 5, 6, 7, 7), 1, 3, "span64"),  # 64-pixel tiles spanning 7x7 images (147 pixels, 3 tiles)

@@ -161,8 +161,8 @@ DSC_DEVICE void fwd_epilogue(const Problem& p, float* ws, int64_t tile, int64_t 
 // a thread loops over its group, and past 65535 groups) x up to 256 consecutive pixels (grid x): the 9
 // weights are block-uniform loads, the tap offsets of a pixel are computed once for all the channels it
 // visits, the stores are coalesced. NCHW reads are coalesced along the pixels; channels_last reads are
-// strided (correct, not tuned). The group size follows from grid y (dw_grid_y: 2 channels per thread where
-// that is what fills the GPU, up to kDwChannels on large maps), so no Problem field is needed.
+// strided (correct, not tuned). The group size follows from grid y (dw_grid_y: kDwChannels per thread, or 2
+// where the grid would otherwise leave SMs idle), so no Problem field is needed.
 constexpr int kDwChannels = 8;
 template <class T, int S, int D>
 DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_dw_kernel(const Problem p, float* t_out) {
