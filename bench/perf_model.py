@@ -287,6 +287,7 @@ DT_BC = {"span64": 128, "span128": 64}  # dsconv_bwd_dt input channels per block
 DWP_BK, DWP_BC = 128, 64  # dsconv_bwd_dwp block: 128 output x 64 input channels
 SPLITS_TARGET_BLOCKS = 256  # launch.cuh set_geometry: splits = cdiv(256, dwp blocks) ...
 SPLITS_MAX = 64  # ... capped at 64 and at the dWp tiles, at least 1
+SPAN_MAX_WO = 56  # launch.cuh DSC_SPAN_MAX_WO: the widest output map on span tiles
 WAVE = 56  # launch.cuh kFwdWave: dsconv_fwd / dsconv_bwd_dt split their reduction axis below this many blocks
 DY_FLOPS = 6  # dy_of: y - mu, z, threshold, A dz + b2 (y - mu) + c2, per element
 
@@ -298,7 +299,7 @@ def _cdiv(a: int, b: int) -> int:
 def _span_rows(l: "Layer") -> int:
     """launch.cuh span_rows: padded rows a 64-pixel span tile stages, 0 if span tiles do not apply."""
     d, s = l.dilation, l.stride
-    if d < 1 or d > 4 or l.wo > 16 or l.m >= 2**31 or l.n * (l.h + 2 * d) >= 2**31:
+    if d < 1 or d > 4 or l.wo > SPAN_MAX_WO or l.m >= 2**31 or l.n * (l.h + 2 * d) >= 2**31:
         return 0
     dr = min((l.wo + 62) // l.wo, l.n * l.ho - 1)
     dn = min((l.ho * l.wo + 62) // (l.ho * l.wo), l.n - 1)

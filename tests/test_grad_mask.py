@@ -32,9 +32,9 @@ MASKS = {
     "only-dw": (False, True, False),
     "none": (False, False, False),
 }
-# (N, C, K, H, W), stride, dilation: span tiles in the native dWp (Wo <= 16: dsconv_dw runs first), and
-# rectangular 8x8 ones (Wo = 17) at stride 2.
-SHAPES = {"span": ((2, 4, 6, 9, 10), 1, 2), "rect-s2": ((1, 3, 5, 7, 34), 2, 1)}
+# (N, C, K, H, W), stride, dilation: span tiles in the native dWp (a small map: dsconv_dw runs first), and
+# rectangular 8x8 ones (a wide map, Wo = 60) at stride 2.
+SHAPES = {"span": ((2, 4, 6, 9, 10), 1, 2), "rect-s2": ((1, 3, 5, 7, 120), 2, 1)}
 
 
 def _case(shape):

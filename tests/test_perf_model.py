@@ -71,7 +71,7 @@ def test_design_rows_are_the_fused_plan_and_labelled_design():
 
 
 # -- native: the shipped CUDA kernels -------------------------------------------------------------
-# Tiny case: Ho = Wo = 4 -> span tiles (Wo <= 16, dilation 3): one 64-pixel tile (16 valid pixels) for the
+# Tiny case: Ho = Wo = 4 -> span tiles (a small map, dilation 3): one 64-pixel tile (16 valid pixels) for the
 # forward and dWp kernels, one 128-pixel tile for dt (C <= 64); one 128-channel K block; splits = 1; one
 # bn_bwd_reduce group, one dx tile and group.
 NTILES = 1
@@ -185,12 +185,12 @@ def test_native_rereads_of_the_grid():
 
 
 # (N, C, K, H, W, stride, dilation) -> (forward tile class, forward tiles, splits), by hand from launch.cuh
-# set_geometry: span tiles where Wo <= 16 and the window fits; splits = clamp(cdiv(256, cdiv(K, 128) *
+# set_geometry: span tiles where Wo <= 56 and the window fits; splits = clamp(cdiv(256, cdiv(K, 128) *
 # cdiv(C, 64)), 1, min(64, dWp tiles)).
 GEOMETRY_CASES = [
     ((32, 1024, 1024, 7, 7, 1, 3), ("span64", 32 * 49 // 64 + 1, 2)),  # b9 at batch 32: 128 dWp blocks
     ((32, 32, 64, 224, 224, 2, 3), ("rect8x16", 32 * 14 * 7, 64)),  # b1: K <= 64 -> 8x16 tiles; 1 block -> 64
-    ((32, 256, 512, 56, 56, 2, 3), ("rect8x8", 32 * 4 * 4, 16)),  # 28x28 output: Wo > 16, 8x8 tiles
+    ((32, 256, 512, 56, 56, 2, 3), ("rect8x8", 32 * 4 * 4, 16)),  # 28x28 output at s2: window 13 x 62 > kSpanHalo
     ((32, 512, 1024, 28, 28, 2, 3), ("span64", 32 * 196 // 64, 4)),  # 14x14 output: 64 dWp blocks -> 4
     ((1, 64, 64, 7, 7, 1, 1), ("span64", 1, 1)),  # capped at the tiles
     ((2, 3, 5, 17, 9, 2, 2), ("span64", 2, 2)),  # 9x5 output, 90 pixels: two span tiles across both images

@@ -155,12 +155,14 @@ DSC_DEVICE void fwd_epilogue(const Problem& p, float* ws, int64_t tile, int64_t 
   }
 }
 
-// dsconv_dw (span tiles, maps of Wo <= 16): the depthwise output t of every pixel, once for all output-channel
+// dsconv_dw (span tiles, small maps): the depthwise output t of every pixel, once for all output-channel
 // blocks of dsconv_fwd (and of dsconv_bwd_dwp), into fp32 t_out [C][Mp] (Mp = span tiles x 64 pixels of the
-// flattened (n, ho, wo) order; the padding columns past M are 0). A block = groups of kDwChannels channels
-// (grid y, looping past 65535 groups) x up to 256 consecutive pixels (grid x): the 9 weights are block-uniform
-// loads, the tap offsets of a pixel are computed once for all the channels it visits, the stores are
-// coalesced. NCHW reads are coalesced along the pixels; channels_last reads are strided (correct, not tuned).
+// flattened (n, ho, wo) order; the padding columns past M are 0). A block = a group of channels (grid y;
+// a thread loops over its group, and past 65535 groups) x up to 256 consecutive pixels (grid x): the 9
+// weights are block-uniform loads, the tap offsets of a pixel are computed once for all the channels it
+// visits, the stores are coalesced. NCHW reads are coalesced along the pixels; channels_last reads are
+// strided (correct, not tuned). The group size follows from grid y (dw_grid_y: kDwChannels per thread, or 2
+// where the grid would otherwise leave SMs idle), so no Problem field is needed.
 constexpr int kDwChannels = 8;
 template <class T, int S, int D>
 DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_dw_kernel(const Problem p, float* t_out) {
@@ -187,9 +189,9 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_dw_kernel(const Problem p, float* 
                            : -1;
     }
   const T* xn = x + static_cast<int64_t>(n) * p.xs.n;
-  for (int64_t c0 = static_cast<int64_t>(blockIdx.y) * kDwChannels; c0 < p.C;
-       c0 += static_cast<int64_t>(gridDim.y) * kDwChannels) {
-    const int nc = p.C - c0 < kDwChannels ? static_cast<int>(p.C - c0) : kDwChannels;
+  const int64_t group = 2 * ((p.C + 2 * static_cast<int64_t>(gridDim.y) - 1) / (2 * static_cast<int64_t>(gridDim.y)));
+  for (int64_t c0 = static_cast<int64_t>(blockIdx.y) * group; c0 < p.C; c0 += static_cast<int64_t>(gridDim.y) * group) {
+    const int nc = p.C - c0 < group ? static_cast<int>(p.C - c0) : static_cast<int>(group);
     // Two channels per step, all 36 loads issued before the first multiply-add (in program order, as the
     // simulator issues PTX, a load next to its use stalls the warp once per tap).
     for (int cc = 0; cc < nc; cc += 2) {
@@ -230,7 +232,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_dw_kernel(const Problem p, float* 
 //  - rect tiles: per chunk, the tile's input window is staged once in shared memory (coalesced along x's
 //    contiguous axis) and t computed from it (9 taps and the channel's 9 weights in registers); t never
 //    leaves the chip;
-//  - span tiles (maps of Wo <= 16): dsconv_dw wrote t for every pixel into the workspace once, for all
+//  - span tiles (small maps: launch.cuh span_rows): dsconv_dw wrote t for every pixel into the workspace once, for all
 //    output-channel blocks, and a chunk is two vector loads per thread: the block is a pure GEMM. On those
 //    maps a window chunk costs more instructions than its GEMM (a 64-pixel span window is ~4x the pixels it
 //    feeds, and K / 128 blocks would each recompute it), while t [C x M] is small and stays in L2.

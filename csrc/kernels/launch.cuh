@@ -16,13 +16,26 @@ namespace dsc {
 #define DSC_DWP_MAX_SPLITS 64
 #endif
 
+// Widest output map on span tiles (dsconv_dw computes the depthwise output once, dsconv_fwd is then a pure
+// GEMM over it). SIMULATED (GTX 1080 Ti config, batch 1, eval): b5 of the classifier (256 -> 256 at 28x28)
+// 95,325 cycles on span tiles against 184,306 on 8x8 rect tiles (2 channel blocks x 16 tiles: 32 blocks on
+// 28 SMs) and 158,699 unfused; b3 (128 -> 128 at 56x56) 79,441 against 100,015 and 128,808. The price is
+// dsconv_dw's t in the workspace, C x M floats (b3 at batch 32: 51 MB, what the unfused chain holds for its
+// depthwise output too). b2 and b4 stay on rect tiles: their windows per channel (11 rows of 118, 13 of 62)
+// are over kSpanHalo.
+#ifndef DSC_SPAN_MAX_WO
+#define DSC_SPAN_MAX_WO 56
+#endif
+
 constexpr int64_t kFwdWave = 56;  // tiled-kernel blocks resident at once on a GTX 1080 Ti (2 per SM)
 
 // Span tiles (64 consecutive pixels across images) need a template dilation, small maps, 32-bit pixel
 // and padded-row numbers, and a staged window within kSpanHalo floats per channel. Returns the most
 // padded rows a tile stages, or 0 if span tiles do not apply.
 inline int span_rows(int64_t N, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int s, int d) {
-  if (d < 1 || d > 4 || Wo > 16 || N * Ho * Wo >= (int64_t(1) << 31) || N * (H + 2 * d) >= (int64_t(1) << 31)) return 0;
+  if (d < 1 || d > 4 || Wo > DSC_SPAN_MAX_WO || N * Ho * Wo >= (int64_t(1) << 31) ||
+      N * (H + 2 * d) >= (int64_t(1) << 31))
+    return 0;
   int64_t dr = (Wo + 62) / Wo, dn = (Ho * Wo + 62) / (Ho * Wo);  // most output rows / images a tile crosses
   if (dr > N * Ho - 1) dr = N * Ho - 1;
   if (dn > N - 1) dn = N - 1;
@@ -157,8 +170,14 @@ inline int64_t tile_grid_z(int64_t ntiles) { return cdiv(ntiles, DSC_TILE_GRID_Y
     __VA_ARGS__;                    \
   }
 
-inline int64_t dw_grid_y(const Problem& p) {  // dsconv_dw: groups of kDwChannels channels
-  const int64_t g = cdiv(p.C, kDwChannels);
+// dsconv_dw's channel groups (the kernel derives the group size from this): kDwChannels channels per thread,
+// or 2 where that still keeps the grid within about 2.5 waves of resident threads (128 registers per thread:
+// 512 per SM on a GTX 1080 Ti). SIMULATED, batch 1, eval: b9 (64 pixels x 1024 channels) 12,498 cycles with 2
+// against 28,058 with 8 (8192 threads: most SMs idle); b7 (256 x 512) 16,657 with 8 against 18,947 with 2
+// (4.6 waves of short blocks).
+inline int64_t dw_grid_y(const Problem& p) {
+  const int64_t threads2 = p.ft.ntiles * TileSpan64::BP * cdiv(p.C, 2);
+  const int64_t g = cdiv(p.C, threads2 <= 28 * 512 * 5 / 2 ? 2 : kDwChannels);
   return g < 65535 ? g : 65535;
 }
 

@@ -22,7 +22,7 @@ enum Grad : int { kGradX = 1, kGradDw = 2, kGradPw = 4 };
 enum TileClass : int {
   kTileRect8x8 = 0,   // 128 output channels x 8x8 pixels
   kTileRect8x16 = 1,  // 64 output channels x 8x16 pixels (K <= 64 on large maps)
-  kTileSpan64 = 2,    // 128 output channels x 64 consecutive pixels (maps of Wo <= 16)
+  kTileSpan64 = 2,    // 128 output channels x 64 consecutive pixels (small maps: launch.cuh span_rows)
   kTileSpan128 = 3,   // 64 channels x 128 consecutive pixels (dsconv_bwd_dt when C <= 64)
 };
 
