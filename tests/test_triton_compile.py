@@ -45,3 +45,19 @@ def test_every_kernel_compiles_without_spills():
     for r in rows:
         assert r["spill_stores"] == 0 and r["spill_loads"] == 0, f"{r['kernel']} ({r['variant']}) spills: {r}"
         assert 0 < r["occupancy"] <= 1 and r["registers"] <= 255
+
+
+@pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"),
+    reason="TRITON_INTERPRET is set for the whole process: triton.language was decorated for the "
+    "interpreter and cannot be compiled",
+)
+@pytest.mark.parametrize("arch,mode", [(86, ("float32", False, ("b3",))), (80, ("float16", False, ("b4",)))])
+def test_dt_kernel_configs_nearest_the_register_limit_compile_without_spills(arch, mode):
+    """Every config of dsconv_bwd_dt (the kernel nearest 255 registers) for two launches where an operand
+    order once made it spill (float32 b3 P16 C16 on sm_86, float16 b4 K256 P32 C32 on sm_80), which the
+    first-config test above does not compile."""
+    rows = _report().rows(archs=(arch,), modes=(mode,), kernels_only=["dsconv_bwd_dt_kernel"])
+    assert len(rows) >= 4
+    for r in rows:
+        assert r["spill_stores"] == 0 and r["spill_loads"] == 0, f"{r['variant']} spills: {r}"
