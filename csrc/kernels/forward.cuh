@@ -189,7 +189,9 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_dw_kernel(const Problem p, float* 
                            : -1;
     }
   const T* xn = x + static_cast<int64_t>(n) * p.xs.n;
-  const int64_t group = 2 * ((p.C + 2 * static_cast<int64_t>(gridDim.y) - 1) / (2 * static_cast<int64_t>(gridDim.y)));
+  // 2 channels per thread when the grid has a group of 2 for every channel, else kDwChannels (dw_grid_y); a
+  // comparison, not a division: any grid still covers every channel (the loop strides over the groups).
+  const int64_t group = 2 * static_cast<int64_t>(gridDim.y) >= p.C ? 2 : kDwChannels;
   for (int64_t c0 = static_cast<int64_t>(blockIdx.y) * group; c0 < p.C; c0 += static_cast<int64_t>(gridDim.y) * group) {
     const int nc = p.C - c0 < group ? static_cast<int>(p.C - c0) : static_cast<int>(group);
     // Two channels per step, all 36 loads issued before the first multiply-add (in program order, as the
