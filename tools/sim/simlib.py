@@ -487,11 +487,6 @@ def cache_key(case: Case, config_hash: str, fingerprint: str) -> str:
     return hashlib.sha256(f"{case.ident()}|{fingerprint}|{config_hash}".encode()).hexdigest()[:20]
 
 
-def legacy_cache_key(case: Case, config_hash: str) -> str:
-    """cache_key before launch fingerprints: keyed by the hash of every kernel source of the program."""
-    return hashlib.sha256(f"{case.ident()}|{kernel_hash(case.impl)}|{config_hash}".encode()).hexdigest()[:20]
-
-
 @functools.lru_cache(maxsize=None)
 def ptx_entries(exe: Path) -> tuple[dict[str, str], str]:
     """A program's PTX, comments dropped, split into its kernels (.entry name -> its text) and the rest
@@ -572,13 +567,8 @@ def launch_fingerprint(exe: Path, case: Case) -> str:
 
 
 def dry_launches(exe: Path, case: Case) -> list[list[int]]:
-    """The launch grids of a case, in launch order, from the host program's --dry mode (runs natively)."""
-    r = subprocess.run([str(exe), *case.args(), "--dry"], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"{exe.name} --dry failed: {r.stdout[-2000:]} {r.stderr[-2000:]}")
-    return [
-        [int(g) for g in m.groups()] for m in re.finditer(r"\[sim\] launch \d+ grid=\((\d+),(\d+),(\d+)\)", r.stdout)
-    ]
+    """The launch grids of a case, in launch order (dry_launch_list)."""
+    return [list(grid) for _, grid, _, _ in dry_launch_list(exe, case)]
 
 
 def run_case(
