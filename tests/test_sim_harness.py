@@ -4,9 +4,11 @@ and --dry launch lists (so that they cannot rot), and the model's arithmetic and
 
 import json
 import math
+import os
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -220,6 +222,34 @@ def test_source_hash_ignores_formatting_and_comments_not_tokens(tmp_path, monkey
     assert h("#define F(x) x\n") != h("#define F (x) x\n") == h("#define  F  (x)  x\n")
     # other files are hashed as they are
     assert h("x = 1\n", "k.py") != h("x  =  1\n", "k.py")
+
+
+def test_a_simulation_runs_in_a_niced_session_of_its_own_and_a_timeout_ends_all_of_it(tmp_path):
+    """run_case starts the simulator in a session of its own whose autogroup is niced (plain nice does not
+    rank processes across sessions under autogroup scheduling), and a timeout (or stop_all on Ctrl-C) ends
+    the whole session: the wrapper script and what it started, not only the wrapper. A stand-in for the
+    simulator's `run` script records its session, autogroup and a grandchild, then hangs."""
+    tool = tmp_path / "tool"
+    tool.mkdir()
+    info = tmp_path / "info"
+    (tool / "run").write_text(
+        "#!/bin/bash\n"
+        f'sleep 30 >/dev/null 2>&1 & echo "$$ $(ps -o sid= -p $$) $! $(cat /proc/self/autogroup 2>/dev/null)" > {info}\n'
+        "wait\n"
+    )
+    case = simlib.Case("fused", "eval", 1, 4, 4, 8, 8, 1, 1)
+    r = simlib.run_case(case, tmp_path / "exe", tmp_path, tmp_path / "run", tool, nice=17, timeout=3)
+    assert r["rc"] == -1 and r["verdict"] != "PASS"
+    pid, sid, grandchild, *group = info.read_text().split()
+    assert sid != str(os.getsid(0)), "the simulation shares the caller's session"
+    if Path("/proc/self/autogroup").exists():
+        assert group[-2:] == ["nice", "17"], group
+    time.sleep(0.2)
+    for p in (pid, grandchild):
+        assert not Path(f"/proc/{p}").exists() or "Z" in Path(f"/proc/{p}/stat").read_text().split()[2], (
+            f"process {p} outlived the timeout"
+        )
+    assert not simlib._running
 
 
 @pytest.mark.build  # nvcc builds both host programs: half a minute on the 2-core CPU

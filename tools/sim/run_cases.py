@@ -20,6 +20,7 @@ import concurrent.futures as cf
 import json
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -345,9 +346,20 @@ def main(argv=None) -> int:
             log("\n".join(r["checks"]) + "\n" + r.get("run_output_tail", ""))
         return c, r
 
-    with cf.ThreadPoolExecutor(max_workers=max(1, a.jobs)) as ex:
+    handlers = {}
+    if todo and threading.current_thread() is threading.main_thread():  # kill, hang-up: the finally still runs
+        handlers = {
+            sig: signal.signal(sig, lambda signum, _: sys.exit(128 + signum)) for sig in (signal.SIGTERM, signal.SIGHUP)
+        }
+    ex = cf.ThreadPoolExecutor(max_workers=max(1, a.jobs))
+    try:
         for c, r in ex.map(work, todo):
             results[c.ident()] = r
+    finally:  # Ctrl-C, a kill or an error: the simulations run in sessions of their own, so end them here
+        ex.shutdown(wait=False, cancel_futures=True)
+        simlib.stop_all()
+        for sig, old in handlers.items():
+            signal.signal(sig, old)
     done_cases = [c for c in cases if c.ident() in results]
     ordered = [results[c.ident()] for c in done_cases]
     for r, c in zip(ordered, done_cases):
