@@ -58,6 +58,26 @@ def _cmake_version(cmake: str) -> tuple[int, ...]:
     return (int(m.group(1)), int(m.group(2))) if m else (0,)
 
 
+def _ninja() -> str | None:
+    """The venv's ninja (pip install ninja, as CI does) even when the venv's bin/ is not on PATH."""
+    venv = Path(sys.executable).parent / "ninja"
+    return str(venv) if venv.exists() else shutil.which("ninja")
+
+
+def _generator() -> list[str]:
+    """Ninja where there is one: it prints each compile's output whole, so the ptxas -v lines of the
+    parallel compiles do not interleave and tests/test_native_report.py can read the sm_75 rows of the
+    compile report from this build's log (with Makefiles it compiles them itself)."""
+    ninja = _ninja()
+    return ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja else []
+
+
+def build_log() -> str | None:
+    """The build's log when its compiles' outputs cannot interleave (the Ninja generator), else None."""
+    _, log, _ = background.result(__name__, prebuild)
+    return log if _generator() else None
+
+
 def _cuda_home() -> Path | None:
     for d in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
         if d and (Path(d) / "bin" / "nvcc").exists():
@@ -68,8 +88,8 @@ def _cuda_home() -> Path | None:
 
 def _hash() -> str:
     """Everything the library is built from: the CMake file, the flags it reads, csrc/ outside the
-    torch-free emulator, and the torch it is built against."""
-    h = hashlib.sha256(torch.__version__.encode())
+    torch-free emulator, the torch it is built against, and the generator (a build folder keeps its own)."""
+    h = hashlib.sha256(torch.__version__.encode() + " ".join(_generator()).encode())
     csrc = [f for f in (ROOT / "csrc").rglob("*") if f.is_file() and "emu" not in f.relative_to(ROOT / "csrc").parts]
     files = [ROOT / "CMakeLists.txt", ROOT / "fused_dsconv" / "_build_config.py", *csrc]
     for f in sorted(files):
@@ -107,6 +127,7 @@ def _build() -> tuple[Path, str, float | None]:
         str(ROOT),
         "-B",
         str(build),
+        *_generator(),
         "-DFUSED_DSCONV_TORCH_EXT=ON",
         f"-DTORCH_CUDA_ARCH_LIST={ARCH_LIST}",
         f"-DCMAKE_CUDA_COMPILER={cuda / 'bin' / 'nvcc'}",

@@ -17,6 +17,10 @@ import pytest
 
 pytestmark = [pytest.mark.build]  # JIT-builds the CUDA extension
 
+# One arch, and another than the CMake build's (sm_75): between them the two builds give the compile
+# report its sm_75 and sm_86 rows (tests/test_native_report.py).
+ARCH = "8.6"
+
 SCRIPT = textwrap.dedent("""
     import importlib, torch
     original = importlib.import_module
@@ -26,6 +30,11 @@ SCRIPT = textwrap.dedent("""
         return original(name, *args)
     importlib.import_module = no_aot
     torch.cuda.is_available = lambda: True
+    # The build's output (ptxas -v of every kernel) on stdout: tests/test_native_report.py takes the
+    # compile report's rows for this arch from it instead of compiling the kernels a second time.
+    from torch.utils import cpp_extension
+    quiet_load = cpp_extension.load
+    cpp_extension.load = lambda *a, **k: quiet_load(*a, **{**k, "verbose": True})
     from fused_dsconv import _extension
     assert _extension.load() is not None, _extension.status()
     print("STATUS:", _extension.status())
@@ -45,9 +54,16 @@ def prebuild():
     if not _toolkit():
         return None
     cache = Path(tempfile.mkdtemp(prefix="fused_dsconv_jit_"))
-    env = {**os.environ, "FUSED_DSCONV_CACHE": str(cache), "TORCH_CUDA_ARCH_LIST": "7.5", "MAX_JOBS": "2"}
+    env = {**os.environ, "FUSED_DSCONV_CACHE": str(cache), "TORCH_CUDA_ARCH_LIST": ARCH, "MAX_JOBS": "2"}
     env.pop("FUSED_DSCONV_NO_JIT", None)
     return background.run([sys.executable, "-c", SCRIPT], env=env, timeout=1500), cache
+
+
+def build_log() -> str:
+    """The JIT build's output, ptxas -v included (raises as the test fails if the build did not succeed)."""
+    proc, _ = background.result(__name__, prebuild)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
 
 
 def test_first_use_compiles_the_shipped_sources():

@@ -215,13 +215,18 @@ def _kernel_variant(demangled: str) -> tuple[str, str]:
 
 
 def parse_ptxas(log: str, arch: str) -> list[dict]:
+    """Rows from ptxas -v output: the report's own compile, or an extension build's log (CMake with the Ninja
+    generator, torch's JIT build with verbose output), where each command's output is printed whole and a
+    kernel appears once per translation unit that launches it (kept once: same sources, flags and ptxas)."""
     rows, cur = [], None
-    entries = []
+    entries, seen = [], set()
     for line in log.splitlines():
         m = re.search(r"Compiling entry function '(\w+)' for '(sm_\d+)'", line)
         if m:
             cur = {"mangled": m.group(1), "arch": m.group(2)}
-            entries.append(cur)
+            if m.group(2) == arch and m.group(1) not in seen:
+                seen.add(m.group(1))
+                entries.append(cur)
             continue
         if cur is None:
             continue
