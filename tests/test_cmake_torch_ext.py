@@ -46,10 +46,11 @@ def _unavailable(reason: str):
     pytest.skip(reason)
 
 
-def _cmake() -> str | None:
-    """The venv's cmake (pip install "cmake>=3.28") even when the venv's bin/ is not on PATH."""
-    venv = Path(sys.executable).parent / "cmake"
-    return str(venv) if venv.exists() else shutil.which("cmake")
+def _tool(name: str) -> str | None:
+    """The venv's cmake or ninja (pip install "cmake>=3.28" ninja, as CI does) even when the venv's bin/ is
+    not on PATH, else PATH's."""
+    venv = Path(sys.executable).parent / name
+    return str(venv) if venv.exists() else shutil.which(name)
 
 
 def _cmake_version(cmake: str) -> tuple[int, ...]:
@@ -58,17 +59,11 @@ def _cmake_version(cmake: str) -> tuple[int, ...]:
     return (int(m.group(1)), int(m.group(2))) if m else (0,)
 
 
-def _ninja() -> str | None:
-    """The venv's ninja (pip install ninja, as CI does) even when the venv's bin/ is not on PATH."""
-    venv = Path(sys.executable).parent / "ninja"
-    return str(venv) if venv.exists() else shutil.which("ninja")
-
-
 def _generator() -> list[str]:
     """Ninja where there is one: it prints each compile's output whole, so the ptxas -v lines of the
     parallel compiles do not interleave and tests/test_native_report.py can read the sm_75 rows of the
     compile report from this build's log (with Makefiles it compiles them itself)."""
-    ninja = _ninja()
+    ninja = _tool("ninja")
     return ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja else []
 
 
@@ -99,7 +94,7 @@ def _hash() -> str:
 
 def _build() -> tuple[Path, str, float | None]:
     """(the built _C*.so, the build log, seconds spent building or None when cached)."""
-    cmake = _cmake()
+    cmake = _tool("cmake")
     if cmake is None:
         _unavailable('no cmake on PATH (pip install "cmake>=3.28")')
     if _cmake_version(cmake) < (3, 26):
