@@ -333,6 +333,7 @@ struct DwpSmem {
   } u;
   alignas(16) float tT[Tl::BP][kDwpC + 4];  // B: per pixel, t over the block's input channels
   float wd[G::BC][9];
+  float cf[5][kDwpK];  // dy's coefficients of the block's output channels (NCHW: a thread forms dy for 16 of them)
   int64_t sg[Tl::BP], sa[Tl::BP];
   int row[kSpanRowsMax];
 };
@@ -353,13 +354,23 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Proble
   const T* __restrict__ go = static_cast<const T*>(p.dout);
   const T* __restrict__ ac = static_cast<const T*>(p.act);
   const int cc_dw = tid / TPC;
-  // dy mapping: this thread's output channel and first pixel (16 pixels, stride 2, per half tile).
+  // dy mapping. Channels-last: lanes along the output channels (contiguous there); this thread's channel and
+  // first pixel (16 pixels, stride 2, per half tile). NCHW: lanes along the pixels, contiguous there, so a
+  // warp's load of dout or y is 4 sectors instead of 32 (one per lane's channel plane: 1.2 M L2 accesses
+  // on b3 and b7, SIMULATED); warp w forms dy for output channels w, w + 8, ... with coefficients from s.cf.
   const int kk_dy = tid % kDwpK, q_dy = tid / kDwpK;
   const int64_t k_dy = k0 + kk_dy;
   const bool kv_dy = k_dy < p.K;
   const DyCoef cf = dy_coef(coef, kv_dy ? k_dy : 0);
   const T* go_k = go + (kv_dy ? k_dy * p.dos.c : 0);  // this thread's channel of dout and y
   const T* ac_k = ac + (kv_dy ? k_dy * p.as.c : 0);
+  if (!p.cl && tid < kDwpK) {  // visible after the tile loop's first barrier
+    s.cf[0][tid] = cf.mu;
+    s.cf[1][tid] = cf.a;
+    s.cf[2][tid] = cf.beta;
+    s.cf[3][tid] = cf.b2;
+    s.cf[4][tid] = cf.c2;
+  }
 
   float acc[8][4];
 #pragma unroll
@@ -415,13 +426,28 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Proble
     // dy, 32 pixels at a time, then dWp += dy t^T over them.
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
+      if (p.cl) {
 #pragma unroll 4
-      for (int j = 0; j < 16; ++j) {
-        const int ql = q_dy + 2 * j, q = h * 32 + ql;
+        for (int j = 0; j < 16; ++j) {
+          const int ql = q_dy + 2 * j, q = h * 32 + ql;
+          const int64_t og = s.sg[q], oa = s.sa[q];
+          const bool ok = kv_dy && og >= 0;
+          const float g = Cvt<T>::ldg(go_k + (ok ? og : 0)), a = Cvt<T>::ldg(ac_k + (ok ? oa : 0));
+          s.u.dyT[ql][kk_dy] = ok ? dy_of(cf, g, a) : 0.f;
+        }
+      } else {
+        const int ql = tid % 32, q = h * 32 + ql;
         const int64_t og = s.sg[q], oa = s.sa[q];
-        const bool ok = kv_dy && og >= 0;
-        const float g = Cvt<T>::ldg(go_k + (ok ? og : 0)), a = Cvt<T>::ldg(ac_k + (ok ? oa : 0));
-        s.u.dyT[ql][kk_dy] = ok ? dy_of(cf, g, a) : 0.f;
+#pragma unroll 4
+        for (int j = 0; j < kDwpK / 8; ++j) {
+          const int kk = tid / 32 + 8 * j;
+          const int64_t k = k0 + kk;
+          const bool ok = k < p.K && og >= 0;
+          const float g = Cvt<T>::ldg(go + (ok ? k * p.dos.c + og : 0));
+          const float a = Cvt<T>::ldg(ac + (ok ? k * p.as.c + oa : 0));
+          const DyCoef c{s.cf[0][kk], s.cf[1][kk], s.cf[2][kk], s.cf[3][kk], s.cf[4][kk]};
+          s.u.dyT[ql][kk] = ok ? dy_of(c, g, a) : 0.f;
+        }
       }
       DSC_SYNC(30);  // dy half staged (and t complete)
       mma_8x4_steps<kDwpK, 32>(acc, s.u.dyT[0], kDwpK + 4, s.tT[h * 32], kDwpC + 4, ty, tx);
