@@ -1,5 +1,5 @@
 // fused_dsconv._C: defines the native op family torch.ops.fused_dsconv_native.* (CUDA kernels are
-// registered in csrc/native_cuda.cu) and is an importable (empty) Python module, so
+// registered in csrc/native_cuda.cpp) and is an importable (empty) Python module, so
 // `import fused_dsconv._C` loads the library and registers the ops.
 #include <Python.h>
 #include <torch/library.h>
@@ -8,7 +8,7 @@
 
 TORCH_LIBRARY(fused_dsconv_native, m) {
   DSC_SCHEMAS(m);
-  // (csrc/native_cuda.cu adds kernel_binary_version(int device) -> int: the SASS/PTX version the fused
+  // (csrc/native_cuda.cpp adds kernel_binary_version(int device) -> int: the SASS/PTX version the fused
   // kernels run as on that device, -1 where the build has no image for its architecture.)
 }
 

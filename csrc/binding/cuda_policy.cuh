@@ -1,10 +1,13 @@
 // Launch policy of the CUDA build: current stream of the current (guarded) device, every launch checked.
+// Included by the launcher translation units only (csrc/native_fwd.cu, csrc/native_bwd_*.cu), which
+// instantiate the launchers of binding/cuda_launchers.h side by side in a parallel build (MAX_JOBS).
 #pragma once
 
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/util/Exception.h>
 
+#include "binding/cuda_launchers.h"
 #include "kernels/launch.cuh"
 
 struct CudaPolicy {
@@ -17,18 +20,3 @@ struct CudaPolicy {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 };
-
-// The launcher instantiations live in separate translation units (csrc/native_fwd.cu, csrc/native_bwd*.cu)
-// so that a parallel build (MAX_JOBS) compiles the kernels side by side.
-// forward_stats / normalize and backward_sums / backward_convs are the stages the split passes of
-// synchronised batch norm call one by one.
-#define DSC_CUDA_LAUNCHERS(X)     \
-  DSC_CUDA_LAUNCHERS_T(X, float)  \
-  DSC_CUDA_LAUNCHERS_T(X, __half) \
-  DSC_CUDA_LAUNCHERS_T(X, __nv_bfloat16)
-#define DSC_CUDA_LAUNCHERS_T(X, T) \
-  X(forward, T)                    \
-  X(forward_conv, T) X(forward_stats, T) X(normalize, T) X(backward, T) X(backward_sums, T) X(backward_convs, T)
-
-#define DSC_EXTERN_LAUNCHER(fn, T) extern template void dsc::fn<CudaPolicy, T>(const dsc::Problem&, float*);
-#define DSC_DEFINE_LAUNCHER(fn, T) template void dsc::fn<CudaPolicy, T>(const dsc::Problem&, float*);

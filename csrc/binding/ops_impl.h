@@ -1,4 +1,4 @@
-// Torch side of the op family, shared by the CUDA extension (csrc/native_cuda.cu) and the CPU
+// Torch side of the op family, shared by the CUDA extension (csrc/native_cuda.cpp) and the CPU
 // emulator extension (csrc/emu/emu_ext.cpp): argument checks, outputs, workspace, tensor -> Problem.
 // `Tr` supplies: Policy (launch policy), Half / BF16 (device storage types), Guard (device guard),
 // kDevice (c10::DeviceType) and kPrefix (error message prefix).
@@ -12,7 +12,7 @@
 #include <tuple>
 
 #include "binding/schemas.h"
-#include "kernels/launch.cuh"
+#include "kernels/plan.cuh"
 
 namespace dsc_bind {
 

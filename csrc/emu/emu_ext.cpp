@@ -9,6 +9,7 @@
 #include "kernels/common.cuh"
 #include "emu/numeric.h"
 #include "emu/policy.h"
+#include "kernels/launch.cuh"
 #include "binding/ops_impl.h"
 
 namespace {

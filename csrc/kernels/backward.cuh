@@ -322,7 +322,6 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_bwd_dt_kernel(const
 // [32 px x 128 k] formed twice per tile (a thread owns one k: one coefficient load), and
 // dWp[k, c] += sum_p dy[k, p] t[c, p] in the 8x4 register micro-GEMM. -> ws[dwp + split K C + k C + c].
 // ---------------------------------------------------------------------------------------------
-constexpr int kDwpK = 128, kDwpC = 64;
 
 template <class Tl, int S, int D>
 struct DwpSmem {

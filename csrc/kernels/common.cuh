@@ -1,7 +1,9 @@
-// Portability layer of the torch-free kernel headers. Three builds include these headers:
-//   * nvcc (the CUDA extension, csrc/*.cu)            -> __CUDACC__ defined
-//   * NVRTC 12.x for the sm_61 compile check          -> __CUDACC_RTC__ defined
+// Portability layer of the torch-free kernel headers. Four builds include these headers:
+//   * nvcc (the CUDA extension's launchers, csrc/*.cu) -> __CUDACC__ defined
+//   * NVRTC 12.x for the sm_61 compile check           -> __CUDACC_RTC__ defined
 //   * g++ C++20 emulator (csrc/emu/emu.h included first, DSC_EMU defined)
+//   * the host compiler for the CUDA build's torch binding (csrc/native_cuda.cpp, DSC_HOST_ONLY defined):
+//     problem.cuh and plan.cuh only, with CUDA's half types; kernels are an error there (fused.cuh)
 // Nothing here includes torch or host-only code.
 #pragma once
 
@@ -17,12 +19,16 @@ typedef unsigned int uint32_t;
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #define DSC_GPU 1
+#elif defined(DSC_HOST_ONLY)
+#include <cstdint>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
 #elif defined(DSC_EMU)
 #include <cstdint>
 #include <cmath>
 #include <cstring>
 #else
-#error "include csrc/emu/emu.h (which defines DSC_EMU) before the kernel headers on the host"
+#error "on the host, include csrc/emu/emu.h (which defines DSC_EMU) or define DSC_HOST_ONLY before these headers"
 #endif
 
 #if DSC_GPU

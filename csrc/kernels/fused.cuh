@@ -9,6 +9,10 @@
 //   backward.cuh    bn_bwd_reduce, bn_bwd_finalize, dsconv_bwd_dt, dsconv_bwd_dwp, dsconv_bwd_dx
 #pragma once
 
+#if defined(DSC_HOST_ONLY)
+#error "the kernels need nvcc, NVRTC or the emulator; a DSC_HOST_ONLY translation unit includes plan.cuh"
+#endif
+
 #include "problem.cuh"
 #include "tile_gemm.cuh"
 #include "reductions.cuh"

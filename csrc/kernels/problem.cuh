@@ -119,8 +119,9 @@ using TileRect8x16 = TileShape<64, 8, 16, false>;
 using TileSpan64 = TileShape<128, 8, 8, true>;
 using TileSpan128 = TileShape<64, 8, 16, true>;
 
-constexpr int kSpanHalo = 800;     // span tiles: staged input floats per channel (host-checked bound)
-constexpr int kSpanRowsMax = 128;  // span tiles: staged rows (host-checked bound)
+constexpr int kSpanHalo = 800;          // span tiles: staged input floats per channel (host-checked bound)
+constexpr int kSpanRowsMax = 128;       // span tiles: staged rows (host-checked bound)
+constexpr int kDwpK = 128, kDwpC = 64;  // dsconv_bwd_dwp's block of dWp: output x input channels
 
 // First output row / column of rect tile t (t < 2^32: grid y * z). 32-bit division: a 64-bit one is a
 // subroutine call on the GPU.
@@ -155,10 +156,12 @@ DSC_HD int64_t tile_count(const Problem& p, const Tiling& tl, int64_t t) {
 struct TileBlock {
   int64_t tile, block;
 };
+#if !defined(DSC_HOST_ONLY)  // block indices exist in kernels only
 DSC_DEVICE TileBlock tile_block() {
   return TileBlock{static_cast<int64_t>(blockIdx.y) + static_cast<int64_t>(blockIdx.z) * gridDim.y,
                    static_cast<int64_t>(blockIdx.x)};
 }
+#endif
 
 // Forward workspace (fp32): training [mean | M2] tile partials, [ft.ntiles, K] each, and [scale | shift],
 // [K] each; then, with the input channels split (fsplit > 1), the partial tiles

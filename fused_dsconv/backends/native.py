@@ -1,6 +1,6 @@
 """The native CUDA extension backend (``fused_dsconv._C``, ops ``torch.ops.fused_dsconv_native.*``).
 
-The kernels live in torch-free headers under ``csrc/kernels/``; ``csrc/native_cuda.cu`` launches
+The kernels live in torch-free headers under ``csrc/kernels/``; ``csrc/native_cuda.cpp`` launches
 them on the current CUDA stream. The same Python class also drives the CPU emulator build of those
 kernels (``load_emulator()``: ops ``torch.ops.fused_dsconv_emu.*``), which is how the kernels and
 this glue are tested on machines without a GPU. Design notes: ``docs/cuda.md``.

@@ -1,11 +1,15 @@
 // CUDA implementations of torch.ops.fused_dsconv_native.*: the shared torch binding
-// (csrc/binding/ops_impl.h) over the torch-free launcher, launched on the current stream of x's
-// device under a device guard, every launch checked (csrc/binding/cuda_policy.cuh). The kernels
-// themselves are compiled in csrc/native_fwd.cu and csrc/native_bwd_*.cu.
+// (csrc/binding/ops_impl.h) over the torch-free launchers, launched on the current stream of x's
+// device under a device guard, every launch checked (csrc/binding/cuda_policy.cuh). Host code only,
+// compiled by the host compiler: it sees the launch plan (kernels/plan.cuh) and the launchers'
+// declarations; the launchers and kernels are compiled by nvcc in csrc/native_fwd.cu and
+// csrc/native_bwd_*.cu.
+#define DSC_HOST_ONLY 1
+
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "binding/cuda_policy.cuh"
+#include "binding/cuda_launchers.h"
 #include "binding/ops_impl.h"
 
 DSC_CUDA_LAUNCHERS(DSC_EXTERN_LAUNCHER)
@@ -23,12 +27,7 @@ struct CudaTraits {
 
 int64_t kernel_binary_version(int64_t device) {
   c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
-  cudaFuncAttributes attr;
-  if (cudaFuncGetAttributes(&attr, dsc::bn_relu_kernel<float>) != cudaSuccess) {
-    (void)cudaGetLastError();  // clear the "no kernel image" error
-    return -1;
-  }
-  return attr.binaryVersion;
+  return dsc_kernel_binary_version();
 }
 
 }  // namespace

@@ -1,0 +1,147 @@
+// Launch planning, host side of the launcher: from (N, C, K, H, W, stride, dilation) to the tile classes,
+// splits and workspace sizes of a Problem, and the declarations of the launchers (defined in launch.cuh).
+// Kernel-free, so the torch binding of the CUDA build (csrc/native_cuda.cpp) compiles with the host
+// compiler alone: only the launcher translation units (csrc/native_fwd.cu, csrc/native_bwd_*.cu) go
+// through nvcc.
+#pragma once
+
+#include "problem.cuh"
+
+namespace dsc {
+
+// At most this many dWp partials (blocks along the pixel-tile axis). csrc/emu/tsan_main.cpp lowers it so
+// that its small problems give a dsconv_bwd_dwp block more than one tile (its end-of-tile barriers matter).
+#ifndef DSC_DWP_MAX_SPLITS
+#define DSC_DWP_MAX_SPLITS 64
+#endif
+
+// Widest output map on span tiles (dsconv_dw computes the depthwise output once, dsconv_fwd is then a pure
+// GEMM over it). SIMULATED (GTX 1080 Ti config, batch 1, eval): b5 of the classifier (256 -> 256 at 28x28)
+// 95,325 cycles on span tiles against 184,306 on 8x8 rect tiles (2 channel blocks x 16 tiles: 32 blocks on
+// 28 SMs) and 158,699 unfused; b3 (128 -> 128 at 56x56) 79,441 against 100,015 and 128,808. The price is
+// dsconv_dw's t in the workspace, C x M floats (b3 at batch 32: 51 MB, what the unfused chain holds for its
+// depthwise output too). b2 and b4 stay on rect tiles: their windows per channel (11 rows of 118, 13 of 62)
+// are over kSpanHalo.
+#ifndef DSC_SPAN_MAX_WO
+#define DSC_SPAN_MAX_WO 56
+#endif
+
+constexpr int64_t kFwdWave = 56;  // tiled-kernel blocks resident at once on a GTX 1080 Ti (2 per SM)
+
+// Span tiles (64 consecutive pixels across images) need a template dilation, small maps, 32-bit pixel
+// and padded-row numbers, and a staged window within kSpanHalo floats per channel. Returns the most
+// padded rows a tile stages, or 0 if span tiles do not apply.
+inline int span_rows(int64_t N, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int s, int d) {
+  if (d < 1 || d > 4 || Wo > DSC_SPAN_MAX_WO || N * Ho * Wo >= (int64_t(1) << 31) ||
+      N * (H + 2 * d) >= (int64_t(1) << 31))
+    return 0;
+  int64_t dr = (Wo + 62) / Wo, dn = (Ho * Wo + 62) / (Ho * Wo);  // most output rows / images a tile crosses
+  if (dr > N * Ho - 1) dr = N * Ho - 1;
+  if (dn > N - 1) dn = N - 1;
+  if ((dn + 1) * C * H * W >= (int64_t(1) << 31)) return 0;  // staged offsets from the first image are 32-bit
+  const int64_t rows = s * dr + dn * (H + 2 * d - s * Ho) + 2 * d + 1;
+  return (rows <= kSpanRowsMax && rows * (W + 2 * d) <= kSpanHalo) ? static_cast<int>(rows) : 0;
+}
+
+inline Tiling rect_tiling(int cls, int64_t N, int64_t Ho, int64_t Wo) {
+  const int tw = cls == kTileRect8x16 ? 16 : 8;
+  Tiling t{cls, 0, cdiv(Wo, tw), 0};
+  t.tiles_img = cdiv(Ho, 8) * t.tiles_w;
+  t.ntiles = N * t.tiles_img;
+  return t;
+}
+inline Tiling span_tiling(int cls, int64_t M) { return Tiling{cls, cdiv(M, cls == kTileSpan64 ? 64 : 128), 0, 0}; }
+
+// Fills the geometry fields of p from (N, C, K, H, W, stride, dilation): tilings and partial-row counts.
+inline void set_geometry(Problem& p, int64_t N, int64_t C, int64_t K, int64_t H, int64_t W, int stride, int dil) {
+  p.N = N;
+  p.C = C;
+  p.K = K;
+  p.H = H;
+  p.W = W;
+  p.stride = stride;
+  p.dil = dil;
+  p.Ho = (H - 1) / stride + 1;
+  p.Wo = (W - 1) / stride + 1;
+  p.M = N * p.Ho * p.Wo;
+  // Forward tiles: span tiles on small maps; 64 channels x 8x16 pixels when K <= 64 on wide maps (one
+  // channel block, no idle half); else 128 channels x 8x8. dWp: span or 8x8 (64-pixel tiles). dt: span
+  // tiles always (it has no window), 128 pixels x 64 channels when C <= 64.
+  p.span_rows = span_rows(N, C, H, W, p.Ho, p.Wo, stride, dil);
+  if (p.span_rows > 0) {
+    p.ft = p.wt = span_tiling(kTileSpan64, p.M);
+  } else {
+    p.ft = rect_tiling((K <= 64 && p.Wo > 8) ? kTileRect8x16 : kTileRect8x8, N, p.Ho, p.Wo);
+    p.wt = rect_tiling(kTileRect8x8, N, p.Ho, p.Wo);
+  }
+  p.bt = span_tiling(C <= 64 ? kTileSpan128 : kTileSpan64, p.M);
+  // Input-channel split of dsconv_fwd: where K blocks x tiles fall short of one wave (2 blocks on each of
+  // a GTX 1080 Ti's 28 SMs), the input channels are split over up to that many blocks, at least 32 channels
+  // each; dsconv_fwd_reduce then sums the partial tiles in order.
+  {
+    const int64_t blocks = cdiv(K, p.ft.cls == kTileRect8x16 ? 64 : 128) * p.ft.ntiles;
+    int64_t split = blocks >= kFwdWave ? 1 : kFwdWave / blocks;
+    if (split > C / 32) split = C / 32;
+    if (split < 1) split = 1;
+    p.csplit = cdiv(cdiv(C, split), 8) * 8;
+    p.fsplit = static_cast<int>(cdiv(C, p.csplit));
+  }
+  auto fd = [](int64_t v) { return fast_div(static_cast<uint32_t>(v < 1 ? 1 : (v < (1 << 30) ? v : (1 << 30)))); };
+  p.div_hw = fd(p.Ho * p.Wo);
+  p.div_wo = fd(p.Wo);
+  p.div_k = fd(K);
+  p.div_hp = fd(H + 2 * dil);
+  p.div_cwin = fd(W + 2 * dil);
+  // Output-channel split of dsconv_bwd_dt, as the forward's: where C blocks x tiles fall short of one wave,
+  // up to that many splits of at least 64 output channels each.
+  {
+    const int64_t blocks = cdiv(C, p.bt.cls == kTileSpan128 ? 64 : 128) * p.bt.ntiles;
+    int64_t split = blocks >= kFwdWave ? 1 : kFwdWave / blocks;
+    if (split > K / 64) split = K / 64;
+    if (split < 1) split = 1;
+    p.ksplit = cdiv(cdiv(K, split), 8) * 8;
+    p.bsplit = static_cast<int>(cdiv(K, p.ksplit));
+  }
+  // bn_bwd_reduce: ~512 blocks (channel blocks x pixel groups of >= 256 pixels, a multiple of 32).
+  const int64_t kb = cdiv(K, 8);
+  int64_t groups = cdiv(512, kb);
+  if (groups > cdiv(p.M, 256)) groups = cdiv(p.M, 256);
+  if (groups < 1) groups = 1;
+  p.rgroup_px = cdiv(cdiv(p.M, groups), 32) * 32;
+  p.rgroups = p.M > 0 ? cdiv(p.M, p.rgroup_px) : 1;
+  // dWp: enough blocks along the pixel-tile axis to fill a GPU (~256 blocks), at most 64 partials.
+  const int64_t blocks = cdiv(K, kDwpK) * cdiv(C, kDwpC);
+  int64_t splits = cdiv(256, blocks);
+  if (splits > DSC_DWP_MAX_SPLITS) splits = DSC_DWP_MAX_SPLITS;
+  if (splits > p.wt.ntiles) splits = p.wt.ntiles;
+  p.splits = static_cast<int>(splits < 1 ? 1 : splits);
+  // dx: 8x8 input tiles; ~1024 blocks of 8-channel chunks x tile groups (dWd partial rows).
+  p.xtiles_w = cdiv(W, 8);
+  p.xtiles_img = cdiv(H, 8) * p.xtiles_w;
+  p.xtiles = N * p.xtiles_img;
+  int64_t xg = cdiv(1024, cdiv(C, 8));
+  if (xg > p.xtiles) xg = p.xtiles;
+  if (xg > 65535) xg = 65535;
+  p.xgroups = xg < 1 ? 1 : xg;
+}
+
+inline int64_t forward_ws_floats(const Problem& p) { return fwd_ws_floats(p); }
+inline int64_t backward_ws_floats(const Problem& p) { return bwd_ws(p).total; }
+
+// The launchers (csrc/kernels/launch.cuh), templated on the launch policy P and the storage type T.
+template <class P, class T>
+void forward_conv(const Problem& p, float* ws);
+template <class P, class T>
+void forward_stats(const Problem& p, float* ws);
+template <class P, class T>
+void normalize(const Problem& p, float* ws);
+template <class P, class T>
+void forward(const Problem& p, float* ws);
+template <class P, class T>
+void backward_sums(const Problem& p, float* ws);
+template <class P, class T>
+void backward_convs(const Problem& p, float* ws);
+template <class P, class T>
+void backward(const Problem& p, float* ws);
+
+}  // namespace dsc
