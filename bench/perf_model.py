@@ -56,7 +56,7 @@ Assumptions (the same for every implementation, so the comparison is fair):
    the lower bound, not a prediction of achieved speed.
 7. Native: tiles are 8x8 output pixels *of one image* (N * ceil(Ho/8) * ceil(Wo/8) tiles, so a 7x7
    layer has one 49-pixel tile per image); every workspace is sized as ``bwd_ws`` /
-   ``forward_ws_floats`` size it (dWp partials ``[splits, K, C]`` with launch.cuh's ``splits``, dWd
+   ``forward_ws_floats`` size it (dWp partials ``[splits, K, C]`` with plan.cuh's ``splits``, dWd
    partials ``[tiles, C*9]``, dt ``[N, C, Ho, Wo]`` fp32, written by the dt kernel and read back by
    dx). Eval counts the per-call BN fold into Wp (``fold_bn``, torch ops on [K, C]). FLOPs are the
    ones the kernels execute: the tile GEMMs run over whole 64-pixel tiles and 64-channel (forward:
@@ -285,10 +285,10 @@ FWD_BP = {"rect8x8": 64, "rect8x16": 128, "span64": 64}  # pixels per tile
 FWD_BC = 8  # dsconv_fwd input channels per depthwise chunk (4 for windows over SPAN_HALO floats)
 DT_BC = {"span64": 128, "span128": 64}  # dsconv_bwd_dt input channels per block; pixels = the class's number
 DWP_BK, DWP_BC = 128, 64  # dsconv_bwd_dwp block: 128 output x 64 input channels
-SPLITS_TARGET_BLOCKS = 256  # launch.cuh set_geometry: splits = cdiv(256, dwp blocks) ...
-SPLITS_MAX = 64  # ... capped at 64 and at the dWp tiles, at least 1
-SPAN_MAX_WO = 56  # launch.cuh DSC_SPAN_MAX_WO: the widest output map on span tiles
-WAVE = 56  # launch.cuh kFwdWave: dsconv_fwd / dsconv_bwd_dt split their reduction axis below this many blocks
+SPLITS_TARGET_BLOCKS = 256  # plan.cuh set_geometry: splits = cdiv(256, dwp blocks) ...
+SPLITS_MAX = 64  # ... capped at 64 and at the dWp tiles, at least 1; then the fewest with no more rounds
+SPAN_MAX_WO = 56  # plan.cuh DSC_SPAN_MAX_WO: the widest output map on span tiles
+WAVE = 56  # plan.cuh kFwdWave: dsconv_fwd / dsconv_bwd_dt split their reduction axis below this many blocks
 DY_FLOPS = 6  # dy_of: y - mu, z, threshold, A dz + b2 (y - mu) + c2, per element
 
 
@@ -297,7 +297,7 @@ def _cdiv(a: int, b: int) -> int:
 
 
 def _span_rows(l: "Layer") -> int:
-    """launch.cuh span_rows: padded rows a 64-pixel span tile stages, 0 if span tiles do not apply."""
+    """plan.cuh span_rows: padded rows a 64-pixel span tile stages, 0 if span tiles do not apply."""
     d, s = l.dilation, l.stride
     if d < 1 or d > 4 or l.wo > SPAN_MAX_WO or l.m >= 2**31 or l.n * (l.h + 2 * d) >= 2**31:
         return 0
@@ -339,7 +339,7 @@ class NativeGeometry:
 
 
 def native_geometry(layer: Layer) -> NativeGeometry:
-    """launch.cuh ``set_geometry`` + ``forward_ws_floats`` + problem.cuh ``bwd_ws``, in Python."""
+    """plan.cuh ``set_geometry`` + ``forward_ws_floats`` + problem.cuh ``bwd_ws``, in Python."""
     l = layer
     span = _span_rows(l) > 0
 
@@ -356,7 +356,7 @@ def native_geometry(layer: Layer) -> NativeGeometry:
     dt_tile = "span128" if l.c <= 64 else "span64"
     dt_tiles = _cdiv(l.m, 128 if dt_tile == "span128" else 64)
 
-    def split(blocks: int, n: int, per: int) -> int:  # launch.cuh: splits of a reduction axis of n
+    def split(blocks: int, n: int, per: int) -> int:  # plan.cuh: splits of a reduction axis of n
         s = max(1, min(1 if blocks >= WAVE else WAVE // blocks, n // per))
         chunk = _cdiv(_cdiv(n, s), 8) * 8
         return _cdiv(n, chunk)
@@ -367,7 +367,13 @@ def native_geometry(layer: Layer) -> NativeGeometry:
     groups = max(1, min(_cdiv(512, _cdiv(l.k, 8)), _cdiv(l.m, 256)))
     rgroup_px = _cdiv(_cdiv(l.m, groups), 32) * 32
     rgroups = _cdiv(l.m, rgroup_px)
-    splits = max(1, min(_cdiv(SPLITS_TARGET_BLOCKS, _cdiv(l.k, DWP_BK) * _cdiv(l.c, DWP_BC)), SPLITS_MAX, dwp_tiles))
+    dwp_blocks = _cdiv(l.k, DWP_BK) * _cdiv(l.c, DWP_BC)
+    s0 = max(1, min(_cdiv(SPLITS_TARGET_BLOCKS, dwp_blocks), SPLITS_MAX, dwp_tiles))
+
+    def rounds(s: int) -> int:  # plan.cuh: waves of WAVE blocks x tiles per block
+        return _cdiv(dwp_blocks * s, WAVE) * _cdiv(dwp_tiles, s)
+
+    splits = next(s for s in range(1, s0 + 1) if rounds(s) <= rounds(s0))
     xtiles = l.n * _cdiv(l.h, 8) * _cdiv(l.w, 8)
     xgroups = max(1, min(_cdiv(1024, _cdiv(l.c, 8)), xtiles, 65535))
     red = 0

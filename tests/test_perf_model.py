@@ -184,13 +184,17 @@ def test_native_rereads_of_the_grid():
     assert pm.native(b1, "train_fwd_bwd").reread == 0
 
 
-# (N, C, K, H, W, stride, dilation) -> (forward tile class, forward tiles, splits), by hand from launch.cuh
-# set_geometry: span tiles where Wo <= 56 and the window fits; splits = clamp(cdiv(256, cdiv(K, 128) *
-# cdiv(C, 64)), 1, min(64, dWp tiles)).
+# (N, C, K, H, W, stride, dilation) -> (forward tile class, forward tiles, splits), by hand from plan.cuh
+# set_geometry: span tiles where Wo <= 56 and the window fits; s0 = clamp(cdiv(256, B), 1, min(64, T)) with
+# B = cdiv(K, 128) * cdiv(C, 64) dWp blocks and T dWp tiles, then the fewest splits s with no more rounds
+# cdiv(B s, 56) * cdiv(T, s) than s0.
 GEOMETRY_CASES = [
     ((32, 1024, 1024, 7, 7, 1, 3), ("span64", 32 * 49 // 64 + 1, 2)),  # b9 at batch 32: 128 dWp blocks
-    ((32, 32, 64, 224, 224, 2, 3), ("rect8x16", 32 * 14 * 7, 64)),  # b1: K <= 64 -> 8x16 tiles; 1 block -> 64
-    ((32, 256, 512, 56, 56, 2, 3), ("rect8x8", 32 * 4 * 4, 16)),  # 28x28 output at s2: window 13 x 62 > kSpanHalo
+    ((32, 32, 64, 224, 224, 2, 3), ("rect8x16", 32 * 14 * 7, 32)),  # b1: K <= 64 -> 8x16 tiles; 1 block:
+    # s0 = 64 (2 waves x 98 tiles), 32 splits take 1 wave x 196 tiles
+    ((32, 256, 512, 56, 56, 2, 3), ("rect8x8", 32 * 4 * 4, 7)),  # 28x28 output at s2: window 13 x 62 > kSpanHalo;
+    # 16 dWp blocks: s0 = 16 (5 waves x 32 tiles = 160), 7 splits take 2 x 74 = 148
+    ((1, 128, 128, 56, 56, 1, 3), ("span64", 49, 25)),  # b3 at batch 1: 2 x 1 tile -> 1 x 2 tiles
     ((32, 512, 1024, 28, 28, 2, 3), ("span64", 32 * 196 // 64, 4)),  # 14x14 output: 64 dWp blocks -> 4
     ((1, 64, 64, 7, 7, 1, 1), ("span64", 1, 1)),  # capped at the tiles
     ((2, 3, 5, 17, 9, 2, 2), ("span64", 2, 2)),  # 9x5 output, 90 pixels: two span tiles across both images
@@ -209,8 +213,7 @@ def test_native_splits_and_tiles_by_hand(shape, expected):
 _GEO_CPP = r"""
 #include "emu/emu.h"
 #include "kernels/common.cuh"
-#include "emu/policy.h"
-#include "kernels/launch.cuh"
+#include "kernels/plan.cuh"
 #include <cstdio>
 int main() {
   long long N, C, K, H, W;
@@ -231,8 +234,8 @@ int main() {
 
 
 @pytest.mark.build
-@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ to compile csrc/kernels/launch.cuh")
-def test_native_geometry_matches_launch_cuh(tmp_path):
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ to compile csrc/kernels/plan.cuh")
+def test_native_geometry_matches_plan_cuh(tmp_path):
     """native_geometry against the C++ itself: set_geometry, forward_ws_floats and bwd_ws, compiled with
     the emulator headers (torch-free), over the hand cases and the classifier's blocks."""
     root = Path(__file__).resolve().parents[1]

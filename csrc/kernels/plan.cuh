@@ -109,12 +109,22 @@ inline void set_geometry(Problem& p, int64_t N, int64_t C, int64_t K, int64_t H,
   if (groups < 1) groups = 1;
   p.rgroup_px = cdiv(cdiv(p.M, groups), 32) * 32;
   p.rgroups = p.M > 0 ? cdiv(p.M, p.rgroup_px) : 1;
-  // dWp: enough blocks along the pixel-tile axis to fill a GPU (~256 blocks), at most 64 partials.
+  // dWp: splits of the pixel tiles over blocks, each split one [K, C] partial that colsum reads back. About
+  // 256 blocks to fill a GPU (at most 64 splits and the tiles), then the fewest splits that take no more
+  // waves (kFwdWave blocks) x tiles per block: b3 at batch 1 (2 channel blocks x 49 tiles) gets 25 splits,
+  // one wave of 2 tiles, not 49 (two waves of 1 tile, twice the partials); b7 (32 x 4 tiles) keeps 4.
   const int64_t blocks = cdiv(K, kDwpK) * cdiv(C, kDwpC);
   int64_t splits = cdiv(256, blocks);
   if (splits > DSC_DWP_MAX_SPLITS) splits = DSC_DWP_MAX_SPLITS;
   if (splits > p.wt.ntiles) splits = p.wt.ntiles;
-  p.splits = static_cast<int>(splits < 1 ? 1 : splits);
+  if (splits < 1) splits = 1;
+  auto rounds = [&](int64_t s) { return cdiv(blocks * s, kFwdWave) * cdiv(p.wt.ntiles, s); };
+  for (int64_t s = 1; s < splits; ++s)
+    if (rounds(s) <= rounds(splits)) {
+      splits = s;
+      break;
+    }
+  p.splits = static_cast<int>(splits);
   // dx: 8x8 input tiles; ~1024 blocks of 8-channel chunks x tile groups (dWd partial rows).
   p.xtiles_w = cdiv(W, 8);
   p.xtiles_img = cdiv(H, 8) * p.xtiles_w;
