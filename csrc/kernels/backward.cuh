@@ -437,15 +437,27 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Proble
       } else {
         const int ql = tid % 32, q = h * 32 + ql;
         const int64_t og = s.sg[q], oa = s.sa[q];
-#pragma unroll 4
-        for (int j = 0; j < kDwpK / 8; ++j) {
-          const int kk = tid / 32 + 8 * j;
-          const int64_t k = k0 + kk;
-          const bool ok = k < p.K && og >= 0;
-          const float g = Cvt<T>::ldg(go + (ok ? k * p.dos.c + og : 0));
-          const float a = Cvt<T>::ldg(ac + (ok ? k * p.as.c + oa : 0));
-          const DyCoef c{s.cf[0][kk], s.cf[1][kk], s.cf[2][kk], s.cf[3][kk], s.cf[4][kk]};
-          s.u.dyT[ql][kk] = ok ? dy_of(c, g, a) : 0.f;
+        // The thread's 16 channels in two batches of 8, each batch's loads issued before its first use: with
+        // four in flight (unroll 4) the kernel waited on memory (SIMULATED, b7: 4.4 M scoreboard stalls); all
+        // 16 at once spilled on sm_61 (16 bytes, fp16 runtime dilation).
+        constexpr int KB = 8;
+#pragma unroll 1
+        for (int j0 = 0; j0 < kDwpK / 8; j0 += KB) {
+          float g[KB], a[KB];
+#pragma unroll
+          for (int j = 0; j < KB; ++j) {
+            const int64_t k = k0 + tid / 32 + 8 * (j0 + j);
+            const bool ok = k < p.K && og >= 0;
+            g[j] = Cvt<T>::ldg(go + (ok ? k * p.dos.c + og : 0));
+            a[j] = Cvt<T>::ldg(ac + (ok ? k * p.as.c + oa : 0));
+          }
+#pragma unroll
+          for (int j = 0; j < KB; ++j) {
+            const int kk = tid / 32 + 8 * (j0 + j);
+            const bool ok = k0 + kk < p.K && og >= 0;
+            const DyCoef c{s.cf[0][kk], s.cf[1][kk], s.cf[2][kk], s.cf[3][kk], s.cf[4][kk]};
+            s.u.dyT[ql][kk] = ok ? dy_of(c, g[j], a[j]) : 0.f;
+          }
         }
       }
       DSC_SYNC(30);  // dy half staged (and t complete)
