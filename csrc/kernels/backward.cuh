@@ -251,7 +251,12 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_bwd_dt_kernel(const
     og_e[i] = s.sg[q_e[i]];
     oa_e[i] = s.sa[q_e[i]];
   }
+  // dy's coefficients are prefetched with dout and y: loaded where dy is formed, after the GEMM, their
+  // latency was the chunk's (SIMULATED, b7: 2.6 M scoreboard stall cycles). Not on 128-pixel tiles (4
+  // values per thread): 20 more registers spilled there on sm_61.
+  constexpr bool kPreCoef = NE <= 2;
   float pw[4], pg[NE], pa[NE];
+  DyCoef pc[kPreCoef ? NE : 1];
   auto load = [&](int64_t k0) {
     const bool kv = k0 + kk_w < p.K;
     load4<T>(wcol + (kv ? (k0 + kk_w) * p.C : 0), kv ? nw : 0, vec_wp, pw);
@@ -261,6 +266,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_bwd_dt_kernel(const
       const bool ok = k < p.K && og_e[i] >= 0;
       pg[i] = Cvt<T>::ldg(go + (ok ? og_e[i] + k * p.dos.c : 0));
       pa[i] = Cvt<T>::ldg(ac + (ok ? oa_e[i] + k * p.as.c : 0));
+      if constexpr (kPreCoef) pc[i] = dy_coef(coef, k < p.K ? k : 0);
     }
   };
   load(k_lo);
@@ -270,7 +276,12 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_bwd_dt_kernel(const
     for (int i = 0; i < NE; ++i) {
       const int64_t k = k0 + kk_e[i];
       const bool ok = k < p.K && og_e[i] >= 0;
-      s.m.dy[kk_e[i]][q_e[i]] = ok ? dy_of(dy_coef(coef, k), pg[i], pa[i]) : 0.f;
+      DyCoef c;
+      if constexpr (kPreCoef)
+        c = pc[i];
+      else
+        c = dy_coef(coef, k < p.K ? k : 0);
+      s.m.dy[kk_e[i]][q_e[i]] = ok ? dy_of(c, pg[i], pa[i]) : 0.f;
     }
     DSC_SYNC(23);  // chunk staged
     if (k0 + KC < k_hi) load(k0 + KC);
