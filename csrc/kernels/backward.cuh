@@ -397,15 +397,23 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Proble
       // transposed into tT, lanes along the channels (conflict-free stores).
       const int64_t mp = p.wt.ntiles * 64;
       const float* __restrict__ tw = ws + L.t + tile * 64;
+      // All four loads before the first store (which selects, so waits for its load).
+      constexpr int R = kDwpC * 16 / NT;
+      const int cc = tid % kDwpC;
+      const bool ok = cb + cc < p.C;
+      f4 v[R];
 #pragma unroll
-      for (int r = 0; r < kDwpC * 16 / NT; ++r) {
-        const int e = tid + r * NT, cc = e % kDwpC, q4 = (e / kDwpC) * 4;
-        const bool ok = cb + cc < p.C;
-        const f4 v = DSC_LDG(reinterpret_cast<const f4*>(tw + (ok ? (cb + cc) * mp + q4 : 0)));
-        s.tT[q4][cc] = ok ? v.x : 0.f;
-        s.tT[q4 + 1][cc] = ok ? v.y : 0.f;
-        s.tT[q4 + 2][cc] = ok ? v.z : 0.f;
-        s.tT[q4 + 3][cc] = ok ? v.w : 0.f;
+      for (int r = 0; r < R; ++r) {
+        const int q4 = ((tid + r * NT) / kDwpC) * 4;
+        v[r] = DSC_LDG(reinterpret_cast<const f4*>(tw + (ok ? (cb + cc) * mp + q4 : 0)));
+      }
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const int q4 = ((tid + r * NT) / kDwpC) * 4;
+        s.tT[q4][cc] = ok ? v[r].x : 0.f;
+        s.tT[q4 + 1][cc] = ok ? v[r].y : 0.f;
+        s.tT[q4 + 2][cc] = ok ? v[r].z : 0.f;
+        s.tT[q4 + 3][cc] = ok ? v[r].w : 0.f;
       }
     } else {
       // t for the block's 64 input channels rebuilt from the staged window, BC at a time.

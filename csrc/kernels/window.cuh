@@ -153,15 +153,13 @@ struct Window {
       for (int cc = 0; cc < BC; ++cc) {
         const bool cv = c0 + cc < p.C;
         const T* xc = x + (cv ? (c0 + cc) * p.xs.c : 0);
+        // The channel's E loads before its stores (each store selects the padding, so waits for its load).
+        float v[E];
 #pragma unroll
-        for (int j = 0; j < E; ++j) {
-          const int rq = tid + j * NT;
-          if (rq < win) {
-            const bool ok = cv && off[j] >= 0;
-            const float v = Cvt<T>::ldg(xc + (ok ? off[j] : 0));
-            halo[cc][rq] = ok ? v : 0.f;
-          }
-        }
+        for (int j = 0; j < E; ++j) v[j] = Cvt<T>::ldg(xc + (cv && off[j] >= 0 ? off[j] : 0));
+#pragma unroll
+        for (int j = 0; j < E; ++j)
+          if (tid + j * NT < win) halo[cc][tid + j * NT] = cv && off[j] >= 0 ? v[j] : 0.f;
       }
     } else {
       for (int e = tid; e < BC * win; e += NT) {
