@@ -330,7 +330,8 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_bwd_dt_kernel(const
 // dsconv_bwd_dwp: dWp partials, block = (128 output channels, 64 input channels, one split of the wt
 // pixel tiles). Per tile: t [64 px x 64 c] rebuilt from the staged input window (rect tiles, as dsconv_fwd
 // does) or read from dsconv_dw's t (span tiles, small maps: computed once for all K blocks), dy
-// [32 px x 128 k] formed twice per tile (a thread owns one k: one coefficient load), and
+// [32 px x 128 k] formed twice per tile (NCHW: lanes along the pixels, coefficients from shared memory;
+// channels-last: a thread owns one k), and
 // dWp[k, c] += sum_p dy[k, p] t[c, p] in the 8x4 register micro-GEMM. -> ws[dwp + split K C + k C + c].
 // ---------------------------------------------------------------------------------------------
 

@@ -473,9 +473,10 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_fwd_reduce_kernel(c
     for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
   const float* part = ws + fwd_part_offset(p) + (tile * kblocks + kb) * (BK * BP);
   const int64_t split_stride = p.ft.ntiles * kblocks * (BK * BP);
-  // A split's eight loads are issued before its sums: interleaved in the PTX, each load waited for the add
-  // before it, eight memory latencies per split (SIMULATED, b5 at 16x16: 35,635 cycles for 7 splits, more
-  // than the GEMM's 34,885). The splits are added in order.
+  // A split's eight loads are issued before its sums (interleaved in the PTX, each load waited for the add
+  // before it). The splits are added in order. SIMULATED, b5 at 16x16, training step, 7 splits on 8 blocks:
+  // 35,635 -> 34,645 cycles, still as much as the GEMM's: the time is mostly elsewhere (few blocks, the
+  // statistics epilogue).
   for (int cs = 0; cs < p.fsplit; ++cs) {
     f4 v[8];
 #pragma unroll
