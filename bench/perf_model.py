@@ -336,6 +336,8 @@ class NativeGeometry:
     bwd_dwd: int  # [xgroups][C * 9] dWd partials
     bwd_dt: int  # dt [N, C, Ho, Wo], fp32
     bwd_total: int  # backward_ws_floats (span tiles: + dsconv_dw's t [C][tiles x 64] for dsconv_bwd_dwp)
+    dyws: int  # 1: bn_bwd_dy stores dy once for dsconv_bwd_dt and dsconv_bwd_dwp (plan.cuh)
+    bwd_dy: int  # offset of that dy [N, K, Ho, Wo] (16-byte aligned; K M floats when dyws)
 
 
 def native_geometry(layer: Layer) -> NativeGeometry:
@@ -381,8 +383,11 @@ def native_geometry(layer: Layer) -> NativeGeometry:
     dwp = coef + 8 * l.k
     dwd = dwp + splits * l.k * l.c
     dt = dwd + xgroups * l.c * 9
-    # then (16-byte aligned) dsconv_dw's t [C][tiles x 64] for dsconv_bwd_dwp on span tiles
-    total = (dt + bsplit * l.n * l.c * l.ho * l.wo + 3) // 4 * 4 + (l.c * dwp_tiles * 64 if span else 0)
+    # then (16-byte aligned) dsconv_dw's t [C][tiles x 64] for dsconv_bwd_dwp on span tiles, then (aligned)
+    # bn_bwd_dy's dy [K][M] where dt and dWp would form dy more than 3 times over (input-channel blocks)
+    dyws = int(_cdiv(l.c, DT_BC[dt_tile]) + _cdiv(l.c, DWP_BC) > 3 and l.k * l.m < 2**31)
+    dy = ((dt + bsplit * l.n * l.c * l.ho * l.wo + 3) // 4 * 4 + (l.c * dwp_tiles * 64 if span else 0) + 3) // 4 * 4
+    total = dy + (l.k * l.m if dyws else 0)
     part = fsplit * ntiles * k_blocks * FWD_BK[fwd_tile] * FWD_BP[fwd_tile] if fsplit > 1 else 0  # BK x BP floats each
     fwd_ws = (2 * ntiles * l.k + 3) // 4 * 4 + (2 * l.k + 3) // 4 * 4 + part  # (training) partials, scale | shift
     if span:  # dsconv_dw's t [C][ntiles x 64] for the span path of dsconv_fwd
@@ -409,6 +414,8 @@ def native_geometry(layer: Layer) -> NativeGeometry:
         dwd,
         dt,
         total,
+        dyws,
+        dy,
     )
 
 
@@ -418,8 +425,9 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
     Kernels in launch order: eval: the BN fold (torch ops, block.py) and ``dsconv_fwd``; training
     forward: ``dsconv_fwd`` (y + tile statistics), ``bn_stats``, ``bn_relu`` (recompute mode writes y into
     out's storage and normalises in place: the same bytes); backward: (recompute: ``dsconv_fwd`` in y-only
-    mode into a temporary), ``bn_bwd_reduce``, ``bn_bwd_finalize``, ``dsconv_bwd_dt``, ``dsconv_bwd_dwp``,
-    ``dsconv_bwd_dx`` (with the dWd partials), ``colsum`` (the dWp and dWd partials, one launch).
+    mode into a temporary), ``bn_bwd_reduce``, ``bn_bwd_finalize``, (``bn_bwd_dy``,) ``dsconv_bwd_dt``,
+    ``dsconv_bwd_dwp``, ``dsconv_bwd_dx`` (with the dWd partials), ``colsum`` (the dWp and dWd partials, one
+    launch).
     """
     _check_mode(mode)
     l, e = layer, act_bytes
@@ -506,19 +514,23 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
         dt_bp = 64 if g.dt_tile == "span64" else 128
         dwp_kb, dwp_cb = _cdiv(l.k, DWP_BK), _cdiv(l.c, DWP_BC)
         dwp_px = g.dwp_tiles * 64
+        # dy's inputs for dt and dWp: dout and y with the coefficients (dy formed per C block), or bn_bwd_dy's
+        # fp32 dy (formed once)
+        dy_in, dy_flops, dy_what = (ye * F32, 0, "dy") if g.dyws else (2 * y + coef, DY_FLOPS * ye, "dout and y")
         if recompute:
             ks += fwd("dsconv_fwd y-only (recompute)", y, ye)
         ks += [
             Kernel("bn_bwd_reduce", 2 * y + 4 * pc, red, 6 * ye),  # dout, y -> dz, dz yhat, yhat partials
             Kernel("bn_bwd_finalize", red + 4 * pc, coef + 3 * pc, 3 * g.rgroups * l.k),
+            *([Kernel("bn_bwd_dy", 2 * y + coef, ye * F32, DY_FLOPS * ye, note="dy once, fp32")] if g.dyws else []),
             Kernel(
                 "dsconv_bwd_dt",
-                2 * y + wp + coef,
+                dy_in + wp,
                 dt * g.bsplit,
-                DY_FLOPS * ye * g.c_blocks + 2 * g.dt_tiles * dt_bp * _cdiv(l.k, 8) * 8 * g.c_blocks * DT_BC[g.dt_tile],
-                (g.c_blocks - 1) * 2 * y,
+                dy_flops * g.c_blocks + 2 * g.dt_tiles * dt_bp * _cdiv(l.k, 8) * 8 * g.c_blocks * DT_BC[g.dt_tile],
+                (g.c_blocks - 1) * dy_in,
                 0,
-                f"dout and y read once per {DT_BC[g.dt_tile]}-channel C block ({g.c_blocks}x), the C blocks of "
+                f"{dy_what} read once per {DT_BC[g.dt_tile]}-channel C block ({g.c_blocks}x), the C blocks of "
                 f"a tile adjacent in launch order (grid x)",
             ),
             *(
@@ -528,14 +540,14 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
             ),
             Kernel(
                 "dsconv_bwd_dwp",
-                (l.c * dwp_px * F32 if span else x + wd) + 2 * y + coef,
+                (l.c * dwp_px * F32 if span else x + wd) + dy_in,
                 dwp_part,
                 (0 if span else 2 * 9 * dwp_px * dwp_cb * DWP_BC * dwp_kb)
-                + DY_FLOPS * ye * dwp_cb
+                + dy_flops * dwp_cb
                 + 2 * dwp_px * dwp_kb * DWP_BK * dwp_cb * DWP_BC,
-                (dwp_kb - 1) * (l.c * dwp_px * F32 if span else x) + (dwp_cb - 1) * 2 * y,
+                (dwp_kb - 1) * (l.c * dwp_px * F32 if span else x) + (dwp_cb - 1) * dy_in,
                 0,
-                f"{'t' if span else 'x'} once per {DWP_BK}-channel K block ({dwp_kb}x), dout and y once per "
+                f"{'t' if span else 'x'} once per {DWP_BK}-channel K block ({dwp_kb}x), {dy_what} once per "
                 f"{DWP_BC}-channel C block ({dwp_cb}x); {g.splits} split(s)",
             ),
             Kernel(

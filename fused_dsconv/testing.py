@@ -60,6 +60,8 @@ NATIVE_TILE_CASES = [
     ((1, 70, 3, 9, 9), 2, 4, "span64"),  # C > 64 (two dt channel blocks), tiny K
     ((2, 70, 20, 5, 5), 2, 3, "span64"),  # one tile: the forward's input channels split over 2 blocks
     ((1, 9, 130, 6, 6), 1, 1, "span64"),  # one tile, K > 128: dt's output channels split over 2 blocks
+    ((1, 130, 9, 6, 6), 1, 2, "span64"),  # C > 128: dy stored once by bn_bwd_dy (2 dt + 3 dWp C blocks)
+    ((1, 130, 9, 8, 60), 1, 3, "rect8x16"),  # the same on rect tiles (dWp on 8x8 tiles)
 ]
 
 

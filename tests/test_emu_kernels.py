@@ -102,8 +102,8 @@ def test_forward_train(emu, dtype, cl, s, d):
 
 @pytest.mark.parametrize("dtype,cl,s,d", CASES, ids=IDS)
 @pytest.mark.parametrize("recompute", [False, True], ids=["saved_y", "recompute"])
-def test_backward_train(emu, dtype, cl, s, d, recompute):
-    c = _case(dtype, cl, s, d)
+def test_backward_train(emu, dtype, cl, s, d, recompute, shape=SHAPE):
+    c = _case(dtype, cl, s, d, shape=shape)
     out, y, mean, var = emu.forward_train(
         c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, s, d, EPS, True
     )
@@ -134,8 +134,8 @@ def test_backward_train(emu, dtype, cl, s, d, recompute):
 
 
 @pytest.mark.parametrize("dtype,cl,s,d", CASES, ids=IDS)
-def test_backward_eval(emu, dtype, cl, s, d):
-    c = _case(dtype, cl, s, d)
+def test_backward_eval(emu, dtype, cl, s, d, shape=SHAPE):
+    c = _case(dtype, cl, s, d, shape=shape)
     out = emu.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, d)
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(dtype)
     got = emu.backward_eval(g, out, c.x, c.dw_weight, c.pw_weight, s, d)
@@ -143,6 +143,22 @@ def test_backward_eval(emu, dtype, cl, s, d):
     assert _layout_ok(got[0], cl)
     for name, a, e in zip(("dx", "d_dw", "d_pw", "dbias"), got, exp):
         assert_close(a, e, dtype, name)
+
+
+# C > 128: dsconv_bwd_dt and dsconv_bwd_dwp read dy from bn_bwd_dy's workspace (plan.cuh dyws) instead of
+# forming it; the fp32 cases are in TILE_CASES (test_tile_classes), the 16-bit types and layouts here.
+DY_CASES = [
+    (F16, False, 1, 2, (1, 130, 9, 6, 6)),
+    (BF16, True, 2, 3, (2, 130, 9, 9, 7)),
+    (F16, True, 1, 5, (1, 130, 5, 4, 9)),
+]
+
+
+@pytest.mark.parametrize("dtype,cl,s,d,shape", DY_CASES, ids=["f16-nchw-span", "bf16-cl-span", "f16-cl-runtime"])
+def test_backward_from_stored_dy(emu, dtype, cl, s, d, shape):
+    assert pm.native_geometry(pm.Layer("t", *shape, stride=s, dilation=d)).dyws == 1
+    test_backward_train(emu, dtype, cl, s, d, False, shape=shape)
+    test_backward_eval(emu, dtype, cl, s, d, shape=shape)
 
 
 @pytest.mark.parametrize(
@@ -203,6 +219,7 @@ def test_tile_cases_cover_every_class_and_split():
     assert {g.dwp_tile for g in geos} == {"rect8x8", "span64"} and {g.dt_tile for g in geos} == {"span64", "span128"}
     assert any(g.fsplit > 1 for g in geos) and any(g.bsplit > 1 for g in geos)
     assert any(g.ntiles == 1 for g in geos) and any(g.ntiles > 4 for g in geos)
+    assert {g.dyws for g in geos} == {0, 1} and any(g.dyws and g.dwp_tile == "rect8x8" for g in geos)
 
 
 @pytest.mark.parametrize("shape,s,d,cls", TILE_CASES, ids=TILE_IDS)

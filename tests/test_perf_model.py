@@ -178,8 +178,11 @@ def test_native_rereads_of_the_grid():
     # K blocks re-read dsconv_dw's t [C][25 tiles x 64] (fp32), not x.
     t = 1024 * 25 * 64 * 4
     assert k["dsconv_fwd train"].reread == 7 * t and k["dsconv_fwd train"].reread_far == 0
-    assert k["dsconv_bwd_dt"].reread == 7 * 2 * y and k["dsconv_bwd_dt"].reread_far == 0
-    assert k["dsconv_bwd_dwp"].reread == 7 * t + 15 * 2 * y  # 128-channel K blocks, 64-channel C blocks
+    # dy: 8 + 16 input-channel blocks would form it from dout and y, so bn_bwd_dy stores it once (fp32) and
+    # those blocks re-read that.
+    assert pm.native_geometry(b9).dyws == 1 and k["bn_bwd_dy"].written == y
+    assert k["dsconv_bwd_dt"].reread == 7 * y and k["dsconv_bwd_dt"].reread_far == 0
+    assert k["dsconv_bwd_dwp"].reread == 7 * t + 15 * y  # 128-channel K blocks, 64-channel C blocks
     b1 = pm.classifier_layers(batch=32)[0]  # 32 -> 64: one K block, one C block
     assert pm.native(b1, "train_fwd_bwd").reread == 0
 
@@ -223,11 +226,12 @@ int main() {
     dsc::set_geometry(p, N, C, K, H, W, s, d);
     p.mode = dsc::kTrain;
     const dsc::BwdWs L = dsc::bwd_ws(p);
-    std::printf("%d %lld %d %lld %d %lld %d %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %d %d\n", p.ft.cls,
+    std::printf("%d %lld %d %lld %d %lld %d %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %d %d %d %lld\n", p.ft.cls,
                 (long long)p.ft.ntiles, p.wt.cls, (long long)p.wt.ntiles, p.bt.cls, (long long)p.bt.ntiles, p.splits,
                 (long long)p.rgroups, (long long)p.xtiles, (long long)p.xgroups, (long long)dsc::forward_ws_floats(p),
                 (long long)L.red, (long long)L.coef, (long long)L.dwp, (long long)L.dwd, (long long)L.dt,
-                (long long)dsc::backward_ws_floats(p), (long long)p.span_rows, p.fsplit, p.bsplit);
+                (long long)dsc::backward_ws_floats(p), (long long)p.span_rows, p.fsplit, p.bsplit, p.dyws,
+                (long long)L.dy);
   }
 }
 """
@@ -280,6 +284,8 @@ def test_native_geometry_matches_plan_cuh(tmp_path):
             pm._span_rows(l),
             g.fsplit,
             g.bsplit,
+            g.dyws,
+            g.bwd_dy,
         ) == (cls[cpp[0]], cpp[1], cls[cpp[2]], *cpp[3:4], cls[cpp[4]], *cpp[5:]), l
 
 

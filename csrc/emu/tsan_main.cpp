@@ -297,6 +297,8 @@ int main(int argc, char** argv) {
   // C = 70 on one small map: the input channels split over 2 blocks, summed by dsconv_fwd_reduce; K = 130:
   // dsconv_bwd_dt's output channels split in 2 (partial dt planes summed by dsconv_bwd_dx).
   bad += run(Case{1, 70, 130, 6, 7, 1, 2, true});
+  // C = 130: dy stored once by bn_bwd_dy and read back by dsconv_bwd_dt and dsconv_bwd_dwp (plan.cuh dyws).
+  bad += run(Case{1, 130, 9, 6, 6, 1, 2, false});
   if (g_drop > 0) {
     // Reached only if TSan stayed silent (halt_on_error stops the program at the first report).
     std::printf("barrier %d dropped and no data race reported\n", g_drop);

@@ -1,11 +1,13 @@
-// Backward stages: bn_bwd_reduce, bn_bwd_finalize, dsconv_bwd_dt, dsconv_bwd_dwp, dsconv_bwd_dx (which
-// also forms the depthwise weight gradient). Torch-free. Design: docs/cuda.md.
+// Backward stages: bn_bwd_reduce, bn_bwd_finalize, bn_bwd_dy, dsconv_bwd_dt, dsconv_bwd_dwp, dsconv_bwd_dx
+// (which also forms the depthwise weight gradient). Torch-free. Design: docs/cuda.md.
 //
 // dz = dout where z > 0 or z is NaN, else 0 (threshold_backward), z = A (y - mu) + beta; in training
 // dy = A (dz - B - yhat C) with yhat = r (y - mu), A = gamma r, B = dbeta / M, C = dgamma / M, i.e.
 // dy = A dz + b2 (y - mu) + c2 with b2 = -A C r and c2 = -A B. Eval: mu = 0, A = 1, beta = b2 = c2 = 0,
-// so z = out and dy = dz. bn_bwd_finalize writes (mu, A, beta, b2, c2) per channel once; every kernel
-// that reads dy forms it on the fly from dout and y with them, and dy is never stored.
+// so z = out and dy = dz. bn_bwd_finalize writes (mu, A, beta, b2, c2) per channel once. Where dy would be
+// formed more than three times over (once per input-channel block of dsconv_bwd_dt and of dsconv_bwd_dwp),
+// bn_bwd_dy stores it once in the workspace and those two read it; otherwise they form it on the fly from
+// dout and y with the coefficients.
 #pragma once
 
 #include "forward.cuh"
@@ -179,11 +181,56 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) bn_bwd_finalize_kernel(const Problem p, f
   p.dbias[k] = p.bias != nullptr ? -A * sm[2] * Cc : 0.f;  // sum_p dy = A (dbeta - M B - C sum_p yhat)
 }
 
+// bn_bwd_dy (with p.dyws): dy of every element, once, into the fp32 workspace (dense, the activations'
+// layout), so that dsconv_bwd_dt and dsconv_bwd_dwp read one value per element instead of forming dy from
+// dout, y and the coefficients once per input-channel block each (plan.cuh says when that pays). Four
+// elements per thread, consecutive threads on consecutive elements, every load issued before the first use.
+template <class T>
+DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) bn_bwd_dy_kernel(const Problem p, float* ws) {
+  constexpr int E = 4;
+  const BwdWs L = bwd_ws(p);
+  const float* coef = ws + L.coef;
+  float* __restrict__ dy = ws + L.dy;
+  const T* __restrict__ go = static_cast<const T*>(p.dout);
+  const T* __restrict__ ac = static_cast<const T*>(p.act);
+  // K M < 2^31 (plan.cuh sets dyws only then): 32-bit element numbers and FastDiv.
+  const uint32_t total = static_cast<uint32_t>(p.K * p.M), K = static_cast<uint32_t>(p.K);
+  const uint32_t hw = static_cast<uint32_t>(p.Ho * p.Wo), wo = static_cast<uint32_t>(p.Wo);
+  const uint32_t e0 = blockIdx.x * (256 * E) + threadIdx.x;
+  float g[E], a[E];
+  DyCoef c[E];
+#pragma unroll
+  for (int j = 0; j < E; ++j) {
+    const uint32_t e = e0 + j * 256 < total ? e0 + j * 256 : 0;
+    uint32_t k, n, r;  // channel, image, pixel in the image
+    if (p.cl) {
+      const uint32_t g_px = fdiv(p.div_k, e);
+      k = e - g_px * K;
+      n = fdiv(p.div_hw, g_px);
+      r = g_px - n * hw;
+    } else {
+      const uint32_t plane = fdiv(p.div_hw, e);
+      r = e - plane * hw;
+      n = fdiv(p.div_k, plane);
+      k = plane - n * K;
+    }
+    const uint32_t ho = fdiv(p.div_wo, r);
+    const Pix q{n, ho, r - ho * wo};
+    g[j] = Cvt<T>::ldg(go + pix_off(p.dos, q) + static_cast<int64_t>(k) * p.dos.c);
+    a[j] = Cvt<T>::ldg(ac + pix_off(p.as, q) + static_cast<int64_t>(k) * p.as.c);
+    c[j] = dy_coef(coef, k);
+  }
+#pragma unroll
+  for (int j = 0; j < E; ++j)
+    if (e0 + j * 256 < total) dy[e0 + j * 256] = dy_of(c[j], g[j], a[j]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // dsconv_bwd_dt: dt[c, p] = sum_k Wp[k, c] dy[k, p] for one span tile of BP pixels x BCb input channels.
-// K streamed in chunks of 8: dy chunk formed from dout and y (coefficients from bn_bwd_finalize) into
-// shared memory, Wp chunk staged with vector loads (its rows are contiguous in c), 8x4 register
-// micro-GEMM. dt -> fp32 workspace in x's layout through a shared-memory transpose (coalesced).
+// K streamed in chunks of 8: dy chunk read from bn_bwd_dy's workspace or formed from dout and y
+// (coefficients from bn_bwd_finalize) into shared memory, Wp chunk staged with vector loads (its rows are
+// contiguous in c), 8x4 register micro-GEMM. dt -> fp32 workspace in x's layout through a shared-memory
+// transpose (coalesced).
 // ---------------------------------------------------------------------------------------------
 constexpr int kDtKC = 8;
 
@@ -217,7 +264,11 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_bwd_dt_kernel(const
   const BwdWs L = bwd_ws(p);
   const float* coef = ws + L.coef;
   const Str4 dts = dt_strides(p);
-  slot_offsets<Tl>(p, p.bt, tile, p.dos, s.sg, tid, NT);
+  // dy from bn_bwd_dy's workspace (dyw: one load per element) or formed here from dout and y.
+  const bool dyw = p.dyws != 0;
+  const Str4 gs = dyw ? dy_strides(p) : p.dos;
+  const float* __restrict__ dyp = ws + L.dy;
+  slot_offsets<Tl>(p, p.bt, tile, gs, s.sg, tid, NT);
   slot_offsets<Tl>(p, p.bt, tile, p.as, s.sa, tid, NT);
   slot_offsets<Tl>(p, p.bt, tile, dts, s.sd, tid, NT);
   const T* __restrict__ wp = static_cast<const T*>(p.wp);
@@ -264,9 +315,14 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_bwd_dt_kernel(const
     for (int i = 0; i < NE; ++i) {
       const int64_t k = k0 + kk_e[i];
       const bool ok = k < p.K && og_e[i] >= 0;
-      pg[i] = Cvt<T>::ldg(go + (ok ? og_e[i] + k * p.dos.c : 0));
-      pa[i] = Cvt<T>::ldg(ac + (ok ? oa_e[i] + k * p.as.c : 0));
-      if constexpr (kPreCoef) pc[i] = dy_coef(coef, k < p.K ? k : 0);
+      if (dyw) {
+        pg[i] = DSC_LDG(dyp + (ok ? og_e[i] + k * gs.c : 0));
+        pa[i] = 0.f;
+      } else {
+        pg[i] = Cvt<T>::ldg(go + (ok ? og_e[i] + k * p.dos.c : 0));
+        pa[i] = Cvt<T>::ldg(ac + (ok ? oa_e[i] + k * p.as.c : 0));
+        if constexpr (kPreCoef) pc[i] = dy_coef(coef, k < p.K ? k : 0);
+      }
     }
   };
   load(k_lo);
@@ -276,12 +332,16 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_bwd_dt_kernel(const
     for (int i = 0; i < NE; ++i) {
       const int64_t k = k0 + kk_e[i];
       const bool ok = k < p.K && og_e[i] >= 0;
-      DyCoef c;
-      if constexpr (kPreCoef)
-        c = pc[i];
-      else
-        c = dy_coef(coef, k < p.K ? k : 0);
-      s.m.dy[kk_e[i]][q_e[i]] = ok ? dy_of(c, pg[i], pa[i]) : 0.f;
+      float v = pg[i];
+      if (!dyw) {
+        DyCoef c;
+        if constexpr (kPreCoef)
+          c = pc[i];
+        else
+          c = dy_coef(coef, k < p.K ? k : 0);
+        v = dy_of(c, pg[i], pa[i]);
+      }
+      s.m.dy[kk_e[i]][q_e[i]] = ok ? v : 0.f;
     }
     DSC_SYNC(23);  // chunk staged
     if (k0 + KC < k_hi) load(k0 + KC);
@@ -330,8 +390,8 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_bwd_dt_kernel(const
 // dsconv_bwd_dwp: dWp partials, block = (128 output channels, 64 input channels, one split of the wt
 // pixel tiles). Per tile: t [64 px x 64 c] rebuilt from the staged input window (rect tiles, as dsconv_fwd
 // does) or read from dsconv_dw's t (span tiles, small maps: computed once for all K blocks), dy
-// [32 px x 128 k] formed twice per tile (NCHW: lanes along the pixels, coefficients from shared memory;
-// channels-last: a thread owns one k), and
+// [32 px x 128 k] staged twice per tile, read from bn_bwd_dy's workspace or formed here (NCHW: lanes along
+// the pixels, coefficients from shared memory; channels-last: a thread owns one k), and
 // dWp[k, c] += sum_p dy[k, p] t[c, p] in the 8x4 register micro-GEMM. -> ws[dwp + split K C + k C + c].
 // ---------------------------------------------------------------------------------------------
 
@@ -375,6 +435,11 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Proble
   const DyCoef cf = dy_coef(coef, kv_dy ? k_dy : 0);
   const T* go_k = go + (kv_dy ? k_dy * p.dos.c : 0);  // this thread's channel of dout and y
   const T* ac_k = ac + (kv_dy ? k_dy * p.as.c : 0);
+  // dy from bn_bwd_dy's workspace (dyw: one load per element) or formed here from dout and y. (Offsets
+  // recomputed where used: 4 more live registers spilled on sm_61.)
+  const bool dyw = p.dyws != 0;
+  const float* __restrict__ dyp = ws + L.dy;
+  const int64_t dyc = dy_strides(p).c;
   if (!p.cl && tid < kDwpK) {  // visible after the tile loop's first barrier
     s.cf[0][tid] = cf.mu;
     s.cf[1][tid] = cf.a;
@@ -390,7 +455,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Proble
     for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
 
   for (int64_t tile = blockIdx.z; tile < p.wt.ntiles; tile += p.splits) {
-    slot_offsets<Tl>(p, p.wt, tile, p.dos, s.sg, tid, NT);
+    slot_offsets<Tl>(p, p.wt, tile, dyw ? dy_strides(p) : p.dos, s.sg, tid, NT);
     slot_offsets<Tl>(p, p.wt, tile, p.as, s.sa, tid, NT);
     DSC_SYNC(27);  // slot tables written (and the previous tile's GEMM done)
     if constexpr (Tl::SPAN) {
@@ -451,8 +516,14 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Proble
           const int ql = q_dy + 2 * j, q = h * 32 + ql;
           const int64_t og = s.sg[q], oa = s.sa[q];
           const bool ok = kv_dy && og >= 0;
-          const float g = Cvt<T>::ldg(go_k + (ok ? og : 0)), a = Cvt<T>::ldg(ac_k + (ok ? oa : 0));
-          s.u.dyT[ql][kk_dy] = ok ? dy_of(cf, g, a) : 0.f;
+          float g, a = 0.f;
+          if (dyw) {
+            g = DSC_LDG(dyp + (ok ? k_dy * dyc + og : 0));
+          } else {
+            g = Cvt<T>::ldg(go_k + (ok ? og : 0));
+            a = Cvt<T>::ldg(ac_k + (ok ? oa : 0));
+          }
+          s.u.dyT[ql][kk_dy] = ok ? (dyw ? g : dy_of(cf, g, a)) : 0.f;
         }
       } else {
         const int ql = tid % 32, q = h * 32 + ql;
@@ -468,15 +539,24 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Proble
           for (int j = 0; j < KB; ++j) {
             const int64_t k = k0 + tid / 32 + 8 * (j0 + j);
             const bool ok = k < p.K && og >= 0;
-            g[j] = Cvt<T>::ldg(go + (ok ? k * p.dos.c + og : 0));
-            a[j] = Cvt<T>::ldg(ac + (ok ? k * p.as.c + oa : 0));
+            if (dyw) {
+              g[j] = DSC_LDG(dyp + (ok ? k * dyc + og : 0));
+              a[j] = 0.f;
+            } else {
+              g[j] = Cvt<T>::ldg(go + (ok ? k * p.dos.c + og : 0));
+              a[j] = Cvt<T>::ldg(ac + (ok ? k * p.as.c + oa : 0));
+            }
           }
 #pragma unroll
           for (int j = 0; j < KB; ++j) {
             const int kk = tid / 32 + 8 * (j0 + j);
             const bool ok = k0 + kk < p.K && og >= 0;
-            const DyCoef c{s.cf[0][kk], s.cf[1][kk], s.cf[2][kk], s.cf[3][kk], s.cf[4][kk]};
-            s.u.dyT[ql][kk] = ok ? dy_of(c, g[j], a[j]) : 0.f;
+            float v = g[j];
+            if (!dyw) {
+              const DyCoef c{s.cf[0][kk], s.cf[1][kk], s.cf[2][kk], s.cf[3][kk], s.cf[4][kk]};
+              v = dy_of(c, g[j], a[j]);
+            }
+            s.u.dyT[ql][kk] = ok ? v : 0.f;
           }
         }
       }

@@ -39,6 +39,7 @@
   template __global__ void dsc::dsconv_bwd_dt_kernel<T, dsc::TileSpan128>(const dsc::Problem, float*);      \
   template __global__ void dsc::bn_relu_kernel<T>(const dsc::Problem, const float*, int64_t, int64_t);      \
   template __global__ void dsc::bn_bwd_reduce_kernel<T>(const dsc::Problem, float*);                        \
+  template __global__ void dsc::bn_bwd_dy_kernel<T>(const dsc::Problem, float*);                            \
   template __global__ void dsc::colsum_kernel<T>(const dsc::ColsumJob<T>, const dsc::ColsumJob<T>);
 
 template __global__ void dsc::bn_stats_kernel<0>(const dsc::Problem, float*);

@@ -128,7 +128,7 @@ void backward_sums(const Problem& p, float* ws) {
   P::launch(bn_bwd_finalize_kernel<>, cdiv(p.K, 32), 1, 1, 256, p, ws);
 }
 
-// dsconv_bwd_dt, dsconv_bwd_dwp, dsconv_bwd_dx, colsum: dx, dwd, dwp from dy's coefficients at
+// (bn_bwd_dy,) dsconv_bwd_dt, dsconv_bwd_dwp, dsconv_bwd_dx, colsum: dx, dwd, dwp from dy's coefficients at
 // ws + bwd_ws(p).coef (bn_bwd_finalize's, or written by the caller from sums merged elsewhere).
 // p.unwanted (the op's output_mask negated) skips what only an unwanted gradient needs: without dWp, no
 // dsconv_dw / dsconv_bwd_dwp and no dWp colsum; without dx and dWd, no dsconv_bwd_dt (its dt feeds only those
@@ -143,6 +143,7 @@ void backward_convs(const Problem& p0, float* ws) {
   const BwdWs L = bwd_ws(p);
   const bool want_dwd = !(p.unwanted & kGradDw), want_dwp = !(p.unwanted & kGradPw);
   const bool want_dt = !(p.unwanted & kGradX) || want_dwd;
+  if (p.dyws && (want_dt || want_dwp)) P::launch(bn_bwd_dy_kernel<T>, cdiv(p.K * p.M, 1024), 1, 1, 256, p, ws);
   if (want_dt) {
     if (p.bt.cls == kTileSpan64)
       P::launch(dsconv_bwd_dt_kernel<T, TileSpan64>, cdiv(p.C, TileSpan64::BK) * p.bsplit, tile_grid_y(p.bt.ntiles),

@@ -125,6 +125,14 @@ inline void set_geometry(Problem& p, int64_t N, int64_t C, int64_t K, int64_t H,
       break;
     }
   p.splits = static_cast<int>(splits);
+  // dy stored once (bn_bwd_dy) where dsconv_bwd_dt and dsconv_bwd_dwp would form it from dout and y more
+  // than three times over in all (once per input-channel block each): that reads 2 K M values per block,
+  // against 3 K M once (dout, y in; dy out) and K M per block. b5-b9 of the classifier (C >= 256: 6 to 24
+  // blocks), not b1-b4 (2 or 3). K M < 2^31: bn_bwd_dy numbers elements in 32 bits.
+  {
+    const int64_t reads = cdiv(C, p.bt.cls == kTileSpan128 ? 64 : 128) + cdiv(C, kDwpC);
+    p.dyws = (reads > 3 && K * p.M < (int64_t(1) << 31)) ? 1 : 0;
+  }
   // dx: 8x8 input tiles; ~1024 blocks of 8-channel chunks x tile groups (dWd partial rows).
   p.xtiles_w = cdiv(W, 8);
   p.xtiles_img = cdiv(H, 8) * p.xtiles_w;

@@ -78,6 +78,7 @@ struct Problem {
   int bsplit;      // dsconv_bwd_dt: blocks the output channels are split over (small maps), dt partial planes
   int64_t ksplit;  // output channels per split (a multiple of 8)
   int64_t xtiles_w, xtiles_img, xtiles, xgroups;
+  int dyws;  // 1: bn_bwd_dy forms dy once into the workspace for dsconv_bwd_dt and dsconv_bwd_dwp (plan.cuh)
 
   const void* x;
   Str4 xs;
@@ -189,9 +190,10 @@ DSC_HD int64_t fwd_ws_floats(const Problem& p) {
 // Backward workspace (fp32), offsets in floats: [3][rgroups][K] BN-gradient partials | [K][8] per-channel
 // dy coefficients | [splits][K][C] dWp partials | [xgroups][C * 9] dWd partials | dt [bsplit][N, C, Ho, Wo]
 // in x's layout (one plane per output-channel split of dsconv_bwd_dt, summed by dsconv_bwd_dx) | span tiles:
-// dsconv_dw's t [C][wt.ntiles x 64] for dsconv_bwd_dwp.
+// dsconv_dw's t [C][wt.ntiles x 64] for dsconv_bwd_dwp | with p.dyws: dy [N, K, Ho, Wo] in the activations'
+// layout (bn_bwd_dy).
 struct BwdWs {
-  int64_t red, coef, dwp, dwd, dt, t, total;
+  int64_t red, coef, dwp, dwd, dt, t, dy, total;
 };
 DSC_HD BwdWs bwd_ws(const Problem& p) {
   BwdWs w;
@@ -201,8 +203,15 @@ DSC_HD BwdWs bwd_ws(const Problem& p) {
   w.dwd = w.dwp + static_cast<int64_t>(p.splits) * p.K * p.C;
   w.dt = w.dwd + p.xgroups * p.C * 9;
   w.t = (w.dt + p.bsplit * p.N * p.C * p.Ho * p.Wo + 3) / 4 * 4;  // 16-byte aligned: read as float4
-  w.total = w.t + (p.wt.cls == kTileSpan64 ? p.C * p.wt.ntiles * 64 : 0);
+  w.dy = (w.t + (p.wt.cls == kTileSpan64 ? p.C * p.wt.ntiles * 64 : 0) + 3) / 4 * 4;
+  w.total = w.dy + (p.dyws ? p.K * p.M : 0);
   return w;
+}
+
+// Strides of the fp32 dy workspace (bn_bwd_dy): the activations' layout, dense.
+DSC_HD Str4 dy_strides(const Problem& p) {
+  if (p.cl) return Str4{p.Ho * p.Wo * p.K, 1, p.Wo * p.K, p.K};
+  return Str4{p.K * p.Ho * p.Wo, p.Ho * p.Wo, p.Wo, 1};
 }
 
 // Strides of the fp32 dt workspace: x's layout at output size.
