@@ -128,27 +128,37 @@ DSC_DEVICE void fwd_epilogue(const Problem& p, float* ws, int64_t tile, int64_t 
       }
     }
     if (p.mode == kTrain) {
-      // Tile statistics of the fp32 y per channel: mean, then M2 about it (two passes, warp trees). A fixed
-      // trip count for every warp, channels past K masked: the shuffles run in converged warps.
-#pragma unroll 1
-      for (int it = 0; it < BK / 2 / NW; ++it) {
-        const int r = warp + it * NW;
-        float sm = 0.f;
+      // Tile statistics of the fp32 y per channel: mean, then M2 about it (two passes). TPC adjacent threads
+      // per channel, each over every TPC-th pixel (conflict-free NCHW reads), then a shuffle butterfly
+      // within those TPC lanes: every channel of the half at once. (A warp per channel with two 5-step
+      // trees per channel, channel after channel, was the epilogue's longest chain.)
+      constexpr int TPC = NT / (BK / 2), PPT = BP / TPC;
+      static_assert(TPC * (BK / 2) == NT && (TPC & (TPC - 1)) == 0 && TPC <= 32 && PPT * TPC == BP, "stats");
+      // The thread's values are read once, all before the first add (the simulator issues in order).
+      const int r = tid / TPC, j = tid % TPC;
+      float v[PPT];
+      uint32_t ok = 0;  // bit i: pixel j + TPC i exists
 #pragma unroll
-        for (int q = lane; q < BP; q += 32) sm += slot[q] >= 0 ? o_at(r, q) : 0.f;
-        sm = warp_sum(sm);
-        const float mk = sm * inv_cnt;
-        float sq = 0.f;
+      for (int i = 0; i < PPT; ++i) v[i] = o_at(r, j + TPC * i);
 #pragma unroll
-        for (int q = lane; q < BP; q += 32) {
-          const float dl = o_at(r, q) - mk;
-          sq += slot[q] >= 0 ? dl * dl : 0.f;
-        }
-        sq = warp_sum(sq);
-        if (lane == 0 && h * (BK / 2) + r < krows) {
-          ws[tile * p.K + kh + r] = mk;
-          ws[p.ft.ntiles * p.K + tile * p.K + kh + r] = sq;
-        }
+      for (int i = 0; i < PPT; ++i) ok |= (slot[j + TPC * i] >= 0 ? 1u : 0u) << i;
+      float sm = 0.f;
+#pragma unroll
+      for (int i = 0; i < PPT; ++i) sm += (ok >> i) & 1u ? v[i] : 0.f;
+#pragma unroll
+      for (int m = TPC / 2; m >= 1; m >>= 1) sm += __shfl_xor_sync(0xffffffffu, sm, m);
+      const float mk = sm * inv_cnt;
+      float sq = 0.f;
+#pragma unroll
+      for (int i = 0; i < PPT; ++i) {
+        const float dl = v[i] - mk;
+        sq += (ok >> i) & 1u ? dl * dl : 0.f;
+      }
+#pragma unroll
+      for (int m = TPC / 2; m >= 1; m >>= 1) sq += __shfl_xor_sync(0xffffffffu, sq, m);
+      if (j == 0 && h * (BK / 2) + r < krows) {
+        ws[tile * p.K + kh + r] = mk;
+        ws[p.ft.ntiles * p.K + tile * p.K + kh + r] = sq;
       }
     }
     DSC_SYNC(5);  // half consumed before the next half overwrites it
@@ -475,8 +485,8 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_fwd_reduce_kernel(c
   const int64_t split_stride = p.ft.ntiles * kblocks * (BK * BP);
   // A split's eight loads are issued before its sums (interleaved in the PTX, each load waited for the add
   // before it). The splits are added in order. SIMULATED, b5 at 16x16, training step, 7 splits on 8 blocks:
-  // 35,635 -> 34,645 cycles, still as much as the GEMM's: the time is mostly elsewhere (few blocks, the
-  // statistics epilogue).
+  // 35,635 -> 34,645 cycles, still as much as the GEMM's: the time was mostly the statistics epilogue's
+  // (25,841 with its channel-parallel statistics).
   for (int cs = 0; cs < p.fsplit; ++cs) {
     f4 v[8];
 #pragma unroll
