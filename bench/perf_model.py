@@ -57,7 +57,7 @@ Assumptions (the same for every implementation, so the comparison is fair):
 7. Native: tiles are 8x8 output pixels *of one image* (N * ceil(Ho/8) * ceil(Wo/8) tiles, so a 7x7
    layer has one 49-pixel tile per image); every workspace is sized as ``bwd_ws`` /
    ``forward_ws_floats`` size it (dWp partials ``[splits, K, C]`` with plan.cuh's ``splits``, dWd
-   partials ``[tiles, C*9]``, dt ``[N, C, Ho, Wo]`` fp32, written by the dt kernel and read back by
+   partials ``[xgroups, C*9]``, each only where it has more than one row), dt ``[N, C, Ho, Wo]`` fp32, written by the dt kernel and read back by
    dx). Eval counts the per-call BN fold into Wp (``fold_bn``, torch ops on [K, C]). FLOPs are the
    ones the kernels execute: the tile GEMMs run over whole 64-pixel tiles and 64-channel (forward:
    16-input-channel) blocks, zero padding included; dy is rebuilt (7 FLOPs per element) in every
@@ -332,8 +332,8 @@ class NativeGeometry:
     # [BK x BP] (eval: only those), then for span tiles dsconv_dw's t [C][ntiles x 64]
     bwd_red: int  # bwd_ws offsets, in floats: [3][rgroups][K] BN-gradient partials
     bwd_coef: int  # [K][8] dy coefficients (16-byte aligned)
-    bwd_dwp: int  # [splits][K][C] dWp partials
-    bwd_dwd: int  # [xgroups][C * 9] dWd partials
+    bwd_dwp: int  # [splits][K][C] dWp partials (splits > 1; else dsconv_bwd_dwp stores dWp itself)
+    bwd_dwd: int  # [xgroups][C * 9] dWd partials (xgroups > 1; else dsconv_bwd_dx stores dWd itself)
     bwd_dt: int  # dt [N, C, Ho, Wo], fp32
     bwd_total: int  # backward_ws_floats (span tiles: + dsconv_dw's t [C][tiles x 64] for dsconv_bwd_dwp)
     dyws: int  # 1: bn_bwd_dy stores dy once for dsconv_bwd_dt and dsconv_bwd_dwp (plan.cuh)
@@ -381,8 +381,8 @@ def native_geometry(layer: Layer) -> NativeGeometry:
     red = 0
     coef = red + (3 * rgroups * l.k + 3) // 4 * 4
     dwp = coef + 8 * l.k
-    dwd = dwp + splits * l.k * l.c
-    dt = dwd + xgroups * l.c * 9
+    dwd = dwp + (splits * l.k * l.c if splits > 1 else 0)  # one split / tile group: no partials (problem.cuh)
+    dt = dwd + (xgroups * l.c * 9 if xgroups > 1 else 0)
     # then (16-byte aligned) dsconv_dw's t [C][tiles x 64] for dsconv_bwd_dwp on span tiles, then (aligned)
     # bn_bwd_dy's dy [K][M] where dt and dWp would form dy more than 3 times over (input-channel blocks)
     dyws = int(_cdiv(l.c, DT_BC[dt_tile]) + _cdiv(l.c, DWP_BC) > 3 and l.k * l.m < 2**31)
@@ -427,7 +427,7 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
     out's storage and normalises in place: the same bytes); backward: (recompute: ``dsconv_fwd`` in y-only
     mode into a temporary), ``bn_bwd_reduce``, ``bn_bwd_finalize``, (``bn_bwd_dy``,) ``dsconv_bwd_dt``,
     ``dsconv_bwd_dwp``, ``dsconv_bwd_dx`` (with the dWd partials), ``colsum`` (the dWp and dWd partials, one
-    launch).
+    launch; none where both kernels store their gradient directly: one split and one tile group).
     """
     _check_mode(mode)
     l, e = layer, act_bytes
@@ -507,8 +507,9 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
     ]
     if mode == "train_fwd_bwd":
         red = 3 * g.rgroups * l.k * F32
-        dwp_part = g.splits * l.k * l.c * F32
-        dwd_part = g.xgroups * l.c * 9 * F32
+        # fp32 partials where the pixels are split over blocks; one split: the kernel stores the gradient
+        dwp_part = g.splits * l.k * l.c * F32 if g.splits > 1 else 0
+        dwd_part = g.xgroups * l.c * 9 * F32 if g.xgroups > 1 else 0
         dt = te * F32  # fp32 workspace whatever the activation dtype
         coef = 8 * l.k * F32
         dt_bp = 64 if g.dt_tile == "span64" else 128
@@ -541,7 +542,7 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
             Kernel(
                 "dsconv_bwd_dwp",
                 (l.c * dwp_px * F32 if span else x + wd) + dy_in,
-                dwp_part,
+                dwp_part or wp,
                 (0 if span else 2 * 9 * dwp_px * dwp_cb * DWP_BC * dwp_kb)
                 + dy_flops * dwp_cb
                 + 2 * dwp_px * dwp_kb * DWP_BK * dwp_cb * DWP_BC,
@@ -553,12 +554,20 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
             Kernel(
                 "dsconv_bwd_dx",
                 dt * g.bsplit + x + wd,
-                x + dwd_part,
+                x + (dwd_part or wd),
                 4 * 9 * l.n * l.c * l.h * l.w,
                 note="dt window per 8x8 input tile; dx and the dWd partials from the same dt taps",
             ),
-            Kernel("colsum (dWp, dWd)", dwp_part + dwd_part, wp + wd, g.splits * l.k * l.c + g.xgroups * l.c * 9),
         ]
+        if dwp_part or dwd_part:  # one launch for both; a job without partials has no blocks
+            ks.append(
+                Kernel(
+                    "colsum (dWp, dWd)",
+                    dwp_part + dwd_part,
+                    (wp if dwp_part else 0) + (wd if dwd_part else 0),
+                    (g.splits * l.k * l.c if dwp_part else 0) + (g.xgroups * l.c * 9 if dwd_part else 0),
+                )
+            )
     return Traffic(layer, impl, mode, ks)
 
 

@@ -566,7 +566,10 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Proble
     }
   }
 
+  // One split: the sums are final, stored as dWp (no partial for colsum to copy: b8, b9 at batch 1).
+  const bool direct = p.splits == 1;
   float* part = ws + L.dwp + static_cast<int64_t>(blockIdx.z) * p.K * p.C;
+  T* __restrict__ dwp = static_cast<T*>(p.dwp);
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
     const int64_t k = k0 + mma_row<kDwpK>(ty, i);
@@ -574,7 +577,11 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Proble
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int64_t c = cb + tx * 4 + j;
-      if (c < p.C) part[k * p.C + c] = acc[i][j];
+      if (c >= p.C) continue;
+      if (direct)
+        dwp[k * p.C + c] = Cvt<T>::store(acc[i][j]);
+      else
+        part[k * p.C + c] = acc[i][j];
     }
   }
 }
@@ -704,13 +711,20 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
 #pragma unroll
   for (int i = 0; i < 9; ++i) s.red[tid][i] = gw[i];
   DSC_SYNC(35);
+  // One tile group: the sums are final, stored as dWd where it is wanted (no partial row then).
+  const bool direct = p.xgroups == 1;
+  if (direct && (p.unwanted & kGradDw)) return;
   float* part = ws + L.dwd + static_cast<int64_t>(blockIdx.y) * p.C * 9;
+  T* __restrict__ dwd = static_cast<T*>(p.dwd);
   for (int e = tid; e < CC * 9; e += NT) {
     const int ch = e / 9, tap = e - ch * 9;
     if (c0 + ch >= p.C) continue;
     float t = 0.f;
     for (int u = 0; u < TPC; ++u) t += s.red[p.cl ? ch + u * CC : ch * TPC + u][tap];
-    part[(c0 + ch) * 9 + tap] = t;
+    if (direct)
+      dwd[(c0 + ch) * 9 + tap] = Cvt<T>::store(t);
+    else
+      part[(c0 + ch) * 9 + tap] = t;
   }
 }
 
