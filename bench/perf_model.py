@@ -56,9 +56,9 @@ Assumptions (the same for every implementation, so the comparison is fair):
    the lower bound, not a prediction of achieved speed.
 7. Native: tiles are 8x8 output pixels *of one image* (N * ceil(Ho/8) * ceil(Wo/8) tiles, so a 7x7
    layer has one 49-pixel tile per image); every workspace is sized as ``bwd_ws`` /
-   ``forward_ws_floats`` size it (dWp partials ``[splits, K, C]`` with plan.cuh's ``splits``, dWd
-   partials ``[xgroups, C*9]``, each only where it has more than one row), dt ``[N, C, Ho, Wo]`` fp32, written by the dt kernel and read back by
-   dx). Eval counts the per-call BN fold into Wp (``fold_bn``, torch ops on [K, C]). FLOPs are the
+   ``forward_ws_floats`` size it (dWp partials ``[splits, K, C]`` with plan.cuh's ``splits``, none
+   with one split: the kernel stores dWp; dWd partials ``[xgroups, C*9]``; dt ``[N, C, Ho, Wo]`` fp32,
+   written by the dt kernel and read back by dx). Eval counts the per-call BN fold into Wp (``fold_bn``, torch ops on [K, C]). FLOPs are the
    ones the kernels execute: the tile GEMMs run over whole 64-pixel tiles and 64-channel (forward:
    16-input-channel) blocks, zero padding included; dy is rebuilt (7 FLOPs per element) in every
    kernel that reads it. ``Kernel.reread`` = bytes of *activation* re-reads along grid axes (x once
@@ -333,7 +333,7 @@ class NativeGeometry:
     bwd_red: int  # bwd_ws offsets, in floats: [3][rgroups][K] BN-gradient partials
     bwd_coef: int  # [K][8] dy coefficients (16-byte aligned)
     bwd_dwp: int  # [splits][K][C] dWp partials (splits > 1; else dsconv_bwd_dwp stores dWp itself)
-    bwd_dwd: int  # [xgroups][C * 9] dWd partials (xgroups > 1; else dsconv_bwd_dx stores dWd itself)
+    bwd_dwd: int  # [xgroups][C * 9] dWd partials
     bwd_dt: int  # dt [N, C, Ho, Wo], fp32
     bwd_total: int  # backward_ws_floats (span tiles: + dsconv_dw's t [C][tiles x 64] for dsconv_bwd_dwp)
     dyws: int  # 1: bn_bwd_dy stores dy once for dsconv_bwd_dt and dsconv_bwd_dwp (plan.cuh)
@@ -381,8 +381,8 @@ def native_geometry(layer: Layer) -> NativeGeometry:
     red = 0
     coef = red + (3 * rgroups * l.k + 3) // 4 * 4
     dwp = coef + 8 * l.k
-    dwd = dwp + (splits * l.k * l.c if splits > 1 else 0)  # one split / tile group: no partials (problem.cuh)
-    dt = dwd + (xgroups * l.c * 9 if xgroups > 1 else 0)
+    dwd = dwp + (splits * l.k * l.c if splits > 1 else 0)  # one split: dsconv_bwd_dwp stores dWp (problem.cuh)
+    dt = dwd + xgroups * l.c * 9
     # then (16-byte aligned) dsconv_dw's t [C][tiles x 64] for dsconv_bwd_dwp on span tiles, then (aligned)
     # bn_bwd_dy's dy [K][M] where dt and dWp would form dy more than 3 times over (input-channel blocks)
     dyws = int(_cdiv(l.c, DT_BC[dt_tile]) + _cdiv(l.c, DWP_BC) > 3 and l.k * l.m < 2**31)
@@ -427,7 +427,7 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
     out's storage and normalises in place: the same bytes); backward: (recompute: ``dsconv_fwd`` in y-only
     mode into a temporary), ``bn_bwd_reduce``, ``bn_bwd_finalize``, (``bn_bwd_dy``,) ``dsconv_bwd_dt``,
     ``dsconv_bwd_dwp``, ``dsconv_bwd_dx`` (with the dWd partials), ``colsum`` (the dWp and dWd partials, one
-    launch; none where both kernels store their gradient directly: one split and one tile group).
+    launch; dWp not there with one split, which dsconv_bwd_dwp stores directly).
     """
     _check_mode(mode)
     l, e = layer, act_bytes
@@ -507,9 +507,9 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
     ]
     if mode == "train_fwd_bwd":
         red = 3 * g.rgroups * l.k * F32
-        # fp32 partials where the pixels are split over blocks; one split: the kernel stores the gradient
+        # fp32 partials (dWp: where its pixels are split over blocks; one split: the kernel stores dWp)
         dwp_part = g.splits * l.k * l.c * F32 if g.splits > 1 else 0
-        dwd_part = g.xgroups * l.c * 9 * F32 if g.xgroups > 1 else 0
+        dwd_part = g.xgroups * l.c * 9 * F32
         dt = te * F32  # fp32 workspace whatever the activation dtype
         coef = 8 * l.k * F32
         dt_bp = 64 if g.dt_tile == "span64" else 128
@@ -554,20 +554,19 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
             Kernel(
                 "dsconv_bwd_dx",
                 dt * g.bsplit + x + wd,
-                x + (dwd_part or wd),
+                x + dwd_part,
                 4 * 9 * l.n * l.c * l.h * l.w,
                 note="dt window per 8x8 input tile; dx and the dWd partials from the same dt taps",
             ),
         ]
-        if dwp_part or dwd_part:  # one launch for both; a job without partials has no blocks
-            ks.append(
-                Kernel(
-                    "colsum (dWp, dWd)",
-                    dwp_part + dwd_part,
-                    (wp if dwp_part else 0) + (wd if dwd_part else 0),
-                    (g.splits * l.k * l.c if dwp_part else 0) + (g.xgroups * l.c * 9 if dwd_part else 0),
-                )
+        ks.append(  # one launch for both; the dWp job has no blocks with one split
+            Kernel(
+                "colsum (dWp, dWd)",
+                dwp_part + dwd_part,
+                (wp if dwp_part else 0) + wd,
+                (g.splits * l.k * l.c if dwp_part else 0) + g.xgroups * l.c * 9,
             )
+        )
     return Traffic(layer, impl, mode, ks)
 
 

@@ -85,10 +85,10 @@ def test_native_geometry_tiny():
     assert (g.k_blocks, g.c_blocks) == (1, 1)
     # [mean | M2] x [1 tile, K], [scale | shift] x [K], dsconv_dw's t [C][1 tile x 64]
     assert g.fwd_ws_floats == 2 * 1 * 4 + 2 * 4 + 2 * 64
-    # red [3][1][4] = 12 floats (already a multiple of 4), coef [4][8], no dWp / dWd partials (one split, one
-    # tile group: the kernels store the gradients), dt [1,2,4,4]
-    assert (g.bwd_red, g.bwd_coef, g.bwd_dwp, g.bwd_dwd, g.bwd_dt) == (0, 12, 44, 44, 44)
-    assert g.bwd_total == 76 + 2 * 64  # dt ends at 44 + 2 * 16 = 76, then dsconv_dw's t [C][1 x 64]
+    # red [3][1][4] = 12 floats (already a multiple of 4), coef [4][8], no dWp partials (one split: the kernel
+    # stores dWp), dWd [1][2*9], dt [1,2,4,4]
+    assert (g.bwd_red, g.bwd_coef, g.bwd_dwp, g.bwd_dwd, g.bwd_dt) == (0, 12, 44, 44, 62)
+    assert g.bwd_total == 96 + 2 * 64  # dt ends at 62 + 2 * 16 = 94, + dsconv_dw's t [C][1 x 64] at 96
 
 
 def test_native_eval_bytes_by_hand():
@@ -125,8 +125,8 @@ def test_native_train_forward_bytes_by_hand():
 def test_native_backward_bytes_by_hand():
     red = 3 * 1 * 4 * 4  # [3][rgroups][K] floats, one group
     coef = 8 * 4 * 4  # [K][8] floats
-    # One split and one tile group: dsconv_bwd_dwp and dsconv_bwd_dx store dWp and dWd themselves, so there
-    # are no partials and no colsum.
+    # One split: dsconv_bwd_dwp stores dWp itself (no partials); colsum has only dWd's.
+    dwd = 1 * 2 * 9 * 4  # [xgroups][C*9] floats
     dt = 1 * 2 * 16 * 4  # dt [N, C, Ho, Wo] in fp32
     fwd = pm.native(L, "train_fwd")
     tr = pm.native(L, "train_fwd_bwd")
@@ -138,6 +138,7 @@ def test_native_backward_bytes_by_hand():
         "dsconv_dw",
         "dsconv_bwd_dwp",
         "dsconv_bwd_dx",
+        "colsum (dWp, dWd)",
     ]
     assert [(k.read, k.written) for k in bwd] == [
         (2 * Y + 4 * PC, red),  # dout, y, mean, var, gamma, beta -> partials of dz, dz yhat, yhat
@@ -145,9 +146,10 @@ def test_native_backward_bytes_by_hand():
         (2 * Y + WP + coef, dt),  # dt = Wp^T dy (dy formed from dout, y) to the workspace
         (X + WD, TWS),  # span tiles: t once for every K block of dsconv_bwd_dwp
         (TWS + 2 * Y + coef, WP),  # t, dy from (dout, y) -> dWp
-        (dt + X + WD, X + WD),  # dx and dWd from dt and x
+        (dt + X + WD, X + dwd),  # dx and the dWd partials from dt and x
+        (dwd, WD),
     ]
-    assert tr.bytes - fwd.bytes == 624 + 288 + 800 + 872 + 2 * TWS + 528
+    assert tr.bytes - fwd.bytes == 624 + 288 + 800 + 872 + 2 * TWS + 528 + 144
     rec = pm.native(L, "train_fwd_bwd", recompute=True)
     assert rec.impl == "native_recompute"
     dw, extra = rec.kernels[len(fwd.kernels) : len(fwd.kernels) + 2]
@@ -162,10 +164,10 @@ def test_native_half_precision_keeps_fp32_workspaces():
     tr = pm.native(L, "train_fwd_bwd", act_bytes=e)
     k = {kk.name: kk for kk in tr.kernels}
     assert k["dsconv_bwd_dt"].written == 1 * 2 * 16 * 4  # dt stays fp32
-    # One split, one tile group: dWd and dWp stored directly, in the activations' dtype.
-    assert k["dsconv_bwd_dx"].read == 1 * 2 * 16 * 4 + x + WD // 2 and k["dsconv_bwd_dx"].written == x + WD // 2
-    assert k["dsconv_bwd_dwp"].written == wp and "colsum (dWp, dWd)" not in k
-    # 16x16: 4 tiles, 4 dWp splits and 4 dx tile groups: fp32 partials, colsum casts.
+    # One split: dWp stored directly, in the activations' dtype; dWd through an fp32 partial row and colsum.
+    assert k["dsconv_bwd_dx"].read == 1 * 2 * 16 * 4 + x + WD // 2 and k["dsconv_bwd_dx"].written == x + 2 * 9 * 4
+    assert k["dsconv_bwd_dwp"].written == wp and k["colsum (dWp, dWd)"].written == WD // 2
+    # 16x16: 4 tiles, 4 dWp splits and 4 dx tile groups: fp32 partials, colsum casts both.
     l16 = pm.Layer("tiny16", n=1, c=2, k=4, h=16, w=16, stride=1, dilation=3)
     g = pm.native_geometry(l16)
     assert (g.splits, g.xgroups) == (4, 4)

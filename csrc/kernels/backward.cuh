@@ -507,9 +507,14 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Proble
       }
     }
 
-    // dy, 32 pixels at a time, then dWp += dy t^T over them.
+    // dy, 32 pixels at a time, then dWp += dy t^T over them. Span tiles: only over the tile's valid pixels
+    // (a prefix; the rest of dy and t is 0), in steps of 8: the last tile of b7 at batch 1 holds 4 of its
+    // 64 pixels, and 32 of the 128 blocks are that tile's.
+    const int nv = Tl::SPAN ? static_cast<int>(tile_count(p, p.wt, tile)) : BP;  // block-uniform
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
+      const int hv = nv - h * 32 < 32 ? nv - h * 32 : 32;
+      if (hv <= 0) break;  // (block-uniform: every thread leaves the tile's loop body here)
       if (p.cl) {
 #pragma unroll 4
         for (int j = 0; j < 16; ++j) {
@@ -561,7 +566,12 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Proble
         }
       }
       DSC_SYNC(30);  // dy half staged (and t complete)
-      mma_8x4_steps<kDwpK, 32>(acc, s.u.dyT[0], kDwpK + 4, s.tT[h * 32], kDwpC + 4, ty, tx);
+      if (hv == 32) {
+        mma_8x4_steps<kDwpK, 32>(acc, s.u.dyT[0], kDwpK + 4, s.tT[h * 32], kDwpC + 4, ty, tx);
+      } else {
+        for (int q8 = 0; q8 < hv; q8 += 8)
+          mma_8x4_steps<kDwpK, 8>(acc, s.u.dyT[q8], kDwpK + 4, s.tT[h * 32 + q8], kDwpC + 4, ty, tx);
+      }
       DSC_SYNC(31);  // dy half consumed
     }
   }
@@ -711,20 +721,13 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
 #pragma unroll
   for (int i = 0; i < 9; ++i) s.red[tid][i] = gw[i];
   DSC_SYNC(35);
-  // One tile group: the sums are final, stored as dWd where it is wanted (no partial row then).
-  const bool direct = p.xgroups == 1;
-  if (direct && (p.unwanted & kGradDw)) return;
   float* part = ws + L.dwd + static_cast<int64_t>(blockIdx.y) * p.C * 9;
-  T* __restrict__ dwd = static_cast<T*>(p.dwd);
   for (int e = tid; e < CC * 9; e += NT) {
     const int ch = e / 9, tap = e - ch * 9;
     if (c0 + ch >= p.C) continue;
     float t = 0.f;
     for (int u = 0; u < TPC; ++u) t += s.red[p.cl ? ch + u * CC : ch * TPC + u][tap];
-    if (direct)
-      dwd[(c0 + ch) * 9 + tap] = Cvt<T>::store(t);
-    else
-      part[(c0 + ch) * 9 + tap] = t;
+    part[(c0 + ch) * 9 + tap] = t;
   }
 }
 

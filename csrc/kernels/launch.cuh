@@ -168,10 +168,11 @@ void backward_convs(const Problem& p0, float* ws) {
         const int cc = p.cl ? DxWindow<S, D>::CCL : 8;
         if (want_dt) P::launch(dsconv_bwd_dx_kernel<T, S, D>, cdiv(p.C, cc), p.xgroups, 1, 256, p, ws);
       }));
-  // A job with no columns gets no colsum blocks (colsum_blocks_a / _b of 0): an unwanted gradient, or one
-  // split (one tile group), whose kernel stored the final sums itself.
+  // A job with no columns gets no colsum blocks (colsum_blocks_a / _b of 0): an unwanted gradient, or dWp
+  // from one split, which dsconv_bwd_dwp stored itself. (dsconv_bwd_dx always leaves dWd partials: a branch
+  // to store one group's sums directly made it spill 12-36 bytes on sm_61.)
   const ColsumJob<T> jwp{ws + L.dwp, p.splits, want_dwp && p.splits > 1 ? p.K * p.C : 0, static_cast<T*>(p.dwp)};
-  const ColsumJob<T> jwd{ws + L.dwd, p.xgroups, want_dwd && p.xgroups > 1 ? p.C * 9 : 0, static_cast<T*>(p.dwd)};
+  const ColsumJob<T> jwd{ws + L.dwd, p.xgroups, want_dwd ? p.C * 9 : 0, static_cast<T*>(p.dwd)};
   const int64_t blocks = colsum_blocks_a(jwp.cols) + colsum_blocks_b(jwd.cols);
   if (blocks > 0) P::launch(colsum_kernel<T>, blocks, 1, 1, 256, jwp, jwd);
 }

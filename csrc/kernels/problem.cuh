@@ -188,8 +188,8 @@ DSC_HD int64_t fwd_ws_floats(const Problem& p) {
 }
 
 // Backward workspace (fp32), offsets in floats: [3][rgroups][K] BN-gradient partials | [K][8] per-channel
-// dy coefficients | [splits][K][C] dWp partials (splits > 1) | [xgroups][C * 9] dWd partials (xgroups > 1) |
-// dt [bsplit][N, C, Ho, Wo]
+// dy coefficients | [splits][K][C] dWp partials (splits > 1) | [xgroups][C * 9] dWd partials | dt [bsplit][N,
+// C, Ho, Wo]
 // in x's layout (one plane per output-channel split of dsconv_bwd_dt, summed by dsconv_bwd_dx) | span tiles:
 // dsconv_dw's t [C][wt.ntiles x 64] for dsconv_bwd_dwp | with p.dyws: dy [N, K, Ho, Wo] in the activations'
 // layout (bn_bwd_dy).
@@ -201,9 +201,9 @@ DSC_HD BwdWs bwd_ws(const Problem& p) {
   w.red = 0;
   w.coef = w.red + (3 * p.rgroups * p.K + 3) / 4 * 4;  // 16-byte aligned: read as float4
   w.dwp = w.coef + 8 * p.K;
-  // (One split or one tile group: the kernel's sums are final and go straight to dWp / dWd, no partials.)
+  // (One split: dsconv_bwd_dwp's sums are final and go straight to dWp, no partials.)
   w.dwd = w.dwp + (p.splits > 1 ? static_cast<int64_t>(p.splits) * p.K * p.C : 0);
-  w.dt = w.dwd + (p.xgroups > 1 ? p.xgroups * p.C * 9 : 0);
+  w.dt = w.dwd + p.xgroups * p.C * 9;
   w.t = (w.dt + p.bsplit * p.N * p.C * p.Ho * p.Wo + 3) / 4 * 4;  // 16-byte aligned: read as float4
   w.dy = (w.t + (p.wt.cls == kTileSpan64 ? p.C * p.wt.ntiles * 64 : 0) + 3) / 4 * 4;
   w.total = w.dy + (p.dyws ? p.K * p.M : 0);
