@@ -675,6 +675,15 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
       const int hh = h_or_w0 + rr % 8 + d - (rr / 8) * d;
       return (hh < 0 || hh % S != 0 || hh / S >= lim) ? -1 : hh / S;
     };
+    // x at the thread's first two pixels (all of its pixels in NCHW), issued before the window so that
+    // they arrive while it is staged, not one latency per pixel after it.
+    auto x_off = [&](int j) -> int64_t {  // offset of pixel j of this thread, -1 outside the map / channels
+      const int px = pt + j * TPC, h = h0 + px / 8, w = w0 + px % 8;
+      if (j >= PPT || c >= p.C || h >= p.H || w >= p.W) return -1;
+      return xn + c * p.xs.c + static_cast<int64_t>(h) * p.xs.h + static_cast<int64_t>(w) * p.xs.w;
+    };
+    const int64_t xo0 = x_off(0), xo1 = x_off(1);
+    const float xp0 = Cvt<T>::ldg(x + (xo0 >= 0 ? xo0 : 0)), xp1 = Cvt<T>::ldg(x + (xo1 >= 0 ? xo1 : 0));
     // EU elements per thread at a time, each K split's EU loads issued before their adds (the dt partials
     // of the splits added in order). One element at a time, a thread waited one memory latency per element
     // and split (in order, as the simulator runs PTX): the window is ~7 elements per thread and the tile's
@@ -717,7 +726,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
         const int px = pt + j * TPC, a = px / 8, b = px % 8, h = h0 + a, w = w0 + b;
         if (h >= p.H || w >= p.W) continue;
         const int64_t off = xn + c * p.xs.c + static_cast<int64_t>(h) * p.xs.h + static_cast<int64_t>(w) * p.xs.w;
-        const float xv = Cvt<T>::ldg(x + off);
+        const float xv = j == 0 ? xp0 : j == 1 ? xp1 : Cvt<T>::ldg(x + off);
         float acc = 0.f;
 #pragma unroll
         for (int ti = 0; ti < 3; ++ti) {
