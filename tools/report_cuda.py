@@ -220,6 +220,7 @@ def parse_ptxas(log: str, arch: str) -> list[dict]:
     kernel appears once per translation unit that launches it (kept once: same sources, flags and ptxas)."""
     rows, cur = [], None
     entries, seen = [], set()
+    func = None  # the function whose "Function properties" the next stack / spill line describes
     for line in log.splitlines():
         m = re.search(r"Compiling entry function '(\w+)' for '(sm_\d+)'", line)
         if m:
@@ -230,9 +231,19 @@ def parse_ptxas(log: str, arch: str) -> list[dict]:
             continue
         if cur is None:
             continue
+        m = re.search(r"Function properties for (\w+)", line)
+        if m:
+            func = m.group(1)
+            continue
         m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
         if m:
-            cur["stack_bytes"], cur["spill_stores"], cur["spill_loads"] = map(int, m.groups())
+            stack, st, ld = map(int, m.groups())
+            if func in (None, cur["mangled"]):
+                cur["stack_bytes"], cur["spill_stores"], cur["spill_loads"] = stack, st, ld
+            else:  # a device function the kernel calls (printed after it): its spills are the kernel's too
+                cur["spill_stores"] = cur.get("spill_stores", 0) + st
+                cur["spill_loads"] = cur.get("spill_loads", 0) + ld
+            func = None
         m = re.search(r"Used (\d+) registers", line)
         if m:
             cur["registers"] = int(m.group(1))
