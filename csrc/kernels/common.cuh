@@ -35,7 +35,14 @@ typedef unsigned int uint32_t;
 #define DSC_LDG(ptr) __ldg(ptr)  // read-only path (ld.global.nc): inputs that no kernel of the launch writes
 #define DSC_DEVICE __device__ __forceinline__
 #define DSC_HD __host__ __device__ __forceinline__
+// A call kept out of its kernel's register allocation (dsconv_bwd_dwp's split sum). The simulator's build
+// (tools/sim) inlines it: GPGPU-Sim 4.2 crashes on that PTX call, and in PTX mode there are no registers
+// to protect, so only the call's few instructions differ.
+#if defined(DSC_SIM_INLINE_CALLS)
+#define DSC_NOINLINE __device__ __forceinline__
+#else
 #define DSC_NOINLINE __device__ __noinline__
+#endif
 #define DSC_GLOBAL __global__
 #define DSC_LAUNCH_BOUNDS(n) __launch_bounds__(n)
 // At least m resident blocks of n threads per SM: caps registers at 65536 / (n m) (the tiled kernels ask
