@@ -733,49 +733,16 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
       const int hh = h_or_w0 + rr % 8 + d - (rr / 8) * d;
       return (hh < 0 || hh % S != 0 || hh / S >= lim) ? -1 : hh / S;
     };
-    // x at the thread's first two pixels (all of its pixels in NCHW), issued before the window so that
-    // they arrive while it is staged, not one latency per pixel after it.
-    auto x_off = [&](int j) -> int64_t {  // offset of pixel j of this thread, -1 outside the map / channels
-      const int px = pt + j * TPC, h = h0 + px / 8, w = w0 + px % 8;
-      if (j >= PPT || c >= p.C || h >= p.H || w >= p.W) return -1;
-      return xn + c * p.xs.c + static_cast<int64_t>(h) * p.xs.h + static_cast<int64_t>(w) * p.xs.w;
-    };
-    const int64_t xo0 = x_off(0), xo1 = x_off(1);
-    const float xp0 = Cvt<T>::ldg(x + (xo0 >= 0 ? xo0 : 0)), xp1 = Cvt<T>::ldg(x + (xo1 >= 0 ? xo1 : 0));
-    // EU elements per thread at a time, each K split's EU loads issued before their adds (the dt partials
-    // of the splits added in order). One element at a time, a thread waited one memory latency per element
-    // and split (in order, as the simulator runs PTX): the window is ~7 elements per thread and the tile's
-    // arithmetic ~40 FMAs, so dx was all waiting.
-    constexpr int EU = 4;
-    for (int e0 = tid; e0 < CC * X::HALO; e0 += NT * EU) {
-      const float* sp[EU];
-      bool ok[EU];
-      int ch[EU], rq[EU];
-#pragma unroll
-      for (int u = 0; u < EU; ++u) {
-        const int e = e0 + u * NT;
-        ch[u] = p.cl ? e % CC : e / X::HALO;
-        rq[u] = p.cl ? e / CC : e % X::HALO;
-        const int rr = rq[u] / XR, qq = rq[u] - rr * XR;
-        const int ho = src(rr, h0, ho_lo, p.Ho), wo = src(qq, w0, wo_lo, p.Wo);
-        ok[u] = e < CC * X::HALO && c0 + ch[u] < p.C && ho >= 0 && ho < p.Ho && wo >= 0 && wo < p.Wo;
-        sp[u] = dt + (ok[u] ? dtn + (c0 + ch[u]) * dts.c + static_cast<int64_t>(ho) * dts.h +
-                                  static_cast<int64_t>(wo) * dts.w
-                            : 0);
-      }
-      float v[EU];
-#pragma unroll
-      for (int u = 0; u < EU; ++u) v[u] = sp[u][0];
-      for (int ks = 1; ks < p.bsplit; ++ks) {
-        float w[EU];
-#pragma unroll
-        for (int u = 0; u < EU; ++u) w[u] = sp[u][ks * dt_plane];
-#pragma unroll
-        for (int u = 0; u < EU; ++u) v[u] += w[u];
-      }
-#pragma unroll
-      for (int u = 0; u < EU; ++u)
-        if (e0 + u * NT < CC * X::HALO) s.win[ch[u]][rq[u]] = ok[u] ? v[u] : 0.f;
+    for (int e = tid; e < CC * X::HALO; e += NT) {
+      const int ch = p.cl ? e % CC : e / X::HALO, rq = p.cl ? e / CC : e % X::HALO;
+      const int rr = rq / XR, qq = rq - rr * XR;
+      const int ho = src(rr, h0, ho_lo, p.Ho), wo = src(qq, w0, wo_lo, p.Wo);
+      const bool ok = c0 + ch < p.C && ho >= 0 && ho < p.Ho && wo >= 0 && wo < p.Wo;
+      const float* src =
+          dt + (ok ? dtn + (c0 + ch) * dts.c + static_cast<int64_t>(ho) * dts.h + static_cast<int64_t>(wo) * dts.w : 0);
+      float v = src[0];
+      for (int ks = 1; ks < p.bsplit; ++ks) v += src[ks * dt_plane];  // dt partials of the K splits, in order
+      s.win[ch][rq] = ok ? v : 0.f;
     }
     DSC_SYNC(33);  // window staged
     if (c < p.C) {
@@ -784,7 +751,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
         const int px = pt + j * TPC, a = px / 8, b = px % 8, h = h0 + a, w = w0 + b;
         if (h >= p.H || w >= p.W) continue;
         const int64_t off = xn + c * p.xs.c + static_cast<int64_t>(h) * p.xs.h + static_cast<int64_t>(w) * p.xs.w;
-        const float xv = j == 0 ? xp0 : j == 1 ? xp1 : Cvt<T>::ldg(x + off);
+        const float xv = Cvt<T>::ldg(x + off);
         float acc = 0.f;
 #pragma unroll
         for (int ti = 0; ti < 3; ++ti) {
