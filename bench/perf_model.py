@@ -56,7 +56,7 @@ Assumptions (the same for every implementation, so the comparison is fair):
    the lower bound, not a prediction of achieved speed.
 7. Native: tiles are 8x8 output pixels *of one image* (N * ceil(Ho/8) * ceil(Wo/8) tiles, so a 7x7
    layer has one 49-pixel tile per image); every workspace is sized as ``bwd_ws`` /
-   ``forward_ws_floats`` size it (dWp partials ``[splits, K, C]`` with plan.cuh's ``splits``, none
+   ``forward_ws_floats`` size it (dWp partials ``[splits, K, C]`` with plan.cuh's ``splits``, unused
    with one split: the kernel stores dWp; dWd partials ``[xgroups, C*9]``; dt ``[N, C, Ho, Wo]`` fp32,
    written by the dt kernel and read back by dx). Eval counts the per-call BN fold into Wp (``fold_bn``, torch ops on [K, C]). FLOPs are the
    ones the kernels execute: the tile GEMMs run over whole 64-pixel tiles and 64-channel (forward:
@@ -384,7 +384,7 @@ def native_geometry(layer: Layer) -> NativeGeometry:
     red = 0
     coef = red + (3 * rgroups * l.k + 3) // 4 * 4
     dwp = coef + 8 * l.k
-    dwd = dwp + (splits * l.k * l.c if splits > 1 else 0)  # one split: dsconv_bwd_dwp stores dWp (problem.cuh)
+    dwd = dwp + splits * l.k * l.c  # (unused with one split: dsconv_bwd_dwp stores dWp then)
     dt = dwd + xgroups * l.c * 9
     # then (16-byte aligned) dsconv_dw's t [C][tiles x 64] for dsconv_bwd_dwp on span tiles, then (aligned)
     # bn_bwd_dy's dy [K][M] where dt and dWp would form dy more than 3 times over (input-channel blocks)

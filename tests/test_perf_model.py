@@ -85,10 +85,10 @@ def test_native_geometry_tiny():
     assert (g.k_blocks, g.c_blocks) == (1, 1)
     # [mean | M2] x [1 tile, K], [scale | shift] x [K], dsconv_dw's t [C][1 tile x 64]
     assert g.fwd_ws_floats == 2 * 1 * 4 + 2 * 4 + 2 * 64
-    # red [3][1][4] = 12 floats (already a multiple of 4), coef [4][8], no dWp partials (one split: the kernel
-    # stores dWp), dWd [1][2*9], dt [1,2,4,4]
-    assert (g.bwd_red, g.bwd_coef, g.bwd_dwp, g.bwd_dwd, g.bwd_dt) == (0, 12, 44, 44, 62)
-    assert g.bwd_total == 96 + 2 * 64  # dt ends at 62 + 2 * 16 = 94, + dsconv_dw's t [C][1 x 64] at 96
+    # red [3][1][4] = 12 floats (already a multiple of 4), coef [4][8], dWp [1][4][2] (unused: one split, the
+    # kernel stores dWp), dWd [1][2*9], dt [1,2,4,4]
+    assert (g.bwd_red, g.bwd_coef, g.bwd_dwp, g.bwd_dwd, g.bwd_dt) == (0, 12, 44, 52, 70)
+    assert g.bwd_total == 104 + 2 * 64  # dt ends at 70 + 2 * 16 = 102, + dsconv_dw's t [C][1 x 64] at 104
 
 
 def test_native_eval_bytes_by_hand():
