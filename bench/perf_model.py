@@ -287,7 +287,6 @@ DT_BC = {"span64": 128, "span128": 64}  # dsconv_bwd_dt input channels per block
 DWP_BK, DWP_BC = 128, 64  # dsconv_bwd_dwp block: 128 output x 64 input channels
 SPLITS_TARGET_BLOCKS = 256  # plan.cuh set_geometry: splits = cdiv(256, dwp blocks) ...
 SPLITS_MAX = 64  # ... capped at 64 and at the dWp tiles, at least 1; then the fewest with no more rounds
-DWP_FIN_MAX = 8  # problem.cuh kDwpFinMax: up to this many splits, dsconv_bwd_dwp's last block adds them
 SPAN_MAX_WO = 56  # plan.cuh DSC_SPAN_MAX_WO: the widest output map on span tiles
 WAVE = 56  # plan.cuh kFwdWave: dsconv_fwd / dsconv_bwd_dt split their reduction axis below this many blocks
 DY_FLOPS = 6  # dy_of: y - mu, z, threshold, A dz + b2 (y - mu) + c2, per element
@@ -339,8 +338,6 @@ class NativeGeometry:
     bwd_total: int  # backward_ws_floats (span tiles: + dsconv_dw's t [C][tiles x 64] for dsconv_bwd_dwp)
     dyws: int  # 1: bn_bwd_dy stores dy once for dsconv_bwd_dt and dsconv_bwd_dwp (plan.cuh)
     bwd_dy: int  # offset of that dy [N, K, Ho, Wo] (16-byte aligned; K M floats when dyws)
-    dwp_fin: int  # 1: dsconv_bwd_dwp's last block per (K block, C block) adds the splits (1 < splits <= 8)
-    bwd_cnt: int  # offset of its arrival counters (one per K block x C block, when dwp_fin)
 
 
 def native_geometry(layer: Layer) -> NativeGeometry:
@@ -390,9 +387,7 @@ def native_geometry(layer: Layer) -> NativeGeometry:
     # bn_bwd_dy's dy [K][M] where dt and dWp would form dy more than 3 times over (input-channel blocks)
     dyws = int(_cdiv(l.c, DT_BC[dt_tile]) + _cdiv(l.c, DWP_BC) > 3 and l.k * l.m < 2**31)
     dy = ((dt + bsplit * l.n * l.c * l.ho * l.wo + 3) // 4 * 4 + (l.c * dwp_tiles * 64 if span else 0) + 3) // 4 * 4
-    dwp_fin = int(1 < splits <= DWP_FIN_MAX)
-    cnt = dy + (l.k * l.m if dyws else 0)
-    total = cnt + (dwp_blocks if dwp_fin else 0)
+    total = dy + (l.k * l.m if dyws else 0)
     part = fsplit * ntiles * k_blocks * FWD_BK[fwd_tile] * FWD_BP[fwd_tile] if fsplit > 1 else 0  # BK x BP floats each
     fwd_ws = (2 * ntiles * l.k + 3) // 4 * 4 + (2 * l.k + 3) // 4 * 4 + part  # (training) partials, scale | shift
     if span:  # dsconv_dw's t [C][ntiles x 64] for the span path of dsconv_fwd
@@ -421,8 +416,6 @@ def native_geometry(layer: Layer) -> NativeGeometry:
         total,
         dyws,
         dy,
-        dwp_fin,
-        cnt,
     )
 
 
@@ -434,8 +427,7 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
     out's storage and normalises in place: the same bytes); backward: (recompute: ``dsconv_fwd`` in y-only
     mode into a temporary), ``bn_bwd_reduce``, ``bn_bwd_finalize``, (``bn_bwd_dy``,) ``dsconv_bwd_dt``,
     ``dsconv_bwd_dwp``, ``dsconv_bwd_dx`` (with the dWd partials), ``colsum`` (the dWp and dWd partials, one
-    launch; dWp only with more than DWP_FIN_MAX splits: with one, dsconv_bwd_dwp stores dWp, and with a few
-    its last block per (K block, C block) reads the splits' partials back and stores it).
+    launch; dWp not there with one split, which dsconv_bwd_dwp stores directly).
     """
     _check_mode(mode)
     l, e = layer, act_bytes
@@ -517,8 +509,6 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
         red = 3 * g.rgroups * l.k * F32
         # fp32 partials (dWp: where its pixels are split over blocks; one split: the kernel stores dWp)
         dwp_part = g.splits * l.k * l.c * F32 if g.splits > 1 else 0
-        dwp_fin = dwp_part if g.dwp_fin else 0  # read back by the last blocks, which store dWp
-        dwp_col = 0 if g.dwp_fin else dwp_part  # read by colsum
         dwd_part = g.xgroups * l.c * 9 * F32
         dt = te * F32  # fp32 workspace whatever the activation dtype
         coef = 8 * l.k * F32
@@ -551,17 +541,15 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
             ),
             Kernel(
                 "dsconv_bwd_dwp",
-                (l.c * dwp_px * F32 if span else x + wd) + dy_in + dwp_fin,
-                (dwp_part + (wp if dwp_fin else 0)) or wp,
+                (l.c * dwp_px * F32 if span else x + wd) + dy_in,
+                dwp_part or wp,
                 (0 if span else 2 * 9 * dwp_px * dwp_cb * DWP_BC * dwp_kb)
                 + dy_flops * dwp_cb
-                + 2 * dwp_px * dwp_kb * DWP_BK * dwp_cb * DWP_BC
-                + (g.splits * l.k * l.c if dwp_fin else 0),
+                + 2 * dwp_px * dwp_kb * DWP_BK * dwp_cb * DWP_BC,
                 (dwp_kb - 1) * (l.c * dwp_px * F32 if span else x) + (dwp_cb - 1) * dy_in,
                 0,
                 f"{'t' if span else 'x'} once per {DWP_BK}-channel K block ({dwp_kb}x), {dy_what} once per "
-                f"{DWP_BC}-channel C block ({dwp_cb}x); {g.splits} split(s)"
-                + ("; the last block of each adds them" if dwp_fin else ""),
+                f"{DWP_BC}-channel C block ({dwp_cb}x); {g.splits} split(s)",
             ),
             Kernel(
                 "dsconv_bwd_dx",
@@ -571,12 +559,12 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
                 note="dt window per 8x8 input tile; dx and the dWd partials from the same dt taps",
             ),
         ]
-        ks.append(  # one launch for both; the dWp job has blocks only with many splits
+        ks.append(  # one launch for both; the dWp job has no blocks with one split
             Kernel(
                 "colsum (dWp, dWd)",
-                dwp_col + dwd_part,
-                (wp if dwp_col else 0) + wd,
-                (g.splits * l.k * l.c if dwp_col else 0) + g.xgroups * l.c * 9,
+                dwp_part + dwd_part,
+                (wp if dwp_part else 0) + wd,
+                (g.splits * l.k * l.c if dwp_part else 0) + g.xgroups * l.c * 9,
             )
         )
     return Traffic(layer, impl, mode, ks)

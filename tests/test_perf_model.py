@@ -167,22 +167,13 @@ def test_native_half_precision_keeps_fp32_workspaces():
     # One split: dWp stored directly, in the activations' dtype; dWd through an fp32 partial row and colsum.
     assert k["dsconv_bwd_dx"].read == 1 * 2 * 16 * 4 + x + WD // 2 and k["dsconv_bwd_dx"].written == x + 2 * 9 * 4
     assert k["dsconv_bwd_dwp"].written == wp and k["colsum (dWp, dWd)"].written == WD // 2
-    # 16x16: 4 tiles, 4 dWp splits: the last dWp block of the (only) channel block reads the fp32 partials
-    # back and stores dWp; 4 dx tile groups: dWd's fp32 partials, colsum casts.
+    # 16x16: 4 tiles, 4 dWp splits and 4 dx tile groups: fp32 partials, colsum casts both.
     l16 = pm.Layer("tiny16", n=1, c=2, k=4, h=16, w=16, stride=1, dilation=3)
     g = pm.native_geometry(l16)
-    assert (g.splits, g.dwp_fin, g.xgroups) == (4, 1, 4)
+    assert (g.splits, g.xgroups) == (4, 4)
     k = {kk.name: kk for kk in pm.native(l16, "train_fwd_bwd", act_bytes=e).kernels}
-    part = 4 * 4 * 2 * 4  # [4 splits][K][C] fp32
-    assert k["dsconv_bwd_dwp"].written == part + wp and k["dsconv_bwd_dx"].written == 2 * 256 * e + 4 * 2 * 9 * 4
-    assert k["colsum (dWp, dWd)"].read == 4 * 2 * 9 * 4 and k["colsum (dWp, dWd)"].written == WD // 2
-    # 32x32: 16 splits, more than the last block adds: colsum sums and casts both.
-    l32 = pm.Layer("tiny32", n=1, c=2, k=4, h=32, w=32, stride=1, dilation=3)
-    g = pm.native_geometry(l32)
-    assert (g.splits, g.dwp_fin, g.xgroups) == (16, 0, 16)
-    k = {kk.name: kk for kk in pm.native(l32, "train_fwd_bwd", act_bytes=e).kernels}
-    assert k["dsconv_bwd_dwp"].written == 16 * 4 * 2 * 4
-    assert k["colsum (dWp, dWd)"].read == (16 * 4 * 2 + 16 * 2 * 9) * 4
+    assert k["dsconv_bwd_dwp"].written == 4 * 4 * 2 * 4 and k["dsconv_bwd_dx"].written == 2 * 256 * e + 4 * 2 * 9 * 4
+    assert k["colsum (dWp, dWd)"].read == (4 * 4 * 2 + 4 * 2 * 9) * 4
     assert k["colsum (dWp, dWd)"].written == wp + WD // 2
     ev = pm.native(L, "eval", act_bytes=e).kernels[0]  # fold: cast to fp32, multiply, cast back
     assert (ev.read, ev.written) == (4 * 2 * (2 + 8) + 4 * PC, 4 * 2 * (2 + 8) + PC)
@@ -245,12 +236,12 @@ int main() {
     dsc::set_geometry(p, N, C, K, H, W, s, d);
     p.mode = dsc::kTrain;
     const dsc::BwdWs L = dsc::bwd_ws(p);
-    std::printf("%d %lld %d %lld %d %lld %d %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %d %d %d %lld %d %lld\n", p.ft.cls,
+    std::printf("%d %lld %d %lld %d %lld %d %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %d %d %d %lld\n", p.ft.cls,
                 (long long)p.ft.ntiles, p.wt.cls, (long long)p.wt.ntiles, p.bt.cls, (long long)p.bt.ntiles, p.splits,
                 (long long)p.rgroups, (long long)p.xtiles, (long long)p.xgroups, (long long)dsc::forward_ws_floats(p),
                 (long long)L.red, (long long)L.coef, (long long)L.dwp, (long long)L.dwd, (long long)L.dt,
                 (long long)dsc::backward_ws_floats(p), (long long)p.span_rows, p.fsplit, p.bsplit, p.dyws,
-                (long long)L.dy, p.dwp_fin, (long long)L.cnt);
+                (long long)L.dy);
   }
 }
 """
@@ -305,8 +296,6 @@ def test_native_geometry_matches_plan_cuh(tmp_path):
             g.bsplit,
             g.dyws,
             g.bwd_dy,
-            g.dwp_fin,
-            g.bwd_cnt,
         ) == (cls[cpp[0]], cpp[1], cls[cpp[2]], *cpp[3:4], cls[cpp[4]], *cpp[5:]), l
 
 

@@ -19,7 +19,4 @@ struct CudaPolicy {
              c10::cuda::getCurrentCUDAStream()>>>(args...);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  static void zero(float* p, int64_t n) {
-    C10_CUDA_CHECK(cudaMemsetAsync(p, 0, static_cast<size_t>(n) * sizeof(float), c10::cuda::getCurrentCUDAStream()));
-  }
 };

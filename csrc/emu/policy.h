@@ -66,5 +66,4 @@ struct EmuPolicy {
     emu::launch(emu::dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy), static_cast<unsigned>(gz)),
                 emu::dim3(static_cast<unsigned>(threads)), [&] { kernel(args...); });
   }
-  static void zero(float* p, int64_t n) { std::memset(p, 0, static_cast<size_t>(n) * sizeof(float)); }
 };

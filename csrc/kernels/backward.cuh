@@ -407,47 +407,7 @@ struct DwpSmem {
   float cf[5][kDwpK];  // dy's coefficients of the block's output channels (NCHW: a thread forms dy for 16 of them)
   int64_t sg[Tl::BP], sa[Tl::BP];
   int row[kSpanRowsMax];
-  unsigned ticket[8];  // p.dwp_fin: each warp's arrival number
 };
-
-// dsconv_bwd_dwp's last block of a (K block, C block): dWp = the splits' partials added in split order (as
-// colsum adds them: the same bits), for this thread's 8 x 4 outputs. A call, not inlined: in the kernel's
-// body its loads and sums spilled 4-32 bytes on sm_61, where the GEMM already holds 128 registers. (Scalars,
-// not the Problem: a reference to the kernel parameter copies all of it to the stack.)
-template <class T>
-DSC_NOINLINE void dwp_finish(int64_t K, int64_t C, int splits, const float* part, T* __restrict__ dwp, int64_t k0,
-                             int64_t cb, int ty, int tx) {
-  const int64_t kc = K * C;
-  int64_t off[8];  // this thread's row starts, -1 past K
-#pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const int64_t k = k0 + mma_row<kDwpK>(ty, i);
-    off[i] = k < K ? k * C + cb + tx * 4 : -1;
-  }
-  const int nc = C - (cb + tx * 4) < 4 ? static_cast<int>(C - (cb + tx * 4)) : 4;  // columns of this thread
-  float acc[8][4];
-#pragma unroll
-  for (int i = 0; i < 8; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
-  for (int z = 0; z < splits; ++z) {  // a split's 32 loads before its adds
-    const float* pz = part + z * kc;
-    float v[8][4];
-#pragma unroll
-    for (int i = 0; i < 8; ++i)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) v[i][j] = DSC_LDCG(pz + (off[i] >= 0 && j < nc ? off[i] + j : 0));
-#pragma unroll
-    for (int i = 0; i < 8; ++i)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) acc[i][j] += v[i][j];
-  }
-#pragma unroll
-  for (int i = 0; i < 8; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-      if (off[i] >= 0 && j < nc) dwp[off[i] + j] = Cvt<T>::store(acc[i][j]);
-}
 
 template <class T, class Tl, int S, int D>
 DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Problem p, float* ws) {
@@ -634,24 +594,6 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Proble
         part[k * p.C + c] = acc[i][j];
     }
   }
-  if (!p.dwp_fin) return;
-  // A few splits: the last block of this (K block, C block) to arrive adds the splits' partials in split
-  // order (as colsum would: the same bits) and stores dWp. A warp arrives once its stores are fenced; the
-  // block is last when one of its warps drew the last of the splits x 8 arrival numbers.
-  __syncwarp();
-  const int lane = tid % 32, warp = tid / 32;
-  if (lane == 0) {
-    DSC_THREADFENCE();
-    unsigned* cnt = reinterpret_cast<unsigned*>(ws + L.cnt) + blockIdx.y * gridDim.x + blockIdx.x;
-    s.ticket[warp] = atomicAdd(cnt, 1u);
-  }
-  DSC_SYNC(36);  // every warp's arrival number in shared memory
-  unsigned last = 0;
-#pragma unroll
-  for (int w = 0; w < 8; ++w) last = s.ticket[w] > last ? s.ticket[w] : last;
-  if (last != static_cast<unsigned>(p.splits) * 8u - 1u) return;
-  DSC_THREADFENCE();
-  dwp_finish<T>(p.K, p.C, p.splits, ws + L.dwp, dwp, k0, cb, ty, tx);
 }
 
 // ---------------------------------------------------------------------------------------------

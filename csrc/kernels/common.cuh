@@ -35,14 +35,6 @@ typedef unsigned int uint32_t;
 #define DSC_LDG(ptr) __ldg(ptr)  // read-only path (ld.global.nc): inputs that no kernel of the launch writes
 #define DSC_DEVICE __device__ __forceinline__
 #define DSC_HD __host__ __device__ __forceinline__
-// A call kept out of its kernel's register allocation (dsconv_bwd_dwp's split sum). The simulator's build
-// (tools/sim) inlines it: GPGPU-Sim 4.2 crashes on that PTX call, and in PTX mode there are no registers
-// to protect, so only the call's few instructions differ.
-#if defined(DSC_SIM_INLINE_CALLS)
-#define DSC_NOINLINE __device__ __forceinline__
-#else
-#define DSC_NOINLINE __device__ __noinline__
-#endif
 #define DSC_GLOBAL __global__
 #define DSC_LAUNCH_BOUNDS(n) __launch_bounds__(n)
 // At least m resident blocks of n threads per SM: caps registers at 65536 / (n m) (the tiled kernels ask
@@ -51,23 +43,15 @@ typedef unsigned int uint32_t;
 // Shared memory: one struct per kernel, so the emulator can hand out one poisoned arena for it.
 #define DSC_SHARED(Type, name) __shared__ Type name
 #define DSC_RSQRT(v) rsqrtf(v)
-// A split reduction finished by its last block to arrive (dsconv_bwd_dwp): a device-wide fence between a
-// warp's partial stores and its arrival count, and the other blocks' partials loaded through L2 (ld.cg, not
-// the read-only path, which may hold lines from before they were written).
-#define DSC_THREADFENCE() __threadfence()
-#define DSC_LDCG(ptr) __ldcg(ptr)
 #else
 #define DSC_LDG(ptr) (*(ptr))
 #define DSC_DEVICE inline
 #define DSC_HD inline
-#define DSC_NOINLINE inline
 #define DSC_GLOBAL inline
 #define DSC_LAUNCH_BOUNDS(n)
 #define DSC_LAUNCH_BOUNDS_MIN(n, m)
 #define DSC_SHARED(Type, name) Type& name = *static_cast<Type*>(::emu::shared_arena(sizeof(Type)))
 #define DSC_RSQRT(v) (1.0f / std::sqrt(v))
-#define DSC_THREADFENCE() std::atomic_thread_fence(std::memory_order_seq_cst)
-#define DSC_LDCG(ptr) (*(ptr))
 #endif
 
 // DSC_SYNC(id): every block barrier of the kernels goes through this, with an id unique across

@@ -4,7 +4,6 @@
 //
 // A policy provides:  template <class K, class... A> static void launch(K kernel, int64_t gx, int64_t gy,
 //                     int64_t gz, int threads, A... args);   // launches and checks the launch
-//                     static void zero(float* p, int64_t n);  // n floats of workspace to 0, in stream order
 #pragma once
 
 #include "fused.cuh"
@@ -156,7 +155,6 @@ void backward_convs(const Problem& p0, float* ws) {
   DSC_DISPATCH_STRIDE(
       p.stride, DSC_DISPATCH_DILATION(p.dil, {
         if (want_dwp) {
-          if (p.dwp_fin) P::zero(ws + L.cnt, dwp_counters(p));  // the arrival counters (4 bytes each)
           if (p.wt.cls == kTileRect8x8)
             P::launch(dsconv_bwd_dwp_kernel<T, TileRect8x8, S, D>, cdiv(p.K, kDwpK), cdiv(p.C, kDwpC), p.splits, 256, p,
                       ws);
@@ -171,10 +169,9 @@ void backward_convs(const Problem& p0, float* ws) {
         if (want_dt) P::launch(dsconv_bwd_dx_kernel<T, S, D>, cdiv(p.C, cc), p.xgroups, 1, 256, p, ws);
       }));
   // A job with no columns gets no colsum blocks (colsum_blocks_a / _b of 0): an unwanted gradient, or dWp
-  // from one split or a few (p.dwp_fin), which dsconv_bwd_dwp stored itself. (dsconv_bwd_dx always leaves dWd partials:
-  // a branch to store one group's sums directly made it spill 12-36 bytes on sm_61.)
-  const ColsumJob<T> jwp{ws + L.dwp, p.splits, want_dwp && p.splits > 1 && !p.dwp_fin ? p.K * p.C : 0,
-                         static_cast<T*>(p.dwp)};
+  // from one split, which dsconv_bwd_dwp stored itself. (dsconv_bwd_dx always leaves dWd partials: a branch
+  // to store one group's sums directly made it spill 12-36 bytes on sm_61.)
+  const ColsumJob<T> jwp{ws + L.dwp, p.splits, want_dwp && p.splits > 1 ? p.K * p.C : 0, static_cast<T*>(p.dwp)};
   const ColsumJob<T> jwd{ws + L.dwd, p.xgroups, want_dwd ? p.C * 9 : 0, static_cast<T*>(p.dwd)};
   const int64_t blocks = colsum_blocks_a(jwp.cols) + colsum_blocks_b(jwd.cols);
   if (blocks > 0) P::launch(colsum_kernel<T>, blocks, 1, 1, 256, jwp, jwd);

@@ -125,10 +125,6 @@ inline void set_geometry(Problem& p, int64_t N, int64_t C, int64_t K, int64_t H,
       break;
     }
   p.splits = static_cast<int>(splits);
-  // A few splits: the last block to arrive adds them (the partials it reads are fresh in L2, and there is no
-  // colsum pass over [splits, K, C]: 30 k cycles on b7 at batch 1, SIMULATED). Many splits (b1-b4 at batch 1,
-  // 25-49): colsum, whose blocks each add a few columns of every split, instead of one block's long chain.
-  p.dwp_fin = (splits > 1 && splits <= kDwpFinMax) ? 1 : 0;
   // dy stored once (bn_bwd_dy) where dsconv_bwd_dt and dsconv_bwd_dwp would form it from dout and y more
   // than three times over in all (once per input-channel block each): that reads 2 K M values per block,
   // against 3 K M once (dout, y in; dy out) and K M per block. b5-b9 of the classifier (C >= 256: 6 to 24

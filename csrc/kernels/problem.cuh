@@ -78,9 +78,7 @@ struct Problem {
   int bsplit;      // dsconv_bwd_dt: blocks the output channels are split over (small maps), dt partial planes
   int64_t ksplit;  // output channels per split (a multiple of 8)
   int64_t xtiles_w, xtiles_img, xtiles, xgroups;
-  int dyws;     // 1: bn_bwd_dy forms dy once into the workspace for dsconv_bwd_dt and dsconv_bwd_dwp (plan.cuh)
-  int dwp_fin;  // 1: dsconv_bwd_dwp's last block per (K block, C block) sums the splits' partials itself
-                // (1 < splits <= kDwpFinMax: no colsum job for dWp; plan.cuh)
+  int dyws;  // 1: bn_bwd_dy forms dy once into the workspace for dsconv_bwd_dt and dsconv_bwd_dwp (plan.cuh)
 
   const void* x;
   Str4 xs;
@@ -125,7 +123,6 @@ using TileSpan128 = TileShape<64, 8, 16, true>;
 constexpr int kSpanHalo = 800;          // span tiles: staged input floats per channel (host-checked bound)
 constexpr int kSpanRowsMax = 128;       // span tiles: staged rows (host-checked bound)
 constexpr int kDwpK = 128, kDwpC = 64;  // dsconv_bwd_dwp's block of dWp: output x input channels
-constexpr int kDwpFinMax = 8;           // most dWp splits the last block adds itself (each one more latency)
 
 // First output row / column of rect tile t (t < 2^32: grid y * z). 32-bit division: a 64-bit one is a
 // subroutine call on the GPU.
@@ -194,14 +191,10 @@ DSC_HD int64_t fwd_ws_floats(const Problem& p) {
 // dy coefficients | [splits][K][C] dWp partials | [xgroups][C * 9] dWd partials | dt [bsplit][N, C, Ho, Wo]
 // in x's layout (one plane per output-channel split of dsconv_bwd_dt, summed by dsconv_bwd_dx) | span tiles:
 // dsconv_dw's t [C][wt.ntiles x 64] for dsconv_bwd_dwp | with p.dyws: dy [N, K, Ho, Wo] in the activations'
-// layout (bn_bwd_dy) | with p.dwp_fin: dsconv_bwd_dwp's arrival counters.
+// layout (bn_bwd_dy).
 struct BwdWs {
-  int64_t red, coef, dwp, dwd, dt, t, dy, cnt, total;
+  int64_t red, coef, dwp, dwd, dt, t, dy, total;
 };
-// dsconv_bwd_dwp's arrival counters (uint32, one per K block x C block; zeroed before each launch).
-DSC_HD int64_t dwp_counters(const Problem& p) {
-  return p.dwp_fin ? ((p.K + kDwpK - 1) / kDwpK) * ((p.C + kDwpC - 1) / kDwpC) : 0;
-}
 DSC_HD BwdWs bwd_ws(const Problem& p) {
   BwdWs w;
   w.red = 0;
@@ -213,8 +206,7 @@ DSC_HD BwdWs bwd_ws(const Problem& p) {
   w.dt = w.dwd + p.xgroups * p.C * 9;
   w.t = (w.dt + p.bsplit * p.N * p.C * p.Ho * p.Wo + 3) / 4 * 4;  // 16-byte aligned: read as float4
   w.dy = (w.t + (p.wt.cls == kTileSpan64 ? p.C * p.wt.ntiles * 64 : 0) + 3) / 4 * 4;
-  w.cnt = w.dy + (p.dyws ? p.K * p.M : 0);
-  w.total = w.cnt + dwp_counters(p);
+  w.total = w.dy + (p.dyws ? p.K * p.M : 0);
   return w;
 }
 

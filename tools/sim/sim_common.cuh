@@ -83,13 +83,6 @@ struct SimPolicy {
     kernel<<<dim3((unsigned)gx, (unsigned)gy, (unsigned)gz), threads>>>(args...);
     SIM_CK(cudaGetLastError());
   }
-  // (The simulator performs a memset functionally, without timing it: on a GPU it is one more small
-  // operation in the stream.)
-  static void zero(float* p, int64_t n) {
-    std::printf("[sim] memset %lld bytes\n", (long long)n * 4);
-    if (dry_run()) return;
-    SIM_CK(cudaMemset(p, 0, (size_t)n * sizeof(float)));
-  }
 };
 
 // The same, for kernels with 2-D grids and blocks (the unfused baseline).

@@ -211,9 +211,7 @@ def build(program: str, dtype: str, out_dir: Path, log=print) -> Path:
     src, _ = PROGRAMS[program]
     out_dir = Path(out_dir).resolve()
     exe = out_dir / f"{program}_{dtype}_{program_hash(program)}"
-    return build_source(
-        SIM_DIR / src, exe, [ROOT / "csrc", SIM_DIR], [f"-DSIM_DTYPE={DTYPES[dtype]}", "-DDSC_SIM_INLINE_CALLS"], log
-    )
+    return build_source(SIM_DIR / src, exe, [ROOT / "csrc", SIM_DIR], [f"-DSIM_DTYPE={DTYPES[dtype]}"], log)
 
 
 def build_source(src: Path, exe: Path, includes: list[Path], flags: list[str], log=print) -> Path:
