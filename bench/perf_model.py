@@ -58,9 +58,9 @@ Assumptions (the same for every implementation, so the comparison is fair):
    layer has one 49-pixel tile per image); every workspace is sized as ``bwd_ws`` /
    ``forward_ws_floats`` size it (dWp partials ``[splits, K, C]`` with plan.cuh's ``splits``, unused
    with one split: the kernel stores dWp; dWd partials ``[xgroups, C*9]``; dt ``[N, C, Ho, Wo]`` fp32,
-   written by the dt kernel and read back by dx). Eval counts the per-call BN fold into Wp (``fold_bn``, torch ops on [K, C]). FLOPs are the
-   ones the kernels execute: the tile GEMMs run over whole 64-pixel tiles and 64-channel (forward:
-   16-input-channel) blocks, zero padding included; dy is rebuilt (7 FLOPs per element) in every
+   written by the dt kernel and read back by dx). Eval counts the per-call BN fold into Wp (``fold_bn``,
+   torch ops on [K, C]). FLOPs are the ones the kernels execute: the tile GEMMs run over whole 64-pixel
+   tiles and 64-channel (forward: 16-input-channel) blocks, zero padding included; dy is rebuilt (7 FLOPs per element) in every
    kernel that reads it. ``Kernel.reread`` = bytes of *activation* re-reads along grid axes (x once
    per 64-channel K block of the forward and dWp kernels; dout and y once per 64-channel C block of
    the dWp and dt kernels), beyond the compulsory read; ``Kernel.reread_far`` = the part of it whose
@@ -332,7 +332,7 @@ class NativeGeometry:
     # [BK x BP] (eval: only those), then for span tiles dsconv_dw's t [C][ntiles x 64]
     bwd_red: int  # bwd_ws offsets, in floats: [3][rgroups][K] BN-gradient partials
     bwd_coef: int  # [K][8] dy coefficients (16-byte aligned)
-    bwd_dwp: int  # [splits][K][C] dWp partials (splits > 1; else dsconv_bwd_dwp stores dWp itself)
+    bwd_dwp: int  # [splits][K][C] dWp partials (unused with one split: dsconv_bwd_dwp stores dWp itself)
     bwd_dwd: int  # [xgroups][C * 9] dWd partials
     bwd_dt: int  # dt [N, C, Ho, Wo], fp32
     bwd_total: int  # backward_ws_floats (span tiles: + dsconv_dw's t [C][tiles x 64] for dsconv_bwd_dwp)
