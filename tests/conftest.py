@@ -31,10 +31,13 @@ def pytest_collection_finish(session):
         return
     import prebuild
 
+    modules = {}
     for item in session.items:
-        fn = getattr(item.module, "prebuild", None)
-        if callable(fn):
-            prebuild.start(item.module.__name__, fn)
+        if callable(getattr(item.module, "prebuild", None)):
+            modules.setdefault(item.module.__name__, item.module)
+    # Longest first (a module's PREBUILD_ORDER, default 1), so that the last build to start is a short one.
+    for name, module in sorted(modules.items(), key=lambda m: getattr(m[1], "PREBUILD_ORDER", 1)):
+        prebuild.start(name, module.prebuild)
 
 
 def pytest_sessionfinish(session):

@@ -29,9 +29,10 @@ def _yield_to_the_tests() -> None:
         pass
 
 
-# One worker per module with a prebuild, so that all start at once: queued last, the single-threaded NVRTC
-# compile of the report (sm_61) was the suite's tail.
-_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="prebuild", initializer=_yield_to_the_tests)
+# Two builds at a time (each parallel itself: cmake / ninja -j 2), longest first (conftest.py: a module's
+# PREBUILD_ORDER): the single-threaded NVRTC compile of the report (sm_61) first, as queued last it was the
+# suite's tail. All four at once put up to seven compilers on the two cores beside the tests.
+_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prebuild", initializer=_yield_to_the_tests)
 _jobs: dict[str, Future] = {}
 _fns: dict[str, Callable] = {}
 _procs: set[subprocess.Popen] = set()

@@ -68,6 +68,9 @@ def test_barrier_ids_are_unique_and_every_kernel_is_listed():
     } == set(b), b
 
 
+PREBUILD_ORDER = 2  # the shortest of the background builds (tests/prebuild.py): after the extension builds
+
+
 def prebuild():
     """Configure, build and ctest (started in the background when collection ends: tests/prebuild.py).
     Returns the build directory and the three processes' results, or None without cmake/ctest."""

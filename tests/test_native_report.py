@@ -46,6 +46,9 @@ def _build_log(arch: str) -> str | None:
         return None
 
 
+PREBUILD_ORDER = 0  # one NVRTC thread for two minutes: first, or it is the suite's tail (tests/prebuild.py)
+
+
 def prebuild():
     """sm_61's rows (or why not), compiled in the background (tests/prebuild.py)."""
     rep = _report()
