@@ -286,7 +286,7 @@ FWD_BC = 8  # dsconv_fwd input channels per depthwise chunk (4 for windows over 
 DT_BC = {"span64": 128, "span128": 64}  # dsconv_bwd_dt input channels per block; pixels = the class's number
 DWP_BK, DWP_BC = 128, 64  # dsconv_bwd_dwp block: 128 output x 64 input channels
 SPLITS_TARGET_BLOCKS = 256  # plan.cuh set_geometry: splits = cdiv(256, dwp blocks) ...
-SPLITS_MAX = 64  # ... capped at 64 and at the dWp tiles, at least 1; then the fewest with no more rounds
+SPLITS_MAX = 64  # ... capped at 64 and at the dWp tiles, at least 1; the fewest of those with the fewest rounds
 SPAN_MAX_WO = 56  # plan.cuh DSC_SPAN_MAX_WO: the widest output map on span tiles
 WAVE = 56  # plan.cuh kFwdWave: dsconv_fwd / dsconv_bwd_dt split their reduction axis below this many blocks
 DY_FLOPS = 6  # dy_of: y - mu, z, threshold, A dz + b2 (y - mu) + c2, per element
@@ -375,7 +375,7 @@ def native_geometry(layer: Layer) -> NativeGeometry:
     def rounds(s: int) -> int:  # plan.cuh: waves of WAVE blocks x tiles per block
         return _cdiv(dwp_blocks * s, WAVE) * _cdiv(dwp_tiles, s)
 
-    splits = next(s for s in range(1, s0 + 1) if rounds(s) <= rounds(s0))
+    splits = min(range(1, s0 + 1), key=lambda s: (rounds(s), s))  # the fewest rounds, then the fewest splits
     xtiles = l.n * _cdiv(l.h, 8) * _cdiv(l.w, 8)
     xgroups = max(1, min(_cdiv(1024, _cdiv(l.c, 8)), xtiles, 65535))
     red = 0

@@ -109,21 +109,21 @@ inline void set_geometry(Problem& p, int64_t N, int64_t C, int64_t K, int64_t H,
   if (groups < 1) groups = 1;
   p.rgroup_px = cdiv(cdiv(p.M, groups), 32) * 32;
   p.rgroups = p.M > 0 ? cdiv(p.M, p.rgroup_px) : 1;
-  // dWp: splits of the pixel tiles over blocks, each split one [K, C] partial that colsum reads back. About
-  // 256 blocks to fill a GPU (at most 64 splits and the tiles), then the fewest splits that take no more
-  // waves (kFwdWave blocks) x tiles per block: b3 at batch 1 (2 channel blocks x 49 tiles) gets 25 splits,
-  // one wave of 2 tiles, not 49 (two waves of 1 tile, twice the partials); b7 (32 x 4 tiles) keeps 4.
+  // dWp: splits of the pixel tiles over blocks, each split one [K, C] partial that colsum reads back. Up to
+  // about 256 blocks (at most 64 splits and the tiles), the fewest splits with the fewest waves (kFwdWave
+  // blocks) x tiles per block: b3 at batch 1 (2 channel blocks x 49 tiles) gets 25 splits, one wave of 2
+  // tiles, not 49 (two waves of 1 tile, twice the partials); b7 (32 x 4 tiles) keeps 4; b1 (one channel
+  // block x 196 tiles) gets 49, one wave of 4 tiles. (The rule was "no more rounds than the largest count",
+  // which gave b1 25 splits: one block on each of 25 SMs for 8 tiles, SIMULATED 405,223 cycles.)
   const int64_t blocks = cdiv(K, kDwpK) * cdiv(C, kDwpC);
-  int64_t splits = cdiv(256, blocks);
-  if (splits > DSC_DWP_MAX_SPLITS) splits = DSC_DWP_MAX_SPLITS;
-  if (splits > p.wt.ntiles) splits = p.wt.ntiles;
-  if (splits < 1) splits = 1;
+  int64_t smax = cdiv(256, blocks);
+  if (smax > DSC_DWP_MAX_SPLITS) smax = DSC_DWP_MAX_SPLITS;
+  if (smax > p.wt.ntiles) smax = p.wt.ntiles;
+  if (smax < 1) smax = 1;
   auto rounds = [&](int64_t s) { return cdiv(blocks * s, kFwdWave) * cdiv(p.wt.ntiles, s); };
-  for (int64_t s = 1; s < splits; ++s)
-    if (rounds(s) <= rounds(splits)) {
-      splits = s;
-      break;
-    }
+  int64_t splits = 1;
+  for (int64_t s = 2; s <= smax; ++s)
+    if (rounds(s) < rounds(splits)) splits = s;
   p.splits = static_cast<int>(splits);
   // dy stored once (bn_bwd_dy) where dsconv_bwd_dt and dsconv_bwd_dwp would form it from dout and y more
   // than three times over in all (once per input-channel block each): that reads 2 K M values per block,
