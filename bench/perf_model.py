@@ -285,6 +285,21 @@ FWD_BP = {"rect8x8": 64, "rect8x16": 128, "span64": 64}  # pixels per tile
 FWD_BC = 8  # dsconv_fwd input channels per depthwise chunk (4 for windows over SPAN_HALO floats)
 DT_BC = {"span64": 128, "span128": 64}  # dsconv_bwd_dt input channels per block; pixels = the class's number
 DWP_BK, DWP_BC = 128, 64  # dsconv_bwd_dwp block: 128 output x 64 input channels
+
+
+def _ran_rows(n: int, block: int) -> int:
+    """Rows of n that blocks of `block` compute, where a block with at most half a block left computes half
+    (dsconv_bwd_dt's input channels, dsconv_bwd_dwp's output and input channels: their thread groups)."""
+    full, rem = divmod(n, block)
+    return full * block + (0 if rem == 0 else block // 2 if rem <= block // 2 else block)
+
+
+def _dx_taps(l: "Layer") -> float:
+    """dsconv_bwd_dx's taps per input pixel: at stride 2 with a template dilation (<= 4) a warp runs only
+    its parity class's taps (NCHW; 4 + 2 + 2 + 1 over the four classes at odd dilation, 9 + 0 + 0 + 0 at even)."""
+    return 9 / 4 if l.stride == 2 and l.dilation <= 4 else 9
+
+
 SPLITS_TARGET_BLOCKS = 256  # plan.cuh set_geometry: splits = cdiv(256, dwp blocks) ...
 SPLITS_MAX = 64  # ... capped at 64 and at the dWp tiles, at least 1; the fewest of those with the fewest rounds
 SPAN_MAX_WO = 56  # plan.cuh DSC_SPAN_MAX_WO: the widest output map on span tiles
@@ -528,7 +543,7 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
                 "dsconv_bwd_dt",
                 dy_in + wp,
                 dt * g.bsplit,
-                dy_flops * g.c_blocks + 2 * g.dt_tiles * dt_bp * _cdiv(l.k, 8) * 8 * g.c_blocks * DT_BC[g.dt_tile],
+                dy_flops * g.c_blocks + 2 * g.dt_tiles * dt_bp * _cdiv(l.k, 8) * 8 * _ran_rows(l.c, DT_BC[g.dt_tile]),
                 (g.c_blocks - 1) * dy_in,
                 0,
                 f"{dy_what} read once per {DT_BC[g.dt_tile]}-channel C block ({g.c_blocks}x), the C blocks of "
@@ -543,9 +558,9 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
                 "dsconv_bwd_dwp",
                 (l.c * dwp_px * F32 if span else x + wd) + dy_in,
                 dwp_part or wp,
-                (0 if span else 2 * 9 * dwp_px * dwp_cb * DWP_BC * dwp_kb)
+                (0 if span else 2 * 9 * dwp_px * _cdiv(l.c, 8) * 8 * dwp_kb)  # t for the 8-channel chunks
                 + dy_flops * dwp_cb
-                + 2 * dwp_px * dwp_kb * DWP_BK * dwp_cb * DWP_BC,
+                + 2 * dwp_px * _ran_rows(l.k, DWP_BK) * _ran_rows(l.c, DWP_BC),
                 (dwp_kb - 1) * (l.c * dwp_px * F32 if span else x) + (dwp_cb - 1) * dy_in,
                 0,
                 f"{'t' if span else 'x'} once per {DWP_BK}-channel K block ({dwp_kb}x), {dy_what} once per "
@@ -555,7 +570,7 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
                 "dsconv_bwd_dx",
                 dt * g.bsplit + x + wd,
                 x + dwd_part,
-                4 * 9 * l.n * l.c * l.h * l.w,
+                round(4 * _dx_taps(l) * l.n * l.c * l.h * l.w),
                 note="dt window per 8x8 input tile; dx and the dWd partials from the same dt taps",
             ),
         ]

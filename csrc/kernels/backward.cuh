@@ -253,13 +253,18 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_bwd_dt_kernel(const
   constexpr int BCb = Tl::BK, BP = Tl::BP, NT = Tl::THREADS, KC = kDtKC;
   using Smem = DtSmem<Tl>;
   DSC_SHARED(Smem, s);
-  const int tid = threadIdx.x, ty = tid / Tl::TX, tx = tid % Tl::TX;
+  const int tid = threadIdx.x;
   const TileBlock tb = tile_block();
   if (tb.tile >= p.bt.ntiles) return;  // the whole block: no barrier is left waiting
   // Grid x = input-channel block + cblocks x output-channel split (bsplit > 1 on small maps: partial dt
   // planes, summed in order by dsconv_bwd_dx as it stages them).
   const int64_t cblocks = (p.C + BCb - 1) / BCb, ks = tb.block / cblocks;
   const int64_t tile = tb.tile, c0 = (tb.block % cblocks) * BCb;
+  // A block whose channels fill at most half the tile's rows (C - c0 <= BCb / 2: b1 of the classifier, 32 of
+  // 64) computes only those: its threads form 2 groups (still 8 x 4 outputs each), each over half of every
+  // K chunk, added in order before the epilogue. Block-uniform.
+  const int NG = p.C - c0 <= BCb / 2 ? 2 : 1, NTG = NT / NG, grp = tid / NTG, lt = tid % NTG;
+  const int ty = lt / Tl::TX, tx = lt % Tl::TX, half = BCb / 2 / NG;
   const int64_t k_lo = ks * p.ksplit, k_hi = k_lo + p.ksplit < p.K ? k_lo + p.ksplit : p.K;
   const BwdWs L = bwd_ws(p);
   const float* coef = ws + L.coef;
@@ -345,27 +350,55 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_bwd_dt_kernel(const
     }
     DSC_SYNC(23);  // chunk staged
     if (k0 + KC < k_hi) load(k0 + KC);
-    mma_8x4_steps<BCb, KC>(acc, s.m.w[0], BCb, s.m.dy[0], BP + 4, ty, tx);
+    if (NG == 1)
+      mma_8x4_steps<BCb, KC>(acc, s.m.w[0], BCb, s.m.dy[0], BP + 4, ty, tx);
+    else
+      mma_8x4_steps_h<KC / 2>(acc, s.m.w[grp * KC / 2], half, BCb, s.m.dy[grp * KC / 2], BP + 4, ty, tx);
     DSC_SYNC(24);  // chunk consumed
+  }
+  if (NG == 2) {  // group 1's sums to group 0 (after the last chunk's barrier: s.o may overwrite s.m)
+    static_assert(NT / 2 * 32 <= Smem::kOut, "dt group sums");
+    if (grp == 1)
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) s.o[(i * 4 + j) * NTG + lt] = acc[i][j];
+    DSC_SYNC(37);  // group 1's sums in shared memory
+    if (grp == 0)
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] += s.o[(i * 4 + j) * NTG + lt];
+    DSC_SYNC(38);  // read before the epilogue overwrites them
   }
 
   // Epilogue: dt -> workspace, half of the channels at a time through shared memory.
   float* dt = ws + L.dt + ks * p.N * p.C * p.Ho * p.Wo;
   const int warp = tid / 32, lane = tid % 32;
   constexpr int NW = NT / 32;
+  // (Two groups: group 0 holds all BCb / 2 rows, ty * 4 + i and half + ty * 4 + i: one pass.)
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
+    if (h == 1 && NG == 2) break;  // (block-uniform)
     const int64_t ch = c0 + h * (BCb / 2);
-    if (!p.cl) {
+    auto put = [&](int hh, int r0) {  // acc rows hh * 4 + i -> tile rows r0 + i (hh a constant at every call)
+      if (!p.cl) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
-        *reinterpret_cast<f4*>(&s.o[(ty * 4 + i) * Smem::kOutK + tx * 4]) =
-            f4{acc[h * 4 + i][0], acc[h * 4 + i][1], acc[h * 4 + i][2], acc[h * 4 + i][3]};
-    } else {
+        for (int i = 0; i < 4; ++i)
+          *reinterpret_cast<f4*>(&s.o[(r0 + i) * Smem::kOutK + tx * 4]) =
+              f4{acc[hh * 4 + i][0], acc[hh * 4 + i][1], acc[hh * 4 + i][2], acc[hh * 4 + i][3]};
+      } else {
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
-        *reinterpret_cast<f4*>(&s.o[(tx * 4 + j) * Smem::kOutP + ty * 4]) =
-            f4{acc[h * 4 + 0][j], acc[h * 4 + 1][j], acc[h * 4 + 2][j], acc[h * 4 + 3][j]};
+        for (int j = 0; j < 4; ++j)
+          *reinterpret_cast<f4*>(&s.o[(tx * 4 + j) * Smem::kOutP + r0]) =
+              f4{acc[hh * 4 + 0][j], acc[hh * 4 + 1][j], acc[hh * 4 + 2][j], acc[hh * 4 + 3][j]};
+      }
+    };
+    if (NG == 1) {
+      put(h, ty * 4);
+    } else if (grp == 0) {
+      put(0, ty * 4);
+      put(1, half + ty * 4);
     }
     DSC_SYNC(25);  // half tile in shared memory
     if (!p.cl) {
@@ -401,24 +434,46 @@ struct DwpSmem {
   union {
     float halo[Tl::SPAN ? 1 : G::BC][Tl::SPAN ? 1 : G::HALO];  // (span tiles read t from dsconv_dw instead)
     alignas(16) float dyT[32][kDwpK + 4];                      // A: per pixel, dy over the block's output channels
+    float red[4096];  // after the tile loop: the accumulators of pixel groups 1 and 2 (3 goes to tT)
   } u;
   alignas(16) float tT[Tl::BP][kDwpC + 4];  // B: per pixel, t over the block's input channels
   float wd[G::BC][9];
   float cf[5][kDwpK];  // dy's coefficients of the block's output channels (NCHW: a thread forms dy for 16 of them)
   int64_t sg[Tl::BP], sa[Tl::BP];
   int row[kSpanRowsMax];
+  int gcode;  // the block's pixel groups (dwp_map)
 };
+
+// dsconv_bwd_dwp's thread map from gcode (bit 0: at most 64 output channels left, bit 1: at most 32 input
+// channels): ng groups of ntg threads, each thread 8 x 4 outputs at rows ty * 4 and half + ty * 4, columns tx * 4.
+struct DwpMap {
+  int ng, ntg, grp, lt, ty, tx, half;
+};
+DSC_DEVICE DwpMap dwp_map(int gcode, int tid) {
+  const int hk = 1 + (gcode & 1), hc = 1 + (gcode >> 1), ng = hk * hc, ntg = 256 / ng, lt = tid % ntg;
+  const int txs = hc == 2 ? 3 : 4;  // log2 of kDwpC / 4 / hc
+  return DwpMap{ng, ntg, tid / ntg, lt, lt >> txs, lt & ((1 << txs) - 1), kDwpK / 2 / hk};
+}
 
 template <class T, class Tl, int S, int D>
 DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Problem p, float* ws) {
   using G = typename DwpSmem<Tl, S, D>::G;
-  constexpr int BC = G::BC, BP = Tl::BP, NT = 256, TX = kDwpC / 4;
+  constexpr int BC = G::BC, BP = Tl::BP, NT = 256;
   constexpr int TPC = NT / BC, PPT = BP / TPC;
   static_assert(BP == 64, "dWp tiles are 64 pixels");
+  static_assert(kDwpK == 128 && kDwpC == 64, "the pixel groups below halve a 128 x 64 block tile");
   using Smem = DwpSmem<Tl, S, D>;
   DSC_SHARED(Smem, s);
-  const int tid = threadIdx.x, ty = tid / TX, tx = tid % TX;
+  const int tid = threadIdx.x;
   const int64_t k0 = static_cast<int64_t>(blockIdx.x) * kDwpK, cb = static_cast<int64_t>(blockIdx.y) * kDwpC;
+  // A block whose channels fill half the tile's rows (K - k0 <= 64) or columns (C - cb <= 32) or both computes
+  // only that 64 x 64, 128 x 32 or 64 x 32 corner: its threads form 2 or 4 groups (still 8 x 4 outputs per
+  // thread), each over its share of every 32 pixels, added in order at the end. b1 of the classifier (64 x 32)
+  // otherwise spent three quarters of its GEMM on zeros. Block-uniform, kept in shared memory and mapped
+  // where used: live across the tile loop, the mapping cost 7 registers the kernel does not have (128 at 2
+  // blocks per SM; it spilled on sm_61).
+  const int gcode = (p.K - k0 <= kDwpK / 2 ? 1 : 0) | (p.C - cb <= kDwpC / 2 ? 2 : 0);
+  if (tid == 0) s.gcode = gcode;  // visible after the tile loop's first barrier
   const BwdWs L = bwd_ws(p);
   const float* coef = ws + L.coef;
   const T* __restrict__ wd = static_cast<const T*>(p.wd);
@@ -490,7 +545,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Proble
       for (int j = 0; j < PPT; ++j) base[j] = win.base(p, tid % TPC + j * TPC);
       const int tap_r = win.tap_r();
       if (!p.cl) win.prepare(p, s.row, tid);
-      for (int c8 = 0; c8 < kDwpC; c8 += BC) {
+      for (int c8 = 0; c8 < kDwpC && cb + c8 < p.C; c8 += BC) {  // (columns past C: never stored)
         win.template stage<T>(p, s.row, cb + c8, s.u.halo, tid);
         if (tid < BC * 9) {
           const int cc = tid / 9;
@@ -517,7 +572,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Proble
       if (hv <= 0) break;  // (block-uniform: every thread leaves the tile's loop body here)
       if (p.cl) {
 #pragma unroll 4
-        for (int j = 0; j < 16; ++j) {
+        for (int j = 0; j < 16 && k0 + (kk_dy & ~31) < p.K; ++j) {  // (warps wholly past K: rows never stored)
           const int ql = q_dy + 2 * j, q = h * 32 + ql;
           const int64_t og = s.sg[q], oa = s.sa[q];
           const bool ok = kv_dy && og >= 0;
@@ -538,7 +593,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Proble
         // 16 at once spilled on sm_61 (16 bytes, fp16 runtime dilation).
         constexpr int KB = 8;
 #pragma unroll 1
-        for (int j0 = 0; j0 < kDwpK / 8; j0 += KB) {
+        for (int j0 = 0; j0 < kDwpK / 8 && k0 + 8 * j0 < p.K; j0 += KB) {  // (rows past K: never stored)
           float g[KB], a[KB];
 #pragma unroll
           for (int j = 0; j < KB; ++j) {
@@ -566,27 +621,49 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Proble
         }
       }
       DSC_SYNC(30);  // dy half staged (and t complete)
-      if (hv == 32) {
-        mma_8x4_steps<kDwpK, 32>(acc, s.u.dyT[0], kDwpK + 4, s.tT[h * 32], kDwpC + 4, ty, tx);
+      const DwpMap m = dwp_map(s.gcode, tid);
+      if (hv == 32 && m.ng == 1) {
+        mma_8x4_steps<kDwpK, 32>(acc, s.u.dyT[0], kDwpK + 4, s.tT[h * 32], kDwpC + 4, m.ty, m.tx);
       } else {
-        for (int q8 = 0; q8 < hv; q8 += 8)
-          mma_8x4_steps<kDwpK, 8>(acc, s.u.dyT[q8], kDwpK + 4, s.tT[h * 32 + q8], kDwpC + 4, ty, tx);
+        for (int q8 = m.grp * 8; q8 < hv; q8 += 8 * m.ng)
+          mma_8x4_steps_h<8, false>(acc, s.u.dyT[q8], m.half, kDwpK + 4, s.tT[h * 32 + q8], kDwpC + 4, m.ty, m.tx);
       }
       DSC_SYNC(31);  // dy half consumed
     }
   }
 
+  // Pixel groups 1.. hand their sums to group 0 (the tile loop ended with a barrier after its last read of dyT
+  // and tT), which adds them in group order.
+  const DwpMap m = dwp_map(gcode, tid);
+  if (m.ng > 1) {
+    if (m.grp > 0) {
+      float* r = m.grp == 3 ? &s.tT[0][0] : s.u.red + (m.grp - 1) * 2048;
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) r[(i * 4 + j) * m.ntg + m.lt] = acc[i][j];
+    }
+    DSC_SYNC(36);  // group sums handed over
+    if (m.grp > 0) return;
+    for (int g = 1; g < m.ng; ++g) {
+      const float* r = g == 3 ? &s.tT[0][0] : s.u.red + (g - 1) * 2048;
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] += r[(i * 4 + j) * m.ntg + m.lt];
+    }
+  }
   // One split: the sums are final, stored as dWp (no partial for colsum to copy: b8, b9 at batch 1).
   const bool direct = p.splits == 1;
   float* part = ws + L.dwp + static_cast<int64_t>(blockIdx.z) * p.K * p.C;
   T* __restrict__ dwp = static_cast<T*>(p.dwp);
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
-    const int64_t k = k0 + mma_row<kDwpK>(ty, i);
+    const int64_t k = k0 + mma_row_h(m.half, m.ty, i);
     if (k >= p.K) continue;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const int64_t c = cb + tx * 4 + j;
+      const int64_t c = cb + m.tx * 4 + j;
       if (c >= p.C) continue;
       if (direct)
         dwp[k * p.C + c] = Cvt<T>::store(acc[i][j]);
@@ -608,8 +685,11 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Proble
 //     only where those are integers (stride 2: a parity test per tap);
 //   runtime dilation: gathered, row i * 8 + a holds tap i of input row a (0 where the tap falls between
 //     output rows at stride 2, or outside the map), so the taps need no test.
-// Threads: NCHW a warp per channel (8 channels, 2 pixels per lane); channels_last 32 channels as lanes
-// (8 when the window is too large), pixels across warps. dWd: per-thread sums, added in a fixed order.
+// Threads: NCHW a warp per channel (8 channels, 2 pixels per lane), except at stride 2 with a template
+// dilation, where a warp holds the pixels of one parity class (row and column parity) for 4 channels, 8
+// lanes each, so that it runs only that class's taps (dx_class_taps: 2.25 of 9 taps on average at odd D);
+// channels_last 32 channels as lanes (8 when the window is too large), pixels across warps. dWd: per-thread
+// sums, added in a fixed order.
 // ---------------------------------------------------------------------------------------------
 template <int S, int D>
 struct DxWindow {
@@ -618,6 +698,27 @@ struct DxWindow {
   static constexpr int CCL = 32 * HALO * 4 <= 40960 ? 32 : 8;               // channels_last channel chunk
   static constexpr int OFS = D > 0 ? (S == 1 ? 2 * D : 2 * D + D % 2) : 0;  // (row of tap 0 of a = 0) * S
 };
+
+// The taps of input pixels (2 ai + PA, 2 bi + PB) at stride 2 (dense window): (i, j) contributes only where
+// PA + OFS - i D and PB + OFS - j D are even, known at compile time here (4, 2, 2 and 1 taps of the four
+// parity classes at odd D; 9 or none at even D), instead of all 9 with a parity select per tap.
+template <int D, int PA, int PB>
+DSC_DEVICE float dx_class_taps(const float* wc, int ai, int bi, const float (&wv)[9], float (&gw)[9], float xv) {
+  using X = DxWindow<2, D>;
+  const float* w0 = wc + ai * X::XR + bi;
+  float acc = 0.f;
+#pragma unroll
+  for (int ti = 0; ti < 3; ++ti) {
+#pragma unroll
+    for (int tj = 0; tj < 3; ++tj) {
+      if (((PA + X::OFS - ti * D) | (PB + X::OFS - tj * D)) & 1) continue;
+      const float v = w0[(PA + X::OFS - ti * D) / 2 * X::XR + (PB + X::OFS - tj * D) / 2];
+      acc += v * wv[ti * 3 + tj];
+      gw[ti * 3 + tj] += v * xv;
+    }
+  }
+  return acc;
+}
 
 template <int S, int D>
 struct DxSmem {
@@ -634,11 +735,15 @@ template <class T, int S, int D>
 DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, float* ws) {
   using X = DxWindow<S, D>;
   using Smem = DxSmem<S, D>;
-  constexpr int XR = X::XR, NT = 256;
+  constexpr int XR = X::XR, NT = 256, DC = D > 0 ? D : 1;  // DC: dx_class_taps' (used only where D > 0)
   DSC_SHARED(Smem, s);
   const int tid = threadIdx.x;
   const int CC = p.cl ? X::CCL : 8, TPC = NT / CC, PPT = 64 / TPC;  // threads per channel, pixels per thread
-  const int cc = p.cl ? tid % CC : tid / TPC, pt = p.cl ? tid / CC : tid % TPC;
+  // Parity classes (NCHW, stride 2, template dilation): warp w holds class w % 4 of channels 4 (w / 4) ..
+  // + 3; pt = class * 8 + the lane's index in its channel's 8.
+  const bool cls = S == 2 && D > 0 && !p.cl;
+  const int cc = p.cl ? tid % CC : (cls ? (tid / 128) * 4 + (tid % 32) / 8 : tid / TPC);
+  const int pt = p.cl ? tid / CC : (cls ? ((tid / 32) % 4) * 8 + tid % 8 : tid % TPC);
   const int64_t c0 = static_cast<int64_t>(blockIdx.x) * CC, c = c0 + cc;
   const int d = D > 0 ? D : p.dil;
   const BwdWs L = bwd_ws(p);
@@ -690,11 +795,32 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
     if (c < p.C) {
       const float* wc = s.win[cc];
       for (int j = 0; j < PPT; ++j) {
-        const int px = pt + j * TPC, a = px / 8, b = px % 8, h = h0 + a, w = w0 + b;
+        // Class pixel m = lane index + 8 j of the class's 4 x 4: (2 ai + row parity, 2 bi + column parity).
+        const int m = (pt % 8) + 8 * j, ai = m / 4, bi = m % 4;
+        const int px = pt + j * TPC;
+        const int a = cls ? 2 * ai + pt / 16 : px / 8, b = cls ? 2 * bi + (pt / 8) % 2 : px % 8;
+        const int h = h0 + a, w = w0 + b;
         if (h >= p.H || w >= p.W) continue;
         const int64_t off = xn + c * p.xs.c + static_cast<int64_t>(h) * p.xs.h + static_cast<int64_t>(w) * p.xs.w;
         const float xv = Cvt<T>::ldg(x + off);
         float acc = 0.f;
+        if (S == 2 && D > 0 && cls) {
+          switch (pt / 8) {  // warp-uniform
+            case 0:
+              acc = dx_class_taps<DC, 0, 0>(wc, ai, bi, wv, gw, xv);
+              break;
+            case 1:
+              acc = dx_class_taps<DC, 0, 1>(wc, ai, bi, wv, gw, xv);
+              break;
+            case 2:
+              acc = dx_class_taps<DC, 1, 0>(wc, ai, bi, wv, gw, xv);
+              break;
+            default:
+              acc = dx_class_taps<DC, 1, 1>(wc, ai, bi, wv, gw, xv);
+          }
+          dx[off] = Cvt<T>::store(acc);
+          continue;
+        }
 #pragma unroll
         for (int ti = 0; ti < 3; ++ti) {
 #pragma unroll
@@ -726,7 +852,8 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
     const int ch = e / 9, tap = e - ch * 9;
     if (c0 + ch >= p.C) continue;
     float t = 0.f;
-    for (int u = 0; u < TPC; ++u) t += s.red[p.cl ? ch + u * CC : ch * TPC + u][tap];
+    for (int u = 0; u < TPC; ++u)  // (u: class u / 8, lane u % 8 of the channel's 8 in parity classes)
+      t += s.red[p.cl ? ch + u * CC : (cls ? ((ch / 4) * 4 + u / 8) * 32 + (ch % 4) * 8 + u % 8 : ch * TPC + u)][tap];
     part[(c0 + ch) * 9 + tap] = t;
   }
 }

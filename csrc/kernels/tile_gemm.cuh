@@ -10,22 +10,31 @@
 
 namespace dsc {
 
-// acc += A^T B over STEPS reduction steps (A rows at a + s lda, B rows at b + s ldb). The fragments of step
-// s + 1 are loaded before the FMAs of step s (double buffering through registers, 12 more registers), so the
+// acc += A^T B over STEPS reduction steps (A rows at a + s lda, B rows at b + s ldb); the thread's second
+// four rows start `half` rows after its first (BM / 2 for a BM-row tile). The fragments of step s + 1 are
+// loaded before the FMAs of step s (double buffering through registers, 12 more registers), so the
 // shared-memory latency overlaps 32 FMAs even where instructions issue in program order (the simulator runs
-// PTX as cicc orders it; ptxas would otherwise be the one to hoist the loads).
-template <int BM, int STEPS>
-DSC_DEVICE void mma_8x4_steps(float (&acc)[8][4], const float* a, int lda, const float* b, int ldb, int ty, int tx) {
+// PTX as cicc orders it; ptxas would otherwise be the one to hoist the loads). PRE = false loads each step's
+// fragments just before its FMAs instead: 12 registers fewer, for a kernel at its register limit.
+template <int STEPS, bool PRE = true>
+DSC_DEVICE void mma_8x4_steps_h(float (&acc)[8][4], const float* a, int half, int lda, const float* b, int ldb, int ty,
+                                int tx) {
   const float* pa = a + ty * 4;
+  const float* pa2 = pa + half;
   const float* pb = b + tx * 4;
-  f4 a0 = *reinterpret_cast<const f4*>(pa), a1 = *reinterpret_cast<const f4*>(pa + BM / 2);
+  f4 a0 = *reinterpret_cast<const f4*>(pa), a1 = *reinterpret_cast<const f4*>(pa2);
   f4 bb = *reinterpret_cast<const f4*>(pb);
 #pragma unroll
   for (int st = 0; st < STEPS; ++st) {
     f4 na0 = a0, na1 = a1, nb = bb;
-    if (st + 1 < STEPS) {
+    if (!PRE && st > 0) {
+      a0 = *reinterpret_cast<const f4*>(pa + st * lda);
+      a1 = *reinterpret_cast<const f4*>(pa2 + st * lda);
+      bb = *reinterpret_cast<const f4*>(pb + st * ldb);
+    }
+    if (PRE && st + 1 < STEPS) {
       na0 = *reinterpret_cast<const f4*>(pa + (st + 1) * lda);
-      na1 = *reinterpret_cast<const f4*>(pa + (st + 1) * lda + BM / 2);
+      na1 = *reinterpret_cast<const f4*>(pa2 + (st + 1) * lda);
       nb = *reinterpret_cast<const f4*>(pb + (st + 1) * ldb);
     }
     const float av[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
@@ -34,16 +43,23 @@ DSC_DEVICE void mma_8x4_steps(float (&acc)[8][4], const float* a, int lda, const
     for (int i = 0; i < 8; ++i)
 #pragma unroll
       for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
-    a0 = na0;
-    a1 = na1;
-    bb = nb;
+    if (PRE) {
+      a0 = na0;
+      a1 = na1;
+      bb = nb;
+    }
   }
 }
+template <int BM, int STEPS>
+DSC_DEVICE void mma_8x4_steps(float (&acc)[8][4], const float* a, int lda, const float* b, int ldb, int ty, int tx) {
+  mma_8x4_steps_h<STEPS>(acc, a, BM / 2, lda, b, ldb, ty, tx);
+}
 
-// Row of the block tile that acc[i][*] belongs to.
+// Row of the tile that acc[i][*] belongs to (second four rows `half` after the first).
+DSC_HD int mma_row_h(int half, int ty, int i) { return (i < 4 ? 0 : half) + ty * 4 + (i & 3); }
 template <int BM>
 DSC_HD int mma_row(int ty, int i) {
-  return (i < 4 ? 0 : BM / 2) + ty * 4 + (i & 3);
+  return mma_row_h(BM / 2, ty, i);
 }
 
 template <class T>
