@@ -588,7 +588,14 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256)
       a[0] = a[1] = a[2] = a[3] = sa[k];
       b[0] = b[1] = b[2] = b[3] = sb[k];
     }
-    for (int j = 0; j < V; ++j) out[i + j] = Cvt<T>::store(relu_nan(v[j] * a[j] + b[j]));
+    if (V == 4) {  // one 16-byte store for fp32: four scalar ones left each sector a quarter written per store
+      float o[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) o[j] = relu_nan(v[j] * a[j] + b[j]);
+      Vec4<T>::store(out + i, o);
+    } else {
+      out[i] = Cvt<T>::store(relu_nan(v[0] * a[0] + b[0]));
+    }
   }
 }
 

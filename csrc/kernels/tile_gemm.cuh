@@ -74,6 +74,9 @@ struct Vec4<float> {
     v[2] = q.z;
     v[3] = q.w;
   }
+  static DSC_DEVICE void store(float* p, const float (&v)[4]) {
+    *reinterpret_cast<f4*>(p) = f4{v[0], v[1], v[2], v[3]};
+  }
 };
 
 template <class T>
@@ -81,6 +84,10 @@ struct Vec4 {
   static DSC_DEVICE void load(const T* p, float (&v)[4]) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) v[i] = Cvt<T>::ldg(p + i);  // 2-byte types: 4 loads (L1 merges them)
+  }
+  static DSC_DEVICE void store(T* p, const float (&v)[4]) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) p[i] = Cvt<T>::store(v[i]);
   }
 };
 
