@@ -594,3 +594,13 @@ def test_import_cache_takes_results_valid_for_todays_sources(tmp_path, monkeypat
         d = json.loads(f.read_text())
         assert f.stem == d["key"] == simlib.cache_key(case, "cfg", fp) and d["config_hash"] == "cfg"
     assert simlib.import_cache(src, dst, "GTX1080Ti", "cfg", exe_for, log=lambda m: None) == 0  # already there
+
+    # a run_cases.py --json file (the committed data) seeds a fresh cache the same way
+    results = [json.loads(f.read_text()) for f in sorted(src.glob("*.json"))]
+    data = tmp_path / "sim.json"
+    data.write_text(json.dumps({"config": "GTX1080Ti", "results": results}))
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    assert simlib.import_cache(data, fresh, "GTX1080Ti", "cfg", exe_for, log=lambda m: None) == 2
+    assert {json.loads(f.read_text())["fingerprint"] for f in fresh.glob("*.json")} == set(got)
+    assert sorted(f.name for f in fresh.glob("*.json")) == sorted(f.name for f in dst.glob("*.json"))

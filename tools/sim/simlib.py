@@ -160,18 +160,37 @@ def legacy_kernel_hash(program: str) -> str:
     return h.hexdigest()[:16]
 
 
+def _cached_results(src: Path):
+    """(where, result) for every result in `src`: a cache folder (one JSON file per result) or a file
+    written by run_cases.py --json (its "results" list, e.g. the committed bench/data/sim_gtx1080ti.json)."""
+    src = Path(src)
+    if src.is_file():
+        try:
+            results = json.loads(src.read_text()).get("results", [])
+        except (ValueError, AttributeError):
+            results = []
+        for i, d in enumerate(results if isinstance(results, list) else []):
+            yield f"{src}[{i}]", d
+        return
+    for f in sorted(src.glob("*.json")):
+        try:
+            yield str(f), json.loads(f.read_text())
+        except ValueError:
+            continue
+
+
 def import_cache(src: Path, cache: Path, config: str, config_hash: str, exe_for, log=print) -> int:
-    """Copies into `cache` the PASS results in folder `src` (another checkout's cache, or this one) for
-    `config`: a result with a launch fingerprint as it is (its key says what it ran); one from before
-    fingerprints when its kernel hash equals today's (or today's legacy byte hash), fingerprinted with
-    today's program (``exe_for(impl, dtype)`` builds it). Returns how many were added."""
+    """Copies into `cache` the PASS results in `src` (another checkout's cache folder, this one, or a
+    run_cases.py --json file such as the committed data) for `config`: a result with a launch fingerprint
+    as it is (its key says what it ran, so it is used only where today's launches and PTX are the same);
+    one from before fingerprints when its kernel hash equals today's (or today's legacy byte hash),
+    fingerprinted with today's program (``exe_for(impl, dtype)`` builds it). Returns how many were added."""
     today = {p: (kernel_hash(p), legacy_kernel_hash(p)) for p in PROGRAMS}
     n = 0
-    for f in sorted(Path(src).glob("*.json")):
+    for f, d in _cached_results(src):
         try:
-            d = json.loads(f.read_text())
             case = Case(**d["case"])
-        except (ValueError, KeyError, TypeError):
+        except (KeyError, TypeError):
             continue
         if d.get("config") != config or d.get("verdict") != "PASS":
             continue
