@@ -558,6 +558,50 @@ def test_a_split_the_target_does_not_need_drops_its_combine_kernel():
     assert cm.layer_runs(sim, grids, 4) == []
 
 
+def test_launches_align_by_kernel_name_where_the_target_lists_its_kernels():
+    def kern(name, grid, insn):
+        return {"name": name, "mangled": name, "grid": grid, "block": 256, "regs": 32, "smem": 0, "cycles": 9000,
+                "warp_insn": insn, "l2_accesses": 0}  # fmt: skip
+
+    case = {"impl": "unfused", "mode": "step", "n": 1, "c": 8, "k": 8, "h": 8, "w": 8, "stride": 1, "dil": 3,
+            "dtype": "f32", "layout": "nchw", "label": "b0"}  # fmt: skip
+    # batch 1: two split-K GEMMs, each with its combine kernel; batch 4: only the second still splits, and
+    # the first GEMM runs another tile shape (half the pixels per block)
+    ks = [
+        kern("sgemm_kernel<64, 64>", [2, 1, 4], 800),
+        kern("splitk_reduce_kernel", [1, 1, 1], 10),
+        kern("sgemm_kernel<64, 32>", [2, 1, 4], 400),
+        kern("splitk_reduce_kernel", [1, 1, 1], 10),
+        kern("relu_kernel", [4, 1, 1], 40),
+    ]
+    sim = {"results": [{"verdict": "PASS", "case": case, "kernels": ks}]}
+    key = "unfused|step|b0|4"
+    names = ["sgemm_kernel<64, 32>", "sgemm_kernel<64, 32>", "splitk_reduce_kernel", "relu_kernel"]
+    grids = {
+        "blocks": {"b0": [1, 8, 8, 8, 8, 1, 3]},
+        "grids": {key: [[16, 1, 1], [2, 1, 8], [4, 1, 1], [16, 1, 1]]},
+        "kernels": {key: names},
+    }
+    (run,) = cm.layer_runs(sim, grids, 4)
+    assert [k.name for k in run.kernels] == [
+        "sgemm_kernel<64, 64>",
+        "sgemm_kernel<64, 32>",
+        "splitk_reduce_kernel",
+        "relu_kernel",
+    ]
+    # unsplit and another tile: the pixels (4x); same kernel, more blocks: its blocks; the grids are the target's
+    assert [k.warp_insn for k in run.kernels] == [3200, 800, 40, 160]
+    assert [k.grid for k in run.kernels] == [(16, 1, 1), (2, 1, 8), (4, 1, 1), (16, 1, 1)]
+    # without the names the combine kernels go all or none, so these lists cannot be matched
+    assert cm.layer_runs(sim, {**grids, "kernels": {}}, 4) == []
+    # a target kernel of a family the simulated case never ran is not stood in for by another
+    grids["kernels"][key] = ["dsconv_fwd_kernel<float>", *names[1:]]
+    assert cm.layer_runs(sim, grids, 4) == []
+    assert cm.align_launches(["a<1>", "splitk_reduce_kernel", "b"], ["a<2>", "b"]) == [(0, 0), (2, 1)]
+    assert cm.align_launches(["a", "b"], ["a"]) is None  # a simulated kernel the target lacks: not a combine
+    assert cm.align_launches(["a"], ["a", "a"]) is None
+
+
 def test_import_cache_takes_results_valid_for_todays_sources(tmp_path, monkeypatch):
     monkeypatch.setattr(simlib, "nvcc_version", lambda: "nvcc-test")
     monkeypatch.setattr(simlib, "launch_fingerprint", lambda exe, case: f"fp-of-{exe}")

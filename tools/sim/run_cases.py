@@ -192,12 +192,13 @@ def markdown(results: list[dict], config: str) -> str:
 
 
 def write_grids(path: Path, batches: list[int], dilation: int, rho: float, build_dir: Path) -> None:
-    """Launch grids (in launch order) of every block, mode and implementation at each batch: the host programs
-    run natively with --dry (no GPU, no simulator, nothing computed)."""
+    """Launch grids and kernels (demangled names), in launch order, of every block, mode and implementation at
+    each batch: the host programs run natively with --dry (no GPU, no simulator, nothing computed)."""
     exes = {impl: simlib.build(impl, "f32", build_dir / "bin", print) for impl in simlib.PROGRAMS}
     out = {
         "blocks": block_shapes(1, dilation, rho),
         "grids": {},
+        "kernels": {},
         "kernel_hash": {p: simlib.kernel_hash(p) for p in simlib.PROGRAMS},
     }
     for b in batches:
@@ -205,7 +206,10 @@ def write_grids(path: Path, batches: list[int], dilation: int, rho: float, build
             for impl, exe in exes.items():
                 for mode in ("eval", "step"):
                     c = Case(impl, mode, *geo, label=label)
-                    out["grids"][f"{impl}|{mode}|{label}|{b}"] = simlib.dry_launches(exe, c)
+                    launches = simlib.dry_launch_list(exe, c)
+                    out["grids"][f"{impl}|{mode}|{label}|{b}"] = [list(grid) for _, grid, _, _ in launches]
+                    names = simlib.demangle([n for n, _, _, _ in launches])
+                    out["kernels"][f"{impl}|{mode}|{label}|{b}"] = [simlib.short_name(n) for n in names]
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(f"[grids] {path}")
 
