@@ -36,6 +36,9 @@ COMMITTED = simlib.ROOT / "bench" / "data" / "sim_gtx1080ti.json"  # run_cases.p
 PRESETS = {
     # issue 11's done-criteria: batch 1, delta 3, fp32 NCHW, fused and unfused.
     "issue11": ["fused,unfused:eval:b1,b3,b5,b7,b9", "fused,unfused:step:b3,b7"],
+    # the training steps of issue 12's other blocks at full size (an hour or more of a core each; the unfused b1
+    # step about three: `unfused:train:b1` and `unfused:bwd:b1` side by side halve the wait, not the work)
+    "steps": ["fused,unfused:step:b1,b5,b9"],
     # seconds-long cases: a smoke test of both programs, and latency-bound kernels for the model's calibration
     "small": ["fused,unfused:eval,step:1x16x16x16x16s1d3", "fused,unfused:step:2x8x12x9x11s2d2"],
     # the blocks and modes issue11 leaves out, at sizes that keep each simulation to minutes: with issue11
