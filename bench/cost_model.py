@@ -384,10 +384,10 @@ def layer_runs(sim: dict, grids: dict, batch: int) -> list[LayerRun]:
     same work: tiles, GEMM tiles, elementwise chunks); if the grid is the same, with the output pixels N Ho Wo
     (fixed grids loop over pixels: per-channel reductions, weight-gradient partials). Where the simulated
     shape split a reduction axis and the target does not (SPLIT_COMBINE), the combine kernel is dropped and
-    the split kernel scales with the pixels. With the target's kernel names (grids["kernels"]) the two launch
-    lists are aligned by kernel family (``align_launches``): each combine kernel goes or stays on its own, a
-    kernel of another template instance (another GEMM tile) scales with the pixels, and a target kernel of
-    a family the simulated case did not run leaves the block out."""
+    the split kernel scales with the pixels. The two launch lists are aligned by kernel family with the
+    target's kernel names (grids["kernels"], ``align_launches``): each combine kernel goes or stays on its
+    own, a kernel of another template instance (another GEMM tile) scales with the pixels, and a target
+    kernel of a family the simulated case did not run (or a target without names) leaves the block out."""
     ho = lambda h, s: (h - 1) // s + 1  # noqa: E731
     pix = lambda sh: sh[0] * ho(sh[3], sh[5]) * ho(sh[4], sh[5])  # noqa: E731
     best: dict = {}
@@ -415,31 +415,20 @@ def layer_runs(sim: dict, grids: dict, batch: int) -> list[LayerRun]:
             if g is None:
                 continue
             f_pix = pix(tshape) / pix(sim_shape)
-            # A reduction split that the simulated shape needed (to fill the GPU) and the target does not: its
-            # combine kernel goes, and the kernel that was split does the whole reduction per block, so its
-            # counts scale with the pixels (the total work), not with its blocks.
-            unsplit = set()
+            # The target's launches by kernel name (grids["kernels"]), aligned with the simulated ones
+            # (align_launches); without them a launch list is not guessed at. A reduction split that the
+            # simulated shape needed (to fill the GPU) and the target does not: its combine kernel goes, and
+            # the kernel that was split does the whole reduction per block, so its counts scale with the
+            # pixels (the total work), not with its blocks. Another instance of a family (a GEMM's tile shape
+            # that the baseline picks for this size) does another amount of work per block: pixels too.
             names = grids.get("kernels", {}).get(f"{impl}|{mode}|{label}|{tshape[0]}")
-            if names is not None:
-                # The target's kernels by name: each split's combine kernel goes or stays on its own, and a
-                # kernel the simulated case did not run (another kernel family) leaves the block unmodelled.
-                pairs = align_launches([k.name for k in ks], names)
-                if pairs is None:
-                    continue
-                keep = [i for i, _ in pairs]
-                unsplit = {keep.index(i - 1) for i in range(len(ks)) if i not in keep and i - 1 in keep}
-                # Another instance of the family (a GEMM's tile shape that the baseline picks for this size):
-                # its blocks do another amount of work each, so its counts follow the total work (pixels).
-                unsplit |= {n for n, (i, j) in enumerate(pairs) if ks[i].name != names[j]}
-                ks = [ks[i] for i in keep]
-            elif len(g) < len(ks):
-                drop = {i for i, k in enumerate(ks) if family(k.name) in SPLIT_COMBINE}
-                unsplit = {i - 1 for i in drop}
-                if len(ks) - len(drop) != len(g):
-                    continue
-                keep = [i for i in range(len(ks)) if i not in drop]
-                unsplit = {keep.index(i) for i in unsplit if i in keep}
-                ks = [ks[i] for i in keep]
+            pairs = align_launches([k.name for k in ks], names) if names and len(names) == len(g) else None
+            if pairs is None:
+                continue
+            keep = [i for i, _ in pairs]
+            unsplit = {keep.index(i - 1) for i in range(len(ks)) if i not in keep and i - 1 in keep}
+            unsplit |= {n for n, (i, j) in enumerate(pairs) if ks[i].name != names[j]}
+            ks = [ks[i] for i in keep]
             if len(g) != len(ks):
                 continue
             scaled = []

@@ -432,7 +432,11 @@ def test_layer_runs_scale_counts_with_output_pixels(tmp_path):
             }
         ]
     }
-    grids = {"blocks": {"b0": [1, 8, 8, 8, 8, 1, 3]}, "grids": {"fused|eval|b0|4": [[112, 1, 1]]}}
+    grids = {
+        "blocks": {"b0": [1, 8, 8, 8, 8, 1, 3]},
+        "grids": {"fused|eval|b0|4": [[112, 1, 1]]},
+        "kernels": {"fused|eval|b0|4": ["fwd"]},
+    }
     (one,) = cm.layer_runs(sim, grids, 1)
     assert one.simulated and one.kernels[0].warp_insn == 28000 and cm.sim_total_us(one) is not None
     (four,) = cm.layer_runs(sim, grids, 4)
@@ -454,6 +458,9 @@ def test_committed_model_data_is_consistent():
     for impl in ("fused", "unfused"):
         for b in range(1, 10):
             assert grids["grids"][f"{impl}|step|b{b}|32"]
+    # every launch list names its kernels, one per grid (bench/cost_model.py aligns launches by them)
+    assert grids["grids"].keys() == grids["kernels"].keys()
+    assert all(len(grids["kernels"][key]) == len(g) for key, g in grids["grids"].items())
 
 
 def test_probe_scaling_uses_blocks_where_grids_grow_and_pixels_where_they_do_not():
@@ -497,7 +504,11 @@ def test_probe_scaling_uses_blocks_where_grids_grow_and_pixels_where_they_do_not
         ]
     }
     # the block at 16 x 16 (4x the pixels): the tile kernel gets 2x the blocks here, the per-channel one none
-    grids = {"blocks": {"b0": [1, 8, 8, 16, 16, 1, 3]}, "grids": {"fused|step|b0|1": [[8, 1, 1], [8, 1, 1]]}}
+    grids = {
+        "blocks": {"b0": [1, 8, 8, 16, 16, 1, 3]},
+        "grids": {"fused|step|b0|1": [[8, 1, 1], [8, 1, 1]]},
+        "kernels": {"fused|step|b0|1": ["tiles", "per_channel"]},
+    }
     (run,) = cm.layer_runs(sim, grids, 1)
     assert not run.simulated and run.sim_shape == (1, 8, 8, 8, 8, 1, 3)
     assert [k.warp_insn for k in run.kernels] == [800, 3200]
@@ -548,13 +559,21 @@ def test_a_split_the_target_does_not_need_drops_its_combine_kernel():
         kern("bn_relu", [2, 1, 1], 20),
     ]
     sim = {"results": [{"verdict": "PASS", "case": case, "kernels": ks}]}
-    grids = {"blocks": {"b0": [1, 8, 8, 8, 8, 1, 3]}, "grids": {"fused|eval|b0|4": [[4, 4, 1], [8, 1, 1]]}}
+    grids = {
+        "blocks": {"b0": [1, 8, 8, 8, 8, 1, 3]},
+        "grids": {"fused|eval|b0|4": [[4, 4, 1], [8, 1, 1]]},
+        "kernels": {"fused|eval|b0|4": ["dsconv_fwd_kernel<float, 1>", "bn_relu"]},
+    }
     (run,) = cm.layer_runs(sim, grids, 4)
     assert [cm.family(k.name) for k in run.kernels] == ["dsconv_fwd_kernel", "bn_relu"]
     # the split kernel scales with the pixels (4x), not its blocks (16 / 12); the others with their blocks
     assert [k.warp_insn for k in run.kernels] == [4800, 80] and run.kernels[0].grid == (4, 4, 1)
     # a launch list that still does not match is not guessed at
     grids["grids"]["fused|eval|b0|4"] = [[4, 4, 1]]
+    grids["kernels"]["fused|eval|b0|4"] = ["dsconv_fwd_kernel<float, 1>"]
+    assert cm.layer_runs(sim, grids, 4) == []
+    # nor one whose names and grids disagree
+    grids["kernels"]["fused|eval|b0|4"] = ["dsconv_fwd_kernel<float, 1>", "bn_relu"]
     assert cm.layer_runs(sim, grids, 4) == []
 
 
@@ -592,7 +611,7 @@ def test_launches_align_by_kernel_name_where_the_target_lists_its_kernels():
     # unsplit and another tile: the pixels (4x); same kernel, more blocks: its blocks; the grids are the target's
     assert [k.warp_insn for k in run.kernels] == [3200, 800, 40, 160]
     assert [k.grid for k in run.kernels] == [(16, 1, 1), (2, 1, 8), (4, 1, 1), (16, 1, 1)]
-    # without the names the combine kernels go all or none, so these lists cannot be matched
+    # without the target's names no launch list is matched
     assert cm.layer_runs(sim, {**grids, "kernels": {}}, 4) == []
     # a target kernel of a family the simulated case never ran is not stood in for by another
     grids["kernels"][key] = ["dsconv_fwd_kernel<float>", *names[1:]]
