@@ -40,6 +40,11 @@ def pytest_collection_finish(session):
         prebuild.start(name, module.prebuild)
 
 
+def pytest_terminal_summary(terminalreporter):
+    if "prebuild" in sys.modules and (lines := sys.modules["prebuild"].timeline()):
+        terminalreporter.write_line(f"background builds (-j {sys.modules['prebuild'].JOBS}): " + "; ".join(lines))
+
+
 def pytest_sessionfinish(session):
     if "prebuild" in sys.modules:
         sys.modules["prebuild"].stop_all()

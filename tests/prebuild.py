@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
@@ -29,22 +30,38 @@ def _yield_to_the_tests() -> None:
         pass
 
 
-# Two builds at a time (each parallel itself: cmake / ninja -j 2), longest first (conftest.py: a module's
-# PREBUILD_ORDER): the single-threaded NVRTC compile of the report (sm_61) first, as queued last it was the
-# suite's tail. All four at once put up to seven compilers on the two cores beside the tests.
+# Two builds at a time, longest first (conftest.py: a module's PREBUILD_ORDER): the single-threaded NVRTC
+# compile of the report (sm_61) first, as queued last it was the suite's tail. All four at once put up to
+# seven compilers on the two cores beside the tests.
 _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prebuild", initializer=_yield_to_the_tests)
+# Compilers per build (cmake -j, ninja's MAX_JOBS): two builds at a time and the tests already keep both
+# cores busy; more runnable compilers than cores only add switching and cache misses.
+JOBS = os.environ.get("FUSED_DSCONV_TEST_JOBS", "1")
 _jobs: dict[str, Future] = {}
 _fns: dict[str, Callable] = {}
 _procs: set[subprocess.Popen] = set()
 _lock = threading.Lock()
 _closed = False
+_t0 = time.monotonic()
+_spans: dict[str, tuple[float, float]] = {}  # name -> (start, end) in seconds since import
+
+
+def _timed(name: str, fn: Callable) -> Callable:
+    def run_it():
+        start = time.monotonic() - _t0
+        try:
+            return fn()
+        finally:
+            _spans[name] = (start, time.monotonic() - _t0)
+
+    return run_it
 
 
 def start(name: str, fn: Callable) -> None:
     with _lock:
         _fns.setdefault(name, fn)
         if name not in _jobs and not _closed:
-            _jobs[name] = _pool.submit(fn)
+            _jobs[name] = _pool.submit(_timed(name, fn))
 
 
 def result(name: str, fn: Callable | None = None):
@@ -71,6 +88,12 @@ def run(cmd, **kw) -> subprocess.CompletedProcess:
         with _lock:
             _procs.discard(p)
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+def timeline() -> list[str]:
+    """One line per finished build: when it started and ran, in seconds from the session's start (the
+    suite's wall time is bounded by how these overlap; tests/prebuild.py's JOBS and PREBUILD_ORDER tune it)."""
+    return [f"{n}: {a:.0f}-{b:.0f} s ({b - a:.0f} s)" for n, (a, b) in sorted(_spans.items(), key=lambda kv: kv[1])]
 
 
 def stop_all() -> None:

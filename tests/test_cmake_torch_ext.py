@@ -130,7 +130,7 @@ def _build() -> tuple[Path, str, float | None]:
         f"-DPython3_EXECUTABLE={sys.executable}",
     )
     assert cfg.returncode == 0, cfg.stdout[-8000:] + cfg.stderr[-8000:]
-    bld = run(cmake, "--build", str(build), "--target", "fused_dsconv_C", "-j", os.environ.get("MAX_JOBS", "2"))
+    bld = run(cmake, "--build", str(build), "--target", "fused_dsconv_C", "-j", background.JOBS)
     log = bld.stdout + bld.stderr
     assert bld.returncode == 0, log[-12000:]
     log_path.write_text(log)

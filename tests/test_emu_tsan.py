@@ -84,7 +84,7 @@ def prebuild():
     cfg = run("cmake", "-S", str(ROOT), "-B", str(build), "-DCMAKE_BUILD_TYPE=RelWithDebInfo")
     if cfg.returncode != 0:
         return build, cfg, None, None
-    bld = run("cmake", "--build", str(build), "-j", "2")
+    bld = run("cmake", "--build", str(build), "-j", background.JOBS)
     if bld.returncode != 0:
         return build, cfg, bld, None
     return build, cfg, bld, run("ctest", "--test-dir", str(build), "--output-on-failure", "--timeout", "900", "-j", "2")

@@ -54,7 +54,7 @@ def prebuild():
     if not _toolkit():
         return None
     cache = Path(tempfile.mkdtemp(prefix="fused_dsconv_jit_"))
-    env = {**os.environ, "FUSED_DSCONV_CACHE": str(cache), "TORCH_CUDA_ARCH_LIST": ARCH, "MAX_JOBS": "2"}
+    env = {**os.environ, "FUSED_DSCONV_CACHE": str(cache), "TORCH_CUDA_ARCH_LIST": ARCH, "MAX_JOBS": background.JOBS}
     env.pop("FUSED_DSCONV_NO_JIT", None)
     return background.run([sys.executable, "-c", SCRIPT], env=env, timeout=1500), cache
 
