@@ -736,9 +736,10 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
   using X = DxWindow<S, D>;
   using Smem = DxSmem<S, D>;
   constexpr int XR = X::XR, NT = 256, DC = D > 0 ? D : 1;  // DC: dx_class_taps' (used only where D > 0)
+  constexpr int CN = 8;                                    // channels per block in NCHW
   DSC_SHARED(Smem, s);
   const int tid = threadIdx.x;
-  const int CC = p.cl ? X::CCL : 8, TPC = NT / CC, PPT = 64 / TPC;  // threads per channel, pixels per thread
+  const int CC = p.cl ? X::CCL : CN, TPC = NT / CC, PPT = 64 / TPC;  // threads per channel, pixels per thread
   // Parity classes (NCHW, stride 2, template dilation): warp w holds class w % 4 of channels 4 (w / 4) ..
   // + 3; pt = class * 8 + the lane's index in its channel's 8.
   const bool cls = S == 2 && D > 0 && !p.cl;
@@ -765,6 +766,13 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
     wv[i] = s.wd[cc][i];
     gw[i] = 0.f;
   }
+  // NCHW with a template dilation: a window has at most 256 elements (XR <= 16), so a thread owns one slot
+  // (srr, sqq) of SG channels' windows at once, the same in every tile: the slot's row, column and dt offset
+  // are worked out once per tile and each channel costs a load and a pointer step. Staging element by element
+  // (the path below: a division pair and four 64-bit multiplies each) took most of the kernel's instructions
+  // (b7's step: 35 M of 58 M).
+  constexpr int SG = D > 0 ? NT / X::HALO : 1;
+  const int sg = tid / X::HALO, srq = tid - sg * X::HALO, srr = srq / XR, sqq = srq - srr * XR;
 
   for (int64_t tile = blockIdx.y; tile < p.xtiles; tile += p.xgroups) {
     const uint32_t t32 = static_cast<uint32_t>(tile), per = static_cast<uint32_t>(p.xtiles_img);
@@ -780,17 +788,56 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
       const int hh = h_or_w0 + rr % 8 + d - (rr / 8) * d;
       return (hh < 0 || hh % S != 0 || hh / S >= lim) ? -1 : hh / S;
     };
-    for (int e = tid; e < CC * X::HALO; e += NT) {
-      const int ch = p.cl ? e % CC : e / X::HALO, rq = p.cl ? e / CC : e % X::HALO;
-      const int rr = rq / XR, qq = rq - rr * XR;
-      const int ho = src(rr, h0, ho_lo, p.Ho), wo = src(qq, w0, wo_lo, p.Wo);
-      const bool ok = c0 + ch < p.C && ho >= 0 && ho < p.Ho && wo >= 0 && wo < p.Wo;
-      const float* src =
-          dt + (ok ? dtn + (c0 + ch) * dts.c + static_cast<int64_t>(ho) * dts.h + static_cast<int64_t>(wo) * dts.w : 0);
-      float v = src[0];
-      for (int ks = 1; ks < p.bsplit; ++ks) v += src[ks * dt_plane];  // dt partials of the K splits, in order
-      s.win[ch][rq] = ok ? v : 0.f;
-    }
+    if (D > 0 && !p.cl) {
+      const int ho = ho_lo + srr, wo = wo_lo + sqq;
+      const bool ok = sg < SG && ho >= 0 && ho < p.Ho && wo >= 0 && wo < p.Wo;
+      const float* q = dt + dtn + (c0 + sg) * dts.c + (ok ? static_cast<int64_t>(ho) * p.Wo + wo : 0);
+      const int64_t step = SG * dts.c;
+      if (SG == 1 && D >= 3) {
+        // One thread per slot (stride 1, dilation 3 or 4): the slot's channels loaded 4 at a time before
+        // their stores. One load after another, each waiting for the last (the channel loop has a run-time
+        // bound), a block's staging was a chain of 8 global latencies, and with 3 blocks per SM little else
+        // ran meanwhile. (All 8 at once spilled 4-12 bytes on sm_61, sm_75 and sm_86; 4 at a time spilled 20
+        // on sm_61 at dilation 2, and 2 at a time 16 on sm_75 at stride 2, where 4 threads share a slot.)
+        constexpr int V = 4;
+#pragma unroll 1
+        for (int c4 = 0; c4 < CN; c4 += V, q += V * step) {
+          float v[V];
+#pragma unroll
+          for (int i = 0; i < V; ++i) v[i] = ok && c0 + c4 + i < p.C ? q[i * step] : 0.f;
+          for (int ks = 1; ks < p.bsplit; ++ks) {  // dt partials of the K splits, in order
+            const float* qk = q + ks * dt_plane;
+#pragma unroll
+            for (int i = 0; i < V; ++i)
+              if (ok && c0 + c4 + i < p.C) v[i] += qk[i * step];
+          }
+          if (sg < SG)
+#pragma unroll
+            for (int i = 0; i < V; ++i) s.win[c4 + i][srq] = v[i];
+        }
+      } else if (sg < SG) {
+        for (int ch = sg; ch < CN; ch += SG, q += step) {
+          float v = 0.f;
+          if (ok && c0 + ch < p.C) {
+            v = q[0];
+            for (int ks = 1; ks < p.bsplit; ++ks) v += q[ks * dt_plane];  // dt partials of the K splits, in order
+          }
+          s.win[ch][srq] = v;
+        }
+      }
+    } else
+      for (int e = tid; e < CC * X::HALO; e += NT) {
+        const int ch = p.cl ? e % CC : e / X::HALO, rq = p.cl ? e / CC : e % X::HALO;
+        const int rr = rq / XR, qq = rq - rr * XR;
+        const int ho = src(rr, h0, ho_lo, p.Ho), wo = src(qq, w0, wo_lo, p.Wo);
+        const bool ok = c0 + ch < p.C && ho >= 0 && ho < p.Ho && wo >= 0 && wo < p.Wo;
+        const float* src =
+            dt +
+            (ok ? dtn + (c0 + ch) * dts.c + static_cast<int64_t>(ho) * dts.h + static_cast<int64_t>(wo) * dts.w : 0);
+        float v = src[0];
+        for (int ks = 1; ks < p.bsplit; ++ks) v += src[ks * dt_plane];  // dt partials of the K splits, in order
+        s.win[ch][rq] = ok ? v : 0.f;
+      }
     DSC_SYNC(33);  // window staged
     if (c < p.C) {
       const float* wc = s.win[cc];
