@@ -463,7 +463,7 @@ def test_committed_model_data_is_consistent():
     assert all(len(grids["kernels"][key]) == len(g) for key, g in grids["grids"].items())
 
 
-def test_probe_scaling_uses_blocks_where_grids_grow_and_pixels_where_they_do_not():
+def test_probe_scaling_follows_the_work_not_the_grid():
     def kern(name, grid, insn):
         return {
             "name": name,
@@ -499,19 +499,29 @@ def test_probe_scaling_uses_blocks_where_grids_grow_and_pixels_where_they_do_not
             {
                 "verdict": "PASS",
                 "case": case,
-                "kernels": [kern("tiles", [4, 1, 1], 400), kern("per_channel", [8, 1, 1], 800)],
+                "kernels": [
+                    kern("tiles", [4, 1, 1], 400),
+                    kern("per_channel", [8, 1, 1], 800),
+                    kern("dsconv_bwd_dwp_kernel<float>", [2, 1, 2], 200),
+                    kern("colsum_kernel<float>", [8, 1, 1], 80),
+                ],
             }
         ]
     }
-    # the block at 16 x 16 (4x the pixels): the tile kernel gets 2x the blocks here, the per-channel one none
+    # the block at 16 x 16 (4x the pixels): the tile kernel gets 2x the blocks here (each loops over twice
+    # the pixels), the per-channel one none (it loops over 4x the pixels); the dWp kernel 3 splits instead of
+    # 2, so colsum, which reads one partial per split, does 1.5x the work on the same grid
     grids = {
         "blocks": {"b0": [1, 8, 8, 16, 16, 1, 3]},
-        "grids": {"fused|step|b0|1": [[8, 1, 1], [8, 1, 1]]},
-        "kernels": {"fused|step|b0|1": ["tiles", "per_channel"]},
+        "grids": {"fused|step|b0|1": [[8, 1, 1], [8, 1, 1], [2, 1, 3], [8, 1, 1]]},
+        "kernels": {
+            "fused|step|b0|1": ["tiles", "per_channel", "dsconv_bwd_dwp_kernel<float>", "colsum_kernel<float>"]
+        },
     }
     (run,) = cm.layer_runs(sim, grids, 1)
     assert not run.simulated and run.sim_shape == (1, 8, 8, 8, 8, 1, 3)
-    assert [k.warp_insn for k in run.kernels] == [800, 3200]
+    assert [k.warp_insn for k in run.kernels] == [1600, 3200, 800, 120]
+    assert [k.grid for k in run.kernels] == [(8, 1, 1), (8, 1, 1), (2, 1, 3), (8, 1, 1)]
     other = dict(case, c=16, label="b0")  # another block's channels never stand in for this one
     assert (
         cm.layer_runs(
@@ -566,7 +576,7 @@ def test_a_split_the_target_does_not_need_drops_its_combine_kernel():
     }
     (run,) = cm.layer_runs(sim, grids, 4)
     assert [cm.family(k.name) for k in run.kernels] == ["dsconv_fwd_kernel", "bn_relu"]
-    # the split kernel scales with the pixels (4x), not its blocks (16 / 12); the others with their blocks
+    # the split kernel scales with the pixels (4x), not its blocks (16 / 12); so does every other kernel
     assert [k.warp_insn for k in run.kernels] == [4800, 80] and run.kernels[0].grid == (4, 4, 1)
     # a launch list that still does not match is not guessed at
     grids["grids"]["fused|eval|b0|4"] = [[4, 4, 1]]
@@ -608,8 +618,9 @@ def test_launches_align_by_kernel_name_where_the_target_lists_its_kernels():
         "splitk_reduce_kernel",
         "relu_kernel",
     ]
-    # unsplit and another tile: the pixels (4x); same kernel, more blocks: its blocks; the grids are the target's
-    assert [k.warp_insn for k in run.kernels] == [3200, 800, 40, 160]
+    # every GEMM and elementwise kernel with the pixels (4x), whatever its tile and split-K; the combine kernel
+    # that stays with the partials its GEMM writes (8 -> 16 blocks: 2x); the grids are the target's
+    assert [k.warp_insn for k in run.kernels] == [3200, 1600, 20, 160]
     assert [k.grid for k in run.kernels] == [(16, 1, 1), (2, 1, 8), (4, 1, 1), (16, 1, 1)]
     # without the target's names no launch list is matched
     assert cm.layer_runs(sim, {**grids, "kernels": {}}, 4) == []
