@@ -335,6 +335,7 @@ class NativeGeometry:
     dt_tile: str  # dsconv_bwd_dt tile class: span64 or span128
     dt_tiles: int
     fsplit: int  # dsconv_fwd input-channel splits (> 1: partial tiles + dsconv_fwd_reduce)
+    fpair: int  # 1: dsconv_fwd takes its span tiles in pairs (plan.cuh DSC_FWD_PAIR_BLOCKS)
     bsplit: int  # dsconv_bwd_dt output-channel splits (> 1: partial dt planes)
     splits: int  # dsconv_bwd_dwp blocks along its tiles = rows of the dWp partials
     rgroups: int  # bn_bwd_reduce pixel groups = rows of its partials
@@ -379,7 +380,8 @@ def native_geometry(layer: Layer) -> NativeGeometry:
         return _cdiv(n, chunk)
 
     k_blocks = _cdiv(l.k, FWD_BK[fwd_tile])
-    fsplit = split(k_blocks * ntiles, l.c, 32)
+    fpair = int(span and k_blocks * ntiles >= 2 * WAVE)  # plan.cuh: pairs of span tiles from two waves on
+    fsplit = split(k_blocks * (_cdiv(ntiles, 2) if fpair else ntiles), l.c, 32)
     bsplit = split(_cdiv(l.c, DT_BC[dt_tile]) * dt_tiles, l.k, 64)
     groups = max(1, min(_cdiv(512, _cdiv(l.k, 8)), _cdiv(l.m, 256)))
     rgroup_px = _cdiv(_cdiv(l.m, groups), 32) * 32
@@ -415,6 +417,7 @@ def native_geometry(layer: Layer) -> NativeGeometry:
         dt_tile,
         dt_tiles,
         fsplit,
+        fpair,
         bsplit,
         splits,
         rgroups,

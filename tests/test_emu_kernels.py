@@ -218,6 +218,7 @@ def test_tile_cases_cover_every_class_and_split():
     assert {g.fwd_tile for g in geos} == {"rect8x8", "rect8x16", "span64"}
     assert {g.dwp_tile for g in geos} == {"rect8x8", "span64"} and {g.dt_tile for g in geos} == {"span64", "span128"}
     assert any(g.fsplit > 1 for g in geos) and any(g.bsplit > 1 for g in geos)
+    assert any(g.fpair and g.ntiles % 2 for g in geos) and any(g.fwd_tile == "span64" and not g.fpair for g in geos)
     assert any(g.ntiles == 1 for g in geos) and any(g.ntiles > 4 for g in geos)
     assert {g.dyws for g in geos} == {0, 1} and any(g.dyws and g.dwp_tile == "rect8x8" for g in geos)
 

@@ -237,12 +237,12 @@ int main() {
     dsc::set_geometry(p, N, C, K, H, W, s, d);
     p.mode = dsc::kTrain;
     const dsc::BwdWs L = dsc::bwd_ws(p);
-    std::printf("%d %lld %d %lld %d %lld %d %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %d %d %d %lld\n", p.ft.cls,
+    std::printf("%d %lld %d %lld %d %lld %d %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %d %d %d %lld %d\n", p.ft.cls,
                 (long long)p.ft.ntiles, p.wt.cls, (long long)p.wt.ntiles, p.bt.cls, (long long)p.bt.ntiles, p.splits,
                 (long long)p.rgroups, (long long)p.xtiles, (long long)p.xgroups, (long long)dsc::forward_ws_floats(p),
                 (long long)L.red, (long long)L.coef, (long long)L.dwp, (long long)L.dwd, (long long)L.dt,
                 (long long)dsc::backward_ws_floats(p), (long long)p.span_rows, p.fsplit, p.bsplit, p.dyws,
-                (long long)L.dy);
+                (long long)L.dy, p.fpair);
   }
 }
 """
@@ -297,6 +297,7 @@ def test_native_geometry_matches_plan_cuh(tmp_path):
             g.bsplit,
             g.dyws,
             g.bwd_dy,
+            g.fpair,
         ) == (cls[cpp[0]], cpp[1], cls[cpp[2]], *cpp[3:4], cls[cpp[4]], *cpp[5:]), l
 
 

@@ -209,8 +209,13 @@ def _kernel_variant(demangled: str) -> tuple[str, str]:
     if rest and rest[0].startswith("dsc::TileShape<"):
         v.append(_TILES.get(rest[0][len("dsc::TileShape<") : -1], rest[0]))
         rest = rest[1:]
+    pair = len(rest) == 3 and rest[2] == "true"  # dsconv_fwd_kernel's PAIR: two span tiles per block
+    if len(rest) == 3 and rest[2] in ("true", "false"):
+        rest = rest[:2]
     if len(rest) == 2:  # stride, dilation
         v += [f"s={rest[0]}", "d=runtime" if rest[1] == "0" else f"d={rest[1]}"]
+    if pair:
+        v.append("pairs")
     return kernel, " ".join(v)
 
 

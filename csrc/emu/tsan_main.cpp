@@ -11,9 +11,12 @@
 // skipped barrier leaves no happens-before edge, whatever the compiler could prove.
 // Tiles past grid.y spill into grid.z (launch.cuh): with 3 here instead of CUDA's 65535, the stride-1
 // cases below (4 tiles) run the split and the early return of surplus blocks under TSan/ASan. dWp
-// partials are capped at 2 so that a dwp_kernel block loops over more than one tile.
+// partials are capped at 2 so that a dwp_kernel block loops over more than one tile. dsconv_fwd pairs span
+// tiles from 2 single-tile blocks on: the first case below runs a whole pair, the C = 70 case a pair
+// without its second tile and split over input channels, the C = 130 case a single tile.
 #define DSC_TILE_GRID_Y 3
 #define DSC_DWP_MAX_SPLITS 2
+#define DSC_FWD_PAIR_BLOCKS 2
 #include "emu/emu.h"
 #include "kernels/common.cuh"
 #include "emu/policy.h"

@@ -248,46 +248,56 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_dw_kernel(const Problem p, float* 
 //    output-channel blocks, and a chunk is two vector loads per thread: the block is a pure GEMM. On those
 //    maps a window chunk costs more instructions than its GEMM (a 64-pixel span window is ~4x the pixels it
 //    feeds, and K / 128 blocks would each recompute it), while t [C x M] is small and stays in L2.
-template <class Tl>
-struct FwdPwSmem {  // span tiles: double-buffered t and Wp^T chunks
-  static constexpr int BC = 16;
+template <class Tl, bool PAIR = false>
+struct FwdPwSmem {  // span tiles: double-buffered t and Wp^T chunks (t of both tiles of a pair)
+  // Pairs: 8 channels per chunk, so that two blocks still fit in sm_75's 64 KB of shared memory.
+  static constexpr int BC = PAIR ? 8 : 16, NH = PAIR ? 2 : 1;
   union {
     struct {
-      alignas(16) float t[2][BC][Tl::BP];  // B operand
-      alignas(16) float w[2][BC][Tl::BK];  // A operand
+      alignas(16) float t[2][BC][NH * Tl::BP];  // B operand
+      alignas(16) float w[2][BC][Tl::BK];       // A operand
     } m;
     alignas(16) float o[FwdOut<Tl>::kOut];  // epilogue: half of the output tile (FwdOut)
   };
   int64_t slot[Tl::BP];
 };
-template <class Tl, int S, int D, bool SPAN = Tl::SPAN>
+template <class Tl, int S, int D, bool PAIR, bool SPAN = Tl::SPAN>
 struct FwdSmemOf {
   using type = FwdSmem<Tl, S, D>;
 };
-template <class Tl, int S, int D>
-struct FwdSmemOf<Tl, S, D, true> {
-  using type = FwdPwSmem<Tl>;
+template <class Tl, int S, int D, bool PAIR>
+struct FwdSmemOf<Tl, S, D, PAIR, true> {
+  using type = FwdPwSmem<Tl, PAIR>;
 };
 
-template <class T, class Tl, int S, int D>
+// PAIR (span tiles, plan.cuh fpair): a block owns two consecutive tiles and keeps both 8 x 4 blocks of
+// each thread (an 8 x 8 register block, mma_8x4x2_steps_h), so every Wp^T fragment and Wp chunk it loads
+// feeds 128 pixels: per FMA half the Wp traffic and 2/3 of the shared loads of single tiles. Each tile's
+// epilogue is the single tile's, one after the other.
+template <class T, class Tl, int S, int D, bool PAIR = false>
 DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_fwd_kernel(const Problem p, float* ws) {
-  using Smem = typename FwdSmemOf<Tl, S, D>::type;
-  constexpr int BK = Tl::BK, BP = Tl::BP, NT = Tl::THREADS;
+  static_assert(!PAIR || Tl::SPAN, "pairs of span tiles only");
+  using Smem = typename FwdSmemOf<Tl, S, D, PAIR>::type;
+  constexpr int BK = Tl::BK, BP = Tl::BP, NT = Tl::THREADS, NH = PAIR ? 2 : 1;
   DSC_SHARED(Smem, s);
   const int tid = threadIdx.x, ty = tid / Tl::TX, tx = tid % Tl::TX;
   const TileBlock tb = tile_block();
-  if (tb.tile >= p.ft.ntiles) return;  // the whole block: no barrier is left waiting
+  const int64_t tile = tb.tile * NH;         // (a pair's first tile)
+  if (tile >= p.ft.ntiles) return;           // the whole block: no barrier is left waiting
+  const bool has2 = tile + 1 < p.ft.ntiles;  // PAIR: the second tile exists (block-uniform)
   // Grid x = output-channel block + kblocks x input-channel split (fsplit > 1: small maps).
-  const int64_t tile = tb.tile, kblocks = (p.K + BK - 1) / BK, kb = tb.block % kblocks, cs = tb.block / kblocks;
+  const int64_t kblocks = (p.K + BK - 1) / BK, kb = tb.block % kblocks, cs = tb.block / kblocks;
   const int64_t k0 = kb * BK, c_lo = cs * p.csplit, c_hi = c_lo + p.csplit < p.C ? c_lo + p.csplit : p.C;
   const T* __restrict__ wp = static_cast<const T*>(p.wp);
   const Str4 os = p.mode == kEval ? p.os : p.ys;
   const bool vec_wp = p.vec_wp != 0;
-  float acc[8][4];
+  float acc[NH][8][4];
 #pragma unroll
-  for (int i = 0; i < 8; ++i)
+  for (int h = 0; h < NH; ++h)
 #pragma unroll
-    for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[h][i][j] = 0.f;
 
   if constexpr (Tl::SPAN) {
     constexpr int BC = Smem::BC, TQ = BP / 4, TPT = BC * TQ;  // t staging: TPT threads, one float4 each
@@ -295,57 +305,79 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_fwd_kernel(const Pr
     static_assert(TPT <= NT && BK * (BC / 4) % NT == 0, "span staging mapping");
     slot_offsets<Tl>(p, p.ft, tile, os, s.slot, tid, NT);
     const int64_t mp = p.ft.ntiles * BP;  // row length of the t workspace
-    const float* __restrict__ tsrc = ws + fwd_t_offset(p) + tile * BP;
     const int tr = tid / TQ, tq = (tid % TQ) * 4;
-    int kk_w[WR], cg_w[WR];
-    bool kv[WR];
+    const int crem = static_cast<int>(c_hi - c_lo);  // channels of this block's split
+    // Every source is a running pointer stepped one chunk per ld (chunks are loaded in order): the 64-bit
+    // offset arithmetic is done once per block, not per chunk (register room for the pairs' 64 sums).
+    const bool tthr = tid < TPT && tr < crem;  // (else this thread stages no channel of t: zeros)
+    const float* const t0 = ws + fwd_t_offset(p) + tile * BP + (tthr ? (c_lo + tr) * mp + tq : 0);
+    const float* tcur = t0;
+    const T* wcur[WR];
+    int wrem[WR];  // channels left from this thread's first one (<= 0: none)
 #pragma unroll
     for (int r = 0; r < WR; ++r) {
-      const int e = tid + r * NT;
-      kk_w[r] = e / (BC / 4);
-      cg_w[r] = (e % (BC / 4)) * 4;
-      kv[r] = k0 + kk_w[r] < p.K;
+      const int e = tid + r * NT, kk = e / (BC / 4), cg = (e % (BC / 4)) * 4;
+      const bool kv = k0 + kk < p.K;
+      wcur[r] = wp + (kv ? (k0 + kk) * p.C + c_lo + cg : 0);
+      wrem[r] = kv ? crem - cg : 0;
     }
-    const int nch = static_cast<int>((c_hi - c_lo + BC - 1) / BC);
+    const int nch = (crem + BC - 1) / BC;
     // Channels past c_hi are zeroed when stored, not when loaded: a select right after the load waits for it,
     // and in order (as the simulator runs PTX) so does everything after it, the GEMM this load should hide
     // behind included.
-    f4 tv = f4{0.f, 0.f, 0.f, 0.f};
+    f4 tv[NH];
     bool tok = false;
     float wv[WR][4];
-    auto ld = [&](int j) {  // chunk j into registers
-      const int64_t c = c_lo + static_cast<int64_t>(j) * BC;
-      tok = tid < TPT && c + tr < c_hi;
-      tv = DSC_LDG(reinterpret_cast<const f4*>(tsrc + (tok ? (c + tr) * mp + tq : 0)));
+    auto ld = [&](int j) {  // chunk j into registers (j = 0, 1, 2, ... in turn)
+      tok = tthr && j * BC + tr < crem;
+      const float* src = tok ? tcur : t0;
+      tcur += BC * mp;
+      tv[0] = DSC_LDG(reinterpret_cast<const f4*>(src));
+      // (a pair without its second tile multiplies the first tile's t again into acc[1], never stored)
+      if constexpr (PAIR) tv[1] = DSC_LDG(reinterpret_cast<const f4*>(src + (has2 ? BP : 0)));
 #pragma unroll
       for (int r = 0; r < WR; ++r) {
-        const int64_t n = c_hi - c - cg_w[r];
-        const T* row = wp + (kv[r] ? (k0 + kk_w[r]) * p.C + c + cg_w[r] : 0);
-        load4<T>(row, kv[r] ? (n < 4 ? static_cast<int>(n < 0 ? 0 : n) : 4) : 0, vec_wp, wv[r]);
+        const int n = wrem[r] - j * BC;
+        load4<T>(n > 0 ? wcur[r] : wp, n < 4 ? (n < 0 ? 0 : n) : 4, vec_wp, wv[r]);
+        wcur[r] += BC;
       }
     };
     auto st = [&](int b) {  // ... to shared buffer b
-      if (tid < TPT) *reinterpret_cast<f4*>(&s.m.t[b][tr][tq]) = tok ? tv : f4{0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-      for (int r = 0; r < WR; ++r)
+      for (int h = 0; h < NH; ++h)
+        if (tid < TPT) *reinterpret_cast<f4*>(&s.m.t[b][tr][h * BP + tq]) = tok ? tv[h] : f4{0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-        for (int i = 0; i < 4; ++i) s.m.w[b][cg_w[r] + i][kk_w[r]] = wv[r][i];
+      for (int r = 0; r < WR; ++r) {
+        const int e = tid + r * NT, kk = e / (BC / 4), cg = (e % (BC / 4)) * 4;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) s.m.w[b][cg + i][kk] = wv[r][i];
+      }
     };
     // One barrier per chunk: iteration j stores chunk j + 1 (loaded during chunk j - 1's GEMM) into the
-    // other buffer, issues chunk j + 2's loads and multiplies chunk j.
+    // other buffer, issues chunk j + 2's loads and multiplies chunk j. Pairs load chunk j + 1 after chunk
+    // j's GEMM instead (no chunk held in registers across it: the 64 sums leave no room on sm_61; the
+    // other block on the SM runs while these wait).
     if (nch > 0) {
       ld(0);
       st(0);
-      if (nch > 1) ld(1);
+      if (!PAIR && nch > 1) ld(1);
     }
     DSC_SYNC(10);  // chunk 0 and the slot table in shared memory
     for (int j = 0; j < nch; ++j) {
       const int b = j & 1;
-      if (j + 1 < nch) {
-        st(b ^ 1);
-        if (j + 2 < nch) ld(j + 2);
+      if constexpr (PAIR) {
+        mma_8x4x2_steps_h<BC>(acc[0], acc[1], s.m.w[b][0], BK / 2, BK, s.m.t[b][0], BP, NH * BP, ty, tx);
+        if (j + 1 < nch) {
+          ld(j + 1);
+          st(b ^ 1);
+        }
+      } else {
+        if (j + 1 < nch) {
+          st(b ^ 1);
+          if (j + 2 < nch) ld(j + 2);
+        }
+        mma_8x4_steps<BK, BC>(acc[0], s.m.w[b][0], BK, s.m.t[b][0], BP, ty, tx);
       }
-      mma_8x4_steps<BK, BC>(acc, s.m.w[b][0], BK, s.m.t[b][0], BP, ty, tx);
       DSC_SYNC(11);  // chunk j consumed, chunk j + 1 stored
     }
   } else {
@@ -438,7 +470,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_fwd_kernel(const Pr
         dstep(b ^ 1);
         st_w(b ^ 1);
       }
-      mma_8x4_steps<BK, BC>(acc, s.m.w[b][0], BK, s.m.t[b][0], BP, ty, tx);
+      mma_8x4_steps<BK, BC>(acc[0], s.m.w[b][0], BK, s.m.t[b][0], BP, ty, tx);
       if (j + 2 < nch) {
         st_win(j + 2, b);
         ld_w(j + 2);
@@ -448,14 +480,25 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(Tl::THREADS, 2) dsconv_fwd_kernel(const Pr
     }
   }
 
-  if (p.fsplit > 1) {  // a split of the input channels: fp32 partial tile, summed by dsconv_fwd_reduce
-    float* part = ws + fwd_part_offset(p) + ((cs * p.ft.ntiles + tile) * kblocks + kb) * (BK * BP);
+  if (p.fsplit > 1) {  // a split of the input channels: fp32 partial tiles, summed by dsconv_fwd_reduce
 #pragma unroll
-    for (int i = 0; i < 8; ++i)
-      *reinterpret_cast<f4*>(part + mma_row<BK>(ty, i) * BP + tx * 4) = f4{acc[i][0], acc[i][1], acc[i][2], acc[i][3]};
+    for (int h = 0; h < NH; ++h) {
+      if (h > 0 && !has2) break;
+      float* part = ws + fwd_part_offset(p) + ((cs * p.ft.ntiles + tile + h) * kblocks + kb) * (BK * BP);
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+        *reinterpret_cast<f4*>(part + mma_row<BK>(ty, i) * BP + tx * 4) =
+            f4{acc[h][i][0], acc[h][i][1], acc[h][i][2], acc[h][i][3]};
+    }
     return;
   }
-  fwd_epilogue<T, Tl>(p, ws, tile, k0, acc, s.o, s.slot, tid);
+  fwd_epilogue<T, Tl>(p, ws, tile, k0, acc[0], s.o, s.slot, tid);
+  if constexpr (PAIR) {
+    if (has2) {  // (the epilogue's last barrier: every read of the first tile's slots is done)
+      slot_offsets<Tl>(p, p.ft, tile + 1, os, s.slot, tid, NT);
+      fwd_epilogue<T, Tl>(p, ws, tile + 1, k0, acc[1], s.o, s.slot, tid);
+    }
+  }
 }
 
 // dsconv_fwd_reduce: with the input channels split over fsplit blocks (small maps: too few tiles to fill the

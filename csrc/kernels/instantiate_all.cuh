@@ -7,6 +7,8 @@
 
 #define DSC_INST_FWD(T, Tl, S, D) \
   template __global__ void dsc::dsconv_fwd_kernel<T, dsc::Tl, S, D>(const dsc::Problem, float*);
+#define DSC_INST_FWD_PAIR(T, S, D) \
+  template __global__ void dsc::dsconv_fwd_kernel<T, dsc::TileSpan64, S, D, true>(const dsc::Problem, float*);
 #define DSC_INST_DWP(T, Tl, S, D) \
   template __global__ void dsc::dsconv_bwd_dwp_kernel<T, dsc::Tl, S, D>(const dsc::Problem, float*);
 #define DSC_INST_DX(T, S, D) template __global__ void dsc::dsconv_bwd_dx_kernel<T, S, D>(const dsc::Problem, float*);
@@ -20,6 +22,7 @@
 #define DSC_INST_SD(T, S, D)        \
   DSC_INST_SD_RECT(T, S, D)         \
   DSC_INST_FWD(T, TileSpan64, S, D) \
+  DSC_INST_FWD_PAIR(T, S, D)        \
   DSC_INST_DWP(T, TileSpan64, S, D) \
   template __global__ void dsc::dsconv_dw_kernel<T, S, D>(const dsc::Problem, float*);
 #define DSC_INST_S(T, S)    \

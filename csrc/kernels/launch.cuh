@@ -69,8 +69,16 @@ void launch_fwd(const Problem& p, float* ws) {
     const int64_t mp = p.ft.ntiles * Tl::BP, th = mp < 256 ? mp : 256;  // mp: a multiple of 64
     P::launch(dsconv_dw_kernel<T, S, D>, cdiv(mp, th), dw_grid_y(p), 1, static_cast<int>(th), p, ws + fwd_t_offset(p));
   }
-  P::launch(dsconv_fwd_kernel<T, Tl, S, D>, cdiv(p.K, Tl::BK) * p.fsplit, tile_grid_y(p.ft.ntiles),
-            tile_grid_z(p.ft.ntiles), Tl::THREADS, p, ws);
+  if constexpr (Tl::SPAN) {
+    if (p.fpair) {
+      const int64_t pairs = cdiv(p.ft.ntiles, 2);
+      P::launch(dsconv_fwd_kernel<T, Tl, S, D, true>, cdiv(p.K, Tl::BK) * p.fsplit, tile_grid_y(pairs),
+                tile_grid_z(pairs), Tl::THREADS, p, ws);
+    }
+  }
+  if (!p.fpair)
+    P::launch(dsconv_fwd_kernel<T, Tl, S, D>, cdiv(p.K, Tl::BK) * p.fsplit, tile_grid_y(p.ft.ntiles),
+              tile_grid_z(p.ft.ntiles), Tl::THREADS, p, ws);
   if (p.fsplit > 1)
     P::launch(dsconv_fwd_reduce_kernel<T, Tl>, cdiv(p.K, Tl::BK), tile_grid_y(p.ft.ntiles), tile_grid_z(p.ft.ntiles),
               Tl::THREADS, p, ws);

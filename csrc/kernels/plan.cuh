@@ -28,6 +28,13 @@ namespace dsc {
 
 constexpr int64_t kFwdWave = 56;  // tiled-kernel blocks resident at once on a GTX 1080 Ti (2 per SM)
 
+// dsconv_fwd on span tiles takes its tiles in pairs (8 x 8 outputs per thread, forward.cuh) from this many
+// single-tile blocks on: two waves, so that pairs still fill one. csrc/emu/tsan_main.cpp lowers it to run
+// the paired kernel on its small problems.
+#ifndef DSC_FWD_PAIR_BLOCKS
+#define DSC_FWD_PAIR_BLOCKS (2 * kFwdWave)
+#endif
+
 // Span tiles (64 consecutive pixels across images) need a template dilation, small maps, 32-bit pixel
 // and padded-row numbers, and a staged window within kSpanHalo floats per channel. Returns the most
 // padded rows a tile stages, or 0 if span tiles do not apply.
@@ -79,7 +86,9 @@ inline void set_geometry(Problem& p, int64_t N, int64_t C, int64_t K, int64_t H,
   // a GTX 1080 Ti's 28 SMs), the input channels are split over up to that many blocks, at least 32 channels
   // each; dsconv_fwd_reduce then sums the partial tiles in order.
   {
-    const int64_t blocks = cdiv(K, p.ft.cls == kTileRect8x16 ? 64 : 128) * p.ft.ntiles;
+    int64_t blocks = cdiv(K, p.ft.cls == kTileRect8x16 ? 64 : 128) * p.ft.ntiles;
+    p.fpair = (p.ft.cls == kTileSpan64 && blocks >= DSC_FWD_PAIR_BLOCKS) ? 1 : 0;
+    if (p.fpair) blocks = cdiv(K, 128) * cdiv(p.ft.ntiles, 2);
     int64_t split = blocks >= kFwdWave ? 1 : kFwdWave / blocks;
     if (split > C / 32) split = C / 32;
     if (split < 1) split = 1;

@@ -66,6 +66,7 @@ struct Problem {
   Tiling ft, wt, bt;
   int span_rows;   // span tiles: most zero-padded input rows one tile stages (0: span tiles do not apply)
   int fsplit;      // dsconv_fwd: blocks the input channels are split over (> 1 when too few tiles fill the GPU)
+  int fpair;       // dsconv_fwd on span tiles: 1 = a block owns two consecutive tiles (plan.cuh)
   int64_t csplit;  // input channels per split (a multiple of 8)
   FastDiv div_hw, div_wo, div_k;  // by Ho*Wo, Wo, K
   FastDiv div_hp, div_cwin;       // span tiles: by H + 2d and W + 2d (padded image height, window row)

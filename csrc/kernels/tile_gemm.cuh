@@ -55,6 +55,51 @@ DSC_DEVICE void mma_8x4_steps(float (&acc)[8][4], const float* a, int lda, const
   mma_8x4_steps_h<STEPS>(acc, a, BM / 2, lda, b, ldb, ty, tx);
 }
 
+// Two 8 x 4 blocks side by side, one per BP-pixel tile of a pair (B columns tx * 4 .. + 3 and bh + tx * 4
+// .. + 3), sharing the A fragments: an 8 x 8 register block per thread, 64 FMAs per two A and two B float4
+// loads where mma_8x4_steps_h does 32 per three; the block's Wp chunk feeds twice the pixels. PRE as there.
+template <int STEPS, bool PRE = true>
+DSC_DEVICE void mma_8x4x2_steps_h(float (&acc0)[8][4], float (&acc1)[8][4], const float* a, int half, int lda,
+                                  const float* b, int bh, int ldb, int ty, int tx) {
+  const float* pa = a + ty * 4;
+  const float* pa2 = pa + half;
+  const float* pb = b + tx * 4;
+  const float* pb2 = pb + bh;
+  f4 a0 = *reinterpret_cast<const f4*>(pa), a1 = *reinterpret_cast<const f4*>(pa2);
+  f4 b0 = *reinterpret_cast<const f4*>(pb), b1 = *reinterpret_cast<const f4*>(pb2);
+#pragma unroll
+  for (int st = 0; st < STEPS; ++st) {
+    f4 na0 = a0, na1 = a1, nb0 = b0, nb1 = b1;
+    if (!PRE && st > 0) {
+      a0 = *reinterpret_cast<const f4*>(pa + st * lda);
+      a1 = *reinterpret_cast<const f4*>(pa2 + st * lda);
+      b0 = *reinterpret_cast<const f4*>(pb + st * ldb);
+      b1 = *reinterpret_cast<const f4*>(pb2 + st * ldb);
+    }
+    if (PRE && st + 1 < STEPS) {
+      na0 = *reinterpret_cast<const f4*>(pa + (st + 1) * lda);
+      na1 = *reinterpret_cast<const f4*>(pa2 + (st + 1) * lda);
+      nb0 = *reinterpret_cast<const f4*>(pb + (st + 1) * ldb);
+      nb1 = *reinterpret_cast<const f4*>(pb2 + (st + 1) * ldb);
+    }
+    const float av[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+    const float bv0[4] = {b0.x, b0.y, b0.z, b0.w}, bv1[4] = {b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        acc0[i][j] += av[i] * bv0[j];
+        acc1[i][j] += av[i] * bv1[j];
+      }
+    if (PRE) {
+      a0 = na0;
+      a1 = na1;
+      b0 = nb0;
+      b1 = nb1;
+    }
+  }
+}
+
 // Row of the tile that acc[i][*] belongs to (second four rows `half` after the first).
 DSC_HD int mma_row_h(int half, int ty, int i) { return (i < 4 ? 0 : half) + ty * 4 + (i & 3); }
 template <int BM>
