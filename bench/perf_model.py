@@ -278,11 +278,9 @@ def fused(
 # -- the shipped CUDA kernels ------------------------------------------------------------------
 # Mirrors of the C++ constants (keep in sync; tests/test_perf_model.py compiles launch.cuh and checks
 # native_geometry against set_geometry / forward_ws_floats / bwd_ws):
-SPAN_HALO = 800  # csrc/kernels/problem.cuh kSpanHalo: span tiles' staged floats per channel
-SPAN_ROWS_MAX = 128  # kSpanRowsMax
 FWD_BK = {"rect8x8": 128, "rect8x16": 64, "span64": 128}  # dsconv_fwd output channels per block
 FWD_BP = {"rect8x8": 64, "rect8x16": 128, "span64": 64}  # pixels per tile
-FWD_BC = 8  # dsconv_fwd input channels per depthwise chunk (4 for windows over SPAN_HALO floats)
+FWD_BC = 8  # dsconv_fwd input channels per depthwise chunk on rect tiles (4 for wide windows)
 DT_BC = {"span64": 128, "span128": 64}  # dsconv_bwd_dt input channels per block; pixels = the class's number
 DWP_BK, DWP_BC = 128, 64  # dsconv_bwd_dwp block: 128 output x 64 input channels
 
@@ -311,17 +309,9 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _span_rows(l: "Layer") -> int:
-    """plan.cuh span_rows: padded rows a 64-pixel span tile stages, 0 if span tiles do not apply."""
-    d, s = l.dilation, l.stride
-    if d < 1 or d > 4 or l.wo > SPAN_MAX_WO or l.m >= 2**31 or l.n * (l.h + 2 * d) >= 2**31:
-        return 0
-    dr = min((l.wo + 62) // l.wo, l.n * l.ho - 1)
-    dn = min((l.ho * l.wo + 62) // (l.ho * l.wo), l.n - 1)
-    if (dn + 1) * l.c * l.h * l.w >= 2**31:
-        return 0
-    rows = s * dr + dn * (l.h + 2 * d - s * l.ho) + 2 * d + 1
-    return rows if rows <= SPAN_ROWS_MAX and rows * (l.w + 2 * d) <= SPAN_HALO else 0
+def _span(l: "Layer") -> bool:
+    """plan.cuh span_tiles: whether dsconv_fwd / dsconv_bwd_dwp take 64-pixel span tiles."""
+    return 1 <= l.dilation <= 4 and l.wo <= SPAN_MAX_WO and l.m < 2**31
 
 
 @dataclass(frozen=True)
@@ -359,7 +349,7 @@ class NativeGeometry:
 def native_geometry(layer: Layer) -> NativeGeometry:
     """plan.cuh ``set_geometry`` + ``forward_ws_floats`` + problem.cuh ``bwd_ws``, in Python."""
     l = layer
-    span = _span_rows(l) > 0
+    span = _span(l)
 
     def rect(bp_w: int) -> int:
         return l.n * _cdiv(l.ho, 8) * _cdiv(l.wo, bp_w)

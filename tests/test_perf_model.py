@@ -198,7 +198,7 @@ def test_native_rereads_of_the_grid():
 
 
 # (N, C, K, H, W, stride, dilation) -> (forward tile class, forward tiles, splits), by hand from plan.cuh
-# set_geometry: span tiles where Wo <= 56 and the window fits; s0 = clamp(cdiv(256, B), 1, min(64, T)) with
+# set_geometry: span tiles where Wo <= 56 and the dilation is 1..4; s0 = clamp(cdiv(256, B), 1, min(64, T)) with
 # B = cdiv(K, 128) * cdiv(C, 64) dWp blocks and T dWp tiles, then of the s <= s0 with the fewest rounds
 # cdiv(B s, 56) * cdiv(T, s), the fewest.
 GEOMETRY_CASES = [
@@ -206,8 +206,8 @@ GEOMETRY_CASES = [
     ((32, 32, 64, 224, 224, 2, 3), ("rect8x16", 32 * 14 * 7, 56)),  # b1: K <= 64 -> 8x16 tiles; 1 block:
     # s0 = 64 (2 waves x 98 tiles), 56 splits take 1 wave x 112 tiles (32, the old rule's, 1 x 196)
     ((1, 32, 64, 224, 224, 2, 3), ("rect8x16", 14 * 7, 49)),  # b1 at batch 1: 196 tiles, 1 wave x 4 (not 25 x 8)
-    ((32, 256, 512, 56, 56, 2, 3), ("rect8x8", 32 * 4 * 4, 7)),  # 28x28 output at s2: window 13 x 62 > kSpanHalo;
-    # 16 dWp blocks: s0 = 16 (5 waves x 32 tiles = 160), 7 splits take 2 x 74 = 148
+    ((32, 256, 512, 56, 56, 2, 3), ("span64", 32 * 28 * 28 // 64, 7)),  # 28x28 output at s2 (rect tiles while the
+    # window had to fit); 16 dWp blocks: s0 = 16, 7 splits take 2 waves x 56 tiles = 112 (14 too, more splits)
     ((1, 128, 128, 56, 56, 1, 3), ("span64", 49, 25)),  # b3 at batch 1: 2 x 1 tile -> 1 x 2 tiles
     ((32, 512, 1024, 28, 28, 2, 3), ("span64", 32 * 196 // 64, 4)),  # 14x14 output: 64 dWp blocks -> 4
     ((1, 64, 64, 7, 7, 1, 1), ("span64", 1, 1)),  # capped at the tiles
@@ -241,7 +241,7 @@ int main() {
                 (long long)p.ft.ntiles, p.wt.cls, (long long)p.wt.ntiles, p.bt.cls, (long long)p.bt.ntiles, p.splits,
                 (long long)p.rgroups, (long long)p.xtiles, (long long)p.xgroups, (long long)dsc::forward_ws_floats(p),
                 (long long)L.red, (long long)L.coef, (long long)L.dwp, (long long)L.dwd, (long long)L.dt,
-                (long long)dsc::backward_ws_floats(p), (long long)p.span_rows, p.fsplit, p.bsplit, p.dyws,
+                (long long)dsc::backward_ws_floats(p), (long long)p.span, p.fsplit, p.bsplit, p.dyws,
                 (long long)L.dy, p.fpair);
   }
 }
@@ -292,7 +292,7 @@ def test_native_geometry_matches_plan_cuh(tmp_path):
             g.bwd_dwd,
             g.bwd_dt,
             g.bwd_total,
-            pm._span_rows(l),
+            int(pm._span(l)),
             g.fsplit,
             g.bsplit,
             g.dyws,

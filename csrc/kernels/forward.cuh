@@ -244,7 +244,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_dw_kernel(const Problem p, float* 
 //  - rect tiles: per chunk, the tile's input window is staged once in shared memory (coalesced along x's
 //    contiguous axis) and t computed from it (9 taps and the channel's 9 weights in registers); t never
 //    leaves the chip;
-//  - span tiles (small maps: launch.cuh span_rows): dsconv_dw wrote t for every pixel into the workspace once, for all
+//  - span tiles (small maps: plan.cuh span_tiles): dsconv_dw wrote t for every pixel into the workspace once, for all
 //    output-channel blocks, and a chunk is two vector loads per thread: the block is a pure GEMM. On those
 //    maps a window chunk costs more instructions than its GEMM (a 64-pixel span window is ~4x the pixels it
 //    feeds, and K / 128 blocks would each recompute it), while t [C x M] is small and stays in L2.

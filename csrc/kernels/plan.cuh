@@ -20,8 +20,7 @@ namespace dsc {
 // 95,325 cycles on span tiles against 184,306 on 8x8 rect tiles (2 channel blocks x 16 tiles: 32 blocks on
 // 28 SMs) and 158,699 unfused; b3 (128 -> 128 at 56x56) 79,441 against 100,015 and 128,808. The price is
 // dsconv_dw's t in the workspace, C x M floats (b3 at batch 32: 51 MB, what the unfused chain holds for its
-// depthwise output too). b2 and b4 stay on rect tiles: their windows per channel (11 rows of 118, 13 of 62)
-// are over kSpanHalo.
+// depthwise output too).
 #ifndef DSC_SPAN_MAX_WO
 #define DSC_SPAN_MAX_WO 56
 #endif
@@ -35,19 +34,13 @@ constexpr int64_t kFwdWave = 56;  // tiled-kernel blocks resident at once on a G
 #define DSC_FWD_PAIR_BLOCKS (2 * kFwdWave)
 #endif
 
-// Span tiles (64 consecutive pixels across images) need a template dilation, small maps, 32-bit pixel
-// and padded-row numbers, and a staged window within kSpanHalo floats per channel. Returns the most
-// padded rows a tile stages, or 0 if span tiles do not apply.
-inline int span_rows(int64_t N, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int s, int d) {
-  if (d < 1 || d > 4 || Wo > DSC_SPAN_MAX_WO || N * Ho * Wo >= (int64_t(1) << 31) ||
-      N * (H + 2 * d) >= (int64_t(1) << 31))
-    return 0;
-  int64_t dr = (Wo + 62) / Wo, dn = (Ho * Wo + 62) / (Ho * Wo);  // most output rows / images a tile crosses
-  if (dr > N * Ho - 1) dr = N * Ho - 1;
-  if (dn > N - 1) dn = N - 1;
-  if ((dn + 1) * C * H * W >= (int64_t(1) << 31)) return 0;  // staged offsets from the first image are 32-bit
-  const int64_t rows = s * dr + dn * (H + 2 * d - s * Ho) + 2 * d + 1;
-  return (rows <= kSpanRowsMax && rows * (W + 2 * d) <= kSpanHalo) ? static_cast<int>(rows) : 0;
+// Span tiles (64 consecutive pixels across images) need a template dilation, small maps and 32-bit pixel
+// numbers (dsconv_dw and the slot tables divide them in 32 bits). No kernel stages a span tile's window any
+// more (dsconv_dw reads x per pixel, everything after it reads t), so the window's size no longer matters.
+// While it did, b2 and b4 (windows of 11 rows of 118 and 13 of 62 floats) and b3 from batch 2 on took
+// rect tiles. SIMULATED (batch 1, eval) with rect tiles: b4 142,278 cycles against 90,191 unfused.
+inline bool span_tiles(int64_t M, int64_t Wo, int d) {
+  return d >= 1 && d <= 4 && Wo <= DSC_SPAN_MAX_WO && M < (int64_t(1) << 31);
 }
 
 inline Tiling rect_tiling(int cls, int64_t N, int64_t Ho, int64_t Wo) {
@@ -74,8 +67,8 @@ inline void set_geometry(Problem& p, int64_t N, int64_t C, int64_t K, int64_t H,
   // Forward tiles: span tiles on small maps; 64 channels x 8x16 pixels when K <= 64 on wide maps (one
   // channel block, no idle half); else 128 channels x 8x8. dWp: span or 8x8 (64-pixel tiles). dt: span
   // tiles always (it has no window), 128 pixels x 64 channels when C <= 64.
-  p.span_rows = span_rows(N, C, H, W, p.Ho, p.Wo, stride, dil);
-  if (p.span_rows > 0) {
+  p.span = span_tiles(p.M, p.Wo, dil) ? 1 : 0;
+  if (p.span) {
     p.ft = p.wt = span_tiling(kTileSpan64, p.M);
   } else {
     p.ft = rect_tiling((K <= 64 && p.Wo > 8) ? kTileRect8x16 : kTileRect8x8, N, p.Ho, p.Wo);

@@ -22,7 +22,7 @@ enum Grad : int { kGradX = 1, kGradDw = 2, kGradPw = 4 };
 enum TileClass : int {
   kTileRect8x8 = 0,   // 128 output channels x 8x8 pixels
   kTileRect8x16 = 1,  // 64 output channels x 8x16 pixels (K <= 64 on large maps)
-  kTileSpan64 = 2,    // 128 output channels x 64 consecutive pixels (small maps: launch.cuh span_rows)
+  kTileSpan64 = 2,    // 128 output channels x 64 consecutive pixels (small maps: plan.cuh span_tiles)
   kTileSpan128 = 3,   // 64 channels x 128 consecutive pixels (dsconv_bwd_dt when C <= 64)
 };
 
@@ -64,7 +64,7 @@ struct Problem {
   // Pixel tilings (set_geometry): ft for dsconv_fwd (by K), wt for dsconv_bwd_dwp (64-pixel tiles),
   // bt for dsconv_bwd_dt (span tiles, by C: it needs no window).
   Tiling ft, wt, bt;
-  int span_rows;   // span tiles: most zero-padded input rows one tile stages (0: span tiles do not apply)
+  int span;        // 1: span tiles (plan.cuh span_tiles)
   int fsplit;      // dsconv_fwd: blocks the input channels are split over (> 1 when too few tiles fill the GPU)
   int fpair;       // dsconv_fwd on span tiles: 1 = a block owns two consecutive tiles (plan.cuh)
   int64_t csplit;  // input channels per split (a multiple of 8)

@@ -6,7 +6,8 @@ A case is IMPL:MODE:SHAPE[:DTYPE[:LAYOUT]]; each part may be a comma-separated l
   IMPL   fused (csrc/kernels via launch.cuh) | unfused (tools/sim/baseline: what PyTorch runs)
   MODE   eval | train | step (training forward + backward) | bwd (backward alone)
   SHAPE  b1..b9 (the classifier's blocks at --batch, --dilation, --rho), bK@S (block K at S x S input: a
-         cheaper probe the cost model scales to the full size) or NxCxKxHxW[sS][dD]
+         cheaper probe the cost model scales to the full size), bK#N (block K at batch N: where the launcher
+         picks other kernels than at batch 1) or NxCxKxHxW[sS][dD]
   DTYPE  f32 (default) | f16 | bf16            LAYOUT  nchw (default) | nhwc
 e.g.   python tools/sim/run_cases.py fused,unfused:eval:b3 fused:step:1x64x64x28x28s1d3
        python tools/sim/run_cases.py --preset issue11 --out docs/results/sim_gtx1080ti.md
@@ -41,9 +42,13 @@ PRESETS = {
     "steps": ["fused,unfused:step:b1,b5,b9"],
     # seconds-long cases: a smoke test of both programs, and latency-bound kernels for the model's calibration
     "small": ["fused,unfused:eval,step:1x16x16x16x16s1d3", "fused,unfused:step:2x8x12x9x11s2d2"],
-    # the blocks and modes issue11 leaves out, at sizes that keep each simulation to minutes: with issue11
-    # they give bench/cost_model.py every block in both modes.
-    "probes": ["fused,unfused:eval:b2@32,b4@32,b6@16,b8", "fused,unfused:step:b1@32,b2@32,b4@32,b5@16,b6@16,b8,b9"],
+    # the blocks and modes issue11 leaves out: with issue11 they give bench/cost_model.py every block in both
+    # modes. Eval at full size (2-15 minutes each).
+    "probes": ["fused,unfused:eval:b2,b4,b6,b8", "fused,unfused:step:b1@32,b2,b4,b5@16,b6@16,b8,b9"],
+    # blocks at the batch where the launcher changes kernels (bench/cost_model.py scales the case with the
+    # most pixels to batch 32): dsconv_fwd's pairs of span tiles (plan.cuh DSC_FWD_PAIR_BLOCKS: b5 from
+    # batch 5, b6 and b7 from 9, b8 and b9 from 17)
+    "batched": ["fused:eval:b5#5,b6#9,b7#9"],
 }
 
 
@@ -86,7 +91,10 @@ def parse_cases(specs: list[str], batch: int, dilation: int, rho: float) -> list
                     raise SystemExit(f"bad MODE {mode!r} in {spec!r}: choose from eval, train, step, bwd")
                 for shape in shapes:
                     probe = re.fullmatch(r"(b\d)@(\d+)", shape)  # a block at a smaller spatial size
-                    if probe and probe.group(1) in blocks:
+                    batched = re.fullmatch(r"(b\d)#(\d+)", shape)  # a block at another batch
+                    if batched and batched.group(1) in blocks:
+                        geo, label = (int(batched.group(2)), *blocks[batched.group(1)][1:]), batched.group(1)
+                    elif probe and probe.group(1) in blocks:
                         g = blocks[probe.group(1)]
                         geo, label = (
                             (g[0], g[1], g[2], int(probe.group(2)), int(probe.group(2)), g[5], g[6]),
@@ -97,7 +105,9 @@ def parse_cases(specs: list[str], batch: int, dilation: int, rho: float) -> list
                     else:
                         m = re.fullmatch(r"(\d+)x(\d+)x(\d+)x(\d+)x(\d+)(?:s(\d+))?(?:d(\d+))?", shape)
                         if not m:
-                            raise SystemExit(f"bad SHAPE {shape!r} in {spec!r}: b1..b9 or NxCxKxHxW[sS][dD]")
+                            raise SystemExit(
+                                f"bad SHAPE {shape!r} in {spec!r}: b1..b9, bK@S, bK#N or NxCxKxHxW[sS][dD]"
+                            )
                         g = [int(v) for v in m.groups()[:5]]
                         geo = (*g, int(m.group(6) or 1), int(m.group(7) or dilation))
                         label = ""
