@@ -46,9 +46,9 @@ PRESETS = {
     # modes. Eval at full size (2-15 minutes each).
     "probes": ["fused,unfused:eval:b2,b4,b6,b8", "fused,unfused:step:b1@32,b2,b4,b5@16,b6@16,b8,b9"],
     # blocks at the batch where the launcher changes kernels (bench/cost_model.py scales the case with the
-    # most pixels to batch 32): dsconv_fwd's pairs of span tiles (plan.cuh DSC_FWD_PAIR_BLOCKS: b5 from
-    # batch 5, b6 and b7 from 9, b8 and b9 from 17)
-    "batched": ["fused:eval:b5#5,b6#9,b7#9"],
+    # most pixels to batch 32): dsconv_fwd's pairs of span tiles (plan.cuh DSC_FWD_PAIR_BLOCKS: b2 and b3
+    # from batch 3, b4 and b5 from 5, b6 and b7 from 9, b8 and b9 from 17)
+    "batched": ["fused:eval:b3#3,b5#5,b6#9,b7#9"],
 }
 
 
