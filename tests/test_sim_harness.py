@@ -587,6 +587,72 @@ def test_a_split_the_target_does_not_need_drops_its_combine_kernel():
     assert cm.layer_runs(sim, grids, 4) == []
 
 
+def test_tile_kernels_writes_scale_with_the_tiles_they_write():
+    """A GEMM-like kernel writes one tile per block (a partial where the reduction is split): its writes follow
+    the tile elements written, everything else the pixels; a kernel that is not a tile writer keeps the pixel law."""
+
+    def kern(name, grid, writes, reads):
+        return {
+            "name": name,
+            "mangled": name,
+            "grid": grid,
+            "block": 256,
+            "regs": 32,
+            "smem": 0,
+            "cycles": 9000,
+            "warp_insn": 1000,
+            "gmem_read_txn": reads,
+            "gmem_write_txn": writes,
+            "shmem_thread_insn": 0,
+            "l2_accesses": reads + writes,
+        }
+
+    case = {
+        "impl": "unfused",
+        "mode": "step",
+        "n": 1,
+        "c": 8,
+        "k": 8,
+        "h": 8,
+        "w": 8,
+        "stride": 1,
+        "dil": 3,
+        "dtype": "f32",
+        "layout": "nchw",
+        "label": "b0",
+    }
+    # batch 1: a split-K GEMM (4 partial 128x128 tiles), dWp (2 splits), an elementwise pass; batch 8: the
+    # GEMM unsplit in 64x32 tiles (16 blocks), dWp 3 splits, the pass 8x the blocks
+    ks = [
+        kern("sgemm_kernel<128, 128, false, false>", [1, 1, 4], 400, 100),
+        kern("dsconv_bwd_dwp_kernel<float, dsc::TileShape<128, 8, 8, true>, 1, 3>", [1, 1, 2], 200, 100),
+        kern("relu_kernel", [2, 1, 1], 50, 50),
+    ]
+    sim = {"results": [{"verdict": "PASS", "case": case, "kernels": ks}]}
+    names = ["sgemm_kernel<64, 32, false, false>", *(k["name"] for k in ks[1:])]
+    grids = {
+        "blocks": {"b0": [1, 8, 8, 8, 8, 1, 3]},
+        "grids": {"unfused|step|b0|8": [[2, 1, 8], [1, 1, 3], [16, 1, 1]]},
+        "kernels": {"unfused|step|b0|8": names},
+    }
+    (run,) = cm.layer_runs(sim, grids, 8)
+    gemm, dwp, relu = run.kernels
+    # GEMM: 4 x 16384 elements -> 16 x 2048: half the writes; reads and instructions 8x the pixels
+    assert gemm.gwrite_txn == 200 and gemm.lsu_insn == 800 + 200 and gemm.warp_insn == 8000
+    assert gemm.l2_bytes == 32 * (800 + 200)
+    assert dwp.gwrite_txn == 300 and dwp.lsu_insn == 800 + 300  # 3 partials where 2 were
+    assert relu.gwrite_txn == 400 and relu.lsu_insn == 800  # not a tile writer: the pixels
+    # a paired dsconv_fwd block writes two tiles
+    assert (
+        cm.tile_elements_written("dsconv_fwd_kernel<float, dsc::TileShape<128, 8, 8, true>, 1, 3, true>", (3, 1, 1))
+        == 6 * cm.DSC_TILE
+    )
+    assert (
+        cm.tile_elements_written("dsconv_fwd_kernel<float, dsc::TileShape<128, 8, 8, true>, 1, 3>", (3, 1, 1))
+        == 3 * cm.DSC_TILE
+    )
+
+
 def test_launches_align_by_kernel_name_where_the_target_lists_its_kernels():
     def kern(name, grid, insn):
         return {"name": name, "mangled": name, "grid": grid, "block": 256, "regs": 32, "smem": 0, "cycles": 9000,
