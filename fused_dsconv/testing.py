@@ -63,6 +63,10 @@ NATIVE_TILE_CASES = [
     ((1, 130, 9, 6, 6), 1, 2, "span64"),  # C > 128: dy stored once by bn_bwd_dy (2 dt + 3 dWp C blocks)
     ((1, 130, 9, 8, 60), 1, 3, "rect8x16"),  # the same on rect tiles (dWp on 8x8 tiles)
     ((3, 3, 5, 49, 49), 1, 1, "span64"),  # 113 tiles: dsconv_fwd takes them in pairs, the last pair half
+    # C % 4 == 0, as in every block of the classifier: Wp rows read and dWp rows stored 4 channels at a time
+    ((2, 8, 12, 9, 10), 1, 2, "span64"),  # 3 tiles: dWp partials (split over the tiles)
+    ((1, 12, 6, 5, 5), 2, 3, "span64"),  # one tile: dWp stored by its kernel (one split)
+    ((1, 16, 70, 12, 60), 1, 4, "rect8x8"),  # rect tiles, K > 64
 ]
 
 

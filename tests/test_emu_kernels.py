@@ -221,6 +221,9 @@ def test_tile_cases_cover_every_class_and_split():
     assert any(g.fpair and g.ntiles % 2 for g in geos) and any(g.fwd_tile == "span64" and not g.fpair for g in geos)
     assert any(g.ntiles == 1 for g in geos) and any(g.ntiles > 4 for g in geos)
     assert {g.dyws for g in geos} == {0, 1} and any(g.dyws and g.dwp_tile == "rect8x8" for g in geos)
+    # C % 4 == 0 (vector Wp loads, dWp rows stored 4 channels at a time): partials and dWp stored directly
+    c4 = [g for g, (shape, *_) in zip(geos, TILE_CASES) if shape[1] % 4 == 0]
+    assert {g.splits == 1 for g in c4} == {True, False} and {g.fwd_tile for g in c4} >= {"rect8x8", "span64"}
 
 
 @pytest.mark.parametrize("shape,s,d,cls", TILE_CASES, ids=TILE_IDS)
