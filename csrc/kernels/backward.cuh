@@ -707,7 +707,11 @@ template <int S, int D>
 struct DxWindow {
   static constexpr int XR = D > 0 ? (S == 1 ? 8 + 2 * D : (2 * D + D % 2 + 7) / 2 + 1) : 24;  // rows = cols
   static constexpr int HALO = XR * XR;
-  static constexpr int CCL = 32 * HALO * 4 <= 40960 ? 32 : 8;               // channels_last channel chunk
+  // A channel's window every HS floats: odd, so that the 32 lanes of a channels-last warp (one channel each,
+  // the same pixel) read 32 banks. At HALO floats (even) they shared 8, 2 or 1 banks: 4- to 32-way
+  // conflicts on every read of the window (32-way at stride 1 dilation 4, stride 2 dilation 3 or 4).
+  static constexpr int HS = HALO | 1;
+  static constexpr int CCL = 32 * HS * 4 <= 40960 ? 32 : 8;                 // channels_last channel chunk
   static constexpr int OFS = D > 0 ? (S == 1 ? 2 * D : 2 * D + D % 2) : 0;  // (row of tap 0 of a = 0) * S
 };
 
@@ -737,7 +741,7 @@ struct DxSmem {
   using X = DxWindow<S, D>;
   static constexpr int CCM = X::CCL > 8 ? X::CCL : 8;
   union {
-    float win[CCM][X::HALO];
+    float win[CCM][X::HS];
     float red[256][9];
   };
   float wd[CCM][9];
