@@ -711,7 +711,14 @@ struct DxWindow {
   // the same pixel) read 32 banks. At HALO floats (even) they shared 8, 2 or 1 banks: 4- to 32-way
   // conflicts on every read of the window (32-way at stride 1 dilation 4, stride 2 dilation 3 or 4).
   static constexpr int HS = HALO | 1;
-  static constexpr int CCL = 32 * HS * 4 <= 40960 ? 32 : 8;                 // channels_last channel chunk
+  static constexpr int CCL = 32 * HS * 4 <= 40960 ? 32 : 8;  // channels_last channel chunk
+  // NCHW at stride 1 with a template dilation: the window's rows XP = 24 floats apart (24 mod 32), one
+  // channel every HSN. A warp reads 4 rows x 8 columns of one channel's window, which at XR floats a row
+  // (10-16) put rows a and a + 2 in the same banks: 2-way conflicts on every tap (SIMULATED, b3's step:
+  // 263 K conflicts on 322 K shared-memory instructions). Within the channels-last window's footprint.
+  static constexpr int XP = S == 1 && D > 0 ? 24 : XR;
+  static constexpr int HSN = XR * XP;
+  static constexpr int WIN = CCL * HS > 8 * HSN ? CCL * HS : 8 * HSN;
   static constexpr int OFS = D > 0 ? (S == 1 ? 2 * D : 2 * D + D % 2) : 0;  // (row of tap 0 of a = 0) * S
 };
 
@@ -736,12 +743,32 @@ DSC_DEVICE float dx_class_taps(const float* wc, int ai, int bi, const float (&wv
   return acc;
 }
 
+// The 9 taps of input pixel (a, b) at stride 1 with a template dilation, window rows P floats apart (a
+// compile-time pitch: NCHW's and channels_last's are both instantiated; at a run-time pitch the offsets took
+// up to 14 more registers on sm_86).
+template <int D, int P>
+DSC_DEVICE float dx_s1_taps(const float* wc, int a, int b, const float (&wv)[9], float (&gw)[9], float xv) {
+  constexpr int OFS = 2 * D;
+  const float* w0 = wc + a * P + b;
+  float acc = 0.f;
+#pragma unroll
+  for (int ti = 0; ti < 3; ++ti) {
+#pragma unroll
+    for (int tj = 0; tj < 3; ++tj) {
+      const float v = w0[(OFS - ti * D) * P + OFS - tj * D];
+      acc += v * wv[ti * 3 + tj];
+      gw[ti * 3 + tj] += v * xv;
+    }
+  }
+  return acc;
+}
+
 template <int S, int D>
 struct DxSmem {
   using X = DxWindow<S, D>;
   static constexpr int CCM = X::CCL > 8 ? X::CCL : 8;
   union {
-    float win[CCM][X::HS];
+    float win[X::WIN];  // channel ch at ch * HS (channels_last) or ch * HSN (NCHW)
     float red[256][9];
   };
   float wd[CCM][9];
@@ -789,6 +816,8 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
   // (b7's step: 35 M of 58 M).
   constexpr int SG = D > 0 ? NT / X::HALO : 1;
   const int sg = tid / X::HALO, srq = tid - sg * X::HALO, srr = srq / XR, sqq = srq - srr * XR;
+  const int sl = srr * X::XP + sqq;                              // the slot in NCHW's window
+  const int hs = p.cl ? X::HS : X::HSN, xp = p.cl ? XR : X::XP;  // the window's channel and row strides
 
   for (int64_t tile = blockIdx.y; tile < p.xtiles; tile += p.xgroups) {
     const uint32_t t32 = static_cast<uint32_t>(tile), per = static_cast<uint32_t>(p.xtiles_img);
@@ -829,7 +858,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
           }
           if (sg < SG)
 #pragma unroll
-            for (int i = 0; i < V; ++i) s.win[c4 + i][srq] = v[i];
+            for (int i = 0; i < V; ++i) s.win[(c4 + i) * X::HSN + sl] = v[i];
         }
       } else if (sg < SG) {
         for (int ch = sg; ch < CN; ch += SG, q += step) {
@@ -838,7 +867,7 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
             v = q[0];
             for (int ks = 1; ks < p.bsplit; ++ks) v += q[ks * dt_plane];  // dt partials of the K splits, in order
           }
-          s.win[ch][srq] = v;
+          s.win[ch * X::HSN + sl] = v;
         }
       }
     } else
@@ -852,11 +881,11 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
             (ok ? dtn + (c0 + ch) * dts.c + static_cast<int64_t>(ho) * dts.h + static_cast<int64_t>(wo) * dts.w : 0);
         float v = src[0];
         for (int ks = 1; ks < p.bsplit; ++ks) v += src[ks * dt_plane];  // dt partials of the K splits, in order
-        s.win[ch][rq] = ok ? v : 0.f;
+        s.win[ch * hs + rr * xp + qq] = ok ? v : 0.f;
       }
     DSC_SYNC(33);  // window staged
     if (c < p.C) {
-      const float* wc = s.win[cc];
+      const float* wc = s.win + cc * hs;
       for (int j = 0; j < PPT; ++j) {
         // Class pixel m = lane index + 8 j of the class's 4 x 4: (2 ai + row parity, 2 bi + column parity).
         const int m = (pt % 8) + 8 * j, ai = m / 4, bi = m % 4;
@@ -884,6 +913,11 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
           dx[off] = Cvt<T>::store(acc);
           continue;
         }
+        if (S == 1 && D > 0) {
+          acc = p.cl ? dx_s1_taps<DC, XR>(wc, a, b, wv, gw, xv) : dx_s1_taps<DC, X::XP>(wc, a, b, wv, gw, xv);
+          dx[off] = Cvt<T>::store(acc);
+          continue;
+        }
 #pragma unroll
         for (int ti = 0; ti < 3; ++ti) {
 #pragma unroll
@@ -891,8 +925,6 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
             float v;
             if (D == 0) {
               v = wc[(ti * 8 + a) * XR + tj * 8 + b];
-            } else if (S == 1) {
-              v = wc[(a + X::OFS - ti * D) * XR + b + X::OFS - tj * D];
             } else {
               const int ra = a + X::OFS - ti * D, rb = b + X::OFS - tj * D;  // >= 0, even where a tap lands
               v = ((ra | rb) & 1) ? 0.f : wc[(ra >> 1) * XR + (rb >> 1)];
