@@ -395,6 +395,24 @@ def test_error_band_per_kernel():
     assert "| `gemm` | 3 |" in cm.calibration_markdown(rows, p)
 
 
+def _b0_case(impl: str, mode: str) -> dict:
+    """A simulated case of the toy block b0 (1 x 8 -> 8, 8x8, stride 1, dilation 3, fp32 NCHW)."""
+    return {
+        "impl": impl,
+        "mode": mode,
+        "n": 1,
+        "c": 8,
+        "k": 8,
+        "h": 8,
+        "w": 8,
+        "stride": 1,
+        "dil": 3,
+        "dtype": "f32",
+        "layout": "nchw",
+        "label": "b0",
+    }
+
+
 def test_layer_runs_scale_counts_with_output_pixels(tmp_path):
     k = {
         "name": "fwd",
@@ -415,20 +433,7 @@ def test_layer_runs_scale_counts_with_output_pixels(tmp_path):
             {
                 "verdict": "PASS",
                 "kernels": [k],
-                "case": {
-                    "impl": "fused",
-                    "mode": "eval",
-                    "n": 1,
-                    "c": 8,
-                    "k": 8,
-                    "h": 8,
-                    "w": 8,
-                    "stride": 1,
-                    "dil": 3,
-                    "dtype": "f32",
-                    "layout": "nchw",
-                    "label": "b0",
-                },
+                "case": _b0_case("fused", "eval"),
             }
         ]
     }
@@ -480,20 +485,7 @@ def test_probe_scaling_follows_the_work_not_the_grid():
             "l2_accesses": 0,
         }
 
-    case = {
-        "impl": "fused",
-        "mode": "step",
-        "n": 1,
-        "c": 8,
-        "k": 8,
-        "h": 8,
-        "w": 8,
-        "stride": 1,
-        "dil": 3,
-        "dtype": "f32",
-        "layout": "nchw",
-        "label": "b0",
-    }
+    case = _b0_case("fused", "step")
     sim = {
         "results": [
             {
@@ -548,20 +540,7 @@ def test_a_split_the_target_does_not_need_drops_its_combine_kernel():
             "l2_accesses": 0,
         }
 
-    case = {
-        "impl": "fused",
-        "mode": "eval",
-        "n": 1,
-        "c": 8,
-        "k": 8,
-        "h": 8,
-        "w": 8,
-        "stride": 1,
-        "dil": 3,
-        "dtype": "f32",
-        "layout": "nchw",
-        "label": "b0",
-    }
+    case = _b0_case("fused", "eval")
     # batch 1: the reduction axis split 3 ways (12 blocks) and combined; batch 4: 4 x 4 blocks, no split
     ks = [
         kern("dsconv_fwd_kernel<float, 1>", [12, 1, 1], 1200),
@@ -607,20 +586,7 @@ def test_tile_kernels_writes_scale_with_the_tiles_they_write():
             "l2_accesses": reads + writes,
         }
 
-    case = {
-        "impl": "unfused",
-        "mode": "step",
-        "n": 1,
-        "c": 8,
-        "k": 8,
-        "h": 8,
-        "w": 8,
-        "stride": 1,
-        "dil": 3,
-        "dtype": "f32",
-        "layout": "nchw",
-        "label": "b0",
-    }
+    case = _b0_case("unfused", "step")
     # batch 1: a split-K GEMM (4 partial 128x128 tiles), dWp (2 splits), an elementwise pass; batch 8: the
     # GEMM unsplit in 64x32 tiles (16 blocks), dWp 3 splits, the pass 8x the blocks
     ks = [
@@ -658,8 +624,7 @@ def test_launches_align_by_kernel_name_where_the_target_lists_its_kernels():
         return {"name": name, "mangled": name, "grid": grid, "block": 256, "regs": 32, "smem": 0, "cycles": 9000,
                 "warp_insn": insn, "l2_accesses": 0}  # fmt: skip
 
-    case = {"impl": "unfused", "mode": "step", "n": 1, "c": 8, "k": 8, "h": 8, "w": 8, "stride": 1, "dil": 3,
-            "dtype": "f32", "layout": "nchw", "label": "b0"}  # fmt: skip
+    case = _b0_case("unfused", "step")
     # batch 1: two split-K GEMMs, each with its combine kernel; batch 4: only the second still splits, and
     # the first GEMM runs another tile shape (half the pixels per block)
     ks = [
