@@ -769,9 +769,7 @@ struct DxSmem {
   static constexpr int CCM = X::CCL > 8 ? X::CCL : 8;
   union {
     float win[X::WIN];  // channel ch at ch * HS (channels_last) or ch * HSN (NCHW)
-    // Per-thread dWd sums, thread t's in row t + t / 32: a padding row after every 32, so that the reduction's
-    // reads (a warp's 3-4 channels, 32 rows apart, at the same tap) fall in different banks (4-way without).
-    float red[256 + 8][9];
+    float red[256][9];
   };
   float wd[CCM][9];
 };
@@ -942,17 +940,15 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
   }
   // dWd partial of this block: the threads of each channel added in a fixed order.
 #pragma unroll
-  for (int i = 0; i < 9; ++i) s.red[tid + tid / 32][i] = gw[i];
+  for (int i = 0; i < 9; ++i) s.red[tid][i] = gw[i];
   DSC_SYNC(35);
   float* part = ws + L.dwd + static_cast<int64_t>(blockIdx.y) * p.C * 9;
   for (int e = tid; e < CC * 9; e += NT) {
     const int ch = e / 9, tap = e - ch * 9;
     if (c0 + ch >= p.C) continue;
     float t = 0.f;
-    for (int u = 0; u < TPC; ++u) {  // (u: class u / 8, lane u % 8 of the channel's 8 in parity classes)
-      const int r = p.cl ? ch + u * CC : (cls ? ((ch / 4) * 4 + u / 8) * 32 + (ch % 4) * 8 + u % 8 : ch * TPC + u);
-      t += s.red[r + r / 32][tap];
-    }
+    for (int u = 0; u < TPC; ++u)  // (u: class u / 8, lane u % 8 of the channel's 8 in parity classes)
+      t += s.red[p.cl ? ch + u * CC : (cls ? ((ch / 4) * 4 + u / 8) * 32 + (ch % 4) * 8 + u % 8 : ch * TPC + u)][tap];
     part[(c0 + ch) * 9 + tap] = t;
   }
 }
