@@ -395,6 +395,13 @@ def test_error_band_per_kernel():
     assert "| `gemm` | 3 |" in cm.calibration_markdown(rows, p)
 
 
+def _sim_kernel(name: str, grid: list, **counts) -> dict:
+    """A simulated launch of kernel `name` (256 threads, 9000 cycles); counts not given are 0."""
+    base = {"load_thread_insn": 0, "store_thread_insn": 0, "shmem_thread_insn": 0, "l2_accesses": 0}
+    return {"name": name, "mangled": name, "grid": grid, "block": 256, "regs": 32, "smem": 0, "cycles": 9000,
+            **base, **counts}  # fmt: skip
+
+
 def _b0_case(impl: str, mode: str) -> dict:
     """A simulated case of the toy block b0 (1 x 8 -> 8, 8x8, stride 1, dilation 3, fp32 NCHW)."""
     return {
@@ -470,20 +477,7 @@ def test_committed_model_data_is_consistent():
 
 def test_probe_scaling_follows_the_work_not_the_grid():
     def kern(name, grid, insn):
-        return {
-            "name": name,
-            "mangled": name,
-            "grid": grid,
-            "block": 256,
-            "regs": 32,
-            "smem": 0,
-            "cycles": 9000,
-            "warp_insn": insn,
-            "load_thread_insn": 0,
-            "store_thread_insn": 0,
-            "shmem_thread_insn": 0,
-            "l2_accesses": 0,
-        }
+        return _sim_kernel(name, grid, warp_insn=insn)
 
     case = _b0_case("fused", "step")
     sim = {
@@ -571,20 +565,9 @@ def test_tile_kernels_writes_scale_with_the_tiles_they_write():
     the tile elements written, everything else the pixels; a kernel that is not a tile writer keeps the pixel law."""
 
     def kern(name, grid, writes, reads):
-        return {
-            "name": name,
-            "mangled": name,
-            "grid": grid,
-            "block": 256,
-            "regs": 32,
-            "smem": 0,
-            "cycles": 9000,
-            "warp_insn": 1000,
-            "gmem_read_txn": reads,
-            "gmem_write_txn": writes,
-            "shmem_thread_insn": 0,
-            "l2_accesses": reads + writes,
-        }
+        return _sim_kernel(
+            name, grid, warp_insn=1000, gmem_read_txn=reads, gmem_write_txn=writes, l2_accesses=reads + writes
+        )
 
     case = _b0_case("unfused", "step")
     # batch 1: a split-K GEMM (4 partial 128x128 tiles), dWp (2 splits), an elementwise pass; batch 8: the
