@@ -295,6 +295,8 @@ int main(int argc, char** argv) {
   // C = 20: two depthwise chunks in the forward (exercises the end-of-chunk barrier).
   bad += run(Case{1, 20, 5, 9, 10, 1, 1, false});
   bad += run(Case{1, 20, 5, 9, 10, 2, 5, true});
+  // NCHW at stride 2 with a template dilation: dsconv_bwd_dx's parity classes (C = 12: a partial channel chunk).
+  bad += run(Case{1, 12, 5, 9, 10, 2, 3, false});
   // K = 70: two K tiles in the forward and two K chunks in the dt kernel; d = 9: the gathered halo.
   bad += run(Case{1, 20, 70, 9, 10, 1, 9, false});
   // C = 70 on one small map: the input channels split over 2 blocks, summed by dsconv_fwd_reduce; K = 130:

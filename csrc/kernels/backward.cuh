@@ -774,8 +774,19 @@ struct DxSmem {
   float wd[CCM][9];
 };
 
+// Resident blocks of dsconv_bwd_dx asked of ptxas. sm_61: 3 (<= 85 registers), what its shared memory allows,
+// 2 at stride 1 dilation 4; without the hint ptxas 12.9 gave stride 1 with a run-time dilation a 64-register
+// budget and spilled. sm_75+: no hint (ptxas settles at 62-110 registers there; with a minimum of 1 or 3 it
+// took 72-106 or 80 everywhere, fewer blocks per SM on sm_86). DSC_TARGET_SM61: compute_75 PTX that is run
+// as sm_61 (the simulator, tools/sim).
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ < 700 || defined(DSC_TARGET_SM61))
+#define DSC_DX_BOUNDS(S, D) DSC_LAUNCH_BOUNDS_MIN(256, ((S) == 1 && (D) == 4 ? 2 : 3))
+#else
+#define DSC_DX_BOUNDS(S, D) DSC_LAUNCH_BOUNDS(256)
+#endif
+
 template <class T, int S, int D>
-DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, float* ws) {
+DSC_GLOBAL void DSC_DX_BOUNDS(S, D) dsconv_bwd_dx_kernel(const Problem p, float* ws) {
   using X = DxWindow<S, D>;
   using Smem = DxSmem<S, D>;
   constexpr int XR = X::XR, NT = 256, DC = D > 0 ? D : 1;  // DC: dx_class_taps' (used only where D > 0)
@@ -818,6 +829,9 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
   const int sg = tid / X::HALO, srq = tid - sg * X::HALO, srr = srq / XR, sqq = srq - srr * XR;
   const int sl = srr * X::XP + sqq;                              // the slot in NCHW's window
   const int hs = p.cl ? X::HS : X::HSN, xp = p.cl ? XR : X::XP;  // the window's channel and row strides
+  const int H = static_cast<int>(p.H), W = static_cast<int>(p.W);
+  const uint32_t xsc = static_cast<uint32_t>(p.xs.c), xsh = static_cast<uint32_t>(p.xs.h);
+  const uint32_t xsw = static_cast<uint32_t>(p.xs.w);
 
   for (int64_t tile = blockIdx.y; tile < p.xtiles; tile += p.xgroups) {
     const uint32_t t32 = static_cast<uint32_t>(tile), per = static_cast<uint32_t>(p.xtiles_img);
@@ -844,17 +858,23 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
         // bound), a block's staging was a chain of 8 global latencies, and with 3 blocks per SM little else
         // ran meanwhile. (All 8 at once spilled 4-12 bytes on sm_61, sm_75 and sm_86; 4 at a time spilled 20
         // on sm_61 at dilation 2, and 2 at a time 16 on sm_75 at stride 2, where 4 threads share a slot.)
+        // The loads are unconditional (dt's first element where the value is zero: outside the map or past
+        // C) and the zeros selected afterwards: a branch around each load, with its bound test, cost twice
+        // the instructions of the load itself.
         constexpr int V = 4;
+        const int nc = ok ? (p.C - c0 < CN ? static_cast<int>(p.C - c0) : CN) : 0;  // slot's channels to load
 #pragma unroll 1
         for (int c4 = 0; c4 < CN; c4 += V, q += V * step) {
           float v[V];
 #pragma unroll
-          for (int i = 0; i < V; ++i) v[i] = ok && c0 + c4 + i < p.C ? q[i * step] : 0.f;
+          for (int i = 0; i < V; ++i) v[i] = DSC_LDG(c4 + i < nc ? q + i * step : dt);
+#pragma unroll
+          for (int i = 0; i < V; ++i) v[i] = c4 + i < nc ? v[i] : 0.f;
           for (int ks = 1; ks < p.bsplit; ++ks) {  // dt partials of the K splits, in order
             const float* qk = q + ks * dt_plane;
 #pragma unroll
             for (int i = 0; i < V; ++i)
-              if (ok && c0 + c4 + i < p.C) v[i] += qk[i * step];
+              if (c4 + i < nc) v[i] += qk[i * step];
           }
           if (sg < SG)
 #pragma unroll
@@ -886,15 +906,21 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
     DSC_SYNC(33);  // window staged
     if (c < p.C) {
       const float* wc = s.win + cc * hs;
+      // Offsets inside the tile's image in 32 bits (C H W < 2^31, host-checked) from the tile's corner: the
+      // 64-bit image base and the corner once per tile, two multiply-adds per pixel (64-bit offsets per
+      // pixel, with their bound tests, cost as much as the pixel's 9 taps).
+      const T* __restrict__ xi = x + xn;
+      T* __restrict__ dxi = dx + xn;
+      const uint32_t ob =
+          static_cast<uint32_t>(c) * xsc + static_cast<uint32_t>(h0) * xsh + static_cast<uint32_t>(w0) * xsw;
       for (int j = 0; j < PPT; ++j) {
         // Class pixel m = lane index + 8 j of the class's 4 x 4: (2 ai + row parity, 2 bi + column parity).
-        const int m = (pt % 8) + 8 * j, ai = m / 4, bi = m % 4;
+        const int m = (pt & 7) + 8 * j, ai = m >> 2, bi = m & 3;
         const int px = pt + j * TPC;
-        const int a = cls ? 2 * ai + pt / 16 : px / 8, b = cls ? 2 * bi + (pt / 8) % 2 : px % 8;
-        const int h = h0 + a, w = w0 + b;
-        if (h >= p.H || w >= p.W) continue;
-        const int64_t off = xn + c * p.xs.c + static_cast<int64_t>(h) * p.xs.h + static_cast<int64_t>(w) * p.xs.w;
-        const float xv = Cvt<T>::ldg(x + off);
+        const int a = cls ? 2 * ai + (pt >> 4) : px >> 3, b = cls ? 2 * bi + ((pt >> 3) & 1) : px & 7;
+        if (h0 + a >= H || w0 + b >= W) continue;
+        const uint32_t off = ob + static_cast<uint32_t>(a) * xsh + static_cast<uint32_t>(b) * xsw;
+        const float xv = Cvt<T>::ldg(xi + off);
         float acc = 0.f;
         if (S == 2 && D > 0 && cls) {
           switch (pt / 8) {  // warp-uniform
@@ -910,12 +936,12 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
             default:
               acc = dx_class_taps<DC, 1, 1>(wc, ai, bi, wv, gw, xv);
           }
-          dx[off] = Cvt<T>::store(acc);
+          dxi[off] = Cvt<T>::store(acc);
           continue;
         }
         if (S == 1 && D > 0) {
           acc = p.cl ? dx_s1_taps<DC, XR>(wc, a, b, wv, gw, xv) : dx_s1_taps<DC, X::XP>(wc, a, b, wv, gw, xv);
-          dx[off] = Cvt<T>::store(acc);
+          dxi[off] = Cvt<T>::store(acc);
           continue;
         }
 #pragma unroll
@@ -933,22 +959,51 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS(256) dsconv_bwd_dx_kernel(const Problem p, flo
             gw[ti * 3 + tj] += v * xv;
           }
         }
-        dx[off] = Cvt<T>::store(acc);
+        dxi[off] = Cvt<T>::store(acc);
       }
     }
     DSC_SYNC(34);  // window consumed before the next tile's
   }
-  // dWd partial of this block: the threads of each channel added in a fixed order.
+  // dWd partial of this block, each channel's threads added in a fixed order.
+  float* part = ws + L.dwd + static_cast<int64_t>(blockIdx.y) * p.C * 9;
+  if (!p.cl && !cls) {
+    // A warp per channel: a butterfly over its lanes, no shared memory. (Through shared memory, 72 threads
+    // each added 32 values in a dependent chain, the other 184 idle: a sixth of the kernel's instructions
+    // and a serial tail per block where blocks take one tile, as at batch 1.)
+    const int lane = tid % 32, tap = warp9_tap(lane);
+    const float t = warp_sum9(gw, lane);
+    if (c < p.C && tap >= 0 && (lane & 1) == 0) part[c * 9 + tap] = t;
+    return;
+  }
+  if (cls) {
+    // Parity classes: a channel's threads are 8 lanes in each of 4 warps (one per class). A butterfly over
+    // the 8, then the 4 classes' sums through shared memory, added in class order.
+    const int lane = tid % 32, cl4 = (tid / 32) % 4;
+    float g2[2];
+    warp_sum9_g8(gw, lane, g2);
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int tap = warp9_g8_tap(lane, j);
+      if (tap >= 0) s.red[cl4 * CN + cc][tap] = g2[j];
+    }
+    DSC_SYNC(35);  // class sums in shared memory
+    for (int e = tid; e < CN * 9; e += NT) {
+      const int ch = e / 9, tap = e - ch * 9;
+      if (c0 + ch < p.C)
+        part[(c0 + ch) * 9 + tap] =
+            ((s.red[ch][tap] + s.red[CN + ch][tap]) + s.red[2 * CN + ch][tap]) + s.red[3 * CN + ch][tap];
+    }
+    return;
+  }
+  // channels_last: a channel's TPC threads are one lane of each of TPC warps.
 #pragma unroll
   for (int i = 0; i < 9; ++i) s.red[tid][i] = gw[i];
-  DSC_SYNC(35);
-  float* part = ws + L.dwd + static_cast<int64_t>(blockIdx.y) * p.C * 9;
+  DSC_SYNC(39);  // per-thread sums in shared memory
   for (int e = tid; e < CC * 9; e += NT) {
     const int ch = e / 9, tap = e - ch * 9;
     if (c0 + ch >= p.C) continue;
     float t = 0.f;
-    for (int u = 0; u < TPC; ++u)  // (u: class u / 8, lane u % 8 of the channel's 8 in parity classes)
-      t += s.red[p.cl ? ch + u * CC : (cls ? ((ch / 4) * 4 + u / 8) * 32 + (ch % 4) * 8 + u % 8 : ch * TPC + u)][tap];
+    for (int u = 0; u < TPC; ++u) t += s.red[ch + u * CC][tap];
     part[(c0 + ch) * 9 + tap] = t;
   }
 }

@@ -14,6 +14,45 @@ DSC_DEVICE float warp_sum(float v) {
   return v;
 }
 
+// Nine per-lane values summed over the 32 lanes of a warp, in a fixed order, as a reduce-scatter butterfly:
+// at each level a lane keeps the half of its values that its partner (lane ^ 16, ^ 8, ^ 4, ^ 2, ^ 1) gives
+// away, so 5 + 3 + 2 + 1 + 1 = 12 shuffles instead of 9 x 5 for nine xor trees. Returns the sum of value
+// warp9_tap(lane) (-1: this lane ends with padding); every value ends on two lanes (lane and lane ^ 1).
+// warp_sum9_g8 does the first three levels within each group of 8 lanes (masks 4, 2, 1): a lane keeps 2 of
+// its group's 9 sums, values warp9_g8_tap(lane, 0) and (lane, 1).
+DSC_DEVICE int warp9_tap(int lane) {
+  const int i3 = (lane >> 1) & 3, i2 = ((lane >> 3) & 1) * 3 + i3, tap = ((lane >> 4) & 1) * 5 + i2;
+  return (i3 < 3 && i2 < 5 && tap < 9) ? tap : -1;
+}
+DSC_DEVICE int warp9_g8_tap(int lane, int j) {
+  const int i3 = (lane & 1) * 2 + j, i2 = ((lane >> 1) & 1) * 3 + i3, tap = ((lane >> 2) & 1) * 5 + i2;
+  return (i3 < 3 && i2 < 5 && tap < 9) ? tap : -1;
+}
+// One level of warp_sum9: N values (value j of the lower half, j + H of the upper; past N: 0) -> H values.
+template <int N, int H>
+DSC_DEVICE void warp_sum9_level(const float (&in)[N], float (&out)[H], int lane, int mask) {
+  const bool up = (lane & mask) != 0;
+#pragma unroll
+  for (int j = 0; j < H; ++j) {
+    const float lo = in[j], hi = j + H < N ? in[j + H < N ? j + H : 0] : 0.f;
+    out[j] = (up ? hi : lo) + __shfl_xor_sync(0xffffffffu, up ? lo : hi, mask);
+  }
+}
+DSC_DEVICE void warp_sum9_g8(const float (&v)[9], int lane, float (&c)[2]) {
+  float a[5], b[3];
+  warp_sum9_level<9, 5>(v, a, lane, 4);
+  warp_sum9_level<5, 3>(a, b, lane, 2);
+  warp_sum9_level<3, 2>(b, c, lane, 1);
+}
+DSC_DEVICE float warp_sum9(const float (&v)[9], int lane) {
+  float a[5], b[3], c[2], d[1];
+  warp_sum9_level<9, 5>(v, a, lane, 16);
+  warp_sum9_level<5, 3>(a, b, lane, 8);
+  warp_sum9_level<3, 2>(b, c, lane, 4);
+  warp_sum9_level<2, 1>(c, d, lane, 2);
+  return d[0] + __shfl_xor_sync(0xffffffffu, d[0], 1);
+}
+
 // (n, mean, M2) merge (Chan et al.); b may be empty.
 DSC_DEVICE void chan_merge(float& na, float& ma, float& qa, float nb, float mb, float qb) {
   if (nb == 0.f) return;

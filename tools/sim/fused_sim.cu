@@ -7,6 +7,9 @@
 #include <vector>
 
 #include "sim_common.cuh"
+// The simulator runs this program's compute_75 PTX on a GP102 (Pascal) model whose register counts come from
+// ptxas for sm_61: kernels with sm_61-specific launch bounds take them here too (csrc/kernels/backward.cuh).
+#define DSC_TARGET_SM61 1
 #include "kernels/launch.cuh"
 #include "ref_block.h"
 
