@@ -48,7 +48,7 @@ PRESETS = {
     # blocks at the batch where the launcher changes kernels (bench/cost_model.py scales the case with the
     # most pixels to batch 32): dsconv_fwd's pairs of span tiles (plan.cuh DSC_FWD_PAIR_BLOCKS: b2 and b3
     # from batch 3, b4 and b5 from 5, b6 and b7 from 9, b8 and b9 from 17)
-    "batched": ["fused:eval:b3#3,b5#5,b6#9,b7#9"],
+    "batched": ["fused:eval:b2#3,b3#3,b4#5,b5#5,b6#9,b7#9,b8#17"],
 }
 
 
