@@ -300,7 +300,7 @@ def _dx_taps(l: "Layer") -> float:
 
 SPLITS_TARGET_BLOCKS = 256  # plan.cuh set_geometry: splits = cdiv(256, dwp blocks) ...
 SPLITS_MAX = 64  # ... capped at 64 and at the dWp tiles, at least 1; the fewest of those with the fewest rounds
-SPAN_MAX_WO = 56  # plan.cuh DSC_SPAN_MAX_WO: the widest output map on span tiles
+SPAN_MAX_WO = 112  # plan.cuh DSC_SPAN_MAX_WO: the widest output map on span tiles
 WAVE = 56  # plan.cuh kFwdWave: dsconv_fwd / dsconv_bwd_dt split their reduction axis below this many blocks
 DY_FLOPS = 6  # dy_of: y - mu, z, threshold, A dz + b2 (y - mu) + c2, per element
 

@@ -46,27 +46,27 @@ TOLERANCES = {
 # ((N, C, K, H, W), stride, dilation, the forward's tile class). tests/test_emu_kernels.py runs every op
 # on them through the emulator; tests/test_perf_model.py checks the class against the launcher's mirror.
 NATIVE_TILE_CASES = [
-    ((1, 9, 70, 20, 60), 1, 2, "rect8x8"),  # wide map (Wo > 56), K > 64: 128 channels x 8x8, 3x8 tiles
-    ((1, 9, 70, 20, 19), 1, 2, "span64"),  # 16 < Wo <= 56: span tiles (the window is 9 rows of 23)
+    ((1, 9, 70, 20, 120), 1, 2, "rect8x8"),  # wide map (Wo > 112), K > 64: 128 channels x 8x8, 3x15 tiles
+    ((1, 9, 70, 20, 19), 1, 2, "span64"),  # 16 < Wo <= 112: span tiles
     ((2, 5, 6, 12, 40), 1, 1, "span64"),  # Wo = 40: tiles crossing rows and both images
     ((2, 70, 6, 24, 24), 1, 1, "span64"),  # enough pixels for dsconv_dw's 8 channels per thread (70 = 8 x 8 + 6)
-    ((1, 6, 10, 40, 120), 2, 3, "rect8x16"),  # K <= 64 on a wide map, stride 2
+    ((1, 6, 10, 40, 240), 2, 3, "rect8x16"),  # K <= 64 on a wide map (Wo = 120), stride 2
     ((1, 6, 10, 20, 40), 1, 5, "rect8x16"),  # the runtime-dilation path on 8x16 tiles
     ((3, 5, 6, 7, 7), 1, 3, "span64"),  # 64-pixel tiles spanning 7x7 images (147 pixels, 3 tiles)
     ((3, 5, 6, 14, 13), 2, 1, "span64"),  # spanning, stride 2, odd input size
     ((1, 1, 1, 5, 6), 1, 1, "span64"),  # C = K = N = 1, one partial tile
     ((2, 3, 1, 4, 4), 2, 2, "span64"),  # K = 1, every tap of a 2x2 map out of range but the centre
-    ((1, 1, 3, 23, 60), 1, 4, "rect8x16"),  # C = 1, many partial tiles, K <= 64
+    ((1, 1, 3, 23, 120), 1, 4, "rect8x16"),  # C = 1, many partial tiles, K <= 64
     ((1, 70, 3, 9, 9), 2, 4, "span64"),  # C > 64 (two dt channel blocks), tiny K
     ((2, 70, 20, 5, 5), 2, 3, "span64"),  # one tile: the forward's input channels split over 2 blocks
     ((1, 9, 130, 6, 6), 1, 1, "span64"),  # one tile, K > 128: dt's output channels split over 2 blocks
     ((1, 130, 9, 6, 6), 1, 2, "span64"),  # C > 128: dy stored once by bn_bwd_dy (2 dt + 3 dWp C blocks)
-    ((1, 130, 9, 8, 60), 1, 3, "rect8x16"),  # the same on rect tiles (dWp on 8x8 tiles)
+    ((1, 130, 9, 8, 120), 1, 3, "rect8x16"),  # the same on rect tiles (dWp on 8x8 tiles)
     ((3, 3, 5, 49, 49), 1, 1, "span64"),  # 113 tiles: dsconv_fwd takes them in pairs, the last pair half
     # C % 4 == 0, as in every block of the classifier: Wp rows read and dWp rows stored 4 channels at a time
     ((2, 8, 12, 9, 10), 1, 2, "span64"),  # 3 tiles: dWp partials (split over the tiles)
     ((1, 12, 6, 5, 5), 2, 3, "span64"),  # one tile: dWp stored by its kernel (one split)
-    ((1, 16, 70, 12, 60), 1, 4, "rect8x8"),  # rect tiles, K > 64
+    ((1, 16, 70, 12, 120), 1, 4, "rect8x8"),  # rect tiles, K > 64
 ]
 
 

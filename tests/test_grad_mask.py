@@ -33,9 +33,9 @@ MASKS = {
     "none": (False, False, False),
 }
 # (N, C, K, H, W), stride, dilation: span tiles in the native dWp (a small map: dsconv_dw runs first), and
-# rectangular 8x8 ones (a wide map, Wo = 60) at stride 2, both with dWp partials (several tiles); and one
+# rectangular 8x8 ones (a wide map, Wo = 120) at stride 2, both with dWp partials (several tiles); and one
 # span tile, where dsconv_bwd_dwp stores dWp itself (no partials: colsum only for dWd).
-SHAPES = {"span": ((2, 4, 6, 9, 10), 1, 2), "rect-s2": ((1, 3, 5, 7, 120), 2, 1), "span-1tile": ((1, 3, 5, 6, 7), 1, 2)}
+SHAPES = {"span": ((2, 4, 6, 9, 10), 1, 2), "rect-s2": ((1, 3, 5, 7, 240), 2, 1), "span-1tile": ((1, 3, 5, 6, 7), 1, 2)}
 
 
 def _case(shape):

@@ -198,14 +198,16 @@ def test_native_rereads_of_the_grid():
 
 
 # (N, C, K, H, W, stride, dilation) -> (forward tile class, forward tiles, splits), by hand from plan.cuh
-# set_geometry: span tiles where Wo <= 56 and the dilation is 1..4; s0 = clamp(cdiv(256, B), 1, min(64, T)) with
+# set_geometry: span tiles where Wo <= 112 and the dilation is 1..4; s0 = clamp(cdiv(256, B), 1, min(64, T)) with
 # B = cdiv(K, 128) * cdiv(C, 64) dWp blocks and T dWp tiles, then of the s <= s0 with the fewest rounds
 # cdiv(B s, 56) * cdiv(T, s), the fewest.
 GEOMETRY_CASES = [
     ((32, 1024, 1024, 7, 7, 1, 3), ("span64", 32 * 49 // 64 + 1, 2)),  # b9 at batch 32: 128 dWp blocks
-    ((32, 32, 64, 224, 224, 2, 3), ("rect8x16", 32 * 14 * 7, 56)),  # b1: K <= 64 -> 8x16 tiles; 1 block:
-    # s0 = 64 (2 waves x 98 tiles), 56 splits take 1 wave x 112 tiles (32, the old rule's, 1 x 196)
-    ((1, 32, 64, 224, 224, 2, 3), ("rect8x16", 14 * 7, 49)),  # b1 at batch 1: 196 tiles, 1 wave x 4 (not 25 x 8)
+    ((32, 32, 64, 224, 224, 2, 3), ("span64", 32 * 112 * 112 // 64, 56)),  # b1: span tiles up to Wo = 112; one
+    # dWp block: s0 = 64 (2 waves x 98 tiles), 56 splits take 1 wave x 112 tiles
+    ((1, 32, 64, 224, 224, 2, 3), ("span64", 196, 49)),  # b1 at batch 1: 196 tiles, 1 wave x 4 (not 25 x 8)
+    ((32, 32, 64, 448, 448, 2, 3), ("rect8x16", 32 * 28 * 14, 56)),  # Wo = 224 > 112: rect, K <= 64 -> 8x16 tiles;
+    # dWp over 25,088 8x8 tiles: 56 splits, 1 wave x 448
     ((32, 256, 512, 56, 56, 2, 3), ("span64", 32 * 28 * 28 // 64, 7)),  # 28x28 output at s2 (rect tiles while the
     # window had to fit); 16 dWp blocks: s0 = 16, 7 splits take 2 waves x 56 tiles = 112 (14 too, more splits)
     ((1, 128, 128, 56, 56, 1, 3), ("span64", 49, 25)),  # b3 at batch 1: 2 x 1 tile -> 1 x 2 tiles

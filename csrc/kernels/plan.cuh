@@ -16,13 +16,16 @@ namespace dsc {
 #endif
 
 // Widest output map on span tiles (dsconv_dw computes the depthwise output once, dsconv_fwd is then a pure
-// GEMM over it). SIMULATED (GTX 1080 Ti config, batch 1, eval): b5 of the classifier (256 -> 256 at 28x28)
-// 95,325 cycles on span tiles against 184,306 on 8x8 rect tiles (2 channel blocks x 16 tiles: 32 blocks on
-// 28 SMs) and 158,699 unfused; b3 (128 -> 128 at 56x56) 79,441 against 100,015 and 128,808. The price is
-// dsconv_dw's t in the workspace, C x M floats (b3 at batch 32: 51 MB, what the unfused chain holds for its
-// depthwise output too).
+// GEMM over it): 112, the classifier's widest (b1 at 224 x 224). SIMULATED (GTX 1080 Ti config, batch 1,
+// eval): b5 of the classifier (256 -> 256 at 28x28) 95,325 cycles on span tiles against 184,306 on 8x8 rect
+// tiles (2 channel blocks x 16 tiles: 32 blocks on 28 SMs) and 158,699 unfused; b3 (128 -> 128 at 56x56)
+// 79,441 against 100,015 and 128,808; b1 (32 -> 64 at 112x112, stride 2) 95,844 (dsconv_dw 45,949, dsconv_fwd
+// in pairs 49,895, though K = 64 leaves half of its 128-channel tile idle) against 149,253 on 8x16 rect tiles
+// (a 21 x 37 window per channel staged for 128 pixels: a fifth of the instructions were FMAs) and 173,376
+// unfused. The price is dsconv_dw's t in the workspace, C x M floats (b1 and b3 at batch 32: 51 MB, what the
+// unfused chain holds for its depthwise output too). Wider maps keep rect tiles, which need no workspace.
 #ifndef DSC_SPAN_MAX_WO
-#define DSC_SPAN_MAX_WO 56
+#define DSC_SPAN_MAX_WO 112
 #endif
 
 constexpr int64_t kFwdWave = 56;  // tiled-kernel blocks resident at once on a GTX 1080 Ti (2 per SM)
