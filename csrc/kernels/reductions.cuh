@@ -24,9 +24,8 @@ DSC_DEVICE int warp9_tap(int lane) {
   const int i3 = (lane >> 1) & 3, i2 = ((lane >> 3) & 1) * 3 + i3, tap = ((lane >> 4) & 1) * 5 + i2;
   return (i3 < 3 && i2 < 5 && tap < 9) ? tap : -1;
 }
-DSC_DEVICE int warp9_g8_tap(int lane, int j) {
-  const int i3 = (lane & 1) * 2 + j, i2 = ((lane >> 1) & 1) * 3 + i3, tap = ((lane >> 2) & 1) * 5 + i2;
-  return (i3 < 3 && i2 < 5 && tap < 9) ? tap : -1;
+DSC_DEVICE int warp9_g8_tap(int lane, int j) {  // (the 32-lane map: the levels of masks 4, 2, 1 and value j)
+  return warp9_tap(((lane & 7) << 2) | (j << 1));
 }
 // One level of warp_sum9: N values (value j of the lower half, j + H of the upper; past N: 0) -> H values.
 template <int N, int H>
