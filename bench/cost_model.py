@@ -319,12 +319,13 @@ DSC_TILE = 128 * 64  # outputs of a dsconv tile: 128 channels x 64 pixels, 64 x 
 def tile_elements_written(name: str, grid: Sequence[int]) -> int:
     """Output elements (final or partial) one launch of a TILE_WRITERS kernel writes, padding included: its
     blocks x the tile (sgemm_kernel<BM, BN, ...>: BM x BN; a dsconv tile: DSC_TILE, twice that for a paired
-    dsconv_fwd block, whose last template argument, PAIR, is true)."""
+    dsconv_fwd block, whose last template argument, PAIR, is true; the same for a wide dsconv_bwd_dwp block, 128 x
+    128, WIDE)."""
     args = _template_args(name)
     if family(name) == "sgemm_kernel":
         tile = int(args[0]) * int(args[1])
     else:
-        tile = DSC_TILE * (2 if family(name) == "dsconv_fwd_kernel" and args and args[-1] == "true" else 1)
+        tile = DSC_TILE * (2 if args and args[-1] == "true" and len(args) == 5 else 1)
     return math.prod(grid) * tile
 
 

@@ -283,6 +283,7 @@ FWD_BP = {"rect8x8": 64, "rect8x16": 128, "span64": 64}  # pixels per tile
 FWD_BC = 8  # dsconv_fwd input channels per depthwise chunk on rect tiles (4 for wide windows)
 DT_BC = {"span64": 128, "span128": 64}  # dsconv_bwd_dt input channels per block; pixels = the class's number
 DWP_BK, DWP_BC = 128, 64  # dsconv_bwd_dwp block: 128 output x 64 input channels
+DWP_WIDE_BC = 128  # ... 128 input channels on span tiles with K, C >= 128 (plan.cuh dwide)
 
 
 def _ran_rows(n: int, block: int) -> int:
@@ -290,6 +291,14 @@ def _ran_rows(n: int, block: int) -> int:
     (dsconv_bwd_dt's input channels, dsconv_bwd_dwp's output and input channels: their thread groups)."""
     full, rem = divmod(n, block)
     return full * block + (0 if rem == 0 else block // 2 if rem <= block // 2 else block)
+
+
+def _dwp_cells(l: "Layer", g: "NativeGeometry") -> int:
+    """dWp entries dsconv_bwd_dwp's blocks compute per pixel, padding included: whole 128 x 128 blocks when
+    wide, else the 128 x 64 blocks with their half-block corners (_ran_rows)."""
+    if g.dwide:
+        return _cdiv(l.k, DWP_BK) * DWP_BK * _cdiv(l.c, DWP_WIDE_BC) * DWP_WIDE_BC
+    return _ran_rows(l.k, DWP_BK) * _ran_rows(l.c, DWP_BC)
 
 
 def _dx_taps(l: "Layer") -> float:
@@ -344,6 +353,12 @@ class NativeGeometry:
     bwd_total: int  # backward_ws_floats (span tiles: + dsconv_dw's t [C][tiles x 64] for dsconv_bwd_dwp)
     dyws: int  # 1: bn_bwd_dy stores dy once for dsconv_bwd_dt and dsconv_bwd_dwp (plan.cuh)
     bwd_dy: int  # offset of that dy [N, K, Ho, Wo] (16-byte aligned; K M floats when dyws)
+    dwide: int  # 1: dsconv_bwd_dwp in 128 x 128 blocks (span tiles, K and C >= 128; plan.cuh)
+
+    @property
+    def dwp_bc(self) -> int:
+        """dsconv_bwd_dwp's input channels per block."""
+        return DWP_WIDE_BC if self.dwide else DWP_BC
 
 
 def native_geometry(layer: Layer) -> NativeGeometry:
@@ -376,7 +391,8 @@ def native_geometry(layer: Layer) -> NativeGeometry:
     groups = max(1, min(_cdiv(512, _cdiv(l.k, 8)), _cdiv(l.m, 256)))
     rgroup_px = _cdiv(_cdiv(l.m, groups), 32) * 32
     rgroups = _cdiv(l.m, rgroup_px)
-    dwp_blocks = _cdiv(l.k, DWP_BK) * _cdiv(l.c, DWP_BC)
+    dwide = int(span and l.k >= DWP_BK and l.c >= DWP_WIDE_BC)
+    dwp_blocks = _cdiv(l.k, DWP_BK) * _cdiv(l.c, DWP_WIDE_BC if dwide else DWP_BC)
     s0 = max(1, min(_cdiv(SPLITS_TARGET_BLOCKS, dwp_blocks), SPLITS_MAX, dwp_tiles))
 
     def rounds(s: int) -> int:  # plan.cuh: waves of WAVE blocks x tiles per block
@@ -392,7 +408,7 @@ def native_geometry(layer: Layer) -> NativeGeometry:
     dt = dwd + xgroups * l.c * 9
     # then (16-byte aligned) dsconv_dw's t [C][tiles x 64] for dsconv_bwd_dwp on span tiles, then (aligned)
     # bn_bwd_dy's dy [K][M] where dt and dWp would form dy more than 3 times over (input-channel blocks)
-    dyws = int(_cdiv(l.c, DT_BC[dt_tile]) + _cdiv(l.c, DWP_BC) > 3 and l.k * l.m < 2**31)
+    dyws = int(_cdiv(l.c, DT_BC[dt_tile]) + _cdiv(l.c, DWP_WIDE_BC if dwide else DWP_BC) > 3 and l.k * l.m < 2**31)
     dy = ((dt + bsplit * l.n * l.c * l.ho * l.wo + 3) // 4 * 4 + (l.c * dwp_tiles * 64 if span else 0) + 3) // 4 * 4
     total = dy + (l.k * l.m if dyws else 0)
     part = fsplit * ntiles * k_blocks * FWD_BK[fwd_tile] * FWD_BP[fwd_tile] if fsplit > 1 else 0  # BK x BP floats each
@@ -424,6 +440,7 @@ def native_geometry(layer: Layer) -> NativeGeometry:
         total,
         dyws,
         dy,
+        dwide,
     )
 
 
@@ -521,7 +538,7 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
         dt = te * F32  # fp32 workspace whatever the activation dtype
         coef = 8 * l.k * F32
         dt_bp = 64 if g.dt_tile == "span64" else 128
-        dwp_kb, dwp_cb = _cdiv(l.k, DWP_BK), _cdiv(l.c, DWP_BC)
+        dwp_kb, dwp_cb = _cdiv(l.k, DWP_BK), _cdiv(l.c, g.dwp_bc)
         dwp_px = g.dwp_tiles * 64
         # dy's inputs for dt and dWp: dout and y with the coefficients (dy formed per C block), or bn_bwd_dy's
         # fp32 dy (formed once)
@@ -553,11 +570,11 @@ def native(layer: Layer, mode: str, act_bytes: int = 4, *, recompute: bool = Fal
                 dwp_part or wp,
                 (0 if span else 2 * 9 * dwp_px * _cdiv(l.c, 8) * 8 * dwp_kb)  # t for the 8-channel chunks
                 + dy_flops * dwp_cb
-                + 2 * dwp_px * _ran_rows(l.k, DWP_BK) * _ran_rows(l.c, DWP_BC),
+                + 2 * dwp_px * _dwp_cells(l, g),
                 (dwp_kb - 1) * (l.c * dwp_px * F32 if span else x) + (dwp_cb - 1) * dy_in,
                 0,
                 f"{'t' if span else 'x'} once per {DWP_BK}-channel K block ({dwp_kb}x), {dy_what} once per "
-                f"{DWP_BC}-channel C block ({dwp_cb}x); {g.splits} split(s)",
+                f"{g.dwp_bc}-channel C block ({dwp_cb}x); {g.splits} split(s)",
             ),
             Kernel(
                 "dsconv_bwd_dx",

@@ -67,6 +67,10 @@ NATIVE_TILE_CASES = [
     ((2, 8, 12, 9, 10), 1, 2, "span64"),  # 3 tiles: dWp partials (split over the tiles)
     ((1, 12, 6, 5, 5), 2, 3, "span64"),  # one tile: dWp stored by its kernel (one split)
     ((1, 16, 70, 12, 120), 1, 4, "rect8x8"),  # rect tiles, K > 64
+    # K, C >= 128 on span tiles: dWp in 128 x 128 blocks (dwide). 15 tiles (the last 4 pixels) in 8 splits, 4-
+    # and 8-channel corner blocks, dy stored; then dy formed and one tile, dWp stored by its kernel
+    ((1, 132, 136, 30, 30), 1, 2, "span64"),
+    ((2, 128, 128, 5, 5), 1, 3, "span64"),
 ]
 
 

@@ -151,10 +151,13 @@ DY_CASES = [
     (F16, False, 1, 2, (1, 130, 9, 6, 6)),
     (BF16, True, 2, 3, (2, 130, 9, 9, 7)),
     (F16, True, 1, 5, (1, 130, 5, 4, 9)),
+    (BF16, True, 1, 2, (1, 130, 130, 6, 6)),  # dWp in 128 x 128 blocks (dwide), stored by its kernel
 ]
 
 
-@pytest.mark.parametrize("dtype,cl,s,d,shape", DY_CASES, ids=["f16-nchw-span", "bf16-cl-span", "f16-cl-runtime"])
+@pytest.mark.parametrize(
+    "dtype,cl,s,d,shape", DY_CASES, ids=["f16-nchw-span", "bf16-cl-span", "f16-cl-runtime", "bf16-cl-wide"]
+)
 def test_backward_from_stored_dy(emu, dtype, cl, s, d, shape):
     assert pm.native_geometry(pm.Layer("t", *shape, stride=s, dilation=d)).dyws == 1
     test_backward_train(emu, dtype, cl, s, d, False, shape=shape)
@@ -221,6 +224,9 @@ def test_tile_cases_cover_every_class_and_split():
     assert any(g.fpair and g.ntiles % 2 for g in geos) and any(g.fwd_tile == "span64" and not g.fpair for g in geos)
     assert any(g.ntiles == 1 for g in geos) and any(g.ntiles > 4 for g in geos)
     assert {g.dyws for g in geos} == {0, 1} and any(g.dyws and g.dwp_tile == "rect8x8" for g in geos)
+    wide = [g for g in geos if g.dwide]  # dWp in 128 x 128 blocks: several tiles per split, one split; dy both ways
+    assert any(g.splits < g.dwp_tiles for g in wide) and any(g.splits == 1 for g in wide)
+    assert {g.dyws for g in wide} == {0, 1}
     # C % 4 == 0 (vector Wp loads, dWp rows stored 4 channels at a time): partials and dWp stored directly
     c4 = [g for g, (shape, *_) in zip(geos, TILE_CASES) if shape[1] % 4 == 0]
     assert {g.splits == 1 for g in c4} == {True, False} and {g.fwd_tile for g in c4} >= {"rect8x8", "span64"}

@@ -54,12 +54,14 @@ def test_barrier_ids_are_unique_and_every_kernel_is_listed():
     ids = [i for v in b.values() for i in v]
     assert len(ids) == len(set(ids)), b
     # Every kernel with shared memory synchronises; the epilogue helper is shared by the forward and its
-    # split-reduce kernel (whose only barriers are the epilogue's).
+    # split-reduce kernel (whose only barriers are the epilogue's); dsconv_bwd_dwp_kernel is one of its two
+    # bodies, by tile class.
     assert {
         "dsconv_fwd_kernel",
         "helper:fwd_epilogue",
         "dsconv_bwd_dt_kernel",
-        "dsconv_bwd_dwp_kernel",
+        "helper:dwp_tiles",
+        "helper:dwp_wide",
         "dsconv_bwd_dx_kernel",
         "bn_stats_kernel",
         "bn_bwd_reduce_kernel",

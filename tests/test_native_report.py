@@ -90,9 +90,15 @@ def test_no_spills_and_fits(arch):
     }
     # Per dtype and stride: dsconv_fwd 2 rect tiles x 5 dilations + span x 4 template dilations, single and in
     # pairs, dsconv_bwd_dwp 8x8 x 5 + span x 4, dsconv_bwd_dx x 5, dsconv_dw x 4 (span tiles only); per dtype:
-    # 3 dsconv_fwd_reduce tiles, 2 dt tiles, bn_relu, bn_bwd_reduce, bn_bwd_dy, colsum; 2 plain.
-    assert len(rows) == 3 * (2 * (18 + 9 + 5 + 4) + 9) + 2
+    # 3 dsconv_fwd_reduce tiles, 2 dt tiles, the wide dsconv_bwd_dwp, bn_relu, bn_bwd_reduce, bn_bwd_dy, colsum;
+    # 2 plain.
+    assert len(rows) == 3 * (2 * (18 + 9 + 5 + 4) + 10) + 2
     assert sum(r["variant"].endswith(" pairs") for r in rows) == 3 * 2 * 4
+    assert sorted(r["variant"] for r in rows if r["variant"].endswith(" wide")) == [
+        "bf16 span64 wide",
+        "fp16 span64 wide",
+        "fp32 span64 wide",
+    ]
     for r in rows:
         assert r["spill_stores"] == 0 and r["spill_loads"] == 0 and r["stack_bytes"] == 0, r
         assert r["shared_bytes"] <= 48 * 1024, r

@@ -188,11 +188,12 @@ def test_native_rereads_of_the_grid():
     # K blocks re-read dsconv_dw's t [C][25 tiles x 64] (fp32), not x.
     t = 1024 * 25 * 64 * 4
     assert k["dsconv_fwd train"].reread == 7 * t and k["dsconv_fwd train"].reread_far == 0
-    # dy: 8 + 16 input-channel blocks would form it from dout and y, so bn_bwd_dy stores it once (fp32) and
+    # dy: 8 + 8 input-channel blocks would form it from dout and y, so bn_bwd_dy stores it once (fp32) and
     # those blocks re-read that.
     assert pm.native_geometry(b9).dyws == 1 and k["bn_bwd_dy"].written == y
     assert k["dsconv_bwd_dt"].reread == 7 * y and k["dsconv_bwd_dt"].reread_far == 0
-    assert k["dsconv_bwd_dwp"].reread == 7 * t + 15 * y  # 128-channel K blocks, 64-channel C blocks
+    assert pm.native_geometry(b9).dwide == 1  # 128-channel K blocks, 128-channel C blocks
+    assert k["dsconv_bwd_dwp"].reread == 7 * t + 7 * y
     b1 = pm.classifier_layers(batch=32)[0]  # 32 -> 64: one K block, one C block
     assert pm.native(b1, "train_fwd_bwd").reread == 0
 
@@ -202,16 +203,16 @@ def test_native_rereads_of_the_grid():
 # B = cdiv(K, 128) * cdiv(C, 64) dWp blocks and T dWp tiles, then of the s <= s0 with the fewest rounds
 # cdiv(B s, 56) * cdiv(T, s), the fewest.
 GEOMETRY_CASES = [
-    ((32, 1024, 1024, 7, 7, 1, 3), ("span64", 32 * 49 // 64 + 1, 2)),  # b9 at batch 32: 128 dWp blocks
+    ((32, 1024, 1024, 7, 7, 1, 3), ("span64", 32 * 49 // 64 + 1, 4)),  # b9 at batch 32: 64 wide dWp blocks
     ((32, 32, 64, 224, 224, 2, 3), ("span64", 32 * 112 * 112 // 64, 56)),  # b1: span tiles up to Wo = 112; one
     # dWp block: s0 = 64 (2 waves x 98 tiles), 56 splits take 1 wave x 112 tiles
     ((1, 32, 64, 224, 224, 2, 3), ("span64", 196, 49)),  # b1 at batch 1: 196 tiles, 1 wave x 4 (not 25 x 8)
     ((32, 32, 64, 448, 448, 2, 3), ("rect8x16", 32 * 28 * 14, 56)),  # Wo = 224 > 112: rect, K <= 64 -> 8x16 tiles;
     # dWp over 25,088 8x8 tiles: 56 splits, 1 wave x 448
     ((32, 256, 512, 56, 56, 2, 3), ("span64", 32 * 28 * 28 // 64, 7)),  # 28x28 output at s2 (rect tiles while the
-    # window had to fit); 16 dWp blocks: s0 = 16, 7 splits take 2 waves x 56 tiles = 112 (14 too, more splits)
-    ((1, 128, 128, 56, 56, 1, 3), ("span64", 49, 25)),  # b3 at batch 1: 2 x 1 tile -> 1 x 2 tiles
-    ((32, 512, 1024, 28, 28, 2, 3), ("span64", 32 * 196 // 64, 4)),  # 14x14 output: 64 dWp blocks -> 4
+    # window had to fit); 8 wide dWp blocks: s0 = 32, 7 splits take 1 wave x 56 tiles (14 too, more splits)
+    ((1, 128, 128, 56, 56, 1, 3), ("span64", 49, 49)),  # b3 at batch 1: one wide dWp block, 49 splits of 1 tile
+    ((32, 512, 1024, 28, 28, 2, 3), ("span64", 32 * 196 // 64, 7)),  # 14x14 output: 32 wide dWp blocks -> 7
     ((1, 64, 64, 7, 7, 1, 1), ("span64", 1, 1)),  # capped at the tiles
     ((2, 3, 5, 17, 9, 2, 2), ("span64", 2, 2)),  # 9x5 output, 90 pixels: two span tiles across both images
     ((1, 2048, 2048, 16, 16, 1, 1), ("span64", 4, 1)),  # 512 blocks -> cdiv = 1
@@ -239,12 +240,12 @@ int main() {
     dsc::set_geometry(p, N, C, K, H, W, s, d);
     p.mode = dsc::kTrain;
     const dsc::BwdWs L = dsc::bwd_ws(p);
-    std::printf("%d %lld %d %lld %d %lld %d %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %d %d %d %lld %d\n", p.ft.cls,
+    std::printf("%d %lld %d %lld %d %lld %d %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %d %d %d %lld %d %d\n", p.ft.cls,
                 (long long)p.ft.ntiles, p.wt.cls, (long long)p.wt.ntiles, p.bt.cls, (long long)p.bt.ntiles, p.splits,
                 (long long)p.rgroups, (long long)p.xtiles, (long long)p.xgroups, (long long)dsc::forward_ws_floats(p),
                 (long long)L.red, (long long)L.coef, (long long)L.dwp, (long long)L.dwd, (long long)L.dt,
                 (long long)dsc::backward_ws_floats(p), (long long)p.span, p.fsplit, p.bsplit, p.dyws,
-                (long long)L.dy, p.fpair);
+                (long long)L.dy, p.fpair, p.dwide);
   }
 }
 """
@@ -300,6 +301,7 @@ def test_native_geometry_matches_plan_cuh(tmp_path):
             g.dyws,
             g.bwd_dy,
             g.fpair,
+            g.dwide,
         ) == (cls[cpp[0]], cpp[1], cls[cpp[2]], *cpp[3:4], cls[cpp[4]], *cpp[5:]), l
 
 

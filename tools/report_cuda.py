@@ -209,12 +209,16 @@ def _kernel_variant(demangled: str) -> tuple[str, str]:
     if rest and rest[0].startswith("dsc::TileShape<"):
         v.append(_TILES.get(rest[0][len("dsc::TileShape<") : -1], rest[0]))
         rest = rest[1:]
-    pair = len(rest) == 3 and rest[2] == "true"  # dsconv_fwd_kernel's PAIR: two span tiles per block
+    # the last flag: dsconv_fwd_kernel's PAIR (two span tiles per block), dsconv_bwd_dwp_kernel's WIDE (128 x 128
+    # blocks of dWp; its stride and dilation are placeholders, t coming from dsconv_dw)
+    flag = len(rest) == 3 and rest[2] == "true"
     if len(rest) == 3 and rest[2] in ("true", "false"):
         rest = rest[:2]
-    if len(rest) == 2:  # stride, dilation
+    if flag and kernel == "dsconv_bwd_dwp_kernel":
+        v.append("wide")
+    elif len(rest) == 2:  # stride, dilation
         v += [f"s={rest[0]}", "d=runtime" if rest[1] == "0" else f"d={rest[1]}"]
-    if pair:
+    if flag and kernel != "dsconv_bwd_dwp_kernel":
         v.append("pairs")
     return kernel, " ".join(v)
 

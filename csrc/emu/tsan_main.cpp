@@ -304,6 +304,8 @@ int main(int argc, char** argv) {
   bad += run(Case{1, 70, 130, 6, 7, 1, 2, true});
   // C = 130: dy stored once by bn_bwd_dy and read back by dsconv_bwd_dt and dsconv_bwd_dwp (plan.cuh dyws).
   bad += run(Case{1, 130, 9, 6, 6, 1, 2, false});
+  // C = K = 128 on span tiles: dsconv_bwd_dwp in 128 x 128 blocks (plan.cuh dwide), 3 pixel stages.
+  bad += run(Case{1, 128, 128, 6, 6, 1, 2, false});
   if (g_drop > 0) {
     // Reached only if TSan stayed silent (halt_on_error stops the program at the first report).
     std::printf("barrier %d dropped and no data race reported\n", g_drop);

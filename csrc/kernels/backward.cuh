@@ -456,7 +456,7 @@ DSC_DEVICE DwpMap dwp_map(int gcode, int tid) {
 }
 
 template <class T, class Tl, int S, int D>
-DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Problem p, float* ws) {
+DSC_DEVICE void dwp_tiles(const Problem& p, float* ws) {
   using G = typename DwpSmem<Tl, S, D>::G;
   constexpr int BC = G::BC, BP = Tl::BP, NT = 256;
   constexpr int TPC = NT / BC, PPT = BP / TPC;
@@ -682,6 +682,149 @@ DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Proble
       else
         part[k * p.C + c] = acc[i][j];
     }
+  }
+}
+
+// WIDE (plan.cuh dwide: span tiles, K and C >= 128): a block owns 128 output x 128 input channels of dWp and
+// each thread an 8 x 8 register block (rows ty * 4 and 64 + ty * 4, columns tx * 4 and 64 + tx * 4:
+// mma_8x4x2_steps_h), so a staged dy value feeds 128 input channels and a warp's shared loads per FMA fall
+// from 3 per 32 to 4 per 64. Pixels in stages of kDwpQ = 16: dy [16 px x 128 k] and t [16 px x 128 c] are
+// 17 KB together, so two blocks also fit sm_75's 64 KB. A stage's loads are issued after the previous
+// stage's GEMM, not held in registers across it (the 64 sums leave no room at 128 registers; the other
+// block on the SM runs meanwhile): dy in two batches of 4, then t (t first, or dy in one batch of 8, spilled
+// 12-16 bytes on sm_61; 8-pixel double-buffered stages, loaded during the GEMM, 92-100). t comes from
+// dsconv_dw's workspace (zero past M), so S and D play no part: one instantiation per dtype
+// (<T, TileSpan64, 1, 0, true>).
+constexpr int kDwpQ = 16;
+struct DwpWideSmem {
+  alignas(16) float dyT[kDwpQ][kDwpK + 4];     // A: per pixel, dy over the block's output channels
+  alignas(16) float tT[kDwpQ][kDwpWideC + 4];  // B: per pixel, t over the block's input channels
+  float cf[5][kDwpK];                          // dy's coefficients of the block's output channels
+  int64_t sg[64], sa[64];                      // the tile's pixel offsets in dy (or dout) and y
+};
+
+template <class T>
+DSC_DEVICE void dwp_wide(const Problem& p, float* ws) {
+  constexpr int NT = 256, KP = kDwpK + 4, CP = kDwpWideC + 4;
+  DSC_SHARED(DwpWideSmem, s);
+  const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
+  const int64_t k0 = static_cast<int64_t>(blockIdx.x) * kDwpK, cb = static_cast<int64_t>(blockIdx.y) * kDwpWideC;
+  const BwdWs L = bwd_ws(p);
+  const T* __restrict__ go = static_cast<const T*>(p.dout);
+  const T* __restrict__ ac = static_cast<const T*>(p.act);
+  const bool dyw = p.dyws != 0;
+  const float* __restrict__ dyp = ws + L.dy;
+  if (tid < kDwpK) {  // visible after the tile loop's first barrier
+    const DyCoef c = dy_coef(ws + L.coef, k0 + tid < p.K ? k0 + tid : 0);
+    s.cf[0][tid] = c.mu;
+    s.cf[1][tid] = c.a;
+    s.cf[2][tid] = c.beta;
+    s.cf[3][tid] = c.b2;
+    s.cf[4][tid] = c.c2;
+  }
+  // Staging maps, fixed for the block. dy: NCHW lanes along 16 pixels (2 channel rows per warp: 4 sectors
+  // a load, as 32 lanes on one row), channels kq + 16 j; channels_last lanes along the channels (contiguous
+  // there), pixels kq + 2 j. t: lanes along the channels (conflict-free transposed stores), a float4 of 4
+  // pixels at q4 and q4 + 8.
+  const int kq = p.cl ? tid / kDwpK : tid / kDwpQ, kr = p.cl ? tid % kDwpK : tid % kDwpQ;
+  const int cc = tid % kDwpWideC, q4 = (tid / kDwpWideC) * 4;
+  const bool cv = cb + cc < p.C;
+  const int64_t mp = p.wt.ntiles * 64;
+  const float* __restrict__ tcol = ws + L.t + (cv ? (cb + cc) * mp : 0);
+
+  float acc[2][8][4];  // [column half][row][column]
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[h][i][j] = 0.f;
+
+  for (int64_t tile = blockIdx.z; tile < p.wt.ntiles; tile += p.splits) {
+    slot_offsets<TileSpan64>(p, p.wt, tile, dyw ? dy_strides(p) : p.dos, s.sg, tid, NT);
+    if (!dyw) slot_offsets<TileSpan64>(p, p.wt, tile, p.as, s.sa, tid, NT);
+    DSC_SYNC(40);  // slot tables written (and the previous tile's GEMM done)
+    const int nv = static_cast<int>(tile_count(p, p.wt, tile));  // block-uniform
+    for (int q0 = 0; q0 < nv; q0 += kDwpQ) {
+      // dy: 8 values per thread in two batches of 4, each batch's loads before its first use (all 8 at once,
+      // beside the 64 sums, spilled).
+#pragma unroll 1
+      for (int jb = 0; jb < 8; jb += 4) {
+        float g[4], a[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int ql = p.cl ? kq + 2 * (jb + j) : kr, kk = p.cl ? kr : kq + 16 * (jb + j);
+          const int64_t og = s.sg[q0 + ql], k = k0 + kk;
+          const bool ok = k < p.K && og >= 0;
+          if (dyw) {
+            g[j] = DSC_LDG(dyp + (ok ? og + k * dy_strides(p).c : 0));
+            a[j] = 0.f;
+          } else {
+            g[j] = Cvt<T>::ldg(go + (ok ? og + k * p.dos.c : 0));
+            a[j] = Cvt<T>::ldg(ac + (ok ? s.sa[q0 + ql] + k * p.as.c : 0));
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int ql = p.cl ? kq + 2 * (jb + j) : kr, kk = p.cl ? kr : kq + 16 * (jb + j);
+          const bool ok = k0 + kk < p.K && s.sg[q0 + ql] >= 0;
+          float v = g[j];
+          if (!dyw) v = dy_of(DyCoef{s.cf[0][kk], s.cf[1][kk], s.cf[2][kk], s.cf[3][kk], s.cf[4][kk]}, g[j], a[j]);
+          s.dyT[ql][kk] = ok ? v : 0.f;
+        }
+      }
+      // t: zero past M (dsconv_dw) and past C (selected here).
+      {
+        const float* tq = tcol + tile * 64 + q0 + q4;
+        const f4 t0 = DSC_LDG(reinterpret_cast<const f4*>(tq)), t1 = DSC_LDG(reinterpret_cast<const f4*>(tq + 8));
+        const float tv[8] = {t0.x, t0.y, t0.z, t0.w, t1.x, t1.y, t1.z, t1.w};
+#pragma unroll
+        for (int i = 0; i < 8; ++i) s.tT[q4 + (i & 3) + (i >> 2) * 8][cc] = cv ? tv[i] : 0.f;
+      }
+      DSC_SYNC(41);  // stage staged
+      mma_8x4x2_steps_h<kDwpQ>(acc[0], acc[1], s.dyT[0], kDwpK / 2, KP, s.tT[0], kDwpWideC / 2, CP, ty, tx);
+      DSC_SYNC(42);  // stage consumed
+    }
+  }
+
+  // One split: the sums are final, stored as dWp itself; else the split's partial [K, C]. A thread's 4
+  // consecutive channels as one vector store where rows are 16-byte aligned (as dwp_tiles).
+  const bool direct = p.splits == 1;
+  float* part = ws + L.dwp + static_cast<int64_t>(blockIdx.z) * p.K * p.C;
+  T* __restrict__ dwp = static_cast<T*>(p.dwp);
+  constexpr bool kF32 = sizeof(T) == 4;
+  const bool vec = (p.C & 3) == 0 && (!direct || (kF32 && (reinterpret_cast<uint64_t>(dwp) & 15) == 0));
+  float* vdst = kF32 && direct ? reinterpret_cast<float*>(dwp) : part;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int64_t c0 = cb + h * (kDwpWideC / 2) + tx * 4;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int64_t k = k0 + mma_row_h(kDwpK / 2, ty, i);
+      if (k >= p.K) continue;
+      if (vec) {
+        if (c0 < p.C) Vec4<float>::store(vdst + k * p.C + c0, acc[h][i]);
+        continue;
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if (c0 + j >= p.C) continue;
+        if (direct)
+          dwp[k * p.C + c0 + j] = Cvt<T>::store(acc[h][i][j]);
+        else
+          part[k * p.C + c0 + j] = acc[h][i][j];
+      }
+    }
+  }
+}
+
+template <class T, class Tl, int S, int D, bool WIDE = false>
+DSC_GLOBAL void DSC_LAUNCH_BOUNDS_MIN(256, 2) dsconv_bwd_dwp_kernel(const Problem p, float* ws) {
+  if constexpr (WIDE) {
+    static_assert(Tl::SPAN && S == 1 && D == 0, "one wide instantiation per dtype: <T, TileSpan64, 1, 0, true>");
+    dwp_wide<T>(p, ws);
+  } else {
+    dwp_tiles<T, Tl, S, D>(p, ws);
   }
 }
 

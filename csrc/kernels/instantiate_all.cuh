@@ -32,17 +32,18 @@
   DSC_INST_SD(T, S, 3)      \
   DSC_INST_SD(T, S, 4)
 
-#define DSC_INST_T(T)                                                                                       \
-  DSC_INST_S(T, 1)                                                                                          \
-  DSC_INST_S(T, 2)                                                                                          \
-  template __global__ void dsc::dsconv_fwd_reduce_kernel<T, dsc::TileRect8x8>(const dsc::Problem, float*);  \
-  template __global__ void dsc::dsconv_fwd_reduce_kernel<T, dsc::TileRect8x16>(const dsc::Problem, float*); \
-  template __global__ void dsc::dsconv_fwd_reduce_kernel<T, dsc::TileSpan64>(const dsc::Problem, float*);   \
-  template __global__ void dsc::dsconv_bwd_dt_kernel<T, dsc::TileSpan64>(const dsc::Problem, float*);       \
-  template __global__ void dsc::dsconv_bwd_dt_kernel<T, dsc::TileSpan128>(const dsc::Problem, float*);      \
-  template __global__ void dsc::bn_relu_kernel<T>(const dsc::Problem, const float*, int64_t, int64_t);      \
-  template __global__ void dsc::bn_bwd_reduce_kernel<T>(const dsc::Problem, float*);                        \
-  template __global__ void dsc::bn_bwd_dy_kernel<T>(const dsc::Problem, float*);                            \
+#define DSC_INST_T(T)                                                                                              \
+  DSC_INST_S(T, 1)                                                                                                 \
+  DSC_INST_S(T, 2)                                                                                                 \
+  template __global__ void dsc::dsconv_fwd_reduce_kernel<T, dsc::TileRect8x8>(const dsc::Problem, float*);         \
+  template __global__ void dsc::dsconv_fwd_reduce_kernel<T, dsc::TileRect8x16>(const dsc::Problem, float*);        \
+  template __global__ void dsc::dsconv_fwd_reduce_kernel<T, dsc::TileSpan64>(const dsc::Problem, float*);          \
+  template __global__ void dsc::dsconv_bwd_dt_kernel<T, dsc::TileSpan64>(const dsc::Problem, float*);              \
+  template __global__ void dsc::dsconv_bwd_dwp_kernel<T, dsc::TileSpan64, 1, 0, true>(const dsc::Problem, float*); \
+  template __global__ void dsc::dsconv_bwd_dt_kernel<T, dsc::TileSpan128>(const dsc::Problem, float*);             \
+  template __global__ void dsc::bn_relu_kernel<T>(const dsc::Problem, const float*, int64_t, int64_t);             \
+  template __global__ void dsc::bn_bwd_reduce_kernel<T>(const dsc::Problem, float*);                               \
+  template __global__ void dsc::bn_bwd_dy_kernel<T>(const dsc::Problem, float*);                                   \
   template __global__ void dsc::colsum_kernel<T>(const dsc::ColsumJob<T>, const dsc::ColsumJob<T>);
 
 template __global__ void dsc::bn_stats_kernel<0>(const dsc::Problem, float*);

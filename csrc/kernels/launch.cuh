@@ -169,8 +169,12 @@ void backward_convs(const Problem& p0, float* ws) {
           else if constexpr (D > 0) {  // t for every pixel first (dsconv_dw), read by the dWp blocks of every K block
             const int64_t mp = p.wt.ntiles * 64, th = mp < 256 ? mp : 256;
             P::launch(dsconv_dw_kernel<T, S, D>, cdiv(mp, th), dw_grid_y(p), 1, static_cast<int>(th), p, ws + L.t);
-            P::launch(dsconv_bwd_dwp_kernel<T, TileSpan64, S, D>, cdiv(p.K, kDwpK), cdiv(p.C, kDwpC), p.splits, 256, p,
-                      ws);
+            if (p.dwide)
+              P::launch(dsconv_bwd_dwp_kernel<T, TileSpan64, 1, 0, true>, cdiv(p.K, kDwpK), cdiv(p.C, kDwpWideC),
+                        p.splits, 256, p, ws);
+            else
+              P::launch(dsconv_bwd_dwp_kernel<T, TileSpan64, S, D>, cdiv(p.K, kDwpK), cdiv(p.C, kDwpC), p.splits, 256,
+                        p, ws);
           }
         }
         const int cc = p.cl ? DxWindow<S, D>::CCL : 8;

@@ -120,7 +120,11 @@ inline void set_geometry(Problem& p, int64_t N, int64_t C, int64_t K, int64_t H,
   // tiles, not 49 (two waves of 1 tile, twice the partials); b7 (32 x 4 tiles) keeps 4; b1 (one channel
   // block x 196 tiles) gets 49, one wave of 4 tiles. (The rule was "no more rounds than the largest count",
   // which gave b1 25 splits: one block on each of 25 SMs for 8 tiles, SIMULATED 405,223 cycles.)
-  const int64_t blocks = cdiv(K, kDwpK) * cdiv(C, kDwpC);
+  // Span tiles with both channel counts at least 128 (b3-b9 of the classifier): 128 x 128 blocks of dWp, an
+  // 8 x 8 register block per thread (dsconv_bwd_dwp, WIDE), each staged dy value feeding 128 input channels
+  // instead of 64. Not below 128: the 128 x 64 tile's corner groups compute b1's 64 x 32 without idle rows.
+  p.dwide = (p.wt.cls == kTileSpan64 && K >= kDwpK && C >= kDwpWideC) ? 1 : 0;
+  const int64_t blocks = cdiv(K, kDwpK) * cdiv(C, p.dwide ? kDwpWideC : kDwpC);
   int64_t smax = cdiv(256, blocks);
   if (smax > DSC_DWP_MAX_SPLITS) smax = DSC_DWP_MAX_SPLITS;
   if (smax > p.wt.ntiles) smax = p.wt.ntiles;
@@ -135,7 +139,7 @@ inline void set_geometry(Problem& p, int64_t N, int64_t C, int64_t K, int64_t H,
   // against 3 K M once (dout, y in; dy out) and K M per block. b5-b9 of the classifier (C >= 256: 6 to 24
   // blocks), not b1-b4 (2 or 3). K M < 2^31: bn_bwd_dy numbers elements in 32 bits.
   {
-    const int64_t reads = cdiv(C, p.bt.cls == kTileSpan128 ? 64 : 128) + cdiv(C, kDwpC);
+    const int64_t reads = cdiv(C, p.bt.cls == kTileSpan128 ? 64 : 128) + cdiv(C, p.dwide ? kDwpWideC : kDwpC);
     p.dyws = (reads > 3 && K * p.M < (int64_t(1) << 31)) ? 1 : 0;
   }
   // dx: 8x8 input tiles; ~1024 blocks of 8-channel chunks x tile groups (dWd partial rows).

@@ -79,7 +79,8 @@ struct Problem {
   int bsplit;      // dsconv_bwd_dt: blocks the output channels are split over (small maps), dt partial planes
   int64_t ksplit;  // output channels per split (a multiple of 8)
   int64_t xtiles_w, xtiles_img, xtiles, xgroups;
-  int dyws;  // 1: bn_bwd_dy forms dy once into the workspace for dsconv_bwd_dt and dsconv_bwd_dwp (plan.cuh)
+  int dyws;   // 1: bn_bwd_dy forms dy once into the workspace for dsconv_bwd_dt and dsconv_bwd_dwp (plan.cuh)
+  int dwide;  // 1: dsconv_bwd_dwp on span tiles in 128 x 128 blocks of dWp, 8 x 8 per thread (plan.cuh)
 
   const void* x;
   Str4 xs;
@@ -124,6 +125,7 @@ using TileSpan128 = TileShape<64, 8, 16, true>;
 constexpr int kSpanHalo = 800;          // span tiles: staged input floats per channel (host-checked bound)
 constexpr int kSpanRowsMax = 128;       // span tiles: staged rows (host-checked bound)
 constexpr int kDwpK = 128, kDwpC = 64;  // dsconv_bwd_dwp's block of dWp: output x input channels
+constexpr int kDwpWideC = 128;          // ... its input channels where Problem::dwide
 
 // First output row / column of rect tile t (t < 2^32: grid y * z). 32-bit division: a 64-bit one is a
 // subroutine call on the GPU.
