@@ -600,6 +600,11 @@ def test_tile_kernels_writes_scale_with_the_tiles_they_write():
         cm.tile_elements_written("dsconv_fwd_kernel<float, dsc::TileShape<128, 8, 8, true>, 1, 3>", (3, 1, 1))
         == 3 * cm.DSC_TILE
     )
+    # dWp: 128 x 64 blocks, or 128 x 128 where WIDE (the last template argument)
+    dwp = "dsconv_bwd_dwp_kernel<float, dsc::TileShape<128, 8, 8, true>, 1, "
+    assert cm.tile_elements_written(dwp + "0, true>", (4, 4, 7)) == 2 * 112 * cm.DSC_TILE
+    assert cm.tile_elements_written(dwp + "3, false>", (4, 8, 7)) == 224 * cm.DSC_TILE
+    assert cm.tile_elements_written(dwp + "3>", (4, 8, 7)) == 224 * cm.DSC_TILE
 
 
 def test_launches_align_by_kernel_name_where_the_target_lists_its_kernels():
