@@ -455,6 +455,40 @@ DSC_DEVICE DwpMap dwp_map(int gcode, int tid) {
   return DwpMap{ng, ntg, tid / ntg, lt, lt >> txs, lt & ((1 << txs) - 1), kDwpK / 2 / hk};
 }
 
+// A thread's 8 x 4 block of dWp sums (rows k0 + mma_row_h(half, ty, i), columns c0 .. c0 + 3) -> dWp itself
+// with one split (no partial for colsum to copy: b8, b9 at batch 1), else the split's partial [K, C] at part.
+// 4 consecutive channels as one vector store where rows are 16-byte aligned (C % 4 == 0; the workspace is):
+// 16 scalar stores of a half warp, 16 bytes apart, cost 0.5 write transactions per float (SIMULATED, b3 and
+// b7 at batch 1: a third of dWp's global transactions), a vector store 0.125. (fp32 only where dWp itself is
+// stored: 16-bit stores gain nothing, and the extra path spilled on sm_75.)
+template <class T>
+DSC_DEVICE void dwp_store(const Problem& p, float* part_base, const float (&acc)[8][4], int64_t k0, int half, int ty,
+                          int64_t c0) {
+  const bool direct = p.splits == 1;
+  float* part = part_base + static_cast<int64_t>(blockIdx.z) * p.K * p.C;
+  T* __restrict__ dwp = static_cast<T*>(p.dwp);
+  constexpr bool kF32 = sizeof(T) == 4;
+  const bool vec = (p.C & 3) == 0 && (!direct || (kF32 && (reinterpret_cast<uint64_t>(dwp) & 15) == 0));
+  float* vdst = kF32 && direct ? reinterpret_cast<float*>(dwp) : part;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int64_t k = k0 + mma_row_h(half, ty, i);
+    if (k >= p.K) continue;
+    if (vec) {
+      if (c0 < p.C) Vec4<float>::store(vdst + k * p.C + c0, acc[i]);  // c0 < C: then c0 + 3 < C too
+      continue;
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (c0 + j >= p.C) continue;
+      if (direct)
+        dwp[k * p.C + c0 + j] = Cvt<T>::store(acc[i][j]);
+      else
+        part[k * p.C + c0 + j] = acc[i][j];
+    }
+  }
+}
+
 template <class T, class Tl, int S, int D>
 DSC_DEVICE void dwp_tiles(const Problem& p, float* ws) {
   using G = typename DwpSmem<Tl, S, D>::G;
@@ -653,36 +687,7 @@ DSC_DEVICE void dwp_tiles(const Problem& p, float* ws) {
         for (int j = 0; j < 4; ++j) acc[i][j] += r[(i * 4 + j) * m.ntg + m.lt];
     }
   }
-  // One split: the sums are final, stored as dWp (no partial for colsum to copy: b8, b9 at batch 1).
-  const bool direct = p.splits == 1;
-  float* part = ws + L.dwp + static_cast<int64_t>(blockIdx.z) * p.K * p.C;
-  T* __restrict__ dwp = static_cast<T*>(p.dwp);
-  // A thread's 4 consecutive channels as one vector store where rows are 16-byte aligned (C % 4 == 0; the
-  // workspace is): 16 scalar stores of a half warp, 16 bytes apart, cost 0.5 write transactions per float
-  // (SIMULATED, b3 and b7 at batch 1: a third of dWp's global transactions), a vector store 0.125.
-  // (fp32 only where dWp itself is stored: 16-bit stores gain nothing, and the extra path spilled on sm_75.)
-  constexpr bool kF32 = sizeof(T) == 4;
-  const bool vec = (p.C & 3) == 0 && (!direct || (kF32 && (reinterpret_cast<uint64_t>(dwp) & 15) == 0));
-  float* vdst = kF32 && direct ? reinterpret_cast<float*>(dwp) : part;
-#pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const int64_t k = k0 + mma_row_h(m.half, m.ty, i);
-    if (k >= p.K) continue;
-    if (vec) {
-      const int64_t c = cb + m.tx * 4;  // c < C: then c + 3 < C too
-      if (c < p.C) Vec4<float>::store(vdst + k * p.C + c, acc[i]);
-      continue;
-    }
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int64_t c = cb + m.tx * 4 + j;
-      if (c >= p.C) continue;
-      if (direct)
-        dwp[k * p.C + c] = Cvt<T>::store(acc[i][j]);
-      else
-        part[k * p.C + c] = acc[i][j];
-    }
-  }
+  dwp_store<T>(p, ws + L.dwp, acc, k0, m.half, m.ty, cb + m.tx * 4);
 }
 
 // WIDE (plan.cuh dwide: span tiles, K and C >= 128): a block owns 128 output x 128 input channels of dWp and
@@ -787,35 +792,9 @@ DSC_DEVICE void dwp_wide(const Problem& p, float* ws) {
     }
   }
 
-  // One split: the sums are final, stored as dWp itself; else the split's partial [K, C]. A thread's 4
-  // consecutive channels as one vector store where rows are 16-byte aligned (as dwp_tiles).
-  const bool direct = p.splits == 1;
-  float* part = ws + L.dwp + static_cast<int64_t>(blockIdx.z) * p.K * p.C;
-  T* __restrict__ dwp = static_cast<T*>(p.dwp);
-  constexpr bool kF32 = sizeof(T) == 4;
-  const bool vec = (p.C & 3) == 0 && (!direct || (kF32 && (reinterpret_cast<uint64_t>(dwp) & 15) == 0));
-  float* vdst = kF32 && direct ? reinterpret_cast<float*>(dwp) : part;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int64_t c0 = cb + h * (kDwpWideC / 2) + tx * 4;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const int64_t k = k0 + mma_row_h(kDwpK / 2, ty, i);
-      if (k >= p.K) continue;
-      if (vec) {
-        if (c0 < p.C) Vec4<float>::store(vdst + k * p.C + c0, acc[h][i]);
-        continue;
-      }
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        if (c0 + j >= p.C) continue;
-        if (direct)
-          dwp[k * p.C + c0 + j] = Cvt<T>::store(acc[h][i][j]);
-        else
-          part[k * p.C + c0 + j] = acc[h][i][j];
-      }
-    }
-  }
+  // The two column halves' blocks, as dwp_tiles stores its one.
+  dwp_store<T>(p, ws + L.dwp, acc[0], k0, kDwpK / 2, ty, cb + tx * 4);
+  dwp_store<T>(p, ws + L.dwp, acc[1], k0, kDwpK / 2, ty, cb + kDwpWideC / 2 + tx * 4);
 }
 
 template <class T, class Tl, int S, int D, bool WIDE = false>
