@@ -392,7 +392,8 @@ def native_geometry(layer: Layer) -> NativeGeometry:
     rgroup_px = _cdiv(_cdiv(l.m, groups), 32) * 32
     rgroups = _cdiv(l.m, rgroup_px)
     dwide = int(span and l.k >= DWP_BK and l.c >= DWP_WIDE_BC)
-    dwp_blocks = _cdiv(l.k, DWP_BK) * _cdiv(l.c, DWP_WIDE_BC if dwide else DWP_BC)
+    dwp_bc = DWP_WIDE_BC if dwide else DWP_BC  # (NativeGeometry.dwp_bc, before there is one)
+    dwp_blocks = _cdiv(l.k, DWP_BK) * _cdiv(l.c, dwp_bc)
     s0 = max(1, min(_cdiv(SPLITS_TARGET_BLOCKS, dwp_blocks), SPLITS_MAX, dwp_tiles))
 
     def rounds(s: int) -> int:  # plan.cuh: waves of WAVE blocks x tiles per block
@@ -408,7 +409,7 @@ def native_geometry(layer: Layer) -> NativeGeometry:
     dt = dwd + xgroups * l.c * 9
     # then (16-byte aligned) dsconv_dw's t [C][tiles x 64] for dsconv_bwd_dwp on span tiles, then (aligned)
     # bn_bwd_dy's dy [K][M] where dt and dWp would form dy more than 3 times over (input-channel blocks)
-    dyws = int(_cdiv(l.c, DT_BC[dt_tile]) + _cdiv(l.c, DWP_WIDE_BC if dwide else DWP_BC) > 3 and l.k * l.m < 2**31)
+    dyws = int(_cdiv(l.c, DT_BC[dt_tile]) + _cdiv(l.c, dwp_bc) > 3 and l.k * l.m < 2**31)
     dy = ((dt + bsplit * l.n * l.c * l.ho * l.wo + 3) // 4 * 4 + (l.c * dwp_tiles * 64 if span else 0) + 3) // 4 * 4
     total = dy + (l.k * l.m if dyws else 0)
     part = fsplit * ntiles * k_blocks * FWD_BK[fwd_tile] * FWD_BP[fwd_tile] if fsplit > 1 else 0  # BK x BP floats each
