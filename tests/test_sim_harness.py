@@ -651,6 +651,93 @@ def test_launches_align_by_kernel_name_where_the_target_lists_its_kernels():
     assert cm.align_launches(["a"], ["a", "a"]) is None
 
 
+def test_a_split_the_simulated_case_did_not_make_borrows_its_own_combine_kernel():
+    def kern(name, grid, insn, writes=0):
+        return {"name": name, "mangled": name, "grid": grid, "block": 256, "regs": 32, "smem": 0, "cycles": 9000,
+                "warp_insn": insn, "l2_accesses": 0, "gmem_write_txn": writes}  # fmt: skip
+
+    case = _b0_case("unfused", "step")
+    # batch 1: the forward GEMM splits K in 2 (128 x 128 tiles), the weight-gradient GEMM does not; batch 4:
+    # the forward GEMM no longer splits, the weight-gradient GEMM splits in 4 with 64 x 32 tiles
+    ks = [
+        kern("sgemm_kernel<128, 128>", [1, 1, 2], 800),
+        kern("splitk_reduce_kernel", [1, 1, 1], 100, writes=40),
+        kern("sgemm_kernel<64, 64>", [1, 1, 1], 400),
+        kern("relu_kernel", [4, 1, 1], 40),
+    ]
+    sim = {"results": [{"verdict": "PASS", "case": case, "kernels": ks}]}
+    key = "unfused|step|b0|4"
+    names = ["sgemm_kernel<128, 128>", "sgemm_kernel<64, 32>", "splitk_reduce_kernel", "relu_kernel"]
+    grids = {
+        "blocks": {"b0": [1, 8, 8, 8, 8, 1, 3]},
+        "grids": {key: [[1, 1, 1], [2, 2, 4], [3, 1, 1], [16, 1, 1]]},
+        "kernels": {key: names},
+    }
+    (run,) = cm.layer_runs(sim, grids, 4)
+    assert [k.name for k in run.kernels] == [
+        "sgemm_kernel<128, 128>",
+        "sgemm_kernel<64, 64>",
+        "splitk_reduce_kernel",
+        "relu_kernel",
+    ]
+    lent = run.kernels[2]
+    # the case's combine kernel read 2 x 128 x 128 partials and wrote 128 x 128 outputs; the target's reads
+    # 16 x 64 x 32 x 4 = 2 x 128 x 128 partials (1x) and writes 4 x 64 x 32 outputs (1/2)
+    assert lent.warp_insn == 100
+    assert lent.gwrite_txn == 20
+    assert lent.grid == (3, 1, 1) and lent.sim_cycles is None
+    assert [k.warp_insn for k in run.kernels][::3] == [3200, 160]  # the others with the pixels
+    # a case without a combine kernel of its own has none to lend: the block is left out
+    sim["results"][0]["kernels"] = [ks[0], ks[2], ks[3]]
+    grids["kernels"][key] = ["sgemm_kernel<128, 128>", "sgemm_kernel<64, 32>", "splitk_reduce_kernel", "relu_kernel"]
+    assert cm.layer_runs(sim, grids, 4) == []
+    # only a split's combine kernel may be missing from the simulated launches, and only after its GEMM
+    assert cm.align_launches(["a", "b"], ["a", "splitk_reduce_kernel", "b"]) == [(0, 0), (None, 1), (1, 2)]
+    assert cm.align_launches(["a", "b"], ["a", "c", "b"]) is None
+
+
+def test_a_second_simulated_size_separates_a_blocks_fixed_cost_from_its_cost_per_pixel():
+    def kern(name, grid, insn, l2):
+        return {"name": name, "mangled": name, "grid": grid, "block": 256, "regs": 32, "smem": 0, "cycles": 9000,
+                "warp_insn": insn, "l2_accesses": l2}  # fmt: skip
+
+    def case(hw):
+        return {**_b0_case("unfused", "step"), "h": hw, "w": hw}
+
+    # a statistics kernel, one block per channel (4 blocks at every size): 1,000 warp instructions per block
+    # however many pixels, 1 per pixel; its L2 traffic is all per pixel. A tile kernel whose grid follows the
+    # pixels (nothing separates a fixed part there). A kernel the smaller size runs as another variant.
+    def run(hw, tile_insn):
+        px = hw * hw
+        return [
+            kern("stats_kernel", [4, 1, 1], 4 * 1000 + px, 2 * px),
+            kern("tile_kernel", [px // 16, 1, 1], tile_insn, px),
+            kern("other_kernel<8>" if hw == 8 else "other_kernel<4>", [1, 1, 1], 100 + px, px),
+        ]
+
+    sim = {
+        "results": [
+            {"verdict": "PASS", "case": case(8), "kernels": run(8, 640)},
+            {"verdict": "PASS", "case": case(4), "kernels": run(4, 160)},
+        ]
+    }
+    key = "unfused|step|b0|4"
+    grids = {
+        "blocks": {"b0": [1, 8, 8, 8, 8, 1, 3]},
+        "grids": {key: [[4, 1, 1], [16, 1, 1], [1, 1, 1]]},
+        "kernels": {key: ["stats_kernel", "tile_kernel", "other_kernel<8>"]},
+    }
+    (big,) = cm.layer_runs(sim, grids, 4)  # 256 pixels, from the 64-pixel case and its 16-pixel twin
+    stats, tile, other = big.kernels
+    assert stats.warp_insn == pytest.approx(4 * 1000 + 256)  # not (4,000 + 64) x 4
+    assert stats.l2_bytes == pytest.approx(32 * 2 * 256)
+    assert tile.warp_insn == pytest.approx(640 * 4)  # blocks in proportion to pixels: the pixel law
+    assert other.warp_insn == pytest.approx((100 + 64) * 4)  # no twin of its variant: the pixel law
+    # without the second size, the pixel law for every kernel
+    (alone,) = cm.layer_runs({"results": sim["results"][:1]}, grids, 4)
+    assert alone.kernels[0].warp_insn == pytest.approx((4000 + 64) * 4)
+
+
 def test_import_cache_takes_results_valid_for_todays_sources(tmp_path, monkeypatch):
     monkeypatch.setattr(simlib, "nvcc_version", lambda: "nvcc-test")
     monkeypatch.setattr(simlib, "launch_fingerprint", lambda exe, case: f"fp-of-{exe}")
