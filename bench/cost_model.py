@@ -519,25 +519,22 @@ def layer_runs(sim: dict, grids: dict, batch: int) -> list[LayerRun]:
                     continue
                 k, grid = ks[i], tuple(g[j])
                 f, fw, fields = f_pix, None, None
-                if companion is not None:
-                    twin = same_launch(r["kernels"], i, companion[1]["kernels"])
-                    if twin is not None:
-                        fields = fixed_and_pixel_factors(
-                            k, profile_from_sim(twin), pix(sim_shape), pix(companion[2]), grid, pix(tshape)
-                        )
                 producer = COMBINE_PRODUCER.get(family(k.name))
-                if producer is not None:
+                if producer is not None:  # with its producer's partials, not with pixels
                     prev = [m for m in range(n) if pairs[m][0] is not None and family(ks[pairs[m][0]].name) == producer]
                     if prev:
                         sp, tp = ks[pairs[prev[-1]][0]], pairs[prev[-1]][1]
                         f = math.prod(g[tp]) / sp.blocks
                         if producer == "sgemm_kernel":  # the GEMM's tile may change shape: go by its partials
-                            (ps, os_), (pt, ot) = split_partials(sp.name, sp.grid), split_partials(names[tp], g[tp])
-                            f, fw = pt / ps, ot / os_
+                            f, fw = split_partials_factors(sp.name, sp.grid, names[tp], g[tp])
+                elif companion is not None:
+                    twin = same_launch(r["kernels"], i, companion[1]["kernels"])
+                    if twin is not None:
+                        fields = fixed_and_pixel_factors(
+                            k, profile_from_sim(twin), pix(sim_shape), pix(companion[2]), grid, pix(tshape)
+                        )
                 if family(k.name) in TILE_WRITERS:
                     fw = tile_elements_written(names[j], grid) / tile_elements_written(k.name, k.grid)
-                if producer is not None:
-                    fields = None  # a combine kernel goes with its producer's partials, not with pixels
                 scaled.append(k.scaled(f, grid, fw, fields))
             if len(scaled) < len(pairs):
                 continue
@@ -571,9 +568,9 @@ def fixed_and_pixel_factors(
     det = bk * pix_twin - bn * pix_k
     if abs(det) < 0.05 * bk * pix_twin:
         return None
-    out = {}
+    out, twin_counts = {}, twin.counts()
     for c, y in k.counts().items():
-        y2 = twin.counts()[c]
+        y2 = twin_counts[c]
         a = (y * pix_twin - y2 * pix_k) / det
         b = (bk * y2 - bn * y) / det
         if y > 0 and a >= 0 and b >= 0:
@@ -602,8 +599,8 @@ def lend_combine(
     if not donors:
         return None
     _, d = max(donors)
-    (pd, od), (pt, ot) = split_partials(ks[d - 1].name, ks[d - 1].grid), split_partials(names[j - 1], grids[j - 1])
-    return ks[d].scaled(pt / pd, tuple(grids[j]), ot / od)
+    f, fw = split_partials_factors(ks[d - 1].name, ks[d - 1].grid, names[j - 1], grids[j - 1])
+    return ks[d].scaled(f, tuple(grids[j]), fw)
 
 
 def align_launches(simulated: Sequence[str], target: Sequence[str]) -> Optional[list[tuple[Optional[int], int]]]:
@@ -635,6 +632,15 @@ def split_partials(name: str, grid: Sequence[int]) -> tuple[int, int]:
     padding included, and those over its split (grid z: the baseline splits only unbatched GEMMs)."""
     written = tile_elements_written(name, grid)
     return written, written // max(1, grid[2])
+
+
+def split_partials_factors(
+    sim_name: str, sim_grid: Sequence[int], name: str, grid: Sequence[int]
+) -> tuple[float, float]:
+    """(reads, writes) factors of a split-K combine kernel between two producer GEMM launches: the partials it
+    sums and the outputs it writes (``split_partials``), the simulated producer's against the target's."""
+    (ps, os_), (pt, ot) = split_partials(sim_name, sim_grid), split_partials(name, grid)
+    return pt / ps, ot / os_
 
 
 def layer_dram_bytes(run: LayerRun, act_bytes: int) -> float:

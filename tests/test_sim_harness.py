@@ -653,8 +653,7 @@ def test_launches_align_by_kernel_name_where_the_target_lists_its_kernels():
 
 def test_a_split_the_simulated_case_did_not_make_borrows_its_own_combine_kernel():
     def kern(name, grid, insn, writes=0):
-        return {"name": name, "mangled": name, "grid": grid, "block": 256, "regs": 32, "smem": 0, "cycles": 9000,
-                "warp_insn": insn, "l2_accesses": 0, "gmem_write_txn": writes}  # fmt: skip
+        return _sim_kernel(name, grid, warp_insn=insn, gmem_write_txn=writes)
 
     case = _b0_case("unfused", "step")
     # batch 1: the forward GEMM splits K in 2 (128 x 128 tiles), the weight-gradient GEMM does not; batch 4:
@@ -698,8 +697,7 @@ def test_a_split_the_simulated_case_did_not_make_borrows_its_own_combine_kernel(
 
 def test_a_second_simulated_size_separates_a_blocks_fixed_cost_from_its_cost_per_pixel():
     def kern(name, grid, insn, l2):
-        return {"name": name, "mangled": name, "grid": grid, "block": 256, "regs": 32, "smem": 0, "cycles": 9000,
-                "warp_insn": insn, "l2_accesses": l2}  # fmt: skip
+        return _sim_kernel(name, grid, warp_insn=insn, l2_accesses=l2)
 
     def case(hw):
         return {**_b0_case("unfused", "step"), "h": hw, "w": hw}
