@@ -108,6 +108,14 @@ def test_parse_log_differences_running_totals_per_kernel():
     assert simlib.parse_log(LOG.replace("-> PASS", "-> FAIL"))["verdict"] == "FAIL"
 
 
+def test_a_launch_line_glued_to_a_simulator_line_keeps_each_kernels_grid():
+    # The simulator ends some rows without a newline; the program's next launch line then shares the row.
+    glued = LOG.replace("[sim] launch 1 grid", "dram[0]:      -nan      -nan [sim] launch 1 grid")
+    a, b = simlib.parse_log(glued)["kernels"]
+    assert a["grid"] == [4, 2, 1] and a["block"] == 256
+    assert b["grid"] == [1, 1, 1] and b["block"] == 128
+
+
 def test_case_syntax_and_preset():
     cases = run_cases.parse_cases(run_cases.PRESETS["issue11"], batch=1, dilation=3, rho=1.0)
     assert len(cases) == 14 and {c.impl for c in cases} == {"fused", "unfused"}

@@ -394,7 +394,10 @@ def parse_log(text: str) -> dict:
     kernels: list[dict] = []
     cur: Optional[dict] = None
     totals = {v: 0 for v in [*CUMULATIVE.values(), *SCHED_CYCLES, "sched_single_issue", "sched_dual_issue"]}
-    launches = [ln for ln in text.splitlines() if ln.startswith("[sim] launch ")]
+    # The program's launch lines, by their launch number, found anywhere in a line: the simulator ends some of
+    # its own lines without a newline, so a launch line can follow one on the same line (a "dram[0]: ..." row),
+    # and reading only lines that start with it shifted every later grid onto the wrong kernel.
+    launches = {int(m.group(1)): m for m in re.finditer(r"\[sim\] launch (\d+) grid=\((\d+),(\d+),(\d+)\) block=(\d+)", text)}
     regs: dict[str, int] = {}
     smem: dict[str, int] = {}
     occ_by_name: dict[str, str] = {}
@@ -449,11 +452,10 @@ def parse_log(text: str) -> dict:
         k["regs"] = regs.get(k["mangled"])
         k["smem"] = smem.get(k["mangled"])
     for i, k in enumerate(kernels):
-        if i < len(launches):
-            m = re.search(r"grid=\((\d+),(\d+),(\d+)\) block=(\d+)", launches[i])
-            if m:
-                k["grid"] = [int(m.group(j)) for j in (1, 2, 3)]
-                k["block"] = int(m.group(4))
+        m = launches.get(i)
+        if m:
+            k["grid"] = [int(m.group(j)) for j in (2, 3, 4)]
+            k["block"] = int(m.group(5))
     checks = [ln for ln in text.splitlines() if ln.startswith("[check]")]
     verdict = "?"
     for ln in text.splitlines():
