@@ -712,13 +712,19 @@ def test_a_second_simulated_size_separates_a_blocks_fixed_cost_from_its_cost_per
 
     # a statistics kernel, one block per channel (4 blocks at every size): 1,000 warp instructions per block
     # however many pixels, 1 per pixel; its L2 traffic is all per pixel. A tile kernel whose grid follows the
-    # pixels (nothing separates a fixed part there). A kernel the smaller size runs as another variant.
+    # pixels (nothing separates a fixed part there). A kernel the smaller size runs as another variant. A
+    # kernel the launcher cuts differently with the size (one 64-pixel tile, its input channels split 8 ways
+    # at 16 pixels and 2 at 64, not at all at the target): its counts would fit a x blocks + b x pixels, but
+    # the fit reads the split as a fixed cost per block (here 164 x 4 + 8 x 256 = 2,704 against 2,960 for
+    # 100 per block + 10 per padded pixel): the pixel law.
     def run(hw, tile_insn):
         px = hw * hw
+        split = 8 if hw == 4 else 2
         return [
             kern("stats_kernel", [4, 1, 1], 4 * 1000 + px, 2 * px),
             kern("tile_kernel", [px // 16, 1, 1], tile_insn, px),
             kern("other_kernel<8>" if hw == 8 else "other_kernel<4>", [1, 1, 1], 100 + px, px),
+            kern("split_kernel", [split, 1, 1], 100 * split + 10 * 64, px),
         ]
 
     sim = {
@@ -730,15 +736,16 @@ def test_a_second_simulated_size_separates_a_blocks_fixed_cost_from_its_cost_per
     key = "unfused|step|b0|4"
     grids = {
         "blocks": {"b0": [1, 8, 8, 8, 8, 1, 3]},
-        "grids": {key: [[4, 1, 1], [16, 1, 1], [1, 1, 1]]},
-        "kernels": {key: ["stats_kernel", "tile_kernel", "other_kernel<8>"]},
+        "grids": {key: [[4, 1, 1], [16, 1, 1], [1, 1, 1], [4, 1, 1]]},
+        "kernels": {key: ["stats_kernel", "tile_kernel", "other_kernel<8>", "split_kernel"]},
     }
     (big,) = cm.layer_runs(sim, grids, 4)  # 256 pixels, from the 64-pixel case and its 16-pixel twin
-    stats, tile, other = big.kernels
+    stats, tile, other, split = big.kernels
     assert stats.warp_insn == pytest.approx(4 * 1000 + 256)  # not (4,000 + 64) x 4
     assert stats.l2_bytes == pytest.approx(32 * 2 * 256)
     assert tile.warp_insn == pytest.approx(640 * 4)  # blocks in proportion to pixels: the pixel law
     assert other.warp_insn == pytest.approx((100 + 64) * 4)  # no twin of its variant: the pixel law
+    assert split.warp_insn == pytest.approx((200 + 640) * 4)  # re-cut with the size: the pixel law
     # without the second size, the pixel law for every kernel
     (alone,) = cm.layer_runs({"results": sim["results"][:1]}, grids, 4)
     assert alone.kernels[0].warp_insn == pytest.approx((4000 + 64) * 4)
