@@ -123,7 +123,20 @@ def test_case_syntax_and_preset():
     assert [(c.n, c.c, c.k, c.h, c.stride, c.dil) for c in b3] == [(1, 128, 128, 56, 1, 3)] * 2
     (c,) = run_cases.parse_cases(["fused:step:2x8x12x9x11s2:f16:nhwc"], 1, 3, 1.0)
     assert (c.n, c.c, c.k, c.h, c.w, c.stride, c.dil, c.dtype, c.layout) == (2, 8, 12, 9, 11, 2, 3, "f16", "nhwc")
-    for bad in ["fused:eval", "fast:eval:b1", "fused:infer:b1", "fused:eval:b10", "unfused:eval:b1:f16"]:
+    (c,) = run_cases.parse_cases(["fused:step:b5@8#2+plan32"], 1, 3, 1.0)
+    assert (c.n, c.c, c.k, c.h, c.w, c.plan, c.label) == (2, 256, 256, 8, 8, 32, "b5")
+    assert c.args()[6:8] == ["--plan-batch", "32"] and c.ident().endswith("_plan32")
+    (plain,) = run_cases.parse_cases(["fused:step:b5@8#2"], 1, 3, 1.0)
+    assert plain.ident() != c.ident() and "--plan-batch" not in plain.args()
+    bads = [
+        "fused:eval",
+        "fast:eval:b1",
+        "fused:infer:b1",
+        "fused:eval:b10",
+        "unfused:eval:b1:f16",
+        "unfused:step:b5+plan32",
+    ]
+    for bad in bads:
         with pytest.raises(SystemExit):
             run_cases.parse_cases([bad], 1, 3, 1.0)
 
@@ -276,6 +289,12 @@ def test_host_programs_build_and_list_their_launches(tmp_path):
         assert sum(math.prod(g) for g in big) > sum(math.prod(g) for g in one)
         ev = simlib.dry_launches(exe, simlib.Case(impl, "eval", 1, 32, 64, 28, 28, 2, 3))
         assert 1 <= len(ev) < len(one)
+        if impl == "fused":  # a plan probe of batch 32 at batch 1: paired forward tiles, no input-channel split
+            b5 = simlib.Case(impl, "step", 1, 256, 256, 16, 16, 1, 3)
+            names = [n for n, *_ in simlib.dry_launch_list(exe, b5)]
+            probe = [n for n, *_ in simlib.dry_launch_list(exe, simlib.Case(**{**b5.__dict__, "plan": 32}))]
+            assert any("fwd_reduce" in n for n in names) and not any("fwd_reduce" in n for n in probe)
+            assert len(probe) == len(names) - 1 and set(probe) - set(names)  # the paired variant
         _fingerprints_follow_what_a_case_launches(exe, impl)
 
 
@@ -749,6 +768,31 @@ def test_a_second_simulated_size_separates_a_blocks_fixed_cost_from_its_cost_per
     # without the second size, the pixel law for every kernel
     (alone,) = cm.layer_runs({"results": sim["results"][:1]}, grids, 4)
     assert alone.kernels[0].warp_insn == pytest.approx((4000 + 64) * 4)
+
+
+def test_a_plan_probe_stands_for_the_batch_whose_plan_it_ran():
+    # The launcher cuts batch 1 differently (a split and its combine kernel); the plan probe of batch 4 runs
+    # batch 4's variant on the same small shape: it, not the larger plain case, is scaled to batch 4, and it
+    # is never used for another batch.
+    plain = {"verdict": "PASS", "case": {**_b0_case("fused", "step"), "n": 2}}
+    plain["kernels"] = [
+        _sim_kernel("k<split>", [4, 1, 1], warp_insn=900),
+        _sim_kernel("splitk_reduce_kernel", [1, 1, 1]),
+    ]
+    probe = {"verdict": "PASS", "case": {**_b0_case("fused", "step"), "plan": 4}}
+    probe["kernels"] = [_sim_kernel("k<whole>", [1, 1, 1], warp_insn=300)]
+    sim = {"results": [plain, probe]}
+    grids = {
+        "blocks": {"b0": [1, 8, 8, 8, 8, 1, 3]},
+        "grids": {"fused|step|b0|4": [[4, 1, 1]], "fused|step|b0|2": [[4, 1, 1], [1, 1, 1]]},
+        "kernels": {"fused|step|b0|4": ["k<whole>"], "fused|step|b0|2": ["k<split>", "splitk_reduce_kernel"]},
+    }
+    (four,) = cm.layer_runs(sim, grids, 4)
+    assert four.sim_shape[0] == 1 and [k.name for k in four.kernels] == ["k<whole>"]
+    assert four.kernels[0].warp_insn == pytest.approx(300 * 4)
+    (two,) = cm.layer_runs(sim, grids, 2)  # the plain case is the target itself; the probe is not batch 2's
+    assert two.simulated and two.kernels[0].name == "k<split>"
+    assert cm.layer_runs({"results": [probe]}, grids, 1) == []  # its shape is batch 1's, its kernels are not
 
 
 def test_import_cache_takes_results_valid_for_todays_sources(tmp_path, monkeypatch):

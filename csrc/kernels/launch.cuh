@@ -57,9 +57,15 @@ inline int64_t tile_grid_z(int64_t ntiles) { return cdiv(ntiles, DSC_TILE_GRID_Y
 // 512 per SM on a GTX 1080 Ti). SIMULATED, batch 1, eval: b9 (64 pixels x 1024 channels) 12,498 cycles with 2
 // against 28,058 with 8 (8192 threads: most SMs idle); b7 (256 x 512) 16,657 with 8 against 18,947 with 2
 // (4.6 waves of short blocks).
+// The limit is a variable only so that the simulator's plan probes (tools/sim/fused_sim.cu --plan-batch) can
+// run a large batch's choice on a small shape; nothing else sets it.
+inline int64_t& dw_pair_threads() {
+  static int64_t limit = 28 * 512 * 5 / 2;
+  return limit;
+}
 inline int64_t dw_grid_y(const Problem& p) {
   const int64_t threads2 = p.ft.ntiles * TileSpan64::BP * cdiv(p.C, 2);
-  const int64_t g = cdiv(p.C, threads2 <= 28 * 512 * 5 / 2 ? 2 : kDwChannels);
+  const int64_t g = cdiv(p.C, threads2 <= dw_pair_threads() ? 2 : kDwChannels);
   return g < 65535 ? g : 65535;
 }
 

@@ -52,6 +52,28 @@ int run(const Args& a) {
 
   dsc::Problem p{};
   dsc::set_geometry(p, a.N, a.C, a.K, a.H, a.W, a.stride, a.dil);
+  if (a.plan_batch > 0) {
+    // A plan probe: the kernel variants and cuts the launcher picks at batch plan_batch (paired forward tiles,
+    // no channel splits, dsconv_dw's groups of 8, dWp's wide blocks, dy stored once), run on this shape. Each
+    // block then does a block's work of that batch, on fewer blocks: the counts the cost model scales to it.
+    // dWp's pixel splits and the reduction groups follow the pixels, so they stay this shape's own.
+    dsc::Problem q{};
+    dsc::set_geometry(q, a.plan_batch, a.C, a.K, a.H, a.W, a.stride, a.dil);
+    if (q.span != p.span) {
+      std::printf("--plan-batch %lld: the tile class differs from this shape's\n", (long long)a.plan_batch);
+      return 2;
+    }
+    p.fpair = q.fpair;
+    p.fsplit = q.fsplit;
+    p.csplit = q.csplit;
+    p.bsplit = q.bsplit;
+    p.ksplit = q.ksplit;
+    // dsconv_dw's channel groups (launch.cuh dw_grid_y): those of the plan batch's grid
+    const int64_t threads2 = q.ft.ntiles * dsc::TileSpan64::BP * dsc::cdiv(q.C, 2);
+    if (threads2 > dsc::dw_pair_threads()) dsc::dw_pair_threads() = 0;
+    p.dwide = q.dwide;
+    p.dyws = q.dyws;
+  }
   p.cl = cl ? 1 : 0;
   p.eps = (float)in.eps;
   const int64_t Ho = p.Ho, Wo = p.Wo;

@@ -7,7 +7,9 @@ A case is IMPL:MODE:SHAPE[:DTYPE[:LAYOUT]]; each part may be a comma-separated l
   MODE   eval | train | step (training forward + backward) | bwd (backward alone)
   SHAPE  b1..b9 (the classifier's blocks at --batch, --dilation, --rho), bK@S (block K at S x S input: a
          cheaper probe the cost model scales to the full size), bK#N (block K at batch N: where the launcher
-         picks other kernels than at batch 1) or NxCxKxHxW[sS][dD]
+         picks other kernels than at batch 1), bK+planB (fused: the kernel variants and splits the launcher
+         picks at batch B, run on the smaller shape: a plan probe), combined as bK@S#N+planB, or
+         NxCxKxHxW[sS][dD]
   DTYPE  f32 (default) | f16 | bf16            LAYOUT  nchw (default) | nhwc
 e.g.   python tools/sim/run_cases.py fused,unfused:eval:b3 fused:step:1x64x64x28x28s1d3
        python tools/sim/run_cases.py --preset issue11 --out docs/results/sim_gtx1080ti.md
@@ -49,6 +51,17 @@ PRESETS = {
     # most pixels to batch 32): dsconv_fwd's pairs of span tiles (plan.cuh DSC_FWD_PAIR_BLOCKS: b2 and b3
     # from batch 3, b4 and b5 from 5, b6 and b7 from 9, b8 and b9 from 17)
     "batched": ["fused:eval:b2#3,b3#3,b4#5,b5#5,b6#9,b7#9,b8#17"],
+    # second sizes of the step probes (bench/cost_model.py splits a kernel whose grid does not change with
+    # the size into a fixed cost per block and a cost per pixel)
+    "seconds": ["fused,unfused:step:b1@16,b2@16,b3@28,b4@8,b5@8,b6@8,b7@7"],
+    # plan probes: each block's training step at 128 output pixels (two images) with the kernel variants and
+    # splits the launcher picks at batch 32 (paired forward tiles, no channel splits), which batch 1 does not
+    # run; bench/cost_model.py scales these, not the plain cases, to batch 32. Minutes each for b1-b5, about
+    # half an hour for b7, hours for b8 and b9.
+    "plans": [
+        "fused:step:b1@16#2+plan32,b2@16#2+plan32,b3@8#2+plan32,b4@16#2+plan32,b5@8#2+plan32,b6@16#2+plan32,"
+        "b7@8#2+plan32,b8@16#2+plan32,b9@8#2+plan32"
+    ],
 }
 
 
@@ -90,23 +103,23 @@ def parse_cases(specs: list[str], batch: int, dilation: int, rho: float) -> list
                 if mode not in ("eval", "train", "step", "bwd"):
                     raise SystemExit(f"bad MODE {mode!r} in {spec!r}: choose from eval, train, step, bwd")
                 for shape in shapes:
-                    probe = re.fullmatch(r"(b\d)@(\d+)", shape)  # a block at a smaller spatial size
-                    batched = re.fullmatch(r"(b\d)#(\d+)", shape)  # a block at another batch
-                    if batched and batched.group(1) in blocks:
-                        geo, label = (int(batched.group(2)), *blocks[batched.group(1)][1:]), batched.group(1)
-                    elif probe and probe.group(1) in blocks:
-                        g = blocks[probe.group(1)]
-                        geo, label = (
-                            (g[0], g[1], g[2], int(probe.group(2)), int(probe.group(2)), g[5], g[6]),
-                            probe.group(1),
-                        )
-                    elif shape in blocks:
-                        geo, label = blocks[shape], shape
+                    # a block, optionally at a smaller spatial size (@S), another batch (#N) and with the
+                    # launch plan of another batch (+planB: a plan probe, fused only)
+                    blk = re.fullmatch(r"(b\d)(?:@(\d+))?(?:#(\d+))?(?:\+plan(\d+))?", shape)
+                    plan = 0
+                    if blk and blk.group(1) in blocks:
+                        g, label = blocks[blk.group(1)], blk.group(1)
+                        hw = int(blk.group(2)) if blk.group(2) else g[3]
+                        geo = (int(blk.group(3)) if blk.group(3) else g[0], g[1], g[2], hw, hw, g[5], g[6])
+                        plan = int(blk.group(4)) if blk.group(4) else 0
+                        if plan and impl != "fused":
+                            raise SystemExit(f"{spec!r}: +plan is for the fused kernels (the baseline has no plan)")
                     else:
                         m = re.fullmatch(r"(\d+)x(\d+)x(\d+)x(\d+)x(\d+)(?:s(\d+))?(?:d(\d+))?", shape)
                         if not m:
                             raise SystemExit(
-                                f"bad SHAPE {shape!r} in {spec!r}: b1..b9, bK@S, bK#N or NxCxKxHxW[sS][dD]"
+                                f"bad SHAPE {shape!r} in {spec!r}: b1..b9 (with @S, #N, +planB: bK@S#N+planB) "
+                                "or NxCxKxHxW[sS][dD]"
                             )
                         g = [int(v) for v in m.groups()[:5]]
                         geo = (*g, int(m.group(6) or 1), int(m.group(7) or dilation))
@@ -119,7 +132,7 @@ def parse_cases(specs: list[str], batch: int, dilation: int, rho: float) -> list
                                 raise SystemExit(f"bad LAYOUT {lay!r} in {spec!r}: nchw or nhwc")
                             if impl == "unfused" and (dt != "f32" or lay != "nchw"):
                                 raise SystemExit(f"{spec!r}: the unfused baseline is fp32 NCHW only")
-                            cases.append(Case(impl, mode, *geo, dtype=dt, layout=lay, label=label))
+                            cases.append(Case(impl, mode, *geo, dtype=dt, layout=lay, label=label, plan=plan))
     seen, out = set(), []
     for c in cases:
         if c.ident() not in seen:

@@ -397,7 +397,9 @@ def parse_log(text: str) -> dict:
     # The program's launch lines, by their launch number, found anywhere in a line: the simulator ends some of
     # its own lines without a newline, so a launch line can follow one on the same line (a "dram[0]: ..." row),
     # and reading only lines that start with it shifted every later grid onto the wrong kernel.
-    launches = {int(m.group(1)): m for m in re.finditer(r"\[sim\] launch (\d+) grid=\((\d+),(\d+),(\d+)\) block=(\d+)", text)}
+    launches = {
+        int(m.group(1)): m for m in re.finditer(r"\[sim\] launch (\d+) grid=\((\d+),(\d+),(\d+)\) block=(\d+)", text)
+    }
     regs: dict[str, int] = {}
     smem: dict[str, int] = {}
     occ_by_name: dict[str, str] = {}
@@ -482,6 +484,9 @@ class Case:
     dtype: str = "f32"
     layout: str = "nchw"
     label: str = ""  # e.g. b3 (not part of the key)
+    # > 0: a plan probe (fused only): the kernel variants and splits the launcher picks at this batch, run on
+    # this shape (fused_sim.cu --plan-batch), so that the cost model scales a block's work of that batch
+    plan: int = 0
 
     def args(self) -> list[str]:
         return [
@@ -491,17 +496,19 @@ class Case:
             self.dtype,
             "--layout",
             self.layout,
+            *(["--plan-batch", str(self.plan)] if self.plan else []),
             *map(str, (self.n, self.c, self.k, self.h, self.w, self.stride, self.dil)),
         ]
 
     def shape(self) -> str:
-        return f"N{self.n} {self.c}->{self.k} {self.h}x{self.w} s{self.stride} d{self.dil}"
+        plan = f" plan of batch {self.plan}" if self.plan else ""
+        return f"N{self.n} {self.c}->{self.k} {self.h}x{self.w} s{self.stride} d{self.dil}{plan}"
 
     def ident(self) -> str:
         return (
             f"{self.impl}_{self.mode}_{self.dtype}_{self.layout}_"
             f"{self.n}x{self.c}x{self.k}x{self.h}x{self.w}_s{self.stride}_d{self.dil}"
-        )
+        ) + (f"_plan{self.plan}" if self.plan else "")
 
 
 def cache_key(case: Case, config_hash: str, fingerprint: str) -> str:

@@ -239,5 +239,10 @@ int main(int argc, char** argv) {
       }
       return run_gemm(std::atoi(argv[i + 1]), std::atoi(argv[i + 2]), std::atoi(argv[i + 3]));
     }
-  return run(parse(argc, argv, "The unfused baseline (tools/sim/baseline), fp32 NCHW; or --gemm M N K."));
+  const Args a = parse(argc, argv, "The unfused baseline (tools/sim/baseline), fp32 NCHW; or --gemm M N K.");
+  if (a.plan_batch > 0) {  // (its GEMM tiles and split-K are picked per problem: no plan to borrow)
+    std::printf("error: --plan-batch is for the fused program\n");
+    return 2;
+  }
+  return run(a);
 }
