@@ -460,8 +460,9 @@ class LayerRun:
 def layer_runs(sim: dict, grids: dict, batch: int) -> list[LayerRun]:
     """Per (implementation, block, mode): the simulated case of that block (the target shape itself if it
     was simulated, else a plan probe of `batch` if there is one, else the one with the most output pixels)
-    scaled to the block at `batch`. A plan probe (case "plan" = batch: tools/sim/fused_sim.cu --plan-batch)
-    ran the kernel variants and cuts the launcher picks at that batch (dsconv_fwd's paired tiles, no channel
+    scaled to the block at `batch`. A plan probe (case "plan" = batch, "plan_hw" = the block's input size:
+    tools/sim/fused_sim.cu --plan-batch) ran the kernel variants and cuts the launcher picks for the block at
+    that batch (dsconv_fwd's paired tiles, no channel
     splits, dsconv_dw's channel groups) on a smaller shape: each of its blocks does a block's work of the
     target, where a plain batch-1 case runs other variants (single tiles, split channels and their combine
     kernel) whose per-block costs the pixel law would carry to batch 32.
@@ -499,8 +500,8 @@ def layer_runs(sim: dict, grids: dict, batch: int) -> list[LayerRun]:
         if tuple(sim_shape[1:3]) + tuple(sim_shape[5:]) != tuple(tshape[1:3]) + tuple(tshape[5:]):
             continue  # another block's channels, stride or dilation: not this block
         plan = c.get("plan", 0)
-        if plan not in (0, batch):
-            continue  # a plan probe of another batch: its kernels are not the ones this batch launches
+        if plan and (plan, c.get("plan_hw") or c["h"]) != (batch, target[3]):
+            continue  # a plan probe of another batch or size: its kernels are not the ones this one launches
         key = (c["impl"], c["label"], c["mode"])
         rank = (tuple(sim_shape) == tuple(tshape), plan == batch, pix(sim_shape))
         cands.setdefault(key, []).append((rank, r, sim_shape, tshape))

@@ -124,8 +124,8 @@ def test_case_syntax_and_preset():
     (c,) = run_cases.parse_cases(["fused:step:2x8x12x9x11s2:f16:nhwc"], 1, 3, 1.0)
     assert (c.n, c.c, c.k, c.h, c.w, c.stride, c.dil, c.dtype, c.layout) == (2, 8, 12, 9, 11, 2, 3, "f16", "nhwc")
     (c,) = run_cases.parse_cases(["fused:step:b5@8#2+plan32"], 1, 3, 1.0)
-    assert (c.n, c.c, c.k, c.h, c.w, c.plan, c.label) == (2, 256, 256, 8, 8, 32, "b5")
-    assert c.args()[6:8] == ["--plan-batch", "32"] and c.ident().endswith("_plan32")
+    assert (c.n, c.c, c.k, c.h, c.w, c.plan, c.plan_hw, c.label) == (2, 256, 256, 8, 8, 32, 28, "b5")
+    assert c.args()[6:10] == ["--plan-batch", "32", "--plan-hw", "28"] and c.ident().endswith("_plan32x28")
     (plain,) = run_cases.parse_cases(["fused:step:b5@8#2"], 1, 3, 1.0)
     assert plain.ident() != c.ident() and "--plan-batch" not in plain.args()
     bads = [
@@ -779,7 +779,7 @@ def test_a_plan_probe_stands_for_the_batch_whose_plan_it_ran():
         _sim_kernel("k<split>", [4, 1, 1], warp_insn=900),
         _sim_kernel("splitk_reduce_kernel", [1, 1, 1]),
     ]
-    probe = {"verdict": "PASS", "case": {**_b0_case("fused", "step"), "plan": 4}}
+    probe = {"verdict": "PASS", "case": {**_b0_case("fused", "step"), "plan": 4, "plan_hw": 8}}
     probe["kernels"] = [_sim_kernel("k<whole>", [1, 1, 1], warp_insn=300)]
     sim = {"results": [plain, probe]}
     grids = {
@@ -793,6 +793,10 @@ def test_a_plan_probe_stands_for_the_batch_whose_plan_it_ran():
     (two,) = cm.layer_runs(sim, grids, 2)  # the plain case is the target itself; the probe is not batch 2's
     assert two.simulated and two.kernels[0].name == "k<split>"
     assert cm.layer_runs({"results": [probe]}, grids, 1) == []  # its shape is batch 1's, its kernels are not
+    # nor the plan of another input size (the launcher plans batch 4 of a 16 x 16 input otherwise)
+    other = {**probe, "case": {**probe["case"], "plan_hw": 16}}
+    (four,) = cm.layer_runs({"results": [plain, other]}, grids, 4)
+    assert four.kernels[0].name == "k<split>"
 
 
 def test_import_cache_takes_results_valid_for_todays_sources(tmp_path, monkeypatch):

@@ -53,12 +53,14 @@ int run(const Args& a) {
   dsc::Problem p{};
   dsc::set_geometry(p, a.N, a.C, a.K, a.H, a.W, a.stride, a.dil);
   if (a.plan_batch > 0) {
-    // A plan probe: the kernel variants and cuts the launcher picks at batch plan_batch (paired forward tiles,
-    // no channel splits, dsconv_dw's groups of 8, dWp's wide blocks, dy stored once), run on this shape. Each
-    // block then does a block's work of that batch, on fewer blocks: the counts the cost model scales to it.
-    // dWp's pixel splits and the reduction groups follow the pixels, so they stay this shape's own.
+    // A plan probe: the kernel variants and cuts the launcher picks at batch plan_batch and input plan_hw
+    // (the block's own size: paired forward tiles, no channel splits, dsconv_dw's groups of 8, dWp's wide
+    // blocks, dy stored once), run on this smaller shape. Each block then does a block's work of that batch,
+    // on fewer blocks: the counts the cost model scales to it. dWp's pixel splits and the reduction groups
+    // follow the pixels, so they stay this shape's own.
+    const int64_t hw = a.plan_hw > 0 ? a.plan_hw : a.H, ww = a.plan_hw > 0 ? a.plan_hw : a.W;
     dsc::Problem q{};
-    dsc::set_geometry(q, a.plan_batch, a.C, a.K, a.H, a.W, a.stride, a.dil);
+    dsc::set_geometry(q, a.plan_batch, a.C, a.K, hw, ww, a.stride, a.dil);
     if (q.span != p.span) {
       std::printf("--plan-batch %lld: the tile class differs from this shape's\n", (long long)a.plan_batch);
       return 2;

@@ -55,7 +55,7 @@ PRESETS = {
     # the size into a fixed cost per block and a cost per pixel)
     "seconds": ["fused,unfused:step:b1@16,b2@16,b3@28,b4@8,b5@8,b6@8,b7@7"],
     # plan probes: each block's training step at 128 output pixels (two images) with the kernel variants and
-    # splits the launcher picks at batch 32 (paired forward tiles, no channel splits), which batch 1 does not
+    # splits the launcher picks for the block at batch 32 (paired forward tiles, no channel splits), which batch 1 does not
     # run; bench/cost_model.py scales these, not the plain cases, to batch 32. Minutes each for b1-b5, about
     # half an hour for b7, hours for b8 and b9.
     "plans": [
@@ -132,7 +132,10 @@ def parse_cases(specs: list[str], batch: int, dilation: int, rho: float) -> list
                                 raise SystemExit(f"bad LAYOUT {lay!r} in {spec!r}: nchw or nhwc")
                             if impl == "unfused" and (dt != "f32" or lay != "nchw"):
                                 raise SystemExit(f"{spec!r}: the unfused baseline is fp32 NCHW only")
-                            cases.append(Case(impl, mode, *geo, dtype=dt, layout=lay, label=label, plan=plan))
+                            plan_hw = g[3] if plan else 0  # the block's own input size
+                            cases.append(
+                                Case(impl, mode, *geo, dtype=dt, layout=lay, label=label, plan=plan, plan_hw=plan_hw)
+                            )
     seen, out = set(), []
     for c in cases:
         if c.ident() not in seen:

@@ -130,16 +130,17 @@ struct Args {
   int stride = 1, dil = 3;
   unsigned seed = 7;
   bool check = true;
-  int64_t plan_batch = 0;  // > 0: launch with the cuts the launcher plans at this batch (fused only)
+  int64_t plan_batch = 0;  // > 0: launch with the cuts the launcher plans at this batch (fused only) ...
+  int64_t plan_hw = 0;     // ... and this input size (0: H x W)
 };
 
 inline void usage(const char* prog, const char* extra) {
   std::printf(
       "usage: %s [--mode eval|train|step|bwd] [--dtype f32|f16|bf16] [--layout nchw|nhwc] [--seed S]\n"
-      "          [--no-check] [--dry] [--plan-batch B] N C K H W stride dilation\n"
+      "          [--no-check] [--dry] [--plan-batch B [--plan-hw S]] N C K H W stride dilation\n"
       "  eval: inference forward; train: training forward (batch statistics); step: training forward +\n"
       "  backward; bwd: backward only (its inputs prepared on the host). --plan-batch: the kernel variants and\n"
-      "  splits the launcher picks at batch B, run on this shape. %s\n",
+      "  splits the launcher picks at batch B and an S x S input (default H x W), run on this shape. %s\n",
       prog, extra);
 }
 
@@ -168,6 +169,8 @@ inline Args parse(int argc, char** argv, const char* extra = "") {
       a.check = false;
     else if (s == "--plan-batch")
       a.plan_batch = std::atoll(val("--plan-batch").c_str());
+    else if (s == "--plan-hw")
+      a.plan_hw = std::atoll(val("--plan-hw").c_str());
     else if (s == "--dry") {
       a.check = false;
       dry_run() = true;
@@ -207,7 +210,7 @@ inline Args parse(int argc, char** argv, const char* extra = "") {
   if (a.N < 1 || a.C < 1 || a.K < 1 || a.H < 1 || a.W < 1) bad("N, C, K, H, W must be >= 1");
   if (a.stride != 1 && a.stride != 2) bad("stride must be 1 or 2");
   if (a.dil < 1) bad("dilation must be >= 1");
-  if (a.plan_batch < 0) bad("--plan-batch must be >= 1");
+  if (a.plan_batch < 0 || a.plan_hw < 0) bad("--plan-batch and --plan-hw must be >= 1");
   return a;
 }
 

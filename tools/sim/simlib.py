@@ -484,9 +484,11 @@ class Case:
     dtype: str = "f32"
     layout: str = "nchw"
     label: str = ""  # e.g. b3 (not part of the key)
-    # > 0: a plan probe (fused only): the kernel variants and splits the launcher picks at this batch, run on
-    # this shape (fused_sim.cu --plan-batch), so that the cost model scales a block's work of that batch
+    # > 0: a plan probe (fused only): the kernel variants and splits the launcher picks at this batch and an
+    # input of plan_hw x plan_hw (the block's own), run on this shape (fused_sim.cu --plan-batch), so that
+    # the cost model scales a block's work of that batch
     plan: int = 0
+    plan_hw: int = 0
 
     def args(self) -> list[str]:
         return [
@@ -496,19 +498,19 @@ class Case:
             self.dtype,
             "--layout",
             self.layout,
-            *(["--plan-batch", str(self.plan)] if self.plan else []),
+            *(["--plan-batch", str(self.plan), "--plan-hw", str(self.plan_hw or self.h)] if self.plan else []),
             *map(str, (self.n, self.c, self.k, self.h, self.w, self.stride, self.dil)),
         ]
 
     def shape(self) -> str:
-        plan = f" plan of batch {self.plan}" if self.plan else ""
+        plan = f" plan of batch {self.plan} at {self.plan_hw or self.h}x{self.plan_hw or self.w}" if self.plan else ""
         return f"N{self.n} {self.c}->{self.k} {self.h}x{self.w} s{self.stride} d{self.dil}{plan}"
 
     def ident(self) -> str:
         return (
             f"{self.impl}_{self.mode}_{self.dtype}_{self.layout}_"
             f"{self.n}x{self.c}x{self.k}x{self.h}x{self.w}_s{self.stride}_d{self.dil}"
-        ) + (f"_plan{self.plan}" if self.plan else "")
+        ) + (f"_plan{self.plan}x{self.plan_hw or self.h}" if self.plan else "")
 
 
 def cache_key(case: Case, config_hash: str, fingerprint: str) -> str:
