@@ -58,12 +58,15 @@ PRESETS = {
     # splits the launcher picks for the block at batch 32 (paired forward tiles, no channel splits), which
     # batch 1 does not run; bench/cost_model.py scales these, not the plain cases, to batch 32. The same at 64
     # pixels (one image) gives the kernels whose grid does not change with the size (the statistics merges)
-    # a second size. Minutes each for b1-b5, 10 minutes for b7, longer for b8 and b9.
+    # a second size; and each block's eval forward at 128 pixels. Minutes each for b1-b5, 10 minutes for b7,
+    # 15 for b8's step, longer for b9's.
     "plans": [
         "fused:step:b1@16#2+plan32,b2@16#2+plan32,b3@8#2+plan32,b4@16#2+plan32,b5@8#2+plan32,b6@16#2+plan32,"
         "b7@8#2+plan32,b8@16#2+plan32,b9@8#2+plan32",
         "fused:step:b1@16+plan32,b2@16+plan32,b3@8+plan32,b4@16+plan32,b5@8+plan32,b6@16+plan32,b7@8+plan32,"
         "b8@16+plan32,b9@8+plan32",
+        "fused:eval:b1@16#2+plan32,b2@16#2+plan32,b3@8#2+plan32,b4@16#2+plan32,b5@8#2+plan32,b6@16#2+plan32,"
+        "b7@8#2+plan32,b8@16#2+plan32,b9@8#2+plan32",
     ],
 }
 
