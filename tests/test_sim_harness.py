@@ -373,6 +373,36 @@ def test_calibration_recovers_its_own_parameters():
     assert len(rows) == 4
 
 
+def test_sensitivity_rows_are_the_calibrations_near_the_best_fit():
+    """--sensitivity lists every grid point within its margin of the best fit error, best first, each with the
+    low-end ratios its own refitted calibration gives; the first row is calibrate()'s choice."""
+    truth = cm.Params(cpi=4.0, t0=1000.0, lat=0.0, err_lo=1.0, err_hi=1.0)
+    ks = []
+    for i, off in enumerate([1.0, 1.2, 0.9, 1.1]):
+        k = _kernel(name=f"k{i}", grid=(28 * (i + 1), 1, 1), warp_insn=2e4 * (i + 1))
+        model = cm.kernel_time(cm.SIM_DEVICE, k, truth, calibrated_band=False).cycles[1]
+        ks.append(cm.replace(k, sim_cycles=int(round(model * off)) + cm.LAUNCH_LATENCY_SIM))
+    fits = cm.fit_errors(ks)
+    assert [e for e, _ in fits] == sorted(e for e, _ in fits)
+    best, _ = cm.calibrate(ks)
+    assert (fits[0][1].cpi, fits[0][1].t0, fits[0][1].lat) == (best.cpi, best.t0, best.lat)
+    fixed, _ = cm.calibrate(ks, fixed=fits[1][1])
+    assert (fixed.cpi, fixed.t0) == (fits[1][1].cpi, fits[1][1].t0) and not fits[1][1].factors
+
+    def run(impl, block, warp_insn):
+        k = cm.replace(ks[0], name="k0", warp_insn=warp_insn, sim_cycles=0)
+        return cm.LayerRun(impl, block, "eval", (32, 8, 8, 8, 8, 1, 1), [k], False)
+
+    runs = [run("fused", "b1", 1e6), run("unfused", "b1", 2e6), run("fused", "b2", 1e6), run("unfused", "b2", 1e6)]
+    r = cm.low_end_ratios(runs, best, {})
+    assert r[("b2", "eval")] == pytest.approx(1.0) and r[("b1", "eval")] > r[("sum", "eval")] > 1.0
+    near = [e for e, _ in fits if e <= fits[0][0] * 1.5]
+    text = cm.sensitivity_markdown(ks, runs, {}, within=0.5)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == len(near) and rows[0].startswith(f"| {fits[0][0]:.1f} | {best.cpi:g} | {best.t0:g} |")
+    assert all(row.endswith(f"| b2 {1.0:.2f}x |") for row in rows)  # the lowest block under every fit
+
+
 def test_error_band_per_kernel():
     """A kernel with enough calibration launches gets its own error envelope; one with fewer gets its size
     class's band widened to cover its launches; template arguments do not split a kernel."""
