@@ -399,8 +399,25 @@ def test_sensitivity_rows_are_the_calibrations_near_the_best_fit():
     near = [e for e, _ in fits if e <= fits[0][0] * 1.5]
     text = cm.sensitivity_markdown(ks, runs, {}, within=0.5)
     rows = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
-    assert len(rows) == len(near) and rows[0].startswith(f"| {fits[0][0]:.1f} | {best.cpi:g} | {best.t0:g} |")
+    assert len(rows) == len(near) + 1 and rows[0].startswith(f"| {fits[0][0]:.1f} | {best.cpi:g} | {best.t0:g} |")
+    assert "factors from throughput-bound launches" in rows[-1]
     assert all(row.endswith(f"| b2 {1.0:.2f}x |") for row in rows)  # the lowest block under every fit
+
+
+def test_throughput_factors_come_from_the_launches_off_the_latency_chain():
+    """calibrate(throughput_factors=True): a kernel's factor is the geometric mean of simulated / model over its
+    launches that the model does not put on the latency chain (the committed data: the SGEMM has both kinds)."""
+    sim = json.loads((ROOT / "bench" / "data" / "sim_gtx1080ti.json").read_text())
+    profiles = [cm.profile_from_sim(k) for r in sim["results"] if r["verdict"] == "PASS" for k in r["kernels"]]
+    fixed = cm.Params(cpi=4.0, t0=1500.0, lat=0.0, overlap=0.0)
+    p_all, rows = cm.calibrate(profiles, fixed=fixed)
+    p_busy, _ = cm.calibrate(profiles, fixed=fixed, throughput_factors=True)
+    raw = [(r["sim_busy"] / (r["model"] / r["factor"]), r["bound"]) for r in rows if r["kernel"].startswith("sgemm_")]
+    busy = [x for x, b in raw if b != "chain"]
+    assert len(busy) >= cm.FAMILY_MIN and len(busy) < len(raw)
+    assert p_busy.factors["sgemm_kernel"] == pytest.approx(math.prod(busy) ** (1 / len(busy)))
+    assert p_all.factors["sgemm_kernel"] == pytest.approx(math.prod(x for x, _ in raw) ** (1 / len(raw)))
+    assert p_busy.factors["sgemm_kernel"] != pytest.approx(p_all.factors["sgemm_kernel"], rel=0.02)
 
 
 def test_error_band_per_kernel():
