@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools" / "sim"))
 sys.path.insert(0, str(ROOT / "bench"))
 import cost_model as cm  # noqa: E402
+import line_stats  # noqa: E402
 import ptx_fix  # noqa: E402
 import run_cases  # noqa: E402
 import simlib  # noqa: E402
@@ -892,3 +893,40 @@ def test_import_cache_takes_results_valid_for_todays_sources(tmp_path, monkeypat
     assert simlib.import_cache(data, fresh, "GTX1080Ti", "cfg", exe_for, log=lambda m: None) == 2
     assert {json.loads(f.read_text())["fingerprint"] for f in fresh.glob("*.json")} == set(got)
     assert sorted(f.name for f in fresh.glob("*.json")) == sorted(f.name for f in dst.glob("*.json"))
+
+
+def test_line_stats_profiles_one_kernel_by_opcode_and_loop_level(tmp_path, capsys):
+    """tools/sim/line_stats.py: a kernel's lines of gpgpu_inst_stats.txt, by opcode and by execution count; lines
+    of another kernel, or of another PTX file, never count."""
+    ptx = "\n".join(
+        [
+            ".visible .entry _Z3fooPf(",  # 1
+            "{",
+            "mov.u32 %r1, %tid.x;",  # 3: once per thread
+            "fma.rn.f32 %f1, %f2, %f3, %f1;",  # 4: in the loop
+            "fma.rn.f32 %f4, %f2, %f3, %f4;",  # 5
+            "@%p1 bra $L1;",  # 6
+            "}",
+            ".visible .entry _Z3barPf(",  # 8
+            "{",
+            "add.s64 %rd1, %rd2, 8;",  # 10
+            "}",
+        ]
+    )
+    (tmp_path / "prog.1.sm_75.ptx").write_text(ptx)
+    (tmp_path / "gpgpu_inst_stats.txt").write_text(
+        "kernel line : count latency\n"
+        "prog.1.sm_75.ptx 3 : 64 0\nprog.1.sm_75.ptx 4 : 640 0\nprog.1.sm_75.ptx 5 : 640 0\n"
+        "prog.1.sm_75.ptx 6 : 640 0\nprog.1.sm_75.ptx 10 : 999 0\nother.ptx 4 : 5 0\n"
+    )
+    assert line_stats.kernel_ranges(ptx) == {"_Z3fooPf": (1, 7), "_Z3barPf": (8, 11)}
+    assert line_stats.opcode("  @%p1 bra $L1;") == "bra"
+    counts = line_stats.line_counts((tmp_path / "gpgpu_inst_stats.txt").read_text(), "prog.1.sm_75.ptx")
+    prof = line_stats.profile(ptx, counts, 1, 7)
+    assert prof["total"] == 64 + 3 * 640
+    assert prof["by_opcode"] == {"fma.rn.f32": 1280, "bra": 640, "mov.u32": 64}
+    assert prof["by_count"] == {640: 3, 64: 1}
+    assert line_stats.main([str(tmp_path), "foo"]) == 0
+    out = capsys.readouterr().out
+    assert "_Z3fooPf: 1,984 thread instructions" in out and "add.s64" not in out
+    assert line_stats.main([str(tmp_path), "nothing"]) == 1
