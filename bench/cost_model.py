@@ -341,6 +341,15 @@ COMBINE_PRODUCER = {
 # output, dsconv_fwd 3), dWp writes one [K, C] partial per split however many pixels the split covers (b7:
 # 4 splits at batch 1, 7 at batch 32, not 128), and the unfused GEMM's tile shape changes with the size.
 TILE_WRITERS = {"sgemm_kernel", "dsconv_fwd_kernel", "dsconv_bwd_dt_kernel", "dsconv_bwd_dwp_kernel"}
+# Kernels whose blocks loop over a run-time number of tiles or pixels, with a part per block (set-up, a final
+# reduction of per-thread sums, its stores) besides the part per tile or pixel, on a grid the launcher sizes
+# whatever the batch: dsconv_bwd_dx (about 1024 blocks of 8x8 input tiles: 98 tiles a block on b1 at batch
+# 32) and bn_bwd_reduce (about 512 blocks of pixel groups: 6,272 pixels a block on b1 at batch 32, 128 on a
+# plan probe, where the per-block part was 47% of its instructions, SIMULATED). A plan probe runs dx with the
+# plan batch's tiles per block where it has them (tools/sim/fused_sim.cu), and both with one block per
+# channel chunk at 64 and 128 pixels, so its two simulated sizes, on the same grid, separate the two parts,
+# which then scale with the target's blocks and pixels, on the target's grid.
+TILE_LOOPERS = {"dsconv_bwd_dx_kernel", "bn_bwd_reduce_kernel", "bn_transform_kernel", "bn_bwd_elemt_kernel"}
 DSC_TILE = 128 * 64  # outputs of a dsconv tile: 128 channels x 64 pixels, 64 x 128 (8x16, Span128) or dWp's 128 x 64
 
 
@@ -563,8 +572,11 @@ def layer_runs(sim: dict, grids: dict, batch: int) -> list[LayerRun]:
                     # input channels at small maps, dsconv_dw groups 2 channels per thread instead of 8, the
                     # GEMMs change tiles and split-K), a block's work is not a fixed part plus one per pixel,
                     # and the fit read the split as a fixed cost (b6's dsconv_fwd came out faster than the
-                    # GPU's FMA peak; the unfused GEMMs of b1 at twice the pixel law).
-                    if twin is not None and tuple(k.grid) == tuple(twin.get("grid") or ()) == grid:
+                    # GPU's FMA peak; the unfused GEMMs of b1 at twice the pixel law). A TILE_LOOPERS kernel
+                    # cut the same way at both simulated sizes may have another grid at the target: its
+                    # blocks' tiles are the only thing the cut changes.
+                    same_cut = tuple(k.grid) == tuple(twin.get("grid") or ()) if twin is not None else False
+                    if same_cut and (tuple(k.grid) == grid or family(k.name) in TILE_LOOPERS):
                         fields = fixed_and_pixel_factors(
                             k, profile_from_sim(twin), pix(sim_shape), pix(companion[2]), grid, pix(tshape)
                         )

@@ -292,10 +292,14 @@ def test_host_programs_build_and_list_their_launches(tmp_path):
         assert 1 <= len(ev) < len(one)
         if impl == "fused":  # a plan probe of batch 32 at batch 1: paired forward tiles, no input-channel split
             b5 = simlib.Case(impl, "step", 1, 256, 256, 16, 16, 1, 3)
-            names = [n for n, *_ in simlib.dry_launch_list(exe, b5)]
-            probe = [n for n, *_ in simlib.dry_launch_list(exe, simlib.Case(**{**b5.__dict__, "plan": 32}))]
+            plain_list = simlib.dry_launch_list(exe, b5)
+            probe_list = simlib.dry_launch_list(exe, simlib.Case(**{**b5.__dict__, "plan": 32}))
+            names, probe = ([n for n, *_ in lst] for lst in (plain_list, probe_list))
             assert any("fwd_reduce" in n for n in names) and not any("fwd_reduce" in n for n in probe)
             assert len(probe) == len(names) - 1 and set(probe) - set(names)  # the paired variant
+            # dx: its 4 input tiles in one group per channel chunk, as batch 32's blocks loop over 4 tiles
+            (plain_dx,), (probe_dx,) = ([g for n, g, *_ in lst if "bwd_dx" in n] for lst in (plain_list, probe_list))
+            assert plain_dx == (32, 4, 1) and probe_dx == (32, 1, 1)
         _fingerprints_follow_what_a_case_launches(exe, impl)
 
 
@@ -816,6 +820,40 @@ def test_a_second_simulated_size_separates_a_blocks_fixed_cost_from_its_cost_per
     # without the second size, the pixel law for every kernel
     (alone,) = cm.layer_runs({"results": sim["results"][:1]}, grids, 4)
     assert alone.kernels[0].warp_insn == pytest.approx((4000 + 64) * 4)
+
+
+def test_a_tile_looping_kernel_keeps_its_fixed_cost_per_block_on_the_targets_grid():
+    # dsconv_bwd_dx's blocks loop over tiles (the plan probe gives them all of the probe's, one group per
+    # channel chunk: the same grid at both sizes) and the target cuts its tiles into 16 groups: a block's
+    # set-up and final reduction (1,000 warp instructions) are paid per block, its tiles per pixel (2 each).
+    # Another kernel cut the same way at both sizes but on another grid at the target keeps the pixel law.
+    def run(hw):
+        px = hw * hw
+        return [
+            _sim_kernel("dsconv_bwd_dx_kernel<float, 2, 3>", [4, 1, 1], warp_insn=4 * 1000 + 2 * px),
+            _sim_kernel("other_kernel", [4, 1, 1], warp_insn=4 * 1000 + 2 * px),
+        ]
+
+    case = lambda hw: {**_b0_case("fused", "step"), "h": hw, "w": hw}  # noqa: E731
+    sim = {
+        "results": [
+            {"verdict": "PASS", "case": case(8), "kernels": run(8)},
+            {"verdict": "PASS", "case": case(4), "kernels": run(4)},
+        ]
+    }
+    key = "fused|step|b0|4"
+    grids = {
+        "blocks": {"b0": [1, 8, 8, 8, 8, 1, 3]},
+        "grids": {key: [[4, 16, 1], [4, 16, 1]]},
+        "kernels": {key: ["dsconv_bwd_dx_kernel<float, 2, 3>", "other_kernel"]},
+    }
+    (big,) = cm.layer_runs(sim, grids, 4)  # 256 pixels
+    dx, other = big.kernels
+    assert dx.warp_insn == pytest.approx(64 * 1000 + 2 * 256)  # not (4,000 + 128) x 4
+    assert other.warp_insn == pytest.approx((4000 + 128) * 4)
+    # one simulated size alone cannot separate the parts: the pixel law
+    (alone,) = cm.layer_runs({"results": sim["results"][:1]}, grids, 4)
+    assert alone.kernels[0].warp_insn == pytest.approx((4000 + 128) * 4)
 
 
 def test_a_plan_probe_stands_for_the_batch_whose_plan_it_ran():

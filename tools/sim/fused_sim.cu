@@ -75,6 +75,12 @@ int run(const Args& a) {
     if (threads2 > dsc::dw_pair_threads()) dsc::dw_pair_threads() = 0;
     p.dwide = q.dwide;
     p.dyws = q.dyws;
+    // dsconv_bwd_dx's tile groups: as many 8x8 input tiles per block as the plan batch gives a block (up to
+    // all of this shape's), so that a block's set-up and its dWd reduction are paid once per block of tiles,
+    // as there. On this shape's own cut each block took one tile, and the cost model carried the per-block
+    // part (54% of b1's dx instructions, SIMULATED) to batch 32, whose blocks take 98 tiles each on b1.
+    const int64_t tpb = dsc::cdiv(q.xtiles, q.xgroups);
+    p.xgroups = dsc::cdiv(p.xtiles, tpb < p.xtiles ? tpb : p.xtiles);
   }
   p.cl = cl ? 1 : 0;
   p.eps = (float)in.eps;
