@@ -193,23 +193,33 @@ def launch_bn_stats(partials, m, bn_weight, bn_bias, eps):
     return mean, var, coef
 
 
-def launch_bn_coef(mean, var, bn_weight, bn_bias, eps, rows=3):
+def launch_bn_coef(mean, var, bn_weight, bn_bias, eps, rows=3, dy_means=None):
     """A [rows, K] coefficient table whose rows 0..2 (mean, a = gamma r, beta) bn_coef fills from the given
-    statistics; rows beyond (dy's, in the backward) are left for the caller."""
+    statistics. ``dy_means`` = (mean_dz, mean_dz_yhat), the means over every process's pixels: bn_coef also
+    fills dy's rows 3, 4 (c1, rc2) from them, as bn_bwd_finalize does from one process's sums; without,
+    rows beyond 2 are left for bn_bwd_finalize."""
     k = mean.shape[0]
     bkc = reduce_config()[1]
     mean, var = dense(mean), dense(var)
     affine = bn_weight is not None
+    if dy_means is not None:
+        rows = max(rows, 5)
+        mdz, mdzd = (dense(t.float()) for t in dy_means)
+    else:
+        mdz = mdzd = mean
     coef = torch.empty((rows, k), device=mean.device, dtype=torch.float32)
     ts.kernels().bn_coef_kernel[(triton.cdiv(k, bkc),)](
         mean,
         var,
         dense(bn_weight) if affine else mean,
         dense(bn_bias) if affine else mean,
+        mdz,
+        mdzd,
         coef,
         k,
         eps,
         HAS_AFFINE=affine,
+        DY_ROWS=dy_means is not None,
         BLOCK_K=bkc,
     )
     return coef

@@ -430,6 +430,23 @@ def test_split_passes_merged_over_processes(p, save_y):
             _check_layout(part["dx"], cl)
 
 
+@pytest.mark.parametrize("affine", [True, False])
+def test_dy_rows_from_merged_means_are_the_finalize_kernels(affine):
+    """The split statistics' dy coefficients come from bn_coef (the launcher's table, with the kernels' r and
+    a), not from a second formula in the backend: with one process's means they equal the rows
+    bn_bwd_finalize writes from that process's sums, up to where the division by M falls."""
+    c = _case(torch.float32, 1, 2, False, affine=affine)
+    out, y, mean, var = RB.forward_train(c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 1, 2, EPS, True)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(5))
+    coef, _, dgamma, dbeta = TL.launch_bn_backward(g, y, mean, var, c.bn_weight, c.bn_bias, EPS, train=True)
+    m = y.numel() // y.shape[1]  # dbeta = sum dz, dgamma = sum dz yhat: backward_reduce's two sums
+    merged = TL.launch_bn_coef(mean, var, c.bn_weight, c.bn_bias, EPS, dy_means=(dbeta / m, dgamma / m))
+    assert merged.shape == (5, y.shape[1])
+    assert torch.equal(merged[:3], coef[:3])
+    torch.testing.assert_close(merged[3:], coef[3:], rtol=1e-5, atol=1e-7)
+    assert merged[3:].abs().max() > 1e-3  # rows that could be wrong
+
+
 @pytest.mark.parametrize(
     "p",
     [

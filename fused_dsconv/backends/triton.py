@@ -164,12 +164,8 @@ class TritonBackend(Backend):
         self, grad_out, x, dw_weight, pw_weight, y, mean, var, bn_weight, bn_bias, mean_dz, mean_dz_yhat, p
     ):
         lc = _launch()
-        # dy's rows 3, 4 from the merged means, as bn_bwd_finalize writes them from this call's sums:
-        # c1 = a mean_dz, rc2 = r a mean_dz_yhat, so dy = a dz - c1 - (y - mean) rc2 (the kernels' _dy_tile).
-        coef = lc.launch_bn_coef(mean, var, bn_weight, bn_bias, p.eps, rows=5)
-        r = torch.rsqrt(var.float() + p.eps)
-        coef[3] = coef[1] * mean_dz
-        coef[4] = r * (coef[1] * mean_dz_yhat)
+        # dy = a dz - c1 - (y - mean) rc2 (the kernels' _dy_tile) with c1, rc2 from the merged means.
+        coef = lc.launch_bn_coef(mean, var, bn_weight, bn_bias, p.eps, dy_means=(mean_dz, mean_dz_yhat))
         return lc.launch_conv_backward(
             grad_out, y, coef, x, dw_weight, pw_weight, p.stride, p.dilation, train=True, output_mask=p.output_mask
         )

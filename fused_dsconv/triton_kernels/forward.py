@@ -8,7 +8,7 @@ import triton
 import triton.language as tl
 
 from .configs import FWD_CONFIGS, _p2, _tuned
-from .reductions import _chan, _store_bn_coef
+from .reductions import _bn_scale, _chan, _store_bn_coef
 from .tiles import _act_off, _act_tile, _bn_z, _dot, _dw_tile, _ew_tile, _pixels, _sum
 
 
@@ -75,15 +75,34 @@ def bn_stats_kernel(
 
 @triton.jit
 def bn_coef_kernel(
-    mean_ptr, var_ptr, gam_ptr, bet_ptr, coef_ptr, K, eps, HAS_AFFINE: tl.constexpr, BLOCK_K: tl.constexpr
+    mean_ptr,
+    var_ptr,
+    gam_ptr,
+    bet_ptr,
+    mdz_ptr,
+    mdzd_ptr,
+    coef_ptr,
+    K,
+    eps,
+    HAS_AFFINE: tl.constexpr,
+    DY_ROWS: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     """Coefficient rows 0..2 (mean, a = gamma r, beta) from the batch statistics: bit for bit the rows
-    bn_stats wrote in the forward (same expression, same inputs)."""
+    bn_stats wrote in the forward (same expression, same inputs). DY_ROWS: also dy's rows 3, 4 from the
+    means of dz and dz yhat over every process's pixels (the split statistics' backward_apply), c1 = a
+    mean_dz and rc2 = r (a mean_dz_yhat), with bn_bwd_finalize's r and a."""
     kk = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
     k_mask = kk < K
     mean = tl.load(mean_ptr + kk, mask=k_mask, other=0.0)
     var = tl.load(var_ptr + kk, mask=k_mask, other=1.0)
     _store_bn_coef(coef_ptr, mean, var, gam_ptr, bet_ptr, kk, k_mask, K, eps, HAS_AFFINE, BLOCK_K)
+    if DY_ROWS:
+        r, a = _bn_scale(var, gam_ptr, kk, k_mask, eps, HAS_AFFINE)
+        mdz = tl.load(mdz_ptr + kk, mask=k_mask, other=0.0)
+        mdzd = tl.load(mdzd_ptr + kk, mask=k_mask, other=0.0)
+        tl.store(coef_ptr + 3 * K + kk, a * mdz, mask=k_mask)
+        tl.store(coef_ptr + 4 * K + kk, r * (a * mdzd), mask=k_mask)
 
 
 def _fwd_limits(a):
