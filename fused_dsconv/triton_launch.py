@@ -201,13 +201,9 @@ def launch_bn_coef(mean, var, bn_weight, bn_bias, eps, rows=3, dy_means=None):
     k = mean.shape[0]
     bkc = reduce_config()[1]
     mean, var = dense(mean), dense(var)
-    affine = bn_weight is not None
-    if dy_means is not None:
-        rows = max(rows, 5)
-        mdz, mdzd = (dense(t.float()) for t in dy_means)
-    else:
-        mdz = mdzd = mean
-    coef = torch.empty((rows, k), device=mean.device, dtype=torch.float32)
+    affine, dy_rows = bn_weight is not None, dy_means is not None
+    mdz, mdzd = (dense(t.float()) for t in dy_means) if dy_rows else (mean, mean)
+    coef = torch.empty((max(rows, 5) if dy_rows else rows, k), device=mean.device, dtype=torch.float32)
     ts.kernels().bn_coef_kernel[(triton.cdiv(k, bkc),)](
         mean,
         var,
@@ -219,7 +215,7 @@ def launch_bn_coef(mean, var, bn_weight, bn_bias, eps, rows=3, dy_means=None):
         k,
         eps,
         HAS_AFFINE=affine,
-        DY_ROWS=dy_means is not None,
+        DY_ROWS=dy_rows,
         BLOCK_K=bkc,
     )
     return coef
