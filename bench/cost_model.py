@@ -575,7 +575,7 @@ def layer_runs(sim: dict, grids: dict, batch: int) -> list[LayerRun]:
                     # GPU's FMA peak; the unfused GEMMs of b1 at twice the pixel law). A TILE_LOOPERS kernel
                     # cut the same way at both simulated sizes may have another grid at the target: its
                     # blocks' tiles are the only thing the cut changes.
-                    same_cut = tuple(k.grid) == tuple(twin.get("grid") or ()) if twin is not None else False
+                    same_cut = twin is not None and tuple(k.grid) == tuple(twin.get("grid") or ())
                     if same_cut and (tuple(k.grid) == grid or family(k.name) in TILE_LOOPERS):
                         fields = fixed_and_pixel_factors(
                             k, profile_from_sim(twin), pix(sim_shape), pix(companion[2]), grid, pix(tshape)
