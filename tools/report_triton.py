@@ -63,18 +63,20 @@ MODES = (
     ("bfloat16", False, ("b3",)),
 )
 
-_TK = None
+_TK: dict = {}
 #: Exploring a config space: compile every config of it for every launch, in scope or not.
 EXPLORE = False
 
 
-def kernels():
-    """fused_dsconv/triton_kernels/ loaded for compilation (TRITON_INTERPRET off while it is decorated)."""
-    global _TK
-    if _TK is None:
+def kernels(interpret: bool = False):
+    """fused_dsconv/triton_kernels/ loaded for compilation (TRITON_INTERPRET off while it is decorated), or,
+    with ``interpret``, a private copy for the interpreter (TRITON_INTERPRET on), whatever the environment."""
+    name = "fused_dsconv._triton_kernels_" + ("interp" if interpret else "aot")
+    if name not in _TK:
         saved = os.environ.pop("TRITON_INTERPRET", None)
+        if interpret:
+            os.environ["TRITON_INTERPRET"] = "1"
         try:
-            name = "fused_dsconv._triton_kernels_aot"
             spec = importlib.util.spec_from_file_location(
                 name, KERNELS_DIR / "__init__.py", submodule_search_locations=[str(KERNELS_DIR)]
             )
@@ -82,10 +84,11 @@ def kernels():
             sys.modules[name] = mod
             spec.loader.exec_module(mod)
         finally:
+            os.environ.pop("TRITON_INTERPRET", None)
             if saved is not None:
                 os.environ["TRITON_INTERPRET"] = saved
-        _TK = mod
-    return _TK
+        _TK[name] = mod
+    return _TK[name]
 
 
 def _ptxas() -> str:
@@ -128,12 +131,25 @@ class _Recorder:
         self.cache, self.keys, self.arg_names = {}, getattr(real, "keys", []), self.fn.arg_names
 
     def __getitem__(self, grid):
-        return lambda *args, **kwargs: self.log.append((self.name, args, kwargs))
+        return lambda *args, **kwargs: self.log.append((self.name, args, kwargs, self._frozen(grid, args, kwargs)))
+
+    def _frozen(self, grid, args, kwargs):
+        """The grid as the launch computes it now, per config: a launcher's grid lambda reads variables of
+        its enclosing function, which later launches of the same function may rebind."""
+        if not callable(grid):
+            return grid
+        meta = {**dict(zip(self.arg_names, args)), **kwargs}
+        table = {}
+        for cfg in self.configs or [None]:
+            c = cfg.kwargs if cfg is not None else {}
+            table[tuple(sorted(c.items()))] = tuple(grid({**meta, **c}))
+        return lambda m: table[tuple(sorted((k, m[k]) for k in dict(next(iter(table)))))]
 
 
 @contextlib.contextmanager
-def _recording(arch: int, log: list):
-    """The launchers, run against recorders of the AOT kernels, on a GPU of compute capability ``arch``."""
+def _recording(arch: int, log: list, sms: int | None = None):
+    """The launchers, run against recorders of the AOT kernels, on a GPU of compute capability ``arch``
+    (with ``sms`` multiprocessors: the launchers size pixel groups by them; None: as off a GPU)."""
     import torch
 
     sys.path.insert(0, str(ROOT))
@@ -147,25 +163,33 @@ def _recording(arch: int, log: list):
     fake.INTERPRETED, fake.DEBUG = False, False
     import fused_dsconv.triton_setup as setup
 
-    saved = (setup.kernels, setup.arch_of, torch.cuda.get_device_capability)
+    saved = (setup.kernels, setup.arch_of, torch.cuda.get_device_capability, torch.cuda.get_device_properties)
+    saved_groups = launch.pix_groups
     setup.kernels = lambda: fake
     setup.arch_of = lambda x: arch  # the meta tensors stand for tensors on this GPU
     torch.cuda.get_device_capability = lambda *a, **k: (arch // 10, arch % 10)
+    if sms is not None:  # pix_groups' GPU branch, for a GPU of this size
+        torch.cuda.get_device_properties = lambda *a, **k: types.SimpleNamespace(multi_processor_count=sms)
+        launch.pix_groups = lambda total, per, device: saved_groups(total, per, torch.device("cuda", 0))
     try:
         yield launch
     finally:
-        setup.kernels, setup.arch_of, torch.cuda.get_device_capability = saved
+        setup.kernels, setup.arch_of, torch.cuda.get_device_capability, torch.cuda.get_device_properties = saved
+        launch.pix_groups = saved_groups
 
 
-def _primitives(launch, layer, dtype: str, tf32: bool):
+OPS = ("eval", "train", "backward", "apply", "recompute", "backward_eval")
+
+
+def _primitives(launch, layer, dtype: str, tf32: bool, ops=OPS):
     """Every launch of the four primitives (and, in float16, recompute mode; the split statistics' apply
-    pass) for one layer, through the backend."""
+    pass) for one layer (a label of LAYERS, or its tuple), through the backend; ``ops``: only these."""
     import torch
     from fused_dsconv import testing
     from fused_dsconv.backends import triton as backend_mod
     from fused_dsconv.contract import OpParams
 
-    n, c, k, h, w, s, cl = LAYERS[layer]
+    n, c, k, h, w, s, cl = LAYERS[layer] if isinstance(layer, str) else layer
     dt = getattr(torch, dtype)
     meta = dict(device="meta")
     mf = torch.channels_last if cl else torch.contiguous_format
@@ -179,14 +203,20 @@ def _primitives(launch, layer, dtype: str, tf32: bool):
     try:
         with testing.conv_tf32(tf32):
             p = OpParams(s, 3, 1e-5, True)
-            out = b.forward_eval(x, wd, wp, bias, p)
-            _, y, _, _ = b.forward_train(x, wd, wp, bias, gamma, beta, p)
-            b.backward_train(out, x, wd, wp, bias, gamma, beta, y, mean, var, p)
-            # the split statistics' second backward pass: dy's rows from merged means (bn_coef's DY_ROWS)
-            b.backward_apply(out, x, wd, wp, y, mean, var, gamma, beta, mean, var, p)
-            if dtype == "float16":  # recompute mode's y-only forward (no bias): one dtype is enough
+            out = torch.empty((n, k, (h - 1) // s + 1, (w - 1) // s + 1), dtype=dt, **meta).contiguous(memory_format=mf)
+            y = out
+            if "eval" in ops:
+                b.forward_eval(x, wd, wp, bias, p)
+            if "train" in ops:
+                _, y, _, _ = b.forward_train(x, wd, wp, bias, gamma, beta, p)
+            if "backward" in ops:
+                b.backward_train(out, x, wd, wp, bias, gamma, beta, y, mean, var, p)
+            if "apply" in ops:  # the split statistics' second backward pass: dy's rows from merged means
+                b.backward_apply(out, x, wd, wp, y, mean, var, gamma, beta, mean, var, p)
+            if "recompute" in ops and dtype == "float16":  # recompute mode's y-only forward (no bias)
                 b.backward_train(out, x, wd, wp, None, gamma, beta, None, mean, var, p)
-            b.backward_eval(out, out, x, wd, wp, p)
+            if "backward_eval" in ops:
+                b.backward_eval(out, out, x, wd, wp, p)
     finally:
         backend_mod._launch = saved
 
@@ -200,12 +230,41 @@ def _summary(constexprs: dict) -> str:
     return " ".join(keep)
 
 
+def configs(name: str, args, kwargs, arch: int, pruned: bool = False) -> list:
+    """The configs of a tuned kernel's space that this launch can run on ``arch`` ([None]: not tuned);
+    ``pruned``: only those the autotuner would time for it (no tile wider than the problem)."""
+    tk = kernels()
+    real = getattr(tk, name)
+    if not getattr(real, "configs", None):
+        return [None]
+    named = dict(zip(_jit(real).arg_names, args))
+    kind = tk.dot_kind(named["x_ptr"].element_size(), kwargs.get("DOT_MODE"), arch)
+    if pruned:
+        return tk.candidates(
+            real.configs, tk.LIMITS[name.removesuffix("_kernel")]({**named, **kwargs}), kind, kwargs.get("BLOCK_K")
+        )
+    return [c for c in real.configs if EXPLORE or tk.in_scope(c, kind, kwargs.get("BLOCK_K"))]
+
+
+def specialise(name: str, args, kwargs, cfg, backend):
+    """(options, signature, constexprs, attributes) of a launch with ``cfg``, as Triton's runtime binds it."""
+    from triton.runtime.jit import create_function_from_signature
+
+    fn = _jit(getattr(kernels(), name))
+    kw = dict(kwargs)
+    if cfg is not None:
+        kw.update(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    opts_kw = {o: kw.pop(o) for o in ("num_warps", "num_stages") if o in kw}
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, spec, opts = binder(*args, **kw, **opts_kw)
+    return fn._pack_args(backend, opts_kw, bound, spec, opts)
+
+
 def variants(archs=ARCHS, modes=MODES, debug_variant=True):
     """[(kernel, label, arch, ASTSource args, options)] for every distinct compile the launches need,
     every config of each tuned kernel's space included."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
-    from triton.runtime.jit import create_function_from_signature
 
     out, seen = [], set()
     for arch in archs:
@@ -218,24 +277,10 @@ def variants(archs=ARCHS, modes=MODES, debug_variant=True):
                 with _recording(arch, log) as launch:
                     _primitives(launch, layer, dtype, tf32)
                 tag = f"{dtype}{'-tf32' if tf32 else ''} {layer}"
-                for name, args, kwargs in log:
-                    real = getattr(kernels(), name)
-                    fn = _jit(real)
-                    configs = [None]
-                    if getattr(real, "configs", None):  # the configs of the space this launch can run
-                        x = dict(zip(fn.arg_names, args)).get("x_ptr")
-                        kind = kernels().dot_kind(x.element_size(), kwargs.get("DOT_MODE"), arch)
-                        configs = [
-                            c for c in real.configs if EXPLORE or kernels().in_scope(c, kind, kwargs.get("BLOCK_K"))
-                        ]
-                    for cfg in configs:
-                        kw = dict(kwargs)
-                        if cfg is not None:
-                            kw.update(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-                        opts_kw = {o: kw.pop(o) for o in ("num_warps", "num_stages") if o in kw}
-                        binder = create_function_from_signature(fn.signature, fn.params, backend)
-                        bound, spec, opts = binder(*args, **kw, **opts_kw)
-                        options, sig, consts, attrs = fn._pack_args(backend, opts_kw, bound, spec, opts)
+                for name, args, kwargs, _ in log:
+                    fn = _jit(getattr(kernels(), name))
+                    for cfg in configs(name, args, kwargs, arch):
+                        options, sig, consts, attrs = specialise(name, args, kwargs, cfg, backend)
                         key = (
                             name,
                             arch,
