@@ -2,13 +2,14 @@
 
 Per kernel launch (grid of B blocks, w warps each, `occ` resident blocks per SM, S SMs):
 
-    T = max(T_issue, T_lsu, T_issue + (1 - overlap) T_lsu, T_smem, T_chain, T_l2, T_dram) + T0   (cycles)
+    T = max(T_issue, T_lsu, T_issue + (1 - overlap) T_lsu, T_smem, T_chain, T_tensor, T_l2, T_dram) + T0
     T_issue = ceil(B/S) I_b / (4 min(1, W / 4))     W = resident warps per SM (4 schedulers per SM)
     T_lsu   = ceil(B/S) L_b / lsu_rate               load/store pipeline: global transactions + shared wavefronts
     T_smem  = ceil(B/S) F_b                          shared-memory wavefronts, 1 per cycle per SM
     T_chain = ceil(ceil(B/S) / occ) (I_b cpi + G_b lat) / w    each warp's own stream as a serial chain:
               cpi cycles per instruction, lat per global load (G_b: global load instructions per block)
-    T_l2    = L2 bytes / L2 bandwidth,  T_dram = DRAM bytes / DRAM bandwidth
+    T_tensor = ceil(B/S) M_b / 4                     tensor-core cycles per block (counted SASS only), 4 per SM
+    T_l2    = L2 bytes / L2 bandwidth,  T_dram = DRAM bytes / DRAM bandwidth     (all in cycles)
     and a launch overhead per kernel (its own column: a chain of small kernels pays it many times).
 
 ceil(B/S) is the busiest SM's share of blocks (wave quantisation); I_b, L_b, F_b are per-block counts.
@@ -181,6 +182,9 @@ class KernelProfile:
     gwrite_txn: float = 0.0  # global write transactions (part of lsu_insn and, one L2 access each, of l2_bytes)
     sim_cycles: Optional[int] = None  # simulated cycles (with the 5000-cycle launch latency)
     mangled: str = ""
+    # tensor-core cycles of the launch, summed over its warps' mma instructions (one SM sub-partition's tensor
+    # core each): counted SASS only (bench/triton_model.py); the simulator runs no tensor-core code
+    tensor_cycles: float = 0.0
 
     @property
     def blocks(self) -> int:
@@ -288,6 +292,7 @@ def kernel_time(
             "lsu": per_sm * L_b / dev.lsu[1 - corner],
             "smem": per_sm * F_b,
             "chain": math.ceil(per_sm / conc) * (I_b * p.cpi / compute_speedup + k.gload_insn / B * p.lat) / w,
+            "tensor": per_sm * k.tensor_cycles * fi / B / 4.0,  # 4 sub-partitions, a tensor core each
             "l2": k.l2_bytes * fm / (dev.l2_gbs[1 - corner] * 1e9 / (dev.mhz * 1e6)),
             "dram": dram_bytes / (dev.dram_gbs * dev.dram_eff[1 - corner] * 1e9 / (dev.mhz * 1e6)),
         }
@@ -516,6 +521,8 @@ def layer_runs(sim: dict, grids: dict, batch: int) -> list[LayerRun]:
         c = r["case"]
         if r["verdict"] != "PASS" or c["dtype"] != "f32" or c["layout"] != "nchw" or not c.get("label"):
             continue
+        if c["mode"] not in ("eval", "step"):
+            continue  # a training forward or a backward alone: half a step (its kernels still calibrate)
         target = grids.get("blocks", {}).get(c["label"])
         if target is None:
             continue

@@ -540,6 +540,19 @@ def test_layer_runs_scale_counts_with_output_pixels(tmp_path):
     assert f16["total_us"][1] >= t4["total_us"][1] * 0.5  # an estimate range, never a free speed-up
 
 
+def test_half_a_step_makes_no_layer_run_but_calibrates():
+    """A training forward or a backward simulated alone (a long step split over two cores) is neither an eval
+    nor a step row of the tables; its kernels still join the calibration (main reads every PASSed kernel)."""
+    sim = {
+        "results": [
+            {"verdict": "PASS", "kernels": [_sim_kernel(n, [28, 1, 1], warp_insn=2800)], "case": _b0_case("fused", m)}
+            for n, m in (("fwd", "train"), ("dx", "bwd"), ("fwd", "eval"))
+        ]
+    }
+    grids = {"blocks": {"b0": [1, 8, 8, 8, 8, 1, 3]}}
+    assert [(r.mode, [k.name for k in r.kernels]) for r in cm.layer_runs(sim, grids, 1)] == [("eval", ["fwd"])]
+
+
 def test_committed_model_data_is_consistent():
     """bench/data holds what the README's MODEL table is computed from: every simulated result PASSed,
     and the launch grids list every block for both implementations."""
