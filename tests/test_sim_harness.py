@@ -540,6 +540,30 @@ def test_layer_runs_scale_counts_with_output_pixels(tmp_path):
     assert f16["total_us"][1] >= t4["total_us"][1] * 0.5  # an estimate range, never a free speed-up
 
 
+def test_a_case_folder_is_simulated_by_one_process_at_a_time(tmp_path):
+    """Two run_cases processes given the same case: the second waits for the first's lock (and then reads
+    the cached result) instead of wiping the folder the first simulation is writing its log into."""
+    import threading
+
+    run_dir, events = tmp_path / "runs" / "fused_step_b1", []
+
+    def second():
+        with simlib.case_lock(run_dir):
+            events.append("second in")
+
+    with simlib.case_lock(run_dir):
+        t = threading.Thread(target=second)
+        t.start()
+        t.join(0.3)
+        assert t.is_alive() and events == []
+        events.append("first out")
+    t.join(5)
+    assert events == ["first out", "second in"]
+    with simlib.case_lock(tmp_path / "runs" / "another"):  # other cases do not wait
+        with simlib.case_lock(run_dir):
+            pass
+
+
 def test_half_a_step_makes_no_layer_run_but_calibrates():
     """A training forward or a backward simulated alone (a long step split over two cores) is neither an eval
     nor a step row of the tables; its kernels still join the calibration (main reads every PASSed kernel)."""

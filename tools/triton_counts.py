@@ -18,10 +18,11 @@ classifier (recorded on `meta` tensors as tools/report_triton.py records them):
 Control flow in these kernels does not depend on tensor values (masks, not branches, handle edges), so the
 interpreter's trip counts are the GPU's; the line tracer sees a program's loops as the source has them, so
 this is exact up to the compiler moving code across a loop boundary (hoisting, software pipelining). The
-check that it holds: the tensor-core / FMA instructions counted must do exactly the multiply-adds of the
-launch's GEMM (tests/test_triton_counts.py).
+check that it holds: the tensor-core instructions counted must do exactly the multiply-adds of the launch's
+GEMM (tests/test_triton_counts.py). Sampling programs goes through the interpreter's GridExecutor internals
+(triton 3.8, the version torch 2.14.1 pins).
 
-    python tools/triton_counts.py --blocks b3 --dtypes float16 --modes eval        # print a table
+    python tools/triton_counts.py --blocks b3 --dtypes float16 --modes eval        # each launch's totals
     python tools/triton_counts.py --out bench/data/triton_sm86.json                # every block, the model's input
 """
 

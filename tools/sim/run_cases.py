@@ -372,8 +372,16 @@ def main(argv=None) -> int:
     def work(item):
         c, key = item
         run_dir = build_dir / "runs" / c.ident()
-        log(f"[sim] start {c.ident()} ({c.shape()})")
-        r = simlib.run_case(c, exes[(c.impl, c.dtype)], cfg_dir, run_dir, tool, a.nice, a.timeout)
+        with simlib.case_lock(run_dir):
+            if (cache / f"{key}.json").exists():  # another process simulated it while this one waited
+                r = json.loads((cache / f"{key}.json").read_text())
+                log(f"[cache] {c.ident()}: {r['verdict']} {total(r):,} cycles (simulated by another process)")
+                return c, r
+            log(f"[sim] start {c.ident()} ({c.shape()})")
+            r = simlib.run_case(c, exes[(c.impl, c.dtype)], cfg_dir, run_dir, tool, a.nice, a.timeout)
+            return finish(c, key, r, run_dir)
+
+    def finish(c, key, r, run_dir):
         r["case"] = {**c.__dict__}
         r["key"] = key
         r["config"] = a.config

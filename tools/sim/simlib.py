@@ -5,6 +5,8 @@ the simulator's set-up are in tools/sim/README.md."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import json
@@ -635,6 +637,20 @@ def _own_autogroup(nice: int) -> None:
             f.write(str(nice))
     except OSError:
         pass
+
+
+@contextlib.contextmanager
+def case_lock(run_dir: Path):
+    """Held while a case simulates in ``run_dir``: another run_cases process given the same case waits here
+    (and then finds the result in the cache) instead of wiping the folder the running simulation writes its
+    log to, which left that simulation's result parsed from the newcomer's log."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(run_dir.parent / f"{run_dir.name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def run_case(
