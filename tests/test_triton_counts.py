@@ -108,3 +108,18 @@ def test_counted_tensor_core_instructions_do_the_forward_gemm(dtype, tf32):
         else:  # padded tiles multiply zeros too
             assert macs >= need, (cfg, macs, need)
     assert exact >= 2
+
+
+def test_a_recorded_grid_is_the_launchers_grid_at_the_launch():
+    """A launcher's grid lambda reads its function's variables when called; the recorder calls it later, after
+    the launcher rebound them for its next launch (dt's grid once read dx's pixel groups and its sampled
+    programs wrote past the workspace). So the recorder evaluates it at the launch, per config."""
+    real = T.R.kernels().dsconv_bwd_dt_kernel
+    log: list = []
+    rec = T.R._Recorder("dsconv_bwd_dt_kernel", real, log)
+    groups = 7
+    rec[lambda meta: (meta["BLOCK_C"] * groups,)](*[None] * len(rec.arg_names), BLOCK_K=64)
+    groups = 99  # noqa: F841 (what the launcher does next)
+    frozen = log[0][3]
+    for cfg in real.configs:
+        assert frozen({**cfg.kwargs, "BLOCK_K": 64}) == (cfg.kwargs["BLOCK_C"] * 7,)
