@@ -385,7 +385,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--dtypes", nargs="+", default=["float16", "float32-tf32"], help="DTYPE[-tf32]")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
-    ap.add_argument("--gpus", nargs="+", default=["RTX 3060"], choices=list(GPUS))
+    ap.add_argument("--gpus", nargs="+", default=list(GPUS), choices=list(GPUS))
     ap.add_argument("--arch", type=int, default=86)
     ap.add_argument("--samples", type=int, default=2, help="programs run in the interpreter per launch")
     ap.add_argument("--out", help="write the rows (JSON) here")
