@@ -985,6 +985,19 @@ def sensitivity_markdown(
     return "\n".join(lines)
 
 
+def write_marked(docs: Sequence[Path], parts: dict) -> None:
+    """Replace, in each document, the text between `<!-- TAG:start -->` and `<!-- TAG:end -->` with parts[TAG]
+    (tags a document lacks are skipped)."""
+    for doc in docs:
+        text = doc.read_text()
+        for tag, body in parts.items():
+            a0, a1 = f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
+            if a0 in text:
+                i, j = text.index(a0) + len(a0), text.index(a1)
+                text = text[:i] + "\n" + body + "\n" + text[j:]
+        doc.write_text(text)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description="MODEL v2 tables (not measured): calibration against the "
@@ -1038,14 +1051,7 @@ def main(argv=None) -> int:
             "model-table": "\n".join(model),
             "sim-table": simfile.read_text().split("-->", 1)[-1].strip() if simfile.exists() else "(not run)",
         }
-        for doc in (root / "README.md", root / "docs" / "benchmarks.md"):
-            text = doc.read_text()
-            for tag, body in parts.items():
-                a0, a1 = f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
-                if a0 in text:
-                    i, j = text.index(a0) + len(a0), text.index(a1)
-                    text = text[:i] + "\n" + body + "\n" + text[j:]
-            doc.write_text(text)
+        write_marked((root / "README.md", root / "docs" / "benchmarks.md"), parts)
         print("rewrote README.md and docs/benchmarks.md")
         return 0
     print(calibration_markdown(rows, p))

@@ -162,12 +162,7 @@ def main(argv=None) -> int:
     md, _ = table(counts, sim, grids, p, ratios)
     if a.write_docs:
         root = Path(__file__).resolve().parent.parent
-        for doc in (root / "README.md", root / "docs" / "triton.md"):
-            text = doc.read_text()
-            a0, a1 = "<!-- triton-model-table:start -->", "<!-- triton-model-table:end -->"
-            if a0 in text:
-                i, j = text.index(a0) + len(a0), text.index(a1)
-                doc.write_text(text[:i] + "\n" + md + "\n" + text[j:])
+        cm.write_marked((root / "README.md", root / "docs" / "triton.md"), {"triton-model-table": md})
     print(md)
     return 0
 
