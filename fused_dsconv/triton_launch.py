@@ -38,6 +38,7 @@ from .triton_setup import (
     colsum_config,
     dense,
     dot_mode,
+    dy_stored,
     ew_config,
     ew_opts,
     k_slice,
@@ -330,6 +331,38 @@ def launch_bn_backward(grad_out, y, mean, var, bn_weight, bn_bias, eps, train):
     return (coef, dbias, dgamma, dbeta) if train else (coef, dbias, None, None)
 
 
+def launch_bn_bwd_dy(grad_out, y, coef, dtype, train):
+    """dy [N*Ho*Wo, K] (K contiguous) in ``dtype`` (the dot operands' storage dtype), from bn_bwd_finalize's
+    coefficients (see ``launch_bn_backward``)."""
+    tk = ts.kernels()
+    n, k, ho, wo = y.shape
+    m = n * ho * wo
+    dy = torch.empty((m, k), device=y.device, dtype=dtype)
+    bp, bk = ew_config()
+    tk.bn_bwd_dy_kernel[(triton.cdiv(m, bp), triton.cdiv(k, bk))](
+        grad_out,
+        y,
+        coef,
+        dy,
+        k,
+        wo,
+        ho * wo,
+        m,
+        *strides(grad_out),
+        *strides(y),
+        span(grad_out),
+        span(y),
+        span(dy),
+        TRAIN=train,
+        BLOCK_P=bp,
+        BLOCK_K=bk,
+        VEC=plane_vec(ho * wo, grad_out, y),
+        DEBUG=tk.DEBUG,
+        **ew_opts(),
+    )
+    return dy
+
+
 def launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dilation, train, output_mask=None):
     """(dx, dWd, dWp) given dy = f(grad_out, y, coef) (the kernels' ``_dy_tile``).
 
@@ -352,6 +385,10 @@ def launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dil
     mf = torch.channels_last if layout(x) else torch.contiguous_format
     dev, mcls, lay = x.device, m_class(m), layout(x)
 
+    # dy once, for every C tile of dsconv_bwd_dt to read (``dy_stored``); else each rebuilds it.
+    dy_in = dy_stored(c)
+    dy = launch_bn_bwd_dy(grad_out, y, coef, x.dtype, train) if dy_in else coef
+
     # dt (fp32, x's layout; one slice per K slice) and the pointwise weight-gradient partials.
     mode = dot_mode(x)
     bk = k_slice(k, kind_of(x, mode))
@@ -373,6 +410,7 @@ def launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dil
         x,
         dw_weight,
         pw_weight,
+        dy,
         dt_arg,
         ws_pw if want_dwp else dt_arg,
         c,
@@ -396,10 +434,12 @@ def launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dil
         span(y),
         span(x),
         span(dt),
+        span(dy),
         STRIDE=stride,
         TRAIN=train,
         DOT_MODE=mode,
         DEBUG=tk.DEBUG,
+        DY_IN=dy_in,
         WANT_DT=want_dt,
         WANT_DWP=want_dwp,
         BLOCK_K=bk,
@@ -411,8 +451,10 @@ def launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dil
 
     # dx and the depthwise weight-gradient partials.
     dx = torch.empty_like(x, memory_format=mf) if want_dx else x  # x: a placeholder dsconv_bwd_dx never writes
+    # Groups of class-local input pixels (the kernel walks each group in every class (h mod stride, w mod
+    # stride); the first class is the largest).
     min_bc = min(cfg.kwargs["BLOCK_C"] for cfg in tk.DX_CONFIGS)
-    per, groups = pix_groups(mi, triton.cdiv(c, 2 * min_bc), dev)
+    per, groups = pix_groups(n * triton.cdiv(h, stride) * triton.cdiv(w, stride), triton.cdiv(c, 2 * min_bc), dev)
     ws_dw = torch.empty((groups, c * 9), device=dev, dtype=torch.float32)
     launch_tuned(
         "dsconv_bwd_dx",
@@ -428,7 +470,7 @@ def launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dil
         ho,
         wo,
         h * w,
-        mi,
+        n,
         dilation,
         per,
         slices,
@@ -442,7 +484,7 @@ def launch_conv_backward(grad_out, y, coef, x, dw_weight, pw_weight, stride, dil
         span(x),
         span(dx),
         STRIDE=stride,
-        VEC=plane_vec(h * w, x, dx),
+        VEC=plane_vec(h * w, x, dx) if stride == 1 else 1,
         DEBUG=tk.DEBUG,
         STORE_DX=want_dx,
     )

@@ -166,6 +166,18 @@ def kind_of(x: torch.Tensor, mode=None) -> str:
     return kernels().dot_kind(x.element_size(), mode, arch_of(x))
 
 
+#: dsconv_bwd_dt reads a stored dy (bn_bwd_dy) from this many input channels on. Its programs own C tiles
+#: of at most 32, and each rebuilt dy from dout and y (two loads, scalar ones where NCHW planes are odd, and
+#: the BN arithmetic per element): from 4 C tiles on, one pass that stores dy and vector loads of it cost
+#: less than the rebuilds (bench/triton_model.py); below, storing it is extra traffic.
+DY_STORE_MIN_C = 128
+
+
+def dy_stored(c: int) -> bool:
+    """Whether the backward stores dy once for dsconv_bwd_dt (``DY_STORE_MIN_C``)."""
+    return c >= DY_STORE_MIN_C
+
+
 def k_slice(k: int, kind: str) -> int:
     """BLOCK_K of dsconv_bwd_dt: the output channels one program holds (dy tile and dWp accumulator).
     All of K up to 256 for 16-bit tensor-core operands, 128 otherwise (float32 operands take twice the

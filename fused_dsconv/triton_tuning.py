@@ -41,7 +41,7 @@ def explain_configs(
     capability ``arch`` (86: sm_86); no GPU needed."""
     tk = ts.kernels()
     ho, wo = output_size(h, stride), output_size(w, stride)
-    named = dict(C=c, K=k, M=n * ho * wo, MI=n * h * w, HWo=ho * wo, HW=h * w)
+    named = dict(C=c, K=k, M=n * ho * wo, N=n, HWo=ho * wo, HW=h * w)
     size = torch.empty((), dtype=dtype).element_size()
     mode = (3 if tf32 else 0) if dtype == torch.float32 else 1
     out = {}

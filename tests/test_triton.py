@@ -347,8 +347,16 @@ def _grads_close(got, ref, names, dt):
 TRAIN_NAMES = ("dx", "ddw", "dpw", "dbias", "dgamma", "dbeta")
 
 
+@pytest.fixture(params=["dy-rebuilt", "dy-stored"])
+def dy_path(request, monkeypatch):
+    """dsconv_bwd_dt's two sources of dy: rebuilt per C tile from (dout, y, coef), or bn_bwd_dy's stored
+    [M, K] buffer (the launcher's choice by C, DY_STORE_MIN_C, forced either way on these small C)."""
+    monkeypatch.setattr(TS, "DY_STORE_MIN_C", 1 if request.param == "dy-stored" else 1 << 30)
+    return request.param
+
+
 @pytest.mark.parametrize("p", BWD_GRID, ids=_id)
-def test_backward_train(p):
+def test_backward_train(p, dy_path):
     dt, s, d, cl = p
     c = _case(dt, s, d, cl)
     fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, s, d, EPS)
@@ -457,7 +465,7 @@ def test_dy_rows_from_merged_means_are_the_finalize_kernels(affine):
     ],
     ids=_id,
 )
-def test_backward_eval(p):
+def test_backward_eval(p, dy_path):
     dt, s, d, cl = p
     c = _case(dt, s, d, cl)
     out = RB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, d)
@@ -745,10 +753,12 @@ def get_configs(name):
 
 
 @pytest.mark.parametrize("name,i", _config_cases(), ids=[f"{n[7:]}-{i}" for n, i in _config_cases()])
-def test_every_config(name, i):
+def test_every_config(name, i, monkeypatch):
     """Each config of each tuned kernel's space, forced, against the reference; dtypes and layouts rotate
     over the configs, stride 2 and channels_last (odd 9 x 11 planes) on odd ones, NCHW with 10 x 12 planes
-    (the dense-plane path) on even ones. K = 40 and C = 20 span several K / C tiles of the small configs."""
+    (the dense-plane path) on even ones, and so does dt's source of dy (stored on odd ones). K = 40 and
+    C = 20 span several K / C tiles of the small configs."""
+    monkeypatch.setattr(TS, "DY_STORE_MIN_C", 1 if i % 2 else 1 << 30)
     cfg = TS.configs(name)[i]
     dt, cl, s = DTYPES[i % 3], bool(i % 2), 1 + i % 2
     c = _case(dt, s, 3, cl, (2, 20, 40, 9, 11) if cl else (2, 20, 40, 10, 12))
@@ -771,7 +781,7 @@ def test_every_config(name, i):
         assert TS.tuned_kernel(name).best_config is cfg
 
 
-def test_k_slices(monkeypatch):
+def test_k_slices(monkeypatch, dy_path):
     """dsconv_bwd_dt over several K slices (dt partials that dsconv_bwd_dx adds in order): the slice cap
     lowered so that K = 40 runs 3 slices of 16, eval and train."""
     monkeypatch.setitem(TS.K_SLICE_CAP, "fma32", 16)
@@ -785,6 +795,27 @@ def test_k_slices(monkeypatch):
     out = RB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 2, 1)
     eargs = (g, out, c.x, c.dw_weight, c.pw_weight, 2, 1)
     _grads_close(TB.backward_eval(*eargs), RB.backward_eval(*eargs), ("dx", "ddw", "dpw", "dbias"), torch.float32)
+
+
+@pytest.mark.parametrize("dt", DTYPES, ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_backward_stored_dy_is_bitwise_rebuilt(monkeypatch, dt, train):
+    """bn_bwd_dy stores dy in the dtype the dot rounds it to, so reading it back changes no bit of any
+    gradient (dt, dWp, and through dt dx, dWd), whatever the dtype; odd 9 x 11 planes (no VEC)."""
+    c = _case(dt, 1, 2, False, (2, 20, 40, 9, 11))
+    fargs = (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 1, 2, EPS)
+    _, y, mean, var = RB.forward_train(*fargs, True)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(11)).to(dt)
+    runs = []
+    for min_c in (1, 1 << 30):
+        monkeypatch.setattr(TS, "DY_STORE_MIN_C", min_c)
+        if train:
+            runs.append(TB.backward_train(g, *fargs[:6], y, mean, var, 1, 2, EPS))
+        else:
+            out = RB.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, 1, 2)
+            runs.append(TB.backward_eval(g, out, c.x, c.dw_weight, c.pw_weight, 1, 2))
+    for name, a, b in zip(TRAIN_NAMES, *runs):
+        assert torch.equal(a, b), f"{name}: stored dy changed the result"
 
 
 def test_chosen_configs_are_visible(monkeypatch, capsys):

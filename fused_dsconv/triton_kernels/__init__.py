@@ -80,7 +80,13 @@ reductions = _stage("reductions")
 forward = _stage("forward")
 backward = _stage("backward")
 
-from .backward import bn_bwd_finalize_kernel, bn_bwd_reduce_kernel, dsconv_bwd_dt_kernel, dsconv_bwd_dx_kernel
+from .backward import (
+    bn_bwd_dy_kernel,
+    bn_bwd_finalize_kernel,
+    bn_bwd_reduce_kernel,
+    dsconv_bwd_dt_kernel,
+    dsconv_bwd_dx_kernel,
+)
 from .configs import (
     ALL,
     AUTOTUNE,
@@ -139,6 +145,7 @@ __all__ = [
     "MMA",
     "PIX_ALIGN",
     "SCOPE",
+    "bn_bwd_dy_kernel",
     "bn_bwd_finalize_kernel",
     "bn_bwd_reduce_kernel",
     "bn_coef_kernel",

@@ -9,7 +9,7 @@ import triton.language as tl
 
 from .configs import DT_CONFIGS, DX_CONFIGS, _p2, _tuned
 from .reductions import _bn_scale
-from .tiles import _act_off, _act_tile, _assert_in, _bn_z, _dot, _dw_tile, _dy_tile, _pixels, _sum
+from .tiles import _act_off, _act_tile, _assert_in, _bn_z, _dot, _dw_tile, _dy_off, _dy_tile, _ew_tile, _pixels, _sum
 
 
 @triton.jit
@@ -134,6 +134,72 @@ def bn_bwd_finalize_kernel(
         tl.store(dbias_ptr + kk, dbeta, mask=k_mask)
 
 
+@triton.jit
+def bn_bwd_dy_kernel(
+    g_ptr,
+    y_ptr,
+    coef_ptr,
+    dy_ptr,
+    K,
+    Wo,
+    HWo,
+    M,
+    sgn,
+    sgc,
+    sgh,
+    sgw,
+    syn,
+    syc,
+    syh,
+    syw,
+    g_span,
+    y_span,
+    dy_span,
+    TRAIN: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    VEC: tl.constexpr,
+    DEBUG: tl.constexpr,
+):
+    """dy[M, K] (pixel-major, K contiguous) in dy_ptr's dtype, the dot operand dsconv_bwd_dt would
+    otherwise rebuild from (dout, y, coef) in every one of its C tiles; grid (P tiles, K tiles).
+
+    Stored in the operands' storage dtype, which is what ``_dot`` rounds dy to: dt and dWp come out the
+    same whichever way dy arrives. Its K-contiguous rows load as wide vectors in dt even where dout's
+    planes do not (NCHW with Ho Wo odd: one scalar load per element there).
+    """
+    n, r, ho, wo, kk, k_mask, mask = _ew_tile(M, HWo, Wo, K, BLOCK_P, BLOCK_K, VEC, DEBUG)
+    m = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    dy = _dy_tile(
+        g_ptr,
+        y_ptr,
+        coef_ptr,
+        n,
+        r,
+        ho,
+        wo,
+        m < M,
+        kk,
+        k_mask,
+        K,
+        sgn,
+        sgc,
+        sgh,
+        sgw,
+        syn,
+        syc,
+        syh,
+        syw,
+        g_span,
+        y_span,
+        TRAIN,
+        VEC,
+        DEBUG,
+    )
+    off = _dy_off(m, kk, K, mask, dy_span, DEBUG)
+    tl.store(dy_ptr + off, dy.to(dy_ptr.dtype.element_ty), mask=mask)
+
+
 def _dt_limits(a):
     return {"BLOCK_C": max(16, _p2(a["C"])), "BLOCK_P": max(32, _p2(a["M"]))}
 
@@ -152,6 +218,7 @@ def dsconv_bwd_dt_kernel(
     x_ptr,
     wd_ptr,
     wp_ptr,
+    dy_ptr,
     dt_ptr,
     ws_ptr,
     C,
@@ -187,11 +254,13 @@ def dsconv_bwd_dt_kernel(
     y_span,
     x_span,
     t_span,
+    dy_span,
     STRIDE: tl.constexpr,
     TRAIN: tl.constexpr,
     DOT_MODE: tl.constexpr,
     VEC: tl.constexpr,
     DEBUG: tl.constexpr,
+    DY_IN: tl.constexpr,
     WANT_DT: tl.constexpr,
     WANT_DWP: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -200,6 +269,8 @@ def dsconv_bwd_dt_kernel(
 ):
     """dt = dy Wp over this program's K slice, and the pointwise weight-gradient partial dy^T T.
 
+    DY_IN: dy is read from dy_ptr (bn_bwd_dy's [M, K] buffer); otherwise built from (dout, y, coef) here,
+    once per C tile, and dy_ptr is a placeholder.
     WANT_DT / WANT_DWP False (a gradient the caller does not want): that product is neither computed nor
     stored, and its pointer is a placeholder (with WANT_DWP False no T tile is built either).
 
@@ -228,32 +299,37 @@ def dsconv_bwd_dt_kernel(
     dt_base = dt_ptr + pid_k.to(tl.int64) * DT_SLICE
     for p0 in range(start, end, BLOCK_P):
         n, r, ho, wo, p_mask = _pixels(p0, end, HWo, Wo, BLOCK_P, VEC, DEBUG)
-        dy = _dy_tile(
-            g_ptr,
-            y_ptr,
-            coef_ptr,
-            n,
-            r,
-            ho,
-            wo,
-            p_mask,
-            kk,
-            k_mask,
-            K,
-            sgn,
-            sgc,
-            sgh,
-            sgw,
-            syn,
-            syc,
-            syh,
-            syw,
-            g_span,
-            y_span,
-            TRAIN,
-            VEC,
-            DEBUG,
-        )
+        if DY_IN:
+            mask = p_mask[:, None] & k_mask[None, :]
+            off = _dy_off(p0 + tl.arange(0, BLOCK_P), kk, K, mask, dy_span, DEBUG)
+            dy = tl.load(dy_ptr + off, mask=mask, other=0.0)
+        else:
+            dy = _dy_tile(
+                g_ptr,
+                y_ptr,
+                coef_ptr,
+                n,
+                r,
+                ho,
+                wo,
+                p_mask,
+                kk,
+                k_mask,
+                K,
+                sgn,
+                sgc,
+                sgh,
+                sgw,
+                syn,
+                syc,
+                syh,
+                syw,
+                g_span,
+                y_span,
+                TRAIN,
+                VEC,
+                DEBUG,
+            )
         if WANT_DWP:
             t = _dw_tile(
                 x_ptr,
@@ -294,8 +370,22 @@ def dsconv_bwd_dt_kernel(
         tl.store(ws_ptr + woff, dwp, mask=kc_mask)
 
 
+@triton.jit
+def _tap_range(phase, dil, STRIDE: tl.constexpr):
+    """(first, end, step) of the tap rows i (or columns) that land on the output grid from input rows
+    h = phase (mod STRIDE): those with phase + (1 - i) d = 0 (mod STRIDE). Stride 1: all three. Stride 2:
+    with d odd, i = phase + 1 (mod 2); with d even, all of them for phase 0 and none for phase 1."""
+    tl.static_assert(STRIDE <= 2, "strides 1 and 2 (contract.check_stride)")
+    if STRIDE == 1:
+        return 0, 3, 1
+    odd = dil % 2
+    first = tl.where(odd == 1, (phase + 1) % 2, 0)
+    end = tl.where((odd == 1) | (phase == 0), 3, 0)
+    return first, end, 1 + odd
+
+
 def _dx_limits(a):
-    return {"BLOCK_C": max(16, _p2(a["C"])), "BLOCK_P": max(32, _p2(a["MI"]))}
+    return {"BLOCK_C": max(16, _p2(a["C"])), "BLOCK_P": max(32, _p2(a["N"] * a["HW"]))}
 
 
 @_tuned("dsconv_bwd_dx", DX_CONFIGS, ["C", "HW", "M_CLASS", "LAYOUT", "STRIDE", "K_SLICES", "VEC"], _dx_limits)
@@ -312,7 +402,7 @@ def dsconv_bwd_dx_kernel(
     Ho,
     Wo,
     HW,
-    MI,
+    N,
     dil,
     PIX_GROUP,
     K_SLICES,
@@ -346,50 +436,71 @@ def dsconv_bwd_dx_kernel(
     STORE_DX False: dx is not wanted (dx_ptr is a placeholder, never written); the partials still need the
     same dt gathers, so only the store is left out.
 
-    1-D grid over (C tiles x input-pixel groups). For input pixel q = (n, h, w) and tap (i, j), the
-    output pixel o = ((h + d - i d) / s, (w + d - j d) / s) when that lands on the output grid; then
+    For input pixel q = (n, h, w) and tap (i, j), the output pixel o = ((h + d - i d) / s, (w + d - j d) / s)
+    when that lands on the output grid; then
         dx[q, c] += dt[o, c] Wd[c, i, j]      and      dWd[c, i, j] += dt[o, c] x[q, c],
     which enumerates every (o, q) pair of each tap exactly once, so x is read once per pixel (no halo).
-    ws[group, c, tap] (tap < 9) receives the group's dWd partial; colsum reduces the groups.
+
+    Input pixels are walked by class (h mod s, w mod s), each class as its own (N, ceil(H / s), ceil(W / s))
+    grid: within a class the taps whose row and column can land on the output grid are a fixed progression
+    (``_tap_range``), so at stride 2 a program gathers only those (1, 2 or 4 of the 9 with odd d, 2.25 on
+    average) instead of masking the others off pixel by pixel. Stride 1 has one class, every pixel.
+    1-D grid over (C tiles x pixel groups); a group is a range of class-local pixels, walked in every class,
+    so all programs do the same mix of taps. ws[group, c, tap] (tap < 9) receives the group's dWd partial;
+    colsum reduces the groups.
     """
+    tl.static_assert(STRIDE == 1 or VEC == 1, "a class's pixels are not contiguous in memory")
     pid = tl.program_id(0)
     c_tiles = (C + BLOCK_C - 1) // BLOCK_C
     pid_c = pid % c_tiles
     pid_g = pid // c_tiles
     cc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = cc < C
+    wv_base = wd_ptr + cc * 9
     taps = tl.arange(0, 16)
     dwd = tl.full((BLOCK_C, 16), 0.0, tl.float32)
     start = pid_g * PIX_GROUP
-    end = tl.minimum(start + PIX_GROUP, MI)
-    for p0 in range(start, end, BLOCK_P):
-        n, r, h, w, p_mask = _pixels(p0, end, HW, W, BLOCK_P, VEC, DEBUG)
-        pc_mask = p_mask[:, None] & c_mask[None, :]
-        xv = _act_tile(x_ptr, n, r, h, w, cc, pc_mask, sxn, sxc, sxh, sxw, x_span, VEC, DEBUG)
-        base = (n.to(tl.int64) * stn)[:, None] + (cc.to(tl.int64) * stc)[None, :]
-        acc = tl.full((BLOCK_P, BLOCK_C), 0.0, tl.float32)
-        for tap in tl.range(0, 9, loop_unroll_factor=1):  # rolled: unrolled, the 9 gathers need too many registers
-            i = tap // 3
-            hh = h + (1 - i) * dil
-            ww = w + (1 - (tap - 3 * i)) * dil
-            hc = tl.maximum(hh, 0)  # no division of negatives (C and Python round them differently)
-            wc = tl.maximum(ww, 0)
-            ho = hc // STRIDE
-            wo = wc // STRIDE
-            ok = p_mask & (hh >= 0) & (ho * STRIDE == hc) & (ho < Ho) & (ww >= 0) & (wo * STRIDE == wc) & (wo < Wo)
-            mask = ok[:, None] & c_mask[None, :]
-            off = base + (ho.to(tl.int64) * sth + wo.to(tl.int64) * stw)[:, None]
-            v = tl.full((BLOCK_P, BLOCK_C), 0.0, tl.float32)
-            for ks in range(0, K_SLICES):
-                offk = off + tl.cast(ks, tl.int64) * DT_SLICE
-                _assert_in(offk, mask, t_span, DEBUG)
-                v += tl.load(dt_ptr + offk, mask=mask, other=0.0)
-            wv = tl.load(wd_ptr + cc * 9 + tap, mask=c_mask, other=0.0).to(tl.float32)
-            acc += v * wv[None, :]
-            part = _sum(v * xv, axis=0)
-            dwd += tl.where(taps[None, :] == tap, part[:, None], 0.0)
-        if STORE_DX:
-            doff = _act_off(n, r, h, w, cc, pc_mask, sdn, sdc, sdh, sdw, d_span, VEC, DEBUG)
-            tl.store(dx_ptr + doff, acc.to(dx_ptr.dtype.element_ty), mask=pc_mask)
+    for cls in range(0, STRIDE * STRIDE):
+        ph = cls // STRIDE
+        pw = cls - ph * STRIDE
+        hc = (H - ph + STRIDE - 1) // STRIDE  # the class's rows and columns
+        wc = (W - pw + STRIDE - 1) // STRIDE
+        i0, i_end, i_step = _tap_range(ph, dil, STRIDE)
+        j0, j_end, j_step = _tap_range(pw, dil, STRIDE)
+        end = tl.minimum(start + PIX_GROUP, N * hc * wc)
+        for p0 in range(start, end, BLOCK_P):
+            n, r, h, w, p_mask = _pixels(p0, end, hc * wc, wc, BLOCK_P, VEC, DEBUG)
+            h = h * STRIDE + ph
+            w = w * STRIDE + pw
+            pc_mask = p_mask[:, None] & c_mask[None, :]
+            xv = _act_tile(x_ptr, n, r, h, w, cc, pc_mask, sxn, sxc, sxh, sxw, x_span, VEC, DEBUG)
+            base = (n.to(tl.int64) * stn)[:, None] + (cc.to(tl.int64) * stc)[None, :]
+            acc = tl.full((BLOCK_P, BLOCK_C), 0.0, tl.float32)
+            # Rolled loops (runtime bounds): unrolled, the 9 gathers need too many registers.
+            for i in range(i0, i_end, i_step):
+                hh = h + (1 - i) * dil
+                hcl = tl.maximum(hh, 0)  # no division of negatives (C and Python round them differently)
+                ho = hcl // STRIDE
+                ok_h = p_mask & (hh >= 0) & (ho < Ho)
+                for j in range(j0, j_end, j_step):
+                    ww = w + (1 - j) * dil
+                    wcl = tl.maximum(ww, 0)
+                    wo = wcl // STRIDE
+                    ok = ok_h & (ww >= 0) & (wo < Wo)
+                    mask = ok[:, None] & c_mask[None, :]
+                    off = base + (ho.to(tl.int64) * sth + wo.to(tl.int64) * stw)[:, None]
+                    v = tl.full((BLOCK_P, BLOCK_C), 0.0, tl.float32)
+                    for ks in range(0, K_SLICES):
+                        offk = off + tl.cast(ks, tl.int64) * DT_SLICE
+                        _assert_in(offk, mask, t_span, DEBUG)
+                        v += tl.load(dt_ptr + offk, mask=mask, other=0.0)
+                    tap = 3 * i + j
+                    wv = tl.load(wv_base + tap, mask=c_mask, other=0.0).to(tl.float32)
+                    acc += v * wv[None, :]
+                    part = _sum(v * xv, axis=0)
+                    dwd += tl.where(taps[None, :] == tap, part[:, None], 0.0)
+            if STORE_DX:
+                doff = _act_off(n, r, h, w, cc, pc_mask, sdn, sdc, sdh, sdw, d_span, VEC, DEBUG)
+                tl.store(dx_ptr + doff, acc.to(dx_ptr.dtype.element_ty), mask=pc_mask)
     woff = pid_g.to(tl.int64) * C * 9 + (cc * 9)[:, None] + taps[None, :]
     tl.store(ws_ptr + woff, dwd, mask=c_mask[:, None] & (taps[None, :] < 9))

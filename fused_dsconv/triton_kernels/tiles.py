@@ -79,6 +79,14 @@ def _ew_tile(M, HWo, Wo, K, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, VEC: t
 
 
 @triton.jit
+def _dy_off(m, kk, K, mask, span, DEBUG: tl.constexpr):
+    """int64 offsets of pixels m x channels kk in bn_bwd_dy's [M, K] buffer (K contiguous)."""
+    off = m.to(tl.int64)[:, None] * K + kk[None, :]
+    _assert_in(off, mask, span, DEBUG)
+    return off
+
+
+@triton.jit
 def _x_tap(
     x_ptr,
     centre,
