@@ -200,7 +200,7 @@ def test_emulated_kernels_skip_unwanted_gradients(emu, shape, train):
 @pytest.mark.slow
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_triton_skips_unwanted_gradients(triton_interpreter, monkeypatch, train):
-    lc = importlib.import_module("fused_dsconv.triton_launch")
+    lc = importlib.import_module("fused_dsconv.triton_launch_backward")
     tb = get("triton")
     c, s, d = _case("span")
     launched = []

@@ -39,12 +39,13 @@ pytest.importorskip("triton")
 @pytest.fixture(scope="module", autouse=True)
 def interpreter(triton_interpreter):
     """The interpreter for this whole module (tests/conftest.py); the kernels module, for tests that launch."""
-    global TK, TL, TS, TT
+    global TK, TL, TLB, TS, TT
     import fused_dsconv.triton_launch as launch
+    import fused_dsconv.triton_launch_backward as launch_backward
     import fused_dsconv.triton_setup as setup
     import fused_dsconv.triton_tuning as tuning
 
-    TK, TL, TS, TT = triton_interpreter, launch, setup, tuning
+    TK, TL, TLB, TS, TT = triton_interpreter, launch, launch_backward, setup, tuning
     return triton_interpreter
 
 
@@ -52,6 +53,7 @@ TB = testing.FlatCalls(get("triton"))
 RB = testing.FlatCalls(get("reference"))
 TK = None  # the kernels module, set by the interpreter fixture
 TL = None  # the launchers module
+TLB = None  # the backward launchers (fused_dsconv.triton_launch_backward)
 TS = None  # what a launch needs (fused_dsconv.triton_setup): dot mode, tuned kernels
 TT = None  # the autotuner's report (fused_dsconv.triton_tuning)
 
@@ -446,7 +448,7 @@ def test_dy_rows_from_merged_means_are_the_finalize_kernels(affine):
     c = _case(torch.float32, 1, 2, False, affine=affine)
     out, y, mean, var = RB.forward_train(c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, 1, 2, EPS, True)
     g = torch.randn(y.shape, generator=torch.Generator().manual_seed(5))
-    coef, _, dgamma, dbeta = TL.launch_bn_backward(g, y, mean, var, c.bn_weight, c.bn_bias, EPS, train=True)
+    coef, _, dgamma, dbeta = TLB.launch_bn_backward(g, y, mean, var, c.bn_weight, c.bn_bias, EPS, train=True)
     m = y.numel() // y.shape[1]  # dbeta = sum dz, dgamma = sum dz yhat: backward_reduce's two sums
     merged = TL.launch_bn_coef(mean, var, c.bn_weight, c.bn_bias, EPS, dy_means=(dbeta / m, dgamma / m))
     assert merged.shape == (5, y.shape[1])

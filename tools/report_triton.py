@@ -1,6 +1,6 @@
 """Ahead-of-time compile report of the Triton kernels: registers, shared memory, spills, occupancy.
 
-No GPU needed. The launchers (fused_dsconv/triton_launch.py) are run on ``meta`` tensors of a few
+No GPU needed. The launchers (fused_dsconv/triton_launch.py, triton_launch_backward.py) are run on ``meta`` tensors of a few
 representative layers with every kernel launch recorded instead of made; each recorded launch is then
 specialised exactly as Triton's runtime would specialise it (its own binder: integers equal to 1 become
 constexprs, multiples of 16 and 16-byte aligned pointers get divisibility hints) and compiled with
@@ -46,11 +46,13 @@ SM_LIMITS = {
 REGS_PER_SM = 65536
 REG_ALLOC_UNIT = 256  # registers are allocated per warp in units of 256
 
-# Representative layers: (label, N, C, K, H, W, stride, channels_last) -- the classifier's b3 (NCHW), b4
-# (stride 2) and b7 (channels_last, K = 512: two K slices in dsconv_bwd_dt) at batch 32, and b9's K = 1024
+# Representative layers: (label, N, C, K, H, W, stride, channels_last) -- the classifier's b2 (C = 64: dt builds
+# dy itself, below triton_setup.DY_STORE_MIN_C), b3 (NCHW), b4 (stride 2) and b7 (channels_last, K = 512: two
+# K slices in dsconv_bwd_dt) at batch 32, and b9's K = 1024
 # (four fp16 slices, eight fp32). The integer arguments that change a kernel's specialisation (== 1,
 # multiple of 16) follow from these.
 LAYERS = {
+    "b2": (32, 64, 128, 112, 112, 2, False),
     "b3": (32, 128, 128, 56, 56, 1, False),
     "b4": (32, 128, 256, 56, 56, 2, False),
     "b7cl": (32, 512, 512, 14, 14, 1, True),
@@ -59,7 +61,7 @@ LAYERS = {
 MODES = (
     ("float32", False, ("b3",)),
     ("float32", True, ("b3",)),
-    ("float16", False, ("b3", "b4", "b7cl")),
+    ("float16", False, ("b2", "b3", "b4", "b7cl")),
     ("bfloat16", False, ("b3",)),
 )
 
@@ -154,6 +156,7 @@ def _recording(arch: int, log: list, sms: int | None = None):
 
     sys.path.insert(0, str(ROOT))
     import fused_dsconv.triton_launch as launch
+    import fused_dsconv.triton_launch_backward as launch_backward
 
     aot = kernels()
     fake = types.SimpleNamespace(**{k: getattr(aot, k) for k in dir(aot) if not k.startswith("__")})
@@ -164,18 +167,18 @@ def _recording(arch: int, log: list, sms: int | None = None):
     import fused_dsconv.triton_setup as setup
 
     saved = (setup.kernels, setup.arch_of, torch.cuda.get_device_capability, torch.cuda.get_device_properties)
-    saved_groups = launch.pix_groups
+    saved_groups = launch_backward.pix_groups  # the backward launchers walk pixel groups
     setup.kernels = lambda: fake
     setup.arch_of = lambda x: arch  # the meta tensors stand for tensors on this GPU
     torch.cuda.get_device_capability = lambda *a, **k: (arch // 10, arch % 10)
     if sms is not None:  # pix_groups' GPU branch, for a GPU of this size
         torch.cuda.get_device_properties = lambda *a, **k: types.SimpleNamespace(multi_processor_count=sms)
-        launch.pix_groups = lambda total, per, device: saved_groups(total, per, torch.device("cuda", 0))
+        launch_backward.pix_groups = lambda total, per, device: saved_groups(total, per, torch.device("cuda", 0))
     try:
         yield launch
     finally:
         setup.kernels, setup.arch_of, torch.cuda.get_device_capability, torch.cuda.get_device_properties = saved
-        launch.pix_groups = saved_groups
+        launch_backward.pix_groups = saved_groups
 
 
 OPS = ("eval", "train", "backward", "apply", "recompute", "backward_eval")
@@ -199,7 +202,7 @@ def _primitives(launch, layer, dtype: str, tf32: bool, ops=OPS):
     bias, gamma, beta, mean, var = vec
     b = backend_mod.TritonBackend()
     saved = backend_mod._launch
-    backend_mod._launch = lambda: launch
+    backend_mod._launch = lambda backward=False: sys.modules[launch.__name__ + ("_backward" if backward else "")]
     try:
         with testing.conv_tf32(tf32):
             p = OpParams(s, 3, 1e-5, True)

@@ -43,11 +43,11 @@ def _interpret_requested() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def _launch():
+def _launch(backward: bool = False):
     # import_module (not ``from .. import``): importing triton is deferred to the first launch. The
     # launchers look the kernels module up on every call, so a test can drop and re-import it under
     # another TRITON_INTERPRET setting.
-    return importlib.import_module(_LAUNCH_MODULE)
+    return importlib.import_module(_LAUNCH_MODULE + ("_backward" if backward else ""))
 
 
 class TritonBackend(Backend):
@@ -111,9 +111,9 @@ class TritonBackend(Backend):
         return out, (y if p.save_y else x.new_empty(0)), mean, var
 
     def backward_eval(self, grad_out, out, x, dw_weight, pw_weight, p):
-        lc = _launch()
-        coef, dbias, _, _ = lc.launch_bn_backward(grad_out, out, None, None, None, None, 0.0, train=False)
-        dx, ddw, dpw = lc.launch_conv_backward(
+        lb = _launch(backward=True)
+        coef, dbias, _, _ = lb.launch_bn_backward(grad_out, out, None, None, None, None, 0.0, train=False)
+        dx, ddw, dpw = lb.launch_conv_backward(
             grad_out, out, coef, x, dw_weight, pw_weight, p.stride, p.dilation, train=False, output_mask=p.output_mask
         )
         return dx, ddw, dpw, dbias
@@ -125,10 +125,11 @@ class TritonBackend(Backend):
             # Recompute mode: rebuild y (rounded to x's dtype, as the forward stored it) into a temporary.
             y = _empty_out(x, k, p.stride, x.dtype)
             lc.launch_conv(x, dw_weight, pw_weight, bias, p.stride, p.dilation, y, relu=False, stats=False)
-        coef, dbias, dgamma, dbeta = lc.launch_bn_backward(
+        lb = _launch(backward=True)
+        coef, dbias, dgamma, dbeta = lb.launch_bn_backward(
             grad_out, y, mean, var, bn_weight, bn_bias, p.eps, train=True
         )
-        dx, ddw, dpw = lc.launch_conv_backward(
+        dx, ddw, dpw = lb.launch_conv_backward(
             grad_out, y, coef, x, dw_weight, pw_weight, p.stride, p.dilation, train=True, output_mask=p.output_mask
         )
         return dx, ddw, dpw, dbias, dgamma, dbeta
@@ -155,7 +156,7 @@ class TritonBackend(Backend):
 
     def backward_reduce(self, grad_out, y, mean, var, bn_weight, bn_bias, p):
         # bn_bwd_finalize's dbeta / dgamma are exactly the two sums; its dy rows (this process's mean) are unused.
-        _, _, sum_dz_yhat, sum_dz = _launch().launch_bn_backward(
+        _, _, sum_dz_yhat, sum_dz = _launch(backward=True).launch_bn_backward(
             grad_out, y, mean, var, bn_weight, bn_bias, p.eps, train=True
         )
         return sum_dz, sum_dz_yhat
@@ -166,7 +167,7 @@ class TritonBackend(Backend):
         lc = _launch()
         # dy = a dz - c1 - (y - mean) rc2 (the kernels' _dy_tile) with c1, rc2 from the merged means.
         coef = lc.launch_bn_coef(mean, var, bn_weight, bn_bias, p.eps, dy_means=(mean_dz, mean_dz_yhat))
-        return lc.launch_conv_backward(
+        return _launch(backward=True).launch_conv_backward(
             grad_out, y, coef, x, dw_weight, pw_weight, p.stride, p.dilation, train=True, output_mask=p.output_mask
         )
 

@@ -3,8 +3,9 @@
 Torch-free, like the CUDA stage headers it mirrors (csrc/kernels/), one module per stage with the same
 stage names: ``tiles`` (problem: pixel indexing; tile_gemm: the depthwise chunk, dy and the dot),
 ``reductions`` (colsum, the Chan merge and the BN coefficient math), ``forward`` (dsconv_fwd, bn_stats,
-bn_coef, bn_relu) and ``backward`` (bn_bwd_reduce, bn_bwd_finalize, dsconv_bwd_dt, dsconv_bwd_dx);
-``configs`` holds the autotuner's config spaces. This package re-exports all of it. The launchers (fused_dsconv/triton_launch.py) allocate outputs and
+bn_coef, bn_relu), ``backward_bn`` (bn_bwd_reduce, bn_bwd_finalize, bn_bwd_dy) and ``backward``
+(dsconv_bwd_dt, dsconv_bwd_dx); ``configs`` holds the autotuner's config spaces. This package re-exports all
+of it. The launchers (fused_dsconv/triton_launch.py, triton_launch_backward.py) allocate outputs and
 workspaces, size the grids, pick the dot mode and own the BN-coefficient tables.
 
 This module imports triton and decorates the kernels with ``@triton.jit``; Triton decides at
@@ -28,11 +29,13 @@ No recomputation inside a pass:
   computes each depthwise chunk once for all of them. Only layers with K > BLOCK_K recompute T, once
   per K tile.
 - dsconv_bwd_dt: a program owns a C tile and a K slice (all of K up to 256 for 16-bit) and walks a
-  group of pixel tiles. Per tile it builds dy[BLOCK_P, K slice] (from grad_out, y and per-channel
-  coefficients the finalize stage precomputed) and T[BLOCK_P, BLOCK_C] once each, and uses both
-  twice: dt = dy Wp and the pointwise weight gradient dWp += dy^T T (fused).
-- dsconv_bwd_dx: dx from dt (9 gathers per input pixel), and the depthwise weight gradient from the
-  same gathers: dWd[c, tap] = sum over input pixels q of dt[o(q, tap)] x[q], with x read once.
+  group of pixel tiles. Per tile it gets dy[BLOCK_P, K slice] (stored once by bn_bwd_dy on layers
+  with many C tiles; else built from grad_out, y and per-channel coefficients the finalize stage
+  precomputed) and builds T[BLOCK_P, BLOCK_C] once, and uses both twice: dt = dy Wp and the pointwise
+  weight gradient dWp += dy^T T (fused).
+- dsconv_bwd_dx: dx from dt (a gather per tap that lands on the output grid: all 9 at stride 1, 2.25
+  on average at stride 2, input pixels walked by stride class), and the depthwise weight gradient from
+  the same gathers: dWd[c, tap] = sum over input pixels q of dt[o(q, tap)] x[q], with x read once.
 
 Dot precision (DOT_MODE, constexpr; the launchers pick it, ``triton_setup.dot_mode``):
   0  float32, IEEE (``input_precision="ieee"``): when TF32 is off for convolutions in PyTorch;
@@ -80,13 +83,8 @@ reductions = _stage("reductions")
 forward = _stage("forward")
 backward = _stage("backward")
 
-from .backward import (
-    bn_bwd_dy_kernel,
-    bn_bwd_finalize_kernel,
-    bn_bwd_reduce_kernel,
-    dsconv_bwd_dt_kernel,
-    dsconv_bwd_dx_kernel,
-)
+from .backward import dsconv_bwd_dt_kernel, dsconv_bwd_dx_kernel
+from .backward_bn import bn_bwd_dy_kernel, bn_bwd_finalize_kernel, bn_bwd_reduce_kernel
 from .configs import (
     ALL,
     AUTOTUNE,

@@ -90,15 +90,17 @@ DT_CONFIGS = [
     _cfg(8, 2, kinds=("mma16", "tf32", "fma16"), BLOCK_P=32, BLOCK_C=32),
     _cfg(8, 2, BLOCK_P=32, BLOCK_C=16),
     _cfg(4, 2, kinds=("mma16", "fma16"), max_k_slice=128, BLOCK_P=32, BLOCK_C=16),
-    _cfg(4, 1, BLOCK_P=16, BLOCK_C=16),
+    # (TF32 reading a stored dy spills 4 bytes on sm_86 / sm_89; the wider configs cover it.)
+    _cfg(4, 1, kinds=("mma16", "fma32", "fma16"), BLOCK_P=16, BLOCK_C=16),
 ]
 
 
 #: dsconv_bwd_dx: input pixels x channels (no dot: kinds by operand size). ptxas caps the small 4-warp
-#: tiles at 64-96 registers for 16-bit data and spills a few bytes there.
+#: tiles at 64-96 registers for 16-bit data and spills a few bytes there; on sm_75 (fma16) the 8-warp
+#: tiles spill 68 bytes with channels_last 16-bit data (the stride-class walk keeps more live).
 DX_CONFIGS = [
-    _cfg(8, 1, BLOCK_P=128, BLOCK_C=16),
-    _cfg(8, 1, BLOCK_P=64, BLOCK_C=32),
+    _cfg(8, 1, kinds=("mma16", "fma32"), BLOCK_P=128, BLOCK_C=16),
+    _cfg(8, 1, kinds=("mma16", "fma32"), BLOCK_P=64, BLOCK_C=32),
     _cfg(4, 1, kinds=("fma32", "fma16"), BLOCK_P=64, BLOCK_C=16),
     _cfg(4, 1, kinds=("fma32",), BLOCK_P=32, BLOCK_C=16),
 ]
