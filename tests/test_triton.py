@@ -19,6 +19,8 @@ Grids are small (a few dozen programs per launch): the interpreter runs programs
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -521,6 +523,24 @@ def test_nan_propagates():
     exp = RB.backward_eval(g, out, x, c.dw_weight, c.pw_weight, 1, 1)
     for a, e in zip(got, exp):
         assert torch.equal(a.isnan(), e.isnan())
+
+
+def test_every_stage_is_redecorated_for_the_interpreter(interpreter):
+    """Each stage module of the kernels package, re-imported with the package (``_stage``), holds interpreter
+    kernels: a stage left cached from a compiled import would launch GPU kernels on CPU tensors (what a
+    new stage missing from ``_stage``'s list did)."""
+    import pathlib
+
+    stages = [p.stem for p in pathlib.Path(interpreter.__file__).parent.glob("*.py") if p.stem != "__init__"]
+    kernels = []
+    for stage in stages:
+        mod = getattr(interpreter, stage, None)
+        assert mod is sys.modules[f"{interpreter.__name__}.{stage}"], f"stage {stage} is not re-imported"
+        kernels += [getattr(mod, n) for n in dir(mod) if n.endswith("_kernel")]
+    assert len(kernels) == len([n for n in dir(interpreter) if n.endswith("_kernel")])
+    for k in kernels:
+        fn = k.fn if type(k).__name__ == "Autotuner" else k
+        assert type(fn).__name__ == "InterpretedFunction", k
 
 
 def test_out_of_range_access_is_caught(interpreter):

@@ -81,6 +81,7 @@ configs = _stage("configs")
 tiles = _stage("tiles")
 reductions = _stage("reductions")
 forward = _stage("forward")
+backward_bn = _stage("backward_bn")
 backward = _stage("backward")
 
 from .backward import dsconv_bwd_dt_kernel, dsconv_bwd_dx_kernel
