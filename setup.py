@@ -78,8 +78,11 @@ def native_build():
         f"{cuda[0]}.{cuda[1]} at {cpp_extension.CUDA_HOME}, archs {archs}, MAX_JOBS={os.environ.get('MAX_JOBS', 'auto')}, "
         f"{len(sources)} sources"
     )
+    if "-DDSC_FAST_BUILD" in flags["nvcc"]:
+        say(f"WARNING: {cfg.FAST_BUILD_ENV}=1: a fast build, runtime-dilation kernels only (slower kernels)")
     if cuda[0] != int(torch.version.cuda.split(".")[0]):
         say(f"WARNING: nvcc {cuda[0]}.{cuda[1]} and torch's CUDA {torch.version.cuda} differ in major version")
+    digest = cfg.build_digest(CSRC, flags)  # now: the build appends torch's own defines to these lists
     ext = cpp_extension.CUDAExtension(
         cfg.EXTENSION, [os.path.relpath(s, ROOT) for s in sources], include_dirs=[CSRC], extra_compile_args=flags
     )
@@ -92,6 +95,9 @@ def native_build():
                 "cuda": torch.version.cuda,
                 "nvcc": f"{cuda[0]}.{cuda[1]}",
                 "archs": archs,
+                # the compile report takes this build's rows when it was built from the sources it checks
+                "digest": digest,
+                "fast_build": "-DDSC_FAST_BUILD" in flags["nvcc"],
             }
             path = os.path.join(ROOT if self.inplace else self.build_lib, "fused_dsconv", "_build_info.json")
             os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -6,6 +6,7 @@ and the just-in-time build (``_extension.py``) share it.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import re
 import subprocess
@@ -13,6 +14,10 @@ from typing import Optional
 
 EXTENSION = "fused_dsconv._C"
 SKIP_ENV = "FUSED_DSCONV_NO_NATIVE"  # "1": build and load no native extension at all
+# "1": a fast build, only the runtime-dilation kernels (csrc/kernels/plan.cuh: kernel_dilation): the same
+# results, slower kernels, about a third of the device code to compile. For the test suite's build checks
+# and quick iteration; a wheel or an install for real use never wants it.
+FAST_BUILD_ENV = "FUSED_DSCONV_FAST_BUILD"
 # Archs when TORCH_CUDA_ARCH_LIST is unset and no GPU is visible at build time. CUDA 13 dropped
 # everything below sm_75; Pascal (sm_61, GTX 10xx) needs a CUDA 12.x toolkit and torch cu126 wheels.
 DEFAULT_ARCHS_CUDA12 = "6.1;7.0;7.5;8.0;8.6;8.9;9.0+PTX"
@@ -83,11 +88,32 @@ def arch_problem(arch_list: str, cuda: tuple[int, int], from_env: bool = True) -
     )
 
 
-def compile_args(debug: bool = False) -> dict[str, list[str]]:
+def compile_args(debug: bool = False, fast: Optional[bool] = None) -> dict[str, list[str]]:
+    """Flags of the C++ and nvcc compiles; ``fast`` (default: FUSED_DSCONV_FAST_BUILD=1 in the environment)
+    defines DSC_FAST_BUILD for both, since the host-side planner and the device dispatch must agree."""
     opt = ["-O0", "-g"] if debug else ["-O3"]
+    if fast is None:
+        fast = os.environ.get(FAST_BUILD_ENV) == "1"
+    defs = ["-DDSC_FAST_BUILD"] if fast else []
     return {
-        "cxx": opt + ["-std=c++20"],
+        "cxx": opt + ["-std=c++20"] + defs,
         # -Xptxas -v puts registers / spills of every kernel in the build log; --use_fast_math is
         # deliberately absent (rsqrt and the statistics must match the reference's IEEE results).
-        "nvcc": opt + ["-std=c++20", "-lineinfo", "-Xptxas=-v", "--expt-relaxed-constexpr"],
+        "nvcc": opt + ["-std=c++20", "-lineinfo", "-Xptxas=-v", "--expt-relaxed-constexpr"] + defs,
     }
+
+
+def build_digest(csrc: str, flags: dict[str, list[str]]) -> str:
+    """What a build of the extension is made of: the sources and headers under ``csrc`` and the flags.
+    Names the just-in-time build's cache folder and is recorded with the ahead-of-time build, so that the
+    compile report knows whether an installed extension was built from the sources it checks."""
+    digest = hashlib.sha256(repr(sorted(flags.items())).encode())
+    root = os.path.abspath(csrc)
+    files = {
+        f for ext in ("cpp", "cu", "h", "cuh") for f in glob.glob(os.path.join(csrc, "**", f"*.{ext}"), recursive=True)
+    }
+    for f in sorted(files, key=lambda f: os.path.relpath(f, root)):
+        digest.update(os.path.relpath(f, root).encode())
+        with open(f, "rb") as fh:
+            digest.update(fh.read())
+    return digest.hexdigest()[:16]

@@ -14,7 +14,6 @@ hash; the build is announced.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
@@ -36,6 +35,9 @@ def cache_root() -> Path:
     if os.environ.get("FUSED_DSCONV_CACHE"):
         return Path(os.environ["FUSED_DSCONV_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fused_dsconv"
+
+
+FAST_NOTE = f"a fast build ({cfg.FAST_BUILD_ENV}=1): runtime-dilation kernels only, slower"
 
 
 def csrc_dir() -> Optional[Path]:
@@ -72,6 +74,8 @@ def _load():
     try:
         module = importlib.import_module(cfg.EXTENSION)
         how = f"{cfg.EXTENSION} (ahead of time, torch {info.get('torch', '?')}, archs {info.get('archs', '?')})"
+        if info.get("fast_build"):
+            how += f"; {FAST_NOTE}"
         if info.get("torch") and info["torch"] != torch.__version__:
             how += f"; WARNING: built for torch {info['torch']} but torch {torch.__version__} is running"
         return module, "", how
@@ -117,7 +121,10 @@ def _jit(aot_reason: str):
     if problem:
         return None, f"{aot_reason}; no just-in-time build: {problem}", ""
     try:
-        return jit_build(src, archs=archs), "", "just-in-time build of the shipped sources"
+        how = "just-in-time build of the shipped sources"
+        if "-DDSC_FAST_BUILD" in cfg.compile_args()["nvcc"]:
+            how += f"; {FAST_NOTE}"
+        return jit_build(src, archs=archs), "", how
     except Exception as e:  # a failed compile must not take the fallback backends down with it
         return None, f"{aot_reason}; the just-in-time build failed: {str(e).splitlines()[0][:300]}", ""
 
@@ -129,10 +136,9 @@ def jit_build(src: Path, build_root: Optional[Path] = None, verbose: bool = Fals
     from torch.utils import cpp_extension
 
     files = cfg.sources(str(src))
-    digest = hashlib.sha256()
-    for f in sorted(files + [str(p) for p in src.rglob("*.h*")]):
-        digest.update(Path(f).read_bytes())
-    tag = f"torch{torch.__version__}-cu{torch.version.cuda}-{digest.hexdigest()[:12]}".replace("+", "_")
+    flags = cfg.compile_args()
+    digest = cfg.build_digest(str(src), flags)  # a fast build (FUSED_DSCONV_FAST_BUILD=1) gets its own folder
+    tag = f"torch{torch.__version__}-cu{torch.version.cuda}-{digest[:12]}".replace("+", "_")
     root = build_root or cache_root()
     build_dir = root / tag
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -143,11 +149,10 @@ def jit_build(src: Path, build_root: Optional[Path] = None, verbose: bool = Fals
         f"into {build_dir} (first use only; a few minutes)...",
         file=sys.stderr,
     )
-    flags = cfg.compile_args()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return cpp_extension.load(
-            name="fused_dsconv_jit_" + digest.hexdigest()[:8],
+            name="fused_dsconv_jit_" + digest[:8],
             sources=files,
             extra_include_paths=[str(src)],
             extra_cflags=flags["cxx"],

@@ -145,6 +145,40 @@ def test_backward_eval(emu, dtype, cl, s, d, shape=SHAPE):
         assert_close(a, e, dtype, name)
 
 
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("s", [1, 2])
+def test_fast_build_runs_every_dilation(emu, s, cl):
+    """Dilations 1..4 on the kernels a fast build has (rect tiles, D = 0): the CMake and JIT build tests
+    compile that build, so its plans must be right here. The shape takes span tiles in a full build."""
+    c = _case(F32, cl, s, 1)
+    native.emulator_launch_counts(reset=True)
+    emu.forward_eval(c.x, c.dw_weight, c.pw_weight, c.bias, s, 1)
+    assert native.emulator_launch_counts(reset=True).get("dsconv_dw_kernel") == 1  # full build: span tiles
+    ops = torch.ops.fused_dsconv_emu
+    prev = ops.set_runtime_dilation_only(True)
+    try:
+        for d in (1, 2, 3, 4):
+            c = _case(F32, cl, s, d)
+            out, y, mean, var = emu.forward_train(
+                c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, s, d, EPS, True
+            )
+            g = torch.randn(out.shape, generator=torch.Generator().manual_seed(d))
+            got = emu.backward_train(
+                g, c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias, y, mean, var, s, d, EPS
+            )
+            launched = native.emulator_launch_counts(reset=True)
+            assert "dsconv_dw_kernel" not in launched and launched["dsconv_fwd_kernel"] == 1, launched
+            args = [_d(t) for t in (c.x, c.dw_weight, c.pw_weight, c.bias, c.bn_weight, c.bn_bias)]
+            exp_fwd = REF.forward_train(*args, s, d, EPS, True)
+            for name, a, e in zip(("out", "y", "mean", "var"), (out, y, mean, var), exp_fwd):
+                assert_close(a, e, F32, f"d={d} {name}")
+            exp = REF.backward_train(g.double(), *args, y.double(), mean.double(), var.double(), s, d, EPS)
+            for name, a, e in zip(("dx", "d_dw", "d_pw", "dbias", "dgamma", "dbeta"), got, exp):
+                assert_close(a, e, F32, f"d={d} {name}")
+    finally:
+        ops.set_runtime_dilation_only(prev)
+
+
 # C > 128: dsconv_bwd_dt and dsconv_bwd_dwp read dy from bn_bwd_dy's workspace (plan.cuh dyws) instead of
 # forming it; the fp32 cases are in TILE_CASES (test_tile_classes), the 16-bit types and layouts here.
 DY_CASES = [

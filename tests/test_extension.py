@@ -43,6 +43,21 @@ def test_disabled_by_environment(fresh):
     assert _extension.load() is None and "FUSED_DSCONV_NO_NATIVE=1" in _extension.status()
 
 
+def test_a_fast_build_says_so(fresh):
+    """An extension built with FUSED_DSCONV_FAST_BUILD=1 (runtime-dilation kernels only) works but is
+    slower: its status says so, a full build's does not."""
+    module = object()
+    original = importlib.import_module
+    fresh.setattr(
+        importlib, "import_module", lambda name, *a: module if name == "fused_dsconv._C" else original(name, *a)
+    )
+    for fast in (False, True):
+        fresh.setattr(_extension, "_state", {})
+        fresh.setattr(_extension, "build_info", lambda: {"torch": None, "archs": "8.6", "fast_build": fast})
+        assert _extension.load() is module
+        assert ("a fast build (FUSED_DSCONV_FAST_BUILD=1)" in _extension.status()) == fast, _extension.status()
+
+
 # ---- architectures a toolkit cannot build: said before compiling, with the toolkit that would work ----
 
 from fused_dsconv import _build_config as cfg  # noqa: E402

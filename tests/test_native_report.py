@@ -2,10 +2,12 @@
 (NVRTC 12.x), sm_75 and sm_86 (nvcc) with 0 spill bytes and no stack frame (no local memory) and fits
 sm_61's 48 KB static shared memory.
 
-The suite builds the extension with nvcc twice anyway, with the report's flags and ptxas -v: CMake for
-sm_75 (tests/test_cmake_torch_ext.py) and the JIT build for sm_86 (tests/test_extension_jit.py). Their logs
-give those two archs' rows, so the kernels are not compiled a third and fourth time (about 180 s of CPU
-on the 2-core CI machine); the report compiles an arch itself only where that log is not available."""
+sm_75 and sm_86: where the installed extension (`pip install .`, before the tests) was built for that arch
+from these sources with the shipped flags, its cubins are read (cuobjdump -res-usage, no compile: the
+build the user runs is the one checked); else the report compiles the arch itself (about 150 CPU seconds
+each, cached under build/). The suite's own CMake and JIT builds are fast builds (runtime-dilation kernels
+only, tests/test_cmake_torch_ext.py), so they cannot stand in. sm_61 (no nvcc 13 build has it) is always
+compiled, with NVRTC, in the background."""
 
 from __future__ import annotations
 
@@ -31,18 +33,25 @@ def _report():
 ARCHS = ("sm_61", "sm_75", "sm_86")
 
 
-def _build_log(arch: str) -> str | None:
-    """The ptxas -v log of the suite's own extension build for ``arch``, or None (no such build, a skipped
-    or failed one: then the build's own test says why)."""
-    import test_cmake_torch_ext as cmake_build
-    import test_extension_jit as jit_build
+def _installed_rows(arch: str) -> list[dict] | None:
+    """The installed extension's rows for ``arch`` when it was built for it from these sources with the
+    shipped flags (setup.py records a digest of both), else None."""
+    import importlib.util
 
-    module = {"sm_75": cmake_build, "sm_86": jit_build}.get(arch)
-    if module is None or (arch == "sm_86" and not jit_build._toolkit()):
+    from fused_dsconv import _build_config as cfg
+    from fused_dsconv import _extension
+
+    info = _extension.build_info()
+    if info.get("digest") != cfg.build_digest(str(ROOT / "csrc"), cfg.compile_args(fast=False)):
         return None
+    archs = {"sm_" + a.split("+")[0].replace(".", "") for a in info.get("archs", "").replace(" ", ";").split(";") if a}
+    spec = importlib.util.find_spec(cfg.EXTENSION)
+    if arch not in archs or spec is None or not spec.origin:
+        return None
+    rep = _report()
     try:
-        return module.build_log()
-    except (Exception, pytest.skip.Exception, pytest.fail.Exception):
+        return rep.library_rows(spec.origin, arch)
+    except rep.ToolMissing:
         return None
 
 
@@ -50,27 +59,21 @@ PREBUILD_ORDER = 0  # one NVRTC thread for two minutes: first, or it is the suit
 
 
 def prebuild():
-    """sm_61's rows (or why not), compiled in the background (tests/prebuild.py)."""
+    """Each arch's rows (or why not): sm_61's compiled with NVRTC, sm_75's and sm_86's read from the
+    installed extension or else compiled, in the background (tests/prebuild.py)."""
     rep = _report()
-    try:
-        return rep.rows(archs=("sm_61",))
-    except rep.ToolMissing as e:
-        return e
+    out = {}
+    for arch in ARCHS:
+        try:
+            out[arch] = (arch != "sm_61" and _installed_rows(arch)) or rep.rows(archs=(arch,))
+        except rep.ToolMissing as e:
+            out[arch] = e
+    return out
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_no_spills_and_fits(arch):
-    rep = _report()
-    log = None if arch == "sm_61" else _build_log(arch)
-    if log is not None:
-        rows = rep.parse_ptxas(log, arch)
-    elif arch == "sm_61":
-        rows = background.result(__name__, prebuild)
-    else:
-        try:
-            rows = rep.rows(archs=(arch,))
-        except rep.ToolMissing as e:
-            rows = e
+    rows = background.result(__name__, prebuild)[arch]
     if isinstance(rows, Exception):
         pytest.skip(str(rows))
     kernels = {r["kernel"] for r in rows}
@@ -115,3 +118,48 @@ def test_no_spills_and_fits(arch):
             "spill_loads",
             "occupancy",
         }
+
+
+def test_an_installed_build_is_matched_by_its_sources_and_flags(tmp_path):
+    """The digest setup.py records: the same sources anywhere give the same digest; a fast build's flags or
+    an edited header another, so such a build's cubins never stand in for the shipped kernels."""
+    import shutil
+
+    from fused_dsconv import _build_config as cfg
+
+    src = tmp_path / "csrc"
+    shutil.copytree(ROOT / "csrc", src)
+    full = cfg.compile_args(fast=False)
+    digest = cfg.build_digest(str(src), full)
+    assert digest == cfg.build_digest(str(ROOT / "csrc"), full)
+    assert cfg.build_digest(str(src), cfg.compile_args(fast=True)) != digest
+    assert "-DDSC_FAST_BUILD" in cfg.compile_args(fast=True)["cxx"]  # the host-side planner agrees
+    plan = src / "kernels" / "plan.cuh"
+    plan.write_text(plan.read_text() + "\n")
+    assert cfg.build_digest(str(src), full) != digest
+
+
+def test_res_usage_rows():
+    rep = _report()
+    dw = "_ZN3dsc16dsconv_dw_kernelIfLi1ELi2EEEvNS_7ProblemEPf"
+    text = f"""
+arch = sm_75
+ Function {dw}:
+  REG:40 STACK:0 SHARED:1024 LOCAL:0 CONSTANT[0]:416
+ Function _ZN3dsc13colsum_kernelIfEEvNS_9ColsumJobIT_EES3_:
+  REG:32 STACK:16 SHARED:0 LOCAL:0 CONSTANT[0]:416
+arch = sm_75
+ Function {dw}:
+  REG:40 STACK:0 SHARED:1024 LOCAL:0 CONSTANT[0]:416
+arch = sm_86
+ Function {dw}:
+  REG:99 STACK:0 SHARED:0 LOCAL:0 CONSTANT[0]:416
+"""
+    rows = rep.parse_res_usage(text, "sm_75")
+    assert [(r["kernel"], r["variant"]) for r in rows] == [
+        ("colsum_kernel", "fp32"),
+        ("dsconv_dw_kernel", "fp32 s=1 d=2"),
+    ]
+    colsum, dwk = rows
+    assert (dwk["registers"], dwk["shared_bytes"], dwk["stack_bytes"], dwk["spill_stores"]) == (40, 1024, 0, 0)
+    assert colsum["stack_bytes"] == 16 and colsum["spill_stores"] is None  # a stack frame: spills unknown

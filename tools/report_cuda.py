@@ -2,7 +2,8 @@
 
 Compiles csrc/kernels/instantiate_all.cuh (every kernel variant the launcher can launch, no torch):
   * sm_61 with NVRTC 12.x from PyPI (`pip install nvidia-cuda-nvrtc-cu12`), loaded with ctypes, ptxas -v;
-  * sm_75 and sm_86 with nvcc (CUDA_HOME or /usr/local/cuda) -cubin -Xptxas -v.
+  * sm_75 and sm_86 with nvcc (CUDA_HOME or /usr/local/cuda) -cubin -Xptxas -v;
+or reads a built library's cubins (library_rows: cuobjdump -res-usage), e.g. the installed extension's.
 nvcc gets the extension's device flags (fused_dsconv/_build_config.compile_args() and torch's
 COMMON_NVCC_FLAGS when torch is importable), so the spills reported are the shipped build's. Results are
 cached by a hash of the sources and those flags under build/.
@@ -61,7 +62,7 @@ def _extension_nvcc_flags() -> list[str]:
     spec = importlib.util.spec_from_file_location("_build_config", ROOT / "fused_dsconv" / "_build_config.py")
     cfg = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cfg)
-    flags = [f for f in cfg.compile_args()["nvcc"] if f != "-Xptxas=-v"]
+    flags = [f for f in cfg.compile_args(fast=False)["nvcc"] if f != "-Xptxas=-v"]
     try:
         from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
     except ImportError:  # a torch-free checkout: the torch defines only touch the fp16/bf16 operator overloads
@@ -277,6 +278,68 @@ def parse_ptxas(log: str, arch: str) -> list[dict]:
             )
         )
     return sorted(rows, key=lambda r: (r["kernel"], r["variant"]))
+
+
+def cuobjdump() -> str:
+    """cuobjdump: the toolkit's, else the copy Triton ships with its NVIDIA backend."""
+    home = os.environ.get("CUDA_HOME") or "/usr/local/cuda"
+    cands = [os.path.join(home, "bin", "cuobjdump"), shutil.which("cuobjdump")]
+    spec = importlib.util.find_spec("triton")
+    if spec and spec.origin:
+        cands.append(os.path.join(os.path.dirname(spec.origin), "backends", "nvidia", "bin", "cuobjdump"))
+    for c in cands:
+        if c and os.access(c, os.X_OK):
+            return c
+    raise ToolMissing("cuobjdump not found (CUDA toolkit or Triton)")
+
+
+def parse_res_usage(text: str, arch: str) -> list[dict]:
+    """Rows from `cuobjdump -res-usage` of a built library (its cubins for ``arch``; a kernel that several
+    translation units launch is kept once). cuobjdump gives registers, shared memory, the stack frame and
+    local memory, not ptxas's spill counts; spill slots live in local memory, so a kernel with neither a
+    stack frame nor local memory spills 0 bytes, and one with either gets None (unknown) for its spills."""
+    found, cur_arch, func = {}, None, None
+    for line in text.splitlines():
+        m = re.match(r"arch = (sm_\d+)", line)
+        if m:
+            cur_arch = m.group(1)
+            continue
+        m = re.match(r"\s*Function (\w+):", line)
+        if m:
+            func = m.group(1)
+            continue
+        m = re.match(r"\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", line)
+        if m and func and cur_arch == arch:
+            found.setdefault(func, tuple(map(int, m.groups())))
+        func = None
+    dem = _demangle(list(found))
+    rows = []
+    for mangled, (regs, stack, smem, local) in found.items():
+        kernel, variant = _kernel_variant(dem.get(mangled, mangled))
+        spills = 0 if stack == 0 and local == 0 else None
+        rows.append(
+            dict(
+                backend="cuda",
+                kernel=kernel,
+                variant=variant,
+                arch=arch,
+                registers=regs,
+                shared_bytes=smem,
+                stack_bytes=stack,
+                spill_stores=spills,
+                spill_loads=spills,
+                occupancy=occupancy(arch, regs, smem),
+            )
+        )
+    return sorted(rows, key=lambda r: (r["kernel"], r["variant"]))
+
+
+def library_rows(lib: str, arch: str) -> list[dict]:
+    """Rows of a built library's kernels for ``arch`` (an installed fused_dsconv._C): no compile."""
+    p = subprocess.run([cuobjdump(), "-res-usage", str(lib)], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"cuobjdump -res-usage {lib} failed:\n{p.stderr}")
+    return parse_res_usage(p.stdout, arch)
 
 
 def rows(archs=("sm_61", "sm_75", "sm_86"), use_cache: bool = True) -> list[dict]:

@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <utility>
+
 #include "emu/emu.h"  // after the torch headers: it defines threadIdx, blockIdx, ... as macros
 #include "kernels/common.cuh"
 #include "emu/numeric.h"
@@ -25,11 +27,14 @@ struct EmuTraits {
 };
 // Emulator only: the kernels launched so far, "name count" per line (csrc/emu/policy.h).
 std::string launch_counts(bool reset) { return emu::LaunchCounts::get().report(reset); }
+// Emulator only: plan and launch as a fast build does (csrc/kernels/plan.cuh); returns the previous setting.
+bool set_runtime_dilation_only(bool on) { return std::exchange(dsc::runtime_dilation_only(), on); }
 }  // namespace
 
 TORCH_LIBRARY(fused_dsconv_emu, m) {
   DSC_SCHEMAS(m);
   m.def("launch_counts(bool reset=False) -> str", &launch_counts);
+  m.def("set_runtime_dilation_only(bool on) -> bool", &set_runtime_dilation_only);
 }
 
 TORCH_LIBRARY_IMPL(fused_dsconv_emu, CPU, m) { DSC_IMPLS(m, EmuTraits); }

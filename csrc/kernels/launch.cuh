@@ -18,10 +18,18 @@ namespace dsc {
 inline int64_t tile_grid_y(int64_t ntiles) { return ntiles < DSC_TILE_GRID_Y ? ntiles : DSC_TILE_GRID_Y; }
 inline int64_t tile_grid_z(int64_t ntiles) { return cdiv(ntiles, DSC_TILE_GRID_Y); }
 
-// Dilations 1..4 are compile-time specialisations; anything else runs the runtime-dilation path (0).
+// Dilations 1..4 are compile-time specialisations; anything else runs the runtime-dilation path (0), as
+// every dilation does in a fast build (plan.cuh: kernel_dilation) or with runtime_dilation_only() set.
 // (A macro rather than a templated lambda: the CUDA build compiles as C++17.)
+#ifdef DSC_FAST_BUILD
 #define DSC_DISPATCH_DILATION(dil, ...) \
-  switch (dil) {                        \
+  {                                     \
+    constexpr int D = 0;                \
+    __VA_ARGS__;                        \
+  }
+#else
+#define DSC_DISPATCH_DILATION(dil, ...) \
+  switch (kernel_dilation(dil)) {       \
     case 1: {                           \
       constexpr int D = 1;              \
       __VA_ARGS__;                      \
@@ -43,6 +51,7 @@ inline int64_t tile_grid_z(int64_t ntiles) { return cdiv(ntiles, DSC_TILE_GRID_Y
       __VA_ARGS__;                      \
     } break;                            \
   }
+#endif
 #define DSC_DISPATCH_STRIDE(s, ...) \
   if ((s) == 1) {                   \
     constexpr int S = 1;            \

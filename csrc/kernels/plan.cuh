@@ -37,13 +37,31 @@ constexpr int64_t kFwdWave = 56;  // tiled-kernel blocks resident at once on a G
 #define DSC_FWD_PAIR_BLOCKS (2 * kFwdWave)
 #endif
 
+// Runtime-dilation kernels only (the D = 0 path that dilations above 4 always take). A fast build
+// (DSC_FAST_BUILD: FUSED_DSCONV_FAST_BUILD=1, fused_dsconv/_build_config.py) compiles no other dilation
+// variant, about a third of the device code, for the test suite's build checks and quick iteration: the
+// same results, slower kernels. In a full build the switch lets the emulator tests run a fast build's plans.
+inline bool& runtime_dilation_only() {
+  static bool only = false;
+  return only;
+}
+// The dilation the kernels are specialised for: 1..4, or 0 (read from the problem at run time).
+inline int kernel_dilation(int d) {
+#ifdef DSC_FAST_BUILD
+  (void)d;
+  return 0;
+#else
+  return d >= 1 && d <= 4 && !runtime_dilation_only() ? d : 0;
+#endif
+}
+
 // Span tiles (64 consecutive pixels across images) need a template dilation, small maps and 32-bit pixel
 // numbers (dsconv_dw and the slot tables divide them in 32 bits). No kernel stages a span tile's window any
 // more (dsconv_dw reads x per pixel, everything after it reads t), so the window's size no longer matters.
 // While it did, b2 and b4 (windows of 11 rows of 118 and 13 of 62 floats) and b3 from batch 2 on took
 // rect tiles. SIMULATED (batch 1, eval) with rect tiles: b4 142,278 cycles against 90,191 unfused.
 inline bool span_tiles(int64_t M, int64_t Wo, int d) {
-  return d >= 1 && d <= 4 && Wo <= DSC_SPAN_MAX_WO && M < (int64_t(1) << 31);
+  return kernel_dilation(d) > 0 && Wo <= DSC_SPAN_MAX_WO && M < (int64_t(1) << 31);
 }
 
 inline Tiling rect_tiling(int cls, int64_t N, int64_t Ho, int64_t Wo) {
