@@ -228,7 +228,7 @@ def parse_ptxas(log: str, arch: str) -> list[dict]:
     """Rows from ptxas -v output: the report's own compile, or an extension build's log (CMake with the Ninja
     generator, torch's JIT build with verbose output), where each command's output is printed whole and a
     kernel appears once per translation unit that launches it (kept once: same sources, flags and ptxas)."""
-    rows, cur = [], None
+    cur = None
     entries, seen = [], set()
     func = None  # the function whose "Function properties" the next stack / spill line describes
     for line in log.splitlines():
@@ -259,10 +259,16 @@ def parse_ptxas(log: str, arch: str) -> list[dict]:
             cur["registers"] = int(m.group(1))
             sm = re.search(r"(\d+) bytes smem", line)
             cur["shared_bytes"] = int(sm.group(1)) if sm else 0
-    dem = _demangle([e["mangled"] for e in entries])
-    for e in entries:
-        kernel, variant = _kernel_variant(dem.get(e["mangled"], e["mangled"]))
-        regs, smem = e.get("registers", 0), e.get("shared_bytes", 0)
+    keys = ("registers", "shared_bytes", "stack_bytes", "spill_stores", "spill_loads")
+    return _rows(arch, {e["mangled"]: tuple(e.get(k, 0) for k in keys) for e in entries})
+
+
+def _rows(arch: str, usage: dict[str, tuple]) -> list[dict]:
+    """Report rows from {mangled kernel name: (registers, shared, stack, spill stores, spill loads)}."""
+    dem = _demangle(list(usage))
+    rows = []
+    for mangled, (regs, smem, stack, st, ld) in usage.items():
+        kernel, variant = _kernel_variant(dem.get(mangled, mangled))
         rows.append(
             dict(
                 backend="cuda",
@@ -271,9 +277,9 @@ def parse_ptxas(log: str, arch: str) -> list[dict]:
                 arch=arch,
                 registers=regs,
                 shared_bytes=smem,
-                stack_bytes=e.get("stack_bytes", 0),
-                spill_stores=e.get("spill_stores", 0),
-                spill_loads=e.get("spill_loads", 0),
+                stack_bytes=stack,
+                spill_stores=st,
+                spill_loads=ld,
                 occupancy=occupancy(arch, regs, smem),
             )
         )
@@ -312,26 +318,11 @@ def parse_res_usage(text: str, arch: str) -> list[dict]:
         if m and func and cur_arch == arch:
             found.setdefault(func, tuple(map(int, m.groups())))
         func = None
-    dem = _demangle(list(found))
-    rows = []
+    usage = {}
     for mangled, (regs, stack, smem, local) in found.items():
-        kernel, variant = _kernel_variant(dem.get(mangled, mangled))
         spills = 0 if stack == 0 and local == 0 else None
-        rows.append(
-            dict(
-                backend="cuda",
-                kernel=kernel,
-                variant=variant,
-                arch=arch,
-                registers=regs,
-                shared_bytes=smem,
-                stack_bytes=stack,
-                spill_stores=spills,
-                spill_loads=spills,
-                occupancy=occupancy(arch, regs, smem),
-            )
-        )
-    return sorted(rows, key=lambda r: (r["kernel"], r["variant"]))
+        usage[mangled] = (regs, smem, stack, spills, spills)
+    return _rows(arch, usage)
 
 
 def library_rows(lib: str, arch: str) -> list[dict]:
