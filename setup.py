@@ -78,7 +78,8 @@ def native_build():
         f"{cuda[0]}.{cuda[1]} at {cpp_extension.CUDA_HOME}, archs {archs}, MAX_JOBS={os.environ.get('MAX_JOBS', 'auto')}, "
         f"{len(sources)} sources"
     )
-    if "-DDSC_FAST_BUILD" in flags["nvcc"]:
+    fast = cfg.fast_build(flags)
+    if fast:
         say(f"WARNING: {cfg.FAST_BUILD_ENV}=1: a fast build, runtime-dilation kernels only (slower kernels)")
     if cuda[0] != int(torch.version.cuda.split(".")[0]):
         say(f"WARNING: nvcc {cuda[0]}.{cuda[1]} and torch's CUDA {torch.version.cuda} differ in major version")
@@ -97,7 +98,7 @@ def native_build():
                 "archs": archs,
                 # the compile report takes this build's rows when it was built from the sources it checks
                 "digest": digest,
-                "fast_build": "-DDSC_FAST_BUILD" in flags["nvcc"],
+                "fast_build": fast,
             }
             path = os.path.join(ROOT if self.inplace else self.build_lib, "fused_dsconv", "_build_info.json")
             os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -18,6 +18,7 @@ SKIP_ENV = "FUSED_DSCONV_NO_NATIVE"  # "1": build and load no native extension a
 # results, slower kernels, about a third of the device code to compile. For the test suite's build checks
 # and quick iteration; a wheel or an install for real use never wants it.
 FAST_BUILD_ENV = "FUSED_DSCONV_FAST_BUILD"
+FAST_DEFINE = "-DDSC_FAST_BUILD"
 # Archs when TORCH_CUDA_ARCH_LIST is unset and no GPU is visible at build time. CUDA 13 dropped
 # everything below sm_75; Pascal (sm_61, GTX 10xx) needs a CUDA 12.x toolkit and torch cu126 wheels.
 DEFAULT_ARCHS_CUDA12 = "6.1;7.0;7.5;8.0;8.6;8.9;9.0+PTX"
@@ -94,13 +95,18 @@ def compile_args(debug: bool = False, fast: Optional[bool] = None) -> dict[str, 
     opt = ["-O0", "-g"] if debug else ["-O3"]
     if fast is None:
         fast = os.environ.get(FAST_BUILD_ENV) == "1"
-    defs = ["-DDSC_FAST_BUILD"] if fast else []
+    defs = [FAST_DEFINE] if fast else []
     return {
         "cxx": opt + ["-std=c++20"] + defs,
         # -Xptxas -v puts registers / spills of every kernel in the build log; --use_fast_math is
         # deliberately absent (rsqrt and the statistics must match the reference's IEEE results).
         "nvcc": opt + ["-std=c++20", "-lineinfo", "-Xptxas=-v", "--expt-relaxed-constexpr"] + defs,
     }
+
+
+def fast_build(flags: dict[str, list[str]]) -> bool:
+    """Whether compile_args() made these flags for a fast build."""
+    return FAST_DEFINE in flags["nvcc"]
 
 
 def build_digest(csrc: str, flags: dict[str, list[str]]) -> str:

@@ -122,7 +122,7 @@ def _jit(aot_reason: str):
         return None, f"{aot_reason}; no just-in-time build: {problem}", ""
     try:
         how = "just-in-time build of the shipped sources"
-        if "-DDSC_FAST_BUILD" in cfg.compile_args()["nvcc"]:
+        if cfg.fast_build(cfg.compile_args()):
             how += f"; {FAST_NOTE}"
         return jit_build(src, archs=archs), "", how
     except Exception as e:  # a failed compile must not take the fallback backends down with it

@@ -133,7 +133,8 @@ def test_an_installed_build_is_matched_by_its_sources_and_flags(tmp_path):
     digest = cfg.build_digest(str(src), full)
     assert digest == cfg.build_digest(str(ROOT / "csrc"), full)
     assert cfg.build_digest(str(src), cfg.compile_args(fast=True)) != digest
-    assert "-DDSC_FAST_BUILD" in cfg.compile_args(fast=True)["cxx"]  # the host-side planner agrees
+    assert cfg.FAST_DEFINE in cfg.compile_args(fast=True)["cxx"]  # the host-side planner agrees
+    assert cfg.fast_build(cfg.compile_args(fast=True)) and not cfg.fast_build(full)
     plan = src / "kernels" / "plan.cuh"
     plan.write_text(plan.read_text() + "\n")
     assert cfg.build_digest(str(src), full) != digest

@@ -225,9 +225,8 @@ def _kernel_variant(demangled: str) -> tuple[str, str]:
 
 
 def parse_ptxas(log: str, arch: str) -> list[dict]:
-    """Rows from ptxas -v output: the report's own compile, or an extension build's log (CMake with the Ninja
-    generator, torch's JIT build with verbose output), where each command's output is printed whole and a
-    kernel appears once per translation unit that launches it (kept once: same sources, flags and ptxas)."""
+    """Rows from ptxas -v output (the report's own compile; an extension build's log, where a kernel appears
+    once per translation unit that launches it, also parses: each is kept once)."""
     cur = None
     entries, seen = [], set()
     func = None  # the function whose "Function properties" the next stack / spill line describes
