@@ -6,7 +6,9 @@
 // csrc/native_bwd_*.cu.
 #define DSC_HOST_ONLY 1
 
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "binding/cuda_launchers.h"
@@ -31,6 +33,15 @@ int64_t kernel_binary_version(int64_t device) {
 }
 
 }  // namespace
+
+void* dsc_current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+void dsc_launch_grid_error(int64_t gx, int64_t gy, int64_t gz) {
+  TORCH_CHECK(false, "fused_dsconv_native: launch grid (", gx, ", ", gy, ", ", gz,
+              ") out of range for this problem size");
+}
+
+void dsc_check_launch() { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
 
 TORCH_LIBRARY_IMPL(fused_dsconv_native, CUDA, m) { DSC_IMPLS(m, CudaTraits); }
 

@@ -4,6 +4,8 @@
 // binding never goes through nvcc (its torch headers cost more there than all of its host code).
 #pragma once
 
+#include <cstdint>
+
 struct CudaPolicy;  // binding/cuda_policy.cuh
 
 // forward_stats / normalize and backward_sums / backward_convs are the stages the split passes of
@@ -22,3 +24,10 @@ struct CudaPolicy;  // binding/cuda_policy.cuh
 // The binary version (e.g. 86) the kernels run as on the current device, -1 where the build has no image
 // for its architecture (defined in csrc/native_fwd.cu).
 int dsc_kernel_binary_version();
+
+// What a launch needs from torch, defined by the binding (csrc/native_cuda.cpp) so that the launcher units
+// stay torch-free: the current stream of the current device (a cudaStream_t), the error for a grid out of
+// CUDA's range (a c10::Error, as a TORCH_CHECK), and the check after every launch (C10_CUDA_KERNEL_LAUNCH_CHECK).
+void* dsc_current_stream();
+[[noreturn]] void dsc_launch_grid_error(int64_t gx, int64_t gy, int64_t gz);
+void dsc_check_launch();

@@ -4,7 +4,15 @@
 // kDevice (c10::DeviceType) and kPrefix (error message prefix).
 #pragma once
 
-#include <ATen/ATen.h>
+// The tensor class and the six ATen functions used, not <ATen/ATen.h> (whose every-operator headers, and the
+// Tensor operators' through them, were most of a binding unit's compile time): arithmetic is spelt as methods.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/ones_like.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <array>
@@ -248,7 +256,7 @@ struct Ops {
               output_mask[2] ? at::zeros_like(pw) : pw.new_empty({0}),
               p.K == 0 || p.N == 0
                   ? dbias
-                  : at::where(out <= 0, at::zeros({}, dbias.options()), grad_out.to(at::kFloat)).sum({0, 2, 3})};
+                  : at::where(out.le(0), at::zeros({}, dbias.options()), grad_out.to(at::kFloat)).sum({0, 2, 3})};
     Tensor dgamma = at::empty_like(dbias), dbeta = at::empty_like(dbias);
     p.mode = dsc::kEval;
     p.act = out.data_ptr();
@@ -348,10 +356,10 @@ struct Ops {
     p.os = strides(out);
     // bn_relu's per-channel scale a = gamma / sqrt(var + eps) and shift beta - mean a, where bn_stats puts them.
     Tensor ws = workspace(x, dsc::fwd_ss_offset(p) + 2 * K);
-    Tensor a = (var.to(at::kFloat) + eps).rsqrt();
-    if (bn_weight.has_value()) a = a * *bn_weight;
-    Tensor b = -mean * a;
-    if (bn_bias.has_value()) b = b + *bn_bias;
+    Tensor a = var.to(at::kFloat).add(eps).rsqrt();
+    if (bn_weight.has_value()) a = a.mul(*bn_weight);
+    Tensor b = mean.neg().mul(a);
+    if (bn_bias.has_value()) b = b.add(*bn_bias);
     ws.narrow(0, dsc::fwd_ss_offset(p), K).copy_(a);
     ws.narrow(0, dsc::fwd_ss_offset(p) + K, K).copy_(b);
     by_dtype(x, [&](auto t) { dsc::normalize<typename Tr::Policy, decltype(t)>(p, ws.data_ptr<float>()); });
@@ -439,7 +447,7 @@ struct Ops {
     p.as = strides(y);
     const dsc::BwdWs L = dsc::bwd_ws(p);
     Tensor ws = workspace(x, L.total);
-    Tensor r = (var.to(at::kFloat) + eps).rsqrt(), A = bn_weight.has_value() ? *bn_weight * r : r;
+    Tensor r = var.to(at::kFloat).add(eps).rsqrt(), A = bn_weight.has_value() ? bn_weight->mul(r) : r;
     Tensor coef = ws.narrow(0, L.coef, 8 * K).view({K, 8});
     coef.select(1, 0).copy_(mean);
     coef.select(1, 1).copy_(A);
@@ -447,8 +455,8 @@ struct Ops {
       coef.select(1, 2).copy_(*bn_bias);
     else
       coef.select(1, 2).zero_();
-    coef.select(1, 3).copy_(-A * r * mean_dz_yhat);
-    coef.select(1, 4).copy_(-A * mean_dz);
+    coef.select(1, 3).copy_(A.neg().mul(r).mul(mean_dz_yhat));
+    coef.select(1, 4).copy_(A.neg().mul(mean_dz));
     by_dtype(x, [&](auto t) { dsc::backward_convs<typename Tr::Policy, decltype(t)>(p, ws.data_ptr<float>()); });
     return {output_mask[0] ? dx : x.new_empty({0}), ddw, dpw};
   }

@@ -2,7 +2,7 @@
 // run through the CUDA-on-CPU harness (csrc/emu/emu.h). Registers CPU kernels for the op family under
 // the namespace fused_dsconv_emu, so the tests can compare them with the reference backend.
 // Built on demand by the tests (torch.utils.cpp_extension.load); not part of the wheel.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
 #include <utility>
