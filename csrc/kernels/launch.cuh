@@ -18,40 +18,46 @@ namespace dsc {
 inline int64_t tile_grid_y(int64_t ntiles) { return ntiles < DSC_TILE_GRID_Y ? ntiles : DSC_TILE_GRID_Y; }
 inline int64_t tile_grid_z(int64_t ntiles) { return cdiv(ntiles, DSC_TILE_GRID_Y); }
 
-// Dilations 1..4 are compile-time specialisations; anything else runs the runtime-dilation path (0), as
-// every dilation does in a fast build (plan.cuh: kernel_dilation) or with runtime_dilation_only() set.
-// (A macro rather than a templated lambda: the CUDA build compiles as C++17.)
-#ifdef DSC_FAST_BUILD
-#define DSC_DISPATCH_DILATION(dil, ...) \
-  {                                     \
-    constexpr int D = 0;                \
-    __VA_ARGS__;                        \
-  }
+// Dilations 1..4 are compile-time specialisations where DSC_KERNEL_DILATIONS has them (plan.cuh:
+// kernel_dilation); anything else runs the runtime-dilation path (0), as every dilation does in a fast build
+// or with runtime_dilation_only() set. A dilation left out of the mask is never instantiated.
+// (Macros rather than a templated lambda: the CUDA build compiles as C++17.)
+#define DSC_DILATION_CASE(d, ...) \
+  case d: {                       \
+    constexpr int D = d;          \
+    __VA_ARGS__;                  \
+  } break;
+#if (DSC_KERNEL_DILATIONS >> 1) & 1
+#define DSC_DILATION_CASE_1(...) DSC_DILATION_CASE(1, __VA_ARGS__)
 #else
+#define DSC_DILATION_CASE_1(...)
+#endif
+#if (DSC_KERNEL_DILATIONS >> 2) & 1
+#define DSC_DILATION_CASE_2(...) DSC_DILATION_CASE(2, __VA_ARGS__)
+#else
+#define DSC_DILATION_CASE_2(...)
+#endif
+#if (DSC_KERNEL_DILATIONS >> 3) & 1
+#define DSC_DILATION_CASE_3(...) DSC_DILATION_CASE(3, __VA_ARGS__)
+#else
+#define DSC_DILATION_CASE_3(...)
+#endif
+#if (DSC_KERNEL_DILATIONS >> 4) & 1
+#define DSC_DILATION_CASE_4(...) DSC_DILATION_CASE(4, __VA_ARGS__)
+#else
+#define DSC_DILATION_CASE_4(...)
+#endif
 #define DSC_DISPATCH_DILATION(dil, ...) \
   switch (kernel_dilation(dil)) {       \
-    case 1: {                           \
-      constexpr int D = 1;              \
-      __VA_ARGS__;                      \
-    } break;                            \
-    case 2: {                           \
-      constexpr int D = 2;              \
-      __VA_ARGS__;                      \
-    } break;                            \
-    case 3: {                           \
-      constexpr int D = 3;              \
-      __VA_ARGS__;                      \
-    } break;                            \
-    case 4: {                           \
-      constexpr int D = 4;              \
-      __VA_ARGS__;                      \
-    } break;                            \
+    DSC_DILATION_CASE_1(__VA_ARGS__)    \
+    DSC_DILATION_CASE_2(__VA_ARGS__)    \
+    DSC_DILATION_CASE_3(__VA_ARGS__)    \
+    DSC_DILATION_CASE_4(__VA_ARGS__)    \
     default: {                          \
       constexpr int D = 0;              \
       __VA_ARGS__;                      \
     } break;                            \
   }
-#endif
 #define DSC_DISPATCH_STRIDE(s, ...) \
   if ((s) == 1) {                   \
     constexpr int S = 1;            \

@@ -37,22 +37,28 @@ constexpr int64_t kFwdWave = 56;  // tiled-kernel blocks resident at once on a G
 #define DSC_FWD_PAIR_BLOCKS (2 * kFwdWave)
 #endif
 
-// Runtime-dilation kernels only (the D = 0 path that dilations above 4 always take). A fast build
-// (DSC_FAST_BUILD: FUSED_DSCONV_FAST_BUILD=1, fused_dsconv/_build_config.py) compiles no other dilation
-// variant, about a third of the device code, for the test suite's build checks and quick iteration: the
-// same results, slower kernels. In a full build the switch lets the emulator tests run a fast build's plans.
+// The dilations compiled as template specialisations, a bit mask (bit d for dilation d, 1..4); every other
+// dilation runs the runtime-dilation kernels (D = 0), as dilations above 4 always do. A fast build
+// (DSC_FAST_BUILD: FUSED_DSCONV_FAST_BUILD=1, fused_dsconv/_build_config.py) compiles none, about a third of
+// the device code, for the test suite's build checks and quick iteration: the same results, slower kernels.
+// Test programs that run a few dilations compile only those (csrc/emu/tsan_main.cpp, the simulator host
+// programs' build check). In a full build runtime_dilation_only() lets the emulator tests run a fast build's
+// plans.
+#ifdef DSC_FAST_BUILD
+#undef DSC_KERNEL_DILATIONS
+#define DSC_KERNEL_DILATIONS 0
+#endif
+#ifndef DSC_KERNEL_DILATIONS
+#define DSC_KERNEL_DILATIONS 0x1e  // 1, 2, 3 and 4
+#endif
 inline bool& runtime_dilation_only() {
   static bool only = false;
   return only;
 }
-// The dilation the kernels are specialised for: 1..4, or 0 (read from the problem at run time).
+// The dilation the kernels are specialised for: one of DSC_KERNEL_DILATIONS, or 0 (read from the problem at
+// run time).
 inline int kernel_dilation(int d) {
-#ifdef DSC_FAST_BUILD
-  (void)d;
-  return 0;
-#else
-  return d >= 1 && d <= 4 && !runtime_dilation_only() ? d : 0;
-#endif
+  return d >= 1 && d <= 4 && ((DSC_KERNEL_DILATIONS >> d) & 1) && !runtime_dilation_only() ? d : 0;
 }
 
 // Span tiles (64 consecutive pixels across images) need a template dilation, small maps and 32-bit pixel

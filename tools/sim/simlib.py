@@ -226,13 +226,21 @@ def nvcc_version() -> str:
 
 
 # ---- build ------------------------------------------------------------------------------------
-def build(program: str, dtype: str, out_dir: Path, log=print) -> Path:
+def build(program: str, dtype: str, out_dir: Path, log=print, dilations: tuple[int, ...] | None = None) -> Path:
     """Builds tools/sim/<program> for one storage dtype into out_dir (skipped when up to date): nvcc's own
-    steps (from ``nvcc -dryrun``) with ptx_fix.py run on the PTX between cicc and fatbinary."""
+    steps (from ``nvcc -dryrun``) with ptx_fix.py run on the PTX between cicc and fatbinary.
+
+    ``dilations``: compile only these template dilations (csrc/kernels/plan.cuh DSC_KERNEL_DILATIONS; the
+    others run the runtime-dilation kernels), for a check that lists a few cases' launches; None: all, as
+    every simulation needs (a simulated kernel must be the shipped one)."""
     src, _ = PROGRAMS[program]
     out_dir = Path(out_dir).resolve()
-    exe = out_dir / f"{program}_{dtype}_{program_hash(program)}"
-    return build_source(SIM_DIR / src, exe, [ROOT / "csrc", SIM_DIR], [f"-DSIM_DTYPE={DTYPES[dtype]}"], log)
+    flags, tag = [f"-DSIM_DTYPE={DTYPES[dtype]}"], ""
+    if dilations is not None:
+        flags.append(f"-DDSC_KERNEL_DILATIONS={sum(1 << d for d in set(dilations))}")
+        tag = "_d" + "".join(str(d) for d in sorted(set(dilations)))
+    exe = out_dir / f"{program}_{dtype}{tag}_{program_hash(program)}"
+    return build_source(SIM_DIR / src, exe, [ROOT / "csrc", SIM_DIR], flags, log)
 
 
 def build_source(src: Path, exe: Path, includes: list[Path], flags: list[str], log=print) -> Path:
