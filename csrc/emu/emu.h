@@ -1,7 +1,7 @@
 // CUDA-on-CPU emulation harness (torch-free, C++20, g++).
 //
 // Runs the kernels of csrc/kernels/*.cuh on the host so they can be checked without a GPU:
-//   * every CUDA thread of a block is a fiber (ucontext) on the calling host thread, or, in the ASan build
+//   * every CUDA thread of a block is a fiber on the calling host thread, or, in the ASan build
 //     (and with DSC_EMU_THREADS), a std::thread of a pool. Fibers because 256 OS threads per block on a
 //     2-core machine spend most of their time being scheduled: the fiber build runs the emulator tests
 //     several times faster and never spins. Under ThreadSanitizer each fiber is a TSan fiber and every
@@ -54,6 +54,48 @@
 #include <sanitizer/tsan_interface.h>
 #else
 #define DSC_EMU_TSAN_FIBERS 0
+#endif
+
+// How a fiber switch is made. glibc's swapcontext saves and restores the signal mask, a system call on
+// every switch: two per fiber per barrier, 42% of the emulator tests' CPU time went to the kernel
+// (MEASURED, tests/test_emu_kernels.py: 20 s user, 15 s system; 8.5 and 0.6 with the switch below). On
+// x86-64 the switch is six callee-saved registers and the stack pointer (dsc_emu_switch). The TSan build
+// keeps ucontext, the switch ThreadSanitizer's fiber API is documented with (under TSan the kernels'
+// instrumentation, not the switch, is the cost: 5.7 -> 5.5 s for tsan_main's clean run), so both paths
+// run in the suite; other CPUs keep it too, as does -DDSC_EMU_UCONTEXT.
+#if DSC_EMU_FIBERS && !DSC_EMU_TSAN_FIBERS && defined(__x86_64__) && !defined(DSC_EMU_UCONTEXT)
+#define DSC_EMU_ASM_SWITCH 1
+// dsc_emu_switch(&from_sp, &to_sp): pushes the callee-saved registers on the running stack, stores its
+// stack pointer in from_sp, loads to_sp, pops the registers saved there and returns into that fiber. Both
+// stack pointers are read and written inside, uninstrumented (with the switch declared to ThreadSanitizer
+// before the call, an instrumented read of to_sp would count as the next fiber's: a false race, seen when
+// this switch was tried under TSan). Weak and hidden: every unit that includes this header defines it.
+extern "C" void dsc_emu_switch(void** from_sp, void* const* to_sp);
+asm(R"(
+  .text
+  .weak dsc_emu_switch
+  .hidden dsc_emu_switch
+  .type dsc_emu_switch, @function
+dsc_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq (%rsi), %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size dsc_emu_switch, .-dsc_emu_switch
+)");
+#else
+#define DSC_EMU_ASM_SWITCH 0
 #endif
 
 namespace emu {
@@ -206,11 +248,21 @@ class FiberRunner {
       f.done.store(false, std::memory_order_relaxed);
       f.gen.store(nullptr, std::memory_order_relaxed);
       f.state = ThreadState{};
+#if DSC_EMU_ASM_SWITCH
+      // The frame dsc_emu_switch pops on the first switch in: six zeroed registers, then start() as the
+      // return address, entered as if called (rsp = 8 mod 16, a null return address above it).
+      void** top = reinterpret_cast<void**>(f.stack + kStack);
+      top[-1] = nullptr;
+      top[-2] = reinterpret_cast<void*>(&FiberRunner::start);
+      for (int r = 3; r <= 8; ++r) top[-r] = nullptr;
+      f.sp = top - 8;
+#else
       getcontext(&f.ctx);
       f.ctx.uc_stack.ss_sp = f.stack;
       f.ctx.uc_stack.ss_size = kStack;
       f.ctx.uc_link = &home_;
       makecontext(&f.ctx, reinterpret_cast<void (*)()>(&FiberRunner::entry), 1, static_cast<int>(i));
+#endif
     }
 #if DSC_EMU_TSAN_FIBERS
     home_tsan_ = __tsan_get_current_fiber();
@@ -228,7 +280,11 @@ class FiberRunner {
         current_.store(i, std::memory_order_relaxed);
         tls_current.store(&f.state, std::memory_order_relaxed);
         switch_to(f.tsan);
+#if DSC_EMU_ASM_SWITCH
+        dsc_emu_switch(&home_sp_, &f.sp);
+#else
         swapcontext(&home_, &f.ctx);
+#endif
         progress = true;
         if (f.done.load(std::memory_order_relaxed)) --live;
       }
@@ -250,13 +306,18 @@ class FiberRunner {
     f.seen.store(seen, std::memory_order_relaxed);
     f.gen.store(gen, std::memory_order_relaxed);
     switch_to(home_tsan_);
+#if DSC_EMU_ASM_SWITCH
+    dsc_emu_switch(&f.sp, &home_sp_);
+#else
     swapcontext(&f.ctx, &home_);
+#endif
   }
 
  private:
   static constexpr std::size_t kStack = 512 * 1024;
   struct Fiber {
     ucontext_t ctx;
+    void* sp = nullptr;  // its saved stack pointer while switched out (the asm switch)
     char* stack = nullptr;
     void* tsan = nullptr;  // its ThreadSanitizer fiber (TSan builds)
     std::atomic<const std::atomic<uint64_t>*> gen{nullptr};
@@ -281,6 +342,18 @@ class FiberRunner {
     hb_release(&r.end_);      // after the fiber's last access of anything the host thread touches next
     switch_to(r.home_tsan_);  // uc_link returns to home_
   }
+#if DSC_EMU_ASM_SWITCH
+  // A fiber's first frame (run() puts its address where dsc_emu_switch returns to). It never returns: the
+  // finished fiber switches home for good, and run() lays out a fresh frame before the stack is used again.
+  __attribute__((no_sanitize("thread"))) static void start() {
+    FiberRunner& r = get();
+    const unsigned i = r.current_.load(std::memory_order_relaxed);
+    entry(static_cast<int>(i));
+    void* abandoned = nullptr;
+    dsc_emu_switch(&abandoned, &r.home_sp_);
+    __builtin_unreachable();
+  }
+#endif
   void grow(unsigned n) {
     const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
     while (fibers_.size() < n) {
@@ -297,6 +370,7 @@ class FiberRunner {
   }
   std::vector<std::unique_ptr<Fiber>> fibers_;  // stable records (they hold atomics), reused by every block
   ucontext_t home_;
+  void* home_sp_ = nullptr;  // the host thread's stack pointer while a fiber runs (the asm switch)
   void* home_tsan_ = nullptr;
   std::atomic<unsigned> current_{0};
   const std::function<void(unsigned)>* job_ = nullptr;
