@@ -301,6 +301,10 @@ def test_host_programs_build_and_list_their_launches(tmp_path):
             # dx: its 4 input tiles in one group per channel chunk, as batch 32's blocks loop over 4 tiles
             (plain_dx,), (probe_dx,) = ([g for n, g, *_ in lst if "bwd_dx" in n] for lst in (plain_list, probe_list))
             assert plain_dx == (32, 4, 1) and probe_dx == (32, 1, 1)
+            # dilation 2, outside this build's template dilations: the runtime-dilation kernels, no span tiles
+            d2 = [n for n, *_ in simlib.dry_launch_list(exe, simlib.Case(impl, "step", 1, 32, 64, 28, 28, 2, 2))]
+            assert not any("dsconv_dw_kernel" in n for n in d2), d2
+            assert "_ZN3dsc20dsconv_bwd_dx_kernelIfLi2ELi0EEEvNS_7ProblemEPf" in d2, d2  # <float, S = 2, D = 0>
         _fingerprints_follow_what_a_case_launches(exe, impl)
 
 
